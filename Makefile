@@ -1,0 +1,47 @@
+# leakwatch: make demo | make test
+#
+# Both targets install the system packages the build needs when they are
+# missing (clang and libclang-dev for RocksDB's bindings, mold as linker),
+# with apt-get, through sudo when not run as root.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+SYSTEM_PACKAGES := clang libclang-dev mold
+EXTERNAL_TESTDATA := $(abspath ../shared/testdata/external)
+# Crates the agent must never pull in (it stays small).
+AGENT_FORBIDDEN := ^(datafusion|arrow|parquet|rocksdb|librocksdb-sys)( |-)
+
+.PHONY: demo test deps check-agent-deps fmt clippy unit build
+
+demo: deps
+	$(CARGO) run --locked -p leakwatch-collector --bin leakwatch -- demo
+
+test: deps fmt clippy check-agent-deps unit
+
+deps:
+	@missing=""; \
+	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  echo "Installing missing system packages:$$missing (apt-get$${sudo:+ via sudo})"; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+fmt:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+check-agent-deps:
+	@if $(CARGO) tree --locked -p leakwatch-agent -e normal,build --prefix none --format '{p}' | grep -E '$(AGENT_FORBIDDEN)'; then \
+	  echo "error: leakwatch-agent depends on a crate it must not (above)"; exit 1; \
+	else echo "leakwatch-agent: no DataFusion, Arrow, Parquet or RocksDB in its dependency tree"; fi
+
+unit:
+	@if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
+	  LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace; \
+	else \
+	  $(CARGO) test --locked --workspace -- --skip external_ && \
+	  echo "SKIPPED: tests named external_* (no $(EXTERNAL_TESTDATA); they need the third-party captures)"; \
+	fi

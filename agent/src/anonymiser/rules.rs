@@ -1,0 +1,224 @@
+//! The privacy rules, one function each.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use leakwatch_proto::v1::{DomainSource, FlowRecord, TlsInfo, Transport as WireTransport};
+
+use crate::capture::Transport;
+use crate::flow::{FlowSummary, NameSource};
+
+/// Longest domain name sent (DNS limit).
+pub const MAX_DOMAIN_BYTES: usize = 253;
+
+/// What the anonymiser removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnonymiserStats {
+    /// Flows dropped because the destination is not a public address.
+    pub dropped_non_public: u64,
+    /// Hostname labels replaced by `*`.
+    pub scrubbed_labels: u64,
+}
+
+/// Rule 2: true for destinations that must never be reported: private
+/// (RFC 1918), loopback, link-local, multicast, broadcast, unspecified,
+/// carrier-grade NAT (100.64.0.0/10), IPv6 unique-local (fc00::/7) and
+/// IPv4-mapped forms of those.
+pub fn is_non_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => non_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return non_public_v4(v4);
+            }
+            let seg0 = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00 // unique local
+                || (seg0 & 0xffc0) == 0xfe80 // link-local
+                || (seg0 & 0xffc0) == 0xfec0 // deprecated site-local
+        }
+    }
+}
+
+fn non_public_v4(v4: Ipv4Addr) -> bool {
+    let o = v4.octets();
+    v4.is_private()
+        || v4.is_loopback()
+        || v4.is_link_local()
+        || v4.is_multicast()
+        || v4.is_broadcast()
+        || v4.is_unspecified()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        || o[0] >= 240
+}
+
+/// Rule 3: true for a hostname label that looks like an embedded identifier
+/// (a device id, account id or session token) rather than a name: a UUID,
+/// a hex run of 12+ characters with a digit, 8+ consecutive digits, or a
+/// base32/base64-looking run of 16+ characters mixing letters and digits.
+pub fn looks_like_identifier(label: &str) -> bool {
+    let len = label.len();
+    if len == 0 {
+        return false;
+    }
+    let digits = label.bytes().filter(u8::is_ascii_digit).count();
+    let letters = label.bytes().filter(u8::is_ascii_alphabetic).count();
+    let mut run = 0usize;
+    let mut longest_digit_run = 0usize;
+    for b in label.bytes() {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        longest_digit_run = longest_digit_run.max(run);
+    }
+    let is_uuid = len == 36
+        && label.bytes().enumerate().all(
+            |(i, b)| {
+                if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() }
+            },
+        );
+    let hex_run = len >= 12 && digits > 0 && label.bytes().all(|b| b.is_ascii_hexdigit());
+    let token = len >= 16
+        && digits >= 3
+        && letters >= 3
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    is_uuid || hex_run || longest_digit_run >= 8 || token || len > 63
+}
+
+/// Rule 3: lower-cases `domain`, strips a trailing dot, and replaces
+/// identifier-like labels by `*`. Returns the scrubbed name and how many
+/// labels were replaced; `None` for a name that is not a plausible DNS name
+/// (empty, too long, or with characters outside letters, digits, `-`, `_`).
+pub fn scrub_domain(domain: &str) -> Option<(String, u64)> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() || domain.len() > MAX_DOMAIN_BYTES {
+        return None;
+    }
+    let mut scrubbed = 0;
+    let mut labels = Vec::new();
+    for label in domain.split('.') {
+        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return None;
+        }
+        if looks_like_identifier(label) {
+            scrubbed += 1;
+            labels.push("*");
+        } else {
+            labels.push(label);
+        }
+    }
+    Some((labels.join("."), scrubbed))
+}
+
+/// Applies every rule to one flow; `None` when the flow must not be sent.
+/// `boot_us` is the device's boot time, microseconds since the Unix epoch.
+pub fn anonymise(
+    flow: &FlowSummary,
+    boot_us: i64,
+    app: Option<&str>,
+    stats: &mut AnonymiserStats,
+) -> Option<FlowRecord> {
+    // Rule 2.
+    if is_non_public(flow.dst_ip) {
+        stats.dropped_non_public += 1;
+        return None;
+    }
+    if flow.dst_port == 0 {
+        return None;
+    }
+    // Rule 3.
+    let mut scrub = |name: &Option<String>| -> Option<String> {
+        let (name, n) = scrub_domain(name.as_deref()?)?;
+        stats.scrubbed_labels += n;
+        Some(name)
+    };
+    let domain = scrub(&flow.domain);
+    let sni = scrub(&flow.sni);
+    let domain_source = match (&domain, flow.name_source) {
+        (None, _) | (_, NameSource::None) => DomainSource::None,
+        (_, NameSource::Dns) => DomainSource::Dns,
+        (_, NameSource::Http) => DomainSource::Http,
+        (_, NameSource::Sni) => DomainSource::Sni,
+    };
+    // Rule 4: exact offset from boot, wall clock to the minute.
+    let since_boot_us = (flow.first_us - boot_us).max(0);
+    let first_s = flow.first_us.div_euclid(1_000_000);
+    let tls = sni.map(|sni| TlsInfo {
+        sni,
+        alpn: flow
+            .alpn
+            .iter()
+            .filter(|p| !p.is_empty() && p.len() <= 32 && p.bytes().all(|b| b.is_ascii_graphic()))
+            .take(16)
+            .cloned()
+            .collect(),
+        client_fingerprint: String::new(),
+    });
+    Some(FlowRecord {
+        seconds_since_boot: since_boot_us as f64 / 1e6,
+        window_start_unix_s: first_s - first_s.rem_euclid(60),
+        transport: match flow.transport {
+            Transport::Tcp => WireTransport::Tcp,
+            Transport::Udp => WireTransport::Udp,
+        } as i32,
+        dst_ip: flow.dst_ip.to_string(),
+        dst_port: u32::from(flow.dst_port),
+        domain: domain.unwrap_or_default(),
+        domain_source: domain_source as i32,
+        bytes_out: flow.bytes_out,
+        bytes_in: flow.bytes_in,
+        packets_out: flow.packets_out,
+        packets_in: flow.packets_in,
+        app: app.unwrap_or_default().chars().take(128).collect(),
+        tls,
+        duration_s: (flow.last_us - flow.first_us).max(0) as f64 / 1e6,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_public_ranges() {
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "224.0.0.251",
+            "255.255.255.255",
+            "0.0.0.0",
+            "100.64.1.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "ff02::fb",
+            "::ffff:192.168.1.1",
+        ] {
+            assert!(is_non_public(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["8.8.8.8", "93.184.216.34", "2606:4700::6811:d209", "100.128.0.1"] {
+            assert!(!is_non_public(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    #[test]
+    fn identifier_labels_are_scrubbed_and_names_kept() {
+        let cases = [
+            ("api.account.xiaomi.com", "api.account.xiaomi.com"),
+            ("3f2a9c1e5b7d4a60.device.example.com", "*.device.example.com"),
+            ("123e4567-e89b-12d3-a456-426614174000.tracker.io", "*.tracker.io"),
+            ("user-4915112345678.push.example.net", "*.push.example.net"),
+            ("dGhpc2lzYXRva2VuMTIz.cdn.example.org", "*.cdn.example.org"),
+            ("WWW.Example.COM.", "www.example.com"),
+            ("r3.sn-4g5e6nsz.googlevideo.com", "r3.sn-4g5e6nsz.googlevideo.com"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(scrub_domain(input).map(|(s, _)| s).as_deref(), Some(want), "{input}");
+        }
+        assert_eq!(scrub_domain("bad name.com"), None);
+        assert_eq!(scrub_domain(""), None);
+    }
+}

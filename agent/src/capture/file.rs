@@ -1,0 +1,191 @@
+//! Reading pcap and pcapng files.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use pcap_parser::pcapng::Block;
+use pcap_parser::{Linktype, PcapBlockOwned, PcapError, create_reader};
+
+use crate::{Error, Result};
+
+/// The largest block (one packet record) a capture may hold. Real snap
+/// lengths stay at or below 256 KiB; a record header claiming more than this
+/// is taken as damage, the read stops there and what came before is kept.
+pub const MAX_BLOCK_BYTES: usize = 4 * 1024 * 1024;
+
+/// One captured frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// Capture timestamp, microseconds since the Unix epoch; `None` for
+    /// pcapng simple packet blocks, which carry no timestamp.
+    pub ts_us: Option<i64>,
+    /// Link type of the interface the frame was captured on.
+    pub linktype: i32,
+    /// The captured bytes (possibly shorter than the frame on the wire).
+    pub data: &'a [u8],
+}
+
+/// What a capture read saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Frames handed to the caller.
+    pub frames: u64,
+    /// Frames or blocks skipped, by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Why the read stopped before the end of the file, if it did.
+    pub stopped_by: Option<String>,
+}
+
+impl CaptureStats {
+    /// Counts one skipped item under `reason`.
+    pub fn skip(&mut self, reason: impl Into<String>) {
+        *self.skipped.entry(reason.into()).or_default() += 1;
+    }
+
+    /// Total skipped items.
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+}
+
+struct Interface {
+    linktype: i32,
+    /// Timestamp units per second.
+    resolution: u64,
+    offset: i64,
+}
+
+/// Reads every frame of the capture at `path` and hands it to `on_frame`.
+///
+/// Fails only when the file cannot be opened or is not a pcap/pcapng file;
+/// damage later in the file ends the read with `stopped_by` set.
+pub fn read_capture_file(path: &Path, mut on_frame: impl FnMut(Frame<'_>, &mut CaptureStats)) -> Result<CaptureStats> {
+    let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let mut stats = CaptureStats::default();
+    let mut reader = match create_reader(64 * 1024, file) {
+        Ok(reader) => reader,
+        Err(PcapError::Eof) => {
+            return Err(Error::NotACapture { path: path.to_path_buf(), reason: "the file is empty".into() });
+        }
+        Err(e) => {
+            return Err(Error::NotACapture { path: path.to_path_buf(), reason: format!("{e:?}") });
+        }
+    };
+    let mut legacy_linktype: Option<(i32, bool)> = None;
+    let mut interfaces: Vec<Interface> = Vec::new();
+    let mut buffer_size = 64 * 1024;
+    let mut stalled = false;
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                stalled = false;
+                match block {
+                    PcapBlockOwned::LegacyHeader(header) => {
+                        legacy_linktype = Some((header.network.0, header.is_nanosecond_precision()));
+                    }
+                    PcapBlockOwned::Legacy(packet) => {
+                        let (linktype, nanos) = legacy_linktype.unwrap_or((Linktype::ETHERNET.0, false));
+                        let frac = if nanos { i64::from(packet.ts_usec) / 1000 } else { i64::from(packet.ts_usec) };
+                        let ts_us = i64::from(packet.ts_sec) * 1_000_000 + frac;
+                        stats.frames += 1;
+                        on_frame(Frame { ts_us: Some(ts_us), linktype, data: packet.data }, &mut stats);
+                    }
+                    PcapBlockOwned::NG(Block::SectionHeader(_)) => interfaces.clear(),
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        interfaces.push(Interface {
+                            linktype: idb.linktype.0,
+                            resolution: idb.ts_resolution().unwrap_or(1_000_000),
+                            offset: idb.ts_offset(),
+                        });
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                        match usize::try_from(epb.if_id).ok().and_then(|i| interfaces.get(i)) {
+                            Some(iface) => {
+                                let ticks = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
+                                let ts_us = ticks_to_us(ticks, iface.resolution) + iface.offset * 1_000_000;
+                                let data = &epb.data[..(epb.caplen as usize).min(epb.data.len())];
+                                stats.frames += 1;
+                                on_frame(Frame { ts_us: Some(ts_us), linktype: iface.linktype, data }, &mut stats);
+                            }
+                            None => stats.skip("packet for an undeclared pcapng interface"),
+                        }
+                    }
+                    PcapBlockOwned::NG(Block::SimplePacket(spb)) => match interfaces.first() {
+                        Some(iface) => {
+                            let linktype = iface.linktype;
+                            stats.frames += 1;
+                            on_frame(Frame { ts_us: None, linktype, data: spb.data }, &mut stats);
+                        }
+                        None => stats.skip("packet for an undeclared pcapng interface"),
+                    },
+                    PcapBlockOwned::NG(_) => {}
+                }
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => {
+                if stalled {
+                    stats.stopped_by = Some("the file ends in the middle of a record (truncated capture)".into());
+                    break;
+                }
+                stalled = true;
+                if reader.refill().is_err() {
+                    stats.stopped_by = Some("read error while refilling the buffer".into());
+                    break;
+                }
+            }
+            Err(PcapError::BufferTooSmall) => {
+                if buffer_size >= MAX_BLOCK_BYTES {
+                    stats.stopped_by =
+                        Some(format!("a record is larger than the {MAX_BLOCK_BYTES}-byte limit (damaged capture)"));
+                    break;
+                }
+                buffer_size = (buffer_size * 2).min(MAX_BLOCK_BYTES);
+                if !reader.grow(buffer_size) {
+                    stats.stopped_by = Some("could not grow the read buffer".into());
+                    break;
+                }
+                stalled = false;
+            }
+            Err(PcapError::UnexpectedEof) => {
+                stats.stopped_by = Some("the file ends in the middle of a record (truncated capture)".into());
+                break;
+            }
+            Err(e) => {
+                stats.stopped_by = Some(format!("damaged record: {e:?}"));
+                break;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+fn ticks_to_us(ticks: u64, resolution: u64) -> i64 {
+    if resolution == 0 {
+        return 0;
+    }
+    let us = u128::from(ticks) * 1_000_000 / u128::from(resolution);
+    i64::try_from(us).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_conversion_handles_common_resolutions() {
+        assert_eq!(ticks_to_us(1_500_000_000, 1_000_000_000), 1_500_000);
+        assert_eq!(ticks_to_us(1_500_000, 1_000_000), 1_500_000);
+        assert_eq!(ticks_to_us(7, 0), 0);
+    }
+
+    #[test]
+    fn non_capture_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, b"this is not a capture at all, just text").expect("write");
+        let err = read_capture_file(&path, |_, _| {}).expect_err("must fail");
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+}

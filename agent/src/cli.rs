@@ -1,0 +1,266 @@
+//! The `leakwatch-agent` command line.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::explain::{DryRunFormat, write_dry_run};
+use crate::import::{DEFAULT_BATCH_RECORDS, DeviceLabels, ImportedCapture, import_capture, parse_boot_time};
+use crate::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet};
+use crate::state::{AgentState, default_state_dir};
+use crate::uploader::Uploader;
+use crate::{Error, Result};
+
+/// leakwatch agent: report which destinations your devices contact,
+/// anonymised, to a leakwatch collector.
+#[derive(Debug, Parser)]
+#[command(name = "leakwatch-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read capture files (pcap, pcapng; one file = one boot of the device)
+    /// and report their flows.
+    Import(Box<ImportArgs>),
+    /// Write simulated per-boot captures of a device fleet.
+    Simulate(SimulateArgs),
+}
+
+/// Flags of `import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Capture files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Collector URL, e.g. http://127.0.0.1:50051 (required unless --dry-run).
+    #[arg(long, env = "LEAKWATCH_COLLECTOR")]
+    pub collector: Option<String>,
+    /// Send nothing; print exactly what would be sent.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format of --dry-run.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: DryRunFormat,
+    #[command(flatten)]
+    /// Device labels.
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    /// State and delivery.
+    pub agent: AgentArgs,
+}
+
+/// Labels of the device a capture comes from.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Your own name for the device; turned into a pseudonym with this
+    /// install's secret and never sent. Default: the capture's MAC address
+    /// (or address), pseudonymised the same way.
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// Device vendor, e.g. Xiaomi.
+    #[arg(long, default_value = "")]
+    pub vendor: String,
+    /// Device model, e.g. "Redmi 1S".
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// OS or firmware version.
+    #[arg(long, default_value = "")]
+    pub firmware: String,
+    /// Declared consent, KEY=VALUE (repeatable), e.g. cloud_account=off.
+    #[arg(long = "consent", value_name = "KEY=VALUE")]
+    pub consent: Vec<String>,
+    /// Boot time (RFC 3339 or Unix seconds). Default: the capture's first packet.
+    #[arg(long)]
+    pub boot_time: Option<String>,
+    /// Application that produced the traffic, if known.
+    #[arg(long)]
+    pub app: Option<String>,
+}
+
+/// State directory and delivery settings.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Agent state directory (install secret, credentials).
+    #[arg(long, env = "LEAKWATCH_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Enrollment code from the collector's operator.
+    #[arg(long, env = "LEAKWATCH_ENROLLMENT_CODE", default_value = "")]
+    pub enrollment_code: String,
+    /// How long to keep retrying delivery, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub deliver_timeout: u64,
+}
+
+/// Flags of `simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Directory for the captures and fleet.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of devices (the profile's models are scaled to it).
+    #[arg(long)]
+    pub devices: Option<u32>,
+    /// Random seed (default: the profile's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fleet profile (TOML); default: the built-in one.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+}
+
+impl DeviceArgs {
+    /// The labels these flags declare.
+    pub fn labels(&self) -> Result<DeviceLabels> {
+        let mut consent = BTreeMap::new();
+        for pair in &self.consent {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(Error::InvalidArgument {
+                    field: "--consent".into(),
+                    reason: format!("{pair:?} is not KEY=VALUE"),
+                });
+            };
+            consent.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let check = |field: &str, value: &str| {
+            if value.len() > 64 {
+                Err(Error::InvalidArgument {
+                    field: field.into(),
+                    reason: format!("{} bytes, at most 64", value.len()),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check("--vendor", &self.vendor)?;
+        check("--model", &self.model)?;
+        check("--firmware", &self.firmware)?;
+        for (k, v) in &consent {
+            check("--consent", k)?;
+            check("--consent", v)?;
+        }
+        Ok(DeviceLabels {
+            device_id: self.device_id.clone(),
+            vendor: self.vendor.clone(),
+            model: self.model.clone(),
+            firmware: self.firmware.clone(),
+            consent,
+            boot_time_us: self.boot_time.as_deref().map(parse_boot_time).transpose()?,
+            app: self.app.clone(),
+        })
+    }
+}
+
+/// One line about an imported capture, for the volunteer.
+pub fn describe_import(imported: &ImportedCapture) -> String {
+    let c = &imported.capture;
+    let mut line =
+        format!("{}: {} packets read, {} records", imported.path.display(), c.frames, imported.record_count());
+    if c.skipped_total() > 0 {
+        let reasons: Vec<String> = c.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        line.push_str(&format!("; {} skipped: {}", c.skipped_total(), reasons.join(", ")));
+    }
+    if imported.anonymiser.dropped_non_public > 0 {
+        line.push_str(&format!("; {} non-public destinations dropped", imported.anonymiser.dropped_non_public));
+    }
+    if let Some(stop) = &c.stopped_by {
+        line.push_str(&format!("; stopped early: {stop}"));
+    }
+    line.push_str(&format!("; boot time: {}", imported.boot_source.short_name()));
+    line
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Import(args) => import(*args).await,
+        Command::Simulate(args) => simulate(args),
+    }
+}
+
+async fn import(args: ImportArgs) -> Result<ExitCode> {
+    let labels = args.device.labels()?;
+    if !args.dry_run && args.collector.is_none() {
+        return Err(Error::InvalidArgument {
+            field: "--collector".into(),
+            reason: "a collector URL is required unless --dry-run is given".into(),
+        });
+    }
+    let state_dir = args.agent.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state = AgentState::open(&state_dir)?;
+    let mut imported = Vec::new();
+    let mut failed = 0usize;
+    for file in &args.files {
+        match import_capture(file, &labels, &state, DEFAULT_BATCH_RECORDS) {
+            Ok(capture) => {
+                eprintln!("{}", describe_import(&capture));
+                imported.push(capture);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if imported.is_empty() {
+        eprintln!("error: none of the {failed} capture(s) could be read");
+        return Ok(ExitCode::from(2));
+    }
+    if args.dry_run {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for capture in &imported {
+            write_dry_run(&mut out, &capture.batches, args.format)
+                .map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
+        }
+        out.flush().ok();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let url = args.collector.unwrap_or_default();
+    let mut uploader =
+        Uploader::connect(&url, &state, &args.agent.enrollment_code, Duration::from_secs(args.agent.deliver_timeout))
+            .await?;
+    for capture in &imported {
+        for batch in &capture.batches {
+            uploader.send(batch).await?;
+        }
+    }
+    let s = &uploader.stats;
+    eprintln!(
+        "sent to {url}: {} records in {} new batches, {} batches already stored, {} retries",
+        s.records_accepted, s.batches_accepted, s.batches_duplicate, s.retries
+    );
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    let text = match &args.profile {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), source })?,
+        None => DEFAULT_PROFILE.to_string(),
+    };
+    let profile = FleetProfile::from_toml(&text)?;
+    let tty = std::io::stderr().is_terminal();
+    let manifest = simulate_fleet(&profile, &args.out, args.devices, args.seed, |done, total| {
+        if tty {
+            eprint!("\rsimulating devices: {done}/{total}");
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    eprintln!(
+        "wrote {} captures of {} devices and fleet.json to {}",
+        manifest.captures.len(),
+        manifest.devices,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

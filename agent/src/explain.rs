@@ -1,0 +1,107 @@
+//! `--dry-run` output: exactly what would be sent, one record per line.
+//!
+//! `jsonl` prints one JSON object per record with the proto's field names
+//! (enum values by their proto names) plus the batch id and the device
+//! block that travel with it. Tools may rely on this format; fields are
+//! only ever added.
+
+use std::io::Write;
+
+use leakwatch_proto::v1::{BootSource, DeviceInfo, DomainSource, FlowRecord, ReportBatch, Transport};
+use serde_json::{Value, json};
+
+/// Output format of `--dry-run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DryRunFormat {
+    /// One JSON object per record.
+    Jsonl,
+    /// An aligned table for reading.
+    Table,
+}
+
+fn device_json(d: &DeviceInfo) -> Value {
+    let consent: serde_json::Map<String, Value> = {
+        let mut pairs: Vec<_> = d.consent.iter().collect();
+        pairs.sort();
+        pairs.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
+    };
+    json!({
+        "device_pseudonym": d.device_pseudonym,
+        "vendor": d.vendor,
+        "model": d.model,
+        "os_version": d.os_version,
+        "consent": consent,
+        "boot_pseudonym": d.boot_pseudonym,
+        "boot_source": BootSource::try_from(d.boot_source).unwrap_or_default().as_str_name(),
+    })
+}
+
+/// The JSON object for one record of `batch`.
+pub fn record_json(batch: &ReportBatch, r: &FlowRecord) -> Value {
+    let tls = r.tls.as_ref().map(|t| {
+        json!({
+            "sni": t.sni,
+            "alpn": t.alpn,
+            "client_fingerprint": t.client_fingerprint,
+        })
+    });
+    json!({
+        "batch_id": batch.batch_id,
+        "sent_at_unix_ms": batch.sent_at_unix_ms,
+        "device": batch.device.as_ref().map(device_json),
+        "seconds_since_boot": r.seconds_since_boot,
+        "window_start_unix_s": r.window_start_unix_s,
+        "transport": Transport::try_from(r.transport).unwrap_or_default().as_str_name(),
+        "dst_ip": r.dst_ip,
+        "dst_port": r.dst_port,
+        "domain": r.domain,
+        "domain_source": DomainSource::try_from(r.domain_source).unwrap_or_default().as_str_name(),
+        "bytes_out": r.bytes_out,
+        "bytes_in": r.bytes_in,
+        "packets_out": r.packets_out,
+        "packets_in": r.packets_in,
+        "app": r.app,
+        "tls": tls,
+        "duration_s": r.duration_s,
+    })
+}
+
+/// Writes `batches` in `format` to `out`.
+pub fn write_dry_run(out: &mut dyn Write, batches: &[ReportBatch], format: DryRunFormat) -> std::io::Result<()> {
+    match format {
+        DryRunFormat::Jsonl => {
+            for batch in batches {
+                for r in &batch.records {
+                    serde_json::to_writer(&mut *out, &record_json(batch, r))?;
+                    out.write_all(b"\n")?;
+                }
+            }
+        }
+        DryRunFormat::Table => {
+            writeln!(
+                out,
+                "{:>10}  {:<5} {:<40} {:>5}  {:<45} {:<6} {:>9} {:>9}",
+                "since_boot", "proto", "dst_ip", "port", "domain", "source", "bytes_out", "bytes_in"
+            )?;
+            for batch in batches {
+                for r in &batch.records {
+                    let transport = Transport::try_from(r.transport).unwrap_or_default();
+                    let source = DomainSource::try_from(r.domain_source).unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:>10.3}  {:<5} {:<40} {:>5}  {:<45} {:<6} {:>9} {:>9}",
+                        r.seconds_since_boot,
+                        transport.short_name(),
+                        r.dst_ip,
+                        r.dst_port,
+                        r.domain,
+                        source.short_name(),
+                        r.bytes_out,
+                        r.bytes_in
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Flow table: decoded packets in, one [`FlowSummary`] per destination out.
+//!
+//! Packets are first grouped into connections (5-tuples, direction taken
+//! from the TCP handshake or the first packet, flipped when only the sender
+//! uses a well-known port). Each connection's initiator is the observed
+//! device; its responder is the destination. Connections to the same
+//! destination (address, port, transport) are then summed.
+//!
+//! Names come from, in order of preference: the TLS ClientHello's SNI
+//! (reassembled across out-of-order TCP segments), the HTTP Host header,
+//! and DNS answers seen earlier in the capture (address → question name).
+
+mod table;
+
+pub use table::{DeviceHint, FlowSummary, FlowTable, NameSource};

@@ -1,0 +1,352 @@
+//! The connection and destination tables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::capture::{Packet, Transport};
+use crate::parsers::{dns, http, tls};
+
+/// How much of a client's stream is kept while looking for a ClientHello.
+const MAX_HELLO_BYTES: usize = 64 * 1024;
+/// Segments kept per connection while reassembling the ClientHello.
+const MAX_HELLO_SEGMENTS: usize = 64;
+
+/// Where a flow's domain name came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NameSource {
+    /// Nothing names the destination.
+    None,
+    /// A DNS answer earlier in the capture.
+    Dns,
+    /// The HTTP Host header.
+    Http,
+    /// The TLS ClientHello's SNI.
+    Sni,
+}
+
+/// Aggregated traffic to one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowSummary {
+    /// Destination address.
+    pub dst_ip: IpAddr,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Transport.
+    pub transport: Transport,
+    /// First packet, microseconds since the Unix epoch.
+    pub first_us: i64,
+    /// Last packet, microseconds since the Unix epoch.
+    pub last_us: i64,
+    /// Transport payload bytes device → destination.
+    pub bytes_out: u64,
+    /// Transport payload bytes destination → device.
+    pub bytes_in: u64,
+    /// Packets device → destination.
+    pub packets_out: u64,
+    /// Packets destination → device.
+    pub packets_in: u64,
+    /// Best known name of the destination (unscrubbed; the anonymiser
+    /// scrubs it).
+    pub domain: Option<String>,
+    /// Where `domain` came from.
+    pub name_source: NameSource,
+    /// SNI of the first ClientHello on this destination.
+    pub sni: Option<String>,
+    /// ALPN offered in that ClientHello.
+    pub alpn: Vec<String>,
+}
+
+/// What the capture says about the device that initiated the flows; the
+/// caller turns it into a pseudonym and never sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceHint {
+    /// The MAC address that sent most initiating packets.
+    pub mac: Option<[u8; 6]>,
+    /// The address that initiated most connections.
+    pub addr: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Endpoint {
+    ip: IpAddr,
+    port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ConnKey {
+    transport: Transport,
+    a: Endpoint,
+    b: Endpoint,
+}
+
+impl ConnKey {
+    fn of(p: &Packet<'_>) -> Self {
+        let s = Endpoint { ip: p.src_ip, port: p.src_port };
+        let d = Endpoint { ip: p.dst_ip, port: p.dst_port };
+        let (a, b) = if (s.ip, s.port) <= (d.ip, d.port) { (s, d) } else { (d, s) };
+        Self { transport: p.transport, a, b }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    initiator: Endpoint,
+    responder: Endpoint,
+    initiator_mac: Option<[u8; 6]>,
+    first_us: i64,
+    last_us: i64,
+    bytes_out: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    packets_in: u64,
+    dns_name: Option<String>,
+    hello: HelloState,
+    http_host: Option<String>,
+}
+
+#[derive(Debug)]
+enum HelloState {
+    Collecting { base: Option<u32>, segments: BTreeMap<u32, Vec<u8>>, bytes: usize },
+    Found(tls::ClientHello),
+    Done,
+}
+
+/// Builds connections and destinations from packets of one device.
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    conns: HashMap<ConnKey, Conn>,
+    order: Vec<ConnKey>,
+    dns: HashMap<IpAddr, String>,
+    /// DNS responses that did not parse.
+    pub dns_errors: u64,
+}
+
+fn well_known(port: u16) -> bool {
+    port < 1024 || matches!(port, 1883 | 3478 | 5228 | 5353 | 8080 | 8443 | 8883)
+}
+
+impl FlowTable {
+    /// Creates an empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one packet.
+    pub fn add(&mut self, p: &Packet<'_>) {
+        if p.src_port == 53 && !p.payload.is_empty() {
+            self.learn_dns(p);
+        }
+        let key = ConnKey::of(p);
+        let src = Endpoint { ip: p.src_ip, port: p.src_port };
+        let dst = Endpoint { ip: p.dst_ip, port: p.dst_port };
+        if !self.conns.contains_key(&key) {
+            // Who started it: SYN without ACK is the client; SYN+ACK comes
+            // from the server; otherwise the first sender, unless only the
+            // sender uses a well-known port.
+            let (initiator, responder) = if p.syn && p.ack {
+                (dst, src)
+            } else if p.syn {
+                (src, dst)
+            } else if well_known(src.port) && !well_known(dst.port) {
+                (dst, src)
+            } else {
+                (src, dst)
+            };
+            let dns_name = self.dns.get(&responder.ip).cloned();
+            self.conns.insert(
+                key,
+                Conn {
+                    initiator,
+                    responder,
+                    initiator_mac: None,
+                    first_us: p.ts_us,
+                    last_us: p.ts_us,
+                    bytes_out: 0,
+                    bytes_in: 0,
+                    packets_out: 0,
+                    packets_in: 0,
+                    dns_name,
+                    hello: HelloState::Collecting { base: None, segments: BTreeMap::new(), bytes: 0 },
+                    http_host: None,
+                },
+            );
+            self.order.push(key);
+        }
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        conn.first_us = conn.first_us.min(p.ts_us);
+        conn.last_us = conn.last_us.max(p.ts_us);
+        let len = p.payload.len() as u64;
+        if src == conn.initiator {
+            conn.packets_out += 1;
+            conn.bytes_out += len;
+            if conn.initiator_mac.is_none() {
+                conn.initiator_mac = p.src_mac;
+            }
+            if p.transport == Transport::Tcp {
+                conn.client_segment(p);
+            } else if conn.http_host.is_none() && matches!(conn.hello, HelloState::Collecting { .. }) {
+                conn.hello = HelloState::Done;
+            }
+        } else {
+            conn.packets_in += 1;
+            conn.bytes_in += len;
+        }
+    }
+
+    fn learn_dns(&mut self, p: &Packet<'_>) {
+        let msg = match p.transport {
+            Transport::Udp => p.payload,
+            Transport::Tcp => {
+                let pl = p.payload;
+                if pl.len() > 2 && usize::from(u16::from_be_bytes([pl[0], pl[1]])) == pl.len() - 2 {
+                    &pl[2..]
+                } else {
+                    return;
+                }
+            }
+        };
+        match dns::parse_response(msg) {
+            Some(resolutions) => {
+                for r in resolutions {
+                    self.dns.insert(r.addr, r.name);
+                }
+            }
+            None => self.dns_errors += 1,
+        }
+    }
+
+    /// The device that initiated the flows.
+    pub fn device_hint(&self) -> DeviceHint {
+        let mut macs: HashMap<[u8; 6], usize> = HashMap::new();
+        let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
+        for conn in self.conns.values() {
+            if let Some(mac) = conn.initiator_mac {
+                *macs.entry(mac).or_default() += 1;
+            }
+            *addrs.entry(conn.initiator.ip).or_default() += 1;
+        }
+        DeviceHint {
+            mac: macs.into_iter().max_by_key(|(m, n)| (*n, *m)).map(|(m, _)| m),
+            addr: addrs.into_iter().max_by_key(|(a, n)| (*n, *a)).map(|(a, _)| a),
+        }
+    }
+
+    /// Sums connections per destination, in order of first contact.
+    pub fn summaries(&self) -> Vec<FlowSummary> {
+        let mut by_dest: HashMap<(IpAddr, u16, Transport), usize> = HashMap::new();
+        let mut out: Vec<FlowSummary> = Vec::new();
+        for key in &self.order {
+            let Some(conn) = self.conns.get(key) else { continue };
+            let (sni, alpn) = match &conn.hello {
+                HelloState::Found(h) => (h.sni.clone(), h.alpn.clone()),
+                _ => (None, Vec::new()),
+            };
+            let dns_name = conn.dns_name.clone().or_else(|| self.dns.get(&conn.responder.ip).cloned());
+            let (domain, name_source) = if let Some(s) = &sni {
+                (Some(s.clone()), NameSource::Sni)
+            } else if let Some(h) = &conn.http_host {
+                (Some(h.clone()), NameSource::Http)
+            } else if let Some(d) = dns_name {
+                (Some(d), NameSource::Dns)
+            } else {
+                (None, NameSource::None)
+            };
+            let dest = (conn.responder.ip, conn.responder.port, key.transport);
+            match by_dest.get(&dest) {
+                Some(&i) => {
+                    let f = &mut out[i];
+                    f.first_us = f.first_us.min(conn.first_us);
+                    f.last_us = f.last_us.max(conn.last_us);
+                    f.bytes_out += conn.bytes_out;
+                    f.bytes_in += conn.bytes_in;
+                    f.packets_out += conn.packets_out;
+                    f.packets_in += conn.packets_in;
+                    if name_source > f.name_source {
+                        f.domain = domain;
+                        f.name_source = name_source;
+                    }
+                    if f.sni.is_none() && sni.is_some() {
+                        f.sni = sni;
+                        f.alpn = alpn;
+                    }
+                }
+                None => {
+                    by_dest.insert(dest, out.len());
+                    out.push(FlowSummary {
+                        dst_ip: conn.responder.ip,
+                        dst_port: conn.responder.port,
+                        transport: key.transport,
+                        first_us: conn.first_us,
+                        last_us: conn.last_us,
+                        bytes_out: conn.bytes_out,
+                        bytes_in: conn.bytes_in,
+                        packets_out: conn.packets_out,
+                        packets_in: conn.packets_in,
+                        domain,
+                        name_source,
+                        sni,
+                        alpn,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|f| f.first_us);
+        out
+    }
+}
+
+impl Conn {
+    fn client_segment(&mut self, p: &Packet<'_>) {
+        let HelloState::Collecting { base, segments, bytes } = &mut self.hello else {
+            return;
+        };
+        if p.syn {
+            *base = Some(p.seq.wrapping_add(1));
+            return;
+        }
+        if p.payload.is_empty() {
+            return;
+        }
+        if segments.len() >= MAX_HELLO_SEGMENTS || *bytes + p.payload.len() > MAX_HELLO_BYTES {
+            self.hello = HelloState::Done;
+            return;
+        }
+        *bytes += p.payload.len();
+        segments.entry(p.seq).or_insert_with(|| p.payload.to_vec());
+        // Without a SYN the stream starts at the lowest sequence seen.
+        let start = base.unwrap_or_else(|| segments.keys().next().copied().unwrap_or(p.seq));
+        let mut stream = Vec::new();
+        let mut next = start;
+        for (&seq, data) in segments.range(start..) {
+            if seq != next {
+                if seq.wrapping_sub(next) < u32::MAX / 2 && seq > next {
+                    break; // gap
+                }
+                continue;
+            }
+            stream.extend_from_slice(data);
+            next = seq.wrapping_add(data.len() as u32);
+        }
+        if stream.is_empty() {
+            return;
+        }
+        if self.http_host.is_none()
+            && let Some(host) = http::request_host(&stream)
+        {
+            self.http_host = Some(host);
+            self.hello = HelloState::Done;
+            return;
+        }
+        match tls::parse_client_hello(&stream) {
+            tls::Parse::Hello(h) => self.hello = HelloState::Found(h),
+            tls::Parse::NeedMore(_) => {}
+            tls::Parse::NotTls => {
+                // An HTTP request line may still be arriving.
+                let maybe_http = stream.len() < 16 && stream.iter().all(u8::is_ascii_uppercase);
+                if !maybe_http {
+                    self.hello = HelloState::Done;
+                }
+            }
+        }
+    }
+}

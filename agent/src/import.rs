@@ -1,0 +1,171 @@
+//! The import pipeline: one capture file in, the batches that describe that
+//! boot of the device out (capture → flow table → anonymiser → batches).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use leakwatch_proto::v1::{BootSource, DeviceInfo, FlowRecord, ReportBatch};
+use sha2::{Digest as _, Sha256};
+
+use crate::anonymiser::{self, AnonymiserStats};
+use crate::capture::{self, CaptureStats};
+use crate::flow::FlowTable;
+use crate::state::AgentState;
+use crate::{Error, Result};
+
+/// Records per batch by default.
+pub const DEFAULT_BATCH_RECORDS: usize = 1000;
+
+/// What the volunteer declared about the device a capture comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceLabels {
+    /// The volunteer's own name for the device; turned into the device
+    /// pseudonym, never sent.
+    pub device_id: Option<String>,
+    /// Vendor, e.g. "Xiaomi".
+    pub vendor: String,
+    /// Model, e.g. "Redmi 1S".
+    pub model: String,
+    /// Firmware or OS version.
+    pub firmware: String,
+    /// Declared consent settings.
+    pub consent: BTreeMap<String, String>,
+    /// Boot time, microseconds since the Unix epoch; `None` takes the
+    /// capture's first packet.
+    pub boot_time_us: Option<i64>,
+    /// Application name to put on every record, if known.
+    pub app: Option<String>,
+}
+
+/// The result of importing one capture.
+#[derive(Debug, Clone)]
+pub struct ImportedCapture {
+    /// The capture file.
+    pub path: PathBuf,
+    /// What the capture reader saw.
+    pub capture: CaptureStats,
+    /// What the anonymiser removed.
+    pub anonymiser: AnonymiserStats,
+    /// Which boot time was used.
+    pub boot_source: BootSource,
+    /// The batches to send, in order; their ids are stable for this capture
+    /// and install, so re-importing it is answered `duplicate`.
+    pub batches: Vec<ReportBatch>,
+}
+
+impl ImportedCapture {
+    /// Records across all batches.
+    pub fn record_count(&self) -> usize {
+        self.batches.iter().map(|b| b.records.len()).sum()
+    }
+}
+
+/// Reads `path` and builds its batches.
+pub fn import_capture(
+    path: &Path,
+    labels: &DeviceLabels,
+    state: &AgentState,
+    batch_records: usize,
+) -> Result<ImportedCapture> {
+    let mut table = FlowTable::new();
+    let mut first_ts: Option<i64> = None;
+    let mut last_ts = 0i64;
+    let mut packets = 0u64;
+    let stats = capture::read_capture_file(path, |frame, stats| {
+        if let Some(ts) = frame.ts_us {
+            first_ts.get_or_insert(ts);
+            last_ts = ts;
+        }
+        if let Some(packet) = capture::decode(frame, last_ts, stats) {
+            packets += 1;
+            table.add(&packet);
+        }
+    })?;
+    if stats.frames == 0
+        && let Some(reason) = &stats.stopped_by
+    {
+        return Err(Error::NotACapture { path: path.to_path_buf(), reason: reason.clone() });
+    }
+    let (boot_us, boot_source) = match (labels.boot_time_us, first_ts) {
+        (Some(t), _) => (t, BootSource::Explicit),
+        (None, Some(t)) => (t, BootSource::FirstPacket),
+        (None, None) => (0, BootSource::FirstPacket),
+    };
+    let hint = table.device_hint();
+    let device_label = match (&labels.device_id, hint.mac, hint.addr) {
+        (Some(id), _, _) => format!("label:{id}"),
+        (None, Some(mac), _) => format!("mac:{}", hex::encode(mac)),
+        (None, None, Some(addr)) => format!("addr:{addr}"),
+        (None, None, None) => "unknown".to_string(),
+    };
+    let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
+    let content_hash = hash_file(path)?;
+    let mut boot_input = device_pseudonym.clone().into_bytes();
+    boot_input.extend_from_slice(&content_hash);
+    let boot_pseudonym = state.pseudonym("boot", &boot_input);
+
+    let mut anon = AnonymiserStats::default();
+    let records: Vec<FlowRecord> = table
+        .summaries()
+        .iter()
+        .filter_map(|f| anonymiser::anonymise(f, boot_us, labels.app.as_deref(), &mut anon))
+        .collect();
+
+    let device = DeviceInfo {
+        device_pseudonym,
+        vendor: labels.vendor.clone(),
+        model: labels.model.clone(),
+        os_version: labels.firmware.clone(),
+        consent: labels.consent.clone().into_iter().collect(),
+        boot_pseudonym: boot_pseudonym.clone(),
+        boot_source: boot_source as i32,
+    };
+    let sent_at_unix_ms = chrono::Utc::now().timestamp_millis();
+    let batches = records
+        .chunks(batch_records.max(1))
+        .enumerate()
+        .map(|(i, chunk)| ReportBatch {
+            batch_id: state.pseudonym("batch", format!("{boot_pseudonym}:{i}").as_bytes()),
+            sent_at_unix_ms,
+            device: Some(device.clone()),
+            records: chunk.to_vec(),
+        })
+        .collect();
+    Ok(ImportedCapture { path: path.to_path_buf(), capture: stats, anonymiser: anon, boot_source, batches })
+}
+
+fn hash_file(path: &Path) -> Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    Ok(hasher.finalize().to_vec())
+}
+
+/// Parses a boot time given as RFC 3339 or as Unix seconds (fractions
+/// allowed); returns microseconds since the Unix epoch.
+pub fn parse_boot_time(text: &str) -> Result<i64> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>()
+        && secs.is_finite()
+        && (0.0..1e11).contains(&secs)
+    {
+        return Ok((secs * 1e6).round() as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_micros()).map_err(|_| Error::InvalidArgument {
+        field: "--boot-time".into(),
+        reason: format!("{text:?} is neither RFC 3339 (2014-08-10T09:00:00Z) nor Unix seconds"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_time_formats() {
+        assert_eq!(parse_boot_time("1407661200").expect("epoch"), 1_407_661_200_000_000);
+        assert_eq!(parse_boot_time("2014-08-10T09:00:00Z").expect("rfc3339"), 1_407_661_200_000_000);
+        let err = parse_boot_time("yesterday").expect_err("invalid");
+        assert!(err.to_string().contains("--boot-time"), "{err}");
+    }
+}

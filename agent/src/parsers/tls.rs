@@ -1,0 +1,198 @@
+//! TLS ClientHello: server name (SNI) and offered ALPN protocols.
+//!
+//! The caller hands in the client's first bytes of a TCP connection,
+//! reassembled in sequence order; [`parse_client_hello`] says whether they
+//! hold a complete ClientHello, need more bytes, or are not TLS at all.
+
+/// What a ClientHello said about the destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientHello {
+    /// Server name indication (lower case), if present.
+    pub sni: Option<String>,
+    /// Offered ALPN protocol names, in order.
+    pub alpn: Vec<String>,
+}
+
+/// Result of looking at the start of a client's byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parse {
+    /// A complete ClientHello.
+    Hello(ClientHello),
+    /// Looks like TLS but more bytes are needed (at least this many in all).
+    NeedMore(usize),
+    /// Not a TLS ClientHello.
+    NotTls,
+}
+
+/// Parses a ClientHello from the start of `stream`, which may span several
+/// TLS records (a large ClientHello, e.g. with post-quantum key shares, is
+/// split across records and TCP segments).
+pub fn parse_client_hello(stream: &[u8]) -> Parse {
+    // Gather the handshake bytes from consecutive handshake records.
+    let mut handshake = Vec::new();
+    let mut pos = 0;
+    loop {
+        let Some(header) = stream.get(pos..pos + 5) else {
+            return Parse::NeedMore(pos + 5);
+        };
+        if header[0] != 22 || header[1] != 3 || header[2] > 4 {
+            return Parse::NotTls;
+        }
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if len == 0 || len > 16 * 1024 + 2048 {
+            return Parse::NotTls;
+        }
+        let Some(body) = stream.get(pos + 5..pos + 5 + len) else {
+            return Parse::NeedMore(pos + 5 + len);
+        };
+        handshake.extend_from_slice(body);
+        pos += 5 + len;
+        if handshake.len() >= 4 {
+            if handshake[0] != 1 {
+                return Parse::NotTls;
+            }
+            let hs_len =
+                (usize::from(handshake[1]) << 16) | (usize::from(handshake[2]) << 8) | usize::from(handshake[3]);
+            if hs_len > 256 * 1024 {
+                return Parse::NotTls;
+            }
+            if handshake.len() >= 4 + hs_len {
+                return match parse_hello_body(&handshake[4..4 + hs_len]) {
+                    Some(hello) => Parse::Hello(hello),
+                    None => Parse::NotTls,
+                };
+            }
+        }
+    }
+}
+
+fn parse_hello_body(b: &[u8]) -> Option<ClientHello> {
+    let mut r = Reader { b, pos: 0 };
+    r.skip(2 + 32)?; // version, random
+    let sid = usize::from(r.u8()?);
+    r.skip(sid)?;
+    let suites = usize::from(r.u16()?);
+    r.skip(suites)?;
+    let comp = usize::from(r.u8()?);
+    r.skip(comp)?;
+    let mut hello = ClientHello::default();
+    if r.pos == b.len() {
+        return Some(hello); // no extensions
+    }
+    let ext_len = usize::from(r.u16()?);
+    let exts = r.take(ext_len)?;
+    let mut e = Reader { b: exts, pos: 0 };
+    while e.pos < exts.len() {
+        let kind = e.u16()?;
+        let len = usize::from(e.u16()?);
+        let data = e.take(len)?;
+        let mut d = Reader { b: data, pos: 0 };
+        match kind {
+            0 => {
+                let list_len = usize::from(d.u16()?);
+                let list = d.take(list_len)?;
+                let mut l = Reader { b: list, pos: 0 };
+                while l.pos < list.len() {
+                    let name_type = l.u8()?;
+                    let name_len = usize::from(l.u16()?);
+                    let name = l.take(name_len)?;
+                    if name_type == 0 && hello.sni.is_none() {
+                        let name = std::str::from_utf8(name).ok()?;
+                        hello.sni = Some(name.trim_end_matches('.').to_ascii_lowercase());
+                    }
+                }
+            }
+            16 => {
+                let list_len = usize::from(d.u16()?);
+                let list = d.take(list_len)?;
+                let mut l = Reader { b: list, pos: 0 };
+                while l.pos < list.len() {
+                    let len = usize::from(l.u8()?);
+                    let proto = l.take(len)?;
+                    hello.alpn.push(String::from_utf8_lossy(proto).into_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(hello)
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]))
+    }
+}
+
+/// Builds a minimal ClientHello record with `sni` and `alpn` (used by the
+/// fleet simulator and tests).
+pub fn build_client_hello(sni: &str, alpn: &[&str], random: [u8; 32]) -> Vec<u8> {
+    let mut exts = Vec::new();
+    // server_name
+    let name = sni.as_bytes();
+    let mut sn = Vec::new();
+    sn.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    sn.push(0);
+    sn.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sn.extend_from_slice(name);
+    exts.extend_from_slice(&0u16.to_be_bytes());
+    exts.extend_from_slice(&(sn.len() as u16).to_be_bytes());
+    exts.extend_from_slice(&sn);
+    if !alpn.is_empty() {
+        let mut list = Vec::new();
+        for p in alpn {
+            list.push(p.len() as u8);
+            list.extend_from_slice(p.as_bytes());
+        }
+        exts.extend_from_slice(&16u16.to_be_bytes());
+        exts.extend_from_slice(&((list.len() + 2) as u16).to_be_bytes());
+        exts.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        exts.extend_from_slice(&list);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&random);
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 4, 0x13, 0x01, 0x13, 0x02]); // cipher suites
+    body.extend_from_slice(&[1, 0]); // compression
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_split() {
+        let rec = build_client_hello("API.Example.com", &["h2", "http/1.1"], [7; 32]);
+        let want = ClientHello { sni: Some("api.example.com".into()), alpn: vec!["h2".into(), "http/1.1".into()] };
+        assert_eq!(parse_client_hello(&rec), Parse::Hello(want));
+        for cut in 0..rec.len() {
+            assert!(matches!(parse_client_hello(&rec[..cut]), Parse::NeedMore(_)), "cut {cut}");
+        }
+        assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n"), Parse::NotTls);
+    }
+}

@@ -1,0 +1,191 @@
+//! The fleet profile format.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A fleet: destinations, models and what their devices contact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetProfile {
+    /// Seed of the random generator (overridden by `--seed`).
+    pub seed: u64,
+    /// Boots per device, inclusive range.
+    pub boots_per_device: [u32; 2],
+    /// Length of each boot's capture, seconds.
+    pub capture_seconds: f64,
+    /// Wall-clock time of the first boot (RFC 3339).
+    pub start: String,
+    /// Known destinations.
+    #[serde(rename = "destination")]
+    pub destinations: Vec<Destination>,
+    /// Contacts every device makes.
+    #[serde(default)]
+    pub everyone: Vec<Contact>,
+    /// Contacts at random times during a boot.
+    #[serde(default)]
+    pub background: Vec<Contact>,
+    /// Device models.
+    #[serde(rename = "model")]
+    pub models: Vec<ModelProfile>,
+}
+
+/// One destination server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Host name, resolved over DNS and sent as SNI or Host.
+    pub name: String,
+    /// Its public address.
+    pub ip: std::net::IpAddr,
+    /// Server port.
+    pub port: u16,
+    /// Protocol spoken.
+    pub kind: DestinationKind,
+    /// Client payload bytes after the hello, inclusive range.
+    pub out_bytes: [u32; 2],
+    /// Server payload bytes, inclusive range.
+    pub in_bytes: [u32; 2],
+}
+
+/// What a destination speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKind {
+    /// TLS over TCP (ClientHello with SNI).
+    Tls,
+    /// Plain HTTP over TCP (Host header).
+    Http,
+    /// NTP over UDP.
+    Ntp,
+}
+
+/// A device contacting a destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    /// Name of a `[[destination]]`.
+    pub destination: String,
+    /// Probability per boot, 0 to 1.
+    pub share: f64,
+    /// Seconds after boot, range.
+    pub at: [f64; 2],
+}
+
+/// A device model and its fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelProfile {
+    /// Vendor name.
+    pub vendor: String,
+    /// Model name.
+    pub model: String,
+    /// Number of devices (scaled by `--devices`).
+    pub devices: u32,
+    /// MAC prefix "aa:bb:cc" of the vendor.
+    pub oui: String,
+    /// Firmware versions, one picked per device.
+    pub firmware: Vec<String>,
+    /// Consent the owners declare.
+    #[serde(default)]
+    pub consent: BTreeMap<String, String>,
+    /// Contacts specific to this model.
+    #[serde(default)]
+    pub contact: Vec<Contact>,
+}
+
+impl FleetProfile {
+    /// Parses and checks a profile.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let profile: Self = toml::from_str(text).map_err(|e| Error::Profile(e.to_string()))?;
+        profile.check()?;
+        Ok(profile)
+    }
+
+    /// The destination called `name`.
+    pub fn destination(&self, name: &str) -> Option<&Destination> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.boots_per_device[0] == 0 || self.boots_per_device[0] > self.boots_per_device[1] {
+            return Err(Error::Profile(format!(
+                "boots_per_device = {:?}: need 1 <= min <= max",
+                self.boots_per_device
+            )));
+        }
+        if !(1.0..=86_400.0).contains(&self.capture_seconds) {
+            return Err(Error::Profile(format!(
+                "capture_seconds = {}: must be between 1 and 86400",
+                self.capture_seconds
+            )));
+        }
+        chrono::DateTime::parse_from_rfc3339(&self.start)
+            .map_err(|e| Error::Profile(format!("start = {:?}: {e}", self.start)))?;
+        if self.models.is_empty() {
+            return Err(Error::Profile("at least one [[model]] is needed".into()));
+        }
+        let contacts = self.everyone.iter().chain(&self.background).chain(self.models.iter().flat_map(|m| &m.contact));
+        for c in contacts {
+            if self.destination(&c.destination).is_none() {
+                return Err(Error::Profile(format!("contact names unknown destination {:?}", c.destination)));
+            }
+            if !(0.0..=1.0).contains(&c.share) || c.at[0] < 0.0 || c.at[0] > c.at[1] {
+                return Err(Error::Profile(format!(
+                    "contact {:?}: share must be in 0..=1 and at = [min, max] with 0 <= min <= max",
+                    c.destination
+                )));
+            }
+        }
+        for m in &self.models {
+            if parse_oui(&m.oui).is_none() {
+                return Err(Error::Profile(format!("model {:?}: oui {:?} is not aa:bb:cc", m.model, m.oui)));
+            }
+            if m.firmware.is_empty() {
+                return Err(Error::Profile(format!("model {:?}: firmware list is empty", m.model)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses "aa:bb:cc".
+pub(crate) fn parse_oui(text: &str) -> Option<[u8; 3]> {
+    let parts: Vec<u8> = text.split(':').map(|p| u8::from_str_radix(p, 16).ok()).collect::<Option<_>>()?;
+    <[u8; 3]>::try_from(parts.as_slice()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_profile_round_trips_and_holds_the_seed_case() {
+        let profile = FleetProfile::from_toml(super::super::DEFAULT_PROFILE).expect("default profile");
+        let text = toml::to_string(&profile).expect("serialise");
+        assert_eq!(FleetProfile::from_toml(&text).expect("re-read"), profile);
+        let devices: u32 = profile.models.iter().map(|m| m.devices).sum();
+        assert!(devices >= 200, "{devices} devices");
+        let vendors: std::collections::BTreeSet<_> = profile.models.iter().map(|m| &m.vendor).collect();
+        assert!(vendors.len() >= 4 && profile.models.len() >= 8);
+        let redmi = profile.models.iter().find(|m| m.model == "Redmi 1S").expect("seed model");
+        assert_eq!(redmi.consent.get("cloud_account").map(String::as_str), Some("off"));
+        assert!(
+            redmi
+                .contact
+                .iter()
+                .any(|c| c.destination == "api.account.xiaomi.com" && c.share == 1.0 && c.at[1] <= 10.0)
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named() {
+        let err = FleetProfile::from_toml("seed = 1\nbogus = 2").expect_err("unknown field");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let bad = super::super::DEFAULT_PROFILE.replace("boots_per_device = [2, 4]", "boots_per_device = [5, 4]");
+        let err = FleetProfile::from_toml(&bad).expect_err("bad range");
+        assert!(err.to_string().contains("boots_per_device"), "{err}");
+    }
+}

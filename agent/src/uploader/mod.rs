@@ -1,0 +1,171 @@
+//! Uploader: batches in, acknowledgements from the collector out.
+//!
+//! Enrolls on first contact (credentials are kept in the state directory),
+//! sends each batch with the agent's bearer token and retries transient
+//! failures (`Unavailable`, `ResourceExhausted`, `Aborted`,
+//! `DeadlineExceeded`, connection errors) with exponential backoff and
+//! jitter until the delivery deadline. Batch ids are stable, so a retry of a
+//! batch the collector already stored is answered `duplicate`, never stored
+//! twice.
+
+use std::time::{Duration, Instant};
+
+use leakwatch_proto::v1::collector_client::CollectorClient;
+use leakwatch_proto::v1::{AckStatus, EnrollRequest, ReportAck, ReportBatch};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::state::{AgentState, Credentials};
+use crate::{Error, Result};
+
+/// Counts of what the collector answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Batches stored by this run.
+    pub batches_accepted: u64,
+    /// Batches the collector already had.
+    pub batches_duplicate: u64,
+    /// Records stored by this run.
+    pub records_accepted: u64,
+    /// Retries after transient failures.
+    pub retries: u64,
+}
+
+/// A connection to one collector.
+#[derive(Debug)]
+pub struct Uploader {
+    url: String,
+    client: CollectorClient<Channel>,
+    creds: Credentials,
+    state: AgentState,
+    enrollment_code: String,
+    deliver_timeout: Duration,
+    /// What happened so far.
+    pub stats: DeliveryStats,
+}
+
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded | Code::Unknown
+    )
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+impl Uploader {
+    /// Connects to `url` and enrolls unless `state` holds credentials for it.
+    pub async fn connect(
+        url: &str,
+        state: &AgentState,
+        enrollment_code: &str,
+        deliver_timeout: Duration,
+    ) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::InvalidArgument {
+                field: "--collector".into(),
+                reason: format!("{url:?} is not a valid URL: {e}"),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60));
+        let client = CollectorClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(4 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let mut uploader = Self {
+            url: url.to_string(),
+            client,
+            creds: Credentials { agent_id: String::new(), agent_token: String::new() },
+            state: state.clone(),
+            enrollment_code: enrollment_code.to_string(),
+            deliver_timeout,
+            stats: DeliveryStats::default(),
+        };
+        match state.credentials(url)? {
+            Some(creds) => uploader.creds = creds,
+            None => {
+                uploader.enroll().await?;
+            }
+        }
+        Ok(uploader)
+    }
+
+    /// The agent id this uploader reports as.
+    pub fn agent_id(&self) -> &str {
+        &self.creds.agent_id
+    }
+
+    async fn enroll(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.deliver_timeout;
+        let mut attempt = 0;
+        loop {
+            let req = EnrollRequest {
+                enrollment_code: self.enrollment_code.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            match self.client.enroll(req).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    self.creds = Credentials { agent_id: resp.agent_id, agent_token: resp.agent_token };
+                    tracing::info!(collector = %self.url, agent_id = %self.creds.agent_id, "Enrolled with collector");
+                    return self.state.save_credentials(&self.url, &self.creds);
+                }
+                Err(status) if transient(&status) && Instant::now() < deadline => {
+                    self.stats.retries += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(Error::Collector { url: self.url.clone(), status }),
+            }
+        }
+    }
+
+    /// Sends one batch, retrying transient failures until the deadline.
+    pub async fn send(&mut self, batch: &ReportBatch) -> Result<ReportAck> {
+        let deadline = Instant::now() + self.deliver_timeout;
+        let mut attempt = 0;
+        let mut reenrolled = false;
+        loop {
+            let mut req = Request::new(batch.clone());
+            let bearer = format!("Bearer {}", self.creds.agent_token);
+            match bearer.parse() {
+                Ok(value) => {
+                    req.metadata_mut().insert("authorization", value);
+                }
+                Err(_) => {
+                    return Err(Error::InvalidArgument {
+                        field: "agent_token".into(),
+                        reason: "the stored token is not valid metadata".into(),
+                    });
+                }
+            }
+            match self.client.report(req).await {
+                Ok(resp) => {
+                    let ack = resp.into_inner();
+                    match ack.status() {
+                        AckStatus::Duplicate => self.stats.batches_duplicate += 1,
+                        _ => {
+                            self.stats.batches_accepted += 1;
+                            self.stats.records_accepted += u64::from(ack.records_accepted);
+                        }
+                    }
+                    return Ok(ack);
+                }
+                Err(status) if status.code() == Code::Unauthenticated && !reenrolled => {
+                    reenrolled = true;
+                    self.enroll().await?;
+                }
+                Err(status) if transient(&status) && Instant::now() < deadline => {
+                    tracing::debug!(batch_id = %batch.batch_id, code = ?status.code(), "Retrying batch");
+                    self.stats.retries += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(Error::Collector { url: self.url.clone(), status }),
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Reading real and damaged captures.
+
+use std::process::Command;
+
+use leakwatch_agent::capture::{decode, read_capture_file};
+use leakwatch_agent::flow::{FlowTable, NameSource};
+use leakwatch_agent::import::{DeviceLabels, import_capture};
+use leakwatch_agent::state::AgentState;
+
+use crate::{external, simulated_fleet};
+
+fn summaries(
+    path: &std::path::Path,
+) -> (leakwatch_agent::capture::CaptureStats, Vec<leakwatch_agent::flow::FlowSummary>) {
+    let mut table = FlowTable::new();
+    let mut last = 0;
+    let stats = read_capture_file(path, |frame, stats| {
+        if let Some(ts) = frame.ts_us {
+            last = ts;
+        }
+        if let Some(p) = decode(frame, last, stats) {
+            table.add(&p);
+        }
+    })
+    .expect("readable");
+    (stats, table.summaries())
+}
+
+#[test]
+fn external_tls13_with_dns_gives_sni_and_alpn() {
+    let (stats, flows) = summaries(&external("arkime/curl-enabled-tls13.pcap"));
+    assert!(stats.frames > 0);
+    let tls = flows.iter().find(|f| f.dst_port == 443).expect("tls flow");
+    assert_eq!(tls.sni.as_deref(), Some("enabled.tls13.com"));
+    assert_eq!(tls.name_source, NameSource::Sni);
+    assert_eq!(tls.dst_ip.to_string(), "104.16.125.34");
+}
+
+#[test]
+fn external_split_client_hello_is_reassembled() {
+    let (_, flows) = summaries(&external("arkime/tls-split-client-hello.pcap"));
+    let tls = flows.iter().find(|f| f.dst_port == 443).expect("tls flow");
+    assert_eq!(tls.sni.as_deref(), Some("clients2.google.com"));
+    // Arkime's expectation: 17 packets out, 18 in.
+    assert_eq!((tls.packets_out, tls.packets_in), (17, 18));
+}
+
+#[test]
+fn external_null_link_ipv6_alpn() {
+    let (_, flows) = summaries(&external("arkime/tls-alpn-h2.pcap"));
+    let tls = flows.iter().find(|f| f.sni.is_some()).expect("tls flow");
+    assert_eq!(tls.sni.as_deref(), Some("www.cloudflare.com"));
+    assert_eq!(tls.dst_ip.to_string(), "2606:4700::6811:d209");
+    assert!(tls.alpn.iter().any(|a| a == "h2"), "{:?}", tls.alpn);
+}
+
+#[test]
+fn external_pcapng_big_endian_and_multi_interface_read() {
+    let (stats, _) = summaries(&external("pcap-parser/assets/test016-be.pcapng"));
+    assert_eq!(stats.frames, 4);
+    let (stats, flows) = summaries(&external("zeek/pcapng-multi-interface.pcapng"));
+    assert_eq!(stats.frames, 6);
+    assert!(flows.iter().all(|f| f.dst_ip.to_string() == "1.1.1.1" && f.dst_port == 53), "{flows:?}");
+    let (stats, _) = summaries(&external("pcap-parser/assets/err-buffertoosmall.pcapng"));
+    assert_eq!(stats.frames, 27, "large blocks must be read, not stop the file");
+    let (stats, _) = summaries(&external("arkime/bigendian.pcap"));
+    assert_eq!(stats.frames, 2);
+}
+
+#[test]
+fn external_damaged_file_keeps_what_came_before() {
+    // tshark reads 6 frames, then reports a 4 325 376-byte record.
+    let (stats, _) = summaries(&external("suricata-verify/tests/bug-1450-04/tls_DER-incomplete-header.pcap"));
+    assert_eq!(stats.frames, 6);
+    assert!(stats.stopped_by.is_some());
+}
+
+#[test]
+fn external_invalid_headers_are_skipped_and_counted() {
+    let (stats, _) = summaries(&external("pcapdroid/invalid_or_unsupported.pcap"));
+    assert_eq!(stats.frames, 15);
+    assert!(stats.skipped_total() > 0, "{stats:?}");
+}
+
+#[test]
+fn external_dns_names_reach_later_flows() {
+    let (_, flows) = summaries(&external("pcapdroid/metadata.pcap"));
+    assert!(flows.iter().any(|f| f.name_source == NameSource::Dns && f.domain.is_some()), "{flows:#?}");
+    assert!(flows.iter().any(|f| f.sni.as_deref() == Some("www.google.it")), "{flows:#?}");
+}
+
+#[test]
+fn simulated_capture_yields_labelled_records_and_boot_offsets() {
+    let (dir, manifest) = simulated_fleet(12);
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state = AgentState::open(state_dir.path()).expect("state");
+    let entry = manifest.captures.iter().find(|c| c.model == "Redmi 1S").expect("seed model simulated");
+    let labels = DeviceLabels {
+        device_id: Some(entry.device_id.clone()),
+        vendor: entry.vendor.clone(),
+        model: entry.model.clone(),
+        ..Default::default()
+    };
+    let imported = import_capture(&dir.path().join(&entry.file), &labels, &state, 1000).expect("import");
+    let records: Vec<_> = imported.batches.iter().flat_map(|b| &b.records).collect();
+    let seed = records.iter().find(|r| r.domain == "api.account.xiaomi.com").expect("seed destination");
+    assert!(seed.seconds_since_boot > 1.0 && seed.seconds_since_boot < 10.0, "{}", seed.seconds_since_boot);
+    assert_eq!(seed.tls.as_ref().map(|t| t.sni.as_str()), Some("api.account.xiaomi.com"));
+    assert!(imported.anonymiser.dropped_non_public > 0, "LAN noise must be dropped");
+    // Same capture, same install: same batch ids (re-import is a duplicate).
+    let again = import_capture(&dir.path().join(&entry.file), &labels, &state, 1000).expect("import");
+    assert_eq!(again.batches[0].batch_id, imported.batches[0].batch_id);
+}
+
+fn agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+}
+
+#[test]
+fn truncated_capture_reports_skips_and_still_succeeds() {
+    let (dir, manifest) = simulated_fleet(8);
+    let src = std::fs::read(dir.path().join(&manifest.captures[0].file)).expect("read");
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &src[..src.len() - 7]).expect("write");
+    let state = tempfile::tempdir().expect("tempdir");
+    let out =
+        agent().args(["import", "--dry-run", "--state-dir"]).arg(state.path()).arg(&cut).output().expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("packets read") && stderr.contains("truncated"), "{stderr}");
+}
+
+#[test]
+fn unreadable_captures_fail_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.pcap");
+    std::fs::write(&junk, b"\x00\x01not a capture file at all................").expect("write");
+    let empty = dir.path().join("empty.pcap");
+    std::fs::write(&empty, b"").expect("write");
+    let out = agent()
+        .args(["import", "--dry-run", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg(&junk)
+        .arg(&empty)
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("junk.pcap: not a readable capture"), "{stderr}");
+    assert!(stderr.contains("empty.pcap: not a readable capture: the file is empty"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}

@@ -1,0 +1,28 @@
+//! Integration tests of the agent (one binary; modules per area).
+
+mod captures;
+mod dry_run;
+
+use std::path::PathBuf;
+
+/// The third-party captures, from `LEAKWATCH_EXTERNAL_TESTDATA`. Tests that
+/// need them are named `external_*`; `make test` sets the variable when the
+/// folder exists and skips (and reports) those tests when it does not, so a
+/// missing variable here is an error, never a silent pass.
+pub fn external(rel: &str) -> PathBuf {
+    let root = std::env::var_os("LEAKWATCH_EXTERNAL_TESTDATA")
+        .expect("LEAKWATCH_EXTERNAL_TESTDATA is not set: run `make test`, or skip with `-- --skip external_`");
+    let path = PathBuf::from(root).join(rel);
+    assert!(path.exists(), "missing test capture {}", path.display());
+    path
+}
+
+/// A small simulated fleet (real pcap files) in a temp dir.
+pub fn simulated_fleet(devices: u32) -> (tempfile::TempDir, leakwatch_agent::simulate::FleetManifest) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = leakwatch_agent::simulate::FleetProfile::from_toml(leakwatch_agent::simulate::DEFAULT_PROFILE)
+        .expect("default profile");
+    let manifest = leakwatch_agent::simulate::simulate_fleet(&profile, dir.path(), Some(devices), Some(7), |_, _| {})
+        .expect("simulate");
+    (dir, manifest)
+}

@@ -1,0 +1,208 @@
+//! The `leakwatch` command line: `serve`, `sql`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use leakwatch_query::QueryConfig;
+use leakwatch_query::format::OutputFormat;
+
+use crate::demo::{self, DemoOptions};
+use crate::server::{DEFAULT_MAX_MESSAGE_BYTES, ServeConfig, Server};
+use crate::sql;
+use crate::{Error, Result};
+
+/// leakwatch collector: stores what agents report and answers SQL over it.
+#[derive(Debug, Parser)]
+#[command(name = "leakwatch", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the collector.
+    Serve(ServeArgs),
+    /// Run read-only SQL or a detection rule over a data directory.
+    Sql(SqlArgs),
+    /// Simulate the built-in fleet, send it through agent and collector,
+    /// and print what the boot_phone_home rule finds.
+    Demo(DemoArgs),
+}
+
+/// Listening and query settings shared by `serve` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "LEAKWATCH_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address (/healthz, /metrics).
+    #[arg(long, env = "LEAKWATCH_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Seconds between flushes of the log to Parquet.
+    #[arg(long, env = "LEAKWATCH_FLUSH_INTERVAL_SECS", default_value_t = 10)]
+    pub flush_interval_secs: u64,
+    /// Largest decoded Report message, bytes.
+    #[arg(long, env = "LEAKWATCH_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    #[command(flatten)]
+    /// Query limits.
+    pub query: QueryArgs,
+}
+
+/// Limits of SQL queries.
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// Memory limit per query session, MiB.
+    #[arg(long, env = "LEAKWATCH_QUERY_MEMORY_MIB", default_value_t = 1024)]
+    pub query_memory_mib: usize,
+    /// Time limit per query, seconds.
+    #[arg(long, env = "LEAKWATCH_QUERY_TIMEOUT_SECS", default_value_t = 60)]
+    pub query_timeout_secs: u64,
+}
+
+impl QueryArgs {
+    fn config(&self) -> QueryConfig {
+        QueryConfig {
+            memory_limit_bytes: self.query_memory_mib.saturating_mul(1024 * 1024),
+            timeout: Duration::from_secs(self.query_timeout_secs),
+        }
+    }
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory (RocksDB log and Parquet files).
+    #[arg(long, env = "LEAKWATCH_DATA_DIR", default_value = "leakwatch-data")]
+    pub data_dir: PathBuf,
+    /// Accept agents without an enrollment code (for trials).
+    #[arg(long, env = "LEAKWATCH_OPEN_ENROLLMENT")]
+    pub open_enrollment: bool,
+    #[command(flatten)]
+    /// Listening.
+    pub listen: ListenArgs,
+}
+
+/// Flags of `sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Data directory of a collector (it may be running).
+    #[arg(long, env = "LEAKWATCH_DATA_DIR", default_value = "leakwatch-data")]
+    pub data_dir: PathBuf,
+    /// Run this statement and exit (default: interactive console).
+    #[arg(short = 'c', long = "command")]
+    pub command: Option<String>,
+    /// Output format: table, csv or json.
+    #[arg(long, default_value = "table")]
+    pub format: OutputFormat,
+    /// List the built-in detection rules.
+    #[arg(long)]
+    pub rules: bool,
+    /// Run a built-in detection rule.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Rule parameter NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    #[command(flatten)]
+    /// Query limits.
+    pub query: QueryArgs,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Data directory for the demo (collector data, captures, agent state).
+    #[arg(long, default_value = "leakwatch-demo-data")]
+    pub data_dir: PathBuf,
+    /// Exit after printing the findings instead of serving on.
+    #[arg(long)]
+    pub once: bool,
+    /// Devices to simulate (default: the built-in profile's 210).
+    #[arg(long)]
+    pub devices: Option<u32>,
+    /// Simulator seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    /// Listening.
+    pub listen: ListenArgs,
+}
+
+fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -> ServeConfig {
+    ServeConfig {
+        data_dir,
+        grpc_listen: listen.grpc_listen,
+        http_listen: listen.http_listen,
+        open_enrollment,
+        flush_interval: Duration::from_secs(listen.flush_interval_secs.max(1)),
+        max_message_bytes: listen.max_message_bytes,
+        query: listen.query.config(),
+    }
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs the command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            if args.open_enrollment {
+                tracing::warn!("Open enrollment: any agent that can reach this collector may report");
+            }
+            let server = Server::start(serve_config(args.data_dir, args.open_enrollment, &args.listen)).await?;
+            println!("leakwatch collector: gRPC on {}, HTTP on http://{}", server.grpc_addr, server.http_addr);
+            wait_for_stop().await;
+            tracing::info!("Stopping: draining requests and flushing");
+            server.shutdown().await
+        }
+        Command::Sql(args) => {
+            if args.rules {
+                print!("{}", sql::describe_rules());
+                return Ok(());
+            }
+            let scratch = tempfile::tempdir().map_err(|e| Error::Config(format!("temporary directory: {e}")))?;
+            let sessions = sql::open_sessions(&args.data_dir, scratch.path(), args.query.config())?;
+            if let Some(name) = &args.rule {
+                let params = sql::parse_params(&args.params)?;
+                println!("{}", sql::run_rule(&sessions, name, &params, args.format).await?);
+                return Ok(());
+            }
+            match &args.command {
+                Some(statement) => {
+                    println!("{}", sql::run_statement(&sessions, statement, args.format).await?);
+                    Ok(())
+                }
+                None => sql::console(&sessions, args.format).await,
+            }
+        }
+        Command::Demo(args) => {
+            demo::run(DemoOptions {
+                data_dir: args.data_dir.clone(),
+                once: args.once,
+                devices: args.devices,
+                seed: args.seed,
+                serve: serve_config(args.data_dir, true, &args.listen),
+            })
+            .await
+        }
+    }
+}

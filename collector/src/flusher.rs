@@ -1,0 +1,194 @@
+//! Flusher: log entries in, Parquet files out.
+//!
+//! A flush takes the log entries above the watermark (up to
+//! [`DurableLog::durable_upto`]), records the range as a flush intent,
+//! writes one Parquet file per day (`flows/day=YYYY-MM-DD/{from}-{to}.parquet`,
+//! zero-padded sequence numbers; zstd, dictionary-encoded strings, rows
+//! sorted by vendor, model, domain, device and time since boot) through
+//! `object_store`, makes the files durable, and then moves the watermark
+//! and deletes the flushed entries in one synced write.
+//!
+//! A crash before the watermark moves leaves the intent; the next flush
+//! redoes exactly that range and so rewrites the same file names with the
+//! same rows. Readers use only files whose range ends at or below the
+//! watermark, so no row is ever in both the files and the tail, or in
+//! neither.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use leakwatch_query::{FlowBatchBuilder, flows_schema};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::convert::add_rows;
+use crate::log::DurableLog;
+use crate::metrics::IngestMetrics;
+use crate::{Error, Result};
+
+/// Most log entries (batches) per flush.
+pub const MAX_BATCHES_PER_FLUSH: u64 = 20_000;
+
+/// What one flush did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// Rows written.
+    pub rows: u64,
+    /// Files written.
+    pub files: u64,
+    /// Watermark after the flush.
+    pub watermark: u64,
+}
+
+/// Where Parquet files go: a local directory (default) through
+/// `object_store`.
+#[derive(Debug, Clone)]
+pub struct DataStore {
+    store: Arc<dyn ObjectStore>,
+    root: PathBuf,
+}
+
+impl DataStore {
+    /// A local store rooted at `root` (created if missing).
+    pub fn local(root: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&root).map_err(|e| Error::Storage(format!("{}: {e}", root.display())))?;
+        let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(Self { store: Arc::new(store), root })
+    }
+
+    /// The directory holding `flows/`.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    /// The directory of the `flows` table.
+    pub fn flows_dir(&self) -> PathBuf {
+        self.root.join("flows")
+    }
+
+    async fn put_durable(&self, path: &StorePath, bytes: Vec<u8>) -> Result<()> {
+        self.store.put(path, bytes.into()).await.map_err(|e| Error::Storage(format!("writing {path}: {e}")))?;
+        // The local store renames a temporary file into place but does not
+        // fsync; the log entries are deleted after this, so make the file
+        // and its directory entries durable first.
+        let local = self.root.join(path.as_ref());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&local)?.sync_all()?;
+            let mut dir = local.parent();
+            for _ in 0..3 {
+                let Some(d) = dir else { break };
+                std::fs::File::open(d)?.sync_all()?;
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+        .map_err(|e| Error::Storage(format!("syncing {path}: {e}")))
+    }
+}
+
+/// Moves data from the log to Parquet.
+#[derive(Debug)]
+pub struct Flusher {
+    log: Arc<DurableLog>,
+    store: DataStore,
+    metrics: Arc<IngestMetrics>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn day_of(window_start_s: i64) -> String {
+    chrono::DateTime::from_timestamp(window_start_s, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "1970-01-01".into())
+}
+
+fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Storage(e.to_string()))?))
+        .set_dictionary_enabled(true)
+        .set_max_row_group_size(128 * 1024)
+        .build();
+    let mut buf = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut buf, flows_schema(), Some(props)).map_err(|e| Error::Storage(e.to_string()))?;
+    writer.write(batch).map_err(|e| Error::Storage(e.to_string()))?;
+    writer.close().map_err(|e| Error::Storage(e.to_string()))?;
+    Ok(buf)
+}
+
+impl Flusher {
+    /// A flusher from `log` to `store`.
+    pub fn new(log: Arc<DurableLog>, store: DataStore, metrics: Arc<IngestMetrics>) -> Self {
+        Self { log, store, metrics, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Flushes what is durable now (finishing an interrupted flush first);
+    /// repeats until the log holds nothing more to flush.
+    pub async fn flush(&self) -> Result<FlushOutcome> {
+        let _guard = self.lock.lock().await;
+        let mut total = FlushOutcome::default();
+        loop {
+            let log = self.log.clone();
+            let range = tokio::task::spawn_blocking(move || -> Result<Option<(u64, u64)>> {
+                if let Some(intent) = log.flush_intent()? {
+                    return Ok(Some(intent));
+                }
+                let watermark = log.watermark()?;
+                let upto = log.durable_upto();
+                if upto <= watermark {
+                    return Ok(None);
+                }
+                let to = upto.min(watermark + MAX_BATCHES_PER_FLUSH);
+                log.set_flush_intent(watermark + 1, to)?;
+                Ok(Some((watermark + 1, to)))
+            })
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))??;
+            let Some((from, to)) = range else {
+                total.watermark = self.log.watermark()?;
+                return Ok(total);
+            };
+            let outcome = self.flush_range(from, to).await?;
+            total.rows += outcome.rows;
+            total.files += outcome.files;
+        }
+    }
+
+    async fn flush_range(&self, from: u64, to: u64) -> Result<FlushOutcome> {
+        let log = self.log.clone();
+        let entries = tokio::task::spawn_blocking(move || log.read_range(from, to))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))??;
+        let mut days: BTreeMap<String, FlowBatchBuilder> = BTreeMap::new();
+        for (_, stored) in &entries {
+            add_rows(stored, |row| days.entry(day_of(row.window_start_s)).or_default().push(row));
+        }
+        let mut outcome = FlushOutcome::default();
+        for (day, mut builder) in days {
+            builder.sort_for_rules();
+            outcome.rows += builder.len() as u64;
+            let batch = builder.finish();
+            let bytes = tokio::task::spawn_blocking(move || parquet_bytes(&batch))
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))??;
+            let path = StorePath::from(format!("flows/day={day}/{from:020}-{to:020}.parquet"));
+            self.store.put_durable(&path, bytes).await?;
+            outcome.files += 1;
+        }
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.commit_flush(to))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))??;
+        IngestMetrics::add(&self.metrics.rows_flushed, outcome.rows);
+        IngestMetrics::add(&self.metrics.files_flushed, outcome.files);
+        tracing::info!(from, to, rows = outcome.rows, files = outcome.files, "Flushed log to Parquet");
+        outcome.watermark = to;
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,141 @@
+//! gRPC ingest: `Enroll` and `Report`.
+
+use std::sync::Arc;
+
+use leakwatch_proto::v1::collector_server::Collector;
+use leakwatch_proto::v1::{AckStatus, EnrollRequest, EnrollResponse, ReportAck, ReportBatch};
+use sha2::{Digest as _, Sha256};
+use tonic::{Request, Response, Status};
+
+use crate::log::{AppendOutcome, DurableLog};
+use crate::metrics::IngestMetrics;
+use crate::{Error, validate};
+
+/// The `leakwatch.v1.Collector` service.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    log: Arc<DurableLog>,
+    metrics: Arc<IngestMetrics>,
+    open_enrollment: bool,
+}
+
+impl Ingest {
+    /// A service writing to `log`.
+    pub fn new(log: Arc<DurableLog>, metrics: Arc<IngestMetrics>, open_enrollment: bool) -> Self {
+        Self { log, metrics, open_enrollment }
+    }
+
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("authorization: missing; call Enroll and send `Bearer <agent_token>`")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization: expected `Bearer <agent_token>`"))?;
+        let (agent_id, _) =
+            token.split_once('.').ok_or_else(|| Status::unauthenticated("authorization: malformed agent token"))?;
+        let stored = self
+            .log
+            .agent_token_hash(agent_id)
+            .map_err(Status::from)?
+            .ok_or_else(|| Status::unauthenticated("authorization: unknown agent; enroll again"))?;
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Compare without an early exit.
+        let same = stored.len() == 32 && stored.iter().zip(hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return Err(Status::unauthenticated("authorization: invalid agent token"));
+        }
+        Ok(agent_id.to_string())
+    }
+}
+
+#[tonic::async_trait]
+impl Collector for Ingest {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let req = request.into_inner();
+        if req.enrollment_code.len() > 128 {
+            return Err(Status::invalid_argument(format!(
+                "enrollment_code: {} bytes, at most 128",
+                req.enrollment_code.len()
+            )));
+        }
+        if req.agent_version.len() > 64 {
+            return Err(Status::invalid_argument(format!(
+                "agent_version: {} bytes, at most 64",
+                req.agent_version.len()
+            )));
+        }
+        if !self.open_enrollment {
+            return Err(Status::permission_denied(
+                "this collector does not enroll new agents: its operator must start it with --open-enrollment (enrollment codes are not supported yet)",
+            ));
+        }
+        let agent_id = hex::encode(rand::random::<[u8; 8]>());
+        let token = format!("{agent_id}.{}", hex::encode(rand::random::<[u8; 32]>()));
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let log = self.log.clone();
+        let id = agent_id.clone();
+        tokio::task::spawn_blocking(move || log.put_agent(&id, &hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::info!(agent_id = %agent_id, agent_version = %req.agent_version, "Enrolled agent");
+        Ok(Response::new(EnrollResponse { agent_id, agent_token: token }))
+    }
+
+    async fn report(&self, request: Request<ReportBatch>) -> Result<Response<ReportAck>, Status> {
+        let agent_id = match self.authenticate(&request) {
+            Ok(id) => id,
+            Err(status) => {
+                IngestMetrics::add(&self.metrics.reports_rejected, 1);
+                return Err(status);
+            }
+        };
+        let batch = request.into_inner();
+        let now = chrono::Utc::now();
+        if let Err(msg) = validate::check_batch(&batch, now.timestamp()) {
+            IngestMetrics::add(&self.metrics.reports_rejected, 1);
+            tracing::warn!(agent_id = %agent_id, reason = %msg, "Rejected report");
+            return Err(Status::invalid_argument(msg));
+        }
+        let log = self.log.clone();
+        let records = batch.records.len() as u32;
+        let batch_id = batch.batch_id.clone();
+        let received = now.timestamp_millis();
+        let id = agent_id.clone();
+        let outcome = tokio::task::spawn_blocking(move || log.append(&id, &batch, received))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let ack = match outcome {
+            Ok(AppendOutcome::Accepted { .. }) => {
+                IngestMetrics::add(&self.metrics.batches_accepted, 1);
+                IngestMetrics::add(&self.metrics.records_accepted, u64::from(records));
+                tracing::debug!(agent_id = %agent_id, batch_id = %batch_id, records, "Stored batch");
+                ReportAck {
+                    status: AckStatus::Accepted as i32,
+                    batch_id,
+                    records_accepted: records,
+                    records_already_stored: 0,
+                }
+            }
+            Ok(AppendOutcome::Duplicate { records }) => {
+                IngestMetrics::add(&self.metrics.batches_duplicate, 1);
+                ReportAck {
+                    status: AckStatus::Duplicate as i32,
+                    batch_id,
+                    records_accepted: 0,
+                    records_already_stored: records,
+                }
+            }
+            Err(e) => {
+                if matches!(e, Error::Conflict(_)) {
+                    IngestMetrics::add(&self.metrics.reports_rejected, 1);
+                    tracing::warn!(agent_id = %agent_id, batch_id = %batch_id, "Rejected batch id reused with other content");
+                }
+                return Err(e.into());
+            }
+        };
+        Ok(Response::new(ack))
+    }
+}

@@ -1,0 +1,391 @@
+//! The durable log: acknowledged batches in RocksDB until they are flushed
+//! to Parquet.
+//!
+//! # On-disk format (version 1)
+//!
+//! One RocksDB database (`DATA_DIR/log`) with column families:
+//!
+//! - `batches`: key = log sequence number (u64 big-endian), value = entry:
+//!   `[format version: u8 = 1][crc32 of the rest: u32 LE][StoredBatch]`,
+//!   where `StoredBatch` is a protobuf message holding the agent id, the
+//!   receive time and the `ReportBatch` as received.
+//! - `batch_ids`: key = batch id, value = `[seq: u64 BE][sha256 of the
+//!   batch's device and records: 32 bytes][record count: u32 BE]`. Kept
+//!   after the flush, so a retried batch is answered `duplicate` forever.
+//! - `meta`: `watermark` = highest sequence number in Parquet (u64 BE);
+//!   `flush_intent` = `[from: u64 BE][to: u64 BE]` while a flush is under
+//!   way.
+//! - `agents`: key = agent id, value = sha256 of its token.
+//!
+//! # Durability
+//!
+//! [`DurableLog::append`] writes the entry and its batch id in one
+//! `WriteBatch` with `sync = true` and returns only then; concurrent
+//! appends are grouped by RocksDB's write path into one fsync (group
+//! commit). Sequence numbers are handed out under a short lock; entries may
+//! commit out of order, so [`DurableLog::durable_upto`] is the highest
+//! number below which every append has finished, and the flusher never
+//! goes past it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use leakwatch_proto::v1::ReportBatch;
+use prost::Message;
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use sha2::{Digest as _, Sha256};
+
+use crate::{Error, Result};
+
+const CF_BATCHES: &str = "batches";
+const CF_BATCH_IDS: &str = "batch_ids";
+const CF_META: &str = "meta";
+const CF_AGENTS: &str = "agents";
+const COLUMN_FAMILIES: [&str; 4] = [CF_BATCHES, CF_BATCH_IDS, CF_META, CF_AGENTS];
+const KEY_WATERMARK: &[u8] = b"watermark";
+const KEY_FLUSH_INTENT: &[u8] = b"flush_intent";
+const ENTRY_VERSION: u8 = 1;
+
+/// A batch as the log keeps it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredBatch {
+    /// Agent that sent it.
+    #[prost(string, tag = "1")]
+    pub agent_id: String,
+    /// When the collector stored it, Unix milliseconds.
+    #[prost(int64, tag = "2")]
+    pub received_at_ms: i64,
+    /// The batch as received.
+    #[prost(message, optional, tag = "3")]
+    pub batch: Option<ReportBatch>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored under this sequence number.
+    Accepted {
+        /// Log sequence number.
+        seq: u64,
+    },
+    /// The batch id was stored before, with the same content.
+    Duplicate {
+        /// Records stored back then.
+        records: u32,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Inflight {
+    next_seq: u64,
+    seqs: BTreeSet<u64>,
+    batch_ids: HashSet<String>,
+}
+
+/// The RocksDB log.
+#[derive(Debug)]
+pub struct DurableLog {
+    db: DB,
+    inflight: Mutex<Inflight>,
+    read_only: bool,
+}
+
+fn db_err(e: rocksdb::Error) -> Error {
+    Error::Storage(e.to_string())
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The digest that decides whether two batches with one id are the same:
+/// device and records, not the send time.
+pub fn batch_digest(batch: &ReportBatch) -> [u8; 32] {
+    let mut h = Sha256::new();
+    if let Some(d) = &batch.device {
+        let mut d = d.clone();
+        // Map order is not canonical on the wire; sort for the digest.
+        let consent: std::collections::BTreeMap<_, _> = d.consent.drain().collect();
+        h.update(d.encode_to_vec());
+        for (k, v) in consent {
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+            h.update([0]);
+        }
+    }
+    for r in &batch.records {
+        h.update(r.encode_to_vec());
+    }
+    h.finalize().into()
+}
+
+/// Encodes a log entry (version, checksum, message).
+pub fn encode_entry(stored: &StoredBatch) -> Vec<u8> {
+    let body = stored.encode_to_vec();
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(ENTRY_VERSION);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a log entry, checking version and checksum.
+pub fn decode_entry(bytes: &[u8]) -> Result<StoredBatch> {
+    let (&version, rest) = bytes.split_first().ok_or_else(|| Error::Corrupt("empty log entry".into()))?;
+    if version != ENTRY_VERSION {
+        return Err(Error::Corrupt(format!("log entry format {version}, this build reads {ENTRY_VERSION}")));
+    }
+    let (crc, body) = rest.split_at_checked(4).ok_or_else(|| Error::Corrupt("log entry too short".into()))?;
+    let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(body) != want {
+        return Err(Error::Corrupt("log entry checksum mismatch".into()));
+    }
+    StoredBatch::decode(body).map_err(|e| Error::Corrupt(format!("log entry: {e}")))
+}
+
+impl DurableLog {
+    fn options() -> Options {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_open_files(256);
+        opts
+    }
+
+    /// Opens (creating if needed) the log at `path` for writing.
+    pub fn open(path: &Path) -> Result<Self> {
+        let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let db = DB::open_cf_descriptors(&Self::options(), path, cfs).map_err(db_err)?;
+        let log = Self { db, inflight: Mutex::new(Inflight::default()), read_only: false };
+        let last = log.last_seq()?;
+        let watermark = log.watermark()?;
+        log.lock().next_seq = last.max(watermark) + 1;
+        Ok(log)
+    }
+
+    /// Opens the log at `path` as a RocksDB secondary instance (its own
+    /// files in `secondary_dir`), which works while a server writes to
+    /// `path`. Call [`Self::catch_up`] to see new writes.
+    pub fn open_secondary(path: &Path, secondary_dir: &Path) -> Result<Self> {
+        if !path.join("CURRENT").exists() {
+            return Err(Error::NoData(path.to_path_buf()));
+        }
+        let mut opts = Self::options();
+        opts.set_max_open_files(-1);
+        let db = DB::open_cf_as_secondary(&opts, path, secondary_dir, COLUMN_FAMILIES).map_err(db_err)?;
+        Ok(Self { db, inflight: Mutex::new(Inflight::default()), read_only: true })
+    }
+
+    /// Secondary instances: replays what the primary wrote since.
+    pub fn catch_up(&self) -> Result<()> {
+        if self.read_only {
+            self.db.try_catch_up_with_primary().map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inflight> {
+        match self.inflight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("column family {name} is missing")))
+    }
+
+    fn last_seq(&self) -> Result<u64> {
+        let mut it = self.db.iterator_cf(self.cf(CF_BATCHES)?, IteratorMode::End);
+        match it.next() {
+            Some(item) => {
+                let (k, _) = item.map_err(db_err)?;
+                u64_at(&k, 0).ok_or_else(|| Error::Corrupt("bad sequence key".into()))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Highest sequence number already in Parquet (0 when none).
+    pub fn watermark(&self) -> Result<u64> {
+        Ok(self.db.get_cf(self.cf(CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0))
+    }
+
+    /// The flush under way, if a previous run stopped in the middle of one.
+    pub fn flush_intent(&self) -> Result<Option<(u64, u64)>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_META)?, KEY_FLUSH_INTENT)
+            .map_err(db_err)?
+            .and_then(|v| Some((u64_at(&v, 0)?, u64_at(&v, 8)?))))
+    }
+
+    /// Records that sequence numbers `from..=to` are being flushed.
+    pub fn set_flush_intent(&self, from: u64, to: u64) -> Result<()> {
+        let mut value = from.to_be_bytes().to_vec();
+        value.extend_from_slice(&to.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_META)?, KEY_FLUSH_INTENT, value, &wo).map_err(db_err)
+    }
+
+    /// Marks `..=to` as flushed and deletes those entries, atomically.
+    pub fn commit_flush(&self, to: u64) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(CF_META)?, KEY_WATERMARK, to.to_be_bytes());
+        wb.delete_cf(self.cf(CF_META)?, KEY_FLUSH_INTENT);
+        wb.delete_range_cf(self.cf(CF_BATCHES)?, 0u64.to_be_bytes(), (to + 1).to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(db_err)
+    }
+
+    /// Highest sequence number below which every append has finished.
+    pub fn durable_upto(&self) -> u64 {
+        let g = self.lock();
+        match g.seqs.first() {
+            Some(&s) => s - 1,
+            None => g.next_seq.saturating_sub(1),
+        }
+    }
+
+    /// Appends a batch; returns once it is on disk (fsync).
+    pub fn append(&self, agent_id: &str, batch: &ReportBatch, received_at_ms: i64) -> Result<AppendOutcome> {
+        if self.read_only {
+            return Err(Error::Storage("the log is open read-only".into()));
+        }
+        let digest = batch_digest(batch);
+        let ids = self.cf(CF_BATCH_IDS)?;
+        let seq = {
+            let mut g = self.lock();
+            if g.batch_ids.contains(&batch.batch_id) {
+                return Err(Error::InFlight(batch.batch_id.clone()));
+            }
+            if let Some(v) = self.db.get_cf(ids, &batch.batch_id).map_err(db_err)? {
+                if v.get(8..40) != Some(&digest[..]) {
+                    return Err(Error::Conflict(batch.batch_id.clone()));
+                }
+                let records = v.get(40..44).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                return Ok(AppendOutcome::Duplicate { records });
+            }
+            let seq = g.next_seq;
+            g.next_seq += 1;
+            g.seqs.insert(seq);
+            g.batch_ids.insert(batch.batch_id.clone());
+            seq
+        };
+        let result = (|| {
+            let stored = StoredBatch { agent_id: agent_id.to_string(), received_at_ms, batch: Some(batch.clone()) };
+            let mut id_value = seq.to_be_bytes().to_vec();
+            id_value.extend_from_slice(&digest);
+            id_value.extend_from_slice(&(batch.records.len() as u32).to_be_bytes());
+            let mut wb = WriteBatch::default();
+            wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), encode_entry(&stored));
+            wb.put_cf(ids, &batch.batch_id, id_value);
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(wb, &wo).map_err(db_err)
+        })();
+        let mut g = self.lock();
+        g.seqs.remove(&seq);
+        g.batch_ids.remove(&batch.batch_id);
+        drop(g);
+        result.map(|()| AppendOutcome::Accepted { seq })
+    }
+
+    /// Entries with sequence numbers in `from..=to`, in order.
+    pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<(u64, StoredBatch)>> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound((to.saturating_add(1)).to_be_bytes().to_vec());
+        let start = from.to_be_bytes();
+        let it = self.db.iterator_cf_opt(self.cf(CF_BATCHES)?, opts, IteratorMode::From(&start, Direction::Forward));
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item.map_err(db_err)?;
+            let seq = u64_at(&k, 0).ok_or_else(|| Error::Corrupt("bad sequence key".into()))?;
+            out.push((seq, decode_entry(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// A consistent view: the watermark and every entry above it.
+    pub fn tail(&self) -> Result<(u64, Vec<StoredBatch>)> {
+        let snap = self.db.snapshot();
+        let watermark =
+            snap.get_cf(self.cf(CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0);
+        let start = (watermark + 1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in snap.iterator_cf(self.cf(CF_BATCHES)?, IteratorMode::From(&start, Direction::Forward)) {
+            let (_, v) = item.map_err(db_err)?;
+            out.push(decode_entry(&v)?);
+        }
+        Ok((watermark, out))
+    }
+
+    /// Registers an agent's token hash.
+    pub fn put_agent(&self, agent_id: &str, token_hash: &[u8; 32]) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_AGENTS)?, agent_id, token_hash, &wo).map_err(db_err)
+    }
+
+    /// The token hash of an agent.
+    pub fn agent_token_hash(&self, agent_id: &str) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(CF_AGENTS)?, agent_id).map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use leakwatch_proto::v1::{DeviceInfo, FlowRecord};
+
+    use super::*;
+
+    fn batch(id: &str, n: usize) -> ReportBatch {
+        ReportBatch {
+            batch_id: id.into(),
+            sent_at_unix_ms: 1,
+            device: Some(DeviceInfo { device_pseudonym: "d".into(), ..Default::default() }),
+            records: (0..n).map(|i| FlowRecord { dst_port: 443, bytes_out: i as u64, ..Default::default() }).collect(),
+        }
+    }
+
+    #[test]
+    fn append_dedups_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = DurableLog::open(dir.path()).expect("open");
+            assert_eq!(log.append("a", &batch("b1", 3), 5).expect("append"), AppendOutcome::Accepted { seq: 1 });
+            let mut resent = batch("b1", 3);
+            resent.sent_at_unix_ms = 99;
+            assert_eq!(log.append("a", &resent, 6).expect("dup"), AppendOutcome::Duplicate { records: 3 });
+            assert!(matches!(log.append("a", &batch("b1", 4), 7), Err(Error::Conflict(_))));
+            assert_eq!(log.append("a", &batch("b2", 1), 8).expect("append"), AppendOutcome::Accepted { seq: 2 });
+            assert_eq!(log.durable_upto(), 2);
+        }
+        let log = DurableLog::open(dir.path()).expect("reopen");
+        let (wm, tail) = log.tail().expect("tail");
+        assert_eq!((wm, tail.len()), (0, 2));
+        log.commit_flush(1).expect("commit");
+        let (wm, tail) = log.tail().expect("tail");
+        assert_eq!((wm, tail.len()), (1, 1));
+        assert_eq!(
+            log.append("a", &batch("b1", 3), 9).expect("dup after flush"),
+            AppendOutcome::Duplicate { records: 3 }
+        );
+        assert_eq!(log.append("a", &batch("b3", 1), 10).expect("append"), AppendOutcome::Accepted { seq: 3 });
+    }
+
+    #[test]
+    fn corrupt_entries_are_detected() {
+        let stored = StoredBatch { agent_id: "a".into(), received_at_ms: 1, batch: Some(batch("x", 1)) };
+        let mut bytes = encode_entry(&stored);
+        assert_eq!(decode_entry(&bytes).expect("decodes"), stored);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        assert!(matches!(decode_entry(&bytes), Err(Error::Corrupt(_))));
+        assert!(matches!(decode_entry(&[]), Err(Error::Corrupt(_))));
+    }
+}

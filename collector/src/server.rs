@@ -1,0 +1,222 @@
+//! The collector server: gRPC ingest with health and reflection, HTTP
+//! `/healthz` and `/metrics`, and the background flusher.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use leakwatch_proto::v1::collector_server::CollectorServer;
+use leakwatch_query::{QueryConfig, SessionFactory, TailSnapshot, TailSource};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::convert::to_record_batch;
+use crate::flusher::{DataStore, Flusher};
+use crate::ingest::Ingest;
+use crate::log::DurableLog;
+use crate::metrics::IngestMetrics;
+use crate::{Error, Result};
+
+/// Largest decoded `Report` message, bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Settings of a running collector.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data directory (`log/` for RocksDB, `store/` for Parquet).
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Accept `Enroll` without a code.
+    pub open_enrollment: bool,
+    /// Time between flushes.
+    pub flush_interval: Duration,
+    /// Largest decoded `Report`, bytes.
+    pub max_message_bytes: usize,
+    /// Query limits.
+    pub query: QueryConfig,
+}
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The layout under `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+    /// The RocksDB log.
+    pub fn log(&self) -> PathBuf {
+        self.root.join("log")
+    }
+    /// The Parquet store root.
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store")
+    }
+}
+
+/// Tail of a log, for the query layer.
+#[derive(Debug, Clone)]
+pub struct LogTail {
+    log: Arc<DurableLog>,
+}
+
+impl LogTail {
+    /// The tail of `log`.
+    pub fn new(log: Arc<DurableLog>) -> Self {
+        Self { log }
+    }
+}
+
+impl TailSource for LogTail {
+    fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
+        self.log.catch_up().map_err(|e| e.to_string())?;
+        let (watermark, batches) = self.log.tail().map_err(|e| e.to_string())?;
+        Ok(TailSnapshot { watermark, batches: vec![to_record_batch(&batches)] })
+    }
+}
+
+/// A running collector.
+#[derive(Debug)]
+pub struct Server {
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The log.
+    pub log: Arc<DurableLog>,
+    /// The flusher.
+    pub flusher: Arc<Flusher>,
+    /// Sessions over this collector's data.
+    pub sessions: SessionFactory,
+    /// Counters.
+    pub metrics: Arc<IngestMetrics>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Server {
+    /// Opens the data directory, finishes an interrupted flush, binds the
+    /// listeners and starts serving.
+    pub async fn start(config: ServeConfig) -> Result<Self> {
+        let dirs = DataDir::new(config.data_dir.clone());
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::Config(format!("--data-dir {}: {e}", config.data_dir.display())))?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_not_serving::<CollectorServer<Ingest>>().await;
+        let log_path = dirs.log();
+        let log = Arc::new(
+            tokio::task::spawn_blocking(move || DurableLog::open(&log_path))
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))??,
+        );
+        let store = DataStore::local(dirs.store())?;
+        let metrics = Arc::new(IngestMetrics::default());
+        let flusher = Arc::new(Flusher::new(log.clone(), store.clone(), metrics.clone()));
+        // Recovery: finish a flush a crash interrupted before serving.
+        let recovered = flusher.flush().await?;
+        tracing::info!(watermark = recovered.watermark, rows = recovered.rows, "Recovered log");
+
+        let grpc = TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|e| Error::Config(format!("--grpc-listen {}: {e}", config.grpc_listen)))?;
+        let http = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|e| Error::Config(format!("--http-listen {}: {e}", config.http_listen)))?;
+        let grpc_addr = grpc.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+        let http_addr = http.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+        let (shutdown, rx) = watch::channel(false);
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(leakwatch_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+        let ingest = CollectorServer::new(Ingest::new(log.clone(), metrics.clone(), config.open_enrollment))
+            .max_decoding_message_size(config.max_message_bytes);
+        let grpc_task = {
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                let result = tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .add_service(reflection)
+                    .add_service(ingest)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown_signal(rx))
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            })
+        };
+        let http_task = {
+            let metrics = metrics.clone();
+            let app = Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
+                .route("/metrics", get(move || async move { metrics.render() }));
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http, app).with_graceful_shutdown(shutdown_signal(rx)).await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
+        };
+        let flush_task = {
+            let flusher = flusher.clone();
+            let mut rx = rx.clone();
+            let interval = config.flush_interval;
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(interval) => {}
+                        _ = rx.changed() => break,
+                    }
+                    if let Err(e) = flusher.flush().await {
+                        tracing::error!(error = %e, "Flush failed; will retry");
+                    }
+                }
+            })
+        };
+        health.set_serving::<CollectorServer<Ingest>>().await;
+        let sessions =
+            SessionFactory::new(config.query.clone(), store.flows_dir(), Arc::new(LogTail::new(log.clone())));
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, data_dir = %config.data_dir.display(), "Collector serving");
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            log,
+            flusher,
+            sessions,
+            metrics,
+            shutdown,
+            tasks: vec![grpc_task, http_task, flush_task],
+        })
+    }
+
+    /// Stops accepting, lets requests in flight finish, flushes, returns.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.flusher.flush().await?;
+        Ok(())
+    }
+}

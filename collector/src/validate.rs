@@ -1,0 +1,224 @@
+//! Checks every `Report` before it is stored. A refusal names the field,
+//! the value and the limit; it is the caller's fault (`InvalidArgument`).
+//!
+//! The collector re-checks the privacy rules it can: destinations must be
+//! public addresses.
+
+use std::net::IpAddr;
+
+use leakwatch_proto::v1::{DomainSource, FlowRecord, ReportBatch, Transport};
+
+/// Most records in one batch.
+pub const MAX_RECORDS_PER_BATCH: usize = 10_000;
+/// Longest label (vendor, model, pseudonyms, consent keys and values).
+pub const MAX_LABEL_BYTES: usize = 64;
+/// Most consent entries.
+pub const MAX_CONSENT_ENTRIES: usize = 32;
+/// Longest domain name.
+pub const MAX_DOMAIN_BYTES: usize = 253;
+/// Longest app name.
+pub const MAX_APP_BYTES: usize = 128;
+/// Earliest accepted record time (2000-01-01T00:00:00Z).
+pub const MIN_WINDOW_START_S: i64 = 946_684_800;
+/// How far in the future a record may lie (clock skew), seconds.
+pub const MAX_FUTURE_S: i64 = 86_400;
+/// Longest time since boot accepted (10 years), seconds.
+pub const MAX_SECONDS_SINCE_BOOT: f64 = 315_360_000.0;
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        let shown: String = value.chars().take(32).collect();
+        return Err(format!("{field}: {} bytes ({shown:?}...), at most {max}", value.len()));
+    }
+    Ok(())
+}
+
+fn non_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return non_public(IpAddr::V4(v4));
+            }
+            let seg0 = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00
+                || (seg0 & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
+    let f = |name: &str| format!("records[{i}].{name}");
+    if !r.seconds_since_boot.is_finite() || !(0.0..=MAX_SECONDS_SINCE_BOOT).contains(&r.seconds_since_boot) {
+        return Err(format!(
+            "{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}",
+            f("seconds_since_boot"),
+            r.seconds_since_boot
+        ));
+    }
+    if !r.duration_s.is_finite() || !(0.0..=MAX_SECONDS_SINCE_BOOT).contains(&r.duration_s) {
+        return Err(format!("{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}", f("duration_s"), r.duration_s));
+    }
+    let w = r.window_start_unix_s;
+    if w % 60 != 0 {
+        return Err(format!(
+            "{}: {w} is not a whole minute (privacy rule: wall clock is coarsened to the minute)",
+            f("window_start_unix_s")
+        ));
+    }
+    if w < MIN_WINDOW_START_S || w > now_s + MAX_FUTURE_S {
+        return Err(format!(
+            "{}: {w} is outside {MIN_WINDOW_START_S}..={} (2000-01-01 to one day from now)",
+            f("window_start_unix_s"),
+            now_s + MAX_FUTURE_S
+        ));
+    }
+    match Transport::try_from(r.transport) {
+        Ok(Transport::Tcp | Transport::Udp) => {}
+        _ => return Err(format!("{}: {} is not TRANSPORT_TCP (1) or TRANSPORT_UDP (2)", f("transport"), r.transport)),
+    }
+    let ip: IpAddr = r.dst_ip.parse().map_err(|_| {
+        format!("{}: {:?} is not an IP address", f("dst_ip"), r.dst_ip.chars().take(64).collect::<String>())
+    })?;
+    if non_public(ip) {
+        return Err(format!(
+            "{}: {ip} is not a public address (privacy rule: such destinations are never reported)",
+            f("dst_ip")
+        ));
+    }
+    if !(1..=65_535).contains(&r.dst_port) {
+        return Err(format!("{}: {} is outside 1..=65535", f("dst_port"), r.dst_port));
+    }
+    check_len(&f("domain"), &r.domain, MAX_DOMAIN_BYTES)?;
+    if !r.domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.' | b'*'))
+    {
+        return Err(format!("{}: {:?} has characters outside a-z 0-9 - _ . *", f("domain"), r.domain));
+    }
+    if DomainSource::try_from(r.domain_source).is_err() {
+        return Err(format!("{}: {} is not a DomainSource value", f("domain_source"), r.domain_source));
+    }
+    check_len(&f("app"), &r.app, MAX_APP_BYTES)?;
+    if let Some(tls) = &r.tls {
+        check_len(&f("tls.sni"), &tls.sni, MAX_DOMAIN_BYTES)?;
+        check_len(&f("tls.client_fingerprint"), &tls.client_fingerprint, MAX_LABEL_BYTES)?;
+        if tls.alpn.len() > 16 {
+            return Err(format!("{}: {} entries, at most 16", f("tls.alpn"), tls.alpn.len()));
+        }
+        for (j, p) in tls.alpn.iter().enumerate() {
+            check_len(&format!("{}[{j}]", f("tls.alpn")), p, 32)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks `batch`; `Err` holds the message for `InvalidArgument`.
+pub fn check_batch(batch: &ReportBatch, now_s: i64) -> Result<(), String> {
+    let id = &batch.batch_id;
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(format!(
+            "batch_id: {:?} must be 1 to 64 characters of A-Z a-z 0-9 - _",
+            id.chars().take(80).collect::<String>()
+        ));
+    }
+    let Some(device) = &batch.device else {
+        return Err("device: missing (required)".into());
+    };
+    if device.device_pseudonym.is_empty() {
+        return Err("device.device_pseudonym: missing (required)".into());
+    }
+    check_len("device.device_pseudonym", &device.device_pseudonym, MAX_LABEL_BYTES)?;
+    check_len("device.boot_pseudonym", &device.boot_pseudonym, MAX_LABEL_BYTES)?;
+    check_len("device.vendor", &device.vendor, MAX_LABEL_BYTES)?;
+    check_len("device.model", &device.model, MAX_LABEL_BYTES)?;
+    check_len("device.os_version", &device.os_version, MAX_LABEL_BYTES)?;
+    if device.consent.len() > MAX_CONSENT_ENTRIES {
+        return Err(format!("device.consent: {} entries, at most {MAX_CONSENT_ENTRIES}", device.consent.len()));
+    }
+    for (k, v) in &device.consent {
+        check_len("device.consent key", k, MAX_LABEL_BYTES)?;
+        check_len(&format!("device.consent[{k:?}]"), v, MAX_LABEL_BYTES)?;
+    }
+    if batch.records.is_empty() {
+        return Err("records: empty, need 1 to 10000".into());
+    }
+    if batch.records.len() > MAX_RECORDS_PER_BATCH {
+        return Err(format!("records: {} records, at most {MAX_RECORDS_PER_BATCH}", batch.records.len()));
+    }
+    for (i, r) in batch.records.iter().enumerate() {
+        check_record(i, r, now_s)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use leakwatch_proto::v1::DeviceInfo;
+
+    use super::*;
+
+    fn good() -> ReportBatch {
+        ReportBatch {
+            batch_id: "abc".into(),
+            sent_at_unix_ms: 0,
+            device: Some(DeviceInfo { device_pseudonym: "p".into(), ..Default::default() }),
+            records: vec![FlowRecord {
+                seconds_since_boot: 1.0,
+                window_start_unix_s: 1_700_000_040,
+                transport: 1,
+                dst_ip: "93.184.216.34".into(),
+                dst_port: 443,
+                domain: "example.com".into(),
+                domain_source: 3,
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn errors_name_field_value_and_limit() {
+        let now = 1_800_000_000;
+        assert_eq!(check_batch(&good(), now), Ok(()));
+        let cases: Vec<(Box<dyn Fn(&mut ReportBatch)>, &str)> = vec![
+            (Box::new(|b| b.device = None), "device: missing"),
+            (Box::new(|b| b.batch_id = String::new()), "batch_id"),
+            (Box::new(|b| b.records[0].dst_port = 70000), "records[0].dst_port: 70000 is outside 1..=65535"),
+            (
+                Box::new(|b| b.records[0].dst_ip = "192.168.1.10".into()),
+                "records[0].dst_ip: 192.168.1.10 is not a public address",
+            ),
+            (Box::new(|b| b.records[0].domain = "x".repeat(300)), "records[0].domain: 300 bytes"),
+            (Box::new(|b| b.records[0].window_start_unix_s = now + 10 * 86_400), "records[0].window_start_unix_s"),
+            (Box::new(|b| b.records[0].transport = 9), "records[0].transport: 9"),
+            (Box::new(|b| b.records = vec![b.records[0].clone(); 10_001]), "records: 10001 records, at most 10000"),
+            (Box::new(|b| b.records.clear()), "records: empty"),
+            (
+                Box::new(|b| {
+                    if let Some(d) = b.device.as_mut() {
+                        d.vendor = "v".repeat(65)
+                    }
+                }),
+                "device.vendor: 65 bytes",
+            ),
+        ];
+        for (mutate, want) in cases {
+            let mut b = good();
+            mutate(&mut b);
+            let err = check_batch(&b, now).expect_err(want);
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The `leakwatch` binary: read-only SQL, and the demo.
+
+use crate::{TestServer, leakwatch};
+
+#[tokio::test]
+async fn sql_that_writes_is_refused_and_creates_no_file() {
+    let t = TestServer::start().await;
+    let data = t.dir.path().join("data");
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let statements = [
+        "COPY (SELECT 1) TO 'x.csv'",
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION 'y.csv'",
+        "CREATE TABLE z AS SELECT 1",
+        "INSERT INTO flows SELECT * FROM flows",
+        "SET datafusion.execution.batch_size = 1",
+        "SELECT * FROM generate_series(1, 1000000000)",
+    ];
+    for sql in statements {
+        let out = leakwatch()
+            .current_dir(cwd.path())
+            .args(["sql", "--data-dir"])
+            .arg(&data)
+            .args(["-c", sql])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sql} must fail");
+        assert!(stderr.starts_with("error: "), "{sql}: {stderr}");
+        if !sql.contains("generate_series") {
+            assert!(stderr.contains("read-only"), "{sql}: {stderr}");
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).expect("read").collect();
+    assert!(left.is_empty(), "files were created: {left:?}");
+    let ok = leakwatch()
+        .args(["sql", "--format", "csv", "--data-dir"])
+        .arg(&data)
+        .args(["-c", "SELECT 1 AS one"])
+        .output()
+        .expect("run");
+    assert!(ok.status.success());
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "one\n1");
+}
+
+#[test]
+fn demo_once_finds_the_seed_case_and_not_the_decoy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = leakwatch()
+        .args([
+            "demo",
+            "--once",
+            "--devices",
+            "60",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ") && !l.contains("vendor")).collect();
+    let first = rows.first().unwrap_or_else(|| panic!("no findings:\n{stdout}"));
+    assert!(
+        first.contains("Redmi 1S") && first.contains("api.account.xiaomi.com") && first.contains("cloud_account=off"),
+        "{stdout}"
+    );
+    for decoy in ["gstatic", "time.android.com", "google.com"] {
+        assert!(!stdout.contains(decoy), "decoy {decoy} reported:\n{stdout}");
+    }
+    // Running it again re-sends the same batches: all duplicates, same table.
+    let again = leakwatch()
+        .args([
+            "demo",
+            "--once",
+            "--devices",
+            "60",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run demo again");
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("collector stored 0 new records"));
+}

@@ -1,0 +1,126 @@
+//! Hostile reports are refused with InvalidArgument naming the field.
+
+use http::uri::PathAndQuery;
+use leakwatch_proto::v1::collector_client::CollectorClient;
+use leakwatch_proto::v1::{DeviceInfo, FlowRecord, ReportAck, ReportBatch};
+use tonic::{Code, Request};
+
+use crate::TestServer;
+
+async fn token(t: &TestServer) -> String {
+    let (_, state) = t.uploader().await;
+    state.credentials(&t.url()).expect("read").expect("enrolled").agent_token
+}
+
+fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+    req
+}
+
+fn good_batch() -> ReportBatch {
+    ReportBatch {
+        batch_id: "hostile-1".into(),
+        sent_at_unix_ms: 0,
+        device: Some(DeviceInfo { device_pseudonym: "abc".into(), ..Default::default() }),
+        records: vec![FlowRecord {
+            seconds_since_boot: 1.0,
+            window_start_unix_s: 1_700_000_040,
+            transport: 1,
+            dst_ip: "93.184.216.34".into(),
+            dst_port: 443,
+            domain_source: 1,
+            ..Default::default()
+        }],
+    }
+}
+
+/// A `ReportBatch` look-alike whose string fields are raw bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawBatch {
+    #[prost(bytes = "vec", tag = "1")]
+    batch_id: Vec<u8>,
+    #[prost(message, optional, tag = "3")]
+    device: Option<RawDevice>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawDevice {
+    #[prost(bytes = "vec", tag = "1")]
+    device_pseudonym: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    vendor: Vec<u8>,
+}
+
+#[tokio::test]
+async fn invalid_reports_name_the_field() {
+    let t = TestServer::start().await;
+    let token = token(&t).await;
+    let mut client = CollectorClient::connect(t.url()).await.expect("connect");
+    let mut cases: Vec<(ReportBatch, &str)> = Vec::new();
+    let mut b = good_batch();
+    b.device = None;
+    cases.push((b, "device: missing"));
+    let mut b = good_batch();
+    b.records = vec![b.records[0].clone(); 10_001];
+    cases.push((b, "records: 10001 records, at most 10000"));
+    let mut b = good_batch();
+    b.records[0].domain = "a".repeat(1000);
+    cases.push((b, "records[0].domain: 1000 bytes"));
+    let mut b = good_batch();
+    b.records[0].dst_ip = "10.0.0.1".into();
+    cases.push((b, "records[0].dst_ip"));
+    let mut b = good_batch();
+    b.records[0].dst_port = 0;
+    cases.push((b, "records[0].dst_port"));
+    for (batch, want) in cases {
+        let err = client.report(authed(batch, &token)).await.expect_err(want);
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(want), "{:?} should name {want:?}", err.message());
+    }
+    // Unauthenticated without a token.
+    let err = client.report(Request::new(good_batch())).await.expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Nothing was stored.
+    let n = t.csv("SELECT count(*) AS n FROM flows").await;
+    assert_eq!(n.lines().nth(1), Some("0"), "{n}");
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_invalid_argument_naming_the_field() {
+    let t = TestServer::start().await;
+    let token = token(&t).await;
+    let channel = tonic::transport::Endpoint::from_shared(t.url()).expect("url").connect().await.expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let raw = RawBatch {
+        batch_id: b"ok-id".to_vec(),
+        device: Some(RawDevice { device_pseudonym: b"abc".to_vec(), vendor: vec![0xff, 0xfe, b'x'] }),
+    };
+    grpc.ready().await.expect("ready");
+    let err = grpc
+        .unary::<RawBatch, ReportAck, _>(
+            authed(raw, &token),
+            PathAndQuery::from_static("/leakwatch.v1.Collector/Report"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("invalid UTF-8");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("DeviceInfo.vendor"), "{:?}", err.message());
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused_without_storing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::serve_config(&dir.path().join("data"));
+    config.max_message_bytes = 64 * 1024;
+    let server = leakwatch_collector::server::Server::start(config).await.expect("start");
+    let t = TestServer { server, dir };
+    let token = token(&t).await;
+    let mut client = CollectorClient::connect(t.url()).await.expect("connect");
+    let mut b = good_batch();
+    b.records = vec![b.records[0].clone(); 5000];
+    let err = client.report(authed(b, &token)).await.expect_err("too large");
+    assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{err:?}");
+    assert!(err.message().contains("65536"), "the limit is named: {:?}", err.message());
+}

@@ -1,0 +1,88 @@
+//! Integration tests of the collector: the real server on 127.0.0.1:0 with
+//! a RocksDB in a temp dir, the real agent pipeline, the real binary.
+
+mod cli;
+mod durability;
+mod hostile;
+mod pipeline;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use leakwatch_agent::import::{DeviceLabels, ImportedCapture, import_capture};
+use leakwatch_agent::state::AgentState;
+use leakwatch_agent::uploader::Uploader;
+use leakwatch_collector::server::{ServeConfig, Server};
+use leakwatch_query::QueryConfig;
+use leakwatch_query::format::{OutputFormat, render};
+
+/// A collector on loopback with its own data directory.
+pub struct TestServer {
+    pub server: Server,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn serve_config(data_dir: &Path) -> ServeConfig {
+    ServeConfig {
+        data_dir: data_dir.to_path_buf(),
+        grpc_listen: "127.0.0.1:0".parse().expect("addr"),
+        http_listen: "127.0.0.1:0".parse().expect("addr"),
+        open_enrollment: true,
+        flush_interval: Duration::from_secs(3600),
+        max_message_bytes: 16 * 1024 * 1024,
+        query: QueryConfig::default(),
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Server::start(serve_config(&dir.path().join("data"))).await.expect("server starts");
+        Self { server, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.grpc_addr)
+    }
+
+    /// An uploader with its own agent state.
+    pub async fn uploader(&self) -> (Uploader, AgentState) {
+        let state = AgentState::open(&self.dir.path().join("agent")).expect("agent state");
+        let up = Uploader::connect(&self.url(), &state, "", Duration::from_secs(10)).await.expect("enroll");
+        (up, state)
+    }
+
+    /// Runs SQL and renders it as CSV.
+    pub async fn csv(&self, sql: &str) -> String {
+        let session = self.server.sessions.session().await.expect("session");
+        let batches = session.sql(sql).await.expect("query");
+        render(&batches, OutputFormat::Csv).expect("render")
+    }
+}
+
+/// Imports `path` with `labels` and sends every batch.
+pub async fn send_capture(
+    up: &mut Uploader,
+    state: &AgentState,
+    path: &Path,
+    labels: &DeviceLabels,
+) -> ImportedCapture {
+    let imported = import_capture(path, labels, state, 1000).expect("import");
+    for batch in &imported.batches {
+        up.send(batch).await.expect("send");
+    }
+    imported
+}
+
+/// The third-party captures (tests using them are named `external_*`).
+pub fn external(rel: &str) -> PathBuf {
+    let root = std::env::var_os("LEAKWATCH_EXTERNAL_TESTDATA")
+        .expect("LEAKWATCH_EXTERNAL_TESTDATA is not set: run `make test`, or skip with `-- --skip external_`");
+    let path = PathBuf::from(root).join(rel);
+    assert!(path.exists(), "missing test capture {}", path.display());
+    path
+}
+
+pub fn leakwatch() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch"))
+}

@@ -1,0 +1,109 @@
+//! Capture → agent → gRPC → log → Parquet → SQL.
+
+use leakwatch_agent::import::DeviceLabels;
+use leakwatch_proto::v1::AckStatus;
+
+use crate::{TestServer, external, send_capture};
+
+#[tokio::test]
+async fn external_capture_is_queryable_before_and_after_flush() {
+    let t = TestServer::start().await;
+    let (mut up, state) = t.uploader().await;
+    let labels = DeviceLabels {
+        device_id: Some("test-phone".into()),
+        vendor: "Google".into(),
+        model: "Pixel".into(),
+        ..Default::default()
+    };
+    send_capture(&mut up, &state, &external("arkime/curl-enabled-tls13.pcap"), &labels).await;
+    send_capture(&mut up, &state, &external("pcapdroid/metadata.pcap"), &labels).await;
+    let query = "SELECT domain, domain_source FROM flows WHERE domain IN ('enabled.tls13.com', 'www.google.it') \
+                 OR domain_source = 'dns' ORDER BY domain LIMIT 50";
+    // Unflushed: read from the log's tail.
+    let before = t.csv(query).await;
+    assert!(before.contains("enabled.tls13.com,sni"), "{before}");
+    assert!(before.contains("www.google.it,sni"), "{before}");
+    assert!(before.contains(",dns"), "a name learned from DNS answers: {before}");
+    let flushed = t.server.flusher.flush().await.expect("flush");
+    assert!(flushed.rows > 0 && flushed.files > 0);
+    // Flushed: read from Parquet, same answer, nothing twice.
+    assert_eq!(t.csv(query).await, before);
+    let parquet: Vec<_> = walk(&t.dir.path().join("data/store/flows"));
+    assert!(parquet.iter().any(|p| p.to_string_lossy().contains("day=")), "{parquet:?}");
+    let counts = t.csv("SELECT count(*) AS n, count(DISTINCT batch_id) AS b FROM flows").await;
+    assert_eq!(counts.lines().nth(1), Some(format!("{},2", flushed.rows).as_str()), "{counts}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        if entry.path().is_dir() {
+            out.extend(walk(&entry.path()));
+        } else {
+            out.push(entry.path());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn same_batch_twice_is_stored_once() {
+    let t = TestServer::start().await;
+    let (mut up, state) = t.uploader().await;
+    let (dir, manifest) = simulated(6);
+    let entry = &manifest.captures[0];
+    let labels = DeviceLabels {
+        device_id: Some(entry.device_id.clone()),
+        vendor: entry.vendor.clone(),
+        model: entry.model.clone(),
+        ..Default::default()
+    };
+    let imported =
+        leakwatch_agent::import::import_capture(&dir.path().join(&entry.file), &labels, &state, 1000).expect("import");
+    let batch = &imported.batches[0];
+    let first = up.send(batch).await.expect("first");
+    assert_eq!(first.status(), AckStatus::Accepted);
+    let second = up.send(batch).await.expect("second");
+    assert_eq!(second.status(), AckStatus::Duplicate);
+    assert_eq!(second.records_already_stored, first.records_accepted);
+    t.server.flusher.flush().await.expect("flush");
+    // And once more after the flush.
+    assert_eq!(up.send(batch).await.expect("third").status(), AckStatus::Duplicate);
+    let n = t.csv("SELECT count(*) AS n FROM flows").await;
+    assert_eq!(n.lines().nth(1), Some(batch.records.len().to_string().as_str()), "{n}");
+}
+
+pub fn simulated(devices: u32) -> (tempfile::TempDir, leakwatch_agent::simulate::FleetManifest) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = leakwatch_agent::simulate::FleetProfile::from_toml(leakwatch_agent::simulate::DEFAULT_PROFILE)
+        .expect("profile");
+    let manifest = leakwatch_agent::simulate::simulate_fleet(&profile, dir.path(), Some(devices), Some(3), |_, _| {})
+        .expect("simulate");
+    (dir, manifest)
+}
+
+#[tokio::test]
+async fn health_reflection_and_metrics_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let t = TestServer::start().await;
+    let mut health = HealthClient::connect(t.url()).await.expect("connect");
+    let resp = health
+        .check(HealthCheckRequest { service: leakwatch_proto::COLLECTOR_SERVICE_NAME.into() })
+        .await
+        .expect("health");
+    assert_eq!(resp.into_inner().status(), ServingStatus::Serving);
+    let metrics = reqwest_like_get(t.server.http_addr, "/metrics").await;
+    assert!(metrics.contains("leakwatch_batches_accepted_total 0"), "{metrics}");
+}
+
+async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}

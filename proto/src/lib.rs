@@ -1,0 +1,61 @@
+//! The leakwatch wire protocol, package `leakwatch.v1`.
+//!
+//! In: `leakwatch/v1/collector.proto`, compiled at build time with protox.
+//! Out: prost message types, the tonic `Collector` client and server, and
+//! [`FILE_DESCRIPTOR_SET`] for gRPC reflection.
+//!
+//! Messages are decoded with [`codec::StrictCodec`], which answers a message
+//! that does not decode (truncated, wrong wire type, invalid UTF-8 in a
+//! string field) with `InvalidArgument` naming the field, where plain prost
+//! decoding would answer `Internal`.
+
+pub mod codec;
+
+/// Generated code for `leakwatch.v1`.
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod v1 {
+    tonic::include_proto!("leakwatch.v1");
+}
+
+/// Encoded `FileDescriptorSet` of `leakwatch.v1`, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/leakwatch_descriptor.bin"));
+
+/// Name of the gRPC service, as health checks and reflection know it.
+pub const COLLECTOR_SERVICE_NAME: &str = "leakwatch.v1.Collector";
+
+impl v1::Transport {
+    /// Short lower-case name used in JSON and SQL ("tcp", "udp").
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+impl v1::DomainSource {
+    /// Short lower-case name used in JSON and SQL ("dns", "sni", ...).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::None => "none",
+            Self::Dns => "dns",
+            Self::Sni => "sni",
+            Self::Quic => "quic",
+            Self::Http => "http",
+        }
+    }
+}
+
+impl v1::BootSource {
+    /// Short lower-case name used in JSON and SQL ("explicit", ...).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Explicit => "explicit",
+            Self::FirstPacket => "first_packet",
+            Self::Dhcp => "dhcp",
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! leakwatch query layer.
+//!
+//! In: Parquet files under the collector's data store and the unflushed
+//! tail of its log (through [`TailSource`]). Out: Arrow record batches for
+//! read-only SQL, detection [`rules`], and their rendering as table, CSV or
+//! JSON.
+//!
+//! Every DataFusion session comes from [`SessionFactory`]: read-only (no
+//! DDL, DML, COPY, SET or other statements), no URL tables,
+//! `generate_series` and `range` removed, a memory pool limit and a
+//! per-query timeout.
+//!
+//! This crate knows nothing of gRPC or RocksDB: the collector hands in the
+//! tail as rows ([`FlowRow`]).
+
+pub mod format;
+pub mod rules;
+mod schema;
+mod session;
+mod udf;
+
+pub use schema::{FlowBatchBuilder, FlowRow, flows_schema};
+pub use session::{QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, flushed_range_of};
+
+use datafusion::error::DataFusionError;
+
+/// Errors of the query layer, sorted by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The statement would change something; SQL here is read-only
+    /// (caller's fault, HTTP 400 / gRPC InvalidArgument).
+    #[error("refused: leakwatch SQL is read-only ({0})")]
+    ReadOnly(String),
+    /// The SQL does not parse or plan, or a rule parameter is invalid
+    /// (caller's fault, HTTP 400 / gRPC InvalidArgument).
+    #[error("{0}")]
+    Invalid(String),
+    /// The query exceeded the time limit (HTTP 429 / ResourceExhausted).
+    #[error("query timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The query needed more memory than the pool allows (HTTP 429 /
+    /// ResourceExhausted).
+    #[error("query needs more memory than allowed: {0}")]
+    ResourcesExhausted(String),
+    /// The tail source failed (ours, HTTP 500 / Internal).
+    #[error("reading unflushed data: {0}")]
+    Tail(String),
+    /// Anything else DataFusion reports (ours, HTTP 500 / Internal).
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
+            DataFusionError::Plan(m) | DataFusionError::SQL(_, Some(m)) => {
+                Error::Invalid(format!("error in query: {m}"))
+            }
+            DataFusionError::SQL(p, None) => Error::Invalid(format!("SQL syntax error: {p}")),
+            DataFusionError::SchemaError(s, _) => Error::Invalid(format!("error in query: {s}")),
+            DataFusionError::NotImplemented(m) => Error::Invalid(format!("not supported: {m}")),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Result with the query layer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

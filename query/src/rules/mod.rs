@@ -1,0 +1,175 @@
+//! Detection rules: SQL files with a header, shipped in the binary.
+//!
+//! Header lines at the top of each file, before the SQL:
+//!
+//! ```text
+//! -- name: boot_phone_home
+//! -- title: One line
+//! -- description: What it finds and why.
+//! -- param: window_s = 60 | what the parameter means
+//! -- columns: vendor, model, ...
+//! ```
+//!
+//! Parameters are numbers; `${name}` in the SQL is replaced by the value
+//! (given or default), after checking that it parses as a number, so a
+//! parameter cannot inject SQL.
+
+use std::collections::BTreeMap;
+
+use crate::{Error, Result};
+
+/// Rule files compiled into the binary.
+const RULE_FILES: &[&str] = &[include_str!("boot_phone_home.sql")];
+
+/// A rule parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    /// Name used in `${name}` and `--param name=value`.
+    pub name: String,
+    /// Default value.
+    pub default: f64,
+    /// What it means.
+    pub description: String,
+}
+
+/// A detection rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Short name, e.g. `boot_phone_home`.
+    pub name: String,
+    /// One-line title.
+    pub title: String,
+    /// What it finds.
+    pub description: String,
+    /// Parameters with defaults.
+    pub params: Vec<Param>,
+    /// Columns of its result.
+    pub columns: Vec<String>,
+    /// The SQL with `${param}` placeholders.
+    pub sql: String,
+}
+
+fn parse_rule(text: &str) -> std::result::Result<Rule, String> {
+    let mut rule = Rule {
+        name: String::new(),
+        title: String::new(),
+        description: String::new(),
+        params: Vec::new(),
+        columns: Vec::new(),
+        sql: String::new(),
+    };
+    let mut body = Vec::new();
+    let mut in_header = true;
+    for line in text.lines() {
+        let header = line.strip_prefix("-- ").and_then(|l| l.split_once(": "));
+        match (in_header, header) {
+            (true, Some((key, value))) => match key {
+                "name" => rule.name = value.trim().to_string(),
+                "title" => rule.title = value.trim().to_string(),
+                "description" => rule.description = value.trim().to_string(),
+                "columns" => rule.columns = value.split(',').map(|c| c.trim().to_string()).collect(),
+                "param" => {
+                    let (decl, description) = value.split_once('|').unwrap_or((value, ""));
+                    let (name, default) =
+                        decl.split_once('=').ok_or_else(|| format!("param line {value:?} has no '='"))?;
+                    rule.params.push(Param {
+                        name: name.trim().to_string(),
+                        default: default
+                            .trim()
+                            .parse()
+                            .map_err(|_| format!("param {name:?}: default is not a number"))?,
+                        description: description.trim().to_string(),
+                    });
+                }
+                other => return Err(format!("unknown header key {other:?}")),
+            },
+            _ => {
+                in_header = false;
+                body.push(line);
+            }
+        }
+    }
+    rule.sql = body.join("\n");
+    if rule.name.is_empty() || rule.sql.trim().is_empty() {
+        return Err("a rule needs a name and SQL".into());
+    }
+    Ok(rule)
+}
+
+/// Every built-in rule.
+pub fn builtin_rules() -> Vec<Rule> {
+    RULE_FILES
+        .iter()
+        .map(|text| match parse_rule(text) {
+            Ok(rule) => rule,
+            Err(e) => unreachable!("built-in rule files are checked by tests: {e}"),
+        })
+        .collect()
+}
+
+/// The built-in rule called `name`.
+pub fn rule(name: &str) -> Result<Rule> {
+    builtin_rules().into_iter().find(|r| r.name == name).ok_or_else(|| {
+        let names: Vec<String> = builtin_rules().into_iter().map(|r| r.name).collect();
+        Error::Invalid(format!("unknown rule {name:?}; rules: {}", names.join(", ")))
+    })
+}
+
+impl Rule {
+    /// The SQL with parameters filled in from `given` (name → value text)
+    /// and defaults.
+    pub fn render(&self, given: &BTreeMap<String, String>) -> Result<String> {
+        for name in given.keys() {
+            if !self.params.iter().any(|p| &p.name == name) {
+                let known: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+                return Err(Error::Invalid(format!(
+                    "rule {} has no parameter {name:?}; parameters: {}",
+                    self.name,
+                    known.join(", ")
+                )));
+            }
+        }
+        let mut sql = self.sql.clone();
+        for p in &self.params {
+            let value = match given.get(&p.name) {
+                Some(text) => text
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| Error::Invalid(format!("parameter {}: {text:?} is not a number", p.name)))?,
+                None => p.default,
+            };
+            sql = sql.replace(&format!("${{{}}}", p.name), &value.to_string());
+        }
+        Ok(sql)
+    }
+
+    /// A human description for `--rules`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{}\n  {}\n  {}\n", self.name, self.title, self.description);
+        for p in &self.params {
+            s.push_str(&format!("  --param {}={}  {}\n", p.name, p.default, p.description));
+        }
+        s.push_str(&format!("  columns: {}\n", self.columns.join(", ")));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_parse_and_render() {
+        let rules: Vec<Rule> = RULE_FILES.iter().map(|t| parse_rule(t).expect("rule parses")).collect();
+        assert!(rules.iter().any(|r| r.name == "boot_phone_home"));
+        let r = rule("boot_phone_home").expect("rule");
+        let sql = r.render(&BTreeMap::new()).expect("render");
+        assert!(!sql.contains("${"), "{sql}");
+        let bad = BTreeMap::from([("window_s".to_string(), "60; DROP TABLE x".to_string())]);
+        assert!(r.render(&bad).expect_err("not a number").to_string().contains("window_s"));
+        let unknown = BTreeMap::from([("nope".to_string(), "1".to_string())]);
+        assert!(r.render(&unknown).is_err());
+    }
+}

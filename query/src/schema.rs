@@ -1,0 +1,212 @@
+//! The `flows` table: one row per flow record, with its batch's device
+//! labels.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+    TimestampSecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// The Arrow schema of `flows` (also the schema of the Parquet files).
+pub fn flows_schema() -> SchemaRef {
+    let utc = Some(Arc::from("UTC"));
+    let s = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+    let i = |name: &str| Field::new(name, DataType::Int64, false);
+    Arc::new(Schema::new(vec![
+        s("agent_id", false),
+        s("batch_id", false),
+        Field::new("received_at", DataType::Timestamp(TimeUnit::Millisecond, utc.clone()), false),
+        s("device_pseudonym", false),
+        s("boot_pseudonym", false),
+        s("boot_source", false),
+        s("vendor", false),
+        s("model", false),
+        s("os_version", false),
+        s("consent", false),
+        Field::new("seconds_since_boot", DataType::Float64, false),
+        Field::new("window_start", DataType::Timestamp(TimeUnit::Second, utc), false),
+        s("transport", false),
+        s("dst_ip", false),
+        Field::new("dst_port", DataType::Int32, false),
+        s("domain", true),
+        s("domain_source", false),
+        i("bytes_out"),
+        i("bytes_in"),
+        i("packets_out"),
+        i("packets_in"),
+        s("app", true),
+        s("tls_sni", true),
+        s("tls_alpn", true),
+        s("tls_fingerprint", true),
+        Field::new("duration_s", DataType::Float64, false),
+    ]))
+}
+
+/// One row of `flows`. Empty optional strings become NULL.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowRow {
+    /// Agent that reported it.
+    pub agent_id: String,
+    /// Batch it came in.
+    pub batch_id: String,
+    /// When the collector stored it, Unix milliseconds.
+    pub received_at_ms: i64,
+    /// Device pseudonym.
+    pub device_pseudonym: String,
+    /// Boot pseudonym.
+    pub boot_pseudonym: String,
+    /// How the boot time was obtained.
+    pub boot_source: String,
+    /// Vendor.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// OS or firmware version.
+    pub os_version: String,
+    /// Declared consent, "key=value" pairs sorted and joined by ";".
+    pub consent: String,
+    /// Seconds from boot to the flow's first packet.
+    pub seconds_since_boot: f64,
+    /// Minute of the first packet, Unix seconds.
+    pub window_start_s: i64,
+    /// "tcp" or "udp".
+    pub transport: String,
+    /// Destination address.
+    pub dst_ip: String,
+    /// Destination port.
+    pub dst_port: i32,
+    /// Destination name.
+    pub domain: String,
+    /// Where the name came from.
+    pub domain_source: String,
+    /// Payload bytes out.
+    pub bytes_out: i64,
+    /// Payload bytes in.
+    pub bytes_in: i64,
+    /// Packets out.
+    pub packets_out: i64,
+    /// Packets in.
+    pub packets_in: i64,
+    /// Application.
+    pub app: String,
+    /// TLS SNI.
+    pub tls_sni: String,
+    /// TLS ALPN, comma-joined.
+    pub tls_alpn: String,
+    /// TLS client fingerprint.
+    pub tls_fingerprint: String,
+    /// Seconds from first to last packet.
+    pub duration_s: f64,
+}
+
+/// Builds `flows` record batches from rows.
+#[derive(Debug, Default)]
+pub struct FlowBatchBuilder {
+    rows: Vec<FlowRow>,
+}
+
+impl FlowBatchBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a row.
+    pub fn push(&mut self, row: FlowRow) {
+        self.rows.push(row);
+    }
+
+    /// Rows added so far.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when no row was added.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Sorts rows the way the rules read them: by vendor, model, domain,
+    /// device, then time since boot.
+    pub fn sort_for_rules(&mut self) {
+        self.rows.sort_by(|a, b| {
+            (&a.vendor, &a.model, &a.domain, &a.device_pseudonym)
+                .cmp(&(&b.vendor, &b.model, &b.domain, &b.device_pseudonym))
+                .then(a.seconds_since_boot.total_cmp(&b.seconds_since_boot))
+        });
+    }
+
+    /// Builds one record batch of all rows.
+    pub fn finish(self) -> RecordBatch {
+        let rows = self.rows;
+        let n = rows.len();
+        let strings = |f: &dyn Fn(&FlowRow) -> &str, nullable: bool| -> ArrayRef {
+            let mut b = StringBuilder::with_capacity(n, n * 16);
+            for r in &rows {
+                let v = f(r);
+                if nullable && v.is_empty() {
+                    b.append_null();
+                } else {
+                    b.append_value(v);
+                }
+            }
+            Arc::new(b.finish())
+        };
+        let ints = |f: &dyn Fn(&FlowRow) -> i64| -> ArrayRef {
+            let mut b = Int64Builder::with_capacity(n);
+            for r in &rows {
+                b.append_value(f(r));
+            }
+            Arc::new(b.finish())
+        };
+        let floats = |f: &dyn Fn(&FlowRow) -> f64| -> ArrayRef {
+            let mut b = Float64Builder::with_capacity(n);
+            for r in &rows {
+                b.append_value(f(r));
+            }
+            Arc::new(b.finish())
+        };
+        let mut received = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut window = TimestampSecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut port = Int32Builder::with_capacity(n);
+        for r in &rows {
+            received.append_value(r.received_at_ms);
+            window.append_value(r.window_start_s);
+            port.append_value(r.dst_port);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            strings(&|r| &r.agent_id, false),
+            strings(&|r| &r.batch_id, false),
+            Arc::new(received.finish()),
+            strings(&|r| &r.device_pseudonym, false),
+            strings(&|r| &r.boot_pseudonym, false),
+            strings(&|r| &r.boot_source, false),
+            strings(&|r| &r.vendor, false),
+            strings(&|r| &r.model, false),
+            strings(&|r| &r.os_version, false),
+            strings(&|r| &r.consent, false),
+            floats(&|r| r.seconds_since_boot),
+            Arc::new(window.finish()),
+            strings(&|r| &r.transport, false),
+            strings(&|r| &r.dst_ip, false),
+            Arc::new(port.finish()),
+            strings(&|r| &r.domain, true),
+            strings(&|r| &r.domain_source, false),
+            ints(&|r| r.bytes_out),
+            ints(&|r| r.bytes_in),
+            ints(&|r| r.packets_out),
+            ints(&|r| r.packets_in),
+            strings(&|r| &r.app, true),
+            strings(&|r| &r.tls_sni, true),
+            strings(&|r| &r.tls_alpn, true),
+            strings(&|r| &r.tls_fingerprint, true),
+            floats(&|r| r.duration_s),
+        ];
+        match RecordBatch::try_new(flows_schema(), columns) {
+            Ok(batch) => batch,
+            Err(e) => unreachable!("columns are built to match flows_schema: {e}"),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The one session factory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+
+use crate::schema::flows_schema;
+use crate::udf::RegistrableDomain;
+use crate::{Error, Result};
+
+/// Limits of every query session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryConfig {
+    /// Memory pool limit per session, bytes (default 1 GiB). A query that
+    /// needs more fails with a ResourcesExhausted error instead of taking
+    /// the process down.
+    pub memory_limit_bytes: usize,
+    /// Time limit per query (default 60 s).
+    pub timeout: Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { memory_limit_bytes: 1 << 30, timeout: Duration::from_secs(60) }
+    }
+}
+
+/// The unflushed rows of the collector's log, with the watermark they sit
+/// above: rows at or below the watermark are in Parquet files, rows above
+/// it are in `batches`.
+#[derive(Debug, Clone, Default)]
+pub struct TailSnapshot {
+    /// Highest log sequence number contained in the Parquet files.
+    pub watermark: u64,
+    /// Rows above the watermark, in `flows` schema.
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Supplies the unflushed tail of the log.
+pub trait TailSource: Send + Sync {
+    /// A consistent snapshot: the watermark and the rows above it, read
+    /// at one point in time.
+    fn snapshot(&self) -> std::result::Result<TailSnapshot, String>;
+}
+
+/// The sequence range `(from, to)` a flushed file covers, parsed from its
+/// name `{from:020}-{to:020}.parquet`.
+pub fn flushed_range_of(path: &Path) -> Option<(u64, u64)> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".parquet")?;
+    let (from, to) = stem.split_once('-')?;
+    Some((from.parse().ok()?, to.parse().ok()?))
+}
+
+/// Builds every DataFusion session: read-only, with the leakwatch tables
+/// and functions, within the configured limits.
+#[derive(Clone)]
+pub struct SessionFactory {
+    config: QueryConfig,
+    flows_dir: PathBuf,
+    tail: Arc<dyn TailSource>,
+}
+
+impl std::fmt::Debug for SessionFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionFactory")
+            .field("config", &self.config)
+            .field("flows_dir", &self.flows_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session: run read-only SQL.
+pub struct QuerySession {
+    ctx: SessionContext,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for QuerySession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuerySession")
+            .field("session_id", &self.ctx.session_id())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn parquet_files(dir: &Path, watermark: u64) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(days) = std::fs::read_dir(dir) else { return out };
+    for day in days.flatten() {
+        let Ok(files) = std::fs::read_dir(day.path()) else { continue };
+        for file in files.flatten() {
+            let path = file.path();
+            // Files above the watermark belong to a flush in progress; their
+            // rows are still read from the tail.
+            if flushed_range_of(&path).is_some_and(|(_, to)| to <= watermark) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+impl SessionFactory {
+    /// A factory over the Parquet files in `flows_dir`
+    /// (`flows_dir/day=YYYY-MM-DD/*.parquet`) and `tail`.
+    pub fn new(config: QueryConfig, flows_dir: PathBuf, tail: Arc<dyn TailSource>) -> Self {
+        Self { config, flows_dir, tail }
+    }
+
+    /// A new session with a fresh snapshot of the data.
+    pub async fn session(&self) -> Result<QuerySession> {
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.config.memory_limit_bytes, 1.0).build_arc()?;
+        let mut config = SessionConfig::new().with_information_schema(true);
+        // Analysts and Flight SQL clients get plain Utf8 columns.
+        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // No table functions that generate unbounded rows.
+        ctx.deregister_udtf("generate_series");
+        ctx.deregister_udtf("range");
+        ctx.deregister_udf("generate_series");
+        ctx.deregister_udf("range");
+        ctx.register_udf(RegistrableDomain::udf());
+
+        let snapshot = self.tail.snapshot().map_err(Error::Tail)?;
+        let schema = flows_schema();
+        let tail = MemTable::try_new(schema.clone(), vec![snapshot.batches])?;
+        let files = parquet_files(&self.flows_dir, snapshot.watermark);
+        let mut flows = ctx.read_table(Arc::new(tail))?;
+        if !files.is_empty() {
+            let urls = files
+                .iter()
+                .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+            let config =
+                ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+            let flushed = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
+            flows = flushed.union(flows)?;
+        }
+        ctx.register_table("flows", flows.into_view())?;
+        for (name, sql) in VIEWS {
+            let view = ctx.sql(sql).await?.into_view();
+            ctx.register_table(*name, view)?;
+        }
+        Ok(QuerySession { ctx, timeout: self.config.timeout })
+    }
+}
+
+/// Views analysts reach for first.
+const VIEWS: &[(&str, &str)] = &[
+    (
+        "devices",
+        "SELECT device_pseudonym, max(vendor) AS vendor, max(model) AS model, max(os_version) AS os_version, \
+         max(consent) AS consent, count(DISTINCT boot_pseudonym) AS boots, count(*) AS flows, \
+         min(window_start) AS first_seen, max(window_start) AS last_seen \
+         FROM flows GROUP BY device_pseudonym",
+    ),
+    (
+        "boots",
+        "SELECT boot_pseudonym, max(device_pseudonym) AS device_pseudonym, max(vendor) AS vendor, \
+         max(model) AS model, max(os_version) AS os_version, max(consent) AS consent, \
+         max(boot_source) AS boot_source, min(window_start) AS first_window, count(*) AS flows, \
+         count(DISTINCT domain) AS domains FROM flows GROUP BY boot_pseudonym",
+    ),
+];
+
+impl QuerySession {
+    /// Runs one read-only statement and collects its result.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        if let Err(e) = options.verify_plan(&plan) {
+            let msg = match e.find_root() {
+                datafusion::error::DataFusionError::Plan(m) => m.clone(),
+                other => other.to_string(),
+            };
+            return Err(Error::ReadOnly(msg));
+        }
+        let run = async {
+            let df = self.ctx.execute_logical_plan(plan).await?;
+            df.collect().await.map_err(Error::from)
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+
+    /// The underlying context (for table providers that need it).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+}
