@@ -156,11 +156,12 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         return server.shutdown().await;
     }
     let data = options.data_dir.join("collector");
+    let exe = std::env::current_exe().map_or_else(|_| "leakwatch".to_string(), |p| p.display().to_string());
     println!(
         "\nThe collector keeps serving: gRPC on {}, HTTP on http://{} (/metrics, /healthz).\n\
          Query it from another terminal:\n  \
-         leakwatch sql --data-dir {} -c \"SELECT vendor, model, count(DISTINCT device_pseudonym) AS devices FROM flows GROUP BY vendor, model ORDER BY devices DESC\"\n  \
-         leakwatch sql --data-dir {} --rule boot_phone_home\n\
+         {exe} sql --data-dir {} -c \"SELECT vendor, model, count(DISTINCT device_pseudonym) AS devices FROM flows GROUP BY vendor, model ORDER BY devices DESC\"\n  \
+         {exe} sql --data-dir {} --rule boot_phone_home\n\
          Press Ctrl-C to stop.",
         server.grpc_addr,
         server.http_addr,

@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use leakwatch_query::{FlowBatchBuilder, flows_schema};
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -112,7 +112,7 @@ fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Storage(e.to_string()))?))
         .set_dictionary_enabled(true)
-        .set_max_row_group_size(128 * 1024)
+        .set_max_row_group_row_count(Some(128 * 1024))
         .build();
     let mut buf = Vec::new();
     let mut writer =

@@ -167,7 +167,7 @@ impl DurableLog {
 
     /// Opens the log at `path` as a RocksDB secondary instance (its own
     /// files in `secondary_dir`), which works while a server writes to
-    /// `path`. Call [`Self::catch_up`] to see new writes.
+    /// `path`. [`Self::tail`] replays the primary's new writes first.
     pub fn open_secondary(path: &Path, secondary_dir: &Path) -> Result<Self> {
         if !path.join("CURRENT").exists() {
             return Err(Error::NoData(path.to_path_buf()));
@@ -176,14 +176,6 @@ impl DurableLog {
         opts.set_max_open_files(-1);
         let db = DB::open_cf_as_secondary(&opts, path, secondary_dir, COLUMN_FAMILIES).map_err(db_err)?;
         Ok(Self { db, inflight: Mutex::new(Inflight::default()), read_only: true })
-    }
-
-    /// Secondary instances: replays what the primary wrote since.
-    pub fn catch_up(&self) -> Result<()> {
-        if self.read_only {
-            self.db.try_catch_up_with_primary().map_err(db_err)?;
-        }
-        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inflight> {
@@ -310,8 +302,23 @@ impl DurableLog {
         Ok(out)
     }
 
-    /// A consistent view: the watermark and every entry above it.
+    /// A consistent view: the watermark and every entry above it. A
+    /// secondary instance first replays what the primary wrote; it does not
+    /// support snapshots, but its view changes only on catch-up, which is
+    /// serialised with the read.
     pub fn tail(&self) -> Result<(u64, Vec<StoredBatch>)> {
+        if self.read_only {
+            let _view = self.lock();
+            self.db.try_catch_up_with_primary().map_err(db_err)?;
+            let watermark = self.watermark()?;
+            let start = (watermark + 1).to_be_bytes();
+            let mut out = Vec::new();
+            for item in self.db.iterator_cf(self.cf(CF_BATCHES)?, IteratorMode::From(&start, Direction::Forward)) {
+                let (_, v) = item.map_err(db_err)?;
+                out.push(decode_entry(&v)?);
+            }
+            return Ok((watermark, out));
+        }
         let snap = self.db.snapshot();
         let watermark =
             snap.get_cf(self.cf(CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0);

@@ -80,7 +80,6 @@ impl LogTail {
 
 impl TailSource for LogTail {
     fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
-        self.log.catch_up().map_err(|e| e.to_string())?;
         let (watermark, batches) = self.log.tail().map_err(|e| e.to_string())?;
         Ok(TailSnapshot { watermark, batches: vec![to_record_batch(&batches)] })
     }

@@ -192,7 +192,8 @@ mod tests {
     fn errors_name_field_value_and_limit() {
         let now = 1_800_000_000;
         assert_eq!(check_batch(&good(), now), Ok(()));
-        let cases: Vec<(Box<dyn Fn(&mut ReportBatch)>, &str)> = vec![
+        type Mutation<'a> = Box<dyn Fn(&mut ReportBatch) + 'a>;
+        let cases: Vec<(Mutation<'_>, &str)> = vec![
             (Box::new(|b| b.device = None), "device: missing"),
             (Box::new(|b| b.batch_id = String::new()), "batch_id"),
             (Box::new(|b| b.records[0].dst_port = 70000), "records[0].dst_port: 70000 is outside 1..=65535"),

@@ -122,6 +122,7 @@ impl SessionFactory {
         let mut config = SessionConfig::new().with_information_schema(true);
         // Analysts and Flight SQL clients get plain Utf8 columns.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        config.options_mut().execution.parquet.schema_force_view_types = false;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         // No table functions that generate unbounded rows.
         ctx.deregister_udtf("generate_series");
@@ -198,5 +199,97 @@ impl QuerySession {
     /// The underlying context (for table providers that need it).
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::parquet::arrow::ArrowWriter;
+
+    use super::*;
+    use crate::{FlowBatchBuilder, FlowRow};
+
+    struct FixedTail(TailSnapshot);
+
+    impl TailSource for FixedTail {
+        fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn rows(domain: &str, n: usize) -> RecordBatch {
+        let mut b = FlowBatchBuilder::new();
+        for i in 0..n {
+            b.push(FlowRow { domain: domain.into(), device_pseudonym: format!("d{i}"), ..Default::default() });
+        }
+        b.finish()
+    }
+
+    fn write_file(dir: &Path, name: &str, batch: &RecordBatch) {
+        let day = dir.join("day=2026-10-01");
+        std::fs::create_dir_all(&day).expect("mkdir");
+        let file = std::fs::File::create(day.join(name)).expect("create");
+        let mut w = ArrowWriter::try_new(file, flows_schema(), None).expect("writer");
+        w.write(batch).expect("write");
+        w.close().expect("close");
+    }
+
+    async fn count(factory: &SessionFactory, sql: &str) -> String {
+        let session = factory.session().await.expect("session");
+        let batches = session.sql(sql).await.expect("query");
+        crate::format::render(&batches, crate::format::OutputFormat::Csv).expect("render")
+    }
+
+    #[tokio::test]
+    async fn files_at_or_below_the_watermark_plus_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_file(dir.path(), "00000000000000000001-00000000000000000002.parquet", &rows("flushed.example", 3));
+        // A flush in progress above the watermark: its rows are still in the tail.
+        write_file(dir.path(), "00000000000000000003-00000000000000000004.parquet", &rows("tail.example", 2));
+        let tail = TailSnapshot { watermark: 2, batches: vec![rows("tail.example", 2)] };
+        let factory = SessionFactory::new(QueryConfig::default(), dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let out = count(&factory, "SELECT domain, count(*) AS n FROM flows GROUP BY domain ORDER BY domain").await;
+        assert_eq!(out, "domain,n\nflushed.example,3\ntail.example,2\n");
+        let out = count(&factory, "SELECT count(*) AS n FROM devices").await;
+        assert_eq!(out, "n\n3\n");
+    }
+
+    #[tokio::test]
+    async fn writes_and_generators_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let factory = SessionFactory::new(
+            QueryConfig::default(),
+            dir.path().to_path_buf(),
+            Arc::new(FixedTail(TailSnapshot::default())),
+        );
+        let session = factory.session().await.expect("session");
+        for sql in [
+            "COPY (SELECT 1) TO 'x.csv'",
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION 'x.csv'",
+            "CREATE VIEW v AS SELECT 1",
+            "INSERT INTO flows SELECT * FROM flows",
+            "SET datafusion.execution.batch_size = 1",
+            "DROP TABLE flows",
+        ] {
+            let err = session.sql(sql).await.expect_err(sql);
+            assert!(matches!(err, Error::ReadOnly(_)), "{sql}: {err:?}");
+        }
+        for sql in ["SELECT * FROM generate_series(1, 10)", "SELECT * FROM range(10)"] {
+            let err = session.sql(sql).await.expect_err(sql);
+            assert!(matches!(err, Error::Invalid(_)), "{sql}: {err:?}");
+        }
+        assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none());
+    }
+
+    #[tokio::test]
+    async fn timeout_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = QueryConfig { timeout: Duration::from_nanos(1), ..QueryConfig::default() };
+        let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 3000)] };
+        let factory = SessionFactory::new(config, dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let session = factory.session().await.expect("session");
+        let sql = "SELECT count(DISTINCT a.device_pseudonym || b.device_pseudonym) FROM flows a CROSS JOIN flows b";
+        let err = session.sql(sql).await.expect_err("timeout");
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
     }
 }

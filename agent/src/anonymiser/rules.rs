@@ -57,7 +57,8 @@ fn non_public_v4(v4: Ipv4Addr) -> bool {
 /// Rule 3: true for a hostname label that looks like an embedded identifier
 /// (a device id, account id or session token) rather than a name: a UUID,
 /// a hex run of 12+ characters with a digit, 8+ consecutive digits, or a
-/// base32/base64-looking run of 16+ characters mixing letters and digits.
+/// base32/base64-looking run of 16+ characters mixing letters with digits
+/// or with upper and lower case (look before lower-casing).
 pub fn looks_like_identifier(label: &str) -> bool {
     let len = label.len();
     if len == 0 {
@@ -78,9 +79,11 @@ pub fn looks_like_identifier(label: &str) -> bool {
             },
         );
     let hex_run = len >= 12 && digits > 0 && label.bytes().all(|b| b.is_ascii_hexdigit());
+    let upper = label.bytes().filter(u8::is_ascii_uppercase).count();
+    let mixed_case = upper > 0 && upper < letters;
     let token = len >= 16
-        && digits >= 3
         && letters >= 3
+        && (digits >= 3 || mixed_case || (len >= 24 && digits >= 1))
         && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     is_uuid || hex_run || longest_digit_run >= 8 || token || len > 63
 }
@@ -90,7 +93,8 @@ pub fn looks_like_identifier(label: &str) -> bool {
 /// labels were replaced; `None` for a name that is not a plausible DNS name
 /// (empty, too long, or with characters outside letters, digits, `-`, `_`).
 pub fn scrub_domain(domain: &str) -> Option<(String, u64)> {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    // Case is looked at before lowering it: a mixed-case label is a token.
+    let domain = domain.trim_end_matches('.');
     if domain.is_empty() || domain.len() > MAX_DOMAIN_BYTES {
         return None;
     }
@@ -102,9 +106,9 @@ pub fn scrub_domain(domain: &str) -> Option<(String, u64)> {
         }
         if looks_like_identifier(label) {
             scrubbed += 1;
-            labels.push("*");
+            labels.push("*".to_string());
         } else {
-            labels.push(label);
+            labels.push(label.to_ascii_lowercase());
         }
     }
     Some((labels.join("."), scrubbed))

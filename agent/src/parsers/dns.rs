@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// One address a response resolved the question name to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
-    /// The name the client asked for (lower case, no trailing dot).
+    /// The name the client asked for, as sent (no trailing dot).
     pub name: String,
     /// An address the name resolved to, possibly through a CNAME chain.
     pub addr: IpAddr,
@@ -85,7 +85,7 @@ fn read_name(msg: &[u8], mut pos: usize) -> Option<(String, usize)> {
                     name.push('.');
                 }
                 for &b in label {
-                    name.push(char::from(b.to_ascii_lowercase()));
+                    name.push(char::from(b));
                 }
                 if name.len() > 255 {
                     return None;

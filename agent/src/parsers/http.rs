@@ -1,6 +1,6 @@
 //! Plain HTTP requests: the Host header, and nothing else (never the path).
 
-/// Returns the lower-cased host (without port) of an HTTP/1.x request that
+/// Returns the host as sent (without port) of an HTTP/1.x request that
 /// starts at the beginning of `payload`.
 pub fn request_host(payload: &[u8]) -> Option<String> {
     const METHODS: [&[u8]; 9] =
@@ -24,8 +24,10 @@ pub fn request_host(payload: &[u8]) -> Option<String> {
                     .rsplit_once(':')
                     .map_or(value, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { value })
             };
-            let host = host.trim_end_matches('.').to_ascii_lowercase();
-            return (!host.is_empty()).then_some(host);
+            let host = host.trim_end_matches('.').to_string();
+            // An address is not a name; a DNS answer may still name it.
+            let is_address = host.parse::<std::net::IpAddr>().is_ok();
+            return (!host.is_empty() && !is_address).then_some(host);
         }
     }
     None
@@ -38,7 +40,8 @@ mod tests {
     #[test]
     fn host_without_port_or_path() {
         let req = b"GET /secret/path?id=42 HTTP/1.1\r\nUser-Agent: x\r\nHost: WWW.Example.net:8080\r\n\r\n";
-        assert_eq!(request_host(req).as_deref(), Some("www.example.net"));
+        assert_eq!(request_host(req).as_deref(), Some("WWW.Example.net"));
         assert_eq!(request_host(b"HTTP/1.1 200 OK\r\n"), None);
+        assert_eq!(request_host(b"GET / HTTP/1.1\r\nHost: 149.202.95.241\r\n\r\n"), None);
     }
 }

@@ -7,7 +7,7 @@
 /// What a ClientHello said about the destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientHello {
-    /// Server name indication (lower case), if present.
+    /// Server name indication as sent (the anonymiser lower-cases it), if present.
     pub sni: Option<String>,
     /// Offered ALPN protocol names, in order.
     pub alpn: Vec<String>,
@@ -98,7 +98,7 @@ fn parse_hello_body(b: &[u8]) -> Option<ClientHello> {
                     let name = l.take(name_len)?;
                     if name_type == 0 && hello.sni.is_none() {
                         let name = std::str::from_utf8(name).ok()?;
-                        hello.sni = Some(name.trim_end_matches('.').to_ascii_lowercase());
+                        hello.sni = Some(name.trim_end_matches('.').to_string());
                     }
                 }
             }
@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn round_trip_and_split() {
         let rec = build_client_hello("API.Example.com", &["h2", "http/1.1"], [7; 32]);
-        let want = ClientHello { sni: Some("api.example.com".into()), alpn: vec!["h2".into(), "http/1.1".into()] };
+        let want = ClientHello { sni: Some("API.Example.com".into()), alpn: vec!["h2".into(), "http/1.1".into()] };
         assert_eq!(parse_client_hello(&rec), Parse::Hello(want));
         for cut in 0..rec.len() {
             assert!(matches!(parse_client_hello(&rec[..cut]), Parse::NeedMore(_)), "cut {cut}");

@@ -83,8 +83,8 @@ async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
 
     // Second run on the same directory: everything acked is there, once.
     let (mut child, url) = spawn_serve(&data, 3600);
-    let check = format!("SELECT count(*) AS n, count(DISTINCT batch_id) AS b FROM flows");
-    let out = sql_csv(&data, &check);
+    let check = "SELECT count(*) AS n, count(DISTINCT batch_id) AS b FROM flows";
+    let out = sql_csv(&data, check);
     assert_eq!(out.lines().nth(1), Some(format!("{total},{}", batches.len()).as_str()), "{out}");
     // Retrying every batch is answered duplicate.
     let mut up = Uploader::connect(&url, &state, "", Duration::from_secs(20)).await.expect("enroll again");
@@ -93,6 +93,6 @@ async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
-    let out = sql_csv(&data, &check);
+    let out = sql_csv(&data, check);
     assert_eq!(out.lines().nth(1), Some(format!("{total},{}", batches.len()).as_str()), "{out}");
 }

@@ -87,12 +87,30 @@ async fn health_reflection_and_metrics_are_served() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let t = TestServer::start().await;
-    let mut health = HealthClient::connect(t.url()).await.expect("connect");
+    let channel = tonic::transport::Endpoint::from_shared(t.url()).expect("url").connect().await.expect("connect");
+    let mut health = HealthClient::new(channel.clone());
     let resp = health
         .check(HealthCheckRequest { service: leakwatch_proto::COLLECTOR_SERVICE_NAME.into() })
         .await
         .expect("health");
     assert_eq!(resp.into_inner().status(), ServingStatus::Serving);
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut reflection = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream =
+            reflection.server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection").into_inner();
+        let resp = stream.message().await.expect("answer").expect("one message");
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"leakwatch.v1.Collector") && names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    }
     let metrics = reqwest_like_get(t.server.http_addr, "/metrics").await;
     assert!(metrics.contains("leakwatch_batches_accepted_total 0"), "{metrics}");
 }
