@@ -39,9 +39,13 @@ check-agent-deps:
 	else echo "leakwatch-agent: no DataFusion, Arrow, Parquet or RocksDB in its dependency tree"; fi
 
 unit:
-	@if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
-	  LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace; \
+	@set -o pipefail; log=$$(mktemp); \
+	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
+	  LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
-	  $(CARGO) test --locked --workspace -- --skip external_ && \
-	  echo "SKIPPED: tests named external_* (no $(EXTERNAL_TESTDATA); they need the third-party captures)"; \
-	fi
+	  $(CARGO) test --locked --workspace -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
+	  note=" (tests named external_* skipped: no $(EXTERNAL_TESTDATA))"; \
+	fi; \
+	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i; if ($$(i+1) ~ /^filtered/) s += $$i } } \
+	  END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' $$log; \
+	[ -n "$$note" ] && echo "SKIPPED$$note"; rm -f $$log; exit $$rc
