@@ -2,10 +2,12 @@
 //! the value and the limit; it is the caller's fault (`InvalidArgument`).
 //!
 //! The collector re-checks the privacy rules it can: destinations must be
-//! public addresses.
+//! public addresses (by the agent's own rule), names well-formed, times
+//! whole minutes.
 
 use std::net::IpAddr;
 
+use leakwatch_agent::anonymiser::is_non_public;
 use leakwatch_proto::v1::{DomainSource, FlowRecord, ReportBatch, Transport};
 
 /// Most records in one batch.
@@ -31,34 +33,6 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), String> {
         return Err(format!("{field}: {} bytes ({shown:?}...), at most {max}", value.len()));
     }
     Ok(())
-}
-
-fn non_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_unspecified()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || o[0] >= 240
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return non_public(IpAddr::V4(v4));
-            }
-            let seg0 = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00
-                || (seg0 & 0xffc0) == 0xfe80
-        }
-    }
 }
 
 fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
@@ -94,7 +68,7 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
     let ip: IpAddr = r.dst_ip.parse().map_err(|_| {
         format!("{}: {:?} is not an IP address", f("dst_ip"), r.dst_ip.chars().take(64).collect::<String>())
     })?;
-    if non_public(ip) {
+    if is_non_public(ip) {
         return Err(format!(
             "{}: {ip} is not a public address (privacy rule: such destinations are never reported)",
             f("dst_ip")

@@ -45,21 +45,15 @@ async fn sql_that_writes_is_refused_and_creates_no_file() {
 #[test]
 fn demo_once_finds_the_seed_case_and_not_the_decoy() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = leakwatch()
-        .args([
-            "demo",
-            "--once",
-            "--devices",
-            "60",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("run demo");
+    let demo = || {
+        leakwatch()
+            .args(["demo", "--once", "--devices", "60", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("run demo")
+    };
+    let out = demo();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ") && !l.contains("vendor")).collect();
@@ -72,21 +66,7 @@ fn demo_once_finds_the_seed_case_and_not_the_decoy() {
         assert!(!stdout.contains(decoy), "decoy {decoy} reported:\n{stdout}");
     }
     // Running it again re-sends the same batches: all duplicates, same table.
-    let again = leakwatch()
-        .args([
-            "demo",
-            "--once",
-            "--devices",
-            "60",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("run demo again");
+    let again = demo();
     assert!(again.status.success());
     assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
     assert!(String::from_utf8_lossy(&again.stderr).contains("collector stored 0 new records"));
