@@ -142,6 +142,7 @@ pub fn anonymise(
         (None, _) | (_, NameSource::None) => DomainSource::None,
         (_, NameSource::Dns) => DomainSource::Dns,
         (_, NameSource::Http) => DomainSource::Http,
+        (_, NameSource::Quic) => DomainSource::Quic,
         (_, NameSource::Sni) => DomainSource::Sni,
     };
     // Rule 4: exact offset from boot, wall clock to the minute.

@@ -7,8 +7,10 @@
 //! destination (address, port, transport) are then summed.
 //!
 //! Names come from, in order of preference: the TLS ClientHello's SNI
-//! (reassembled across out-of-order TCP segments), the HTTP Host header,
-//! and DNS answers seen earlier in the capture (address → question name).
+//! (reassembled across out-of-order TCP segments), the SNI of a QUIC
+//! Initial's ClientHello (decrypted, CRYPTO frames reassembled across
+//! packets), the HTTP Host header, and DNS answers seen earlier in the
+//! capture (address → question name).
 
 mod table;
 

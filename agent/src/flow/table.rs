@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::capture::{Packet, Transport};
-use crate::parsers::{dns, http, tls};
+use crate::parsers::{dns, http, quic, tls};
 
 /// How much of a client's stream is kept while looking for a ClientHello.
 const MAX_HELLO_BYTES: usize = 64 * 1024;
@@ -20,6 +20,8 @@ pub enum NameSource {
     Dns,
     /// The HTTP Host header.
     Http,
+    /// The SNI of the ClientHello in a QUIC Initial.
+    Quic,
     /// The TLS ClientHello's SNI.
     Sni,
 }
@@ -107,7 +109,8 @@ struct Conn {
 #[derive(Debug)]
 enum HelloState {
     Collecting { base: Option<u32>, segments: BTreeMap<u32, Vec<u8>>, bytes: usize },
-    Found(tls::ClientHello),
+    Quic(Box<quic::InitialState>),
+    Found(tls::ClientHello, NameSource),
     Done,
 }
 
@@ -182,10 +185,9 @@ impl FlowTable {
             if conn.initiator_mac.is_none() {
                 conn.initiator_mac = p.src_mac;
             }
-            if p.transport == Transport::Tcp {
-                conn.client_segment(p);
-            } else if conn.http_host.is_none() && matches!(conn.hello, HelloState::Collecting { .. }) {
-                conn.hello = HelloState::Done;
+            match p.transport {
+                Transport::Tcp => conn.client_segment(p),
+                Transport::Udp => conn.client_datagram(p.payload),
             }
         } else {
             conn.packets_in += 1;
@@ -237,13 +239,13 @@ impl FlowTable {
         let mut out: Vec<FlowSummary> = Vec::new();
         for key in &self.order {
             let Some(conn) = self.conns.get(key) else { continue };
-            let (sni, alpn) = match &conn.hello {
-                HelloState::Found(h) => (h.sni.clone(), h.alpn.clone()),
-                _ => (None, Vec::new()),
+            let (sni, alpn, hello_source) = match &conn.hello {
+                HelloState::Found(h, source) => (h.sni.clone(), h.alpn.clone(), *source),
+                _ => (None, Vec::new(), NameSource::None),
             };
             let dns_name = conn.dns_name.clone().or_else(|| self.dns.get(&conn.responder.ip).cloned());
             let (domain, name_source) = if let Some(s) = &sni {
-                (Some(s.clone()), NameSource::Sni)
+                (Some(s.clone()), hello_source)
             } else if let Some(h) = &conn.http_host {
                 (Some(h.clone()), NameSource::Http)
             } else if let Some(d) = dns_name {
@@ -296,6 +298,21 @@ impl FlowTable {
 }
 
 impl Conn {
+    fn client_datagram(&mut self, payload: &[u8]) {
+        if let HelloState::Collecting { .. } = self.hello {
+            self.hello = match quic::InitialState::new(payload) {
+                Some(state) => HelloState::Quic(Box::new(state)),
+                None => HelloState::Done,
+            };
+        }
+        let HelloState::Quic(state) = &mut self.hello else { return };
+        match state.feed(payload) {
+            quic::Progress::Hello(h) => self.hello = HelloState::Found(h, NameSource::Quic),
+            quic::Progress::NeedMore => {}
+            quic::Progress::Failed => self.hello = HelloState::Done,
+        }
+    }
+
     fn client_segment(&mut self, p: &Packet<'_>) {
         let HelloState::Collecting { base, segments, bytes } = &mut self.hello else {
             return;
@@ -338,7 +355,7 @@ impl Conn {
             return;
         }
         match tls::parse_client_hello(&stream) {
-            tls::Parse::Hello(h) => self.hello = HelloState::Found(h),
+            tls::Parse::Hello(h) => self.hello = HelloState::Found(h, NameSource::Sni),
             tls::Parse::NeedMore(_) => {}
             tls::Parse::NotTls => {
                 // An HTTP request line may still be arriving.

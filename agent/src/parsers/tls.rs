@@ -66,6 +66,25 @@ pub fn parse_client_hello(stream: &[u8]) -> Parse {
     }
 }
 
+/// Parses a ClientHello from raw handshake bytes, without the TLS record
+/// layer (as QUIC carries it in CRYPTO frames).
+pub fn parse_handshake(handshake: &[u8]) -> Parse {
+    if handshake.len() < 4 {
+        return Parse::NeedMore(4);
+    }
+    if handshake[0] != 1 {
+        return Parse::NotTls;
+    }
+    let len = (usize::from(handshake[1]) << 16) | (usize::from(handshake[2]) << 8) | usize::from(handshake[3]);
+    if len > 256 * 1024 {
+        return Parse::NotTls;
+    }
+    match handshake.get(4..4 + len) {
+        Some(body) => parse_hello_body(body).map_or(Parse::NotTls, Parse::Hello),
+        None => Parse::NeedMore(4 + len),
+    }
+}
+
 fn parse_hello_body(b: &[u8]) -> Option<ClientHello> {
     let mut r = Reader { b, pos: 0 };
     r.skip(2 + 32)?; // version, random

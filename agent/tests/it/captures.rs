@@ -152,3 +152,18 @@ fn unreadable_captures_fail_with_the_reason() {
     assert!(stderr.contains("empty.pcap: not a readable capture: the file is empty"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn external_quic_initial_is_decrypted_for_its_sni() {
+    let (_, flows) = summaries(&external("zeek/quic/chromium-115.0.5790.110-api-cirrus-com.pcap"));
+    let quic = flows.iter().find(|f| f.dst_port == 443).expect("quic flow");
+    assert_eq!((quic.sni.as_deref(), quic.name_source), (Some("api.cirrus-ci.com"), NameSource::Quic));
+    assert!(quic.alpn.iter().any(|a| a == "h3"), "{:?}", quic.alpn);
+}
+
+#[test]
+fn external_quic_crypto_frames_out_of_order_across_packets() {
+    let (_, flows) = summaries(&external("suricata-verify/tests/quic-frag-unordered/input.pcap"));
+    let quic = flows.iter().find(|f| f.dst_port == 443).expect("quic flow");
+    assert_eq!((quic.sni.as_deref(), quic.name_source), (Some("mastodon.social"), NameSource::Quic));
+}
