@@ -168,6 +168,9 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
         let reasons: Vec<String> = c.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
         line.push_str(&format!("; {} skipped: {}", c.skipped_total(), reasons.join(", ")));
     }
+    if imported.anonymiser.dropped_local_names > 0 {
+        line.push_str(&format!("; {} local DNS names dropped", imported.anonymiser.dropped_local_names));
+    }
     if imported.anonymiser.dropped_non_public > 0 {
         line.push_str(&format!("; {} non-public destinations dropped", imported.anonymiser.dropped_non_public));
     }

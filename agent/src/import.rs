@@ -105,11 +105,13 @@ pub fn import_capture(
     let boot_pseudonym = state.pseudonym("boot", &boot_input);
 
     let mut anon = AnonymiserStats::default();
-    let records: Vec<FlowRecord> = table
+    let mut records: Vec<FlowRecord> = table
         .summaries()
         .iter()
         .filter_map(|f| anonymiser::anonymise(f, boot_us, labels.app.as_deref(), &mut anon))
         .collect();
+    records.extend(table.lookups().iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, &mut anon)));
+    records.sort_by(|a, b| a.seconds_since_boot.total_cmp(&b.seconds_since_boot));
 
     let device = DeviceInfo {
         device_pseudonym,

@@ -61,18 +61,30 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
             now_s + MAX_FUTURE_S
         ));
     }
-    match Transport::try_from(r.transport) {
-        Ok(Transport::Tcp | Transport::Udp) => {}
-        _ => return Err(format!("{}: {} is not TRANSPORT_TCP (1) or TRANSPORT_UDP (2)", f("transport"), r.transport)),
+    let transport = match Transport::try_from(r.transport) {
+        Ok(t @ (Transport::Tcp | Transport::Udp | Transport::Dns)) => t,
+        _ => {
+            return Err(format!(
+                "{}: {} is not TRANSPORT_TCP (1), TRANSPORT_UDP (2) or TRANSPORT_DNS (3)",
+                f("transport"),
+                r.transport
+            ));
+        }
+    };
+    if transport == Transport::Dns && r.domain.is_empty() {
+        return Err(format!("{}: missing (required for a DNS lookup)", f("domain")));
     }
-    let ip: IpAddr = r.dst_ip.parse().map_err(|_| {
-        format!("{}: {:?} is not an IP address", f("dst_ip"), r.dst_ip.chars().take(64).collect::<String>())
-    })?;
-    if is_non_public(ip) {
-        return Err(format!(
-            "{}: {ip} is not a public address (privacy rule: such destinations are never reported)",
-            f("dst_ip")
-        ));
+    // A lookup through a LAN resolver carries no address.
+    if !(transport == Transport::Dns && r.dst_ip.is_empty()) {
+        let ip: IpAddr = r.dst_ip.parse().map_err(|_| {
+            format!("{}: {:?} is not an IP address", f("dst_ip"), r.dst_ip.chars().take(64).collect::<String>())
+        })?;
+        if is_non_public(ip) {
+            return Err(format!(
+                "{}: {ip} is not a public address (privacy rule: such destinations are never reported)",
+                f("dst_ip")
+            ));
+        }
     }
     if !(1..=65_535).contains(&r.dst_port) {
         return Err(format!("{}: {} is outside 1..=65535", f("dst_port"), r.dst_port));

@@ -30,6 +30,7 @@ impl v1::Transport {
             Self::Unspecified => "unspecified",
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Dns => "dns",
         }
     }
 }

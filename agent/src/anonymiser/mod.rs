@@ -12,10 +12,15 @@
 //!    `*` ([`scrub_domain`]).
 //! 4. Wall-clock time is coarsened to the minute; `seconds_since_boot` stays
 //!    exact ([`anonymise`]).
+//!    DNS lookups of local names (single-label, `.local`, home-network
+//!    suffixes, reverse lookups of private ranges) are dropped, and a LAN
+//!    resolver's address is left out ([`anonymise_lookup`]).
 //! 5. Device and boot pseudonyms are keyed hashes with a secret that never
 //!    leaves the agent ([`crate::state::AgentState::pseudonym`]); nothing
 //!    here sees a hardware id.
 
 mod rules;
 
-pub use rules::{AnonymiserStats, anonymise, is_non_public, looks_like_identifier, scrub_domain};
+pub use rules::{
+    AnonymiserStats, anonymise, anonymise_lookup, is_local_name, is_non_public, looks_like_identifier, scrub_domain,
+};

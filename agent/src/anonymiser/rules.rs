@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use leakwatch_proto::v1::{DomainSource, FlowRecord, TlsInfo, Transport as WireTransport};
 
 use crate::capture::Transport;
-use crate::flow::{FlowSummary, NameSource};
+use crate::flow::{DnsLookup, FlowSummary, NameSource};
 
 /// Longest domain name sent (DNS limit).
 pub const MAX_DOMAIN_BYTES: usize = 253;
@@ -17,6 +17,9 @@ pub struct AnonymiserStats {
     pub dropped_non_public: u64,
     /// Hostname labels replaced by `*`.
     pub scrubbed_labels: u64,
+    /// DNS lookups of local names (`.local`, single-label, reverse lookups
+    /// of private ranges) dropped.
+    pub dropped_local_names: u64,
 }
 
 /// Rule 2: true for destinations that must never be reported: private
@@ -114,6 +117,66 @@ pub fn scrub_domain(domain: &str) -> Option<(String, u64)> {
     Some((labels.join("."), scrubbed))
 }
 
+/// Rule 1 for names: true for names of the volunteer's own network that a
+/// DNS lookup must never reveal: single-label names, mDNS `.local` and the
+/// usual home-network suffixes, and reverse lookups of non-public addresses.
+pub fn is_local_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if !name.contains('.') {
+        return true;
+    }
+    const LOCAL_SUFFIXES: [&str; 7] =
+        [".local", ".lan", ".home", ".internal", ".home.arpa", ".localdomain", ".localhost"];
+    if LOCAL_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        return true;
+    }
+    if let Some(rev) = name.strip_suffix(".in-addr.arpa") {
+        let mut octets: Vec<&str> = rev.split('.').collect();
+        octets.reverse();
+        let ip = octets.join(".").parse::<std::net::Ipv4Addr>();
+        // Partial (zone) lookups of private prefixes are local too.
+        return ip.map_or(true, |ip| is_non_public(IpAddr::V4(ip)));
+    }
+    if let Some(rev) = name.strip_suffix(".ip6.arpa") {
+        let nibbles: Vec<&str> = rev.split('.').collect();
+        if nibbles.len() != 32 {
+            return true;
+        }
+        let hex: String = nibbles.iter().rev().copied().collect();
+        let groups: Vec<String> = hex.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        return groups.join(":").parse::<std::net::Ipv6Addr>().map_or(true, |ip| is_non_public(IpAddr::V6(ip)));
+    }
+    false
+}
+
+/// Applies every rule to one DNS lookup; `None` when it must not be sent.
+/// The resolver is kept only when it is a public address.
+pub fn anonymise_lookup(lookup: &DnsLookup, boot_us: i64, stats: &mut AnonymiserStats) -> Option<FlowRecord> {
+    if is_local_name(&lookup.name) {
+        stats.dropped_local_names += 1;
+        return None;
+    }
+    let (domain, n) = scrub_domain(&lookup.name)?;
+    stats.scrubbed_labels += n;
+    let first_s = lookup.first_us.div_euclid(1_000_000);
+    Some(FlowRecord {
+        seconds_since_boot: (lookup.first_us - boot_us).max(0) as f64 / 1e6,
+        window_start_unix_s: first_s - first_s.rem_euclid(60),
+        transport: WireTransport::Dns as i32,
+        dst_ip: if is_non_public(lookup.resolver) { String::new() } else { lookup.resolver.to_string() },
+        dst_port: 53,
+        domain,
+        domain_source: DomainSource::Dns as i32,
+        bytes_out: 0,
+        bytes_in: 0,
+        packets_out: lookup.queries,
+        packets_in: 0,
+        app: String::new(),
+        tls: None,
+        duration_s: (lookup.last_us - lookup.first_us).max(0) as f64 / 1e6,
+    })
+}
+
 /// Applies every rule to one flow; `None` when the flow must not be sent.
 /// `boot_us` is the device's boot time, microseconds since the Unix epoch.
 pub fn anonymise(
@@ -207,6 +270,20 @@ mod tests {
         for ip in ["8.8.8.8", "93.184.216.34", "2606:4700::6811:d209", "100.128.0.1"] {
             assert!(!is_non_public(ip.parse().expect("ip")), "{ip}");
         }
+    }
+
+    #[test]
+    fn local_names_are_never_reported() {
+        for name in
+            ["printer", "nas.local", "tv.lan", "1.1.168.192.in-addr.arpa", "168.192.in-addr.arpa", "router.home.arpa"]
+        {
+            assert!(is_local_name(name), "{name}");
+        }
+        for name in ["api.account.xiaomi.com", "8.8.8.8.in-addr.arpa"] {
+            assert!(!is_local_name(name), "{name}");
+        }
+        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.e.f.ip6.arpa";
+        assert!(is_local_name(v6), "link-local reverse");
     }
 
     #[test]

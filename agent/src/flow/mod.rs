@@ -14,4 +14,4 @@
 
 mod table;
 
-pub use table::{DeviceHint, FlowSummary, FlowTable, NameSource};
+pub use table::{DeviceHint, DnsLookup, FlowSummary, FlowTable, NameSource};

@@ -58,6 +58,21 @@ pub struct FlowSummary {
     pub alpn: Vec<String>,
 }
 
+/// A name the device looked up over DNS (port 53).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsLookup {
+    /// The query name, as sent.
+    pub name: String,
+    /// The resolver asked first.
+    pub resolver: IpAddr,
+    /// First query, microseconds since the Unix epoch.
+    pub first_us: i64,
+    /// Last query, microseconds since the Unix epoch.
+    pub last_us: i64,
+    /// How many queries (all types, retries included).
+    pub queries: u64,
+}
+
 /// What the capture says about the device that initiated the flows; the
 /// caller turns it into a pseudonym and never sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,6 +135,8 @@ pub struct FlowTable {
     conns: HashMap<ConnKey, Conn>,
     order: Vec<ConnKey>,
     dns: HashMap<IpAddr, String>,
+    lookups: Vec<DnsLookup>,
+    lookup_index: HashMap<String, usize>,
     /// DNS responses that did not parse.
     pub dns_errors: u64,
 }
@@ -138,6 +155,8 @@ impl FlowTable {
     pub fn add(&mut self, p: &Packet<'_>) {
         if p.src_port == 53 && !p.payload.is_empty() {
             self.learn_dns(p);
+        } else if p.dst_port == 53 && !p.payload.is_empty() {
+            self.note_query(p);
         }
         let key = ConnKey::of(p);
         let src = Endpoint { ip: p.src_ip, port: p.src_port };
@@ -195,18 +214,37 @@ impl FlowTable {
         }
     }
 
-    fn learn_dns(&mut self, p: &Packet<'_>) {
-        let msg = match p.transport {
-            Transport::Udp => p.payload,
-            Transport::Tcp => {
-                let pl = p.payload;
-                if pl.len() > 2 && usize::from(u16::from_be_bytes([pl[0], pl[1]])) == pl.len() - 2 {
-                    &pl[2..]
-                } else {
-                    return;
-                }
+    fn note_query(&mut self, p: &Packet<'_>) {
+        let Some(msg) = dns_message(p) else { return };
+        let Some((name, _qtype)) = dns::parse_query(msg) else { return };
+        let key = name.to_ascii_lowercase();
+        match self.lookup_index.get(&key) {
+            Some(&i) => {
+                let l = &mut self.lookups[i];
+                l.first_us = l.first_us.min(p.ts_us);
+                l.last_us = l.last_us.max(p.ts_us);
+                l.queries += 1;
             }
-        };
+            None => {
+                self.lookup_index.insert(key, self.lookups.len());
+                self.lookups.push(DnsLookup {
+                    name,
+                    resolver: p.dst_ip,
+                    first_us: p.ts_us,
+                    last_us: p.ts_us,
+                    queries: 1,
+                });
+            }
+        }
+    }
+
+    /// Names the device looked up, in order of first query.
+    pub fn lookups(&self) -> &[DnsLookup] {
+        &self.lookups
+    }
+
+    fn learn_dns(&mut self, p: &Packet<'_>) {
+        let Some(msg) = dns_message(p) else { return };
         match dns::parse_response(msg) {
             Some(resolutions) => {
                 for r in resolutions {
@@ -364,6 +402,18 @@ impl Conn {
                     self.hello = HelloState::Done;
                 }
             }
+        }
+    }
+}
+
+/// The DNS message in a packet to or from port 53 (TCP: one whole message
+/// with its length prefix in the segment).
+fn dns_message<'a>(p: &Packet<'a>) -> Option<&'a [u8]> {
+    match p.transport {
+        Transport::Udp => Some(p.payload),
+        Transport::Tcp => {
+            let pl = p.payload;
+            (pl.len() > 2 && usize::from(u16::from_be_bytes([pl[0], pl[1]])) == pl.len() - 2).then(|| &pl[2..])
         }
     }
 }

@@ -17,6 +17,17 @@ pub struct Resolution {
     pub ttl: u32,
 }
 
+/// The first question of a DNS query: its name (as sent, no trailing dot)
+/// and type. `None` for a response or a malformed message.
+pub fn parse_query(msg: &[u8]) -> Option<(String, u16)> {
+    if msg.len() < 12 || msg[2] & 0x80 != 0 || u16::from_be_bytes([msg[4], msg[5]]) == 0 {
+        return None;
+    }
+    let (name, next) = read_name(msg, 12)?;
+    let qtype = msg.get(next..next + 2)?;
+    Some((name, u16::from_be_bytes([qtype[0], qtype[1]])))
+}
+
 /// Parses a DNS message (as carried over UDP; for TCP strip the 2-byte
 /// length first). Returns the resolutions of a response, or `None` when the
 /// message is not a well-formed response.

@@ -6,6 +6,7 @@ use leakwatch_agent::capture::{decode, read_capture_file};
 use leakwatch_agent::flow::{FlowTable, NameSource};
 use leakwatch_agent::import::{DeviceLabels, import_capture};
 use leakwatch_agent::state::AgentState;
+use leakwatch_proto::v1::Transport;
 
 use crate::{external, simulated_fleet};
 
@@ -105,7 +106,16 @@ fn simulated_capture_yields_labelled_records_and_boot_offsets() {
     };
     let imported = import_capture(&dir.path().join(&entry.file), &labels, &state, 1000).expect("import");
     let records: Vec<_> = imported.batches.iter().flat_map(|b| &b.records).collect();
-    let seed = records.iter().find(|r| r.domain == "api.account.xiaomi.com").expect("seed destination");
+    let seed = records
+        .iter()
+        .find(|r| r.domain == "api.account.xiaomi.com" && r.transport() == Transport::Tcp)
+        .expect("seed destination");
+    let lookup = records
+        .iter()
+        .find(|r| r.domain == "api.account.xiaomi.com" && r.transport() == Transport::Dns)
+        .expect("its DNS lookup is a record too");
+    assert!(lookup.dst_ip.is_empty(), "the LAN resolver is left out");
+    assert!(lookup.seconds_since_boot <= seed.seconds_since_boot);
     assert!(seed.seconds_since_boot > 1.0 && seed.seconds_since_boot < 10.0, "{}", seed.seconds_since_boot);
     assert_eq!(seed.tls.as_ref().map(|t| t.sni.as_str()), Some("api.account.xiaomi.com"));
     assert!(imported.anonymiser.dropped_non_public > 0, "LAN noise must be dropped");

@@ -18,7 +18,7 @@ async fn external_capture_is_queryable_before_and_after_flush() {
     send_capture(&mut up, &state, &external("arkime/curl-enabled-tls13.pcap"), &labels).await;
     send_capture(&mut up, &state, &external("pcapdroid/metadata.pcap"), &labels).await;
     let query = "SELECT domain, domain_source FROM flows WHERE domain IN ('enabled.tls13.com', 'www.google.it') \
-                 OR domain_source = 'dns' ORDER BY domain LIMIT 50";
+                 OR domain_source = 'dns' ORDER BY domain, domain_source LIMIT 50";
     // Unflushed: read from the log's tail.
     let before = t.csv(query).await;
     assert!(before.contains("enabled.tls13.com,sni"), "{before}");
