@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::explain::{DryRunFormat, write_dry_run};
-use crate::import::{DEFAULT_BATCH_RECORDS, DeviceLabels, ImportedCapture, import_capture, parse_boot_time};
+use crate::explain::{DryRunFormat, write_connections, write_dry_run};
+use crate::import::{
+    DEFAULT_BATCH_RECORDS, DeviceLabels, ImportedCapture, import_capture, parse_boot_time, read_capture,
+};
 use crate::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet};
 use crate::state::{AgentState, default_state_dir};
 use crate::uploader::Uploader;
@@ -31,6 +33,9 @@ pub enum Command {
     /// Read capture files (pcap, pcapng; one file = one boot of the device)
     /// and report their flows.
     Import(Box<ImportArgs>),
+    /// Show the full local flow table of capture files (source fields and
+    /// Community IDs included); prints only, never sends anything.
+    Flows(FlowsArgs),
     /// Write simulated per-boot captures of a device fleet.
     Simulate(SimulateArgs),
 }
@@ -98,6 +103,17 @@ pub struct AgentArgs {
     /// How long to keep retrying delivery, seconds.
     #[arg(long, default_value_t = 30)]
     pub deliver_timeout: u64,
+}
+
+/// Flags of `flows`.
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// Capture files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: DryRunFormat,
 }
 
 /// Flags of `simulate`.
@@ -185,6 +201,7 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Import(args) => import(*args).await,
+        Command::Flows(args) => flows(args),
         Command::Simulate(args) => simulate(args),
     }
 }
@@ -242,6 +259,33 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
         s.records_accepted, s.batches_accepted, s.batches_duplicate, s.retries
     );
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn flows(args: FlowsArgs) -> Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut read_any = false;
+    for file in &args.files {
+        match read_capture(file) {
+            Ok(capture) => {
+                read_any = true;
+                write_connections(&mut out, &capture.table.connections(), args.format)
+                    .map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
+                let s = &capture.stats;
+                let mut line = format!("{}: {} packets read", file.display(), s.frames);
+                if s.skipped_total() > 0 {
+                    let reasons: Vec<String> = s.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                    line.push_str(&format!("; {} skipped: {}", s.skipped_total(), reasons.join(", ")));
+                }
+                if let Some(stop) = &s.stopped_by {
+                    line.push_str(&format!("; stopped early: {stop}"));
+                }
+                eprintln!("{line}");
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    Ok(if read_any { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {

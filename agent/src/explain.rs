@@ -10,6 +10,9 @@ use std::io::Write;
 use leakwatch_proto::v1::{BootSource, DeviceInfo, DomainSource, FlowRecord, ReportBatch, Transport};
 use serde_json::{Value, json};
 
+use crate::capture::Transport as CaptureTransport;
+use crate::flow::{Connection, NameSource};
+
 /// Output format of `--dry-run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DryRunFormat {
@@ -64,6 +67,78 @@ pub fn record_json(batch: &ReportBatch, r: &FlowRecord) -> Value {
         "tls": tls,
         "duration_s": r.duration_s,
     })
+}
+
+/// The JSON object of one connection in the local `flows` view.
+pub fn connection_json(c: &Connection) -> Value {
+    let time = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_default()
+    };
+    json!({
+        "src_ip": c.src_ip.to_string(),
+        "src_port": c.src_port,
+        "dst_ip": c.dst_ip.to_string(),
+        "dst_port": c.dst_port,
+        "transport": match c.transport { CaptureTransport::Tcp => "tcp", CaptureTransport::Udp => "udp" },
+        "community_id": c.community_id,
+        "packets_out": c.packets_out,
+        "packets_in": c.packets_in,
+        "ip_bytes_out": c.ip_bytes_out,
+        "ip_bytes_in": c.ip_bytes_in,
+        "payload_bytes_out": c.payload_bytes_out,
+        "payload_bytes_in": c.payload_bytes_in,
+        "first_seen": time(c.first_us),
+        "last_seen": time(c.last_us),
+        "domain": c.domain,
+        "domain_source": match c.name_source {
+            NameSource::None => "none",
+            NameSource::Dns => "dns",
+            NameSource::Http => "http",
+            NameSource::Quic => "quic",
+            NameSource::Sni => "sni",
+        },
+        "alpn": c.alpn,
+    })
+}
+
+/// Writes the local `flows` view of `connections` in `format` to `out`.
+pub fn write_connections(out: &mut dyn Write, connections: &[Connection], format: DryRunFormat) -> std::io::Result<()> {
+    match format {
+        DryRunFormat::Jsonl => {
+            for c in connections {
+                serde_json::to_writer(&mut *out, &connection_json(c))?;
+                out.write_all(b"\n")?;
+            }
+        }
+        DryRunFormat::Table => {
+            writeln!(
+                out,
+                "{:<46} {:<46} {:<4} {:>6} {:>6} {:>10} {:>10}  domain",
+                "source", "destination", "prot", "p_out", "p_in", "bytes_out", "bytes_in"
+            )?;
+            for c in connections {
+                let transport = match c.transport {
+                    CaptureTransport::Tcp => "tcp",
+                    CaptureTransport::Udp => "udp",
+                };
+                writeln!(
+                    out,
+                    "{:<46} {:<46} {:<4} {:>6} {:>6} {:>10} {:>10}  {}",
+                    format!("{}:{}", c.src_ip, c.src_port),
+                    format!("{}:{}", c.dst_ip, c.dst_port),
+                    transport,
+                    c.packets_out,
+                    c.packets_in,
+                    c.payload_bytes_out,
+                    c.payload_bytes_in,
+                    c.domain.as_deref().unwrap_or("")
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes `batches` in `format` to `out`.

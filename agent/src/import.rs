@@ -60,24 +60,29 @@ impl ImportedCapture {
     }
 }
 
-/// Reads `path` and builds its batches.
-pub fn import_capture(
-    path: &Path,
-    labels: &DeviceLabels,
-    state: &AgentState,
-    batch_records: usize,
-) -> Result<ImportedCapture> {
+/// A capture read into a flow table.
+#[derive(Debug)]
+pub struct ReadCapture {
+    /// The flows.
+    pub table: FlowTable,
+    /// What the reader saw.
+    pub stats: CaptureStats,
+    /// Timestamp of the first packet, microseconds since the Unix epoch.
+    pub first_ts_us: Option<i64>,
+}
+
+/// Reads every packet of `path` into a flow table. Fails when the file is
+/// not a capture or nothing in it could be read.
+pub fn read_capture(path: &Path) -> Result<ReadCapture> {
     let mut table = FlowTable::new();
     let mut first_ts: Option<i64> = None;
     let mut last_ts = 0i64;
-    let mut packets = 0u64;
     let stats = capture::read_capture_file(path, |frame, stats| {
         if let Some(ts) = frame.ts_us {
             first_ts.get_or_insert(ts);
             last_ts = ts;
         }
         if let Some(packet) = capture::decode(frame, last_ts, stats) {
-            packets += 1;
             table.add(&packet);
         }
     })?;
@@ -86,6 +91,17 @@ pub fn import_capture(
     {
         return Err(Error::NotACapture { path: path.to_path_buf(), reason: reason.clone() });
     }
+    Ok(ReadCapture { table, stats, first_ts_us: first_ts })
+}
+
+/// Reads `path` and builds its batches.
+pub fn import_capture(
+    path: &Path,
+    labels: &DeviceLabels,
+    state: &AgentState,
+    batch_records: usize,
+) -> Result<ImportedCapture> {
+    let ReadCapture { table, stats, first_ts_us: first_ts } = read_capture(path)?;
     let (boot_us, boot_source) = match (labels.boot_time_us, first_ts) {
         (Some(t), _) => (t, BootSource::Explicit),
         (None, Some(t)) => (t, BootSource::FirstPacket),

@@ -40,6 +40,9 @@ pub struct Packet<'a> {
     pub seq: u32,
     /// Transport payload as captured.
     pub payload: &'a [u8],
+    /// Length of the IP packet on the wire (header included), as the IP
+    /// header states it.
+    pub ip_len: u32,
 }
 
 // Link types, from the tcpdump.org list.
@@ -57,7 +60,10 @@ const LINKTYPE_LINUX_SLL2: i32 = 276;
 pub fn decode<'a>(frame: Frame<'a>, last_ts_us: i64, stats: &mut CaptureStats) -> Option<Packet<'a>> {
     let data = frame.data;
     let sliced = match frame.linktype {
-        LINKTYPE_ETHERNET => SlicedPacket::from_ethernet(data),
+        LINKTYPE_ETHERNET => match mpls_payload(data) {
+            Some(ip) => SlicedPacket::from_ip(ip),
+            None => SlicedPacket::from_ethernet(data),
+        },
         LINKTYPE_RAW | LINKTYPE_IPV4 | LINKTYPE_IPV6 => SlicedPacket::from_ip(data),
         LINKTYPE_LINUX_SLL => SlicedPacket::from_linux_sll(data),
         LINKTYPE_NULL | LINKTYPE_LOOP => match data.get(4..) {
@@ -92,13 +98,19 @@ pub fn decode<'a>(frame: Frame<'a>, last_ts_us: i64, stats: &mut CaptureStats) -
         Some(etherparse::LinkSlice::Ethernet2(eth)) => Some(eth.source()),
         _ => None,
     };
-    let (src_ip, dst_ip, fragmenting) = match &sliced.net {
-        Some(NetSlice::Ipv4(ip)) => {
-            (IpAddr::V4(ip.header().source_addr()), IpAddr::V4(ip.header().destination_addr()), ip.payload().fragmented)
-        }
-        Some(NetSlice::Ipv6(ip)) => {
-            (IpAddr::V6(ip.header().source_addr()), IpAddr::V6(ip.header().destination_addr()), ip.payload().fragmented)
-        }
+    let (src_ip, dst_ip, fragmenting, ip_len) = match &sliced.net {
+        Some(NetSlice::Ipv4(ip)) => (
+            IpAddr::V4(ip.header().source_addr()),
+            IpAddr::V4(ip.header().destination_addr()),
+            ip.payload().fragmented,
+            u32::from(ip.header().total_len()),
+        ),
+        Some(NetSlice::Ipv6(ip)) => (
+            IpAddr::V6(ip.header().source_addr()),
+            IpAddr::V6(ip.header().destination_addr()),
+            ip.payload().fragmented,
+            40 + u32::from(ip.header().payload_length()),
+        ),
         Some(NetSlice::Arp(_)) => {
             stats.skip("not IP (ARP)");
             return None;
@@ -125,6 +137,7 @@ pub fn decode<'a>(frame: Frame<'a>, last_ts_us: i64, stats: &mut CaptureStats) -
         ack,
         seq,
         payload,
+        ip_len,
     };
     match sliced.transport {
         Some(TransportSlice::Tcp(tcp)) => Some(packet(
@@ -148,6 +161,30 @@ pub fn decode<'a>(frame: Frame<'a>, last_ts_us: i64, stats: &mut CaptureStats) -
             None
         }
     }
+}
+
+/// The IP packet inside an Ethernet frame that carries MPLS (possibly
+/// behind 802.1Q/802.1ad tags): the label stack is skipped up to its
+/// bottom-of-stack entry. `None` for frames without MPLS.
+fn mpls_payload(data: &[u8]) -> Option<&[u8]> {
+    let mut pos = 12;
+    let mut ether_type = u16::from_be_bytes([*data.get(pos)?, *data.get(pos + 1)?]);
+    while matches!(ether_type, 0x8100 | 0x88a8 | 0x9100) {
+        pos += 4;
+        ether_type = u16::from_be_bytes([*data.get(pos)?, *data.get(pos + 1)?]);
+    }
+    if !matches!(ether_type, 0x8847 | 0x8848) {
+        return None;
+    }
+    pos += 2;
+    for _ in 0..16 {
+        let entry = data.get(pos..pos + 4)?;
+        pos += 4;
+        if entry[2] & 0x01 != 0 {
+            return data.get(pos..);
+        }
+    }
+    None
 }
 
 fn error_kind(e: &etherparse::err::packet::SliceError) -> &'static str {

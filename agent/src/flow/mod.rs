@@ -12,6 +12,8 @@
 //! packets), the HTTP Host header, and DNS answers seen earlier in the
 //! capture (address → question name).
 
+mod community_id;
 mod table;
 
-pub use table::{DeviceHint, DnsLookup, FlowSummary, FlowTable, NameSource};
+pub use community_id::{community_id, community_id_seeded};
+pub use table::{Connection, DeviceHint, DnsLookup, FlowSummary, FlowTable, NameSource};

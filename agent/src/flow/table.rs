@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use super::community_id::community_id;
 use crate::capture::{Packet, Transport};
 use crate::parsers::{dns, http, quic, tls};
 
@@ -73,6 +74,52 @@ pub struct DnsLookup {
     pub queries: u64,
 }
 
+/// One connection as the local `flows` view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    /// Originator address (the side that opened the flow).
+    pub src_ip: IpAddr,
+    /// Originator port.
+    pub src_port: u16,
+    /// Responder address.
+    pub dst_ip: IpAddr,
+    /// Responder port.
+    pub dst_port: u16,
+    /// Transport.
+    pub transport: Transport,
+    /// Community ID v1.
+    pub community_id: String,
+    /// Packets originator → responder.
+    pub packets_out: u64,
+    /// Packets responder → originator.
+    pub packets_in: u64,
+    /// IP bytes (headers included) out, as Zeek's `orig_ip_bytes`.
+    pub ip_bytes_out: u64,
+    /// IP bytes in, as Zeek's `resp_ip_bytes`.
+    pub ip_bytes_in: u64,
+    /// Transport payload bytes out (retransmissions included).
+    pub payload_bytes_out: u64,
+    /// Transport payload bytes in.
+    pub payload_bytes_in: u64,
+    /// First packet, microseconds since the Unix epoch.
+    pub first_us: i64,
+    /// Last packet, microseconds since the Unix epoch.
+    pub last_us: i64,
+    /// Best known name.
+    pub domain: Option<String>,
+    /// Where it came from.
+    pub name_source: NameSource,
+    /// ALPN offered.
+    pub alpn: Vec<String>,
+}
+
+struct Naming {
+    domain: Option<String>,
+    name_source: NameSource,
+    sni: Option<String>,
+    alpn: Vec<String>,
+}
+
 /// What the capture says about the device that initiated the flows; the
 /// caller turns it into a pseudonym and never sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,6 +161,8 @@ struct Conn {
     last_us: i64,
     bytes_out: u64,
     bytes_in: u64,
+    ip_bytes_out: u64,
+    ip_bytes_in: u64,
     packets_out: u64,
     packets_in: u64,
     dns_name: Option<String>,
@@ -185,6 +234,8 @@ impl FlowTable {
                     last_us: p.ts_us,
                     bytes_out: 0,
                     bytes_in: 0,
+                    ip_bytes_out: 0,
+                    ip_bytes_in: 0,
                     packets_out: 0,
                     packets_in: 0,
                     dns_name,
@@ -201,6 +252,7 @@ impl FlowTable {
         if src == conn.initiator {
             conn.packets_out += 1;
             conn.bytes_out += len;
+            conn.ip_bytes_out += u64::from(p.ip_len);
             if conn.initiator_mac.is_none() {
                 conn.initiator_mac = p.src_mac;
             }
@@ -211,6 +263,7 @@ impl FlowTable {
         } else {
             conn.packets_in += 1;
             conn.bytes_in += len;
+            conn.ip_bytes_in += u64::from(p.ip_len);
         }
     }
 
@@ -271,26 +324,68 @@ impl FlowTable {
         }
     }
 
+    /// How a connection's destination is named, by the attribution order.
+    fn naming(&self, conn: &Conn) -> Naming {
+        let (sni, alpn, hello_source) = match &conn.hello {
+            HelloState::Found(h, source) => (h.sni.clone(), h.alpn.clone(), *source),
+            _ => (None, Vec::new(), NameSource::None),
+        };
+        let dns_name = conn.dns_name.clone().or_else(|| self.dns.get(&conn.responder.ip).cloned());
+        let (domain, name_source) = if let Some(s) = &sni {
+            (Some(s.clone()), hello_source)
+        } else if let Some(h) = &conn.http_host {
+            (Some(h.clone()), NameSource::Http)
+        } else if let Some(d) = dns_name {
+            (Some(d), NameSource::Dns)
+        } else {
+            (None, NameSource::None)
+        };
+        Naming { domain, name_source, sni, alpn }
+    }
+
+    /// Every connection (5-tuple), in order of first packet: the
+    /// volunteer's local view, with source fields; never sent.
+    pub fn connections(&self) -> Vec<Connection> {
+        let mut out: Vec<Connection> = self
+            .order
+            .iter()
+            .filter_map(|key| self.conns.get(key).map(|c| (key, c)))
+            .map(|(key, c)| {
+                let Naming { domain, name_source, alpn, .. } = self.naming(c);
+                let src = (c.initiator.ip, c.initiator.port);
+                let dst = (c.responder.ip, c.responder.port);
+                Connection {
+                    src_ip: src.0,
+                    src_port: src.1,
+                    dst_ip: dst.0,
+                    dst_port: dst.1,
+                    transport: key.transport,
+                    community_id: community_id(key.transport, src, dst),
+                    packets_out: c.packets_out,
+                    packets_in: c.packets_in,
+                    ip_bytes_out: c.ip_bytes_out,
+                    ip_bytes_in: c.ip_bytes_in,
+                    payload_bytes_out: c.bytes_out,
+                    payload_bytes_in: c.bytes_in,
+                    first_us: c.first_us,
+                    last_us: c.last_us,
+                    domain,
+                    name_source,
+                    alpn,
+                }
+            })
+            .collect();
+        out.sort_by_key(|c| c.first_us);
+        out
+    }
+
     /// Sums connections per destination, in order of first contact.
     pub fn summaries(&self) -> Vec<FlowSummary> {
         let mut by_dest: HashMap<(IpAddr, u16, Transport), usize> = HashMap::new();
         let mut out: Vec<FlowSummary> = Vec::new();
         for key in &self.order {
             let Some(conn) = self.conns.get(key) else { continue };
-            let (sni, alpn, hello_source) = match &conn.hello {
-                HelloState::Found(h, source) => (h.sni.clone(), h.alpn.clone(), *source),
-                _ => (None, Vec::new(), NameSource::None),
-            };
-            let dns_name = conn.dns_name.clone().or_else(|| self.dns.get(&conn.responder.ip).cloned());
-            let (domain, name_source) = if let Some(s) = &sni {
-                (Some(s.clone()), hello_source)
-            } else if let Some(h) = &conn.http_host {
-                (Some(h.clone()), NameSource::Http)
-            } else if let Some(d) = dns_name {
-                (Some(d), NameSource::Dns)
-            } else {
-                (None, NameSource::None)
-            };
+            let Naming { domain, name_source, sni, alpn } = self.naming(conn);
             let dest = (conn.responder.ip, conn.responder.port, key.transport);
             match by_dest.get(&dest) {
                 Some(&i) => {

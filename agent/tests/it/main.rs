@@ -1,5 +1,6 @@
 //! Integration tests of the agent (one binary; modules per area).
 
+mod baselines;
 mod captures;
 mod dry_run;
 
