@@ -12,7 +12,8 @@ use crate::explain::{DryRunFormat, write_connections, write_dry_run};
 use crate::import::{
     DEFAULT_BATCH_RECORDS, DeviceLabels, ImportedCapture, import_capture, parse_boot_time, read_capture,
 };
-use crate::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet};
+use crate::lan::{LanLabels, import_lan};
+use crate::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet, write_lan_capture};
 use crate::state::{AgentState, default_state_dir};
 use crate::uploader::Uploader;
 use crate::{Error, Result};
@@ -55,6 +56,14 @@ pub struct ImportArgs {
     /// Output format of --dry-run.
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: DryRunFormat,
+    /// Router / LAN mode: each LAN device in the capture is its own device
+    /// with its own boots (from its DHCP handshakes).
+    #[arg(long)]
+    pub lan: bool,
+    /// LAN mode: TOML file labelling devices by MAC (vendor, model,
+    /// firmware, consent); unlabelled devices get their vendor from the OUI.
+    #[arg(long, requires = "lan")]
+    pub device_labels: Option<PathBuf>,
     #[command(flatten)]
     /// Device labels.
     pub device: DeviceArgs,
@@ -128,6 +137,10 @@ pub struct SimulateArgs {
     /// Random seed (default: the profile's).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Also write lan.pcap (every capture merged, as a router would see the
+    /// fleet) and lan-devices.toml (labels for every second device).
+    #[arg(long)]
+    pub lan: bool,
     /// Fleet profile (TOML); default: the built-in one.
     #[arg(long)]
     pub profile: Option<PathBuf>,
@@ -218,9 +231,74 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
     let state = AgentState::open(&state_dir)?;
     let mut imported = Vec::new();
     let mut failed = 0usize;
-    for file in &args.files {
+    let mut read_ok = 0usize;
+    if args.lan {
+        let d = &args.device;
+        if d.device_id.is_some()
+            || !d.vendor.is_empty()
+            || !d.model.is_empty()
+            || !d.firmware.is_empty()
+            || !d.consent.is_empty()
+        {
+            return Err(Error::InvalidArgument {
+                field: "--lan".into(),
+                reason: "device flags (--device-id, --vendor, --model, --firmware, --consent) label one device; \
+                         in LAN mode label devices by MAC in --device-labels"
+                    .into(),
+            });
+        }
+        let lan_labels = match &args.device_labels {
+            Some(path) => LanLabels::from_toml(
+                &std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), source })?,
+            )?,
+            None => LanLabels::default(),
+        };
+        for file in &args.files {
+            match import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS) {
+                Ok(boots) => {
+                    read_ok += 1;
+                    if let Some(first) = boots.first() {
+                        let devices: std::collections::BTreeSet<_> = boots.iter().map(|b| b.device).collect();
+                        let records: usize = boots.iter().map(|b| b.import.record_count()).sum();
+                        let dropped: u64 = boots.iter().map(|b| b.import.anonymiser.dropped_non_public).sum();
+                        let c = &first.import.capture;
+                        eprintln!(
+                            "{}: {} packets read, {} skipped, {} LAN devices, {} boots, {records} records; {dropped} non-public destinations dropped",
+                            file.display(),
+                            c.frames,
+                            c.skipped_total(),
+                            devices.len(),
+                            boots.len()
+                        );
+                    }
+                    for b in boots {
+                        let vendor = b
+                            .import
+                            .batches
+                            .first()
+                            .and_then(|x| x.device.as_ref())
+                            .map(|d| format!("{} {}", d.vendor, d.model));
+                        eprintln!(
+                            "  device {} ({}): {} records, boot time: {}",
+                            b.device.describe(),
+                            vendor.unwrap_or_default(),
+                            b.import.record_count(),
+                            b.import.boot_source.short_name()
+                        );
+                        imported.push(b.import);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    for file in args.files.iter().filter(|_| !args.lan) {
         match import_capture(file, &labels, &state, DEFAULT_BATCH_RECORDS) {
             Ok(capture) => {
+                read_ok += 1;
                 eprintln!("{}", describe_import(&capture));
                 imported.push(capture);
             }
@@ -230,7 +308,7 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
             }
         }
     }
-    if imported.is_empty() {
+    if read_ok == 0 {
         eprintln!("error: none of the {failed} capture(s) could be read");
         return Ok(ExitCode::from(2));
     }
@@ -302,6 +380,10 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     })?;
     if tty {
         eprintln!();
+    }
+    if args.lan {
+        let (lan, labels) = write_lan_capture(&args.out, &manifest)?;
+        eprintln!("wrote {} and {}", lan.display(), labels.display());
     }
     eprintln!(
         "wrote {} captures of {} devices and fleet.json to {}",

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::anonymiser::{self, AnonymiserStats};
 use crate::capture::{self, CaptureStats};
-use crate::flow::FlowTable;
+use crate::flow::{DnsLookup, FlowTable};
 use crate::state::AgentState;
 use crate::{Error, Result};
 
@@ -126,8 +126,8 @@ pub fn import_capture(
         .iter()
         .filter_map(|f| anonymiser::anonymise(f, boot_us, labels.app.as_deref(), &mut anon))
         .collect();
-    records.extend(table.lookups().iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, &mut anon)));
-    records.sort_by(|a, b| a.seconds_since_boot.total_cmp(&b.seconds_since_boot));
+    let lookups = merge_lookups(table.lookups().iter());
+    records.extend(lookups.iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, &mut anon)));
 
     let device = DeviceInfo {
         device_pseudonym,
@@ -138,21 +138,54 @@ pub fn import_capture(
         boot_pseudonym: boot_pseudonym.clone(),
         boot_source: boot_source as i32,
     };
+    let batches = build_batches(records, &device, state, batch_records);
+    Ok(ImportedCapture { path: path.to_path_buf(), capture: stats, anonymiser: anon, boot_source, batches })
+}
+
+/// Lookups of the same name merged (a device may ask over IPv4 and IPv6).
+pub(crate) fn merge_lookups<'a>(lookups: impl Iterator<Item = &'a DnsLookup>) -> Vec<DnsLookup> {
+    let mut out: Vec<DnsLookup> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for l in lookups {
+        match index.get(&l.name.to_ascii_lowercase()) {
+            Some(&i) => {
+                let m = &mut out[i];
+                m.first_us = m.first_us.min(l.first_us);
+                m.last_us = m.last_us.max(l.last_us);
+                m.queries += l.queries;
+            }
+            None => {
+                index.insert(l.name.to_ascii_lowercase(), out.len());
+                out.push(l.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Splits one boot's records (sorted by time since boot here) into
+/// batches whose ids are stable for that boot and install.
+pub(crate) fn build_batches(
+    mut records: Vec<FlowRecord>,
+    device: &DeviceInfo,
+    state: &AgentState,
+    batch_records: usize,
+) -> Vec<ReportBatch> {
+    records.sort_by(|a, b| a.seconds_since_boot.total_cmp(&b.seconds_since_boot));
     let sent_at_unix_ms = chrono::Utc::now().timestamp_millis();
-    let batches = records
+    records
         .chunks(batch_records.max(1))
         .enumerate()
         .map(|(i, chunk)| ReportBatch {
-            batch_id: state.pseudonym("batch", format!("{boot_pseudonym}:{i}").as_bytes()),
+            batch_id: state.pseudonym("batch", format!("{}:{i}", device.boot_pseudonym).as_bytes()),
             sent_at_unix_ms,
             device: Some(device.clone()),
             records: chunk.to_vec(),
         })
-        .collect();
-    Ok(ImportedCapture { path: path.to_path_buf(), capture: stats, anonymiser: anon, boot_source, batches })
+        .collect()
 }
 
-fn hash_file(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn hash_file(path: &Path) -> Result<Vec<u8>> {
     let mut file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod explain;
 pub mod flow;
 pub mod import;
+pub mod lan;
 pub mod parsers;
 pub mod simulate;
 pub mod state;

@@ -16,4 +16,4 @@ mod community_id;
 mod table;
 
 pub use community_id::{community_id, community_id_seeded};
-pub use table::{Connection, DeviceHint, DnsLookup, FlowSummary, FlowTable, NameSource};
+pub use table::{Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowTable, NameSource, Origin};

@@ -59,9 +59,30 @@ pub struct FlowSummary {
     pub alpn: Vec<String>,
 }
 
+/// The LAN side of a connection or lookup: who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    /// Source MAC of its packets, when the link layer has one.
+    pub mac: Option<[u8; 6]>,
+    /// Source address.
+    pub ip: IpAddr,
+}
+
+/// A DHCP Discover or Request: a device (re)joining the network, which a
+/// device does right after it boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhcpHandshake {
+    /// The client's hardware address (`chaddr`).
+    pub mac: [u8; 6],
+    /// When, microseconds since the Unix epoch.
+    pub ts_us: i64,
+}
+
 /// A name the device looked up over DNS (port 53).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsLookup {
+    /// Who asked.
+    pub origin: Origin,
     /// The query name, as sent.
     pub name: String,
     /// The resolver asked first.
@@ -185,7 +206,8 @@ pub struct FlowTable {
     order: Vec<ConnKey>,
     dns: HashMap<IpAddr, String>,
     lookups: Vec<DnsLookup>,
-    lookup_index: HashMap<String, usize>,
+    lookup_index: HashMap<(Origin, String), usize>,
+    dhcp: Vec<DhcpHandshake>,
     /// DNS responses that did not parse.
     pub dns_errors: u64,
 }
@@ -202,6 +224,13 @@ impl FlowTable {
 
     /// Adds one packet.
     pub fn add(&mut self, p: &Packet<'_>) {
+        if p.transport == Transport::Udp
+            && p.src_port == 68
+            && p.dst_port == 67
+            && let Some(mac) = dhcp_client(p.payload)
+        {
+            self.dhcp.push(DhcpHandshake { mac, ts_us: p.ts_us });
+        }
         if p.src_port == 53 && !p.payload.is_empty() {
             self.learn_dns(p);
         } else if p.dst_port == 53 && !p.payload.is_empty() {
@@ -270,7 +299,8 @@ impl FlowTable {
     fn note_query(&mut self, p: &Packet<'_>) {
         let Some(msg) = dns_message(p) else { return };
         let Some((name, _qtype)) = dns::parse_query(msg) else { return };
-        let key = name.to_ascii_lowercase();
+        let origin = Origin { mac: p.src_mac, ip: p.src_ip };
+        let key = (origin, name.to_ascii_lowercase());
         match self.lookup_index.get(&key) {
             Some(&i) => {
                 let l = &mut self.lookups[i];
@@ -281,6 +311,7 @@ impl FlowTable {
             None => {
                 self.lookup_index.insert(key, self.lookups.len());
                 self.lookups.push(DnsLookup {
+                    origin,
                     name,
                     resolver: p.dst_ip,
                     first_us: p.ts_us,
@@ -291,9 +322,23 @@ impl FlowTable {
         }
     }
 
-    /// Names the device looked up, in order of first query.
+    /// Names looked up, per origin, in order of first query.
     pub fn lookups(&self) -> &[DnsLookup] {
         &self.lookups
+    }
+
+    /// DHCP Discovers and Requests seen, in capture order.
+    pub fn dhcp_handshakes(&self) -> &[DhcpHandshake] {
+        &self.dhcp
+    }
+
+    /// The origin of every connection with its first packet time.
+    pub fn origins(&self) -> Vec<(Origin, i64)> {
+        self.order
+            .iter()
+            .filter_map(|k| self.conns.get(k))
+            .map(|c| (Origin { mac: c.initiator_mac, ip: c.initiator.ip }, c.first_us))
+            .collect()
     }
 
     fn learn_dns(&mut self, p: &Packet<'_>) {
@@ -381,12 +426,26 @@ impl FlowTable {
 
     /// Sums connections per destination, in order of first contact.
     pub fn summaries(&self) -> Vec<FlowSummary> {
-        let mut by_dest: HashMap<(IpAddr, u16, Transport), usize> = HashMap::new();
-        let mut out: Vec<FlowSummary> = Vec::new();
+        self.summaries_grouped(|_, _| Some(())).remove(&()).unwrap_or_default()
+    }
+
+    /// Sums connections per group and destination; `group` maps a
+    /// connection's origin and first packet time to its group (`None`
+    /// leaves the connection out). Each group's flows are in order of first
+    /// contact.
+    pub fn summaries_grouped<K: Ord + Clone + std::hash::Hash>(
+        &self,
+        group: impl Fn(Origin, i64) -> Option<K>,
+    ) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
+        let mut by_dest: HashMap<(K, IpAddr, u16, Transport), usize> = HashMap::new();
+        let mut groups: std::collections::BTreeMap<K, Vec<FlowSummary>> = std::collections::BTreeMap::new();
         for key in &self.order {
             let Some(conn) = self.conns.get(key) else { continue };
+            let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
+            let Some(g) = group(origin, conn.first_us) else { continue };
             let Naming { domain, name_source, sni, alpn } = self.naming(conn);
-            let dest = (conn.responder.ip, conn.responder.port, key.transport);
+            let dest = (g.clone(), conn.responder.ip, conn.responder.port, key.transport);
+            let out = groups.entry(g).or_default();
             match by_dest.get(&dest) {
                 Some(&i) => {
                     let f = &mut out[i];
@@ -406,7 +465,7 @@ impl FlowTable {
                     }
                 }
                 None => {
-                    by_dest.insert(dest, out.len());
+                    by_dest.insert(dest.clone(), out.len());
                     out.push(FlowSummary {
                         dst_ip: conn.responder.ip,
                         dst_port: conn.responder.port,
@@ -425,8 +484,10 @@ impl FlowTable {
                 }
             }
         }
-        out.sort_by_key(|f| f.first_us);
-        out
+        for out in groups.values_mut() {
+            out.sort_by_key(|f| f.first_us);
+        }
+        groups
     }
 }
 
@@ -511,4 +572,32 @@ fn dns_message<'a>(p: &Packet<'a>) -> Option<&'a [u8]> {
             (pl.len() > 2 && usize::from(u16::from_be_bytes([pl[0], pl[1]])) == pl.len() - 2).then(|| &pl[2..])
         }
     }
+}
+
+/// The client hardware address of a DHCP Discover (1) or Request (3).
+fn dhcp_client(payload: &[u8]) -> Option<[u8; 6]> {
+    if payload.len() < 240
+        || payload[0] != 1
+        || payload[1] != 1
+        || payload[2] != 6
+        || payload[236..240] != [99, 130, 83, 99]
+    {
+        return None;
+    }
+    let mut pos = 240;
+    while let Some(&code) = payload.get(pos) {
+        match code {
+            0 => pos += 1,
+            255 => break,
+            _ => {
+                let len = usize::from(*payload.get(pos + 1)?);
+                if code == 53 {
+                    let kind = *payload.get(pos + 2)?;
+                    return matches!(kind, 1 | 3).then(|| payload[28..34].try_into().ok()).flatten();
+                }
+                pos += 2 + len;
+            }
+        }
+    }
+    None
 }

@@ -32,6 +32,9 @@ pub struct ManifestEntry {
     pub firmware: String,
     /// `--consent` pairs.
     pub consent: BTreeMap<String, String>,
+    /// The device's MAC address (for LAN-mode labels).
+    #[serde(default)]
+    pub mac: String,
 }
 
 /// `fleet.json`: every capture the simulator wrote.
@@ -349,6 +352,7 @@ pub fn simulate_fleet(
                     model: model.model.clone(),
                     firmware: firmware.clone(),
                     consent: model.consent.clone(),
+                    mac: crate::lan::format_mac(dev_mac),
                 });
             }
             progress(device_no, total);
@@ -358,4 +362,52 @@ pub fn simulate_fleet(
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Profile(e.to_string()))?;
     fs::write(&path, json).map_err(io(&path))?;
     Ok(manifest)
+}
+
+/// Merges every capture of `manifest` (in `dir`) into one LAN capture
+/// `dir/lan.pcap`, as a router watching the whole fleet would record it,
+/// and writes `dir/lan-devices.toml` labelling every second device (the
+/// others are left for the OUI lookup). Returns the two paths.
+pub fn write_lan_capture(dir: &Path, manifest: &FleetManifest) -> Result<(PathBuf, PathBuf)> {
+    let io = |path: &Path| {
+        let path: PathBuf = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let mut frames: Vec<(i64, Vec<u8>)> = Vec::new();
+    for entry in &manifest.captures {
+        crate::capture::read_capture_file(&dir.join(&entry.file), |frame, _| {
+            if let Some(ts) = frame.ts_us {
+                frames.push((ts, frame.data.to_vec()));
+            }
+        })?;
+    }
+    frames.sort_by_key(|(ts, _)| *ts);
+    let lan = dir.join("lan.pcap");
+    let f = fs::File::create(&lan).map_err(io(&lan))?;
+    let mut w = PcapWriter::new(BufWriter::new(f), 1).map_err(io(&lan))?;
+    for (ts, frame) in &frames {
+        w.write_frame(*ts, frame).map_err(io(&lan))?;
+    }
+    w.finish().map_err(io(&lan))?;
+    let mut labels = crate::lan::LanLabels::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in &manifest.captures {
+        if seen.insert(entry.device_id.clone()) && seen.len() % 2 == 1 {
+            labels.devices.push(crate::lan::LanDevice {
+                mac: entry.mac.clone(),
+                name: Some(entry.device_id.clone()),
+                vendor: entry.vendor.clone(),
+                model: entry.model.clone(),
+                firmware: entry.firmware.clone(),
+                consent: entry.consent.clone(),
+            });
+        }
+    }
+    let toml_path = dir.join("lan-devices.toml");
+    let text = format!(
+        "# LAN device labels for leakwatch-agent import --lan --device-labels\n{}",
+        toml::to_string(&labels).map_err(|e| Error::Profile(e.to_string()))?
+    );
+    fs::write(&toml_path, text).map_err(io(&toml_path))?;
+    Ok((lan, toml_path))
 }

@@ -12,7 +12,7 @@ mod fleet;
 mod pcap;
 mod profile;
 
-pub use fleet::{FleetManifest, ManifestEntry, simulate_fleet};
+pub use fleet::{FleetManifest, ManifestEntry, simulate_fleet, write_lan_capture};
 pub use pcap::PcapWriter;
 pub use profile::{Contact, Destination, DestinationKind, FleetProfile, ModelProfile};
 

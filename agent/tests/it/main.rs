@@ -3,6 +3,7 @@
 mod baselines;
 mod captures;
 mod dry_run;
+mod lan;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,275 @@
+//! Router / LAN mode: one capture that sees many LAN devices.
+//!
+//! Each LAN device (by MAC, or by local address where the link layer has
+//! no MAC) is its own device with its own boot clock. A device's boot is
+//! its latest DHCP Discover/Request before the flow (devices join the
+//! network right after they boot), else `--boot-time`, else the device's
+//! first packet; every batch says which (`boot_source`). Each DHCP
+//! handshake starts a new boot. Labels come from a TOML file keyed by MAC;
+//! unlabelled devices get their vendor from the MAC's OUI (the IEEE
+//! registry, bundled) and model `unknown`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+
+use leakwatch_proto::v1::{BootSource, DeviceInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::anonymiser::{self, AnonymiserStats, is_non_public};
+use crate::flow::Origin;
+use crate::import::{ImportedCapture, ReadCapture, build_batches, hash_file, merge_lookups, read_capture};
+use crate::state::AgentState;
+use crate::{Error, Result};
+
+/// DHCP packets of one device this close together are one handshake.
+const HANDSHAKE_GAP_US: i64 = 30_000_000;
+
+/// The labels file of LAN mode (`--device-labels FILE`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanLabels {
+    /// One entry per labelled device.
+    #[serde(default, rename = "device")]
+    pub devices: Vec<LanDevice>,
+}
+
+/// Labels of one LAN device.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanDevice {
+    /// MAC address, "aa:bb:cc:dd:ee:ff".
+    pub mac: String,
+    /// Your own name for it (turned into the pseudonym; never sent).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Vendor.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// Firmware or OS version.
+    #[serde(default)]
+    pub firmware: String,
+    /// Declared consent settings.
+    #[serde(default)]
+    pub consent: BTreeMap<String, String>,
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff" (also with '-').
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = text.split([':', '-']).map(|p| u8::from_str_radix(p, 16).ok()).collect::<Option<Vec<u8>>>()?;
+    <[u8; 6]>::try_from(parts.as_slice()).ok()
+}
+
+/// "aa:bb:cc:dd:ee:ff".
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The vendor an IEEE OUI registration names for `mac`, if any.
+pub fn oui_vendor(mac: [u8; 6]) -> Option<&'static str> {
+    oui_data::lookup(&format_mac(mac)).map(|o| o.organization())
+}
+
+impl LanLabels {
+    /// Reads and checks a labels file.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let labels: Self = toml::from_str(text)
+            .map_err(|e| Error::InvalidArgument { field: "--device-labels".into(), reason: e.to_string() })?;
+        for d in &labels.devices {
+            if parse_mac(&d.mac).is_none() {
+                return Err(Error::InvalidArgument {
+                    field: "--device-labels".into(),
+                    reason: format!("mac {:?} is not aa:bb:cc:dd:ee:ff", d.mac),
+                });
+            }
+        }
+        Ok(labels)
+    }
+
+    fn get(&self, mac: [u8; 6]) -> Option<&LanDevice> {
+        self.devices.iter().find(|d| parse_mac(&d.mac) == Some(mac))
+    }
+}
+
+/// A LAN device as the capture identifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LanDeviceKey {
+    /// By MAC.
+    Mac([u8; 6]),
+    /// By local address (no MAC on this link type).
+    Addr(IpAddr),
+}
+
+impl LanDeviceKey {
+    fn of(origin: Origin) -> Option<Self> {
+        // Only LAN devices: an origin with a public address is a remote
+        // host that opened a connection inward.
+        if !is_non_public(origin.ip) {
+            return None;
+        }
+        Some(match origin.mac {
+            Some(mac) => Self::Mac(mac),
+            None => Self::Addr(origin.ip),
+        })
+    }
+
+    /// Text for the volunteer's own terminal (never sent).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Mac(mac) => format_mac(*mac),
+            Self::Addr(ip) => ip.to_string(),
+        }
+    }
+}
+
+/// One boot of one LAN device, imported.
+#[derive(Debug, Clone)]
+pub struct LanBoot {
+    /// The device.
+    pub device: LanDeviceKey,
+    /// Its batches (the capture stats inside are the whole file's).
+    pub import: ImportedCapture,
+}
+
+/// Imports a LAN capture: one [`LanBoot`] per device and boot.
+pub fn import_lan(
+    path: &Path,
+    labels: &LanLabels,
+    explicit_boot_us: Option<i64>,
+    state: &AgentState,
+    batch_records: usize,
+) -> Result<Vec<LanBoot>> {
+    let ReadCapture { table, stats, .. } = read_capture(path)?;
+    // DHCP handshakes per MAC, collapsed.
+    let mut dhcp: HashMap<[u8; 6], Vec<i64>> = HashMap::new();
+    for h in table.dhcp_handshakes() {
+        let times = dhcp.entry(h.mac).or_default();
+        if times.last().is_none_or(|&last| h.ts_us - last > HANDSHAKE_GAP_US) {
+            times.push(h.ts_us);
+        }
+    }
+    for times in dhcp.values_mut() {
+        times.sort_unstable();
+    }
+    // First packet per device.
+    let mut first: HashMap<LanDeviceKey, i64> = HashMap::new();
+    let origins = table.origins();
+    let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
+    for (origin, t) in origins.into_iter().chain(lookup_origins) {
+        if let Some(key) = LanDeviceKey::of(origin) {
+            let e = first.entry(key).or_insert(t);
+            *e = (*e).min(t);
+        }
+    }
+    let boot_of = |key: LanDeviceKey, t: i64| -> Option<(LanDeviceKey, i64, i32)> {
+        if let LanDeviceKey::Mac(mac) = key
+            && let Some(&start) = dhcp.get(&mac).and_then(|times| times.iter().rev().find(|&&d| d <= t))
+        {
+            return Some((key, start, BootSource::Dhcp as i32));
+        }
+        match explicit_boot_us {
+            Some(b) => Some((key, b, BootSource::Explicit as i32)),
+            None => Some((key, *first.get(&key)?, BootSource::FirstPacket as i32)),
+        }
+    };
+    let flows = table.summaries_grouped(|origin, t| boot_of(LanDeviceKey::of(origin)?, t));
+    let mut lookups: BTreeMap<(LanDeviceKey, i64, i32), Vec<_>> = BTreeMap::new();
+    for l in table.lookups() {
+        if let Some(group) = LanDeviceKey::of(l.origin).and_then(|k| boot_of(k, l.first_us)) {
+            lookups.entry(group).or_default().push(l);
+        }
+    }
+    let mut groups: Vec<(LanDeviceKey, i64, i32)> = flows.keys().chain(lookups.keys()).copied().collect();
+    groups.sort_unstable();
+    groups.dedup();
+
+    let content_hash = hash_file(path)?;
+    let mut out = Vec::new();
+    for group @ (key, boot_us, boot_source) in groups {
+        let label = match key {
+            LanDeviceKey::Mac(mac) => labels.get(mac),
+            LanDeviceKey::Addr(_) => None,
+        };
+        let device_label = match (label.and_then(|l| l.name.as_ref()), key) {
+            (Some(name), _) => format!("label:{name}"),
+            (None, LanDeviceKey::Mac(mac)) => format!("mac:{}", hex::encode(mac)),
+            (None, LanDeviceKey::Addr(ip)) => format!("addr:{ip}"),
+        };
+        let (vendor, model, firmware, consent) = match (label, key) {
+            (Some(l), _) => (l.vendor.clone(), l.model.clone(), l.firmware.clone(), l.consent.clone()),
+            (None, LanDeviceKey::Mac(mac)) => {
+                let vendor = oui_vendor(mac).unwrap_or("unknown").chars().take(64).collect();
+                (vendor, "unknown".into(), String::new(), BTreeMap::new())
+            }
+            (None, LanDeviceKey::Addr(_)) => ("unknown".into(), "unknown".into(), String::new(), BTreeMap::new()),
+        };
+        let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
+        let mut boot_input = device_pseudonym.clone().into_bytes();
+        boot_input.extend_from_slice(&boot_us.to_be_bytes());
+        boot_input.extend_from_slice(&content_hash);
+        let boot_pseudonym = state.pseudonym("boot", &boot_input);
+        let mut anon = AnonymiserStats::default();
+        let mut records: Vec<_> = flows
+            .get(&group)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| anonymiser::anonymise(f, boot_us, None, &mut anon))
+            .collect();
+        let merged = merge_lookups(lookups.get(&group).into_iter().flatten().copied());
+        records.extend(merged.iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, &mut anon)));
+        let device = DeviceInfo {
+            device_pseudonym,
+            vendor,
+            model,
+            os_version: firmware,
+            consent: consent.into_iter().collect(),
+            boot_pseudonym,
+            boot_source,
+        };
+        let batches = build_batches(records, &device, state, batch_records);
+        out.push(LanBoot {
+            device: key,
+            import: ImportedCapture {
+                path: path.to_path_buf(),
+                capture: stats.clone(),
+                anonymiser: anon,
+                boot_source: BootSource::try_from(boot_source).unwrap_or_default(),
+                batches,
+            },
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_file_round_trips_and_rejects_bad_macs() {
+        let text = r#"
+[[device]]
+mac = "64:09:80:12:34:56"
+name = "kitchen-phone"
+vendor = "Xiaomi"
+model = "Redmi 1S"
+consent = { cloud_account = "off" }
+"#;
+        let labels = LanLabels::from_toml(text).expect("parses");
+        assert_eq!(LanLabels::from_toml(&toml::to_string(&labels).expect("ser")).expect("re-read"), labels);
+        let err =
+            LanLabels::from_toml("[[device]]\nmac = \"nope\"\nvendor = \"x\"\nmodel = \"y\"").expect_err("bad mac");
+        assert!(err.to_string().contains("nope"), "{err}");
+        let err =
+            LanLabels::from_toml("[[device]]\nmac = \"64:09:80:12:34:56\"\nvendor = \"x\"\nmodel = \"y\"\ncolour = 1")
+                .expect_err("unknown field");
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn oui_lookup_names_vendors() {
+        let vendor = oui_vendor([0x64, 0x09, 0x80, 1, 2, 3]).expect("registered OUI");
+        assert!(vendor.to_lowercase().contains("xiaomi"), "{vendor}");
+    }
+}

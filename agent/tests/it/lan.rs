@@ -1,0 +1,79 @@
+//! Router / LAN mode on a simulated LAN capture with several devices.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use leakwatch_agent::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet, write_lan_capture};
+use serde_json::Value;
+
+#[test]
+fn lan_capture_yields_per_device_records_with_labels_and_dhcp_boots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = FleetProfile::from_toml(DEFAULT_PROFILE).expect("profile");
+    let manifest = simulate_fleet(&profile, dir.path(), Some(10), Some(11), |_, _| {}).expect("simulate");
+    let (lan, labels) = write_lan_capture(dir.path(), &manifest).expect("lan capture");
+    let out = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args(["import", "--lan", "--dry-run", "--format", "jsonl", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--device-labels")
+        .arg(&labels)
+        .arg(&lan)
+        .output()
+        .expect("run agent");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+
+    // Expected per MAC: labels (every second device is labelled) and boots.
+    let labelled: BTreeSet<String> =
+        leakwatch_agent::lan::LanLabels::from_toml(&std::fs::read_to_string(&labels).expect("read"))
+            .expect("labels")
+            .devices
+            .into_iter()
+            .map(|d| d.mac)
+            .collect();
+    let mut boots_per_mac: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &manifest.captures {
+        *boots_per_mac.entry(c.mac.as_str()).or_default() += 1;
+    }
+    // Group what would be sent by device pseudonym.
+    let mut devices: BTreeMap<String, (BTreeSet<String>, Value)> = BTreeMap::new();
+    for l in &lines {
+        let d = &l["device"];
+        assert_eq!(d["boot_source"], "BOOT_SOURCE_DHCP", "every boot comes from a DHCP handshake");
+        let e = devices
+            .entry(d["device_pseudonym"].as_str().expect("pseudonym").to_string())
+            .or_insert_with(|| (BTreeSet::new(), d.clone()));
+        e.0.insert(d["boot_pseudonym"].as_str().expect("boot").to_string());
+        for key in ["vendor", "model", "os_version", "consent"] {
+            assert_eq!(d[key], e.1[key], "labels are constant per device");
+        }
+    }
+    assert_eq!(devices.len(), boots_per_mac.len(), "one device per MAC");
+    let mut boot_counts: Vec<usize> = devices.values().map(|(boots, _)| boots.len()).collect();
+    let mut want_counts: Vec<usize> = boots_per_mac.values().copied().collect();
+    boot_counts.sort_unstable();
+    want_counts.sort_unstable();
+    assert_eq!(boot_counts, want_counts, "one boot per DHCP handshake");
+    // Labelled devices carry their labels; the others an OUI vendor and model "unknown".
+    let entries: BTreeMap<&str, _> = manifest.captures.iter().map(|c| (c.mac.as_str(), c)).collect();
+    let mut seen_labelled = 0;
+    for (_, device) in devices.values() {
+        let model = device["model"].as_str().expect("model");
+        if model == "unknown" {
+            let vendor = device["vendor"].as_str().expect("vendor");
+            assert!(!vendor.is_empty() && vendor != "unknown", "OUI vendor expected, got {vendor:?}");
+        } else {
+            seen_labelled += 1;
+            let entry =
+                entries.values().find(|e| e.model == model && labelled.contains(&e.mac)).expect("a labelled model");
+            assert_eq!(device["vendor"], entry.vendor.as_str());
+        }
+    }
+    assert_eq!(seen_labelled, labelled.len());
+    // The MACs never leave the machine.
+    let raw = lines.iter().map(Value::to_string).collect::<String>();
+    for mac in boots_per_mac.keys() {
+        assert!(!raw.contains(mac) && !raw.contains(&mac.replace(':', "")), "{mac} leaked");
+    }
+}
