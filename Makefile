@@ -11,12 +11,26 @@ EXTERNAL_TESTDATA := $(abspath ../shared/testdata/external)
 # Crates the agent must never pull in (it stays small).
 AGENT_FORBIDDEN := ^(datafusion|arrow|parquet|rocksdb|librocksdb-sys)( |-)
 
-.PHONY: demo test deps check-agent-deps fmt clippy unit build
+.PHONY: demo test bench deps bench-deps check-agent-deps fmt clippy unit
 
 demo: deps
 	$(CARGO) run --locked -p leakwatch-collector --bin leakwatch -- demo
 
 test: deps fmt clippy check-agent-deps unit
+
+bench: deps bench-deps
+	$(CARGO) build --locked --release -p leakwatch-agent
+	./benches/import.sh
+
+# Tools the benchmarks compare against.
+bench-deps:
+	@missing=""; \
+	for p in tshark tcpdump; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  echo "Installing missing benchmark tools:$$missing (apt-get$${sudo:+ via sudo})"; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 deps:
 	@missing=""; \

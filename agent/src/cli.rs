@@ -314,7 +314,7 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
     }
     if args.dry_run {
         let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
         for capture in &imported {
             write_dry_run(&mut out, &capture.batches, args.format)
                 .map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
@@ -341,7 +341,7 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
 
 fn flows(args: FlowsArgs) -> Result<ExitCode> {
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut read_any = false;
     for file in &args.files {
         match read_capture(file) {

@@ -6,6 +6,12 @@ use std::path::Path;
 
 use pcap_parser::pcapng::Block;
 use pcap_parser::{Linktype, PcapBlockOwned, PcapError, create_reader};
+use std::io::{IsTerminal as _, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{Error, Result};
 
@@ -62,8 +68,12 @@ struct Interface {
 /// damage later in the file ends the read with `stopped_by` set.
 pub fn read_capture_file(path: &Path, mut on_frame: impl FnMut(Frame<'_>, &mut CaptureStats)) -> Result<CaptureStats> {
     let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let read_bytes = Arc::new(AtomicU64::new(0));
+    let mut progress = Progress::new(path, total);
+    let counted = CountingReader { inner: file, count: read_bytes.clone() };
     let mut stats = CaptureStats::default();
-    let mut reader = match create_reader(64 * 1024, file) {
+    let mut reader = match create_reader(64 * 1024, counted) {
         Ok(reader) => reader,
         Err(PcapError::Eof) => {
             return Err(Error::NotACapture { path: path.to_path_buf(), reason: "the file is empty".into() });
@@ -80,6 +90,9 @@ pub fn read_capture_file(path: &Path, mut on_frame: impl FnMut(Frame<'_>, &mut C
         match reader.next() {
             Ok((offset, block)) => {
                 stalled = false;
+                if stats.frames % 4096 == 0 {
+                    progress.tick(read_bytes.load(Ordering::Relaxed));
+                }
                 match block {
                     PcapBlockOwned::LegacyHeader(header) => {
                         legacy_linktype = Some((header.network.0, header.is_nanosecond_precision()));
@@ -159,6 +172,66 @@ pub fn read_capture_file(path: &Path, mut on_frame: impl FnMut(Frame<'_>, &mut C
         }
     }
     Ok(stats)
+}
+
+/// Counts the bytes read from a file, for the progress bar.
+struct CountingReader {
+    inner: File,
+    count: Arc<AtomicU64>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A progress bar on stderr for reads that take more than a second; never
+/// drawn when stderr is not a terminal.
+struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    total: u64,
+    name: String,
+}
+
+impl Progress {
+    fn new(path: &Path, total: u64) -> Self {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Self { bar: None, started: Instant::now(), total, name }
+    }
+
+    fn update(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress {
+    fn tick(&mut self, done: u64) {
+        if self.bar.is_none() && self.started.elapsed() > Duration::from_secs(1) && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(self.total), ProgressDrawTarget::stderr());
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(self.name.clone());
+            self.bar = Some(bar);
+        }
+        self.update(done);
+    }
 }
 
 fn ticks_to_us(ticks: u64, resolution: u64) -> i64 {

@@ -1,6 +1,8 @@
 //! The connection and destination tables.
 
 use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 
 use super::community_id::community_id;
@@ -202,11 +204,11 @@ enum HelloState {
 /// Builds connections and destinations from packets of one device.
 #[derive(Debug, Default)]
 pub struct FlowTable {
-    conns: HashMap<ConnKey, Conn>,
+    conns: FxHashMap<ConnKey, Conn>,
     order: Vec<ConnKey>,
-    dns: HashMap<IpAddr, String>,
+    dns: FxHashMap<IpAddr, String>,
     lookups: Vec<DnsLookup>,
-    lookup_index: HashMap<(Origin, String), usize>,
+    lookup_index: FxHashMap<(Origin, String), usize>,
     dhcp: Vec<DhcpHandshake>,
     /// DNS responses that did not parse.
     pub dns_errors: u64,
