@@ -1,0 +1,172 @@
+//! The privacy property: whatever the packets and labels, no record that
+//! would be sent carries a non-public destination, a MAC, a source address
+//! or port, the volunteer's device label, or an identifier-like hostname
+//! label.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use etherparse::PacketBuilder;
+use leakwatch_agent::anonymiser::{is_non_public, looks_like_identifier};
+use leakwatch_agent::import::{DeviceLabels, import_capture};
+use leakwatch_agent::parsers::tls::build_client_hello;
+use leakwatch_agent::simulate::PcapWriter;
+use leakwatch_agent::state::AgentState;
+use leakwatch_proto::v1::Transport;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Pkt {
+    src_mac: [u8; 6],
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    src_port: u16,
+    dst_port: u16,
+    tcp: bool,
+    payload: Payload,
+}
+
+#[derive(Debug, Clone)]
+enum Payload {
+    Random(Vec<u8>),
+    Hello(Vec<String>),
+    DnsQuery(Vec<String>),
+    Http(Vec<String>),
+}
+
+/// Hostname labels: plain words, and identifier-like tokens that must be
+/// scrubbed (hex, digit runs, base64-ish, UUIDs).
+fn label() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z]{2,10}",
+        "[0-9a-f]{12,32}",
+        "[a-z]{0,4}[0-9]{8,14}",
+        "[A-Za-z0-9]{16,40}",
+        "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+    ]
+}
+
+fn name() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(label(), 2..5)
+}
+
+fn private_ip() -> impl Strategy<Value = [u8; 4]> {
+    prop_oneof![
+        any::<[u8; 2]>().prop_map(|b| [192, 168, b[0], b[1]]),
+        any::<[u8; 3]>().prop_map(|b| [10, b[0], b[1], b[2]]),
+        any::<[u8; 2]>().prop_map(|b| [172, 16 + (b[0] % 16), b[1], 7]),
+    ]
+}
+
+fn any_ip() -> impl Strategy<Value = [u8; 4]> {
+    prop_oneof![any::<[u8; 4]>(), private_ip(), Just([127, 0, 0, 1]), Just([224, 0, 0, 251]), Just([169, 254, 3, 4])]
+}
+
+fn packet() -> impl Strategy<Value = Pkt> {
+    (
+        any::<[u8; 6]>(),
+        private_ip(),
+        any_ip(),
+        1024u16..65535,
+        prop_oneof![Just(443u16), Just(80), Just(53), 1u16..65535],
+        any::<bool>(),
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(Payload::Random),
+            name().prop_map(Payload::Hello),
+            name().prop_map(Payload::DnsQuery),
+            name().prop_map(Payload::Http),
+        ],
+    )
+        .prop_map(|(src_mac, src_ip, dst_ip, src_port, dst_port, tcp, payload)| Pkt {
+            src_mac,
+            src_ip,
+            dst_ip,
+            src_port,
+            dst_port,
+            tcp,
+            payload,
+        })
+}
+
+fn dns_query(labels: &[String]) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in labels {
+        m.push(l.len() as u8);
+        m.extend_from_slice(l.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
+fn frame(p: &Pkt) -> Vec<u8> {
+    let payload = match &p.payload {
+        Payload::Random(b) => b.clone(),
+        Payload::Hello(n) => build_client_hello(&n.join("."), &["h2"], [1; 32]),
+        Payload::DnsQuery(n) => dns_query(n),
+        Payload::Http(n) => format!("GET /x?id=1 HTTP/1.1\r\nHost: {}\r\n\r\n", n.join(".")).into_bytes(),
+    };
+    let base = PacketBuilder::ethernet2(p.src_mac, [2, 0, 0, 0, 0, 1]).ipv4(p.src_ip, p.dst_ip, 64);
+    let mut buf = Vec::new();
+    if p.tcp {
+        let b = base.tcp(p.src_port, p.dst_port, 1000, 65535).psh();
+        b.write(&mut buf, &payload).expect("build");
+    } else {
+        let b = base.udp(p.src_port, p.dst_port);
+        b.write(&mut buf, &payload).expect("build");
+    }
+    buf
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_record_carries_anything_private(
+        packets in prop::collection::vec(packet(), 1..40),
+        device_id in "[a-z]{6}-[A-Z]{6}-[0-9]{4}",
+        vendor in "[A-Za-z ]{0,20}",
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.pcap");
+        let mut w = PcapWriter::new(std::fs::File::create(&path).expect("create"), 1).expect("header");
+        for (i, p) in packets.iter().enumerate() {
+            w.write_frame(1_700_000_000_000_000 + i as i64 * 1000, &frame(p)).expect("frame");
+        }
+        w.finish().expect("flush");
+        let state = AgentState::open(&dir.path().join("state")).expect("state");
+        let labels = DeviceLabels { device_id: Some(device_id.clone()), vendor, ..Default::default() };
+        let imported = import_capture(&path, &labels, &state, 1000).expect("import");
+
+        let dst_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(p.dst_port)).collect();
+        let src_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(p.src_port)).collect();
+        for batch in &imported.batches {
+            let device = batch.device.as_ref().expect("device");
+            prop_assert_ne!(&device.device_pseudonym, &device_id);
+            for r in &batch.records {
+                let text = format!("{r:?}{device:?}");
+                prop_assert!(!text.contains(&device_id), "device label leaked");
+                for p in &packets {
+                    let mac = p.src_mac.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                    prop_assert!(!text.contains(&mac), "MAC leaked");
+                    prop_assert!(r.dst_ip != Ipv4Addr::from(p.src_ip).to_string(), "source address leaked");
+                }
+                if r.transport() == Transport::Dns && r.dst_ip.is_empty() {
+                    prop_assert_eq!(r.dst_port, 53);
+                } else {
+                    let ip: IpAddr = r.dst_ip.parse().expect("address");
+                    prop_assert!(!is_non_public(ip), "non-public destination {}", ip);
+                    // The port is a destination port, never a source port
+                    // (source ports here are all >= 1024 and distinct from
+                    // the destination ports unless they collide by chance).
+                    prop_assert!(dst_ports.contains(&r.dst_port) || !src_ports.contains(&r.dst_port));
+                }
+                let names = [r.domain.as_str(), r.tls.as_ref().map_or("", |t| t.sni.as_str())];
+                for name in names.iter().filter(|n| !n.is_empty()) {
+                    for l in name.split('.') {
+                        prop_assert!(l == "*" || !looks_like_identifier(l), "unscrubbed label {} in {}", l, name);
+                    }
+                }
+            }
+        }
+    }
+}
