@@ -8,6 +8,7 @@
 use std::io::Write;
 
 use leakwatch_proto::v1::{BootSource, DeviceInfo, DomainSource, FlowRecord, ReportBatch, Transport};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::capture::Transport as CaptureTransport;
@@ -22,51 +23,89 @@ pub enum DryRunFormat {
     Table,
 }
 
-fn device_json(d: &DeviceInfo) -> Value {
-    let consent: serde_json::Map<String, Value> = {
-        let mut pairs: Vec<_> = d.consent.iter().collect();
-        pairs.sort();
-        pairs.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
-    };
-    json!({
-        "device_pseudonym": d.device_pseudonym,
-        "vendor": d.vendor,
-        "model": d.model,
-        "os_version": d.os_version,
-        "consent": consent,
-        "boot_pseudonym": d.boot_pseudonym,
-        "boot_source": BootSource::try_from(d.boot_source).unwrap_or_default().as_str_name(),
-    })
+/// The device block of a record line, with the proto's field names.
+#[derive(Debug, Serialize)]
+pub struct DeviceView<'a> {
+    device_pseudonym: &'a str,
+    vendor: &'a str,
+    model: &'a str,
+    os_version: &'a str,
+    consent: std::collections::BTreeMap<&'a str, &'a str>,
+    boot_pseudonym: &'a str,
+    boot_source: &'static str,
 }
 
-/// The JSON object for one record of `batch`.
-pub fn record_json(batch: &ReportBatch, r: &FlowRecord) -> Value {
-    let tls = r.tls.as_ref().map(|t| {
-        json!({
-            "sni": t.sni,
-            "alpn": t.alpn,
-            "client_fingerprint": t.client_fingerprint,
-        })
-    });
-    json!({
-        "batch_id": batch.batch_id,
-        "sent_at_unix_ms": batch.sent_at_unix_ms,
-        "device": batch.device.as_ref().map(device_json),
-        "seconds_since_boot": r.seconds_since_boot,
-        "window_start_unix_s": r.window_start_unix_s,
-        "transport": Transport::try_from(r.transport).unwrap_or_default().as_str_name(),
-        "dst_ip": r.dst_ip,
-        "dst_port": r.dst_port,
-        "domain": r.domain,
-        "domain_source": DomainSource::try_from(r.domain_source).unwrap_or_default().as_str_name(),
-        "bytes_out": r.bytes_out,
-        "bytes_in": r.bytes_in,
-        "packets_out": r.packets_out,
-        "packets_in": r.packets_in,
-        "app": r.app,
-        "tls": tls,
-        "duration_s": r.duration_s,
-    })
+impl<'a> DeviceView<'a> {
+    /// The view of `d`.
+    pub fn of(d: &'a DeviceInfo) -> Self {
+        Self {
+            device_pseudonym: &d.device_pseudonym,
+            vendor: &d.vendor,
+            model: &d.model,
+            os_version: &d.os_version,
+            consent: d.consent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            boot_pseudonym: &d.boot_pseudonym,
+            boot_source: BootSource::try_from(d.boot_source).unwrap_or_default().as_str_name(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct TlsView<'a> {
+    sni: &'a str,
+    alpn: &'a [String],
+    client_fingerprint: &'a str,
+}
+
+/// One record line of `--dry-run --format jsonl`: the record's fields with
+/// the proto's names (enums by their proto names), plus the batch id and
+/// device block that travel with it.
+#[derive(Debug, Serialize)]
+pub struct RecordView<'a> {
+    batch_id: &'a str,
+    sent_at_unix_ms: i64,
+    device: Option<&'a DeviceView<'a>>,
+    seconds_since_boot: f64,
+    window_start_unix_s: i64,
+    transport: &'static str,
+    dst_ip: &'a str,
+    dst_port: u32,
+    domain: &'a str,
+    domain_source: &'static str,
+    bytes_out: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    packets_in: u64,
+    app: &'a str,
+    tls: Option<TlsView<'a>>,
+    duration_s: f64,
+}
+
+/// The line for record `r` of `batch` (whose device view is `device`).
+pub fn record_view<'a>(
+    batch: &'a ReportBatch,
+    device: Option<&'a DeviceView<'a>>,
+    r: &'a FlowRecord,
+) -> RecordView<'a> {
+    RecordView {
+        batch_id: &batch.batch_id,
+        sent_at_unix_ms: batch.sent_at_unix_ms,
+        device,
+        seconds_since_boot: r.seconds_since_boot,
+        window_start_unix_s: r.window_start_unix_s,
+        transport: Transport::try_from(r.transport).unwrap_or_default().as_str_name(),
+        dst_ip: &r.dst_ip,
+        dst_port: r.dst_port,
+        domain: &r.domain,
+        domain_source: DomainSource::try_from(r.domain_source).unwrap_or_default().as_str_name(),
+        bytes_out: r.bytes_out,
+        bytes_in: r.bytes_in,
+        packets_out: r.packets_out,
+        packets_in: r.packets_in,
+        app: &r.app,
+        tls: r.tls.as_ref().map(|t| TlsView { sni: &t.sni, alpn: &t.alpn, client_fingerprint: &t.client_fingerprint }),
+        duration_s: r.duration_s,
+    }
 }
 
 /// The JSON object of one connection in the local `flows` view.
@@ -146,8 +185,9 @@ pub fn write_dry_run(out: &mut dyn Write, batches: &[ReportBatch], format: DryRu
     match format {
         DryRunFormat::Jsonl => {
             for batch in batches {
+                let device = batch.device.as_ref().map(DeviceView::of);
                 for r in &batch.records {
-                    serde_json::to_writer(&mut *out, &record_json(batch, r))?;
+                    serde_json::to_writer(&mut *out, &record_view(batch, device.as_ref(), r))?;
                     out.write_all(b"\n")?;
                 }
             }
