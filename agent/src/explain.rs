@@ -79,6 +79,7 @@ pub struct RecordView<'a> {
     app: &'a str,
     tls: Option<TlsView<'a>>,
     duration_s: f64,
+    encrypted_dns: bool,
 }
 
 /// The line for record `r` of `batch` (whose device view is `device`).
@@ -105,6 +106,7 @@ pub fn record_view<'a>(
         app: &r.app,
         tls: r.tls.as_ref().map(|t| TlsView { sni: &t.sni, alpn: &t.alpn, client_fingerprint: &t.client_fingerprint }),
         duration_s: r.duration_s,
+        encrypted_dns: r.encrypted_dns,
     }
 }
 

@@ -43,6 +43,7 @@ pub fn add_rows(stored: &StoredBatch, mut sink: impl FnMut(FlowRow)) {
             tls_alpn: tls.alpn.join(","),
             tls_fingerprint: tls.client_fingerprint,
             duration_s: r.duration_s,
+            encrypted_dns: r.encrypted_dns,
         });
     }
 }

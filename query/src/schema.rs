@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
-    TimestampSecondBuilder,
+    ArrayRef, BooleanArray, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder, TimestampSecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -41,6 +41,8 @@ pub fn flows_schema() -> SchemaRef {
         s("tls_alpn", true),
         s("tls_fingerprint", true),
         Field::new("duration_s", DataType::Float64, false),
+        // Added after the first release: nullable, so older files read as NULL.
+        Field::new("encrypted_dns", DataType::Boolean, true),
     ]))
 }
 
@@ -99,6 +101,8 @@ pub struct FlowRow {
     pub tls_fingerprint: String,
     /// Seconds from first to last packet.
     pub duration_s: f64,
+    /// Encrypted DNS (DoT or a known DoH endpoint).
+    pub encrypted_dns: bool,
 }
 
 /// Builds `flows` record batches from rows.
@@ -203,6 +207,7 @@ impl FlowBatchBuilder {
             strings(&|r| &r.tls_alpn, true),
             strings(&|r| &r.tls_fingerprint, true),
             floats(&|r| r.duration_s),
+            Arc::new(rows.iter().map(|r| Some(r.encrypted_dns)).collect::<BooleanArray>()),
         ];
         match RecordBatch::try_new(flows_schema(), columns) {
             Ok(batch) => batch,

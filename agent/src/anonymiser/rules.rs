@@ -174,6 +174,7 @@ pub fn anonymise_lookup(lookup: &DnsLookup, boot_us: i64, stats: &mut Anonymiser
         app: String::new(),
         tls: None,
         duration_s: (lookup.last_us - lookup.first_us).max(0) as f64 / 1e6,
+        encrypted_dns: false,
     })
 }
 
@@ -240,6 +241,7 @@ pub fn anonymise(
         app: app.unwrap_or_default().chars().take(128).collect(),
         tls,
         duration_s: (flow.last_us - flow.first_us).max(0) as f64 / 1e6,
+        encrypted_dns: flow.encrypted_dns,
     })
 }
 

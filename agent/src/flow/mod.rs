@@ -16,4 +16,6 @@ mod community_id;
 mod table;
 
 pub use community_id::{community_id, community_id_seeded};
-pub use table::{Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowTable, NameSource, Origin};
+pub use table::{
+    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowTable, NameSource, Origin, is_encrypted_dns,
+};

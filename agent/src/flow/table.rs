@@ -59,6 +59,8 @@ pub struct FlowSummary {
     pub sni: Option<String>,
     /// ALPN offered in that ClientHello.
     pub alpn: Vec<String>,
+    /// DNS over TLS (port 853) or a known DNS-over-HTTPS endpoint.
+    pub encrypted_dns: bool,
 }
 
 /// The LAN side of a connection or lookup: who sent it.
@@ -446,11 +448,13 @@ impl FlowTable {
             let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
             let Some(g) = group(origin, conn.first_us) else { continue };
             let Naming { domain, name_source, sni, alpn } = self.naming(conn);
+            let encrypted = is_encrypted_dns(conn.responder.port, domain.as_deref());
             let dest = (g.clone(), conn.responder.ip, conn.responder.port, key.transport);
             let out = groups.entry(g).or_default();
             match by_dest.get(&dest) {
                 Some(&i) => {
                     let f = &mut out[i];
+                    f.encrypted_dns |= encrypted;
                     f.first_us = f.first_us.min(conn.first_us);
                     f.last_us = f.last_us.max(conn.last_us);
                     f.bytes_out += conn.bytes_out;
@@ -480,6 +484,7 @@ impl FlowTable {
                         packets_in: conn.packets_in,
                         domain,
                         name_source,
+                        encrypted_dns: encrypted,
                         sni,
                         alpn,
                     });
@@ -602,4 +607,49 @@ fn dhcp_client(payload: &[u8]) -> Option<[u8; 6]> {
         }
     }
     None
+}
+
+/// Well-known DNS-over-HTTPS endpoints (public resolvers and the browser
+/// defaults), by host name.
+const DOH_HOSTS: [&str; 16] = [
+    "dns.google",
+    "dns.google.com",
+    "cloudflare-dns.com",
+    "mozilla.cloudflare-dns.com",
+    "chrome.cloudflare-dns.com",
+    "one.one.one.one",
+    "1dot1dot1dot1.cloudflare-dns.com",
+    "security.cloudflare-dns.com",
+    "family.cloudflare-dns.com",
+    "dns.quad9.net",
+    "dns11.quad9.net",
+    "doh.opendns.com",
+    "dns.nextdns.io",
+    "doh.cleanbrowsing.org",
+    "dns.adguard-dns.com",
+    "doh.dns.sb",
+];
+
+/// DNS over TLS (destination port 853) or DNS over HTTPS to a known
+/// endpoint (port 443 with one of [`DOH_HOSTS`] as its name).
+pub fn is_encrypted_dns(port: u16, name: Option<&str>) -> bool {
+    port == 853
+        || (port == 443
+            && name.is_some_and(|n| {
+                let n = n.trim_end_matches('.').to_ascii_lowercase();
+                DOH_HOSTS.contains(&n.as_str())
+            }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_encrypted_dns;
+
+    #[test]
+    fn dot_and_known_doh_endpoints() {
+        assert!(is_encrypted_dns(853, None));
+        assert!(is_encrypted_dns(443, Some("Cloudflare-DNS.com.")));
+        assert!(!is_encrypted_dns(443, Some("www.example.com")));
+        assert!(!is_encrypted_dns(53, Some("dns.google")));
+    }
 }

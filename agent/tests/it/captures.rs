@@ -164,6 +164,14 @@ fn unreadable_captures_fail_with_the_reason() {
 }
 
 #[test]
+fn external_dns_over_https_is_flagged() {
+    let (_, flows) = summaries(&external("suricata-verify/tests/community-id-ipv6/input.pcap"));
+    let flag = |name: &str| flows.iter().find(|f| f.domain.as_deref() == Some(name)).map(|f| f.encrypted_dns);
+    assert_eq!(flag("dns.google"), Some(true));
+    assert_eq!(flag("ipv6.google.com"), Some(false));
+}
+
+#[test]
 fn external_quic_initial_is_decrypted_for_its_sni() {
     let (_, flows) = summaries(&external("zeek/quic/chromium-115.0.5790.110-api-cirrus-com.pcap"));
     let quic = flows.iter().find(|f| f.dst_port == 443).expect("quic flow");

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::{external, simulated_fleet};
 
-const RECORD_KEYS: [&str; 17] = [
+const RECORD_KEYS: [&str; 18] = [
+    "encrypted_dns",
     "app",
     "batch_id",
     "bytes_in",
