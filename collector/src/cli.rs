@@ -95,8 +95,14 @@ pub struct SqlArgs {
     #[arg(long, env = "LEAKWATCH_DATA_DIR", default_value = "leakwatch-data")]
     pub data_dir: PathBuf,
     /// Run this statement and exit (default: interactive console).
-    #[arg(short = 'c', long = "command")]
+    #[arg(short = 'c', long = "command", conflicts_with = "file")]
     pub command: Option<String>,
+    /// Run the statements in this file (separated by `;` at line ends).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Write the result to this file instead of stdout: .parquet, .csv or .json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Output format: table, csv or json.
     #[arg(long, default_value = "table")]
     pub format: OutputFormat,
@@ -181,18 +187,29 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             let scratch = tempfile::tempdir().map_err(|e| Error::Config(format!("temporary directory: {e}")))?;
             let sessions = sql::open_sessions(&args.data_dir, scratch.path(), args.query.config())?;
-            if let Some(name) = &args.rule {
-                let params = sql::parse_params(&args.params)?;
-                println!("{}", sql::run_rule(&sessions, name, &params, args.format).await?);
-                return Ok(());
-            }
-            match &args.command {
-                Some(statement) => {
-                    println!("{}", sql::run_statement(&sessions, statement, args.format).await?);
-                    Ok(())
+            let statements: Vec<String> = if let Some(name) = &args.rule {
+                vec![sql::rule_sql(name, &sql::parse_params(&args.params)?)?]
+            } else if let Some(statement) = &args.command {
+                vec![statement.clone()]
+            } else if let Some(file) = &args.file {
+                let script =
+                    std::fs::read_to_string(file).map_err(|e| Error::Config(format!("-f {}: {e}", file.display())))?;
+                sql::split_statements(&script)
+            } else {
+                return sql::console(&sessions, args.format).await;
+            };
+            for statement in &statements {
+                let batches = sql::query(&sessions, statement).await?;
+                match &args.out {
+                    Some(path) => {
+                        sql::write_out(&batches, path)?;
+                        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                        eprintln!("wrote {rows} rows to {}", path.display());
+                    }
+                    None => println!("{}", leakwatch_query::format::render(&batches, args.format)?),
                 }
-                None => sql::console(&sessions, args.format).await,
             }
+            Ok(())
         }
         Command::Demo(args) => {
             demo::run(DemoOptions {

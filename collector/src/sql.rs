@@ -7,6 +7,7 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use leakwatch_query::format::{OutputFormat, render};
 use leakwatch_query::rules::{builtin_rules, rule};
 use leakwatch_query::{QueryConfig, SessionFactory};
@@ -35,11 +36,20 @@ pub fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// Runs `sql` in a fresh session.
+pub async fn query(sessions: &SessionFactory, sql: &str) -> Result<Vec<RecordBatch>> {
+    let session = sessions.session().await?;
+    Ok(session.sql(sql).await?)
+}
+
 /// Runs `sql` in a fresh session and renders the result.
 pub async fn run_statement(sessions: &SessionFactory, sql: &str, format: OutputFormat) -> Result<String> {
-    let session = sessions.session().await?;
-    let batches = session.sql(sql).await?;
-    Ok(render(&batches, format)?)
+    Ok(render(&query(sessions, sql).await?, format)?)
+}
+
+/// The SQL of the built-in rule `name` with `params` filled in.
+pub fn rule_sql(name: &str, params: &BTreeMap<String, String>) -> Result<String> {
+    Ok(rule(name)?.render(params)?)
 }
 
 /// Runs the built-in rule `name` with `params`.
@@ -49,8 +59,58 @@ pub async fn run_rule(
     params: &BTreeMap<String, String>,
     format: OutputFormat,
 ) -> Result<String> {
-    let sql = rule(name)?.render(params)?;
-    run_statement(sessions, &sql, format).await
+    run_statement(sessions, &rule_sql(name, params)?, format).await
+}
+
+/// Writes `batches` to `path`, in the format its extension names:
+/// `.parquet` (zstd), `.csv` or `.json` (one object per line).
+pub fn write_out(batches: &[RecordBatch], path: &Path) -> Result<()> {
+    let err = |e: String| Error::Config(format!("--out {}: {e}", path.display()));
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let bytes = match ext.as_str() {
+        "csv" => render(batches, OutputFormat::Csv)?.into_bytes(),
+        "json" | "jsonl" => render(batches, OutputFormat::Json)?.into_bytes(),
+        "parquet" => {
+            let schema = match batches.first() {
+                Some(b) => b.schema(),
+                None => return Err(err("the query returned no batch to take a schema from".into())),
+            };
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .build();
+            let mut buf = Vec::new();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props)).map_err(|e| err(e.to_string()))?;
+            for b in batches {
+                w.write(b).map_err(|e| err(e.to_string()))?;
+            }
+            w.close().map_err(|e| err(e.to_string()))?;
+            buf
+        }
+        other => return Err(err(format!("unknown extension {other:?}: use .parquet, .csv or .json"))),
+    };
+    std::fs::write(path, bytes).map_err(|e| err(e.to_string()))
+}
+
+/// Statements of a SQL script, split at `;` that end a line.
+pub fn split_statements(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in script.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") && pending.trim().is_empty() {
+            continue;
+        }
+        pending.push_str(line);
+        pending.push('\n');
+        if trimmed.ends_with(';') {
+            out.push(std::mem::take(&mut pending).trim().trim_end_matches(';').to_string());
+        }
+    }
+    if !pending.trim().is_empty() {
+        out.push(pending.trim().trim_end_matches(';').to_string());
+    }
+    out
 }
 
 /// Lists the built-in rules.
@@ -58,15 +118,25 @@ pub fn describe_rules() -> String {
     builtin_rules().iter().map(|r| r.describe()).collect::<Vec<_>>().join("\n")
 }
 
-/// The interactive console: statements end with `;`, `\q` quits.
-pub async fn console(sessions: &SessionFactory, format: OutputFormat) -> Result<()> {
+const CONSOLE_HELP: &str = "\\d              list tables and views
+\\d TABLE        describe a table's columns
+\\rules          list the detection rules
+\\rule NAME      run a rule with its defaults
+\\format F       output format: table, csv or json
+\\timing         show how long each statement took (toggle)
+\\q              quit";
+
+/// The interactive console: statements end with `;`, backslash commands
+/// as in `\\?`, `\\q` quits.
+pub async fn console(sessions: &SessionFactory, mut format: OutputFormat) -> Result<()> {
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
     if tty {
         eprintln!(
-            "leakwatch SQL console (read-only). Tables: flows, devices, boots. End statements with ';', \\q quits."
+            "leakwatch SQL console (read-only). Tables: flows, devices, boots. End statements with ';', \\? for help, \\q quits."
         );
     }
+    let mut timing = false;
     let mut pending = String::new();
     let mut lines = stdin.lock().lines();
     loop {
@@ -80,21 +150,68 @@ pub async fn console(sessions: &SessionFactory, format: OutputFormat) -> Result<
         if pending.is_empty() && matches!(trimmed, "\\q" | "quit" | "exit") {
             break;
         }
+        if pending.is_empty() && trimmed.starts_with('\\') {
+            let mut words = trimmed.trim_end_matches(';').split_whitespace();
+            let sql = match (words.next(), words.next()) {
+                (Some("\\?"), _) => {
+                    println!("{CONSOLE_HELP}");
+                    None
+                }
+                (Some("\\d"), None) => Some("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name".to_string()),
+                (Some("\\d"), Some(table)) => Some(format!("DESCRIBE {table}")),
+                (Some("\\rules"), _) => {
+                    println!("{}", describe_rules());
+                    None
+                }
+                (Some("\\rule"), Some(name)) => match rule_sql(name, &BTreeMap::new()) {
+                    Ok(sql) => Some(sql),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        None
+                    }
+                },
+                (Some("\\format"), Some(f)) => {
+                    match f.parse() {
+                        Ok(f) => format = f,
+                        Err(e) => eprintln!("error: {e}"),
+                    }
+                    None
+                }
+                (Some("\\timing"), _) => {
+                    timing = !timing;
+                    eprintln!("timing {}", if timing { "on" } else { "off" });
+                    None
+                }
+                _ => {
+                    eprintln!("error: unknown command {trimmed:?}; \\? lists the commands");
+                    None
+                }
+            };
+            if let Some(sql) = sql {
+                run_and_print(sessions, &sql, format, timing).await;
+            }
+            continue;
+        }
         pending.push_str(&line);
         pending.push('\n');
         if trimmed.ends_with(';') {
             let sql = std::mem::take(&mut pending);
-            match run_statement(sessions, sql.trim().trim_end_matches(';'), format).await {
-                Ok(out) => println!("{out}"),
-                Err(e) => eprintln!("error: {e}"),
-            }
+            run_and_print(sessions, sql.trim().trim_end_matches(';'), format, timing).await;
         }
     }
     if !pending.trim().is_empty() {
-        match run_statement(sessions, pending.trim().trim_end_matches(';'), format).await {
-            Ok(out) => println!("{out}"),
-            Err(e) => eprintln!("error: {e}"),
-        }
+        run_and_print(sessions, pending.trim().trim_end_matches(';'), format, timing).await;
     }
     Ok(())
+}
+
+async fn run_and_print(sessions: &SessionFactory, sql: &str, format: OutputFormat, timing: bool) {
+    let started = std::time::Instant::now();
+    match run_statement(sessions, sql, format).await {
+        Ok(out) => println!("{out}"),
+        Err(e) => eprintln!("error: {e}"),
+    }
+    if timing {
+        eprintln!("time: {:.3?}", started.elapsed());
+    }
 }

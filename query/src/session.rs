@@ -12,7 +12,6 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
 use crate::schema::flows_schema;
-use crate::udf::RegistrableDomain;
 use crate::{Error, Result};
 
 /// Limits of every query session.
@@ -129,7 +128,9 @@ impl SessionFactory {
         ctx.deregister_udtf("range");
         ctx.deregister_udf("generate_series");
         ctx.deregister_udf("range");
-        ctx.register_udf(RegistrableDomain::udf());
+        for udf in crate::udf::all() {
+            ctx.register_udf(udf);
+        }
 
         let snapshot = self.tail.snapshot().map_err(Error::Tail)?;
         let schema = flows_schema();
@@ -252,6 +253,13 @@ mod tests {
         assert_eq!(out, "domain,n\nflushed.example,3\ntail.example,2\n");
         let out = count(&factory, "SELECT count(*) AS n FROM devices").await;
         assert_eq!(out, "n\n3\n");
+        let out = count(
+            &factory,
+            "SELECT registrable_domain('api.account.xiaomi.com') AS d, is_private_ip('10.1.1.1') AS p, \
+             ip_in_cidr('192.168.4.4', '192.168.0.0/16') AS c, is_private_ip(domain) AS n FROM flows LIMIT 1",
+        )
+        .await;
+        assert_eq!(out, "d,p,c,n\nxiaomi.com,true,true,\n");
     }
 
     #[tokio::test]

@@ -1,40 +1,119 @@
-//! User-defined SQL functions.
+//! User-defined SQL functions:
+//!
+//! - `registrable_domain(host)`: the registrable domain ("eTLD+1") by the
+//!   public suffix list, e.g. `api.account.xiaomi.com` → `xiaomi.com`,
+//!   `a.b.example.co.uk` → `example.co.uk`; NULL for NULL, for addresses
+//!   and for names that are themselves a public suffix.
+//! - `is_private_ip(ip)`: true for private, loopback, link-local,
+//!   multicast, carrier-grade NAT and unique-local addresses; NULL when the
+//!   text is not an address.
+//! - `ip_in_cidr(ip, cidr)`: true when the address lies in the CIDR block
+//!   (`10.0.0.0/8`, `2001:db8::/32`); NULL when either does not parse.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use arrow::array::{Array, ArrayRef, BooleanBuilder, StringArray, StringBuilder};
 use arrow::datatypes::DataType;
-use datafusion::common::{ScalarValue, exec_err};
+use datafusion::common::exec_err;
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 
-/// `registrable_domain(host)`: the registrable domain ("eTLD+1") of a host
-/// name by the public suffix list, e.g. `api.account.xiaomi.com` →
-/// `xiaomi.com`, `a.b.example.co.uk` → `example.co.uk`; NULL for NULL, for
-/// addresses and for names that are themselves a public suffix.
+/// Which function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    RegistrableDomain,
+    IsPrivateIp,
+    IpInCidr,
+}
+
+/// A row-by-row function over string arguments.
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub struct RegistrableDomain {
+pub struct StringFunction {
+    kind: Kind,
     signature: Signature,
 }
 
-impl RegistrableDomain {
-    /// The UDF.
-    pub fn udf() -> ScalarUDF {
-        ScalarUDF::new_from_impl(Self { signature: Signature::string(1, Volatility::Immutable) })
-    }
+/// Every leakwatch UDF.
+pub fn all() -> Vec<ScalarUDF> {
+    [(Kind::RegistrableDomain, 1), (Kind::IsPrivateIp, 1), (Kind::IpInCidr, 2)]
+        .into_iter()
+        .map(|(kind, args)| {
+            ScalarUDF::new_from_impl(StringFunction { kind, signature: Signature::string(args, Volatility::Immutable) })
+        })
+        .collect()
 }
 
 /// The registrable domain of `host`.
 pub fn registrable_domain(host: &str) -> Option<String> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if host.parse::<std::net::IpAddr>().is_ok() {
+    if host.parse::<IpAddr>().is_ok() {
         return None;
     }
     psl::domain_str(&host).map(str::to_string)
 }
 
-impl ScalarUDFImpl for RegistrableDomain {
+/// Private, loopback, link-local, multicast, broadcast, unspecified,
+/// carrier-grade NAT or unique-local.
+pub fn is_private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private_ip(IpAddr::V4(v4));
+            }
+            let seg0 = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00
+                || (seg0 & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Whether `ip` lies in `cidr`; `None` when `cidr` does not parse.
+pub fn ip_in_cidr(ip: IpAddr, cidr: &str) -> Option<bool> {
+    let (net, bits) = cidr.trim().split_once('/')?;
+    let net: IpAddr = net.parse().ok()?;
+    let bits: u32 = bits.parse().ok()?;
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) if bits <= 32 => {
+            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            Some(u32::from(a) & mask == u32::from(n) & mask)
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) if bits <= 128 => {
+            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            Some(u128::from(a) & mask == u128::from(n) & mask)
+        }
+        (IpAddr::V4(_), IpAddr::V6(_)) | (IpAddr::V6(_), IpAddr::V4(_)) => Some(false),
+        _ => None,
+    }
+}
+
+fn strings(array: &ArrayRef) -> datafusion::error::Result<StringArray> {
+    let cast = arrow::compute::cast(array, &DataType::Utf8)?;
+    match cast.as_any().downcast_ref::<StringArray>() {
+        Some(s) => Ok(s.clone()),
+        None => exec_err!("expected a string argument"),
+    }
+}
+
+impl ScalarUDFImpl for StringFunction {
     fn name(&self) -> &str {
-        "registrable_domain"
+        match self.kind {
+            Kind::RegistrableDomain => "registrable_domain",
+            Kind::IsPrivateIp => "is_private_ip",
+            Kind::IpInCidr => "ip_in_cidr",
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -42,33 +121,47 @@ impl ScalarUDFImpl for RegistrableDomain {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
+        Ok(match self.kind {
+            Kind::RegistrableDomain => DataType::Utf8,
+            Kind::IsPrivateIp | Kind::IpInCidr => DataType::Boolean,
+        })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let [arg] = args.args.as_slice() else {
-            return exec_err!("registrable_domain takes one argument");
+        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let columns = arrays.iter().map(strings).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let rows = if all_scalar { 1 } else { args.number_rows };
+        let value = |c: usize, row: usize| -> Option<&str> {
+            let col = &columns[c];
+            let i = if col.len() == 1 { 0 } else { row };
+            (i < col.len() && !col.is_null(i)).then(|| col.value(i))
         };
-        match arg {
-            ColumnarValue::Scalar(v) => {
-                let text = match v {
-                    ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => s.clone(),
-                    ScalarValue::Null => None,
-                    other => return exec_err!("registrable_domain expects a string, got {}", other.data_type()),
-                };
-                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(text.as_deref().and_then(registrable_domain))))
-            }
-            ColumnarValue::Array(array) => {
-                let cast = arrow::compute::cast(array, &DataType::Utf8)?;
-                let Some(strings) = cast.as_any().downcast_ref::<StringArray>() else {
-                    return exec_err!("registrable_domain expects a string column");
-                };
-                let mut out = StringBuilder::with_capacity(strings.len(), strings.len() * 12);
-                for v in strings {
-                    out.append_option(v.and_then(registrable_domain));
+        let out: ArrayRef = match self.kind {
+            Kind::RegistrableDomain => {
+                let mut b = StringBuilder::with_capacity(rows, rows * 12);
+                for row in 0..rows {
+                    b.append_option(value(0, row).and_then(registrable_domain));
                 }
-                Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+                Arc::new(b.finish())
             }
+            Kind::IsPrivateIp | Kind::IpInCidr => {
+                let mut b = BooleanBuilder::with_capacity(rows);
+                for row in 0..rows {
+                    let ip = value(0, row).and_then(|s| s.trim().parse::<IpAddr>().ok());
+                    b.append_option(match (self.kind, ip) {
+                        (Kind::IsPrivateIp, Some(ip)) => Some(is_private_ip(ip)),
+                        (Kind::IpInCidr, Some(ip)) => value(1, row).and_then(|c| ip_in_cidr(ip, c)),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+        };
+        if all_scalar {
+            Ok(ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(out))
         }
     }
 }
@@ -81,8 +174,21 @@ mod tests {
     fn public_suffix_list_is_used() {
         assert_eq!(registrable_domain("api.account.xiaomi.com").as_deref(), Some("xiaomi.com"));
         assert_eq!(registrable_domain("a.b.example.co.uk").as_deref(), Some("example.co.uk"));
-        assert_eq!(registrable_domain("d3c4b5a6.cloudfront.net").as_deref(), Some("d3c4b5a6.cloudfront.net"));
         assert_eq!(registrable_domain("co.uk"), None);
         assert_eq!(registrable_domain("8.8.8.8"), None);
+    }
+
+    #[test]
+    fn address_predicates() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(is_private_ip(ip("192.168.1.2")) && is_private_ip(ip("fd00::1")) && is_private_ip(ip("100.64.0.1")));
+        assert!(!is_private_ip(ip("8.8.8.8")) && !is_private_ip(ip("2606:4700::1")));
+        assert_eq!(ip_in_cidr(ip("10.1.2.3"), "10.0.0.0/8"), Some(true));
+        assert_eq!(ip_in_cidr(ip("11.1.2.3"), "10.0.0.0/8"), Some(false));
+        assert_eq!(ip_in_cidr(ip("2001:db8::5"), "2001:db8::/32"), Some(true));
+        assert_eq!(ip_in_cidr(ip("8.8.8.8"), "0.0.0.0/0"), Some(true));
+        assert_eq!(ip_in_cidr(ip("8.8.8.8"), "2001:db8::/32"), Some(false));
+        assert_eq!(ip_in_cidr(ip("8.8.8.8"), "10.0.0.0/33"), None);
+        assert_eq!(ip_in_cidr(ip("8.8.8.8"), "nonsense"), None);
     }
 }

@@ -71,3 +71,80 @@ fn demo_once_finds_the_seed_case_and_not_the_decoy() {
     assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
     assert!(String::from_utf8_lossy(&again.stderr).contains("collector stored 0 new records"));
 }
+
+#[tokio::test]
+async fn console_commands_scripts_and_out_files() {
+    use std::io::Write as _;
+    let t = TestServer::start().await;
+    let data = t.dir.path().join("data");
+    // The console over stdin: backslash commands and a multi-line statement.
+    let mut child = leakwatch()
+        .args(["sql", "--data-dir"])
+        .arg(&data)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("console");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"\\d\n\\d devices\n\\format csv\nSELECT 40 + 2\n  AS answer;\n\\rules\n\\nope\n\\q\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for want in ["flows", "boots", "device_pseudonym", "answer\n42", "boot_phone_home"] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+    assert!(stderr.contains("unknown command"), "{stderr}");
+
+    // A script file, written to Parquet, CSV and JSON.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("q.sql");
+    std::fs::write(&script, "-- two statements\nSELECT 1 AS a;\nSELECT 'x' AS b, 2 AS c;\n").expect("write");
+    let out = leakwatch()
+        .args(["sql", "--format", "csv", "--data-dir"])
+        .arg(&data)
+        .arg("-f")
+        .arg(&script)
+        .output()
+        .expect("run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\n1\n\nb,c\nx,2\n\n");
+    for ext in ["parquet", "csv", "json"] {
+        let path = dir.path().join(format!("r.{ext}"));
+        let out = leakwatch()
+            .args(["sql", "--data-dir"])
+            .arg(&data)
+            .args(["-c", "SELECT 7 AS seven, 'y' AS why"])
+            .arg("--out")
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("wrote 1 rows"));
+        if ext == "parquet" {
+            let file = std::fs::File::open(&path).expect("open");
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .expect("parquet")
+                .build()
+                .expect("reader");
+            let rows: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
+            assert_eq!(rows, 1);
+        } else {
+            let text = std::fs::read_to_string(&path).expect("read");
+            assert!(text.contains('7') && text.contains('y'), "{text}");
+        }
+    }
+    let bad = leakwatch()
+        .args(["sql", "--data-dir"])
+        .arg(&data)
+        .args(["-c", "SELECT 1", "--out", "x.txt"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use .parquet, .csv or .json"));
+}
