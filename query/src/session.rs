@@ -290,6 +290,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_query_over_the_memory_limit_fails_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = QueryConfig { memory_limit_bytes: 256 * 1024, ..QueryConfig::default() };
+        let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 20_000)] };
+        let factory = SessionFactory::new(config, dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let session = factory.session().await.expect("session");
+        let sql = "SELECT a.device_pseudonym, count(*) FROM flows a JOIN flows b ON a.domain = b.domain \
+                   GROUP BY a.device_pseudonym ORDER BY 2 DESC";
+        let err = session.sql(sql).await.expect_err("over the memory limit");
+        assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
+        // The session stays usable.
+        assert_eq!(session.sql("SELECT 1").await.expect("small query").len(), 1);
+    }
+
+    #[tokio::test]
     async fn timeout_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = QueryConfig { timeout: Duration::from_nanos(1), ..QueryConfig::default() };
