@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{AgentConfig, default_config_path};
 use crate::explain::{DryRunFormat, write_connections, write_dry_run};
 use crate::import::{
     DEFAULT_BATCH_RECORDS, DeviceLabels, ImportedCapture, import_capture, parse_boot_time, read_capture,
@@ -34,6 +35,8 @@ pub enum Command {
     /// Read capture files (pcap, pcapng; one file = one boot of the device)
     /// and report their flows.
     Import(Box<ImportArgs>),
+    /// Write a commented configuration file.
+    Init(InitArgs),
     /// Show the full local flow table of capture files (source fields and
     /// Community IDs included); prints only, never sends anything.
     Flows(FlowsArgs),
@@ -103,15 +106,38 @@ pub struct DeviceArgs {
 /// State directory and delivery settings.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
+    /// Configuration file (default: $XDG_CONFIG_HOME/leakwatch-agent/agent.toml; see `init`).
+    #[arg(long, env = "LEAKWATCH_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Agent state directory (install secret, credentials).
     #[arg(long, env = "LEAKWATCH_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Enrollment code from the collector's operator.
-    #[arg(long, env = "LEAKWATCH_ENROLLMENT_CODE", default_value = "")]
-    pub enrollment_code: String,
-    /// How long to keep retrying delivery, seconds.
-    #[arg(long, default_value_t = 30)]
-    pub deliver_timeout: u64,
+    #[arg(long, env = "LEAKWATCH_ENROLLMENT_CODE")]
+    pub enrollment_code: Option<String>,
+    /// How long to keep retrying delivery, seconds (default 30).
+    #[arg(long, env = "LEAKWATCH_AGENT_DELIVER_TIMEOUT")]
+    pub deliver_timeout: Option<u64>,
+}
+
+impl AgentArgs {
+    fn config(&self) -> Result<AgentConfig> {
+        match &self.config {
+            Some(path) => AgentConfig::load(path, true),
+            None => AgentConfig::load(&default_config_path(), false),
+        }
+    }
+}
+
+/// Flags of `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the configuration (default: $XDG_CONFIG_HOME/leakwatch-agent/agent.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Flags of `flows`.
@@ -215,12 +241,25 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Import(args) => import(*args).await,
         Command::Flows(args) => flows(args),
+        Command::Init(args) => {
+            let path = args.config.unwrap_or_else(default_config_path);
+            AgentConfig::write_sample(&path, args.force)?;
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate(args) => simulate(args),
     }
 }
 
-async fn import(args: ImportArgs) -> Result<ExitCode> {
+async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     let labels = args.device.labels()?;
+    // Flags and environment first, then the configuration file.
+    let config = args.agent.config()?;
+    args.collector = args.collector.or(config.collector);
+    args.agent.state_dir = args.agent.state_dir.or(config.state_dir);
+    args.agent.enrollment_code = args.agent.enrollment_code.or(config.enrollment_code);
+    args.agent.deliver_timeout = args.agent.deliver_timeout.or(config.deliver_timeout_secs);
+    args.device_labels = args.device_labels.or(config.device_labels.filter(|_| args.lan));
     if !args.dry_run && args.collector.is_none() {
         return Err(Error::InvalidArgument {
             field: "--collector".into(),
@@ -323,9 +362,13 @@ async fn import(args: ImportArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let url = args.collector.unwrap_or_default();
-    let mut uploader =
-        Uploader::connect(&url, &state, &args.agent.enrollment_code, Duration::from_secs(args.agent.deliver_timeout))
-            .await?;
+    let mut uploader = Uploader::connect(
+        &url,
+        &state,
+        args.agent.enrollment_code.as_deref().unwrap_or_default(),
+        Duration::from_secs(args.agent.deliver_timeout.unwrap_or(30)),
+    )
+    .await?;
     for capture in &imported {
         for batch in &capture.batches {
             uploader.send(batch).await?;

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 pub mod anonymiser;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod explain;
 pub mod flow;
 pub mod import;

@@ -185,3 +185,39 @@ fn external_quic_crypto_frames_out_of_order_across_packets() {
     let quic = flows.iter().find(|f| f.dst_port == 443).expect("quic flow");
     assert_eq!((quic.sni.as_deref(), quic.name_source), (Some("mastodon.social"), NameSource::Quic));
 }
+
+#[test]
+fn init_writes_a_config_that_import_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    let out = agent().args(["init", "--config"]).arg(&config).output().expect("init");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), config.display().to_string());
+    let again = agent().args(["init", "--config"]).arg(&config).output().expect("init again");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+    // A state_dir from the file is used when no flag or variable gives one.
+    let state = dir.path().join("state-from-config");
+    let text =
+        std::fs::read_to_string(&config).expect("read") + &format!("state_dir = {:?}\n", state.display().to_string());
+    std::fs::write(&config, text).expect("write");
+    let (fleet, manifest) = simulated_fleet(4);
+    let out = agent()
+        .args(["import", "--dry-run", "--config"])
+        .arg(&config)
+        .arg(fleet.path().join(&manifest.captures[0].file))
+        .env_remove("LEAKWATCH_AGENT_STATE_DIR")
+        .output()
+        .expect("import");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(state.join("secret").exists(), "the configured state directory holds the secret");
+    // A typo in the file is named.
+    std::fs::write(&config, "colector = \"http://x\"\n").expect("write");
+    let out = agent()
+        .args(["import", "--dry-run", "--config"])
+        .arg(&config)
+        .arg(fleet.path().join(&manifest.captures[0].file))
+        .output()
+        .expect("import");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("colector"), "{}", String::from_utf8_lossy(&out.stderr));
+}
