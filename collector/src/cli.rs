@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use leakwatch_query::QueryConfig;
 use leakwatch_query::format::OutputFormat;
 
+use crate::admin;
 use crate::demo::{self, DemoOptions};
 use crate::server::{DEFAULT_MAX_MESSAGE_BYTES, ServeConfig, Server};
 use crate::sql;
@@ -29,6 +30,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run read-only SQL or a detection rule over a data directory.
     Sql(SqlArgs),
+    /// Operator actions: enrollment codes, revoking agents.
+    Admin(AdminArgs),
     /// Simulate the built-in fleet, send it through agent and collector,
     /// and print what the boot_phone_home rule finds.
     Demo(DemoArgs),
@@ -120,6 +123,36 @@ pub struct SqlArgs {
     pub query: QueryArgs,
 }
 
+/// Flags of `admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Data directory of the collector (it may be running).
+    #[arg(long, env = "LEAKWATCH_DATA_DIR", default_value = "leakwatch-data", global = true)]
+    pub data_dir: PathBuf,
+    /// The action.
+    #[command(subcommand)]
+    pub action: AdminCommand,
+}
+
+/// Operator actions.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an enrollment code; prints it as the last line.
+    EnrollCode {
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        max_uses: u32,
+        /// Expiry: a duration from now (30d, 12h, 45m) or an RFC 3339 time.
+        #[arg(long, default_value = "7d")]
+        expires: String,
+    },
+    /// Revoke an agent's token.
+    Revoke {
+        /// The agent id (from the collector's logs or `SELECT DISTINCT agent_id FROM flows`).
+        agent_id: String,
+    },
+}
+
 /// Flags of `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -209,6 +242,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                     None => println!("{}", leakwatch_query::format::render(&batches, args.format)?),
                 }
             }
+            Ok(())
+        }
+        Command::Admin(args) => {
+            let action = match args.action {
+                AdminCommand::EnrollCode { max_uses, expires } => admin::AdminAction::EnrollCode {
+                    max_uses,
+                    expires_at_s: admin::parse_expiry(&expires, chrono::Utc::now().timestamp())?,
+                },
+                AdminCommand::Revoke { agent_id } => admin::AdminAction::Revoke { agent_id },
+            };
+            println!("{}", admin::run(&args.data_dir, action).await?);
             Ok(())
         }
         Command::Demo(args) => {

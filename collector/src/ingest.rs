@@ -7,7 +7,7 @@ use leakwatch_proto::v1::{AckStatus, EnrollRequest, EnrollResponse, ReportAck, R
 use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 
-use crate::log::{AppendOutcome, DurableLog};
+use crate::log::{AgentToken, AppendOutcome, CodeUse, DurableLog};
 use crate::metrics::IngestMetrics;
 use crate::{Error, validate};
 
@@ -36,11 +36,15 @@ impl Ingest {
             .ok_or_else(|| Status::unauthenticated("authorization: expected `Bearer <agent_token>`"))?;
         let (agent_id, _) =
             token.split_once('.').ok_or_else(|| Status::unauthenticated("authorization: malformed agent token"))?;
-        let stored = self
-            .log
-            .agent_token_hash(agent_id)
-            .map_err(Status::from)?
-            .ok_or_else(|| Status::unauthenticated("authorization: unknown agent; enroll again"))?;
+        let stored = match self.log.agent_token_hash(agent_id).map_err(Status::from)? {
+            AgentToken::Hash(h) => h,
+            AgentToken::Unknown => return Err(Status::unauthenticated("authorization: unknown agent; enroll again")),
+            AgentToken::Revoked => {
+                return Err(Status::unauthenticated(format!(
+                    "authorization: agent {agent_id} was revoked by the collector's operator"
+                )));
+            }
+        };
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare without an early exit.
         let same = stored.len() == 32 && stored.iter().zip(hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
@@ -67,10 +71,27 @@ impl Collector for Ingest {
                 req.agent_version.len()
             )));
         }
-        if !self.open_enrollment {
-            return Err(Status::permission_denied(
-                "this collector does not enroll new agents: its operator must start it with --open-enrollment (enrollment codes are not supported yet)",
-            ));
+        if req.enrollment_code.is_empty() {
+            if !self.open_enrollment {
+                return Err(Status::permission_denied(
+                    "enrollment_code: required by this collector (its operator creates one with `leakwatch admin enroll-code`)",
+                ));
+            }
+        } else {
+            let hash: [u8; 32] = Sha256::digest(req.enrollment_code.as_bytes()).into();
+            let log = self.log.clone();
+            let now = chrono::Utc::now().timestamp();
+            let used = tokio::task::spawn_blocking(move || log.use_code(&hash, now))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+            match used {
+                CodeUse::Accepted => {}
+                CodeUse::Unknown => return Err(Status::permission_denied("enrollment_code: unknown code")),
+                CodeUse::Expired => return Err(Status::permission_denied("enrollment_code: the code has expired")),
+                CodeUse::UsedUp => {
+                    return Err(Status::permission_denied("enrollment_code: the code's uses are all taken"));
+                }
+            }
         }
         let agent_id = hex::encode(rand::random::<[u8; 8]>());
         let token = format!("{agent_id}.{}", hex::encode(rand::random::<[u8; 32]>()));

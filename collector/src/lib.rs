@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+pub mod admin;
 pub mod cli;
 pub mod convert;
 pub mod demo;

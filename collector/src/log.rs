@@ -15,7 +15,9 @@
 //! - `meta`: `watermark` = highest sequence number in Parquet (u64 BE);
 //!   `flush_intent` = `[from: u64 BE][to: u64 BE]` while a flush is under
 //!   way.
-//! - `agents`: key = agent id, value = sha256 of its token.
+//! - `agents`: key = agent id, value = sha256 of its token, or `revoked`.
+//! - `codes`: key = sha256 of an enrollment code, value = `[max uses: u32
+//!   BE][uses: u32 BE][expires: i64 BE Unix seconds]`.
 //!
 //! # Durability
 //!
@@ -42,7 +44,10 @@ const CF_BATCHES: &str = "batches";
 const CF_BATCH_IDS: &str = "batch_ids";
 const CF_META: &str = "meta";
 const CF_AGENTS: &str = "agents";
-const COLUMN_FAMILIES: [&str; 4] = [CF_BATCHES, CF_BATCH_IDS, CF_META, CF_AGENTS];
+const CF_CODES: &str = "codes";
+const COLUMN_FAMILIES: [&str; 5] = [CF_BATCHES, CF_BATCH_IDS, CF_META, CF_AGENTS, CF_CODES];
+/// Value stored for a revoked agent in place of its token hash.
+const REVOKED: &[u8] = b"revoked";
 const KEY_WATERMARK: &[u8] = b"watermark";
 const KEY_FLUSH_INTENT: &[u8] = b"flush_intent";
 const ENTRY_VERSION: u8 = 1;
@@ -59,6 +64,30 @@ pub struct StoredBatch {
     /// The batch as received.
     #[prost(message, optional, tag = "3")]
     pub batch: Option<ReportBatch>,
+}
+
+/// What the log knows of an agent's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentToken {
+    /// Never enrolled.
+    Unknown,
+    /// Revoked by the operator.
+    Revoked,
+    /// SHA-256 of the valid token.
+    Hash(Vec<u8>),
+}
+
+/// The outcome of presenting an enrollment code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeUse {
+    /// Accepted; one use counted.
+    Accepted,
+    /// No such code.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// All its uses are taken.
+    UsedUp,
 }
 
 /// What an append did.
@@ -339,8 +368,62 @@ impl DurableLog {
     }
 
     /// The token hash of an agent.
-    pub fn agent_token_hash(&self, agent_id: &str) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(CF_AGENTS)?, agent_id).map_err(db_err)
+    pub fn agent_token_hash(&self, agent_id: &str) -> Result<AgentToken> {
+        Ok(match self.db.get_cf(self.cf(CF_AGENTS)?, agent_id).map_err(db_err)? {
+            None => AgentToken::Unknown,
+            Some(v) if v == REVOKED => AgentToken::Revoked,
+            Some(v) => AgentToken::Hash(v),
+        })
+    }
+
+    /// Revokes an agent; false when it was never enrolled.
+    pub fn revoke_agent(&self, agent_id: &str) -> Result<bool> {
+        let _guard = self.lock();
+        if matches!(self.agent_token_hash(agent_id)?, AgentToken::Unknown) {
+            return Ok(false);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_AGENTS)?, agent_id, REVOKED, &wo).map_err(db_err)?;
+        Ok(true)
+    }
+
+    /// Stores a new enrollment code (by hash).
+    pub fn put_code(&self, code_hash: &[u8; 32], max_uses: u32, expires_at_s: i64) -> Result<()> {
+        let mut v = max_uses.to_be_bytes().to_vec();
+        v.extend_from_slice(&0u32.to_be_bytes());
+        v.extend_from_slice(&expires_at_s.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_CODES)?, code_hash, v, &wo).map_err(db_err)
+    }
+
+    /// Uses one enrollment of a code, if it is known, unexpired and not
+    /// used up.
+    pub fn use_code(&self, code_hash: &[u8; 32], now_s: i64) -> Result<CodeUse> {
+        let _guard = self.lock();
+        let Some(v) = self.db.get_cf(self.cf(CF_CODES)?, code_hash).map_err(db_err)? else {
+            return Ok(CodeUse::Unknown);
+        };
+        let (Some(max), Some(uses), Some(expires)) = (
+            v.get(0..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            v.get(4..8).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            v.get(8..16).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes),
+        ) else {
+            return Err(Error::Corrupt("enrollment code record".into()));
+        };
+        if now_s > expires {
+            return Ok(CodeUse::Expired);
+        }
+        if uses >= max {
+            return Ok(CodeUse::UsedUp);
+        }
+        let mut updated = v.clone();
+        updated[4..8].copy_from_slice(&(uses + 1).to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_CODES)?, code_hash, updated, &wo).map_err(db_err)?;
+        Ok(CodeUse::Accepted)
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use leakwatch_proto::v1::admin_server::AdminServer;
 use leakwatch_proto::v1::collector_server::CollectorServer;
 use leakwatch_query::{QueryConfig, SessionFactory, TailSnapshot, TailSource};
 use tokio::net::TcpListener;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::to_record_batch;
 use crate::flusher::{DataStore, Flusher};
 use crate::ingest::Ingest;
@@ -88,6 +90,7 @@ impl TailSource for LogTail {
 /// A running collector.
 #[derive(Debug)]
 pub struct Server {
+    data_dir: PathBuf,
     /// Bound gRPC address.
     pub grpc_addr: SocketAddr,
     /// Bound HTTP address.
@@ -151,6 +154,9 @@ impl Server {
             .map_err(|e| Error::Config(format!("reflection: {e}")))?;
         let ingest = CollectorServer::new(Ingest::new(log.clone(), metrics.clone(), config.open_enrollment))
             .max_decoding_message_size(config.max_message_bytes);
+        let admin_token = hex::encode(rand::random::<[u8; 32]>());
+        let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
+        AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;
         let grpc_task = {
             let rx = rx.clone();
             tokio::spawn(async move {
@@ -158,6 +164,7 @@ impl Server {
                     .add_service(health_service)
                     .add_service(reflection)
                     .add_service(ingest)
+                    .add_service(admin)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown_signal(rx))
                     .await;
                 if let Err(e) = result {
@@ -198,6 +205,7 @@ impl Server {
             SessionFactory::new(config.query.clone(), store.flows_dir(), Arc::new(LogTail::new(log.clone())));
         tracing::info!(grpc = %grpc_addr, http = %http_addr, data_dir = %config.data_dir.display(), "Collector serving");
         Ok(Self {
+            data_dir: config.data_dir.clone(),
             grpc_addr,
             http_addr,
             log,
@@ -215,6 +223,7 @@ impl Server {
         for task in self.tasks {
             let _ = task.await;
         }
+        let _ = std::fs::remove_file(AdminEndpoint::path(&self.data_dir));
         self.flusher.flush().await?;
         Ok(())
     }

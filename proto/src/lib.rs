@@ -23,6 +23,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// Name of the gRPC service, as health checks and reflection know it.
 pub const COLLECTOR_SERVICE_NAME: &str = "leakwatch.v1.Collector";
 
+/// Name of the operator service.
+pub const ADMIN_SERVICE_NAME: &str = "leakwatch.v1.Admin";
+
 impl v1::Transport {
     /// Short lower-case name used in JSON and SQL ("tcp", "udp").
     pub fn short_name(self) -> &'static str {

@@ -1,6 +1,7 @@
 //! Integration tests of the collector: the real server on 127.0.0.1:0 with
 //! a RocksDB in a temp dir, the real agent pipeline, the real binary.
 
+mod admin;
 mod cli;
 mod durability;
 mod hostile;

@@ -1,0 +1,232 @@
+//! Operator actions: enrollment codes and agent revocation.
+//!
+//! A running collector serves `leakwatch.v1.Admin` on its gRPC address and
+//! writes `DATA_DIR/admin.json` (mode 0600: its address and a random admin
+//! token) so that `leakwatch admin ... --data-dir DIR` on the same machine
+//! reaches it; the file is removed at shutdown. When no collector runs on
+//! the directory, the command opens the log itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use leakwatch_proto::v1::admin_client::AdminClient;
+use leakwatch_proto::v1::admin_server::Admin;
+use leakwatch_proto::v1::{
+    CreateEnrollmentCodeRequest, CreateEnrollmentCodeResponse, RevokeAgentRequest, RevokeAgentResponse,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tonic::{Request, Response, Status};
+
+use crate::log::DurableLog;
+use crate::server::DataDir;
+use crate::{Error, Result};
+
+/// Most uses of one enrollment code.
+pub const MAX_CODE_USES: u32 = 1_000_000;
+
+/// `DATA_DIR/admin.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminEndpoint {
+    /// The collector's gRPC address.
+    pub grpc: SocketAddr,
+    /// Bearer token for the Admin service.
+    pub token: String,
+}
+
+impl AdminEndpoint {
+    /// The file's path in `data_dir`.
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("admin.json")
+    }
+
+    /// Writes the file (mode 0600).
+    pub fn write(&self, data_dir: &Path) -> Result<()> {
+        let path = Self::path(data_dir);
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        use std::io::Write as _;
+        options
+            .open(&path)
+            .and_then(|mut f| f.write_all(&json))
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// The `leakwatch.v1.Admin` service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    log: Arc<DurableLog>,
+    token: String,
+}
+
+impl AdminService {
+    /// A service over `log`, accepting `token`.
+    pub fn new(log: Arc<DurableLog>, token: String) -> Self {
+        Self { log, token }
+    }
+
+    fn check<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let a: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let b: [u8; 32] = Sha256::digest(self.token.as_bytes()).into();
+        if a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) != 0 {
+            return Err(Status::unauthenticated(
+                "authorization: admin token missing or wrong (see DATA_DIR/admin.json)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Creates a code in `log`; returns it.
+pub fn create_code(log: &DurableLog, max_uses: u32, expires_at_s: i64, now_s: i64) -> Result<String> {
+    if !(1..=MAX_CODE_USES).contains(&max_uses) {
+        return Err(Error::Config(format!("max_uses: {max_uses} is outside 1..={MAX_CODE_USES}")));
+    }
+    if expires_at_s <= now_s {
+        return Err(Error::Config(format!("expires_at_unix_s: {expires_at_s} is not in the future (now {now_s})")));
+    }
+    let code = hex::encode(rand::random::<[u8; 16]>());
+    let hash: [u8; 32] = Sha256::digest(code.as_bytes()).into();
+    log.put_code(&hash, max_uses, expires_at_s)?;
+    Ok(code)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_enrollment_code(
+        &self,
+        request: Request<CreateEnrollmentCodeRequest>,
+    ) -> std::result::Result<Response<CreateEnrollmentCodeResponse>, Status> {
+        self.check(&request)?;
+        let req = request.into_inner();
+        let log = self.log.clone();
+        let now = chrono::Utc::now().timestamp();
+        let code = tokio::task::spawn_blocking(move || create_code(&log, req.max_uses, req.expires_at_unix_s, now))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::info!(max_uses = req.max_uses, expires_at = req.expires_at_unix_s, "Created enrollment code");
+        Ok(Response::new(CreateEnrollmentCodeResponse { code }))
+    }
+
+    async fn revoke_agent(
+        &self,
+        request: Request<RevokeAgentRequest>,
+    ) -> std::result::Result<Response<RevokeAgentResponse>, Status> {
+        self.check(&request)?;
+        let agent_id = request.into_inner().agent_id;
+        if agent_id.is_empty() || agent_id.len() > 64 {
+            return Err(Status::invalid_argument("agent_id: must be 1 to 64 bytes"));
+        }
+        let log = self.log.clone();
+        let id = agent_id.clone();
+        let revoked = tokio::task::spawn_blocking(move || log.revoke_agent(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::info!(agent_id = %agent_id, revoked, "Revoked agent");
+        Ok(Response::new(RevokeAgentResponse { revoked }))
+    }
+}
+
+/// An operator action.
+#[derive(Debug, Clone)]
+pub enum AdminAction {
+    /// Create an enrollment code.
+    EnrollCode {
+        /// Uses allowed.
+        max_uses: u32,
+        /// Expiry, Unix seconds.
+        expires_at_s: i64,
+    },
+    /// Revoke an agent.
+    Revoke {
+        /// Its id.
+        agent_id: String,
+    },
+}
+
+/// Parses an expiry: a duration from now (`30d`, `12h`, `45m`) or an
+/// RFC 3339 time; returns Unix seconds.
+pub fn parse_expiry(text: &str, now_s: i64) -> Result<i64> {
+    let text = text.trim();
+    let unit = |suffix: char, secs: i64| {
+        text.strip_suffix(suffix).and_then(|n| n.parse::<i64>().ok()).map(|n| now_s + n.saturating_mul(secs))
+    };
+    unit('d', 86_400)
+        .or_else(|| unit('h', 3_600))
+        .or_else(|| unit('m', 60))
+        .or_else(|| chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp()))
+        .ok_or_else(|| Error::Config(format!("--expires {text:?}: use a duration (30d, 12h, 45m) or RFC 3339")))
+}
+
+/// Carries out `action` on the collector data in `data_dir`: through the
+/// running collector when there is one, else on the log directly. Returns
+/// the line to print.
+pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
+    let endpoint = std::fs::read(AdminEndpoint::path(data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<AdminEndpoint>(&b).ok());
+    if let Some(endpoint) = endpoint {
+        let mut addr = endpoint.grpc;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Config(e.to_string()))?
+            .connect()
+            .await
+        {
+            let mut client = AdminClient::new(channel);
+            let bearer: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {}", endpoint.token).parse().map_err(|_| Error::Config("bad admin token".into()))?;
+            return match action {
+                AdminAction::EnrollCode { max_uses, expires_at_s } => {
+                    let mut req =
+                        Request::new(CreateEnrollmentCodeRequest { max_uses, expires_at_unix_s: expires_at_s });
+                    req.metadata_mut().insert("authorization", bearer);
+                    let resp =
+                        client.create_enrollment_code(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
+                    Ok(resp.into_inner().code)
+                }
+                AdminAction::Revoke { agent_id } => {
+                    let mut req = Request::new(RevokeAgentRequest { agent_id: agent_id.clone() });
+                    req.metadata_mut().insert("authorization", bearer);
+                    let resp = client.revoke_agent(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
+                    revoke_line(&agent_id, resp.into_inner().revoked)
+                }
+            };
+        }
+    }
+    // No collector running here: use the log directly.
+    let log = DurableLog::open(&DataDir::new(data_dir.to_path_buf()).log())?;
+    match action {
+        AdminAction::EnrollCode { max_uses, expires_at_s } => {
+            create_code(&log, max_uses, expires_at_s, chrono::Utc::now().timestamp())
+        }
+        AdminAction::Revoke { agent_id } => {
+            let revoked = log.revoke_agent(&agent_id)?;
+            revoke_line(&agent_id, revoked)
+        }
+    }
+}
+
+fn revoke_line(agent_id: &str, revoked: bool) -> Result<String> {
+    if revoked {
+        Ok(format!("revoked {agent_id}"))
+    } else {
+        Err(Error::Config(format!("no agent {agent_id:?} is enrolled here")))
+    }
+}

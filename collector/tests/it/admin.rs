@@ -1,0 +1,94 @@
+//! Enrollment codes and revocation through `leakwatch admin`, against a
+//! running collector and against a stopped one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use leakwatch_agent::state::AgentState;
+use leakwatch_agent::uploader::Uploader;
+use leakwatch_collector::server::Server;
+use leakwatch_proto::v1::collector_client::CollectorClient;
+use leakwatch_proto::v1::{DeviceInfo, FlowRecord, ReportBatch};
+use tonic::{Code, Request};
+
+use crate::{leakwatch, serve_config};
+
+fn admin(data: &Path, args: &[&str]) -> Result<String, String> {
+    let out = leakwatch().arg("admin").args(args).arg("--data-dir").arg(data).output().expect("run admin");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+async fn enroll(url: &str, state_dir: &Path, code: &str) -> Result<Uploader, String> {
+    let state = AgentState::open(state_dir).expect("state");
+    Uploader::connect(url, &state, code, Duration::from_secs(5)).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_limit_enrollment_and_revocation_stops_reports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut config = serve_config(&data);
+    config.open_enrollment = false;
+    let server = Server::start(config.clone()).await.expect("start");
+    let url = format!("http://{}", server.grpc_addr);
+
+    let err = enroll(&url, &dir.path().join("a0"), "").await.expect_err("a code is required");
+    assert!(err.contains("enrollment_code: required"), "{err}");
+    let err = enroll(&url, &dir.path().join("a0"), "not-a-code").await.expect_err("unknown code");
+    assert!(err.contains("unknown code"), "{err}");
+
+    let code = admin(&data, &["enroll-code", "--max-uses", "1", "--expires", "1h"]).expect("code");
+    assert_eq!(code.len(), 32, "{code}");
+    let mut up = enroll(&url, &dir.path().join("a1"), &code).await.expect("first use");
+    let err = enroll(&url, &dir.path().join("a2"), &code).await.expect_err("second use");
+    assert!(err.contains("uses are all taken"), "{err}");
+    let err = admin(&data, &["enroll-code", "--expires", "2000-01-01T00:00:00Z"]).expect_err("past expiry");
+    assert!(err.contains("not in the future"), "{err}");
+    let err = admin(&data, &["enroll-code", "--max-uses", "0"]).expect_err("zero uses");
+    assert!(err.contains("max_uses: 0"), "{err}");
+
+    // The enrolled agent reports until it is revoked.
+    let batch = ReportBatch {
+        batch_id: "admin-test-1".into(),
+        sent_at_unix_ms: 0,
+        device: Some(DeviceInfo { device_pseudonym: "d".into(), ..Default::default() }),
+        records: vec![FlowRecord {
+            seconds_since_boot: 1.0,
+            window_start_unix_s: 1_700_000_040,
+            transport: 1,
+            dst_ip: "93.184.216.34".into(),
+            dst_port: 443,
+            domain_source: 1,
+            ..Default::default()
+        }],
+    };
+    up.send(&batch).await.expect("accepted");
+    let agent_id = up.agent_id().to_string();
+    assert_eq!(admin(&data, &["revoke", &agent_id]).expect("revoke"), format!("revoked {agent_id}"));
+    assert!(admin(&data, &["revoke", "nobody"]).expect_err("unknown agent").contains("no agent"));
+    let token = AgentState::open(&dir.path().join("a1"))
+        .expect("state")
+        .credentials(&url)
+        .expect("read")
+        .expect("creds")
+        .agent_token;
+    let mut client = CollectorClient::connect(url.clone()).await.expect("connect");
+    let mut req = Request::new(batch.clone());
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+    let err = client.report(req).await.expect_err("revoked");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("revoked"), "{}", err.message());
+
+    // With the collector stopped, admin works on the log directly.
+    server.shutdown().await.expect("shutdown");
+    assert!(!data.join("admin.json").exists());
+    let offline = admin(&data, &["enroll-code", "--max-uses", "2"]).expect("offline code");
+    let server = Server::start(config).await.expect("restart");
+    let url = format!("http://{}", server.grpc_addr);
+    enroll(&url, &dir.path().join("a3"), &offline).await.expect("offline code works");
+    server.shutdown().await.expect("shutdown");
+}
