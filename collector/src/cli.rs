@@ -52,6 +52,12 @@ pub struct ListenArgs {
     /// Largest decoded Report message, bytes.
     #[arg(long, env = "LEAKWATCH_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+    /// Reports per second one agent may send (burst: twice that).
+    #[arg(long, env = "LEAKWATCH_AGENT_RATE_LIMIT", default_value_t = 100)]
+    pub agent_rate_limit: u32,
+    /// Reports being stored at once before new ones are refused with ResourceExhausted.
+    #[arg(long, env = "LEAKWATCH_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,
@@ -181,6 +187,10 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
         open_enrollment,
         flush_interval: Duration::from_secs(listen.flush_interval_secs.max(1)),
         max_message_bytes: listen.max_message_bytes,
+        limits: crate::ingest::IngestLimits {
+            agent_reports_per_sec: listen.agent_rate_limit,
+            max_in_flight: listen.max_in_flight,
+        },
         query: listen.query.config(),
     }
 }

@@ -11,18 +11,65 @@ use crate::log::{AgentToken, AppendOutcome, CodeUse, DurableLog};
 use crate::metrics::IngestMetrics;
 use crate::{Error, validate};
 
+/// Per-agent rate limiter (reports per second, by agent id).
+type AgentLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+/// Limits that protect the collector from one agent and from overload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Reports per second one agent may send (token bucket), with a burst
+    /// of twice that.
+    pub agent_reports_per_sec: u32,
+    /// Reports being stored at once, over all agents; more are refused.
+    pub max_in_flight: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self { agent_reports_per_sec: 100, max_in_flight: 512 }
+    }
+}
+
 /// The `leakwatch.v1.Collector` service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ingest {
     log: Arc<DurableLog>,
     metrics: Arc<IngestMetrics>,
     open_enrollment: bool,
+    limiter: Arc<AgentLimiter>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    limits: IngestLimits,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").field("open_enrollment", &self.open_enrollment).field("limits", &self.limits).finish()
+    }
+}
+
+/// `ResourceExhausted` with a `retry-after-ms` hint in the trailers.
+fn busy(message: String, retry_after_ms: u64) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    if let Ok(v) = retry_after_ms.to_string().parse() {
+        status.metadata_mut().insert("retry-after-ms", v);
+    }
+    status
 }
 
 impl Ingest {
     /// A service writing to `log`.
-    pub fn new(log: Arc<DurableLog>, metrics: Arc<IngestMetrics>, open_enrollment: bool) -> Self {
-        Self { log, metrics, open_enrollment }
+    pub fn new(log: Arc<DurableLog>, metrics: Arc<IngestMetrics>, open_enrollment: bool, limits: IngestLimits) -> Self {
+        let rate = std::num::NonZeroU32::new(limits.agent_reports_per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
+        let quota = governor::Quota::per_second(rate).allow_burst(burst);
+        Self {
+            log,
+            metrics,
+            open_enrollment,
+            limiter: Arc::new(governor::RateLimiter::keyed(quota)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
+            limits,
+        }
     }
 
     fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
@@ -112,6 +159,24 @@ impl Collector for Ingest {
                 IngestMetrics::add(&self.metrics.reports_rejected, 1);
                 return Err(status);
             }
+        };
+        if let Err(not_until) = self.limiter.check_key(&agent_id) {
+            IngestMetrics::add(&self.metrics.reports_rejected, 1);
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(busy(
+                format!(
+                    "rate limit: agent {agent_id} sends more than {} reports/s; retry later",
+                    self.limits.agent_reports_per_sec
+                ),
+                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+            ));
+        }
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            IngestMetrics::add(&self.metrics.reports_rejected, 1);
+            return Err(busy(
+                format!("collector busy: {} reports are being stored; retry later", self.limits.max_in_flight),
+                100,
+            ));
         };
         let batch = request.into_inner();
         let now = chrono::Utc::now();

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::to_record_batch;
 use crate::flusher::{DataStore, Flusher};
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, IngestLimits};
 use crate::log::DurableLog;
 use crate::metrics::IngestMetrics;
 use crate::{Error, Result};
@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub flush_interval: Duration,
     /// Largest decoded `Report`, bytes.
     pub max_message_bytes: usize,
+    /// Rate and concurrency limits.
+    pub limits: IngestLimits,
     /// Query limits.
     pub query: QueryConfig,
 }
@@ -152,8 +154,9 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| Error::Config(format!("reflection: {e}")))?;
-        let ingest = CollectorServer::new(Ingest::new(log.clone(), metrics.clone(), config.open_enrollment))
-            .max_decoding_message_size(config.max_message_bytes);
+        let ingest =
+            CollectorServer::new(Ingest::new(log.clone(), metrics.clone(), config.open_enrollment, config.limits))
+                .max_decoding_message_size(config.max_message_bytes);
         let admin_token = hex::encode(rand::random::<[u8; 32]>());
         let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
         AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;

@@ -4,7 +4,8 @@
 //! sends each batch with the agent's bearer token and retries transient
 //! failures (`Unavailable`, `ResourceExhausted`, `Aborted`,
 //! `DeadlineExceeded`, connection errors) with exponential backoff and
-//! jitter until the delivery deadline. Batch ids are stable, so a retry of a
+//! jitter (or the collector's `retry-after-ms` hint) until the delivery
+//! deadline. Batch ids are stable, so a retry of a
 //! batch the collector already stored is answered `duplicate`, never stored
 //! twice.
 
@@ -161,7 +162,14 @@ impl Uploader {
                 Err(status) if transient(&status) && Instant::now() < deadline => {
                     tracing::debug!(batch_id = %batch.batch_id, code = ?status.code(), "Retrying batch");
                     self.stats.retries += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
+                    // Honour the collector's hint, within reason.
+                    let hint = status
+                        .metadata()
+                        .get("retry-after-ms")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(|ms| Duration::from_millis(ms.min(30_000)));
+                    tokio::time::sleep(hint.unwrap_or_else(|| backoff(attempt))).await;
                     attempt += 1;
                 }
                 Err(status) => return Err(Error::Collector { url: self.url.clone(), status }),

@@ -124,3 +124,41 @@ async fn oversized_message_is_refused_without_storing() {
     assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{err:?}");
     assert!(err.message().contains("65536"), "the limit is named: {:?}", err.message());
 }
+
+#[tokio::test]
+async fn per_agent_rate_limit_answers_resource_exhausted_with_a_retry_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::serve_config(&dir.path().join("data"));
+    config.limits.agent_reports_per_sec = 1; // burst of 2
+    let server = leakwatch_collector::server::Server::start(config).await.expect("start");
+    let t = TestServer { server, dir };
+    let token = token(&t).await;
+    let mut client = CollectorClient::connect(t.url()).await.expect("connect");
+    let mut limited = None;
+    for i in 0..6 {
+        let mut b = good_batch();
+        b.batch_id = format!("rate-{i}");
+        if let Err(status) = client.report(authed(b, &token)).await {
+            limited = Some(status);
+            break;
+        }
+    }
+    let status = limited.expect("the bucket runs dry within 6 quick reports");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("1 reports/s"), "{}", status.message());
+    let hint: u64 = status
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("hint");
+    assert!((1..=2000).contains(&hint), "{hint}");
+    // The agent's uploader honours the hint and delivers everything.
+    let (mut up, _) = t.uploader().await;
+    for i in 0..4 {
+        let mut b = good_batch();
+        b.batch_id = format!("paced-{i}");
+        up.send(&b).await.expect("delivered after waiting");
+    }
+    assert!(up.stats.retries > 0, "some sends waited for the bucket");
+}

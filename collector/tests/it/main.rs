@@ -31,6 +31,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         open_enrollment: true,
         flush_interval: Duration::from_secs(3600),
         max_message_bytes: 16 * 1024 * 1024,
+        limits: leakwatch_collector::ingest::IngestLimits::default(),
         query: QueryConfig::default(),
     }
 }
