@@ -96,3 +96,38 @@ async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
     let out = sql_csv(&data, check);
     assert_eq!(out.lines().nth(1), Some(format!("{total},{}", batches.len()).as_str()), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_flushes_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (fleet_dir, manifest) = simulated(4);
+    let state = AgentState::open(&dir.path().join("agent")).expect("state");
+    let (mut child, url) = spawn_serve(&data, 3600);
+    let mut up = Uploader::connect(&url, &state, "", Duration::from_secs(20)).await.expect("enroll");
+    let mut records = 0;
+    for entry in manifest.captures.iter().take(3) {
+        let labels = DeviceLabels { device_id: Some(entry.device_id.clone()), ..Default::default() };
+        for b in import_capture(&fleet_dir.path().join(&entry.file), &labels, &state, 1000).expect("import").batches {
+            records += b.records.len();
+            up.send(&b).await.expect("ack");
+        }
+    }
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
+    // Everything was flushed to Parquet on the way out, and admin.json removed.
+    assert!(!data.join("admin.json").exists());
+    let mut parquet_rows = 0;
+    for day in std::fs::read_dir(data.join("store/flows")).expect("flows dir").flatten() {
+        for file in std::fs::read_dir(day.path()).expect("day dir").flatten() {
+            let f = std::fs::File::open(file.path()).expect("open");
+            let reader = parquet::file::reader::SerializedFileReader::new(f).expect("parquet");
+            parquet_rows += parquet::file::reader::FileReader::metadata(&reader).file_metadata().num_rows();
+        }
+    }
+    assert_eq!(parquet_rows, records as i64, "all acknowledged rows are in Parquet");
+    let out = sql_csv(&data, "SELECT count(*) AS n FROM flows");
+    assert_eq!(out.lines().nth(1), Some(records.to_string().as_str()), "{out}");
+}
