@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::log::{AgentToken, AppendOutcome, CodeUse, DurableLog};
-use crate::metrics::IngestMetrics;
+use crate::metrics::{IngestMetrics, RejectReason};
 use crate::{Error, validate};
 
 /// Per-agent rate limiter (reports per second, by agent id).
@@ -156,12 +156,12 @@ impl Collector for Ingest {
         let agent_id = match self.authenticate(&request) {
             Ok(id) => id,
             Err(status) => {
-                IngestMetrics::add(&self.metrics.reports_rejected, 1);
+                self.metrics.reject(RejectReason::Unauthenticated);
                 return Err(status);
             }
         };
         if let Err(not_until) = self.limiter.check_key(&agent_id) {
-            IngestMetrics::add(&self.metrics.reports_rejected, 1);
+            self.metrics.reject(RejectReason::RateLimited);
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
             return Err(busy(
                 format!(
@@ -172,7 +172,7 @@ impl Collector for Ingest {
             ));
         }
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
-            IngestMetrics::add(&self.metrics.reports_rejected, 1);
+            self.metrics.reject(RejectReason::Busy);
             return Err(busy(
                 format!("collector busy: {} reports are being stored; retry later", self.limits.max_in_flight),
                 100,
@@ -181,7 +181,7 @@ impl Collector for Ingest {
         let batch = request.into_inner();
         let now = chrono::Utc::now();
         if let Err(msg) = validate::check_batch(&batch, now.timestamp()) {
-            IngestMetrics::add(&self.metrics.reports_rejected, 1);
+            self.metrics.reject(RejectReason::Invalid);
             tracing::warn!(agent_id = %agent_id, reason = %msg, "Rejected report");
             return Err(Status::invalid_argument(msg));
         }
@@ -216,7 +216,7 @@ impl Collector for Ingest {
             }
             Err(e) => {
                 if matches!(e, Error::Conflict(_)) {
-                    IngestMetrics::add(&self.metrics.reports_rejected, 1);
+                    self.metrics.reject(RejectReason::Conflict);
                     tracing::warn!(agent_id = %agent_id, batch_id = %batch_id, "Rejected batch id reused with other content");
                 }
                 return Err(e.into());

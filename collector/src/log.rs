@@ -360,6 +360,23 @@ impl DurableLog {
         Ok((watermark, out))
     }
 
+    /// Bytes of the log: SST files plus memtables.
+    pub fn size_bytes(&self) -> u64 {
+        COLUMN_FAMILIES
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .map(|cf| {
+                let prop = |p: &str| self.db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+                prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
+            })
+            .sum()
+    }
+
+    /// Acknowledged batches not yet in Parquet.
+    pub fn flush_lag(&self) -> u64 {
+        self.durable_upto().saturating_sub(self.watermark().unwrap_or(0))
+    }
+
     /// Registers an agent's token hash.
     pub fn put_agent(&self, agent_id: &str, token_hash: &[u8; 32]) -> Result<()> {
         let mut wo = WriteOptions::default();

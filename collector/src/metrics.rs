@@ -11,12 +11,42 @@ pub mod names {
     pub const BATCHES_DUPLICATE: &str = "leakwatch_batches_duplicate_total";
     /// Records stored.
     pub const RECORDS_ACCEPTED: &str = "leakwatch_records_accepted_total";
-    /// Reports refused as invalid or unauthenticated.
+    /// Reports refused, by `reason`.
     pub const REPORTS_REJECTED: &str = "leakwatch_reports_rejected_total";
+    /// Log entries (batches) acknowledged but not yet in Parquet.
+    pub const FLUSH_LAG_BATCHES: &str = "leakwatch_flush_lag_batches";
+    /// Bytes of the RocksDB log on disk and in memory.
+    pub const LOG_BYTES: &str = "leakwatch_log_bytes";
     /// Rows written to Parquet.
     pub const ROWS_FLUSHED: &str = "leakwatch_rows_flushed_total";
     /// Parquet files written.
     pub const FILES_FLUSHED: &str = "leakwatch_files_flushed_total";
+}
+
+/// Why a report was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// No, unknown or revoked token.
+    Unauthenticated = 0,
+    /// Over the agent's rate limit.
+    RateLimited = 1,
+    /// Too many reports in flight.
+    Busy = 2,
+    /// A field failed validation.
+    Invalid = 3,
+    /// A batch id reused with other content.
+    Conflict = 4,
+}
+
+const REASONS: [&str; 5] = ["unauthenticated", "rate_limited", "busy", "invalid", "conflict"];
+
+/// Gauges read at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// See [`names::FLUSH_LAG_BATCHES`].
+    pub flush_lag_batches: u64,
+    /// See [`names::LOG_BYTES`].
+    pub log_bytes: u64,
 }
 
 /// The collector's counters.
@@ -28,8 +58,8 @@ pub struct IngestMetrics {
     pub batches_duplicate: AtomicU64,
     /// See [`names::RECORDS_ACCEPTED`].
     pub records_accepted: AtomicU64,
-    /// See [`names::REPORTS_REJECTED`].
-    pub reports_rejected: AtomicU64,
+    /// See [`names::REPORTS_REJECTED`], by [`RejectReason`].
+    pub reports_rejected: [AtomicU64; 5],
     /// See [`names::ROWS_FLUSHED`].
     pub rows_flushed: AtomicU64,
     /// See [`names::FILES_FLUSHED`].
@@ -42,19 +72,33 @@ impl IngestMetrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts one refused report.
+    pub fn reject(&self, reason: RejectReason) {
+        Self::add(&self.reports_rejected[reason as usize], 1);
+    }
+
     /// Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub fn render(&self, gauges: Gauges) -> String {
         let rows = [
             (names::BATCHES_ACCEPTED, &self.batches_accepted),
             (names::BATCHES_DUPLICATE, &self.batches_duplicate),
             (names::RECORDS_ACCEPTED, &self.records_accepted),
-            (names::REPORTS_REJECTED, &self.reports_rejected),
             (names::ROWS_FLUSHED, &self.rows_flushed),
             (names::FILES_FLUSHED, &self.files_flushed),
         ];
         let mut out = String::new();
         for (name, value) in rows {
             out.push_str(&format!("# TYPE {name} counter\n{name} {}\n", value.load(Ordering::Relaxed)));
+        }
+        let name = names::REPORTS_REJECTED;
+        out.push_str(&format!("# TYPE {name} counter\n"));
+        for (reason, value) in REASONS.iter().zip(&self.reports_rejected) {
+            out.push_str(&format!("{name}{{reason=\"{reason}\"}} {}\n", value.load(Ordering::Relaxed)));
+        }
+        for (name, value) in
+            [(names::FLUSH_LAG_BATCHES, gauges.flush_lag_batches), (names::LOG_BYTES, gauges.log_bytes)]
+        {
+            out.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
         }
         out
     }

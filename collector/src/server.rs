@@ -21,7 +21,7 @@ use crate::convert::to_record_batch;
 use crate::flusher::{DataStore, Flusher};
 use crate::ingest::{Ingest, IngestLimits};
 use crate::log::DurableLog;
-use crate::metrics::IngestMetrics;
+use crate::metrics::{Gauges, IngestMetrics};
 use crate::{Error, Result};
 
 /// Largest decoded `Report` message, bytes.
@@ -177,9 +177,14 @@ impl Server {
         };
         let http_task = {
             let metrics = metrics.clone();
-            let app = Router::new()
-                .route("/healthz", get(|| async { "ok\n" }))
-                .route("/metrics", get(move || async move { metrics.render() }));
+            let log = log.clone();
+            let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+                "/metrics",
+                get(move || async move {
+                    let gauges = Gauges { flush_lag_batches: log.flush_lag(), log_bytes: log.size_bytes() };
+                    metrics.render(gauges)
+                }),
+            );
             let rx = rx.clone();
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(http, app).with_graceful_shutdown(shutdown_signal(rx)).await {

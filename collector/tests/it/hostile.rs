@@ -81,9 +81,12 @@ async fn invalid_reports_name_the_field() {
     // Unauthenticated without a token.
     let err = client.report(Request::new(good_batch())).await.expect_err("no token");
     assert_eq!(err.code(), Code::Unauthenticated);
-    // Nothing was stored.
+    // Nothing was stored, and the refusals are counted by reason.
     let n = t.csv("SELECT count(*) AS n FROM flows").await;
     assert_eq!(n.lines().nth(1), Some("0"), "{n}");
+    let metrics = t.server.metrics.render(Default::default());
+    assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"invalid\"} 5"), "{metrics}");
+    assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"unauthenticated\"} 1"), "{metrics}");
 }
 
 #[tokio::test]

@@ -113,6 +113,9 @@ async fn health_reflection_and_metrics_are_served() {
     }
     let metrics = reqwest_like_get(t.server.http_addr, "/metrics").await;
     assert!(metrics.contains("leakwatch_batches_accepted_total 0"), "{metrics}");
+    assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"invalid\"} 0"), "{metrics}");
+    assert!(metrics.contains("# TYPE leakwatch_flush_lag_batches gauge\nleakwatch_flush_lag_batches 0"), "{metrics}");
+    assert!(metrics.contains("leakwatch_log_bytes "), "{metrics}");
 }
 
 async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
