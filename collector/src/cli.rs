@@ -92,9 +92,29 @@ pub struct ServeArgs {
     /// Accept agents without an enrollment code (for trials).
     #[arg(long, env = "LEAKWATCH_OPEN_ENROLLMENT")]
     pub open_enrollment: bool,
+    /// Listen in plain text on addresses other than loopback (tokens and
+    /// data then cross the network unencrypted; TLS is not built yet).
+    #[arg(long, env = "LEAKWATCH_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
     #[command(flatten)]
     /// Listening.
     pub listen: ListenArgs,
+}
+
+/// Refuses plain-text listeners off loopback unless allowed.
+fn check_plaintext(listen: &ListenArgs, allow: bool) -> Result<()> {
+    for (flag, addr) in [("--grpc-listen", listen.grpc_listen), ("--http-listen", listen.http_listen)] {
+        if !addr.ip().is_loopback() {
+            if !allow {
+                return Err(Error::Config(format!(
+                    "{flag} {addr}: plain text off loopback would expose agent tokens and data; \
+                     listen on 127.0.0.1 behind a TLS proxy, or pass --allow-plaintext"
+                )));
+            }
+            tracing::warn!(listen = %addr, "Serving plain text off loopback (--allow-plaintext)");
+        }
+    }
+    Ok(())
 }
 
 /// Flags of `sql`.
@@ -214,6 +234,7 @@ async fn wait_for_stop() {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            check_plaintext(&args.listen, args.allow_plaintext)?;
             if args.open_enrollment {
                 tracing::warn!("Open enrollment: any agent that can reach this collector may report");
             }

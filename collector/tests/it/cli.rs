@@ -2,6 +2,19 @@
 
 use crate::{TestServer, leakwatch};
 
+#[test]
+fn plain_text_off_loopback_needs_allow_plaintext() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = leakwatch()
+        .args(["serve", "--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--grpc-listen 0.0.0.0:0") && stderr.contains("--allow-plaintext"), "{stderr}");
+}
+
 #[tokio::test]
 async fn sql_that_writes_is_refused_and_creates_no_file() {
     let t = TestServer::start().await;
