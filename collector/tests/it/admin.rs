@@ -8,7 +8,6 @@ use leakwatch_agent::state::AgentState;
 use leakwatch_agent::uploader::Uploader;
 use leakwatch_collector::server::Server;
 use leakwatch_proto::v1::collector_client::CollectorClient;
-use leakwatch_proto::v1::{DeviceInfo, FlowRecord, ReportBatch};
 use tonic::{Code, Request};
 
 use crate::{leakwatch, serve_config};
@@ -52,20 +51,7 @@ async fn codes_limit_enrollment_and_revocation_stops_reports() {
     assert!(err.contains("max_uses: 0"), "{err}");
 
     // The enrolled agent reports until it is revoked.
-    let batch = ReportBatch {
-        batch_id: "admin-test-1".into(),
-        sent_at_unix_ms: 0,
-        device: Some(DeviceInfo { device_pseudonym: "d".into(), ..Default::default() }),
-        records: vec![FlowRecord {
-            seconds_since_boot: 1.0,
-            window_start_unix_s: 1_700_000_040,
-            transport: 1,
-            dst_ip: "93.184.216.34".into(),
-            dst_port: 443,
-            domain_source: 1,
-            ..Default::default()
-        }],
-    };
+    let batch = crate::hostile::good_batch();
     up.send(&batch).await.expect("accepted");
     let agent_id = up.agent_id().to_string();
     assert_eq!(admin(&data, &["revoke", &agent_id]).expect("revoke"), format!("revoked {agent_id}"));

@@ -18,7 +18,7 @@ fn authed<T>(msg: T, token: &str) -> Request<T> {
     req
 }
 
-fn good_batch() -> ReportBatch {
+pub fn good_batch() -> ReportBatch {
     ReportBatch {
         batch_id: "hostile-1".into(),
         sent_at_unix_ms: 0,
