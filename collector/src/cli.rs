@@ -52,6 +52,9 @@ pub struct ListenArgs {
     /// Largest decoded Report message, bytes.
     #[arg(long, env = "LEAKWATCH_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+    /// Delete day partitions older than this many days (default: keep everything).
+    #[arg(long, env = "LEAKWATCH_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
     /// Reports per second one agent may send (burst: twice that).
     #[arg(long, env = "LEAKWATCH_AGENT_RATE_LIMIT", default_value_t = 100)]
     pub agent_rate_limit: u32,
@@ -207,6 +210,7 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
         open_enrollment,
         flush_interval: Duration::from_secs(listen.flush_interval_secs.max(1)),
         max_message_bytes: listen.max_message_bytes,
+        retention_days: listen.retention_days,
         limits: crate::ingest::IngestLimits {
             agent_reports_per_sec: listen.agent_rate_limit,
             max_in_flight: listen.max_in_flight,

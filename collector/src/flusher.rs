@@ -71,6 +71,42 @@ impl DataStore {
         self.root.join("flows")
     }
 
+    /// Deletes day partitions older than `days` days before `today`;
+    /// returns how many files went.
+    pub async fn apply_retention(&self, days: u32, today: chrono::NaiveDate) -> Result<u64> {
+        use futures::TryStreamExt as _;
+        let Some(cutoff) = today.checked_sub_days(chrono::Days::new(u64::from(days))) else { return Ok(0) };
+        let files: Vec<_> = self
+            .store
+            .list(Some(&StorePath::from("flows")))
+            .try_collect()
+            .await
+            .map_err(|e| Error::Storage(format!("listing flows: {e}")))?;
+        let mut deleted = 0;
+        for meta in files {
+            let day = meta.location.parts().find_map(|p| {
+                p.as_ref().strip_prefix("day=").and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            });
+            if day.is_some_and(|d| d < cutoff) {
+                self.store
+                    .delete(&meta.location)
+                    .await
+                    .map_err(|e| Error::Storage(format!("deleting {}: {e}", meta.location)))?;
+                deleted += 1;
+            }
+        }
+        // The local store leaves empty day directories behind.
+        if let Ok(days) = std::fs::read_dir(self.flows_dir()) {
+            for day in days.flatten() {
+                let _ = std::fs::remove_dir(day.path()); // only succeeds when empty
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, cutoff = %cutoff, "Retention deleted old partitions");
+        }
+        Ok(deleted)
+    }
+
     async fn put_durable(&self, path: &StorePath, bytes: Vec<u8>) -> Result<()> {
         self.store.put(path, bytes.into()).await.map_err(|e| Error::Storage(format!("writing {path}: {e}")))?;
         // The local store renames a temporary file into place but does not
@@ -190,5 +226,30 @@ impl Flusher {
         tracing::info!(from, to, rows = outcome.rows, files = outcome.files, "Flushed log to Parquet");
         outcome.watermark = to;
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn retention_deletes_only_old_day_partitions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DataStore::local(dir.path().to_path_buf()).expect("store");
+        for day in ["2026-01-01", "2026-03-01", "2026-03-20"] {
+            let path = StorePath::from(format!("flows/day={day}/00000000000000000001-00000000000000000001.parquet"));
+            store.put_durable(&path, b"x".to_vec()).await.expect("put");
+        }
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 3, 21).expect("date");
+        assert_eq!(store.apply_retention(30, today).await.expect("retention"), 1);
+        let left: Vec<String> = std::fs::read_dir(store.flows_dir())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(left, ["day=2026-03-01", "day=2026-03-20"]);
     }
 }

@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     /// Rate and concurrency limits.
     pub limits: IngestLimits,
+    /// Delete day partitions older than this many days (None: keep all).
+    pub retention_days: Option<u32>,
     /// Query limits.
     pub query: QueryConfig,
 }
@@ -194,6 +196,8 @@ impl Server {
         };
         let flush_task = {
             let flusher = flusher.clone();
+            let store = store.clone();
+            let retention = config.retention_days;
             let mut rx = rx.clone();
             let interval = config.flush_interval;
             tokio::spawn(async move {
@@ -204,6 +208,11 @@ impl Server {
                     }
                     if let Err(e) = flusher.flush().await {
                         tracing::error!(error = %e, "Flush failed; will retry");
+                    }
+                    if let Some(days) = retention
+                        && let Err(e) = store.apply_retention(days, chrono::Utc::now().date_naive()).await
+                    {
+                        tracing::error!(error = %e, "Retention failed; will retry");
                     }
                 }
             })

@@ -32,6 +32,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         flush_interval: Duration::from_secs(3600),
         max_message_bytes: 16 * 1024 * 1024,
         limits: leakwatch_collector::ingest::IngestLimits::default(),
+        retention_days: None,
         query: QueryConfig::default(),
     }
 }
