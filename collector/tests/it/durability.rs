@@ -13,8 +13,31 @@ use leakwatch_proto::v1::AckStatus;
 use crate::leakwatch;
 use crate::pipeline::simulated;
 
+/// A spawned server, killed if the test ends early (a panic).
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Serving {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Starts `leakwatch serve` and returns it with its gRPC URL.
-fn spawn_serve(data_dir: &Path, flush_secs: u64) -> (Child, String) {
+fn spawn_serve(data_dir: &Path, flush_secs: u64) -> (Serving, String) {
     let mut child = leakwatch()
         .args(["serve", "--open-enrollment", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(["--flush-interval-secs", &flush_secs.to_string(), "--data-dir"])
@@ -33,7 +56,7 @@ fn spawn_serve(data_dir: &Path, flush_secs: u64) -> (Child, String) {
         .unwrap_or_else(|| panic!("unexpected banner {line:?}"))
         .trim()
         .to_string();
-    (child, format!("http://{addr}"))
+    (Serving(child), format!("http://{addr}"))
 }
 
 fn sql_csv(data_dir: &Path, sql: &str) -> String {
