@@ -31,6 +31,9 @@ use crate::log::DurableLog;
 use crate::metrics::IngestMetrics;
 use crate::{Error, Result};
 
+/// A day partition is compacted into one file once it has this many.
+pub const COMPACT_MIN_FILES: usize = 8;
+
 /// Most log entries (batches) per flush.
 pub const MAX_BATCHES_PER_FLUSH: u64 = 20_000;
 
@@ -69,6 +72,89 @@ impl DataStore {
     /// The directory of the `flows` table.
     pub fn flows_dir(&self) -> PathBuf {
         self.root.join("flows")
+    }
+
+    /// Merges the flushed files of each day into one once a day has at
+    /// least `min_files` of them. Every file of the day at or below the
+    /// watermark goes in, so the merged file's range covers exactly them;
+    /// readers skip files whose range lies inside another's, so a crash
+    /// between writing the merged file and deleting its inputs is
+    /// harmless, and the next compaction deletes those inputs. Returns the
+    /// number of files merged away.
+    pub async fn compact(&self, watermark: u64, min_files: usize) -> Result<u64> {
+        use futures::TryStreamExt as _;
+        let files: Vec<_> = self
+            .store
+            .list(Some(&StorePath::from("flows")))
+            .try_collect()
+            .await
+            .map_err(|e| Error::Storage(format!("listing flows: {e}")))?;
+        let mut days: BTreeMap<String, Vec<(u64, u64, StorePath)>> = BTreeMap::new();
+        for meta in files {
+            let loc = meta.location;
+            let Some(day) = loc.parts().find_map(|p| p.as_ref().strip_prefix("day=").map(str::to_string)) else {
+                continue;
+            };
+            let name = loc.filename().unwrap_or_default().to_string();
+            let Some((from, to)) = leakwatch_query::flushed_range_of(std::path::Path::new(&name)) else { continue };
+            if to <= watermark {
+                days.entry(day).or_default().push((from, to, loc));
+            }
+        }
+        let mut merged_away = 0;
+        for (day, mut files) in days {
+            files.sort_by_key(|(from, to, _)| (*from, std::cmp::Reverse(*to)));
+            let from = files.iter().map(|f| f.0).min().unwrap_or(0);
+            let to = files.iter().map(|f| f.1).max().unwrap_or(0);
+            // Inputs of an interrupted compaction: delete them.
+            let covering = files.iter().find(|(f, t, _)| *f == from && *t == to).map(|(_, _, p)| p.clone());
+            if let Some(covering) = &covering
+                && files.len() > 1
+            {
+                for (_, _, path) in files.iter().filter(|(_, _, p)| p != covering) {
+                    self.delete(path).await?;
+                    merged_away += 1;
+                }
+                continue;
+            }
+            if files.len() < min_files.max(2) {
+                continue;
+            }
+            let mut buf = Vec::new();
+            let mut writer = ArrowWriter::try_new(&mut buf, flows_schema(), Some(writer_properties()?))
+                .map_err(|e| Error::Storage(e.to_string()))?;
+            for (_, _, path) in &files {
+                let bytes = self
+                    .store
+                    .get(path)
+                    .await
+                    .map_err(|e| Error::Storage(format!("reading {path}: {e}")))?
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .and_then(|b| b.build())
+                    .map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
+                for batch in reader {
+                    let batch = batch.map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
+                    let batch = conform(&batch).map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+                    writer.write(&batch).map_err(|e| Error::Storage(e.to_string()))?;
+                }
+            }
+            writer.close().map_err(|e| Error::Storage(e.to_string()))?;
+            let merged = StorePath::from(format!("flows/day={day}/{from:020}-{to:020}.parquet"));
+            self.put_durable(&merged, buf).await?;
+            for (_, _, path) in &files {
+                self.delete(path).await?;
+                merged_away += 1;
+            }
+            tracing::info!(day = %day, files = files.len(), from, to, "Compacted day partition");
+        }
+        Ok(merged_away)
+    }
+
+    async fn delete(&self, path: &StorePath) -> Result<()> {
+        self.store.delete(path).await.map_err(|e| Error::Storage(format!("deleting {path}: {e}")))
     }
 
     /// Deletes day partitions older than `days` days before `today`;
@@ -144,12 +230,34 @@ fn day_of(window_start_s: i64) -> String {
         .unwrap_or_else(|| "1970-01-01".into())
 }
 
-fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
-    let props = WriterProperties::builder()
+/// A batch from an older file in today's `flows` schema: columns added
+/// since are NULL.
+fn conform(
+    batch: &arrow::array::RecordBatch,
+) -> std::result::Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let schema = flows_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(col) if col.data_type() == field.data_type() => Ok(col.clone()),
+            Some(col) => arrow::compute::cast(col, field.data_type()),
+            None => Ok(arrow::array::new_null_array(field.data_type(), batch.num_rows())),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    arrow::array::RecordBatch::try_new(schema, columns)
+}
+
+fn writer_properties() -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Storage(e.to_string()))?))
         .set_dictionary_enabled(true)
         .set_max_row_group_row_count(Some(128 * 1024))
-        .build();
+        .build())
+}
+
+fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
+    let props = writer_properties()?;
     let mut buf = Vec::new();
     let mut writer =
         ArrowWriter::try_new(&mut buf, flows_schema(), Some(props)).map_err(|e| Error::Storage(e.to_string()))?;
@@ -232,6 +340,54 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rows(n: usize) -> arrow::array::RecordBatch {
+        let mut b = FlowBatchBuilder::new();
+        for i in 0..n {
+            b.push(leakwatch_query::FlowRow { device_pseudonym: format!("d{i}"), ..Default::default() });
+        }
+        b.finish()
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn compaction_merges_flushed_files_of_a_day_and_keeps_every_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DataStore::local(dir.path().to_path_buf()).expect("store");
+        for (range, n) in [((1, 1), 2), ((2, 3), 3), ((4, 4), 4), ((5, 5), 7)] {
+            let path = StorePath::from(format!("flows/day=2026-10-01/{:020}-{:020}.parquet", range.0, range.1));
+            store.put_durable(&path, parquet_bytes(&rows(n)).expect("parquet")).await.expect("put");
+        }
+        // Watermark 4: the file of range 5 belongs to a flush in progress.
+        assert_eq!(store.compact(4, 2).await.expect("compact"), 3);
+        let day = store.flows_dir().join("day=2026-10-01");
+        assert_eq!(
+            names(&day),
+            ["00000000000000000001-00000000000000000004.parquet", "00000000000000000005-00000000000000000005.parquet"]
+        );
+        let file = std::fs::File::open(day.join("00000000000000000001-00000000000000000004.parquet")).expect("open");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("read")
+            .build()
+            .expect("reader");
+        assert_eq!(reader.map(|b| b.expect("batch").num_rows()).sum::<usize>(), 9);
+        // Too few files: nothing to do. Leftover inputs of an interrupted
+        // compaction are deleted.
+        assert_eq!(store.compact(5, 8).await.expect("compact"), 0);
+        let stale = StorePath::from("flows/day=2026-10-01/00000000000000000002-00000000000000000003.parquet");
+        store.put_durable(&stale, parquet_bytes(&rows(3)).expect("parquet")).await.expect("put");
+        assert_eq!(store.compact(4, 8).await.expect("cleanup"), 1);
+        assert_eq!(names(&day).len(), 2);
+    }
 
     #[tokio::test]
     async fn retention_deletes_only_old_day_partitions() {

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::to_record_batch;
-use crate::flusher::{DataStore, Flusher};
+use crate::flusher::{COMPACT_MIN_FILES, DataStore, Flusher};
 use crate::ingest::{Ingest, IngestLimits};
 use crate::log::DurableLog;
 use crate::metrics::{Gauges, IngestMetrics};
@@ -206,8 +206,13 @@ impl Server {
                         () = tokio::time::sleep(interval) => {}
                         _ = rx.changed() => break,
                     }
-                    if let Err(e) = flusher.flush().await {
-                        tracing::error!(error = %e, "Flush failed; will retry");
+                    match flusher.flush().await {
+                        Ok(done) => {
+                            if let Err(e) = store.compact(done.watermark, COMPACT_MIN_FILES).await {
+                                tracing::error!(error = %e, "Compaction failed; will retry");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "Flush failed; will retry"),
                     }
                     if let Some(days) = retention
                         && let Err(e) = store.apply_retention(days, chrono::Utc::now().date_naive()).await
