@@ -232,6 +232,13 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
     if let Some(stop) = &c.stopped_by {
         line.push_str(&format!("; stopped early: {stop}"));
     }
+    if imported.untracked_connections > 0 {
+        line.push_str(&format!(
+            "; {} connections not tracked (flow table full at {})",
+            imported.untracked_connections,
+            crate::flow::MAX_CONNECTIONS
+        ));
+    }
     line.push_str(&format!("; boot time: {}", imported.boot_source.short_name()));
     line
 }

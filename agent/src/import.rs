@@ -51,6 +51,8 @@ pub struct ImportedCapture {
     /// The batches to send, in order; their ids are stable for this capture
     /// and install, so re-importing it is answered `duplicate`.
     pub batches: Vec<ReportBatch>,
+    /// Connections left out because the flow table was full.
+    pub untracked_connections: u64,
 }
 
 impl ImportedCapture {
@@ -139,7 +141,14 @@ pub fn import_capture(
         boot_source: boot_source as i32,
     };
     let batches = build_batches(records, &device, state, batch_records);
-    Ok(ImportedCapture { path: path.to_path_buf(), capture: stats, anonymiser: anon, boot_source, batches })
+    Ok(ImportedCapture {
+        path: path.to_path_buf(),
+        capture: stats,
+        anonymiser: anon,
+        boot_source,
+        batches,
+        untracked_connections: table.untracked_connections,
+    })
 }
 
 /// Lookups of the same name merged (a device may ask over IPv4 and IPv6).

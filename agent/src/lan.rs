@@ -236,6 +236,7 @@ pub fn import_lan(
                 anonymiser: anon,
                 boot_source: BootSource::try_from(boot_source).unwrap_or_default(),
                 batches,
+                untracked_connections: table.untracked_connections,
             },
         });
     }

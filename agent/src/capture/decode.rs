@@ -36,6 +36,10 @@ pub struct Packet<'a> {
     pub syn: bool,
     /// TCP ACK flag (false for UDP).
     pub ack: bool,
+    /// TCP FIN flag (false for UDP).
+    pub fin: bool,
+    /// TCP RST flag (false for UDP).
+    pub rst: bool,
     /// TCP sequence number (0 for UDP).
     pub seq: u32,
     /// Transport payload as captured.
@@ -125,7 +129,7 @@ pub fn decode<'a>(frame: Frame<'a>, last_ts_us: i64, stats: &mut CaptureStats) -
         return None;
     }
     let ts_us = frame.ts_us.unwrap_or(last_ts_us);
-    let packet = |transport, src_port, dst_port, syn, ack, seq, payload| Packet {
+    let packet = |transport, src_port, dst_port, (syn, ack, fin, rst), seq, payload| Packet {
         ts_us,
         src_mac,
         src_ip,
@@ -135,6 +139,8 @@ pub fn decode<'a>(frame: Frame<'a>, last_ts_us: i64, stats: &mut CaptureStats) -
         dst_port,
         syn,
         ack,
+        fin,
+        rst,
         seq,
         payload,
         ip_len,
@@ -144,14 +150,18 @@ pub fn decode<'a>(frame: Frame<'a>, last_ts_us: i64, stats: &mut CaptureStats) -
             Transport::Tcp,
             tcp.source_port(),
             tcp.destination_port(),
-            tcp.syn(),
-            tcp.ack(),
+            (tcp.syn(), tcp.ack(), tcp.fin(), tcp.rst()),
             tcp.sequence_number(),
             tcp.payload(),
         )),
-        Some(TransportSlice::Udp(udp)) => {
-            Some(packet(Transport::Udp, udp.source_port(), udp.destination_port(), false, false, 0, udp.payload()))
-        }
+        Some(TransportSlice::Udp(udp)) => Some(packet(
+            Transport::Udp,
+            udp.source_port(),
+            udp.destination_port(),
+            (false, false, false, false),
+            0,
+            udp.payload(),
+        )),
         Some(TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_)) => {
             stats.skip("ICMP (counted, not a flow)");
             None

@@ -17,5 +17,6 @@ mod table;
 
 pub use community_id::{community_id, community_id_seeded};
 pub use table::{
-    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowTable, NameSource, Origin, is_encrypted_dns,
+    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowTable, MAX_CONNECTIONS, NameSource, Origin,
+    is_encrypted_dns,
 };

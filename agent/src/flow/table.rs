@@ -179,6 +179,10 @@ impl ConnKey {
 
 #[derive(Debug)]
 struct Conn {
+    transport: Transport,
+    fin_out: bool,
+    fin_in: bool,
+    rst: bool,
     initiator: Endpoint,
     responder: Endpoint,
     initiator_mac: Option<[u8; 6]>,
@@ -206,14 +210,31 @@ enum HelloState {
 /// Builds connections and destinations from packets of one device.
 #[derive(Debug, Default)]
 pub struct FlowTable {
-    conns: FxHashMap<ConnKey, Conn>,
-    order: Vec<ConnKey>,
+    /// The current connection of each 5-tuple, as an index into `all`.
+    conns: FxHashMap<ConnKey, usize>,
+    /// Every connection, in order of first packet.
+    all: Vec<Conn>,
+    /// Connections not tracked because the table was full.
+    pub untracked_connections: u64,
     dns: FxHashMap<IpAddr, String>,
     lookups: Vec<DnsLookup>,
     lookup_index: FxHashMap<(Origin, String), usize>,
     dhcp: Vec<DhcpHandshake>,
     /// DNS responses that did not parse.
     pub dns_errors: u64,
+}
+
+/// Most connections tracked per capture; more are counted in
+/// [`FlowTable::untracked_connections`] and left out.
+pub const MAX_CONNECTIONS: usize = 4_000_000;
+
+/// Idle time after which traffic on the same 5-tuple is a new connection
+/// (Zeek's defaults: 5 minutes for TCP, 1 minute for UDP).
+fn idle_timeout_us(transport: Transport) -> i64 {
+    match transport {
+        Transport::Tcp => 300_000_000,
+        Transport::Udp => 60_000_000,
+    }
 }
 
 fn well_known(port: u16) -> bool {
@@ -243,7 +264,22 @@ impl FlowTable {
         let key = ConnKey::of(p);
         let src = Endpoint { ip: p.src_ip, port: p.src_port };
         let dst = Endpoint { ip: p.dst_ip, port: p.dst_port };
-        if !self.conns.contains_key(&key) {
+        let current = self.conns.get(&key).copied();
+        let starts_anew = match current {
+            None => true,
+            Some(i) => {
+                let c = &self.all[i];
+                // A new connection on a reused 5-tuple: a fresh SYN after
+                // the old one closed, or traffic after the idle timeout.
+                (p.syn && !p.ack && (c.rst || (c.fin_out && c.fin_in)))
+                    || p.ts_us - c.last_us > idle_timeout_us(key.transport)
+            }
+        };
+        if starts_anew && self.all.len() >= MAX_CONNECTIONS {
+            self.untracked_connections += 1;
+            return;
+        }
+        if starts_anew {
             // Who started it: SYN without ACK is the client; SYN+ACK comes
             // from the server; otherwise the first sender, unless only the
             // sender uses a well-known port.
@@ -257,28 +293,31 @@ impl FlowTable {
                 (src, dst)
             };
             let dns_name = self.dns.get(&responder.ip).cloned();
-            self.conns.insert(
-                key,
-                Conn {
-                    initiator,
-                    responder,
-                    initiator_mac: None,
-                    first_us: p.ts_us,
-                    last_us: p.ts_us,
-                    bytes_out: 0,
-                    bytes_in: 0,
-                    ip_bytes_out: 0,
-                    ip_bytes_in: 0,
-                    packets_out: 0,
-                    packets_in: 0,
-                    dns_name,
-                    hello: HelloState::Collecting { base: None, segments: BTreeMap::new(), bytes: 0 },
-                    http_host: None,
-                },
-            );
-            self.order.push(key);
+            self.conns.insert(key, self.all.len());
+            self.all.push(Conn {
+                transport: key.transport,
+                fin_out: false,
+                fin_in: false,
+                rst: false,
+                initiator,
+                responder,
+                initiator_mac: None,
+                first_us: p.ts_us,
+                last_us: p.ts_us,
+                bytes_out: 0,
+                bytes_in: 0,
+                ip_bytes_out: 0,
+                ip_bytes_in: 0,
+                packets_out: 0,
+                packets_in: 0,
+                dns_name,
+                hello: HelloState::Collecting { base: None, segments: BTreeMap::new(), bytes: 0 },
+                http_host: None,
+            });
         }
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(&i) = self.conns.get(&key) else { return };
+        let conn = &mut self.all[i];
+        conn.rst |= p.rst;
         conn.first_us = conn.first_us.min(p.ts_us);
         conn.last_us = conn.last_us.max(p.ts_us);
         let len = p.payload.len() as u64;
@@ -286,6 +325,7 @@ impl FlowTable {
             conn.packets_out += 1;
             conn.bytes_out += len;
             conn.ip_bytes_out += u64::from(p.ip_len);
+            conn.fin_out |= p.fin;
             if conn.initiator_mac.is_none() {
                 conn.initiator_mac = p.src_mac;
             }
@@ -297,6 +337,7 @@ impl FlowTable {
             conn.packets_in += 1;
             conn.bytes_in += len;
             conn.ip_bytes_in += u64::from(p.ip_len);
+            conn.fin_in |= p.fin;
         }
     }
 
@@ -338,11 +379,7 @@ impl FlowTable {
 
     /// The origin of every connection with its first packet time.
     pub fn origins(&self) -> Vec<(Origin, i64)> {
-        self.order
-            .iter()
-            .filter_map(|k| self.conns.get(k))
-            .map(|c| (Origin { mac: c.initiator_mac, ip: c.initiator.ip }, c.first_us))
-            .collect()
+        self.all.iter().map(|c| (Origin { mac: c.initiator_mac, ip: c.initiator.ip }, c.first_us)).collect()
     }
 
     fn learn_dns(&mut self, p: &Packet<'_>) {
@@ -361,7 +398,7 @@ impl FlowTable {
     pub fn device_hint(&self) -> DeviceHint {
         let mut macs: HashMap<[u8; 6], usize> = HashMap::new();
         let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
-        for conn in self.conns.values() {
+        for conn in &self.all {
             if let Some(mac) = conn.initiator_mac {
                 *macs.entry(mac).or_default() += 1;
             }
@@ -396,10 +433,9 @@ impl FlowTable {
     /// volunteer's local view, with source fields; never sent.
     pub fn connections(&self) -> Vec<Connection> {
         let mut out: Vec<Connection> = self
-            .order
+            .all
             .iter()
-            .filter_map(|key| self.conns.get(key).map(|c| (key, c)))
-            .map(|(key, c)| {
+            .map(|c| {
                 let Naming { domain, name_source, alpn, .. } = self.naming(c);
                 let src = (c.initiator.ip, c.initiator.port);
                 let dst = (c.responder.ip, c.responder.port);
@@ -408,8 +444,8 @@ impl FlowTable {
                     src_port: src.1,
                     dst_ip: dst.0,
                     dst_port: dst.1,
-                    transport: key.transport,
-                    community_id: community_id(key.transport, src, dst),
+                    transport: c.transport,
+                    community_id: community_id(c.transport, src, dst),
                     packets_out: c.packets_out,
                     packets_in: c.packets_in,
                     ip_bytes_out: c.ip_bytes_out,
@@ -443,13 +479,12 @@ impl FlowTable {
     ) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
         let mut by_dest: HashMap<(K, IpAddr, u16, Transport), usize> = HashMap::new();
         let mut groups: std::collections::BTreeMap<K, Vec<FlowSummary>> = std::collections::BTreeMap::new();
-        for key in &self.order {
-            let Some(conn) = self.conns.get(key) else { continue };
+        for conn in &self.all {
             let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
             let Some(g) = group(origin, conn.first_us) else { continue };
             let Naming { domain, name_source, sni, alpn } = self.naming(conn);
             let encrypted = is_encrypted_dns(conn.responder.port, domain.as_deref());
-            let dest = (g.clone(), conn.responder.ip, conn.responder.port, key.transport);
+            let dest = (g.clone(), conn.responder.ip, conn.responder.port, conn.transport);
             let out = groups.entry(g).or_default();
             match by_dest.get(&dest) {
                 Some(&i) => {
@@ -475,7 +510,7 @@ impl FlowTable {
                     out.push(FlowSummary {
                         dst_ip: conn.responder.ip,
                         dst_port: conn.responder.port,
-                        transport: key.transport,
+                        transport: conn.transport,
                         first_us: conn.first_us,
                         last_us: conn.last_us,
                         bytes_out: conn.bytes_out,
@@ -643,7 +678,57 @@ pub fn is_encrypted_dns(port: u16, name: Option<&str>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_encrypted_dns;
+    use std::net::IpAddr;
+
+    use super::{FlowTable, is_encrypted_dns};
+    use crate::capture::{Packet, Transport};
+
+    fn packet(ts_us: i64, from_client: bool, transport: Transport, flags: (bool, bool, bool)) -> Packet<'static> {
+        let (client, server): (IpAddr, IpAddr) =
+            ("192.168.1.5".parse().expect("ip"), "93.184.216.34".parse().expect("ip"));
+        let (src_ip, dst_ip, src_port, dst_port) =
+            if from_client { (client, server, 40000, 443) } else { (server, client, 443, 40000) };
+        Packet {
+            ts_us,
+            src_mac: None,
+            src_ip,
+            dst_ip,
+            transport,
+            src_port,
+            dst_port,
+            syn: flags.0,
+            ack: !from_client || !flags.0,
+            fin: flags.1,
+            rst: flags.2,
+            seq: 0,
+            payload: &[],
+            ip_len: 40,
+        }
+    }
+
+    #[test]
+    fn a_reused_five_tuple_starts_a_new_connection_after_close_or_idle() {
+        let mut t = FlowTable::new();
+        t.add(&packet(0, true, Transport::Tcp, (true, false, false)));
+        t.add(&packet(10, false, Transport::Tcp, (true, false, false)));
+        t.add(&packet(20, true, Transport::Tcp, (false, true, false)));
+        t.add(&packet(30, false, Transport::Tcp, (false, true, false)));
+        // Same ports again, after both FINs.
+        t.add(&packet(1_000_000, true, Transport::Tcp, (true, false, false)));
+        t.add(&packet(1_000_010, false, Transport::Tcp, (true, false, false)));
+        // UDP: quiet for longer than the idle timeout.
+        t.add(&packet(0, true, Transport::Udp, (false, false, false)));
+        t.add(&packet(61_000_001, true, Transport::Udp, (false, false, false)));
+        let conns = t.connections();
+        let count = |tr: Transport| conns.iter().filter(|c| c.transport == tr).count();
+        assert_eq!((count(Transport::Tcp), count(Transport::Udp)), (2, 2));
+        let tcp: Vec<_> =
+            conns.iter().filter(|c| c.transport == Transport::Tcp).map(|c| (c.packets_out, c.packets_in)).collect();
+        assert_eq!(tcp, [(2, 2), (1, 1)]);
+        // Per destination they still add up.
+        let dests = t.summaries();
+        assert_eq!(dests.iter().find(|d| d.transport == Transport::Tcp).map(|d| d.packets_out), Some(3));
+    }
 
     #[test]
     fn dot_and_known_doh_endpoints() {
