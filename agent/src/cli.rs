@@ -118,6 +118,10 @@ pub struct AgentArgs {
     /// How long to keep retrying delivery, seconds (default 30).
     #[arg(long, env = "LEAKWATCH_AGENT_DELIVER_TIMEOUT")]
     pub deliver_timeout: Option<u64>,
+    /// CA certificates (PEM) to verify an https:// collector with
+    /// (default: the system's roots).
+    #[arg(long, env = "LEAKWATCH_AGENT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -369,8 +373,9 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let url = args.collector.unwrap_or_default();
-    let mut uploader = Uploader::connect(
+    let mut uploader = Uploader::connect_with_ca(
         &url,
+        args.agent.ca_file.as_deref(),
         &state,
         args.agent.enrollment_code.as_deref().unwrap_or_default(),
         Duration::from_secs(args.agent.deliver_timeout.unwrap_or(30)),

@@ -96,18 +96,26 @@ pub struct ServeArgs {
     #[arg(long, env = "LEAKWATCH_OPEN_ENROLLMENT")]
     pub open_enrollment: bool,
     /// Listen in plain text on addresses other than loopback (tokens and
-    /// data then cross the network unencrypted; TLS is not built yet).
+    /// data then cross the network unencrypted).
     #[arg(long, env = "LEAKWATCH_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
+    /// TLS certificate chain (PEM) for gRPC; with --tls-key.
+    #[arg(long, env = "LEAKWATCH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for gRPC; with --tls-cert.
+    #[arg(long, env = "LEAKWATCH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     /// Listening.
     pub listen: ListenArgs,
 }
 
 /// Refuses plain-text listeners off loopback unless allowed.
-fn check_plaintext(listen: &ListenArgs, allow: bool) -> Result<()> {
-    for (flag, addr) in [("--grpc-listen", listen.grpc_listen), ("--http-listen", listen.http_listen)] {
-        if !addr.ip().is_loopback() {
+fn check_plaintext(listen: &ListenArgs, allow: bool, grpc_tls: bool) -> Result<()> {
+    for (flag, addr, tls) in
+        [("--grpc-listen", listen.grpc_listen, grpc_tls), ("--http-listen", listen.http_listen, false)]
+    {
+        if !tls && !addr.ip().is_loopback() {
             if !allow {
                 return Err(Error::Config(format!(
                     "{flag} {addr}: plain text off loopback would expose agent tokens and data; \
@@ -211,6 +219,7 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
         flush_interval: Duration::from_secs(listen.flush_interval_secs.max(1)),
         max_message_bytes: listen.max_message_bytes,
         retention_days: listen.retention_days,
+        tls: None,
         limits: crate::ingest::IngestLimits {
             agent_reports_per_sec: listen.agent_rate_limit,
             max_in_flight: listen.max_in_flight,
@@ -238,11 +247,13 @@ async fn wait_for_stop() {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            check_plaintext(&args.listen, args.allow_plaintext)?;
+            check_plaintext(&args.listen, args.allow_plaintext, args.tls_cert.is_some())?;
             if args.open_enrollment {
                 tracing::warn!("Open enrollment: any agent that can reach this collector may report");
             }
-            let server = Server::start(serve_config(args.data_dir, args.open_enrollment, &args.listen)).await?;
+            let mut config = serve_config(args.data_dir, args.open_enrollment, &args.listen);
+            config.tls = args.tls_cert.zip(args.tls_key);
+            let server = Server::start(config).await?;
             println!("leakwatch collector: gRPC on {}, HTTP on http://{}", server.grpc_addr, server.http_addr);
             wait_for_stop().await;
             tracing::info!("Stopping: draining requests and flushing");

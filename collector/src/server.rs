@@ -46,6 +46,9 @@ pub struct ServeConfig {
     pub limits: IngestLimits,
     /// Delete day partitions older than this many days (None: keep all).
     pub retention_days: Option<u32>,
+    /// TLS certificate chain and private key (PEM files) for gRPC; plain
+    /// text when `None`.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Query limits.
     pub query: QueryConfig,
 }
@@ -162,10 +165,20 @@ impl Server {
         let admin_token = hex::encode(rand::random::<[u8; 32]>());
         let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
         AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = &config.tls {
+            let read = |p: &PathBuf, flag: &str| {
+                std::fs::read(p).map_err(|e| Error::Config(format!("{flag} {}: {e}", p.display())))
+            };
+            let identity = tonic::transport::Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
+        }
         let grpc_task = {
             let rx = rx.clone();
             tokio::spawn(async move {
-                let result = tonic::transport::Server::builder()
+                let result = builder
                     .add_service(health_service)
                     .add_service(reflection)
                     .add_service(ingest)

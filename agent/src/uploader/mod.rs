@@ -66,13 +66,43 @@ impl Uploader {
         enrollment_code: &str,
         deliver_timeout: Duration,
     ) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_string())
+        Self::connect_with_ca(url, None, state, enrollment_code, deliver_timeout).await
+    }
+
+    /// As [`Self::connect`]; an `https://` URL is verified against the
+    /// PEM certificates in `ca_file`, or the system's roots without one.
+    pub async fn connect_with_ca(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        state: &AgentState,
+        enrollment_code: &str,
+        deliver_timeout: Duration,
+    ) -> Result<Self> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| Error::InvalidArgument {
                 field: "--collector".into(),
                 reason: format!("{url:?} is not a valid URL: {e}"),
             })?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60));
+        if url.starts_with("https://") {
+            let tls = tonic::transport::ClientTlsConfig::new();
+            let tls = match ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+                    tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }
+                None => tls.with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::InvalidArgument { field: "--ca-file".into(), reason: e.to_string() })?;
+        } else if ca_file.is_some() {
+            return Err(Error::InvalidArgument {
+                field: "--ca-file".into(),
+                reason: format!("given, but {url:?} is not an https:// URL"),
+            });
+        }
         let client = CollectorClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(4 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);

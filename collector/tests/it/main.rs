@@ -33,6 +33,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         max_message_bytes: 16 * 1024 * 1024,
         limits: leakwatch_collector::ingest::IngestLimits::default(),
         retention_days: None,
+        tls: None,
         query: QueryConfig::default(),
     }
 }

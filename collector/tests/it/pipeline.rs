@@ -128,3 +128,37 @@ async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.expect("read");
     out
 }
+
+#[tokio::test]
+async fn tls_collector_accepts_agents_that_trust_its_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let mut config = crate::serve_config(&dir.path().join("data"));
+    config.tls = Some((cert.clone(), key));
+    let server = leakwatch_collector::server::Server::start(config).await.expect("start with TLS");
+    let url = format!("https://localhost:{}", server.grpc_addr.port());
+    let state = leakwatch_agent::state::AgentState::open(&dir.path().join("agent")).expect("state");
+    let mut up = leakwatch_agent::uploader::Uploader::connect_with_ca(
+        &url,
+        Some(&cert),
+        &state,
+        "",
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("enroll over TLS");
+    let ack = up.send(&crate::hostile::good_batch()).await.expect("report over TLS");
+    assert_eq!(ack.status(), AckStatus::Accepted);
+    // A plain-text client gets nowhere.
+    let plain = format!("http://localhost:{}", server.grpc_addr.port());
+    let state2 = leakwatch_agent::state::AgentState::open(&dir.path().join("agent2")).expect("state");
+    assert!(
+        leakwatch_agent::uploader::Uploader::connect(&plain, &state2, "", std::time::Duration::from_secs(1))
+            .await
+            .is_err()
+    );
+    server.shutdown().await.expect("shutdown");
+}
