@@ -37,6 +37,9 @@ pub enum Command {
     Import(Box<ImportArgs>),
     /// Write a commented configuration file.
     Init(InitArgs),
+    /// Exchange an enrollment code for an agent token (kept, mode 0600, in
+    /// the state directory); prints the agent id.
+    Enroll(EnrollArgs),
     /// Show the full local flow table of capture files (source fields and
     /// Community IDs included); prints only, never sends anything.
     Flows(FlowsArgs),
@@ -131,6 +134,20 @@ impl AgentArgs {
             None => AgentConfig::load(&default_config_path(), false),
         }
     }
+}
+
+/// Flags of `enroll`.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// Collector URL.
+    #[arg(long, env = "LEAKWATCH_COLLECTOR")]
+    pub collector: Option<String>,
+    /// The code from the collector's operator.
+    #[arg(long)]
+    pub code: Option<String>,
+    #[command(flatten)]
+    /// State and delivery.
+    pub agent: AgentArgs,
 }
 
 /// Flags of `init`.
@@ -252,6 +269,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Import(args) => import(*args).await,
         Command::Flows(args) => flows(args),
+        Command::Enroll(args) => enroll(args).await,
         Command::Init(args) => {
             let path = args.config.unwrap_or_else(default_config_path);
             AgentConfig::write_sample(&path, args.force)?;
@@ -260,6 +278,28 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Simulate(args) => simulate(args),
     }
+}
+
+async fn enroll(args: EnrollArgs) -> Result<ExitCode> {
+    let config = args.agent.config()?;
+    let url = args.collector.or(config.collector).ok_or_else(|| Error::InvalidArgument {
+        field: "--collector".into(),
+        reason: "a collector URL is required (flag, LEAKWATCH_COLLECTOR or the config file)".into(),
+    })?;
+    let code = args.code.or(args.agent.enrollment_code.clone()).or(config.enrollment_code).unwrap_or_default();
+    let state = AgentState::open(&args.agent.state_dir.clone().or(config.state_dir).unwrap_or_else(default_state_dir))?;
+    state.forget_credentials(&url)?;
+    let up = Uploader::connect_with_ca(
+        &url,
+        args.agent.ca_file.as_deref(),
+        &state,
+        &code,
+        Duration::from_secs(args.agent.deliver_timeout.or(config.deliver_timeout_secs).unwrap_or(30)),
+    )
+    .await?;
+    eprintln!("enrolled with {url}; token stored in {}", state.dir().display());
+    println!("{}", up.agent_id());
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn import(mut args: ImportArgs) -> Result<ExitCode> {

@@ -137,6 +137,17 @@ impl AgentState {
         Ok(self.all_credentials()?.remove(collector))
     }
 
+    /// Drops the credentials for `collector` (before enrolling anew).
+    pub fn forget_credentials(&self, collector: &str) -> Result<()> {
+        let mut all = self.all_credentials()?;
+        if all.remove(collector).is_some() {
+            let json = serde_json::to_vec_pretty(&all)
+                .map_err(|e| Error::State { path: self.credentials_path(), reason: e.to_string() })?;
+            write_private(&self.credentials_path(), &json)?;
+        }
+        Ok(())
+    }
+
     /// Stores credentials for `collector`.
     pub fn save_credentials(&self, collector: &str, creds: &Credentials) -> Result<()> {
         let mut all = self.all_credentials()?;

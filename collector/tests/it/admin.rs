@@ -78,3 +78,33 @@ async fn codes_limit_enrollment_and_revocation_stops_reports() {
     enroll(&url, &dir.path().join("a3"), &offline).await.expect("offline code works");
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_enroll_command_uses_an_operator_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut config = serve_config(&data);
+    config.open_enrollment = false;
+    let server = Server::start(config).await.expect("start");
+    let url = format!("http://{}", server.grpc_addr);
+    let code = admin(&data, &["enroll-code"]).expect("code");
+    let agent = std::path::PathBuf::from(env!("CARGO_BIN_EXE_leakwatch")).with_file_name("leakwatch-agent");
+    assert!(agent.exists(), "build the agent binary first (cargo build --workspace)");
+    let out = std::process::Command::new(&agent)
+        .args(["enroll", "--collector", &url, "--code", &code, "--state-dir"])
+        .arg(dir.path().join("agent"))
+        .output()
+        .expect("run agent enroll");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let agent_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let creds =
+        AgentState::open(&dir.path().join("agent")).expect("state").credentials(&url).expect("read").expect("stored");
+    assert_eq!(creds.agent_id, agent_id);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("agent/credentials.json")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "credentials are private: {mode:o}");
+    }
+    server.shutdown().await.expect("shutdown");
+}
