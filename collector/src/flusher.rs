@@ -82,19 +82,8 @@ impl DataStore {
     /// harmless, and the next compaction deletes those inputs. Returns the
     /// number of files merged away.
     pub async fn compact(&self, watermark: u64, min_files: usize) -> Result<u64> {
-        use futures::TryStreamExt as _;
-        let files: Vec<_> = self
-            .store
-            .list(Some(&StorePath::from("flows")))
-            .try_collect()
-            .await
-            .map_err(|e| Error::Storage(format!("listing flows: {e}")))?;
         let mut days: BTreeMap<String, Vec<(u64, u64, StorePath)>> = BTreeMap::new();
-        for meta in files {
-            let loc = meta.location;
-            let Some(day) = loc.parts().find_map(|p| p.as_ref().strip_prefix("day=").map(str::to_string)) else {
-                continue;
-            };
+        for (day, loc) in self.flow_files().await? {
             let name = loc.filename().unwrap_or_default().to_string();
             let Some((from, to)) = leakwatch_query::flushed_range_of(std::path::Path::new(&name)) else { continue };
             if to <= watermark {
@@ -153,6 +142,24 @@ impl DataStore {
         Ok(merged_away)
     }
 
+    /// Every file of the `flows` table with its day (`YYYY-MM-DD`).
+    async fn flow_files(&self) -> Result<Vec<(String, StorePath)>> {
+        use futures::TryStreamExt as _;
+        let files: Vec<_> = self
+            .store
+            .list(Some(&StorePath::from("flows")))
+            .try_collect()
+            .await
+            .map_err(|e| Error::Storage(format!("listing flows: {e}")))?;
+        Ok(files
+            .into_iter()
+            .filter_map(|meta| {
+                let day = meta.location.parts().find_map(|p| p.as_ref().strip_prefix("day=").map(str::to_string))?;
+                Some((day, meta.location))
+            })
+            .collect())
+    }
+
     async fn delete(&self, path: &StorePath) -> Result<()> {
         self.store.delete(path).await.map_err(|e| Error::Storage(format!("deleting {path}: {e}")))
     }
@@ -160,24 +167,11 @@ impl DataStore {
     /// Deletes day partitions older than `days` days before `today`;
     /// returns how many files went.
     pub async fn apply_retention(&self, days: u32, today: chrono::NaiveDate) -> Result<u64> {
-        use futures::TryStreamExt as _;
         let Some(cutoff) = today.checked_sub_days(chrono::Days::new(u64::from(days))) else { return Ok(0) };
-        let files: Vec<_> = self
-            .store
-            .list(Some(&StorePath::from("flows")))
-            .try_collect()
-            .await
-            .map_err(|e| Error::Storage(format!("listing flows: {e}")))?;
         let mut deleted = 0;
-        for meta in files {
-            let day = meta.location.parts().find_map(|p| {
-                p.as_ref().strip_prefix("day=").and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-            });
-            if day.is_some_and(|d| d < cutoff) {
-                self.store
-                    .delete(&meta.location)
-                    .await
-                    .map_err(|e| Error::Storage(format!("deleting {}: {e}", meta.location)))?;
+        for (day, location) in self.flow_files().await? {
+            if chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").is_ok_and(|d| d < cutoff) {
+                self.delete(&location).await?;
                 deleted += 1;
             }
         }
