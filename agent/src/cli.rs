@@ -240,9 +240,8 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
     let c = &imported.capture;
     let mut line =
         format!("{}: {} packets read, {} records", imported.path.display(), c.frames, imported.record_count());
-    if c.skipped_total() > 0 {
-        let reasons: Vec<String> = c.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        line.push_str(&format!("; {} skipped: {}", c.skipped_total(), reasons.join(", ")));
+    if let Some(skipped) = c.skipped_summary() {
+        line.push_str(&format!("; {skipped}"));
     }
     if imported.anonymiser.dropped_local_names > 0 {
         line.push_str(&format!("; {} local DNS names dropped", imported.anonymiser.dropped_local_names));
@@ -384,17 +383,18 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 }
             }
         }
-    }
-    for file in args.files.iter().filter(|_| !args.lan) {
-        match import_capture(file, &labels, &state, DEFAULT_BATCH_RECORDS) {
-            Ok(capture) => {
-                read_ok += 1;
-                eprintln!("{}", describe_import(&capture));
-                imported.push(capture);
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                failed += 1;
+    } else {
+        for file in &args.files {
+            match import_capture(file, &labels, &state, DEFAULT_BATCH_RECORDS) {
+                Ok(capture) => {
+                    read_ok += 1;
+                    eprintln!("{}", describe_import(&capture));
+                    imported.push(capture);
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed += 1;
+                }
             }
         }
     }
@@ -446,9 +446,8 @@ fn flows(args: FlowsArgs) -> Result<ExitCode> {
                     .map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
                 let s = &capture.stats;
                 let mut line = format!("{}: {} packets read", file.display(), s.frames);
-                if s.skipped_total() > 0 {
-                    let reasons: Vec<String> = s.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
-                    line.push_str(&format!("; {} skipped: {}", s.skipped_total(), reasons.join(", ")));
+                if let Some(skipped) = s.skipped_summary() {
+                    line.push_str(&format!("; {skipped}"));
                 }
                 if let Some(stop) = &s.stopped_by {
                     line.push_str(&format!("; stopped early: {stop}"));

@@ -55,13 +55,7 @@ pub struct AgentConfig {
 
 /// Where `init` writes and commands read the configuration by default.
 pub fn default_config_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("leakwatch-agent/agent.toml");
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(home).join(".config/leakwatch-agent/agent.toml");
-    }
-    PathBuf::from("agent.toml")
+    crate::state::user_path("XDG_CONFIG_HOME", ".config", "agent.toml", "agent.toml")
 }
 
 impl AgentConfig {

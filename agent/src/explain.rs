@@ -11,8 +11,7 @@ use leakwatch_proto::v1::{BootSource, DeviceInfo, DomainSource, FlowRecord, Repo
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::capture::Transport as CaptureTransport;
-use crate::flow::{Connection, NameSource};
+use crate::flow::Connection;
 
 /// Output format of `--dry-run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,7 +121,7 @@ pub fn connection_json(c: &Connection) -> Value {
         "src_port": c.src_port,
         "dst_ip": c.dst_ip.to_string(),
         "dst_port": c.dst_port,
-        "transport": match c.transport { CaptureTransport::Tcp => "tcp", CaptureTransport::Udp => "udp" },
+        "transport": c.transport.name(),
         "community_id": c.community_id,
         "packets_out": c.packets_out,
         "packets_in": c.packets_in,
@@ -133,13 +132,7 @@ pub fn connection_json(c: &Connection) -> Value {
         "first_seen": time(c.first_us),
         "last_seen": time(c.last_us),
         "domain": c.domain,
-        "domain_source": match c.name_source {
-            NameSource::None => "none",
-            NameSource::Dns => "dns",
-            NameSource::Http => "http",
-            NameSource::Quic => "quic",
-            NameSource::Sni => "sni",
-        },
+        "domain_source": c.name_source.name(),
         "alpn": c.alpn,
     })
 }
@@ -160,16 +153,12 @@ pub fn write_connections(out: &mut dyn Write, connections: &[Connection], format
                 "source", "destination", "prot", "p_out", "p_in", "bytes_out", "bytes_in"
             )?;
             for c in connections {
-                let transport = match c.transport {
-                    CaptureTransport::Tcp => "tcp",
-                    CaptureTransport::Udp => "udp",
-                };
                 writeln!(
                     out,
                     "{:<46} {:<46} {:<4} {:>6} {:>6} {:>10} {:>10}  {}",
                     format!("{}:{}", c.src_ip, c.src_port),
                     format!("{}:{}", c.dst_ip, c.dst_port),
-                    transport,
+                    c.transport.name(),
                     c.packets_out,
                     c.packets_in,
                     c.payload_bytes_out,

@@ -11,7 +11,7 @@ use crate::anonymiser::{self, AnonymiserStats};
 use crate::capture::{self, CaptureStats};
 use crate::flow::{DnsLookup, FlowTable};
 use crate::state::AgentState;
-use crate::{Error, Result};
+use crate::{Error, Result, io_error};
 
 /// Records per batch by default.
 pub const DEFAULT_BATCH_RECORDS: usize = 1000;
@@ -201,22 +201,21 @@ pub(crate) fn build_batches(
 pub(crate) fn hash_file(path: &Path) -> Result<Vec<u8>> {
     use std::io::{Read as _, Seek as _, SeekFrom};
     const EDGE: u64 = 1 << 20;
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
+    let mut file = std::fs::File::open(path).map_err(io_error(path))?;
+    let len = file.metadata().map_err(io_error(path))?.len();
     let mut hasher = Sha256::new();
     hasher.update(len.to_be_bytes());
     let mut head = Vec::new();
-    (&mut file).take(EDGE).read_to_end(&mut head).map_err(io)?;
+    (&mut file).take(EDGE).read_to_end(&mut head).map_err(io_error(path))?;
     hasher.update(&head);
     if len > 2 * EDGE {
-        file.seek(SeekFrom::Start(len - EDGE)).map_err(io)?;
+        file.seek(SeekFrom::Start(len - EDGE)).map_err(io_error(path))?;
         let mut tail = Vec::new();
-        file.take(EDGE).read_to_end(&mut tail).map_err(io)?;
+        file.take(EDGE).read_to_end(&mut tail).map_err(io_error(path))?;
         hasher.update(&tail);
     } else {
         let mut rest = Vec::new();
-        file.read_to_end(&mut rest).map_err(io)?;
+        file.read_to_end(&mut rest).map_err(io_error(path))?;
         hasher.update(&rest);
     }
     Ok(hasher.finalize().to_vec())

@@ -78,5 +78,10 @@ pub enum Error {
     Profile(String),
 }
 
+/// Maps an I/O error on `path` to [`Error::Io`] (for `map_err`).
+pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
 /// Result with the agent's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

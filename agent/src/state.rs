@@ -21,7 +21,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::{Error, Result};
+use crate::{Error, Result, io_error};
 
 /// Agent credentials for one collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,19 +39,22 @@ pub struct AgentState {
     secret: [u8; 32],
 }
 
-/// The default state directory.
-pub fn default_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("leakwatch-agent");
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(home).join(".local/state/leakwatch-agent");
-    }
-    PathBuf::from(".leakwatch-agent")
+/// `$VAR/leakwatch-agent/LEAF`, else `~/HOME_DIR/leakwatch-agent/LEAF`, else
+/// `FALLBACK` in the working directory: the XDG base-directory rule.
+pub(crate) fn user_path(var: &str, home_dir: &str, leaf: &str, fallback: &str) -> PathBuf {
+    let base =
+        match (std::env::var_os(var).filter(|d| !d.is_empty()), std::env::var_os("HOME").filter(|d| !d.is_empty())) {
+            (Some(dir), _) => PathBuf::from(dir),
+            (None, Some(home)) => PathBuf::from(home).join(home_dir),
+            (None, None) => return PathBuf::from(fallback),
+        };
+    let dir = base.join("leakwatch-agent");
+    if leaf.is_empty() { dir } else { dir.join(leaf) }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+/// The default state directory.
+pub fn default_state_dir() -> PathBuf {
+    user_path("XDG_STATE_HOME", ".local/state", "", ".leakwatch-agent")
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
@@ -63,10 +66,10 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut file = options.open(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(contents).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    let mut file = options.open(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(contents).map_err(io_error(&tmp))?;
+    file.sync_all().map_err(io_error(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_error(path))
 }
 
 impl AgentState {
@@ -80,7 +83,7 @@ impl AgentState {
                 use std::os::unix::fs::DirBuilderExt as _;
                 builder.mode(0o700);
             }
-            builder.create(dir).map_err(io_err(dir))?;
+            builder.create(dir).map_err(io_error(dir))?;
         }
         let path = dir.join("secret");
         let secret = match fs::read_to_string(&path) {

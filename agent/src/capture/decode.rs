@@ -15,6 +15,16 @@ pub enum Transport {
     Udp,
 }
 
+impl Transport {
+    /// "tcp" or "udp".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
 /// A decoded TCP or UDP packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<'a> {

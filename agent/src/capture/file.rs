@@ -53,6 +53,15 @@ impl CaptureStats {
     pub fn skipped_total(&self) -> u64 {
         self.skipped.values().sum()
     }
+
+    /// "N skipped: n1 reason1, n2 reason2", or `None` when nothing was skipped.
+    pub fn skipped_summary(&self) -> Option<String> {
+        let total = self.skipped_total();
+        (total > 0).then(|| {
+            let reasons: Vec<String> = self.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            format!("{total} skipped: {}", reasons.join(", "))
+        })
+    }
 }
 
 struct Interface {
@@ -203,22 +212,6 @@ impl Progress {
         Self { bar: None, started: Instant::now(), total, name }
     }
 
-    fn update(&self, done: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
-        }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-impl Progress {
     fn tick(&mut self, done: u64) {
         if self.bar.is_none() && self.started.elapsed() > Duration::from_secs(1) && std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(self.total), ProgressDrawTarget::stderr());
@@ -230,7 +223,17 @@ impl Progress {
             bar.set_message(self.name.clone());
             self.bar = Some(bar);
         }
-        self.update(done);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
     }
 }
 

@@ -29,6 +29,19 @@ pub enum NameSource {
     Sni,
 }
 
+impl NameSource {
+    /// "none", "dns", "http", "quic" or "sni".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Dns => "dns",
+            Self::Http => "http",
+            Self::Quic => "quic",
+            Self::Sni => "sni",
+        }
+    }
+}
+
 /// Aggregated traffic to one destination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlowSummary {

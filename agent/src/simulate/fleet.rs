@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::pcap::PcapWriter;
 use super::profile::{Contact, Destination, DestinationKind, FleetProfile, parse_oui};
 use crate::parsers::tls::build_client_hello;
-use crate::{Error, Result};
+use crate::{Error, Result, io_error};
 
 /// Labels of one simulated capture, as a volunteer would pass them to
 /// `leakwatch-agent import`.
@@ -264,11 +264,7 @@ pub fn simulate_fleet(
     seed: Option<u64>,
     mut progress: impl FnMut(u32, u32),
 ) -> Result<FleetManifest> {
-    let io = |path: &Path| {
-        let path: PathBuf = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    fs::create_dir_all(out).map_err(io(out))?;
+    fs::create_dir_all(out).map_err(io_error(out))?;
     let seed = seed.unwrap_or(profile.seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let profile_total: u32 = profile.models.iter().map(|m| m.devices).sum::<u32>().max(1);
@@ -339,12 +335,12 @@ pub fn simulate_fleet(
                 lan.frames.sort_by_key(|(ts, _)| *ts);
                 let file = format!("{device_id}-boot{boot}.pcap");
                 let path = out.join(&file);
-                let f = fs::File::create(&path).map_err(io(&path))?;
-                let mut w = PcapWriter::new(BufWriter::new(f), 1).map_err(io(&path))?;
+                let f = fs::File::create(&path).map_err(io_error(&path))?;
+                let mut w = PcapWriter::new(BufWriter::new(f), 1).map_err(io_error(&path))?;
                 for (ts, frame) in &lan.frames {
-                    w.write_frame(*ts, frame).map_err(io(&path))?;
+                    w.write_frame(*ts, frame).map_err(io_error(&path))?;
                 }
-                w.finish().map_err(io(&path))?;
+                w.finish().map_err(io_error(&path))?;
                 manifest.captures.push(ManifestEntry {
                     file,
                     device_id: device_id.clone(),
@@ -360,7 +356,7 @@ pub fn simulate_fleet(
     }
     let path = out.join("fleet.json");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Profile(e.to_string()))?;
-    fs::write(&path, json).map_err(io(&path))?;
+    fs::write(&path, json).map_err(io_error(&path))?;
     Ok(manifest)
 }
 
@@ -369,10 +365,6 @@ pub fn simulate_fleet(
 /// and writes `dir/lan-devices.toml` labelling every second device (the
 /// others are left for the OUI lookup). Returns the two paths.
 pub fn write_lan_capture(dir: &Path, manifest: &FleetManifest) -> Result<(PathBuf, PathBuf)> {
-    let io = |path: &Path| {
-        let path: PathBuf = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
     let mut frames: Vec<(i64, Vec<u8>)> = Vec::new();
     for entry in &manifest.captures {
         crate::capture::read_capture_file(&dir.join(&entry.file), |frame, _| {
@@ -383,12 +375,12 @@ pub fn write_lan_capture(dir: &Path, manifest: &FleetManifest) -> Result<(PathBu
     }
     frames.sort_by_key(|(ts, _)| *ts);
     let lan = dir.join("lan.pcap");
-    let f = fs::File::create(&lan).map_err(io(&lan))?;
-    let mut w = PcapWriter::new(BufWriter::new(f), 1).map_err(io(&lan))?;
+    let f = fs::File::create(&lan).map_err(io_error(&lan))?;
+    let mut w = PcapWriter::new(BufWriter::new(f), 1).map_err(io_error(&lan))?;
     for (ts, frame) in &frames {
-        w.write_frame(*ts, frame).map_err(io(&lan))?;
+        w.write_frame(*ts, frame).map_err(io_error(&lan))?;
     }
-    w.finish().map_err(io(&lan))?;
+    w.finish().map_err(io_error(&lan))?;
     let mut labels = crate::lan::LanLabels::default();
     let mut seen = std::collections::BTreeSet::new();
     for entry in &manifest.captures {
@@ -408,6 +400,6 @@ pub fn write_lan_capture(dir: &Path, manifest: &FleetManifest) -> Result<(PathBu
         "# LAN device labels for leakwatch-agent import --lan --device-labels\n{}",
         toml::to_string(&labels).map_err(|e| Error::Profile(e.to_string()))?
     );
-    fs::write(&toml_path, text).map_err(io(&toml_path))?;
+    fs::write(&toml_path, text).map_err(io_error(&toml_path))?;
     Ok((lan, toml_path))
 }
