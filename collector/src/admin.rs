@@ -82,7 +82,7 @@ impl AdminService {
             .unwrap_or_default();
         let a: [u8; 32] = Sha256::digest(given.as_bytes()).into();
         let b: [u8; 32] = Sha256::digest(self.token.as_bytes()).into();
-        if a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) != 0 {
+        if !crate::same_secret(&a, &b) {
             return Err(Status::unauthenticated(
                 "authorization: admin token missing or wrong (see DATA_DIR/admin.json)",
             ));

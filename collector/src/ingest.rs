@@ -93,9 +93,7 @@ impl Ingest {
             }
         };
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Compare without an early exit.
-        let same = stored.len() == 32 && stored.iter().zip(hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !same {
+        if !crate::same_secret(&stored, &hash) {
             return Err(Status::unauthenticated("authorization: invalid agent token"));
         }
         Ok(agent_id.to_string())
