@@ -27,6 +27,7 @@ pub mod import;
 pub mod lan;
 pub mod parsers;
 pub mod simulate;
+pub mod spool;
 pub mod state;
 pub mod uploader;
 

@@ -57,7 +57,7 @@ pub fn default_state_dir() -> PathBuf {
     user_path("XDG_STATE_HOME", ".local/state", "", ".leakwatch-agent")
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
