@@ -7,16 +7,20 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use prost::Message as _;
 
 use crate::config::{AgentConfig, default_config_path};
+use crate::delivery::{AgentStatus, deliver};
 use crate::explain::{DryRunFormat, write_connections, write_dry_run};
 use crate::import::{
     DEFAULT_BATCH_RECORDS, DeviceLabels, ImportedCapture, import_capture, parse_boot_time, read_capture,
 };
 use crate::lan::{LanLabels, import_lan};
+use crate::live::{Capture, Harvester, LiveSource};
 use crate::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet, write_lan_capture};
+use crate::spool::{DEFAULT_MAX_BYTES, Spool, SpoolConfig};
 use crate::state::{AgentState, default_state_dir};
-use crate::uploader::Uploader;
+use crate::uploader::{Uploader, transient};
 use crate::{Error, Result};
 
 /// leakwatch agent: report which destinations your devices contact,
@@ -45,6 +49,68 @@ pub enum Command {
     Flows(FlowsArgs),
     /// Write simulated per-boot captures of a device fleet.
     Simulate(SimulateArgs),
+    /// Capture live (a network interface, or a phone's PCAPdroid stream)
+    /// and report continuously until stopped (Ctrl-C, SIGTERM).
+    Run(Box<RunArgs>),
+    /// Deliver what is queued in the spool; exits when it is empty (or the
+    /// delivery timeout passed with the collector unreachable).
+    Flush(FlushArgs),
+    /// Show what was sent, what is queued, the last error and the
+    /// collector's last answer.
+    Status(StatusArgs),
+}
+
+/// Flags of `run`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["interface", "pcapdroid_udp"])))]
+pub struct RunArgs {
+    /// Network interface to capture on (needs CAP_NET_RAW), e.g. eth0.
+    #[arg(long, env = "LEAKWATCH_AGENT_INTERFACE")]
+    pub interface: Option<String>,
+    /// Receive a phone's PCAPdroid "UDP exporter" stream on this address,
+    /// e.g. 0.0.0.0:5123 (port 0 picks a free one and prints it).
+    #[arg(long, env = "LEAKWATCH_AGENT_PCAPDROID_UDP")]
+    pub pcapdroid_udp: Option<std::net::SocketAddr>,
+    /// Collector URL (required unless --dry-run).
+    #[arg(long, env = "LEAKWATCH_COLLECTOR")]
+    pub collector: Option<String>,
+    /// Send nothing; print what would be sent, interval by interval.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format of --dry-run.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: DryRunFormat,
+    /// Seconds between reports of finished connections.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub report_interval: u64,
+    #[command(flatten)]
+    /// Device labels.
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    /// State and delivery.
+    pub agent: AgentArgs,
+}
+
+/// Flags of `flush`.
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    /// Collector URL.
+    #[arg(long, env = "LEAKWATCH_COLLECTOR")]
+    pub collector: Option<String>,
+    #[command(flatten)]
+    /// State and delivery.
+    pub agent: AgentArgs,
+}
+
+/// Flags of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    /// State and delivery.
+    pub agent: AgentArgs,
 }
 
 /// Flags of `import`.
@@ -125,14 +191,67 @@ pub struct AgentArgs {
     /// (default: the system's roots).
     #[arg(long, env = "LEAKWATCH_AGENT_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Bound of the spool of batches waiting for the collector, MiB
+    /// (default 64); when full the oldest batches are dropped and counted.
+    #[arg(long, env = "LEAKWATCH_AGENT_SPOOL_MAX_MIB", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub spool_max_mib: Option<u64>,
+}
+
+/// Settings after flags, environment and the configuration file are merged
+/// (in that order of precedence).
+#[derive(Debug)]
+struct Settings {
+    config: AgentConfig,
+    collector: Option<String>,
+    state_dir: PathBuf,
+    enrollment_code: String,
+    deliver_timeout: Duration,
+    ca_file: Option<PathBuf>,
+    spool: SpoolConfig,
+}
+
+impl Settings {
+    fn collector(&self) -> Result<&str> {
+        self.collector.as_deref().ok_or_else(|| Error::InvalidArgument {
+            field: "--collector".into(),
+            reason: "a collector URL is required (flag, LEAKWATCH_COLLECTOR or `collector` in the config file)".into(),
+        })
+    }
+
+    fn state(&self) -> Result<AgentState> {
+        AgentState::open(&self.state_dir)
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.state_dir.join("spool")
+    }
+
+    fn uploader(&self, state: &AgentState) -> Result<Uploader> {
+        Uploader::open(self.collector()?, self.ca_file.as_deref(), state, &self.enrollment_code, self.deliver_timeout)
+    }
 }
 
 impl AgentArgs {
-    fn config(&self) -> Result<AgentConfig> {
-        match &self.config {
-            Some(path) => AgentConfig::load(path, true),
-            None => AgentConfig::load(&default_config_path(), false),
-        }
+    fn settings(&self, collector: Option<String>) -> Result<Settings> {
+        let config = match &self.config {
+            Some(path) => AgentConfig::load(path, true)?,
+            None => AgentConfig::load(&default_config_path(), false)?,
+        };
+        Ok(Settings {
+            collector: collector.or_else(|| config.collector.clone()),
+            state_dir: self.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(default_state_dir),
+            enrollment_code: self
+                .enrollment_code
+                .clone()
+                .or_else(|| config.enrollment_code.clone())
+                .unwrap_or_default(),
+            deliver_timeout: Duration::from_secs(self.deliver_timeout.or(config.deliver_timeout_secs).unwrap_or(30)),
+            ca_file: self.ca_file.clone(),
+            spool: SpoolConfig::with_max_bytes(
+                self.spool_max_mib.or(config.spool_max_mib).unwrap_or(DEFAULT_MAX_BYTES >> 20) << 20,
+            ),
+            config,
+        })
     }
 }
 
@@ -276,26 +395,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => simulate(args),
+        Command::Flush(args) => flush(args).await,
+        Command::Run(args) => run_live(*args).await,
+        Command::Status(args) => status(args),
     }
 }
 
 async fn enroll(args: EnrollArgs) -> Result<ExitCode> {
-    let config = args.agent.config()?;
-    let url = args.collector.or(config.collector).ok_or_else(|| Error::InvalidArgument {
-        field: "--collector".into(),
-        reason: "a collector URL is required (flag, LEAKWATCH_COLLECTOR or the config file)".into(),
-    })?;
-    let code = args.code.or(args.agent.enrollment_code.clone()).or(config.enrollment_code).unwrap_or_default();
-    let state = AgentState::open(&args.agent.state_dir.clone().or(config.state_dir).unwrap_or_else(default_state_dir))?;
+    let mut settings = args.agent.settings(args.collector)?;
+    if let Some(code) = args.code {
+        settings.enrollment_code = code;
+    }
+    let url = settings.collector()?.to_string();
+    let state = settings.state()?;
     state.forget_credentials(&url)?;
-    let up = Uploader::connect_with_ca(
-        &url,
-        args.agent.ca_file.as_deref(),
-        &state,
-        &code,
-        Duration::from_secs(args.agent.deliver_timeout.or(config.deliver_timeout_secs).unwrap_or(30)),
-    )
-    .await?;
+    let mut up = settings.uploader(&state)?;
+    up.ensure_enrolled().await?;
     eprintln!("enrolled with {url}; token stored in {}", state.dir().display());
     println!("{}", up.agent_id());
     Ok(ExitCode::SUCCESS)
@@ -303,21 +418,12 @@ async fn enroll(args: EnrollArgs) -> Result<ExitCode> {
 
 async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     let labels = args.device.labels()?;
-    // Flags and environment first, then the configuration file.
-    let config = args.agent.config()?;
-    args.collector = args.collector.or(config.collector);
-    args.agent.state_dir = args.agent.state_dir.or(config.state_dir);
-    args.agent.enrollment_code = args.agent.enrollment_code.or(config.enrollment_code);
-    args.agent.deliver_timeout = args.agent.deliver_timeout.or(config.deliver_timeout_secs);
-    args.device_labels = args.device_labels.or(config.device_labels.filter(|_| args.lan));
-    if !args.dry_run && args.collector.is_none() {
-        return Err(Error::InvalidArgument {
-            field: "--collector".into(),
-            reason: "a collector URL is required unless --dry-run is given".into(),
-        });
+    let settings = args.agent.settings(args.collector.take())?;
+    args.device_labels = args.device_labels.or(settings.config.device_labels.clone().filter(|_| args.lan));
+    if !args.dry_run {
+        settings.collector()?;
     }
-    let state_dir = args.agent.state_dir.clone().unwrap_or_else(default_state_dir);
-    let state = AgentState::open(&state_dir)?;
+    let state = settings.state()?;
     let mut imported = Vec::new();
     let mut failed = 0usize;
     let mut read_ok = 0usize;
@@ -412,26 +518,279 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
         out.flush().ok();
         return Ok(ExitCode::SUCCESS);
     }
-    let url = args.collector.unwrap_or_default();
-    let mut uploader = Uploader::connect_with_ca(
-        &url,
-        args.agent.ca_file.as_deref(),
-        &state,
-        args.agent.enrollment_code.as_deref().unwrap_or_default(),
-        Duration::from_secs(args.agent.deliver_timeout.unwrap_or(30)),
-    )
-    .await?;
-    for capture in &imported {
-        for batch in &capture.batches {
-            uploader.send(batch).await?;
+    // Into the spool first: from here on nothing is lost, whatever happens
+    // to the collector or to this process.
+    let entries: Vec<(u32, Vec<u8>)> =
+        imported.iter().flat_map(|c| c.batches.iter()).map(|b| (b.records.len() as u32, b.encode_to_vec())).collect();
+    let mut spool = Spool::open(&settings.spool_dir(), settings.spool)?;
+    let dropped = spool.append(&entries)?;
+    let records: usize = imported.iter().map(ImportedCapture::record_count).sum();
+    eprintln!("queued {records} records in {} batches", entries.len());
+    if dropped > 0 {
+        eprintln!(
+            "warning: the spool is full ({} MiB): dropped the {dropped} oldest batches",
+            settings.spool.max_bytes >> 20
+        );
+    }
+    let delivered = deliver_spool(&std::sync::Mutex::new(spool), &settings, &state).await?;
+    Ok(if delivered != ExitCode::SUCCESS {
+        delivered
+    } else if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Delivers the spool until it is empty or the delivery timeout passed
+/// with the collector unreachable; says what was sent and what is left.
+/// Exit code: success unless the collector refused the agent.
+async fn deliver_spool(spool: &std::sync::Mutex<Spool>, settings: &Settings, state: &AgentState) -> Result<ExitCode> {
+    let url = settings.collector()?.to_string();
+    let mut uploader = settings.uploader(state)?;
+    let started = std::time::Instant::now();
+    let d = deliver(spool, &mut uploader, state.dir(), started + settings.deliver_timeout).await?;
+    let mut line = format!("sent to {url}: {} records in {} new batches", d.records, d.batches);
+    if d.duplicates > 0 {
+        line.push_str(&format!(", {} batches already stored", d.duplicates));
+    }
+    if d.rejected > 0 {
+        line.push_str(&format!(", {} batches refused as invalid (see `leakwatch-agent status`)", d.rejected));
+    }
+    line.push_str(&format!(", {} retries", uploader.stats.retries));
+    eprintln!("{line}");
+    let left = &d.remaining;
+    if left.entries == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "{} records in {} batches still queued in {}; `leakwatch-agent flush` or `run` delivers them",
+        left.records,
+        left.entries,
+        settings.spool_dir().display()
+    );
+    match d.stopped_by {
+        Some(Error::Collector { status, .. }) if transient(&status) => {
+            eprintln!("collector unreachable for {:.0?}: {}", settings.deliver_timeout, status.message());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn flush(args: FlushArgs) -> Result<ExitCode> {
+    let settings = args.agent.settings(args.collector)?;
+    let state = settings.state()?;
+    let spool = Spool::open(&settings.spool_dir(), settings.spool)?;
+    if spool.is_empty() {
+        eprintln!("nothing queued");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = spool.summary();
+    eprintln!("delivering {} records in {} batches", s.records, s.entries);
+    deliver_spool(&std::sync::Mutex::new(spool), &settings, &state).await
+}
+
+async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let labels = args.device.labels()?;
+    let settings = args.agent.settings(args.collector.take())?;
+    if !args.dry_run {
+        settings.collector()?;
+    }
+    let state = settings.state()?;
+    let source = match (args.interface.clone(), args.pcapdroid_udp) {
+        (Some(name), _) => LiveSource::Interface(name),
+        (None, Some(addr)) => LiveSource::PcapdroidUdp(addr),
+        (None, None) => {
+            return Err(Error::InvalidArgument {
+                field: "run".into(),
+                reason: "give --interface or --pcapdroid-udp".into(),
+            });
+        }
+    };
+    let mut capture = Capture::open(&source)?;
+    match (&source, capture.local_addr()) {
+        (_, Some(addr)) => eprintln!("listening for a PCAPdroid stream on udp://{addr}"),
+        (LiveSource::Interface(name), None) => eprintln!("capturing on {name}"),
+        _ => {}
+    }
+    let spool = match args.dry_run {
+        true => None,
+        false => Some(Arc::new(Mutex::new(Spool::open(&settings.spool_dir(), settings.spool)?))),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let queued = Arc::new(tokio::sync::Notify::new());
+    let interval = Duration::from_secs(args.report_interval);
+
+    // Capture thread: frames → flow table; every interval, finished
+    // connections → spool (or stdout in a dry run).
+    let thread = {
+        let (stop, queued, spool, state) = (stop.clone(), queued.clone(), spool.clone(), state.clone());
+        let format = args.format;
+        std::thread::spawn(move || -> Result<(u64, u64)> {
+            let mut harvester = Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS);
+            let mut stream_stats = crate::capture::CaptureStats::default();
+            let mut next = std::time::Instant::now() + interval;
+            loop {
+                let stopping = stop.load(Ordering::SeqCst);
+                capture.next_batch(&mut stream_stats, &mut |frame| harvester.add(frame))?;
+                if !stopping && std::time::Instant::now() < next {
+                    continue;
+                }
+                next = std::time::Instant::now() + interval;
+                let batches = harvester.harvest(crate::live::now_us(), stopping);
+                let records: usize = batches.iter().map(|b| b.records.len()).sum();
+                match &spool {
+                    Some(spool) if !batches.is_empty() => {
+                        let entries: Vec<(u32, Vec<u8>)> =
+                            batches.iter().map(|b| (b.records.len() as u32, b.encode_to_vec())).collect();
+                        let dropped =
+                            spool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(&entries)?;
+                        if dropped > 0 {
+                            eprintln!("warning: the spool is full: dropped the {dropped} oldest batches");
+                        }
+                        queued.notify_one();
+                    }
+                    Some(_) => {}
+                    None => {
+                        let stdout = std::io::stdout();
+                        let mut out = stdout.lock();
+                        write_dry_run(&mut out, &batches, format)
+                            .and_then(|()| out.flush())
+                            .map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
+                    }
+                }
+                let skipped = stream_stats.skipped_total() + harvester.capture.skipped_total();
+                tracing::info!(records, open = harvester.open_connections(), skipped, "Reported an interval");
+                if stopping {
+                    return Ok((harvester.capture.frames, harvester.records));
+                }
+            }
+        })
+    };
+
+    // Deliverer: the spool to the collector, continuously.
+    let deliverer = spool.clone().map(|spool| {
+        let settings_url = settings.collector.clone();
+        let uploader = settings.uploader(&state);
+        let (queued, state_dir) = (queued.clone(), state.dir().to_path_buf());
+        tokio::spawn(async move {
+            let Ok(mut uploader) = uploader else { return };
+            loop {
+                let d = match deliver(
+                    &spool,
+                    &mut uploader,
+                    &state_dir,
+                    std::time::Instant::now() + Duration::from_secs(60),
+                )
+                .await
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("error: spool: {e}");
+                        return;
+                    }
+                };
+                let wait = match &d.stopped_by {
+                    None => Duration::from_secs(30),
+                    Some(Error::Collector { status, .. }) if transient(status) => Duration::from_secs(5),
+                    Some(e) => {
+                        eprintln!(
+                            "error: {e}\ndelivery to {} paused for 5 minutes; capture goes on into the spool",
+                            settings_url.as_deref().unwrap_or_default()
+                        );
+                        Duration::from_secs(300)
+                    }
+                };
+                tokio::select! {
+                    () = queued.notified(), if d.stopped_by.is_none() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        })
+    });
+
+    wait_for_shutdown().await;
+    eprintln!("stopping: reporting open connections");
+    stop.store(true, Ordering::SeqCst);
+    if let Some(d) = &deliverer {
+        d.abort();
+    }
+    let (frames, records) = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|e| Error::State { path: "<capture>".into(), reason: e.to_string() })?
+        .map_err(|_| Error::State { path: "<capture>".into(), reason: "the capture thread panicked".into() })??;
+    eprintln!("captured {frames} frames; {records} records reported");
+    match spool {
+        Some(spool) => deliver_spool(&spool, &settings, &state).await,
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
     }
-    let s = &uploader.stats;
-    eprintln!(
-        "sent to {url}: {} records in {} new batches, {} batches already stored, {} retries",
-        s.records_accepted, s.batches_accepted, s.batches_duplicate, s.retries
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn status(args: StatusArgs) -> Result<ExitCode> {
+    let settings = args.agent.settings(None)?;
+    let spool = Spool::inspect(&settings.spool_dir())?;
+    let status = AgentStatus::load(&settings.state_dir)?;
+    if args.json {
+        let value = serde_json::json!({
+            "state_dir": settings.state_dir,
+            "queued": {"batches": spool.entries, "records": spool.records, "bytes": spool.bytes,
+                       "max_bytes": settings.spool.max_bytes},
+            "spool": spool.counters,
+            "delivery": status,
+        });
+        println!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &spool.counters;
+    println!("state directory: {}", settings.state_dir.display());
+    println!("collector: {}", status.collector.as_deref().or(settings.collector.as_deref()).unwrap_or("(none yet)"));
+    println!(
+        "queued: {} records in {} batches, {} of {} bytes",
+        spool.records, spool.entries, spool.bytes, settings.spool.max_bytes
     );
-    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    println!(
+        "sent: {} records in {} batches; {} batches were already stored; {} refused as invalid",
+        status.sent_records, status.sent_batches, status.duplicate_batches, status.rejected_batches
+    );
+    println!(
+        "dropped: {} batches ({} records) because the spool was full; {} torn entries cut off after a crash",
+        c.dropped_entries, c.dropped_records, c.torn_entries
+    );
+    println!("last attempt: {}", status.last_attempt.as_deref().unwrap_or("never"));
+    println!("last acknowledged: {}", status.last_success.as_deref().unwrap_or("never"));
+    println!("collector's last answer: {}", status.last_answer.as_deref().unwrap_or("none"));
+    println!("last error: {}", status.last_error.as_deref().unwrap_or("none"));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn flows(args: FlowsArgs) -> Result<ExitCode> {

@@ -4,7 +4,8 @@
 //! `$XDG_CONFIG_HOME/leakwatch-agent/agent.toml` (or `~/.config/...`, or
 //! `--config FILE`). Settings apply where no flag or environment variable
 //! (`LEAKWATCH_COLLECTOR`, `LEAKWATCH_AGENT_STATE_DIR`,
-//! `LEAKWATCH_ENROLLMENT_CODE`, `LEAKWATCH_AGENT_DELIVER_TIMEOUT`) gives
+//! `LEAKWATCH_ENROLLMENT_CODE`, `LEAKWATCH_AGENT_DELIVER_TIMEOUT`,
+//! `LEAKWATCH_AGENT_SPOOL_MAX_MIB`, `LEAKWATCH_AGENT_CA_FILE`) gives
 //! them: flag or environment first, then the file, then the default.
 //! Unknown keys are an error that names the key.
 
@@ -33,6 +34,11 @@ pub const SAMPLE_CONFIG: &str = r#"# leakwatch agent configuration.
 # Seconds to keep retrying delivery before giving up (default 30).
 deliver_timeout_secs = 30
 
+# Bound of the on-disk spool of batches waiting for the collector, MiB
+# (env LEAKWATCH_AGENT_SPOOL_MAX_MIB, default 64). When full, the oldest
+# batches are dropped first and counted (see `leakwatch-agent status`).
+spool_max_mib = 64
+
 # Router / LAN mode: label devices by MAC in this TOML file (see README).
 # device_labels = "/etc/leakwatch-agent/devices.toml"
 "#;
@@ -49,6 +55,8 @@ pub struct AgentConfig {
     pub enrollment_code: Option<String>,
     /// Seconds to keep retrying delivery (default 30).
     pub deliver_timeout_secs: Option<u64>,
+    /// Spool bound, MiB (default 64).
+    pub spool_max_mib: Option<u64>,
     /// LAN-mode labels file.
     pub device_labels: Option<PathBuf>,
 }
@@ -68,6 +76,12 @@ impl AgentConfig {
         if config.deliver_timeout_secs == Some(0) {
             return Err(Error::InvalidArgument {
                 field: format!("config {}: deliver_timeout_secs", path.display()),
+                reason: "0 is below the minimum of 1".into(),
+            });
+        }
+        if config.spool_max_mib == Some(0) {
+            return Err(Error::InvalidArgument {
+                field: format!("config {}: spool_max_mib", path.display()),
                 reason: "0 is below the minimum of 1".into(),
             });
         }
@@ -117,6 +131,7 @@ mod tests {
             state_dir: Some("/var/lib/leakwatch-agent".into()),
             enrollment_code: Some("abc".into()),
             deliver_timeout_secs: Some(10),
+            spool_max_mib: Some(8),
             device_labels: Some("/etc/leakwatch-agent/devices.toml".into()),
         };
         let text = toml::to_string(&full).expect("serialise");

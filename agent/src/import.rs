@@ -140,7 +140,7 @@ pub fn import_capture(
         boot_pseudonym: boot_pseudonym.clone(),
         boot_source: boot_source as i32,
     };
-    let batches = build_batches(records, &device, state, batch_records);
+    let batches = build_batches(records, &device, state, batch_records, None);
     Ok(ImportedCapture {
         path: path.to_path_buf(),
         capture: stats,
@@ -173,12 +173,14 @@ pub(crate) fn merge_lookups<'a>(lookups: impl Iterator<Item = &'a DnsLookup>) ->
 }
 
 /// Splits one boot's records (sorted by time since boot here) into
-/// batches whose ids are stable for that boot and install.
+/// batches whose ids are stable for that boot and install (and `part`, the
+/// report interval of a live capture).
 pub(crate) fn build_batches(
     mut records: Vec<FlowRecord>,
     device: &DeviceInfo,
     state: &AgentState,
     batch_records: usize,
+    part: Option<u64>,
 ) -> Vec<ReportBatch> {
     records.sort_by(|a, b| a.seconds_since_boot.total_cmp(&b.seconds_since_boot));
     let sent_at_unix_ms = chrono::Utc::now().timestamp_millis();
@@ -186,7 +188,14 @@ pub(crate) fn build_batches(
         .chunks(batch_records.max(1))
         .enumerate()
         .map(|(i, chunk)| ReportBatch {
-            batch_id: state.pseudonym("batch", format!("{}:{i}", device.boot_pseudonym).as_bytes()),
+            batch_id: state.pseudonym(
+                "batch",
+                match part {
+                    None => format!("{}:{i}", device.boot_pseudonym),
+                    Some(p) => format!("{}:{p}:{i}", device.boot_pseudonym),
+                }
+                .as_bytes(),
+            ),
             sent_at_unix_ms,
             device: Some(device.clone()),
             records: chunk.to_vec(),

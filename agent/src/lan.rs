@@ -227,7 +227,7 @@ pub fn import_lan(
             boot_pseudonym,
             boot_source,
         };
-        let batches = build_batches(records, &device, state, batch_records);
+        let batches = build_batches(records, &device, state, batch_records, None);
         out.push(LanBoot {
             device: key,
             import: ImportedCapture {

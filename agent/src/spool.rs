@@ -261,10 +261,8 @@ impl Spool {
                     .into(),
             });
         }
-        let mut head = read_head(dir)?.unwrap_or(Head {
-            position: Position { segment: 0, offset: 0 },
-            counters: SpoolCounters::default(),
-        });
+        let mut head = read_head(dir)?
+            .unwrap_or(Head { position: Position { segment: 0, offset: 0 }, counters: SpoolCounters::default() });
         let mut queue = VecDeque::new();
         let mut segments = VecDeque::new();
         for seq in list_segments(dir)? {
@@ -532,10 +530,8 @@ impl Spool {
 
     fn write_head(&self) -> Result<()> {
         let path = self.dir.join("head");
-        let bytes = serde_json::to_vec(&self.head).map_err(|e| Error::State {
-            path: path.clone(),
-            reason: format!("cannot encode the spool head: {e}"),
-        })?;
+        let bytes = serde_json::to_vec(&self.head)
+            .map_err(|e| Error::State { path: path.clone(), reason: format!("cannot encode the spool head: {e}") })?;
         crate::state::write_private(&path, &bytes)?;
         sync_dir(&self.dir)
     }

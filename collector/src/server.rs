@@ -161,7 +161,8 @@ impl Server {
             .map_err(|e| Error::Config(format!("reflection: {e}")))?;
         let ingest =
             CollectorServer::new(Ingest::new(log.clone(), metrics.clone(), config.open_enrollment, config.limits))
-                .max_decoding_message_size(config.max_message_bytes);
+                .max_decoding_message_size(config.max_message_bytes)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let admin_token = hex::encode(rand::random::<[u8; 32]>());
         let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
         AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;

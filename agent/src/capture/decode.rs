@@ -57,6 +57,9 @@ pub struct Packet<'a> {
     /// Length of the IP packet on the wire (header included), as the IP
     /// header states it.
     pub ip_len: u32,
+    /// Application that sent or received the packet, when the capture
+    /// source says (PCAPdroid's trailer); set by the caller.
+    pub app: Option<&'a str>,
 }
 
 // Link types, from the tcpdump.org list.
@@ -154,6 +157,7 @@ pub fn decode<'a>(frame: Frame<'a>, last_ts_us: i64, stats: &mut CaptureStats) -
         seq,
         payload,
         ip_len,
+        app: None,
     };
     match sliced.transport {
         Some(TransportSlice::Tcp(tcp)) => Some(packet(

@@ -74,6 +74,8 @@ pub struct FlowSummary {
     pub alpn: Vec<String>,
     /// DNS over TLS (port 853) or a known DNS-over-HTTPS endpoint.
     pub encrypted_dns: bool,
+    /// Application that opened the flow, when the capture source says.
+    pub app: Option<String>,
 }
 
 /// The LAN side of a connection or lookup: who sent it.
@@ -110,6 +112,8 @@ pub struct DnsLookup {
     pub last_us: i64,
     /// How many queries (all types, retries included).
     pub queries: u64,
+    /// Application that asked first, when the capture source says.
+    pub app: Option<String>,
 }
 
 /// One connection as the local `flows` view shows it.
@@ -210,6 +214,7 @@ struct Conn {
     dns_name: Option<String>,
     hello: HelloState,
     http_host: Option<String>,
+    app: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -236,6 +241,9 @@ pub struct FlowTable {
     /// DNS responses that did not parse.
     pub dns_errors: u64,
 }
+
+/// A destination within a group, per application.
+type DestKey<K> = (K, IpAddr, u16, Transport, Option<Box<str>>);
 
 /// Most connections tracked per capture; more are counted in
 /// [`FlowTable::untracked_connections`] and left out.
@@ -326,11 +334,17 @@ impl FlowTable {
                 dns_name,
                 hello: HelloState::Collecting { base: None, segments: BTreeMap::new(), bytes: 0 },
                 http_host: None,
+                app: None,
             });
         }
         let Some(&i) = self.conns.get(&key) else { return };
         let conn = &mut self.all[i];
         conn.rst |= p.rst;
+        if conn.app.is_none()
+            && let Some(app) = p.app
+        {
+            conn.app = Some(app.into());
+        }
         conn.first_us = conn.first_us.min(p.ts_us);
         conn.last_us = conn.last_us.max(p.ts_us);
         let len = p.payload.len() as u64;
@@ -375,6 +389,7 @@ impl FlowTable {
                     first_us: p.ts_us,
                     last_us: p.ts_us,
                     queries: 1,
+                    app: p.app.map(str::to_string),
                 });
             }
         }
@@ -442,6 +457,57 @@ impl FlowTable {
         Naming { domain, name_source, sni, alpn }
     }
 
+    /// Moves finished connections into a new table, with every DNS lookup
+    /// and DHCP handshake so far: connections closed (both FINs or a RST)
+    /// more than 5 s before `now_us`, or idle past the timeout; every
+    /// connection when `everything`. The new table names them with this
+    /// table's DNS answers. Live capture reports what this returns, so its
+    /// memory holds only the connections still open.
+    pub fn drain_finished(&mut self, now_us: i64, everything: bool) -> FlowTable {
+        const LINGER_US: i64 = 5_000_000;
+        /// DNS answers kept for naming later flows; past this, start over.
+        const MAX_DNS_ANSWERS: usize = 200_000;
+        let mut done = FlowTable::new();
+        let old = std::mem::take(&mut self.all);
+        let mut remap = vec![usize::MAX; old.len()];
+        for (i, c) in old.into_iter().enumerate() {
+            let idle = now_us - c.last_us;
+            let finished = everything
+                || idle > idle_timeout_us(c.transport)
+                || ((c.rst || (c.fin_out && c.fin_in)) && idle > LINGER_US);
+            if finished {
+                if let Some(name) = self.dns.get(&c.responder.ip) {
+                    done.dns.insert(c.responder.ip, name.clone());
+                }
+                done.all.push(c);
+            } else {
+                remap[i] = self.all.len();
+                self.all.push(c);
+            }
+        }
+        self.conns.retain(|_, i| match remap[*i] {
+            usize::MAX => false,
+            n => {
+                *i = n;
+                true
+            }
+        });
+        done.lookups = std::mem::take(&mut self.lookups);
+        self.lookup_index.clear();
+        done.dhcp = std::mem::take(&mut self.dhcp);
+        done.untracked_connections = std::mem::take(&mut self.untracked_connections);
+        done.dns_errors = std::mem::take(&mut self.dns_errors);
+        if self.dns.len() > MAX_DNS_ANSWERS {
+            self.dns.clear();
+        }
+        done
+    }
+
+    /// Connections currently held.
+    pub fn connection_count(&self) -> usize {
+        self.all.len()
+    }
+
     /// Every connection (5-tuple), in order of first packet: the
     /// volunteer's local view, with source fields; never sent.
     pub fn connections(&self) -> Vec<Connection> {
@@ -490,14 +556,14 @@ impl FlowTable {
         &self,
         group: impl Fn(Origin, i64) -> Option<K>,
     ) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
-        let mut by_dest: HashMap<(K, IpAddr, u16, Transport), usize> = HashMap::new();
+        let mut by_dest: HashMap<DestKey<K>, usize> = HashMap::new();
         let mut groups: std::collections::BTreeMap<K, Vec<FlowSummary>> = std::collections::BTreeMap::new();
         for conn in &self.all {
             let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
             let Some(g) = group(origin, conn.first_us) else { continue };
             let Naming { domain, name_source, sni, alpn } = self.naming(conn);
             let encrypted = is_encrypted_dns(conn.responder.port, domain.as_deref());
-            let dest = (g.clone(), conn.responder.ip, conn.responder.port, conn.transport);
+            let dest = (g.clone(), conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
             let out = groups.entry(g).or_default();
             match by_dest.get(&dest) {
                 Some(&i) => {
@@ -535,6 +601,7 @@ impl FlowTable {
                         encrypted_dns: encrypted,
                         sni,
                         alpn,
+                        app: conn.app.as_deref().map(str::to_string),
                     });
                 }
             }
@@ -716,6 +783,7 @@ mod tests {
             seq: 0,
             payload: &[],
             ip_len: 40,
+            app: None,
         }
     }
 

@@ -1,13 +1,14 @@
 //! Uploader: batches in, acknowledgements from the collector out.
 //!
 //! Enrolls on first contact (credentials are kept in the state directory),
-//! sends each batch with the agent's bearer token and retries transient
-//! failures (`Unavailable`, `ResourceExhausted`, `Aborted`,
-//! `DeadlineExceeded`, connection errors) with exponential backoff and
-//! jitter (or the collector's `retry-after-ms` hint) until the delivery
-//! deadline. Batch ids are stable, so a retry of a
-//! batch the collector already stored is answered `duplicate`, never stored
-//! twice.
+//! sends each batch gzip-compressed with the agent's bearer token and
+//! retries transient failures (`Unavailable`, `ResourceExhausted`,
+//! `Aborted`, `DeadlineExceeded`, connection errors) with exponential
+//! backoff and jitter (or the collector's `retry-after-ms` hint) until the
+//! delivery deadline. Batch ids are stable, so a retry of a batch the
+//! collector already stored is answered `duplicate`, never stored twice.
+//! A refused token (revoked by the operator) is not replaced behind the
+//! operator's back: the error says to enroll again.
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,9 @@ pub struct Uploader {
     pub stats: DeliveryStats,
 }
 
-fn transient(status: &Status) -> bool {
+/// True for failures worth retrying: the collector is away, busy or
+/// restarting.
+pub fn transient(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded | Code::Unknown
@@ -53,7 +56,7 @@ fn transient(status: &Status) -> bool {
 }
 
 fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    let base = 100u64.saturating_mul(1 << attempt.min(9)).min(30_000);
     let jitter = rand::random::<u64>() % (base / 2 + 1);
     Duration::from_millis(base / 2 + jitter)
 }
@@ -72,6 +75,20 @@ impl Uploader {
     /// As [`Self::connect`]; an `https://` URL is verified against the
     /// PEM certificates in `ca_file`, or the system's roots without one.
     pub async fn connect_with_ca(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        state: &AgentState,
+        enrollment_code: &str,
+        deliver_timeout: Duration,
+    ) -> Result<Self> {
+        let mut uploader = Self::open(url, ca_file, state, enrollment_code, deliver_timeout)?;
+        uploader.ensure_enrolled().await?;
+        Ok(uploader)
+    }
+
+    /// As [`Self::connect_with_ca`] without contacting the collector: the
+    /// connection is made, and the agent enrolled, on the first send.
+    pub fn open(
         url: &str,
         ca_file: Option<&std::path::Path>,
         state: &AgentState,
@@ -105,7 +122,8 @@ impl Uploader {
         }
         let client = CollectorClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(4 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024);
+            .max_encoding_message_size(64 * 1024 * 1024)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip);
         let mut uploader = Self {
             url: url.to_string(),
             client,
@@ -115,13 +133,21 @@ impl Uploader {
             deliver_timeout,
             stats: DeliveryStats::default(),
         };
-        match state.credentials(url)? {
-            Some(creds) => uploader.creds = creds,
-            None => {
-                uploader.enroll().await?;
-            }
+        if let Some(creds) = state.credentials(url)? {
+            uploader.creds = creds;
         }
         Ok(uploader)
+    }
+
+    /// Enrolls unless this agent already holds credentials for the
+    /// collector.
+    pub async fn ensure_enrolled(&mut self) -> Result<()> {
+        if self.creds.agent_id.is_empty() { self.enroll().await } else { Ok(()) }
+    }
+
+    /// The collector URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The agent id this uploader reports as.
@@ -146,7 +172,7 @@ impl Uploader {
                 }
                 Err(status) if transient(&status) && Instant::now() < deadline => {
                     self.stats.retries += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(backoff(attempt).min(deadline.saturating_duration_since(Instant::now()))).await;
                     attempt += 1;
                 }
                 Err(status) => return Err(Error::Collector { url: self.url.clone(), status }),
@@ -154,11 +180,16 @@ impl Uploader {
         }
     }
 
-    /// Sends one batch, retrying transient failures until the deadline.
+    /// Sends one batch, retrying transient failures for the delivery
+    /// timeout.
     pub async fn send(&mut self, batch: &ReportBatch) -> Result<ReportAck> {
-        let deadline = Instant::now() + self.deliver_timeout;
+        self.send_until(batch, Instant::now() + self.deliver_timeout).await
+    }
+
+    /// Sends one batch, retrying transient failures until `deadline`.
+    pub async fn send_until(&mut self, batch: &ReportBatch, deadline: Instant) -> Result<ReportAck> {
+        self.ensure_enrolled().await?;
         let mut attempt = 0;
-        let mut reenrolled = false;
         loop {
             let mut req = Request::new(batch.clone());
             let bearer = format!("Bearer {}", self.creds.agent_token);
@@ -185,9 +216,15 @@ impl Uploader {
                     }
                     return Ok(ack);
                 }
-                Err(status) if status.code() == Code::Unauthenticated && !reenrolled => {
-                    reenrolled = true;
-                    self.enroll().await?;
+                Err(status) if status.code() == Code::Unauthenticated => {
+                    return Err(Error::Collector {
+                        url: self.url.clone(),
+                        status: Status::unauthenticated(format!(
+                            "{}; this agent's token was refused (revoked by the operator?): \
+                             get a new code and run `leakwatch-agent enroll`; queued records are kept",
+                            status.message()
+                        )),
+                    });
                 }
                 Err(status) if transient(&status) && Instant::now() < deadline => {
                     tracing::debug!(batch_id = %batch.batch_id, code = ?status.code(), "Retrying batch");
@@ -199,7 +236,8 @@ impl Uploader {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok())
                         .map(|ms| Duration::from_millis(ms.min(30_000)));
-                    tokio::time::sleep(hint.unwrap_or_else(|| backoff(attempt))).await;
+                    let delay = hint.unwrap_or_else(|| backoff(attempt));
+                    tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
                     attempt += 1;
                 }
                 Err(status) => return Err(Error::Collector { url: self.url.clone(), status }),

@@ -4,6 +4,7 @@ mod baselines;
 mod captures;
 mod dry_run;
 mod lan;
+mod live;
 mod privacy;
 
 use std::path::PathBuf;

@@ -1,0 +1,247 @@
+//! `run`: live capture from a phone's PCAPdroid stream and from an
+//! interface.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::simulated_fleet;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_leakwatch-agent");
+
+/// Kills the child if the test fails early.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The records of a classic little-endian microsecond pcap file: (seconds,
+/// microseconds, frame).
+fn pcap_records(bytes: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
+    assert_eq!(&bytes[..4], &0xa1b2_c3d4u32.to_le_bytes(), "simulated captures are LE microsecond pcap");
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let len = word(at + 8) as usize;
+        out.push((word(at), word(at + 4), bytes[at + 16..at + 16 + len].to_vec()));
+        at += 16 + len;
+    }
+    out
+}
+
+/// PCAPdroid's trailer for `app` (uid 10123).
+fn trailer(app: &str) -> Vec<u8> {
+    let mut t = 0x0107_2021u32.to_be_bytes().to_vec();
+    t.extend_from_slice(&10123i32.to_be_bytes());
+    let mut name = app.as_bytes().to_vec();
+    name.resize(20, 0);
+    t.extend_from_slice(&name);
+    t.extend_from_slice(&[0; 4]);
+    t
+}
+
+/// Sums bytes out per (domain, address, port, transport).
+fn per_destination(lines: &[Value]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for l in lines {
+        let key = format!("{} {} {} {}", l["domain"], l["dst_ip"], l["dst_port"], l["transport"]);
+        *out.entry(key).or_default() += l["bytes_out"].as_u64().unwrap_or(0);
+    }
+    out
+}
+
+fn jsonl(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for a stderr line containing `marker`; returns it. The rest of
+/// stderr is collected by a thread and returned by the handle.
+fn wait_for_line(child: &mut Child, marker: &str) -> (String, std::thread::JoinHandle<String>) {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_string();
+    let handle = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && line.contains(&marker) {
+                let _ = tx.send(line.clone());
+                sent = true;
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).expect("the agent announced its source");
+    (line, handle)
+}
+
+#[test]
+fn phone_stream_gives_the_same_records_as_the_capture_file_with_the_app() {
+    let (dir, manifest) = simulated_fleet(1);
+    let entry = &manifest.captures[0];
+    let file = dir.path().join(&entry.file);
+    let state = tempfile::tempdir().expect("state");
+
+    let import = Command::new(AGENT)
+        .args(["import", "--dry-run", "--format", "jsonl", "--state-dir"])
+        .arg(state.path())
+        .arg(&file)
+        .output()
+        .expect("import");
+    assert!(import.status.success());
+    let expected = per_destination(&jsonl(&import.stdout));
+
+    let mut child = Running(
+        Command::new(AGENT)
+            .args(["run", "--pcapdroid-udp", "127.0.0.1:0", "--dry-run", "--report-interval", "3600", "--state-dir"])
+            .arg(state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run"),
+    );
+    let (line, stderr) = wait_for_line(&mut child.0, "udp://");
+    let addr = line.rsplit("udp://").next().expect("address").trim().to_string();
+
+    // The stream as PCAPdroid sends it with its trailer on: the pcap
+    // header (Ethernet), then records, several per datagram.
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut header = 0xa1b2_c3d4u32.to_le_bytes().to_vec();
+    header.extend_from_slice(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0]);
+    header.extend_from_slice(&1u32.to_le_bytes());
+    socket.send_to(&header, &addr).expect("send header");
+    let records = pcap_records(&std::fs::read(&file).expect("read capture"));
+    let mut datagram = Vec::new();
+    for (i, (secs, micros, frame)) in records.iter().enumerate() {
+        let mut frame = frame.clone();
+        frame.extend(trailer("com.example.phone"));
+        for word in [*secs, *micros, frame.len() as u32, frame.len() as u32] {
+            datagram.extend_from_slice(&word.to_le_bytes());
+        }
+        datagram.extend_from_slice(&frame);
+        if datagram.len() > 4000 || i + 1 == records.len() {
+            socket.send_to(&datagram, &addr).expect("send");
+            datagram.clear();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    terminate(&child.0);
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut child.0.stdout.take().expect("stdout"), &mut stdout).expect("read stdout");
+    let exit = child.0.wait().expect("wait");
+    let stderr = stderr.join().expect("stderr thread");
+    assert!(exit.success(), "{stderr}");
+    assert!(stderr.contains(&format!("captured {} frames", records.len())), "{stderr}");
+
+    let lines = jsonl(&stdout);
+    assert!(!lines.is_empty(), "{stderr}");
+    for l in &lines {
+        assert_eq!(l["app"], "com.example.phone", "{l}");
+    }
+    assert_eq!(per_destination(&lines), expected, "same destinations and bytes as importing the file");
+}
+
+/// Copies the agent binary where an unprivileged user can run it.
+fn world_executable_agent() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = dir.path().join("leakwatch-agent");
+    std::fs::copy(AGENT, &bin).expect("copy agent");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    (dir, bin)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+#[test]
+fn interface_capture_needs_cap_net_raw_and_says_so() {
+    let (dir, bin) = world_executable_agent();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).expect("home");
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod home");
+    let mut cmd = if is_root() {
+        // Drop every capability by becoming nobody.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let out = cmd
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_STATE_HOME")
+        .args(["run", "--interface", "lo", "--dry-run", "--state-dir"])
+        .arg(home.join("state"))
+        .output()
+        .expect("run agent unprivileged");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("CAP_NET_RAW") && stderr.contains("lo"), "{stderr}");
+
+    let out = Command::new(AGENT)
+        .args(["run", "--interface", "no-such-if0", "--dry-run", "--state-dir"])
+        .arg(dir.path().join("state2"))
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no interface \"no-such-if0\""), "{stderr}");
+}
+
+#[test]
+fn interface_capture_sees_traffic_when_permitted() {
+    if !is_root() {
+        eprintln!("not root: interface capture is covered by the CAP_NET_RAW error test only");
+        return;
+    }
+    let state = tempfile::tempdir().expect("state");
+    let mut child = Running(
+        Command::new(AGENT)
+            .args(["run", "--interface", "lo", "--dry-run", "--report-interval", "1", "--state-dir"])
+            .arg(state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run"),
+    );
+    let (_, stderr) = wait_for_line(&mut child.0, "capturing on lo");
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let target = UdpSocket::bind("127.0.0.1:0").expect("target");
+    for _ in 0..20 {
+        socket.send_to(b"leakwatch", target.local_addr().expect("addr")).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    terminate(&child.0);
+    let exit = child.0.wait().expect("wait");
+    let stderr = stderr.join().expect("stderr");
+    assert!(exit.success(), "{stderr}");
+    let frames: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("captured ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no capture summary: {stderr}"));
+    assert!(frames >= 20, "saw our 20 datagrams: {stderr}");
+}
