@@ -52,6 +52,9 @@ pub enum Command {
     /// Capture live (a network interface, or a phone's PCAPdroid stream)
     /// and report continuously until stopped (Ctrl-C, SIGTERM).
     Run(Box<RunArgs>),
+    /// Write a hardened systemd unit that runs `run` at boot; prints the
+    /// commands to start it.
+    InstallService(InstallServiceArgs),
     /// Deliver what is queued in the spool; exits when it is empty (or the
     /// delivery timeout passed with the collector unreachable).
     Flush(FlushArgs),
@@ -89,6 +92,30 @@ pub struct RunArgs {
     #[command(flatten)]
     /// State and delivery.
     pub agent: AgentArgs,
+}
+
+/// Flags of `install-service`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["interface", "pcapdroid_udp"])))]
+pub struct InstallServiceArgs {
+    /// Interface the service captures on, e.g. eth0.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Or: the address receiving a phone's PCAPdroid stream, e.g. 0.0.0.0:5123.
+    #[arg(long)]
+    pub pcapdroid_udp: Option<std::net::SocketAddr>,
+    /// Unit name.
+    #[arg(long, default_value = "leakwatch-agent")]
+    pub name: String,
+    /// Where to write the unit.
+    #[arg(long, default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// The agent binary the unit runs (default: this one).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// Overwrite an existing unit.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Flags of `flush`.
@@ -397,6 +424,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate(args) => simulate(args),
         Command::Flush(args) => flush(args).await,
         Command::Run(args) => run_live(*args).await,
+        Command::InstallService(args) => install_service(args),
         Command::Status(args) => status(args),
     }
 }
@@ -732,6 +760,37 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
         Some(spool) => deliver_spool(&spool, &settings, &state).await,
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+fn install_service(args: InstallServiceArgs) -> Result<ExitCode> {
+    let source = match (args.interface, args.pcapdroid_udp) {
+        (Some(name), _) => LiveSource::Interface(name),
+        (None, Some(addr)) => LiveSource::PcapdroidUdp(addr),
+        (None, None) => {
+            return Err(Error::InvalidArgument {
+                field: "install-service".into(),
+                reason: "give --interface or --pcapdroid-udp".into(),
+            });
+        }
+    };
+    let binary = match args.binary {
+        Some(b) => b,
+        None => std::env::current_exe().map_err(|source| Error::Io { path: "<current executable>".into(), source })?,
+    };
+    let spec = crate::service::ServiceSpec { name: args.name.clone(), binary, source };
+    let path = crate::service::install(&spec, &args.unit_dir, args.force)?;
+    let name = &args.name;
+    println!("wrote {}", path.display());
+    println!("Configure the collector (and enrollment code) in /etc/leakwatch-agent/agent.toml:");
+    println!("  sudo mkdir -p /etc/leakwatch-agent");
+    println!("  sudo leakwatch-agent init --config /etc/leakwatch-agent/agent.toml");
+    println!("Then start it:");
+    println!("  sudo systemctl daemon-reload");
+    println!("  sudo systemctl enable --now {name}.service");
+    println!("Watch it:");
+    println!("  journalctl -u {name} -f");
+    println!("  sudo leakwatch-agent status --state-dir /var/lib/leakwatch-agent");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for Ctrl-C or SIGTERM.

@@ -28,6 +28,7 @@ pub mod import;
 pub mod lan;
 pub mod live;
 pub mod parsers;
+pub mod service;
 pub mod simulate;
 pub mod spool;
 pub mod state;
