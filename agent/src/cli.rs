@@ -52,6 +52,9 @@ pub enum Command {
     /// Capture live (a network interface, or a phone's PCAPdroid stream)
     /// and report continuously until stopped (Ctrl-C, SIGTERM).
     Run(Box<RunArgs>),
+    /// Send a capture file as a PCAPdroid UDP stream (to try `run
+    /// --pcapdroid-udp` without a phone).
+    Replay(ReplayArgs),
     /// Write a hardened systemd unit that runs `run` at boot; prints the
     /// commands to start it.
     InstallService(InstallServiceArgs),
@@ -92,6 +95,29 @@ pub struct RunArgs {
     #[command(flatten)]
     /// State and delivery.
     pub agent: AgentArgs,
+}
+
+/// Flags of `replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The capture file.
+    pub file: PathBuf,
+    /// Where `run --pcapdroid-udp` listens, e.g. 127.0.0.1:5123.
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
+    /// Playback speed (1 = the capture's own pacing; 0 = as fast as possible).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// App name for PCAPdroid's trailer on every frame (Ethernet captures).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Times to replay the file (0: until stopped).
+    #[arg(long, default_value_t = 1)]
+    pub times: u64,
+    /// Pace the replay to about this many new connections a minute
+    /// (overrides --speed; the file is read once first to count them).
+    #[arg(long, conflicts_with = "speed")]
+    pub flows_per_minute: Option<f64>,
 }
 
 /// Flags of `install-service`.
@@ -425,6 +451,39 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Flush(args) => flush(args).await,
         Command::Run(args) => run_live(*args).await,
         Command::InstallService(args) => install_service(args),
+        Command::Replay(mut args) => {
+            if let Some(rate) = args.flows_per_minute {
+                let capture = read_capture(&args.file)?;
+                let conns = capture.table.connections();
+                let span_us = conns.iter().map(|c| c.last_us).max().unwrap_or(0)
+                    - conns.iter().map(|c| c.first_us).min().unwrap_or(0);
+                if conns.is_empty() || span_us <= 0 || rate.is_nan() || rate <= 0.0 {
+                    return Err(Error::InvalidArgument {
+                        field: "--flows-per-minute".into(),
+                        reason: format!("{rate}: needs a rate > 0 and a capture with connections over time"),
+                    });
+                }
+                args.speed = rate * (span_us as f64 / 60e6) / conns.len() as f64;
+                eprintln!(
+                    "{} connections over {:.0} s: replaying at {:.3}x for about {rate} a minute",
+                    conns.len(),
+                    span_us as f64 / 1e6,
+                    args.speed
+                );
+            }
+            if args.speed.is_nan() || args.speed < 0.0 || args.speed.is_infinite() {
+                return Err(Error::InvalidArgument {
+                    field: "--speed".into(),
+                    reason: format!("{} is not a finite number >= 0", args.speed),
+                });
+            }
+            let options = crate::live::ReplayOptions { to: args.to, speed: args.speed, app: args.app, times: args.times };
+            let sent = tokio::task::spawn_blocking(move || crate::live::replay(&args.file, &options))
+                .await
+                .map_err(|e| Error::State { path: "<replay>".into(), reason: e.to_string() })??;
+            eprintln!("sent {sent} frames");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status(args) => status(args),
     }
 }

@@ -66,9 +66,54 @@ pub fn format_mac(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// The vendor an IEEE OUI registration names for `mac`, if any.
+/// The IEEE registries (MA-L, MA-M, MA-S, CID, IAB) as sorted
+/// "PREFIX<TAB>Organization" lines, gzip-compressed; rebuilt by
+/// `scripts/update-oui.sh`. Unpacked on first use (about 2 MB).
+static OUI_TABLE: &[u8] = include_bytes!("../data/oui.tsv.gz");
+
+#[derive(Debug)]
+struct OuiTable {
+    text: String,
+    /// (start of line, end of its prefix) per line, in prefix order.
+    lines: Vec<(u32, u32)>,
+}
+
+fn oui_table() -> &'static OuiTable {
+    static TABLE: std::sync::OnceLock<OuiTable> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut text = String::new();
+        // The table is part of the binary; a failure here is a build defect,
+        // and the lookup then finds nothing rather than crashing.
+        if std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(OUI_TABLE), &mut text).is_err() {
+            text.clear();
+        }
+        let mut lines = Vec::new();
+        let mut at = 0usize;
+        for line in text.split_inclusive('\n') {
+            if let Some(tab) = line.find('\t') {
+                lines.push((at as u32, (at + tab) as u32));
+            }
+            at += line.len();
+        }
+        OuiTable { text, lines }
+    })
+}
+
+/// The vendor an IEEE registration names for `mac`, if any (the longest
+/// matching assignment: 36-, 28- or 24-bit).
 pub fn oui_vendor(mac: [u8; 6]) -> Option<&'static str> {
-    oui_data::lookup(&format_mac(mac)).map(|o| o.organization())
+    let hex: String = mac.iter().map(|b| format!("{b:02X}")).collect();
+    let table = oui_table();
+    let prefix_of = |&(start, tab): &(u32, u32)| &table.text[start as usize..tab as usize];
+    for len in [9, 7, 6] {
+        let want = &hex[..len];
+        if let Ok(i) = table.lines.binary_search_by(|l| prefix_of(l).cmp(want)) {
+            let (_, tab) = table.lines[i];
+            let rest = &table.text[tab as usize + 1..];
+            return Some(rest.split('\n').next().unwrap_or_default());
+        }
+    }
+    None
 }
 
 impl LanLabels {
@@ -272,5 +317,8 @@ consent = { cloud_account = "off" }
     fn oui_lookup_names_vendors() {
         let vendor = oui_vendor([0x64, 0x09, 0x80, 1, 2, 3]).expect("registered OUI");
         assert!(vendor.to_lowercase().contains("xiaomi"), "{vendor}");
+        // A 36-bit (MA-S) assignment inside a shared 24-bit block wins.
+        assert_eq!(oui_vendor([0x8c, 0x1f, 0x64, 0xaf, 0xa1, 0x23]), Some("DATA ELECTRONIC DEVICES, INC"));
+        assert_eq!(oui_vendor([0x02, 0xff, 0xff, 0, 0, 0]), None, "locally administered: no vendor");
     }
 }

@@ -266,6 +266,86 @@ pub fn pcapdroid_app(frame: &[u8]) -> Option<String> {
     }
 }
 
+/// Options of [`replay`].
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Where the stream goes.
+    pub to: SocketAddr,
+    /// Playback speed: 1.0 keeps the capture's pacing, 10.0 is ten times
+    /// faster; 0 sends as fast as possible.
+    pub speed: f64,
+    /// Name an app in PCAPdroid's trailer on every frame (Ethernet
+    /// captures only).
+    pub app: Option<String>,
+    /// Replay this many times (0: until killed).
+    pub times: u64,
+}
+
+/// Sends a capture file as a PCAPdroid UDP stream (pcap header, then one
+/// record per datagram, timestamps rewritten to now): for trying `run`
+/// without a phone, and for benchmarks. Returns the frames sent.
+pub fn replay(path: &std::path::Path, options: &ReplayOptions) -> Result<u64> {
+    let socket = UdpSocket::bind(if options.to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+        .map_err(|source| Error::Io { path: "<udp>".into(), source })?;
+    let send_err = |source| Error::Io { path: options.to.to_string().into(), source };
+    let mut sent = 0u64;
+    let mut round = 0u64;
+    let mut header_linktype = None;
+    while options.times == 0 || round < options.times {
+        round += 1;
+        let started = std::time::Instant::now();
+        let mut first_ts: Option<i64> = None;
+        let mut failure = None;
+        capture::read_capture_file(path, |frame, _| {
+            if failure.is_some() {
+                return;
+            }
+            if header_linktype != Some(frame.linktype) {
+                header_linktype = Some(frame.linktype);
+                let mut header = 0xa1b2_c3d4u32.to_le_bytes().to_vec();
+                header.extend_from_slice(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0]);
+                header.extend_from_slice(&(frame.linktype as u32).to_le_bytes());
+                if let Err(e) = socket.send_to(&header, options.to) {
+                    failure = Some(e);
+                    return;
+                }
+            }
+            if let (Some(ts), true) = (frame.ts_us, options.speed > 0.0) {
+                let first = *first_ts.get_or_insert(ts);
+                let due = Duration::from_secs_f64(((ts - first).max(0) as f64 / 1e6) / options.speed);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let now = now_us();
+            let mut data = frame.data.to_vec();
+            if let Some(app) = &options.app
+                && frame.linktype == LINKTYPE_ETHERNET
+            {
+                data.extend_from_slice(&PCAPDROID_TRAILER_MAGIC.to_be_bytes());
+                data.extend_from_slice(&(-1i32).to_be_bytes());
+                let mut name = app.as_bytes()[..app.len().min(20)].to_vec();
+                name.resize(20, 0);
+                data.extend_from_slice(&name);
+                data.extend_from_slice(&[0; 4]);
+            }
+            let mut datagram = Vec::with_capacity(16 + data.len());
+            for word in [(now / 1_000_000) as u32, (now % 1_000_000) as u32, data.len() as u32, data.len() as u32] {
+                datagram.extend_from_slice(&word.to_le_bytes());
+            }
+            datagram.extend_from_slice(&data);
+            match socket.send_to(&datagram, options.to) {
+                Ok(_) => sent += 1,
+                Err(e) => failure = Some(e),
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(send_err(e));
+        }
+    }
+    Ok(sent)
+}
+
 /// Turns one boot's live traffic into batches, interval by interval.
 #[derive(Debug)]
 pub struct Harvester {

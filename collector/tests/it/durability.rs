@@ -38,10 +38,16 @@ impl std::ops::DerefMut for Serving {
 
 /// Starts `leakwatch serve` and returns it with its gRPC URL.
 fn spawn_serve(data_dir: &Path, flush_secs: u64) -> (Serving, String) {
+    spawn_serve_on(data_dir, flush_secs, "127.0.0.1:0", &[])
+}
+
+/// As [`spawn_serve`], listening on `grpc` with `extra` flags.
+fn spawn_serve_on(data_dir: &Path, flush_secs: u64, grpc: &str, extra: &[&str]) -> (Serving, String) {
     let mut child = leakwatch()
-        .args(["serve", "--open-enrollment", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["serve", "--open-enrollment", "--grpc-listen", grpc, "--http-listen", "127.0.0.1:0"])
         .args(["--flush-interval-secs", &flush_secs.to_string(), "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -153,4 +159,135 @@ async fn sigterm_drains_flushes_and_exits_cleanly() {
     assert_eq!(parquet_rows, records as i64, "all acknowledged rows are in Parquet");
     let out = sql_csv(&data, "SELECT count(*) AS n FROM flows");
     assert_eq!(out.lines().nth(1), Some(records.to_string().as_str()), "{out}");
+}
+
+/// The agent binary (built on demand when only this crate's tests were
+/// built).
+fn agent_binary() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_leakwatch")).parent().expect("target dir").to_path_buf();
+    let bin = dir.join("leakwatch-agent");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "leakwatch-agent", "--bin", "leakwatch-agent"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building leakwatch-agent");
+    }
+    bin
+}
+
+fn sent_batches(state: &Path) -> u64 {
+    std::fs::read(state.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["sent_batches"].as_u64())
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One line per record: what identifies it and its counts.
+fn record_line(batch: &str, dst_ip: &str, port: &str, domain: &str, counts: [&str; 4]) -> String {
+    format!("{batch},{dst_ip},{port},{domain},{}", counts.join(","))
+}
+
+/// The agent's spool against a collector that is down, then SIGKILLed
+/// mid-upload and restarted, while the agent is itself SIGKILLed and
+/// restarted: in the end the store holds every record exactly once.
+#[test]
+fn agent_spool_survives_collector_and_agent_crashes_exactly_once() {
+    let agent = agent_binary();
+    let (caps, manifest) = simulated(16);
+    let files: Vec<_> = manifest.captures.iter().map(|c| caps.path().join(&c.file)).collect();
+    let work = tempfile::tempdir().expect("tempdir");
+    let (state, data) = (work.path().join("agent"), work.path().join("data"));
+
+    // What must arrive: the dry run of the same captures with the same
+    // install secret (so the same batch ids).
+    let dry = std::process::Command::new(&agent)
+        .args(["import", "--dry-run", "--format", "jsonl", "--state-dir"])
+        .arg(&state)
+        .args(&files)
+        .output()
+        .expect("dry run");
+    assert!(dry.status.success());
+    let mut expected: Vec<String> = String::from_utf8_lossy(&dry.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            let n = |k: &str| v[k].as_u64().unwrap_or(0).to_string();
+            let counts = [n("bytes_out"), n("bytes_in"), n("packets_out"), n("packets_in")];
+            record_line(
+                v["batch_id"].as_str().unwrap_or_default(),
+                v["dst_ip"].as_str().unwrap_or_default(),
+                &n("dst_port"),
+                v["domain"].as_str().unwrap_or_default(),
+                [&counts[0], &counts[1], &counts[2], &counts[3]],
+            )
+        })
+        .collect();
+    expected.sort();
+    let batches: std::collections::BTreeSet<&str> = expected.iter().map(|l| l.split(',').next().unwrap_or("")).collect();
+    assert!(batches.len() >= 12, "enough batches to crash in the middle: {}", batches.len());
+
+    // 1. The collector is down: import queues everything and exits 0.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let url = format!("http://127.0.0.1:{port}");
+    let agent_cmd = |sub: &str| {
+        let mut c = std::process::Command::new(&agent);
+        c.arg(sub).args(["--collector", &url, "--deliver-timeout"]);
+        c.arg(if sub == "import" { "2" } else { "300" }).arg("--state-dir").arg(&state);
+        c.env_remove("LEAKWATCH_AGENT_CONFIG").env("HOME", work.path());
+        c
+    };
+    let out = agent_cmd("import").args(&files).output().expect("import");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("in {} batches still queued", batches.len())), "{stderr}");
+
+    // 2. The collector comes up, rate-limited so the upload takes a while;
+    //    it is SIGKILLed after a few acks and restarted on the same port.
+    let grpc = format!("127.0.0.1:{port}");
+    let slow = ["--agent-rate-limit", "3"];
+    let (mut serve, _) = spawn_serve_on(&data, 1, &grpc, &slow);
+    let mut flush = Serving(agent_cmd("flush").stderr(Stdio::null()).spawn().expect("flush"));
+    wait_until("three acks", Duration::from_secs(60), || sent_batches(&state) >= 3);
+    serve.kill().expect("SIGKILL collector");
+    serve.wait().expect("reap");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_serve, _) = spawn_serve_on(&data, 1, &grpc, &slow);
+
+    // 3. The agent is SIGKILLed mid-upload and started again.
+    let before = sent_batches(&state);
+    wait_until("more acks", Duration::from_secs(60), || sent_batches(&state) >= before + 3);
+    flush.kill().expect("SIGKILL agent");
+    flush.wait().expect("reap");
+    let out = agent_cmd("flush").output().expect("flush again");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let status = std::process::Command::new(&agent)
+        .args(["status", "--state-dir"])
+        .arg(&state)
+        .env("HOME", work.path())
+        .output()
+        .expect("status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("queued: 0 records in 0 batches"), "{status}");
+
+    // 4. Every record exactly once, with its content.
+    let csv = sql_csv(
+        &data,
+        "SELECT batch_id, dst_ip, dst_port, coalesce(domain, '') AS domain, bytes_out, bytes_in, packets_out, packets_in \
+         FROM flows",
+    );
+    let mut stored: Vec<String> = csv.lines().skip(1).map(str::to_string).collect();
+    stored.sort();
+    assert_eq!(stored.len(), expected.len(), "record count");
+    assert_eq!(stored, expected, "record content");
 }
