@@ -29,6 +29,10 @@ stripped=$(stat -c %s "$dir/agent.stripped")
 /usr/bin/time -f '%M %e %U %S' -o "$dir/import.time" \
   "$agent" import --lan --dry-run --format jsonl --state-dir "$dir/state" "$file" >/dev/null 2>"$dir/import.err"
 read -r import_kib import_s import_user import_sys <"$dir/import.time"
+# The same file as one device's capture (the usual volunteer case).
+/usr/bin/time -f '%M %e' -o "$dir/import1.time" \
+  "$agent" import --dry-run --format jsonl --state-dir "$dir/state" "$file" >/dev/null 2>"$dir/import1.err"
+read -r single_kib single_s <"$dir/import1.time"
 
 # Live: run on a UDP port, replay the capture at ~1,000 connections/min.
 rm -rf "$dir/live-state"
@@ -60,9 +64,10 @@ rate_line=$(grep -oE 'replaying at [0-9.]+x' "$dir/replay.err" || true)
 
 awk -v size="$size" -v stripped="$stripped" -v ik="$import_kib" -v is="$import_s" -v iu="$import_user" -v isys="$import_sys" \
     -v mb="$(stat -c %s "$file")" -v lk="$live_kib" -v dt="$((t1 - t0))" -v hz="$hz" -v ns="$((s1 - s0))" \
-    -v frames="$frames" -v secs="$live_secs" -v rate="$rate_line" 'BEGIN {
+    -v frames="$frames" -v secs="$live_secs" -v rate="$rate_line" -v sk="$single_kib" -v ss="$single_s" 'BEGIN {
   printf "agent footprint\n"
   printf "  release binary: %.1f MB (%.1f MB stripped; goal <= 10 MB)\n", size / 1e6, stripped / 1e6
-  printf "  import of a %.0f MB LAN capture: peak RSS %.1f MB (goal <= 20 MB), %.2f s (%.2f s user, %.2f s sys)\n", mb / 1e6, ik / 1024, is, iu, isys
+  printf "  import of a %.0f MB capture as one device: peak RSS %.1f MB (goal <= 20 MB), %.2f s\n", mb / 1e6, sk / 1024, ss
+  printf "  import of the same capture in LAN mode (--lan): peak RSS %.1f MB (goal <= 20 MB), %.2f s (%.2f s user, %.2f s sys)\n", ik / 1024, is, iu, isys
   printf "  live run at ~1,000 connections/min for %d s (%s, %d frames): peak RSS %.1f MB (goal <= 20 MB), CPU %.2f%% of a core (goal < 1%%)\n", secs, rate, frames, lk / 1024, 100 * dt / hz / (ns / 1e9)
 }'
