@@ -477,7 +477,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     reason: format!("{} is not a finite number >= 0", args.speed),
                 });
             }
-            let options = crate::live::ReplayOptions { to: args.to, speed: args.speed, app: args.app, times: args.times };
+            let options =
+                crate::live::ReplayOptions { to: args.to, speed: args.speed, app: args.app, times: args.times };
             let sent = tokio::task::spawn_blocking(move || crate::live::replay(&args.file, &options))
                 .await
                 .map_err(|e| Error::State { path: "<replay>".into(), reason: e.to_string() })??;

@@ -79,6 +79,9 @@ pub struct RecordView<'a> {
     tls: Option<TlsView<'a>>,
     duration_s: f64,
     encrypted_dns: bool,
+    connections: u32,
+    interval_mean_s: f64,
+    interval_cv: f64,
 }
 
 /// The line for record `r` of `batch` (whose device view is `device`).
@@ -106,6 +109,9 @@ pub fn record_view<'a>(
         tls: r.tls.as_ref().map(|t| TlsView { sni: &t.sni, alpn: &t.alpn, client_fingerprint: &t.client_fingerprint }),
         duration_s: r.duration_s,
         encrypted_dns: r.encrypted_dns,
+        connections: r.connections,
+        interval_mean_s: r.interval_mean_s,
+        interval_cv: r.interval_cv,
     }
 }
 

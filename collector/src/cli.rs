@@ -199,7 +199,7 @@ pub struct DemoArgs {
     /// Exit after printing the findings instead of serving on.
     #[arg(long)]
     pub once: bool,
-    /// Devices to simulate (default: the built-in profile's 210).
+    /// Devices to simulate (default: the built-in profile's 260).
     #[arg(long)]
     pub devices: Option<u32>,
     /// Simulator seed.
@@ -285,7 +285,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                         eprintln!("wrote {rows} rows to {}", path.display());
                     }
-                    None => println!("{}", leakwatch_query::format::render(&batches, args.format)?),
+                    None => crate::sql::print_result(&leakwatch_query::format::render(&batches, args.format)?),
                 }
             }
             Ok(())

@@ -44,6 +44,9 @@ pub fn add_rows(stored: &StoredBatch, mut sink: impl FnMut(FlowRow)) {
             tls_fingerprint: tls.client_fingerprint,
             duration_s: r.duration_s,
             encrypted_dns: r.encrypted_dns,
+            connections: i64::from(r.connections),
+            interval_mean_s: r.interval_mean_s,
+            interval_cv: r.interval_cv,
         });
     }
 }

@@ -128,7 +128,7 @@ pub struct DemoOptions {
     pub data_dir: PathBuf,
     /// Exit after printing the findings.
     pub once: bool,
-    /// Devices to simulate (default: the profile's 210).
+    /// Devices to simulate (default: the profile's 260).
     pub devices: Option<u32>,
     /// Simulator seed.
     pub seed: Option<u64>,

@@ -205,10 +205,20 @@ pub async fn console(sessions: &SessionFactory, mut format: OutputFormat) -> Res
     Ok(())
 }
 
+/// Prints rendered results, ending them with one newline (CSV and JSON
+/// already end in one; a table does not).
+pub fn print_result(text: &str) {
+    if text.ends_with('\n') {
+        print!("{text}");
+    } else {
+        println!("{text}");
+    }
+}
+
 async fn run_and_print(sessions: &SessionFactory, sql: &str, format: OutputFormat, timing: bool) {
     let started = std::time::Instant::now();
     match run_statement(sessions, sql, format).await {
-        Ok(out) => println!("{out}"),
+        Ok(out) => print_result(&out),
         Err(e) => eprintln!("error: {e}"),
     }
     if timing {

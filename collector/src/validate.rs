@@ -47,6 +47,12 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
     if !r.duration_s.is_finite() || !(0.0..=MAX_SECONDS_SINCE_BOOT).contains(&r.duration_s) {
         return Err(format!("{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}", f("duration_s"), r.duration_s));
     }
+    if !r.interval_mean_s.is_finite() || !(0.0..=MAX_SECONDS_SINCE_BOOT).contains(&r.interval_mean_s) {
+        return Err(format!("{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}", f("interval_mean_s"), r.interval_mean_s));
+    }
+    if !r.interval_cv.is_finite() || !(0.0..=1000.0).contains(&r.interval_cv) {
+        return Err(format!("{}: {} is outside 0..=1000", f("interval_cv"), r.interval_cv));
+    }
     let w = r.window_start_unix_s;
     if w % 60 != 0 {
         return Err(format!(

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder, TimestampSecondBuilder,
+    ArrayRef, BooleanArray, Float64Array, Float64Builder, Int32Builder, Int64Array, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMillisecondBuilder, TimestampSecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -43,6 +43,11 @@ pub fn flows_schema() -> SchemaRef {
         Field::new("duration_s", DataType::Float64, false),
         // Added after the first release: nullable, so older files read as NULL.
         Field::new("encrypted_dns", DataType::Boolean, true),
+        // Connection timing, added later still: NULL when the agent did not
+        // state it.
+        Field::new("connections", DataType::Int64, true),
+        Field::new("interval_mean_s", DataType::Float64, true),
+        Field::new("interval_cv", DataType::Float64, true),
     ]))
 }
 
@@ -103,6 +108,13 @@ pub struct FlowRow {
     pub duration_s: f64,
     /// Encrypted DNS (DoT or a known DoH endpoint).
     pub encrypted_dns: bool,
+    /// Connections summed into the record; 0 when not stated (stored as
+    /// NULL, with the two interval columns).
+    pub connections: i64,
+    /// Mean seconds between connection starts.
+    pub interval_mean_s: f64,
+    /// Their coefficient of variation.
+    pub interval_cv: f64,
 }
 
 /// Builds `flows` record batches from rows.
@@ -208,6 +220,9 @@ impl FlowBatchBuilder {
             strings(&|r| &r.tls_fingerprint, true),
             floats(&|r| r.duration_s),
             Arc::new(rows.iter().map(|r| Some(r.encrypted_dns)).collect::<BooleanArray>()),
+            Arc::new(rows.iter().map(|r| (r.connections > 0).then_some(r.connections)).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| (r.connections > 0).then_some(r.interval_mean_s)).collect::<Float64Array>()),
+            Arc::new(rows.iter().map(|r| (r.connections > 0).then_some(r.interval_cv)).collect::<Float64Array>()),
         ];
         match RecordBatch::try_new(flows_schema(), columns) {
             Ok(batch) => batch,

@@ -175,6 +175,9 @@ pub fn anonymise_lookup(lookup: &DnsLookup, boot_us: i64, stats: &mut Anonymiser
         tls: None,
         duration_s: (lookup.last_us - lookup.first_us).max(0) as f64 / 1e6,
         encrypted_dns: false,
+        connections: 1,
+        interval_mean_s: 0.0,
+        interval_cv: 0.0,
     })
 }
 
@@ -242,6 +245,9 @@ pub fn anonymise(
         tls,
         duration_s: (flow.last_us - flow.first_us).max(0) as f64 / 1e6,
         encrypted_dns: flow.encrypted_dns,
+        connections: u32::try_from(flow.connections).unwrap_or(u32::MAX),
+        interval_mean_s: flow.interval_mean_s,
+        interval_cv: flow.interval_cv,
     })
 }
 

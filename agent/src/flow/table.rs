@@ -76,6 +76,14 @@ pub struct FlowSummary {
     pub encrypted_dns: bool,
     /// Application that opened the flow, when the capture source says.
     pub app: Option<String>,
+    /// Connections summed into this flow.
+    pub connections: u64,
+    /// Mean seconds between successive connection starts (0 with fewer
+    /// than two connections).
+    pub interval_mean_s: f64,
+    /// Standard deviation of those gaps over their mean (0 with fewer than
+    /// three connections).
+    pub interval_cv: f64,
 }
 
 /// The LAN side of a connection or lookup: who sent it.
@@ -557,6 +565,9 @@ impl FlowTable {
         group: impl Fn(Origin, i64) -> Option<K>,
     ) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
         let mut by_dest: HashMap<DestKey<K>, usize> = HashMap::new();
+        // Per destination: last connection start, gaps, their sum and sum
+        // of squares.
+        let mut gaps: HashMap<DestKey<K>, (i64, u64, f64, f64)> = HashMap::new();
         let mut groups: std::collections::BTreeMap<K, Vec<FlowSummary>> = std::collections::BTreeMap::new();
         for conn in &self.all {
             let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
@@ -565,9 +576,19 @@ impl FlowTable {
             let encrypted = is_encrypted_dns(conn.responder.port, domain.as_deref());
             let dest = (g.clone(), conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
             let out = groups.entry(g).or_default();
+            match gaps.get_mut(&dest) {
+                None => {
+                    gaps.insert(dest.clone(), (conn.first_us, 0, 0.0, 0.0));
+                }
+                Some(gap) => {
+                    let d = (conn.first_us - gap.0).max(0) as f64 / 1e6;
+                    *gap = (conn.first_us, gap.1 + 1, gap.2 + d, gap.3 + d * d);
+                }
+            }
             match by_dest.get(&dest) {
                 Some(&i) => {
                     let f = &mut out[i];
+                    f.connections += 1;
                     f.encrypted_dns |= encrypted;
                     f.first_us = f.first_us.min(conn.first_us);
                     f.last_us = f.last_us.max(conn.last_us);
@@ -602,7 +623,22 @@ impl FlowTable {
                         sni,
                         alpn,
                         app: conn.app.as_deref().map(str::to_string),
+                        connections: 1,
+                        interval_mean_s: 0.0,
+                        interval_cv: 0.0,
                     });
+                }
+            }
+        }
+        for (dest, (_, n, sum, sumsq)) in gaps {
+            let Some(&i) = by_dest.get(&dest) else { continue };
+            let Some(f) = groups.get_mut(&dest.0).and_then(|out| out.get_mut(i)) else { continue };
+            if n >= 1 {
+                let mean = sum / n as f64;
+                f.interval_mean_s = mean;
+                if n >= 2 && mean > 0.0 {
+                    let var = (sumsq / n as f64 - mean * mean).max(0.0);
+                    f.interval_cv = var.sqrt() / mean;
                 }
             }
         }

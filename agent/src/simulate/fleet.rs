@@ -289,9 +289,22 @@ pub fn simulate_fleet(
             let device_id = format!("sim-{}-{}-{n:03}", slug(&model.vendor), slug(&model.model));
             let tail: [u8; 3] = rng.random();
             let dev_mac = [oui[0], oui[1], oui[2], tail[0], tail[1], tail[2]];
-            let firmware = model.firmware[rng.random_range(0..model.firmware.len())].clone();
+            let device_firmware = match model.update_at_boot {
+                Some(_) => String::new(),
+                None => model.firmware[rng.random_range(0..model.firmware.len())].clone(),
+            };
+            let mut consent = model.consent.clone();
+            for (key, share) in &model.consent_off_share {
+                let value = if rng.random_bool(*share) { "off" } else { "on" };
+                consent.insert(key.clone(), value.to_string());
+            }
             let boots = pick(&mut rng, profile.boots_per_device);
             for boot in 0..boots {
+                let firmware = match model.update_at_boot {
+                    Some(at) if boot >= at => model.firmware[model.firmware.len() - 1].clone(),
+                    Some(_) => model.firmware[0].clone(),
+                    None => device_firmware.clone(),
+                };
                 let boot_us = start_us
                     + i64::from(boot) * 86_400_000_000
                     + i64::from(device_no) * 97_000_000
@@ -326,10 +339,18 @@ pub fn simulate_fleet(
                 let contacts = profile.everyone.iter().chain(&model.contact).chain(&profile.background);
                 let limit_us = (profile.capture_seconds * 1e6) as i64;
                 for c in contacts {
-                    let Some(at) = happens(&mut rng, c) else { continue };
+                    if c.firmware.as_ref().is_some_and(|f| !f.contains(&firmware))
+                        || c.when.iter().any(|(k, v)| consent.get(k) != Some(v))
+                    {
+                        continue;
+                    }
+                    let Some(mut at) = happens(&mut rng, c) else { continue };
                     let Some(dest) = profile.destination(&c.destination) else { continue };
-                    if at < limit_us {
+                    while at < limit_us {
                         contact(&mut lan, &mut rng, boot_us + at, dest);
+                        let Some(every) = c.every else { break };
+                        let spread = if c.jitter > 0.0 { rng.random_range(-c.jitter..=c.jitter) } else { 0.0 };
+                        at += (every * (1.0 + spread) * 1e6).max(1e6) as i64;
                     }
                 }
                 lan.frames.sort_by_key(|(ts, _)| *ts);
@@ -347,7 +368,7 @@ pub fn simulate_fleet(
                     vendor: model.vendor.clone(),
                     model: model.model.clone(),
                     firmware: firmware.clone(),
-                    consent: model.consent.clone(),
+                    consent: consent.clone(),
                     mac: crate::lan::format_mac(dev_mac),
                 });
             }

@@ -72,6 +72,19 @@ pub struct Contact {
     pub share: f64,
     /// Seconds after boot, range.
     pub at: [f64; 2],
+    /// Repeat the contact every this many seconds until the capture ends
+    /// (a timer-driven "beacon" when `jitter` is small).
+    #[serde(default)]
+    pub every: Option<f64>,
+    /// With `every`: each gap varies by up to this fraction of it, 0 to 1.
+    #[serde(default)]
+    pub jitter: f64,
+    /// Only boots running one of these firmware versions make the contact.
+    #[serde(default)]
+    pub firmware: Option<Vec<String>>,
+    /// Only devices whose declared consent has these values make it.
+    #[serde(default)]
+    pub when: BTreeMap<String, String>,
 }
 
 /// A device model and its fleet.
@@ -94,6 +107,15 @@ pub struct ModelProfile {
     /// Contacts specific to this model.
     #[serde(default)]
     pub contact: Vec<Contact>,
+    /// Consent keys each owner sets differently: the share of devices
+    /// declaring "off" (the others declare "on").
+    #[serde(default)]
+    pub consent_off_share: BTreeMap<String, f64>,
+    /// Boots from this index on run the last firmware of the list (an
+    /// update), earlier boots the first; without it each device runs one
+    /// firmware picked at random.
+    #[serde(default)]
+    pub update_at_boot: Option<u32>,
 }
 
 impl FleetProfile {
@@ -138,6 +160,12 @@ impl FleetProfile {
                     c.destination
                 )));
             }
+            if c.every.is_some_and(|e| !(1.0..=86_400.0).contains(&e)) || !(0.0..=1.0).contains(&c.jitter) {
+                return Err(Error::Profile(format!(
+                    "contact {:?}: every must be 1 to 86400 seconds and jitter in 0..=1",
+                    c.destination
+                )));
+            }
         }
         for m in &self.models {
             if parse_oui(&m.oui).is_none() {
@@ -145,6 +173,12 @@ impl FleetProfile {
             }
             if m.firmware.is_empty() {
                 return Err(Error::Profile(format!("model {:?}: firmware list is empty", m.model)));
+            }
+            if let Some((key, share)) = m.consent_off_share.iter().find(|(_, s)| !(0.0..=1.0).contains(*s)) {
+                return Err(Error::Profile(format!(
+                    "model {:?}: consent_off_share.{key} = {share} is not in 0..=1",
+                    m.model
+                )));
             }
         }
         Ok(())

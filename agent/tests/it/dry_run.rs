@@ -9,8 +9,11 @@ use serde_json::Value;
 
 use crate::{external, simulated_fleet};
 
-const RECORD_KEYS: [&str; 18] = [
+const RECORD_KEYS: [&str; 21] = [
     "encrypted_dns",
+    "connections",
+    "interval_mean_s",
+    "interval_cv",
     "app",
     "batch_id",
     "bytes_in",

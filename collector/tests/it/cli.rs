@@ -125,7 +125,7 @@ async fn console_commands_scripts_and_out_files() {
         .arg(&script)
         .output()
         .expect("run");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\n1\n\nb,c\nx,2\n\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\n1\nb,c\nx,2\n");
     for ext in ["parquet", "csv", "json"] {
         let path = dir.path().join(format!("r.{ext}"));
         let out = leakwatch()

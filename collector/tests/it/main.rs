@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod hostile;
 mod pipeline;
+mod rules;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

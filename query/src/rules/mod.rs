@@ -19,7 +19,14 @@ use std::collections::BTreeMap;
 use crate::{Error, Result};
 
 /// Rule files compiled into the binary.
-const RULE_FILES: &[&str] = &[include_str!("boot_phone_home.sql")];
+const RULE_FILES: &[&str] = &[
+    include_str!("boot_phone_home.sql"),
+    include_str!("consent_off_traffic.sql"),
+    include_str!("new_after_update.sql"),
+    include_str!("model_exclusive.sql"),
+    include_str!("heavy_upload.sql"),
+    include_str!("beaconing.sql"),
+];
 
 /// A rule parameter.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,39 @@
+-- name: new_after_update
+-- title: Destinations a model contacts only since a firmware update
+-- description: Destinations (host names) that most devices of a model running a newer firmware version contact, while none of the devices on an earlier version of that model ever did. Versions are ordered by when they were first seen. Such a destination arrived with the update: a new service, a new tracker, or data the old firmware did not send.
+-- param: min_share = 0.5 | share of the newer firmware's devices that must contact the destination
+-- param: min_devices = 5 | fewest devices that must contact it on the newer firmware, and fewest devices on an earlier firmware that never did
+-- columns: vendor, model, domain, before, after, devices, after_devices, share, first_contact
+WITH fw AS (
+  SELECT vendor, model, os_version, min(window_start) AS first_seen, count(DISTINCT device_pseudonym) AS devices
+  FROM flows
+  GROUP BY vendor, model, os_version
+),
+contacts AS (
+  SELECT vendor, model, os_version, domain,
+         count(DISTINCT device_pseudonym) AS devices, min(window_start) AS first_contact
+  FROM flows
+  WHERE domain IS NOT NULL
+  GROUP BY vendor, model, os_version, domain
+),
+pairs AS (
+  SELECT c.vendor, c.model, c.domain, o.os_version AS before, n.os_version AS after,
+         c.devices, n.devices AS after_devices, c.first_contact
+  FROM contacts c
+  JOIN fw n ON n.vendor = c.vendor AND n.model = c.model AND n.os_version = c.os_version
+  JOIN fw o ON o.vendor = n.vendor AND o.model = n.model AND o.first_seen < n.first_seen
+  LEFT JOIN contacts p ON p.vendor = o.vendor AND p.model = o.model AND p.os_version = o.os_version
+                      AND p.domain = c.domain
+  WHERE p.domain IS NULL
+    AND o.devices >= ${min_devices}
+    AND c.devices >= ${min_devices}
+    AND CAST(c.devices AS DOUBLE) / n.devices >= ${min_share}
+)
+SELECT vendor, model, domain,
+       array_to_string(array_sort(array_agg(DISTINCT before)), ', ') AS before,
+       after, max(devices) AS devices, max(after_devices) AS after_devices,
+       round(CAST(max(devices) AS DOUBLE) / max(after_devices), 3) AS share,
+       min(first_contact) AS first_contact
+FROM pairs
+GROUP BY vendor, model, domain, after
+ORDER BY share DESC, devices DESC, vendor, model, domain
