@@ -168,8 +168,9 @@ pub fn parse_expiry(text: &str, now_s: i64) -> Result<i64> {
     unit('d', 86_400)
         .or_else(|| unit('h', 3_600))
         .or_else(|| unit('m', 60))
+        .or_else(|| unit('s', 1))
         .or_else(|| chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp()))
-        .ok_or_else(|| Error::Config(format!("--expires {text:?}: use a duration (30d, 12h, 45m) or RFC 3339")))
+        .ok_or_else(|| Error::Config(format!("--expires {text:?}: use a duration (30d, 12h, 45m, 90s) or RFC 3339")))
 }
 
 /// Carries out `action` on the collector data in `data_dir`: through the

@@ -73,6 +73,41 @@ async fn invalid_reports_name_the_field() {
     let mut b = good_batch();
     b.records[0].dst_port = 0;
     cases.push((b, "records[0].dst_port"));
+    let mut b = good_batch();
+    b.records[0].dst_port = 70_000;
+    cases.push((b, "records[0].dst_port: 70000 is outside 1..=65535"));
+    let mut b = good_batch();
+    b.records[0].transport = 0;
+    cases.push((b, "records[0].transport: 0 is not"));
+    let mut b = good_batch();
+    b.records[0].domain_source = 42;
+    cases.push((b, "records[0].domain_source: 42"));
+    let mut b = good_batch();
+    b.records[0].window_start_unix_s = chrono::Utc::now().timestamp() / 60 * 60 + 7 * 86_400;
+    cases.push((b, "records[0].window_start_unix_s"));
+    let mut b = good_batch();
+    b.records[0].window_start_unix_s = 600;
+    cases.push((b, "records[0].window_start_unix_s: 600 is outside"));
+    let mut b = good_batch();
+    b.records[0].seconds_since_boot = -1.0;
+    cases.push((b, "records[0].seconds_since_boot"));
+    let mut b = good_batch();
+    b.records[0].interval_cv = f64::NAN;
+    cases.push((b, "records[0].interval_cv"));
+    let mut b = good_batch();
+    if let Some(d) = b.device.as_mut() {
+        d.vendor = "v".repeat(65);
+    }
+    cases.push((b, "device.vendor: 65 bytes"));
+    let mut b = good_batch();
+    if let Some(d) = b.device.as_mut() {
+        d.consent = (0..40).map(|i| (format!("k{i}"), "on".to_string())).collect();
+    }
+    cases.push((b, "device.consent"));
+    let mut b = good_batch();
+    b.batch_id = "not a valid id!".into();
+    cases.push((b, "batch_id"));
+    let n_cases = cases.len();
     for (batch, want) in cases {
         let err = client.report(authed(batch, &token)).await.expect_err(want);
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -85,7 +120,10 @@ async fn invalid_reports_name_the_field() {
     let n = t.csv("SELECT count(*) AS n FROM flows").await;
     assert_eq!(n.lines().nth(1), Some("0"), "{n}");
     let metrics = t.server.metrics.render(Default::default());
-    assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"invalid\"} 5"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("leakwatch_reports_rejected_total{{reason=\"invalid\"}} {n_cases}")),
+        "{metrics}"
+    );
     assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"unauthenticated\"} 1"), "{metrics}");
 }
 
@@ -164,4 +202,25 @@ async fn per_agent_rate_limit_answers_resource_exhausted_with_a_retry_hint() {
         up.send(&b).await.expect("delivered after waiting");
     }
     assert!(up.stats.retries > 0, "some sends waited for the bucket");
+}
+
+#[tokio::test]
+async fn a_batch_id_reused_with_different_content_is_refused() {
+    let t = TestServer::start().await;
+    let token = token(&t).await;
+    let mut client = CollectorClient::connect(t.url()).await.expect("connect");
+    let batch = good_batch();
+    client.report(authed(batch.clone(), &token)).await.expect("stored");
+    let mut changed = batch.clone();
+    changed.records[0].bytes_out += 1;
+    let err = client.report(authed(changed, &token)).await.expect_err("reused id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("stored before with different content"), "{}", err.message());
+    // The same content again is a plain duplicate.
+    let ack = client.report(authed(batch, &token)).await.expect("duplicate").into_inner();
+    assert_eq!(ack.status(), leakwatch_proto::v1::AckStatus::Duplicate);
+    let n = t.csv("SELECT count(*) AS n FROM flows").await;
+    assert_eq!(n.lines().nth(1), Some("1"), "{n}");
+    let metrics = t.server.metrics.render(Default::default());
+    assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"conflict\"} 1"), "{metrics}");
 }
