@@ -11,7 +11,7 @@ EXTERNAL_TESTDATA := $(abspath ../shared/testdata/external)
 # Crates the agent must never pull in (it stays small).
 AGENT_FORBIDDEN := ^(datafusion|arrow|parquet|rocksdb|librocksdb-sys)( |-)
 
-.PHONY: demo test bench deps bench-deps check-agent-deps fmt clippy unit
+.PHONY: demo test bench soak deps bench-deps check-agent-deps fmt clippy unit
 
 demo: deps
 	$(CARGO) run --locked -p leakwatch-collector --bin leakwatch -- demo
@@ -22,6 +22,11 @@ bench: deps bench-deps
 	$(CARGO) build --locked --release -p leakwatch-agent
 	./benches/import.sh
 	./benches/agent.sh
+
+# The collector crash test with more rounds (SIGKILLs under 50 agents).
+soak: deps
+	LEAKWATCH_CRASH_ROUNDS=$${LEAKWATCH_CRASH_ROUNDS:-50} $(CARGO) test --locked -p leakwatch-collector --test it \
+	  collector_sigkilled -- --nocapture
 
 # Tools the benchmarks compare against.
 bench-deps:

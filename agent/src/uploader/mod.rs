@@ -3,7 +3,7 @@
 //! Enrolls on first contact (credentials are kept in the state directory),
 //! sends each batch gzip-compressed with the agent's bearer token and
 //! retries transient failures (`Unavailable`, `ResourceExhausted`,
-//! `Aborted`, `DeadlineExceeded`, connection errors) with exponential
+//! `Aborted`, `DeadlineExceeded`, `Cancelled`, connection errors) with exponential
 //! backoff and jitter (or the collector's `retry-after-ms` hint) until the
 //! delivery deadline. Batch ids are stable, so a retry of a batch the
 //! collector already stored is answered `duplicate`, never stored twice.
@@ -51,7 +51,13 @@ pub struct Uploader {
 pub fn transient(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded | Code::Unknown
+        Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            // The connection broke mid-call (the collector died or restarted).
+            | Code::Cancelled
     )
 }
 

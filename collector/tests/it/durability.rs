@@ -301,3 +301,85 @@ fn agent_spool_survives_collector_and_agent_crashes_exactly_once() {
     assert!(extra.is_empty() && missing.is_empty(), "stored twice or unexpected: {extra:#?}\nmissing: {missing:#?}");
     assert_eq!(stored.len(), expected.len(), "record count");
 }
+
+/// The crash test: 50 agents upload concurrently while the real collector
+/// is SIGKILLed at random moments and restarted, `LEAKWATCH_CRASH_ROUNDS`
+/// times (default 5; `make soak` runs more). In the end every batch is
+/// stored exactly once with all its records: none lost after its ack,
+/// none stored twice after a retry, none half-stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_sigkilled_repeatedly_under_50_agents_stores_every_ack_exactly_once() {
+    use rand::{Rng as _, SeedableRng as _};
+    const AGENTS: usize = 50;
+    const BATCHES: usize = 12;
+    const RECORDS: usize = 40;
+    let rounds: usize = std::env::var("LEAKWATCH_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let seed: u64 =
+        std::env::var("LEAKWATCH_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("crash test: {rounds} rounds, seed {seed} (LEAKWATCH_CRASH_SEED to repeat)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let grpc = format!("127.0.0.1:{port}");
+    let url = format!("http://{grpc}");
+    let (mut serve, _) = spawn_serve_on(&data, 1, &grpc, &[]);
+
+    // Every agent enrolls, then sends its batches one after the other,
+    // retrying through the crashes.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for a in 0..AGENTS {
+        let state = AgentState::open(&dir.path().join(format!("agent-{a}"))).expect("state");
+        let url = url.clone();
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut up = Uploader::connect(&url, &state, "", Duration::from_secs(120)).await.expect("enroll");
+            let mut acked = Vec::new();
+            for b in 0..BATCHES {
+                let mut batch = crate::hostile::good_batch();
+                batch.batch_id = format!("crash-{a}-{b}");
+                batch.device =
+                    Some(leakwatch_proto::v1::DeviceInfo { device_pseudonym: format!("dev{a}"), ..Default::default() });
+                let template = batch.records[0].clone();
+                batch.records = (0..RECORDS)
+                    .map(|r| leakwatch_proto::v1::FlowRecord { dst_port: 1000 + r as u32, ..template.clone() })
+                    .collect();
+                let ack = up.send(&batch).await.unwrap_or_else(|e| panic!("batch {}: {e}", batch.batch_id));
+                acked.push((batch.batch_id, ack.status()));
+                progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            acked
+        }));
+    }
+    let mut mid_upload = 0;
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        serve.kill().expect("SIGKILL");
+        serve.wait().expect("reap");
+        let done = progress.load(std::sync::atomic::Ordering::SeqCst);
+        mid_upload += usize::from(done < AGENTS * BATCHES);
+        eprintln!("round {round}: collector killed with {done} of {} batches acknowledged", AGENTS * BATCHES);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        serve = spawn_serve_on(&data, 1, &grpc, &[]).0;
+    }
+    assert!(mid_upload > 0, "at least one SIGKILL landed while agents were uploading");
+    let mut acked = 0;
+    for task in tasks {
+        let statuses = task.await.expect("agent task");
+        acked += statuses.len();
+    }
+    assert_eq!(acked, AGENTS * BATCHES, "every batch was acknowledged in the end");
+    let status = std::process::Command::new("kill").args(["-TERM", &serve.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    assert!(serve.wait().expect("wait").success(), "clean exit after SIGTERM");
+
+    let csv = sql_csv(
+        &data,
+        "SELECT count(*) AS batches, min(n) AS fewest, max(n) AS most, sum(n) AS records \
+         FROM (SELECT batch_id, count(*) AS n FROM flows GROUP BY batch_id)",
+    );
+    let want = format!("{},{RECORDS},{RECORDS},{}", AGENTS * BATCHES, AGENTS * BATCHES * RECORDS);
+    assert_eq!(csv.lines().nth(1), Some(want.as_str()), "batches, records per batch (fewest, most), records:\n{csv}");
+}
