@@ -22,6 +22,7 @@ bench: deps bench-deps
 	$(CARGO) build --locked --release -p leakwatch-agent
 	./benches/import.sh
 	./benches/agent.sh
+	$(CARGO) bench --locked -p leakwatch-collector --bench ingest
 
 # The collector crash test with more rounds (SIGKILLs under 50 agents).
 soak: deps

@@ -112,3 +112,43 @@ async fn agent_enroll_command_uses_an_operator_code() {
     }
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_stops_delivering_and_keeps_its_spool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(serve_config(&data)).await.expect("start");
+    let url = format!("http://{}", server.grpc_addr);
+    let (caps, manifest) = crate::pipeline::simulated(2);
+    let file = |i: usize| caps.path().join(&manifest.captures[i].file);
+    let state = dir.path().join("agent");
+    let import = |f: std::path::PathBuf| {
+        std::process::Command::new(crate::durability::agent_binary())
+            .args(["import", "--collector", &url, "--deliver-timeout", "5", "--state-dir"])
+            .arg(&state)
+            .arg(f)
+            .env("HOME", dir.path())
+            .output()
+            .expect("agent import")
+    };
+    let out = import(file(0));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let agent_id = AgentState::open(&state).expect("state").credentials(&url).expect("read").expect("creds").agent_id;
+    assert_eq!(admin(&data, &["revoke", &agent_id]).expect("revoke"), format!("revoked {agent_id}"));
+
+    let out = import(file(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("revoked") && stderr.contains("leakwatch-agent enroll"), "{stderr}");
+    assert!(stderr.contains("still queued"), "{stderr}");
+    let status = std::process::Command::new(crate::durability::agent_binary())
+        .args(["status", "--state-dir"])
+        .arg(&state)
+        .env("HOME", dir.path())
+        .output()
+        .expect("status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(!status.contains("queued: 0 records"), "the spool keeps the batches: {status}");
+    assert!(status.contains("revoked"), "status shows the refusal: {status}");
+    server.shutdown().await.expect("shutdown");
+}

@@ -163,7 +163,7 @@ async fn sigterm_drains_flushes_and_exits_cleanly() {
 
 /// The agent binary (built on demand when only this crate's tests were
 /// built).
-fn agent_binary() -> std::path::PathBuf {
+pub fn agent_binary() -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_leakwatch")).parent().expect("target dir").to_path_buf();
     let bin = dir.join("leakwatch-agent");
     if !bin.exists() {

@@ -1,0 +1,252 @@
+//! Ingest benchmark (`make bench`): sustained records/s with fsynced acks
+//! from 50 concurrent gRPC clients sending 1,000-record batches to an
+//! in-process collector, p50/p99 ack latency (at full load and at half of
+//! it), the raw RocksDB `sync=true` write ceiling on the same disk with the
+//! same payloads, their ratio, and Parquet bytes per record on the
+//! simulated fleet. Goals: >= 1,000,000 records/s, >= 0.5 of the raw
+//! ceiling, p99 <= 50 ms at half load, <= 10 bytes per record.
+//!
+//! Environment: `BENCH_SECS` (default 10) per phase, `BENCH_DIR` (default
+//! the system temp dir) for the data.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use leakwatch_collector::server::{ServeConfig, Server};
+use leakwatch_proto::v1::collector_client::CollectorClient;
+use leakwatch_proto::v1::{DeviceInfo, EnrollRequest, FlowRecord, ReportBatch, TlsInfo};
+use prost::Message as _;
+
+const CLIENTS: usize = 50;
+const RECORDS: usize = 1000;
+
+fn records(client: usize, n: u64) -> Vec<FlowRecord> {
+    let now = chrono::Utc::now().timestamp() / 60 * 60;
+    (0..RECORDS)
+        .map(|i| {
+            let d = (i * 7 + client) % 60;
+            FlowRecord {
+                seconds_since_boot: i as f64 * 0.37 + n as f64,
+                window_start_unix_s: now - 3600 + (i as i64 % 60) * 60,
+                transport: 1 + (i % 2) as i32,
+                dst_ip: format!("93.184.{}.{}", d, (i % 250) + 1),
+                dst_port: [443, 80, 853, 5228][i % 4],
+                domain: format!("api{d}.vendor{}.example.com", d % 9),
+                domain_source: 3,
+                bytes_out: 300 + (i as u64 * 37) % 5000,
+                bytes_in: 900 + (i as u64 * 91) % 40_000,
+                packets_out: 3 + (i as u64 % 20),
+                packets_in: 4 + (i as u64 % 40),
+                tls: (i % 3 == 0).then(|| TlsInfo {
+                    sni: format!("api{d}.vendor{}.example.com", d % 9),
+                    alpn: vec!["h2".into(), "http/1.1".into()],
+                    client_fingerprint: String::new(),
+                }),
+                duration_s: (i % 30) as f64 * 0.5,
+                connections: 1,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn batch(client: usize, n: u64) -> ReportBatch {
+    ReportBatch {
+        batch_id: format!("bench-{client}-{n}"),
+        sent_at_unix_ms: 0,
+        device: Some(DeviceInfo {
+            device_pseudonym: format!("{client:032x}"),
+            vendor: ["Xiaomi", "Samsung", "Google", "Amazon"][client % 4].into(),
+            model: format!("Model {}", client % 7),
+            os_version: "1.0".into(),
+            boot_pseudonym: format!("{:032x}", client * 1000 + n as usize),
+            boot_source: 2,
+            ..Default::default()
+        }),
+        records: records(client, n),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Sends for `secs` from 50 clients; `per_client_rate` batches/s paces each
+/// client (None: as fast as acks come). Returns (records/s, latencies).
+async fn load(
+    url: &str,
+    tokens: &[String],
+    secs: f64,
+    per_client_rate: Option<f64>,
+    phase: u64,
+) -> (f64, Vec<Duration>) {
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let records = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (c, token) in tokens.iter().enumerate() {
+        let (url, token, records) = (url.to_string(), token.clone(), records.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = CollectorClient::connect(url).await.expect("connect").max_decoding_message_size(1 << 20);
+            let mut lat = Vec::new();
+            let mut n = phase * 1_000_000;
+            let started = Instant::now();
+            while Instant::now() < stop {
+                if let Some(rate) = per_client_rate {
+                    let due = started + Duration::from_secs_f64((n - phase * 1_000_000) as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let mut req = tonic::Request::new(batch(c, n));
+                req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+                let t = Instant::now();
+                match client.report(req).await {
+                    Ok(_) => {
+                        lat.push(t.elapsed());
+                        records.fetch_add(RECORDS as u64, Ordering::Relaxed);
+                    }
+                    Err(s) => eprintln!("client {c}: {s}"),
+                }
+                n += 1;
+            }
+            lat
+        }));
+    }
+    let t0 = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client"));
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    all.sort();
+    (records.load(Ordering::Relaxed) as f64 / elapsed, all)
+}
+
+/// The raw ceiling: 50 threads writing the same payloads to a RocksDB with
+/// `sync=true` WriteBatches, as the collector does (entry + id key).
+fn raw_ceiling(dir: &std::path::Path, secs: f64) -> f64 {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    let db = Arc::new(rocksdb::DB::open(&opts, dir).expect("open rocksdb"));
+    let payloads: Vec<Vec<u8>> = (0..CLIENTS).map(|c| batch(c, 0).encode_to_vec()).collect();
+    let payloads = Arc::new(payloads);
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let seq = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (db, payloads, seq) = (db.clone(), payloads.clone(), seq.clone());
+            std::thread::spawn(move || {
+                let mut wo = rocksdb::WriteOptions::default();
+                wo.set_sync(true);
+                let mut n = 0u64;
+                while Instant::now() < stop {
+                    let s = seq.fetch_add(1, Ordering::Relaxed);
+                    let mut wb = rocksdb::WriteBatch::default();
+                    wb.put(s.to_be_bytes(), &payloads[c]);
+                    wb.put(format!("id-{c}-{n}"), s.to_be_bytes());
+                    db.write_opt(wb, &wo).expect("write");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let batches: u64 = threads.into_iter().map(|t| t.join().expect("writer")).sum();
+    batches as f64 * RECORDS as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
+    let base = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).expect("bench dir");
+    let dir = tempfile::tempdir_in(&base).expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let config = ServeConfig {
+            data_dir: dir.path().join("collector"),
+            grpc_listen: "127.0.0.1:0".parse().expect("addr"),
+            http_listen: "127.0.0.1:0".parse().expect("addr"),
+            open_enrollment: true,
+            flush_interval: Duration::from_secs(5),
+            max_message_bytes: 16 * 1024 * 1024,
+            limits: leakwatch_collector::ingest::IngestLimits::default(),
+            retention_days: None,
+            tls: None,
+            query: leakwatch_query::QueryConfig::default(),
+        };
+        let server = Server::start(config).await.expect("start collector");
+        let url = format!("http://{}", server.grpc_addr);
+        let mut enroll = CollectorClient::connect(url.clone()).await.expect("connect");
+        let mut tokens = Vec::new();
+        for _ in 0..CLIENTS {
+            let r = enroll
+                .enroll(EnrollRequest { enrollment_code: String::new(), agent_version: "bench".into() })
+                .await
+                .expect("enroll")
+                .into_inner();
+            tokens.push(r.agent_token);
+        }
+        let payload = batch(0, 0).encoded_len();
+        println!("ingest: {CLIENTS} clients, {RECORDS}-record batches ({payload} bytes each), {secs:.0} s per phase");
+        let (full, lat) = load(&url, &tokens, secs, None, 1).await;
+        println!(
+            "  sustained ingest, fsynced acks:  {full:>12.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms; goal >= 1,000,000 records/s)",
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+        let half_rate = full / 2.0 / CLIENTS as f64 / RECORDS as f64;
+        let (half, lat) = load(&url, &tokens, secs, Some(half_rate), 2).await;
+        println!(
+            "  at half that load:               {half:>12.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms; goal p99 <= 50 ms)",
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+        server.shutdown().await.expect("shutdown");
+        let raw = tokio::task::spawn_blocking({
+            let path = dir.path().join("raw");
+            move || raw_ceiling(&path, secs)
+        })
+        .await
+        .expect("raw");
+        println!("  raw RocksDB sync=true ceiling:   {raw:>12.0} records/s  (same payloads, {CLIENTS} writer threads)");
+        println!("  ingest / raw ceiling:            {:>12.2}  (goal >= 0.5)", full / raw);
+
+        // Parquet bytes per record on the simulated fleet.
+        let config = ServeConfig {
+            data_dir: dir.path().join("fleet"),
+            grpc_listen: "127.0.0.1:0".parse().expect("addr"),
+            http_listen: "127.0.0.1:0".parse().expect("addr"),
+            open_enrollment: true,
+            flush_interval: Duration::from_secs(3600),
+            max_message_bytes: 16 * 1024 * 1024,
+            limits: leakwatch_collector::ingest::IngestLimits::default(),
+            retention_days: None,
+            tls: None,
+            query: leakwatch_query::QueryConfig::default(),
+        };
+        let server = Server::start(config).await.expect("start collector");
+        let report =
+            leakwatch_collector::demo::run_pipeline(&server, &dir.path().join("fleet-work"), None, None).await.expect("fleet");
+        server.shutdown().await.expect("shutdown");
+        let mut bytes = 0u64;
+        let mut stack = vec![dir.path().join("fleet/store")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+        println!(
+            "  Parquet on the simulated fleet:  {:>12.1} bytes/record ({bytes} bytes, {} records; goal <= 10)",
+            bytes as f64 / report.records_accepted.max(1) as f64,
+            report.records_accepted
+        );
+    });
+}
