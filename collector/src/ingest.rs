@@ -185,6 +185,7 @@ impl Collector for Ingest {
         }
         let log = self.log.clone();
         let records = batch.records.len() as u32;
+        let bytes = prost::Message::encoded_len(&batch) as u64;
         let batch_id = batch.batch_id.clone();
         let received = now.timestamp_millis();
         let id = agent_id.clone();
@@ -195,6 +196,7 @@ impl Collector for Ingest {
             Ok(AppendOutcome::Accepted { .. }) => {
                 IngestMetrics::add(&self.metrics.batches_accepted, 1);
                 IngestMetrics::add(&self.metrics.records_accepted, u64::from(records));
+                IngestMetrics::add(&self.metrics.bytes_accepted, bytes);
                 tracing::debug!(agent_id = %agent_id, batch_id = %batch_id, records, "Stored batch");
                 ReportAck {
                     status: AckStatus::Accepted as i32,

@@ -11,6 +11,8 @@ pub mod names {
     pub const BATCHES_DUPLICATE: &str = "leakwatch_batches_duplicate_total";
     /// Records stored.
     pub const RECORDS_ACCEPTED: &str = "leakwatch_records_accepted_total";
+    /// Bytes of the stored batches (encoded protobuf, as decoded).
+    pub const BYTES_ACCEPTED: &str = "leakwatch_bytes_accepted_total";
     /// Reports refused, by `reason`.
     pub const REPORTS_REJECTED: &str = "leakwatch_reports_rejected_total";
     /// Log entries (batches) acknowledged but not yet in Parquet.
@@ -58,6 +60,8 @@ pub struct IngestMetrics {
     pub batches_duplicate: AtomicU64,
     /// See [`names::RECORDS_ACCEPTED`].
     pub records_accepted: AtomicU64,
+    /// See [`names::BYTES_ACCEPTED`].
+    pub bytes_accepted: AtomicU64,
     /// See [`names::REPORTS_REJECTED`], by [`RejectReason`].
     pub reports_rejected: [AtomicU64; 5],
     /// See [`names::ROWS_FLUSHED`].
@@ -83,6 +87,7 @@ impl IngestMetrics {
             (names::BATCHES_ACCEPTED, &self.batches_accepted),
             (names::BATCHES_DUPLICATE, &self.batches_duplicate),
             (names::RECORDS_ACCEPTED, &self.records_accepted),
+            (names::BYTES_ACCEPTED, &self.bytes_accepted),
             (names::ROWS_FLUSHED, &self.rows_flushed),
             (names::FILES_FLUSHED, &self.files_flushed),
         ];

@@ -223,4 +223,7 @@ async fn a_batch_id_reused_with_different_content_is_refused() {
     assert_eq!(n.lines().nth(1), Some("1"), "{n}");
     let metrics = t.server.metrics.render(Default::default());
     assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"conflict\"} 1"), "{metrics}");
+    assert!(metrics.contains("leakwatch_batches_accepted_total 1\n"), "{metrics}");
+    let bytes = prost::Message::encoded_len(&good_batch());
+    assert!(metrics.contains(&format!("leakwatch_bytes_accepted_total {bytes}\n")), "{metrics}");
 }
