@@ -20,7 +20,7 @@ use crate::live::{Capture, Harvester, LiveSource};
 use crate::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet, write_lan_capture};
 use crate::spool::{DEFAULT_MAX_BYTES, Spool, SpoolConfig};
 use crate::state::{AgentState, default_state_dir};
-use crate::uploader::{Uploader, transient};
+use crate::uploader::{ClientTls, Uploader, transient};
 use crate::{Error, Result};
 
 /// leakwatch agent: report which destinations your devices contact,
@@ -244,6 +244,13 @@ pub struct AgentArgs {
     /// (default: the system's roots).
     #[arg(long, env = "LEAKWATCH_AGENT_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a collector that requires one; with
+    /// --client-key.
+    #[arg(long, env = "LEAKWATCH_AGENT_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, env = "LEAKWATCH_AGENT_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Bound of the spool of batches waiting for the collector, MiB
     /// (default 64); when full the oldest batches are dropped and counted.
     #[arg(long, env = "LEAKWATCH_AGENT_SPOOL_MAX_MIB", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
@@ -259,7 +266,7 @@ struct Settings {
     state_dir: PathBuf,
     enrollment_code: String,
     deliver_timeout: Duration,
-    ca_file: Option<PathBuf>,
+    tls: ClientTls,
     spool: SpoolConfig,
 }
 
@@ -280,7 +287,7 @@ impl Settings {
     }
 
     fn uploader(&self, state: &AgentState) -> Result<Uploader> {
-        Uploader::open(self.collector()?, self.ca_file.as_deref(), state, &self.enrollment_code, self.deliver_timeout)
+        Uploader::open_with_tls(self.collector()?, &self.tls, state, &self.enrollment_code, self.deliver_timeout)
     }
 }
 
@@ -299,7 +306,11 @@ impl AgentArgs {
                 .or_else(|| config.enrollment_code.clone())
                 .unwrap_or_default(),
             deliver_timeout: Duration::from_secs(self.deliver_timeout.or(config.deliver_timeout_secs).unwrap_or(30)),
-            ca_file: self.ca_file.clone(),
+            tls: ClientTls {
+                ca_file: self.ca_file.clone(),
+                cert: self.client_cert.clone(),
+                key: self.client_key.clone(),
+            },
             spool: SpoolConfig::with_max_bytes(
                 self.spool_max_mib.or(config.spool_max_mib).unwrap_or(DEFAULT_MAX_BYTES >> 20) << 20,
             ),

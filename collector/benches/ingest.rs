@@ -175,6 +175,7 @@ fn main() {
             limits: leakwatch_collector::ingest::IngestLimits::default(),
             retention_days: None,
             tls: None,
+            client_ca: None,
             query: leakwatch_query::QueryConfig::default(),
         };
         let server = Server::start(config).await.expect("start collector");
@@ -225,6 +226,7 @@ fn main() {
             limits: leakwatch_collector::ingest::IngestLimits::default(),
             retention_days: None,
             tls: None,
+            client_ca: None,
             query: leakwatch_query::QueryConfig::default(),
         };
         let server = Server::start(config).await.expect("start collector");

@@ -99,22 +99,24 @@ pub struct ServeArgs {
     /// data then cross the network unencrypted).
     #[arg(long, env = "LEAKWATCH_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
-    /// TLS certificate chain (PEM) for gRPC; with --tls-key.
+    /// TLS certificate chain (PEM) for gRPC and HTTP; with --tls-key.
     #[arg(long, env = "LEAKWATCH_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM) for gRPC; with --tls-cert.
+    /// TLS private key (PEM) for gRPC and HTTP; with --tls-cert.
     #[arg(long, env = "LEAKWATCH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CA certificates (PEM),
+    /// on gRPC and HTTP; needs --tls-cert and --tls-key.
+    #[arg(long, env = "LEAKWATCH_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     /// Listening.
     pub listen: ListenArgs,
 }
 
 /// Refuses plain-text listeners off loopback unless allowed.
-fn check_plaintext(listen: &ListenArgs, allow: bool, grpc_tls: bool) -> Result<()> {
-    for (flag, addr, tls) in
-        [("--grpc-listen", listen.grpc_listen, grpc_tls), ("--http-listen", listen.http_listen, false)]
-    {
+fn check_plaintext(listen: &ListenArgs, allow: bool, tls: bool) -> Result<()> {
+    for (flag, addr, tls) in [("--grpc-listen", listen.grpc_listen, tls), ("--http-listen", listen.http_listen, tls)] {
         if !tls && !addr.ip().is_loopback() {
             if !allow {
                 return Err(Error::Config(format!(
@@ -220,6 +222,7 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
         max_message_bytes: listen.max_message_bytes,
         retention_days: listen.retention_days,
         tls: None,
+        client_ca: None,
         limits: crate::ingest::IngestLimits {
             agent_reports_per_sec: listen.agent_rate_limit,
             max_in_flight: listen.max_in_flight,
@@ -253,6 +256,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             let mut config = serve_config(args.data_dir, args.open_enrollment, &args.listen);
             config.tls = args.tls_cert.zip(args.tls_key);
+            config.client_ca = args.tls_client_ca;
             let server = Server::start(config).await?;
             println!("leakwatch collector: gRPC on {}, HTTP on http://{}", server.grpc_addr, server.http_addr);
             wait_for_stop().await;

@@ -20,6 +20,7 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod sql;
+pub mod tls;
 pub mod validate;
 
 /// Errors of the collector, sorted by whose fault they are.

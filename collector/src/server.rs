@@ -46,9 +46,12 @@ pub struct ServeConfig {
     pub limits: IngestLimits,
     /// Delete day partitions older than this many days (None: keep all).
     pub retention_days: Option<u32>,
-    /// TLS certificate chain and private key (PEM files) for gRPC; plain
-    /// text when `None`.
+    /// TLS certificate chain and private key (PEM files) for gRPC and
+    /// HTTP; plain text when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: clients must present a certificate signed by one of
+    /// these CA certificates (PEM).
+    pub client_ca: Option<PathBuf>,
     /// Query limits.
     pub query: QueryConfig,
 }
@@ -172,10 +175,18 @@ impl Server {
                 std::fs::read(p).map_err(|e| Error::Config(format!("{flag} {}: {e}", p.display())))
             };
             let identity = tonic::transport::Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
-            builder = builder
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
+            let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = &config.client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca, "--tls-client-ca")?));
+            }
+            builder = builder.tls_config(tls).map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
+        } else if config.client_ca.is_some() {
+            return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
         }
+        let http_tls = match &config.tls {
+            Some((cert, key)) => Some(crate::tls::server_config(cert, key, config.client_ca.as_deref())?),
+            None => None,
+        };
         let grpc_task = {
             let rx = rx.clone();
             tokio::spawn(async move {
@@ -203,7 +214,15 @@ impl Server {
             );
             let rx = rx.clone();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(http, app).with_graceful_shutdown(shutdown_signal(rx)).await {
+                let result = match http_tls {
+                    Some(tls) => {
+                        axum::serve(crate::tls::TlsListener::new(http, tls), app)
+                            .with_graceful_shutdown(shutdown_signal(rx))
+                            .await
+                    }
+                    None => axum::serve(http, app).with_graceful_shutdown(shutdown_signal(rx)).await,
+                };
+                if let Err(e) = result {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
             })

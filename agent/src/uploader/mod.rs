@@ -33,6 +33,18 @@ pub struct DeliveryStats {
     pub retries: u64,
 }
 
+/// TLS settings of the agent's side.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// CA certificates (PEM) to verify the collector with; the system's
+    /// roots when `None`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM), for collectors that require one.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<std::path::PathBuf>,
+}
+
 /// A connection to one collector.
 #[derive(Debug)]
 pub struct Uploader {
@@ -101,6 +113,20 @@ impl Uploader {
         enrollment_code: &str,
         deliver_timeout: Duration,
     ) -> Result<Self> {
+        let tls = ClientTls { ca_file: ca_file.map(std::path::Path::to_path_buf), ..ClientTls::default() };
+        Self::open_with_tls(url, &tls, state, enrollment_code, deliver_timeout)
+    }
+
+    /// As [`Self::open`], with a client certificate when the collector
+    /// requires one.
+    pub fn open_with_tls(
+        url: &str,
+        client_tls: &ClientTls,
+        state: &AgentState,
+        enrollment_code: &str,
+        deliver_timeout: Duration,
+    ) -> Result<Self> {
+        let ca_file = client_tls.ca_file.as_deref();
         let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| Error::InvalidArgument {
                 field: "--collector".into(),
@@ -110,19 +136,31 @@ impl Uploader {
             .timeout(Duration::from_secs(60));
         if url.starts_with("https://") {
             let tls = tonic::transport::ClientTlsConfig::new();
-            let tls = match ca_file {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-                    tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
-                }
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+            };
+            let mut tls = match ca_file {
+                Some(path) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(path)?)),
                 None => tls.with_native_roots(),
             };
+            match (&client_tls.cert, &client_tls.key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::InvalidArgument {
+                        field: "--client-cert/--client-key".into(),
+                        reason: "give both or neither".into(),
+                    });
+                }
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| Error::InvalidArgument { field: "--ca-file".into(), reason: e.to_string() })?;
-        } else if ca_file.is_some() {
+        } else if ca_file.is_some() || client_tls.cert.is_some() {
             return Err(Error::InvalidArgument {
-                field: "--ca-file".into(),
+                field: if ca_file.is_some() { "--ca-file" } else { "--client-cert" }.into(),
                 reason: format!("given, but {url:?} is not an https:// URL"),
             });
         }

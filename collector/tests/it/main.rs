@@ -35,6 +35,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         limits: leakwatch_collector::ingest::IngestLimits::default(),
         retention_days: None,
         tls: None,
+        client_ca: None,
         query: QueryConfig::default(),
     }
 }

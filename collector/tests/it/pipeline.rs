@@ -162,3 +162,99 @@ async fn tls_collector_accepts_agents_that_trust_its_certificate() {
     );
     server.shutdown().await.expect("shutdown");
 }
+
+/// A CA, a server certificate for localhost and a client certificate, all
+/// as PEM files in `dir`: (ca, server cert, server key, client cert, client key).
+fn mtls_files(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec![name.to_string()]).expect("params").signed_by(&key, &ca).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("localhost");
+    let (client_cert, client_key) = leaf("agent-1");
+    let files = ["ca.pem", "server.pem", "server.key", "client.pem", "client.key"].map(|n| dir.join(n));
+    for (path, pem) in files.iter().zip([ca.pem(), server_cert, server_key, client_cert, client_key]) {
+        std::fs::write(path, pem).expect("write pem");
+    }
+    files
+}
+
+/// GET `path` over TLS, with the client certificate when given.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+    path: &str,
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert).expect("cert").map(|c| c.expect("cert")).collect(),
+                PrivateKeyDer::from_pem_file(key).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_on_grpc_and_http_when_a_client_ca_is_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ca, server_cert, server_key, client_cert, client_key] = mtls_files(dir.path());
+    let mut config = crate::serve_config(&dir.path().join("data"));
+    config.tls = Some((server_cert, server_key));
+    config.client_ca = Some(ca.clone());
+    let server = leakwatch_collector::server::Server::start(config).await.expect("start with mTLS");
+    let url = format!("https://localhost:{}", server.grpc_addr.port());
+    let timeout = std::time::Duration::from_secs(2);
+
+    // Without a client certificate: refused.
+    let state = leakwatch_agent::state::AgentState::open(&dir.path().join("anonymous")).expect("state");
+    let tls = leakwatch_agent::uploader::ClientTls { ca_file: Some(ca.clone()), ..Default::default() };
+    let mut up = leakwatch_agent::uploader::Uploader::open_with_tls(&url, &tls, &state, "", timeout).expect("open");
+    assert!(up.ensure_enrolled().await.is_err(), "no client certificate, no enrollment");
+    // With one: enrolled and reporting.
+    let state = leakwatch_agent::state::AgentState::open(&dir.path().join("agent")).expect("state");
+    let tls = leakwatch_agent::uploader::ClientTls {
+        ca_file: Some(ca.clone()),
+        cert: Some(client_cert.clone()),
+        key: Some(client_key.clone()),
+    };
+    let mut up = leakwatch_agent::uploader::Uploader::open_with_tls(&url, &tls, &state, "", timeout).expect("open");
+    let ack = up.send(&crate::hostile::good_batch()).await.expect("report over mTLS");
+    assert_eq!(ack.status(), AckStatus::Accepted);
+
+    // HTTP: TLS with the same rule.
+    let ok = https_get(server.http_addr, &ca, Some((&client_cert, &client_key)), "/healthz").await.expect("healthz");
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok\n"), "{ok}");
+    let metrics = https_get(server.http_addr, &ca, Some((&client_cert, &client_key)), "/metrics").await.expect("m");
+    assert!(metrics.contains("leakwatch_batches_accepted_total 1"), "{metrics}");
+    assert!(https_get(server.http_addr, &ca, None, "/healthz").await.is_err(), "no client certificate, no answer");
+    server.shutdown().await.expect("shutdown");
+}

@@ -1,0 +1,97 @@
+//! TLS for the HTTP port (`/healthz`, `/metrics`) with rustls, from the same
+//! certificate, key and optional client-certificate CA as gRPC.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::{Error, Result};
+
+/// The rustls server configuration for `cert` and `key` (PEM); with
+/// `client_ca`, clients must present a certificate signed by it.
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<std::result::Result<_, _>>())
+        .map_err(|e| Error::Config(format!("--tls-cert {}: {e}", cert.display())))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| Error::Config(format!("--tls-key {}: {e}", key.display())))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| Error::Config(format!("--tls-client-ca {}: {e}", ca.display())))?
+            {
+                let c = c.map_err(|e| Error::Config(format!("--tls-client-ca {}: {e}", ca.display())))?;
+                roots.add(c).map_err(|e| Error::Config(format!("--tls-client-ca {}: {e}", ca.display())))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| Error::Config(format!("--tls-client-ca {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config =
+        builder.with_single_cert(certs, key).map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A TCP listener that completes a TLS handshake before handing a
+/// connection to axum. Failed or slow (over 10 s) handshakes are dropped
+/// and logged.
+pub struct TlsListener {
+    inner: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl TlsListener {
+    /// Wraps `inner`.
+    pub fn new(inner: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        Self { inner, acceptor: TlsAcceptor::from(config) }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "HTTP TLS handshake failed"),
+                Err(_) => tracing::debug!(peer = %addr, "HTTP TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
