@@ -184,10 +184,16 @@ pub(crate) fn build_batches(
 ) -> Vec<ReportBatch> {
     records.sort_by(|a, b| a.seconds_since_boot.total_cmp(&b.seconds_since_boot));
     let sent_at_unix_ms = chrono::Utc::now().timestamp_millis();
-    records
-        .chunks(batch_records.max(1))
-        .enumerate()
-        .map(|(i, chunk)| ReportBatch {
+    let per_batch = batch_records.max(1);
+    let mut out = Vec::with_capacity(records.len().div_ceil(per_batch));
+    let mut rest = records.into_iter();
+    // Moves the records into their batches (no second copy of them).
+    for i in 0.. {
+        let chunk: Vec<FlowRecord> = rest.by_ref().take(per_batch).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        out.push(ReportBatch {
             batch_id: state.pseudonym(
                 "batch",
                 match part {
@@ -198,9 +204,10 @@ pub(crate) fn build_batches(
             ),
             sent_at_unix_ms,
             device: Some(device.clone()),
-            records: chunk.to_vec(),
-        })
-        .collect()
+            records: chunk,
+        });
+    }
+    out
 }
 
 /// Identifies a capture's content: SHA-256 of its length and of its first

@@ -218,13 +218,16 @@ pub fn import_lan(
             None => Some((key, *first.get(&key)?, BootSource::FirstPacket as i32)),
         }
     };
-    let flows = table.summaries_grouped(|origin, t| boot_of(LanDeviceKey::of(origin)?, t));
+    let mut flows = table.summaries_grouped(|origin, t| boot_of(LanDeviceKey::of(origin)?, t));
     let mut lookups: BTreeMap<(LanDeviceKey, i64, i32), Vec<_>> = BTreeMap::new();
     for l in table.lookups() {
         if let Some(group) = LanDeviceKey::of(l.origin).and_then(|k| boot_of(k, l.first_us)) {
-            lookups.entry(group).or_default().push(l);
+            lookups.entry(group).or_default().push(l.clone());
         }
     }
+    // The connections are summed up: free them before building batches.
+    let untracked_connections = table.untracked_connections;
+    drop(table);
     let mut groups: Vec<(LanDeviceKey, i64, i32)> = flows.keys().chain(lookups.keys()).copied().collect();
     groups.sort_unstable();
     groups.dedup();
@@ -256,12 +259,12 @@ pub fn import_lan(
         let boot_pseudonym = state.pseudonym("boot", &boot_input);
         let mut anon = AnonymiserStats::default();
         let mut records: Vec<_> = flows
-            .get(&group)
+            .remove(&group)
             .into_iter()
             .flatten()
-            .filter_map(|f| anonymiser::anonymise(f, boot_us, None, &mut anon))
+            .filter_map(|f| anonymiser::anonymise(&f, boot_us, None, &mut anon))
             .collect();
-        let merged = merge_lookups(lookups.get(&group).into_iter().flatten().copied());
+        let merged = merge_lookups(lookups.remove(&group).unwrap_or_default().iter());
         records.extend(merged.iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, &mut anon)));
         let device = DeviceInfo {
             device_pseudonym,
@@ -281,7 +284,7 @@ pub fn import_lan(
                 anonymiser: anon,
                 boot_source: BootSource::try_from(boot_source).unwrap_or_default(),
                 batches,
-                untracked_connections: table.untracked_connections,
+                untracked_connections,
             },
         });
     }
