@@ -735,6 +735,7 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
         let format = args.format;
         std::thread::spawn(move || -> Result<(u64, u64)> {
             let mut harvester = Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS);
+            harvester.attribute_processes(capture.host_addresses());
             let mut stream_stats = crate::capture::CaptureStats::default();
             let mut next = std::time::Instant::now() + interval;
             loop {

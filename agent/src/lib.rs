@@ -24,6 +24,7 @@ pub mod config;
 pub mod delivery;
 pub mod explain;
 pub mod flow;
+pub mod host;
 pub mod import;
 pub mod lan;
 pub mod live;

@@ -70,6 +70,8 @@ pub enum Capture {
     Interface {
         /// Receiver.
         rx: Box<dyn pnet_datalink::DataLinkReceiver>,
+        /// The interface's own addresses.
+        local: Vec<std::net::IpAddr>,
     },
     /// PCAPdroid over UDP.
     Udp {
@@ -89,7 +91,7 @@ pub enum Capture {
 impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Interface { .. } => f.write_str("Capture::Interface"),
+            Self::Interface { local, .. } => f.debug_struct("Capture::Interface").field("local", local).finish(),
             Self::Udp { socket, linktype, .. } => {
                 f.debug_struct("Capture::Udp").field("socket", socket).field("linktype", linktype).finish()
             }
@@ -114,7 +116,9 @@ impl Capture {
                 let config =
                     pnet_datalink::Config { read_timeout: Some(Duration::from_millis(250)), ..Default::default() };
                 match pnet_datalink::channel(iface, config) {
-                    Ok(pnet_datalink::Channel::Ethernet(_tx, rx)) => Ok(Self::Interface { rx }),
+                    Ok(pnet_datalink::Channel::Ethernet(_tx, rx)) => {
+                        Ok(Self::Interface { rx, local: iface.ips.iter().map(|n| n.ip()).collect() })
+                    }
                     Ok(_) => Err(Error::InvalidArgument {
                         field: "--interface".into(),
                         reason: format!("{name}: not an Ethernet-like interface"),
@@ -156,11 +160,20 @@ impl Capture {
         }
     }
 
+    /// The addresses of this host on a captured interface (none for a
+    /// stream from elsewhere).
+    pub fn host_addresses(&self) -> Vec<std::net::IpAddr> {
+        match self {
+            Self::Interface { local, .. } => local.clone(),
+            Self::Udp { .. } => Vec::new(),
+        }
+    }
+
     /// Waits for the next frames (at most the read timeout) and hands each
     /// to `on_frame`; malformed input is counted in `stats`.
     pub fn next_batch(&mut self, stats: &mut CaptureStats, on_frame: &mut dyn FnMut(LiveFrame<'_>)) -> Result<()> {
         match self {
-            Self::Interface { rx } => match rx.next() {
+            Self::Interface { rx, .. } => match rx.next() {
                 Ok(data) => {
                     on_frame(LiveFrame { ts_us: now_us(), linktype: LINKTYPE_ETHERNET, data, app: None });
                     Ok(())
@@ -363,6 +376,8 @@ pub struct Harvester {
     pub anonymiser: AnonymiserStats,
     /// Records reported so far.
     pub records: u64,
+    /// Names the processes of this host behind its connections.
+    processes: Option<(crate::host::ProcessTable, Vec<std::net::IpAddr>)>,
 }
 
 impl Harvester {
@@ -398,6 +413,15 @@ impl Harvester {
             capture: CaptureStats::default(),
             anonymiser: AnonymiserStats::default(),
             records: 0,
+            processes: None,
+        }
+    }
+
+    /// Names the process behind each new connection from or to one of
+    /// `host` (this machine's addresses), as `app` (see [`crate::host`]).
+    pub fn attribute_processes(&mut self, host: Vec<std::net::IpAddr>) {
+        if !host.is_empty() {
+            self.processes = Some((crate::host::ProcessTable::new(), host));
         }
     }
 
@@ -409,6 +433,28 @@ impl Harvester {
         let f = Frame { ts_us: Some(frame.ts_us), linktype: frame.linktype, data: frame.data };
         if let Some(mut packet) = capture::decode(f, self.last_ts_us, &mut self.capture) {
             packet.app = frame.app;
+            let mut owner = None;
+            if let Some((table, host)) = &mut self.processes
+                && packet.app.is_none()
+            {
+                // A TCP connection's owner is looked up at its SYN, a UDP
+                // socket's on every datagram (cached).
+                let proto = match packet.transport {
+                    capture::Transport::Tcp if packet.syn => Some(crate::host::Proto::Tcp),
+                    capture::Transport::Udp => Some(crate::host::Proto::Udp),
+                    capture::Transport::Tcp => None,
+                };
+                let src = SocketAddr::new(packet.src_ip, packet.src_port);
+                let dst = SocketAddr::new(packet.dst_ip, packet.dst_port);
+                owner = match proto {
+                    Some(p) if host.contains(&packet.src_ip) => table.owner(p, src, dst),
+                    Some(p) if host.contains(&packet.dst_ip) => table.owner(p, dst, src),
+                    _ => None,
+                };
+            }
+            if owner.is_some() {
+                packet.app = owner.as_deref();
+            }
             self.table.add(&packet);
         }
     }
@@ -452,6 +498,32 @@ mod tests {
         out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
         out.extend_from_slice(frame);
         out
+    }
+
+    #[test]
+    fn connections_of_this_host_are_named_after_their_process() {
+        if !std::path::Path::new("/proc/net/tcp").exists() {
+            eprintln!("no /proc/net/tcp: not Linux");
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (_server, _) = listener.accept().expect("accept");
+        let (local, remote) = (client.local_addr().expect("local"), client.peer_addr().expect("peer"));
+        let comm = std::fs::read_to_string("/proc/self/comm").expect("comm").trim().to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = AgentState::open(dir.path()).expect("state");
+        let mut h = Harvester::new(DeviceLabels::default(), &state, 1000);
+        h.attribute_processes(vec![local.ip()]);
+        let builder = etherparse::PacketBuilder::ipv4([127, 0, 0, 1], [127, 0, 0, 1], 64)
+            .tcp(local.port(), remote.port(), 1, 64240)
+            .syn();
+        let mut syn = Vec::new();
+        builder.write(&mut syn, &[]).expect("packet");
+        h.add(LiveFrame { ts_us: now_us(), linktype: LINKTYPE_RAW, data: &syn, app: None });
+        let summaries = h.table.summaries();
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries[0].app.as_deref(), Some(comm.as_str()));
     }
 
     #[test]
