@@ -224,7 +224,8 @@ pub fn anonymise(
             .take(16)
             .cloned()
             .collect(),
-        client_fingerprint: String::new(),
+        // A fingerprint names a TLS library, never a person or device.
+        client_fingerprint: flow.fingerprint.clone().filter(|f| f.len() <= 64).unwrap_or_default(),
     });
     Some(FlowRecord {
         seconds_since_boot: since_boot_us as f64 / 1e6,

@@ -76,6 +76,8 @@ pub struct FlowSummary {
     pub encrypted_dns: bool,
     /// Application that opened the flow, when the capture source says.
     pub app: Option<String>,
+    /// JA4 fingerprint of the TLS or QUIC ClientHello, if one was seen.
+    pub fingerprint: Option<String>,
     /// Connections summed into this flow.
     pub connections: u64,
     /// Mean seconds between successive connection starts (0 with fewer
@@ -168,6 +170,7 @@ struct Naming {
     name_source: NameSource,
     sni: Option<String>,
     alpn: Vec<String>,
+    fingerprint: Option<String>,
 }
 
 /// What the capture says about the device that initiated the flows; the
@@ -448,9 +451,11 @@ impl FlowTable {
 
     /// How a connection's destination is named, by the attribution order.
     fn naming(&self, conn: &Conn) -> Naming {
-        let (sni, alpn, hello_source) = match &conn.hello {
-            HelloState::Found(h, source) => (h.sni.clone(), h.alpn.clone(), *source),
-            _ => (None, Vec::new(), NameSource::None),
+        let (sni, alpn, hello_source, fingerprint) = match &conn.hello {
+            HelloState::Found(h, source) => {
+                (h.sni.clone(), h.alpn.clone(), *source, Some(h.ja4(*source == NameSource::Quic)))
+            }
+            _ => (None, Vec::new(), NameSource::None, None),
         };
         let dns_name = conn.dns_name.clone().or_else(|| self.dns.get(&conn.responder.ip).cloned());
         let (domain, name_source) = if let Some(s) = &sni {
@@ -462,7 +467,7 @@ impl FlowTable {
         } else {
             (None, NameSource::None)
         };
-        Naming { domain, name_source, sni, alpn }
+        Naming { domain, name_source, sni, alpn, fingerprint }
     }
 
     /// Moves finished connections into a new table, with every DNS lookup
@@ -572,7 +577,7 @@ impl FlowTable {
         for conn in &self.all {
             let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
             let Some(g) = group(origin, conn.first_us) else { continue };
-            let Naming { domain, name_source, sni, alpn } = self.naming(conn);
+            let Naming { domain, name_source, sni, alpn, fingerprint } = self.naming(conn);
             let encrypted = is_encrypted_dns(conn.responder.port, domain.as_deref());
             let dest = (g.clone(), conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
             let out = groups.entry(g).or_default();
@@ -603,6 +608,7 @@ impl FlowTable {
                     if f.sni.is_none() && sni.is_some() {
                         f.sni = sni;
                         f.alpn = alpn;
+                        f.fingerprint = fingerprint;
                     }
                 }
                 None => {
@@ -623,6 +629,7 @@ impl FlowTable {
                         sni,
                         alpn,
                         app: conn.app.as_deref().map(str::to_string),
+                        fingerprint,
                         connections: 1,
                         interval_mean_s: 0.0,
                         interval_cv: 0.0,

@@ -11,6 +11,93 @@ pub struct ClientHello {
     pub sni: Option<String>,
     /// Offered ALPN protocol names, in order.
     pub alpn: Vec<String>,
+    /// What a JA4 fingerprint is computed from (see [`ClientHello::ja4`]).
+    pub shape: HelloShape,
+}
+
+/// The parts of a ClientHello a client fingerprint is made of: which TLS
+/// library (and so often which SDK) sent it, never who.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelloShape {
+    /// `legacy_version` of the hello.
+    pub legacy_version: u16,
+    /// Cipher suites, in order.
+    pub ciphers: Vec<u16>,
+    /// Extension types, in order.
+    pub extensions: Vec<u16>,
+    /// The `supported_versions` extension's list.
+    pub supported_versions: Vec<u16>,
+    /// The `signature_algorithms` extension's list, in order.
+    pub signature_algorithms: Vec<u16>,
+}
+
+/// GREASE values (RFC 8701) are random placeholders a fingerprint ignores.
+fn is_grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
+}
+
+fn truncated_sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    if text.is_empty() {
+        return "000000000000".into();
+    }
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))[..12].to_string()
+}
+
+impl ClientHello {
+    /// The JA4 client fingerprint (FoxIO's JA4 specification): protocol
+    /// (`t` TCP, `q` QUIC), TLS version, SNI present (`d`) or not (`i`),
+    /// counts of cipher suites and extensions, the first and last character
+    /// of the first ALPN value; then truncated SHA-256 hashes of the sorted
+    /// cipher suites and of the sorted extensions (without SNI and ALPN)
+    /// with the signature algorithms in order. GREASE values are left out.
+    pub fn ja4(&self, quic: bool) -> String {
+        let h = &self.shape;
+        let version = h.supported_versions.iter().copied().filter(|v| !is_grease(*v)).max().unwrap_or(h.legacy_version);
+        let version = match version {
+            0x0304 => "13",
+            0x0303 => "12",
+            0x0302 => "11",
+            0x0301 => "10",
+            0x0300 => "s3",
+            _ => "00",
+        };
+        let ciphers: Vec<u16> = h.ciphers.iter().copied().filter(|c| !is_grease(*c)).collect();
+        let extensions: Vec<u16> = h.extensions.iter().copied().filter(|e| !is_grease(*e)).collect();
+        let sni = if extensions.contains(&0) { 'd' } else { 'i' };
+        let alpn = match self.alpn.first().map(String::as_bytes) {
+            Some([first, .., last]) | Some([first @ last]) => {
+                if first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric() {
+                    format!("{}{}", char::from(*first), char::from(*last))
+                } else {
+                    let (f, l) = (format!("{first:02x}"), format!("{last:02x}"));
+                    format!("{}{}", &f[..1], &l[1..])
+                }
+            }
+            _ => "00".into(),
+        };
+        let hexes = |v: &[u16]| v.iter().map(|x| format!("{x:04x}")).collect::<Vec<_>>().join(",");
+        let mut sorted_ciphers = ciphers.clone();
+        sorted_ciphers.sort_unstable();
+        let mut sorted_ext: Vec<u16> = extensions.iter().copied().filter(|e| *e != 0 && *e != 16).collect();
+        sorted_ext.sort_unstable();
+        let sigs: Vec<u16> = h.signature_algorithms.iter().copied().filter(|s| !is_grease(*s)).collect();
+        let ext_text = if sigs.is_empty() {
+            hexes(&sorted_ext)
+        } else if sorted_ext.is_empty() {
+            String::new()
+        } else {
+            format!("{}_{}", hexes(&sorted_ext), hexes(&sigs))
+        };
+        format!(
+            "{}{version}{sni}{:02}{:02}{alpn}_{}_{}",
+            if quic { 'q' } else { 't' },
+            ciphers.len().min(99),
+            extensions.len().min(99),
+            truncated_sha256_hex(&hexes(&sorted_ciphers)),
+            truncated_sha256_hex(&ext_text)
+        )
+    }
 }
 
 /// Result of looking at the start of a client's byte stream.
@@ -87,14 +174,18 @@ pub fn parse_handshake(handshake: &[u8]) -> Parse {
 
 fn parse_hello_body(b: &[u8]) -> Option<ClientHello> {
     let mut r = Reader { b, pos: 0 };
-    r.skip(2 + 32)?; // version, random
+    let mut hello = ClientHello::default();
+    hello.shape.legacy_version = r.u16()?;
+    r.skip(32)?; // random
     let sid = usize::from(r.u8()?);
     r.skip(sid)?;
     let suites = usize::from(r.u16()?);
-    r.skip(suites)?;
+    let mut c = Reader { b: r.take(suites)?, pos: 0 };
+    while let Some(suite) = c.u16() {
+        hello.shape.ciphers.push(suite);
+    }
     let comp = usize::from(r.u8()?);
     r.skip(comp)?;
-    let mut hello = ClientHello::default();
     if r.pos == b.len() {
         return Some(hello); // no extensions
     }
@@ -106,7 +197,22 @@ fn parse_hello_body(b: &[u8]) -> Option<ClientHello> {
         let len = usize::from(e.u16()?);
         let data = e.take(len)?;
         let mut d = Reader { b: data, pos: 0 };
+        hello.shape.extensions.push(kind);
         match kind {
+            13 => {
+                let list_len = usize::from(d.u16()?);
+                let mut l = Reader { b: d.take(list_len)?, pos: 0 };
+                while let Some(alg) = l.u16() {
+                    hello.shape.signature_algorithms.push(alg);
+                }
+            }
+            43 => {
+                let list_len = usize::from(d.u8()?);
+                let mut l = Reader { b: d.take(list_len)?, pos: 0 };
+                while let Some(v) = l.u16() {
+                    hello.shape.supported_versions.push(v);
+                }
+            }
             0 => {
                 let list_len = usize::from(d.u16()?);
                 let list = d.take(list_len)?;
@@ -205,10 +311,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ja4_ignores_grease_and_names_quic() {
+        let hello = |ciphers: Vec<u16>, extensions: Vec<u16>| ClientHello {
+            sni: Some("a.example".into()),
+            alpn: vec!["h2".into()],
+            shape: HelloShape {
+                legacy_version: 0x0303,
+                ciphers,
+                extensions,
+                supported_versions: vec![0x0a0a, 0x0304, 0x0303],
+                signature_algorithms: vec![0x0403, 0x0804],
+            },
+        };
+        let plain = hello(vec![0x1301, 0x1302], vec![0, 16, 43, 13]);
+        let greased = hello(vec![0x2a2a, 0x1301, 0x1302], vec![0x3a3a, 0, 16, 43, 13]);
+        assert_eq!(plain.ja4(false), greased.ja4(false));
+        assert!(plain.ja4(false).starts_with("t13d0204h2_"), "{}", plain.ja4(false));
+        assert!(plain.ja4(true).starts_with("q13d0204h2_"));
+        let bare =
+            ClientHello { shape: HelloShape { legacy_version: 0x0301, ..Default::default() }, ..Default::default() };
+        assert_eq!(bare.ja4(false), "t10i000000_000000000000_000000000000");
+    }
+
+    #[test]
     fn round_trip_and_split() {
         let rec = build_client_hello("API.Example.com", &["h2", "http/1.1"], [7; 32]);
-        let want = ClientHello { sni: Some("API.Example.com".into()), alpn: vec!["h2".into(), "http/1.1".into()] };
-        assert_eq!(parse_client_hello(&rec), Parse::Hello(want));
+        let Parse::Hello(hello) = parse_client_hello(&rec) else { panic!("a hello") };
+        assert_eq!(hello.sni.as_deref(), Some("API.Example.com"));
+        assert_eq!(hello.alpn, ["h2", "http/1.1"]);
         for cut in 0..rec.len() {
             assert!(matches!(parse_client_hello(&rec[..cut]), Parse::NeedMore(_)), "cut {cut}");
         }

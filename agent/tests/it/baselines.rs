@@ -200,3 +200,36 @@ fn external_community_ids_equal_suricatas() {
     assert_eq!((dns_google.packets_out, dns_google.packets_in), (17, 17));
     assert_eq!((dns_google.ip_bytes_out + 17 * 14, dns_google.ip_bytes_in + 17 * 14), (2303, 7122));
 }
+
+/// The JA4 client fingerprint equals Arkime's (`ja4` in its session JSON)
+/// on every Arkime capture that has one.
+#[test]
+fn external_ja4_fingerprints_equal_arkimes() {
+    let mut compared = 0;
+    for name in ["curl-enabled-tls13", "tls-alpn-h2", "tls-split-client-hello"] {
+        let expected_text = std::fs::read_to_string(external(&format!("arkime/{name}.test"))).expect("arkime test");
+        let want: BTreeSet<String> = expected_text
+            .split("\"ja4\" : [")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').nth(1).map(str::to_string))
+            .collect();
+        assert!(!want.is_empty(), "{name}: Arkime gives a ja4");
+        let state = tempfile::tempdir().expect("state");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+            .args(["import", "--dry-run", "--format", "jsonl", "--state-dir"])
+            .arg(state.path())
+            .arg(external(&format!("arkime/{name}.pcap")))
+            .output()
+            .expect("agent");
+        assert!(out.status.success());
+        let got: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["tls"]["client_fingerprint"].as_str().map(str::to_string))
+            .filter(|f| !f.is_empty())
+            .collect();
+        assert_eq!(got, want, "{name}");
+        compared += want.len();
+    }
+    assert_eq!(compared, 3);
+}
