@@ -89,6 +89,13 @@ pub struct RunArgs {
     /// Seconds between reports of finished connections.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub report_interval: u64,
+    /// Router / LAN mode: each LAN device is its own device with its own
+    /// boots (from its DHCP handshakes).
+    #[arg(long)]
+    pub lan: bool,
+    /// LAN mode: TOML file labelling devices by MAC.
+    #[arg(long, requires = "lan")]
+    pub device_labels: Option<PathBuf>,
     #[command(flatten)]
     /// Device labels.
     pub device: DeviceArgs,
@@ -527,20 +534,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     let mut failed = 0usize;
     let mut read_ok = 0usize;
     if args.lan {
-        let d = &args.device;
-        if d.device_id.is_some()
-            || !d.vendor.is_empty()
-            || !d.model.is_empty()
-            || !d.firmware.is_empty()
-            || !d.consent.is_empty()
-        {
-            return Err(Error::InvalidArgument {
-                field: "--lan".into(),
-                reason: "device flags (--device-id, --vendor, --model, --firmware, --consent) label one device; \
-                         in LAN mode label devices by MAC in --device-labels"
-                    .into(),
-            });
-        }
+        check_no_device_flags(&args.device)?;
         let lan_labels = match &args.device_labels {
             Some(path) => LanLabels::from_toml(
                 &std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), source })?,
@@ -681,6 +675,24 @@ async fn deliver_spool(spool: &std::sync::Mutex<Spool>, settings: &Settings, sta
     }
 }
 
+/// In LAN mode devices are labelled by MAC, not by the one-device flags.
+fn check_no_device_flags(d: &DeviceArgs) -> Result<()> {
+    if d.device_id.is_some()
+        || !d.vendor.is_empty()
+        || !d.model.is_empty()
+        || !d.firmware.is_empty()
+        || !d.consent.is_empty()
+    {
+        return Err(Error::InvalidArgument {
+            field: "--lan".into(),
+            reason: "device flags (--device-id, --vendor, --model, --firmware, --consent) label one device; \
+                     in LAN mode label devices by MAC in --device-labels"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 async fn flush(args: FlushArgs) -> Result<ExitCode> {
     let settings = args.agent.settings(args.collector)?;
     let state = settings.state()?;
@@ -703,6 +715,17 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
     if !args.dry_run {
         settings.collector()?;
     }
+    let lan_labels = if args.lan {
+        check_no_device_flags(&args.device)?;
+        match args.device_labels.clone().or(settings.config.device_labels.clone()) {
+            Some(path) => Some(LanLabels::from_toml(
+                &std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?,
+            )?),
+            None => Some(LanLabels::default()),
+        }
+    } else {
+        None
+    };
     let state = settings.state()?;
     let source = match (args.interface.clone(), args.pcapdroid_udp) {
         (Some(name), _) => LiveSource::Interface(name),
@@ -734,7 +757,10 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
         let (stop, queued, spool, state) = (stop.clone(), queued.clone(), spool.clone(), state.clone());
         let format = args.format;
         std::thread::spawn(move || -> Result<(u64, u64)> {
-            let mut harvester = Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS);
+            let mut harvester = match lan_labels {
+                Some(lan) => Harvester::lan(lan, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS),
+                None => Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS),
+            };
             harvester.attribute_processes(capture.host_addresses());
             let mut stream_stats = crate::capture::CaptureStats::default();
             let mut next = std::time::Instant::now() + interval;

@@ -17,7 +17,7 @@ use leakwatch_proto::v1::{BootSource, DeviceInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::anonymiser::{self, AnonymiserStats, is_non_public};
-use crate::flow::Origin;
+use crate::flow::{FlowTable, Origin};
 use crate::import::{ImportedCapture, ReadCapture, build_batches, hash_file, merge_lookups, read_capture};
 use crate::state::AgentState;
 use crate::{Error, Result};
@@ -177,62 +177,87 @@ pub struct LanBoot {
     pub import: ImportedCapture,
 }
 
-/// Imports a LAN capture: one [`LanBoot`] per device and boot.
-pub fn import_lan(
-    path: &Path,
-    labels: &LanLabels,
+/// What is known so far about the boots of a capture's LAN devices: their
+/// DHCP handshakes and first packets. A live capture feeds it interval by
+/// interval; a file import all at once.
+#[derive(Debug, Clone, Default)]
+pub struct LanBootTracker {
+    dhcp: HashMap<[u8; 6], Vec<i64>>,
+    first: HashMap<LanDeviceKey, i64>,
     explicit_boot_us: Option<i64>,
-    state: &AgentState,
-    batch_records: usize,
-) -> Result<Vec<LanBoot>> {
-    let ReadCapture { table, stats, .. } = read_capture(path)?;
-    // DHCP handshakes per MAC, collapsed.
-    let mut dhcp: HashMap<[u8; 6], Vec<i64>> = HashMap::new();
-    for h in table.dhcp_handshakes() {
-        let times = dhcp.entry(h.mac).or_default();
-        if times.last().is_none_or(|&last| h.ts_us - last > HANDSHAKE_GAP_US) {
-            times.push(h.ts_us);
+}
+
+/// A device's boot: the device, the boot time and how it was obtained.
+pub type BootGroup = (LanDeviceKey, i64, i32);
+
+impl LanBootTracker {
+    /// A tracker; `explicit_boot_us` is the boot of devices without a DHCP
+    /// handshake (else their first packet).
+    pub fn new(explicit_boot_us: Option<i64>) -> Self {
+        Self { explicit_boot_us, ..Self::default() }
+    }
+
+    /// Learns the DHCP handshakes and first packets in `table`.
+    pub fn observe(&mut self, table: &FlowTable) {
+        for h in table.dhcp_handshakes() {
+            let times = self.dhcp.entry(h.mac).or_default();
+            if times.last().is_none_or(|&last| (h.ts_us - last).abs() > HANDSHAKE_GAP_US) {
+                times.push(h.ts_us);
+                times.sort_unstable();
+            }
+        }
+        let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
+        for (origin, t) in table.origins().into_iter().chain(lookup_origins) {
+            if let Some(key) = LanDeviceKey::of(origin) {
+                let e = self.first.entry(key).or_insert(t);
+                *e = (*e).min(t);
+            }
         }
     }
-    for times in dhcp.values_mut() {
-        times.sort_unstable();
-    }
-    // First packet per device.
-    let mut first: HashMap<LanDeviceKey, i64> = HashMap::new();
-    let origins = table.origins();
-    let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
-    for (origin, t) in origins.into_iter().chain(lookup_origins) {
-        if let Some(key) = LanDeviceKey::of(origin) {
-            let e = first.entry(key).or_insert(t);
-            *e = (*e).min(t);
-        }
-    }
-    let boot_of = |key: LanDeviceKey, t: i64| -> Option<(LanDeviceKey, i64, i32)> {
+
+    /// The boot a packet of `origin` at `t` belongs to.
+    pub fn boot_of(&self, origin: Origin, t: i64) -> Option<BootGroup> {
+        let key = LanDeviceKey::of(origin)?;
         if let LanDeviceKey::Mac(mac) = key
-            && let Some(&start) = dhcp.get(&mac).and_then(|times| times.iter().rev().find(|&&d| d <= t))
+            && let Some(&start) = self.dhcp.get(&mac).and_then(|times| times.iter().rev().find(|&&d| d <= t))
         {
             return Some((key, start, BootSource::Dhcp as i32));
         }
-        match explicit_boot_us {
+        match self.explicit_boot_us {
             Some(b) => Some((key, b, BootSource::Explicit as i32)),
-            None => Some((key, *first.get(&key)?, BootSource::FirstPacket as i32)),
+            None => Some((key, *self.first.get(&key)?, BootSource::FirstPacket as i32)),
         }
-    };
-    let mut flows = table.summaries_grouped(|origin, t| boot_of(LanDeviceKey::of(origin)?, t));
-    let mut lookups: BTreeMap<(LanDeviceKey, i64, i32), Vec<_>> = BTreeMap::new();
+    }
+}
+
+/// Turns a table's connections and lookups into one [`LanBoot`] per device
+/// and boot. `boot_salt` makes boot pseudonyms (and so batch ids) unique
+/// to the capture (a file's content hash, a live run's random nonce);
+/// `part` numbers a live capture's report intervals.
+#[allow(clippy::too_many_arguments)]
+pub fn lan_boots(
+    table: FlowTable,
+    tracker: &LanBootTracker,
+    labels: &LanLabels,
+    state: &AgentState,
+    boot_salt: &[u8],
+    batch_records: usize,
+    part: Option<u64>,
+    template: &ImportedCapture,
+) -> Vec<LanBoot> {
+    let mut flows = table.summaries_grouped(|origin, t| tracker.boot_of(origin, t));
+    let mut lookups: BTreeMap<BootGroup, Vec<_>> = BTreeMap::new();
     for l in table.lookups() {
-        if let Some(group) = LanDeviceKey::of(l.origin).and_then(|k| boot_of(k, l.first_us)) {
+        if let Some(group) = tracker.boot_of(l.origin, l.first_us) {
             lookups.entry(group).or_default().push(l.clone());
         }
     }
     // The connections are summed up: free them before building batches.
-    let untracked_connections = table.untracked_connections;
     drop(table);
-    let mut groups: Vec<(LanDeviceKey, i64, i32)> = flows.keys().chain(lookups.keys()).copied().collect();
+    let mut groups: Vec<BootGroup> = flows.keys().chain(lookups.keys()).copied().collect();
     groups.sort_unstable();
     groups.dedup();
 
-    let content_hash = hash_file(path)?;
     let mut out = Vec::new();
     for group @ (key, boot_us, boot_source) in groups {
         let label = match key {
@@ -255,7 +280,7 @@ pub fn import_lan(
         let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
         let mut boot_input = device_pseudonym.clone().into_bytes();
         boot_input.extend_from_slice(&boot_us.to_be_bytes());
-        boot_input.extend_from_slice(&content_hash);
+        boot_input.extend_from_slice(boot_salt);
         let boot_pseudonym = state.pseudonym("boot", &boot_input);
         let mut anon = AnonymiserStats::default();
         let mut records: Vec<_> = flows
@@ -275,20 +300,41 @@ pub fn import_lan(
             boot_pseudonym,
             boot_source,
         };
-        let batches = build_batches(records, &device, state, batch_records, None);
+        let batches = build_batches(records, &device, state, batch_records, part);
         out.push(LanBoot {
             device: key,
             import: ImportedCapture {
-                path: path.to_path_buf(),
-                capture: stats.clone(),
                 anonymiser: anon,
                 boot_source: BootSource::try_from(boot_source).unwrap_or_default(),
                 batches,
-                untracked_connections,
+                ..template.clone()
             },
         });
     }
-    Ok(out)
+    out
+}
+
+/// Imports a LAN capture: one [`LanBoot`] per device and boot.
+pub fn import_lan(
+    path: &Path,
+    labels: &LanLabels,
+    explicit_boot_us: Option<i64>,
+    state: &AgentState,
+    batch_records: usize,
+) -> Result<Vec<LanBoot>> {
+    let ReadCapture { table, stats, .. } = read_capture(path)?;
+    let mut tracker = LanBootTracker::new(explicit_boot_us);
+    tracker.observe(&table);
+    let template = ImportedCapture {
+        path: path.to_path_buf(),
+        capture: stats,
+        anonymiser: AnonymiserStats::default(),
+        boot_source: BootSource::Unspecified,
+        batches: Vec::new(),
+        untracked_connections: table.untracked_connections,
+    };
+    let content_hash = hash_file(path)?;
+    Ok(lan_boots(table, &tracker, labels, state, &content_hash, batch_records, None, &template))
 }
 
 #[cfg(test)]

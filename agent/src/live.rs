@@ -378,6 +378,9 @@ pub struct Harvester {
     pub records: u64,
     /// Names the processes of this host behind its connections.
     processes: Option<(crate::host::ProcessTable, Vec<std::net::IpAddr>)>,
+    /// Router / LAN mode: boots per LAN device, their labels, and this
+    /// run's nonce for boot pseudonyms.
+    lan: Option<(crate::lan::LanBootTracker, crate::lan::LanLabels, [u8; 16])>,
 }
 
 impl Harvester {
@@ -414,7 +417,22 @@ impl Harvester {
             anonymiser: AnonymiserStats::default(),
             records: 0,
             processes: None,
+            lan: None,
         }
+    }
+
+    /// Router / LAN mode: each LAN device (by MAC, else local address) is
+    /// its own device, with boots from its DHCP handshakes (else
+    /// `explicit_boot_us`, else its first packet) and labels from `labels`.
+    pub fn lan(
+        labels: crate::lan::LanLabels,
+        explicit_boot_us: Option<i64>,
+        state: &AgentState,
+        batch_records: usize,
+    ) -> Self {
+        let mut h = Self::new(DeviceLabels::default(), state, batch_records);
+        h.lan = Some((crate::lan::LanBootTracker::new(explicit_boot_us), labels, rand::random()));
+        h
     }
 
     /// Names the process behind each new connection from or to one of
@@ -469,6 +487,31 @@ impl Harvester {
     /// harvest.
     pub fn harvest(&mut self, now_us: i64, everything: bool) -> Vec<ReportBatch> {
         let done = self.table.drain_finished(now_us, everything);
+        if let Some((tracker, labels, nonce)) = &mut self.lan {
+            tracker.observe(&done);
+            self.seq += 1;
+            let template = crate::import::ImportedCapture {
+                path: "live".into(),
+                capture: CaptureStats::default(),
+                anonymiser: AnonymiserStats::default(),
+                boot_source: BootSource::Unspecified,
+                batches: Vec::new(),
+                untracked_connections: 0,
+            };
+            let boots = crate::lan::lan_boots(
+                done,
+                tracker,
+                labels,
+                &self.state,
+                nonce,
+                self.batch_records,
+                Some(self.seq),
+                &template,
+            );
+            let batches: Vec<ReportBatch> = boots.into_iter().flat_map(|b| b.import.batches).collect();
+            self.records += batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
+            return batches;
+        }
         let Some(boot_us) = self.boot_us else { return Vec::new() };
         let mut records: Vec<_> = done
             .summaries()

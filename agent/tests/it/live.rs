@@ -94,26 +94,21 @@ fn wait_for_line(child: &mut Child, marker: &str) -> (String, std::thread::JoinH
     (line, handle)
 }
 
-#[test]
-fn phone_stream_gives_the_same_records_as_the_capture_file_with_the_app() {
-    let (dir, manifest) = simulated_fleet(1);
-    let entry = &manifest.captures[0];
-    let file = dir.path().join(&entry.file);
-    let state = tempfile::tempdir().expect("state");
-
-    let import = Command::new(AGENT)
-        .args(["import", "--dry-run", "--format", "jsonl", "--state-dir"])
-        .arg(state.path())
-        .arg(&file)
-        .output()
-        .expect("import");
-    assert!(import.status.success());
-    let expected = per_destination(&jsonl(&import.stdout));
-
+/// Streams `file` to `run --pcapdroid-udp --dry-run` (with `extra` flags)
+/// as PCAPdroid sends it, with its trailer naming `app` when given, stops
+/// the agent with SIGTERM and returns its records, its stderr and the frames
+/// sent.
+fn run_stream(
+    file: &std::path::Path,
+    state: &std::path::Path,
+    extra: &[&str],
+    app: Option<&str>,
+) -> (Vec<Value>, String, usize) {
     let mut child = Running(
         Command::new(AGENT)
             .args(["run", "--pcapdroid-udp", "127.0.0.1:0", "--dry-run", "--report-interval", "3600", "--state-dir"])
-            .arg(state.path())
+            .arg(state)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -121,19 +116,19 @@ fn phone_stream_gives_the_same_records_as_the_capture_file_with_the_app() {
     );
     let (line, stderr) = wait_for_line(&mut child.0, "udp://");
     let addr = line.rsplit("udp://").next().expect("address").trim().to_string();
-
-    // The stream as PCAPdroid sends it with its trailer on: the pcap
-    // header (Ethernet), then records, several per datagram.
+    // The pcap header (Ethernet), then records, several per datagram.
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut header = 0xa1b2_c3d4u32.to_le_bytes().to_vec();
     header.extend_from_slice(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0]);
     header.extend_from_slice(&1u32.to_le_bytes());
     socket.send_to(&header, &addr).expect("send header");
-    let records = pcap_records(&std::fs::read(&file).expect("read capture"));
+    let records = pcap_records(&std::fs::read(file).expect("read capture"));
     let mut datagram = Vec::new();
     for (i, (secs, micros, frame)) in records.iter().enumerate() {
         let mut frame = frame.clone();
-        frame.extend(trailer("com.example.phone"));
+        if let Some(app) = app {
+            frame.extend(trailer(app));
+        }
         for word in [*secs, *micros, frame.len() as u32, frame.len() as u32] {
             datagram.extend_from_slice(&word.to_le_bytes());
         }
@@ -151,14 +146,69 @@ fn phone_stream_gives_the_same_records_as_the_capture_file_with_the_app() {
     let exit = child.0.wait().expect("wait");
     let stderr = stderr.join().expect("stderr thread");
     assert!(exit.success(), "{stderr}");
-    assert!(stderr.contains(&format!("captured {} frames", records.len())), "{stderr}");
+    (jsonl(&stdout), stderr, records.len())
+}
 
-    let lines = jsonl(&stdout);
+fn import_dry_run(file: &std::path::Path, state: &std::path::Path, extra: &[&str]) -> Vec<Value> {
+    let import = Command::new(AGENT)
+        .args(["import", "--dry-run", "--format", "jsonl", "--state-dir"])
+        .arg(state)
+        .args(extra)
+        .arg(file)
+        .output()
+        .expect("import");
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    jsonl(&import.stdout)
+}
+
+#[test]
+fn phone_stream_gives_the_same_records_as_the_capture_file_with_the_app() {
+    let (dir, manifest) = simulated_fleet(1);
+    let file = dir.path().join(&manifest.captures[0].file);
+    let state = tempfile::tempdir().expect("state");
+    let expected = per_destination(&import_dry_run(&file, state.path(), &[]));
+    let (lines, stderr, frames) = run_stream(&file, state.path(), &[], Some("com.example.phone"));
+    assert!(stderr.contains(&format!("captured {frames} frames")), "{stderr}");
     assert!(!lines.is_empty(), "{stderr}");
     for l in &lines {
         assert_eq!(l["app"], "com.example.phone", "{l}");
     }
     assert_eq!(per_destination(&lines), expected, "same destinations and bytes as importing the file");
+}
+
+#[test]
+fn live_lan_mode_gives_each_device_its_boots_like_importing_the_capture() {
+    let (dir, manifest) = simulated_fleet(6);
+    let (lan, labels) =
+        leakwatch_agent::simulate::write_lan_capture(dir.path(), &manifest).expect("LAN capture of the fleet");
+    let labels = labels.to_string_lossy().to_string();
+    let state = tempfile::tempdir().expect("state");
+    let lan_flags = ["--lan", "--device-labels", labels.as_str()];
+    let key = |lines: &[Value]| {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for l in lines {
+            let d = &l["device"];
+            let k = format!(
+                "{} {} {} {} {} {} {}",
+                d["vendor"],
+                d["model"],
+                d["boot_source"],
+                l["domain"],
+                l["dst_ip"],
+                l["dst_port"],
+                l["seconds_since_boot"]
+            );
+            *out.entry(k).or_default() += l["bytes_out"].as_u64().unwrap_or(0);
+        }
+        out
+    };
+    let expected = key(&import_dry_run(&lan, state.path(), &lan_flags));
+    let (lines, stderr, _) = run_stream(&lan, state.path(), &lan_flags, None);
+    let devices: std::collections::BTreeSet<String> =
+        lines.iter().map(|l| l["device"]["device_pseudonym"].to_string()).collect();
+    assert_eq!(devices.len(), manifest.devices as usize, "one device per LAN device: {stderr}");
+    assert!(lines.iter().all(|l| l["device"]["boot_source"] == "BOOT_SOURCE_DHCP"));
+    assert_eq!(key(&lines), expected, "same devices, boots, destinations and bytes as importing the capture");
 }
 
 /// Copies the agent binary where an unprivileged user can run it.
