@@ -149,6 +149,10 @@ pub struct InstallServiceArgs {
     /// Overwrite an existing unit.
     #[arg(long)]
     pub force: bool,
+    /// Router / LAN mode: every LAN device with its own boots (labels from
+    /// `device_labels` in the config).
+    #[arg(long)]
+    pub lan: bool,
 }
 
 /// Flags of `flush`.
@@ -875,7 +879,7 @@ fn install_service(args: InstallServiceArgs) -> Result<ExitCode> {
         Some(b) => b,
         None => std::env::current_exe().map_err(|source| Error::Io { path: "<current executable>".into(), source })?,
     };
-    let spec = crate::service::ServiceSpec { name: args.name.clone(), binary, source };
+    let spec = crate::service::ServiceSpec { name: args.name.clone(), binary, source, lan: args.lan };
     let path = crate::service::install(&spec, &args.unit_dir, args.force)?;
     let name = &args.name;
     println!("wrote {}", path.display());

@@ -21,6 +21,9 @@ pub struct ServiceSpec {
     pub binary: PathBuf,
     /// The capture source.
     pub source: LiveSource,
+    /// Router / LAN mode (`run --lan`; labels from the config's
+    /// `device_labels`).
+    pub lan: bool,
 }
 
 fn quote(arg: &str) -> String {
@@ -33,10 +36,13 @@ fn quote(arg: &str) -> String {
 
 /// The unit file's text.
 pub fn unit_text(spec: &ServiceSpec) -> String {
-    let source = match &spec.source {
+    let mut source = match &spec.source {
         LiveSource::Interface(name) => format!("--interface {}", quote(name)),
         LiveSource::PcapdroidUdp(addr) => format!("--pcapdroid-udp {addr}"),
     };
+    if spec.lan {
+        source.push_str(" --lan");
+    }
     let capture_caps = match spec.source {
         LiveSource::Interface(_) => "CAP_NET_RAW",
         // A UDP listener on a port >= 1024 needs no capability at all.
@@ -130,6 +136,7 @@ mod tests {
             name: "leakwatch-agent".into(),
             binary: "/usr/local/bin/leakwatch-agent".into(),
             source: LiveSource::Interface("eth0".into()),
+            lan: false,
         };
         let path = install(&spec, dir.path(), false).expect("install");
         let text = std::fs::read_to_string(&path).expect("read");
@@ -145,8 +152,11 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(install(&spec, dir.path(), false).is_err(), "no silent overwrite");
-        let phone = ServiceSpec { source: LiveSource::PcapdroidUdp("0.0.0.0:5123".parse().expect("addr")), ..spec };
+        let phone =
+            ServiceSpec { source: LiveSource::PcapdroidUdp("0.0.0.0:5123".parse().expect("addr")), ..spec.clone() };
         let text = unit_text(&phone);
         assert!(text.contains("run --pcapdroid-udp 0.0.0.0:5123") && text.contains("CapabilityBoundingSet=\n"));
+        let router = ServiceSpec { lan: true, ..spec };
+        assert!(unit_text(&router).contains("run --interface eth0 --lan --config"));
     }
 }
