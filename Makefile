@@ -19,9 +19,9 @@ demo: deps
 test: deps fmt clippy check-agent-deps unit
 
 bench: deps bench-deps
-	$(CARGO) build --locked --release -p leakwatch-agent
-	./benches/import.sh
-	./benches/agent.sh
+	$(CARGO) build --locked --profile agent -p leakwatch-agent
+	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/import.sh
+	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/agent.sh
 	$(CARGO) bench --locked -p leakwatch-collector --bench ingest
 
 # The collector crash test with more rounds (SIGKILLs under 50 agents).

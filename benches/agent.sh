@@ -4,11 +4,12 @@
 # 1,000 new connections a minute (a simulated LAN capture replayed as a
 # PCAPdroid UDP stream, timestamps rewritten to now).
 # Goals: binary <= 10 MB, RSS <= 20 MB, < 1% of a core at that rate.
-# Usage: benches/agent.sh   (make bench builds the release agent first)
+# Usage: benches/agent.sh   (make bench builds the agent with the `agent`
+# profile, release without debug info, stripped, as shipped to volunteers)
 set -euo pipefail
 
 target="${CARGO_TARGET_DIR:-target}"
-agent="${AGENT:-$target/release/leakwatch-agent}"
+agent="${AGENT:-$target/agent/leakwatch-agent}"
 dir="${BENCH_DIR:-$target/bench/agent}"
 devices="${BENCH_AGENT_DEVICES:-700}"
 live_secs="${BENCH_LIVE_SECS:-60}"
@@ -22,8 +23,6 @@ if [ ! -f "$file" ]; then
 fi
 
 size=$(stat -c %s "$agent")
-strip -o "$dir/agent.stripped" "$agent"
-stripped=$(stat -c %s "$dir/agent.stripped")
 
 # Import: peak RSS (KiB) and times from /usr/bin/time.
 /usr/bin/time -f '%M %e %U %S' -o "$dir/import.time" \
@@ -62,11 +61,11 @@ wait "$replay_pid" 2>/dev/null || true
 frames=$(grep -oE 'captured [0-9]+ frames' "$dir/run.err" | grep -oE '[0-9]+' || echo 0)
 rate_line=$(grep -oE 'replaying at [0-9.]+x' "$dir/replay.err" || true)
 
-awk -v size="$size" -v stripped="$stripped" -v ik="$import_kib" -v is="$import_s" -v iu="$import_user" -v isys="$import_sys" \
+awk -v size="$size" -v ik="$import_kib" -v is="$import_s" -v iu="$import_user" -v isys="$import_sys" \
     -v mb="$(stat -c %s "$file")" -v lk="$live_kib" -v dt="$((t1 - t0))" -v hz="$hz" -v ns="$((s1 - s0))" \
     -v frames="$frames" -v secs="$live_secs" -v rate="$rate_line" -v sk="$single_kib" -v ss="$single_s" 'BEGIN {
   printf "agent footprint\n"
-  printf "  release binary: %.1f MB (%.1f MB stripped; goal <= 10 MB)\n", size / 1e6, stripped / 1e6
+  printf "  agent binary (profile agent: release, stripped): %.1f MB (goal <= 10 MB)\n", size / 1e6
   printf "  import of a %.0f MB capture as one device: peak RSS %.1f MB (goal <= 20 MB), %.2f s\n", mb / 1e6, sk / 1024, ss
   printf "  import of the same capture in LAN mode (--lan): peak RSS %.1f MB (goal <= 20 MB), %.2f s (%.2f s user, %.2f s sys)\n", ik / 1024, is, iu, isys
   printf "  live run at ~1,000 connections/min for %d s (%s, %d frames): peak RSS %.1f MB (goal <= 20 MB), CPU %.2f%% of a core (goal < 1%%)\n", secs, rate, frames, lk / 1024, 100 * dt / hz / (ns / 1e9)

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 target="${CARGO_TARGET_DIR:-target}"
-agent="${AGENT:-$target/release/leakwatch-agent}"
+agent="${AGENT:-$target/agent/leakwatch-agent}"
 dir="${BENCH_DIR:-$target/bench/import}"
 devices="${BENCH_DEVICES:-4800}"
 file="$dir/lan.pcap"
