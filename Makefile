@@ -32,7 +32,7 @@ soak: deps
 # Tools the benchmarks compare against.
 bench-deps:
 	@missing=""; \
-	for p in tshark tcpdump time binutils; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in tshark tcpdump time; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
 	  echo "Installing missing benchmark tools:$$missing (apt-get$${sudo:+ via sudo})"; \

@@ -270,7 +270,7 @@ pub struct AgentArgs {
 
 /// Settings after flags, environment and the configuration file are merged
 /// (in that order of precedence).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Settings {
     config: AgentConfig,
     collector: Option<String>,
@@ -807,12 +807,16 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
     };
 
     // Deliverer: the spool to the collector, continuously.
-    let deliverer = spool.clone().map(|spool| {
+    // Fails here, before capturing, on a bad URL or TLS file.
+    let first_uploader = match &spool {
+        Some(_) => Some(settings.uploader(&state)?),
+        None => None,
+    };
+    let deliverer = spool.clone().zip(first_uploader).map(|(spool, mut uploader)| {
+        let (settings, state) = (settings.clone(), state.clone());
         let settings_url = settings.collector.clone();
-        let uploader = settings.uploader(&state);
         let (queued, state_dir) = (queued.clone(), state.dir().to_path_buf());
         tokio::spawn(async move {
-            let Ok(mut uploader) = uploader else { return };
             loop {
                 let d = match deliver(
                     &spool,
@@ -836,7 +840,13 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
                             "error: {e}\ndelivery to {} paused for 5 minutes; capture goes on into the spool",
                             settings_url.as_deref().unwrap_or_default()
                         );
-                        Duration::from_secs(300)
+                        // Credentials may change meanwhile (`leakwatch-agent enroll`).
+                        tokio::time::sleep(Duration::from_secs(300)).await;
+                        match settings.uploader(&state) {
+                            Ok(fresh) => uploader = fresh,
+                            Err(e) => eprintln!("error: {e}"),
+                        }
+                        Duration::ZERO
                     }
                 };
                 tokio::select! {

@@ -258,3 +258,55 @@ async fn client_certificates_are_required_on_grpc_and_http_when_a_client_ca_is_s
     assert!(https_get(server.http_addr, &ca, None, "/healthz").await.is_err(), "no client certificate, no answer");
     server.shutdown().await.expect("shutdown");
 }
+
+/// `run` end to end: a phone's PCAPdroid stream (the agent's own `replay`)
+/// into `run --pcapdroid-udp`, which reports to the collector; SIGTERM
+/// reports what is still open and delivers the spool before exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reports_a_phone_stream_to_the_collector() {
+    use std::io::BufRead as _;
+    let t = TestServer::start().await;
+    let (caps, manifest) = simulated(1);
+    let file = caps.path().join(&manifest.captures[0].file);
+    let state = t.dir.path().join("phone-agent");
+    let agent = crate::durability::agent_binary();
+    let dry = std::process::Command::new(&agent)
+        .args(["import", "--dry-run", "--format", "jsonl", "--state-dir"])
+        .arg(&state)
+        .arg(&file)
+        .output()
+        .expect("dry run");
+    let expected = String::from_utf8_lossy(&dry.stdout).lines().count();
+    assert!(expected > 0);
+
+    let mut run = std::process::Command::new(&agent)
+        .args(["run", "--pcapdroid-udp", "127.0.0.1:0", "--report-interval", "1", "--collector", &t.url()])
+        .args(["--vendor", "Xiaomi", "--model", "Redmi 1S", "--state-dir"])
+        .arg(&state)
+        .env("HOME", t.dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut stderr = std::io::BufReader::new(run.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("banner");
+    let addr = line.rsplit("udp://").next().expect("address").trim().to_string();
+    let replay = std::process::Command::new(&agent)
+        .args(["replay", "--to", &addr, "--speed", "0", "--app", "com.example.phone"])
+        .arg(&file)
+        .output()
+        .expect("replay");
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let status = std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit = run.wait().expect("wait");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
+    assert!(exit.success(), "{rest}");
+    assert!(rest.contains("sent to"), "{rest}");
+
+    let csv =
+        t.csv("SELECT count(*) AS n, count(DISTINCT app) AS apps, min(app) AS app, min(vendor) AS v FROM flows").await;
+    assert_eq!(csv.lines().nth(1), Some(format!("{expected},1,com.example.phone,Xiaomi").as_str()), "{csv}\n{rest}");
+}
