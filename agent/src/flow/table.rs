@@ -452,9 +452,7 @@ impl FlowTable {
     /// How a connection's destination is named, by the attribution order.
     fn naming(&self, conn: &Conn) -> Naming {
         let (sni, alpn, hello_source, fingerprint) = match &conn.hello {
-            HelloState::Found(h, source) => {
-                (h.sni.clone(), h.alpn.clone(), *source, Some(h.ja4(*source == NameSource::Quic)))
-            }
+            HelloState::Found(h, source) => (h.sni.clone(), h.alpn.clone(), *source, h.fingerprint.clone()),
             _ => (None, Vec::new(), NameSource::None, None),
         };
         let dns_name = conn.dns_name.clone().or_else(|| self.dns.get(&conn.responder.ip).cloned());
@@ -656,6 +654,15 @@ impl FlowTable {
     }
 }
 
+impl HelloState {
+    /// A found hello keeps its fingerprint, not the lists it is made of.
+    fn found(mut h: tls::ClientHello, source: NameSource) -> Self {
+        h.fingerprint = Some(h.ja4(source == NameSource::Quic));
+        h.shape = tls::HelloShape::default();
+        Self::Found(h, source)
+    }
+}
+
 impl Conn {
     fn client_datagram(&mut self, payload: &[u8]) {
         if let HelloState::Collecting { .. } = self.hello {
@@ -666,7 +673,7 @@ impl Conn {
         }
         let HelloState::Quic(state) = &mut self.hello else { return };
         match state.feed(payload) {
-            quic::Progress::Hello(h) => self.hello = HelloState::Found(h, NameSource::Quic),
+            quic::Progress::Hello(h) => self.hello = HelloState::found(h, NameSource::Quic),
             quic::Progress::NeedMore => {}
             quic::Progress::Failed => self.hello = HelloState::Done,
         }
@@ -714,7 +721,7 @@ impl Conn {
             return;
         }
         match tls::parse_client_hello(&stream) {
-            tls::Parse::Hello(h) => self.hello = HelloState::Found(h, NameSource::Sni),
+            tls::Parse::Hello(h) => self.hello = HelloState::found(h, NameSource::Sni),
             tls::Parse::NeedMore(_) => {}
             tls::Parse::NotTls => {
                 // An HTTP request line may still be arriving.

@@ -13,6 +13,8 @@ pub struct ClientHello {
     pub alpn: Vec<String>,
     /// What a JA4 fingerprint is computed from (see [`ClientHello::ja4`]).
     pub shape: HelloShape,
+    /// The fingerprint, once computed by the caller.
+    pub fingerprint: Option<String>,
 }
 
 /// The parts of a ClientHello a client fingerprint is made of: which TLS
@@ -322,6 +324,7 @@ mod tests {
                 supported_versions: vec![0x0a0a, 0x0304, 0x0303],
                 signature_algorithms: vec![0x0403, 0x0804],
             },
+            fingerprint: None,
         };
         let plain = hello(vec![0x1301, 0x1302], vec![0, 16, 43, 13]);
         let greased = hello(vec![0x2a2a, 0x1301, 0x1302], vec![0x3a3a, 0, 16, 43, 13]);
