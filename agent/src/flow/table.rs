@@ -222,9 +222,9 @@ struct Conn {
     ip_bytes_in: u64,
     packets_out: u64,
     packets_in: u64,
-    dns_name: Option<String>,
+    dns_name: Option<Box<str>>,
     hello: HelloState,
-    http_host: Option<String>,
+    http_host: Option<Box<str>>,
     app: Option<Box<str>>,
 }
 
@@ -232,7 +232,7 @@ struct Conn {
 enum HelloState {
     Collecting { base: Option<u32>, segments: BTreeMap<u32, Vec<u8>>, bytes: usize },
     Quic(Box<quic::InitialState>),
-    Found(tls::ClientHello, NameSource),
+    Found(Box<tls::ClientHello>, NameSource),
     Done,
 }
 
@@ -324,7 +324,7 @@ impl FlowTable {
             } else {
                 (src, dst)
             };
-            let dns_name = self.dns.get(&responder.ip).cloned();
+            let dns_name = self.dns.get(&responder.ip).map(|n| n.as_str().into());
             self.conns.insert(key, self.all.len());
             self.all.push(Conn {
                 transport: key.transport,
@@ -455,11 +455,12 @@ impl FlowTable {
             HelloState::Found(h, source) => (h.sni.clone(), h.alpn.clone(), *source, h.fingerprint.clone()),
             _ => (None, Vec::new(), NameSource::None, None),
         };
-        let dns_name = conn.dns_name.clone().or_else(|| self.dns.get(&conn.responder.ip).cloned());
+        let dns_name =
+            conn.dns_name.as_deref().map(str::to_string).or_else(|| self.dns.get(&conn.responder.ip).cloned());
         let (domain, name_source) = if let Some(s) = &sni {
             (Some(s.clone()), hello_source)
         } else if let Some(h) = &conn.http_host {
-            (Some(h.clone()), NameSource::Http)
+            (Some(h.to_string()), NameSource::Http)
         } else if let Some(d) = dns_name {
             (Some(d), NameSource::Dns)
         } else {
@@ -659,7 +660,7 @@ impl HelloState {
     fn found(mut h: tls::ClientHello, source: NameSource) -> Self {
         h.fingerprint = Some(h.ja4(source == NameSource::Quic));
         h.shape = tls::HelloShape::default();
-        Self::Found(h, source)
+        Self::Found(Box::new(h), source)
     }
 }
 
@@ -716,7 +717,7 @@ impl Conn {
         if self.http_host.is_none()
             && let Some(host) = http::request_host(&stream)
         {
-            self.http_host = Some(host);
+            self.http_host = Some(host.into());
             self.hello = HelloState::Done;
             return;
         }
@@ -867,5 +868,16 @@ mod tests {
         assert!(is_encrypted_dns(443, Some("Cloudflare-DNS.com.")));
         assert!(!is_encrypted_dns(443, Some("www.example.com")));
         assert!(!is_encrypted_dns(53, Some("dns.google")));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The flow table holds one `Conn` per connection of a whole capture:
+    /// keep it small (boxing rare, large states).
+    #[test]
+    fn a_connection_stays_small() {
+        let size = std::mem::size_of::<super::Conn>();
+        assert!(size <= 208, "Conn is {size} bytes");
     }
 }
