@@ -12,6 +12,7 @@
 //! packets), the HTTP Host header, and DNS answers seen earlier in the
 //! capture (address → question name).
 
+mod chunked;
 mod community_id;
 mod table;
 

@@ -242,7 +242,7 @@ pub struct FlowTable {
     /// The current connection of each 5-tuple, as an index into `all`.
     conns: FxHashMap<ConnKey, usize>,
     /// Every connection, in order of first packet.
-    all: Vec<Conn>,
+    all: super::chunked::Chunked<Conn>,
     /// Connections not tracked because the table was full.
     pub untracked_connections: u64,
     dns: FxHashMap<IpAddr, String>,
