@@ -11,7 +11,7 @@ set -euo pipefail
 target="${CARGO_TARGET_DIR:-target}"
 agent="${AGENT:-$target/agent/leakwatch-agent}"
 dir="${BENCH_DIR:-$target/bench/agent}"
-devices="${BENCH_AGENT_DEVICES:-700}"
+devices="${BENCH_AGENT_DEVICES:-490}"
 live_secs="${BENCH_LIVE_SECS:-60}"
 file="$dir/lan.pcap"
 mkdir -p "$dir"
