@@ -311,7 +311,7 @@ fn agent_spool_survives_collector_and_agent_crashes_exactly_once() {
 async fn collector_sigkilled_repeatedly_under_50_agents_stores_every_ack_exactly_once() {
     use rand::{Rng as _, SeedableRng as _};
     const AGENTS: usize = 50;
-    const BATCHES: usize = 12;
+    const BATCHES: usize = 20;
     const RECORDS: usize = 40;
     let rounds: usize = std::env::var("LEAKWATCH_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let seed: u64 =
@@ -354,17 +354,26 @@ async fn collector_sigkilled_repeatedly_under_50_agents_stores_every_ack_exactly
         }));
     }
     let mut mid_upload = 0;
+    let total = AGENTS * BATCHES;
     for round in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        // A random moment within this round's share of the upload, so every
+        // kill lands while agents are sending, however fast the machine.
+        let (lo, hi) = (total * round / (rounds + 1), total * (round + 1) / (rounds + 1));
+        let target = rng.random_range(lo..hi.max(lo + 1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while progress.load(std::sync::atomic::Ordering::SeqCst) < target && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
         serve.kill().expect("SIGKILL");
         serve.wait().expect("reap");
         let done = progress.load(std::sync::atomic::Ordering::SeqCst);
-        mid_upload += usize::from(done < AGENTS * BATCHES);
-        eprintln!("round {round}: collector killed with {done} of {} batches acknowledged", AGENTS * BATCHES);
+        mid_upload += usize::from(done < total);
+        eprintln!("round {round}: collector killed with {done} of {total} batches acknowledged");
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
         serve = spawn_serve_on(&data, 1, &grpc, &[]).0;
     }
-    assert!(mid_upload > 0, "at least one SIGKILL landed while agents were uploading");
+    assert_eq!(mid_upload, rounds, "every SIGKILL landed while agents were uploading");
     let mut acked = 0;
     for task in tasks {
         let statuses = task.await.expect("agent task");
