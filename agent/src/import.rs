@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::anonymiser::{self, AnonymiserStats};
 use crate::capture::{self, CaptureStats};
-use crate::flow::{DnsLookup, FlowTable};
+use crate::flow::{DnsLookup, FlowSummary, FlowTable};
 use crate::state::AgentState;
 use crate::{Error, Result, io_error};
 
@@ -35,6 +35,26 @@ pub struct DeviceLabels {
     pub boot_time_us: Option<i64>,
     /// Application name to put on every record, if known.
     pub app: Option<String>,
+}
+
+impl DeviceLabels {
+    /// The device block of a batch for these labels.
+    pub(crate) fn device_info(
+        &self,
+        device_pseudonym: String,
+        boot_pseudonym: String,
+        boot_source: BootSource,
+    ) -> DeviceInfo {
+        DeviceInfo {
+            device_pseudonym,
+            vendor: self.vendor.clone(),
+            model: self.model.clone(),
+            os_version: self.firmware.clone(),
+            consent: self.consent.clone().into_iter().collect(),
+            boot_pseudonym,
+            boot_source: boot_source as i32,
+        }
+    }
 }
 
 /// The result of importing one capture.
@@ -123,23 +143,8 @@ pub fn import_capture(
     let boot_pseudonym = state.pseudonym("boot", &boot_input);
 
     let mut anon = AnonymiserStats::default();
-    let mut records: Vec<FlowRecord> = table
-        .summaries()
-        .iter()
-        .filter_map(|f| anonymiser::anonymise(f, boot_us, labels.app.as_deref(), &mut anon))
-        .collect();
-    let lookups = merge_lookups(table.lookups().iter());
-    records.extend(lookups.iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, &mut anon)));
-
-    let device = DeviceInfo {
-        device_pseudonym,
-        vendor: labels.vendor.clone(),
-        model: labels.model.clone(),
-        os_version: labels.firmware.clone(),
-        consent: labels.consent.clone().into_iter().collect(),
-        boot_pseudonym: boot_pseudonym.clone(),
-        boot_source: boot_source as i32,
-    };
+    let records = boot_records(&table.summaries(), table.lookups(), boot_us, labels.app.as_deref(), &mut anon);
+    let device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
     let batches = build_batches(records, &device, state, batch_records, None);
     Ok(ImportedCapture {
         path: path.to_path_buf(),
@@ -149,6 +154,22 @@ pub fn import_capture(
         batches,
         untracked_connections: table.untracked_connections,
     })
+}
+
+/// One boot's records: its flows and its DNS lookups (merged per name)
+/// through the anonymiser; `app` names flows whose capture source did not.
+pub(crate) fn boot_records(
+    flows: &[FlowSummary],
+    lookups: &[DnsLookup],
+    boot_us: i64,
+    app: Option<&str>,
+    anon: &mut AnonymiserStats,
+) -> Vec<FlowRecord> {
+    let mut records: Vec<FlowRecord> =
+        flows.iter().filter_map(|f| anonymiser::anonymise(f, boot_us, app, anon)).collect();
+    let lookups = merge_lookups(lookups.iter());
+    records.extend(lookups.iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, anon)));
+    records
 }
 
 /// Lookups of the same name merged (a device may ask over IPv4 and IPv6).

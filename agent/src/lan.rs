@@ -16,9 +16,9 @@ use std::path::Path;
 use leakwatch_proto::v1::{BootSource, DeviceInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::anonymiser::{self, AnonymiserStats, is_non_public};
+use crate::anonymiser::{AnonymiserStats, is_non_public};
 use crate::flow::{FlowTable, Origin};
-use crate::import::{ImportedCapture, ReadCapture, build_batches, hash_file, merge_lookups, read_capture};
+use crate::import::{ImportedCapture, ReadCapture, boot_records, build_batches, hash_file, read_capture};
 use crate::state::AgentState;
 use crate::{Error, Result};
 
@@ -283,14 +283,13 @@ pub fn lan_boots(
         boot_input.extend_from_slice(boot_salt);
         let boot_pseudonym = state.pseudonym("boot", &boot_input);
         let mut anon = AnonymiserStats::default();
-        let mut records: Vec<_> = flows
-            .remove(&group)
-            .into_iter()
-            .flatten()
-            .filter_map(|f| anonymiser::anonymise(&f, boot_us, None, &mut anon))
-            .collect();
-        let merged = merge_lookups(lookups.remove(&group).unwrap_or_default().iter());
-        records.extend(merged.iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, &mut anon)));
+        let records = boot_records(
+            &flows.remove(&group).unwrap_or_default(),
+            &lookups.remove(&group).unwrap_or_default(),
+            boot_us,
+            None,
+            &mut anon,
+        );
         let device = DeviceInfo {
             device_pseudonym,
             vendor,

@@ -21,10 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use leakwatch_proto::v1::{BootSource, DeviceInfo, ReportBatch};
 
-use crate::anonymiser::{self, AnonymiserStats};
+use crate::anonymiser::AnonymiserStats;
 use crate::capture::{self, CaptureStats, Frame};
 use crate::flow::FlowTable;
-use crate::import::{DeviceLabels, build_batches, merge_lookups};
+use crate::import::{DeviceLabels, boot_records, build_batches};
 use crate::state::AgentState;
 use crate::{Error, Result};
 
@@ -395,15 +395,7 @@ impl Harvester {
         let nonce: [u8; 16] = rand::random();
         let boot_pseudonym = state.pseudonym("boot", &nonce);
         let boot_source = if labels.boot_time_us.is_some() { BootSource::Explicit } else { BootSource::FirstPacket };
-        let device = DeviceInfo {
-            device_pseudonym,
-            vendor: labels.vendor.clone(),
-            model: labels.model.clone(),
-            os_version: labels.firmware.clone(),
-            consent: labels.consent.clone().into_iter().collect(),
-            boot_pseudonym,
-            boot_source: boot_source as i32,
-        };
+        let device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
         Self {
             table: FlowTable::new(),
             device,
@@ -513,13 +505,8 @@ impl Harvester {
             return batches;
         }
         let Some(boot_us) = self.boot_us else { return Vec::new() };
-        let mut records: Vec<_> = done
-            .summaries()
-            .iter()
-            .filter_map(|f| anonymiser::anonymise(f, boot_us, self.labels.app.as_deref(), &mut self.anonymiser))
-            .collect();
-        let lookups = merge_lookups(done.lookups().iter());
-        records.extend(lookups.iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, &mut self.anonymiser)));
+        let app = self.labels.app.as_deref();
+        let records = boot_records(&done.summaries(), done.lookups(), boot_us, app, &mut self.anonymiser);
         if records.is_empty() {
             return Vec::new();
         }

@@ -99,26 +99,15 @@ impl Uploader {
         enrollment_code: &str,
         deliver_timeout: Duration,
     ) -> Result<Self> {
-        let mut uploader = Self::open(url, ca_file, state, enrollment_code, deliver_timeout)?;
+        let tls = ClientTls { ca_file: ca_file.map(std::path::Path::to_path_buf), ..ClientTls::default() };
+        let mut uploader = Self::open_with_tls(url, &tls, state, enrollment_code, deliver_timeout)?;
         uploader.ensure_enrolled().await?;
         Ok(uploader)
     }
 
-    /// As [`Self::connect_with_ca`] without contacting the collector: the
-    /// connection is made, and the agent enrolled, on the first send.
-    pub fn open(
-        url: &str,
-        ca_file: Option<&std::path::Path>,
-        state: &AgentState,
-        enrollment_code: &str,
-        deliver_timeout: Duration,
-    ) -> Result<Self> {
-        let tls = ClientTls { ca_file: ca_file.map(std::path::Path::to_path_buf), ..ClientTls::default() };
-        Self::open_with_tls(url, &tls, state, enrollment_code, deliver_timeout)
-    }
-
-    /// As [`Self::open`], with a client certificate when the collector
-    /// requires one.
+    /// Connects to `url` without contacting the collector yet (the agent
+    /// is enrolled on the first send), with the CA and client certificate
+    /// of `client_tls`.
     pub fn open_with_tls(
         url: &str,
         client_tls: &ClientTls,
