@@ -89,13 +89,9 @@ pub struct RunArgs {
     /// Seconds between reports of finished connections.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub report_interval: u64,
-    /// Router / LAN mode: each LAN device is its own device with its own
-    /// boots (from its DHCP handshakes).
-    #[arg(long)]
-    pub lan: bool,
-    /// LAN mode: TOML file labelling devices by MAC.
-    #[arg(long, requires = "lan")]
-    pub device_labels: Option<PathBuf>,
+    #[command(flatten)]
+    /// Router / LAN mode.
+    pub lan: LanArgs,
     #[command(flatten)]
     /// Device labels.
     pub device: DeviceArgs,
@@ -192,20 +188,47 @@ pub struct ImportArgs {
     /// Output format of --dry-run.
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: DryRunFormat,
-    /// Router / LAN mode: each LAN device in the capture is its own device
-    /// with its own boots (from its DHCP handshakes).
-    #[arg(long)]
-    pub lan: bool,
-    /// LAN mode: TOML file labelling devices by MAC (vendor, model,
-    /// firmware, consent); unlabelled devices get their vendor from the OUI.
-    #[arg(long, requires = "lan")]
-    pub device_labels: Option<PathBuf>,
+    #[command(flatten)]
+    /// Router / LAN mode.
+    pub lan: LanArgs,
     #[command(flatten)]
     /// Device labels.
     pub device: DeviceArgs,
     #[command(flatten)]
     /// State and delivery.
     pub agent: AgentArgs,
+}
+
+/// Router / LAN mode, for `import` and `run`.
+#[derive(Debug, Args)]
+pub struct LanArgs {
+    /// Router / LAN mode: each LAN device seen is its own device with its
+    /// own boots (from its DHCP handshakes).
+    #[arg(long)]
+    pub lan: bool,
+    /// LAN mode: TOML file labelling devices by MAC (vendor, model,
+    /// firmware, consent); unlabelled devices get their vendor from the OUI.
+    #[arg(long, requires = "lan")]
+    pub device_labels: Option<PathBuf>,
+}
+
+impl LanArgs {
+    /// The LAN labels (flag, else the config's `device_labels`, else none)
+    /// in LAN mode; `None` otherwise. The one-device flags are refused in
+    /// LAN mode.
+    fn labels(&self, device: &DeviceArgs, config: &AgentConfig) -> Result<Option<LanLabels>> {
+        if !self.lan {
+            return Ok(None);
+        }
+        check_no_device_flags(device)?;
+        match self.device_labels.clone().or_else(|| config.device_labels.clone()) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+                LanLabels::from_toml(&text).map(Some)
+            }
+            None => Ok(Some(LanLabels::default())),
+        }
+    }
 }
 
 /// Labels of the device a capture comes from.
@@ -529,22 +552,15 @@ async fn enroll(args: EnrollArgs) -> Result<ExitCode> {
 async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     let labels = args.device.labels()?;
     let settings = args.agent.settings(args.collector.take())?;
-    args.device_labels = args.device_labels.or(settings.config.device_labels.clone().filter(|_| args.lan));
     if !args.dry_run {
         settings.collector()?;
     }
+    let lan_labels = args.lan.labels(&args.device, &settings.config)?;
     let state = settings.state()?;
     let mut imported = Vec::new();
     let mut failed = 0usize;
     let mut read_ok = 0usize;
-    if args.lan {
-        check_no_device_flags(&args.device)?;
-        let lan_labels = match &args.device_labels {
-            Some(path) => LanLabels::from_toml(
-                &std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), source })?,
-            )?,
-            None => LanLabels::default(),
-        };
+    if let Some(lan_labels) = lan_labels {
         for file in &args.files {
             match import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS) {
                 Ok(boots) => {
@@ -719,17 +735,7 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
     if !args.dry_run {
         settings.collector()?;
     }
-    let lan_labels = if args.lan {
-        check_no_device_flags(&args.device)?;
-        match args.device_labels.clone().or(settings.config.device_labels.clone()) {
-            Some(path) => Some(LanLabels::from_toml(
-                &std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?,
-            )?),
-            None => Some(LanLabels::default()),
-        }
-    } else {
-        None
-    };
+    let lan_labels = args.lan.labels(&args.device, &settings.config)?;
     let state = settings.state()?;
     let source = match (args.interface.clone(), args.pcapdroid_udp) {
         (Some(name), _) => LiveSource::Interface(name),

@@ -165,19 +165,8 @@ fn main() {
     let dir = tempfile::tempdir_in(&base).expect("tempdir");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let config = ServeConfig {
-            data_dir: dir.path().join("collector"),
-            grpc_listen: "127.0.0.1:0".parse().expect("addr"),
-            http_listen: "127.0.0.1:0".parse().expect("addr"),
-            open_enrollment: true,
-            flush_interval: Duration::from_secs(5),
-            max_message_bytes: 16 * 1024 * 1024,
-            limits: leakwatch_collector::ingest::IngestLimits::default(),
-            retention_days: None,
-            tls: None,
-            client_ca: None,
-            query: leakwatch_query::QueryConfig::default(),
-        };
+        let config =
+            ServeConfig { flush_interval: Duration::from_secs(5), ..ServeConfig::loopback(dir.path().join("collector")) };
         let server = Server::start(config).await.expect("start collector");
         let url = format!("http://{}", server.grpc_addr);
         let mut enroll = CollectorClient::connect(url.clone()).await.expect("connect");
@@ -216,19 +205,7 @@ fn main() {
         println!("  ingest / raw ceiling:            {:>12.2}  (goal >= 0.5)", full / raw);
 
         // Parquet bytes per record on the simulated fleet.
-        let config = ServeConfig {
-            data_dir: dir.path().join("fleet"),
-            grpc_listen: "127.0.0.1:0".parse().expect("addr"),
-            http_listen: "127.0.0.1:0".parse().expect("addr"),
-            open_enrollment: true,
-            flush_interval: Duration::from_secs(3600),
-            max_message_bytes: 16 * 1024 * 1024,
-            limits: leakwatch_collector::ingest::IngestLimits::default(),
-            retention_days: None,
-            tls: None,
-            client_ca: None,
-            query: leakwatch_query::QueryConfig::default(),
-        };
+        let config = ServeConfig::loopback(dir.path().join("fleet"));
         let server = Server::start(config).await.expect("start collector");
         let report =
             leakwatch_collector::demo::run_pipeline(&server, &dir.path().join("fleet-work"), None, None).await.expect("fleet");

@@ -56,6 +56,28 @@ pub struct ServeConfig {
     pub query: QueryConfig,
 }
 
+impl ServeConfig {
+    /// A collector on loopback ports the system picks, with open
+    /// enrollment, default limits, no TLS, and no timed flush (flush
+    /// explicitly): for tests and benchmarks.
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data_dir: data_dir.into(),
+            grpc_listen: any_port,
+            http_listen: any_port,
+            open_enrollment: true,
+            flush_interval: Duration::from_secs(3600),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            limits: IngestLimits::default(),
+            retention_days: None,
+            tls: None,
+            client_ca: None,
+            query: QueryConfig::default(),
+        }
+    }
+}
+
 /// Paths inside a data directory.
 #[derive(Debug, Clone)]
 pub struct DataDir {

@@ -15,7 +15,6 @@ use leakwatch_agent::import::{DeviceLabels, ImportedCapture, import_capture};
 use leakwatch_agent::state::AgentState;
 use leakwatch_agent::uploader::Uploader;
 use leakwatch_collector::server::{ServeConfig, Server};
-use leakwatch_query::QueryConfig;
 use leakwatch_query::format::{OutputFormat, render};
 
 /// A collector on loopback with its own data directory.
@@ -25,19 +24,7 @@ pub struct TestServer {
 }
 
 pub fn serve_config(data_dir: &Path) -> ServeConfig {
-    ServeConfig {
-        data_dir: data_dir.to_path_buf(),
-        grpc_listen: "127.0.0.1:0".parse().expect("addr"),
-        http_listen: "127.0.0.1:0".parse().expect("addr"),
-        open_enrollment: true,
-        flush_interval: Duration::from_secs(3600),
-        max_message_bytes: 16 * 1024 * 1024,
-        limits: leakwatch_collector::ingest::IngestLimits::default(),
-        retention_days: None,
-        tls: None,
-        client_ca: None,
-        query: QueryConfig::default(),
-    }
+    ServeConfig::loopback(data_dir)
 }
 
 impl TestServer {
