@@ -253,6 +253,10 @@ pub struct FlowTable {
     pub dns_errors: u64,
 }
 
+/// Gaps between successive connection starts: last start, count, sum and
+/// sum of squares (seconds).
+type Gaps = (i64, u64, f64, f64);
+
 /// A destination within a group, per application.
 type DestKey<K> = (K, IpAddr, u16, Transport, Option<Box<str>>);
 
@@ -568,10 +572,9 @@ impl FlowTable {
         &self,
         group: impl Fn(Origin, i64) -> Option<K>,
     ) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
-        let mut by_dest: HashMap<DestKey<K>, usize> = HashMap::new();
-        // Per destination: last connection start, gaps, their sum and sum
-        // of squares.
-        let mut gaps: HashMap<DestKey<K>, (i64, u64, f64, f64)> = HashMap::new();
+        // Per destination: its index in the group's list, and the gaps
+        // between its connections' starts.
+        let mut by_dest: HashMap<DestKey<K>, (usize, Gaps)> = HashMap::new();
         let mut groups: std::collections::BTreeMap<K, Vec<FlowSummary>> = std::collections::BTreeMap::new();
         for conn in &self.all {
             let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
@@ -580,18 +583,11 @@ impl FlowTable {
             let encrypted = is_encrypted_dns(conn.responder.port, domain.as_deref());
             let dest = (g.clone(), conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
             let out = groups.entry(g).or_default();
-            match gaps.get_mut(&dest) {
-                None => {
-                    gaps.insert(dest.clone(), (conn.first_us, 0, 0.0, 0.0));
-                }
-                Some(gap) => {
+            match by_dest.get_mut(&dest) {
+                Some((i, gap)) => {
                     let d = (conn.first_us - gap.0).max(0) as f64 / 1e6;
                     *gap = (conn.first_us, gap.1 + 1, gap.2 + d, gap.3 + d * d);
-                }
-            }
-            match by_dest.get(&dest) {
-                Some(&i) => {
-                    let f = &mut out[i];
+                    let f = &mut out[*i];
                     f.connections += 1;
                     f.encrypted_dns |= encrypted;
                     f.first_us = f.first_us.min(conn.first_us);
@@ -611,7 +607,7 @@ impl FlowTable {
                     }
                 }
                 None => {
-                    by_dest.insert(dest.clone(), out.len());
+                    by_dest.insert(dest, (out.len(), (conn.first_us, 0, 0.0, 0.0)));
                     out.push(FlowSummary {
                         dst_ip: conn.responder.ip,
                         dst_port: conn.responder.port,
@@ -636,8 +632,7 @@ impl FlowTable {
                 }
             }
         }
-        for (dest, (_, n, sum, sumsq)) in gaps {
-            let Some(&i) = by_dest.get(&dest) else { continue };
+        for (dest, (i, (_, n, sum, sumsq))) in by_dest {
             let Some(f) = groups.get_mut(&dest.0).and_then(|out| out.get_mut(i)) else { continue };
             if n >= 1 {
                 let mean = sum / n as f64;
