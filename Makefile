@@ -8,21 +8,29 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SYSTEM_PACKAGES := clang libclang-dev mold
 EXTERNAL_TESTDATA := $(abspath ../shared/testdata/external)
+# A Python venv beside the build (outside the source tree): a standard
+# Flight SQL client (ADBC) for the collector's client test, and DuckDB for
+# the rules benchmark.
+PYTHON ?= python3
+PY_VENV := $(abspath $(or $(CARGO_TARGET_DIR),target))/py-venv
+TEST_PY_PACKAGES := adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1
+BENCH_PY_PACKAGES := duckdb==2.0.0
 # Crates the agent must never pull in (it stays small).
 AGENT_FORBIDDEN := ^(datafusion|arrow|parquet|rocksdb|librocksdb-sys)( |-)
 
-.PHONY: demo test bench soak deps bench-deps check-agent-deps fmt clippy unit
+.PHONY: demo test bench soak deps bench-deps check-agent-deps fmt clippy unit py-venv test-py bench-py
 
 demo: deps
 	$(CARGO) run --locked -p leakwatch-collector --bin leakwatch -- demo
 
-test: deps fmt clippy check-agent-deps unit
+test: deps fmt clippy check-agent-deps test-py unit
 
-bench: deps bench-deps
+bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/import.sh
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/agent.sh
 	$(CARGO) bench --locked -p leakwatch-collector --bench ingest
+	BENCH_PYTHON="$(PY_VENV)/bin/python" $(CARGO) bench --locked -p leakwatch-collector --bench rules
 
 # The collector crash test with more rounds (SIGKILLs under 50 agents).
 soak: deps
@@ -48,6 +56,28 @@ deps:
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# python3-venv is a separate Debian package; installed when missing.
+py-venv:
+	@if [ ! -x "$(PY_VENV)/bin/python" ]; then \
+	  if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	    sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	    echo "Installing missing system package: python3-venv (apt-get$${sudo:+ via sudo})"; \
+	    $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	  fi; \
+	  echo "Creating the Python venv $(PY_VENV)"; \
+	  $(PYTHON) -m venv "$(PY_VENV)"; \
+	fi
+
+test-py: py-venv
+	@"$(PY_VENV)/bin/python" -c 'import adbc_driver_flightsql, pyarrow' 2>/dev/null || { \
+	  echo "Installing $(TEST_PY_PACKAGES) into $(PY_VENV) (pip)"; \
+	  "$(PY_VENV)/bin/python" -m pip install -q --disable-pip-version-check $(TEST_PY_PACKAGES); }
+
+bench-py: py-venv
+	@"$(PY_VENV)/bin/python" -c 'import duckdb' 2>/dev/null || { \
+	  echo "Installing $(BENCH_PY_PACKAGES) into $(PY_VENV) (pip)"; \
+	  "$(PY_VENV)/bin/python" -m pip install -q --disable-pip-version-check $(BENCH_PY_PACKAGES); }
+
 fmt:
 	$(CARGO) fmt --all --check
 
@@ -62,9 +92,9 @@ check-agent-deps:
 unit:
 	@set -o pipefail; log=$$(mktemp); \
 	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
-	  LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
+	  LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
-	  $(CARGO) test --locked --workspace -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
+	  LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
 	  note=" (tests named external_* skipped: no $(EXTERNAL_TESTDATA))"; \
 	fi; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i; if ($$(i+1) ~ /^filtered/) s += $$i } } \

@@ -63,7 +63,7 @@ pub struct AgentConfig {
 
 /// Where `init` writes and commands read the configuration by default.
 pub fn default_config_path() -> PathBuf {
-    crate::state::user_path("XDG_CONFIG_HOME", ".config", "agent.toml", "agent.toml")
+    crate::state::user_path("XDG_CONFIG_HOME", ".config", "leakwatch-agent", "agent.toml", "agent.toml")
 }
 
 impl AgentConfig {

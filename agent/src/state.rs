@@ -39,22 +39,22 @@ pub struct AgentState {
     secret: [u8; 32],
 }
 
-/// `$VAR/leakwatch-agent/LEAF`, else `~/HOME_DIR/leakwatch-agent/LEAF`, else
-/// `FALLBACK` in the working directory: the XDG base-directory rule.
-pub(crate) fn user_path(var: &str, home_dir: &str, leaf: &str, fallback: &str) -> PathBuf {
+/// `$VAR/APP/LEAF`, else `~/HOME_DIR/APP/LEAF`, else `FALLBACK` in the
+/// working directory: the XDG base-directory rule.
+pub fn user_path(var: &str, home_dir: &str, app: &str, leaf: &str, fallback: &str) -> PathBuf {
     let base =
         match (std::env::var_os(var).filter(|d| !d.is_empty()), std::env::var_os("HOME").filter(|d| !d.is_empty())) {
             (Some(dir), _) => PathBuf::from(dir),
             (None, Some(home)) => PathBuf::from(home).join(home_dir),
             (None, None) => return PathBuf::from(fallback),
         };
-    let dir = base.join("leakwatch-agent");
+    let dir = base.join(app);
     if leaf.is_empty() { dir } else { dir.join(leaf) }
 }
 
 /// The default state directory.
 pub fn default_state_dir() -> PathBuf {
-    user_path("XDG_STATE_HOME", ".local/state", "", ".leakwatch-agent")
+    user_path("XDG_STATE_HOME", ".local/state", "leakwatch-agent", "", ".leakwatch-agent")
 }
 
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use leakwatch_proto::v1::admin_client::AdminClient;
 use leakwatch_proto::v1::admin_server::Admin;
 use leakwatch_proto::v1::{
-    CreateEnrollmentCodeRequest, CreateEnrollmentCodeResponse, RevokeAgentRequest, RevokeAgentResponse,
+    CreateEnrollmentCodeRequest, CreateEnrollmentCodeResponse, CreateSqlTokenRequest, CreateSqlTokenResponse,
+    RevokeAgentRequest, RevokeAgentResponse,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -80,8 +81,8 @@ impl AdminService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        let a: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        let b: [u8; 32] = Sha256::digest(self.token.as_bytes()).into();
+        let a = token_hash(given);
+        let b = token_hash(&self.token);
         if !crate::same_secret(&a, &b) {
             return Err(Status::unauthenticated(
                 "authorization: admin token missing or wrong (see DATA_DIR/admin.json)",
@@ -100,13 +101,50 @@ pub fn create_code(log: &DurableLog, max_uses: u32, expires_at_s: i64, now_s: i6
         return Err(Error::Config(format!("expires_at_unix_s: {expires_at_s} is not in the future (now {now_s})")));
     }
     let code = hex::encode(rand::random::<[u8; 16]>());
-    let hash: [u8; 32] = Sha256::digest(code.as_bytes()).into();
+    let hash = token_hash(&code);
     log.put_code(&hash, max_uses, expires_at_s)?;
     Ok(code)
 }
 
+/// Longest name of an SQL token's holder, bytes.
+pub const MAX_SQL_TOKEN_NAME: usize = 64;
+
+/// Creates an analyst's SQL token in `log`; returns it.
+pub fn create_sql_token(log: &DurableLog, name: &str, expires_at_s: i64, now_s: i64) -> Result<String> {
+    if name.is_empty() || name.len() > MAX_SQL_TOKEN_NAME {
+        return Err(Error::Config(format!("name: {} bytes, must be 1 to {MAX_SQL_TOKEN_NAME}", name.len())));
+    }
+    if expires_at_s <= now_s {
+        return Err(Error::Config(format!("expires_at_unix_s: {expires_at_s} is not in the future (now {now_s})")));
+    }
+    let token = format!("lwsql_{}", hex::encode(rand::random::<[u8; 24]>()));
+    log.put_sql_token(&token_hash(&token), name, expires_at_s)?;
+    Ok(token)
+}
+
+/// The stored form of a secret.
+pub fn token_hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn create_sql_token(
+        &self,
+        request: Request<CreateSqlTokenRequest>,
+    ) -> std::result::Result<Response<CreateSqlTokenResponse>, Status> {
+        self.check(&request)?;
+        let req = request.into_inner();
+        let log = self.log.clone();
+        let now = chrono::Utc::now().timestamp();
+        let name = req.name.clone();
+        let token = tokio::task::spawn_blocking(move || create_sql_token(&log, &name, req.expires_at_unix_s, now))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::info!(name = %req.name, expires_at = req.expires_at_unix_s, "Created SQL token");
+        Ok(Response::new(CreateSqlTokenResponse { token }))
+    }
+
     async fn create_enrollment_code(
         &self,
         request: Request<CreateEnrollmentCodeRequest>,
@@ -155,6 +193,13 @@ pub enum AdminAction {
     Revoke {
         /// Its id.
         agent_id: String,
+    },
+    /// Create an analyst's SQL token.
+    SqlToken {
+        /// Who holds it.
+        name: String,
+        /// Expiry, Unix seconds.
+        expires_at_s: i64,
     },
 }
 
@@ -208,6 +253,13 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
                     let resp = client.revoke_agent(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
                     revoke_line(&agent_id, resp.into_inner().revoked)
                 }
+                AdminAction::SqlToken { name, expires_at_s } => {
+                    let mut req = Request::new(CreateSqlTokenRequest { name, expires_at_unix_s: expires_at_s });
+                    req.metadata_mut().insert("authorization", bearer);
+                    let resp =
+                        client.create_sql_token(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
+                    Ok(resp.into_inner().token)
+                }
             };
         }
     }
@@ -220,6 +272,9 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
         AdminAction::Revoke { agent_id } => {
             let revoked = log.revoke_agent(&agent_id)?;
             revoke_line(&agent_id, revoked)
+        }
+        AdminAction::SqlToken { name, expires_at_s } => {
+            create_sql_token(&log, &name, expires_at_s, chrono::Utc::now().timestamp())
         }
     }
 }

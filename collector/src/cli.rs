@@ -30,7 +30,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run read-only SQL or a detection rule over a data directory.
     Sql(SqlArgs),
-    /// Operator actions: enrollment codes, revoking agents.
+    /// Operator actions: enrollment codes, revoking agents, analysts' SQL tokens.
     Admin(AdminArgs),
     /// Simulate the built-in fleet, send it through agent and collector,
     /// and print what the boot_phone_home rule finds.
@@ -61,6 +61,9 @@ pub struct ListenArgs {
     /// Reports being stored at once before new ones are refused with ResourceExhausted.
     #[arg(long, env = "LEAKWATCH_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
+    /// Serve Flight SQL on this address (default: on the gRPC address, beside ingest).
+    #[arg(long, env = "LEAKWATCH_FLIGHT_LISTEN")]
+    pub flight_listen: Option<SocketAddr>,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,
@@ -116,7 +119,9 @@ pub struct ServeArgs {
 
 /// Refuses plain-text listeners off loopback unless allowed.
 fn check_plaintext(listen: &ListenArgs, allow: bool, tls: bool) -> Result<()> {
-    for (flag, addr, tls) in [("--grpc-listen", listen.grpc_listen, tls), ("--http-listen", listen.http_listen, tls)] {
+    let flight = listen.flight_listen.map(|a| ("--flight-listen", a, tls));
+    let listeners = [("--grpc-listen", listen.grpc_listen, tls), ("--http-listen", listen.http_listen, tls)];
+    for (flag, addr, tls) in listeners.into_iter().chain(flight) {
         if !tls && !addr.ip().is_loopback() {
             if !allow {
                 return Err(Error::Config(format!(
@@ -136,6 +141,16 @@ pub struct SqlArgs {
     /// Data directory of a collector (it may be running).
     #[arg(long, env = "LEAKWATCH_DATA_DIR", default_value = "leakwatch-data")]
     pub data_dir: PathBuf,
+    /// Query a collector over Flight SQL instead of a data directory:
+    /// grpc://HOST:PORT, or grpcs://HOST:PORT for TLS.
+    #[arg(long, env = "LEAKWATCH_CONNECT", requires = "token")]
+    pub connect: Option<String>,
+    /// Analyst's token for --connect (from `leakwatch admin sql-token`).
+    #[arg(long, env = "LEAKWATCH_SQL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signed the collector's certificate, for grpcs://.
+    #[arg(long, env = "LEAKWATCH_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Run this statement and exit (default: interactive console).
     #[arg(short = 'c', long = "command", conflicts_with = "file")]
     pub command: Option<String>,
@@ -190,6 +205,16 @@ pub enum AdminCommand {
         /// The agent id (from the collector's logs or `SELECT DISTINCT agent_id FROM flows`).
         agent_id: String,
     },
+    /// Create an analyst's token for Flight SQL clients and `leakwatch sql
+    /// --connect`; prints it as the last line.
+    SqlToken {
+        /// Who it is for (shown in the collector's logs).
+        #[arg(long)]
+        name: String,
+        /// Expiry: a duration from now (90d, 12h) or an RFC 3339 time.
+        #[arg(long, default_value = "90d")]
+        expires: String,
+    },
 }
 
 /// Flags of `demo`.
@@ -228,6 +253,7 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
             max_in_flight: listen.max_in_flight,
         },
         query: listen.query.config(),
+        flight_listen: listen.flight_listen,
     }
 }
 
@@ -269,7 +295,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let scratch = tempfile::tempdir().map_err(|e| Error::Config(format!("temporary directory: {e}")))?;
-            let sessions = sql::open_sessions(&args.data_dir, scratch.path(), args.query.config())?;
+            let backend = match (&args.connect, &args.token) {
+                (Some(url), Some(token)) => sql::Backend::connect(url, token, args.ca_file.as_deref()).await?,
+                _ => sql::open_sessions(&args.data_dir, scratch.path(), args.query.config())?.into(),
+            };
             let statements: Vec<String> = if let Some(name) = &args.rule {
                 vec![sql::rule_sql(name, &sql::parse_params(&args.params)?)?]
             } else if let Some(statement) = &args.command {
@@ -279,10 +308,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     std::fs::read_to_string(file).map_err(|e| Error::Config(format!("-f {}: {e}", file.display())))?;
                 sql::split_statements(&script)
             } else {
-                return sql::console(&sessions, args.format).await;
+                return sql::console(&backend, args.format).await;
             };
             for statement in &statements {
-                let batches = sql::query(&sessions, statement).await?;
+                let batches = backend.query(statement).await?;
                 match &args.out {
                     Some(path) => {
                         sql::write_out(&batches, path)?;
@@ -301,6 +330,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     expires_at_s: admin::parse_expiry(&expires, chrono::Utc::now().timestamp())?,
                 },
                 AdminCommand::Revoke { agent_id } => admin::AdminAction::Revoke { agent_id },
+                AdminCommand::SqlToken { name, expires } => admin::AdminAction::SqlToken {
+                    name,
+                    expires_at_s: admin::parse_expiry(&expires, chrono::Utc::now().timestamp())?,
+                },
             };
             println!("{}", admin::run(&args.data_dir, action).await?);
             Ok(())

@@ -242,7 +242,9 @@ fn conform(
     arrow::array::RecordBatch::try_new(schema, columns)
 }
 
-fn writer_properties() -> Result<WriterProperties> {
+/// How flushed Parquet files are written (zstd 3, dictionaries, 128 Ki-row
+/// row groups).
+pub fn writer_properties() -> Result<WriterProperties> {
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Storage(e.to_string()))?))
         .set_dictionary_enabled(true)

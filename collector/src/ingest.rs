@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use leakwatch_proto::v1::collector_server::Collector;
 use leakwatch_proto::v1::{AckStatus, EnrollRequest, EnrollResponse, ReportAck, ReportBatch};
-use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::log::{AgentToken, AppendOutcome, CodeUse, DurableLog};
@@ -92,7 +91,7 @@ impl Ingest {
                 )));
             }
         };
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let hash = crate::admin::token_hash(token);
         if !crate::same_secret(&stored, &hash) {
             return Err(Status::unauthenticated("authorization: invalid agent token"));
         }
@@ -123,7 +122,7 @@ impl Collector for Ingest {
                 ));
             }
         } else {
-            let hash: [u8; 32] = Sha256::digest(req.enrollment_code.as_bytes()).into();
+            let hash = crate::admin::token_hash(&req.enrollment_code);
             let log = self.log.clone();
             let now = chrono::Utc::now().timestamp();
             let used = tokio::task::spawn_blocking(move || log.use_code(&hash, now))
@@ -140,7 +139,7 @@ impl Collector for Ingest {
         }
         let agent_id = hex::encode(rand::random::<[u8; 8]>());
         let token = format!("{agent_id}.{}", hex::encode(rand::random::<[u8; 32]>()));
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let hash = crate::admin::token_hash(&token);
         let log = self.log.clone();
         let id = agent_id.clone();
         tokio::task::spawn_blocking(move || log.put_agent(&id, &hash))

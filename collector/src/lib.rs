@@ -14,6 +14,7 @@ pub mod admin;
 pub mod cli;
 pub mod convert;
 pub mod demo;
+pub mod flight;
 pub mod flusher;
 pub mod ingest;
 pub mod log;

@@ -45,7 +45,8 @@ const CF_BATCH_IDS: &str = "batch_ids";
 const CF_META: &str = "meta";
 const CF_AGENTS: &str = "agents";
 const CF_CODES: &str = "codes";
-const COLUMN_FAMILIES: [&str; 5] = [CF_BATCHES, CF_BATCH_IDS, CF_META, CF_AGENTS, CF_CODES];
+const CF_SQL_TOKENS: &str = "sql_tokens";
+const COLUMN_FAMILIES: [&str; 6] = [CF_BATCHES, CF_BATCH_IDS, CF_META, CF_AGENTS, CF_CODES, CF_SQL_TOKENS];
 /// Value stored for a revoked agent in place of its token hash.
 const REVOKED: &[u8] = b"revoked";
 const KEY_WATERMARK: &[u8] = b"watermark";
@@ -203,7 +204,11 @@ impl DurableLog {
         }
         let mut opts = Self::options();
         opts.set_max_open_files(-1);
-        let db = DB::open_cf_as_secondary(&opts, path, secondary_dir, COLUMN_FAMILIES).map_err(db_err)?;
+        // A log last written by an older collector may lack newer column
+        // families; open the ones it has.
+        let existing = DB::list_cf(&opts, path).map_err(db_err)?;
+        let cfs = COLUMN_FAMILIES.iter().filter(|n| existing.iter().any(|e| e == *n));
+        let db = DB::open_cf_as_secondary(&opts, path, secondary_dir, cfs).map_err(db_err)?;
         Ok(Self { db, inflight: Mutex::new(Inflight::default()), read_only: true })
     }
 
@@ -444,6 +449,31 @@ impl DurableLog {
     }
 }
 
+impl DurableLog {
+    /// Stores an analyst's SQL token (by hash) with its holder's name.
+    pub fn put_sql_token(&self, token_hash: &[u8; 32], name: &str, expires_at_s: i64) -> Result<()> {
+        let mut v = expires_at_s.to_be_bytes().to_vec();
+        v.extend_from_slice(name.as_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_SQL_TOKENS)?, token_hash, v, &wo).map_err(db_err)
+    }
+
+    /// The holder's name of a valid SQL token; `None` when the token is
+    /// unknown or expired.
+    pub fn sql_token(&self, token_hash: &[u8; 32], now_s: i64) -> Result<Option<String>> {
+        let Some(v) = self.db.get_cf(self.cf(CF_SQL_TOKENS)?, token_hash).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let expires = v
+            .get(0..8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+            .ok_or_else(|| Error::Corrupt("SQL token record".into()))?;
+        Ok((now_s <= expires).then(|| String::from_utf8_lossy(&v[8..]).into_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use leakwatch_proto::v1::{DeviceInfo, FlowRecord};
@@ -494,5 +524,19 @@ mod tests {
         bytes[last] ^= 0xff;
         assert!(matches!(decode_entry(&bytes), Err(Error::Corrupt(_))));
         assert!(matches!(decode_entry(&[]), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn sql_tokens_expire_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hash = [7u8; 32];
+        {
+            let log = DurableLog::open(dir.path()).expect("open");
+            log.put_sql_token(&hash, "alice", 100).expect("put");
+        }
+        let log = DurableLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.sql_token(&hash, 100).expect("get"), Some("alice".to_string()));
+        assert_eq!(log.sql_token(&hash, 101).expect("expired"), None);
+        assert_eq!(log.sql_token(&[8u8; 32], 1).expect("unknown"), None);
     }
 }

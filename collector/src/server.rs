@@ -18,6 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::to_record_batch;
+use crate::flight::FlightSql;
 use crate::flusher::{COMPACT_MIN_FILES, DataStore, Flusher};
 use crate::ingest::{Ingest, IngestLimits};
 use crate::log::DurableLog;
@@ -54,6 +55,8 @@ pub struct ServeConfig {
     pub client_ca: Option<PathBuf>,
     /// Query limits.
     pub query: QueryConfig,
+    /// Serve Flight SQL on this address instead of the gRPC address.
+    pub flight_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -74,6 +77,43 @@ impl ServeConfig {
             tls: None,
             client_ca: None,
             query: QueryConfig::default(),
+            flight_listen: None,
+        }
+    }
+}
+
+/// The runtime SQL queries run on, apart from the one serving ingest, so
+/// that a heavy query cannot delay acknowledgements.
+#[derive(Debug)]
+pub struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    /// A multi-threaded runtime with one worker per core.
+    pub fn new() -> Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("leakwatch-query")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("starting the query runtime: {e}")))?;
+        Ok(Self(Some(rt)))
+    }
+
+    /// Where to spawn queries.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            // Queries still running are abandoned; no data depends on them.
+            rt.shutdown_background();
         }
     }
 }
@@ -119,6 +159,39 @@ impl TailSource for LogTail {
     }
 }
 
+/// A gRPC server builder with the configured TLS.
+fn grpc_builder(config: &ServeConfig) -> Result<tonic::transport::Server> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        let read = |p: &PathBuf, flag: &str| {
+            std::fs::read(p).map_err(|e| Error::Config(format!("{flag} {}: {e}", p.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &config.client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca, "--tls-client-ca")?));
+        }
+        builder = builder.tls_config(tls).map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
+    } else if config.client_ca.is_some() {
+        return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
+    }
+    Ok(builder)
+}
+
+fn serve_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    rx: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal(rx)).await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "{what} server failed");
+        }
+    })
+}
+
 /// A running collector.
 #[derive(Debug)]
 pub struct Server {
@@ -127,6 +200,9 @@ pub struct Server {
     pub grpc_addr: SocketAddr,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Bound Flight SQL address (the gRPC address unless `flight_listen`
+    /// was given).
+    pub flight_addr: SocketAddr,
     /// The log.
     pub log: Arc<DurableLog>,
     /// The flusher.
@@ -137,6 +213,7 @@ pub struct Server {
     pub metrics: Arc<IngestMetrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    _queries: QueryRuntime,
 }
 
 async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
@@ -191,39 +268,33 @@ impl Server {
         let admin_token = hex::encode(rand::random::<[u8; 32]>());
         let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
         AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;
-        let mut builder = tonic::transport::Server::builder();
-        if let Some((cert, key)) = &config.tls {
-            let read = |p: &PathBuf, flag: &str| {
-                std::fs::read(p).map_err(|e| Error::Config(format!("{flag} {}: {e}", p.display())))
-            };
-            let identity = tonic::transport::Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
-            let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-            if let Some(ca) = &config.client_ca {
-                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca, "--tls-client-ca")?));
-            }
-            builder = builder.tls_config(tls).map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
-        } else if config.client_ca.is_some() {
-            return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
-        }
+        let mut builder = grpc_builder(&config)?;
         let http_tls = match &config.tls {
             Some((cert, key)) => Some(crate::tls::server_config(cert, key, config.client_ca.as_deref())?),
             None => None,
         };
-        let grpc_task = {
-            let rx = rx.clone();
-            tokio::spawn(async move {
-                let result = builder
-                    .add_service(health_service)
-                    .add_service(reflection)
-                    .add_service(ingest)
-                    .add_service(admin)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown_signal(rx))
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "gRPC server failed");
-                }
-            })
+        let sessions =
+            SessionFactory::new(config.query.clone(), store.flows_dir(), Arc::new(LogTail::new(log.clone())));
+        let queries = QueryRuntime::new()?;
+        let flight = FlightSql::new(sessions.clone(), queries.handle()).into_server(log.clone());
+        let mut tasks = Vec::new();
+        let (flight_addr, flight_beside_ingest) = match config.flight_listen {
+            Some(addr) => {
+                let listener =
+                    TcpListener::bind(addr).await.map_err(|e| Error::Config(format!("--flight-listen {addr}: {e}")))?;
+                let bound = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+                let router = grpc_builder(&config)?.add_service(flight);
+                tasks.push(serve_grpc(router, listener, rx.clone(), "Flight SQL"));
+                (bound, None)
+            }
+            None => (grpc_addr, Some(flight)),
         };
+        let router = builder.add_service(health_service).add_service(reflection).add_service(ingest).add_service(admin);
+        let router = match flight_beside_ingest {
+            Some(flight) => router.add_service(flight),
+            None => router,
+        };
+        tasks.push(serve_grpc(router, grpc, rx.clone(), "gRPC"));
         let http_task = {
             let metrics = metrics.clone();
             let log = log.clone();
@@ -278,19 +349,20 @@ impl Server {
             })
         };
         health.set_serving::<CollectorServer<Ingest>>().await;
-        let sessions =
-            SessionFactory::new(config.query.clone(), store.flows_dir(), Arc::new(LogTail::new(log.clone())));
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, data_dir = %config.data_dir.display(), "Collector serving");
+        tasks.extend([http_task, flush_task]);
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, flight_sql = %flight_addr, data_dir = %config.data_dir.display(), "Collector serving");
         Ok(Self {
             data_dir: config.data_dir.clone(),
             grpc_addr,
             http_addr,
+            flight_addr,
             log,
             flusher,
             sessions,
             metrics,
             shutdown,
-            tasks: vec![grpc_task, http_task, flush_task],
+            tasks,
+            _queries: queries,
         })
     }
 

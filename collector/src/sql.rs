@@ -3,11 +3,14 @@
 //! a RocksDB secondary instance).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::path::Path;
+use std::io::{BufRead as _, IsTerminal as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt as _;
 use leakwatch_query::format::{OutputFormat, render};
 use leakwatch_query::rules::{builtin_rules, rule};
 use leakwatch_query::{QueryConfig, SessionFactory};
@@ -36,30 +39,90 @@ pub fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Runs `sql` in a fresh session.
-pub async fn query(sessions: &SessionFactory, sql: &str) -> Result<Vec<RecordBatch>> {
-    let session = sessions.session().await?;
-    Ok(session.sql(sql).await?)
+/// Where SQL runs: embedded over a data directory, or on a collector
+/// through Flight SQL. Results are the same either way.
+#[derive(Debug)]
+pub enum Backend {
+    /// Sessions over a data directory.
+    Embedded(SessionFactory),
+    /// A collector's Flight SQL endpoint.
+    Remote(Box<tokio::sync::Mutex<FlightSqlServiceClient<tonic::transport::Channel>>>),
 }
 
-/// Runs `sql` in a fresh session and renders the result.
-pub async fn run_statement(sessions: &SessionFactory, sql: &str, format: OutputFormat) -> Result<String> {
-    Ok(render(&query(sessions, sql).await?, format)?)
+impl From<SessionFactory> for Backend {
+    fn from(sessions: SessionFactory) -> Self {
+        Self::Embedded(sessions)
+    }
+}
+
+/// The server's message of a failed Flight SQL call.
+fn remote_error(e: FlightError) -> Error {
+    match e {
+        FlightError::Tonic(status) => Error::Config(status.message().to_string()),
+        other => Error::Config(format!("Flight SQL: {other}")),
+    }
+}
+
+impl Backend {
+    /// Connects to a collector's Flight SQL endpoint: `grpc://HOST:PORT`
+    /// or `grpcs://HOST:PORT` (TLS, verified against `ca_file` or the
+    /// system's roots), authorised by an analyst's `token`.
+    pub async fn connect(url: &str, token: &str, ca_file: Option<&Path>) -> Result<Self> {
+        let err = |e: String| Error::Config(format!("--connect {url}: {e}"));
+        let (scheme, rest) =
+            url.split_once("://").ok_or_else(|| err("expected grpc://HOST:PORT or grpcs://HOST:PORT".into()))?;
+        let endpoint = match scheme {
+            "grpc" | "http" => tonic::transport::Endpoint::from_shared(format!("http://{rest}")),
+            "grpcs" | "https" => tonic::transport::Endpoint::from_shared(format!("https://{rest}")),
+            other => return Err(err(format!("scheme {other:?}: use grpc or grpcs"))),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        let endpoint = if matches!(scheme, "grpcs" | "https") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = ca_file {
+                let pem = std::fs::read(ca).map_err(|e| Error::Config(format!("--ca-file {}: {e}", ca.display())))?;
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            endpoint.tls_config(tls).map_err(|e| err(e.to_string()))?
+        } else {
+            endpoint
+        };
+        let channel = endpoint.connect().await.map_err(|e| err(format!("cannot connect: {e}")))?;
+        let mut client = FlightSqlServiceClient::new(channel);
+        client.set_token(token.to_string());
+        Ok(Self::Remote(Box::new(tokio::sync::Mutex::new(client))))
+    }
+
+    /// Runs one read-only statement and collects its result.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        match self {
+            Self::Embedded(sessions) => {
+                let session = sessions.session().await?;
+                Ok(session.sql(sql).await?)
+            }
+            Self::Remote(client) => {
+                let mut client = client.lock().await;
+                let info = client.execute(sql.to_string(), None).await.map_err(remote_error)?;
+                let mut batches = Vec::new();
+                for endpoint in info.endpoint {
+                    let Some(ticket) = endpoint.ticket else { continue };
+                    let stream = client.do_get(ticket).await.map_err(remote_error)?;
+                    batches.extend(stream.try_collect::<Vec<_>>().await.map_err(remote_error)?);
+                }
+                Ok(batches)
+            }
+        }
+    }
+}
+
+/// Runs `sql` and renders the result.
+pub async fn run_statement(backend: &Backend, sql: &str, format: OutputFormat) -> Result<String> {
+    Ok(render(&backend.query(sql).await?, format)?)
 }
 
 /// The SQL of the built-in rule `name` with `params` filled in.
 pub fn rule_sql(name: &str, params: &BTreeMap<String, String>) -> Result<String> {
     Ok(rule(name)?.render(params)?)
-}
-
-/// Runs the built-in rule `name` with `params`.
-pub async fn run_rule(
-    sessions: &SessionFactory,
-    name: &str,
-    params: &BTreeMap<String, String>,
-    format: OutputFormat,
-) -> Result<String> {
-    run_statement(sessions, &rule_sql(name, params)?, format).await
 }
 
 /// Writes `batches` to `path`, in the format its extension names:
@@ -126,26 +189,106 @@ const CONSOLE_HELP: &str = "\\d              list tables and views
 \\timing         show how long each statement took (toggle)
 \\q              quit";
 
-/// The interactive console: statements end with `;`, backslash commands
-/// as in `\\?`, `\\q` quits.
-pub async fn console(sessions: &SessionFactory, mut format: OutputFormat) -> Result<()> {
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
+/// Where the console reads lines: an editor with history on a terminal,
+/// plain lines otherwise.
+enum Lines {
+    Editor(Box<rustyline::DefaultEditor>, Option<PathBuf>),
+    Plain(std::io::Lines<std::io::StdinLock<'static>>),
+}
+
+/// What reading a line gave.
+enum Read {
+    Line(String),
+    /// Ctrl-C at the prompt: drop the statement being typed.
+    Interrupted,
+    Eof,
+}
+
+impl Lines {
+    fn open() -> Self {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal()
+            && let Ok(mut editor) = rustyline::DefaultEditor::new()
+        {
+            let history = history_path();
+            if let Some(path) = &history {
+                let _ = editor.load_history(path);
+            }
+            return Self::Editor(Box::new(editor), history);
+        }
+        Self::Plain(stdin.lock().lines())
+    }
+
+    fn read(&mut self, prompt: &str) -> Result<Read> {
+        match self {
+            Self::Editor(editor, _) => match tokio::task::block_in_place(|| editor.readline(prompt)) {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
+                    Ok(Read::Line(line))
+                }
+                Err(rustyline::error::ReadlineError::Interrupted) => Ok(Read::Interrupted),
+                Err(rustyline::error::ReadlineError::Eof) => Ok(Read::Eof),
+                Err(e) => Err(Error::Config(format!("reading the terminal: {e}"))),
+            },
+            Self::Plain(lines) => match lines.next() {
+                Some(line) => Ok(Read::Line(line.map_err(|e| Error::Config(format!("reading stdin: {e}")))?)),
+                None => Ok(Read::Eof),
+            },
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if let Self::Editor(editor, Some(path)) = self {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = editor.save_history(path);
+        }
+    }
+}
+
+/// The console's history file: `$LEAKWATCH_SQL_HISTORY`, else
+/// `$XDG_STATE_HOME/leakwatch/sql_history` (or under `~/.local/state`).
+fn history_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("LEAKWATCH_SQL_HISTORY").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let path = leakwatch_agent::state::user_path("XDG_STATE_HOME", ".local/state", "leakwatch", "sql_history", "");
+    path.is_absolute().then_some(path)
+}
+
+/// The interactive console: statements end with `;` (and may span
+/// lines), backslash commands as in `\\?`, `\\q` or Ctrl-D quits. Ctrl-C
+/// cancels the running query, or the statement being typed, and keeps
+/// the console.
+pub async fn console(backend: &Backend, mut format: OutputFormat) -> Result<()> {
+    let mut lines = Lines::open();
+    let tty = matches!(lines, Lines::Editor(..));
     if tty {
         eprintln!(
-            "leakwatch SQL console (read-only). Tables: flows, devices, boots. End statements with ';', \\? for help, \\q quits."
+            "leakwatch SQL console (read-only). Tables: flows, devices, boots. End statements with ';', \\? for help, \\q quits; Ctrl-C cancels a query."
         );
     }
     let mut timing = false;
     let mut pending = String::new();
-    let mut lines = stdin.lock().lines();
     loop {
-        if tty {
-            eprint!("{}", if pending.is_empty() { "leakwatch> " } else { "      ...> " });
-            std::io::stderr().flush().ok();
-        }
-        let Some(line) = lines.next() else { break };
-        let line = line.map_err(|e| Error::Config(format!("reading stdin: {e}")))?;
+        let prompt = match (tty, pending.is_empty()) {
+            (false, _) => "",
+            (true, true) => "leakwatch> ",
+            (true, false) => "      ...> ",
+        };
+        let line = match lines.read(prompt)? {
+            Read::Line(line) => line,
+            Read::Interrupted => {
+                pending.clear();
+                continue;
+            }
+            Read::Eof => break,
+        };
         let trimmed = line.trim();
         if pending.is_empty() && matches!(trimmed, "\\q" | "quit" | "exit") {
             break;
@@ -188,7 +331,7 @@ pub async fn console(sessions: &SessionFactory, mut format: OutputFormat) -> Res
                 }
             };
             if let Some(sql) = sql {
-                run_and_print(sessions, &sql, format, timing).await;
+                run_and_print(backend, &sql, format, timing).await;
             }
             continue;
         }
@@ -196,11 +339,11 @@ pub async fn console(sessions: &SessionFactory, mut format: OutputFormat) -> Res
         pending.push('\n');
         if trimmed.ends_with(';') {
             let sql = std::mem::take(&mut pending);
-            run_and_print(sessions, sql.trim().trim_end_matches(';'), format, timing).await;
+            run_and_print(backend, sql.trim().trim_end_matches(';'), format, timing).await;
         }
     }
     if !pending.trim().is_empty() {
-        run_and_print(sessions, pending.trim().trim_end_matches(';'), format, timing).await;
+        run_and_print(backend, pending.trim().trim_end_matches(';'), format, timing).await;
     }
     Ok(())
 }
@@ -215,11 +358,14 @@ pub fn print_result(text: &str) {
     }
 }
 
-async fn run_and_print(sessions: &SessionFactory, sql: &str, format: OutputFormat, timing: bool) {
+async fn run_and_print(backend: &Backend, sql: &str, format: OutputFormat, timing: bool) {
     let started = std::time::Instant::now();
-    match run_statement(sessions, sql, format).await {
-        Ok(out) => print_result(&out),
-        Err(e) => eprintln!("error: {e}"),
+    tokio::select! {
+        result = run_statement(backend, sql, format) => match result {
+            Ok(out) => print_result(&out),
+            Err(e) => eprintln!("error: {e}"),
+        },
+        _ = tokio::signal::ctrl_c() => eprintln!("cancelled"),
     }
     if timing {
         eprintln!("time: {:.3?}", started.elapsed());

@@ -20,7 +20,9 @@ mod session;
 mod udf;
 
 pub use schema::{FlowBatchBuilder, FlowRow, flows_schema};
-pub use session::{QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, flushed_range_of};
+pub use session::{
+    FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,
+};
 
 use datafusion::error::DataFusionError;
 

@@ -4,12 +4,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemTable;
+use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt as _;
 
 use crate::schema::flows_schema;
 use crate::{Error, Result};
@@ -47,6 +52,17 @@ pub trait TailSource: Send + Sync {
     /// A consistent snapshot: the watermark and the rows above it, read
     /// at one point in time.
     fn snapshot(&self) -> std::result::Result<TailSnapshot, String>;
+}
+
+/// No unflushed tail: every Parquet file is read, whatever its range
+/// (for files written outside a running collector, such as benchmarks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FilesOnly;
+
+impl TailSource for FilesOnly {
+    fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
+        Ok(TailSnapshot { watermark: u64::MAX, batches: Vec::new() })
+    }
 }
 
 /// The sequence range `(from, to)` a flushed file covers, parsed from its
@@ -183,8 +199,9 @@ const VIEWS: &[(&str, &str)] = &[
 ];
 
 impl QuerySession {
-    /// Runs one read-only statement and collects its result.
-    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+    /// Parses and plans one statement, refusing anything but a read-only
+    /// query.
+    pub async fn plan(&self, sql: &str) -> Result<LogicalPlan> {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let plan = self.ctx.state().create_logical_plan(sql).await?;
         if let Err(e) = options.verify_plan(&plan) {
@@ -194,6 +211,63 @@ impl QuerySession {
             };
             return Err(Error::ReadOnly(msg));
         }
+        Ok(plan)
+    }
+
+    /// The types of a planned statement's `$1`, `$2`, ... parameters, in
+    /// order (`None` where the query does not determine one).
+    pub fn parameter_types(plan: &LogicalPlan) -> Result<Vec<(String, Option<DataType>)>> {
+        let mut types: Vec<(String, Option<DataType>)> = plan.get_parameter_types()?.into_iter().collect();
+        types.sort_by_key(|(name, _)| name.trim_start_matches('$').parse::<u64>().unwrap_or(u64::MAX));
+        Ok(types)
+    }
+
+    /// The schema results have at the boundary to clients: plain `Utf8`
+    /// and `Binary` instead of their view types.
+    pub fn result_schema(plan: &LogicalPlan) -> SchemaRef {
+        boundary_schema(plan.schema().as_arrow())
+    }
+
+    /// Runs a planned statement with `params` bound to its placeholders
+    /// (each cast to the type the query expects); batches come in
+    /// [`Self::result_schema`]. The caller applies [`Self::timeout`] to
+    /// reading the stream.
+    pub async fn execute(
+        &self,
+        plan: LogicalPlan,
+        params: Vec<ScalarValue>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+        let schema = Self::result_schema(&plan);
+        let plan = if params.is_empty() {
+            plan
+        } else {
+            let types = Self::parameter_types(&plan)?;
+            if types.len() != params.len() {
+                return Err(Error::Invalid(format!(
+                    "parameters: the query has {} placeholders, {} values were bound",
+                    types.len(),
+                    params.len()
+                )));
+            }
+            let mut values = Vec::with_capacity(params.len());
+            for (i, (value, (name, ty))) in params.into_iter().zip(types).enumerate() {
+                values.push(match ty {
+                    Some(ty) if value.data_type() != ty => value.cast_to(&ty).map_err(|e| {
+                        Error::Invalid(format!("parameter {} ({name}): cannot be read as {ty}: {e}", i + 1))
+                    })?,
+                    _ => value,
+                });
+            }
+            plan.with_param_values(values)?
+        };
+        let stream = self.ctx.execute_logical_plan(plan).await?.execute_stream().await?;
+        Ok(stream.map(move |batch| to_boundary(batch?, &schema)).boxed())
+    }
+
+    /// Runs one read-only statement and collects its result, within the
+    /// time limit.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let plan = self.plan(sql).await?;
         let run = async {
             let df = self.ctx.execute_logical_plan(plan).await?;
             df.collect().await.map_err(Error::from)
@@ -204,10 +278,49 @@ impl QuerySession {
         }
     }
 
+    /// The time limit of each query.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The underlying context (for table providers that need it).
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
+}
+
+/// `schema` with view types replaced by their plain counterparts.
+pub fn boundary_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// `batch` in `schema` (the same columns, view types cast to plain ones).
+fn to_boundary(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema_ref() == schema {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| Error::Internal(format!("result batch does not fit the declared schema: {e}")))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod durability;
+mod flight;
 mod hostile;
 mod pipeline;
 mod rules;
