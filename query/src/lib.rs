@@ -6,7 +6,8 @@
 //! JSON.
 //!
 //! Every DataFusion session comes from [`SessionFactory`]: read-only (no
-//! DDL, DML, COPY, SET or other statements), no URL tables,
+//! DDL, DML, COPY, SET or other statements), no URL tables, an object
+//! store that reads the data store and nothing else ([`ReadOnlyStore`]),
 //! `generate_series` and `range` removed, a memory pool limit and a
 //! per-query timeout.
 //!
@@ -17,12 +18,14 @@ pub mod format;
 pub mod rules;
 mod schema;
 mod session;
+mod store;
 mod udf;
 
 pub use schema::{FlowBatchBuilder, FlowRow, flows_schema};
 pub use session::{
     FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,
 };
+pub use store::ReadOnlyStore;
 
 use datafusion::error::DataFusionError;
 

@@ -140,7 +140,10 @@ impl SessionFactory {
 
     /// A new session with a fresh snapshot of the data.
     pub async fn session(&self) -> Result<QuerySession> {
-        let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.config.memory_limit_bytes, 1.0).build_arc()?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.config.memory_limit_bytes, 1.0)
+            .with_object_store_registry(Arc::new(crate::store::ReadOnlyStore::local(&self.flows_dir).registry()))
+            .build_arc()?;
         let mut config = SessionConfig::new().with_information_schema(true);
         // Analysts and Flight SQL clients get plain Utf8 columns.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
