@@ -9,6 +9,7 @@ use leakwatch_query::QueryConfig;
 use leakwatch_query::format::OutputFormat;
 
 use crate::admin;
+use crate::dashboard::{DashboardConfig, Thresholds};
 use crate::demo::{self, DemoOptions};
 use crate::server::{DEFAULT_MAX_MESSAGE_BYTES, ServeConfig, Server};
 use crate::sql;
@@ -43,7 +44,7 @@ pub struct ListenArgs {
     /// gRPC listen address.
     #[arg(long, env = "LEAKWATCH_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     pub grpc_listen: SocketAddr,
-    /// HTTP listen address (/healthz, /metrics).
+    /// HTTP listen address (public dashboard, /api, /export, /healthz, /metrics).
     #[arg(long, env = "LEAKWATCH_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
     /// Seconds between flushes of the log to Parquet.
@@ -64,6 +65,15 @@ pub struct ListenArgs {
     /// Serve Flight SQL on this address (default: on the gRPC address, beside ingest).
     #[arg(long, env = "LEAKWATCH_FLIGHT_LISTEN")]
     pub flight_listen: Option<SocketAddr>,
+    /// Publish only groups seen from at least this many distinct devices (k; at least 2).
+    #[arg(long, env = "LEAKWATCH_PUBLIC_MIN_DEVICES", default_value_t = 5)]
+    pub public_min_devices: u64,
+    /// Publish only groups seen from at least this many distinct volunteers' agents (m; at least 2).
+    #[arg(long, env = "LEAKWATCH_PUBLIC_MIN_VOLUNTEERS", default_value_t = 3)]
+    pub public_min_volunteers: u64,
+    /// Requests per second one client address may make to the dashboard, /api and /export (burst: twice that).
+    #[arg(long, env = "LEAKWATCH_PUBLIC_RATE", default_value_t = 20)]
+    pub public_rate: u32,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,
@@ -172,6 +182,15 @@ pub struct SqlArgs {
     /// Rule parameter NAME=VALUE (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// Publish only groups seen from at least this many distinct devices (k; at least 2).
+    #[arg(long, env = "LEAKWATCH_PUBLIC_MIN_DEVICES", default_value_t = 5)]
+    pub public_min_devices: u64,
+    /// Publish only groups seen from at least this many distinct volunteers' agents (m; at least 2).
+    #[arg(long, env = "LEAKWATCH_PUBLIC_MIN_VOLUNTEERS", default_value_t = 3)]
+    pub public_min_volunteers: u64,
+    /// Requests per second one client address may make to the dashboard, /api and /export (burst: twice that).
+    #[arg(long, env = "LEAKWATCH_PUBLIC_RATE", default_value_t = 20)]
+    pub public_rate: u32,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,
@@ -254,6 +273,13 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
         },
         query: listen.query.config(),
         flight_listen: listen.flight_listen,
+        dashboard: DashboardConfig {
+            thresholds: Thresholds {
+                min_devices: listen.public_min_devices,
+                min_volunteers: listen.public_min_volunteers,
+            },
+            requests_per_second: listen.public_rate,
+        },
     }
 }
 

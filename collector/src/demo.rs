@@ -2,7 +2,7 @@
 //!
 //! Starts a collector, simulates the default fleet into real pcap files,
 //! imports every capture through the agent pipeline and uploads it over
-//! gRPC, flushes, runs `boot_phone_home` and prints the findings.
+//! gRPC (one agent per simulated volunteer, three devices each), flushes, runs `boot_phone_home` and prints the findings.
 //! Re-running on the same data directory re-sends the same batch ids,
 //! which the collector answers `duplicate`: nothing is counted twice.
 
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use leakwatch_agent::import::{DEFAULT_BATCH_RECORDS, DeviceLabels, import_capture};
-use leakwatch_agent::simulate::{DEFAULT_PROFILE, FleetManifest, FleetProfile, simulate_fleet};
+use leakwatch_agent::simulate::{DEFAULT_PROFILE, FleetManifest, FleetProfile, ManifestEntry, simulate_fleet};
 use leakwatch_agent::state::AgentState;
 use leakwatch_agent::uploader::Uploader;
 use leakwatch_query::format::{OutputFormat, render};
@@ -59,6 +59,27 @@ fn fleet(dir: &Path, devices: Option<u32>, seed: Option<u64>) -> Result<FleetMan
     Ok(manifest)
 }
 
+/// Devices per simulated volunteer household.
+const DEVICES_PER_VOLUNTEER: usize = 3;
+
+/// The fleet's captures split among volunteers, each with its own agent:
+/// device `i` (in order of first appearance) belongs to volunteer `i % V`,
+/// so a model's devices are spread over several volunteers as in a real
+/// crowd.
+fn by_volunteer(manifest: &FleetManifest) -> Vec<Vec<&ManifestEntry>> {
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for entry in &manifest.captures {
+        let next = index.len();
+        index.entry(entry.device_id.as_str()).or_insert(next);
+    }
+    let volunteers = index.len().div_ceil(DEVICES_PER_VOLUNTEER).max(1);
+    let mut out = vec![Vec::new(); volunteers];
+    for entry in &manifest.captures {
+        out[index[entry.device_id.as_str()] % volunteers].push(entry);
+    }
+    out
+}
+
 /// Runs the demo against a started `server`; `data_dir` holds captures and
 /// the agent's state.
 pub async fn run_pipeline(
@@ -76,28 +97,35 @@ pub async fn run_pipeline(
         manifest.captures.len(),
         captures_dir.display()
     );
-    let state = AgentState::open(&data_dir.join("agent-state"))?;
     let url = format!("http://{}", server.grpc_addr);
-    let mut uploader = Uploader::connect(&url, &state, "", Duration::from_secs(30)).await?;
     let tty = std::io::stderr().is_terminal();
     let total = manifest.captures.len();
-    for (i, entry) in manifest.captures.iter().enumerate() {
-        let labels = DeviceLabels {
-            device_id: Some(entry.device_id.clone()),
-            vendor: entry.vendor.clone(),
-            model: entry.model.clone(),
-            firmware: entry.firmware.clone(),
-            consent: entry.consent.clone(),
-            boot_time_us: None,
-            app: None,
-        };
-        let imported = import_capture(&captures_dir.join(&entry.file), &labels, &state, DEFAULT_BATCH_RECORDS)?;
-        for batch in &imported.batches {
-            uploader.send(batch).await?;
+    let mut sent = 0;
+    let (mut accepted, mut duplicate) = (0, 0);
+    for (volunteer, captures) in by_volunteer(&manifest).iter().enumerate() {
+        let state = AgentState::open(&data_dir.join("volunteers").join(format!("{volunteer:03}")))?;
+        let mut uploader = Uploader::connect(&url, &state, "", Duration::from_secs(30)).await?;
+        for entry in captures {
+            let labels = DeviceLabels {
+                device_id: Some(entry.device_id.clone()),
+                vendor: entry.vendor.clone(),
+                model: entry.model.clone(),
+                firmware: entry.firmware.clone(),
+                consent: entry.consent.clone(),
+                boot_time_us: None,
+                app: None,
+            };
+            let imported = import_capture(&captures_dir.join(&entry.file), &labels, &state, DEFAULT_BATCH_RECORDS)?;
+            for batch in &imported.batches {
+                uploader.send(batch).await?;
+            }
+            sent += 1;
+            if sent % 25 == 0 || sent == total {
+                progress(tty, &format!("imported {sent}/{total} captures over gRPC"));
+            }
         }
-        if (i + 1) % 25 == 0 || i + 1 == total {
-            progress(tty, &format!("imported {}/{total} captures over gRPC", i + 1));
-        }
+        accepted += uploader.stats.records_accepted;
+        duplicate += uploader.stats.batches_duplicate;
     }
     if tty {
         eprintln!();
@@ -105,18 +133,19 @@ pub async fn run_pipeline(
     let flushed = server.flusher.flush().await?;
     eprintln!(
         "collector stored {} new records ({} batches already stored); flushed to Parquet up to log position {} in {:.1?}",
-        uploader.stats.records_accepted,
-        uploader.stats.batches_duplicate,
+        accepted,
+        duplicate,
         flushed.watermark,
         started.elapsed()
     );
+    server.dashboard.refresh().await?;
     let sql = rule("boot_phone_home")?.render(&BTreeMap::new())?;
     let session = server.sessions.session().await?;
     let batches = session.sql(&sql).await?;
     Ok(DemoReport {
         captures: total,
-        records_accepted: uploader.stats.records_accepted,
-        batches_duplicate: uploader.stats.batches_duplicate,
+        records_accepted: accepted,
+        batches_duplicate: duplicate,
         findings: render(&batches, OutputFormat::Table)?,
     })
 }
@@ -158,7 +187,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let data = options.data_dir.join("collector");
     let exe = std::env::current_exe().map_or_else(|_| "leakwatch".to_string(), |p| p.display().to_string());
     println!(
-        "\nThe collector keeps serving: gRPC on {}, HTTP on http://{} (/metrics, /healthz).\n\
+        "\nThe collector keeps serving: gRPC on {}; the public leak dashboard on http://{}/ (JSON under /api, /metrics, /healthz).\n\
          Query it from another terminal:\n  \
          {exe} sql --data-dir {} -c \"SELECT vendor, model, count(DISTINCT device_pseudonym) AS devices FROM flows GROUP BY vendor, model ORDER BY devices DESC\"\n  \
          {exe} sql --data-dir {} --rule boot_phone_home\n\

@@ -4,7 +4,8 @@
 //! the [`log`] (RocksDB, fsync before the ack, batch ids deduplicated),
 //! the [`flusher`] moves them to day-partitioned Parquet files, and SQL
 //! (through `leakwatch-query`) reads the files plus the unflushed tail.
-//! Out: acks, Parquet, query results, `/metrics` and `/healthz` over HTTP.
+//! Out: acks, Parquet, query results, the public [`dashboard`], `/metrics`
+//! and `/healthz` over HTTP.
 //!
 //! [`cli`] is the `leakwatch` command line: `serve`, `sql` and `demo`.
 
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 pub mod admin;
 pub mod cli;
 pub mod convert;
+pub mod dashboard;
 pub mod demo;
 pub mod flight;
 pub mod flusher;

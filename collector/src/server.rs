@@ -1,5 +1,6 @@
 //! The collector server: gRPC ingest with health and reflection, HTTP
-//! `/healthz` and `/metrics`, and the background flusher.
+//! `/healthz`, `/metrics` and the public dashboard, and the background
+//! flusher.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::to_record_batch;
+use crate::dashboard::{Dashboard, DashboardConfig};
 use crate::flight::FlightSql;
 use crate::flusher::{COMPACT_MIN_FILES, DataStore, Flusher};
 use crate::ingest::{Ingest, IngestLimits};
@@ -57,6 +59,8 @@ pub struct ServeConfig {
     pub query: QueryConfig,
     /// Serve Flight SQL on this address instead of the gRPC address.
     pub flight_listen: Option<SocketAddr>,
+    /// The public dashboard's thresholds and rate limit.
+    pub dashboard: DashboardConfig,
 }
 
 impl ServeConfig {
@@ -78,6 +82,7 @@ impl ServeConfig {
             client_ca: None,
             query: QueryConfig::default(),
             flight_listen: None,
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -211,6 +216,8 @@ pub struct Server {
     pub sessions: SessionFactory,
     /// Counters.
     pub metrics: Arc<IngestMetrics>,
+    /// The public dashboard.
+    pub dashboard: Dashboard,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _queries: QueryRuntime,
@@ -277,6 +284,7 @@ impl Server {
             SessionFactory::new(config.query.clone(), store.flows_dir(), Arc::new(LogTail::new(log.clone())));
         let queries = QueryRuntime::new()?;
         let flight = FlightSql::new(sessions.clone(), queries.handle()).into_server(log.clone());
+        let dashboard = Dashboard::new(sessions.clone(), queries.handle(), config.dashboard)?;
         let mut tasks = Vec::new();
         let (flight_addr, flight_beside_ingest) = match config.flight_listen {
             Some(addr) => {
@@ -298,13 +306,17 @@ impl Server {
         let http_task = {
             let metrics = metrics.clone();
             let log = log.clone();
-            let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route(
-                "/metrics",
-                get(move || async move {
-                    let gauges = Gauges { flush_lag_batches: log.flush_lag(), log_bytes: log.size_bytes() };
-                    metrics.render(gauges)
-                }),
-            );
+            let app = Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
+                .route(
+                    "/metrics",
+                    get(move || async move {
+                        let gauges = Gauges { flush_lag_batches: log.flush_lag(), log_bytes: log.size_bytes() };
+                        metrics.render(gauges)
+                    }),
+                )
+                .merge(dashboard.router())
+                .into_make_service_with_connect_info::<crate::dashboard::PeerAddr>();
             let rx = rx.clone();
             tokio::spawn(async move {
                 let result = match http_tls {
@@ -326,6 +338,7 @@ impl Server {
             let retention = config.retention_days;
             let mut rx = rx.clone();
             let interval = config.flush_interval;
+            let dashboard = dashboard.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -334,6 +347,9 @@ impl Server {
                     }
                     match flusher.flush().await {
                         Ok(done) => {
+                            if done.rows > 0 {
+                                dashboard.request_refresh();
+                            }
                             if let Err(e) = store.compact(done.watermark, COMPACT_MIN_FILES).await {
                                 tracing::error!(error = %e, "Compaction failed; will retry");
                             }
@@ -349,6 +365,7 @@ impl Server {
             })
         };
         health.set_serving::<CollectorServer<Ingest>>().await;
+        dashboard.request_refresh();
         tasks.extend([http_task, flush_task]);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, flight_sql = %flight_addr, data_dir = %config.data_dir.display(), "Collector serving");
         Ok(Self {
@@ -360,6 +377,7 @@ impl Server {
             flusher,
             sessions,
             metrics,
+            dashboard,
             shutdown,
             tasks,
             _queries: queries,

@@ -26,6 +26,7 @@ pub use session::{
     FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,
 };
 pub use store::ReadOnlyStore;
+pub use udf::registrable_domain;
 
 use datafusion::error::DataFusionError;
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod dashboard;
 mod durability;
 mod flight;
 mod hostile;

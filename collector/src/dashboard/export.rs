@@ -1,0 +1,110 @@
+//! Open data: the published findings as CSV and Parquet, built once per
+//! refresh.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::Dashboard;
+use super::aggregate::Finding;
+use crate::{Error, Result};
+
+fn text(findings: &[Finding], f: impl Fn(&Finding) -> Option<String>) -> ArrayRef {
+    Arc::new(findings.iter().map(f).collect::<StringArray>())
+}
+
+/// The findings as one record batch.
+pub fn batch(findings: &[Finding]) -> Result<RecordBatch> {
+    let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    let schema = Schema::new(vec![
+        utf8("id", false),
+        utf8("rule", false),
+        utf8("vendor", false),
+        utf8("model", false),
+        utf8("models", false),
+        utf8("domain", false),
+        utf8("destination", false),
+        utf8("claim", false),
+        utf8("firmware_min", true),
+        utf8("firmware_max", true),
+        Field::new("devices", DataType::UInt64, false),
+        Field::new("volunteers", DataType::UInt64, false),
+        Field::new("population_devices", DataType::UInt64, false),
+        Field::new("share", DataType::Float64, false),
+        Field::new("median_s_after_boot", DataType::Float64, true),
+        utf8("consent", false),
+        utf8("first_seen", false),
+        utf8("last_seen", false),
+        utf8("command", false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        text(findings, |f| Some(f.id.clone())),
+        text(findings, |f| Some(f.rule.clone())),
+        text(findings, |f| Some(f.vendor.clone())),
+        text(findings, |f| Some(f.model.clone())),
+        text(findings, |f| Some(f.models.join(", "))),
+        text(findings, |f| Some(f.domain.clone())),
+        text(findings, |f| Some(f.destination.clone())),
+        text(findings, |f| Some(f.claim.clone())),
+        text(findings, |f| f.firmware_min.clone()),
+        text(findings, |f| f.firmware_max.clone()),
+        Arc::new(findings.iter().map(|f| f.devices).collect::<UInt64Array>()),
+        Arc::new(findings.iter().map(|f| f.volunteers).collect::<UInt64Array>()),
+        Arc::new(findings.iter().map(|f| f.population_devices).collect::<UInt64Array>()),
+        Arc::new(findings.iter().map(|f| f.share).collect::<Float64Array>()),
+        Arc::new(findings.iter().map(|f| f.median_s_after_boot).collect::<Float64Array>()),
+        text(findings, |f| {
+            Some(
+                f.consent.iter().map(|c| format!("{} ({} devices)", c.value, c.devices)).collect::<Vec<_>>().join("; "),
+            )
+        }),
+        text(findings, |f| Some(f.first_seen.clone())),
+        text(findings, |f| Some(f.last_seen.clone())),
+        text(findings, |f| Some(f.command.clone())),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| Error::Storage(format!("findings export: {e}")))
+}
+
+/// CSV and Parquet bytes of `findings`.
+pub fn findings(findings: &[Finding]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let batch = batch(findings)?;
+    let fail = |e: &dyn std::fmt::Display| Error::Storage(format!("findings export: {e}"));
+    let mut csv = Vec::new();
+    {
+        let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut csv);
+        writer.write(&batch).map_err(|e| fail(&e))?;
+    }
+    let mut parquet = Vec::new();
+    {
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut parquet, batch.schema(), None).map_err(|e| fail(&e))?;
+        writer.write(&batch).map_err(|e| fail(&e))?;
+        writer.close().map_err(|e| fail(&e))?;
+    }
+    Ok((csv, parquet))
+}
+
+fn download(bytes: axum::body::Bytes, content_type: &'static str, name: &str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// `GET /export/findings.csv`.
+pub async fn csv(State(d): State<Dashboard>) -> Response {
+    download(d.published().csv.clone(), "text/csv; charset=utf-8", "leakwatch-findings.csv")
+}
+
+/// `GET /export/findings.parquet`.
+pub async fn parquet(State(d): State<Dashboard>) -> Response {
+    download(d.published().parquet.clone(), "application/vnd.apache.parquet", "leakwatch-findings.parquet")
+}
