@@ -18,12 +18,12 @@ BENCH_PY_PACKAGES := duckdb==2.0.0
 # Crates the agent must never pull in (it stays small).
 AGENT_FORBIDDEN := ^(datafusion|arrow|parquet|rocksdb|librocksdb-sys)( |-)
 
-.PHONY: demo test bench soak deps bench-deps check-agent-deps fmt clippy unit py-venv test-py bench-py
+.PHONY: demo test bench soak deps bench-deps browser-deps check-agent-deps fmt clippy unit py-venv test-py bench-py
 
 demo: deps
 	$(CARGO) run --locked -p leakwatch-collector --bin leakwatch -- demo
 
-test: deps fmt clippy check-agent-deps test-py unit
+test: deps browser-deps fmt clippy check-agent-deps test-py unit
 
 bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
@@ -38,6 +38,16 @@ soak: deps
 	  collector_sigkilled -- --nocapture
 
 # Tools the benchmarks compare against.
+# Debian's Chromium and its WebDriver for the dashboard's browser test.
+browser-deps:
+	@missing=""; \
+	for p in chromium chromium-driver; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  echo "Installing missing browser test packages:$$missing (apt-get$${sudo:+ via sudo})"; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 bench-deps:
 	@missing=""; \
 	for p in tshark tcpdump time; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -92,9 +102,9 @@ check-agent-deps:
 unit:
 	@set -o pipefail; log=$$(mktemp); \
 	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
-	  LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
+	  LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
-	  LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
+	  LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
 	  note=" (tests named external_* skipped: no $(EXTERNAL_TESTDATA))"; \
 	fi; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i; if ($$(i+1) ~ /^filtered/) s += $$i } } \

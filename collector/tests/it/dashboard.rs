@@ -381,14 +381,15 @@ async fn drive(port: u16, http: SocketAddr, shots: &Path) -> Result<(), String> 
         .click()
         .await
         .map_err(e("filter"))?;
-    let filtered = c.find(Locator::Css("tbody")).await.map_err(e("findings table"))?.text().await.map_err(e("rows"))?;
+    let filtered = text_of(&c, "tbody").await?;
     if filtered.contains("Amazon") || !filtered.contains("Redmi 1S") {
         return Err(format!("vendor filter did not keep only Xiaomi:\n{filtered}"));
     }
 
     // Model page: its chart of destinations after boot.
     c.find(Locator::LinkText("Redmi 1S")).await.map_err(e("model link"))?.click().await.map_err(e("open model"))?;
-    let title = c.find(Locator::Css("h1")).await.map_err(e("model h1"))?.text().await.map_err(e("h1"))?;
+    wait_for_url(&c, "/models/Xiaomi/Redmi%201S").await?;
+    let title = text_of(&c, "h1").await?;
     if title != "Xiaomi Redmi 1S" {
         return Err(format!("model page title {title:?}"));
     }
@@ -401,7 +402,8 @@ async fn drive(port: u16, http: SocketAddr, shots: &Path) -> Result<(), String> 
         .await
         .map_err(e("boot_phone_home finding link on the model page"))?;
     finding.click().await.map_err(e("open finding"))?;
-    let claim = c.find(Locator::Css("h1")).await.map_err(e("claim"))?.text().await.map_err(e("claim text"))?;
+    wait_for_url(&c, "/findings/").await?;
+    let claim = text_of(&c, "h1").await?;
     if !(claim.contains("Redmi 1S") && claim.contains("xiaomi.com") && claim.contains("seconds of booting")) {
         return Err(format!("finding claim {claim:?}"));
     }
@@ -428,6 +430,34 @@ async fn drive(port: u16, http: SocketAddr, shots: &Path) -> Result<(), String> 
     shot("finding-phone.png", c.screenshot().await.map_err(e("screenshot"))?)?;
     c.close().await.map_err(e("close"))?;
     Ok(())
+}
+
+/// The text of the first element matching `css`, retried while the page
+/// is still being replaced by a navigation.
+async fn text_of(c: &fantoccini::Client, css: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match c.find(fantoccini::Locator::Css(css)).await {
+            Ok(el) => match el.text().await {
+                Ok(t) => return Ok(t),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("{css}: {last}"))
+}
+
+/// Waits until the browser has navigated to a URL containing `part`.
+async fn wait_for_url(c: &fantoccini::Client, part: &str) -> Result<(), String> {
+    for _ in 0..100 {
+        if c.current_url().await.is_ok_and(|u| u.as_str().contains(part)) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the browser did not reach a URL containing {part:?}"))
 }
 
 /// The page has a labelled SVG chart that the browser laid out with a
