@@ -182,15 +182,6 @@ pub struct SqlArgs {
     /// Rule parameter NAME=VALUE (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
-    /// Publish only groups seen from at least this many distinct devices (k; at least 2).
-    #[arg(long, env = "LEAKWATCH_PUBLIC_MIN_DEVICES", default_value_t = 5)]
-    pub public_min_devices: u64,
-    /// Publish only groups seen from at least this many distinct volunteers' agents (m; at least 2).
-    #[arg(long, env = "LEAKWATCH_PUBLIC_MIN_VOLUNTEERS", default_value_t = 3)]
-    pub public_min_volunteers: u64,
-    /// Requests per second one client address may make to the dashboard, /api and /export (burst: twice that).
-    #[arg(long, env = "LEAKWATCH_PUBLIC_RATE", default_value_t = 20)]
-    pub public_rate: u32,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,

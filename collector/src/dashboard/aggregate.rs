@@ -496,7 +496,9 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
          FROM flows GROUP BY vendor, model, os_version {}",
         t.having("device_pseudonym", "agent_id")
     );
-    let mut firmware: BTreeMap<(String, String), Vec<(i64, String, u64)>> = BTreeMap::new();
+    // (vendor, model) -> (first seen, firmware version, devices)
+    type ModelKey = (String, String);
+    let mut firmware: BTreeMap<ModelKey, Vec<(i64, String, u64)>> = BTreeMap::new();
     each_row(
         &session.sql(&fw_sql).await?,
         &[("vendor", TEXT), ("model", TEXT), ("os_version", TEXT), ("devices", INT), ("first_seen", INT)],

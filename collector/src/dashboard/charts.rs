@@ -34,6 +34,22 @@ fn accessible(svg: String, label: &str) -> String {
     }
 }
 
+/// Draws a chart of `size` pixels on a white SVG and labels it.
+fn render(
+    size: (u32, u32),
+    label: &str,
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Drawn,
+) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        draw(&root)?;
+        root.present().map_err(err)?;
+    }
+    Ok(accessible(svg, label))
+}
+
 fn seconds_label(s: &f64) -> String {
     if *s >= 10.0 { format!("{s:.0}") } else { format!("{s:.1}") }
 }
@@ -52,54 +68,49 @@ pub fn model_timeline(vendor: &str, model: &str, destinations: &[ModelDestinatio
     let label = format!(
         "When {vendor} {model} devices first contact each destination after boot: bars span the middle half of boots, dots mark the median"
     );
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (760, height)).into_drawing_area();
-        let drawn: Drawn = (|| {
-            root.fill(&WHITE).map_err(err)?;
-            let x = log_range(shown.iter().map(|d| d.p75_s));
-            let mut chart = ChartBuilder::on(&root)
-                .margin(12)
-                .x_label_area_size(36)
-                .y_label_area_size(230)
-                .build_cartesian_2d(x.log_scale(), (0..n as i32).into_segmented())
-                .map_err(err)?;
-            chart
-                .configure_mesh()
-                .disable_y_mesh()
-                .y_labels(n)
-                .y_label_formatter(&|v| match v {
-                    SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
-                        shown.get(*i as usize).map(|d| d.destination.clone()).unwrap_or_default()
-                    }
-                    SegmentValue::Last => String::new(),
-                })
-                .x_desc(AXIS)
-                .x_label_formatter(&seconds_label)
-                .label_style(("sans-serif", 13))
-                .draw()
-                .map_err(err)?;
-            chart
-                .draw_series(shown.iter().enumerate().map(|(i, d)| {
-                    let i = i as i32;
-                    let mut bar = Rectangle::new(
-                        [(d.p25_s.max(0.1), SegmentValue::Exact(i)), (d.p75_s.max(0.1), SegmentValue::Exact(i + 1))],
-                        BAR.filled(),
-                    );
-                    bar.set_margin(6, 6, 0, 0);
-                    bar
-                }))
-                .map_err(err)?;
-            chart
-                .draw_series(shown.iter().enumerate().map(|(i, d)| {
+    render((760, height), &label, |root| {
+        let x = log_range(shown.iter().map(|d| d.p75_s));
+        let mut chart = ChartBuilder::on(root)
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(230)
+            .build_cartesian_2d(x.log_scale(), (0..n as i32).into_segmented())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                    shown.get(*i as usize).map(|d| d.destination.clone()).unwrap_or_default()
+                }
+                SegmentValue::Last => String::new(),
+            })
+            .x_desc(AXIS)
+            .x_label_formatter(&seconds_label)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(shown.iter().enumerate().map(|(i, d)| {
+                let i = i as i32;
+                let mut bar = Rectangle::new(
+                    [(d.p25_s.max(0.1), SegmentValue::Exact(i)), (d.p75_s.max(0.1), SegmentValue::Exact(i + 1))],
+                    BAR.filled(),
+                );
+                bar.set_margin(6, 6, 0, 0);
+                bar
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(
+                shown.iter().enumerate().map(|(i, d)| {
                     Circle::new((d.median_s.max(0.1), SegmentValue::CenterOf(i as i32)), 4, MARK.filled())
-                }))
-                .map_err(err)?;
-            root.present().map_err(err)
-        })();
-        drawn?;
-    }
-    Ok(accessible(svg, &label))
+                }),
+            )
+            .map_err(err)?;
+        Ok(())
+    })
 }
 
 /// Devices contacting a destination per day.
@@ -122,33 +133,26 @@ pub fn trend(destination: &str, days: &[Day]) -> Result<String, String> {
             .checked_add_days(chrono::Days::new(u64::try_from(*x).unwrap_or(0)))
             .map_or_else(String::new, |d| d.format("%Y-%m-%d").to_string())
     };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (760, 320)).into_drawing_area();
-        let drawn: Drawn = (|| {
-            root.fill(&WHITE).map_err(err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(50)
-                .build_cartesian_2d(lo..hi, 0.0..top)
-                .map_err(err)?;
-            chart
-                .configure_mesh()
-                .x_labels(6)
-                .x_label_formatter(&day_label)
-                .y_desc("devices")
-                .y_label_formatter(&|y| format!("{y:.0}"))
-                .label_style(("sans-serif", 13))
-                .draw()
-                .map_err(err)?;
-            chart.draw_series(LineSeries::new(points.iter().copied(), MARK.stroke_width(2))).map_err(err)?;
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, MARK.filled()))).map_err(err)?;
-            root.present().map_err(err)
-        })();
-        drawn?;
-    }
-    Ok(accessible(svg, &label))
+    render((760, 320), &label, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(lo..hi, 0.0..top)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .x_label_formatter(&day_label)
+            .y_desc("devices")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
+        chart.draw_series(LineSeries::new(points.iter().copied(), MARK.stroke_width(2))).map_err(err)?;
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, MARK.filled()))).map_err(err)?;
+        Ok(())
+    })
 }
 
 /// Share of boots that had contacted the destination by each number of
@@ -156,34 +160,27 @@ pub fn trend(destination: &str, days: &[Day]) -> Result<String, String> {
 pub fn first_contact(domain: &str, quantiles: &[Quantile]) -> Result<String, String> {
     let label = format!("Share of boots that had contacted {domain} by each number of seconds after boot");
     let x = log_range(quantiles.iter().map(|q| q.seconds));
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (760, 320)).into_drawing_area();
-        let drawn: Drawn = (|| {
-            root.fill(&WHITE).map_err(err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(56)
-                .build_cartesian_2d(x.log_scale(), 0.0..1.0)
-                .map_err(err)?;
-            chart
-                .configure_mesh()
-                .x_desc(AXIS)
-                .y_desc("share of boots")
-                .x_label_formatter(&seconds_label)
-                .y_label_formatter(&|y| format!("{:.0} %", y * 100.0))
-                .label_style(("sans-serif", 13))
-                .draw()
-                .map_err(err)?;
-            let pts: Vec<(f64, f64)> = quantiles.iter().map(|q| (q.seconds.max(0.1), q.share)).collect();
-            chart.draw_series(LineSeries::new(pts.iter().copied(), MARK.stroke_width(2))).map_err(err)?;
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, MARK.filled()))).map_err(err)?;
-            root.present().map_err(err)
-        })();
-        drawn?;
-    }
-    Ok(accessible(svg, &label))
+    render((760, 320), &label, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x.log_scale(), 0.0..1.0)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(AXIS)
+            .y_desc("share of boots")
+            .x_label_formatter(&seconds_label)
+            .y_label_formatter(&|y| format!("{:.0} %", y * 100.0))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
+        let pts: Vec<(f64, f64)> = quantiles.iter().map(|q| (q.seconds.max(0.1), q.share)).collect();
+        chart.draw_series(LineSeries::new(pts.iter().copied(), MARK.stroke_width(2))).map_err(err)?;
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, MARK.filled()))).map_err(err)?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
