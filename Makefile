@@ -31,6 +31,7 @@ bench: deps bench-deps bench-py
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/agent.sh
 	$(CARGO) bench --locked -p leakwatch-collector --bench ingest
 	BENCH_PYTHON="$(PY_VENV)/bin/python" $(CARGO) bench --locked -p leakwatch-collector --bench rules
+	$(CARGO) bench --locked -p leakwatch-collector --bench dashboard
 
 # The collector crash test with more rounds (SIGKILLs under 50 agents).
 soak: deps
@@ -50,7 +51,7 @@ browser-deps:
 
 bench-deps:
 	@missing=""; \
-	for p in tshark tcpdump time; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in tshark tcpdump time wrk; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
 	  echo "Installing missing benchmark tools:$$missing (apt-get$${sudo:+ via sudo})"; \

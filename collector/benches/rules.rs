@@ -15,94 +15,16 @@
 //! DuckDB is skipped and said so), `BENCH_MEMORY_MIB` (leakwatch's query
 //! memory limit, default 16384), `BENCH_RUNS`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array as _, ArrayRef, RecordBatch, StringArray};
-use leakwatch_collector::server::{ServeConfig, Server};
+use common::{dir_bytes, env_or, fleet_rows, write_copies};
 use leakwatch_query::rules::builtin_rules;
-use leakwatch_query::{FilesOnly, QueryConfig, SessionFactory, flows_schema};
-use parquet::arrow::ArrowWriter;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
-}
-
-/// `column` with `-{copy}` appended to every value.
-fn suffixed(column: &ArrayRef, copy: usize) -> ArrayRef {
-    let Some(strings) = column.as_any().downcast_ref::<StringArray>() else { return column.clone() };
-    let out: StringArray = strings.iter().map(|v| v.map(|v| format!("{v}-{copy}"))).collect();
-    Arc::new(out)
-}
-
-/// One copy of the fleet: the pseudonyms made distinct for copy `copy`.
-fn copy_of(batch: &RecordBatch, copy: usize) -> RecordBatch {
-    let schema = batch.schema();
-    let columns = schema
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .map(|(f, c)| match f.name().as_str() {
-            "device_pseudonym" | "boot_pseudonym" | "agent_id" | "batch_id" => suffixed(c, copy),
-            _ => c.clone(),
-        })
-        .collect();
-    #[allow(clippy::expect_used)]
-    RecordBatch::try_new(schema, columns).expect("same schema")
-}
-
-/// Writes copies of `base` until `target` rows, in files of about
-/// `per_file` rows named like flushed files; returns the rows written.
-fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usize) -> usize {
-    let base_rows: usize = base.iter().map(|b| b.num_rows()).sum();
-    let copies = target.div_ceil(base_rows.max(1));
-    let copies_per_file = (per_file / base_rows.max(1)).max(1);
-    let day = flows.join("day=2026-01-01");
-    std::fs::create_dir_all(&day).expect("day dir");
-    let files: Vec<(usize, usize)> =
-        (0..copies).step_by(copies_per_file).map(|c| (c, (c + copies_per_file).min(copies))).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&(from, to)) = files.get(i) else { break };
-                    let name = format!("{:020}-{:020}.parquet", from + 1, to);
-                    let file = std::fs::File::create(day.join(name)).expect("create");
-                    let props = leakwatch_collector::flusher::writer_properties().expect("props");
-                    let mut w = ArrowWriter::try_new(file, flows_schema(), Some(props)).expect("writer");
-                    for copy in from..to {
-                        for b in base {
-                            w.write(&copy_of(b, copy)).expect("write");
-                        }
-                    }
-                    w.close().expect("close");
-                }
-            });
-        }
-    });
-    copies * base_rows
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut bytes = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-            }
-        }
-    }
-    bytes
-}
+use leakwatch_query::{FilesOnly, QueryConfig, SessionFactory};
 
 /// Per rule: best seconds and rows, from the DuckDB script's JSON lines.
 fn duckdb(python: &str, flows: &Path, sql_dir: &Path, runs: usize) -> Result<BTreeMap<String, (f64, u64)>, String> {
@@ -139,17 +61,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         // The simulated fleet, once through agent and collector.
-        let server = Server::start(ServeConfig::loopback(dir.path().join("fleet"))).await.expect("start collector");
-        leakwatch_collector::demo::run_pipeline(&server, &dir.path().join("fleet-work"), None, None)
-            .await
-            .expect("fleet");
-        let base = server.sessions.session().await.expect("session").sql("SELECT * FROM flows").await.expect("rows");
-        server.shutdown().await.expect("shutdown");
+        let base = fleet_rows(dir.path()).await;
         let base_rows: usize = base.iter().map(|b| b.num_rows()).sum();
 
         let flows = dir.path().join("bench/flows");
         let started = Instant::now();
-        let rows = tokio::task::spawn_blocking({
+        let (rows, _) = tokio::task::spawn_blocking({
             let flows = flows.clone();
             move || write_copies(&base, &flows, target, 2_000_000)
         })
