@@ -16,7 +16,9 @@
 //! machine.
 //!
 //! Environment: `BENCH_DASHBOARD_RECORDS`, `BENCH_SECS`, `BENCH_CONNECTIONS`,
-//! `BENCH_DIR` (default the system temp dir), `WRK` (default `wrk`).
+//! `BENCH_DIR` (default the system temp dir), `WRK` (default `wrk`),
+//! `LEAKWATCH_LOG` (the collector's log filter, default `warn`; e.g.
+//! `leakwatch_collector::dashboard=debug` times each aggregate query).
 
 mod common;
 
@@ -106,6 +108,10 @@ fn main() {
     let base_dir = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base_dir).expect("bench dir");
     let dir = tempfile::tempdir_in(&base_dir).expect("tempdir");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let base = fleet_rows(dir.path()).await;
@@ -127,8 +133,8 @@ fn main() {
         log.commit_flush(copies as u64).expect("watermark");
         drop(log);
         println!(
-            "dashboard: {rows} records ({copies} copies of the {base_rows}-record simulated fleet), {:.2} GB of Parquet, written in {:.0?}",
-            dir_bytes(&flows) as f64 / 1e9,
+            "dashboard: {rows} records ({copies} copies of the {base_rows}-record simulated fleet), {:.1} MB of Parquet, written in {:.0?}",
+            dir_bytes(&flows) as f64 / 1e6,
             started.elapsed()
         );
 
@@ -136,8 +142,11 @@ fn main() {
         config.dashboard = DashboardConfig { requests_per_second: 1_000_000, ..DashboardConfig::default() };
         let server = Server::start(config).await.expect("start collector");
         // The refresh the start requested, then one more, timed alone (the
-        // work each flush triggers).
-        server.dashboard.refresh().await.expect("first refresh");
+        // work a flush with new rows triggers).
+        let waited = Instant::now();
+        while server.dashboard.refreshes() == 0 && waited.elapsed().as_secs() < 3600 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         let t0 = Instant::now();
         server.dashboard.refresh().await.expect("refresh");
         let refresh = t0.elapsed();

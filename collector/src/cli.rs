@@ -74,6 +74,9 @@ pub struct ListenArgs {
     /// Requests per second one client address may make to the dashboard, /api and /export (burst: twice that).
     #[arg(long, env = "LEAKWATCH_PUBLIC_RATE", default_value_t = 20)]
     pub public_rate: u32,
+    /// Least seconds between two dashboard refreshes; each flush that stores new rows asks for one.
+    #[arg(long, env = "LEAKWATCH_PUBLIC_REFRESH_SECS", default_value_t = crate::dashboard::DEFAULT_REFRESH_SECS)]
+    pub public_refresh_secs: u64,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,
@@ -270,6 +273,7 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
                 min_volunteers: listen.public_min_volunteers,
             },
             requests_per_second: listen.public_rate,
+            min_refresh_interval: Duration::from_secs(listen.public_refresh_secs),
         },
     }
 }

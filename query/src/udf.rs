@@ -10,6 +10,7 @@
 //! - `ip_in_cidr(ip, cidr)`: true when the address lies in the CIDR block
 //!   (`10.0.0.0/8`, `2001:db8::/32`); NULL when either does not parse.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -139,9 +140,17 @@ impl ScalarUDFImpl for StringFunction {
         };
         let out: ArrayRef = match self.kind {
             Kind::RegistrableDomain => {
+                // Stored rows are sorted by domain and a batch holds few
+                // distinct names: look each one up once per batch.
                 let mut b = StringBuilder::with_capacity(rows, rows * 12);
+                let mut seen: HashMap<&str, Option<String>> = HashMap::new();
                 for row in 0..rows {
-                    b.append_option(value(0, row).and_then(registrable_domain));
+                    match value(0, row) {
+                        Some(host) => {
+                            b.append_option(seen.entry(host).or_insert_with(|| registrable_domain(host)).as_deref())
+                        }
+                        None => b.append_null(),
+                    }
                 }
                 Arc::new(b.finish())
             }

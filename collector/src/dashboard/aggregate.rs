@@ -394,6 +394,14 @@ fn finding_id(rule: &str, vendor: &str, model: &str, domain: &str) -> String {
     hex::encode(&h.finalize()[..6])
 }
 
+/// Runs one dashboard query, logging its time (`LEAKWATCH_LOG=leakwatch_collector::dashboard=debug`).
+async fn query(session: &QuerySession, what: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+    let started = std::time::Instant::now();
+    let rows = session.sql(sql).await;
+    tracing::debug!(query = what, elapsed_ms = started.elapsed().as_millis() as u64, "Dashboard query");
+    Ok(rows?)
+}
+
 const TEXT: DataType = DataType::Utf8;
 const FLOAT: DataType = DataType::Float64;
 const INT: DataType = DataType::Int64;
@@ -415,7 +423,7 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     );
     let mut models: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     each_row(
-        &session.sql(&models_sql).await?,
+        &query(session, "models", &models_sql).await?,
         &[("vendor", TEXT), ("model", TEXT), ("devices", INT), ("volunteers", INT)],
         |r| {
             if t.allows(r.count(2), r.count(3)) {
@@ -425,7 +433,7 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     )?;
     let vendors_sql = "SELECT vendor, count(DISTINCT device_pseudonym) AS devices FROM flows GROUP BY vendor";
     let mut vendor_devices: HashMap<String, u64> = HashMap::new();
-    each_row(&session.sql(vendors_sql).await?, &[("vendor", TEXT), ("devices", INT)], |r| {
+    each_row(&query(session, "vendors", vendors_sql).await?, &[("vendor", TEXT), ("devices", INT)], |r| {
         vendor_devices.insert(r.text(0), r.count(1));
     })?;
 
@@ -447,7 +455,7 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     );
     let mut hosts: HashMap<(String, String, String), Vec<String>> = HashMap::new();
     each_row(
-        &session.sql(&hosts_sql).await?,
+        &query(session, "model hosts", &hosts_sql).await?,
         &[("vendor", TEXT), ("model", TEXT), ("destination", TEXT), ("domain", TEXT)],
         |r| {
             hosts.entry((r.text(0), r.text(1), r.text(2))).or_default().push(r.text(3));
@@ -455,7 +463,7 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     )?;
     let mut model_dests: BTreeMap<(String, String), Vec<ModelDestination>> = BTreeMap::new();
     each_row(
-        &session.sql(&model_dest_sql).await?,
+        &query(session, "model destinations", &model_dest_sql).await?,
         &[
             ("vendor", TEXT),
             ("model", TEXT),
@@ -500,7 +508,7 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     type ModelKey = (String, String);
     let mut firmware: BTreeMap<ModelKey, Vec<(i64, String, u64)>> = BTreeMap::new();
     each_row(
-        &session.sql(&fw_sql).await?,
+        &query(session, "firmware", &fw_sql).await?,
         &[("vendor", TEXT), ("model", TEXT), ("os_version", TEXT), ("devices", INT), ("first_seen", INT)],
         |r| {
             firmware.entry((r.text(0), r.text(1))).or_default().push((r.int(4), r.text(2), r.count(3)));
@@ -512,7 +520,7 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     );
     let mut fw_dests: HashMap<(String, String, String), BTreeSet<String>> = HashMap::new();
     each_row(
-        &session.sql(&fw_dest_sql).await?,
+        &query(session, "firmware destinations", &fw_dest_sql).await?,
         &[("vendor", TEXT), ("model", TEXT), ("os_version", TEXT), ("destination", TEXT)],
         |r| {
             fw_dests.entry((r.text(0), r.text(1), r.text(2))).or_default().insert(r.text(3));
@@ -526,11 +534,15 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
         t.having("device_pseudonym", "agent_id")
     );
     let mut destinations: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    each_row(&session.sql(&dest_sql).await?, &[("destination", TEXT), ("devices", INT), ("volunteers", INT)], |r| {
-        if t.allows(r.count(1), r.count(2)) {
-            destinations.insert(r.text(0), (r.count(1), r.count(2)));
-        }
-    })?;
+    each_row(
+        &query(session, "destinations", &dest_sql).await?,
+        &[("destination", TEXT), ("devices", INT), ("volunteers", INT)],
+        |r| {
+            if t.allows(r.count(1), r.count(2)) {
+                destinations.insert(r.text(0), (r.count(1), r.count(2)));
+            }
+        },
+    )?;
     let trend_sql = format!(
         "SELECT destination, date_trunc('day', window_start) AS day, count(DISTINCT device_pseudonym) AS devices, \
                 count(DISTINCT agent_id) AS volunteers \
@@ -539,7 +551,7 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     );
     let mut trends: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
     each_row(
-        &session.sql(&trend_sql).await?,
+        &query(session, "destination trend", &trend_sql).await?,
         &[("destination", TEXT), ("day", INT), ("devices", INT), ("volunteers", INT)],
         |r| {
             if t.allows(r.count(2), r.count(3)) {
@@ -690,7 +702,7 @@ async fn rule_findings(
     model_dests: &BTreeMap<(String, String), Vec<ModelDestination>>,
 ) -> Result<Vec<Finding>> {
     let sql = rule.render(&BTreeMap::new())?;
-    let rows = session.sql(&sql).await?;
+    let rows = query(session, &rule.name, &sql).await?;
     let has = |c: &str| rule.columns.iter().any(|x| x == c);
     // The rule's rows as text, by column name.
     let mut table: Vec<BTreeMap<String, Option<String>>> = Vec::new();
@@ -740,7 +752,7 @@ async fn rule_findings(
     let ctx = session.context();
     let _ = ctx.deregister_table("hits");
     ctx.register_batch("hits", hits).map_err(|e| Error::Storage(e.to_string()))?;
-    let evidence_rows = session.sql(&evidence_sql(rule)).await;
+    let evidence_rows = query(session, "evidence", &evidence_sql(rule)).await;
     let _ = ctx.deregister_table("hits");
     let mut evidence: Vec<Evidence> = (0..table.len()).map(|_| Evidence::default()).collect();
     each_row(

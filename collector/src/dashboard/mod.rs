@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -35,11 +35,21 @@ pub struct DashboardConfig {
     pub thresholds: Thresholds,
     /// Requests per second each client address may make.
     pub requests_per_second: u32,
+    /// Least time from the end of one refresh the flusher asks for to the
+    /// start of the next (each recomputes every aggregate from all flows).
+    pub min_refresh_interval: Duration,
 }
+
+/// Default of [`DashboardConfig::min_refresh_interval`], seconds.
+pub const DEFAULT_REFRESH_SECS: u64 = 300;
 
 impl Default for DashboardConfig {
     fn default() -> Self {
-        Self { thresholds: Thresholds::default(), requests_per_second: 20 }
+        Self {
+            thresholds: Thresholds::default(),
+            requests_per_second: 20,
+            min_refresh_interval: Duration::from_secs(DEFAULT_REFRESH_SECS),
+        }
     }
 }
 
@@ -74,6 +84,7 @@ struct Inner {
     refresh: tokio::sync::Mutex<()>,
     pending: AtomicBool,
     refreshes: AtomicU64,
+    last_finished: std::sync::Mutex<Option<Instant>>,
     limiter: Limiter,
 }
 
@@ -103,6 +114,7 @@ impl Dashboard {
             refresh: tokio::sync::Mutex::new(()),
             pending: AtomicBool::new(false),
             refreshes: AtomicU64::new(0),
+            last_finished: std::sync::Mutex::new(None),
             limiter: governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst)),
         })))
     }
@@ -136,7 +148,12 @@ impl Dashboard {
                 Ok::<_, Error>(Published { snapshot, csv: csv.into(), parquet: parquet.into() })
             })
             .await
-            .map_err(|e| Error::Storage(format!("dashboard refresh: {e}")))??;
+            .map_err(|e| Error::Storage(format!("dashboard refresh: {e}")));
+        match self.0.last_finished.lock() {
+            Ok(mut t) => *t = Some(Instant::now()),
+            Err(poisoned) => *poisoned.into_inner() = Some(Instant::now()),
+        }
+        let computed = computed??;
         tracing::info!(
             findings = computed.snapshot.findings.len(),
             models = computed.snapshot.models.len(),
@@ -153,14 +170,22 @@ impl Dashboard {
         Ok(())
     }
 
-    /// Asks for a refresh in the background; requests made while one is
-    /// waiting are folded into it.
+    /// Asks for a refresh in the background, to start once
+    /// [`DashboardConfig::min_refresh_interval`] has passed since the last
+    /// one ended; requests made while one is waiting are folded into it.
     pub fn request_refresh(&self) {
         if self.0.pending.swap(true, Ordering::SeqCst) {
             return;
         }
         let me = self.clone();
         tokio::spawn(async move {
+            let last = match me.0.last_finished.lock() {
+                Ok(t) => *t,
+                Err(poisoned) => *poisoned.into_inner(),
+            };
+            if let Some(last) = last {
+                tokio::time::sleep_until((last + me.0.config.min_refresh_interval).into()).await;
+            }
             if let Err(e) = me.refresh().await {
                 tracing::error!(error = %e, "Dashboard refresh failed; the previous aggregates stay published");
             }

@@ -179,8 +179,11 @@ fn parquet_as_csv(bytes: Vec<u8>) -> String {
 async fn no_group_below_the_thresholds_is_published_anywhere() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = ServeConfig::loopback(dir.path().join("collector"));
-    config.dashboard =
-        DashboardConfig { thresholds: Thresholds::new(5, 3).expect("k, m"), requests_per_second: 100_000 };
+    config.dashboard = DashboardConfig {
+        thresholds: Thresholds::new(5, 3).expect("k, m"),
+        requests_per_second: 100_000,
+        ..DashboardConfig::default()
+    };
     let server = Server::start(config).await.expect("start");
     upload(&server, dir.path(), &planted()).await;
     let session = server.sessions.session().await.expect("session");
@@ -254,6 +257,57 @@ async fn no_group_below_the_thresholds_is_published_anywhere() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// Polls until `n` refreshes have completed; the time that took.
+async fn refreshes_reach(server: &Server, n: u64, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    while server.dashboard.refreshes() < n {
+        assert!(started.elapsed() < limit, "refresh {n} did not come within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_refreshes_the_dashboard_no_sooner_than_the_least_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.flush_interval = Duration::from_millis(200);
+    config.dashboard.min_refresh_interval = Duration::from_secs(3);
+    let server = Server::start(config).await.expect("start");
+    // The start refreshes at once (nothing to show yet).
+    refreshes_reach(&server, 1, Duration::from_secs(30)).await;
+    assert!(server.dashboard.published().snapshot.models.is_empty());
+
+    // New rows: the flush task stores them within moments and asks for a
+    // refresh, which waits out the interval; later asks fold into it.
+    let url = format!("http://{}", server.grpc_addr);
+    let fleet = planted();
+    for v in fleet.iter().map(|d| d.volunteer).collect::<BTreeSet<_>>() {
+        let state = AgentState::open(&dir.path().join(format!("volunteer-{v}"))).expect("agent state");
+        let mut up = Uploader::connect(&url, &state, "", Duration::from_secs(10)).await.expect("enroll");
+        for (i, d) in fleet.iter().enumerate().filter(|(_, d)| d.volunteer == v) {
+            up.send(&batch(i, d)).await.expect("send");
+        }
+    }
+    let sent = std::time::Instant::now();
+    while server.log.watermark().expect("watermark") < server.log.durable_upto() {
+        assert!(sent.elapsed() < Duration::from_secs(30), "the flush task did not flush");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.dashboard.request_refresh();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.dashboard.refreshes(), 1, "refreshed before the least interval");
+    assert!(server.dashboard.published().snapshot.models.is_empty());
+    refreshes_reach(&server, 2, Duration::from_secs(30)).await;
+    let models: Vec<String> =
+        server.dashboard.published().snapshot.models.iter().map(|m| format!("{}/{}", m.vendor, m.model)).collect();
+    assert!(models.contains(&"Visible/V1".to_string()), "{models:?}");
+    // The asks folded into that refresh leave none waiting.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(server.dashboard.refreshes(), 2);
+    server.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_below_two_and_a_zero_rate_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -261,7 +315,7 @@ async fn thresholds_below_two_and_a_zero_rate_are_refused() {
     config.dashboard.thresholds = Thresholds { min_devices: 1, min_volunteers: 3 };
     let e = Server::start(config.clone()).await.expect_err("k = 1 refused");
     assert!(e.to_string().contains("--public-min-devices: 1 is below 2"), "{e}");
-    config.dashboard = DashboardConfig { thresholds: Thresholds::default(), requests_per_second: 0 };
+    config.dashboard = DashboardConfig { requests_per_second: 0, ..DashboardConfig::default() };
     let e = Server::start(config).await.expect_err("rate 0 refused");
     assert!(e.to_string().contains("--public-rate"), "{e}");
 }
