@@ -30,6 +30,10 @@ use crate::{Error, Result};
 /// Largest decoded `Report` message, bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Timeout of each query of a dashboard refresh (or `--query-timeout-secs`
+/// when longer).
+pub const DASHBOARD_QUERY_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Settings of a running collector.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -284,7 +288,15 @@ impl Server {
             SessionFactory::new(config.query.clone(), store.flows_dir(), Arc::new(LogTail::new(log.clone())));
         let queries = QueryRuntime::new()?;
         let flight = FlightSql::new(sessions.clone(), queries.handle()).into_server(log.clone());
-        let dashboard = Dashboard::new(sessions.clone(), queries.handle(), config.dashboard)?;
+        // The dashboard's refresh is the collector's own work, not an
+        // analyst's query: the same memory limit, but a longer timeout, as
+        // each of its queries reads every flow.
+        let refresh_sessions = SessionFactory::new(
+            QueryConfig { timeout: config.query.timeout.max(DASHBOARD_QUERY_TIMEOUT), ..config.query.clone() },
+            store.flows_dir(),
+            Arc::new(LogTail::new(log.clone())),
+        );
+        let dashboard = Dashboard::new(refresh_sessions, queries.handle(), config.dashboard)?;
         let mut tasks = Vec::new();
         let (flight_addr, flight_beside_ingest) = match config.flight_listen {
             Some(addr) => {

@@ -309,6 +309,22 @@ async fn a_flush_refreshes_the_dashboard_no_sooner_than_the_least_interval() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_is_not_bound_by_the_analysts_query_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.query.timeout = Duration::from_millis(1);
+    let server = Server::start(config).await.expect("start");
+    upload(&server, dir.path(), &planted()).await; // flushes, then refreshes or panics
+    let sql = leakwatch_query::rules::rule("boot_phone_home").expect("rule").render(&Default::default()).expect("sql");
+    let session = server.sessions.session().await.expect("session");
+    let e = session.sql(&sql).await.expect_err("an analyst's query times out");
+    assert!(matches!(e, leakwatch_query::Error::Timeout(_)), "{e}");
+    let published = server.dashboard.published();
+    assert!(published.snapshot.findings.iter().any(|f| f.vendor == "Visible"), "{:?}", published.snapshot.findings);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_below_two_and_a_zero_rate_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = ServeConfig::loopback(dir.path().join("collector"));
