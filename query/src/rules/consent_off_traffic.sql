@@ -10,8 +10,7 @@ WITH settings AS (
          split_part(kv, '=', 1) AS consent_key, split_part(kv, '=', 2) AS consent_value
   FROM (
     SELECT vendor, model, device_pseudonym, unnest(string_to_array(consent, ';')) AS kv
-    FROM flows
-    WHERE consent <> ''
+    FROM (SELECT DISTINCT vendor, model, device_pseudonym, consent FROM flows WHERE consent <> '')
   )
 ),
 contacts AS (
