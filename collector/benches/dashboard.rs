@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use common::{dir_bytes, env_or, fleet_rows, write_copies};
-use leakwatch_collector::dashboard::DashboardConfig;
+use leakwatch_collector::dashboard::{DashboardConfig, finding_href, model_href};
 use leakwatch_collector::log::DurableLog;
 use leakwatch_collector::server::{DataDir, ServeConfig, Server};
 
@@ -42,16 +42,6 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(95), latency:percentile(99), summary.duration))
 end
 "#;
-
-/// A path segment, percent-encoded as the dashboard's links are.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// One plain GET: the status code and body length (a check before the load).
 fn get(addr: SocketAddr, path: &str) -> Result<(u16, usize), String> {
@@ -164,10 +154,10 @@ fn main() {
 
         let pages = [
             ("home", "/".to_string()),
-            ("model", format!("/models/{}/{}", enc(&finding.vendor), enc(&finding.model))),
-            ("finding", format!("/findings/{}", enc(&finding.id))),
+            ("model", model_href(&finding.vendor, &finding.model)),
+            ("finding", finding_href(&finding.id)),
             ("API findings", "/api/findings".to_string()),
-            ("API model", format!("/api/models/{}/{}", enc(&finding.vendor), enc(&finding.model))),
+            ("API model", format!("/api{}", model_href(&finding.vendor, &finding.model))),
         ];
         let script = dir.path().join("figures.lua");
         std::fs::write(&script, WRK_SCRIPT).expect("wrk script");

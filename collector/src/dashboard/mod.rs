@@ -25,6 +25,7 @@ use axum::routing::get;
 use leakwatch_query::SessionFactory;
 
 pub use aggregate::{Snapshot, Thresholds};
+pub use pages::{destination_href, finding_href, model_href};
 
 use crate::{Error, Result};
 

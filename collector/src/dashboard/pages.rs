@@ -53,15 +53,18 @@ pub fn enc(s: &str) -> String {
     out
 }
 
-fn model_href(vendor: &str, model: &str) -> String {
+/// The link of a model's page.
+pub fn model_href(vendor: &str, model: &str) -> String {
     format!("/models/{}/{}", enc(vendor), enc(model))
 }
 
-fn destination_href(name: &str) -> String {
+/// The link of a destination's page.
+pub fn destination_href(name: &str) -> String {
     format!("/destinations/{}", enc(name))
 }
 
-fn finding_href(id: &str) -> String {
+/// The link of a finding's page.
+pub fn finding_href(id: &str) -> String {
     format!("/findings/{id}")
 }
 
