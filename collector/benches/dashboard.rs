@@ -26,7 +26,7 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use common::{dir_bytes, env_or, fleet_rows, write_copies};
+use common::{Copies, bench_dir, env_or, replicate};
 use leakwatch_collector::dashboard::{DashboardConfig, finding_href, model_href};
 use leakwatch_collector::log::DurableLog;
 use leakwatch_collector::server::{DataDir, ServeConfig, Server};
@@ -95,37 +95,25 @@ fn main() {
     let secs: u64 = env_or("BENCH_SECS", 10u64).max(1);
     let connections: u64 = env_or("BENCH_CONNECTIONS", 8u64).max(1);
     let wrk_bin = std::env::var("WRK").unwrap_or_else(|_| "wrk".into());
-    let base_dir = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base_dir).expect("bench dir");
-    let dir = tempfile::tempdir_in(&base_dir).expect("tempdir");
+    let dir = bench_dir();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let base = fleet_rows(dir.path()).await;
-        let base_rows: usize = base.iter().map(|b| b.num_rows()).sum();
-
         // The collector's data directory: copies as flushed files, and its
         // log's watermark above them.
         let data = DataDir::new(dir.path().join("collector"));
-        let flows = data.store().join("flows");
-        let started = Instant::now();
-        let (rows, copies) = tokio::task::spawn_blocking({
-            let flows = flows.clone();
-            move || write_copies(&base, &flows, target, 2_000_000)
-        })
-        .await
-        .expect("write");
+        let Copies { rows, copies, base_rows, bytes, elapsed } =
+            replicate(dir.path(), &data.store().join("flows"), target).await;
         let log = DurableLog::open(&data.log()).expect("log");
         log.set_flush_intent(1, copies as u64).expect("flush intent");
         log.commit_flush(copies as u64).expect("watermark");
         drop(log);
         println!(
-            "dashboard: {rows} records ({copies} copies of the {base_rows}-record simulated fleet), {:.1} MB of Parquet, written in {:.0?}",
-            dir_bytes(&flows) as f64 / 1e6,
-            started.elapsed()
+            "dashboard: {rows} records ({copies} copies of the {base_rows}-record simulated fleet), {:.1} MB of Parquet, written in {elapsed:.0?}",
+            bytes as f64 / 1e6,
         );
 
         let mut config = ServeConfig::loopback(dir.path().join("collector"));

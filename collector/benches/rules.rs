@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{dir_bytes, env_or, fleet_rows, write_copies};
+use common::{Copies, bench_dir, env_or, replicate};
 use leakwatch_query::rules::builtin_rules;
 use leakwatch_query::{FilesOnly, QueryConfig, SessionFactory};
 
@@ -55,29 +55,14 @@ fn main() {
     let target: usize = env_or("BENCH_RECORDS", 50_000_000);
     let runs: usize = env_or("BENCH_RUNS", 3usize).max(1);
     let memory_mib: usize = env_or("BENCH_MEMORY_MIB", 16_384);
-    let base_dir = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base_dir).expect("bench dir");
-    let dir = tempfile::tempdir_in(&base_dir).expect("tempdir");
+    let dir = bench_dir();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        // The simulated fleet, once through agent and collector.
-        let base = fleet_rows(dir.path()).await;
-        let base_rows: usize = base.iter().map(|b| b.num_rows()).sum();
-
         let flows = dir.path().join("bench/flows");
-        let started = Instant::now();
-        let (rows, _) = tokio::task::spawn_blocking({
-            let flows = flows.clone();
-            move || write_copies(&base, &flows, target, 2_000_000)
-        })
-        .await
-        .expect("write");
-        let bytes = dir_bytes(&flows);
+        let Copies { rows, copies, base_rows, bytes, elapsed } = replicate(dir.path(), &flows, target).await;
         println!(
-            "rules: {rows} records ({} copies of the {base_rows}-record simulated fleet), {:.2} GB of Parquet, written in {:.0?}",
-            rows / base_rows.max(1),
+            "rules: {rows} records ({copies} copies of the {base_rows}-record simulated fleet), {:.2} GB of Parquet, written in {elapsed:.0?}",
             bytes as f64 / 1e9,
-            started.elapsed()
         );
 
         let config = QueryConfig { memory_limit_bytes: memory_mib << 20, timeout: Duration::from_secs(3600) };

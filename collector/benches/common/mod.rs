@@ -3,15 +3,53 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array as _, ArrayRef, RecordBatch, StringArray};
 use leakwatch_collector::server::{ServeConfig, Server};
 use leakwatch_query::flows_schema;
 use parquet::arrow::ArrowWriter;
 
+/// A temporary directory under `BENCH_DIR` (default the system temp dir).
+pub fn bench_dir() -> tempfile::TempDir {
+    let base_dir = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base_dir).expect("bench dir");
+    tempfile::tempdir_in(&base_dir).expect("tempdir")
+}
+
+/// What [`replicate`] wrote.
+pub struct Copies {
+    /// Rows written.
+    pub rows: usize,
+    /// Copies of the fleet written (the last log sequence number they stand for).
+    pub copies: usize,
+    /// Rows of the fleet.
+    pub base_rows: usize,
+    /// Bytes of Parquet written.
+    pub bytes: u64,
+    /// Time taken to write them.
+    pub elapsed: Duration,
+}
+
+/// Runs the simulated fleet through agents and a collector in `dir`, then
+/// writes copies of its rows into `flows` until there are `target` rows.
+pub async fn replicate(dir: &Path, flows: &Path, target: usize) -> Copies {
+    let base = fleet_rows(dir).await;
+    let base_rows = base.iter().map(|b| b.num_rows()).sum();
+    let started = Instant::now();
+    let (rows, copies) = tokio::task::spawn_blocking({
+        let flows = flows.to_path_buf();
+        move || write_copies(&base, &flows, target, 2_000_000)
+    })
+    .await
+    .expect("write");
+    let elapsed = started.elapsed();
+    Copies { rows, copies, base_rows, bytes: dir_bytes(flows), elapsed }
+}
+
 /// The built-in simulated fleet's rows, after one pass through agents and
 /// a collector in `dir`.
-pub async fn fleet_rows(dir: &Path) -> Vec<RecordBatch> {
+async fn fleet_rows(dir: &Path) -> Vec<RecordBatch> {
     let server = Server::start(ServeConfig::loopback(dir.join("fleet"))).await.expect("start collector");
     leakwatch_collector::demo::run_pipeline(&server, &dir.join("fleet-work"), None, None).await.expect("fleet");
     let base = server.sessions.session().await.expect("session").sql("SELECT * FROM flows").await.expect("rows");
@@ -49,7 +87,7 @@ fn copy_of(batch: &RecordBatch, copy: usize) -> RecordBatch {
 /// Writes copies of `base` until `target` rows, in files of about
 /// `per_file` rows named like flushed files, copy `c` standing for log
 /// sequence number `c + 1`; returns the rows and the copies written.
-pub fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usize) -> (usize, usize) {
+fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usize) -> (usize, usize) {
     let base_rows: usize = base.iter().map(|b| b.num_rows()).sum();
     let copies = target.div_ceil(base_rows.max(1));
     let copies_per_file = (per_file / base_rows.max(1)).max(1);
@@ -82,7 +120,7 @@ pub fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file:
     (copies * base_rows, copies)
 }
 
-pub fn dir_bytes(dir: &Path) -> u64 {
+fn dir_bytes(dir: &Path) -> u64 {
     let mut bytes = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
