@@ -186,51 +186,62 @@ impl Filter {
     }
 }
 
-fn findings_table(findings: &[&Finding], caption: &str) -> Markup {
+/// A captioned table in a scroll region that keyboard and screen-reader
+/// users can reach (`label` names the region).
+fn scroll_table(label: &str, caption: Markup, head: Markup, rows: Markup) -> Markup {
     html! {
-        div.scroll role="region" aria-label=(caption) tabindex="0" {
+        div.scroll role="region" aria-label=(label) tabindex="0" {
             table {
                 caption { (caption) }
-                thead { tr {
-                    th scope="col" { "Finding" }
-                    th scope="col" { "Vendor" }
-                    th scope="col" { "Model" }
-                    th scope="col" { "Firmware" }
-                    th scope="col" { "Destination" }
-                    th scope="col" { "Rule" }
-                    th.n scope="col" { "Share of devices" }
-                    th.n scope="col" { "Devices" }
-                    th.n scope="col" { "Volunteers" }
-                    th.n scope="col" { "Median after boot" }
-                    th.hide-narrow scope="col" { "Consent" }
-                    th.hide-narrow scope="col" { "First seen" }
-                    th scope="col" { "Last seen" }
-                } }
-                tbody {
-                    @for f in findings {
-                        tr {
-                            td { a href=(finding_href(&f.id)) { (f.claim) } }
-                            td { (f.vendor) }
-                            td {
-                                @if f.model.is_empty() { (model_name(f)) }
-                                @else { a href=(model_href(&f.vendor, &f.model)) { (f.model) } }
-                            }
-                            td { (firmware(f)) }
-                            td { a href=(destination_href(&f.destination)) { (f.domain) } }
-                            td { (f.rule) }
-                            td.n { (pct(f.share)) }
-                            td.n { (f.devices) }
-                            td.n { (f.volunteers) }
-                            td.n { (f.median_s_after_boot.map_or("–".into(), secs)) }
-                            td.hide-narrow { @for (i, c) in f.consent.iter().enumerate() { @if i > 0 { ", " } (c.value) } }
-                            td.hide-narrow { (f.first_seen) }
-                            td { (f.last_seen) }
-                        }
-                    }
-                }
+                thead { tr { (head) } }
+                tbody { (rows) }
             }
         }
     }
+}
+
+fn findings_table(findings: &[&Finding], caption: &str) -> Markup {
+    scroll_table(
+        caption,
+        html! { (caption) },
+        html! {
+            th scope="col" { "Finding" }
+            th scope="col" { "Vendor" }
+            th scope="col" { "Model" }
+            th scope="col" { "Firmware" }
+            th scope="col" { "Destination" }
+            th scope="col" { "Rule" }
+            th.n scope="col" { "Share of devices" }
+            th.n scope="col" { "Devices" }
+            th.n scope="col" { "Volunteers" }
+            th.n scope="col" { "Median after boot" }
+            th.hide-narrow scope="col" { "Consent" }
+            th.hide-narrow scope="col" { "First seen" }
+            th scope="col" { "Last seen" }
+        },
+        html! {
+            @for f in findings {
+                tr {
+                    td { a href=(finding_href(&f.id)) { (f.claim) } }
+                    td { (f.vendor) }
+                    td {
+                        @if f.model.is_empty() { (model_name(f)) }
+                        @else { a href=(model_href(&f.vendor, &f.model)) { (f.model) } }
+                    }
+                    td { (firmware(f)) }
+                    td { a href=(destination_href(&f.destination)) { (f.domain) } }
+                    td { (f.rule) }
+                    td.n { (pct(f.share)) }
+                    td.n { (f.devices) }
+                    td.n { (f.volunteers) }
+                    td.n { (f.median_s_after_boot.map_or("–".into(), secs)) }
+                    td.hide-narrow { @for (i, c) in f.consent.iter().enumerate() { @if i > 0 { ", " } (c.value) } }
+                    td.hide-narrow { (f.first_seen) }
+                    td { (f.last_seen) }
+                }
+            }
+        },
+    )
 }
 
 fn select(name: &str, label: &str, options: &[String], chosen: Option<&str>) -> Markup {
@@ -290,26 +301,25 @@ pub async fn models(State(d): State<Dashboard>) -> Html<String> {
     let s = &published.snapshot;
     let body = html! {
         h1 { "Device models" }
-        div.scroll role="region" aria-label="Device models" tabindex="0" {
-            table {
-                caption { (s.models.len()) " models" }
-                thead { tr {
-                    th scope="col" { "Vendor" } th scope="col" { "Model" }
-                    th.n scope="col" { "Devices" } th.n scope="col" { "Volunteers" }
-                    th.n scope="col" { "Destinations" } th.n scope="col" { "Findings" }
-                } }
-                tbody {
-                    @for m in &s.models {
-                        tr {
-                            td { (m.vendor) }
-                            td { a href=(model_href(&m.vendor, &m.model)) { (m.model) } }
-                            td.n { (m.devices) } td.n { (m.volunteers) }
-                            td.n { (m.destinations) } td.n { (m.findings) }
-                        }
+        (scroll_table(
+            "Device models",
+            html! { (s.models.len()) " models" },
+            html! {
+                th scope="col" { "Vendor" } th scope="col" { "Model" }
+                th.n scope="col" { "Devices" } th.n scope="col" { "Volunteers" }
+                th.n scope="col" { "Destinations" } th.n scope="col" { "Findings" }
+            },
+            html! {
+                @for m in &s.models {
+                    tr {
+                        td { (m.vendor) }
+                        td { a href=(model_href(&m.vendor, &m.model)) { (m.model) } }
+                        td.n { (m.devices) } td.n { (m.volunteers) }
+                        td.n { (m.destinations) } td.n { (m.findings) }
                     }
                 }
-            }
-        }
+            },
+        ))
     };
     layout(s, "Models", body)
 }
@@ -344,47 +354,45 @@ pub async fn model(State(d): State<Dashboard>, Path((vendor, model)): Path<(Stri
         h2 { "What it contacts after boot" }
         (chart(charts::model_timeline(&m.vendor, &m.model, &page.destinations),
             &format!("Seconds from boot to the first contact with each destination (the {} earliest shown): bars span the middle half of boots, dots mark the median.", charts::MAX_CHART_DESTINATIONS)))
-        div.scroll role="region" aria-label="Destinations" tabindex="0" {
-            table {
-                caption { "Destinations, earliest after boot first" }
-                thead { tr {
-                    th scope="col" { "Destination" } th.hide-narrow scope="col" { "Host names" }
-                    th.n scope="col" { "Share of devices" } th.n scope="col" { "Devices" }
-                    th.n scope="col" { "Median after boot" } th.n.hide-narrow scope="col" { "Middle half of boots" }
-                    th.n scope="col" { "Bytes out" } th.n scope="col" { "Bytes in" }
-                } }
-                tbody {
-                    @for x in &page.destinations {
-                        tr {
-                            td { a href=(destination_href(&x.destination)) { (x.destination) } }
-                            td.hide-narrow { (x.hosts.join(", ")) }
-                            td.n { (pct(x.share)) } td.n { (x.devices) }
-                            td.n { (secs(x.median_s)) }
-                            td.n.hide-narrow { (secs(x.p25_s)) " – " (secs(x.p75_s)) }
-                            td.n { (bytes(x.bytes_out)) } td.n { (bytes(x.bytes_in)) }
-                        }
+        (scroll_table(
+            "Destinations",
+            html! { "Destinations, earliest after boot first" },
+            html! {
+                th scope="col" { "Destination" } th.hide-narrow scope="col" { "Host names" }
+                th.n scope="col" { "Share of devices" } th.n scope="col" { "Devices" }
+                th.n scope="col" { "Median after boot" } th.n.hide-narrow scope="col" { "Middle half of boots" }
+                th.n scope="col" { "Bytes out" } th.n scope="col" { "Bytes in" }
+            },
+            html! {
+                @for x in &page.destinations {
+                    tr {
+                        td { a href=(destination_href(&x.destination)) { (x.destination) } }
+                        td.hide-narrow { (x.hosts.join(", ")) }
+                        td.n { (pct(x.share)) } td.n { (x.devices) }
+                        td.n { (secs(x.median_s)) }
+                        td.n.hide-narrow { (secs(x.p25_s)) " – " (secs(x.p75_s)) }
+                        td.n { (bytes(x.bytes_out)) } td.n { (bytes(x.bytes_in)) }
                     }
                 }
-            }
-        }
+            },
+        ))
         h2 { "Firmware versions" }
-        div.scroll role="region" aria-label="Firmware versions" tabindex="0" {
-            table {
-                caption { "Versions in order of first appearance, with destinations gained and lost against the previous one" }
-                thead { tr {
-                    th scope="col" { "Version" } th.n scope="col" { "Devices" } th scope="col" { "First seen" }
-                    th scope="col" { "New destinations" } th scope="col" { "No longer contacted" }
-                } }
-                tbody {
-                    @for v in &page.firmware {
-                        tr {
-                            td { (v.version) } td.n { (v.devices) } td { (v.first_seen) }
-                            td { (v.added.join(", ")) } td { (v.removed.join(", ")) }
-                        }
+        (scroll_table(
+            "Firmware versions",
+            html! { "Versions in order of first appearance, with destinations gained and lost against the previous one" },
+            html! {
+                th scope="col" { "Version" } th.n scope="col" { "Devices" } th scope="col" { "First seen" }
+                th scope="col" { "New destinations" } th scope="col" { "No longer contacted" }
+            },
+            html! {
+                @for v in &page.firmware {
+                    tr {
+                        td { (v.version) } td.n { (v.devices) } td { (v.first_seen) }
+                        td { (v.added.join(", ")) } td { (v.removed.join(", ")) }
                     }
                 }
-            }
-        }
+            },
+        ))
     };
     layout(s, &format!("{} {}", m.vendor, m.model), body).into_response()
 }
@@ -395,23 +403,22 @@ pub async fn destinations(State(d): State<Dashboard>) -> Html<String> {
     let s = &published.snapshot;
     let body = html! {
         h1 { "Destinations" }
-        div.scroll role="region" aria-label="Destinations" tabindex="0" {
-            table {
-                caption { (s.destinations.len()) " destinations, most devices first" }
-                thead { tr {
-                    th scope="col" { "Destination" } th.n scope="col" { "Devices" }
-                    th.n scope="col" { "Volunteers" } th.n scope="col" { "Models" }
-                } }
-                tbody {
-                    @for x in &s.destinations {
-                        tr {
-                            td { a href=(destination_href(&x.destination)) { (x.destination) } }
-                            td.n { (x.devices) } td.n { (x.volunteers) } td.n { (x.models) }
-                        }
+        (scroll_table(
+            "Destinations",
+            html! { (s.destinations.len()) " destinations, most devices first" },
+            html! {
+                th scope="col" { "Destination" } th.n scope="col" { "Devices" }
+                th.n scope="col" { "Volunteers" } th.n scope="col" { "Models" }
+            },
+            html! {
+                @for x in &s.destinations {
+                    tr {
+                        td { a href=(destination_href(&x.destination)) { (x.destination) } }
+                        td.n { (x.devices) } td.n { (x.volunteers) } td.n { (x.models) }
                     }
                 }
-            }
-        }
+            },
+        ))
     };
     layout(s, "Destinations", body)
 }
@@ -435,24 +442,23 @@ pub async fn destination(State(d): State<Dashboard>, Path(name): Path<String>) -
         h2 { "Trend" }
         (chart(charts::trend(&page.summary.destination, &page.trend), "Devices contacting it per day (days with too few devices or volunteers are left out)."))
         h2 { "Models that contact it" }
-        div.scroll role="region" aria-label="Models" tabindex="0" {
-            table {
-                caption { "Models, most devices first: when after boot, and bytes sent against bytes received" }
-                thead { tr {
-                    th scope="col" { "Model" } th.n scope="col" { "Devices" } th.n scope="col" { "Share of the model" }
-                    th.n scope="col" { "Median after boot" } th.n scope="col" { "Bytes out" } th.n scope="col" { "Bytes in" }
-                } }
-                tbody {
-                    @for m in &page.models {
-                        tr {
-                            td { a href=(model_href(&m.vendor, &m.model)) { (m.vendor) " " (m.model) } }
-                            td.n { (m.devices) } td.n { (pct(m.share)) } td.n { (secs(m.median_s)) }
-                            td.n { (bytes(m.bytes_out)) } td.n { (bytes(m.bytes_in)) }
-                        }
+        (scroll_table(
+            "Models",
+            html! { "Models, most devices first: when after boot, and bytes sent against bytes received" },
+            html! {
+                th scope="col" { "Model" } th.n scope="col" { "Devices" } th.n scope="col" { "Share of the model" }
+                th.n scope="col" { "Median after boot" } th.n scope="col" { "Bytes out" } th.n scope="col" { "Bytes in" }
+            },
+            html! {
+                @for m in &page.models {
+                    tr {
+                        td { a href=(model_href(&m.vendor, &m.model)) { (m.vendor) " " (m.model) } }
+                        td.n { (m.devices) } td.n { (pct(m.share)) } td.n { (secs(m.median_s)) }
+                        td.n { (bytes(m.bytes_out)) } td.n { (bytes(m.bytes_in)) }
                     }
                 }
-            }
-        }
+            },
+        ))
     };
     layout(s, &page.summary.destination, body).into_response()
 }
