@@ -364,11 +364,7 @@ async fn the_public_api_is_rate_limited_per_client_address() {
 /// and finding pages of the demo collector.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_shows_the_seed_case_with_its_sql_and_chart() {
-    let Some(driver) = std::env::var_os("LEAKWATCH_CHROMEDRIVER") else {
-        panic!(
-            "LEAKWATCH_CHROMEDRIVER is not set: run `make test` (it installs chromium-driver), or skip with `-- --skip browser_`"
-        );
-    };
+    let driver = crate::set_by_make_test("LEAKWATCH_CHROMEDRIVER", " (it installs chromium-driver)", "browser_");
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(ServeConfig::loopback(dir.path().join("collector"))).await.expect("start");
     run_pipeline(&server, dir.path(), None, None).await.expect("the demo fleet through agent and collector");

@@ -215,11 +215,7 @@ async fn flight_sql_serves_analysts_read_only() {
 /// venv and sets LEAKWATCH_ADBC_PYTHON).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adbc_client_lists_tables_runs_a_rule_and_a_prepared_statement() {
-    let Some(python) = std::env::var_os("LEAKWATCH_ADBC_PYTHON") else {
-        panic!(
-            "LEAKWATCH_ADBC_PYTHON is not set: run `make test` (it creates the venv), or skip with `-- --skip adbc_`"
-        );
-    };
+    let python = crate::set_by_make_test("LEAKWATCH_ADBC_PYTHON", " (it creates the venv)", "adbc_");
     let dir = tempfile::tempdir().expect("tempdir");
     let server = fleet_server(dir.path()).await;
     let token = sql_token(&dir.path().join("collector"));

@@ -69,10 +69,20 @@ pub async fn send_capture(
     imported
 }
 
+/// What `make test` passes in `var`, having set it up (`setup` says how,
+/// for the message); the tests that need it are named `{prefix}*`, and
+/// without it they fail saying how to run or skip them.
+#[track_caller]
+pub fn set_by_make_test(var: &str, setup: &str, prefix: &str) -> std::ffi::OsString {
+    match std::env::var_os(var) {
+        Some(value) => value,
+        None => panic!("{var} is not set: run `make test`{setup}, or skip with `-- --skip {prefix}`"),
+    }
+}
+
 /// The third-party captures (tests using them are named `external_*`).
 pub fn external(rel: &str) -> PathBuf {
-    let root = std::env::var_os("LEAKWATCH_EXTERNAL_TESTDATA")
-        .expect("LEAKWATCH_EXTERNAL_TESTDATA is not set: run `make test`, or skip with `-- --skip external_`");
+    let root = set_by_make_test("LEAKWATCH_EXTERNAL_TESTDATA", "", "external_");
     let path = PathBuf::from(root).join(rel);
     assert!(path.exists(), "missing test capture {}", path.display());
     path
