@@ -13,7 +13,7 @@ mod pages;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -122,10 +122,7 @@ impl Dashboard {
 
     /// What is served now.
     pub fn published(&self) -> Arc<Published> {
-        match self.0.published.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.published.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Completed refreshes.
@@ -150,10 +147,7 @@ impl Dashboard {
             })
             .await
             .map_err(|e| Error::Storage(format!("dashboard refresh: {e}")));
-        match self.0.last_finished.lock() {
-            Ok(mut t) => *t = Some(Instant::now()),
-            Err(poisoned) => *poisoned.into_inner() = Some(Instant::now()),
-        }
+        *self.0.last_finished.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         let computed = computed??;
         tracing::info!(
             findings = computed.snapshot.findings.len(),
@@ -162,10 +156,7 @@ impl Dashboard {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Dashboard refreshed"
         );
-        match self.0.published.write() {
-            Ok(mut p) => *p = Arc::new(computed),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(computed),
-        }
+        *self.0.published.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(computed);
         self.0.refreshes.fetch_add(1, Ordering::Relaxed);
         self.0.limiter.retain_recent();
         Ok(())
@@ -180,10 +171,7 @@ impl Dashboard {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let last = match me.0.last_finished.lock() {
-                Ok(t) => *t,
-                Err(poisoned) => *poisoned.into_inner(),
-            };
+            let last = *me.0.last_finished.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(last) = last {
                 tokio::time::sleep_until((last + me.0.config.min_refresh_interval).into()).await;
             }
