@@ -471,7 +471,7 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
     }
     if imported.untracked_connections > 0 {
         line.push_str(&format!(
-            "; {} connections not tracked (flow table full at {})",
+            "; {} connections not tracked (more than {} open at once)",
             imported.untracked_connections,
             crate::flow::MAX_CONNECTIONS
         ));
@@ -557,7 +557,17 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     }
     let lan_labels = args.lan.labels(&args.device, &settings.config)?;
     let state = settings.state()?;
-    let mut imported = Vec::new();
+    // Each file's batches go out (to stdout, or into the spool) before the
+    // next file is read, so memory holds one capture's at a time.
+    let mut sink = match args.dry_run {
+        true => ImportSink::DryRun(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()), args.format),
+        false => ImportSink::Spool {
+            spool: Spool::open(&settings.spool_dir(), settings.spool)?,
+            records: 0,
+            batches: 0,
+            dropped: 0,
+        },
+    };
     let mut failed = 0usize;
     let mut read_ok = 0usize;
     if let Some(lan_labels) = lan_labels {
@@ -579,7 +589,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                             boots.len()
                         );
                     }
-                    for b in boots {
+                    for b in &boots {
                         let vendor = b
                             .import
                             .batches
@@ -593,7 +603,9 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                             b.import.record_count(),
                             b.import.boot_source.short_name()
                         );
-                        imported.push(b.import);
+                    }
+                    for b in &boots {
+                        sink.put(&b.import.batches)?;
                     }
                 }
                 Err(e) => {
@@ -608,7 +620,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 Ok(capture) => {
                     read_ok += 1;
                     eprintln!("{}", describe_import(&capture));
-                    imported.push(capture);
+                    sink.put(&capture.batches)?;
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -621,30 +633,24 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
         eprintln!("error: none of the {failed} capture(s) could be read");
         return Ok(ExitCode::from(2));
     }
-    if args.dry_run {
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-        for capture in &imported {
-            write_dry_run(&mut out, &capture.batches, args.format)
-                .map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
+    let spool = match sink {
+        ImportSink::DryRun(mut out, _) => {
+            out.flush().map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
+            return Ok(ExitCode::SUCCESS);
         }
-        out.flush().ok();
-        return Ok(ExitCode::SUCCESS);
-    }
-    // Into the spool first: from here on nothing is lost, whatever happens
-    // to the collector or to this process.
-    let entries: Vec<(u32, Vec<u8>)> =
-        imported.iter().flat_map(|c| c.batches.iter()).map(|b| (b.records.len() as u32, b.encode_to_vec())).collect();
-    let mut spool = Spool::open(&settings.spool_dir(), settings.spool)?;
-    let dropped = spool.append(&entries)?;
-    let records: usize = imported.iter().map(ImportedCapture::record_count).sum();
-    eprintln!("queued {records} records in {} batches", entries.len());
-    if dropped > 0 {
-        eprintln!(
-            "warning: the spool is full ({} MiB): dropped the {dropped} oldest batches",
-            settings.spool.max_bytes >> 20
-        );
-    }
+        ImportSink::Spool { spool, records, batches, dropped } => {
+            eprintln!("queued {records} records in {batches} batches");
+            if dropped > 0 {
+                eprintln!(
+                    "warning: the spool is full ({} MiB): dropped the {dropped} oldest batches",
+                    settings.spool.max_bytes >> 20
+                );
+            }
+            spool
+        }
+    };
+    // From here on nothing is lost, whatever happens to the collector or
+    // to this process: the batches are in the spool.
     let delivered = deliver_spool(&std::sync::Mutex::new(spool), &settings, &state).await?;
     Ok(if delivered != ExitCode::SUCCESS {
         delivered
@@ -653,6 +659,31 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Where `import` puts each capture's batches: stdout for a dry run, else
+/// the spool (with what went in).
+enum ImportSink<'a> {
+    DryRun(std::io::BufWriter<std::io::StdoutLock<'a>>, DryRunFormat),
+    Spool { spool: Spool, records: usize, batches: usize, dropped: u64 },
+}
+
+impl ImportSink<'_> {
+    fn put(&mut self, batches: &[leakwatch_proto::v1::ReportBatch]) -> Result<()> {
+        match self {
+            Self::DryRun(out, format) => {
+                write_dry_run(out, batches, *format).map_err(|source| Error::Io { path: "<stdout>".into(), source })
+            }
+            Self::Spool { spool, records, batches: count, dropped } => {
+                let entries: Vec<(u32, Vec<u8>)> =
+                    batches.iter().map(|b| (b.records.len() as u32, b.encode_to_vec())).collect();
+                *records += entries.iter().map(|(n, _)| *n as usize).sum::<usize>();
+                *count += entries.len();
+                *dropped += spool.append(&entries)?;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Delivers the spool until it is empty or the delivery timeout passed

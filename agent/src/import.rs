@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::anonymiser::{self, AnonymiserStats};
 use crate::capture::{self, CaptureStats};
-use crate::flow::{DnsLookup, FlowSummary, FlowTable};
+use crate::flow::{DnsLookup, FlowSummary, FlowSums, FlowTable, InitiatorCounts};
 use crate::state::AgentState;
 use crate::{Error, Result, io_error};
 
@@ -116,6 +116,50 @@ pub fn read_capture(path: &Path) -> Result<ReadCapture> {
     Ok(ReadCapture { table, stats, first_ts_us: first_ts })
 }
 
+/// Capture time between two sweeps of idle connections while a file is
+/// read.
+const SWEEP_EVERY_US: i64 = 60_000_000;
+
+/// Reads every packet of `path` and hands its connections to `on_done` as
+/// they go idle (see [`FlowTable::drain_idle`]), so memory holds the open
+/// connections only, however long the capture; the rest at the end.
+/// `on_done` gets the table still being filled (open connections, DHCP
+/// handshakes since the last sweep) and the finished part, which carries
+/// the DNS lookups seen since the last sweep. Returns what the reader saw
+/// and the first packet's time.
+pub fn read_capture_swept(
+    path: &Path,
+    mut on_done: impl FnMut(&FlowTable, FlowTable),
+) -> Result<(CaptureStats, Option<i64>)> {
+    let mut table = FlowTable::new();
+    let mut first_ts: Option<i64> = None;
+    let mut last_ts = 0i64;
+    let mut swept_at: Option<i64> = None;
+    let stats = capture::read_capture_file(path, |frame, stats| {
+        if let Some(ts) = frame.ts_us {
+            first_ts.get_or_insert(ts);
+            last_ts = ts;
+        }
+        if let Some(packet) = capture::decode(frame, last_ts, stats) {
+            table.add(&packet);
+        }
+        let since = *swept_at.get_or_insert(last_ts);
+        if last_ts - since >= SWEEP_EVERY_US {
+            swept_at = Some(last_ts);
+            let done = table.drain_idle(last_ts);
+            on_done(&table, done);
+        }
+    })?;
+    if stats.frames == 0
+        && let Some(reason) = &stats.stopped_by
+    {
+        return Err(Error::NotACapture { path: path.to_path_buf(), reason: reason.clone() });
+    }
+    let done = table.drain_finished(last_ts, true);
+    on_done(&table, done);
+    Ok((stats, first_ts))
+}
+
 /// Reads `path` and builds its batches.
 pub fn import_capture(
     path: &Path,
@@ -123,13 +167,22 @@ pub fn import_capture(
     state: &AgentState,
     batch_records: usize,
 ) -> Result<ImportedCapture> {
-    let ReadCapture { table, stats, first_ts_us: first_ts } = read_capture(path)?;
+    let mut flows = FlowSums::default();
+    let mut lookups = Vec::new();
+    let mut initiators = InitiatorCounts::default();
+    let mut untracked_connections = 0;
+    let (stats, first_ts) = read_capture_swept(path, |_, mut done| {
+        flows.add(&done, |_, _| Some(()));
+        initiators.add(&done);
+        lookups.extend(done.take_lookups());
+        untracked_connections += done.untracked_connections;
+    })?;
     let (boot_us, boot_source) = match (labels.boot_time_us, first_ts) {
         (Some(t), _) => (t, BootSource::Explicit),
         (None, Some(t)) => (t, BootSource::FirstPacket),
         (None, None) => (0, BootSource::FirstPacket),
     };
-    let hint = table.device_hint();
+    let hint = initiators.hint();
     let device_label = match (&labels.device_id, hint.mac, hint.addr) {
         (Some(id), _, _) => format!("label:{id}"),
         (None, Some(mac), _) => format!("mac:{}", hex::encode(mac)),
@@ -143,7 +196,9 @@ pub fn import_capture(
     let boot_pseudonym = state.pseudonym("boot", &boot_input);
 
     let mut anon = AnonymiserStats::default();
-    let records = boot_records(&table.summaries(), table.lookups(), boot_us, labels.app.as_deref(), &mut anon);
+    let flows = flows.finish().remove(&()).unwrap_or_default();
+    let records = boot_records(&flows, &lookups, boot_us, labels.app.as_deref(), &mut anon);
+    drop(flows);
     let device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
     let batches = build_batches(records, &device, state, batch_records, None);
     Ok(ImportedCapture {
@@ -152,7 +207,7 @@ pub fn import_capture(
         anonymiser: anon,
         boot_source,
         batches,
-        untracked_connections: table.untracked_connections,
+        untracked_connections,
     })
 }
 

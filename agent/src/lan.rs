@@ -17,8 +17,8 @@ use leakwatch_proto::v1::{BootSource, DeviceInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::anonymiser::{AnonymiserStats, is_non_public};
-use crate::flow::{FlowTable, Origin};
-use crate::import::{ImportedCapture, ReadCapture, boot_records, build_batches, hash_file, read_capture};
+use crate::flow::{DnsLookup, FlowSums, FlowTable, Origin};
+use crate::import::{ImportedCapture, boot_records, build_batches, hash_file, read_capture_swept};
 use crate::state::AgentState;
 use crate::{Error, Result};
 
@@ -179,7 +179,7 @@ pub struct LanBoot {
 
 /// What is known so far about the boots of a capture's LAN devices: their
 /// DHCP handshakes and first packets. A live capture feeds it interval by
-/// interval; a file import all at once.
+/// interval; a file import sweep by sweep.
 #[derive(Debug, Clone, Default)]
 pub struct LanBootTracker {
     dhcp: HashMap<[u8; 6], Vec<i64>>,
@@ -230,90 +230,103 @@ impl LanBootTracker {
     }
 }
 
-/// Turns a table's connections and lookups into one [`LanBoot`] per device
-/// and boot. `boot_salt` makes boot pseudonyms (and so batch ids) unique
-/// to the capture (a file's content hash, a live run's random nonce);
-/// `part` numbers a live capture's report intervals.
-#[allow(clippy::too_many_arguments)]
-pub fn lan_boots(
-    table: FlowTable,
-    tracker: &LanBootTracker,
-    labels: &LanLabels,
-    state: &AgentState,
-    boot_salt: &[u8],
-    batch_records: usize,
-    part: Option<u64>,
-    template: &ImportedCapture,
-) -> Vec<LanBoot> {
-    let mut flows = table.summaries_grouped(|origin, t| tracker.boot_of(origin, t));
-    let mut lookups: BTreeMap<BootGroup, Vec<_>> = BTreeMap::new();
-    for l in table.lookups() {
-        if let Some(group) = tracker.boot_of(l.origin, l.first_us) {
-            lookups.entry(group).or_default().push(l.clone());
-        }
-    }
-    // The connections are summed up: free them before building batches.
-    drop(table);
-    let mut groups: Vec<BootGroup> = flows.keys().chain(lookups.keys()).copied().collect();
-    groups.sort_unstable();
-    groups.dedup();
-
-    let mut out = Vec::new();
-    for group @ (key, boot_us, boot_source) in groups {
-        let label = match key {
-            LanDeviceKey::Mac(mac) => labels.get(mac),
-            LanDeviceKey::Addr(_) => None,
-        };
-        let device_label = match (label.and_then(|l| l.name.as_ref()), key) {
-            (Some(name), _) => format!("label:{name}"),
-            (None, LanDeviceKey::Mac(mac)) => format!("mac:{}", hex::encode(mac)),
-            (None, LanDeviceKey::Addr(ip)) => format!("addr:{ip}"),
-        };
-        let (vendor, model, firmware, consent) = match (label, key) {
-            (Some(l), _) => (l.vendor.clone(), l.model.clone(), l.firmware.clone(), l.consent.clone()),
-            (None, LanDeviceKey::Mac(mac)) => {
-                let vendor = oui_vendor(mac).unwrap_or("unknown").chars().take(64).collect();
-                (vendor, "unknown".into(), String::new(), BTreeMap::new())
-            }
-            (None, LanDeviceKey::Addr(_)) => ("unknown".into(), "unknown".into(), String::new(), BTreeMap::new()),
-        };
-        let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
-        let mut boot_input = device_pseudonym.clone().into_bytes();
-        boot_input.extend_from_slice(&boot_us.to_be_bytes());
-        boot_input.extend_from_slice(boot_salt);
-        let boot_pseudonym = state.pseudonym("boot", &boot_input);
-        let mut anon = AnonymiserStats::default();
-        let records = boot_records(
-            &flows.remove(&group).unwrap_or_default(),
-            &lookups.remove(&group).unwrap_or_default(),
-            boot_us,
-            None,
-            &mut anon,
-        );
-        let device = DeviceInfo {
-            device_pseudonym,
-            vendor,
-            model,
-            os_version: firmware,
-            consent: consent.into_iter().collect(),
-            boot_pseudonym,
-            boot_source,
-        };
-        let batches = build_batches(records, &device, state, batch_records, part);
-        out.push(LanBoot {
-            device: key,
-            import: ImportedCapture {
-                anonymiser: anon,
-                boot_source: BootSource::try_from(boot_source).unwrap_or_default(),
-                batches,
-                ..template.clone()
-            },
-        });
-    }
-    out
+/// The flows and lookups of a capture's LAN devices, per device and
+/// boot, summed over the tables a capture is read in.
+#[derive(Debug, Default)]
+pub struct LanSums {
+    flows: FlowSums<BootGroup>,
+    lookups: BTreeMap<BootGroup, Vec<DnsLookup>>,
 }
 
-/// Imports a LAN capture: one [`LanBoot`] per device and boot.
+impl LanSums {
+    /// Adds `table`'s connections and lookups to the boots `tracker` puts
+    /// them in (so it must have observed them).
+    pub fn add(&mut self, table: &mut FlowTable, tracker: &LanBootTracker) {
+        self.flows.add(table, |origin, t| tracker.boot_of(origin, t));
+        for l in table.take_lookups() {
+            if let Some(group) = tracker.boot_of(l.origin, l.first_us) {
+                self.lookups.entry(group).or_default().push(l);
+            }
+        }
+    }
+
+    /// One [`LanBoot`] per device and boot. `boot_salt` makes boot
+    /// pseudonyms (and so batch ids) unique to the capture (a file's
+    /// content hash, a live run's random nonce); `part` numbers a live
+    /// capture's report intervals.
+    pub fn boots(
+        self,
+        labels: &LanLabels,
+        state: &AgentState,
+        boot_salt: &[u8],
+        batch_records: usize,
+        part: Option<u64>,
+        template: &ImportedCapture,
+    ) -> Vec<LanBoot> {
+        let Self { flows, mut lookups } = self;
+        let mut flows = flows.finish();
+        let mut groups: Vec<BootGroup> = flows.keys().chain(lookups.keys()).copied().collect();
+        groups.sort_unstable();
+        groups.dedup();
+
+        let mut out = Vec::new();
+        for group @ (key, boot_us, boot_source) in groups {
+            let label = match key {
+                LanDeviceKey::Mac(mac) => labels.get(mac),
+                LanDeviceKey::Addr(_) => None,
+            };
+            let device_label = match (label.and_then(|l| l.name.as_ref()), key) {
+                (Some(name), _) => format!("label:{name}"),
+                (None, LanDeviceKey::Mac(mac)) => format!("mac:{}", hex::encode(mac)),
+                (None, LanDeviceKey::Addr(ip)) => format!("addr:{ip}"),
+            };
+            let (vendor, model, firmware, consent) = match (label, key) {
+                (Some(l), _) => (l.vendor.clone(), l.model.clone(), l.firmware.clone(), l.consent.clone()),
+                (None, LanDeviceKey::Mac(mac)) => {
+                    let vendor = oui_vendor(mac).unwrap_or("unknown").chars().take(64).collect();
+                    (vendor, "unknown".into(), String::new(), BTreeMap::new())
+                }
+                (None, LanDeviceKey::Addr(_)) => ("unknown".into(), "unknown".into(), String::new(), BTreeMap::new()),
+            };
+            let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
+            let mut boot_input = device_pseudonym.clone().into_bytes();
+            boot_input.extend_from_slice(&boot_us.to_be_bytes());
+            boot_input.extend_from_slice(boot_salt);
+            let boot_pseudonym = state.pseudonym("boot", &boot_input);
+            let mut anon = AnonymiserStats::default();
+            let records = boot_records(
+                &flows.remove(&group).unwrap_or_default(),
+                &lookups.remove(&group).unwrap_or_default(),
+                boot_us,
+                None,
+                &mut anon,
+            );
+            let device = DeviceInfo {
+                device_pseudonym,
+                vendor,
+                model,
+                os_version: firmware,
+                consent: consent.into_iter().collect(),
+                boot_pseudonym,
+                boot_source,
+            };
+            let batches = build_batches(records, &device, state, batch_records, part);
+            out.push(LanBoot {
+                device: key,
+                import: ImportedCapture {
+                    anonymiser: anon,
+                    boot_source: BootSource::try_from(boot_source).unwrap_or_default(),
+                    batches,
+                    ..template.clone()
+                },
+            });
+        }
+        out
+    }
+}
+
+/// Imports a LAN capture: one [`LanBoot`] per device and boot. The file is
+/// summed up as it is read (see [`read_capture_swept`]).
 pub fn import_lan(
     path: &Path,
     labels: &LanLabels,
@@ -321,19 +334,26 @@ pub fn import_lan(
     state: &AgentState,
     batch_records: usize,
 ) -> Result<Vec<LanBoot>> {
-    let ReadCapture { table, stats, .. } = read_capture(path)?;
     let mut tracker = LanBootTracker::new(explicit_boot_us);
-    tracker.observe(&table);
+    let mut sums = LanSums::default();
+    let mut untracked_connections = 0;
+    let (stats, _) = read_capture_swept(path, |open, mut done| {
+        // A device's first packet may be on a connection still open.
+        tracker.observe(open);
+        tracker.observe(&done);
+        untracked_connections += done.untracked_connections;
+        sums.add(&mut done, &tracker);
+    })?;
     let template = ImportedCapture {
         path: path.to_path_buf(),
         capture: stats,
         anonymiser: AnonymiserStats::default(),
         boot_source: BootSource::Unspecified,
         batches: Vec::new(),
-        untracked_connections: table.untracked_connections,
+        untracked_connections,
     };
     let content_hash = hash_file(path)?;
-    Ok(lan_boots(table, &tracker, labels, state, &content_hash, batch_records, None, &template))
+    Ok(sums.boots(labels, state, &content_hash, batch_records, None, &template))
 }
 
 #[cfg(test)]

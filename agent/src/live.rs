@@ -478,8 +478,10 @@ impl Harvester {
     /// `everything`, at shutdown) and the DNS lookups seen since the last
     /// harvest.
     pub fn harvest(&mut self, now_us: i64, everything: bool) -> Vec<ReportBatch> {
-        let done = self.table.drain_finished(now_us, everything);
+        let mut done = self.table.drain_finished(now_us, everything);
         if let Some((tracker, labels, nonce)) = &mut self.lan {
+            // A device's first packet may be on a connection still open.
+            tracker.observe(&self.table);
             tracker.observe(&done);
             self.seq += 1;
             let template = crate::import::ImportedCapture {
@@ -490,16 +492,9 @@ impl Harvester {
                 batches: Vec::new(),
                 untracked_connections: 0,
             };
-            let boots = crate::lan::lan_boots(
-                done,
-                tracker,
-                labels,
-                &self.state,
-                nonce,
-                self.batch_records,
-                Some(self.seq),
-                &template,
-            );
+            let mut sums = crate::lan::LanSums::default();
+            sums.add(&mut done, tracker);
+            let boots = sums.boots(labels, &self.state, nonce, self.batch_records, Some(self.seq), &template);
             let batches: Vec<ReportBatch> = boots.into_iter().flat_map(|b| b.import.batches).collect();
             self.records += batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
             return batches;

@@ -18,6 +18,6 @@ mod table;
 
 pub use community_id::{community_id, community_id_seeded};
 pub use table::{
-    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowTable, MAX_CONNECTIONS, NameSource, Origin,
-    is_encrypted_dns,
+    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowSums, FlowTable, InitiatorCounts,
+    MAX_CONNECTIONS, NameSource, Origin, is_encrypted_dns,
 };

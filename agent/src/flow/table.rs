@@ -183,6 +183,34 @@ pub struct DeviceHint {
     pub addr: Option<IpAddr>,
 }
 
+/// Who initiated connections, counted over one or more tables; gives the
+/// [`DeviceHint`].
+#[derive(Debug, Clone, Default)]
+pub struct InitiatorCounts {
+    macs: HashMap<[u8; 6], usize>,
+    addrs: HashMap<IpAddr, usize>,
+}
+
+impl InitiatorCounts {
+    /// Counts the initiators of `table`'s connections.
+    pub fn add(&mut self, table: &FlowTable) {
+        for conn in &table.all {
+            if let Some(mac) = conn.initiator_mac {
+                *self.macs.entry(mac).or_default() += 1;
+            }
+            *self.addrs.entry(conn.initiator.ip).or_default() += 1;
+        }
+    }
+
+    /// The MAC and the address that initiated most connections.
+    pub fn hint(&self) -> DeviceHint {
+        DeviceHint {
+            mac: self.macs.iter().max_by_key(|(m, n)| (**n, **m)).map(|(m, _)| *m),
+            addr: self.addrs.iter().max_by_key(|(a, n)| (**n, **a)).map(|(a, _)| *a),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Endpoint {
     ip: IpAddr,
@@ -253,15 +281,13 @@ pub struct FlowTable {
     pub dns_errors: u64,
 }
 
-/// Gaps between successive connection starts: last start, count, sum and
-/// sum of squares (seconds).
-type Gaps = (i64, u64, f64, f64);
-
 /// A destination within a group, per application.
 type DestKey<K> = (K, IpAddr, u16, Transport, Option<Box<str>>);
 
-/// Most connections tracked per capture; more are counted in
-/// [`FlowTable::untracked_connections`] and left out.
+/// Most connections a table holds at once; more are counted in
+/// [`FlowTable::untracked_connections`] and left out. Import and live
+/// capture hand finished connections on (see [`FlowTable::drain_idle`]),
+/// so this bounds the connections open at one time.
 pub const MAX_CONNECTIONS: usize = 4_000_000;
 
 /// Idle time after which traffic on the same 5-tuple is a new connection
@@ -415,6 +441,12 @@ impl FlowTable {
         &self.lookups
     }
 
+    /// Takes the lookups out (the table then counts queries afresh).
+    pub fn take_lookups(&mut self) -> Vec<DnsLookup> {
+        self.lookup_index.clear();
+        std::mem::take(&mut self.lookups)
+    }
+
     /// DHCP Discovers and Requests seen, in capture order.
     pub fn dhcp_handshakes(&self) -> &[DhcpHandshake] {
         &self.dhcp
@@ -439,18 +471,9 @@ impl FlowTable {
 
     /// The device that initiated the flows.
     pub fn device_hint(&self) -> DeviceHint {
-        let mut macs: HashMap<[u8; 6], usize> = HashMap::new();
-        let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
-        for conn in &self.all {
-            if let Some(mac) = conn.initiator_mac {
-                *macs.entry(mac).or_default() += 1;
-            }
-            *addrs.entry(conn.initiator.ip).or_default() += 1;
-        }
-        DeviceHint {
-            mac: macs.into_iter().max_by_key(|(m, n)| (*n, *m)).map(|(m, _)| m),
-            addr: addrs.into_iter().max_by_key(|(a, n)| (*n, *a)).map(|(a, _)| a),
-        }
+        let mut counts = InitiatorCounts::default();
+        counts.add(self);
+        counts.hint()
     }
 
     /// How a connection's destination is named, by the attribution order.
@@ -481,6 +504,19 @@ impl FlowTable {
     /// memory holds only the connections still open.
     pub fn drain_finished(&mut self, now_us: i64, everything: bool) -> FlowTable {
         const LINGER_US: i64 = 5_000_000;
+        self.drain(now_us, everything, LINGER_US)
+    }
+
+    /// Moves the connections idle past their timeout by `now_us` into a
+    /// new table, as [`FlowTable::drain_finished`] does; a closed one too
+    /// waits for its timeout, since until then a late packet still counts
+    /// to it. What a capture file's import sums up as it reads, so that it
+    /// gets the same flows as from the whole table at the end.
+    pub fn drain_idle(&mut self, now_us: i64) -> FlowTable {
+        self.drain(now_us, false, i64::MAX)
+    }
+
+    fn drain(&mut self, now_us: i64, everything: bool, closed_linger_us: i64) -> FlowTable {
         /// DNS answers kept for naming later flows; past this, start over.
         const MAX_DNS_ANSWERS: usize = 200_000;
         let mut done = FlowTable::new();
@@ -490,7 +526,7 @@ impl FlowTable {
             let idle = now_us - c.last_us;
             let finished = everything
                 || idle > idle_timeout_us(c.transport)
-                || ((c.rst || (c.fin_out && c.fin_in)) && idle > LINGER_US);
+                || ((c.rst || (c.fin_out && c.fin_in)) && idle > closed_linger_us);
             if finished {
                 if let Some(name) = self.dns.get(&c.responder.ip) {
                     done.dns.insert(c.responder.ip, name.clone());
@@ -572,22 +608,54 @@ impl FlowTable {
         &self,
         group: impl Fn(Origin, i64) -> Option<K>,
     ) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
-        // Per destination: its index in the group's list, and the gaps
-        // between its connections' starts.
-        let mut by_dest: HashMap<DestKey<K>, (usize, Gaps)> = HashMap::new();
-        let mut groups: std::collections::BTreeMap<K, Vec<FlowSummary>> = std::collections::BTreeMap::new();
-        for conn in &self.all {
+        let mut sums = FlowSums::default();
+        sums.add(self, group);
+        sums.finish()
+    }
+}
+
+/// Per-destination sums built from one table or from the successive
+/// tables [`FlowTable::drain_finished`] hands out, with the same result:
+/// the first SNI and the best name are those of the earliest connection
+/// that had them, and the gaps between connection starts are taken in
+/// time order, whichever table a connection came in.
+#[derive(Debug)]
+pub struct FlowSums<K> {
+    by_dest: HashMap<DestKey<K>, DestSums>,
+    groups: std::collections::BTreeMap<K, Vec<FlowSummary>>,
+}
+
+#[derive(Debug)]
+struct DestSums {
+    /// Index in the group's list.
+    index: usize,
+    /// Start of each connection summed in.
+    starts: Vec<i64>,
+    /// First packet of the connection that gave the domain and the SNI.
+    domain_from_us: i64,
+    sni_from_us: i64,
+}
+
+impl<K> Default for FlowSums<K> {
+    fn default() -> Self {
+        Self { by_dest: HashMap::new(), groups: std::collections::BTreeMap::new() }
+    }
+}
+
+impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
+    /// Adds the connections of `table`, named with its DNS answers.
+    pub fn add(&mut self, table: &FlowTable, group: impl Fn(Origin, i64) -> Option<K>) {
+        for conn in &table.all {
             let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
             let Some(g) = group(origin, conn.first_us) else { continue };
-            let Naming { domain, name_source, sni, alpn, fingerprint } = self.naming(conn);
+            let Naming { domain, name_source, sni, alpn, fingerprint } = table.naming(conn);
             let encrypted = is_encrypted_dns(conn.responder.port, domain.as_deref());
             let dest = (g.clone(), conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
-            let out = groups.entry(g).or_default();
-            match by_dest.get_mut(&dest) {
-                Some((i, gap)) => {
-                    let d = (conn.first_us - gap.0).max(0) as f64 / 1e6;
-                    *gap = (conn.first_us, gap.1 + 1, gap.2 + d, gap.3 + d * d);
-                    let f = &mut out[*i];
+            let out = self.groups.entry(g).or_default();
+            match self.by_dest.get_mut(&dest) {
+                Some(d) => {
+                    d.starts.push(conn.first_us);
+                    let f = &mut out[d.index];
                     f.connections += 1;
                     f.encrypted_dns |= encrypted;
                     f.first_us = f.first_us.min(conn.first_us);
@@ -596,18 +664,27 @@ impl FlowTable {
                     f.bytes_in += conn.bytes_in;
                     f.packets_out += conn.packets_out;
                     f.packets_in += conn.packets_in;
-                    if name_source > f.name_source {
+                    if name_source > f.name_source || (name_source == f.name_source && conn.first_us < d.domain_from_us)
+                    {
                         f.domain = domain;
                         f.name_source = name_source;
+                        d.domain_from_us = conn.first_us;
                     }
-                    if f.sni.is_none() && sni.is_some() {
+                    if sni.is_some() && (f.sni.is_none() || conn.first_us < d.sni_from_us) {
                         f.sni = sni;
                         f.alpn = alpn;
                         f.fingerprint = fingerprint;
+                        d.sni_from_us = conn.first_us;
                     }
                 }
                 None => {
-                    by_dest.insert(dest, (out.len(), (conn.first_us, 0, 0.0, 0.0)));
+                    let sums = DestSums {
+                        index: out.len(),
+                        starts: vec![conn.first_us],
+                        domain_from_us: conn.first_us,
+                        sni_from_us: conn.first_us,
+                    };
+                    self.by_dest.insert(dest, sums);
                     out.push(FlowSummary {
                         dst_ip: conn.responder.ip,
                         dst_port: conn.responder.port,
@@ -632,8 +709,22 @@ impl FlowTable {
                 }
             }
         }
-        for (dest, (i, (_, n, sum, sumsq))) in by_dest {
-            let Some(f) = groups.get_mut(&dest.0).and_then(|out| out.get_mut(i)) else { continue };
+    }
+
+    /// The flows per group, each group's in order of first contact, with
+    /// the gaps between connection starts worked out.
+    pub fn finish(self) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
+        let Self { by_dest, mut groups } = self;
+        for (dest, mut d) in by_dest {
+            let Some(f) = groups.get_mut(&dest.0).and_then(|out| out.get_mut(d.index)) else { continue };
+            d.starts.sort_unstable();
+            let (mut n, mut sum, mut sumsq) = (0u64, 0.0f64, 0.0f64);
+            for w in d.starts.windows(2) {
+                let gap = (w[1] - w[0]) as f64 / 1e6;
+                n += 1;
+                sum += gap;
+                sumsq += gap * gap;
+            }
             if n >= 1 {
                 let mean = sum / n as f64;
                 f.interval_mean_s = mean;

@@ -77,3 +77,52 @@ fn lan_capture_yields_per_device_records_with_labels_and_dhcp_boots() {
         assert!(!raw.contains(mac) && !raw.contains(&mac.replace(':', "")), "{mac} leaked");
     }
 }
+
+/// Import sums a capture up as it reads it: connections idle past their
+/// timeout leave the table every minute of capture time. The flows must be
+/// those of the whole table summed at the end, per device and boot and for
+/// the capture as one device, while the table holds a fraction of the
+/// connections at any time.
+#[test]
+fn a_capture_summed_as_it_is_read_gives_the_flows_of_the_whole_table() {
+    use leakwatch_agent::flow::FlowSums;
+    use leakwatch_agent::import::{read_capture, read_capture_swept};
+    use leakwatch_agent::lan::LanBootTracker;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = FleetProfile::from_toml(DEFAULT_PROFILE).expect("profile");
+    let manifest = simulate_fleet(&profile, dir.path(), Some(10), Some(11), |_, _| {}).expect("simulate");
+    let (lan, _) = write_lan_capture(dir.path(), &manifest).expect("lan capture");
+
+    let whole = read_capture(&lan).expect("read");
+    let total = whole.table.connection_count();
+    let mut tracker = LanBootTracker::new(None);
+    tracker.observe(&whole.table);
+    let want_lan = whole.table.summaries_grouped(|o, t| tracker.boot_of(o, t));
+    let want_single = whole.table.summaries();
+    let want_queries: u64 = whole.table.lookups().iter().map(|l| l.queries).sum();
+    drop(whole);
+
+    let mut tracker = LanBootTracker::new(None);
+    let (mut per_boot, mut single) = (FlowSums::default(), FlowSums::default());
+    let (mut sweeps, mut most_held, mut queries) = (0usize, 0usize, 0u64);
+    read_capture_swept(&lan, |open, mut done| {
+        sweeps += 1;
+        most_held = most_held.max(open.connection_count() + done.connection_count());
+        tracker.observe(open);
+        tracker.observe(&done);
+        per_boot.add(&done, |o, t| tracker.boot_of(o, t));
+        single.add(&done, |_, _| Some(()));
+        queries += done.take_lookups().iter().map(|l| l.queries).sum::<u64>();
+    })
+    .expect("read in sweeps");
+    assert!(sweeps > 10, "{sweeps} sweeps: the capture should span many minutes");
+    assert!(most_held * 4 < total, "held up to {most_held} of {total} connections at once");
+    let got_lan = per_boot.finish();
+    assert_eq!(got_lan.len(), want_lan.len(), "boots");
+    for (boot, flows) in &want_lan {
+        assert_eq!(got_lan.get(boot), Some(flows), "flows of boot {boot:?}");
+    }
+    assert_eq!(single.finish().remove(&()).unwrap_or_default(), want_single, "flows as one device");
+    assert_eq!(queries, want_queries, "DNS queries counted once each");
+}
