@@ -165,12 +165,12 @@ pub struct Connection {
     pub alpn: Vec<String>,
 }
 
-struct Naming {
-    domain: Option<String>,
+struct NamingRef<'a> {
+    domain: Option<&'a str>,
     name_source: NameSource,
-    sni: Option<String>,
-    alpn: Vec<String>,
-    fingerprint: Option<String>,
+    sni: Option<&'a str>,
+    alpn: &'a [String],
+    fingerprint: Option<&'a str>,
 }
 
 /// What the capture says about the device that initiated the flows; the
@@ -476,24 +476,26 @@ impl FlowTable {
         counts.hint()
     }
 
-    /// How a connection's destination is named, by the attribution order.
-    fn naming(&self, conn: &Conn) -> Naming {
+    /// How a connection's destination is named, by the attribution order;
+    /// borrowed, so that summing connections copies a name only where it is
+    /// kept.
+    fn naming_ref<'a>(&'a self, conn: &'a Conn) -> NamingRef<'a> {
         let (sni, alpn, hello_source, fingerprint) = match &conn.hello {
-            HelloState::Found(h, source) => (h.sni.clone(), h.alpn.clone(), *source, h.fingerprint.clone()),
-            _ => (None, Vec::new(), NameSource::None, None),
+            HelloState::Found(h, source) => (h.sni.as_deref(), h.alpn.as_slice(), *source, h.fingerprint.as_deref()),
+            _ => (None, &[][..], NameSource::None, None),
         };
-        let dns_name =
-            conn.dns_name.as_deref().map(str::to_string).or_else(|| self.dns.get(&conn.responder.ip).cloned());
-        let (domain, name_source) = if let Some(s) = &sni {
-            (Some(s.clone()), hello_source)
+        let (domain, name_source) = if let Some(s) = sni {
+            (Some(s), hello_source)
         } else if let Some(h) = &conn.http_host {
-            (Some(h.to_string()), NameSource::Http)
-        } else if let Some(d) = dns_name {
+            (Some(&**h), NameSource::Http)
+        } else if let Some(d) =
+            conn.dns_name.as_deref().or_else(|| self.dns.get(&conn.responder.ip).map(String::as_str))
+        {
             (Some(d), NameSource::Dns)
         } else {
             (None, NameSource::None)
         };
-        Naming { domain, name_source, sni, alpn, fingerprint }
+        NamingRef { domain, name_source, sni, alpn, fingerprint }
     }
 
     /// Moves finished connections into a new table, with every DNS lookup
@@ -567,7 +569,7 @@ impl FlowTable {
             .all
             .iter()
             .map(|c| {
-                let Naming { domain, name_source, alpn, .. } = self.naming(c);
+                let NamingRef { domain, name_source, alpn, .. } = self.naming_ref(c);
                 let src = (c.initiator.ip, c.initiator.port);
                 let dst = (c.responder.ip, c.responder.port);
                 Connection {
@@ -585,9 +587,9 @@ impl FlowTable {
                     payload_bytes_in: c.bytes_in,
                     first_us: c.first_us,
                     last_us: c.last_us,
-                    domain,
+                    domain: domain.map(str::to_string),
                     name_source,
-                    alpn,
+                    alpn: alpn.to_vec(),
                 }
             })
             .collect();
@@ -621,13 +623,14 @@ impl FlowTable {
 /// time order, whichever table a connection came in.
 #[derive(Debug)]
 pub struct FlowSums<K> {
-    by_dest: HashMap<DestKey<K>, DestSums>,
-    groups: std::collections::BTreeMap<K, Vec<FlowSummary>>,
+    by_dest: FxHashMap<DestKey<K>, DestSums>,
+    /// Every destination's flow, in order of first sight.
+    flows: Vec<FlowSummary>,
 }
 
 #[derive(Debug)]
 struct DestSums {
-    /// Index in the group's list.
+    /// Index in `flows`.
     index: usize,
     /// Start of each connection summed in.
     starts: Vec<i64>,
@@ -638,7 +641,7 @@ struct DestSums {
 
 impl<K> Default for FlowSums<K> {
     fn default() -> Self {
-        Self { by_dest: HashMap::new(), groups: std::collections::BTreeMap::new() }
+        Self { by_dest: FxHashMap::default(), flows: Vec::new() }
     }
 }
 
@@ -648,14 +651,13 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
         for conn in &table.all {
             let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
             let Some(g) = group(origin, conn.first_us) else { continue };
-            let Naming { domain, name_source, sni, alpn, fingerprint } = table.naming(conn);
-            let encrypted = is_encrypted_dns(conn.responder.port, domain.as_deref());
-            let dest = (g.clone(), conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
-            let out = self.groups.entry(g).or_default();
+            let n = table.naming_ref(conn);
+            let encrypted = is_encrypted_dns(conn.responder.port, n.domain);
+            let dest = (g, conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
             match self.by_dest.get_mut(&dest) {
                 Some(d) => {
                     d.starts.push(conn.first_us);
-                    let f = &mut out[d.index];
+                    let f = &mut self.flows[d.index];
                     f.connections += 1;
                     f.encrypted_dns |= encrypted;
                     f.first_us = f.first_us.min(conn.first_us);
@@ -664,28 +666,29 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                     f.bytes_in += conn.bytes_in;
                     f.packets_out += conn.packets_out;
                     f.packets_in += conn.packets_in;
-                    if name_source > f.name_source || (name_source == f.name_source && conn.first_us < d.domain_from_us)
+                    if n.name_source > f.name_source
+                        || (n.name_source == f.name_source && conn.first_us < d.domain_from_us)
                     {
-                        f.domain = domain;
-                        f.name_source = name_source;
+                        f.domain = n.domain.map(str::to_string);
+                        f.name_source = n.name_source;
                         d.domain_from_us = conn.first_us;
                     }
-                    if sni.is_some() && (f.sni.is_none() || conn.first_us < d.sni_from_us) {
-                        f.sni = sni;
-                        f.alpn = alpn;
-                        f.fingerprint = fingerprint;
+                    if n.sni.is_some() && (f.sni.is_none() || conn.first_us < d.sni_from_us) {
+                        f.sni = n.sni.map(str::to_string);
+                        f.alpn = n.alpn.to_vec();
+                        f.fingerprint = n.fingerprint.map(str::to_string);
                         d.sni_from_us = conn.first_us;
                     }
                 }
                 None => {
                     let sums = DestSums {
-                        index: out.len(),
+                        index: self.flows.len(),
                         starts: vec![conn.first_us],
                         domain_from_us: conn.first_us,
                         sni_from_us: conn.first_us,
                     };
                     self.by_dest.insert(dest, sums);
-                    out.push(FlowSummary {
+                    self.flows.push(FlowSummary {
                         dst_ip: conn.responder.ip,
                         dst_port: conn.responder.port,
                         transport: conn.transport,
@@ -695,13 +698,13 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                         bytes_in: conn.bytes_in,
                         packets_out: conn.packets_out,
                         packets_in: conn.packets_in,
-                        domain,
-                        name_source,
+                        domain: n.domain.map(str::to_string),
+                        name_source: n.name_source,
                         encrypted_dns: encrypted,
-                        sni,
-                        alpn,
+                        sni: n.sni.map(str::to_string),
+                        alpn: n.alpn.to_vec(),
                         app: conn.app.as_deref().map(str::to_string),
-                        fingerprint,
+                        fingerprint: n.fingerprint.map(str::to_string),
                         connections: 1,
                         interval_mean_s: 0.0,
                         interval_cv: 0.0,
@@ -714,12 +717,18 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
     /// The flows per group, each group's in order of first contact, with
     /// the gaps between connection starts worked out.
     pub fn finish(self) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
-        let Self { by_dest, mut groups } = self;
-        for (dest, mut d) in by_dest {
-            let Some(f) = groups.get_mut(&dest.0).and_then(|out| out.get_mut(d.index)) else { continue };
-            d.starts.sort_unstable();
+        let Self { by_dest, flows } = self;
+        let mut slots: Vec<Option<FlowSummary>> = flows.into_iter().map(Some).collect();
+        // In order of first sight, which the stable sort below keeps for
+        // equal first packets.
+        let mut dests: Vec<(usize, K, Vec<i64>)> = by_dest.into_iter().map(|(k, d)| (d.index, k.0, d.starts)).collect();
+        dests.sort_unstable_by_key(|d| d.0);
+        let mut groups: std::collections::BTreeMap<K, Vec<FlowSummary>> = std::collections::BTreeMap::new();
+        for (index, group, mut starts) in dests {
+            let Some(mut f) = slots.get_mut(index).and_then(Option::take) else { continue };
+            starts.sort_unstable();
             let (mut n, mut sum, mut sumsq) = (0u64, 0.0f64, 0.0f64);
-            for w in d.starts.windows(2) {
+            for w in starts.windows(2) {
                 let gap = (w[1] - w[0]) as f64 / 1e6;
                 n += 1;
                 sum += gap;
@@ -733,6 +742,7 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                     f.interval_cv = var.sqrt() / mean;
                 }
             }
+            groups.entry(group).or_default().push(f);
         }
         for out in groups.values_mut() {
             out.sort_by_key(|f| f.first_us);
