@@ -572,41 +572,42 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     let mut read_ok = 0usize;
     if let Some(lan_labels) = lan_labels {
         for file in &args.files {
-            match import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS) {
-                Ok(boots) => {
+            let mut devices = std::collections::BTreeSet::new();
+            let (mut boots, mut records, mut dropped, mut sink_failed) = (0usize, 0usize, 0u64, false);
+            let imported = import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS, |b| {
+                let vendor = b
+                    .import
+                    .batches
+                    .first()
+                    .and_then(|x| x.device.as_ref())
+                    .map(|d| format!("{} {}", d.vendor, d.model));
+                eprintln!(
+                    "  device {} ({}): {} records, boot time: {}",
+                    b.device.describe(),
+                    vendor.unwrap_or_default(),
+                    b.import.record_count(),
+                    b.import.boot_source.short_name()
+                );
+                devices.insert(b.device);
+                boots += 1;
+                records += b.import.record_count();
+                dropped += b.import.anonymiser.dropped_non_public;
+                let put = sink.put(&b.import.batches);
+                sink_failed = put.is_err();
+                put
+            });
+            match imported {
+                // The spool or stdout failed: no use reading on.
+                Err(e) if sink_failed => return Err(e),
+                Ok(c) => {
                     read_ok += 1;
-                    if let Some(first) = boots.first() {
-                        let devices: std::collections::BTreeSet<_> = boots.iter().map(|b| b.device).collect();
-                        let records: usize = boots.iter().map(|b| b.import.record_count()).sum();
-                        let dropped: u64 = boots.iter().map(|b| b.import.anonymiser.dropped_non_public).sum();
-                        let c = &first.import.capture;
-                        eprintln!(
-                            "{}: {} packets read, {} skipped, {} LAN devices, {} boots, {records} records; {dropped} non-public destinations dropped",
-                            file.display(),
-                            c.frames,
-                            c.skipped_total(),
-                            devices.len(),
-                            boots.len()
-                        );
-                    }
-                    for b in &boots {
-                        let vendor = b
-                            .import
-                            .batches
-                            .first()
-                            .and_then(|x| x.device.as_ref())
-                            .map(|d| format!("{} {}", d.vendor, d.model));
-                        eprintln!(
-                            "  device {} ({}): {} records, boot time: {}",
-                            b.device.describe(),
-                            vendor.unwrap_or_default(),
-                            b.import.record_count(),
-                            b.import.boot_source.short_name()
-                        );
-                    }
-                    for b in &boots {
-                        sink.put(&b.import.batches)?;
-                    }
+                    eprintln!(
+                        "{}: {} packets read, {} skipped, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped",
+                        file.display(),
+                        c.frames,
+                        c.skipped_total(),
+                        devices.len(),
+                    );
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

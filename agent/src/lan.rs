@@ -17,6 +17,7 @@ use leakwatch_proto::v1::{BootSource, DeviceInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::anonymiser::{AnonymiserStats, is_non_public};
+use crate::capture::CaptureStats;
 use crate::flow::{DnsLookup, FlowSums, FlowTable, Origin};
 use crate::import::{ImportedCapture, boot_records, build_batches, hash_file, read_capture_swept};
 use crate::state::AgentState;
@@ -250,11 +251,13 @@ impl LanSums {
         }
     }
 
-    /// One [`LanBoot`] per device and boot. `boot_salt` makes boot
+    /// One [`LanBoot`] per device and boot, handed to `each` in turn (so
+    /// that one boot's batches are held at a time). `boot_salt` makes boot
     /// pseudonyms (and so batch ids) unique to the capture (a file's
     /// content hash, a live run's random nonce); `part` numbers a live
     /// capture's report intervals.
-    pub fn boots(
+    #[allow(clippy::too_many_arguments)]
+    pub fn boots<E>(
         self,
         labels: &LanLabels,
         state: &AgentState,
@@ -262,14 +265,14 @@ impl LanSums {
         batch_records: usize,
         part: Option<u64>,
         template: &ImportedCapture,
-    ) -> Vec<LanBoot> {
+        mut each: impl FnMut(LanBoot) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let Self { flows, mut lookups } = self;
         let mut flows = flows.finish();
         let mut groups: Vec<BootGroup> = flows.keys().chain(lookups.keys()).copied().collect();
         groups.sort_unstable();
         groups.dedup();
 
-        let mut out = Vec::new();
         for group @ (key, boot_us, boot_source) in groups {
             let label = match key {
                 LanDeviceKey::Mac(mac) => labels.get(mac),
@@ -311,7 +314,7 @@ impl LanSums {
                 boot_source,
             };
             let batches = build_batches(records, &device, state, batch_records, part);
-            out.push(LanBoot {
+            each(LanBoot {
                 device: key,
                 import: ImportedCapture {
                     anonymiser: anon,
@@ -319,21 +322,23 @@ impl LanSums {
                     batches,
                     ..template.clone()
                 },
-            });
+            })?;
         }
-        out
+        Ok(())
     }
 }
 
-/// Imports a LAN capture: one [`LanBoot`] per device and boot. The file is
-/// summed up as it is read (see [`read_capture_swept`]).
+/// Imports a LAN capture: one [`LanBoot`] per device and boot, handed to
+/// `each` in turn; returns what the reader saw. The file is summed up as it
+/// is read (see [`read_capture_swept`]).
 pub fn import_lan(
     path: &Path,
     labels: &LanLabels,
     explicit_boot_us: Option<i64>,
     state: &AgentState,
     batch_records: usize,
-) -> Result<Vec<LanBoot>> {
+    each: impl FnMut(LanBoot) -> Result<()>,
+) -> Result<CaptureStats> {
     let mut tracker = LanBootTracker::new(explicit_boot_us);
     let mut sums = LanSums::default();
     let mut untracked_connections = 0;
@@ -353,7 +358,8 @@ pub fn import_lan(
         untracked_connections,
     };
     let content_hash = hash_file(path)?;
-    Ok(sums.boots(labels, state, &content_hash, batch_records, None, &template))
+    sums.boots(labels, state, &content_hash, batch_records, None, &template, each)?;
+    Ok(template.capture)
 }
 
 #[cfg(test)]

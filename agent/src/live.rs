@@ -494,8 +494,12 @@ impl Harvester {
             };
             let mut sums = crate::lan::LanSums::default();
             sums.add(&mut done, tracker);
-            let boots = sums.boots(labels, &self.state, nonce, self.batch_records, Some(self.seq), &template);
-            let batches: Vec<ReportBatch> = boots.into_iter().flat_map(|b| b.import.batches).collect();
+            let mut batches: Vec<ReportBatch> = Vec::new();
+            let _: std::result::Result<(), std::convert::Infallible> =
+                sums.boots(labels, &self.state, nonce, self.batch_records, Some(self.seq), &template, |b| {
+                    batches.extend(b.import.batches);
+                    Ok(())
+                });
             self.records += batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
             return batches;
         }

@@ -624,14 +624,16 @@ impl FlowTable {
 #[derive(Debug)]
 pub struct FlowSums<K> {
     by_dest: FxHashMap<DestKey<K>, DestSums>,
-    /// Every destination's flow, in order of first sight.
-    flows: Vec<FlowSummary>,
+    /// Each group's index in `flows`.
+    groups: FxHashMap<K, usize>,
+    /// Each group's flows, in order of first sight.
+    flows: Vec<Vec<FlowSummary>>,
 }
 
 #[derive(Debug)]
 struct DestSums {
-    /// Index in `flows`.
-    index: usize,
+    /// Where its flow is: group, then index in the group's list.
+    at: (usize, usize),
     /// Start of each connection summed in.
     starts: Vec<i64>,
     /// First packet of the connection that gave the domain and the SNI.
@@ -641,7 +643,7 @@ struct DestSums {
 
 impl<K> Default for FlowSums<K> {
     fn default() -> Self {
-        Self { by_dest: FxHashMap::default(), flows: Vec::new() }
+        Self { by_dest: FxHashMap::default(), groups: FxHashMap::default(), flows: Vec::new() }
     }
 }
 
@@ -657,7 +659,7 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
             match self.by_dest.get_mut(&dest) {
                 Some(d) => {
                     d.starts.push(conn.first_us);
-                    let f = &mut self.flows[d.index];
+                    let f = &mut self.flows[d.at.0][d.at.1];
                     f.connections += 1;
                     f.encrypted_dns |= encrypted;
                     f.first_us = f.first_us.min(conn.first_us);
@@ -681,14 +683,20 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                     }
                 }
                 None => {
+                    let next = self.flows.len();
+                    let group = *self.groups.entry(dest.0.clone()).or_insert(next);
+                    if group == next {
+                        self.flows.push(Vec::new());
+                    }
+                    let out = &mut self.flows[group];
                     let sums = DestSums {
-                        index: self.flows.len(),
+                        at: (group, out.len()),
                         starts: vec![conn.first_us],
                         domain_from_us: conn.first_us,
                         sni_from_us: conn.first_us,
                     };
                     self.by_dest.insert(dest, sums);
-                    self.flows.push(FlowSummary {
+                    out.push(FlowSummary {
                         dst_ip: conn.responder.ip,
                         dst_port: conn.responder.port,
                         transport: conn.transport,
@@ -717,15 +725,10 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
     /// The flows per group, each group's in order of first contact, with
     /// the gaps between connection starts worked out.
     pub fn finish(self) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
-        let Self { by_dest, flows } = self;
-        let mut slots: Vec<Option<FlowSummary>> = flows.into_iter().map(Some).collect();
-        // In order of first sight, which the stable sort below keeps for
-        // equal first packets.
-        let mut dests: Vec<(usize, K, Vec<i64>)> = by_dest.into_iter().map(|(k, d)| (d.index, k.0, d.starts)).collect();
-        dests.sort_unstable_by_key(|d| d.0);
-        let mut groups: std::collections::BTreeMap<K, Vec<FlowSummary>> = std::collections::BTreeMap::new();
-        for (index, group, mut starts) in dests {
-            let Some(mut f) = slots.get_mut(index).and_then(Option::take) else { continue };
+        let Self { by_dest, groups, mut flows } = self;
+        for (_, d) in by_dest {
+            let Some(f) = flows.get_mut(d.at.0).and_then(|out| out.get_mut(d.at.1)) else { continue };
+            let mut starts = d.starts;
             starts.sort_unstable();
             let (mut n, mut sum, mut sumsq) = (0u64, 0.0f64, 0.0f64);
             for w in starts.windows(2) {
@@ -742,12 +745,15 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                     f.interval_cv = var.sqrt() / mean;
                 }
             }
-            groups.entry(group).or_default().push(f);
-        }
-        for out in groups.values_mut() {
-            out.sort_by_key(|f| f.first_us);
         }
         groups
+            .into_iter()
+            .map(|(group, i)| {
+                let mut out = std::mem::take(&mut flows[i]);
+                out.sort_by_key(|f| f.first_us);
+                (group, out)
+            })
+            .collect()
     }
 }
 
