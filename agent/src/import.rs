@@ -97,6 +97,19 @@ pub struct ReadCapture {
 /// not a capture or nothing in it could be read.
 pub fn read_capture(path: &Path) -> Result<ReadCapture> {
     let mut table = FlowTable::new();
+    let (stats, first_ts_us) = read_packets(path, &mut table, |_, _| {})?;
+    Ok(ReadCapture { table, stats, first_ts_us })
+}
+
+/// Adds every packet of `path` to `table`, calling `after` with the table
+/// and the capture time after each frame. Returns what the reader saw and
+/// the first packet's time; fails when the file is not a capture or
+/// nothing in it could be read.
+fn read_packets(
+    path: &Path,
+    table: &mut FlowTable,
+    mut after: impl FnMut(&mut FlowTable, i64),
+) -> Result<(CaptureStats, Option<i64>)> {
     let mut first_ts: Option<i64> = None;
     let mut last_ts = 0i64;
     let stats = capture::read_capture_file(path, |frame, stats| {
@@ -107,13 +120,14 @@ pub fn read_capture(path: &Path) -> Result<ReadCapture> {
         if let Some(packet) = capture::decode(frame, last_ts, stats) {
             table.add(&packet);
         }
+        after(table, last_ts);
     })?;
     if stats.frames == 0
         && let Some(reason) = &stats.stopped_by
     {
         return Err(Error::NotACapture { path: path.to_path_buf(), reason: reason.clone() });
     }
-    Ok(ReadCapture { table, stats, first_ts_us: first_ts })
+    Ok((stats, first_ts))
 }
 
 /// Capture time between two sweeps of idle connections while a file is
@@ -132,30 +146,16 @@ pub fn read_capture_swept(
     mut on_done: impl FnMut(&FlowTable, FlowTable),
 ) -> Result<(CaptureStats, Option<i64>)> {
     let mut table = FlowTable::new();
-    let mut first_ts: Option<i64> = None;
-    let mut last_ts = 0i64;
     let mut swept_at: Option<i64> = None;
-    let stats = capture::read_capture_file(path, |frame, stats| {
-        if let Some(ts) = frame.ts_us {
-            first_ts.get_or_insert(ts);
-            last_ts = ts;
-        }
-        if let Some(packet) = capture::decode(frame, last_ts, stats) {
-            table.add(&packet);
-        }
-        let since = *swept_at.get_or_insert(last_ts);
-        if last_ts - since >= SWEEP_EVERY_US {
-            swept_at = Some(last_ts);
-            let done = table.drain_idle(last_ts);
-            on_done(&table, done);
+    let (stats, first_ts) = read_packets(path, &mut table, |table, now| {
+        let since = *swept_at.get_or_insert(now);
+        if now - since >= SWEEP_EVERY_US {
+            swept_at = Some(now);
+            let done = table.drain_idle(now);
+            on_done(table, done);
         }
     })?;
-    if stats.frames == 0
-        && let Some(reason) = &stats.stopped_by
-    {
-        return Err(Error::NotACapture { path: path.to_path_buf(), reason: reason.clone() });
-    }
-    let done = table.drain_finished(last_ts, true);
+    let done = table.drain_finished(i64::MAX, true);
     on_done(&table, done);
     Ok((stats, first_ts))
 }
