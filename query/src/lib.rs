@@ -15,6 +15,7 @@
 //! tail as rows ([`FlowRow`]).
 
 pub mod format;
+pub mod materialise;
 pub mod rules;
 mod schema;
 mod session;

@@ -8,9 +8,10 @@ use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemTable;
-use datafusion::common::ScalarValue;
+use datafusion::common::{ScalarValue, TableReference};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -269,16 +270,59 @@ impl QuerySession {
 
     /// Runs one read-only statement and collects its result, within the
     /// time limit.
+    ///
+    /// Common table expressions the query references more than once are
+    /// computed once each, before it (see [`crate::materialise`]).
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        // Planned as written first: its errors name what the analyst wrote.
         let plan = self.plan(sql).await?;
         let run = async {
-            let df = self.ctx.execute_logical_plan(plan).await?;
-            df.collect().await.map_err(Error::from)
+            static QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let prefix = format!("__leakwatch_cte_{}", QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            match crate::materialise::split(sql, &prefix) {
+                Some(steps) => self.run_steps(steps).await,
+                None => Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?),
+            }
         };
         match tokio::time::timeout(self.timeout, run).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout(self.timeout)),
         }
+    }
+
+    /// Runs `steps`: each table into memory (counted against the memory
+    /// limit), then the query; the tables are dropped after it, or when the
+    /// run is cancelled.
+    async fn run_steps(&self, steps: crate::materialise::Steps) -> Result<Vec<RecordBatch>> {
+        /// Drops the step tables when the run ends, however it ends.
+        struct Tables<'a>(&'a SessionContext, Vec<String>);
+        impl Drop for Tables<'_> {
+            fn drop(&mut self) {
+                for name in &self.1 {
+                    let _ = self.0.deregister_table(TableReference::bare(name.as_str()));
+                }
+            }
+        }
+        let pool = &self.ctx.runtime_env().memory_pool;
+        let reservation = MemoryConsumer::new("common table expressions computed once").register(pool);
+        let mut tables = Tables(&self.ctx, Vec::new());
+        let partitions = self.ctx.copied_config().target_partitions().max(1);
+        for (name, sql) in steps.tables {
+            let df = self.ctx.execute_logical_plan(self.plan(&sql).await?).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            reservation.try_grow(batches.iter().map(RecordBatch::get_array_memory_size).sum())?;
+            let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+            for (i, batch) in batches.into_iter().enumerate() {
+                parts[i % partitions].push(batch);
+            }
+            let table = MemTable::try_new(schema, parts)?;
+            self.ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table))?;
+            tables.1.push(name);
+        }
+        let batches = self.ctx.execute_logical_plan(self.plan(&steps.query).await?).await?.collect().await?;
+        drop(tables);
+        Ok(batches)
     }
 
     /// The time limit of each query.
@@ -437,6 +481,54 @@ mod tests {
         assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
         // The session stays usable.
         assert_eq!(session.sql("SELECT 1").await.expect("small query").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ctes_referenced_twice_run_once_with_the_same_result_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut batch = FlowBatchBuilder::new();
+        for (domain, device) in [("a.example", "d1"), ("a.example", "d2"), ("b.example", "d1"), ("a.example", "d1")] {
+            batch.push(FlowRow { domain: domain.into(), device_pseudonym: device.into(), ..Default::default() });
+        }
+        let tail = TailSnapshot { watermark: 0, batches: vec![batch.finish()] };
+        let factory = SessionFactory::new(QueryConfig::default(), dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let repeated = "WITH Contacts AS (SELECT DISTINCT domain, device_pseudonym FROM flows), \
+                        reach AS (SELECT domain, count(*) AS d FROM contacts GROUP BY domain) \
+                        SELECT r.domain, r.d, c.device_pseudonym FROM reach r JOIN contacts c ON c.domain = r.domain \
+                        WHERE r.d >= (SELECT min(d) FROM reach) ORDER BY 1, 3";
+        assert!(crate::materialise::split(repeated, "t").is_some(), "the query has CTEs to compute once");
+        let inlined = "SELECT r.domain, r.d, c.device_pseudonym \
+                       FROM (SELECT domain, count(*) AS d FROM (SELECT DISTINCT domain, device_pseudonym FROM flows) \
+                             GROUP BY domain) r \
+                       JOIN (SELECT DISTINCT domain, device_pseudonym FROM flows) c ON c.domain = r.domain ORDER BY 1, 3";
+        let want = "domain,d,device_pseudonym\na.example,2,d1\na.example,2,d2\nb.example,1,d1\n";
+        assert_eq!(count(&factory, inlined).await, want);
+        let session = factory.session().await.expect("session");
+        let got = session.sql(repeated).await.expect("repeated CTEs");
+        assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), want);
+        let tables = session
+            .sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '%cte%'")
+            .await
+            .expect("tables");
+        assert_eq!(crate::format::render(&tables, crate::format::OutputFormat::Csv).expect("render"), "n\n0\n");
+
+        // A computed CTE counts against the memory limit.
+        let config = QueryConfig { memory_limit_bytes: 64 * 1024, ..QueryConfig::default() };
+        let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 20_000)] };
+        let factory = SessionFactory::new(config, dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let session = factory.session().await.expect("session");
+        // Counting streams: only the computed table holds memory.
+        let sql = "WITH d AS (SELECT device_pseudonym || domain AS k FROM flows) \
+                   SELECT (SELECT count(k) FROM d) + (SELECT count(*) FROM d) AS n";
+        let inlined = "SELECT (SELECT count(k) FROM (SELECT device_pseudonym || domain AS k FROM flows)) AS n";
+        assert_eq!(session.sql(inlined).await.expect("within the limit").len(), 1);
+        let err = session.sql(sql).await.expect_err("over the memory limit");
+        assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
+        let tables = session
+            .sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '%cte%'")
+            .await
+            .expect("tables");
+        assert_eq!(crate::format::render(&tables, crate::format::OutputFormat::Csv).expect("render"), "n\n0\n");
     }
 
     #[tokio::test]
