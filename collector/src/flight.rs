@@ -173,10 +173,14 @@ impl FlightSql {
         let timeout = session.timeout();
         self.queries.spawn(async move {
             let deadline = tokio::time::Instant::now() + timeout;
-            let stream = match session.execute(plan, params).await {
-                Ok(s) => s,
-                Err(e) => {
+            let stream = match tokio::time::timeout_at(deadline, session.execute_sql(&sql, plan, params)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     let _ = tx.send(Err(status(e))).await;
+                    return;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err(status(leakwatch_query::Error::Timeout(timeout)))).await;
                     return;
                 }
             };

@@ -290,39 +290,60 @@ impl QuerySession {
         }
     }
 
-    /// Runs `steps`: each table into memory (counted against the memory
-    /// limit), then the query; the tables are dropped after it, or when the
-    /// run is cancelled.
-    async fn run_steps(&self, steps: crate::materialise::Steps) -> Result<Vec<RecordBatch>> {
-        /// Drops the step tables when the run ends, however it ends.
-        struct Tables<'a>(&'a SessionContext, Vec<String>);
-        impl Drop for Tables<'_> {
-            fn drop(&mut self) {
-                for name in &self.1 {
-                    let _ = self.0.deregister_table(TableReference::bare(name.as_str()));
-                }
-            }
-        }
+    /// Computes the tables of `steps` into memory (counted against the
+    /// memory limit); they stay registered until the returned guard drops.
+    async fn step_tables(&self, tables: Vec<(String, String)>) -> Result<StepTables> {
         let pool = &self.ctx.runtime_env().memory_pool;
         let reservation = MemoryConsumer::new("common table expressions computed once").register(pool);
-        let mut tables = Tables(&self.ctx, Vec::new());
+        let mut guard = StepTables { ctx: self.ctx.clone(), names: Vec::new(), reservation };
         let partitions = self.ctx.copied_config().target_partitions().max(1);
-        for (name, sql) in steps.tables {
+        for (name, sql) in tables {
             let df = self.ctx.execute_logical_plan(self.plan(&sql).await?).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await?;
-            reservation.try_grow(batches.iter().map(RecordBatch::get_array_memory_size).sum())?;
+            guard.reservation.try_grow(batches.iter().map(RecordBatch::get_array_memory_size).sum())?;
             let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
             for (i, batch) in batches.into_iter().enumerate() {
                 parts[i % partitions].push(batch);
             }
             let table = MemTable::try_new(schema, parts)?;
             self.ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table))?;
-            tables.1.push(name);
+            guard.names.push(name);
         }
+        Ok(guard)
+    }
+
+    /// Runs `steps`: the tables, then the query; the tables are dropped
+    /// after it, or when the run is cancelled.
+    async fn run_steps(&self, steps: crate::materialise::Steps) -> Result<Vec<RecordBatch>> {
+        let tables = self.step_tables(steps.tables).await?;
         let batches = self.ctx.execute_logical_plan(self.plan(&steps.query).await?).await?.collect().await?;
         drop(tables);
         Ok(batches)
+    }
+
+    /// [`Self::execute`] for a statement whose text is at hand: without
+    /// parameters, its repeated common table expressions are computed once
+    /// first (see [`crate::materialise`]), and dropped with the stream.
+    pub async fn execute_sql(
+        &self,
+        sql: &str,
+        plan: LogicalPlan,
+        params: Vec<ScalarValue>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+        let steps = match params.is_empty() {
+            true => crate::materialise::split(sql, &step_prefix()),
+            false => None,
+        };
+        let Some(steps) = steps else { return self.execute(plan, params).await };
+        let tables = self.step_tables(steps.tables).await?;
+        let stream = self.execute(self.plan(&steps.query).await?, Vec::new()).await?;
+        Ok(stream
+            .map(move |batch| {
+                let _kept_until_the_stream_ends = &tables;
+                batch
+            })
+            .boxed())
     }
 
     /// The time limit of each query.
@@ -334,6 +355,28 @@ impl QuerySession {
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
+}
+
+/// Tables computed for one query; dropped (and their memory released)
+/// with this guard.
+struct StepTables {
+    ctx: SessionContext,
+    names: Vec<String>,
+    reservation: datafusion::execution::memory_pool::MemoryReservation,
+}
+
+impl Drop for StepTables {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = self.ctx.deregister_table(TableReference::bare(name.as_str()));
+        }
+    }
+}
+
+/// A table name prefix no other query run uses.
+fn step_prefix() -> String {
+    static QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("__leakwatch_cte_{}", QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// `schema` with view types replaced by their plain counterparts.
@@ -505,6 +548,16 @@ mod tests {
         assert_eq!(count(&factory, inlined).await, want);
         let session = factory.session().await.expect("session");
         let got = session.sql(repeated).await.expect("repeated CTEs");
+        assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), want);
+        let tables = session
+            .sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '%cte%'")
+            .await
+            .expect("tables");
+        assert_eq!(crate::format::render(&tables, crate::format::OutputFormat::Csv).expect("render"), "n\n0\n");
+        // The streaming path (Flight SQL) too, its tables dropped with the stream.
+        let plan = session.plan(repeated).await.expect("plan");
+        let stream = session.execute_sql(repeated, plan, Vec::new()).await.expect("stream");
+        let got: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await.expect("batches");
         assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), want);
         let tables = session
             .sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '%cte%'")
