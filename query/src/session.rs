@@ -277,9 +277,7 @@ impl QuerySession {
         // Planned as written first: its errors name what the analyst wrote.
         let plan = self.plan(sql).await?;
         let run = async {
-            static QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let prefix = format!("__leakwatch_cte_{}", QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-            match crate::materialise::split(sql, &prefix) {
+            match crate::materialise::split(sql, &step_prefix()) {
                 Some(steps) => self.run_steps(steps).await,
                 None => Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?),
             }
