@@ -524,6 +524,12 @@ mod tests {
         assert_eq!(session.sql("SELECT 1").await.expect("small query").len(), 1);
     }
 
+    async fn assert_no_step_tables(session: &QuerySession) {
+        let sql = "SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '__leakwatch_cte%'";
+        let tables = session.sql(sql).await.expect("tables");
+        assert_eq!(crate::format::render(&tables, crate::format::OutputFormat::Csv).expect("render"), "n\n0\n");
+    }
+
     #[tokio::test]
     async fn ctes_referenced_twice_run_once_with_the_same_result_and_leave_nothing_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -547,21 +553,13 @@ mod tests {
         let session = factory.session().await.expect("session");
         let got = session.sql(repeated).await.expect("repeated CTEs");
         assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), want);
-        let tables = session
-            .sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '%cte%'")
-            .await
-            .expect("tables");
-        assert_eq!(crate::format::render(&tables, crate::format::OutputFormat::Csv).expect("render"), "n\n0\n");
+        assert_no_step_tables(&session).await;
         // The streaming path (Flight SQL) too, its tables dropped with the stream.
         let plan = session.plan(repeated).await.expect("plan");
         let stream = session.execute_sql(repeated, plan, Vec::new()).await.expect("stream");
         let got: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await.expect("batches");
         assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), want);
-        let tables = session
-            .sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '%cte%'")
-            .await
-            .expect("tables");
-        assert_eq!(crate::format::render(&tables, crate::format::OutputFormat::Csv).expect("render"), "n\n0\n");
+        assert_no_step_tables(&session).await;
 
         // A computed CTE counts against the memory limit.
         let config = QueryConfig { memory_limit_bytes: 64 * 1024, ..QueryConfig::default() };
@@ -575,11 +573,7 @@ mod tests {
         assert_eq!(session.sql(inlined).await.expect("within the limit").len(), 1);
         let err = session.sql(sql).await.expect_err("over the memory limit");
         assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
-        let tables = session
-            .sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '%cte%'")
-            .await
-            .expect("tables");
-        assert_eq!(crate::format::render(&tables, crate::format::OutputFormat::Csv).expect("render"), "n\n0\n");
+        assert_no_step_tables(&session).await;
     }
 
     #[tokio::test]
