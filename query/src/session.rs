@@ -299,7 +299,7 @@ impl QuerySession {
             let df = self.ctx.execute_logical_plan(self.plan(&sql).await?).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await?;
-            guard.reservation.try_grow(batches.iter().map(RecordBatch::get_array_memory_size).sum())?;
+            guard.reservation.try_grow(held_bytes(&batches))?;
             let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
             for (i, batch) in batches.into_iter().enumerate() {
                 parts[i % partitions].push(batch);
@@ -369,6 +369,29 @@ impl Drop for StepTables {
             let _ = self.ctx.deregister_table(TableReference::bare(name.as_str()));
         }
     }
+}
+
+/// Bytes `batches` hold, each allocation counted once: the batches of one
+/// result often slice the same buffers, which
+/// [`RecordBatch::get_array_memory_size`] would count once per batch.
+fn held_bytes(batches: &[RecordBatch]) -> usize {
+    fn visit(data: &arrow::array::ArrayData, seen: &mut std::collections::HashSet<usize>, total: &mut usize) {
+        let nulls = data.nulls().map(|n| n.buffer());
+        for buffer in data.buffers().iter().chain(nulls) {
+            if seen.insert(buffer.data_ptr().as_ptr() as usize) {
+                *total += buffer.capacity();
+            }
+        }
+        for child in data.child_data() {
+            visit(child, seen, total);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for column in batches.iter().flat_map(RecordBatch::columns) {
+        visit(&column.to_data(), &mut seen, &mut total);
+    }
+    total
 }
 
 /// A table name prefix no other query run uses.
@@ -522,6 +545,15 @@ mod tests {
         assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
         // The session stays usable.
         assert_eq!(session.sql("SELECT 1").await.expect("small query").len(), 1);
+    }
+
+    #[test]
+    fn slices_of_one_result_count_their_buffers_once() {
+        let batch = rows("a.example", 1000);
+        let slices: Vec<RecordBatch> = (0..10).map(|i| batch.slice(i * 100, 100)).collect();
+        assert_eq!(held_bytes(&slices), held_bytes(std::slice::from_ref(&batch)));
+        let naive: usize = slices.iter().map(RecordBatch::get_array_memory_size).sum();
+        assert!(naive >= 5 * held_bytes(&slices), "{naive} vs {}", held_bytes(&slices));
     }
 
     async fn assert_no_step_tables(session: &QuerySession) {
