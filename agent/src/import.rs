@@ -89,16 +89,14 @@ pub struct ReadCapture {
     pub table: FlowTable,
     /// What the reader saw.
     pub stats: CaptureStats,
-    /// Timestamp of the first packet, microseconds since the Unix epoch.
-    pub first_ts_us: Option<i64>,
 }
 
 /// Reads every packet of `path` into a flow table. Fails when the file is
 /// not a capture or nothing in it could be read.
 pub fn read_capture(path: &Path) -> Result<ReadCapture> {
     let mut table = FlowTable::new();
-    let (stats, first_ts_us) = read_packets(path, &mut table, |_, _| {})?;
-    Ok(ReadCapture { table, stats, first_ts_us })
+    let (stats, _) = read_packets(path, &mut table, |_, _| {})?;
+    Ok(ReadCapture { table, stats })
 }
 
 /// Adds every packet of `path` to `table`, calling `after` with the table

@@ -469,13 +469,6 @@ impl FlowTable {
         }
     }
 
-    /// The device that initiated the flows.
-    pub fn device_hint(&self) -> DeviceHint {
-        let mut counts = InitiatorCounts::default();
-        counts.add(self);
-        counts.hint()
-    }
-
     /// How a connection's destination is named, by the attribution order;
     /// borrowed, so that summing connections copies a name only where it is
     /// kept.
@@ -546,8 +539,7 @@ impl FlowTable {
                 true
             }
         });
-        done.lookups = std::mem::take(&mut self.lookups);
-        self.lookup_index.clear();
+        done.lookups = self.take_lookups();
         done.dhcp = std::mem::take(&mut self.dhcp);
         done.untracked_connections = std::mem::take(&mut self.untracked_connections);
         done.dns_errors = std::mem::take(&mut self.dns_errors);
