@@ -240,11 +240,15 @@ pub struct LanSums {
 }
 
 impl LanSums {
-    /// Adds `table`'s connections and lookups to the boots `tracker` puts
-    /// them in (so it must have observed them).
-    pub fn add(&mut self, table: &mut FlowTable, tracker: &LanBootTracker) {
-        self.flows.add(table, |origin, t| tracker.boot_of(origin, t));
-        for l in table.take_lookups() {
+    /// Adds the connections and lookups of `done` (the finished part of a
+    /// table) to the boots `tracker` puts them in, once it has observed
+    /// them and the connections still `open` (a device's first packet may
+    /// be on a connection still open).
+    pub fn add(&mut self, tracker: &mut LanBootTracker, open: &FlowTable, done: &mut FlowTable) {
+        tracker.observe(open);
+        tracker.observe(done);
+        self.flows.add(done, |origin, t| tracker.boot_of(origin, t));
+        for l in done.take_lookups() {
             if let Some(group) = tracker.boot_of(l.origin, l.first_us) {
                 self.lookups.entry(group).or_default().push(l);
             }
@@ -343,11 +347,8 @@ pub fn import_lan(
     let mut sums = LanSums::default();
     let mut untracked_connections = 0;
     let (stats, _) = read_capture_swept(path, |open, mut done| {
-        // A device's first packet may be on a connection still open.
-        tracker.observe(open);
-        tracker.observe(&done);
         untracked_connections += done.untracked_connections;
-        sums.add(&mut done, &tracker);
+        sums.add(&mut tracker, open, &mut done);
     })?;
     let template = ImportedCapture {
         path: path.to_path_buf(),

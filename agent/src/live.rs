@@ -480,9 +480,6 @@ impl Harvester {
     pub fn harvest(&mut self, now_us: i64, everything: bool) -> Vec<ReportBatch> {
         let mut done = self.table.drain_finished(now_us, everything);
         if let Some((tracker, labels, nonce)) = &mut self.lan {
-            // A device's first packet may be on a connection still open.
-            tracker.observe(&self.table);
-            tracker.observe(&done);
             self.seq += 1;
             let template = crate::import::ImportedCapture {
                 path: "live".into(),
@@ -493,7 +490,7 @@ impl Harvester {
                 untracked_connections: 0,
             };
             let mut sums = crate::lan::LanSums::default();
-            sums.add(&mut done, tracker);
+            sums.add(tracker, &self.table, &mut done);
             let mut batches: Vec<ReportBatch> = Vec::new();
             let _: std::result::Result<(), std::convert::Infallible> =
                 sums.boots(labels, &self.state, nonce, self.batch_records, Some(self.seq), &template, |b| {
