@@ -73,13 +73,13 @@ pub fn split(sql: &str, prefix: &str) -> Option<Steps> {
         }
         ControlFlow::<()>::Continue(())
     });
-    let nested_ctes = count_nested_ctes(&query);
+    let nested_ctes = nested_cte_names(&query);
     let chosen: Vec<String> = with
         .cte_tables
         .iter()
-        .filter(|c| c.alias.columns.is_empty())
-        .filter(|c| references.get(&normalised(&c.alias.name)).copied().unwrap_or(0) >= 2)
-        .map(|c| normalised(&c.alias.name))
+        .zip(names)
+        .filter(|(c, n)| c.alias.columns.is_empty() && references.get(n).copied().unwrap_or(0) >= 2)
+        .map(|(_, n)| n)
         .collect();
     if chosen.is_empty() || nested_ctes.iter().any(|n| chosen.contains(n)) {
         return None;
@@ -93,13 +93,11 @@ pub fn split(sql: &str, prefix: &str) -> Option<Steps> {
         type Break = ();
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
             if let TableFactor::Table { name, alias, args: None, .. } = factor
-                && let Some(table) = single_name(name).and_then(|n| self.0.get(&n))
+                && let [ObjectNamePart::Identifier(ident)] = name.0.as_slice()
+                && let Some(table) = self.0.get(&normalised(ident))
             {
-                if alias.is_none()
-                    && let [ObjectNamePart::Identifier(ident)] = name.0.as_slice()
-                {
-                    *alias = Some(TableAlias { explicit: true, name: ident.clone(), columns: Vec::new(), at: None });
-                }
+                let ident = ident.clone();
+                alias.get_or_insert(TableAlias { explicit: true, name: ident, columns: Vec::new(), at: None });
                 *name = ObjectName::from(vec![Ident::with_quote('"', table.clone())]);
             }
             ControlFlow::Continue(())
@@ -135,7 +133,7 @@ pub fn split(sql: &str, prefix: &str) -> Option<Steps> {
 }
 
 /// Names of the CTEs that queries nested in `query` define.
-fn count_nested_ctes(query: &Query) -> Vec<String> {
+fn nested_cte_names(query: &Query) -> Vec<String> {
     struct Names(Vec<String>);
     impl Visitor for Names {
         type Break = ();
