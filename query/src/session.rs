@@ -146,9 +146,11 @@ impl SessionFactory {
             .with_object_store_registry(Arc::new(crate::store::ReadOnlyStore::local(&self.flows_dir).registry()))
             .build_arc()?;
         let mut config = SessionConfig::new().with_information_schema(true);
-        // Analysts and Flight SQL clients get plain Utf8 columns.
+        // Strings are read as views (no copy of each value out of the
+        // Parquet pages, and cheaper grouping and comparing); results reach
+        // analysts and Flight SQL clients as plain Utf8 (`to_boundary`).
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-        config.options_mut().execution.parquet.schema_force_view_types = false;
+        config.options_mut().execution.parquet.schema_force_view_types = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         // No table functions that generate unbounded rows.
         ctx.deregister_udtf("generate_series");
@@ -160,8 +162,9 @@ impl SessionFactory {
         }
 
         let snapshot = self.tail.snapshot().map_err(Error::Tail)?;
-        let schema = flows_schema();
-        let tail = MemTable::try_new(schema.clone(), vec![snapshot.batches])?;
+        let schema = view_schema(&flows_schema());
+        let batches = snapshot.batches.into_iter().map(|b| in_schema(b, &schema)).collect::<Result<Vec<_>>>()?;
+        let tail = MemTable::try_new(schema.clone(), vec![batches])?;
         let files = parquet_files(&self.flows_dir, snapshot.watermark);
         let mut flows = ctx.read_table(Arc::new(tail))?;
         if !files.is_empty() {
@@ -280,16 +283,23 @@ impl QuerySession {
             if let Some(steps) = crate::materialise::split(sql, &step_prefix())
                 && let Some(tables) = self.step_tables(steps.tables).await?
             {
-                let batches = self.ctx.execute_logical_plan(self.plan(&steps.query).await?).await?.collect().await?;
+                let batches = self.collect(self.plan(&steps.query).await?).await;
                 drop(tables);
-                return Ok(batches);
+                return batches;
             }
-            Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
+            self.collect(plan).await
         };
         match tokio::time::timeout(self.timeout, run).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout(self.timeout)),
         }
+    }
+
+    /// All batches of a planned statement, in [`Self::result_schema`].
+    async fn collect(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
+        let schema = Self::result_schema(&plan);
+        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        batches.into_iter().map(|b| to_boundary(b, &schema)).collect()
     }
 
     /// Computes the tables of `steps` into memory (counted against the
@@ -419,8 +429,29 @@ pub fn boundary_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
+/// `schema` with plain strings and binaries replaced by their view types,
+/// as the session reads them.
+fn view_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            DataType::Binary => f.as_ref().clone().with_data_type(DataType::BinaryView),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// `batch` in `schema` (the same columns, view types cast to plain ones).
 fn to_boundary(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    in_schema(batch, schema)
+}
+
+/// `batch` with its columns cast to the types of `schema` (the same
+/// columns in the same order).
+fn in_schema(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema_ref() == schema {
         return Ok(batch);
     }
