@@ -15,15 +15,20 @@ PYTHON ?= python3
 PY_VENV := $(abspath $(or $(CARGO_TARGET_DIR),target))/py-venv
 TEST_PY_PACKAGES := adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1
 BENCH_PY_PACKAGES := duckdb==2.0.0
+# A real S3-compatible server on loopback for the scale-out test, built
+# with cargo beside the build when missing.
+TOOLS := $(abspath $(or $(CARGO_TARGET_DIR),target))/tools
+S3S_FS := $(TOOLS)/bin/s3s-fs
+S3S_FS_VERSION := 0.14.1
 # Crates the agent must never pull in (it stays small).
 AGENT_FORBIDDEN := ^(datafusion|arrow|parquet|rocksdb|librocksdb-sys)( |-)
 
-.PHONY: demo test bench soak deps bench-deps browser-deps check-agent-deps fmt clippy unit py-venv test-py bench-py
+.PHONY: demo test bench soak deps bench-deps browser-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
 
 demo: deps
 	$(CARGO) run --locked -p leakwatch-collector --bin leakwatch -- demo
 
-test: deps browser-deps fmt clippy check-agent-deps test-py unit
+test: deps browser-deps fmt clippy check-agent-deps test-py s3-server unit
 
 bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
@@ -89,6 +94,11 @@ bench-py: py-venv
 	  echo "Installing $(BENCH_PY_PACKAGES) into $(PY_VENV) (pip)"; \
 	  "$(PY_VENV)/bin/python" -m pip install -q --disable-pip-version-check $(BENCH_PY_PACKAGES); }
 
+s3-server:
+	@[ -x "$(S3S_FS)" ] || { \
+	  echo "Installing s3s-fs $(S3S_FS_VERSION) (an S3-compatible test server) into $(TOOLS) (cargo install)"; \
+	  $(CARGO) install -q --locked --root "$(TOOLS)" s3s-fs@$(S3S_FS_VERSION) --features binary; }
+
 fmt:
 	$(CARGO) fmt --all --check
 
@@ -103,9 +113,9 @@ check-agent-deps:
 unit:
 	@set -o pipefail; log=$$(mktemp); \
 	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
-	  LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
+	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
-	  LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
+	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
 	  note=" (tests named external_* skipped: no $(EXTERNAL_TESTDATA))"; \
 	fi; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i; if ($$(i+1) ~ /^filtered/) s += $$i } } \

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::{Copies, bench_dir, env_or, replicate};
 use leakwatch_query::rules::builtin_rules;
-use leakwatch_query::{FilesOnly, QueryConfig, SessionFactory};
+use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, SessionFactory};
 
 /// Per rule: best seconds and rows, from the DuckDB script's JSON lines.
 fn duckdb(python: &str, flows: &Path, sql_dir: &Path, runs: usize) -> Result<BTreeMap<String, (f64, u64)>, String> {
@@ -66,7 +66,8 @@ fn main() {
         );
 
         let config = QueryConfig { memory_limit_bytes: memory_mib << 20, timeout: Duration::from_secs(3600) };
-        let sessions = SessionFactory::new(config, flows.clone(), Arc::new(FilesOnly));
+        let store = FlowStore::local(flows.parent().expect("the flows directory's parent")).expect("store");
+        let sessions = SessionFactory::new(config, store, Arc::new(FilesOnly));
         let sql_dir = dir.path().join("sql");
         std::fs::create_dir_all(&sql_dir).expect("sql dir");
         let mut ours = BTreeMap::new();

@@ -11,7 +11,8 @@ use leakwatch_query::format::OutputFormat;
 use crate::admin;
 use crate::dashboard::{DashboardConfig, Thresholds};
 use crate::demo::{self, DemoOptions};
-use crate::server::{DEFAULT_MAX_MESSAGE_BYTES, ServeConfig, Server};
+use crate::flusher::SharedStore;
+use crate::server::{DEFAULT_MAX_MESSAGE_BYTES, DataDir, ServeConfig, Server};
 use crate::sql;
 use crate::{Error, Result};
 
@@ -125,9 +126,51 @@ pub struct ServeArgs {
     /// on gRPC and HTTP; needs --tls-cert and --tls-key.
     #[arg(long, env = "LEAKWATCH_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Write Parquet to a shared S3-compatible store (`s3://BUCKET/PREFIX`)
+    /// instead of DATA_DIR/store; credentials from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY. The RocksDB log stays in the data directory.
+    #[arg(long, env = "LEAKWATCH_STORE")]
+    pub store: Option<String>,
+    /// This collector's directory under the shared store's prefix, unique
+    /// among the collectors sharing it (default: the one recorded in the
+    /// data directory, else a new random one).
+    #[arg(long, env = "LEAKWATCH_COLLECTOR_ID", requires = "store")]
+    pub collector_id: Option<String>,
+    /// S3 endpoint URL for stores other than AWS (default: AWS_ENDPOINT_URL).
+    #[arg(long, env = "LEAKWATCH_S3_ENDPOINT", requires = "store")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, env = "LEAKWATCH_S3_REGION", requires = "store")]
+    pub s3_region: Option<String>,
     #[command(flatten)]
     /// Listening.
     pub listen: ListenArgs,
+}
+
+/// The shared store `serve` was given, its collector id settled: the flag,
+/// else the id recorded in the data directory, else a new random one.
+fn shared_store(args: &ServeArgs) -> Result<Option<SharedStore>> {
+    let Some(url) = &args.store else { return Ok(None) };
+    leakwatch_query::parse_s3_url(url).map_err(|e| Error::Config(format!("--store: {e}")))?;
+    let recorded = DataDir::new(args.data_dir.clone()).shared_store()?.map(|s| s.collector_id);
+    let collector_id = match (&args.collector_id, recorded) {
+        (Some(id), _) => id.clone(),
+        (None, Some(id)) => id,
+        (None, None) => format!("collector-{}", hex::encode(rand::random::<[u8; 4]>())),
+    };
+    crate::flusher::check_collector_id(&collector_id)?;
+    if let Some(endpoint) = &args.s3_endpoint
+        && endpoint.starts_with("http://")
+    {
+        tracing::warn!(endpoint = %endpoint, "S3 endpoint in plain HTTP: credentials and data cross the network unencrypted");
+    }
+    Ok(Some(SharedStore {
+        url: url.clone(),
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        collector_id,
+        credentials: None,
+    }))
 }
 
 /// Refuses plain-text listeners off loopback unless allowed.
@@ -275,6 +318,7 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
             requests_per_second: listen.public_rate,
             min_refresh_interval: Duration::from_secs(listen.public_refresh_secs),
         },
+        store: None,
     }
 }
 
@@ -301,7 +345,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             if args.open_enrollment {
                 tracing::warn!("Open enrollment: any agent that can reach this collector may report");
             }
+            let store = shared_store(&args)?;
             let mut config = serve_config(args.data_dir, args.open_enrollment, &args.listen);
+            config.store = store;
             config.tls = args.tls_cert.zip(args.tls_key);
             config.client_ca = args.tls_client_ca;
             let server = Server::start(config).await?;

@@ -18,8 +18,8 @@ use leakwatch_agent::uploader::Uploader;
 use leakwatch_query::format::{OutputFormat, render};
 use leakwatch_query::rules::rule;
 
-use crate::Result;
 use crate::server::{ServeConfig, Server};
+use crate::{Error, Result};
 
 /// What the demo found, for callers that check it.
 #[derive(Debug, Clone)]
@@ -88,6 +88,20 @@ pub async fn run_pipeline(
     devices: Option<u32>,
     seed: Option<u64>,
 ) -> Result<DemoReport> {
+    run_pipeline_over(&[server], data_dir, devices, seed).await
+}
+
+/// [`run_pipeline`] with the volunteers spread over `servers` (volunteer
+/// `v` reports to `servers[v % n]`, as a load balancer would place them);
+/// each server flushes, and the first one refreshes its dashboard and
+/// answers the findings.
+pub async fn run_pipeline_over(
+    servers: &[&Server],
+    data_dir: &Path,
+    devices: Option<u32>,
+    seed: Option<u64>,
+) -> Result<DemoReport> {
+    let Some(server) = servers.first() else { return Err(Error::Config("no collector to report to".into())) };
     let started = Instant::now();
     let captures_dir = data_dir.join("captures");
     let manifest = fleet(&captures_dir, devices, seed)?;
@@ -97,13 +111,13 @@ pub async fn run_pipeline(
         manifest.captures.len(),
         captures_dir.display()
     );
-    let url = format!("http://{}", server.grpc_addr);
     let tty = std::io::stderr().is_terminal();
     let total = manifest.captures.len();
     let mut sent = 0;
     let (mut accepted, mut duplicate) = (0, 0);
     for (volunteer, captures) in by_volunteer(&manifest).iter().enumerate() {
         let state = AgentState::open(&data_dir.join("volunteers").join(format!("{volunteer:03}")))?;
+        let url = format!("http://{}", servers[volunteer % servers.len()].grpc_addr);
         let mut uploader = Uploader::connect(&url, &state, "", Duration::from_secs(30)).await?;
         for entry in captures {
             let labels = DeviceLabels {
@@ -130,7 +144,10 @@ pub async fn run_pipeline(
     if tty {
         eprintln!();
     }
-    let flushed = server.flusher.flush().await?;
+    let mut flushed = crate::flusher::FlushOutcome::default();
+    for server in servers {
+        flushed = server.flusher.flush().await?;
+    }
     eprintln!(
         "collector stored {} new records ({} batches already stored); flushed to Parquet up to log position {} in {:.1?}",
         accepted,

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use leakwatch_query::{FlowBatchBuilder, flows_schema};
+use leakwatch_query::{FlowBatchBuilder, FlowStore, S3Options, flows_schema, parse_s3_url, s3_store};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
@@ -48,12 +48,67 @@ pub struct FlushOutcome {
     pub watermark: u64,
 }
 
-/// Where Parquet files go: a local directory (default) through
-/// `object_store`.
+/// An S3-compatible store shared by collectors: `s3://BUCKET/PREFIX`,
+/// each collector writing under `PREFIX/COLLECTOR_ID/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedStore {
+    /// `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// Endpoint URL for stores other than AWS (else `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// Region (else `AWS_REGION`, else `us-east-1`).
+    pub region: Option<String>,
+    /// This collector's directory under the prefix.
+    pub collector_id: String,
+    /// Access key id and secret in place of the AWS environment's (for
+    /// embedding; never recorded in the data directory).
+    #[serde(skip)]
+    pub credentials: Option<(String, String)>,
+}
+
+/// Longest collector id.
+pub const MAX_COLLECTOR_ID_LEN: usize = 64;
+
+/// Checks a collector id: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, not
+/// starting with a dot.
+pub fn check_collector_id(id: &str) -> Result<()> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > MAX_COLLECTOR_ID_LEN || !id.chars().all(valid) || id.starts_with('.') {
+        return Err(Error::Config(format!(
+            "--collector-id {id:?}: must be 1 to {MAX_COLLECTOR_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.'"
+        )));
+    }
+    Ok(())
+}
+
+impl SharedStore {
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            credentials: self.credentials.clone(),
+        }
+    }
+
+    /// Where this collector's files are read from by SQL: every
+    /// collector's files under the prefix, the watermark applying to this
+    /// one's.
+    pub fn flow_store(&self) -> Result<FlowStore> {
+        FlowStore::s3(&self.url, &self.options(), Some(&self.collector_id)).map_err(Error::Config)
+    }
+}
+
+/// Where Parquet files go, through `object_store`: a local directory
+/// (default) or a prefix of an S3-compatible bucket.
 #[derive(Debug, Clone)]
 pub struct DataStore {
     store: Arc<dyn ObjectStore>,
-    root: PathBuf,
+    /// Key prefix of `flows/` (empty for a local directory).
+    prefix: StorePath,
+    /// The local directory, whose writes need an explicit fsync.
+    local: Option<PathBuf>,
+    /// The store as SQL reads it.
+    flows: FlowStore,
 }
 
 impl DataStore {
@@ -61,17 +116,28 @@ impl DataStore {
     pub fn local(root: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&root).map_err(|e| Error::Storage(format!("{}: {e}", root.display())))?;
         let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| Error::Storage(e.to_string()))?;
-        Ok(Self { store: Arc::new(store), root })
+        let flows = FlowStore::local(&root).map_err(Error::Storage)?;
+        Ok(Self { store: Arc::new(store), prefix: StorePath::default(), local: Some(root), flows })
     }
 
-    /// The directory holding `flows/`.
-    pub fn root(&self) -> &std::path::Path {
-        &self.root
+    /// This collector's directory in a shared S3-compatible store.
+    pub fn shared(shared: &SharedStore) -> Result<Self> {
+        check_collector_id(&shared.collector_id)?;
+        let (bucket, prefix) = parse_s3_url(&shared.url).map_err(Error::Config)?;
+        let store = s3_store(&bucket, &shared.options()).map_err(Error::Config)?;
+        let prefix = StorePath::from(prefix.as_str()).join(shared.collector_id.as_str());
+        Ok(Self { store, prefix, local: None, flows: shared.flow_store()? })
     }
 
-    /// The directory of the `flows` table.
-    pub fn flows_dir(&self) -> PathBuf {
-        self.root.join("flows")
+    /// The store as SQL reads it.
+    pub fn flow_store(&self) -> FlowStore {
+        self.flows.clone()
+    }
+
+    /// The key of `flows/day={day}/{from}-{to}.parquet`.
+    fn flow_file(&self, day: &str, from: u64, to: u64) -> StorePath {
+        let name = format!("{from:020}-{to:020}.parquet");
+        self.prefix.clone().join("flows").join(format!("day={day}").as_str()).join(name.as_str())
     }
 
     /// Merges the flushed files of each day into one once a day has at
@@ -131,7 +197,7 @@ impl DataStore {
                 }
             }
             writer.close().map_err(|e| Error::Storage(e.to_string()))?;
-            let merged = StorePath::from(format!("flows/day={day}/{from:020}-{to:020}.parquet"));
+            let merged = self.flow_file(&day, from, to);
             self.put_durable(&merged, buf).await?;
             for (_, _, path) in &files {
                 self.delete(path).await?;
@@ -147,7 +213,7 @@ impl DataStore {
         use futures::TryStreamExt as _;
         let files: Vec<_> = self
             .store
-            .list(Some(&StorePath::from("flows")))
+            .list(Some(&self.prefix.clone().join("flows")))
             .try_collect()
             .await
             .map_err(|e| Error::Storage(format!("listing flows: {e}")))?;
@@ -176,7 +242,9 @@ impl DataStore {
             }
         }
         // The local store leaves empty day directories behind.
-        if let Ok(days) = std::fs::read_dir(self.flows_dir()) {
+        if let Some(root) = &self.local
+            && let Ok(days) = std::fs::read_dir(root.join("flows"))
+        {
             for day in days.flatten() {
                 let _ = std::fs::remove_dir(day.path()); // only succeeds when empty
             }
@@ -189,10 +257,12 @@ impl DataStore {
 
     async fn put_durable(&self, path: &StorePath, bytes: Vec<u8>) -> Result<()> {
         self.store.put(path, bytes.into()).await.map_err(|e| Error::Storage(format!("writing {path}: {e}")))?;
-        // The local store renames a temporary file into place but does not
-        // fsync; the log entries are deleted after this, so make the file
-        // and its directory entries durable first.
-        let local = self.root.join(path.as_ref());
+        // An S3 PUT is durable once answered. The local store renames a
+        // temporary file into place but does not fsync; the log entries
+        // are deleted after this, so make the file and its directory
+        // entries durable first.
+        let Some(root) = &self.local else { return Ok(()) };
+        let local = root.join(path.as_ref());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::File::open(&local)?.sync_all()?;
             let mut dir = local.parent();
@@ -317,7 +387,7 @@ impl Flusher {
             let bytes = tokio::task::spawn_blocking(move || parquet_bytes(&batch))
                 .await
                 .map_err(|e| Error::Storage(e.to_string()))??;
-            let path = StorePath::from(format!("flows/day={day}/{from:020}-{to:020}.parquet"));
+            let path = self.store.flow_file(&day, from, to);
             self.store.put_durable(&path, bytes).await?;
             outcome.files += 1;
         }
@@ -365,7 +435,7 @@ mod tests {
         }
         // Watermark 4: the file of range 5 belongs to a flush in progress.
         assert_eq!(store.compact(4, 2).await.expect("compact"), 3);
-        let day = store.flows_dir().join("day=2026-10-01");
+        let day = dir.path().join("flows/day=2026-10-01");
         assert_eq!(
             names(&day),
             ["00000000000000000001-00000000000000000004.parquet", "00000000000000000005-00000000000000000005.parquet"]
@@ -395,7 +465,7 @@ mod tests {
         }
         let today = chrono::NaiveDate::from_ymd_opt(2026, 3, 21).expect("date");
         assert_eq!(store.apply_retention(30, today).await.expect("retention"), 1);
-        let left: Vec<String> = std::fs::read_dir(store.flows_dir())
+        let left: Vec<String> = std::fs::read_dir(dir.path().join("flows"))
             .expect("dir")
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use leakwatch_proto::v1::admin_server::AdminServer;
 use leakwatch_proto::v1::collector_server::CollectorServer;
-use leakwatch_query::{QueryConfig, SessionFactory, TailSnapshot, TailSource};
+use leakwatch_query::{FlowStore, QueryConfig, SessionFactory, TailSnapshot, TailSource};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,7 +21,7 @@ use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::to_record_batch;
 use crate::dashboard::{Dashboard, DashboardConfig};
 use crate::flight::FlightSql;
-use crate::flusher::{COMPACT_MIN_FILES, DataStore, Flusher};
+use crate::flusher::{COMPACT_MIN_FILES, DataStore, Flusher, SharedStore};
 use crate::ingest::{Ingest, IngestLimits};
 use crate::log::DurableLog;
 use crate::metrics::{Gauges, IngestMetrics};
@@ -65,6 +65,9 @@ pub struct ServeConfig {
     pub flight_listen: Option<SocketAddr>,
     /// The public dashboard's thresholds and rate limit.
     pub dashboard: DashboardConfig,
+    /// Write Parquet to this shared S3-compatible store instead of the
+    /// data directory's `store/`.
+    pub store: Option<SharedStore>,
 }
 
 impl ServeConfig {
@@ -87,6 +90,7 @@ impl ServeConfig {
             query: QueryConfig::default(),
             flight_listen: None,
             dashboard: DashboardConfig::default(),
+            store: None,
         }
     }
 }
@@ -145,6 +149,53 @@ impl DataDir {
     /// The Parquet store root.
     pub fn store(&self) -> PathBuf {
         self.root.join("store")
+    }
+
+    /// Where the shared store this directory's collector writes to is
+    /// named (absent for a local store).
+    pub fn shared_store_file(&self) -> PathBuf {
+        self.root.join("store.json")
+    }
+
+    /// The shared store the collector on this directory writes to, as it
+    /// recorded it (None: the local `store/`).
+    pub fn shared_store(&self) -> Result<Option<SharedStore>> {
+        let path = self.shared_store_file();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Config(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Records the store the collector writes to, so that `leakwatch sql
+    /// --data-dir` reads the same (no credentials are written).
+    fn record_store(&self, shared: Option<&SharedStore>) -> Result<()> {
+        let path = self.shared_store_file();
+        let io = |e: std::io::Error| Error::Config(format!("{}: {e}", path.display()));
+        match shared {
+            Some(shared) => {
+                let json = serde_json::to_vec_pretty(shared).map_err(|e| Error::Config(e.to_string()))?;
+                let tmp = path.with_extension("json.tmp");
+                std::fs::write(&tmp, json).map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The flushed files as SQL reads them: the recorded shared store, or
+    /// the local `store/`.
+    pub fn flow_store(&self) -> Result<FlowStore> {
+        match self.shared_store()? {
+            Some(shared) => shared.flow_store(),
+            None => FlowStore::local(&self.store()).map_err(Error::Storage),
+        }
     }
 }
 
@@ -250,7 +301,11 @@ impl Server {
                 .await
                 .map_err(|e| Error::Storage(e.to_string()))??,
         );
-        let store = DataStore::local(dirs.store())?;
+        let store = match &config.store {
+            Some(shared) => DataStore::shared(shared)?,
+            None => DataStore::local(dirs.store())?,
+        };
+        dirs.record_store(config.store.as_ref())?;
         let metrics = Arc::new(IngestMetrics::default());
         let flusher = Arc::new(Flusher::new(log.clone(), store.clone(), metrics.clone()));
         // Recovery: finish a flush a crash interrupted before serving.
@@ -285,7 +340,7 @@ impl Server {
             None => None,
         };
         let sessions =
-            SessionFactory::new(config.query.clone(), store.flows_dir(), Arc::new(LogTail::new(log.clone())));
+            SessionFactory::new(config.query.clone(), store.flow_store(), Arc::new(LogTail::new(log.clone())));
         let queries = QueryRuntime::new()?;
         let flight = FlightSql::new(sessions.clone(), queries.handle()).into_server(log.clone());
         // The dashboard's refresh is the collector's own work, not an
@@ -293,7 +348,7 @@ impl Server {
         // each of its queries reads every flow.
         let refresh_sessions = SessionFactory::new(
             QueryConfig { timeout: config.query.timeout.max(DASHBOARD_QUERY_TIMEOUT), ..config.query.clone() },
-            store.flows_dir(),
+            store.flow_store(),
             Arc::new(LogTail::new(log.clone())),
         );
         let dashboard = Dashboard::new(refresh_sessions, queries.handle(), config.dashboard)?;

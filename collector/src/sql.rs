@@ -24,7 +24,7 @@ use crate::{Error, Result};
 pub fn open_sessions(data_dir: &Path, scratch: &Path, config: QueryConfig) -> Result<SessionFactory> {
     let dirs = DataDir::new(data_dir.to_path_buf());
     let log = DurableLog::open_secondary(&dirs.log(), scratch)?;
-    Ok(SessionFactory::new(config, dirs.store().join("flows"), Arc::new(LogTail::new(Arc::new(log)))))
+    Ok(SessionFactory::new(config, dirs.flow_store()?, Arc::new(LogTail::new(Arc::new(log)))))
 }
 
 /// Parses `--param k=v` pairs.
@@ -44,14 +44,14 @@ pub fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, String>> {
 #[derive(Debug)]
 pub enum Backend {
     /// Sessions over a data directory.
-    Embedded(SessionFactory),
+    Embedded(Box<SessionFactory>),
     /// A collector's Flight SQL endpoint.
     Remote(Box<tokio::sync::Mutex<FlightSqlServiceClient<tonic::transport::Channel>>>),
 }
 
 impl From<SessionFactory> for Backend {
     fn from(sessions: SessionFactory) -> Self {
-        Self::Embedded(sessions)
+        Self::Embedded(Box::new(sessions))
     }
 }
 

@@ -26,7 +26,7 @@ pub use schema::{FlowBatchBuilder, FlowRow, flows_schema};
 pub use session::{
     FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,
 };
-pub use store::ReadOnlyStore;
+pub use store::{FlowStore, ReadOnlyStore, S3Options, parse_s3_url, s3_store};
 pub use udf::registrable_domain;
 
 use datafusion::error::DataFusionError;

@@ -1,6 +1,6 @@
 //! The one session factory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemTable;
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -18,6 +18,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt as _;
 
 use crate::schema::flows_schema;
+use crate::store::FlowStore;
 use crate::{Error, Result};
 
 /// Limits of every query session.
@@ -79,7 +80,7 @@ pub fn flushed_range_of(path: &Path) -> Option<(u64, u64)> {
 #[derive(Clone)]
 pub struct SessionFactory {
     config: QueryConfig,
-    flows_dir: PathBuf,
+    flows: FlowStore,
     tail: Arc<dyn TailSource>,
 }
 
@@ -87,7 +88,7 @@ impl std::fmt::Debug for SessionFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionFactory")
             .field("config", &self.config)
-            .field("flows_dir", &self.flows_dir)
+            .field("flows", &self.flows)
             .finish_non_exhaustive()
     }
 }
@@ -107,43 +108,17 @@ impl std::fmt::Debug for QuerySession {
     }
 }
 
-/// The files a query reads: per day, those at or below the watermark (files
-/// above it belong to a flush in progress, whose rows are still read from
-/// the tail), leaving out any whose range lies inside another file's range
-/// of the same day (the inputs of a compaction not yet deleted).
-fn parquet_files(dir: &Path, watermark: u64) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(days) = std::fs::read_dir(dir) else { return out };
-    for day in days.flatten() {
-        let Ok(files) = std::fs::read_dir(day.path()) else { continue };
-        let ranged: Vec<(PathBuf, (u64, u64))> = files
-            .flatten()
-            .filter_map(|f| flushed_range_of(&f.path()).map(|r| (f.path(), r)))
-            .filter(|(_, (_, to))| *to <= watermark)
-            .collect();
-        for (path, (from, to)) in &ranged {
-            let covered = ranged.iter().any(|(other, (f, t))| other != path && f <= from && to <= t);
-            if !covered {
-                out.push(path.clone());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 impl SessionFactory {
-    /// A factory over the Parquet files in `flows_dir`
-    /// (`flows_dir/day=YYYY-MM-DD/*.parquet`) and `tail`.
-    pub fn new(config: QueryConfig, flows_dir: PathBuf, tail: Arc<dyn TailSource>) -> Self {
-        Self { config, flows_dir, tail }
+    /// A factory over the Parquet files in `flows` and `tail`.
+    pub fn new(config: QueryConfig, flows: FlowStore, tail: Arc<dyn TailSource>) -> Self {
+        Self { config, flows, tail }
     }
 
     /// A new session with a fresh snapshot of the data.
     pub async fn session(&self) -> Result<QuerySession> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.config.memory_limit_bytes, 1.0)
-            .with_object_store_registry(Arc::new(crate::store::ReadOnlyStore::local(&self.flows_dir).registry()))
+            .with_object_store_registry(Arc::new(self.flows.registry()))
             .build_arc()?;
         let mut config = SessionConfig::new().with_information_schema(true);
         // Strings are read as views (no copy of each value out of the
@@ -165,13 +140,9 @@ impl SessionFactory {
         let schema = view_schema(&flows_schema());
         let batches = snapshot.batches.into_iter().map(|b| in_schema(b, &schema)).collect::<Result<Vec<_>>>()?;
         let tail = MemTable::try_new(schema.clone(), vec![batches])?;
-        let files = parquet_files(&self.flows_dir, snapshot.watermark);
+        let urls = self.flows.files(snapshot.watermark).await?;
         let mut flows = ctx.read_table(Arc::new(tail))?;
-        if !files.is_empty() {
-            let urls = files
-                .iter()
-                .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
-                .collect::<datafusion::error::Result<Vec<_>>>()?;
+        if !urls.is_empty() {
             let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
             let config =
                 ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
@@ -494,7 +465,7 @@ mod tests {
     }
 
     fn write_file(dir: &Path, name: &str, batch: &RecordBatch) {
-        let day = dir.join("day=2026-10-01");
+        let day = dir.join("flows/day=2026-10-01");
         std::fs::create_dir_all(&day).expect("mkdir");
         let file = std::fs::File::create(day.join(name)).expect("create");
         let mut w = ArrowWriter::try_new(file, flows_schema(), None).expect("writer");
@@ -515,7 +486,11 @@ mod tests {
         // A flush in progress above the watermark: its rows are still in the tail.
         write_file(dir.path(), "00000000000000000003-00000000000000000004.parquet", &rows("tail.example", 2));
         let tail = TailSnapshot { watermark: 2, batches: vec![rows("tail.example", 2)] };
-        let factory = SessionFactory::new(QueryConfig::default(), dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let factory = SessionFactory::new(
+            QueryConfig::default(),
+            FlowStore::local(dir.path()).expect("store"),
+            Arc::new(FixedTail(tail)),
+        );
         let out = count(&factory, "SELECT domain, count(*) AS n FROM flows GROUP BY domain ORDER BY domain").await;
         assert_eq!(out, "domain,n\nflushed.example,3\ntail.example,2\n");
         let out = count(&factory, "SELECT count(*) AS n FROM devices").await;
@@ -537,7 +512,11 @@ mod tests {
         // The compacted file, written before its inputs were deleted.
         write_file(dir.path(), "00000000000000000001-00000000000000000002.parquet", &rows("a.example", 5));
         let tail = TailSnapshot { watermark: 2, batches: vec![] };
-        let factory = SessionFactory::new(QueryConfig::default(), dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let factory = SessionFactory::new(
+            QueryConfig::default(),
+            FlowStore::local(dir.path()).expect("store"),
+            Arc::new(FixedTail(tail)),
+        );
         assert_eq!(count(&factory, "SELECT count(*) AS n FROM flows").await, "n\n5\n");
     }
 
@@ -546,7 +525,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let factory = SessionFactory::new(
             QueryConfig::default(),
-            dir.path().to_path_buf(),
+            FlowStore::local(dir.path()).expect("store"),
             Arc::new(FixedTail(TailSnapshot::default())),
         );
         let session = factory.session().await.expect("session");
@@ -573,7 +552,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = QueryConfig { memory_limit_bytes: 256 * 1024, ..QueryConfig::default() };
         let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 20_000)] };
-        let factory = SessionFactory::new(config, dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let factory =
+            SessionFactory::new(config, FlowStore::local(dir.path()).expect("store"), Arc::new(FixedTail(tail)));
         let session = factory.session().await.expect("session");
         let sql = "SELECT a.device_pseudonym, count(*) FROM flows a JOIN flows b ON a.domain = b.domain \
                    GROUP BY a.device_pseudonym ORDER BY 2 DESC";
@@ -606,7 +586,11 @@ mod tests {
             batch.push(FlowRow { domain: domain.into(), device_pseudonym: device.into(), ..Default::default() });
         }
         let tail = TailSnapshot { watermark: 0, batches: vec![batch.finish()] };
-        let factory = SessionFactory::new(QueryConfig::default(), dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let factory = SessionFactory::new(
+            QueryConfig::default(),
+            FlowStore::local(dir.path()).expect("store"),
+            Arc::new(FixedTail(tail)),
+        );
         let repeated = "WITH Contacts AS (SELECT DISTINCT domain, device_pseudonym FROM flows), \
                         reach AS (SELECT domain, count(*) AS d FROM contacts GROUP BY domain) \
                         SELECT r.domain, r.d, c.device_pseudonym FROM reach r JOIN contacts c ON c.domain = r.domain \
@@ -633,7 +617,8 @@ mod tests {
         // fit leaves the query to run as written.
         let config = QueryConfig { memory_limit_bytes: 64 * 1024, ..QueryConfig::default() };
         let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 20_000)] };
-        let factory = SessionFactory::new(config, dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let factory =
+            SessionFactory::new(config, FlowStore::local(dir.path()).expect("store"), Arc::new(FixedTail(tail)));
         let session = factory.session().await.expect("session");
         // Counting streams: only a computed table would hold memory.
         let sql = "WITH d AS (SELECT device_pseudonym || domain AS k FROM flows) \
@@ -651,7 +636,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = QueryConfig { timeout: Duration::from_nanos(1), ..QueryConfig::default() };
         let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 3000)] };
-        let factory = SessionFactory::new(config, dir.path().to_path_buf(), Arc::new(FixedTail(tail)));
+        let factory =
+            SessionFactory::new(config, FlowStore::local(dir.path()).expect("store"), Arc::new(FixedTail(tail)));
         let session = factory.session().await.expect("session");
         let sql = "SELECT count(DISTINCT a.device_pseudonym || b.device_pseudonym) FROM flows a CROSS JOIN flows b";
         let err = session.sql(sql).await.expect_err("timeout");

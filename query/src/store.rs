@@ -1,20 +1,184 @@
-//! The object stores a session can reach: the data store, read-only, and
-//! nothing else. SQL cannot name files anyway (no DDL, no URL tables);
-//! this is the second wall, so that a planner bug or a future table
-//! function still cannot read or write outside the store.
+//! Where the flushed `flows` files are ([`FlowStore`]: a local directory
+//! or an S3-compatible bucket), and the object stores a session can reach:
+//! the data store, read-only, and nothing else. SQL cannot name files
+//! anyway (no DDL, no URL tables); this is the second wall, so that a
+//! planner bug or a future table function still cannot read or write
+//! outside the store.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry as _, ObjectStoreUrl};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
     PutOptions, PutPayload, PutResult,
 };
+
+/// How to reach an S3-compatible store. Credentials come from the usual
+/// AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`); these fields override `AWS_ENDPOINT_URL` and
+/// `AWS_REGION`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// Endpoint URL (`http://127.0.0.1:9000`) for stores other than AWS;
+    /// plain `http://` is allowed only here, stated explicitly.
+    pub endpoint: Option<String>,
+    /// Region (default `us-east-1`).
+    pub region: Option<String>,
+    /// Access key id and secret, in place of the environment's.
+    pub credentials: Option<(String, String)>,
+}
+
+/// `s3://BUCKET/PREFIX` split into the bucket and the key prefix (without
+/// slashes at either end; may be empty).
+pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| format!("store {url:?}: expected s3://BUCKET/PREFIX"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    if bucket.len() < 3 || bucket.len() > 63 || !bucket.chars().all(valid) {
+        return Err(format!("store {url:?}: bucket {bucket:?} must be 3 to 63 characters of a-z, 0-9, '-' and '.'"));
+    }
+    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+/// An S3 client for `bucket` with `options`, the AWS environment filling
+/// in what they leave out.
+pub fn s3_store(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, String> {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &options.endpoint {
+        builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Some(region) = &options.region {
+        builder = builder.with_region(region);
+    }
+    if let Some((key_id, secret)) = &options.credentials {
+        builder = builder.with_access_key_id(key_id).with_secret_access_key(secret);
+    }
+    Ok(Arc::new(builder.build().map_err(|e| format!("S3 store for bucket {bucket:?}: {e}"))?))
+}
+
+/// Where the flushed `flows` files are: `ROOT/flows/day=YYYY-MM-DD/*.parquet`
+/// for one collector on a local disk, or `PREFIX/COLLECTOR/flows/day=...`
+/// for any number of collectors sharing a bucket.
+#[derive(Clone)]
+pub struct FlowStore {
+    store: Arc<dyn ObjectStore>,
+    url: ObjectStoreUrl,
+    root: Path,
+    /// Directory under `root` of the collector whose watermark applies
+    /// (empty: `root` itself; None: no collector's).
+    own: Option<String>,
+    /// Other collectors' directories are read too.
+    shared: bool,
+    described: String,
+}
+
+impl fmt::Debug for FlowStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.described)
+    }
+}
+
+impl fmt::Display for FlowStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.described)
+    }
+}
+
+impl FlowStore {
+    /// The files of one collector under the local directory `dir` (which
+    /// holds `flows/`; it need not exist yet).
+    pub fn local(dir: &std::path::Path) -> Result<Self, String> {
+        let abs = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let root = Path::from_absolute_path(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+        Ok(Self {
+            store: Arc::new(ReadOnlyStore::local(&abs)),
+            url: ObjectStoreUrl::local_filesystem(),
+            root,
+            own: Some(String::new()),
+            shared: false,
+            described: abs.display().to_string(),
+        })
+    }
+
+    /// The files of every collector under `s3://BUCKET/PREFIX`; the
+    /// watermark applies to collector `own`'s (None: to none, as for a
+    /// reader that is no collector).
+    pub fn s3(url: &str, options: &S3Options, own: Option<&str>) -> Result<Self, String> {
+        let (bucket, prefix) = parse_s3_url(url)?;
+        let root = Path::from(prefix.as_str());
+        let url = ObjectStoreUrl::parse(format!("s3://{bucket}")).map_err(|e| format!("store {url:?}: {e}"))?;
+        let store = ReadOnlyStore { inner: s3_store(&bucket, options)?, roots: vec![root.clone()] };
+        Ok(Self {
+            store: Arc::new(store),
+            url,
+            root,
+            own: own.map(str::to_string),
+            shared: true,
+            described: format!("s3://{bucket}/{prefix}"),
+        })
+    }
+
+    /// A registry whose only store is this one, read-only.
+    pub(crate) fn registry(&self) -> DefaultObjectStoreRegistry {
+        let registry = DefaultObjectStoreRegistry::new();
+        registry.register_store(self.url.as_ref(), self.store.clone());
+        registry
+    }
+
+    /// The files a query reads. Per collector and day: the own
+    /// collector's files at or below `watermark` only (files above it
+    /// belong to a flush in progress, whose rows are still read from the
+    /// tail; another collector's such files hold exactly the rows their
+    /// redone flush writes again), leaving out any whose range lies inside
+    /// another file's range (the inputs of a compaction not yet deleted).
+    pub(crate) async fn files(&self, watermark: u64) -> crate::Result<Vec<ListingTableUrl>> {
+        // Per (collector, day): each file with its sequence range.
+        type Ranged = Vec<(Path, (u64, u64))>;
+        let mut groups: BTreeMap<(String, String), Ranged> = BTreeMap::new();
+        let mut listing = self.store.list(Some(&self.root));
+        while let Some(meta) = listing.next().await {
+            let meta = match meta {
+                Ok(meta) => meta,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(crate::Error::Internal(format!("listing {self}: {e}"))),
+            };
+            let Some(parts) = meta.location.prefix_match(&self.root) else { continue };
+            let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+            let n = parts.len();
+            if n < 3 || parts[n - 3] != "flows" || !parts[n - 2].starts_with("day=") {
+                continue;
+            }
+            let collector = parts[..n - 3].join("/");
+            if !self.shared && !collector.is_empty() {
+                continue;
+            }
+            let Some(range) = crate::flushed_range_of(std::path::Path::new(&parts[n - 1])) else { continue };
+            if self.own.as_deref() == Some(collector.as_str()) && range.1 > watermark {
+                continue;
+            }
+            groups.entry((collector, parts[n - 2].clone())).or_default().push((meta.location, range));
+        }
+        let mut out = Vec::new();
+        for ranged in groups.values() {
+            for (path, (from, to)) in ranged {
+                let covered = ranged.iter().any(|(other, (f, t))| other != path && f <= from && to <= t);
+                if !covered {
+                    let url = format!("{}{path}", self.url.as_str());
+                    out.push(ListingTableUrl::parse(&url)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
 
 /// A store that serves reads under its roots and refuses everything else.
 #[derive(Debug)]

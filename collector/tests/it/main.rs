@@ -9,6 +9,7 @@ mod flight;
 mod hostile;
 mod pipeline;
 mod rules;
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
