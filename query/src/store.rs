@@ -294,6 +294,50 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_shared_store_reads_every_collector_and_applies_the_watermark_to_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
+        let range = |from: u64, to: u64| format!("{from:020}-{to:020}.parquet");
+        for key in [
+            // Ours: one file below the watermark (5), one of a flush in progress.
+            format!("fleet/a/flows/day=2026-10-01/{}", range(1, 5)),
+            format!("fleet/a/flows/day=2026-10-01/{}", range(6, 7)),
+            // Another collector's: all read, whatever our watermark, except
+            // the inputs of its compaction not yet deleted.
+            format!("fleet/b/flows/day=2026-10-01/{}", range(1, 9)),
+            format!("fleet/b/flows/day=2026-10-01/{}", range(3, 4)),
+            format!("fleet/b/flows/day=2026-10-02/{}", range(10, 12)),
+            // Not a flows file, or outside the prefix.
+            "fleet/b/notes.txt".to_string(),
+            format!("other/c/flows/day=2026-10-01/{}", range(1, 1)),
+        ] {
+            inner.put(&Path::from(key.as_str()), PutPayload::from_static(b"x")).await.expect("put");
+        }
+        let root = Path::from("fleet");
+        let store = FlowStore {
+            store: Arc::new(ReadOnlyStore { inner, roots: vec![root.clone()] }),
+            url: ObjectStoreUrl::parse("s3://bucket").expect("url"),
+            root,
+            own: Some("a".into()),
+            shared: true,
+            described: "test".into(),
+        };
+        let mut files: Vec<String> = store.files(5).await.expect("files").iter().map(|u| u.to_string()).collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                format!("s3://bucket/fleet/a/flows/day=2026-10-01/{}", range(1, 5)),
+                format!("s3://bucket/fleet/b/flows/day=2026-10-01/{}", range(1, 9)),
+                format!("s3://bucket/fleet/b/flows/day=2026-10-02/{}", range(10, 12)),
+            ]
+        );
+        // A reader that is no collector applies no watermark.
+        let reader = FlowStore { own: None, ..store };
+        assert_eq!(reader.files(5).await.expect("files").len(), 4);
+    }
+
+    #[tokio::test]
     async fn reads_inside_the_store_only_and_never_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store_dir = dir.path().join("store");
