@@ -388,28 +388,31 @@ fn step_prefix() -> String {
 
 /// `schema` with view types replaced by their plain counterparts.
 pub fn boundary_schema(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
-            DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+    retyped(schema, |t| match t {
+        DataType::Utf8View => Some(DataType::Utf8),
+        DataType::BinaryView => Some(DataType::Binary),
+        _ => None,
+    })
 }
 
 /// `schema` with plain strings and binaries replaced by their view types,
 /// as the session reads them.
 fn view_schema(schema: &Schema) -> SchemaRef {
+    retyped(schema, |t| match t {
+        DataType::Utf8 => Some(DataType::Utf8View),
+        DataType::Binary => Some(DataType::BinaryView),
+        _ => None,
+    })
+}
+
+/// `schema` with each field's type replaced where `to` gives another.
+fn retyped(schema: &Schema, to: impl Fn(&DataType) -> Option<DataType>) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
-            DataType::Binary => f.as_ref().clone().with_data_type(DataType::BinaryView),
-            _ => f.as_ref().clone(),
+        .map(|f| match to(f.data_type()) {
+            Some(t) => f.as_ref().clone().with_data_type(t),
+            None => f.as_ref().clone(),
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
