@@ -158,7 +158,6 @@ fn shared_store(args: &ServeArgs) -> Result<Option<SharedStore>> {
         (None, Some(id)) => id,
         (None, None) => format!("collector-{}", hex::encode(rand::random::<[u8; 4]>())),
     };
-    crate::flusher::check_collector_id(&collector_id)?;
     if let Some(endpoint) = &args.s3_endpoint
         && endpoint.starts_with("http://")
     {

@@ -125,8 +125,10 @@ impl DataStore {
         check_collector_id(&shared.collector_id)?;
         let (bucket, prefix) = parse_s3_url(&shared.url).map_err(Error::Config)?;
         let store = s3_store(&bucket, &shared.options()).map_err(Error::Config)?;
+        let flows =
+            FlowStore::in_bucket(store.clone(), &bucket, &prefix, Some(&shared.collector_id)).map_err(Error::Config)?;
         let prefix = StorePath::from(prefix.as_str()).join(shared.collector_id.as_str());
-        Ok(Self { store, prefix, local: None, flows: shared.flow_store()? })
+        Ok(Self { store, prefix, local: None, flows })
     }
 
     /// The store as SQL reads it.

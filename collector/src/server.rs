@@ -153,7 +153,7 @@ impl DataDir {
 
     /// Where the shared store this directory's collector writes to is
     /// named (absent for a local store).
-    pub fn shared_store_file(&self) -> PathBuf {
+    fn shared_store_file(&self) -> PathBuf {
         self.root.join("store.json")
     }
 

@@ -123,7 +123,7 @@ impl SessionFactory {
         let mut config = SessionConfig::new().with_information_schema(true);
         // Strings are read as views (no copy of each value out of the
         // Parquet pages, and cheaper grouping and comparing); results reach
-        // analysts and Flight SQL clients as plain Utf8 (`to_boundary`).
+        // analysts and Flight SQL clients as plain Utf8 (`in_schema`).
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         config.options_mut().execution.parquet.schema_force_view_types = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -239,7 +239,7 @@ impl QuerySession {
             plan.with_param_values(values)?
         };
         let stream = self.ctx.execute_logical_plan(plan).await?.execute_stream().await?;
-        Ok(stream.map(move |batch| to_boundary(batch?, &schema)).boxed())
+        Ok(stream.map(move |batch| in_schema(batch?, &schema)).boxed())
     }
 
     /// Runs one read-only statement and collects its result, within the
@@ -270,7 +270,7 @@ impl QuerySession {
     async fn collect(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
         let schema = Self::result_schema(&plan);
         let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
-        batches.into_iter().map(|b| to_boundary(b, &schema)).collect()
+        batches.into_iter().map(|b| in_schema(b, &schema)).collect()
     }
 
     /// Computes the tables of `steps` into memory (counted against the
@@ -418,13 +418,9 @@ fn retyped(schema: &Schema, to: impl Fn(&DataType) -> Option<DataType>) -> Schem
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-/// `batch` in `schema` (the same columns, view types cast to plain ones).
-fn to_boundary(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    in_schema(batch, schema)
-}
-
 /// `batch` with its columns cast to the types of `schema` (the same
-/// columns in the same order).
+/// columns in the same order): view types to plain ones at the boundary,
+/// plain to views for the unflushed tail.
 fn in_schema(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema_ref() == schema {
         return Ok(batch);
@@ -441,7 +437,7 @@ fn in_schema(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         columns,
         &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )
-    .map_err(|e| Error::Internal(format!("result batch does not fit the declared schema: {e}")))
+    .map_err(|e| Error::Internal(format!("batch does not fit the declared schema: {e}")))
 }
 
 #[cfg(test)]

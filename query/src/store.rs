@@ -113,9 +113,20 @@ impl FlowStore {
     /// reader that is no collector).
     pub fn s3(url: &str, options: &S3Options, own: Option<&str>) -> Result<Self, String> {
         let (bucket, prefix) = parse_s3_url(url)?;
-        let root = Path::from(prefix.as_str());
-        let url = ObjectStoreUrl::parse(format!("s3://{bucket}")).map_err(|e| format!("store {url:?}: {e}"))?;
-        let store = ReadOnlyStore { inner: s3_store(&bucket, options)?, roots: vec![root.clone()] };
+        Self::in_bucket(s3_store(&bucket, options)?, &bucket, &prefix, own)
+    }
+
+    /// [`Self::s3`] through an existing `client` of `bucket` (which this
+    /// store only reads with).
+    pub fn in_bucket(
+        client: Arc<dyn ObjectStore>,
+        bucket: &str,
+        prefix: &str,
+        own: Option<&str>,
+    ) -> Result<Self, String> {
+        let root = Path::from(prefix);
+        let url = ObjectStoreUrl::parse(format!("s3://{bucket}")).map_err(|e| format!("bucket {bucket:?}: {e}"))?;
+        let store = ReadOnlyStore { inner: client, roots: vec![root.clone()] };
         Ok(Self {
             store: Arc::new(store),
             url,
@@ -313,15 +324,7 @@ mod tests {
         ] {
             inner.put(&Path::from(key.as_str()), PutPayload::from_static(b"x")).await.expect("put");
         }
-        let root = Path::from("fleet");
-        let store = FlowStore {
-            store: Arc::new(ReadOnlyStore { inner, roots: vec![root.clone()] }),
-            url: ObjectStoreUrl::parse("s3://bucket").expect("url"),
-            root,
-            own: Some("a".into()),
-            shared: true,
-            described: "test".into(),
-        };
+        let store = FlowStore::in_bucket(inner, "bucket", "fleet", Some("a")).expect("store");
         let mut files: Vec<String> = store.files(5).await.expect("files").iter().map(|u| u.to_string()).collect();
         files.sort();
         assert_eq!(
