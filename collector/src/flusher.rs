@@ -4,7 +4,8 @@
 //! [`DurableLog::durable_upto`]), records the range as a flush intent,
 //! writes one Parquet file per day (`flows/day=YYYY-MM-DD/{from}-{to}.parquet`,
 //! zero-padded sequence numbers; zstd, dictionary-encoded strings, rows
-//! sorted by vendor, model, domain, device and time since boot) through
+//! sorted by vendor, model, domain, device and time since boot; the
+//! footer lists the file's batches, see `leakwatch_query::BATCHES_KEY`) through
 //! `object_store`, makes the files durable, and then moves the watermark
 //! and deletes the flushed entries in one synced write.
 //!
@@ -18,12 +19,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use leakwatch_query::{FlowBatchBuilder, FlowStore, S3Options, flows_schema, parse_s3_url, s3_store};
+use leakwatch_query::{
+    BATCHES_KEY, FlowBatchBuilder, FlowStore, S3Options, batch_list, batch_pairs, flows_schema, parse_s3_url, s3_store,
+};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::convert::add_rows;
@@ -180,6 +184,7 @@ impl DataStore {
             let mut buf = Vec::new();
             let mut writer = ArrowWriter::try_new(&mut buf, flows_schema(), Some(writer_properties()?))
                 .map_err(|e| Error::Storage(e.to_string()))?;
+            let mut pairs = std::collections::HashSet::new();
             for (_, _, path) in &files {
                 let bytes = self
                     .store
@@ -195,9 +200,11 @@ impl DataStore {
                 for batch in reader {
                     let batch = batch.map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
                     let batch = conform(&batch).map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+                    batch_pairs([&batch], &mut pairs);
                     writer.write(&batch).map_err(|e| Error::Storage(e.to_string()))?;
                 }
             }
+            writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
             writer.close().map_err(|e| Error::Storage(e.to_string()))?;
             let merged = self.flow_file(&day, from, to);
             self.put_durable(&merged, buf).await?;
@@ -324,11 +331,16 @@ pub fn writer_properties() -> Result<WriterProperties> {
         .build())
 }
 
+/// One Parquet file of `batch`, its batches listed in the footer
+/// ([`BATCHES_KEY`]).
 fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
     let props = writer_properties()?;
     let mut buf = Vec::new();
     let mut writer =
         ArrowWriter::try_new(&mut buf, flows_schema(), Some(props)).map_err(|e| Error::Storage(e.to_string()))?;
+    let mut pairs = std::collections::HashSet::new();
+    batch_pairs([batch], &mut pairs);
+    writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
     writer.write(batch).map_err(|e| Error::Storage(e.to_string()))?;
     writer.close().map_err(|e| Error::Storage(e.to_string()))?;
     Ok(buf)

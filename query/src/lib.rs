@@ -14,6 +14,7 @@
 //! This crate knows nothing of gRPC or RocksDB: the collector hands in the
 //! tail as rows ([`FlowRow`]).
 
+mod copies;
 pub mod format;
 pub mod materialise;
 pub mod rules;
@@ -22,6 +23,7 @@ mod session;
 mod store;
 mod udf;
 
+pub use copies::{BATCHES_KEY, batch_list, batch_pairs};
 pub use schema::{FlowBatchBuilder, FlowRow, flows_schema};
 pub use session::{
     FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,

@@ -137,17 +137,26 @@ impl SessionFactory {
         }
 
         let snapshot = self.tail.snapshot().map_err(Error::Tail)?;
+        let files = self.flows.files(snapshot.watermark).await?;
+        let mut tail_pairs = std::collections::HashSet::new();
+        if self.flows.is_shared() {
+            crate::copies::batch_pairs(&snapshot.batches, &mut tail_pairs);
+        }
+        let losers = self.flows.losing_copies(&files, &tail_pairs).await?;
         let schema = view_schema(&flows_schema());
         let batches = snapshot.batches.into_iter().map(|b| in_schema(b, &schema)).collect::<Result<Vec<_>>>()?;
         let tail = MemTable::try_new(schema.clone(), vec![batches])?;
-        let urls = self.flows.files(snapshot.watermark).await?;
         let mut flows = ctx.read_table(Arc::new(tail))?;
-        if !urls.is_empty() {
+        if !files.is_empty() {
+            let urls = files.into_iter().map(|f| f.url).collect();
             let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
             let config =
                 ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
             let flushed = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
             flows = flushed.union(flows)?;
+        }
+        if !losers.is_empty() {
+            flows = flows.filter(not_a_losing_copy(&losers))?;
         }
         ctx.register_table("flows", flows.into_view())?;
         for (name, sql) in VIEWS {
@@ -156,6 +165,23 @@ impl SessionFactory {
         }
         Ok(QuerySession { ctx, timeout: self.config.timeout })
     }
+}
+
+/// True for rows of `flows` that are not in one of the `losers` (`(agent_id,
+/// batch_id)` copies of a batch another collector holds too).
+fn not_a_losing_copy(losers: &[(String, String)]) -> datafusion::logical_expr::Expr {
+    use datafusion::functions::expr_fn::concat;
+    use datafusion::prelude::{col, lit};
+    let mut ids: Vec<&str> = losers.iter().map(|(_, id)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let ids = ids.into_iter().map(lit).collect();
+    let pairs = losers.iter().map(|(agent, id)| lit(format!("{agent}/{id}"))).collect();
+    // The cheap test first: most rows' batch ids are in no copy.
+    let copy = col("batch_id")
+        .in_list(ids, false)
+        .and(concat(vec![col("agent_id"), lit("/"), col("batch_id")]).in_list(pairs, false));
+    datafusion::logical_expr::not(copy)
 }
 
 /// Views analysts reach for first.
@@ -501,6 +527,72 @@ mod tests {
         )
         .await;
         assert_eq!(out, "d,p,c,n\nxiaomi.com,true,true,\n");
+    }
+
+    /// `n` rows of batch `batch_id` as agent `agent_id` stored them.
+    fn batch_rows(agent_id: &str, batch_id: &str, n: usize) -> RecordBatch {
+        let mut b = FlowBatchBuilder::new();
+        for i in 0..n {
+            b.push(FlowRow {
+                agent_id: agent_id.into(),
+                batch_id: batch_id.into(),
+                domain: format!("{batch_id}.example"),
+                device_pseudonym: format!("d{i}"),
+                ..Default::default()
+            });
+        }
+        b.finish()
+    }
+
+    #[tokio::test]
+    async fn a_batch_two_collectors_stored_is_counted_once_wherever_the_query_runs() {
+        use datafusion::parquet::file::metadata::KeyValue;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
+        // Collector a stored batch x (as agent a1); its answer was lost and
+        // the agent's retry landed on b (as agent b1), which also stored y.
+        let put = |collector: &str, rows: Vec<RecordBatch>| {
+            let mut buf = Vec::new();
+            let mut w = ArrowWriter::try_new(&mut buf, flows_schema(), None).expect("writer");
+            let mut pairs = std::collections::HashSet::new();
+            crate::copies::batch_pairs(&rows, &mut pairs);
+            w.append_key_value_metadata(KeyValue::new(crate::BATCHES_KEY.into(), crate::batch_list(&pairs)));
+            for r in &rows {
+                w.write(r).expect("write");
+            }
+            w.close().expect("close");
+            let key =
+                format!("fleet/{collector}/flows/day=2026-10-01/00000000000000000001-00000000000000000002.parquet");
+            let inner = inner.clone();
+            async move {
+                use object_store::ObjectStoreExt as _;
+                inner.put(&object_store::path::Path::from(key), buf.into()).await.expect("put");
+            }
+        };
+        put("a", vec![batch_rows("a1", "x", 3)]).await;
+        put("b", vec![batch_rows("b1", "x", 3), batch_rows("b1", "y", 2)]).await;
+        let query = "SELECT domain, agent_id, count(*) AS n FROM flows GROUP BY domain, agent_id ORDER BY domain";
+        for (own, tail) in [
+            // On collector b, on collector a, and on a reader that is neither.
+            (Some("b"), vec![]),
+            (Some("a"), vec![]),
+            (None, vec![]),
+            // On collector c, whose unflushed tail holds a third copy.
+            (Some("c"), vec![batch_rows("c1", "x", 3)]),
+        ] {
+            let store = FlowStore::in_bucket(inner.clone(), "bucket", "fleet", own).expect("store");
+            let tail = TailSnapshot { watermark: 2, batches: tail };
+            let factory = SessionFactory::new(QueryConfig::default(), store, Arc::new(FixedTail(tail)));
+            // Twice: the second session reads the remembered footers.
+            for _ in 0..2 {
+                let out = count(&factory, query).await;
+                assert_eq!(out, "domain,agent_id,n\nx.example,a1,3\ny.example,b1,2\n", "on {own:?}");
+            }
+        }
+        // Copies under one collector are two agents' batches: both count.
+        let store = FlowStore::local(&dir.path().join("fleet/b")).expect("store");
+        let factory = SessionFactory::new(QueryConfig::default(), store, Arc::new(FilesOnly));
+        assert_eq!(count(&factory, "SELECT count(*) AS n FROM flows").await, "n\n5\n");
     }
 
     #[tokio::test]

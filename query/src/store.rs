@@ -5,9 +5,9 @@
 //! planner bug or a future table function still cannot read or write
 //! outside the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry as _, ObjectStoreUrl};
@@ -78,7 +78,11 @@ pub struct FlowStore {
     /// Other collectors' directories are read too.
     shared: bool,
     described: String,
+    /// Batches listed in each file's footer, by key and size.
+    footers: Arc<Mutex<FooterCache>>,
 }
+
+type FooterCache = HashMap<(Path, u64), Arc<Vec<(String, String)>>>;
 
 impl fmt::Debug for FlowStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,6 +109,7 @@ impl FlowStore {
             own: Some(String::new()),
             shared: false,
             described: abs.display().to_string(),
+            footers: Arc::default(),
         })
     }
 
@@ -134,7 +139,13 @@ impl FlowStore {
             own: own.map(str::to_string),
             shared: true,
             described: format!("s3://{bucket}/{prefix}"),
+            footers: Arc::default(),
         })
+    }
+
+    /// True when several collectors' files are read.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// A registry whose only store is this one, read-only.
@@ -150,9 +161,9 @@ impl FlowStore {
     /// tail; another collector's such files hold exactly the rows their
     /// redone flush writes again), leaving out any whose range lies inside
     /// another file's range (the inputs of a compaction not yet deleted).
-    pub(crate) async fn files(&self, watermark: u64) -> crate::Result<Vec<ListingTableUrl>> {
+    pub(crate) async fn files(&self, watermark: u64) -> crate::Result<Vec<Listed>> {
         // Per (collector, day): each file with its sequence range.
-        type Ranged = Vec<(Path, (u64, u64))>;
+        type Ranged = Vec<(ObjectMeta, (u64, u64))>;
         let mut groups: BTreeMap<(String, String), Ranged> = BTreeMap::new();
         let mut listing = self.store.list(Some(&self.root));
         while let Some(meta) = listing.next().await {
@@ -175,20 +186,105 @@ impl FlowStore {
             if self.own.as_deref() == Some(collector.as_str()) && range.1 > watermark {
                 continue;
             }
-            groups.entry((collector, parts[n - 2].clone())).or_default().push((meta.location, range));
+            groups.entry((collector, parts[n - 2].clone())).or_default().push((meta, range));
         }
         let mut out = Vec::new();
-        for ranged in groups.values() {
-            for (path, (from, to)) in ranged {
-                let covered = ranged.iter().any(|(other, (f, t))| other != path && f <= from && to <= t);
+        for ((collector, _), ranged) in groups {
+            for (meta, (from, to)) in &ranged {
+                let covered =
+                    ranged.iter().any(|(other, (f, t))| other.location != meta.location && f <= from && to <= t);
                 if !covered {
-                    let url = format!("{}{path}", self.url.as_str());
-                    out.push(ListingTableUrl::parse(&url)?);
+                    let url = ListingTableUrl::parse(format!("{}{}", self.url.as_str(), meta.location))?;
+                    out.push(Listed { collector: collector.clone(), meta: meta.clone(), url });
                 }
             }
         }
         Ok(out)
     }
+
+    /// The copies of batches that `files` and the own collector's tail
+    /// (`tail`: its `(agent_id, batch_id)` pairs) hold twice, to be left
+    /// out (see the `copies` module). Always empty for one collector's
+    /// local store. Each file's footer is read once and remembered.
+    pub(crate) async fn losing_copies(
+        &self,
+        files: &[Listed],
+        tail: &HashSet<(String, String)>,
+    ) -> crate::Result<Vec<(String, String)>> {
+        if !self.shared {
+            return Ok(Vec::new());
+        }
+        let key = |f: &Listed| (f.meta.location.clone(), f.meta.size);
+        let missing: Vec<&Listed> = {
+            let cache = self.footers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            files.iter().filter(|f| !cache.contains_key(&key(f))).collect()
+        };
+        let read: Vec<_> = futures::stream::iter(missing)
+            .map(|f| async move { (key(f), self.batch_list_of(&f.meta).await) })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut cache = self.footers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (k, pairs) in read {
+            cache.insert(k, Arc::new(pairs?));
+        }
+        // Forget files that are gone (compacted, expired).
+        let live: HashSet<_> = files.iter().map(key).collect();
+        cache.retain(|k, _| live.contains(k));
+        let own = self.own.clone().unwrap_or_default();
+        let mut held: Vec<(&str, &(String, String))> = Vec::new();
+        for f in files {
+            if let Some(pairs) = cache.get(&key(f)) {
+                held.extend(pairs.iter().map(|p| (f.collector.as_str(), p)));
+            }
+        }
+        held.extend(tail.iter().map(|p| (own.as_str(), p)));
+        Ok(crate::copies::losing_copies(held))
+    }
+
+    /// The `(agent_id, batch_id)` pairs a file's footer lists (none for a
+    /// file written before footers listed them).
+    async fn batch_list_of(&self, meta: &ObjectMeta) -> crate::Result<Vec<(String, String)>> {
+        use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+        use object_store::ObjectStoreExt as _;
+        let (location, size) = (&meta.location, meta.size);
+        let unreadable = |why: String| crate::Error::Internal(format!("reading the footer of {location}: {why}"));
+        // A Parquet file ends with the footer's length and "PAR1".
+        let end = self
+            .store
+            .get_range(location, size.saturating_sub(8)..size)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        if end.len() != 8 || &end[4..] != b"PAR1" {
+            return Err(unreadable("not a Parquet file".into()));
+        }
+        let len = u64::from(u32::from_le_bytes([end[0], end[1], end[2], end[3]]));
+        if len + 8 > size {
+            return Err(unreadable(format!("footer of {len} bytes in a file of {size}")));
+        }
+        let footer =
+            self.store.get_range(location, size - 8 - len..size - 8).await.map_err(|e| unreadable(e.to_string()))?;
+        let builder = ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| unreadable(e.to_string()))?;
+        let listed = builder
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == crate::copies::BATCHES_KEY))
+            .and_then(|kv| kv.value.as_deref())
+            .map(crate::copies::parse_batch_list)
+            .unwrap_or_default();
+        Ok(listed)
+    }
+}
+
+/// A flushed file a query reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Listed {
+    /// Directory of the collector that wrote it (empty for a local store).
+    pub collector: String,
+    /// Its key and size.
+    pub meta: ObjectMeta,
+    /// Its URL for the listing table.
+    pub url: ListingTableUrl,
 }
 
 /// A store that serves reads under its roots and refuses everything else.
@@ -325,7 +421,7 @@ mod tests {
             inner.put(&Path::from(key.as_str()), PutPayload::from_static(b"x")).await.expect("put");
         }
         let store = FlowStore::in_bucket(inner, "bucket", "fleet", Some("a")).expect("store");
-        let mut files: Vec<String> = store.files(5).await.expect("files").iter().map(|u| u.to_string()).collect();
+        let mut files: Vec<String> = store.files(5).await.expect("files").iter().map(|f| f.url.to_string()).collect();
         files.sort();
         assert_eq!(
             files,
