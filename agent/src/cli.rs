@@ -20,7 +20,7 @@ use crate::live::{Capture, Harvester, LiveSource};
 use crate::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet, write_lan_capture};
 use crate::spool::{DEFAULT_MAX_BYTES, Spool, SpoolConfig};
 use crate::state::{AgentState, default_state_dir};
-use crate::uploader::{ClientTls, Uploader, transient};
+use crate::uploader::{ClientTls, Uploader, collector_urls, transient};
 use crate::{Error, Result};
 
 /// leakwatch agent: report which destinations your devices contact,
@@ -77,7 +77,8 @@ pub struct RunArgs {
     /// e.g. 0.0.0.0:5123 (port 0 picks a free one and prints it).
     #[arg(long, env = "LEAKWATCH_AGENT_PCAPDROID_UDP")]
     pub pcapdroid_udp: Option<std::net::SocketAddr>,
-    /// Collector URL (required unless --dry-run).
+    /// Collector URL, or several separated by commas to fail over between
+    /// (required unless --dry-run).
     #[arg(long, env = "LEAKWATCH_COLLECTOR")]
     pub collector: Option<String>,
     /// Send nothing; print what would be sent, interval by interval.
@@ -154,7 +155,7 @@ pub struct InstallServiceArgs {
 /// Flags of `flush`.
 #[derive(Debug, Args)]
 pub struct FlushArgs {
-    /// Collector URL.
+    /// Collector URL, or several separated by commas.
     #[arg(long, env = "LEAKWATCH_COLLECTOR")]
     pub collector: Option<String>,
     #[command(flatten)]
@@ -179,7 +180,8 @@ pub struct ImportArgs {
     /// Capture files.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Collector URL, e.g. http://127.0.0.1:50051 (required unless --dry-run).
+    /// Collector URL, e.g. http://127.0.0.1:50051, or several separated by
+    /// commas to fail over between (required unless --dry-run).
     #[arg(long, env = "LEAKWATCH_COLLECTOR")]
     pub collector: Option<String>,
     /// Send nothing; print exactly what would be sent.
@@ -356,7 +358,7 @@ impl AgentArgs {
 /// Flags of `enroll`.
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
-    /// Collector URL.
+    /// Collector URL, or several separated by commas.
     #[arg(long, env = "LEAKWATCH_COLLECTOR")]
     pub collector: Option<String>,
     /// The code from the collector's operator.
@@ -539,13 +541,16 @@ async fn enroll(args: EnrollArgs) -> Result<ExitCode> {
     if let Some(code) = args.code {
         settings.enrollment_code = code;
     }
-    let url = settings.collector()?.to_string();
     let state = settings.state()?;
-    state.forget_credentials(&url)?;
-    let mut up = settings.uploader(&state)?;
-    up.ensure_enrolled().await?;
-    eprintln!("enrolled with {url}; token stored in {}", state.dir().display());
-    println!("{}", up.agent_id());
+    // Each collector of a list gives this agent its own id and token.
+    for url in collector_urls(settings.collector()?) {
+        state.forget_credentials(&url)?;
+        let mut up =
+            Uploader::open_with_tls(&url, &settings.tls, &state, &settings.enrollment_code, settings.deliver_timeout)?;
+        up.ensure_enrolled().await?;
+        eprintln!("enrolled with {url}; token stored in {}", state.dir().display());
+        println!("{}", up.agent_id());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -691,11 +696,10 @@ impl ImportSink<'_> {
 /// with the collector unreachable; says what was sent and what is left.
 /// Exit code: success unless the collector refused the agent.
 async fn deliver_spool(spool: &std::sync::Mutex<Spool>, settings: &Settings, state: &AgentState) -> Result<ExitCode> {
-    let url = settings.collector()?.to_string();
     let mut uploader = settings.uploader(state)?;
     let started = std::time::Instant::now();
     let d = deliver(spool, &mut uploader, state.dir(), started + settings.deliver_timeout).await?;
-    let mut line = format!("sent to {url}: {} records in {} new batches", d.records, d.batches);
+    let mut line = format!("sent to {}: {} records in {} new batches", uploader.url(), d.records, d.batches);
     if d.duplicates > 0 {
         line.push_str(&format!(", {} batches already stored", d.duplicates));
     }
@@ -703,6 +707,9 @@ async fn deliver_spool(spool: &std::sync::Mutex<Spool>, settings: &Settings, sta
         line.push_str(&format!(", {} batches refused as invalid (see `leakwatch-agent status`)", d.rejected));
     }
     line.push_str(&format!(", {} retries", uploader.stats.retries));
+    if uploader.stats.failovers > 0 {
+        line.push_str(&format!(", {} failovers to another collector", uploader.stats.failovers));
+    }
     eprintln!("{line}");
     let left = &d.remaining;
     if left.entries == 0 {

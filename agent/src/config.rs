@@ -19,7 +19,10 @@ use crate::{Error, Result};
 pub const SAMPLE_CONFIG: &str = r#"# leakwatch agent configuration.
 # A command-line flag or its environment variable overrides each setting.
 
-# Collector gRPC URL (env LEAKWATCH_COLLECTOR).
+# Collector gRPC URL (env LEAKWATCH_COLLECTOR). Several, separated by
+# commas, share the load: the agent keeps to one and fails over to the
+# next when it is away (each gives the agent its own token, obtained with
+# the same enrollment code).
 # collector = "http://127.0.0.1:50051"
 
 # State directory: install secret and collector credentials
@@ -47,7 +50,7 @@ spool_max_mib = 64
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Collector gRPC URL.
+    /// Collector gRPC URL, or several separated by commas.
     pub collector: Option<String>,
     /// State directory.
     pub state_dir: Option<PathBuf>,

@@ -130,6 +130,8 @@ pub async fn deliver(
         match uploader.send_until(&batch, deadline).await {
             Ok(ack) => {
                 lock(spool).ack_through(entry.position)?;
+                // It may have failed over to another collector of its list.
+                status.collector = Some(uploader.url().to_string());
                 status.last_success = status.last_attempt.clone();
                 status.last_error = None;
                 if ack.status() == AckStatus::Duplicate {

@@ -93,14 +93,22 @@ impl AdminService {
 }
 
 /// Creates a code in `log`; returns it.
-pub fn create_code(log: &DurableLog, max_uses: u32, expires_at_s: i64, now_s: i64) -> Result<String> {
+pub fn create_code(log: &DurableLog, code: &str, max_uses: u32, expires_at_s: i64, now_s: i64) -> Result<String> {
+    let chosen = code.len();
+    if chosen > 0
+        && (!(16..=128).contains(&chosen) || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    {
+        return Err(Error::Config(format!(
+            "code: must be 16 to 128 bytes of [A-Za-z0-9_-] (got {chosen} bytes); leave it out for a random one"
+        )));
+    }
     if !(1..=MAX_CODE_USES).contains(&max_uses) {
         return Err(Error::Config(format!("max_uses: {max_uses} is outside 1..={MAX_CODE_USES}")));
     }
     if expires_at_s <= now_s {
         return Err(Error::Config(format!("expires_at_unix_s: {expires_at_s} is not in the future (now {now_s})")));
     }
-    let code = hex::encode(rand::random::<[u8; 16]>());
+    let code = if code.is_empty() { hex::encode(rand::random::<[u8; 16]>()) } else { code.to_string() };
     let hash = token_hash(&code);
     log.put_code(&hash, max_uses, expires_at_s)?;
     Ok(code)
@@ -153,9 +161,10 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let log = self.log.clone();
         let now = chrono::Utc::now().timestamp();
-        let code = tokio::task::spawn_blocking(move || create_code(&log, req.max_uses, req.expires_at_unix_s, now))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let code =
+            tokio::task::spawn_blocking(move || create_code(&log, &req.code, req.max_uses, req.expires_at_unix_s, now))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(max_uses = req.max_uses, expires_at = req.expires_at_unix_s, "Created enrollment code");
         Ok(Response::new(CreateEnrollmentCodeResponse { code }))
     }
@@ -184,6 +193,8 @@ impl Admin for AdminService {
 pub enum AdminAction {
     /// Create an enrollment code.
     EnrollCode {
+        /// The code, when the operator chooses it (empty: a random one).
+        code: String,
         /// Uses allowed.
         max_uses: u32,
         /// Expiry, Unix seconds.
@@ -239,9 +250,12 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
             let bearer: tonic::metadata::MetadataValue<_> =
                 format!("Bearer {}", endpoint.token).parse().map_err(|_| Error::Config("bad admin token".into()))?;
             return match action {
-                AdminAction::EnrollCode { max_uses, expires_at_s } => {
-                    let mut req =
-                        Request::new(CreateEnrollmentCodeRequest { max_uses, expires_at_unix_s: expires_at_s });
+                AdminAction::EnrollCode { code, max_uses, expires_at_s } => {
+                    let mut req = Request::new(CreateEnrollmentCodeRequest {
+                        max_uses,
+                        expires_at_unix_s: expires_at_s,
+                        code: code.clone(),
+                    });
                     req.metadata_mut().insert("authorization", bearer);
                     let resp =
                         client.create_enrollment_code(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
@@ -266,8 +280,8 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
     // No collector running here: use the log directly.
     let log = DurableLog::open(&DataDir::new(data_dir.to_path_buf()).log())?;
     match action {
-        AdminAction::EnrollCode { max_uses, expires_at_s } => {
-            create_code(&log, max_uses, expires_at_s, chrono::Utc::now().timestamp())
+        AdminAction::EnrollCode { code, max_uses, expires_at_s } => {
+            create_code(&log, &code, max_uses, expires_at_s, chrono::Utc::now().timestamp())
         }
         AdminAction::Revoke { agent_id } => {
             let revoked = log.revoke_agent(&agent_id)?;

@@ -254,6 +254,11 @@ pub enum AdminCommand {
         /// Expiry: a duration from now (30d, 12h, 45m) or an RFC 3339 time.
         #[arg(long, default_value = "7d")]
         expires: String,
+        /// The code itself (16 to 128 of A-Za-z0-9_-), to create the same
+        /// code on every collector an agent may fail over to; default: a
+        /// random one.
+        #[arg(long)]
+        code: Option<String>,
     },
     /// Revoke an agent's token.
     Revoke {
@@ -391,7 +396,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Admin(args) => {
             let action = match args.action {
-                AdminCommand::EnrollCode { max_uses, expires } => admin::AdminAction::EnrollCode {
+                AdminCommand::EnrollCode { max_uses, expires, code } => admin::AdminAction::EnrollCode {
+                    code: code.unwrap_or_default(),
                     max_uses,
                     expires_at_s: admin::parse_expiry(&expires, chrono::Utc::now().timestamp())?,
                 },

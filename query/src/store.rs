@@ -215,15 +215,22 @@ impl FlowStore {
             return Ok(Vec::new());
         }
         let key = |f: &Listed| (f.meta.location.clone(), f.meta.size);
-        let missing: Vec<&Listed> = {
+        let missing: Vec<ObjectMeta> = {
             let cache = self.footers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            files.iter().filter(|f| !cache.contains_key(&key(f))).collect()
+            files.iter().filter(|f| !cache.contains_key(&key(f))).map(|f| f.meta.clone()).collect()
         };
-        let read: Vec<_> = futures::stream::iter(missing)
-            .map(|f| async move { (key(f), self.batch_list_of(&f.meta).await) })
-            .buffer_unordered(16)
-            .collect()
-            .await;
+        // Owned futures (no borrow in them), read 16 at a time.
+        let reads: Vec<_> = missing
+            .into_iter()
+            .map(|meta| {
+                let this = self.clone();
+                async move {
+                    let pairs = this.batch_list_of(&meta).await;
+                    ((meta.location, meta.size), pairs)
+                }
+            })
+            .collect();
+        let read: Vec<_> = futures::stream::iter(reads).buffer_unordered(16).collect().await;
         let mut cache = self.footers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (k, pairs) in read {
             cache.insert(k, Arc::new(pairs?));

@@ -83,34 +83,48 @@ async fn codes_limit_enrollment_and_revocation_stops_reports() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// One code, chosen by the operator and created on two collectors, enrolls
+/// an agent given both with each of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_enroll_command_uses_an_operator_code() {
+async fn agent_enroll_command_uses_an_operator_code_on_every_collector() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let mut config = serve_config(&data);
-    config.open_enrollment = false;
-    let server = Server::start(config).await.expect("start");
-    let url = format!("http://{}", server.grpc_addr);
-    let code = admin(&data, &["enroll-code"]).expect("code");
+    let code = "fleet-2026-12-a1b2c3d4e5";
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    for name in ["c1", "c2"] {
+        let data = dir.path().join(name);
+        let mut config = serve_config(&data);
+        config.open_enrollment = false;
+        let server = Server::start(config).await.expect("start");
+        urls.push(format!("http://{}", server.grpc_addr));
+        assert_eq!(admin(&data, &["enroll-code", "--max-uses", "5", "--code", code]).expect("code"), code);
+        servers.push(server);
+    }
+    let err = admin(&dir.path().join("c1"), &["enroll-code", "--code", "short"]).expect_err("too short");
+    assert!(err.contains("code: must be 16 to 128 bytes of [A-Za-z0-9_-] (got 5 bytes)"), "{err}");
     let agent = std::path::PathBuf::from(env!("CARGO_BIN_EXE_leakwatch")).with_file_name("leakwatch-agent");
     assert!(agent.exists(), "build the agent binary first (cargo build --workspace)");
     let out = std::process::Command::new(&agent)
-        .args(["enroll", "--collector", &url, "--code", &code, "--state-dir"])
+        .args(["enroll", "--collector", &urls.join(","), "--code", code, "--state-dir"])
         .arg(dir.path().join("agent"))
         .output()
         .expect("run agent enroll");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let agent_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let creds =
-        AgentState::open(&dir.path().join("agent")).expect("state").credentials(&url).expect("read").expect("stored");
-    assert_eq!(creds.agent_id, agent_id);
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 2, "one agent id per collector: {ids:?}");
+    let state = AgentState::open(&dir.path().join("agent")).expect("state");
+    for (url, id) in urls.iter().zip(&ids) {
+        assert_eq!(&state.credentials(url).expect("read").expect("stored").agent_id, id);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(dir.path().join("agent/credentials.json")).expect("meta").permissions().mode();
         assert_eq!(mode & 0o077, 0, "credentials are private: {mode:o}");
     }
-    server.shutdown().await.expect("shutdown");
+    for server in servers {
+        server.shutdown().await.expect("shutdown");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use crate::leakwatch;
 use crate::pipeline::simulated;
 
 /// A spawned server, killed if the test ends early (a panic).
-struct Serving(Child);
+pub struct Serving(pub Child);
 
 impl Drop for Serving {
     fn drop(&mut self) {
@@ -43,11 +43,23 @@ fn spawn_serve(data_dir: &Path, flush_secs: u64) -> (Serving, String) {
 
 /// As [`spawn_serve`], listening on `grpc` with `extra` flags.
 fn spawn_serve_on(data_dir: &Path, flush_secs: u64, grpc: &str, extra: &[&str]) -> (Serving, String) {
+    spawn_serve_env(data_dir, flush_secs, grpc, extra, &[])
+}
+
+/// As [`spawn_serve_on`], with `envs` set.
+pub fn spawn_serve_env(
+    data_dir: &Path,
+    flush_secs: u64,
+    grpc: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (Serving, String) {
     let mut child = leakwatch()
         .args(["serve", "--open-enrollment", "--grpc-listen", grpc, "--http-listen", "127.0.0.1:0"])
         .args(["--flush-interval-secs", &flush_secs.to_string(), "--data-dir"])
         .arg(data_dir)
         .args(extra)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -65,7 +77,7 @@ fn spawn_serve_on(data_dir: &Path, flush_secs: u64, grpc: &str, extra: &[&str]) 
     (Serving(child), format!("http://{addr}"))
 }
 
-fn sql_csv(data_dir: &Path, sql: &str) -> String {
+pub fn sql_csv(data_dir: &Path, sql: &str) -> String {
     let out = leakwatch()
         .args(["sql", "--format", "csv", "--data-dir"])
         .arg(data_dir)

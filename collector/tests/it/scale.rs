@@ -158,3 +158,115 @@ async fn scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node() {
         server.shutdown().await.expect("shutdown");
     }
 }
+
+/// Two real `leakwatch serve` processes on the shared store; 20 agents,
+/// each given both collectors, upload concurrently; collector A is
+/// SIGKILLed mid-upload and stays down while its agents fail over to B,
+/// then comes back (its log still holds what it acknowledged). In the end
+/// every batch is in `flows` exactly once with all its records, including
+/// one the agent's retry made both collectors store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_killing_one_collector_mid_upload_loses_nothing_its_agents_fail_over() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use leakwatch_agent::state::AgentState;
+    use leakwatch_agent::uploader::Uploader;
+
+    use crate::durability::spawn_serve_env;
+    const AGENTS: usize = 20;
+    const BATCHES: usize = 20;
+    const RECORDS: usize = 40;
+
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("AWS_ACCESS_KEY_ID", KEY.0), ("AWS_SECRET_ACCESS_KEY", KEY.1)];
+    let serve = |id: &str| {
+        let store = format!("s3://{BUCKET}/fleet");
+        let flags = ["--store", store.as_str(), "--collector-id", id, "--s3-endpoint", s3.endpoint.as_str()];
+        spawn_serve_env(&dir.path().join(id), 1, "127.0.0.1:0", &flags, &env)
+    };
+    let (mut a, url_a) = serve("collector-a");
+    let (b, url_b) = serve("collector-b");
+    let both = format!("{url_a},{url_b}");
+    let batch_of = |agent: usize, n: usize| {
+        let mut batch = crate::hostile::good_batch();
+        batch.batch_id = format!("failover-{agent}-{n}");
+        batch.device =
+            Some(leakwatch_proto::v1::DeviceInfo { device_pseudonym: format!("dev{agent}"), ..Default::default() });
+        let template = batch.records[0].clone();
+        batch.records = (0..RECORDS)
+            .map(|r| leakwatch_proto::v1::FlowRecord { dst_port: 1000 + r as u32, ..template.clone() })
+            .collect();
+        batch
+    };
+
+    // A batch whose answer was lost: stored by A, then retried to B.
+    let state = AgentState::open(&dir.path().join("agent-copy")).expect("state");
+    for url in [&url_a, &url_b] {
+        let mut up = Uploader::connect(url, &state, "", Duration::from_secs(20)).await.expect("enroll");
+        let ack = up.send(&batch_of(AGENTS, 0)).await.expect("send");
+        assert_eq!(ack.records_accepted as usize, RECORDS, "each collector stores its copy");
+    }
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for agent in 0..AGENTS {
+        let state = AgentState::open(&dir.path().join(format!("agent-{agent}"))).expect("state");
+        let (both, progress) = (both.clone(), progress.clone());
+        let batches: Vec<_> = (0..BATCHES).map(|n| batch_of(agent, n)).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut up = Uploader::connect(&both, &state, "", Duration::from_secs(120)).await.expect("enroll");
+            let first = up.url().to_string();
+            for batch in &batches {
+                up.send(batch).await.unwrap_or_else(|e| panic!("batch {}: {e}", batch.batch_id));
+                progress.fetch_add(1, Ordering::SeqCst);
+            }
+            (first, up.stats.failovers)
+        }));
+    }
+    // Kill A a third of the way through, while agents are sending.
+    let total = AGENTS * BATCHES;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(Ordering::SeqCst) < total / 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    a.kill().expect("SIGKILL collector A");
+    a.wait().expect("reap");
+    let at_kill = progress.load(Ordering::SeqCst);
+    assert!(at_kill < total, "the kill landed mid-upload ({at_kill} of {total} acknowledged)");
+    let mut started_on_a = 0;
+    for task in tasks {
+        let (first, failovers) = task.await.expect("agent task");
+        if first == url_a {
+            started_on_a += 1;
+            assert!(failovers > 0, "an agent that started on A finished without failing over to B");
+        }
+    }
+    assert!(started_on_a > 0, "no agent started on A (the install secret picks the first collector)");
+    eprintln!("{started_on_a} of {AGENTS} agents started on A, killed after {at_kill} of {total} acks");
+
+    // A comes back and flushes what its log holds; both stop cleanly.
+    let (a, _) = serve("collector-a");
+    for mut serving in [a, b] {
+        let pid = serving.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        assert!(serving.wait().expect("wait").success(), "clean exit after SIGTERM");
+    }
+
+    let query = "SELECT count(*) AS batches, min(n) AS fewest, max(n) AS most, sum(n) AS records \
+                 FROM (SELECT batch_id, count(*) AS n FROM flows GROUP BY batch_id)";
+    let out = crate::leakwatch()
+        .args(["sql", "--format", "csv", "-c", query, "--data-dir"])
+        .arg(dir.path().join("collector-b"))
+        .envs(env)
+        .output()
+        .expect("leakwatch sql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let batches = total + 1;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("batches,fewest,most,records\n{batches},{RECORDS},{RECORDS},{}\n", batches * RECORDS),
+        "every acknowledged batch once, whole"
+    );
+}
