@@ -10,10 +10,17 @@
 //! Each rule runs `BENCH_RUNS` times on each engine (default 3, after one
 //! warm-up run); the best time counts.
 //!
+//! Then the same rules on Apache DataFusion Ballista, a scheduler with one
+//! executor and then with two (in this process, on loopback; the machine's
+//! cores split among the executors), against leakwatch on one node. On a
+//! machine this small that shows the cost of distributing a query
+//! (stages, shuffle files, Arrow Flight between executors), not a speed-up.
+//!
 //! Environment: `BENCH_RECORDS` (default 50,000,000), `BENCH_DIR` (default
 //! the system temp dir), `BENCH_PYTHON` (a Python with `duckdb`; without it
 //! DuckDB is skipped and said so), `BENCH_MEMORY_MIB` (leakwatch's query
-//! memory limit, default 16384), `BENCH_RUNS`.
+//! memory limit, default 16384), `BENCH_RUNS`, `BENCH_BALLISTA_RUNS`
+//! (default 1; 0 skips Ballista).
 
 mod common;
 
@@ -56,7 +63,11 @@ fn main() {
     let runs: usize = env_or("BENCH_RUNS", 3usize).max(1);
     let memory_mib: usize = env_or("BENCH_MEMORY_MIB", 16_384);
     let dir = bench_dir();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let flows = dir.path().join("bench/flows");
         let Copies { rows, copies, base_rows, bytes, elapsed } = replicate(dir.path(), &flows, target).await;
@@ -65,9 +76,9 @@ fn main() {
             bytes as f64 / 1e9,
         );
 
-        let config = QueryConfig { memory_limit_bytes: memory_mib << 20, timeout: Duration::from_secs(3600) };
+        let config = QueryConfig { memory_limit_bytes: memory_mib << 20, timeout: Duration::from_secs(3600), ..QueryConfig::default() };
         let store = FlowStore::local(flows.parent().expect("the flows directory's parent")).expect("store");
-        let sessions = SessionFactory::new(config, store, Arc::new(FilesOnly));
+        let sessions = SessionFactory::new(config.clone(), store.clone(), Arc::new(FilesOnly));
         let sql_dir = dir.path().join("sql");
         std::fs::create_dir_all(&sql_dir).expect("sql dir");
         let mut ours = BTreeMap::new();
@@ -113,6 +124,55 @@ fn main() {
                 ),
                 None => println!("  {rule:<20} {secs:>12.3} {:>12} {:>8} {:>14}", "-", "-", found),
             }
+        }
+
+        let ballista_runs: usize = env_or("BENCH_BALLISTA_RUNS", 1usize);
+        if ballista_runs == 0 {
+            println!("  Ballista skipped: BENCH_BALLISTA_RUNS=0");
+            return;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut clusters = Vec::new();
+        for executors in [1usize, 2] {
+            let slots = (cores / executors).max(1);
+            let url = leakwatch_query::ballista::start_local_cluster(&store, executors, slots)
+                .await
+                .expect("Ballista cluster");
+            let sessions = SessionFactory::new(QueryConfig { ballista: Some(url), ..config.clone() }, store.clone(), Arc::new(FilesOnly));
+            let mut times = BTreeMap::new();
+            for rule in builtin_rules() {
+                let sql = rule.render(&BTreeMap::new()).expect("render");
+                let mut best = f64::INFINITY;
+                let mut found = 0;
+                for _ in 0..ballista_runs {
+                    let session = sessions.session().await.expect("session");
+                    let t0 = Instant::now();
+                    let batches = session.sql(&sql).await.unwrap_or_else(|e| panic!("rule {} on Ballista: {e}", rule.name));
+                    best = best.min(t0.elapsed().as_secs_f64());
+                    found = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                }
+                times.insert(rule.name.clone(), (best, found));
+            }
+            clusters.push((executors, slots, times));
+        }
+        let described: Vec<String> =
+            clusters.iter().map(|(n, slots, _)| format!("{n} executor(s) x {slots} task slots")).collect();
+        println!(
+            "  Ballista, in-process scheduler with {} (best of {ballista_runs}; on {cores} cores this is overhead, not speed-up):",
+            described.join(", then ")
+        );
+        println!("  {:<20} {:>12} {:>12} {:>8} {:>12} {:>8} {:>6}", "rule", "leakwatch s", "1 exec s", "ratio", "2 exec s", "ratio", "rows");
+        for (rule, (secs, found)) in &ours {
+            let per: Vec<(f64, u64)> = clusters.iter().map(|(_, _, t)| t[rule]).collect();
+            let same = per.iter().all(|(_, rows)| rows == found);
+            println!(
+                "  {rule:<20} {secs:>12.3} {:>12.3} {:>8.2} {:>12.3} {:>8.2} {:>6}",
+                per[0].0,
+                per[0].0 / secs,
+                per[1].0,
+                per[1].0 / secs,
+                if same { "same" } else { "DIFFER" }
+            );
         }
     });
 }

@@ -37,6 +37,83 @@ pub enum Command {
     /// Simulate the built-in fleet, send it through agent and collector,
     /// and print what the boot_phone_home rule finds.
     Demo(DemoArgs),
+    /// Run a process of an Apache DataFusion Ballista cluster that runs
+    /// the collectors' queries (`serve --ballista df://HOST:PORT`).
+    Ballista(BallistaArgs),
+}
+
+/// Flags of `ballista`.
+#[derive(Debug, Args)]
+pub struct BallistaArgs {
+    /// The process.
+    #[command(subcommand)]
+    pub role: BallistaRole,
+    /// The shared store the collectors write to, s3://BUCKET/PREFIX
+    /// (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "LEAKWATCH_STORE", global = true, conflicts_with = "data_dir")]
+    pub store: Option<String>,
+    /// S3 endpoint URL for stores other than AWS (default: AWS_ENDPOINT_URL).
+    #[arg(long, env = "LEAKWATCH_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, env = "LEAKWATCH_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
+    /// Or: a collector's data directory, to read the store it writes to
+    /// (its local files, or its shared store).
+    #[arg(long, env = "LEAKWATCH_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A process of the cluster.
+#[derive(Debug, Subcommand)]
+pub enum BallistaRole {
+    /// The scheduler: plans each query into stages and hands their tasks
+    /// to the executors.
+    Scheduler {
+        /// gRPC listen address (collectors' `--ballista df://HOST:PORT`,
+        /// and executors, connect here).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        listen: SocketAddr,
+    },
+    /// An executor: runs tasks, reading the Parquet files from the store.
+    Executor {
+        /// The scheduler, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// Listen address of its Arrow Flight service (other executors
+        /// fetch shuffle data here).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Host name the others reach it by (default: the listen address).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Task slots (default: the machine's cores).
+        #[arg(long)]
+        vcores: Option<usize>,
+        /// Directory for shuffle files (default: a temporary one).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+}
+
+impl BallistaArgs {
+    /// The store the cluster reads.
+    fn flow_store(&self) -> Result<leakwatch_query::FlowStore> {
+        match (&self.store, &self.data_dir) {
+            (Some(url), _) => {
+                let options = leakwatch_query::S3Options {
+                    endpoint: self.s3_endpoint.clone(),
+                    region: self.s3_region.clone(),
+                    credentials: None,
+                };
+                leakwatch_query::FlowStore::s3(url, &options, None).map_err(|e| Error::Config(format!("--store: {e}")))
+            }
+            (None, Some(dir)) => DataDir::new(dir.clone()).flow_store(),
+            (None, None) => Err(Error::Config(
+                "--store s3://BUCKET/PREFIX or --data-dir DIR: the cluster needs the store to read".into(),
+            )),
+        }
+    }
 }
 
 /// Listening and query settings shared by `serve` and `demo`.
@@ -92,6 +169,12 @@ pub struct QueryArgs {
     /// Time limit per query, seconds.
     #[arg(long, env = "LEAKWATCH_QUERY_TIMEOUT_SECS", default_value_t = 60)]
     pub query_timeout_secs: u64,
+    /// Run queries on an Apache DataFusion Ballista cluster: its
+    /// scheduler's URL, df://HOST:PORT (see `leakwatch ballista`). The
+    /// cluster reads the flushed files only; unflushed records stay with
+    /// their collector until its next flush.
+    #[arg(long, env = "LEAKWATCH_BALLISTA")]
+    pub ballista: Option<String>,
 }
 
 impl QueryArgs {
@@ -99,6 +182,7 @@ impl QueryArgs {
         QueryConfig {
             memory_limit_bytes: self.query_memory_mib.saturating_mul(1024 * 1024),
             timeout: Duration::from_secs(self.query_timeout_secs),
+            ballista: self.ballista.clone(),
         }
     }
 }
@@ -409,6 +493,32 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             println!("{}", admin::run(&args.data_dir, action).await?);
             Ok(())
+        }
+        Command::Ballista(args) => {
+            let flows = args.flow_store()?;
+            let query_error = |e: leakwatch_query::Error| Error::Config(e.to_string());
+            match args.role {
+                BallistaRole::Scheduler { listen } => {
+                    eprintln!("Ballista scheduler on {listen}, reading {flows}");
+                    leakwatch_query::ballista::run_scheduler(listen, flows).await.map_err(query_error)
+                }
+                BallistaRole::Executor { scheduler, listen, external_host, vcores, work_dir } => {
+                    let (host, port) = scheduler
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                        .ok_or_else(|| Error::Config(format!("--scheduler {scheduler:?}: expected HOST:PORT")))?;
+                    let vcores = vcores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                    eprintln!("Ballista executor on {listen} ({vcores} task slots) for {scheduler}, reading {flows}");
+                    let options = leakwatch_query::ballista::ExecutorOptions {
+                        scheduler: (host, port),
+                        bind: listen,
+                        external_host,
+                        vcores,
+                        work_dir,
+                    };
+                    leakwatch_query::ballista::run_executor(options, flows).await.map_err(query_error)
+                }
+            }
         }
         Command::Demo(args) => {
             demo::run(DemoOptions {

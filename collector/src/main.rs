@@ -4,13 +4,24 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    match leakwatch_collector::cli::run(leakwatch_collector::cli::Cli::parse()).await {
+    // Queries are planned (and, for Ballista, serialized) on these threads too.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(leakwatch_collector::cli::run(leakwatch_collector::cli::Cli::parse())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -107,6 +107,7 @@ impl QueryRuntime {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("leakwatch-query")
+            .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
             .enable_all()
             .build()
             .map_err(|e| Error::Config(format!("starting the query runtime: {e}")))?;

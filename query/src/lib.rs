@@ -14,6 +14,7 @@
 //! This crate knows nothing of gRPC or RocksDB: the collector hands in the
 //! tail as rows ([`FlowRow`]).
 
+pub mod ballista;
 mod copies;
 pub mod format;
 pub mod materialise;
@@ -32,6 +33,11 @@ pub use store::{FlowStore, ReadOnlyStore, S3Options, parse_s3_url, s3_store};
 pub use udf::registrable_domain;
 
 use datafusion::error::DataFusionError;
+
+/// Stack size for threads that plan and run queries. Plans of the rules
+/// nest deeply enough that (de)serializing them for a Ballista cluster
+/// overflows the 2 MiB thread default in debug builds.
+pub const QUERY_THREAD_STACK: usize = 8 << 20;
 
 /// Errors of the query layer, sorted by whose fault they are.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ use datafusion::catalog::MemTable;
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -30,11 +31,16 @@ pub struct QueryConfig {
     pub memory_limit_bytes: usize,
     /// Time limit per query (default 60 s).
     pub timeout: Duration,
+    /// Scheduler URL (`df://HOST:PORT`) of the Apache DataFusion Ballista
+    /// cluster that runs the queries, on the flushed files only (see
+    /// [`crate::ballista`]); `None`: this process runs them, on the files
+    /// and the unflushed tail.
+    pub ballista: Option<String>,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { memory_limit_bytes: 1 << 30, timeout: Duration::from_secs(60) }
+        Self { memory_limit_bytes: 1 << 30, timeout: Duration::from_secs(60), ballista: None }
     }
 }
 
@@ -97,6 +103,9 @@ impl std::fmt::Debug for SessionFactory {
 pub struct QuerySession {
     ctx: SessionContext,
     timeout: Duration,
+    /// Runs on a Ballista cluster (which reads files only: no tables
+    /// computed into this process's memory).
+    distributed: bool,
 }
 
 impl std::fmt::Debug for QuerySession {
@@ -120,13 +129,16 @@ impl SessionFactory {
             .with_memory_limit(self.config.memory_limit_bytes, 1.0)
             .with_object_store_registry(Arc::new(self.flows.registry()))
             .build_arc()?;
-        let mut config = SessionConfig::new().with_information_schema(true);
-        // Strings are read as views (no copy of each value out of the
-        // Parquet pages, and cheaper grouping and comparing); results reach
-        // analysts and Flight SQL clients as plain Utf8 (`in_schema`).
-        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-        config.options_mut().execution.parquet.schema_force_view_types = true;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let config = match &self.config.ballista {
+            Some(_) => crate::ballista::cluster_config(),
+            None => query_options(SessionConfig::new()),
+        };
+        let state =
+            SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
+        let ctx = match &self.config.ballista {
+            Some(url) => crate::ballista::remote_context(url, state).await?,
+            None => SessionContext::new_with_state(state),
+        };
         // No table functions that generate unbounded rows.
         ctx.deregister_udtf("generate_series");
         ctx.deregister_udtf("range");
@@ -136,7 +148,12 @@ impl SessionFactory {
             ctx.register_udf(udf);
         }
 
-        let snapshot = self.tail.snapshot().map_err(Error::Tail)?;
+        // A cluster reads the flushed files only, all of them; a local
+        // session reads the files up to the watermark and the tail.
+        let snapshot = match &self.config.ballista {
+            Some(_) => TailSnapshot { watermark: u64::MAX, batches: Vec::new() },
+            None => self.tail.snapshot().map_err(Error::Tail)?,
+        };
         let files = self.flows.files(snapshot.watermark).await?;
         let mut tail_pairs = std::collections::HashSet::new();
         if self.flows.is_shared() {
@@ -145,16 +162,31 @@ impl SessionFactory {
         let losers = self.flows.losing_copies(&files, &tail_pairs).await?;
         let schema = view_schema(&flows_schema());
         let batches = snapshot.batches.into_iter().map(|b| in_schema(b, &schema)).collect::<Result<Vec<_>>>()?;
-        let tail = MemTable::try_new(schema.clone(), vec![batches])?;
-        let mut flows = ctx.read_table(Arc::new(tail))?;
+        let mut flows = match (&self.config.ballista, files.is_empty()) {
+            // A plan the cluster can run: the files' table alone.
+            (Some(_), false) => None,
+            (Some(url), true) => {
+                return Err(Error::Invalid(format!(
+                    "--ballista {url}: {} holds no flushed files yet; the cluster reads flushed files only",
+                    self.flows
+                )));
+            }
+            (None, _) => Some(ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![batches])?))?),
+        };
         if !files.is_empty() {
             let urls = files.into_iter().map(|f| f.url).collect();
             let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
             let config =
                 ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
             let flushed = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
-            flows = flushed.union(flows)?;
+            flows = Some(match flows {
+                Some(tail) => flushed.union(tail)?,
+                None => flushed,
+            });
         }
+        let Some(mut flows) = flows else {
+            return Err(Error::Internal("no table of files and no tail".into()));
+        };
         if !losers.is_empty() {
             flows = flows.filter(not_a_losing_copy(&losers))?;
         }
@@ -163,8 +195,19 @@ impl SessionFactory {
             let view = ctx.sql(sql).await?.into_view();
             ctx.register_table(*name, view)?;
         }
-        Ok(QuerySession { ctx, timeout: self.config.timeout })
+        Ok(QuerySession { ctx, timeout: self.config.timeout, distributed: self.config.ballista.is_some() })
     }
+}
+
+/// `config` with the options of every leakwatch session: the
+/// information schema, and strings read as views (no copy of each value
+/// out of the Parquet pages, and cheaper grouping and comparing; results
+/// reach analysts and Flight SQL clients as plain Utf8, see `in_schema`).
+pub(crate) fn query_options(config: SessionConfig) -> SessionConfig {
+    let mut config = config.with_information_schema(true);
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+    config.options_mut().execution.parquet.schema_force_view_types = true;
+    config
 }
 
 /// True for rows of `flows` that are not in one of the `losers` (`(agent_id,
@@ -277,7 +320,8 @@ impl QuerySession {
         // Planned as written first: its errors name what the analyst wrote.
         let plan = self.plan(sql).await?;
         let run = async {
-            if let Some(steps) = crate::materialise::split(sql, &step_prefix())
+            if !self.distributed
+                && let Some(steps) = crate::materialise::split(sql, &step_prefix())
                 && let Some(tables) = self.step_tables(steps.tables).await?
             {
                 let batches = self.collect(self.plan(&steps.query).await?).await;
@@ -342,6 +386,7 @@ impl QuerySession {
         params: Vec<ScalarValue>,
     ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
         if params.is_empty()
+            && !self.distributed
             && let Some(steps) = crate::materialise::split(sql, &step_prefix())
             && let Some(tables) = self.step_tables(steps.tables).await?
         {

@@ -17,7 +17,7 @@ use leakwatch_collector::flusher::SharedStore;
 use leakwatch_collector::server::Server;
 use leakwatch_query::format::{OutputFormat, render};
 use leakwatch_query::rules::builtin_rules;
-use leakwatch_query::{S3Options, s3_store};
+use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, S3Options, SessionFactory, s3_store};
 
 use crate::{serve_config, set_by_make_test};
 
@@ -81,6 +81,30 @@ impl S3Server {
         let listed: Vec<_> = store.list(None).try_collect().await.expect("list");
         listed.into_iter().map(|m| m.location.to_string()).collect()
     }
+}
+
+/// Runs `work` on a runtime whose threads have the stack queries need
+/// (`leakwatch_query::QUERY_THREAD_STACK`), as the `leakwatch` binary's
+/// do; what it spawns (an in-process Ballista cluster) stays there, running
+/// until the test process ends.
+fn on_query_threads<T: Send + 'static>(work: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(leakwatch_query::QUERY_THREAD_STACK)
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let out = runtime.block_on(work);
+            // The cluster's tasks keep running for the console below.
+            std::mem::forget(runtime);
+            out
+        })
+        .expect("thread")
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 async fn rules_csv(server: &Server) -> BTreeMap<String, String> {
@@ -154,9 +178,46 @@ async fn scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node() {
         .expect("leakwatch sql");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("n\n{}\n", report.records_accepted));
+    // Shutting down flushes each collector's tail to the store.
     for server in servers {
         server.shutdown().await.expect("shutdown");
     }
+
+    // A Ballista scheduler and two executors (in this process, on
+    // loopback) read the same store: every rule gives the same rows. The
+    // executors know leakwatch's SQL functions only through the codecs.
+    let options = S3Options {
+        endpoint: Some(s3.endpoint.clone()),
+        region: None,
+        credentials: Some((KEY.0.into(), KEY.1.into())),
+    };
+    let store = FlowStore::s3(&format!("s3://{BUCKET}/fleet"), &options, None).expect("store");
+    let url = on_query_threads(async move {
+        let url = leakwatch_query::ballista::start_local_cluster(&store, 2, 1).await.expect("Ballista cluster");
+        let config = QueryConfig { ballista: Some(url.clone()), ..QueryConfig::default() };
+        let factory = SessionFactory::new(config, store, std::sync::Arc::new(FilesOnly));
+        let session = factory.session().await.expect("session on the cluster");
+        for rule in builtin_rules() {
+            let sql = rule.render(&BTreeMap::new()).expect("render");
+            let batches = session.sql(&sql).await.unwrap_or_else(|e| panic!("rule {} on Ballista: {e}", rule.name));
+            let golden = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{}.csv", rule.name)),
+            )
+            .expect("golden file");
+            assert_eq!(render(&batches, OutputFormat::Csv).expect("csv"), golden, "rule {} on Ballista", rule.name);
+        }
+        url
+    });
+    // The console runs on the cluster when given its scheduler.
+    let out = crate::leakwatch()
+        .args(["sql", "--format", "csv", "--ballista", &url, "-c", "SELECT count(*) AS n FROM flows", "--data-dir"])
+        .arg(dir.path().join("collector-a"))
+        .env("AWS_ACCESS_KEY_ID", KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", KEY.1)
+        .output()
+        .expect("leakwatch sql --ballista");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("n\n{}\n", report.records_accepted));
 }
 
 /// Two real `leakwatch serve` processes on the shared store; 20 agents,
