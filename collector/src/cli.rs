@@ -84,6 +84,10 @@ pub enum BallistaRole {
         /// fetch shuffle data here).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// Port of its gRPC service, on the listen address (default: the
+        /// listen port plus one).
+        #[arg(long)]
+        grpc_port: Option<u16>,
         /// Host name the others reach it by (default: the listen address).
         #[arg(long)]
         external_host: Option<String>,
@@ -502,16 +506,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                     eprintln!("Ballista scheduler on {listen}, reading {flows}");
                     leakwatch_query::ballista::run_scheduler(listen, flows).await.map_err(query_error)
                 }
-                BallistaRole::Executor { scheduler, listen, external_host, vcores, work_dir } => {
+                BallistaRole::Executor { scheduler, listen, grpc_port, external_host, vcores, work_dir } => {
                     let (host, port) = scheduler
                         .rsplit_once(':')
                         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                         .ok_or_else(|| Error::Config(format!("--scheduler {scheduler:?}: expected HOST:PORT")))?;
                     let vcores = vcores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-                    eprintln!("Ballista executor on {listen} ({vcores} task slots) for {scheduler}, reading {flows}");
+                    let grpc_port = grpc_port.unwrap_or_else(|| listen.port().saturating_add(1));
+                    eprintln!(
+                        "Ballista executor on {listen} (gRPC port {grpc_port}, task slots: {vcores}) for {scheduler}, reading {flows}"
+                    );
                     let options = leakwatch_query::ballista::ExecutorOptions {
                         scheduler: (host, port),
                         bind: listen,
+                        grpc_port,
                         external_host,
                         vcores,
                         work_dir,

@@ -231,6 +231,8 @@ pub struct ExecutorOptions {
     pub scheduler: (String, u16),
     /// Address its Arrow Flight service (shuffle data) listens on.
     pub bind: SocketAddr,
+    /// Port of its gRPC service, on the same address.
+    pub grpc_port: u16,
     /// Host name other executors reach it by (default: `bind`'s address).
     pub external_host: Option<String>,
     /// Task slots (default: the machine's cores).
@@ -246,6 +248,7 @@ pub async fn run_executor(options: ExecutorOptions, flows: FlowStore) -> crate::
     let config = ExecutorProcessConfig {
         bind_host: options.bind.ip().to_string(),
         port: options.bind.port(),
+        grpc_port: options.grpc_port,
         external_host: options.external_host,
         scheduler_host: options.scheduler.0,
         scheduler_port: options.scheduler.1,
