@@ -350,14 +350,7 @@ async fn collector_sigkilled_repeatedly_under_50_agents_stores_every_ack_exactly
             let mut up = Uploader::connect(&url, &state, "", Duration::from_secs(120)).await.expect("enroll");
             let mut acked = Vec::new();
             for b in 0..BATCHES {
-                let mut batch = crate::hostile::good_batch();
-                batch.batch_id = format!("crash-{a}-{b}");
-                batch.device =
-                    Some(leakwatch_proto::v1::DeviceInfo { device_pseudonym: format!("dev{a}"), ..Default::default() });
-                let template = batch.records[0].clone();
-                batch.records = (0..RECORDS)
-                    .map(|r| leakwatch_proto::v1::FlowRecord { dst_port: 1000 + r as u32, ..template.clone() })
-                    .collect();
+                let batch = crate::hostile::numbered_batch(format!("crash-{a}-{b}"), format!("dev{a}"), RECORDS);
                 let ack = up.send(&batch).await.unwrap_or_else(|e| panic!("batch {}: {e}", batch.batch_id));
                 acked.push((batch.batch_id, ack.status()));
                 progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -35,6 +35,17 @@ pub fn good_batch() -> ReportBatch {
     }
 }
 
+/// [`good_batch`] as batch `batch_id` of device `device`, with `records`
+/// records (ports 1000, 1001, ...).
+pub fn numbered_batch(batch_id: String, device: String, records: usize) -> ReportBatch {
+    let mut batch = good_batch();
+    batch.batch_id = batch_id;
+    batch.device = Some(DeviceInfo { device_pseudonym: device, ..Default::default() });
+    let template = batch.records[0].clone();
+    batch.records = (0..records).map(|r| FlowRecord { dst_port: 1000 + r as u32, ..template.clone() }).collect();
+    batch
+}
+
 /// A `ReportBatch` look-alike whose string fields are raw bytes.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RawBatch {

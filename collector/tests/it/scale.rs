@@ -107,6 +107,30 @@ fn on_query_threads<T: Send + 'static>(work: impl std::future::Future<Output = T
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// `leakwatch sql` (with `flags`) running `sql` on a collector's data
+/// directory, whose shared store it finds there (credentials from the AWS
+/// environment, as for `serve`); its CSV output.
+fn console(data_dir: &Path, flags: &[&str], sql: &str) -> String {
+    let out = crate::leakwatch()
+        .args(["sql", "--format", "csv", "-c", sql])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("AWS_ACCESS_KEY_ID", KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", KEY.1)
+        .output()
+        .expect("leakwatch sql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The rows a rule finds on one node holding the whole built-in fleet
+/// (checked by `rules::every_rule_finds_exactly_its_planted_rows`).
+fn golden(rule: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{rule}.csv"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 async fn rules_csv(server: &Server) -> BTreeMap<String, String> {
     let session = server.sessions.session().await.expect("session");
     let mut out = BTreeMap::new();
@@ -153,11 +177,7 @@ async fn scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node() {
     // checks on a single node).
     for server in &servers {
         for (rule, csv) in rules_csv(server).await {
-            let golden = std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{rule}.csv")),
-            )
-            .expect("golden file");
-            assert_eq!(csv, golden, "rule {rule} over two collectors differs from one node");
+            assert_eq!(csv, golden(&rule), "rule {rule} over two collectors differs from one node");
         }
     }
     // Every stored record once: each collector counts both collectors' rows.
@@ -169,15 +189,8 @@ async fn scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node() {
     }
     // The console on a collector's data directory finds the shared store
     // there (credentials from the AWS environment, as for `serve`).
-    let out = crate::leakwatch()
-        .args(["sql", "--format", "csv", "-c", "SELECT count(*) AS n FROM flows", "--data-dir"])
-        .arg(dir.path().join("collector-b"))
-        .env("AWS_ACCESS_KEY_ID", KEY.0)
-        .env("AWS_SECRET_ACCESS_KEY", KEY.1)
-        .output()
-        .expect("leakwatch sql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("n\n{}\n", report.records_accepted));
+    let count = "SELECT count(*) AS n FROM flows";
+    assert_eq!(console(&dir.path().join("collector-b"), &[], count), format!("n\n{}\n", report.records_accepted));
     // Shutting down flushes each collector's tail to the store.
     for server in servers {
         server.shutdown().await.expect("shutdown");
@@ -200,24 +213,14 @@ async fn scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node() {
         for rule in builtin_rules() {
             let sql = rule.render(&BTreeMap::new()).expect("render");
             let batches = session.sql(&sql).await.unwrap_or_else(|e| panic!("rule {} on Ballista: {e}", rule.name));
-            let golden = std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{}.csv", rule.name)),
-            )
-            .expect("golden file");
-            assert_eq!(render(&batches, OutputFormat::Csv).expect("csv"), golden, "rule {} on Ballista", rule.name);
+            let csv = render(&batches, OutputFormat::Csv).expect("csv");
+            assert_eq!(csv, golden(&rule.name), "rule {} on Ballista", rule.name);
         }
         url
     });
     // The console runs on the cluster when given its scheduler.
-    let out = crate::leakwatch()
-        .args(["sql", "--format", "csv", "--ballista", &url, "-c", "SELECT count(*) AS n FROM flows", "--data-dir"])
-        .arg(dir.path().join("collector-a"))
-        .env("AWS_ACCESS_KEY_ID", KEY.0)
-        .env("AWS_SECRET_ACCESS_KEY", KEY.1)
-        .output()
-        .expect("leakwatch sql --ballista");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("n\n{}\n", report.records_accepted));
+    let on_cluster = console(&dir.path().join("collector-a"), &["--ballista", &url], count);
+    assert_eq!(on_cluster, format!("n\n{}\n", report.records_accepted));
 }
 
 /// Two real `leakwatch serve` processes on the shared store; 20 agents,
@@ -251,15 +254,7 @@ async fn scale_killing_one_collector_mid_upload_loses_nothing_its_agents_fail_ov
     let (b, url_b) = serve("collector-b");
     let both = format!("{url_a},{url_b}");
     let batch_of = |agent: usize, n: usize| {
-        let mut batch = crate::hostile::good_batch();
-        batch.batch_id = format!("failover-{agent}-{n}");
-        batch.device =
-            Some(leakwatch_proto::v1::DeviceInfo { device_pseudonym: format!("dev{agent}"), ..Default::default() });
-        let template = batch.records[0].clone();
-        batch.records = (0..RECORDS)
-            .map(|r| leakwatch_proto::v1::FlowRecord { dst_port: 1000 + r as u32, ..template.clone() })
-            .collect();
-        batch
+        crate::hostile::numbered_batch(format!("failover-{agent}-{n}"), format!("dev{agent}"), RECORDS)
     };
 
     // A batch whose answer was lost: stored by A, then retried to B.
@@ -317,16 +312,9 @@ async fn scale_killing_one_collector_mid_upload_loses_nothing_its_agents_fail_ov
 
     let query = "SELECT count(*) AS batches, min(n) AS fewest, max(n) AS most, sum(n) AS records \
                  FROM (SELECT batch_id, count(*) AS n FROM flows GROUP BY batch_id)";
-    let out = crate::leakwatch()
-        .args(["sql", "--format", "csv", "-c", query, "--data-dir"])
-        .arg(dir.path().join("collector-b"))
-        .envs(env)
-        .output()
-        .expect("leakwatch sql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let batches = total + 1;
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        console(&dir.path().join("collector-b"), &[], query),
         format!("batches,fewest,most,records\n{batches},{RECORDS},{RECORDS},{}\n", batches * RECORDS),
         "every acknowledged batch once, whole"
     );
