@@ -207,7 +207,10 @@ async fn scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node() {
     let store = FlowStore::s3(&format!("s3://{BUCKET}/fleet"), &options, None).expect("store");
     let url = on_query_threads(async move {
         let url = leakwatch_query::ballista::start_local_cluster(&store, 2, 1).await.expect("Ballista cluster");
-        let config = QueryConfig { ballista: Some(url.clone()), ..QueryConfig::default() };
+        // The default 60 s limit is for analysts; a debug build on a busy
+        // machine can take longer over shuffles, and the test is about rows.
+        let config =
+            QueryConfig { ballista: Some(url.clone()), timeout: Duration::from_secs(900), ..QueryConfig::default() };
         let factory = SessionFactory::new(config, store, std::sync::Arc::new(FilesOnly));
         let session = factory.session().await.expect("session on the cluster");
         for rule in builtin_rules() {
