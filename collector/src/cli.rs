@@ -414,19 +414,34 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
     }
 }
 
-async fn wait_for_stop() {
+/// Registers for SIGTERM and SIGINT at once, so a signal that arrives
+/// while the server starts or just after its banner is not lost to the
+/// default action (which kills the process without a flush), and returns
+/// the wait for either.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Runs the command line.
@@ -434,6 +449,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             check_plaintext(&args.listen, args.allow_plaintext, args.tls_cert.is_some())?;
+            let stop = stop_signal();
             if args.open_enrollment {
                 tracing::warn!("Open enrollment: any agent that can reach this collector may report");
             }
@@ -444,7 +460,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             config.client_ca = args.tls_client_ca;
             let server = Server::start(config).await?;
             println!("leakwatch collector: gRPC on {}, HTTP on http://{}", server.grpc_addr, server.http_addr);
-            wait_for_stop().await;
+            stop.await;
             tracing::info!("Stopping: draining requests and flushing");
             server.shutdown().await
         }
