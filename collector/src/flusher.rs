@@ -38,6 +38,11 @@ use crate::{Error, Result};
 /// A day partition is compacted into one file once it has this many.
 pub const COMPACT_MIN_FILES: usize = 8;
 
+/// How long the inputs of a compaction stay after the merged file is
+/// written, so that queries that listed them finish (the default query
+/// timeout is one minute).
+pub const KEEP_REPLACED: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Most log entries (batches) per flush.
 pub const MAX_BATCHES_PER_FLUSH: u64 = 20_000;
 
@@ -148,36 +153,44 @@ impl DataStore {
 
     /// Merges the flushed files of each day into one once a day has at
     /// least `min_files` of them. Every file of the day at or below the
-    /// watermark goes in, so the merged file's range covers exactly them;
-    /// readers skip files whose range lies inside another's, so a crash
-    /// between writing the merged file and deleting its inputs is
-    /// harmless, and the next compaction deletes those inputs. Returns the
-    /// number of files merged away.
-    pub async fn compact(&self, watermark: u64, min_files: usize) -> Result<u64> {
+    /// watermark goes in, so the merged file's range covers exactly them.
+    /// Readers skip files whose range lies inside another's, so the inputs
+    /// stay readable until `keep` has passed since the merged file was
+    /// written: a query that listed them before the merge (in this process
+    /// or in a `leakwatch sql` on the same directory) still finds them. A
+    /// later call deletes them, as it does the inputs of a compaction a
+    /// crash interrupted; covered files never go into a merge again.
+    /// Returns the number of files deleted.
+    pub async fn compact(&self, watermark: u64, min_files: usize, keep: std::time::Duration) -> Result<u64> {
         let mut days: BTreeMap<String, Vec<(u64, u64, StorePath)>> = BTreeMap::new();
-        for (day, loc) in self.flow_files().await? {
-            let name = loc.filename().unwrap_or_default().to_string();
+        let mut written = BTreeMap::new();
+        for (day, meta) in self.flow_files().await? {
+            let name = meta.location.filename().unwrap_or_default().to_string();
             let Some((from, to)) = leakwatch_query::flushed_range_of(std::path::Path::new(&name)) else { continue };
             if to <= watermark {
-                days.entry(day).or_default().push((from, to, loc));
+                written.insert(meta.location.clone(), meta.last_modified);
+                days.entry(day).or_default().push((from, to, meta.location));
             }
         }
-        let mut merged_away = 0;
-        for (day, mut files) in days {
-            files.sort_by_key(|(from, to, _)| (*from, std::cmp::Reverse(*to)));
+        let kept_since = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        let mut deleted = 0;
+        for (day, all) in days {
+            // Files inside another's range were merged into it: delete
+            // them once the merged file is older than `keep`.
+            let mut files = Vec::new();
+            for (from, to, path) in &all {
+                let coverers: Vec<&StorePath> =
+                    all.iter().filter(|(f, t, p)| p != path && f <= from && to <= t).map(|(_, _, p)| p).collect();
+                if coverers.is_empty() {
+                    files.push((*from, *to, path.clone()));
+                } else if coverers.iter().any(|p| written.get(*p).is_some_and(|w| *w <= kept_since)) {
+                    self.delete(path).await?;
+                    deleted += 1;
+                }
+            }
+            files.sort_by_key(|(from, _, _)| *from);
             let from = files.iter().map(|f| f.0).min().unwrap_or(0);
             let to = files.iter().map(|f| f.1).max().unwrap_or(0);
-            // Inputs of an interrupted compaction: delete them.
-            let covering = files.iter().find(|(f, t, _)| *f == from && *t == to).map(|(_, _, p)| p.clone());
-            if let Some(covering) = &covering
-                && files.len() > 1
-            {
-                for (_, _, path) in files.iter().filter(|(_, _, p)| p != covering) {
-                    self.delete(path).await?;
-                    merged_away += 1;
-                }
-                continue;
-            }
             if files.len() < min_files.max(2) {
                 continue;
             }
@@ -208,17 +221,19 @@ impl DataStore {
             writer.close().map_err(|e| Error::Storage(e.to_string()))?;
             let merged = self.flow_file(&day, from, to);
             self.put_durable(&merged, buf).await?;
-            for (_, _, path) in &files {
-                self.delete(path).await?;
-                merged_away += 1;
+            if keep.is_zero() {
+                for (_, _, path) in &files {
+                    self.delete(path).await?;
+                    deleted += 1;
+                }
             }
             tracing::info!(day = %day, files = files.len(), from, to, "Compacted day partition");
         }
-        Ok(merged_away)
+        Ok(deleted)
     }
 
     /// Every file of the `flows` table with its day (`YYYY-MM-DD`).
-    async fn flow_files(&self) -> Result<Vec<(String, StorePath)>> {
+    async fn flow_files(&self) -> Result<Vec<(String, object_store::ObjectMeta)>> {
         use futures::TryStreamExt as _;
         let files: Vec<_> = self
             .store
@@ -230,7 +245,7 @@ impl DataStore {
             .into_iter()
             .filter_map(|meta| {
                 let day = meta.location.parts().find_map(|p| p.as_ref().strip_prefix("day=").map(str::to_string))?;
-                Some((day, meta.location))
+                Some((day, meta))
             })
             .collect())
     }
@@ -244,9 +259,9 @@ impl DataStore {
     pub async fn apply_retention(&self, days: u32, today: chrono::NaiveDate) -> Result<u64> {
         let Some(cutoff) = today.checked_sub_days(chrono::Days::new(u64::from(days))) else { return Ok(0) };
         let mut deleted = 0;
-        for (day, location) in self.flow_files().await? {
+        for (day, meta) in self.flow_files().await? {
             if chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").is_ok_and(|d| d < cutoff) {
-                self.delete(&location).await?;
+                self.delete(&meta.location).await?;
                 deleted += 1;
             }
         }
@@ -420,6 +435,7 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn rows(n: usize) -> arrow::array::RecordBatch {
         let mut b = FlowBatchBuilder::new();
@@ -439,6 +455,40 @@ mod tests {
         v
     }
 
+    fn rows_in(path: &std::path::Path) -> usize {
+        let file = std::fs::File::open(path).expect("open");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("read")
+            .build()
+            .expect("reader");
+        reader.map(|b| b.expect("batch").num_rows()).sum()
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_its_inputs_for_running_queries_and_never_merges_them_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DataStore::local(dir.path().to_path_buf()).expect("store");
+        let put = async |from: u64, to: u64, n: usize| {
+            let path = StorePath::from(format!("flows/day=2026-10-01/{from:020}-{to:020}.parquet"));
+            store.put_durable(&path, parquet_bytes(&rows(n)).expect("parquet")).await.expect("put");
+        };
+        put(1, 1, 2).await;
+        put(2, 2, 3).await;
+        let hour = Duration::from_secs(3600);
+        // Merged, but the inputs stay for queries that listed them.
+        assert_eq!(store.compact(2, 2, hour).await.expect("compact"), 0);
+        let day = dir.path().join("flows/day=2026-10-01");
+        assert_eq!(names(&day).len(), 3);
+        // A later flush: the next merge takes the merged file and the new
+        // one, never the inputs it already holds.
+        put(3, 3, 4).await;
+        assert_eq!(store.compact(3, 2, hour).await.expect("compact"), 0);
+        assert_eq!(rows_in(&day.join("00000000000000000001-00000000000000000003.parquet")), 9);
+        // Once the keep period is over, every covered file goes.
+        assert_eq!(store.compact(3, 8, Duration::ZERO).await.expect("cleanup"), 4);
+        assert_eq!(names(&day), ["00000000000000000001-00000000000000000003.parquet"]);
+    }
+
     #[tokio::test]
     async fn compaction_merges_flushed_files_of_a_day_and_keeps_every_row() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -448,24 +498,19 @@ mod tests {
             store.put_durable(&path, parquet_bytes(&rows(n)).expect("parquet")).await.expect("put");
         }
         // Watermark 4: the file of range 5 belongs to a flush in progress.
-        assert_eq!(store.compact(4, 2).await.expect("compact"), 3);
+        assert_eq!(store.compact(4, 2, Duration::ZERO).await.expect("compact"), 3);
         let day = dir.path().join("flows/day=2026-10-01");
         assert_eq!(
             names(&day),
             ["00000000000000000001-00000000000000000004.parquet", "00000000000000000005-00000000000000000005.parquet"]
         );
-        let file = std::fs::File::open(day.join("00000000000000000001-00000000000000000004.parquet")).expect("open");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("read")
-            .build()
-            .expect("reader");
-        assert_eq!(reader.map(|b| b.expect("batch").num_rows()).sum::<usize>(), 9);
+        assert_eq!(rows_in(&day.join("00000000000000000001-00000000000000000004.parquet")), 9);
         // Too few files: nothing to do. Leftover inputs of an interrupted
         // compaction are deleted.
-        assert_eq!(store.compact(5, 8).await.expect("compact"), 0);
+        assert_eq!(store.compact(5, 8, Duration::ZERO).await.expect("compact"), 0);
         let stale = StorePath::from("flows/day=2026-10-01/00000000000000000002-00000000000000000003.parquet");
         store.put_durable(&stale, parquet_bytes(&rows(3)).expect("parquet")).await.expect("put");
-        assert_eq!(store.compact(4, 8).await.expect("cleanup"), 1);
+        assert_eq!(store.compact(4, 8, Duration::ZERO).await.expect("cleanup"), 1);
         assert_eq!(names(&day).len(), 2);
     }
 
