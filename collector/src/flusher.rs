@@ -179,8 +179,11 @@ impl DataStore {
             // them once the merged file is older than `keep`.
             let mut files = Vec::new();
             for (from, to, path) in &all {
-                let coverers: Vec<&StorePath> =
-                    all.iter().filter(|(f, t, p)| p != path && f <= from && to <= t).map(|(_, _, p)| p).collect();
+                let coverers: Vec<&StorePath> = all
+                    .iter()
+                    .filter(|(f, t, p)| p != path && leakwatch_query::range_within((*from, *to), (*f, *t)))
+                    .map(|(_, _, p)| p)
+                    .collect();
                 if coverers.is_empty() {
                     files.push((*from, *to, path.clone()));
                 } else if coverers.iter().any(|p| written.get(*p).is_some_and(|w| *w <= kept_since)) {

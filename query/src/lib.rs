@@ -28,6 +28,7 @@ pub use copies::{BATCHES_KEY, batch_list, batch_pairs};
 pub use schema::{FlowBatchBuilder, FlowRow, flows_schema};
 pub use session::{
     FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,
+    range_within,
 };
 pub use store::{FlowStore, ReadOnlyStore, S3Options, parse_s3_url, s3_store};
 pub use udf::registrable_domain;

@@ -81,6 +81,13 @@ pub fn flushed_range_of(path: &Path) -> Option<(u64, u64)> {
     Some((from.parse().ok()?, to.parse().ok()?))
 }
 
+/// True when flushed range `inner` lies inside `outer` (of another file):
+/// a compaction merged it into that file. Readers skip such a file, and
+/// compaction never merges it again.
+pub fn range_within(inner: (u64, u64), outer: (u64, u64)) -> bool {
+    outer.0 <= inner.0 && inner.1 <= outer.1
+}
+
 /// Builds every DataFusion session: read-only, with the leakwatch tables
 /// and functions, within the configured limits.
 #[derive(Clone)]

@@ -191,8 +191,9 @@ impl FlowStore {
         let mut out = Vec::new();
         for ((collector, _), ranged) in groups {
             for (meta, (from, to)) in &ranged {
-                let covered =
-                    ranged.iter().any(|(other, (f, t))| other.location != meta.location && f <= from && to <= t);
+                let covered = ranged
+                    .iter()
+                    .any(|(other, outer)| other.location != meta.location && crate::range_within((*from, *to), *outer));
                 if !covered {
                     let url = ListingTableUrl::parse(format!("{}{}", self.url.as_str(), meta.location))?;
                     out.push(Listed { collector: collector.clone(), meta: meta.clone(), url });
