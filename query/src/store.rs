@@ -253,27 +253,12 @@ impl FlowStore {
     /// The `(agent_id, batch_id)` pairs a file's footer lists (none for a
     /// file written before footers listed them).
     async fn batch_list_of(&self, meta: &ObjectMeta) -> crate::Result<Vec<(String, String)>> {
-        use datafusion::parquet::file::metadata::ParquetMetaDataReader;
-        use object_store::ObjectStoreExt as _;
-        let (location, size) = (&meta.location, meta.size);
-        let unreadable = |why: String| crate::Error::Internal(format!("reading the footer of {location}: {why}"));
-        // A Parquet file ends with the footer's length and "PAR1".
-        let end = self
-            .store
-            .get_range(location, size.saturating_sub(8)..size)
+        use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+        let footer = DFParquetMetadata::new(self.store.as_ref(), meta)
+            .fetch_metadata()
             .await
-            .map_err(|e| unreadable(e.to_string()))?;
-        if end.len() != 8 || &end[4..] != b"PAR1" {
-            return Err(unreadable("not a Parquet file".into()));
-        }
-        let len = u64::from(u32::from_le_bytes([end[0], end[1], end[2], end[3]]));
-        if len + 8 > size {
-            return Err(unreadable(format!("footer of {len} bytes in a file of {size}")));
-        }
-        let footer =
-            self.store.get_range(location, size - 8 - len..size - 8).await.map_err(|e| unreadable(e.to_string()))?;
-        let builder = ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| unreadable(e.to_string()))?;
-        let listed = builder
+            .map_err(|e| crate::Error::Internal(format!("reading the footer of {}: {e}", meta.location)))?;
+        let listed = footer
             .file_metadata()
             .key_value_metadata()
             .and_then(|kv| kv.iter().find(|kv| kv.key == crate::copies::BATCHES_KEY))
