@@ -110,9 +110,9 @@ impl std::fmt::Debug for SessionFactory {
 pub struct QuerySession {
     ctx: SessionContext,
     timeout: Duration,
-    /// Runs on a Ballista cluster (which reads files only: no tables
-    /// computed into this process's memory).
-    distributed: bool,
+    /// The scheduler URL when it runs on a Ballista cluster (which reads
+    /// files only: no tables computed into this process's memory).
+    cluster: Option<String>,
 }
 
 impl std::fmt::Debug for QuerySession {
@@ -202,7 +202,17 @@ impl SessionFactory {
             let view = ctx.sql(sql).await?.into_view();
             ctx.register_table(*name, view)?;
         }
-        Ok(QuerySession { ctx, timeout: self.config.timeout, distributed: self.config.ballista.is_some() })
+        Ok(QuerySession { ctx, timeout: self.config.timeout, cluster: self.config.ballista.clone() })
+    }
+}
+
+/// `e` of a query that ran on the Ballista cluster at `cluster` (if any),
+/// naming it: a cluster that cannot be reached or fails otherwise shows up
+/// only when a query runs.
+fn on_cluster(cluster: Option<&str>, e: Error) -> Error {
+    match (cluster, e) {
+        (Some(url), Error::Internal(m)) => Error::Internal(format!("on the Ballista cluster --ballista {url}: {m}")),
+        (_, e) => e,
     }
 }
 
@@ -314,8 +324,11 @@ impl QuerySession {
             }
             plan.with_param_values(values)?
         };
-        let stream = self.ctx.execute_logical_plan(plan).await?.execute_stream().await?;
-        Ok(stream.map(move |batch| in_schema(batch?, &schema)).boxed())
+        let cluster = self.cluster.clone();
+        let name_cluster = move |e: datafusion::error::DataFusionError| on_cluster(cluster.as_deref(), e.into());
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let stream = frame.execute_stream().await.map_err(&name_cluster)?;
+        Ok(stream.map(move |batch| in_schema(batch.map_err(&name_cluster)?, &schema)).boxed())
     }
 
     /// Runs one read-only statement and collects its result, within the
@@ -327,7 +340,7 @@ impl QuerySession {
         // Planned as written first: its errors name what the analyst wrote.
         let plan = self.plan(sql).await?;
         let run = async {
-            if !self.distributed
+            if self.cluster.is_none()
                 && let Some(steps) = crate::materialise::split(sql, &step_prefix())
                 && let Some(tables) = self.step_tables(steps.tables).await?
             {
@@ -346,7 +359,8 @@ impl QuerySession {
     /// All batches of a planned statement, in [`Self::result_schema`].
     async fn collect(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
         let schema = Self::result_schema(&plan);
-        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let batches = frame.collect().await.map_err(|e| on_cluster(self.cluster.as_deref(), e.into()))?;
         batches.into_iter().map(|b| in_schema(b, &schema)).collect()
     }
 
@@ -393,7 +407,7 @@ impl QuerySession {
         params: Vec<ScalarValue>,
     ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
         if params.is_empty()
-            && !self.distributed
+            && self.cluster.is_none()
             && let Some(steps) = crate::materialise::split(sql, &step_prefix())
             && let Some(tables) = self.step_tables(steps.tables).await?
         {
@@ -785,5 +799,29 @@ mod tests {
         let sql = "SELECT count(DISTINCT a.device_pseudonym || b.device_pseudonym) FROM flows a CROSS JOIN flows b";
         let err = session.sql(sql).await.expect_err("timeout");
         assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_scheduler_is_an_error_naming_the_flag_and_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let day = dir.path().join("flows/day=2026-10-01");
+        std::fs::create_dir_all(&day).expect("mkdir");
+        let file =
+            std::fs::File::create(day.join("00000000000000000001-00000000000000000002.parquet")).expect("create");
+        let mut w = ArrowWriter::try_new(file, flows_schema(), None).expect("writer");
+        w.write(&batch_rows("a1", "x", 3)).expect("write");
+        w.close().expect("close");
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let url = format!("df://127.0.0.1:{port}");
+        let config = QueryConfig { ballista: Some(url.clone()), ..QueryConfig::default() };
+        let factory = SessionFactory::new(config, FlowStore::local(dir.path()).expect("store"), Arc::new(FilesOnly));
+        let err = match factory.session().await {
+            Err(e) => e,
+            Ok(session) => session.sql("SELECT count(*) FROM flows").await.expect_err("no scheduler"),
+        };
+        let text = err.to_string();
+        assert!(!text.contains("no flushed files"), "{text}");
+        assert!(text.contains("--ballista") && text.contains(&format!("127.0.0.1:{port}")), "{text}");
     }
 }
