@@ -162,14 +162,14 @@ impl DataStore {
     /// crash interrupted; covered files never go into a merge again.
     /// Returns the number of files deleted.
     pub async fn compact(&self, watermark: u64, min_files: usize, keep: std::time::Duration) -> Result<u64> {
-        let mut days: BTreeMap<String, Vec<(u64, u64, StorePath)>> = BTreeMap::new();
-        let mut written = BTreeMap::new();
+        // Per day: each file's flushed range, key and time written.
+        type Flushed = (u64, u64, StorePath, chrono::DateTime<chrono::Utc>);
+        let mut days: BTreeMap<String, Vec<Flushed>> = BTreeMap::new();
         for (day, meta) in self.flow_files().await? {
             let name = meta.location.filename().unwrap_or_default().to_string();
             let Some((from, to)) = leakwatch_query::flushed_range_of(std::path::Path::new(&name)) else { continue };
             if to <= watermark {
-                written.insert(meta.location.clone(), meta.last_modified);
-                days.entry(day).or_default().push((from, to, meta.location));
+                days.entry(day).or_default().push((from, to, meta.location, meta.last_modified));
             }
         }
         let kept_since = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
@@ -178,15 +178,14 @@ impl DataStore {
             // Files inside another's range were merged into it: delete
             // them once the merged file is older than `keep`.
             let mut files = Vec::new();
-            for (from, to, path) in &all {
-                let coverers: Vec<&StorePath> = all
+            for (from, to, path, _) in &all {
+                let coverers: Vec<&Flushed> = all
                     .iter()
-                    .filter(|(f, t, p)| p != path && leakwatch_query::range_within((*from, *to), (*f, *t)))
-                    .map(|(_, _, p)| p)
+                    .filter(|(f, t, p, _)| p != path && leakwatch_query::range_within((*from, *to), (*f, *t)))
                     .collect();
                 if coverers.is_empty() {
                     files.push((*from, *to, path.clone()));
-                } else if coverers.iter().any(|p| written.get(*p).is_some_and(|w| *w <= kept_since)) {
+                } else if coverers.iter().any(|(.., written)| *written <= kept_since) {
                     self.delete(path).await?;
                     deleted += 1;
                 }
