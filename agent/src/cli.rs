@@ -586,13 +586,16 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                     .first()
                     .and_then(|x| x.device.as_ref())
                     .map(|d| format!("{} {}", d.vendor, d.model));
-                eprintln!(
-                    "  device {} ({}): {} records, boot time: {}",
+                // One write per line (stderr is unbuffered; a capture may
+                // hold thousands of devices).
+                let line = format!(
+                    "  device {} ({}): {} records, boot time: {}\n",
                     b.device.describe(),
                     vendor.unwrap_or_default(),
                     b.import.record_count(),
                     b.import.boot_source.short_name()
                 );
+                let _ = std::io::stderr().write_all(line.as_bytes());
                 devices.insert(b.device);
                 boots += 1;
                 records += b.import.record_count();

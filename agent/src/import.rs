@@ -263,7 +263,8 @@ pub(crate) fn build_batches(
     let mut rest = records.into_iter();
     // Moves the records into their batches (no second copy of them).
     for i in 0.. {
-        let chunk: Vec<FlowRecord> = rest.by_ref().take(per_batch).collect();
+        let mut chunk: Vec<FlowRecord> = Vec::with_capacity(per_batch.min(rest.len()));
+        chunk.extend(rest.by_ref().take(per_batch));
         if chunk.is_empty() {
             break;
         }

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use leakwatch_proto::v1::{BootSource, DeviceInfo};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::anonymiser::{AnonymiserStats, is_non_public};
@@ -69,52 +70,61 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 
 /// The IEEE registries (MA-L, MA-M, MA-S, CID, IAB) as sorted
 /// "PREFIX<TAB>Organization" lines, gzip-compressed; rebuilt by
-/// `scripts/update-oui.sh`. Unpacked on first use (about 2 MB).
+/// `scripts/update-oui.sh`. Streamed through for the MACs asked about
+/// (never held unpacked: about 2 MB), and the answers cached.
 static OUI_TABLE: &[u8] = include_bytes!("../data/oui.tsv.gz");
 
-#[derive(Debug)]
-struct OuiTable {
-    text: String,
-    /// (start of line, end of its prefix) per line, in prefix order.
-    lines: Vec<(u32, u32)>,
+/// Vendors already looked up, by MAC (`None`: not registered).
+fn oui_cache() -> &'static std::sync::Mutex<HashMap<[u8; 6], Option<Box<str>>>> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<[u8; 6], Option<Box<str>>>>> =
+        std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
 }
 
-fn oui_table() -> &'static OuiTable {
-    static TABLE: std::sync::OnceLock<OuiTable> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut text = String::new();
-        // The table is part of the binary; a failure here is a build defect,
-        // and the lookup then finds nothing rather than crashing.
-        if std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(OUI_TABLE), &mut text).is_err() {
-            text.clear();
-        }
-        let mut lines = Vec::new();
-        let mut at = 0usize;
-        for line in text.split_inclusive('\n') {
-            if let Some(tab) = line.find('\t') {
-                lines.push((at as u32, (at + tab) as u32));
-            }
-            at += line.len();
-        }
-        OuiTable { text, lines }
-    })
-}
-
-/// The vendor an IEEE registration names for `mac`, if any (the longest
-/// matching assignment: 36-, 28- or 24-bit).
-pub fn oui_vendor(mac: [u8; 6]) -> Option<&'static str> {
-    let hex: String = mac.iter().map(|b| format!("{b:02X}")).collect();
-    let table = oui_table();
-    let prefix_of = |&(start, tab): &(u32, u32)| &table.text[start as usize..tab as usize];
-    for len in [9, 7, 6] {
-        let want = &hex[..len];
-        if let Ok(i) = table.lines.binary_search_by(|l| prefix_of(l).cmp(want)) {
-            let (_, tab) = table.lines[i];
-            let rest = &table.text[tab as usize + 1..];
-            return Some(rest.split('\n').next().unwrap_or_default());
+/// The vendor an IEEE registration names for each of `macs` (the longest
+/// matching assignment: 36-, 28- or 24-bit), for those that have one.
+pub fn oui_vendors(macs: impl IntoIterator<Item = [u8; 6]>) -> HashMap<[u8; 6], String> {
+    use std::io::BufRead as _;
+    let mut cache = oui_cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let macs: Vec<[u8; 6]> = macs.into_iter().collect();
+    // Each prefix (9, 7 and 6 hex digits) of the MACs not cached yet.
+    let mut wanted: HashMap<String, Vec<[u8; 6]>> = HashMap::new();
+    for mac in macs.iter().filter(|m| !cache.contains_key(*m)) {
+        let hex: String = mac.iter().map(|b| format!("{b:02X}")).collect();
+        for len in [9, 7, 6] {
+            wanted.entry(hex[..len].to_string()).or_default().push(*mac);
         }
     }
-    None
+    if !wanted.is_empty() {
+        let mut found: HashMap<[u8; 6], (usize, Box<str>)> = HashMap::new();
+        let mut reader = std::io::BufReader::new(flate2::read::GzDecoder::new(OUI_TABLE));
+        let mut line = String::new();
+        // The table is part of the binary; a read failure is a build defect,
+        // and the lookup then finds nothing rather than crashing.
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some((prefix, name)) = line.trim_end_matches('\n').split_once('\t')
+                && let Some(hits) = wanted.get(prefix)
+            {
+                for mac in hits {
+                    if found.get(mac).is_none_or(|(len, _)| *len < prefix.len()) {
+                        found.insert(*mac, (prefix.len(), name.into()));
+                    }
+                }
+            }
+            line.clear();
+        }
+        for mac in wanted.into_values().flatten() {
+            let vendor = found.get(&mac).map(|(_, name)| name.clone());
+            cache.insert(mac, vendor);
+        }
+    }
+    macs.into_iter().filter_map(|m| Some((m, cache.get(&m)?.as_deref()?.to_string()))).collect()
+}
+
+/// The vendor an IEEE registration names for `mac`, if any (see
+/// [`oui_vendors`]).
+pub fn oui_vendor(mac: [u8; 6]) -> Option<String> {
+    oui_vendors([mac]).remove(&mac)
 }
 
 impl LanLabels {
@@ -183,8 +193,8 @@ pub struct LanBoot {
 /// interval; a file import sweep by sweep.
 #[derive(Debug, Clone, Default)]
 pub struct LanBootTracker {
-    dhcp: HashMap<[u8; 6], Vec<i64>>,
-    first: HashMap<LanDeviceKey, i64>,
+    dhcp: FxHashMap<[u8; 6], Vec<i64>>,
+    first: FxHashMap<LanDeviceKey, i64>,
     explicit_boot_us: Option<i64>,
 }
 
@@ -208,7 +218,7 @@ impl LanBootTracker {
             }
         }
         let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
-        for (origin, t) in table.origins().into_iter().chain(lookup_origins) {
+        for (origin, t) in table.origins().chain(lookup_origins) {
             if let Some(key) = LanDeviceKey::of(origin) {
                 let e = self.first.entry(key).or_insert(t);
                 *e = (*e).min(t);
@@ -277,6 +287,10 @@ impl LanSums {
         groups.sort_unstable();
         groups.dedup();
 
+        let vendors = oui_vendors(groups.iter().filter_map(|(key, _, _)| match key {
+            LanDeviceKey::Mac(mac) if labels.get(*mac).is_none() => Some(*mac),
+            _ => None,
+        }));
         for group @ (key, boot_us, boot_source) in groups {
             let label = match key {
                 LanDeviceKey::Mac(mac) => labels.get(mac),
@@ -290,7 +304,7 @@ impl LanSums {
             let (vendor, model, firmware, consent) = match (label, key) {
                 (Some(l), _) => (l.vendor.clone(), l.model.clone(), l.firmware.clone(), l.consent.clone()),
                 (None, LanDeviceKey::Mac(mac)) => {
-                    let vendor = oui_vendor(mac).unwrap_or("unknown").chars().take(64).collect();
+                    let vendor = vendors.get(&mac).map_or("unknown", String::as_str).chars().take(64).collect();
                     (vendor, "unknown".into(), String::new(), BTreeMap::new())
                 }
                 (None, LanDeviceKey::Addr(_)) => ("unknown".into(), "unknown".into(), String::new(), BTreeMap::new()),
@@ -393,7 +407,7 @@ consent = { cloud_account = "off" }
         let vendor = oui_vendor([0x64, 0x09, 0x80, 1, 2, 3]).expect("registered OUI");
         assert!(vendor.to_lowercase().contains("xiaomi"), "{vendor}");
         // A 36-bit (MA-S) assignment inside a shared 24-bit block wins.
-        assert_eq!(oui_vendor([0x8c, 0x1f, 0x64, 0xaf, 0xa1, 0x23]), Some("DATA ELECTRONIC DEVICES, INC"));
+        assert_eq!(oui_vendor([0x8c, 0x1f, 0x64, 0xaf, 0xa1, 0x23]).as_deref(), Some("DATA ELECTRONIC DEVICES, INC"));
         assert_eq!(oui_vendor([0x02, 0xff, 0xff, 0, 0, 0]), None, "locally administered: no vendor");
     }
 }

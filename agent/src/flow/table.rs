@@ -453,8 +453,8 @@ impl FlowTable {
     }
 
     /// The origin of every connection with its first packet time.
-    pub fn origins(&self) -> Vec<(Origin, i64)> {
-        self.all.iter().map(|c| (Origin { mac: c.initiator_mac, ip: c.initiator.ip }, c.first_us)).collect()
+    pub fn origins(&self) -> impl Iterator<Item = (Origin, i64)> + '_ {
+        self.all.iter().map(|c| (Origin { mac: c.initiator_mac, ip: c.initiator.ip }, c.first_us))
     }
 
     fn learn_dns(&mut self, p: &Packet<'_>) {

@@ -43,7 +43,23 @@ fn truncated_sha256_hex(text: &str) -> String {
     if text.is_empty() {
         return "000000000000".into();
     }
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))[..12].to_string()
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
+}
+
+/// "0a0b,1301,…": lowercase 4-digit hex, comma-separated (built in one
+/// string: a fingerprint is taken per TLS connection).
+fn hex_list(values: &[u16]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(values.len() * 5);
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for shift in [12, 8, 4, 0] {
+            out.push(char::from(DIGITS[usize::from((v >> shift) & 0xf)]));
+        }
+    }
+    out
 }
 
 impl ClientHello {
@@ -78,25 +94,24 @@ impl ClientHello {
             }
             _ => "00".into(),
         };
-        let hexes = |v: &[u16]| v.iter().map(|x| format!("{x:04x}")).collect::<Vec<_>>().join(",");
         let mut sorted_ciphers = ciphers.clone();
         sorted_ciphers.sort_unstable();
         let mut sorted_ext: Vec<u16> = extensions.iter().copied().filter(|e| *e != 0 && *e != 16).collect();
         sorted_ext.sort_unstable();
         let sigs: Vec<u16> = h.signature_algorithms.iter().copied().filter(|s| !is_grease(*s)).collect();
         let ext_text = if sigs.is_empty() {
-            hexes(&sorted_ext)
+            hex_list(&sorted_ext)
         } else if sorted_ext.is_empty() {
             String::new()
         } else {
-            format!("{}_{}", hexes(&sorted_ext), hexes(&sigs))
+            format!("{}_{}", hex_list(&sorted_ext), hex_list(&sigs))
         };
         format!(
             "{}{version}{sni}{:02}{:02}{alpn}_{}_{}",
             if quic { 'q' } else { 't' },
             ciphers.len().min(99),
             extensions.len().min(99),
-            truncated_sha256_hex(&hexes(&sorted_ciphers)),
+            truncated_sha256_hex(&hex_list(&sorted_ciphers)),
             truncated_sha256_hex(&ext_text)
         )
     }
