@@ -129,8 +129,15 @@ fn read_packets(
 }
 
 /// Capture time between two sweeps of idle connections while a file is
-/// read.
+/// read: at least this much, and until [`SWEEP_AFTER_CONNECTIONS`] new
+/// connections came in or [`SWEEP_AT_LEAST_EVERY_US`] passed, so that a
+/// quiet capture is not swept a thousand times a day for a handful of
+/// connections.
 const SWEEP_EVERY_US: i64 = 60_000_000;
+/// See [`SWEEP_EVERY_US`].
+const SWEEP_AFTER_CONNECTIONS: usize = 512;
+/// See [`SWEEP_EVERY_US`].
+const SWEEP_AT_LEAST_EVERY_US: i64 = 600_000_000;
 
 /// Reads every packet of `path` and hands its connections to `on_done` as
 /// they go idle (see [`FlowTable::drain_idle`]), so memory holds the open
@@ -145,11 +152,17 @@ pub fn read_capture_swept(
 ) -> Result<(CaptureStats, Option<i64>)> {
     let mut table = FlowTable::new();
     let mut swept_at: Option<i64> = None;
+    let mut held_after_sweep = 0;
     let (stats, first_ts) = read_packets(path, &mut table, |table, now| {
         let since = *swept_at.get_or_insert(now);
-        if now - since >= SWEEP_EVERY_US {
+        let elapsed = now - since;
+        if elapsed >= SWEEP_EVERY_US
+            && (table.connection_count() >= held_after_sweep + SWEEP_AFTER_CONNECTIONS
+                || elapsed >= SWEEP_AT_LEAST_EVERY_US)
+        {
             swept_at = Some(now);
             let done = table.drain_idle(now);
+            held_after_sweep = table.connection_count();
             on_done(table, done);
         }
     })?;

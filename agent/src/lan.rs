@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anonymiser::{AnonymiserStats, is_non_public};
 use crate::capture::CaptureStats;
-use crate::flow::{DnsLookup, FlowSums, FlowTable, Origin};
+use crate::flow::{DhcpHandshake, DnsLookup, FlowSummary, FlowSums, FlowTable, Origin};
 use crate::import::{ImportedCapture, boot_records, build_batches, hash_file, read_capture_swept};
 use crate::state::AgentState;
 use crate::{Error, Result};
@@ -210,15 +210,20 @@ impl LanBootTracker {
 
     /// Learns the DHCP handshakes and first packets in `table`.
     pub fn observe(&mut self, table: &FlowTable) {
-        for h in table.dhcp_handshakes() {
+        let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
+        self.observe_parts(table.dhcp_handshakes(), table.origins().chain(lookup_origins));
+    }
+
+    /// Learns DHCP handshakes and first packets (origin, time).
+    fn observe_parts(&mut self, dhcp: &[DhcpHandshake], origins: impl IntoIterator<Item = (Origin, i64)>) {
+        for h in dhcp {
             let times = self.dhcp.entry(h.mac).or_default();
             if times.last().is_none_or(|&last| (h.ts_us - last).abs() > HANDSHAKE_GAP_US) {
                 times.push(h.ts_us);
                 times.sort_unstable();
             }
         }
-        let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
-        for (origin, t) in table.origins().chain(lookup_origins) {
+        for (origin, t) in origins {
             if let Some(key) = LanDeviceKey::of(origin) {
                 let e = self.first.entry(key).or_insert(t);
                 *e = (*e).min(t);
@@ -241,6 +246,86 @@ impl LanBootTracker {
     }
 }
 
+/// What boots are made of in a table still being filled: its DHCP
+/// handshakes and the origins of its connections with their first packets.
+#[derive(Debug, Default)]
+pub struct OpenPart {
+    dhcp: Vec<DhcpHandshake>,
+    origins: Vec<(Origin, i64)>,
+}
+
+impl OpenPart {
+    /// Taken from `table`.
+    pub fn of(table: &FlowTable) -> Self {
+        let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
+        Self { dhcp: table.dhcp_handshakes().to_vec(), origins: table.origins().chain(lookup_origins).collect() }
+    }
+}
+
+/// Boots of at least this many groups are built on a second thread while
+/// the caller takes them.
+const BOOTS_IN_PARALLEL_FROM: usize = 64;
+
+/// Builds one boot's batches.
+struct BootMaker<'a> {
+    labels: &'a LanLabels,
+    state: &'a AgentState,
+    boot_salt: &'a [u8],
+    batch_records: usize,
+    part: Option<u64>,
+    template: &'a ImportedCapture,
+    vendors: HashMap<[u8; 6], String>,
+}
+
+impl BootMaker<'_> {
+    fn make(&self, group: BootGroup, flows: &[FlowSummary], lookups: &[DnsLookup]) -> LanBoot {
+        let (key, boot_us, boot_source) = group;
+        let label = match key {
+            LanDeviceKey::Mac(mac) => self.labels.get(mac),
+            LanDeviceKey::Addr(_) => None,
+        };
+        let device_label = match (label.and_then(|l| l.name.as_ref()), key) {
+            (Some(name), _) => format!("label:{name}"),
+            (None, LanDeviceKey::Mac(mac)) => format!("mac:{}", hex::encode(mac)),
+            (None, LanDeviceKey::Addr(ip)) => format!("addr:{ip}"),
+        };
+        let (vendor, model, firmware, consent) = match (label, key) {
+            (Some(l), _) => (l.vendor.clone(), l.model.clone(), l.firmware.clone(), l.consent.clone()),
+            (None, LanDeviceKey::Mac(mac)) => {
+                let vendor = self.vendors.get(&mac).map_or("unknown", String::as_str).chars().take(64).collect();
+                (vendor, "unknown".into(), String::new(), BTreeMap::new())
+            }
+            (None, LanDeviceKey::Addr(_)) => ("unknown".into(), "unknown".into(), String::new(), BTreeMap::new()),
+        };
+        let device_pseudonym = self.state.pseudonym("device", device_label.as_bytes());
+        let mut boot_input = device_pseudonym.clone().into_bytes();
+        boot_input.extend_from_slice(&boot_us.to_be_bytes());
+        boot_input.extend_from_slice(self.boot_salt);
+        let boot_pseudonym = self.state.pseudonym("boot", &boot_input);
+        let mut anon = AnonymiserStats::default();
+        let records = boot_records(flows, lookups, boot_us, None, &mut anon);
+        let device = DeviceInfo {
+            device_pseudonym,
+            vendor,
+            model,
+            os_version: firmware,
+            consent: consent.into_iter().collect(),
+            boot_pseudonym,
+            boot_source,
+        };
+        let batches = build_batches(records, &device, self.state, self.batch_records, self.part);
+        LanBoot {
+            device: key,
+            import: ImportedCapture {
+                anonymiser: anon,
+                boot_source: BootSource::try_from(boot_source).unwrap_or_default(),
+                batches,
+                ..self.template.clone()
+            },
+        }
+    }
+}
+
 /// The flows and lookups of a capture's LAN devices, per device and
 /// boot, summed over the tables a capture is read in.
 #[derive(Debug, Default)]
@@ -255,7 +340,14 @@ impl LanSums {
     /// them and the connections still `open` (a device's first packet may
     /// be on a connection still open).
     pub fn add(&mut self, tracker: &mut LanBootTracker, open: &FlowTable, done: &mut FlowTable) {
-        tracker.observe(open);
+        self.add_seen(tracker, OpenPart::of(open), done);
+    }
+
+    /// [`LanSums::add`] with what the boots need of the open table taken
+    /// beforehand (so that another thread can sum while the table is
+    /// being filled).
+    pub fn add_seen(&mut self, tracker: &mut LanBootTracker, open: OpenPart, done: &mut FlowTable) {
+        tracker.observe_parts(&open.dhcp, open.origins);
         tracker.observe(done);
         self.flows.add(done, |origin, t| tracker.boot_of(origin, t));
         for l in done.take_lookups() {
@@ -291,58 +383,28 @@ impl LanSums {
             LanDeviceKey::Mac(mac) if labels.get(*mac).is_none() => Some(*mac),
             _ => None,
         }));
-        for group @ (key, boot_us, boot_source) in groups {
-            let label = match key {
-                LanDeviceKey::Mac(mac) => labels.get(mac),
-                LanDeviceKey::Addr(_) => None,
-            };
-            let device_label = match (label.and_then(|l| l.name.as_ref()), key) {
-                (Some(name), _) => format!("label:{name}"),
-                (None, LanDeviceKey::Mac(mac)) => format!("mac:{}", hex::encode(mac)),
-                (None, LanDeviceKey::Addr(ip)) => format!("addr:{ip}"),
-            };
-            let (vendor, model, firmware, consent) = match (label, key) {
-                (Some(l), _) => (l.vendor.clone(), l.model.clone(), l.firmware.clone(), l.consent.clone()),
-                (None, LanDeviceKey::Mac(mac)) => {
-                    let vendor = vendors.get(&mac).map_or("unknown", String::as_str).chars().take(64).collect();
-                    (vendor, "unknown".into(), String::new(), BTreeMap::new())
-                }
-                (None, LanDeviceKey::Addr(_)) => ("unknown".into(), "unknown".into(), String::new(), BTreeMap::new()),
-            };
-            let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
-            let mut boot_input = device_pseudonym.clone().into_bytes();
-            boot_input.extend_from_slice(&boot_us.to_be_bytes());
-            boot_input.extend_from_slice(boot_salt);
-            let boot_pseudonym = state.pseudonym("boot", &boot_input);
-            let mut anon = AnonymiserStats::default();
-            let records = boot_records(
-                &flows.remove(&group).unwrap_or_default(),
-                &lookups.remove(&group).unwrap_or_default(),
-                boot_us,
-                None,
-                &mut anon,
-            );
-            let device = DeviceInfo {
-                device_pseudonym,
-                vendor,
-                model,
-                os_version: firmware,
-                consent: consent.into_iter().collect(),
-                boot_pseudonym,
-                boot_source,
-            };
-            let batches = build_batches(records, &device, state, batch_records, part);
-            each(LanBoot {
-                device: key,
-                import: ImportedCapture {
-                    anonymiser: anon,
-                    boot_source: BootSource::try_from(boot_source).unwrap_or_default(),
-                    batches,
-                    ..template.clone()
-                },
-            })?;
+        let maker = BootMaker { labels, state, boot_salt, batch_records, part, template, vendors };
+        let mut make = move |group: BootGroup| {
+            maker.make(group, &flows.remove(&group).unwrap_or_default(), &lookups.remove(&group).unwrap_or_default())
+        };
+        if groups.len() < BOOTS_IN_PARALLEL_FROM {
+            return groups.into_iter().try_for_each(|group| each(make(group)));
         }
-        Ok(())
+        // Many boots (a large capture): one thread builds them while this
+        // one hands them on (stdout or the spool), in the same order.
+        std::thread::scope(|s| {
+            const PER_SEND: usize = 32;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LanBoot>>(4);
+            s.spawn(move || {
+                for chunk in groups.chunks(PER_SEND) {
+                    // The receiver is gone when `each` failed: stop.
+                    if tx.send(chunk.iter().map(|g| make(*g)).collect()).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx.into_iter().flatten().try_for_each(&mut each)
+        })
     }
 }
 
@@ -357,13 +419,29 @@ pub fn import_lan(
     batch_records: usize,
     each: impl FnMut(LanBoot) -> Result<()>,
 ) -> Result<CaptureStats> {
-    let mut tracker = LanBootTracker::new(explicit_boot_us);
-    let mut sums = LanSums::default();
-    let mut untracked_connections = 0;
-    let (stats, _) = read_capture_swept(path, |open, mut done| {
-        untracked_connections += done.untracked_connections;
-        sums.add(&mut tracker, open, &mut done);
-    })?;
+    // The connections finished at each sweep are summed into boots on a
+    // second thread while this one reads on.
+    let (read, (sums, untracked_connections)) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(OpenPart, FlowTable)>(4);
+        let summing = s.spawn(move || {
+            let mut tracker = LanBootTracker::new(explicit_boot_us);
+            let mut sums = LanSums::default();
+            let mut untracked_connections = 0;
+            for (open, mut done) in rx {
+                untracked_connections += done.untracked_connections;
+                sums.add_seen(&mut tracker, open, &mut done);
+            }
+            (sums, untracked_connections)
+        });
+        let read = read_capture_swept(path, |open, done| {
+            // Fails only if the summing thread panicked; join says so.
+            let _ = tx.send((OpenPart::of(open), done));
+        });
+        drop(tx);
+        let summed = summing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read, summed)
+    });
+    let (stats, _) = read?;
     let template = ImportedCapture {
         path: path.to_path_buf(),
         capture: stats,
