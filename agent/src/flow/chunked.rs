@@ -1,6 +1,8 @@
-//! A growable list stored in fixed-size chunks: growing never copies what
-//! is already stored, so a capture's connection table does not briefly need
-//! twice its size (as a `Vec` does when it reallocates).
+//! A growable list stored in fixed-size chunks: growing never copies more
+//! than one chunk, so a capture's connection table does not briefly need
+//! twice its size (as a `Vec` does when it reallocates). The first chunk
+//! grows as a `Vec` does, so a small list (a sweep's few finished
+//! connections) takes little memory.
 
 /// Items per chunk.
 const CHUNK: usize = 4096;
@@ -28,7 +30,8 @@ impl<T> Chunked<T> {
     pub fn push(&mut self, item: T) {
         match self.chunks.last_mut() {
             Some(last) if last.len() < CHUNK => last.push(item),
-            _ => {
+            None => self.chunks.push(vec![item]),
+            Some(_) => {
                 let mut chunk = Vec::with_capacity(CHUNK);
                 chunk.push(item);
                 self.chunks.push(chunk);
@@ -89,5 +92,20 @@ mod tests {
         let all: Vec<usize> = c.into_iter().collect();
         assert_eq!(all.len(), CHUNK * 2 + 5);
         assert_eq!(all[CHUNK * 2 + 4], CHUNK * 2 + 4);
+    }
+
+    #[test]
+    fn a_short_list_takes_what_it_holds() {
+        let mut c = Chunked::default();
+        for i in 0..3 {
+            c.push(i);
+        }
+        assert!(c.chunks[0].capacity() < 16, "{}", c.chunks[0].capacity());
+        for i in 3..(CHUNK + 1) {
+            c.push(i);
+        }
+        assert_eq!(c.chunks[0].capacity(), CHUNK);
+        assert_eq!(c.chunks[1].capacity(), CHUNK);
+        assert_eq!(c[CHUNK], CHUNK);
     }
 }
