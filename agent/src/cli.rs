@@ -609,8 +609,9 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 Err(e) if sink_failed => return Err(e),
                 Ok(c) => {
                     read_ok += 1;
+                    let stopped = c.stopped_by.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default();
                     eprintln!(
-                        "{}: {} packets read, {} skipped, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped",
+                        "{}: {} packets read, {} skipped, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped{stopped}",
                         file.display(),
                         c.frames,
                         c.skipped_total(),

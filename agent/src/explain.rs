@@ -56,14 +56,19 @@ struct TlsView<'a> {
     client_fingerprint: &'a str,
 }
 
-/// One record line of `--dry-run --format jsonl`: the record's fields with
-/// the proto's names (enums by their proto names), plus the batch id and
-/// device block that travel with it.
+/// What starts every record line of a batch: the batch id and the device
+/// block that travel with the records.
 #[derive(Debug, Serialize)]
-pub struct RecordView<'a> {
+struct BatchHead<'a> {
     batch_id: &'a str,
     sent_at_unix_ms: i64,
     device: Option<&'a DeviceView<'a>>,
+}
+
+/// The rest of a record line of `--dry-run --format jsonl`: the record's
+/// fields with the proto's names (enums by their proto names).
+#[derive(Debug, Serialize)]
+struct RecordFields<'a> {
     seconds_since_boot: f64,
     window_start_unix_s: i64,
     transport: &'static str,
@@ -84,35 +89,54 @@ pub struct RecordView<'a> {
     interval_cv: f64,
 }
 
-/// The line for record `r` of `batch` (whose device view is `device`).
-pub fn record_view<'a>(
-    batch: &'a ReportBatch,
-    device: Option<&'a DeviceView<'a>>,
-    r: &'a FlowRecord,
-) -> RecordView<'a> {
-    RecordView {
-        batch_id: &batch.batch_id,
-        sent_at_unix_ms: batch.sent_at_unix_ms,
-        device,
-        seconds_since_boot: r.seconds_since_boot,
-        window_start_unix_s: r.window_start_unix_s,
-        transport: Transport::try_from(r.transport).unwrap_or_default().as_str_name(),
-        dst_ip: &r.dst_ip,
-        dst_port: r.dst_port,
-        domain: &r.domain,
-        domain_source: DomainSource::try_from(r.domain_source).unwrap_or_default().as_str_name(),
-        bytes_out: r.bytes_out,
-        bytes_in: r.bytes_in,
-        packets_out: r.packets_out,
-        packets_in: r.packets_in,
-        app: &r.app,
-        tls: r.tls.as_ref().map(|t| TlsView { sni: &t.sni, alpn: &t.alpn, client_fingerprint: &t.client_fingerprint }),
-        duration_s: r.duration_s,
-        encrypted_dns: r.encrypted_dns,
-        connections: r.connections,
-        interval_mean_s: r.interval_mean_s,
-        interval_cv: r.interval_cv,
+impl<'a> RecordFields<'a> {
+    fn of(r: &'a FlowRecord) -> Self {
+        Self {
+            seconds_since_boot: r.seconds_since_boot,
+            window_start_unix_s: r.window_start_unix_s,
+            transport: Transport::try_from(r.transport).unwrap_or_default().as_str_name(),
+            dst_ip: &r.dst_ip,
+            dst_port: r.dst_port,
+            domain: &r.domain,
+            domain_source: DomainSource::try_from(r.domain_source).unwrap_or_default().as_str_name(),
+            bytes_out: r.bytes_out,
+            bytes_in: r.bytes_in,
+            packets_out: r.packets_out,
+            packets_in: r.packets_in,
+            app: &r.app,
+            tls: r.tls.as_ref().map(|t| TlsView {
+                sni: &t.sni,
+                alpn: &t.alpn,
+                client_fingerprint: &t.client_fingerprint,
+            }),
+            duration_s: r.duration_s,
+            encrypted_dns: r.encrypted_dns,
+            connections: r.connections,
+            interval_mean_s: r.interval_mean_s,
+            interval_cv: r.interval_cv,
+        }
     }
+}
+
+/// Writes the JSON lines of `batch`: `{"batch_id":…,"sent_at_unix_ms":…,
+/// "device":{…},` then the record's fields. The head is serialised once
+/// per batch, each line built in `line` and written at once.
+fn write_batch_lines(out: &mut dyn Write, batch: &ReportBatch, line: &mut Vec<u8>) -> std::io::Result<()> {
+    let device = batch.device.as_ref().map(DeviceView::of);
+    let head = BatchHead { batch_id: &batch.batch_id, sent_at_unix_ms: batch.sent_at_unix_ms, device: device.as_ref() };
+    let mut head_json = serde_json::to_vec(&head)?;
+    head_json.pop(); // the closing brace: the record's fields follow
+    head_json.push(b',');
+    for r in &batch.records {
+        line.clear();
+        line.extend_from_slice(&head_json);
+        serde_json::to_writer(&mut *line, &RecordFields::of(r))?;
+        // The fields' own opening brace goes: they continue the head's object.
+        line.remove(head_json.len());
+        line.push(b'\n');
+        out.write_all(line)?;
+    }
+    Ok(())
 }
 
 /// The JSON object of one connection in the local `flows` view.
@@ -181,12 +205,9 @@ pub fn write_connections(out: &mut dyn Write, connections: &[Connection], format
 pub fn write_dry_run(out: &mut dyn Write, batches: &[ReportBatch], format: DryRunFormat) -> std::io::Result<()> {
     match format {
         DryRunFormat::Jsonl => {
+            let mut line = Vec::with_capacity(1024);
             for batch in batches {
-                let device = batch.device.as_ref().map(DeviceView::of);
-                for r in &batch.records {
-                    serde_json::to_writer(&mut *out, &record_view(batch, device.as_ref(), r))?;
-                    out.write_all(b"\n")?;
-                }
+                write_batch_lines(out, batch, &mut line)?;
             }
         }
         DryRunFormat::Table => {

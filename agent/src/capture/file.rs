@@ -75,12 +75,132 @@ struct Interface {
 ///
 /// Fails only when the file cannot be opened or is not a pcap/pcapng file;
 /// damage later in the file ends the read with `stopped_by` set.
-pub fn read_capture_file(path: &Path, mut on_frame: impl FnMut(Frame<'_>, &mut CaptureStats)) -> Result<CaptureStats> {
+pub fn read_capture_file(path: &Path, on_frame: impl FnMut(Frame<'_>, &mut CaptureStats)) -> Result<CaptureStats> {
+    let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    read_capture_file_in(path, (total >= READ_AHEAD_FROM).then_some(READ_AHEAD_CHUNK), on_frame)
+}
+
+/// [`read_capture_file`], read ahead on a second thread in chunks of
+/// `read_ahead` bytes when given.
+fn read_capture_file_in(
+    path: &Path,
+    read_ahead: Option<usize>,
+    on_frame: impl FnMut(Frame<'_>, &mut CaptureStats),
+) -> Result<CaptureStats> {
     let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let Some(chunk) = read_ahead else {
+        return read_frames(path, total, file, on_frame);
+    };
+    // A second thread reads the file ahead (the copy out of the page cache
+    // is a good part of the cost of a large capture) while this one parses.
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD_CHUNKS);
+        let (back_tx, back_rx) = std::sync::mpsc::sync_channel(2);
+        s.spawn(move || read_ahead_in(file, chunk, &tx, &back_rx));
+        let input = ReadAhead { chunks: rx, back: back_tx, current: Vec::new(), len: 0, pos: 0, pending_error: None };
+        read_frames(path, total, input, on_frame)
+    })
+}
+
+/// Files at least this large are read ahead on a second thread (a smaller
+/// file is read in a fraction of a second, not worth the thread's memory).
+const READ_AHEAD_FROM: u64 = 128 << 20;
+/// Bytes per read-ahead chunk.
+const READ_AHEAD_CHUNK: usize = 128 << 10;
+/// Chunks read ahead at most.
+const READ_AHEAD_CHUNKS: usize = 4;
+
+/// A chunk of the file and how much of it holds data, or the read error.
+type Chunk = std::io::Result<(Vec<u8>, usize)>;
+
+/// Reads `file` in chunks of `chunk` bytes into `chunks` until its end, an error, or the
+/// reader's end of the channel is gone; reuses the chunks sent `back`.
+fn read_ahead_in(
+    mut file: File,
+    chunk: usize,
+    chunks: &std::sync::mpsc::SyncSender<Chunk>,
+    back: &std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    loop {
+        let mut buf = back.try_recv().unwrap_or_else(|_| vec![0; chunk.max(1)]);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = chunks.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if filled == 0 || chunks.send(Ok((buf, filled))).is_err() {
+            return;
+        }
+    }
+}
+
+/// The reading end of [`read_ahead`].
+struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    len: usize,
+    pos: usize,
+    pending_error: Option<std::io::Error>,
+}
+
+impl Read for ReadAhead {
+    /// Fills `out` across chunks, as a read of the file itself would: short
+    /// only at the end of the file (the parser takes a short read for a
+    /// file that ends in the middle of a record).
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < out.len() {
+            if self.pos == self.len {
+                let used = std::mem::take(&mut self.current);
+                if !used.is_empty() {
+                    let _ = self.back.try_send(used);
+                }
+                match self.chunks.recv() {
+                    Ok(Ok((chunk, len))) => (self.current, self.len, self.pos) = (chunk, len, 0),
+                    Ok(Err(e)) if n == 0 => return Err(e),
+                    // What was read first; the error comes with the next read.
+                    Ok(Err(e)) => {
+                        self.pending_error = Some(e);
+                        break;
+                    }
+                    // The reading thread is done: the end of the file.
+                    Err(_) => break,
+                }
+                continue;
+            }
+            let take = (out.len() - n).min(self.len - self.pos);
+            out[n..n + take].copy_from_slice(&self.current[self.pos..self.pos + take]);
+            self.pos += take;
+            n += take;
+        }
+        if n == 0
+            && let Some(e) = self.pending_error.take()
+        {
+            return Err(e);
+        }
+        Ok(n)
+    }
+}
+
+/// Parses the frames of `input` (the file at `path`, `total` bytes long).
+fn read_frames<R: Read + Send>(
+    path: &Path,
+    total: u64,
+    input: R,
+    mut on_frame: impl FnMut(Frame<'_>, &mut CaptureStats),
+) -> Result<CaptureStats> {
     let read_bytes = Arc::new(AtomicU64::new(0));
     let mut progress = Progress::new(path, total);
-    let counted = CountingReader { inner: file, count: read_bytes.clone() };
+    let counted = CountingReader { inner: input, count: read_bytes.clone() };
     let mut stats = CaptureStats::default();
     let mut reader = match create_reader(64 * 1024, counted) {
         Ok(reader) => reader,
@@ -184,12 +304,12 @@ pub fn read_capture_file(path: &Path, mut on_frame: impl FnMut(Frame<'_>, &mut C
 }
 
 /// Counts the bytes read from a file, for the progress bar.
-struct CountingReader {
-    inner: File,
+struct CountingReader<R> {
+    inner: R,
     count: Arc<AtomicU64>,
 }
 
-impl Read for CountingReader {
+impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
@@ -254,6 +374,58 @@ mod tests {
         assert_eq!(ticks_to_us(1_500_000_000, 1_000_000_000), 1_500_000);
         assert_eq!(ticks_to_us(1_500_000, 1_000_000), 1_500_000);
         assert_eq!(ticks_to_us(7, 0), 0);
+    }
+
+    /// A classic pcap of `n` Ethernet frames of varied lengths.
+    fn pcap_of(n: usize) -> Vec<u8> {
+        // Header: magic, version 2.4, zone and sigfigs, snaplen, Ethernet.
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&65_535u32.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        for i in 0..n {
+            let len = 60 + (i * 37) % 1400;
+            out.extend_from_slice(&(1_700_000_000 + i as u32).to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+            out.extend((0..len).map(|j| (i + j) as u8));
+        }
+        out
+    }
+
+    #[test]
+    fn reading_ahead_in_chunks_reads_what_a_plain_read_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.pcap");
+        let bytes = pcap_of(3000);
+        std::fs::write(&path, &bytes).expect("write");
+        let frames = |read_ahead| {
+            let mut seen = Vec::new();
+            let stats =
+                read_capture_file_in(&path, read_ahead, |f, _| seen.push((f.ts_us, f.data.to_vec()))).expect("read");
+            (stats, seen)
+        };
+        let (plain_stats, plain) = frames(None);
+        assert_eq!(plain.len(), 3000);
+        assert_eq!(plain_stats.stopped_by, None);
+        // Chunks that end inside records, smaller and larger than one.
+        for chunk in [1, 333, 4096, 100_000] {
+            let (stats, seen) = frames(Some(chunk));
+            assert_eq!(stats, plain_stats, "chunk {chunk}");
+            assert!(seen == plain, "chunk {chunk}: other frames");
+        }
+        // A file cut inside its last record is reported as truncated either way.
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("write");
+        let (plain_stats, plain) = frames(None);
+        assert_eq!(plain.len(), 2999);
+        assert!(plain_stats.stopped_by.as_deref().is_some_and(|s| s.contains("truncated")), "{plain_stats:?}");
+        let (stats, seen) = frames(Some(333));
+        assert_eq!(stats, plain_stats);
+        assert_eq!(seen.len(), 2999);
     }
 
     #[test]
