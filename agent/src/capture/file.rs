@@ -107,7 +107,7 @@ fn read_capture_file_in(
 /// file is read in a fraction of a second, not worth the thread's memory).
 const READ_AHEAD_FROM: u64 = 128 << 20;
 /// Bytes per read-ahead chunk.
-const READ_AHEAD_CHUNK: usize = 128 << 10;
+const READ_AHEAD_CHUNK: usize = 1 << 20;
 /// Chunks read ahead at most.
 const READ_AHEAD_CHUNKS: usize = 4;
 

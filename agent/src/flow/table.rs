@@ -752,7 +752,7 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
 impl HelloState {
     /// A found hello keeps its fingerprint, not the lists it is made of.
     fn found(mut h: tls::ClientHello, source: NameSource) -> Self {
-        h.fingerprint = Some(h.ja4(source == NameSource::Quic));
+        h.fingerprint = Some(h.ja4_memo(source == NameSource::Quic));
         h.shape = tls::HelloShape::default();
         Self::Found(Box::new(h), source)
     }

@@ -19,7 +19,7 @@ pub struct ClientHello {
 
 /// The parts of a ClientHello a client fingerprint is made of: which TLS
 /// library (and so often which SDK) sent it, never who.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct HelloShape {
     /// `legacy_version` of the hello.
     pub legacy_version: u16,
@@ -62,7 +62,41 @@ fn hex_list(values: &[u16]) -> String {
     out
 }
 
+/// Fingerprints already computed on this thread, by the hash of what they
+/// are made of (hellos repeat: the same few TLS stacks open most
+/// connections); each entry keeps its inputs, compared in full on a hit.
+type Ja4Memo = std::collections::HashMap<u64, (HelloShape, bool, Option<String>, String), rustc_hash::FxBuildHasher>;
+
+/// Most fingerprints remembered per thread; past this the memo starts over.
+const JA4_MEMO_MAX: usize = 4096;
+
 impl ClientHello {
+    /// [`ClientHello::ja4`], remembered per thread for hellos of the same
+    /// shape and first ALPN.
+    pub fn ja4_memo(&self, quic: bool) -> String {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        thread_local! {
+            static MEMO: std::cell::RefCell<Ja4Memo> = std::cell::RefCell::new(Ja4Memo::default());
+        }
+        let alpn = self.alpn.first();
+        let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
+        (&self.shape, quic, alpn).hash(&mut hasher);
+        let key = hasher.finish();
+        MEMO.with_borrow_mut(|memo| {
+            if let Some((shape, q, a, fp)) = memo.get(&key)
+                && (shape, *q, a.as_ref()) == (&self.shape, quic, alpn)
+            {
+                return fp.clone();
+            }
+            let fp = self.ja4(quic);
+            if memo.len() >= JA4_MEMO_MAX {
+                memo.clear();
+            }
+            memo.insert(key, (self.shape.clone(), quic, alpn.cloned(), fp.clone()));
+            fp
+        })
+    }
+
     /// The JA4 client fingerprint (FoxIO's JA4 specification): protocol
     /// (`t` TCP, `q` QUIC), TLS version, SNI present (`d`) or not (`i`),
     /// counts of cipher suites and extensions, the first and last character
@@ -349,6 +383,21 @@ mod tests {
         let bare =
             ClientHello { shape: HelloShape { legacy_version: 0x0301, ..Default::default() }, ..Default::default() };
         assert_eq!(bare.ja4(false), "t10i000000_000000000000_000000000000");
+    }
+
+    #[test]
+    fn remembered_fingerprints_are_those_computed() {
+        let hello = |ciphers: Vec<u16>, alpn: &str| ClientHello {
+            alpn: vec![alpn.into()],
+            shape: HelloShape { legacy_version: 0x0303, ciphers, extensions: vec![0, 16], ..Default::default() },
+            ..Default::default()
+        };
+        for h in [hello(vec![0x1301], "h2"), hello(vec![0x1302], "h2"), hello(vec![0x1301], "http/1.1")] {
+            for quic in [false, true] {
+                assert_eq!(h.ja4_memo(quic), h.ja4(quic));
+                assert_eq!(h.ja4_memo(quic), h.ja4(quic), "second time, from the memo");
+            }
+        }
     }
 
     #[test]
