@@ -326,7 +326,7 @@ impl FlowTable {
         let key = ConnKey::of(p);
         let src = Endpoint { ip: p.src_ip, port: p.src_port };
         let dst = Endpoint { ip: p.dst_ip, port: p.dst_port };
-        let current = self.conns.get(&key).copied();
+        let mut current = self.conns.get(&key).copied();
         let starts_anew = match current {
             None => true,
             Some(i) => {
@@ -355,6 +355,7 @@ impl FlowTable {
                 (src, dst)
             };
             let dns_name = self.dns.get(&responder.ip).map(|n| n.as_str().into());
+            current = Some(self.all.len());
             self.conns.insert(key, self.all.len());
             self.all.push(Conn {
                 transport: key.transport,
@@ -378,7 +379,7 @@ impl FlowTable {
                 app: None,
             });
         }
-        let Some(&i) = self.conns.get(&key) else { return };
+        let Some(i) = current else { return };
         let conn = &mut self.all[i];
         conn.rst |= p.rst;
         if conn.app.is_none()
@@ -789,6 +790,17 @@ impl Conn {
             self.hello = HelloState::Done;
             return;
         }
+        if segments.is_empty() && base.is_none_or(|b| b == p.seq) {
+            // The stream's first bytes, as they came (most hellos fit in one
+            // segment): looked at in place, kept only when more must follow.
+            if !self.inspect_stream(p.payload)
+                && let HelloState::Collecting { segments, bytes, .. } = &mut self.hello
+            {
+                *bytes += p.payload.len();
+                segments.insert(p.seq, p.payload.to_vec());
+            }
+            return;
+        }
         *bytes += p.payload.len();
         segments.entry(p.seq).or_insert_with(|| p.payload.to_vec());
         // Without a SYN the stream starts at the lowest sequence seen.
@@ -805,27 +817,34 @@ impl Conn {
             stream.extend_from_slice(data);
             next = seq.wrapping_add(data.len() as u32);
         }
-        if stream.is_empty() {
-            return;
+        if !stream.is_empty() {
+            self.inspect_stream(&stream);
         }
+    }
+
+    /// Looks for an HTTP request or a TLS ClientHello at the start of the
+    /// client's stream; false while more bytes may decide it.
+    fn inspect_stream(&mut self, stream: &[u8]) -> bool {
         if self.http_host.is_none()
-            && let Some(host) = http::request_host(&stream)
+            && let Some(host) = http::request_host(stream)
         {
             self.http_host = Some(host.into());
             self.hello = HelloState::Done;
-            return;
+            return true;
         }
-        match tls::parse_client_hello(&stream) {
+        match tls::parse_client_hello(stream) {
             tls::Parse::Hello(h) => self.hello = HelloState::found(h, NameSource::Sni),
-            tls::Parse::NeedMore(_) => {}
+            tls::Parse::NeedMore(_) => return false,
             tls::Parse::NotTls => {
                 // An HTTP request line may still be arriving.
                 let maybe_http = stream.len() < 16 && stream.iter().all(u8::is_ascii_uppercase);
-                if !maybe_http {
-                    self.hello = HelloState::Done;
+                if maybe_http {
+                    return false;
                 }
+                self.hello = HelloState::Done;
             }
         }
+        true
     }
 }
 
