@@ -75,9 +75,10 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 static OUI_TABLE: &[u8] = include_bytes!("../data/oui.tsv.gz");
 
 /// Vendors already looked up, by MAC (`None`: not registered).
-fn oui_cache() -> &'static std::sync::Mutex<HashMap<[u8; 6], Option<Box<str>>>> {
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<[u8; 6], Option<Box<str>>>>> =
-        std::sync::OnceLock::new();
+type OuiCache = std::sync::Mutex<HashMap<[u8; 6], Option<Box<str>>>>;
+
+fn oui_cache() -> &'static OuiCache {
+    static CACHE: std::sync::OnceLock<OuiCache> = std::sync::OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 

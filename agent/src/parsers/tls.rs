@@ -74,14 +74,12 @@ impl ClientHello {
     /// [`ClientHello::ja4`], remembered per thread for hellos of the same
     /// shape and first ALPN.
     pub fn ja4_memo(&self, quic: bool) -> String {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        use std::hash::BuildHasher as _;
         thread_local! {
             static MEMO: std::cell::RefCell<Ja4Memo> = std::cell::RefCell::new(Ja4Memo::default());
         }
         let alpn = self.alpn.first();
-        let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
-        (&self.shape, quic, alpn).hash(&mut hasher);
-        let key = hasher.finish();
+        let key = rustc_hash::FxBuildHasher.hash_one((&self.shape, quic, alpn));
         MEMO.with_borrow_mut(|memo| {
             if let Some((shape, q, a, fp)) = memo.get(&key)
                 && (shape, *q, a.as_ref()) == (&self.shape, quic, alpn)
