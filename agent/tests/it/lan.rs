@@ -126,3 +126,26 @@ fn a_capture_summed_as_it_is_read_gives_the_flows_of_the_whole_table() {
     assert_eq!(single.finish().remove(&()).unwrap_or_default(), want_single, "flows as one device");
     assert_eq!(queries, want_queries, "DNS queries counted once each");
 }
+
+#[test]
+fn a_truncated_lan_capture_says_it_stopped_early() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = FleetProfile::from_toml(DEFAULT_PROFILE).expect("profile");
+    let manifest = simulate_fleet(&profile, dir.path(), Some(4), Some(5), |_, _| {}).expect("simulate");
+    let (lan, _) = write_lan_capture(dir.path(), &manifest).expect("lan capture");
+    let bytes = std::fs::read(&lan).expect("read");
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 9]).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args(["import", "--lan", "--dry-run", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg(&cut)
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("LAN devices") && stderr.contains("stopped early") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+}
