@@ -91,6 +91,10 @@ async fn load(
         let (url, token, records) = (url.to_string(), token.clone(), records.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = CollectorClient::connect(url).await.expect("connect").max_decoding_message_size(1 << 20);
+            // Each client sends its batch again and again under new ids (the
+            // clients share the collector's two cores: building 1,000
+            // records anew for every request would measure the clients).
+            let template = batch(c, 0);
             let mut lat = Vec::new();
             let mut n = phase * 1_000_000;
             let started = Instant::now();
@@ -99,7 +103,12 @@ async fn load(
                     let due = started + Duration::from_secs_f64((n - phase * 1_000_000) as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let mut req = tonic::Request::new(batch(c, n));
+                let mut next = template.clone();
+                next.batch_id = format!("bench-{c}-{n}");
+                if let Some(d) = next.device.as_mut() {
+                    d.boot_pseudonym = format!("{:032x}", c * 1000 + n as usize);
+                }
+                let mut req = tonic::Request::new(next);
                 req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
                 let t = Instant::now();
                 match client.report(req).await {

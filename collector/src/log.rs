@@ -145,19 +145,47 @@ pub fn batch_digest(batch: &ReportBatch) -> [u8; 32] {
             h.update([0]);
         }
     }
+    // One buffer for every record's encoding (a batch holds up to
+    // thousands).
+    let mut buf = Vec::with_capacity(256);
     for r in &batch.records {
-        h.update(r.encode_to_vec());
+        buf.clear();
+        r.encode_raw(&mut buf);
+        h.update(&buf);
     }
     h.finalize().into()
 }
 
 /// Encodes a log entry (version, checksum, message).
 pub fn encode_entry(stored: &StoredBatch) -> Vec<u8> {
-    let body = stored.encode_to_vec();
+    entry_of(&stored.encode_to_vec())
+}
+
+/// The log entry of `batch` received from `agent_id`: the bytes of
+/// [`encode_entry`] for the [`StoredBatch`] they make, without copying the
+/// batch into one.
+pub fn encode_entry_of(agent_id: &str, received_at_ms: i64, batch: &ReportBatch) -> Vec<u8> {
+    use prost::encoding::{int64, message, string};
+    let agent_id = agent_id.to_string();
+    let mut body = Vec::with_capacity(
+        string::encoded_len(1, &agent_id) + int64::encoded_len(2, &received_at_ms) + message::encoded_len(3, batch),
+    );
+    // Field by field as the derived encoder does: proto3 defaults left out.
+    if !agent_id.is_empty() {
+        string::encode(1, &agent_id, &mut body);
+    }
+    if received_at_ms != 0 {
+        int64::encode(2, &received_at_ms, &mut body);
+    }
+    message::encode(3, batch, &mut body);
+    entry_of(&body)
+}
+
+fn entry_of(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
     out.push(ENTRY_VERSION);
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
     out
 }
 
@@ -303,12 +331,11 @@ impl DurableLog {
             seq
         };
         let result = (|| {
-            let stored = StoredBatch { agent_id: agent_id.to_string(), received_at_ms, batch: Some(batch.clone()) };
             let mut id_value = seq.to_be_bytes().to_vec();
             id_value.extend_from_slice(&digest);
             id_value.extend_from_slice(&(batch.records.len() as u32).to_be_bytes());
             let mut wb = WriteBatch::default();
-            wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), encode_entry(&stored));
+            wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), encode_entry_of(agent_id, received_at_ms, batch));
             wb.put_cf(ids, &batch.batch_id, id_value);
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
@@ -513,6 +540,26 @@ mod tests {
             AppendOutcome::Duplicate { records: 3 }
         );
         assert_eq!(log.append("a", &batch("b3", 1), 10).expect("append"), AppendOutcome::Accepted { seq: 3 });
+    }
+
+    #[test]
+    fn entries_and_digests_are_those_of_the_stored_message() {
+        let mut b = batch("b1", 5);
+        b.records[2].domain = "api.example.com".into();
+        for (agent_id, at) in [("agent-1", 1_700_000_000_123), ("", 0), ("a", -5)] {
+            let stored = StoredBatch { agent_id: agent_id.into(), received_at_ms: at, batch: Some(b.clone()) };
+            assert_eq!(encode_entry_of(agent_id, at, &b), encode_entry(&stored), "{agent_id:?} {at}");
+        }
+        // The digest as it was first defined (stored digests must still match).
+        let mut h = Sha256::new();
+        let mut d = b.device.clone().expect("device");
+        d.consent.clear();
+        h.update(d.encode_to_vec());
+        for r in &b.records {
+            h.update(r.encode_to_vec());
+        }
+        let want: [u8; 32] = h.finalize().into();
+        assert_eq!(batch_digest(&b), want);
     }
 
     #[test]

@@ -246,7 +246,18 @@ fn serve_grpc(
     what: &'static str,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let result = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal(rx)).await;
+        // Served from our own listener, so tonic's own TCP_NODELAY setting
+        // does not apply: set it here, or Nagle's algorithm holds back
+        // the last small write of a response until the peer's delayed ACK.
+        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+            if let Ok(stream) = &conn
+                && let Err(e) = stream.set_nodelay(true)
+            {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+            conn
+        });
+        let result = router.serve_with_incoming_shutdown(incoming, shutdown_signal(rx)).await;
         if let Err(e) = result {
             tracing::error!(error = %e, "{what} server failed");
         }
