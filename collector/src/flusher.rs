@@ -348,6 +348,38 @@ pub fn writer_properties() -> Result<WriterProperties> {
         .build())
 }
 
+/// The Parquet file of each day `entries` have records of: (day, file,
+/// rows), days in order.
+fn day_files(entries: &[(u64, crate::log::StoredBatch)]) -> Result<Vec<(String, Vec<u8>, u64)>> {
+    let mut days: BTreeMap<String, FlowBatchBuilder> = BTreeMap::new();
+    // The day's name, worked out once per run of rows on the same day.
+    let mut named: Option<(i64, String)> = None;
+    for (_, stored) in entries {
+        add_rows(stored, |row| {
+            let n = row.window_start_s.div_euclid(86_400);
+            let day = match &named {
+                Some((m, day)) if *m == n => day,
+                _ => &named.insert((n, day_of(row.window_start_s))).1,
+            };
+            match days.get_mut(day) {
+                Some(builder) => builder.push(row),
+                None => {
+                    let mut builder = FlowBatchBuilder::new();
+                    builder.push(row);
+                    days.insert(day.clone(), builder);
+                }
+            }
+        });
+    }
+    days.into_iter()
+        .map(|(day, mut builder)| {
+            builder.sort_for_rules();
+            let rows = builder.len() as u64;
+            Ok((day, parquet_bytes(&builder.finish())?, rows))
+        })
+        .collect()
+}
+
 /// One Parquet file of `batch`, its batches listed in the footer
 /// ([`BATCHES_KEY`]).
 fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
@@ -403,21 +435,14 @@ impl Flusher {
 
     async fn flush_range(&self, from: u64, to: u64) -> Result<FlushOutcome> {
         let log = self.log.clone();
-        let entries = tokio::task::spawn_blocking(move || log.read_range(from, to))
+        // Reading, converting and encoding take seconds for a large range:
+        // on a blocking thread, not on the runtime that answers agents.
+        let files = tokio::task::spawn_blocking(move || day_files(&log.read_range(from, to)?))
             .await
             .map_err(|e| Error::Storage(e.to_string()))??;
-        let mut days: BTreeMap<String, FlowBatchBuilder> = BTreeMap::new();
-        for (_, stored) in &entries {
-            add_rows(stored, |row| days.entry(day_of(row.window_start_s)).or_default().push(row));
-        }
         let mut outcome = FlushOutcome::default();
-        for (day, mut builder) in days {
-            builder.sort_for_rules();
-            outcome.rows += builder.len() as u64;
-            let batch = builder.finish();
-            let bytes = tokio::task::spawn_blocking(move || parquet_bytes(&batch))
-                .await
-                .map_err(|e| Error::Storage(e.to_string()))??;
+        for (day, bytes, rows) in files {
+            outcome.rows += rows;
             let path = self.store.flow_file(&day, from, to);
             self.store.put_durable(&path, bytes).await?;
             outcome.files += 1;
