@@ -97,7 +97,10 @@ async fn load(
             let template = batch(c, 0);
             let mut lat = Vec::new();
             let mut n = phase * 1_000_000;
-            let started = Instant::now();
+            // Paced clients start spread over one interval, as agents do
+            // (all 50 sending at the same instants would measure bursts).
+            let offset = per_client_rate.map_or(0.0, |rate| c as f64 / CLIENTS as f64 / rate);
+            let started = Instant::now() + Duration::from_secs_f64(offset);
             while Instant::now() < stop {
                 if let Some(rate) = per_client_rate {
                     let due = started + Duration::from_secs_f64((n - phase * 1_000_000) as f64 / rate);
