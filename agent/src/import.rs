@@ -309,26 +309,13 @@ pub(crate) fn hash_file(path: &Path) -> Result<Vec<u8>> {
     let len = file.metadata().map_err(io_error(path))?.len();
     let mut hasher = Sha256::new();
     hasher.update(len.to_be_bytes());
-    // Streamed through a small buffer: the edges are not held in memory.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut hash_up_to = |file: &mut std::fs::File, mut left: u64| -> std::io::Result<()> {
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = file.read(&mut buf[..want])?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        Ok(())
-    };
-    hash_up_to(&mut file, EDGE).map_err(io_error(path))?;
+    // Streamed into the hasher: the edges are not held in memory.
+    std::io::copy(&mut (&mut file).take(EDGE), &mut hasher).map_err(io_error(path))?;
     if len > 2 * EDGE {
         file.seek(SeekFrom::Start(len - EDGE)).map_err(io_error(path))?;
-        hash_up_to(&mut file, EDGE).map_err(io_error(path))?;
+        std::io::copy(&mut file.take(EDGE), &mut hasher).map_err(io_error(path))?;
     } else {
-        hash_up_to(&mut file, u64::MAX).map_err(io_error(path))?;
+        std::io::copy(&mut file, &mut hasher).map_err(io_error(path))?;
     }
     Ok(hasher.finalize().to_vec())
 }

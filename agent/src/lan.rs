@@ -211,8 +211,7 @@ impl LanBootTracker {
 
     /// Learns the DHCP handshakes and first packets in `table`.
     pub fn observe(&mut self, table: &FlowTable) {
-        let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
-        self.observe_parts(table.dhcp_handshakes(), table.origins().chain(lookup_origins));
+        self.observe_parts(table.dhcp_handshakes(), first_sights(table));
     }
 
     /// Learns DHCP handshakes and first packets (origin, time).
@@ -258,9 +257,14 @@ pub struct OpenPart {
 impl OpenPart {
     /// Taken from `table`.
     pub fn of(table: &FlowTable) -> Self {
-        let lookup_origins = table.lookups().iter().map(|l| (l.origin, l.first_us));
-        Self { dhcp: table.dhcp_handshakes().to_vec(), origins: table.origins().chain(lookup_origins).collect() }
+        Self { dhcp: table.dhcp_handshakes().to_vec(), origins: first_sights(table).collect() }
     }
+}
+
+/// The origin of every connection and lookup of `table` with its first
+/// packet time.
+fn first_sights(table: &FlowTable) -> impl Iterator<Item = (Origin, i64)> + '_ {
+    table.origins().chain(table.lookups().iter().map(|l| (l.origin, l.first_us)))
 }
 
 /// Boots of at least this many groups are built on a second thread while
@@ -341,7 +345,8 @@ impl LanSums {
     /// them and the connections still `open` (a device's first packet may
     /// be on a connection still open).
     pub fn add(&mut self, tracker: &mut LanBootTracker, open: &FlowTable, done: &mut FlowTable) {
-        self.add_seen(tracker, OpenPart::of(open), done);
+        tracker.observe(open);
+        self.add_done(tracker, done);
     }
 
     /// [`LanSums::add`] with what the boots need of the open table taken
@@ -349,6 +354,11 @@ impl LanSums {
     /// being filled).
     pub fn add_seen(&mut self, tracker: &mut LanBootTracker, open: OpenPart, done: &mut FlowTable) {
         tracker.observe_parts(&open.dhcp, open.origins);
+        self.add_done(tracker, done);
+    }
+
+    /// Adds `done` once the open table's part is observed.
+    fn add_done(&mut self, tracker: &mut LanBootTracker, done: &mut FlowTable) {
         tracker.observe(done);
         self.flows.add(done, |origin, t| tracker.boot_of(origin, t));
         for l in done.take_lookups() {

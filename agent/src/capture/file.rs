@@ -76,22 +76,22 @@ struct Interface {
 /// Fails only when the file cannot be opened or is not a pcap/pcapng file;
 /// damage later in the file ends the read with `stopped_by` set.
 pub fn read_capture_file(path: &Path, on_frame: impl FnMut(Frame<'_>, &mut CaptureStats)) -> Result<CaptureStats> {
-    let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    read_capture_file_in(path, (total >= READ_AHEAD_FROM).then_some(READ_AHEAD_CHUNK), on_frame)
+    read_capture_file_in(path, READ_AHEAD_FROM, READ_AHEAD_CHUNK, on_frame)
 }
 
 /// [`read_capture_file`], read ahead on a second thread in chunks of
-/// `read_ahead` bytes when given.
+/// `chunk` bytes when the file holds at least `read_ahead_from`.
 fn read_capture_file_in(
     path: &Path,
-    read_ahead: Option<usize>,
+    read_ahead_from: u64,
+    chunk: usize,
     on_frame: impl FnMut(Frame<'_>, &mut CaptureStats),
 ) -> Result<CaptureStats> {
     let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let Some(chunk) = read_ahead else {
+    if total < read_ahead_from {
         return read_frames(path, total, file, on_frame);
-    };
+    }
     // A second thread reads the file ahead (the copy out of the page cache
     // is a good part of the cost of a large capture) while this one parses.
     std::thread::scope(|s| {
@@ -142,7 +142,7 @@ fn read_ahead_in(
     }
 }
 
-/// The reading end of [`read_ahead`].
+/// The reading end of [`read_ahead_in`].
 struct ReadAhead {
     chunks: std::sync::mpsc::Receiver<Chunk>,
     back: std::sync::mpsc::SyncSender<Vec<u8>>,
@@ -403,10 +403,12 @@ mod tests {
         let path = dir.path().join("a.pcap");
         let bytes = pcap_of(3000);
         std::fs::write(&path, &bytes).expect("write");
-        let frames = |read_ahead| {
+        let frames = |read_ahead: Option<usize>| {
             let mut seen = Vec::new();
+            // Read ahead from 0 bytes in chunks of `chunk`, or never.
+            let (from, chunk) = read_ahead.map_or((u64::MAX, 1), |chunk| (0, chunk));
             let stats =
-                read_capture_file_in(&path, read_ahead, |f, _| seen.push((f.ts_us, f.data.to_vec()))).expect("read");
+                read_capture_file_in(&path, from, chunk, |f, _| seen.push((f.ts_us, f.data.to_vec()))).expect("read");
             (stats, seen)
         };
         let (plain_stats, plain) = frames(None);
