@@ -1,17 +1,25 @@
 //! Router / LAN mode on a simulated LAN capture with several devices.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use leakwatch_agent::simulate::{DEFAULT_PROFILE, FleetProfile, simulate_fleet, write_lan_capture};
+use leakwatch_agent::simulate::{DEFAULT_PROFILE, FleetManifest, FleetProfile, simulate_fleet, write_lan_capture};
 use serde_json::Value;
+
+/// A simulated fleet of `devices` in `dir` (seed `seed`), its merged LAN
+/// capture and that capture's labels file.
+fn lan_capture(dir: &Path, devices: u32, seed: u64) -> (FleetManifest, PathBuf, PathBuf) {
+    let profile = FleetProfile::from_toml(DEFAULT_PROFILE).expect("profile");
+    let manifest = simulate_fleet(&profile, dir, Some(devices), Some(seed), |_, _| {}).expect("simulate");
+    let (lan, labels) = write_lan_capture(dir, &manifest).expect("lan capture");
+    (manifest, lan, labels)
+}
 
 #[test]
 fn lan_capture_yields_per_device_records_with_labels_and_dhcp_boots() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let profile = FleetProfile::from_toml(DEFAULT_PROFILE).expect("profile");
-    let manifest = simulate_fleet(&profile, dir.path(), Some(10), Some(11), |_, _| {}).expect("simulate");
-    let (lan, labels) = write_lan_capture(dir.path(), &manifest).expect("lan capture");
+    let (manifest, lan, labels) = lan_capture(dir.path(), 10, 11);
     let out = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
         .args(["import", "--lan", "--dry-run", "--format", "jsonl", "--state-dir"])
         .arg(dir.path().join("state"))
@@ -90,9 +98,7 @@ fn a_capture_summed_as_it_is_read_gives_the_flows_of_the_whole_table() {
     use leakwatch_agent::lan::LanBootTracker;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let profile = FleetProfile::from_toml(DEFAULT_PROFILE).expect("profile");
-    let manifest = simulate_fleet(&profile, dir.path(), Some(10), Some(11), |_, _| {}).expect("simulate");
-    let (lan, _) = write_lan_capture(dir.path(), &manifest).expect("lan capture");
+    let (_, lan, _) = lan_capture(dir.path(), 10, 11);
 
     let whole = read_capture(&lan).expect("read");
     let total = whole.table.connection_count();
@@ -130,9 +136,7 @@ fn a_capture_summed_as_it_is_read_gives_the_flows_of_the_whole_table() {
 #[test]
 fn a_truncated_lan_capture_says_it_stopped_early() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let profile = FleetProfile::from_toml(DEFAULT_PROFILE).expect("profile");
-    let manifest = simulate_fleet(&profile, dir.path(), Some(4), Some(5), |_, _| {}).expect("simulate");
-    let (lan, _) = write_lan_capture(dir.path(), &manifest).expect("lan capture");
+    let (_, lan, _) = lan_capture(dir.path(), 4, 5);
     let bytes = std::fs::read(&lan).expect("read");
     let cut = dir.path().join("cut.pcap");
     std::fs::write(&cut, &bytes[..bytes.len() - 9]).expect("write");
