@@ -47,10 +47,12 @@ async fn codes_limit_enrollment_and_revocation_stops_reports() {
     assert!(err.contains("uses are all taken"), "{err}");
     let err = admin(&data, &["enroll-code", "--expires", "2000-01-01T00:00:00Z"]).expect_err("past expiry");
     assert!(err.contains("not in the future"), "{err}");
-    // Three seconds: the expiry is fixed when the command starts, and the
-    // collector must still find it in the future when the request arrives.
+    // Three seconds: the expiry is fixed (in whole seconds) when the command
+    // starts, and the collector must still find it in the future when the
+    // request arrives. A code is expired once a whole second has passed
+    // after its expiry second: four seconds on from then.
     let short = admin(&data, &["enroll-code", "--expires", "3s"]).expect("short-lived code");
-    std::thread::sleep(Duration::from_millis(3100));
+    std::thread::sleep(Duration::from_millis(4100));
     let err = enroll(&url, &dir.path().join("a4"), &short).await.expect_err("expired code");
     assert!(err.contains("expired"), "{err}");
     let err = admin(&data, &["enroll-code", "--max-uses", "0"]).expect_err("zero uses");
