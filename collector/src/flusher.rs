@@ -26,9 +26,11 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::convert::add_rows;
 use crate::log::DurableLog;
@@ -197,8 +199,7 @@ impl DataStore {
                 continue;
             }
             let mut buf = Vec::new();
-            let mut writer = ArrowWriter::try_new(&mut buf, flows_schema(), Some(writer_properties()?))
-                .map_err(|e| Error::Storage(e.to_string()))?;
+            let mut writer = flow_writer(&mut buf)?;
             let mut pairs = std::collections::HashSet::new();
             for (_, _, path) in &files {
                 let bytes = self
@@ -338,14 +339,29 @@ fn conform(
     arrow::array::RecordBatch::try_new(schema, columns)
 }
 
-/// How flushed Parquet files are written (zstd 3, dictionaries, 128 Ki-row
-/// row groups).
+/// Columns of measured times, nearly every value distinct: a dictionary
+/// of them would hold each value once more, beside its index.
+const NO_DICTIONARY: [&str; 2] = ["seconds_since_boot", "duration_s"];
+
+/// How flushed Parquet files are written (zstd 3, dictionaries except for
+/// [`NO_DICTIONARY`], 128 Ki-row row groups).
 pub fn writer_properties() -> Result<WriterProperties> {
-    Ok(WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Storage(e.to_string()))?))
         .set_dictionary_enabled(true)
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .build())
+        .set_max_row_group_row_count(Some(128 * 1024));
+    for column in NO_DICTIONARY {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    Ok(props.build())
+}
+
+/// A writer of flushed Parquet files into `out`: [`writer_properties`],
+/// and no copy of the Arrow schema in the footer (readers take the
+/// `flows` schema; the Parquet schema alone reads back as it).
+pub fn flow_writer<W: std::io::Write + Send>(out: W) -> Result<ArrowWriter<W>> {
+    let options = ArrowWriterOptions::new().with_properties(writer_properties()?).with_skip_arrow_metadata(true);
+    ArrowWriter::try_new_with_options(out, flows_schema(), options).map_err(|e| Error::Storage(e.to_string()))
 }
 
 /// The Parquet file of each day `entries` have records of: (day, file,
@@ -383,10 +399,8 @@ fn day_files(entries: &[(u64, crate::log::StoredBatch)]) -> Result<Vec<(String, 
 /// One Parquet file of `batch`, its batches listed in the footer
 /// ([`BATCHES_KEY`]).
 fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
-    let props = writer_properties()?;
     let mut buf = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut buf, flows_schema(), Some(props)).map_err(|e| Error::Storage(e.to_string()))?;
+    let mut writer = flow_writer(&mut buf)?;
     let mut pairs = std::collections::HashSet::new();
     batch_pairs([batch], &mut pairs);
     writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));

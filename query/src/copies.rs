@@ -45,27 +45,42 @@ pub fn batch_pairs<'a>(rows: impl IntoIterator<Item = &'a RecordBatch>, into: &m
     }
 }
 
-/// The footer value for `pairs`: sorted `agent_id batch_id` lines.
+/// The footer value for `pairs`: one line per agent, `agent_id` and its
+/// batch ids, space-separated and sorted (an agent's id once, not once per
+/// batch: the list is a sizeable part of a small file).
 pub fn batch_list(pairs: &HashSet<(String, String)>) -> String {
     let mut sorted: Vec<_> = pairs.iter().collect();
     sorted.sort();
-    let mut out = String::with_capacity(sorted.len() * 48);
+    let mut out = String::with_capacity(sorted.len() * 34);
+    let mut agent_now: Option<&str> = None;
     for (agent, id) in sorted {
-        out.push_str(agent);
+        if agent_now != Some(agent.as_str()) {
+            if agent_now.is_some() {
+                out.push('\n');
+            }
+            out.push_str(agent);
+            agent_now = Some(agent);
+        }
         out.push(' ');
         out.push_str(id);
+    }
+    if agent_now.is_some() {
         out.push('\n');
     }
     out
 }
 
-/// The pairs of a footer value (lines that are not two words are skipped).
+/// The pairs of a footer value: lines of an agent id and one or more
+/// batch ids (files written before the list was grouped by agent have one
+/// batch id per line); lines without a batch id are skipped.
 pub fn parse_batch_list(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| line.split_once(' '))
-        .filter(|(agent, id)| !agent.is_empty() && !id.is_empty() && !id.contains(' '))
-        .map(|(agent, id)| (agent.to_string(), id.to_string()))
-        .collect()
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split(' ').filter(|w| !w.is_empty());
+        let Some(agent) = words.next() else { continue };
+        out.extend(words.map(|id| (agent.to_string(), id.to_string())));
+    }
+    out
 }
 
 /// Which copies to leave out: given, for each collector, the pairs it
@@ -108,9 +123,13 @@ mod tests {
         losers.sort();
         assert_eq!(losers, vec![pair("b1", "x"), pair("c1", "x")]);
 
-        let set: HashSet<_> = [pair("b1", "x"), pair("a1", "y")].into_iter().collect();
+        let set: HashSet<_> = [pair("b1", "x"), pair("a1", "z"), pair("a1", "y")].into_iter().collect();
         let text = batch_list(&set);
-        assert_eq!(text, "a1 y\nb1 x\n");
-        assert_eq!(parse_batch_list(&format!("{text}garbage\n\n")), vec![pair("a1", "y"), pair("b1", "x")]);
+        assert_eq!(text, "a1 y z\nb1 x\n");
+        let all = vec![pair("a1", "y"), pair("a1", "z"), pair("b1", "x")];
+        assert_eq!(parse_batch_list(&format!("{text}garbage\n\n")), all);
+        // Files written before the list was grouped: one pair per line.
+        assert_eq!(parse_batch_list("a1 y\na1 z\nb1 x\n"), all);
+        assert_eq!(batch_list(&HashSet::new()), "");
     }
 }

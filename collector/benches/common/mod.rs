@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array as _, ArrayRef, RecordBatch, StringArray};
 use leakwatch_collector::server::{ServeConfig, Server};
-use leakwatch_query::flows_schema;
-use parquet::arrow::ArrowWriter;
 
 /// A temporary directory under `BENCH_DIR` (default the system temp dir).
 pub fn bench_dir() -> tempfile::TempDir {
@@ -105,8 +103,7 @@ fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usi
                     let Some(&(from, to)) = files.get(i) else { break };
                     let name = format!("{:020}-{:020}.parquet", from + 1, to);
                     let file = std::fs::File::create(day.join(name)).expect("create");
-                    let props = leakwatch_collector::flusher::writer_properties().expect("props");
-                    let mut w = ArrowWriter::try_new(file, flows_schema(), Some(props)).expect("writer");
+                    let mut w = leakwatch_collector::flusher::flow_writer(file).expect("writer");
                     for copy in from..to {
                         for b in base {
                             w.write(&copy_of(b, copy)).expect("write");
