@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 use leakwatch_collector::server::{ServeConfig, Server};
 use leakwatch_proto::v1::collector_client::CollectorClient;
-use leakwatch_proto::v1::{DeviceInfo, EnrollRequest, FlowRecord, ReportBatch, TlsInfo};
+use leakwatch_proto::v1::{DeviceInfo, EnrollRequest, FlowRecord, ReportAck, ReportBatch, TlsInfo};
 use prost::Message as _;
+
+// The collector binary's allocator (see `src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CLIENTS: usize = 50;
 const RECORDS: usize = 1000;
@@ -53,18 +57,91 @@ fn records(client: usize, n: u64) -> Vec<FlowRecord> {
 
 fn batch(client: usize, n: u64) -> ReportBatch {
     ReportBatch {
-        batch_id: format!("bench-{client}-{n}"),
+        batch_id: Encoded::batch_id(client, n),
         sent_at_unix_ms: 0,
         device: Some(DeviceInfo {
             device_pseudonym: format!("{client:032x}"),
             vendor: ["Xiaomi", "Samsung", "Google", "Amazon"][client % 4].into(),
             model: format!("Model {}", client % 7),
             os_version: "1.0".into(),
-            boot_pseudonym: format!("{:032x}", client * 1000 + n as usize),
+            boot_pseudonym: Encoded::boot(client, n),
             boot_source: 2,
             ..Default::default()
         }),
         records: records(client, n),
+    }
+}
+
+/// Client `c`'s batch, encoded once, with where its batch id and boot
+/// pseudonym are (both fixed-width, so a new pair fits in their place).
+struct Encoded {
+    bytes: Vec<u8>,
+    batch_id_at: usize,
+    boot_at: usize,
+}
+
+impl Encoded {
+    fn batch_id(c: usize, n: u64) -> String {
+        format!("bench-{c:03}-{n:016}")
+    }
+
+    fn boot(c: usize, n: u64) -> String {
+        format!("{:032x}", c as u64 * 1_000_000_000 + n)
+    }
+
+    fn new(c: usize) -> Self {
+        let b = batch(c, 0);
+        let bytes = b.encode_to_vec();
+        let find = |s: &str| bytes.windows(s.len()).position(|w| w == s.as_bytes()).expect("field in the encoding");
+        let (batch_id_at, boot_at) = (find(&b.batch_id), find(&Self::boot(c, 0)));
+        Self { bytes, batch_id_at, boot_at }
+    }
+
+    /// The bytes of batch `n`.
+    fn next(&mut self, c: usize, n: u64) -> prost::bytes::Bytes {
+        let (id, boot) = (Self::batch_id(c, n), Self::boot(c, n));
+        self.bytes[self.batch_id_at..self.batch_id_at + id.len()].copy_from_slice(id.as_bytes());
+        self.bytes[self.boot_at..self.boot_at + boot.len()].copy_from_slice(boot.as_bytes());
+        prost::bytes::Bytes::copy_from_slice(&self.bytes)
+    }
+}
+
+/// The client side of `Report` on encoded batches: sends the bytes as
+/// they are, decodes the acknowledgement.
+#[derive(Debug, Clone, Copy)]
+struct RawReport;
+
+impl tonic::codec::Codec for RawReport {
+    type Encode = prost::bytes::Bytes;
+    type Decode = ReportAck;
+    type Encoder = RawReport;
+    type Decoder = RawReport;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawReport
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawReport
+    }
+}
+
+impl tonic::codec::Encoder for RawReport {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawReport {
+    type Item = ReportAck;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        ReportAck::decode(src).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
@@ -90,31 +167,31 @@ async fn load(
     for (c, token) in tokens.iter().enumerate() {
         let (url, token, records) = (url.to_string(), token.clone(), records.clone());
         tasks.push(tokio::spawn(async move {
-            let mut client = CollectorClient::connect(url).await.expect("connect").max_decoding_message_size(1 << 20);
-            // Each client sends its batch again and again under new ids (the
-            // clients share the collector's two cores: building 1,000
-            // records anew for every request would measure the clients).
-            let template = batch(c, 0);
+            let channel = tonic::transport::Endpoint::from_shared(url).expect("url").connect().await.expect("connect");
+            let mut grpc = tonic::client::Grpc::new(channel);
+            // Each client sends its batch's bytes again and again with a new
+            // batch id and boot pseudonym written over the old ones (the
+            // clients share the collector's two cores: cloning and encoding
+            // 1,000 records for every request would measure the clients).
+            let mut template = Encoded::new(c);
             let mut lat = Vec::new();
             let mut n = phase * 1_000_000;
             // Paced clients start spread over one interval, as agents do
             // (all 50 sending at the same instants would measure bursts).
             let offset = per_client_rate.map_or(0.0, |rate| c as f64 / CLIENTS as f64 / rate);
             let started = Instant::now() + Duration::from_secs_f64(offset);
+            let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
             while Instant::now() < stop {
                 if let Some(rate) = per_client_rate {
                     let due = started + Duration::from_secs_f64((n - phase * 1_000_000) as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let mut next = template.clone();
-                next.batch_id = format!("bench-{c}-{n}");
-                if let Some(d) = next.device.as_mut() {
-                    d.boot_pseudonym = format!("{:032x}", c * 1000 + n as usize);
-                }
-                let mut req = tonic::Request::new(next);
-                req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+                let mut req = tonic::Request::new(template.next(c, n));
+                req.metadata_mut().insert("authorization", bearer.clone());
                 let t = Instant::now();
-                match client.report(req).await {
+                grpc.ready().await.expect("ready");
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static("/leakwatch.v1.Collector/Report");
+                match grpc.unary::<_, ReportAck, _>(req, path, RawReport).await {
                     Ok(_) => {
                         lat.push(t.elapsed());
                         records.fetch_add(RECORDS as u64, Ordering::Relaxed);

@@ -48,6 +48,11 @@ pub const KEEP_REPLACED: std::time::Duration = std::time::Duration::from_secs(15
 /// Most log entries (batches) per flush.
 pub const MAX_BATCHES_PER_FLUSH: u64 = 20_000;
 
+/// Most bytes of log entries per flush (more when one entry is larger):
+/// a flush holds its rows in memory, several times the entries' size, so
+/// a collector that fell behind catches up in steps of this size.
+pub const MAX_BYTES_PER_FLUSH: usize = 64 << 20;
+
 /// What one flush did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushOutcome {
@@ -364,13 +369,14 @@ pub fn flow_writer<W: std::io::Write + Send>(out: W) -> Result<ArrowWriter<W>> {
     ArrowWriter::try_new_with_options(out, flows_schema(), options).map_err(|e| Error::Storage(e.to_string()))
 }
 
-/// The Parquet file of each day `entries` have records of: (day, file,
-/// rows), days in order.
-fn day_files(entries: &[(u64, crate::log::StoredBatch)]) -> Result<Vec<(String, Vec<u8>, u64)>> {
+/// The Parquet file of each day the log entries `from..=to` have records
+/// of: (day, file, rows), days in order. Entries are read and converted
+/// one at a time.
+fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8>, u64)>> {
     let mut days: BTreeMap<String, FlowBatchBuilder> = BTreeMap::new();
     // The day's name, worked out once per run of rows on the same day.
     let mut named: Option<(i64, String)> = None;
-    for (_, stored) in entries {
+    log.each_in_range(from, to, |_, stored| {
         add_rows(stored, |row| {
             let n = row.window_start_s.div_euclid(86_400);
             let day = match &named {
@@ -386,7 +392,7 @@ fn day_files(entries: &[(u64, crate::log::StoredBatch)]) -> Result<Vec<(String, 
                 }
             }
         });
-    }
+    })?;
     days.into_iter()
         .map(|(day, mut builder)| {
             builder.sort_for_rules();
@@ -431,7 +437,8 @@ impl Flusher {
                 if upto <= watermark {
                     return Ok(None);
                 }
-                let to = upto.min(watermark + MAX_BATCHES_PER_FLUSH);
+                let to =
+                    log.end_within(watermark + 1, upto.min(watermark + MAX_BATCHES_PER_FLUSH), MAX_BYTES_PER_FLUSH)?;
                 log.set_flush_intent(watermark + 1, to)?;
                 Ok(Some((watermark + 1, to)))
             })
@@ -451,7 +458,7 @@ impl Flusher {
         let log = self.log.clone();
         // Reading, converting and encoding take seconds for a large range:
         // on a blocking thread, not on the runtime that answers agents.
-        let files = tokio::task::spawn_blocking(move || day_files(&log.read_range(from, to)?))
+        let files = tokio::task::spawn_blocking(move || day_files(&log, from, to))
             .await
             .map_err(|e| Error::Storage(e.to_string()))??;
         let mut outcome = FlushOutcome::default();

@@ -184,7 +184,6 @@ impl Collector for Ingest {
         }
         let log = self.log.clone();
         let records = batch.records.len() as u32;
-        let bytes = prost::Message::encoded_len(&batch) as u64;
         let batch_id = batch.batch_id.clone();
         let received = now.timestamp_millis();
         let id = agent_id.clone();
@@ -192,7 +191,7 @@ impl Collector for Ingest {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let ack = match outcome {
-            Ok(AppendOutcome::Accepted { .. }) => {
+            Ok(AppendOutcome::Accepted { bytes, .. }) => {
                 IngestMetrics::add(&self.metrics.batches_accepted, 1);
                 IngestMetrics::add(&self.metrics.records_accepted, u64::from(records));
                 IngestMetrics::add(&self.metrics.bytes_accepted, bytes);

@@ -98,6 +98,8 @@ pub enum AppendOutcome {
     Accepted {
         /// Log sequence number.
         seq: u64,
+        /// Size of the batch's encoding (the Report message), bytes.
+        bytes: u64,
     },
     /// The batch id was stored before, with the same content.
     Duplicate {
@@ -133,6 +135,20 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 /// device and records, not the send time.
 pub fn batch_digest(batch: &ReportBatch) -> [u8; 32] {
     let mut h = Sha256::new();
+    digest_device(&mut h, batch);
+    // One buffer for every record's encoding (a batch holds up to
+    // thousands).
+    let mut buf = Vec::with_capacity(256);
+    for r in &batch.records {
+        buf.clear();
+        r.encode_raw(&mut buf);
+        h.update(&buf);
+    }
+    h.finalize().into()
+}
+
+/// The device's part of [`batch_digest`].
+fn digest_device(h: &mut Sha256, batch: &ReportBatch) {
     if let Some(d) = &batch.device {
         let mut d = d.clone();
         // Map order is not canonical on the wire; sort for the digest.
@@ -145,15 +161,6 @@ pub fn batch_digest(batch: &ReportBatch) -> [u8; 32] {
             h.update([0]);
         }
     }
-    // One buffer for every record's encoding (a batch holds up to
-    // thousands).
-    let mut buf = Vec::with_capacity(256);
-    for r in &batch.records {
-        buf.clear();
-        r.encode_raw(&mut buf);
-        h.update(&buf);
-    }
-    h.finalize().into()
 }
 
 /// Encodes a log entry (version, checksum, message).
@@ -161,24 +168,63 @@ pub fn encode_entry(stored: &StoredBatch) -> Vec<u8> {
     entry_of(&stored.encode_to_vec())
 }
 
-/// The log entry of `batch` received from `agent_id`: the bytes of
-/// [`encode_entry`] for the [`StoredBatch`] they make, without copying the
-/// batch into one.
-pub fn encode_entry_of(agent_id: &str, received_at_ms: i64, batch: &ReportBatch) -> Vec<u8> {
-    use prost::encoding::{int64, message, string};
+/// A batch as the log stores it.
+#[derive(Debug)]
+pub struct EncodedEntry {
+    /// The log entry: the bytes of [`encode_entry`] for the
+    /// [`StoredBatch`].
+    pub entry: Vec<u8>,
+    /// [`batch_digest`] of the batch.
+    pub digest: [u8; 32],
+    /// Size of the batch's own encoding (the Report message), bytes.
+    pub batch_bytes: usize,
+}
+
+/// The log entry of `batch` received from `agent_id` and the batch's
+/// digest, from one encoding of each record (a batch holds up to
+/// thousands): the digest hashes the records' bytes in the entry, and no
+/// [`StoredBatch`] is built around a copy of the batch.
+pub fn encode_entry_of(agent_id: &str, received_at_ms: i64, batch: &ReportBatch) -> EncodedEntry {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, int64, key_len, string};
+    // The batch's fields but its records (the last field, so the derived
+    // encoder writes them last too).
+    let head = ReportBatch {
+        batch_id: batch.batch_id.clone(),
+        sent_at_unix_ms: batch.sent_at_unix_ms,
+        device: batch.device.clone(),
+        records: Vec::new(),
+    };
+    let record_lens: Vec<usize> = batch.records.iter().map(Message::encoded_len).collect();
+    let batch_bytes =
+        head.encoded_len() + record_lens.iter().map(|&n| key_len(4) + encoded_len_varint(n as u64) + n).sum::<usize>();
     let agent_id = agent_id.to_string();
-    let mut body = Vec::with_capacity(
-        string::encoded_len(1, &agent_id) + int64::encoded_len(2, &received_at_ms) + message::encoded_len(3, batch),
+    let mut out = Vec::with_capacity(
+        5 + string::encoded_len(1, &agent_id) + int64::encoded_len(2, &received_at_ms) + 11 + batch_bytes,
     );
+    out.push(ENTRY_VERSION);
+    out.extend_from_slice(&[0; 4]);
     // Field by field as the derived encoder does: proto3 defaults left out.
     if !agent_id.is_empty() {
-        string::encode(1, &agent_id, &mut body);
+        string::encode(1, &agent_id, &mut out);
     }
     if received_at_ms != 0 {
-        int64::encode(2, &received_at_ms, &mut body);
+        int64::encode(2, &received_at_ms, &mut out);
     }
-    message::encode(3, batch, &mut body);
-    entry_of(&body)
+    encode_key(3, WireType::LengthDelimited, &mut out);
+    encode_varint(batch_bytes as u64, &mut out);
+    head.encode_raw(&mut out);
+    let mut h = Sha256::new();
+    digest_device(&mut h, batch);
+    for (r, &n) in batch.records.iter().zip(&record_lens) {
+        encode_key(4, WireType::LengthDelimited, &mut out);
+        encode_varint(n as u64, &mut out);
+        let at = out.len();
+        r.encode_raw(&mut out);
+        h.update(&out[at..]);
+    }
+    let crc = crc32fast::hash(&out[5..]);
+    out[1..5].copy_from_slice(&crc.to_le_bytes());
+    EncodedEntry { entry: out, digest: h.finalize().into(), batch_bytes }
 }
 
 fn entry_of(body: &[u8]) -> Vec<u8> {
@@ -310,7 +356,7 @@ impl DurableLog {
         if self.read_only {
             return Err(Error::Storage("the log is open read-only".into()));
         }
-        let digest = batch_digest(batch);
+        let EncodedEntry { entry, digest, batch_bytes } = encode_entry_of(agent_id, received_at_ms, batch);
         let ids = self.cf(CF_BATCH_IDS)?;
         let seq = {
             let mut g = self.lock();
@@ -335,7 +381,7 @@ impl DurableLog {
             id_value.extend_from_slice(&digest);
             id_value.extend_from_slice(&(batch.records.len() as u32).to_be_bytes());
             let mut wb = WriteBatch::default();
-            wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), encode_entry_of(agent_id, received_at_ms, batch));
+            wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry);
             wb.put_cf(ids, &batch.batch_id, id_value);
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
@@ -345,22 +391,43 @@ impl DurableLog {
         g.seqs.remove(&seq);
         g.batch_ids.remove(&batch.batch_id);
         drop(g);
-        result.map(|()| AppendOutcome::Accepted { seq })
+        result.map(|()| AppendOutcome::Accepted { seq, bytes: batch_bytes as u64 })
     }
 
-    /// Entries with sequence numbers in `from..=to`, in order.
-    pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<(u64, StoredBatch)>> {
+    /// The last sequence number of the entries from `from` on (up to `to`)
+    /// that hold at most `max_bytes` together; at least `from`.
+    pub fn end_within(&self, from: u64, to: u64, max_bytes: usize) -> Result<u64> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound((to.saturating_add(1)).to_be_bytes().to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_BATCHES)?, opts);
+        it.seek(from.to_be_bytes());
+        let (mut end, mut total) = (from, 0usize);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let seq = u64_at(k, 0).ok_or_else(|| Error::Corrupt("bad sequence key".into()))?;
+            total = total.saturating_add(v.len());
+            if total > max_bytes && seq > from {
+                break;
+            }
+            end = seq;
+            it.next();
+        }
+        it.status().map_err(db_err)?;
+        Ok(end)
+    }
+
+    /// Calls `f` with each entry with a sequence number in `from..=to`, in
+    /// order, one decoded entry at a time.
+    pub fn each_in_range(&self, from: u64, to: u64, mut f: impl FnMut(u64, StoredBatch)) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound((to.saturating_add(1)).to_be_bytes().to_vec());
         let start = from.to_be_bytes();
         let it = self.db.iterator_cf_opt(self.cf(CF_BATCHES)?, opts, IteratorMode::From(&start, Direction::Forward));
-        let mut out = Vec::new();
         for item in it {
             let (k, v) = item.map_err(db_err)?;
             let seq = u64_at(&k, 0).ok_or_else(|| Error::Corrupt("bad sequence key".into()))?;
-            out.push((seq, decode_entry(&v)?));
+            f(seq, decode_entry(&v)?);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// A consistent view: the watermark and every entry above it. A
@@ -517,16 +584,41 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_range_ends_within_its_byte_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = DurableLog::open(dir.path()).expect("open");
+        let sizes: Vec<usize> = (1..=3)
+            .map(|i| {
+                let b = batch(&format!("b{i}"), i * 10);
+                log.append("a", &b, 5).expect("append");
+                encode_entry_of("a", 5, &b).entry.len()
+            })
+            .collect();
+        assert_eq!(log.end_within(1, 3, usize::MAX).expect("all"), 3);
+        assert_eq!(log.end_within(1, 3, sizes[0] + sizes[1]).expect("two"), 2);
+        assert_eq!(log.end_within(1, 3, sizes[0] + sizes[1] - 1).expect("one"), 1);
+        // The first entry goes in even when it alone is over the budget.
+        assert_eq!(log.end_within(2, 3, 0).expect("at least one"), 2);
+        assert_eq!(log.end_within(1, 2, usize::MAX).expect("up to `to`"), 2);
+    }
+
+    #[test]
     fn append_dedups_and_survives_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let log = DurableLog::open(dir.path()).expect("open");
-            assert_eq!(log.append("a", &batch("b1", 3), 5).expect("append"), AppendOutcome::Accepted { seq: 1 });
+            assert!(matches!(
+                log.append("a", &batch("b1", 3), 5).expect("append"),
+                AppendOutcome::Accepted { seq: 1, .. }
+            ));
             let mut resent = batch("b1", 3);
             resent.sent_at_unix_ms = 99;
             assert_eq!(log.append("a", &resent, 6).expect("dup"), AppendOutcome::Duplicate { records: 3 });
             assert!(matches!(log.append("a", &batch("b1", 4), 7), Err(Error::Conflict(_))));
-            assert_eq!(log.append("a", &batch("b2", 1), 8).expect("append"), AppendOutcome::Accepted { seq: 2 });
+            assert!(matches!(
+                log.append("a", &batch("b2", 1), 8).expect("append"),
+                AppendOutcome::Accepted { seq: 2, .. }
+            ));
             assert_eq!(log.durable_upto(), 2);
         }
         let log = DurableLog::open(dir.path()).expect("reopen");
@@ -539,7 +631,10 @@ mod tests {
             log.append("a", &batch("b1", 3), 9).expect("dup after flush"),
             AppendOutcome::Duplicate { records: 3 }
         );
-        assert_eq!(log.append("a", &batch("b3", 1), 10).expect("append"), AppendOutcome::Accepted { seq: 3 });
+        assert!(matches!(
+            log.append("a", &batch("b3", 1), 10).expect("append"),
+            AppendOutcome::Accepted { seq: 3, .. }
+        ));
     }
 
     #[test]
@@ -548,7 +643,10 @@ mod tests {
         b.records[2].domain = "api.example.com".into();
         for (agent_id, at) in [("agent-1", 1_700_000_000_123), ("", 0), ("a", -5)] {
             let stored = StoredBatch { agent_id: agent_id.into(), received_at_ms: at, batch: Some(b.clone()) };
-            assert_eq!(encode_entry_of(agent_id, at, &b), encode_entry(&stored), "{agent_id:?} {at}");
+            let encoded = encode_entry_of(agent_id, at, &b);
+            assert_eq!(encoded.entry, encode_entry(&stored), "{agent_id:?} {at}");
+            assert_eq!(encoded.digest, batch_digest(&b));
+            assert_eq!(encoded.batch_bytes, b.encoded_len());
         }
         // The digest as it was first defined (stored digests must still match).
         let mut h = Sha256::new();

@@ -216,7 +216,7 @@ impl LogTail {
 impl TailSource for LogTail {
     fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
         let (watermark, batches) = self.log.tail().map_err(|e| e.to_string())?;
-        Ok(TailSnapshot { watermark, batches: vec![to_record_batch(&batches)] })
+        Ok(TailSnapshot { watermark, batches: vec![to_record_batch(batches)] })
     }
 }
 

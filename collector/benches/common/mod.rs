@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array as _, ArrayRef, RecordBatch, StringArray};
 use leakwatch_collector::server::{ServeConfig, Server};
 
+// The collector binary's allocator (see `src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A temporary directory under `BENCH_DIR` (default the system temp dir).
 pub fn bench_dir() -> tempfile::TempDir {
     let base_dir = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
