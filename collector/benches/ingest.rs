@@ -7,7 +7,9 @@
 //! ceiling, p99 <= 50 ms at half load, <= 10 bytes per record.
 //!
 //! Environment: `BENCH_SECS` (default 10) per phase, `BENCH_DIR` (default
-//! the system temp dir) for the data.
+//! the system temp dir) for the data, `BENCH_FLUSH_SECS` (default 5) the
+//! collector's flush interval (a long one keeps the flusher out of the
+//! phases, to see what it costs them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -249,13 +251,14 @@ fn raw_ceiling(dir: &std::path::Path, secs: f64) -> f64 {
 
 fn main() {
     let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
+    let flush_secs: u64 = std::env::var("BENCH_FLUSH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let base = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base).expect("bench dir");
     let dir = tempfile::tempdir_in(&base).expect("tempdir");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let config =
-            ServeConfig { flush_interval: Duration::from_secs(5), ..ServeConfig::loopback(dir.path().join("collector")) };
+            ServeConfig { flush_interval: Duration::from_secs(flush_secs), ..ServeConfig::loopback(dir.path().join("collector")) };
         let server = Server::start(config).await.expect("start collector");
         let url = format!("http://{}", server.grpc_addr);
         let mut enroll = CollectorClient::connect(url.clone()).await.expect("connect");
