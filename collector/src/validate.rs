@@ -27,7 +27,10 @@ pub const MAX_FUTURE_S: i64 = 86_400;
 /// Longest time since boot accepted (10 years), seconds.
 pub const MAX_SECONDS_SINCE_BOOT: f64 = 315_360_000.0;
 
-fn check_len(field: &str, value: &str, max: usize) -> Result<(), String> {
+/// Checks that `value` has at most `max` bytes. The field's name is an
+/// `impl Display` so that callers pass a name built only for the error
+/// (thousands of records per batch are checked).
+fn check_len(field: impl std::fmt::Display, value: &str, max: usize) -> Result<(), String> {
     if value.len() > max {
         let shown: String = value.chars().take(32).collect();
         return Err(format!("{field}: {} bytes ({shown:?}...), at most {max}", value.len()));
@@ -35,8 +38,26 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The name of field `name` of record `i`, written out only when shown.
+struct RecordField<'a> {
+    i: usize,
+    name: &'a str,
+    index: Option<usize>,
+}
+
+impl std::fmt::Display for RecordField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "records[{}].{}", self.i, self.name)?;
+        match self.index {
+            Some(j) => write!(f, "[{j}]"),
+            None => Ok(()),
+        }
+    }
+}
+
 fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
-    let f = |name: &str| format!("records[{i}].{name}");
+    let field = |name: &'static str| RecordField { i, name, index: None };
+    let f = |name: &'static str| field(name).to_string();
     if !r.seconds_since_boot.is_finite() || !(0.0..=MAX_SECONDS_SINCE_BOOT).contains(&r.seconds_since_boot) {
         return Err(format!(
             "{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}",
@@ -95,7 +116,7 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
     if !(1..=65_535).contains(&r.dst_port) {
         return Err(format!("{}: {} is outside 1..=65535", f("dst_port"), r.dst_port));
     }
-    check_len(&f("domain"), &r.domain, MAX_DOMAIN_BYTES)?;
+    check_len(field("domain"), &r.domain, MAX_DOMAIN_BYTES)?;
     if !r.domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.' | b'*'))
     {
         return Err(format!("{}: {:?} has characters outside a-z 0-9 - _ . *", f("domain"), r.domain));
@@ -103,15 +124,15 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
     if DomainSource::try_from(r.domain_source).is_err() {
         return Err(format!("{}: {} is not a DomainSource value", f("domain_source"), r.domain_source));
     }
-    check_len(&f("app"), &r.app, MAX_APP_BYTES)?;
+    check_len(field("app"), &r.app, MAX_APP_BYTES)?;
     if let Some(tls) = &r.tls {
-        check_len(&f("tls.sni"), &tls.sni, MAX_DOMAIN_BYTES)?;
-        check_len(&f("tls.client_fingerprint"), &tls.client_fingerprint, MAX_LABEL_BYTES)?;
+        check_len(field("tls.sni"), &tls.sni, MAX_DOMAIN_BYTES)?;
+        check_len(field("tls.client_fingerprint"), &tls.client_fingerprint, MAX_LABEL_BYTES)?;
         if tls.alpn.len() > 16 {
             return Err(format!("{}: {} entries, at most 16", f("tls.alpn"), tls.alpn.len()));
         }
         for (j, p) in tls.alpn.iter().enumerate() {
-            check_len(&format!("{}[{j}]", f("tls.alpn")), p, 32)?;
+            check_len(RecordField { i, name: "tls.alpn", index: Some(j) }, p, 32)?;
         }
     }
     Ok(())
@@ -142,7 +163,7 @@ pub fn check_batch(batch: &ReportBatch, now_s: i64) -> Result<(), String> {
     }
     for (k, v) in &device.consent {
         check_len("device.consent key", k, MAX_LABEL_BYTES)?;
-        check_len(&format!("device.consent[{k:?}]"), v, MAX_LABEL_BYTES)?;
+        check_len(format_args!("device.consent[{k:?}]"), v, MAX_LABEL_BYTES)?;
     }
     if batch.records.is_empty() {
         return Err("records: empty, need 1 to 10000".into());
@@ -158,7 +179,7 @@ pub fn check_batch(batch: &ReportBatch, now_s: i64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use leakwatch_proto::v1::DeviceInfo;
+    use leakwatch_proto::v1::{DeviceInfo, TlsInfo};
 
     use super::*;
 
@@ -196,6 +217,20 @@ mod tests {
             (Box::new(|b| b.records[0].domain = "x".repeat(300)), "records[0].domain: 300 bytes"),
             (Box::new(|b| b.records[0].window_start_unix_s = now + 10 * 86_400), "records[0].window_start_unix_s"),
             (Box::new(|b| b.records[0].transport = 9), "records[0].transport: 9"),
+            (
+                Box::new(|b| {
+                    b.records[0].tls = Some(TlsInfo { alpn: vec!["h2".into(), "p".repeat(33)], ..Default::default() })
+                }),
+                "records[0].tls.alpn[1]: 33 bytes",
+            ),
+            (
+                Box::new(|b| {
+                    if let Some(d) = b.device.as_mut() {
+                        d.consent.insert("cloud".into(), "v".repeat(65));
+                    }
+                }),
+                "device.consent[\"cloud\"]: 65 bytes",
+            ),
             (Box::new(|b| b.records = vec![b.records[0].clone(); 10_001]), "records: 10001 records, at most 10000"),
             (Box::new(|b| b.records.clear()), "records: empty"),
             (
