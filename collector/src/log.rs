@@ -131,23 +131,7 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// The digest that decides whether two batches with one id are the same:
-/// device and records, not the send time.
-pub fn batch_digest(batch: &ReportBatch) -> [u8; 32] {
-    let mut h = Sha256::new();
-    digest_device(&mut h, batch);
-    // One buffer for every record's encoding (a batch holds up to
-    // thousands).
-    let mut buf = Vec::with_capacity(256);
-    for r in &batch.records {
-        buf.clear();
-        r.encode_raw(&mut buf);
-        h.update(&buf);
-    }
-    h.finalize().into()
-}
-
-/// The device's part of [`batch_digest`].
+/// The device's part of a batch's digest (see [`EncodedEntry::digest`]).
 fn digest_device(h: &mut Sha256, batch: &ReportBatch) {
     if let Some(d) = &batch.device {
         let mut d = d.clone();
@@ -163,9 +147,24 @@ fn digest_device(h: &mut Sha256, batch: &ReportBatch) {
     }
 }
 
+/// Bytes before a log entry's message: version and checksum.
+const ENTRY_HEADER: usize = 5;
+
 /// Encodes a log entry (version, checksum, message).
 pub fn encode_entry(stored: &StoredBatch) -> Vec<u8> {
-    entry_of(&stored.encode_to_vec())
+    let mut out = Vec::with_capacity(ENTRY_HEADER + stored.encoded_len());
+    out.extend_from_slice(&[0; ENTRY_HEADER]);
+    stored.encode_raw(&mut out);
+    seal_entry(out)
+}
+
+/// `out`, a message after [`ENTRY_HEADER`] bytes of room, with the
+/// version and the message's checksum written in that room.
+fn seal_entry(mut out: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&out[ENTRY_HEADER..]);
+    out[0] = ENTRY_VERSION;
+    out[1..ENTRY_HEADER].copy_from_slice(&crc.to_le_bytes());
+    out
 }
 
 /// A batch as the log stores it.
@@ -174,7 +173,8 @@ pub struct EncodedEntry {
     /// The log entry: the bytes of [`encode_entry`] for the
     /// [`StoredBatch`].
     pub entry: Vec<u8>,
-    /// [`batch_digest`] of the batch.
+    /// The digest that decides whether two batches with one id are the
+    /// same: of device and records, not the send time.
     pub digest: [u8; 32],
     /// Size of the batch's own encoding (the Report message), bytes.
     pub batch_bytes: usize,
@@ -199,10 +199,9 @@ pub fn encode_entry_of(agent_id: &str, received_at_ms: i64, batch: &ReportBatch)
         head.encoded_len() + record_lens.iter().map(|&n| key_len(4) + encoded_len_varint(n as u64) + n).sum::<usize>();
     let agent_id = agent_id.to_string();
     let mut out = Vec::with_capacity(
-        5 + string::encoded_len(1, &agent_id) + int64::encoded_len(2, &received_at_ms) + 11 + batch_bytes,
+        ENTRY_HEADER + string::encoded_len(1, &agent_id) + int64::encoded_len(2, &received_at_ms) + 11 + batch_bytes,
     );
-    out.push(ENTRY_VERSION);
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; ENTRY_HEADER]);
     // Field by field as the derived encoder does: proto3 defaults left out.
     if !agent_id.is_empty() {
         string::encode(1, &agent_id, &mut out);
@@ -222,17 +221,7 @@ pub fn encode_entry_of(agent_id: &str, received_at_ms: i64, batch: &ReportBatch)
         r.encode_raw(&mut out);
         h.update(&out[at..]);
     }
-    let crc = crc32fast::hash(&out[5..]);
-    out[1..5].copy_from_slice(&crc.to_le_bytes());
-    EncodedEntry { entry: out, digest: h.finalize().into(), batch_bytes }
-}
-
-fn entry_of(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(ENTRY_VERSION);
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
-    out
+    EncodedEntry { entry: seal_entry(out), digest: h.finalize().into(), batch_bytes }
 }
 
 /// Decodes a log entry, checking version and checksum.
@@ -641,13 +630,6 @@ mod tests {
     fn entries_and_digests_are_those_of_the_stored_message() {
         let mut b = batch("b1", 5);
         b.records[2].domain = "api.example.com".into();
-        for (agent_id, at) in [("agent-1", 1_700_000_000_123), ("", 0), ("a", -5)] {
-            let stored = StoredBatch { agent_id: agent_id.into(), received_at_ms: at, batch: Some(b.clone()) };
-            let encoded = encode_entry_of(agent_id, at, &b);
-            assert_eq!(encoded.entry, encode_entry(&stored), "{agent_id:?} {at}");
-            assert_eq!(encoded.digest, batch_digest(&b));
-            assert_eq!(encoded.batch_bytes, b.encoded_len());
-        }
         // The digest as it was first defined (stored digests must still match).
         let mut h = Sha256::new();
         let mut d = b.device.clone().expect("device");
@@ -657,7 +639,13 @@ mod tests {
             h.update(r.encode_to_vec());
         }
         let want: [u8; 32] = h.finalize().into();
-        assert_eq!(batch_digest(&b), want);
+        for (agent_id, at) in [("agent-1", 1_700_000_000_123), ("", 0), ("a", -5)] {
+            let stored = StoredBatch { agent_id: agent_id.into(), received_at_ms: at, batch: Some(b.clone()) };
+            let encoded = encode_entry_of(agent_id, at, &b);
+            assert_eq!(encoded.entry, encode_entry(&stored), "{agent_id:?} {at}");
+            assert_eq!(encoded.digest, want, "{agent_id:?} {at}");
+            assert_eq!(encoded.batch_bytes, b.encoded_len());
+        }
     }
 
     #[test]
