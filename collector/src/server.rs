@@ -123,6 +123,23 @@ impl QueryRuntime {
     }
 }
 
+/// How long stopping the collector waits for the query runtime's tasks
+/// to give up.
+const QUERY_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl QueryRuntime {
+    /// Stops the runtime, waiting up to `timeout` for its tasks to be
+    /// dropped. A task left behind (the dashboard's refresh, a query) would
+    /// keep the log's RocksDB open until the process exits, and RocksDB
+    /// left open then can abort the exit ("pthread lock: Invalid
+    /// argument") instead of ending it cleanly.
+    pub async fn close(mut self, timeout: std::time::Duration) {
+        if let Some(rt) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || rt.shutdown_timeout(timeout)).await;
+        }
+    }
+}
+
 impl Drop for QueryRuntime {
     fn drop(&mut self) {
         if let Some(rt) = self.0.take() {
@@ -471,6 +488,7 @@ impl Server {
         }
         let _ = std::fs::remove_file(AdminEndpoint::path(&self.data_dir));
         self.flusher.flush().await?;
+        self._queries.close(QUERY_SHUTDOWN).await;
         Ok(())
     }
 }

@@ -310,7 +310,8 @@ async fn scale_killing_one_collector_mid_upload_loses_nothing_its_agents_fail_ov
     for mut serving in [a, b] {
         let pid = serving.id().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-        assert!(serving.wait().expect("wait").success(), "clean exit after SIGTERM");
+        let st = serving.wait().expect("wait");
+        assert!(st.success(), "clean exit after SIGTERM: {st:?}");
     }
 
     let query = "SELECT count(*) AS batches, min(n) AS fewest, max(n) AS most, sum(n) AS records \
