@@ -203,30 +203,11 @@ impl DataStore {
             if files.len() < min_files.max(2) {
                 continue;
             }
-            let mut buf = Vec::new();
-            let mut writer = flow_writer(&mut buf)?;
-            let mut pairs = std::collections::HashSet::new();
-            for (_, _, path) in &files {
-                let bytes = self
-                    .store
-                    .get(path)
-                    .await
-                    .map_err(|e| Error::Storage(format!("reading {path}: {e}")))?
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
-                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .and_then(|b| b.build())
-                    .map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
-                for batch in reader {
-                    let batch = batch.map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
-                    let batch = conform(&batch).map_err(|e| Error::Storage(format!("{path}: {e}")))?;
-                    batch_pairs([&batch], &mut pairs);
-                    writer.write(&batch).map_err(|e| Error::Storage(e.to_string()))?;
-                }
-            }
-            writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
-            writer.close().map_err(|e| Error::Storage(e.to_string()))?;
+            // Decoding and encoding a day's rows takes seconds: on a
+            // background thread, which reads the files through this runtime.
+            let (store, runtime) = (self.store.clone(), tokio::runtime::Handle::current());
+            let paths: Vec<StorePath> = files.iter().map(|(_, _, path)| path.clone()).collect();
+            let buf = crate::background::run("leakwatch-compact", move || merge_files(&store, &runtime, &paths)).await?;
             let merged = self.flow_file(&day, from, to);
             self.put_durable(&merged, buf).await?;
             if keep.is_zero() {
@@ -415,6 +396,31 @@ fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// One Parquet file of the rows of `paths` in order (each read through
+/// `runtime`), in today's `flows` schema, listing all their batches.
+fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, paths: &[StorePath]) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut writer = flow_writer(&mut buf)?;
+    let mut pairs = std::collections::HashSet::new();
+    for path in paths {
+        let bytes = runtime
+            .block_on(async { store.get(path).await?.bytes().await })
+            .map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
+            let batch = conform(&batch).map_err(|e| Error::Storage(format!("{path}: {e}")))?;
+            batch_pairs([&batch], &mut pairs);
+            writer.write(&batch).map_err(|e| Error::Storage(e.to_string()))?;
+        }
+    }
+    writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
+    writer.close().map_err(|e| Error::Storage(e.to_string()))?;
+    Ok(buf)
+}
+
 impl Flusher {
     /// A flusher from `log` to `store`.
     pub fn new(log: Arc<DurableLog>, store: DataStore, metrics: Arc<IngestMetrics>) -> Self {
@@ -457,10 +463,8 @@ impl Flusher {
     async fn flush_range(&self, from: u64, to: u64) -> Result<FlushOutcome> {
         let log = self.log.clone();
         // Reading, converting and encoding take seconds for a large range:
-        // on a blocking thread, not on the runtime that answers agents.
-        let files = tokio::task::spawn_blocking(move || day_files(&log, from, to))
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))??;
+        // on a background thread, not on the runtime that answers agents.
+        let files = crate::background::run("leakwatch-flush", move || day_files(&log, from, to)).await?;
         let mut outcome = FlushOutcome::default();
         for (day, bytes, rows) in files {
             outcome.rows += rows;

@@ -101,11 +101,13 @@ impl ServeConfig {
 pub struct QueryRuntime(Option<tokio::runtime::Runtime>);
 
 impl QueryRuntime {
-    /// A multi-threaded runtime with one worker per core.
+    /// A multi-threaded runtime with one worker per core, its threads at
+    /// background priority (see [`crate::background`]).
     pub fn new() -> Result<Self> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
+            .on_thread_start(crate::background::lower_this_thread)
             .thread_name("leakwatch-query")
             .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
             .enable_all()
