@@ -32,7 +32,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use crate::convert::add_rows;
+use crate::convert::{Labels, record_values};
 use crate::log::DurableLog;
 use crate::metrics::IngestMetrics;
 use crate::{Error, Result};
@@ -354,28 +354,32 @@ pub fn flow_writer<W: std::io::Write + Send>(out: W) -> Result<ArrowWriter<W>> {
 /// of: (day, file, rows), days in order. Entries are read and converted
 /// one at a time.
 fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8>, u64)>> {
-    let mut days: BTreeMap<String, FlowBatchBuilder> = BTreeMap::new();
+    // Per day: its rows, and the entry whose labels its rows carry now.
+    let mut days: BTreeMap<String, (FlowBatchBuilder, u64)> = BTreeMap::new();
     // The day's name, worked out once per run of rows on the same day.
     let mut named: Option<(i64, String)> = None;
-    log.each_in_range(from, to, |_, stored| {
-        add_rows(stored, |row| {
-            let n = row.window_start_s.div_euclid(86_400);
+    log.each_in_range(from, to, |seq, stored| {
+        let Some(batch) = &stored.batch else { return };
+        let labels = Labels::of(&stored);
+        for r in &batch.records {
+            let n = r.window_start_unix_s.div_euclid(86_400);
             let day = match &named {
                 Some((m, day)) if *m == n => day,
-                _ => &named.insert((n, day_of(row.window_start_s))).1,
+                _ => &named.insert((n, day_of(r.window_start_unix_s))).1,
             };
-            match days.get_mut(day) {
-                Some(builder) => builder.push(row),
-                None => {
-                    let mut builder = FlowBatchBuilder::new();
-                    builder.push(row);
-                    days.insert(day.clone(), builder);
-                }
+            let (builder, labelled) = match days.get_mut(day) {
+                Some(entry) => entry,
+                None => days.entry(day.clone()).or_insert_with(|| (FlowBatchBuilder::new(), 0)),
+            };
+            if *labelled != seq || builder.is_empty() {
+                builder.start_batch(&labels.borrowed());
+                *labelled = seq;
             }
-        });
+            builder.push_record(&record_values(r));
+        }
     })?;
     days.into_iter()
-        .map(|(day, mut builder)| {
+        .map(|(day, (mut builder, _))| {
             builder.sort_for_rules();
             let rows = builder.len() as u64;
             Ok((day, parquet_bytes(&builder.finish())?, rows))
