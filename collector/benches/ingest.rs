@@ -273,19 +273,34 @@ fn main() {
         }
         let payload = batch(0, 0).encoded_len();
         println!("ingest: {CLIENTS} clients, {RECORDS}-record batches ({payload} bytes each), {secs:.0} s per phase");
+        // What the flusher did during a phase: rows written to Parquet, and
+        // the batches still waiting in the log at its end.
+        let flushed = || server.metrics.rows_flushed.load(Ordering::Relaxed);
+        let flusher_line = |rows: u64| {
+            format!(
+                "    flushed meanwhile:             {rows:>12} rows  (log entries not yet flushed at the end: {})",
+                server.log.flush_lag()
+            )
+        };
+        let before = flushed();
         let (full, lat) = load(&url, &tokens, secs, None, 1).await;
         println!(
             "  sustained ingest, fsynced acks:  {full:>12.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms; goal >= 1,000,000 records/s)",
             percentile(&lat, 0.5).as_secs_f64() * 1e3,
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
+        println!("{}", flusher_line(flushed() - before));
+        // The next phase starts with the log flushed, as the first did.
+        server.flusher.flush().await.expect("flush");
         let half_rate = full / 2.0 / CLIENTS as f64 / RECORDS as f64;
+        let before = flushed();
         let (half, lat) = load(&url, &tokens, secs, Some(half_rate), 2).await;
         println!(
             "  at half that load:               {half:>12.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms; goal p99 <= 50 ms)",
             percentile(&lat, 0.5).as_secs_f64() * 1e3,
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
+        println!("{}", flusher_line(flushed() - before));
         server.shutdown().await.expect("shutdown");
         let raw = tokio::task::spawn_blocking({
             let path = dir.path().join("raw");

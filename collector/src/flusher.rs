@@ -37,8 +37,14 @@ use crate::log::DurableLog;
 use crate::metrics::IngestMetrics;
 use crate::{Error, Result};
 
-/// A day partition is compacted into one file once it has this many.
+/// Compaction merges a run of a day's files once it has this many.
 pub const COMPACT_MIN_FILES: usize = 8;
+
+/// Compaction leaves files of this size or more as they are, and merges
+/// runs of smaller files whose total stays within it: a day under
+/// sustained ingest is not rewritten whole again and again, and a merge
+/// holds at most this much in memory.
+pub const COMPACT_MAX_BYTES: u64 = 256 << 20;
 
 /// How long the inputs of a compaction stay after the merged file is
 /// written, so that queries that listed them finish (the default query
@@ -158,9 +164,10 @@ impl DataStore {
         self.prefix.clone().join("flows").join(format!("day={day}").as_str()).join(name.as_str())
     }
 
-    /// Merges the flushed files of each day into one once a day has at
-    /// least `min_files` of them. Every file of the day at or below the
-    /// watermark goes in, so the merged file's range covers exactly them.
+    /// Merges a day's flushed files (those at or below the watermark) in
+    /// runs: consecutive files, each under `max_bytes` and together within
+    /// it, are merged once at least `min_files` of them are there. A
+    /// merged file's range covers exactly its inputs.
     /// Readers skip files whose range lies inside another's, so the inputs
     /// stay readable until `keep` has passed since the merged file was
     /// written: a query that listed them before the merge (in this process
@@ -168,15 +175,21 @@ impl DataStore {
     /// later call deletes them, as it does the inputs of a compaction a
     /// crash interrupted; covered files never go into a merge again.
     /// Returns the number of files deleted.
-    pub async fn compact(&self, watermark: u64, min_files: usize, keep: std::time::Duration) -> Result<u64> {
-        // Per day: each file's flushed range, key and time written.
-        type Flushed = (u64, u64, StorePath, chrono::DateTime<chrono::Utc>);
+    pub async fn compact(
+        &self,
+        watermark: u64,
+        min_files: usize,
+        max_bytes: u64,
+        keep: std::time::Duration,
+    ) -> Result<u64> {
+        // Per day: each file's flushed range, key, time written and size.
+        type Flushed = (u64, u64, StorePath, chrono::DateTime<chrono::Utc>, u64);
         let mut days: BTreeMap<String, Vec<Flushed>> = BTreeMap::new();
         for (day, meta) in self.flow_files().await? {
             let name = meta.location.filename().unwrap_or_default().to_string();
             let Some((from, to)) = leakwatch_query::flushed_range_of(std::path::Path::new(&name)) else { continue };
             if to <= watermark {
-                days.entry(day).or_default().push((from, to, meta.location, meta.last_modified));
+                days.entry(day).or_default().push((from, to, meta.location, meta.last_modified, meta.size));
             }
         }
         let kept_since = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
@@ -185,39 +198,54 @@ impl DataStore {
             // Files inside another's range were merged into it: delete
             // them once the merged file is older than `keep`.
             let mut files = Vec::new();
-            for (from, to, path, _) in &all {
+            for (from, to, path, _, size) in &all {
                 let coverers: Vec<&Flushed> = all
                     .iter()
-                    .filter(|(f, t, p, _)| p != path && leakwatch_query::range_within((*from, *to), (*f, *t)))
+                    .filter(|(f, t, p, ..)| p != path && leakwatch_query::range_within((*from, *to), (*f, *t)))
                     .collect();
                 if coverers.is_empty() {
-                    files.push((*from, *to, path.clone()));
-                } else if coverers.iter().any(|(.., written)| *written <= kept_since) {
+                    files.push((*from, *to, path.clone(), *size));
+                } else if coverers.iter().any(|(_, _, _, written, _)| *written <= kept_since) {
                     self.delete(path).await?;
                     deleted += 1;
                 }
             }
-            files.sort_by_key(|(from, _, _)| *from);
-            let from = files.iter().map(|f| f.0).min().unwrap_or(0);
-            let to = files.iter().map(|f| f.1).max().unwrap_or(0);
-            if files.len() < min_files.max(2) {
-                continue;
-            }
-            // Decoding and encoding a day's rows takes seconds: on a
-            // background thread, which reads the files through this runtime.
-            let (store, runtime) = (self.store.clone(), tokio::runtime::Handle::current());
-            let paths: Vec<StorePath> = files.iter().map(|(_, _, path)| path.clone()).collect();
-            let buf = crate::background::run("leakwatch-compact", move || merge_files(&store, &runtime, &paths)).await?;
-            let merged = self.flow_file(&day, from, to);
-            self.put_durable(&merged, buf).await?;
-            if keep.is_zero() {
-                for (_, _, path) in &files {
-                    self.delete(path).await?;
-                    deleted += 1;
+            files.sort_by_key(|(from, ..)| *from);
+            for run in runs_to_merge(files, max_bytes) {
+                if run.len() < min_files.max(2) {
+                    continue;
                 }
+                deleted += self.merge_run(&day, &run, keep).await?;
             }
-            tracing::info!(day = %day, files = files.len(), from, to, "Compacted day partition");
         }
+        Ok(deleted)
+    }
+
+    /// Merges `files` (consecutive flushed files of `day`) into one file;
+    /// deletes them when `keep` is zero and returns how many went.
+    async fn merge_run(
+        &self,
+        day: &str,
+        files: &[(u64, u64, StorePath, u64)],
+        keep: std::time::Duration,
+    ) -> Result<u64> {
+        let from = files.iter().map(|f| f.0).min().unwrap_or(0);
+        let to = files.iter().map(|f| f.1).max().unwrap_or(0);
+        // Decoding and encoding a day's rows takes seconds: on a
+        // background thread, which reads the files through this runtime.
+        let (store, runtime) = (self.store.clone(), tokio::runtime::Handle::current());
+        let paths: Vec<StorePath> = files.iter().map(|(_, _, path, _)| path.clone()).collect();
+        let buf = crate::background::run("leakwatch-compact", move || merge_files(&store, &runtime, &paths)).await?;
+        let merged = self.flow_file(day, from, to);
+        self.put_durable(&merged, buf).await?;
+        let mut deleted = 0;
+        if keep.is_zero() {
+            for (_, _, path, _) in files {
+                self.delete(path).await?;
+                deleted += 1;
+            }
+        }
+        tracing::info!(day = %day, files = files.len(), from, to, "Compacted day partition");
         Ok(deleted)
     }
 
@@ -400,6 +428,29 @@ fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// `files` (range, key and size, in order) cut into runs that may be
+/// merged: each file under `max_bytes`, each run's total within it.
+fn runs_to_merge(files: Vec<(u64, u64, StorePath, u64)>, max_bytes: u64) -> Vec<Vec<(u64, u64, StorePath, u64)>> {
+    let mut runs = vec![Vec::new()];
+    let mut total = 0u64;
+    for file in files {
+        let size = file.3;
+        if size >= max_bytes || total.saturating_add(size) > max_bytes {
+            runs.push(Vec::new());
+            total = 0;
+            if size >= max_bytes {
+                continue;
+            }
+        }
+        total += size;
+        if let Some(run) = runs.last_mut() {
+            run.push(file);
+        }
+    }
+    runs.retain(|run| !run.is_empty());
+    runs
+}
+
 /// One Parquet file of the rows of `paths` in order (each read through
 /// `runtime`), in today's `flows` schema, listing all their batches.
 fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, paths: &[StorePath]) -> Result<Vec<u8>> {
@@ -532,16 +583,16 @@ mod tests {
         put(2, 2, 3).await;
         let hour = Duration::from_secs(3600);
         // Merged, but the inputs stay for queries that listed them.
-        assert_eq!(store.compact(2, 2, hour).await.expect("compact"), 0);
+        assert_eq!(store.compact(2, 2, COMPACT_MAX_BYTES, hour).await.expect("compact"), 0);
         let day = dir.path().join("flows/day=2026-10-01");
         assert_eq!(names(&day).len(), 3);
         // A later flush: the next merge takes the merged file and the new
         // one, never the inputs it already holds.
         put(3, 3, 4).await;
-        assert_eq!(store.compact(3, 2, hour).await.expect("compact"), 0);
+        assert_eq!(store.compact(3, 2, COMPACT_MAX_BYTES, hour).await.expect("compact"), 0);
         assert_eq!(rows_in(&day.join("00000000000000000001-00000000000000000003.parquet")), 9);
         // Once the keep period is over, every covered file goes.
-        assert_eq!(store.compact(3, 8, Duration::ZERO).await.expect("cleanup"), 4);
+        assert_eq!(store.compact(3, 8, COMPACT_MAX_BYTES, Duration::ZERO).await.expect("cleanup"), 4);
         assert_eq!(names(&day), ["00000000000000000001-00000000000000000003.parquet"]);
     }
 
@@ -554,7 +605,7 @@ mod tests {
             store.put_durable(&path, parquet_bytes(&rows(n)).expect("parquet")).await.expect("put");
         }
         // Watermark 4: the file of range 5 belongs to a flush in progress.
-        assert_eq!(store.compact(4, 2, Duration::ZERO).await.expect("compact"), 3);
+        assert_eq!(store.compact(4, 2, COMPACT_MAX_BYTES, Duration::ZERO).await.expect("compact"), 3);
         let day = dir.path().join("flows/day=2026-10-01");
         assert_eq!(
             names(&day),
@@ -563,11 +614,33 @@ mod tests {
         assert_eq!(rows_in(&day.join("00000000000000000001-00000000000000000004.parquet")), 9);
         // Too few files: nothing to do. Leftover inputs of an interrupted
         // compaction are deleted.
-        assert_eq!(store.compact(5, 8, Duration::ZERO).await.expect("compact"), 0);
+        assert_eq!(store.compact(5, 8, COMPACT_MAX_BYTES, Duration::ZERO).await.expect("compact"), 0);
         let stale = StorePath::from("flows/day=2026-10-01/00000000000000000002-00000000000000000003.parquet");
         store.put_durable(&stale, parquet_bytes(&rows(3)).expect("parquet")).await.expect("put");
-        assert_eq!(store.compact(4, 8, Duration::ZERO).await.expect("cleanup"), 1);
+        assert_eq!(store.compact(4, 8, COMPACT_MAX_BYTES, Duration::ZERO).await.expect("cleanup"), 1);
         assert_eq!(names(&day).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn compaction_leaves_large_files_and_merges_runs_of_small_ones_within_the_size_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DataStore::local(dir.path().to_path_buf()).expect("store");
+        let (small, large) = (parquet_bytes(&rows(3)).expect("parquet"), parquet_bytes(&rows(5000)).expect("parquet"));
+        // Two small files fit in the limit, three do not; the large file
+        // is over it.
+        let max_bytes = 2 * small.len() as u64 + small.len() as u64 / 2;
+        assert!(large.len() as u64 >= max_bytes);
+        for (n, bytes) in [(1, &small), (2, &small), (3, &small), (4, &large), (5, &small), (6, &small)] {
+            let path = StorePath::from(format!("flows/day=2026-10-01/{n:020}-{n:020}.parquet"));
+            store.put_durable(&path, bytes.clone()).await.expect("put");
+        }
+        assert_eq!(store.compact(6, 2, max_bytes, Duration::ZERO).await.expect("compact"), 4);
+        let day = dir.path().join("flows/day=2026-10-01");
+        let name = |from: u64, to: u64| format!("{from:020}-{to:020}.parquet");
+        assert_eq!(names(&day), [name(1, 2), name(3, 3), name(4, 4), name(5, 6)]);
+        assert_eq!(rows_in(&day.join(name(1, 2))), 6);
+        assert_eq!(rows_in(&day.join(name(4, 4))), 5000);
+        assert_eq!(rows_in(&day.join(name(5, 6))), 6);
     }
 
     #[tokio::test]

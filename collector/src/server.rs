@@ -21,7 +21,7 @@ use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::to_record_batch;
 use crate::dashboard::{Dashboard, DashboardConfig};
 use crate::flight::FlightSql;
-use crate::flusher::{COMPACT_MIN_FILES, DataStore, Flusher, KEEP_REPLACED, SharedStore};
+use crate::flusher::{COMPACT_MAX_BYTES, COMPACT_MIN_FILES, DataStore, Flusher, KEEP_REPLACED, SharedStore};
 use crate::ingest::{Ingest, IngestLimits};
 use crate::log::DurableLog;
 use crate::metrics::{Gauges, IngestMetrics};
@@ -448,7 +448,9 @@ impl Server {
                             if done.rows > 0 {
                                 dashboard.request_refresh();
                             }
-                            if let Err(e) = store.compact(done.watermark, COMPACT_MIN_FILES, KEEP_REPLACED).await {
+                            if let Err(e) =
+                                store.compact(done.watermark, COMPACT_MIN_FILES, COMPACT_MAX_BYTES, KEEP_REPLACED).await
+                            {
                                 tracing::error!(error = %e, "Compaction failed; will retry");
                             }
                         }

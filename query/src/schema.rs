@@ -534,7 +534,8 @@ mod tests {
             Arc::new(rows.iter().map(|r| Some(f(r)).filter(|v| !v.is_empty())).collect::<StringArray>())
         };
         let int = |f: fn(&FlowRow) -> i64| -> ArrayRef { Arc::new(Int64Array::from_iter_values(rows.iter().map(f))) };
-        let float = |f: fn(&FlowRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) };
+        let float =
+            |f: fn(&FlowRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) };
         let stated = |f: fn(&FlowRow) -> f64| -> ArrayRef {
             Arc::new(rows.iter().map(|r| (r.connections > 0).then_some(f(r))).collect::<Float64Array>())
         };
@@ -552,7 +553,9 @@ mod tests {
             text(|r| &r.os_version),
             text(|r| &r.consent),
             float(|r| r.seconds_since_boot),
-            Arc::new(TimestampSecondArray::from_iter_values(rows.iter().map(|r| r.window_start_s)).with_timezone("UTC")),
+            Arc::new(
+                TimestampSecondArray::from_iter_values(rows.iter().map(|r| r.window_start_s)).with_timezone("UTC"),
+            ),
             text(|r| &r.transport),
             text(|r| &r.dst_ip),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.dst_port))),
@@ -674,7 +677,12 @@ mod tests {
         let batch = builder.finish();
         let column = |name| {
             let c = batch.column_by_name(name).expect(name);
-            c.as_any().downcast_ref::<StringArray>().expect("strings").iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>()
+            c.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("strings")
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect::<Vec<_>>()
         };
         assert_eq!(column("vendor"), [Some("V1".into()), Some("V1".into()), Some("V2".into())]);
         assert_eq!(column("domain"), [Some("x".into()), Some("y".into()), Some("x".into())]);
@@ -684,7 +692,8 @@ mod tests {
     #[test]
     fn rows_sort_by_vendor_model_domain_device_then_time() {
         let mut rows = mixed_rows();
-        let again: Vec<FlowRow> = rows[..5].iter().map(|r| FlowRow { dst_ip: "192.0.2.1".into(), ..r.clone() }).collect();
+        let again: Vec<FlowRow> =
+            rows[..5].iter().map(|r| FlowRow { dst_ip: "192.0.2.1".into(), ..r.clone() }).collect();
         rows.extend(again);
         let mut builder = FlowBatchBuilder::new();
         for r in rows.clone() {
