@@ -9,7 +9,8 @@
 //! Environment: `BENCH_SECS` (default 10) per phase, `BENCH_DIR` (default
 //! the system temp dir) for the data, `BENCH_FLUSH_SECS` (default 5) the
 //! collector's flush interval (a long one keeps the flusher out of the
-//! phases, to see what it costs them).
+//! phases, to see what it costs them), `LEAKWATCH_LOG` (e.g. `info`) the
+//! collector's log on stderr.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -249,7 +250,23 @@ fn raw_ceiling(dir: &std::path::Path, secs: f64) -> f64 {
     batches as f64 * RECORDS as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// Flushes what the log still holds, with no load, and prints how fast.
+async fn flush_rest(server: &Server) {
+    let started = Instant::now();
+    let done = server.flusher.flush().await.expect("flush");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "    then, with no load, the rest:  {:>12} rows in {secs:.1} s ({:.0} rows/s)",
+        done.rows,
+        done.rows as f64 / secs.max(1e-9)
+    );
+}
+
 fn main() {
+    // `LEAKWATCH_LOG=info` shows the collector's log (flushes, compactions).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
     let flush_secs: u64 = std::env::var("BENCH_FLUSH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let base = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
@@ -291,7 +308,7 @@ fn main() {
         );
         println!("{}", flusher_line(flushed() - before));
         // The next phase starts with the log flushed, as the first did.
-        server.flusher.flush().await.expect("flush");
+        flush_rest(&server).await;
         let half_rate = full / 2.0 / CLIENTS as f64 / RECORDS as f64;
         let before = flushed();
         let (half, lat) = load(&url, &tokens, secs, Some(half_rate), 2).await;
@@ -301,6 +318,7 @@ fn main() {
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
         println!("{}", flusher_line(flushed() - before));
+        flush_rest(&server).await;
         server.shutdown().await.expect("shutdown");
         let raw = tokio::task::spawn_blocking({
             let path = dir.path().join("raw");

@@ -41,10 +41,12 @@ use crate::{Error, Result};
 pub const COMPACT_MIN_FILES: usize = 8;
 
 /// Compaction leaves files of this size or more as they are, and merges
-/// runs of smaller files whose total stays within it: a day under
-/// sustained ingest is not rewritten whole again and again, and a merge
-/// holds at most this much in memory.
-pub const COMPACT_MAX_BYTES: u64 = 256 << 20;
+/// runs of smaller files whose total stays within it. Many small files
+/// slow queries down; files of megabytes do not, and a busy collector's
+/// flushes are that large already, so they are not decoded and encoded
+/// again (nor is a day rewritten whole again and again), and a merge holds
+/// at most this much in memory.
+pub const COMPACT_MAX_BYTES: u64 = 8 << 20;
 
 /// How long the inputs of a compaction stay after the merged file is
 /// written, so that queries that listed them finish (the default query
