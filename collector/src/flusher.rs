@@ -40,13 +40,23 @@ use crate::{Error, Result};
 /// Compaction merges a run of a day's files once it has this many.
 pub const COMPACT_MIN_FILES: usize = 8;
 
-/// Compaction leaves files of this size or more as they are, and merges
-/// runs of smaller files whose total stays within it. Many small files
-/// slow queries down; files of megabytes do not, and a busy collector's
-/// flushes are that large already, so they are not decoded and encoded
-/// again (nor is a day rewritten whole again and again), and a merge holds
-/// at most this much in memory.
-pub const COMPACT_MAX_BYTES: u64 = 8 << 20;
+/// How large a compaction's inputs may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimit {
+    /// Bytes: files this large stay as they are, and a merge's inputs
+    /// total at most this.
+    pub bytes: u64,
+    /// Rows, likewise.
+    pub rows: u64,
+}
+
+/// Compaction leaves files of 8 MiB or 1 Mi rows or more as they are, and
+/// merges runs of smaller files whose totals stay within both. Many small
+/// files slow queries down; files of a million rows (eight row groups) do
+/// not, and a busy collector's flushes are that large already, so they are
+/// not decoded and encoded again (nor is a day rewritten whole again and
+/// again), and a merge holds a bounded amount in memory.
+pub const COMPACT_RUN_LIMIT: RunLimit = RunLimit { bytes: 8 << 20, rows: 1 << 20 };
 
 /// How long the inputs of a compaction stay after the merged file is
 /// written, so that queries that listed them finish (the default query
@@ -133,6 +143,9 @@ pub struct DataStore {
     local: Option<PathBuf>,
     /// The store as SQL reads it.
     flows: FlowStore,
+    /// Rows of the files compaction has looked at or this process wrote
+    /// (files never change once written).
+    rows: Arc<std::sync::Mutex<std::collections::HashMap<StorePath, u64>>>,
 }
 
 impl DataStore {
@@ -141,7 +154,13 @@ impl DataStore {
         std::fs::create_dir_all(&root).map_err(|e| Error::Storage(format!("{}: {e}", root.display())))?;
         let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| Error::Storage(e.to_string()))?;
         let flows = FlowStore::local(&root).map_err(Error::Storage)?;
-        Ok(Self { store: Arc::new(store), prefix: StorePath::default(), local: Some(root), flows })
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: StorePath::default(),
+            local: Some(root),
+            flows,
+            rows: Arc::default(),
+        })
     }
 
     /// This collector's directory in a shared S3-compatible store.
@@ -152,7 +171,7 @@ impl DataStore {
         let flows =
             FlowStore::in_bucket(store.clone(), &bucket, &prefix, Some(&shared.collector_id)).map_err(Error::Config)?;
         let prefix = StorePath::from(prefix.as_str()).join(shared.collector_id.as_str());
-        Ok(Self { store, prefix, local: None, flows })
+        Ok(Self { store, prefix, local: None, flows, rows: Arc::default() })
     }
 
     /// The store as SQL reads it.
@@ -167,8 +186,8 @@ impl DataStore {
     }
 
     /// Merges a day's flushed files (those at or below the watermark) in
-    /// runs: consecutive files, each under `max_bytes` and together within
-    /// it, are merged once at least `min_files` of them are there. A
+    /// runs: consecutive files, each under `limit` and together within it,
+    /// are merged once at least `min_files` of them are there. A
     /// merged file's range covers exactly its inputs.
     /// Readers skip files whose range lies inside another's, so the inputs
     /// stay readable until `keep` has passed since the merged file was
@@ -181,7 +200,7 @@ impl DataStore {
         &self,
         watermark: u64,
         min_files: usize,
-        max_bytes: u64,
+        limit: RunLimit,
         keep: std::time::Duration,
     ) -> Result<u64> {
         // Per day: each file's flushed range, key, time written and size.
@@ -213,7 +232,13 @@ impl DataStore {
                 }
             }
             files.sort_by_key(|(from, ..)| *from);
-            for run in runs_to_merge(files, max_bytes) {
+            let mut sized = Vec::with_capacity(files.len());
+            for (from, to, path, bytes) in files {
+                // Only files under the byte limit can be merged: count rows of those.
+                let rows = if bytes < limit.bytes { self.rows_of(&path).await? } else { u64::MAX };
+                sized.push((from, to, path, Size { bytes, rows }));
+            }
+            for run in runs_to_merge(sized, limit) {
                 if run.len() < min_files.max(2) {
                     continue;
                 }
@@ -228,7 +253,7 @@ impl DataStore {
     async fn merge_run(
         &self,
         day: &str,
-        files: &[(u64, u64, StorePath, u64)],
+        files: &[(u64, u64, StorePath, Size)],
         keep: std::time::Duration,
     ) -> Result<u64> {
         let from = files.iter().map(|f| f.0).min().unwrap_or(0);
@@ -240,6 +265,7 @@ impl DataStore {
         let buf = crate::background::run("leakwatch-compact", move || merge_files(&store, &runtime, &paths)).await?;
         let merged = self.flow_file(day, from, to);
         self.put_durable(&merged, buf).await?;
+        self.note_rows(&merged, files.iter().map(|f| f.3.rows).sum());
         let mut deleted = 0;
         if keep.is_zero() {
             for (_, _, path, _) in files {
@@ -249,6 +275,25 @@ impl DataStore {
         }
         tracing::info!(day = %day, files = files.len(), from, to, "Compacted day partition");
         Ok(deleted)
+    }
+
+    /// Records that the file at `path` holds `rows` rows.
+    fn note_rows(&self, path: &StorePath, rows: u64) {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(path.clone(), rows);
+    }
+
+    /// The rows of the file at `path`, from its footer the first time.
+    async fn rows_of(&self, path: &StorePath) -> Result<u64> {
+        if let Some(&rows) = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(path) {
+            return Ok(rows);
+        }
+        let read = |e: &dyn std::fmt::Display| Error::Storage(format!("reading {path}: {e}"));
+        let bytes = self.store.get(path).await.map_err(|e| read(&e))?.bytes().await.map_err(|e| read(&e))?;
+        let meta =
+            parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&bytes).map_err(|e| read(&e))?;
+        let rows = u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
+        self.note_rows(path, rows);
+        Ok(rows)
     }
 
     /// Every file of the `flows` table with its day (`YYYY-MM-DD`).
@@ -430,21 +475,33 @@ fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A flushed file's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Size {
+    bytes: u64,
+    rows: u64,
+}
+
 /// `files` (range, key and size, in order) cut into runs that may be
-/// merged: each file under `max_bytes`, each run's total within it.
-fn runs_to_merge(files: Vec<(u64, u64, StorePath, u64)>, max_bytes: u64) -> Vec<Vec<(u64, u64, StorePath, u64)>> {
+/// merged: each file under `limit`, each run's totals within it.
+fn runs_to_merge(files: Vec<(u64, u64, StorePath, Size)>, limit: RunLimit) -> Vec<Vec<(u64, u64, StorePath, Size)>> {
     let mut runs = vec![Vec::new()];
-    let mut total = 0u64;
+    let mut total = Size { bytes: 0, rows: 0 };
     for file in files {
         let size = file.3;
-        if size >= max_bytes || total.saturating_add(size) > max_bytes {
+        let alone = size.bytes >= limit.bytes || size.rows >= limit.rows;
+        if alone
+            || total.bytes.saturating_add(size.bytes) > limit.bytes
+            || total.rows.saturating_add(size.rows) > limit.rows
+        {
             runs.push(Vec::new());
-            total = 0;
-            if size >= max_bytes {
+            total = Size { bytes: 0, rows: 0 };
+            if alone {
                 continue;
             }
         }
-        total += size;
+        total.bytes += size.bytes;
+        total.rows += size.rows;
         if let Some(run) = runs.last_mut() {
             run.push(file);
         }
@@ -527,6 +584,7 @@ impl Flusher {
             outcome.rows += rows;
             let path = self.store.flow_file(&day, from, to);
             self.store.put_durable(&path, bytes).await?;
+            self.store.note_rows(&path, rows);
             outcome.files += 1;
         }
         let log = self.log.clone();
@@ -585,16 +643,16 @@ mod tests {
         put(2, 2, 3).await;
         let hour = Duration::from_secs(3600);
         // Merged, but the inputs stay for queries that listed them.
-        assert_eq!(store.compact(2, 2, COMPACT_MAX_BYTES, hour).await.expect("compact"), 0);
+        assert_eq!(store.compact(2, 2, COMPACT_RUN_LIMIT, hour).await.expect("compact"), 0);
         let day = dir.path().join("flows/day=2026-10-01");
         assert_eq!(names(&day).len(), 3);
         // A later flush: the next merge takes the merged file and the new
         // one, never the inputs it already holds.
         put(3, 3, 4).await;
-        assert_eq!(store.compact(3, 2, COMPACT_MAX_BYTES, hour).await.expect("compact"), 0);
+        assert_eq!(store.compact(3, 2, COMPACT_RUN_LIMIT, hour).await.expect("compact"), 0);
         assert_eq!(rows_in(&day.join("00000000000000000001-00000000000000000003.parquet")), 9);
         // Once the keep period is over, every covered file goes.
-        assert_eq!(store.compact(3, 8, COMPACT_MAX_BYTES, Duration::ZERO).await.expect("cleanup"), 4);
+        assert_eq!(store.compact(3, 8, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("cleanup"), 4);
         assert_eq!(names(&day), ["00000000000000000001-00000000000000000003.parquet"]);
     }
 
@@ -607,7 +665,7 @@ mod tests {
             store.put_durable(&path, parquet_bytes(&rows(n)).expect("parquet")).await.expect("put");
         }
         // Watermark 4: the file of range 5 belongs to a flush in progress.
-        assert_eq!(store.compact(4, 2, COMPACT_MAX_BYTES, Duration::ZERO).await.expect("compact"), 3);
+        assert_eq!(store.compact(4, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 3);
         let day = dir.path().join("flows/day=2026-10-01");
         assert_eq!(
             names(&day),
@@ -616,10 +674,10 @@ mod tests {
         assert_eq!(rows_in(&day.join("00000000000000000001-00000000000000000004.parquet")), 9);
         // Too few files: nothing to do. Leftover inputs of an interrupted
         // compaction are deleted.
-        assert_eq!(store.compact(5, 8, COMPACT_MAX_BYTES, Duration::ZERO).await.expect("compact"), 0);
+        assert_eq!(store.compact(5, 8, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 0);
         let stale = StorePath::from("flows/day=2026-10-01/00000000000000000002-00000000000000000003.parquet");
         store.put_durable(&stale, parquet_bytes(&rows(3)).expect("parquet")).await.expect("put");
-        assert_eq!(store.compact(4, 8, COMPACT_MAX_BYTES, Duration::ZERO).await.expect("cleanup"), 1);
+        assert_eq!(store.compact(4, 8, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("cleanup"), 1);
         assert_eq!(names(&day).len(), 2);
     }
 
@@ -636,13 +694,35 @@ mod tests {
             let path = StorePath::from(format!("flows/day=2026-10-01/{n:020}-{n:020}.parquet"));
             store.put_durable(&path, bytes.clone()).await.expect("put");
         }
-        assert_eq!(store.compact(6, 2, max_bytes, Duration::ZERO).await.expect("compact"), 4);
+        let limit = RunLimit { bytes: max_bytes, rows: u64::MAX };
+        assert_eq!(store.compact(6, 2, limit, Duration::ZERO).await.expect("compact"), 4);
         let day = dir.path().join("flows/day=2026-10-01");
         let name = |from: u64, to: u64| format!("{from:020}-{to:020}.parquet");
         assert_eq!(names(&day), [name(1, 2), name(3, 3), name(4, 4), name(5, 6)]);
         assert_eq!(rows_in(&day.join(name(1, 2))), 6);
         assert_eq!(rows_in(&day.join(name(4, 4))), 5000);
         assert_eq!(rows_in(&day.join(name(5, 6))), 6);
+    }
+
+    #[tokio::test]
+    async fn compaction_counts_rows_too_and_leaves_files_of_many_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DataStore::local(dir.path().to_path_buf()).expect("store");
+        // Rows from the files' footers: a store that did not write them.
+        for (n, rows_n) in [(1, 3), (2, 3), (3, 3), (4, 10), (5, 2), (6, 2)] {
+            let path = StorePath::from(format!("flows/day=2026-10-01/{n:020}-{n:020}.parquet"));
+            std::fs::create_dir_all(dir.path().join("flows/day=2026-10-01")).expect("dir");
+            std::fs::write(dir.path().join(path.as_ref()), parquet_bytes(&rows(rows_n)).expect("parquet"))
+                .expect("write");
+        }
+        let limit = RunLimit { bytes: u64::MAX, rows: 7 };
+        assert_eq!(store.compact(6, 2, limit, Duration::ZERO).await.expect("compact"), 4);
+        let day = dir.path().join("flows/day=2026-10-01");
+        let name = |from: u64, to: u64| format!("{from:020}-{to:020}.parquet");
+        assert_eq!(names(&day), [name(1, 2), name(3, 3), name(4, 4), name(5, 6)]);
+        // The merged files' rows are known without reading them: 6 + 3 > 7.
+        assert_eq!(store.compact(6, 2, limit, Duration::ZERO).await.expect("compact"), 0);
+        assert_eq!(rows_in(&day.join(name(5, 6))), 4);
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::to_record_batch;
 use crate::dashboard::{Dashboard, DashboardConfig};
 use crate::flight::FlightSql;
-use crate::flusher::{COMPACT_MAX_BYTES, COMPACT_MIN_FILES, DataStore, Flusher, KEEP_REPLACED, SharedStore};
+use crate::flusher::{COMPACT_MIN_FILES, COMPACT_RUN_LIMIT, DataStore, Flusher, KEEP_REPLACED, SharedStore};
 use crate::ingest::{Ingest, IngestLimits};
 use crate::log::DurableLog;
 use crate::metrics::{Gauges, IngestMetrics};
@@ -449,7 +449,7 @@ impl Server {
                                 dashboard.request_refresh();
                             }
                             if let Err(e) =
-                                store.compact(done.watermark, COMPACT_MIN_FILES, COMPACT_MAX_BYTES, KEEP_REPLACED).await
+                                store.compact(done.watermark, COMPACT_MIN_FILES, COMPACT_RUN_LIMIT, KEEP_REPLACED).await
                             {
                                 tracing::error!(error = %e, "Compaction failed; will retry");
                             }
