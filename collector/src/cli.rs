@@ -144,6 +144,9 @@ pub struct ListenArgs {
     /// Reports being stored at once before new ones are refused with ResourceExhausted.
     #[arg(long, env = "LEAKWATCH_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
+    /// Acknowledged batches waiting for the flusher before new reports are refused with ResourceExhausted.
+    #[arg(long, env = "LEAKWATCH_MAX_UNFLUSHED_BATCHES", default_value_t = crate::ingest::DEFAULT_MAX_UNFLUSHED_BATCHES)]
+    pub max_unflushed_batches: u64,
     /// Serve Flight SQL on this address (default: on the gRPC address, beside ingest).
     #[arg(long, env = "LEAKWATCH_FLIGHT_LISTEN")]
     pub flight_listen: Option<SocketAddr>,
@@ -399,6 +402,7 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
         limits: crate::ingest::IngestLimits {
             agent_reports_per_sec: listen.agent_rate_limit,
             max_in_flight: listen.max_in_flight,
+            max_unflushed_batches: listen.max_unflushed_batches,
         },
         query: listen.query.config(),
         flight_listen: listen.flight_listen,

@@ -21,11 +21,19 @@ pub struct IngestLimits {
     pub agent_reports_per_sec: u32,
     /// Reports being stored at once, over all agents; more are refused.
     pub max_in_flight: usize,
+    /// Acknowledged batches waiting in the log for the flusher; while
+    /// there are this many, reports are refused (agents keep them in their
+    /// spool and retry), so that a flusher falling behind under sustained
+    /// load cannot fill the disk with log.
+    pub max_unflushed_batches: u64,
 }
+
+/// Default of [`IngestLimits::max_unflushed_batches`].
+pub const DEFAULT_MAX_UNFLUSHED_BATCHES: u64 = 100_000;
 
 impl Default for IngestLimits {
     fn default() -> Self {
-        Self { agent_reports_per_sec: 100, max_in_flight: 512 }
+        Self { agent_reports_per_sec: 100, max_in_flight: 512, max_unflushed_batches: DEFAULT_MAX_UNFLUSHED_BATCHES }
     }
 }
 
@@ -175,6 +183,18 @@ impl Collector for Ingest {
                 100,
             ));
         };
+        let unflushed = self.log.flush_lag();
+        if unflushed >= self.limits.max_unflushed_batches {
+            self.metrics.reject(RejectReason::Busy);
+            return Err(busy(
+                format!(
+                    "collector behind: {unflushed} acknowledged batches wait for the flusher \
+                     (limit {}, --max-unflushed-batches); retry later",
+                    self.limits.max_unflushed_batches
+                ),
+                1000,
+            ));
+        }
         let batch = request.into_inner();
         let now = chrono::Utc::now();
         if let Err(msg) = validate::check_batch(&batch, now.timestamp()) {

@@ -216,6 +216,34 @@ async fn per_agent_rate_limit_answers_resource_exhausted_with_a_retry_hint() {
 }
 
 #[tokio::test]
+async fn reports_wait_while_the_flusher_is_behind_and_are_taken_once_it_caught_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::serve_config(&dir.path().join("data"));
+    config.limits.max_unflushed_batches = 2;
+    let server = leakwatch_collector::server::Server::start(config).await.expect("start");
+    let t = TestServer { server, dir };
+    let token = token(&t).await;
+    let mut client = CollectorClient::connect(t.url()).await.expect("connect");
+    let batch = |i: usize| {
+        let mut b = good_batch();
+        b.batch_id = format!("lag-{i}");
+        authed(b, &token)
+    };
+    client.report(batch(0)).await.expect("stored");
+    client.report(batch(1)).await.expect("stored");
+    let status = client.report(batch(2)).await.expect_err("two batches wait for the flusher");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("2 acknowledged batches wait for the flusher (limit 2"), "{}", status.message());
+    assert!(status.metadata().get("retry-after-ms").is_some(), "{status:?}");
+    t.server.flusher.flush().await.expect("flush");
+    client.report(batch(2)).await.expect("taken once flushed");
+    let n = t.csv("SELECT count(DISTINCT batch_id) AS n FROM flows").await;
+    assert_eq!(n.lines().nth(1), Some("3"), "{n}");
+    let metrics = t.server.metrics.render(Default::default());
+    assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"busy\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
 async fn a_batch_id_reused_with_different_content_is_refused() {
     let t = TestServer::start().await;
     let token = token(&t).await;
