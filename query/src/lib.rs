@@ -12,7 +12,8 @@
 //! per-query timeout.
 //!
 //! This crate knows nothing of gRPC or RocksDB: the collector hands in the
-//! tail as rows ([`FlowRow`]).
+//! tail as `flows` record batches, built with [`FlowBatchBuilder`] (a
+//! batch's labels, then its records; or whole [`FlowRow`]s).
 
 pub mod ballista;
 mod copies;
