@@ -81,9 +81,9 @@ pub fn add_batch(builder: &mut FlowBatchBuilder, stored: &StoredBatch) {
 }
 
 /// One record batch holding every record of `batches`.
-pub fn to_record_batch(batches: Vec<StoredBatch>) -> arrow::array::RecordBatch {
+pub fn to_record_batch(batches: &[StoredBatch]) -> arrow::array::RecordBatch {
     let mut builder = FlowBatchBuilder::new();
-    for b in &batches {
+    for b in batches {
         add_batch(&mut builder, b);
     }
     builder.finish()

@@ -144,7 +144,7 @@ pub struct DataStore {
     /// The store as SQL reads it.
     flows: FlowStore,
     /// Rows of the files compaction has looked at or this process wrote
-    /// (files never change once written).
+    /// (files never change once written; an entry goes with its file).
     rows: Arc<std::sync::Mutex<std::collections::HashMap<StorePath, u64>>>,
 }
 
@@ -315,7 +315,9 @@ impl DataStore {
     }
 
     async fn delete(&self, path: &StorePath) -> Result<()> {
-        self.store.delete(path).await.map_err(|e| Error::Storage(format!("deleting {path}: {e}")))
+        self.store.delete(path).await.map_err(|e| Error::Storage(format!("deleting {path}: {e}")))?;
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(path);
+        Ok(())
     }
 
     /// Deletes day partitions older than `days` days before `today`;
@@ -430,7 +432,7 @@ pub fn flow_writer<W: std::io::Write + Send>(out: W) -> Result<ArrowWriter<W>> {
 /// one at a time.
 fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8>, u64)>> {
     // Per day: its rows, and the entry whose labels its rows carry now.
-    let mut days: BTreeMap<String, (FlowBatchBuilder, u64)> = BTreeMap::new();
+    let mut days: BTreeMap<String, (FlowBatchBuilder, Option<u64>)> = BTreeMap::new();
     // The day's name, worked out once per run of rows on the same day.
     let mut named: Option<(i64, String)> = None;
     log.each_in_range(from, to, |seq, stored| {
@@ -444,11 +446,11 @@ fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8
             };
             let (builder, labelled) = match days.get_mut(day) {
                 Some(entry) => entry,
-                None => days.entry(day.clone()).or_insert_with(|| (FlowBatchBuilder::new(), 0)),
+                None => days.entry(day.clone()).or_insert_with(|| (FlowBatchBuilder::new(), None)),
             };
-            if *labelled != seq || builder.is_empty() {
+            if *labelled != Some(seq) {
                 builder.start_batch(&labels.borrowed());
-                *labelled = seq;
+                *labelled = Some(seq);
             }
             builder.push_record(&record_values(r));
         }

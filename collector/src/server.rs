@@ -95,6 +95,10 @@ impl ServeConfig {
     }
 }
 
+/// How long stopping the collector waits for the query runtime's tasks
+/// to give up.
+const QUERY_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The runtime SQL queries run on, apart from the one serving ingest, so
 /// that a heavy query cannot delay acknowledgements.
 #[derive(Debug)]
@@ -123,13 +127,7 @@ impl QueryRuntime {
             None => tokio::runtime::Handle::current(),
         }
     }
-}
 
-/// How long stopping the collector waits for the query runtime's tasks
-/// to give up.
-const QUERY_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl QueryRuntime {
     /// Stops the runtime, waiting up to `timeout` for its tasks to be
     /// dropped. A task left behind (the dashboard's refresh, a query) would
     /// keep the log's RocksDB open until the process exits, and RocksDB
@@ -235,7 +233,7 @@ impl LogTail {
 impl TailSource for LogTail {
     fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
         let (watermark, batches) = self.log.tail().map_err(|e| e.to_string())?;
-        Ok(TailSnapshot { watermark, batches: vec![to_record_batch(batches)] })
+        Ok(TailSnapshot { watermark, batches: vec![to_record_batch(&batches)] })
     }
 }
 

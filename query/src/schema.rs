@@ -353,11 +353,7 @@ impl FlowBatchBuilder {
         append_optional(&mut c.app, r.app);
         append_optional(&mut c.tls_sni, r.tls_sni);
         // NULL when the joined list would be empty.
-        if match r.tls_alpn {
-            [] => true,
-            [only] => only.is_empty(),
-            _ => false,
-        } {
+        if r.tls_alpn.len() <= 1 && r.tls_alpn.iter().all(String::is_empty) {
             c.tls_alpn.append_null();
         } else {
             use std::fmt::Write as _;
