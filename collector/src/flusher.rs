@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use leakwatch_query::{
     BATCHES_KEY, FlowBatchBuilder, FlowStore, S3Options, batch_list, batch_pairs, flows_schema, parse_s3_url, s3_store,
+    sorted_for_rules,
 };
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -512,11 +513,12 @@ fn runs_to_merge(files: Vec<(u64, u64, StorePath, Size)>, limit: RunLimit) -> Ve
     runs
 }
 
-/// One Parquet file of the rows of `paths` in order (each read through
-/// `runtime`), in today's `flows` schema, listing all their batches.
+/// One Parquet file of the rows of `paths` (each read through `runtime`),
+/// in today's `flows` schema, sorted as a flush sorts its rows, listing
+/// all their batches. It holds the run's rows in memory while it sorts
+/// them: at most [`COMPACT_RUN_LIMIT`]'s rows.
 fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, paths: &[StorePath]) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut writer = flow_writer(&mut buf)?;
+    let mut batches = Vec::new();
     let mut pairs = std::collections::HashSet::new();
     for path in paths {
         let bytes = runtime
@@ -529,9 +531,14 @@ fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, p
             let batch = batch.map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
             let batch = conform(&batch).map_err(|e| Error::Storage(format!("{path}: {e}")))?;
             batch_pairs([&batch], &mut pairs);
-            writer.write(&batch).map_err(|e| Error::Storage(e.to_string()))?;
+            batches.push(batch);
         }
     }
+    let sorted = sorted_for_rules(&batches).map_err(|e| Error::Storage(format!("sorting merged rows: {e}")))?;
+    drop(batches);
+    let mut buf = Vec::new();
+    let mut writer = flow_writer(&mut buf)?;
+    writer.write(&sorted).map_err(|e| Error::Storage(e.to_string()))?;
     writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
     writer.close().map_err(|e| Error::Storage(e.to_string()))?;
     Ok(buf)
@@ -725,6 +732,54 @@ mod tests {
         // The merged files' rows are known without reading them: 6 + 3 > 7.
         assert_eq!(store.compact(6, 2, limit, Duration::ZERO).await.expect("compact"), 0);
         assert_eq!(rows_in(&day.join(name(5, 6))), 4);
+    }
+
+    #[tokio::test]
+    async fn compaction_writes_a_run_sorted_as_a_flush_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DataStore::local(dir.path().to_path_buf()).expect("store");
+        // Two flushed files, each sorted, whose rows interleave.
+        let file = |vendors: &[&str], times: &[f64]| {
+            let mut b = FlowBatchBuilder::new();
+            for (i, v) in vendors.iter().enumerate() {
+                for &t in times {
+                    b.push(leakwatch_query::FlowRow {
+                        vendor: (*v).into(),
+                        device_pseudonym: format!("d{i}"),
+                        domain: if i % 2 == 0 { "a.example".into() } else { String::new() },
+                        seconds_since_boot: t,
+                        ..Default::default()
+                    });
+                }
+            }
+            b.sort_for_rules();
+            b.finish()
+        };
+        let (first, second) = (file(&["Xiaomi", "Amazon"], &[9.0, 1.0]), file(&["Sonos", "Apple", "Xiaomi"], &[5.0]));
+        for (n, rows) in [(1, &first), (2, &second)] {
+            let path = StorePath::from(format!("flows/day=2026-10-01/{n:020}-{n:020}.parquet"));
+            store.put_durable(&path, parquet_bytes(rows).expect("parquet")).await.expect("put");
+        }
+        assert_eq!(store.compact(2, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 2);
+        let merged = dir.path().join("flows/day=2026-10-01/00000000000000000001-00000000000000000002.parquet");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(merged).expect("open"),
+        )
+        .expect("read")
+        .build()
+        .expect("reader");
+        let read: Vec<_> = reader.map(|b| conform(&b.expect("batch")).expect("flows schema")).collect();
+        let read = arrow::compute::concat_batches(&flows_schema(), &read).expect("concat");
+        let column = |name: &str| -> Vec<String> {
+            let c = arrow::compute::cast(read.column_by_name(name).expect("column"), &arrow::datatypes::DataType::Utf8)
+                .expect("cast");
+            let c = c.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
+            c.iter().map(|v| v.unwrap_or("NULL").to_string()).collect()
+        };
+        assert_eq!(column("vendor"), ["Amazon", "Amazon", "Apple", "Sonos", "Xiaomi", "Xiaomi", "Xiaomi"]);
+        assert_eq!(column("domain"), ["NULL", "NULL", "NULL", "a.example", "a.example", "a.example", "a.example"]);
+        assert_eq!(column("device_pseudonym"), ["d1", "d1", "d1", "d0", "d0", "d0", "d2"]);
+        assert_eq!(column("seconds_since_boot"), ["1.0", "9.0", "5.0", "5.0", "1.0", "9.0", "5.0"]);
     }
 
     #[tokio::test]

@@ -517,6 +517,40 @@ impl FlowBatchBuilder {
     }
 }
 
+/// The rows of `batches` (in the `flows` schema) as one batch, in the
+/// order [`FlowBatchBuilder::sort_for_rules`] writes them: vendor, model,
+/// domain (NULL first), device, then time since boot; rows equal in all
+/// five keep the order they came in. Compaction merges flushed files
+/// through it, so a merged file is as sorted as a flushed one.
+pub fn sorted_for_rules(batches: &[RecordBatch]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::compute::SortOptions;
+    use arrow::row::{RowConverter, SortField};
+    let all = arrow::compute::concat_batches(&flows_schema(), batches)?;
+    let n = u32::try_from(all.num_rows()).map_err(|_| {
+        arrow::error::ArrowError::InvalidArgumentError(format!("{} rows are too many to sort at once", all.num_rows()))
+    })?;
+    let keys = ["vendor", "model", "domain", "device_pseudonym", "seconds_since_boot"];
+    let columns = keys
+        .iter()
+        .map(|name| {
+            all.column_by_name(name)
+                .cloned()
+                .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
+        })
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
+    // Rows compare as bytes: strings in byte order, floats in total order.
+    let fields = columns
+        .iter()
+        .map(|c| {
+            SortField::new_with_options(c.data_type().clone(), SortOptions { descending: false, nulls_first: true })
+        })
+        .collect();
+    let rows = RowConverter::new(fields)?.convert_columns(&columns)?;
+    let mut order: Vec<u32> = (0..n).collect();
+    order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    arrow::compute::take_record_batch(&all, &UInt32Array::from(order))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +744,32 @@ mod tests {
             "the rows include ties"
         );
         assert_eq!(builder.finish(), reference(&want));
+    }
+
+    #[test]
+    fn merged_batches_sort_as_the_builder_sorts_their_rows() {
+        // Ties in all five keys, NULL domains, -0.0 and 0.0 among the times.
+        let mut rows = mixed_rows();
+        rows.extend(rows[..5].iter().map(|r| FlowRow { dst_ip: "192.0.2.1".into(), ..r.clone() }).collect::<Vec<_>>());
+        let built = |rows: &[FlowRow], sort: bool| {
+            let mut builder = FlowBatchBuilder::new();
+            for r in rows {
+                builder.push(r.clone());
+            }
+            if sort {
+                builder.sort_for_rules();
+            }
+            builder.finish()
+        };
+        let want = built(&rows, true);
+        // Unsorted parts, and parts each sorted as flushed files are.
+        let (a, b) = rows.split_at(17);
+        assert_eq!(sorted_for_rules(&[built(a, false), built(b, false)]).expect("sort"), want);
+        let merged = sorted_for_rules(&[built(a, true), built(b, true)]).expect("sort");
+        assert_eq!(merged.num_rows(), rows.len());
+        assert_eq!(sorted_for_rules(&[merged]).expect("sort again"), sorted_for_rules(&[want.clone()]).expect("sort"));
+        assert_eq!(sorted_for_rules(&[want.clone()]).expect("sort"), want, "a sorted batch stays as it is");
+        assert_eq!(sorted_for_rules(&[]).expect("no batches").num_rows(), 0);
     }
 
     #[test]
