@@ -6,7 +6,9 @@
 //! The data: the built-in fleet goes through agent and collector once;
 //! its rows are then copied with fresh device, boot and agent pseudonyms
 //! (so every pattern and decoy scales with the fleet) until there are
-//! `BENCH_RECORDS` rows, written with the flusher's Parquet settings.
+//! `BENCH_RECORDS` rows, written as compaction writes merged runs: the
+//! flusher's Parquet settings, files of at most a million rows
+//! (`COMPACT_RUN_LIMIT`), each sorted as the flusher sorts its rows.
 //! Each rule runs `BENCH_RUNS` times on each engine (default 3, after one
 //! warm-up run); the best time counts.
 //!

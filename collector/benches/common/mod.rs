@@ -41,7 +41,7 @@ pub async fn replicate(dir: &Path, flows: &Path, target: usize) -> Copies {
     let started = Instant::now();
     let (rows, copies) = tokio::task::spawn_blocking({
         let flows = flows.to_path_buf();
-        move || write_copies(&base, &flows, target, 2_000_000)
+        move || write_copies(&base, &flows, target, leakwatch_collector::flusher::COMPACT_RUN_LIMIT.rows as usize)
     })
     .await
     .expect("write");
@@ -86,9 +86,10 @@ fn copy_of(batch: &RecordBatch, copy: usize) -> RecordBatch {
     RecordBatch::try_new(schema, columns).expect("same schema")
 }
 
-/// Writes copies of `base` until `target` rows, in files of about
+/// Writes copies of `base` until `target` rows, in files of at most
 /// `per_file` rows named like flushed files, copy `c` standing for log
-/// sequence number `c + 1`; returns the rows and the copies written.
+/// sequence number `c + 1`, each file's rows sorted as compaction sorts a
+/// merged run; returns the rows and the copies written.
 fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usize) -> (usize, usize) {
     let base_rows: usize = base.iter().map(|b| b.num_rows()).sum();
     let copies = target.div_ceil(base_rows.max(1));
@@ -108,11 +109,9 @@ fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usi
                     let name = format!("{:020}-{:020}.parquet", from + 1, to);
                     let file = std::fs::File::create(day.join(name)).expect("create");
                     let mut w = leakwatch_collector::flusher::flow_writer(file).expect("writer");
-                    for copy in from..to {
-                        for b in base {
-                            w.write(&copy_of(b, copy)).expect("write");
-                        }
-                    }
+                    let rows: Vec<RecordBatch> =
+                        (from..to).flat_map(|copy| base.iter().map(move |b| copy_of(b, copy))).collect();
+                    w.write(&leakwatch_query::sorted_for_rules(&rows).expect("sort")).expect("write");
                     w.close().expect("close");
                 }
             });
