@@ -22,7 +22,8 @@
 //! the system temp dir), `BENCH_PYTHON` (a Python with `duckdb`; without it
 //! DuckDB is skipped and said so), `BENCH_MEMORY_MIB` (leakwatch's query
 //! memory limit, default 16384), `BENCH_RUNS`, `BENCH_BALLISTA_RUNS`
-//! (default 1; 0 skips Ballista).
+//! (default 1; 0 skips Ballista), `BENCH_RULES` (rule names, comma-separated,
+//! to run only those).
 
 mod common;
 
@@ -60,6 +61,17 @@ fn duckdb(python: &str, flows: &Path, sql_dir: &Path, runs: usize) -> Result<BTr
     Ok(results)
 }
 
+/// The built-in rules named in `BENCH_RULES` (comma-separated; all when
+/// unset), to time or profile some of them alone.
+fn chosen_rules() -> Vec<leakwatch_query::rules::Rule> {
+    let names = std::env::var("BENCH_RULES").unwrap_or_default();
+    let names: Vec<&str> = names.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+    let rules: Vec<_> =
+        builtin_rules().into_iter().filter(|r| names.is_empty() || names.contains(&r.name.as_str())).collect();
+    assert!(!rules.is_empty(), "BENCH_RULES={names:?} names no built-in rule");
+    rules
+}
+
 fn main() {
     let target: usize = env_or("BENCH_RECORDS", 50_000_000);
     let runs: usize = env_or("BENCH_RUNS", 3usize).max(1);
@@ -84,7 +96,7 @@ fn main() {
         let sql_dir = dir.path().join("sql");
         std::fs::create_dir_all(&sql_dir).expect("sql dir");
         let mut ours = BTreeMap::new();
-        for rule in builtin_rules() {
+        for rule in chosen_rules() {
             let sql = rule.render(&BTreeMap::new()).expect("render");
             std::fs::write(sql_dir.join(format!("{}.sql", rule.name)), &sql).expect("write sql");
             let mut best = f64::INFINITY;
@@ -142,7 +154,7 @@ fn main() {
                 .expect("Ballista cluster");
             let sessions = SessionFactory::new(QueryConfig { ballista: Some(url), ..config.clone() }, store.clone(), Arc::new(FilesOnly));
             let mut times = BTreeMap::new();
-            for rule in builtin_rules() {
+            for rule in chosen_rules() {
                 let sql = rule.render(&BTreeMap::new()).expect("render");
                 let mut best = f64::INFINITY;
                 let mut found = 0;
