@@ -8,7 +8,10 @@
 //! that table. The SQL
 //! an analyst sees and runs stays as written; only its execution changes.
 //! The tables count against the session's memory limit while the query
-//! runs and are dropped after it.
+//! runs and are dropped after it. A CTE that only filters and projects
+//! rows (no grouping, de-duplicating, joins, windows, sorts or subqueries)
+//! becomes a view instead: reading it again costs what reading a computed
+//! copy would, and a copy of every row it passes would take memory.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;

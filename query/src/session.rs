@@ -365,17 +365,26 @@ impl QuerySession {
     }
 
     /// Computes the tables of `steps` into memory (counted against the
-    /// memory limit); they stay registered until the returned guard drops.
-    /// `None` when they do not fit: the query then runs as written, which
-    /// holds less at once.
+    /// memory limit), or registers them as views when computing them is
+    /// no cheaper than reading them again (see [`works`]); they stay
+    /// registered until the returned guard drops. `None` when they do not
+    /// fit: the query then runs as written, which holds less at once.
     async fn step_tables(&self, tables: Vec<(String, String)>) -> Result<Option<StepTables>> {
         let pool = &self.ctx.runtime_env().memory_pool;
         let reservation = MemoryConsumer::new("common table expressions computed once").register(pool);
         let mut guard = StepTables { ctx: self.ctx.clone(), names: Vec::new(), reservation };
         let partitions = self.ctx.copied_config().target_partitions().max(1);
         for (name, sql) in tables {
+            let plan = self.plan(&sql).await?;
+            if !works(&plan)? {
+                // Reading it again costs what reading its result would.
+                let view = self.ctx.execute_logical_plan(plan).await?.into_view();
+                self.ctx.register_table(TableReference::bare(name.as_str()), view)?;
+                guard.names.push(name);
+                continue;
+            }
             let computed = async {
-                let df = self.ctx.execute_logical_plan(self.plan(&sql).await?).await?;
+                let df = self.ctx.execute_logical_plan(plan).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
                 let batches = df.collect().await?;
                 guard.reservation.try_grow(held_bytes(&batches))?;
@@ -433,8 +442,31 @@ impl QuerySession {
     }
 }
 
-/// Tables computed for one query; dropped (and their memory released)
-/// with this guard.
+/// Whether `plan` does work worth doing once: grouping, de-duplicating,
+/// joining, windows, sorting or subqueries. A plan without them filters
+/// and projects what it reads, row by row, and is read again where it is
+/// referenced rather than held in memory.
+fn works(plan: &LogicalPlan) -> Result<bool> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut works = false;
+    plan.apply_with_subqueries(|node| {
+        works = matches!(
+            node,
+            LogicalPlan::Aggregate(_)
+                | LogicalPlan::Distinct(_)
+                | LogicalPlan::Join(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Subquery(_)
+                | LogicalPlan::RecursiveQuery(_)
+        );
+        Ok(if works { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    })?;
+    Ok(works)
+}
+
+/// Tables computed (or views registered) for one query; dropped (and
+/// their memory released) with this guard.
 struct StepTables {
     ctx: SessionContext,
     names: Vec<String>,
@@ -778,12 +810,25 @@ mod tests {
             SessionFactory::new(config, FlowStore::local(dir.path()).expect("store"), Arc::new(FixedTail(tail)));
         let session = factory.session().await.expect("session");
         // Counting streams: only a computed table would hold memory.
-        let sql = "WITH d AS (SELECT device_pseudonym || domain AS k FROM flows) \
+        let sql = "WITH d AS (SELECT device_pseudonym || domain AS k FROM flows \
+                             WHERE domain = (SELECT max(domain) FROM flows)) \
                    SELECT (SELECT count(k) FROM d) + (SELECT count(*) FROM d) AS n";
         let steps = crate::materialise::split(sql, "__leakwatch_cte_test").expect("steps");
         assert!(session.step_tables(steps.tables).await.expect("steps").is_none(), "the table does not fit");
         assert_no_step_tables(&session).await;
         let got = session.sql(sql).await.expect("runs as written");
+        assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), "n\n40000\n");
+        assert_no_step_tables(&session).await;
+        // A CTE that only filters and projects is read again where it is
+        // referenced: it holds no memory, however many rows it has.
+        let sql = "WITH d AS (SELECT device_pseudonym || domain AS k FROM flows WHERE domain IS NOT NULL) \
+                   SELECT (SELECT count(k) FROM d) + (SELECT count(*) FROM d) AS n";
+        let steps = crate::materialise::split(sql, "__leakwatch_cte_test").expect("steps");
+        let views = session.step_tables(steps.tables).await.expect("steps").expect("a view fits");
+        assert_eq!(views.reservation.size(), 0);
+        drop(views);
+        assert_no_step_tables(&session).await;
+        let got = session.sql(sql).await.expect("runs");
         assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), "n\n40000\n");
         assert_no_step_tables(&session).await;
     }
