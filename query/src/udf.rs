@@ -100,11 +100,48 @@ pub fn ip_in_cidr(ip: IpAddr, cidr: &str) -> Option<bool> {
     }
 }
 
-fn strings(array: &ArrayRef) -> datafusion::error::Result<StringArray> {
-    let cast = arrow::compute::cast(array, &DataType::Utf8)?;
-    match cast.as_any().downcast_ref::<StringArray>() {
-        Some(s) => Ok(s.clone()),
-        None => exec_err!("expected a string argument"),
+/// `array` as one of the string types, read in place (other types are
+/// cast to Utf8 first).
+fn strings(array: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
+    Ok(match array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array.clone(),
+        _ => arrow::compute::cast(array, &DataType::Utf8)?,
+    })
+}
+
+/// A string argument's values, without copying them out of its array.
+enum Strings<'a> {
+    Utf8(&'a StringArray),
+    Large(&'a arrow::array::LargeStringArray),
+    View(&'a arrow::array::StringViewArray),
+}
+
+impl<'a> Strings<'a> {
+    fn of(array: &'a ArrayRef) -> datafusion::error::Result<Self> {
+        use arrow::array::AsArray as _;
+        Ok(match array.data_type() {
+            DataType::Utf8 => Self::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => Self::Large(array.as_string::<i64>()),
+            DataType::Utf8View => Self::View(array.as_string_view()),
+            other => return exec_err!("expected a string argument, not {other}"),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Utf8(a) => a.len(),
+            Self::Large(a) => a.len(),
+            Self::View(a) => a.len(),
+        }
+    }
+
+    /// The value at `i`; `None` when NULL.
+    fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            Self::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            Self::Large(a) => a.is_valid(i).then(|| a.value(i)),
+            Self::View(a) => a.is_valid(i).then(|| a.value(i)),
+        }
     }
 }
 
@@ -131,26 +168,36 @@ impl ScalarUDFImpl for StringFunction {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let columns = arrays.iter().map(strings).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let arrays = arrays.iter().map(strings).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let columns = arrays.iter().map(Strings::of).collect::<datafusion::error::Result<Vec<_>>>()?;
         let rows = if all_scalar { 1 } else { args.number_rows };
         let value = |c: usize, row: usize| -> Option<&str> {
             let col = &columns[c];
             let i = if col.len() == 1 { 0 } else { row };
-            (i < col.len() && !col.is_null(i)).then(|| col.value(i))
+            if i < col.len() { col.get(i) } else { None }
         };
         let out: ArrayRef = match self.kind {
             Kind::RegistrableDomain => {
                 // Stored rows are sorted by domain and a batch holds few
-                // distinct names: look each one up once per batch.
+                // distinct names: look each one up once per batch, and
+                // reuse the last answer for a run of the same name.
                 let mut b = StringBuilder::with_capacity(rows, rows * 12);
                 let mut seen: HashMap<&str, Option<String>> = HashMap::new();
+                let mut last: Option<(&str, Option<&str>)> = None;
                 for row in 0..rows {
-                    match value(0, row) {
-                        Some(host) => {
-                            b.append_option(seen.entry(host).or_insert_with(|| registrable_domain(host)).as_deref())
+                    let Some(host) = value(0, row) else {
+                        b.append_null();
+                        continue;
+                    };
+                    let domain = match last {
+                        Some((h, d)) if h == host => d,
+                        _ => {
+                            let d = seen.entry(host).or_insert_with(|| registrable_domain(host)).as_deref();
+                            last = Some((host, d));
+                            d
                         }
-                        None => b.append_null(),
-                    }
+                    };
+                    b.append_option(domain);
                 }
                 Arc::new(b.finish())
             }
@@ -185,6 +232,30 @@ mod tests {
         assert_eq!(registrable_domain("a.b.example.co.uk").as_deref(), Some("example.co.uk"));
         assert_eq!(registrable_domain("co.uk"), None);
         assert_eq!(registrable_domain("8.8.8.8"), None);
+    }
+
+    #[tokio::test]
+    async fn functions_read_each_string_type_with_runs_and_nulls() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        for udf in all() {
+            ctx.register_udf(udf);
+        }
+        for ty in ["Utf8", "LargeUtf8", "Utf8View"] {
+            let sql = format!(
+                "SELECT registrable_domain(arrow_cast(h, '{ty}')) AS d, is_private_ip(arrow_cast(ip, '{ty}')) AS p, \
+                 ip_in_cidr(arrow_cast(ip, '{ty}'), '10.0.0.0/8') AS c \
+                 FROM (VALUES ('a.xiaomi.com', '10.0.0.1'), ('a.xiaomi.com', '8.8.8.8'), ('b.xiaomi.com', NULL), \
+                 (NULL, '10.1.1.1'), ('x.example.co.uk', 'fd00::1'), ('8.8.8.8', 'x'), ('a.xiaomi.com', '10.0.0.2')) \
+                 AS t(h, ip)"
+            );
+            let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("run");
+            assert_eq!(
+                crate::format::render(&batches, crate::format::OutputFormat::Csv).expect("render"),
+                "d,p,c\nxiaomi.com,true,true\nxiaomi.com,false,false\nxiaomi.com,,\n,true,true\n\
+                 example.co.uk,true,false\n,,\nxiaomi.com,true,true\n",
+                "{ty}"
+            );
+        }
     }
 
     #[test]
