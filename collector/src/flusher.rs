@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use leakwatch_query::{
-    BATCHES_KEY, FlowBatchBuilder, FlowStore, S3Options, batch_list, batch_pairs, flows_schema, parse_s3_url, s3_store,
-    sorted_for_rules,
+    BATCHES_KEY, FlowBatchBuilder, FlowStore, S3Options, batch_list, batch_pairs, flows_schema, parse_s3_url,
+    rules_order, s3_store, sorted_slice,
 };
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -407,13 +407,16 @@ fn conform(
 /// of them would hold each value once more, beside its index.
 const NO_DICTIONARY: [&str; 2] = ["seconds_since_boot", "duration_s"];
 
+/// Rows per row group of the files written.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 /// How flushed Parquet files are written (zstd 3, dictionaries except for
 /// [`NO_DICTIONARY`], 128 Ki-row row groups).
 pub fn writer_properties() -> Result<WriterProperties> {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Storage(e.to_string()))?))
         .set_dictionary_enabled(true)
-        .set_max_row_group_row_count(Some(128 * 1024));
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     for column in NO_DICTIONARY {
         props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
     }
@@ -516,7 +519,8 @@ fn runs_to_merge(files: Vec<(u64, u64, StorePath, Size)>, limit: RunLimit) -> Ve
 /// One Parquet file of the rows of `paths` (each read through `runtime`),
 /// in today's `flows` schema, sorted as a flush sorts its rows, listing
 /// all their batches. It holds the run's rows in memory while it sorts
-/// them: at most [`COMPACT_RUN_LIMIT`]'s rows.
+/// them (at most [`COMPACT_RUN_LIMIT`]'s rows), and one row group of
+/// them sorted.
 fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, paths: &[StorePath]) -> Result<Vec<u8>> {
     let mut batches = Vec::new();
     let mut pairs = std::collections::HashSet::new();
@@ -534,11 +538,14 @@ fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, p
             batches.push(batch);
         }
     }
-    let sorted = sorted_for_rules(&batches).map_err(|e| Error::Storage(format!("sorting merged rows: {e}")))?;
-    drop(batches);
+    let order = rules_order(&batches).map_err(|e| Error::Storage(format!("sorting merged rows: {e}")))?;
     let mut buf = Vec::new();
     let mut writer = flow_writer(&mut buf)?;
-    writer.write(&sorted).map_err(|e| Error::Storage(e.to_string()))?;
+    // A row group's rows at a time: the sorted copy is never whole.
+    for pairs in order.chunks(ROW_GROUP_ROWS) {
+        let rows = sorted_slice(&batches, pairs).map_err(|e| Error::Storage(format!("sorting merged rows: {e}")))?;
+        writer.write(&rows).map_err(|e| Error::Storage(e.to_string()))?;
+    }
     writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
     writer.close().map_err(|e| Error::Storage(e.to_string()))?;
     Ok(buf)

@@ -26,7 +26,9 @@ mod store;
 mod udf;
 
 pub use copies::{BATCHES_KEY, batch_list, batch_pairs};
-pub use schema::{BatchLabels, FlowBatchBuilder, FlowRow, RecordValues, flows_schema, sorted_for_rules};
+pub use schema::{
+    BatchLabels, FlowBatchBuilder, FlowRow, RecordValues, flows_schema, rules_order, sorted_for_rules, sorted_slice,
+};
 pub use session::{
     FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,
     range_within,

@@ -517,38 +517,67 @@ impl FlowBatchBuilder {
     }
 }
 
-/// The rows of `batches` (in the `flows` schema) as one batch, in the
-/// order [`FlowBatchBuilder::sort_for_rules`] writes them: vendor, model,
-/// domain (NULL first), device, then time since boot; rows equal in all
-/// five keep the order they came in. Compaction merges flushed files
-/// through it, so a merged file is as sorted as a flushed one.
-pub fn sorted_for_rules(batches: &[RecordBatch]) -> Result<RecordBatch, arrow::error::ArrowError> {
+/// The rows of `batches` (in the `flows` schema), as (batch, row) pairs,
+/// in the order [`FlowBatchBuilder::sort_for_rules`] writes them: vendor,
+/// model, domain (NULL first), device, then time since boot; rows equal in
+/// all five keep the order they came in. Compaction merges flushed files
+/// through it, so a merged file is as sorted as a flushed one; gathering
+/// the rows a slice of the order at a time ([`sorted_slice`]) holds one
+/// slice more than the batches themselves.
+pub fn rules_order(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>, arrow::error::ArrowError> {
     use arrow::compute::SortOptions;
     use arrow::row::{RowConverter, SortField};
-    let all = arrow::compute::concat_batches(&flows_schema(), batches)?;
-    let n = u32::try_from(all.num_rows()).map_err(|_| {
-        arrow::error::ArrowError::InvalidArgumentError(format!("{} rows are too many to sort at once", all.num_rows()))
-    })?;
     let keys = ["vendor", "model", "domain", "device_pseudonym", "seconds_since_boot"];
-    let columns = keys
+    let schema = flows_schema();
+    let fields = keys
         .iter()
         .map(|name| {
-            all.column_by_name(name)
-                .cloned()
-                .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
+            let field = schema.field_with_name(name)?;
+            Ok(SortField::new_with_options(
+                field.data_type().clone(),
+                SortOptions { descending: false, nulls_first: true },
+            ))
         })
-        .collect::<Result<Vec<ArrayRef>, _>>()?;
+        .collect::<Result<Vec<_>, arrow::error::ArrowError>>()?;
     // Rows compare as bytes: strings in byte order, floats in total order.
-    let fields = columns
-        .iter()
-        .map(|c| {
-            SortField::new_with_options(c.data_type().clone(), SortOptions { descending: false, nulls_first: true })
-        })
-        .collect();
-    let rows = RowConverter::new(fields)?.convert_columns(&columns)?;
-    let mut order: Vec<u32> = (0..n).collect();
-    order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
-    arrow::compute::take_record_batch(&all, &UInt32Array::from(order))
+    let converter = RowConverter::new(fields)?;
+    let total = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut rows = converter.empty_rows(total, total * 64);
+    let mut order = Vec::with_capacity(total);
+    for (i, batch) in batches.iter().enumerate() {
+        let columns = keys
+            .iter()
+            .map(|name| {
+                batch
+                    .column_by_name(name)
+                    .cloned()
+                    .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        converter.append(&mut rows, &columns)?;
+        order.extend((0..batch.num_rows()).map(|r| (i, r)));
+    }
+    let mut by_row: Vec<usize> = (0..total).collect();
+    by_row.sort_by(|&a, &b| rows.row(a).cmp(&rows.row(b)));
+    Ok(by_row.into_iter().map(|k| order[k]).collect())
+}
+
+/// The rows of `batches` at `pairs` (a slice of [`rules_order`]), as one
+/// batch in the `flows` schema.
+pub fn sorted_slice(
+    batches: &[RecordBatch],
+    pairs: &[(usize, usize)],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batches.is_empty() || pairs.is_empty() {
+        return Ok(RecordBatch::new_empty(flows_schema()));
+    }
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    arrow::compute::interleave_record_batch(&refs, pairs)
+}
+
+/// The rows of `batches` as one batch, in [`rules_order`].
+pub fn sorted_for_rules(batches: &[RecordBatch]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    sorted_slice(batches, &rules_order(batches)?)
 }
 
 #[cfg(test)]
@@ -764,7 +793,12 @@ mod tests {
         let want = built(&rows, true);
         // Unsorted parts, and parts each sorted as flushed files are.
         let (a, b) = rows.split_at(17);
-        assert_eq!(sorted_for_rules(&[built(a, false), built(b, false)]).expect("sort"), want);
+        let parts = [built(a, false), built(b, false)];
+        assert_eq!(sorted_for_rules(&parts).expect("sort"), want);
+        // Gathered a few rows at a time, as compaction writes them.
+        let order = rules_order(&parts).expect("order");
+        let pieces: Vec<RecordBatch> = order.chunks(4).map(|c| sorted_slice(&parts, c).expect("slice")).collect();
+        assert_eq!(arrow::compute::concat_batches(&flows_schema(), &pieces).expect("concat"), want);
         assert_eq!(sorted_for_rules(&[built(a, true), built(b, true)]).expect("sort"), want);
         assert_eq!(sorted_for_rules(std::slice::from_ref(&want)).expect("sort"), want, "sorted rows stay as they are");
         assert_eq!(sorted_for_rules(&[]).expect("no batches").num_rows(), 0);
