@@ -447,6 +447,8 @@ async fn drive(port: u16, http: SocketAddr, shots: &Path) -> Result<(), String> 
         .click()
         .await
         .map_err(e("filter"))?;
+    // The form loads a new page: read that one, not the page it left.
+    wait_for_url(&c, "vendor=Xiaomi").await?;
     let filtered = text_of(&c, "tbody").await?;
     if filtered.contains("Amazon") || !filtered.contains("Redmi 1S") {
         return Err(format!("vendor filter did not keep only Xiaomi:\n{filtered}"));
