@@ -204,14 +204,14 @@ impl DataStore {
         limit: RunLimit,
         keep: std::time::Duration,
     ) -> Result<u64> {
-        // Per day: each file's flushed range, key, time written and size.
-        type Flushed = (u64, u64, StorePath, chrono::DateTime<chrono::Utc>, u64);
+        // Per day: each file's flushed range, and its key, time written and size.
+        type Flushed = (u64, u64, object_store::ObjectMeta);
         let mut days: BTreeMap<String, Vec<Flushed>> = BTreeMap::new();
         for (day, meta) in self.flow_files().await? {
             let name = meta.location.filename().unwrap_or_default().to_string();
             let Some((from, to)) = leakwatch_query::flushed_range_of(std::path::Path::new(&name)) else { continue };
             if to <= watermark {
-                days.entry(day).or_default().push((from, to, meta.location, meta.last_modified, meta.size));
+                days.entry(day).or_default().push((from, to, meta));
             }
         }
         let kept_since = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
@@ -220,24 +220,26 @@ impl DataStore {
             // Files inside another's range were merged into it: delete
             // them once the merged file is older than `keep`.
             let mut files = Vec::new();
-            for (from, to, path, _, size) in &all {
+            for (from, to, meta) in &all {
                 let coverers: Vec<&Flushed> = all
                     .iter()
-                    .filter(|(f, t, p, ..)| p != path && leakwatch_query::range_within((*from, *to), (*f, *t)))
+                    .filter(|(f, t, m)| {
+                        m.location != meta.location && leakwatch_query::range_within((*from, *to), (*f, *t))
+                    })
                     .collect();
                 if coverers.is_empty() {
-                    files.push((*from, *to, path.clone(), *size));
-                } else if coverers.iter().any(|(_, _, _, written, _)| *written <= kept_since) {
-                    self.delete(path).await?;
+                    files.push((*from, *to, meta));
+                } else if coverers.iter().any(|(_, _, m)| m.last_modified <= kept_since) {
+                    self.delete(&meta.location).await?;
                     deleted += 1;
                 }
             }
             files.sort_by_key(|(from, ..)| *from);
             let mut sized = Vec::with_capacity(files.len());
-            for (from, to, path, bytes) in files {
+            for (from, to, meta) in files {
                 // Only files under the byte limit can be merged: count rows of those.
-                let rows = if bytes < limit.bytes { self.rows_of(&path).await? } else { u64::MAX };
-                sized.push((from, to, path, Size { bytes, rows }));
+                let rows = if meta.size < limit.bytes { self.rows_of(meta).await? } else { u64::MAX };
+                sized.push((from, to, meta.location.clone(), Size { bytes: meta.size, rows }));
             }
             for run in runs_to_merge(sized, limit) {
                 if run.len() < min_files.max(2) {
@@ -283,16 +285,16 @@ impl DataStore {
         self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(path.clone(), rows);
     }
 
-    /// The rows of the file at `path`, from its footer the first time.
-    async fn rows_of(&self, path: &StorePath) -> Result<u64> {
+    /// The rows of the file `meta` names, from its footer (ranged reads)
+    /// the first time.
+    async fn rows_of(&self, meta: &object_store::ObjectMeta) -> Result<u64> {
+        let path = &meta.location;
         if let Some(&rows) = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(path) {
             return Ok(rows);
         }
-        let read = |e: &dyn std::fmt::Display| Error::Storage(format!("reading {path}: {e}"));
-        let bytes = self.store.get(path).await.map_err(|e| read(&e))?.bytes().await.map_err(|e| read(&e))?;
-        let meta =
-            parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&bytes).map_err(|e| read(&e))?;
-        let rows = u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
+        let footer =
+            leakwatch_query::footer_of(self.store.as_ref(), meta).await.map_err(|e| Error::Storage(e.to_string()))?;
+        let rows = u64::try_from(footer.file_metadata().num_rows()).unwrap_or(0);
         self.note_rows(path, rows);
         Ok(rows)
     }

@@ -33,7 +33,7 @@ pub use session::{
     FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,
     range_within,
 };
-pub use store::{FlowStore, ReadOnlyStore, S3Options, parse_s3_url, s3_store};
+pub use store::{FlowStore, ReadOnlyStore, S3Options, footer_of, parse_s3_url, s3_store};
 pub use udf::registrable_domain;
 
 use datafusion::error::DataFusionError;

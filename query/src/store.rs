@@ -253,12 +253,8 @@ impl FlowStore {
     /// The `(agent_id, batch_id)` pairs a file's footer lists (none for a
     /// file written before footers listed them).
     async fn batch_list_of(&self, meta: &ObjectMeta) -> crate::Result<Vec<(String, String)>> {
-        use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
-        let footer = DFParquetMetadata::new(self.store.as_ref(), meta)
-            .fetch_metadata()
-            .await
-            .map_err(|e| crate::Error::Internal(format!("reading the footer of {}: {e}", meta.location)))?;
-        let listed = footer
+        let listed = footer_of(self.store.as_ref(), meta)
+            .await?
             .file_metadata()
             .key_value_metadata()
             .and_then(|kv| kv.iter().find(|kv| kv.key == crate::copies::BATCHES_KEY))
@@ -267,6 +263,19 @@ impl FlowStore {
             .unwrap_or_default();
         Ok(listed)
     }
+}
+
+/// The Parquet footer of the file `meta` names in `store`, read with
+/// ranged reads (not the whole file).
+pub async fn footer_of(
+    store: &dyn ObjectStore,
+    meta: &ObjectMeta,
+) -> crate::Result<Arc<datafusion::parquet::file::metadata::ParquetMetaData>> {
+    use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+    DFParquetMetadata::new(store, meta)
+        .fetch_metadata()
+        .await
+        .map_err(|e| crate::Error::Internal(format!("reading the footer of {}: {e}", meta.location)))
 }
 
 /// A flushed file a query reads.
