@@ -640,13 +640,19 @@ mod tests {
         v
     }
 
-    fn rows_in(path: &std::path::Path) -> usize {
+    /// The rows of the Parquet file at `path`, in the `flows` schema.
+    fn read_file(path: &std::path::Path) -> arrow::array::RecordBatch {
         let file = std::fs::File::open(path).expect("open");
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .expect("read")
             .build()
             .expect("reader");
-        reader.map(|b| b.expect("batch").num_rows()).sum()
+        let batches: Vec<_> = reader.map(|b| conform(&b.expect("batch")).expect("flows schema")).collect();
+        arrow::compute::concat_batches(&flows_schema(), &batches).expect("concat")
+    }
+
+    fn rows_in(path: &std::path::Path) -> usize {
+        read_file(path).num_rows()
     }
 
     #[tokio::test]
@@ -771,14 +777,7 @@ mod tests {
         }
         assert_eq!(store.compact(2, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 2);
         let merged = dir.path().join("flows/day=2026-10-01/00000000000000000001-00000000000000000002.parquet");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(merged).expect("open"),
-        )
-        .expect("read")
-        .build()
-        .expect("reader");
-        let read: Vec<_> = reader.map(|b| conform(&b.expect("batch")).expect("flows schema")).collect();
-        let read = arrow::compute::concat_batches(&flows_schema(), &read).expect("concat");
+        let read = read_file(&merged);
         let column = |name: &str| -> Vec<String> {
             let c = arrow::compute::cast(read.column_by_name(name).expect("column"), &arrow::datatypes::DataType::Utf8)
                 .expect("cast");
