@@ -16,7 +16,8 @@
 //! machine.
 //!
 //! Environment: `BENCH_DASHBOARD_RECORDS`, `BENCH_SECS`, `BENCH_CONNECTIONS`,
-//! `BENCH_DIR` (default the system temp dir), `WRK` (default `wrk`),
+//! `BENCH_DIR` (default the system temp dir), `BENCH_KEEP` (set: keep the
+//! files), `WRK` (default `wrk`),
 //! `LEAKWATCH_LOG` (the collector's log filter, default `warn`; e.g.
 //! `leakwatch_collector::dashboard=debug` times each aggregate query).
 

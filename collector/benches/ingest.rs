@@ -10,7 +10,9 @@
 //! the system temp dir) for the data, `BENCH_FLUSH_SECS` (default 5) the
 //! collector's flush interval (a long one keeps the flusher out of the
 //! phases, to see what it costs them), `LEAKWATCH_LOG` (e.g. `info`) the
-//! collector's log on stderr.
+//! collector's log on stderr, `BENCH_SPELLS` (set: print each phase's
+//! spells of slow acks), `BENCH_KEEP` (set: keep the data directory, with
+//! RocksDB's LOG).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +23,12 @@ use leakwatch_proto::v1::collector_client::CollectorClient;
 use leakwatch_proto::v1::{DeviceInfo, EnrollRequest, FlowRecord, ReportAck, ReportBatch, TlsInfo};
 use prost::Message as _;
 
-// The collector binary's allocator (see `src/main.rs`).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The benches' shared parts (and the collector binary's allocator); this
+// one uses only the bench directory.
+#[allow(dead_code)]
+mod common;
+
+use common::bench_dir;
 
 const CLIENTS: usize = 50;
 const RECORDS: usize = 1000;
@@ -196,7 +201,7 @@ async fn load(
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static("/leakwatch.v1.Collector/Report");
                 match grpc.unary::<_, ReportAck, _>(req, path, RawReport).await {
                     Ok(_) => {
-                        lat.push(t.elapsed());
+                        lat.push((t, t.elapsed()));
                         records.fetch_add(RECORDS as u64, Ordering::Relaxed);
                     }
                     Err(s) => eprintln!("client {c}: {s}"),
@@ -212,8 +217,36 @@ async fn load(
         all.extend(t.await.expect("client"));
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    all.sort();
-    (records.load(Ordering::Relaxed) as f64 / elapsed, all)
+    if std::env::var_os("BENCH_SPELLS").is_some() {
+        print_slow_spells(t0, &all);
+    }
+    let mut latencies: Vec<Duration> = all.into_iter().map(|(_, l)| l).collect();
+    latencies.sort();
+    (records.load(Ordering::Relaxed) as f64 / elapsed, latencies)
+}
+
+/// Prints, per 100 ms of a phase (by when the request was sent), the acks
+/// and the slowest of them, where that was over 20 ms: the spells of slow
+/// acks behind a p99, to line up with the collector's log or RocksDB's
+/// LOG (the phase's start is printed as a UTC time).
+fn print_slow_spells(t0: Instant, acks: &[(Instant, Duration)]) {
+    const SLOW: Duration = Duration::from_millis(20);
+    let started = chrono::Utc::now() - chrono::Duration::from_std(t0.elapsed()).unwrap_or_default();
+    println!("    phase started at {started}; spells of slow acks (> {} ms), per 100 ms:", SLOW.as_millis());
+    let mut spells: std::collections::BTreeMap<u128, (usize, usize, Duration)> = Default::default();
+    for &(sent, latency) in acks {
+        let spell = spells.entry(sent.saturating_duration_since(t0).as_millis() / 100).or_default();
+        spell.0 += 1;
+        spell.1 += usize::from(latency > SLOW);
+        spell.2 = spell.2.max(latency);
+    }
+    for (at, (acks, slow, max)) in spells.into_iter().filter(|(_, (_, _, max))| *max > SLOW) {
+        println!(
+            "      at {:>4.1} s: {slow:>4} of {acks:>4} acks slow, slowest {:.1} ms",
+            at as f64 / 10.0,
+            max.as_secs_f64() * 1e3
+        );
+    }
 }
 
 /// The raw ceiling: 50 threads writing the same payloads to a RocksDB with
@@ -271,9 +304,7 @@ fn main() {
     }
     let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
     let flush_secs: u64 = std::env::var("BENCH_FLUSH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let base = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base).expect("bench dir");
-    let dir = tempfile::tempdir_in(&base).expect("tempdir");
+    let dir = bench_dir();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let config =
@@ -291,7 +322,10 @@ fn main() {
             tokens.push(r.agent_token);
         }
         let payload = batch(0, 0).encoded_len();
-        println!("ingest: {CLIENTS} clients, {RECORDS}-record batches ({payload} bytes each), {secs:.0} s per phase");
+        let entry = leakwatch_collector::log::encode_entry_of("agent", 0, &batch(0, 0)).entry.len();
+        println!(
+            "ingest: {CLIENTS} clients, {RECORDS}-record batches ({payload} bytes each, {entry} in the log), {secs:.0} s per phase"
+        );
         // What the flusher did during a phase: rows written to Parquet, and
         // the batches still waiting in the log at its end.
         let flushed = || server.metrics.rows_flushed.load(Ordering::Relaxed);

@@ -12,11 +12,17 @@ use leakwatch_collector::server::{ServeConfig, Server};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A temporary directory under `BENCH_DIR` (default the system temp dir).
+/// A temporary directory under `BENCH_DIR` (default the system temp dir),
+/// left in place when `BENCH_KEEP` is set, to run other SQL on its files.
 pub fn bench_dir() -> tempfile::TempDir {
     let base_dir = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base_dir).expect("bench dir");
-    tempfile::tempdir_in(&base_dir).expect("tempdir")
+    let mut dir = tempfile::tempdir_in(&base_dir).expect("tempdir");
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        println!("  BENCH_KEEP is set: the files stay in {}", dir.path().display());
+    }
+    dir
 }
 
 /// What [`replicate`] wrote.
