@@ -67,9 +67,10 @@ pub const KEEP_REPLACED: std::time::Duration = std::time::Duration::from_secs(15
 /// Most log entries (batches) per flush.
 pub const MAX_BATCHES_PER_FLUSH: u64 = 20_000;
 
-/// Most bytes of log entries per flush (more when one entry is larger):
-/// a flush holds its rows in memory, several times the entries' size, so
-/// a collector that fell behind catches up in steps of this size.
+/// Most bytes of log entries per flush, counted uncompressed (more when
+/// one entry is larger): a flush holds its rows in memory, several times
+/// the entries' size, so a collector that fell behind catches up in steps
+/// of this size.
 pub const MAX_BYTES_PER_FLUSH: usize = 64 << 20;
 
 /// What one flush did.
