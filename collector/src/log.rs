@@ -1,14 +1,17 @@
 //! The durable log: acknowledged batches in RocksDB until they are flushed
 //! to Parquet.
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2)
 //!
 //! One RocksDB database (`DATA_DIR/log`) with column families:
 //!
 //! - `batches`: key = log sequence number (u64 big-endian), value = entry:
-//!   `[format version: u8 = 1][crc32 of the rest: u32 LE][StoredBatch]`,
-//!   where `StoredBatch` is a protobuf message holding the agent id, the
-//!   receive time and the `ReportBatch` as received.
+//!   `[format version: u8 = 2][crc32 of the rest: u32 LE][length of the
+//!   StoredBatch: u32 LE][the StoredBatch, LZ4 block-compressed]`, where
+//!   `StoredBatch` is a protobuf message holding the agent id, the receive
+//!   time and the `ReportBatch` as received. Entries of format 1 (earlier
+//!   releases) are `[1][crc32 of the rest: u32 LE][StoredBatch]`; they are
+//!   still read.
 //! - `batch_ids`: key = batch id, value = `[seq: u64 BE][sha256 of the
 //!   batch's device and records: 32 bytes][record count: u32 BE]`. Kept
 //!   after the flush, so a retried batch is answered `duplicate` forever.
