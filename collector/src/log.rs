@@ -241,13 +241,17 @@ pub fn encode_entry_of(agent_id: &str, received_at_ms: i64, batch: &ReportBatch)
     EncodedEntry { entry: seal_entry(out), digest: h.finalize().into(), batch_bytes }
 }
 
+/// The message length a compressed entry's body states in front of its
+/// LZ4 block (`None` when the body is too short to state one).
+fn stated_len(body: &[u8]) -> Option<usize> {
+    body.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
 /// Bytes of an entry's message once decompressed, as its header states
 /// (for budgets; [`decode_entry`] checks it).
 pub fn message_len(entry: &[u8]) -> usize {
     match entry.first() {
-        Some(&ENTRY_VERSION) => entry
-            .get(ENTRY_HEADER..ENTRY_HEADER + 4)
-            .map_or(entry.len(), |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize),
+        Some(&ENTRY_VERSION) => entry.get(ENTRY_HEADER..).and_then(stated_len).unwrap_or(entry.len()),
         _ => entry.len().saturating_sub(ENTRY_HEADER),
     }
 }
@@ -272,7 +276,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<StoredBatch> {
     }
     // The stated length is checked before anything is allocated for it: no
     // LZ4 block expands more than 255 times.
-    let stated = body.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let stated = stated_len(body);
     match stated {
         Some(n) if n <= body.len().saturating_mul(255) => {}
         _ => return Err(Error::Corrupt(format!("log entry: compressed length {stated:?} for {} bytes", body.len()))),
