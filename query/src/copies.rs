@@ -13,28 +13,24 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use arrow::array::{AsArray as _, RecordBatch};
+use arrow::array::RecordBatch;
+
+use crate::udf::Strings;
 
 /// Parquet key-value metadata key that lists a file's batches.
 pub const BATCHES_KEY: &str = "leakwatch.batches";
 
 /// The distinct `(agent_id, batch_id)` pairs of `rows` (in `flows` schema,
-/// strings as Utf8 or views).
+/// strings of any string type).
 pub fn batch_pairs<'a>(rows: impl IntoIterator<Item = &'a RecordBatch>, into: &mut HashSet<(String, String)>) {
     for batch in rows {
         let (Some(agents), Some(ids)) = (batch.column_by_name("agent_id"), batch.column_by_name("batch_id")) else {
             continue;
         };
-        let (agents, ids) = match (agents.as_string_opt::<i32>(), ids.as_string_opt::<i32>()) {
-            (Some(a), Some(b)) => (a.iter().collect::<Vec<_>>(), b.iter().collect::<Vec<_>>()),
-            _ => match (agents.as_string_view_opt(), ids.as_string_view_opt()) {
-                (Some(a), Some(b)) => (a.iter().collect(), b.iter().collect()),
-                _ => continue,
-            },
-        };
+        let (Ok(agents), Ok(ids)) = (Strings::of(agents), Strings::of(ids)) else { continue };
         let mut last: Option<(&str, &str)> = None;
-        for (agent, id) in agents.into_iter().zip(ids) {
-            let (Some(agent), Some(id)) = (agent, id) else { continue };
+        for row in 0..agents.len().min(ids.len()) {
+            let (Some(agent), Some(id)) = (agents.get(row), ids.get(row)) else { continue };
             // Rows of a batch often sit together: skip the set lookup then.
             if last == Some((agent, id)) {
                 continue;

@@ -109,15 +109,15 @@ fn strings(array: &ArrayRef) -> datafusion::error::Result<ArrayRef> {
     })
 }
 
-/// A string argument's values, without copying them out of its array.
-enum Strings<'a> {
+/// A string column's values (Utf8, LargeUtf8 or views), read in place.
+pub(crate) enum Strings<'a> {
     Utf8(&'a StringArray),
     Large(&'a arrow::array::LargeStringArray),
     View(&'a arrow::array::StringViewArray),
 }
 
 impl<'a> Strings<'a> {
-    fn of(array: &'a ArrayRef) -> datafusion::error::Result<Self> {
+    pub(crate) fn of(array: &'a ArrayRef) -> datafusion::error::Result<Self> {
         use arrow::array::AsArray as _;
         Ok(match array.data_type() {
             DataType::Utf8 => Self::Utf8(array.as_string::<i32>()),
@@ -127,7 +127,7 @@ impl<'a> Strings<'a> {
         })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Self::Utf8(a) => a.len(),
             Self::Large(a) => a.len(),
@@ -136,7 +136,7 @@ impl<'a> Strings<'a> {
     }
 
     /// The value at `i`; `None` when NULL.
-    fn get(&self, i: usize) -> Option<&'a str> {
+    pub(crate) fn get(&self, i: usize) -> Option<&'a str> {
         match self {
             Self::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
             Self::Large(a) => a.is_valid(i).then(|| a.value(i)),
