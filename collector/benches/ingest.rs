@@ -24,11 +24,11 @@ use leakwatch_proto::v1::{DeviceInfo, EnrollRequest, FlowRecord, ReportAck, Repo
 use prost::Message as _;
 
 // The benches' shared parts (and the collector binary's allocator); this
-// one uses only the bench directory.
+// one uses only the bench directory and the environment reader.
 #[allow(dead_code)]
 mod common;
 
-use common::bench_dir;
+use common::{bench_dir, env_or};
 
 const CLIENTS: usize = 50;
 const RECORDS: usize = 1000;
@@ -302,8 +302,8 @@ fn main() {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG") {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
-    let flush_secs: u64 = std::env::var("BENCH_FLUSH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let secs: f64 = env_or("BENCH_SECS", 10.0);
+    let flush_secs: u64 = env_or("BENCH_FLUSH_SECS", 5);
     let dir = bench_dir();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {

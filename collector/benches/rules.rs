@@ -19,8 +19,9 @@
 //! (stages, shuffle files, Arrow Flight between executors), not a speed-up.
 //!
 //! Environment: `BENCH_RECORDS` (default 50,000,000), `BENCH_DIR` (default
-//! the system temp dir), `BENCH_KEEP` (set: keep the files), `BENCH_PYTHON` (a Python with `duckdb`; without it
-//! DuckDB is skipped and said so), `BENCH_MEMORY_MIB` (leakwatch's query
+//! the system temp dir), `BENCH_KEEP` (set: keep the files),
+//! `BENCH_PYTHON` (a Python with `duckdb`; without it DuckDB is skipped
+//! and said so), `BENCH_MEMORY_MIB` (leakwatch's query
 //! memory limit, default 16384), `BENCH_RUNS`, `BENCH_BALLISTA_RUNS`
 //! (default 1; 0 skips Ballista), `BENCH_RULES` (rule names, comma-separated,
 //! to run only those).
