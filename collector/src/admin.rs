@@ -1,4 +1,5 @@
-//! Operator actions: enrollment codes and agent revocation.
+//! Operator actions: enrollment codes, agent revocation and analysts' SQL
+//! tokens.
 //!
 //! A running collector serves `leakwatch.v1.Admin` on its gRPC address and
 //! writes `DATA_DIR/admin.json` (mode 0600: its address and a random admin
@@ -14,7 +15,8 @@ use leakwatch_proto::v1::admin_client::AdminClient;
 use leakwatch_proto::v1::admin_server::Admin;
 use leakwatch_proto::v1::{
     CreateEnrollmentCodeRequest, CreateEnrollmentCodeResponse, CreateSqlTokenRequest, CreateSqlTokenResponse,
-    RevokeAgentRequest, RevokeAgentResponse,
+    ListSqlTokensRequest, ListSqlTokensResponse, RevokeAgentRequest, RevokeAgentResponse, RevokeSqlTokensRequest,
+    RevokeSqlTokensResponse, SqlTokenInfo,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -130,6 +132,90 @@ pub fn create_sql_token(log: &DurableLog, name: &str, expires_at_s: i64, now_s: 
     Ok(token)
 }
 
+/// Hex digits of a token's hash that `leakwatch admin sql-tokens` shows
+/// as its id.
+pub const SQL_TOKEN_ID_DIGITS: usize = 12;
+
+/// Fewest hex digits of an id that `revoke-sql-token --token` accepts.
+pub const MIN_SQL_TOKEN_ID_DIGITS: usize = 8;
+
+/// The analysts' tokens stored in `log`, expired ones too, by holder then
+/// expiry.
+pub fn list_sql_tokens(log: &DurableLog) -> Result<Vec<SqlTokenInfo>> {
+    let mut out: Vec<SqlTokenInfo> = log
+        .sql_tokens()?
+        .into_iter()
+        .map(|(hash, name, expires_at_unix_s)| SqlTokenInfo {
+            id: hex::encode(&hash[..SQL_TOKEN_ID_DIGITS / 2]),
+            name,
+            expires_at_unix_s,
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.name, a.expires_at_unix_s, &a.id).cmp(&(&b.name, b.expires_at_unix_s, &b.id)));
+    Ok(out)
+}
+
+/// Revokes the analysts' tokens held by `name`, or the one `token` names
+/// (the token itself, or at least [`MIN_SQL_TOKEN_ID_DIGITS`] leading hex
+/// digits of its id); exactly one of the two is given. Returns how many
+/// were revoked.
+pub fn revoke_sql_tokens(log: &DurableLog, name: &str, token: &str) -> Result<u32> {
+    let (name, token) = (name.trim(), token.trim());
+    let stored = log.sql_tokens()?;
+    let picked: Vec<[u8; 32]> = match (name.is_empty(), token.is_empty()) {
+        (false, true) => stored.iter().filter(|(_, holder, _)| holder == name).map(|(h, _, _)| *h).collect(),
+        (true, false) if token.starts_with("lwsql_") => {
+            let hash = token_hash(token);
+            stored.iter().filter(|(h, _, _)| *h == hash).map(|(h, _, _)| *h).collect()
+        }
+        (true, false) => {
+            let id = token.to_ascii_lowercase();
+            if !(MIN_SQL_TOKEN_ID_DIGITS..=64).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::Config(format!(
+                    "token: {token:?} is neither a token (lwsql_...) nor an id of {MIN_SQL_TOKEN_ID_DIGITS} to 64 hex digits \
+                     (see `leakwatch admin sql-tokens`)"
+                )));
+            }
+            let matching: Vec<[u8; 32]> =
+                stored.iter().filter(|(h, _, _)| hex::encode(h).starts_with(&id)).map(|(h, _, _)| *h).collect();
+            if matching.len() > 1 {
+                return Err(Error::Config(format!(
+                    "token: id {id} matches {} tokens; give more of its digits",
+                    matching.len()
+                )));
+            }
+            matching
+        }
+        _ => return Err(Error::Config("give either a holder's name or one token (or its id), not both".into())),
+    };
+    if !picked.is_empty() {
+        log.delete_sql_tokens(&picked)?;
+    }
+    Ok(picked.len() as u32)
+}
+
+/// `leakwatch admin sql-tokens` output: a header and one line per token.
+fn sql_token_lines(tokens: &[SqlTokenInfo], now_s: i64) -> String {
+    let mut out = format!("{:<14}{:<22}{:<9}NAME", "ID", "EXPIRES (UTC)", "STATE");
+    for t in tokens {
+        let expires = chrono::DateTime::from_timestamp(t.expires_at_unix_s, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| t.expires_at_unix_s.to_string());
+        let state = if now_s <= t.expires_at_unix_s { "valid" } else { "expired" };
+        out.push_str(&format!("\n{:<14}{:<22}{:<9}{}", t.id, expires, state, t.name));
+    }
+    out
+}
+
+fn revoke_sql_line(name: &str, token: &str, revoked: u32) -> Result<String> {
+    let what = if name.trim().is_empty() { format!("token {:?}", token.trim()) } else { format!("holder {name:?}") };
+    match revoked {
+        0 => Err(Error::Config(format!("no SQL token of {what} is stored here (see `leakwatch admin sql-tokens`)"))),
+        1 => Ok(format!("revoked 1 SQL token of {what}")),
+        n => Ok(format!("revoked {n} SQL tokens of {what}")),
+    }
+}
+
 /// The stored form of a secret.
 pub fn token_hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
@@ -151,6 +237,33 @@ impl Admin for AdminService {
             .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(name = %req.name, expires_at = req.expires_at_unix_s, "Created SQL token");
         Ok(Response::new(CreateSqlTokenResponse { token }))
+    }
+
+    async fn list_sql_tokens(
+        &self,
+        request: Request<ListSqlTokensRequest>,
+    ) -> std::result::Result<Response<ListSqlTokensResponse>, Status> {
+        self.check(&request)?;
+        let log = self.log.clone();
+        let tokens = tokio::task::spawn_blocking(move || list_sql_tokens(&log))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(ListSqlTokensResponse { tokens }))
+    }
+
+    async fn revoke_sql_tokens(
+        &self,
+        request: Request<RevokeSqlTokensRequest>,
+    ) -> std::result::Result<Response<RevokeSqlTokensResponse>, Status> {
+        self.check(&request)?;
+        let req = request.into_inner();
+        let log = self.log.clone();
+        let (name, token) = (req.name.clone(), req.token.clone());
+        let revoked = tokio::task::spawn_blocking(move || revoke_sql_tokens(&log, &name, &token))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::info!(name = %req.name, revoked, "Revoked SQL tokens");
+        Ok(Response::new(RevokeSqlTokensResponse { revoked }))
     }
 
     async fn create_enrollment_code(
@@ -211,6 +324,15 @@ pub enum AdminAction {
         name: String,
         /// Expiry, Unix seconds.
         expires_at_s: i64,
+    },
+    /// List the analysts' SQL tokens.
+    SqlTokens,
+    /// Revoke analysts' SQL tokens: every one of a holder, or one.
+    RevokeSqlToken {
+        /// The holder (empty: by `token`).
+        name: String,
+        /// The token or its id (empty: by `name`).
+        token: String,
     },
 }
 
@@ -274,6 +396,19 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
                         client.create_sql_token(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
                     Ok(resp.into_inner().token)
                 }
+                AdminAction::SqlTokens => {
+                    let mut req = Request::new(ListSqlTokensRequest {});
+                    req.metadata_mut().insert("authorization", bearer);
+                    let resp = client.list_sql_tokens(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
+                    Ok(sql_token_lines(&resp.into_inner().tokens, chrono::Utc::now().timestamp()))
+                }
+                AdminAction::RevokeSqlToken { name, token } => {
+                    let mut req = Request::new(RevokeSqlTokensRequest { name: name.clone(), token: token.clone() });
+                    req.metadata_mut().insert("authorization", bearer);
+                    let resp =
+                        client.revoke_sql_tokens(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
+                    revoke_sql_line(&name, &token, resp.into_inner().revoked)
+                }
             };
         }
     }
@@ -290,6 +425,10 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
         AdminAction::SqlToken { name, expires_at_s } => {
             create_sql_token(&log, &name, expires_at_s, chrono::Utc::now().timestamp())
         }
+        AdminAction::SqlTokens => Ok(sql_token_lines(&list_sql_tokens(&log)?, chrono::Utc::now().timestamp())),
+        AdminAction::RevokeSqlToken { name, token } => {
+            revoke_sql_line(&name, &token, revoke_sql_tokens(&log, &name, &token)?)
+        }
     }
 }
 
@@ -298,5 +437,54 @@ fn revoke_line(agent_id: &str, revoked: bool) -> Result<String> {
         Ok(format!("revoked {agent_id}"))
     } else {
         Err(Error::Config(format!("no agent {agent_id:?} is enrolled here")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_tokens_are_revoked_by_holder_by_token_or_by_an_unambiguous_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = DurableLog::open(dir.path()).expect("open");
+        let alice = create_sql_token(&log, "alice", 200, 100).expect("create");
+        create_sql_token(&log, "alice", 300, 100).expect("create");
+        let bob = create_sql_token(&log, "bob", 200, 100).expect("create");
+        // Two stored hashes sharing their first 8 hex digits.
+        let mut a = [0xabu8; 32];
+        let mut b = [0xabu8; 32];
+        a[4] = 1;
+        b[4] = 2;
+        log.put_sql_token(&a, "carol", 200).expect("put");
+        log.put_sql_token(&b, "carol", 200).expect("put");
+
+        let listed = list_sql_tokens(&log).expect("list");
+        let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["alice", "alice", "bob", "carol", "carol"]);
+        assert!(listed.iter().all(|t| t.id.len() == SQL_TOKEN_ID_DIGITS));
+        let lines = sql_token_lines(&listed, 250);
+        assert_eq!(lines.lines().count(), 6, "{lines}");
+        assert_eq!(lines.lines().filter(|l| l.contains(" expired ")).count(), 4, "{lines}");
+
+        let err = revoke_sql_tokens(&log, "", "abababab").expect_err("ambiguous").to_string();
+        assert!(err.contains("matches 2 tokens"), "{err}");
+        assert_eq!(revoke_sql_tokens(&log, "", "ABABABAB01").expect("longer id"), 1);
+        assert_eq!(revoke_sql_tokens(&log, "", &bob).expect("the token itself"), 1);
+        assert_eq!(log.sql_token(&token_hash(&bob), 100).expect("get"), None);
+        assert_eq!(revoke_sql_tokens(&log, "", "lwsql_unknown").expect("unknown token"), 0);
+        for bad in ["abc", "not-hex-at-all", &"a".repeat(65)] {
+            let err = revoke_sql_tokens(&log, "", bad).expect_err(bad).to_string();
+            assert!(err.contains("8 to 64 hex digits"), "{bad}: {err}");
+        }
+        let err = revoke_sql_tokens(&log, "alice", &alice).expect_err("both").to_string();
+        assert!(err.contains("not both"), "{err}");
+        assert!(revoke_sql_tokens(&log, "", "").is_err());
+        assert_eq!(revoke_sql_tokens(&log, "alice", "").expect("holder"), 2);
+        assert_eq!(log.sql_token(&token_hash(&alice), 100).expect("get"), None);
+        let left: Vec<String> = list_sql_tokens(&log).expect("list").into_iter().map(|t| t.name).collect();
+        assert_eq!(left, ["carol"]);
+        assert!(revoke_sql_line("alice", "", 0).is_err());
+        assert_eq!(revoke_sql_line("alice", "", 2).expect("line"), "revoked 2 SQL tokens of holder \"alice\"");
     }
 }

@@ -366,6 +366,21 @@ pub enum AdminCommand {
         #[arg(long, default_value = "90d")]
         expires: String,
     },
+    /// List the analysts' SQL tokens: id, expiry, state and holder (never
+    /// the token itself; the collector keeps only its hash).
+    SqlTokens,
+    /// Revoke analysts' SQL tokens, at once: every token of a holder
+    /// (`--name`), or one (`--token`, the token or its id from
+    /// `sql-tokens`).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["name", "token"])))]
+    RevokeSqlToken {
+        /// The holder whose tokens to revoke.
+        #[arg(long)]
+        name: Option<String>,
+        /// The token, or its id (at least 8 of its hex digits).
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 /// Flags of `demo`.
@@ -513,6 +528,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 AdminCommand::SqlToken { name, expires } => admin::AdminAction::SqlToken {
                     name,
                     expires_at_s: admin::parse_expiry(&expires, chrono::Utc::now().timestamp())?,
+                },
+                AdminCommand::SqlTokens => admin::AdminAction::SqlTokens,
+                AdminCommand::RevokeSqlToken { name, token } => admin::AdminAction::RevokeSqlToken {
+                    name: name.unwrap_or_default(),
+                    token: token.unwrap_or_default(),
                 },
             };
             println!("{}", admin::run(&args.data_dir, action).await?);

@@ -622,6 +622,34 @@ impl DurableLog {
             .ok_or_else(|| Error::Corrupt("SQL token record".into()))?;
         Ok((now_s <= expires).then(|| String::from_utf8_lossy(&v[8..]).into_owned()))
     }
+
+    /// Every stored SQL token, expired ones too: (hash, holder, expiry),
+    /// in hash order.
+    pub fn sql_tokens(&self) -> Result<Vec<([u8; 32], String, i64)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_SQL_TOKENS)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err)?;
+            let (Ok(hash), Some(expires)) =
+                (<[u8; 32]>::try_from(&k[..]), v.get(0..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes))
+            else {
+                return Err(Error::Corrupt("SQL token record".into()));
+            };
+            out.push((hash, String::from_utf8_lossy(&v[8..]).into_owned(), expires));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the SQL tokens with these hashes, in one synced write.
+    pub fn delete_sql_tokens(&self, hashes: &[[u8; 32]]) -> Result<()> {
+        let cf = self.cf(CF_SQL_TOKENS)?;
+        let mut wb = WriteBatch::default();
+        for hash in hashes {
+            wb.delete_cf(cf, hash);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(db_err)
+    }
 }
 
 #[cfg(test)]
@@ -803,5 +831,14 @@ mod tests {
         assert_eq!(log.sql_token(&hash, 100).expect("get"), Some("alice".to_string()));
         assert_eq!(log.sql_token(&hash, 101).expect("expired"), None);
         assert_eq!(log.sql_token(&[8u8; 32], 1).expect("unknown"), None);
+
+        log.put_sql_token(&[9u8; 32], "bob", 200).expect("put");
+        let listed = log.sql_tokens().expect("list");
+        assert_eq!(listed, vec![(hash, "alice".to_string(), 100), ([9u8; 32], "bob".to_string(), 200)]);
+        log.delete_sql_tokens(&[hash]).expect("delete");
+        drop(log);
+        let log = DurableLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.sql_token(&hash, 1).expect("revoked"), None);
+        assert_eq!(log.sql_token(&[9u8; 32], 1).expect("kept"), Some("bob".to_string()));
     }
 }

@@ -208,6 +208,41 @@ async fn flight_sql_serves_analysts_read_only() {
         let remote = console(true, args);
         assert_eq!(remote, embedded, "{args:?}: remote console output equals embedded");
     }
+
+    // Revocation, through the running collector: listed by holder and
+    // id, never the token; one token by id, then a holder's all; each
+    // refused at once.
+    let second = sql_token(&data);
+    let admin = |args: &[&str]| {
+        let mut cmd = leakwatch();
+        cmd.arg("admin").args(args).arg("--data-dir").arg(&data);
+        let out = tokio::task::block_in_place(|| cmd.output()).expect("run leakwatch admin");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, listed) = admin(&["sql-tokens"]);
+    assert!(ok, "{listed}");
+    assert!(!listed.contains(&token) && !listed.contains(&second), "{listed}");
+    let lines: Vec<&str> = listed.lines().filter(|l| l.ends_with("analyst@example.org")).collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(lines.iter().all(|l| l.contains(" valid ")), "{listed}");
+    let id_of = |t: &str| hex::encode(&leakwatch_collector::admin::token_hash(t)[..6]);
+    assert!(listed.contains(&id_of(&second)), "{listed}");
+    let (ok, out) = admin(&["revoke-sql-token", "--token", &id_of(&second)]);
+    assert!(ok && out.contains("revoked 1 SQL token"), "{out}");
+    let err = statement(&mut client(&server, Some(&second)).await, "SELECT 1").await.expect_err("revoked");
+    assert!(err.contains("unknown or expired SQL token"), "{err}");
+    statement(&mut c, "SELECT 1").await.expect("the holder's other token still works");
+    let (ok, out) = admin(&["revoke-sql-token", "--name", "analyst@example.org"]);
+    assert!(ok && out.contains("revoked 1 SQL token of holder"), "{out}");
+    let err = statement(&mut c, "SELECT 1").await.expect_err("revoked");
+    assert!(err.contains("unknown or expired SQL token"), "{err}");
+    let (ok, out) = admin(&["revoke-sql-token", "--name", "analyst@example.org"]);
+    assert!(!ok && out.contains("no SQL token of holder"), "{out}");
+    let (ok, out) = admin(&["revoke-sql-token", "--token", "abc"]);
+    assert!(!ok && out.contains("8 to 64 hex digits"), "{out}");
     server.shutdown().await.expect("shutdown");
 }
 
