@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use leakwatch_query::{
     BATCHES_KEY, FlowBatchBuilder, FlowStore, S3Options, batch_list, batch_pairs, flows_schema, parse_s3_url,
     rules_order, s3_store, sorted_slice,
@@ -30,7 +31,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::convert::{Labels, record_values};
@@ -410,11 +411,18 @@ fn conform(
 /// of them would hold each value once more, beside its index.
 const NO_DICTIONARY: [&str; 2] = ["seconds_since_boot", "duration_s"];
 
+/// Columns of random identifiers: their minimum and maximum in a page or a
+/// row group span nearly the whole range, so statistics would cost every
+/// value a comparison, and the footer and page index their bytes, and
+/// never let a reader skip anything.
+const NO_STATISTICS: [&str; 4] = ["agent_id", "batch_id", "device_pseudonym", "boot_pseudonym"];
+
 /// Rows per row group of the files written.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// How flushed Parquet files are written (zstd 3, dictionaries except for
-/// [`NO_DICTIONARY`], 128 Ki-row row groups).
+/// [`NO_DICTIONARY`], statistics except for [`NO_STATISTICS`], 128 Ki-row
+/// row groups).
 pub fn writer_properties() -> Result<WriterProperties> {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Storage(e.to_string()))?))
@@ -423,15 +431,20 @@ pub fn writer_properties() -> Result<WriterProperties> {
     for column in NO_DICTIONARY {
         props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
     }
+    for column in NO_STATISTICS {
+        props = props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
     Ok(props.build())
 }
 
-/// A writer of flushed Parquet files into `out`: [`writer_properties`],
-/// and no copy of the Arrow schema in the footer (readers take the
-/// `flows` schema; the Parquet schema alone reads back as it).
-pub fn flow_writer<W: std::io::Write + Send>(out: W) -> Result<ArrowWriter<W>> {
+/// A writer into `out` of batches in `schema` (`flows`, or
+/// [`leakwatch_query::flows_encoded_schema`], which Parquet stores the same
+/// way): [`writer_properties`], and no copy of the Arrow schema in the
+/// footer (readers take the `flows` schema; the Parquet schema alone reads
+/// back as it).
+pub fn flow_writer<W: std::io::Write + Send>(out: W, schema: SchemaRef) -> Result<ArrowWriter<W>> {
     let options = ArrowWriterOptions::new().with_properties(writer_properties()?).with_skip_arrow_metadata(true);
-    ArrowWriter::try_new_with_options(out, flows_schema(), options).map_err(|e| Error::Storage(e.to_string()))
+    ArrowWriter::try_new_with_options(out, schema, options).map_err(|e| Error::Storage(e.to_string()))
 }
 
 /// The Parquet file of each day the log entries `from..=to` have records
@@ -466,19 +479,21 @@ fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8
         .map(|(day, (mut builder, _))| {
             builder.sort_for_rules();
             let rows = builder.len() as u64;
-            Ok((day, parquet_bytes(&builder.finish())?, rows))
+            let pairs = builder.batch_pairs();
+            Ok((day, parquet_bytes(&builder.finish_encoded(), &pairs)?, rows))
         })
         .collect()
 }
 
-/// One Parquet file of `batch`, its batches listed in the footer
-/// ([`BATCHES_KEY`]).
-fn parquet_bytes(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>> {
+/// One Parquet file of `batch` (in either schema [`flow_writer`] takes),
+/// its batches `pairs` listed in the footer ([`BATCHES_KEY`]).
+fn parquet_bytes(
+    batch: &arrow::array::RecordBatch,
+    pairs: &std::collections::HashSet<(String, String)>,
+) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
-    let mut writer = flow_writer(&mut buf)?;
-    let mut pairs = std::collections::HashSet::new();
-    batch_pairs([batch], &mut pairs);
-    writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
+    let mut writer = flow_writer(&mut buf, batch.schema())?;
+    writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(pairs)));
     writer.write(batch).map_err(|e| Error::Storage(e.to_string()))?;
     writer.close().map_err(|e| Error::Storage(e.to_string()))?;
     Ok(buf)
@@ -543,7 +558,7 @@ fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, p
     }
     let order = rules_order(&batches).map_err(|e| Error::Storage(format!("sorting merged rows: {e}")))?;
     let mut buf = Vec::new();
-    let mut writer = flow_writer(&mut buf)?;
+    let mut writer = flow_writer(&mut buf, flows_schema())?;
     // A row group's rows at a time: the sorted copy is never whole.
     for pairs in order.chunks(ROW_GROUP_ROWS) {
         let rows = sorted_slice(&batches, pairs).map_err(|e| Error::Storage(format!("sorting merged rows: {e}")))?;
@@ -631,6 +646,14 @@ mod tests {
         b.finish()
     }
 
+    /// A flushed file of `batch` (in the `flows` schema), listing its
+    /// batches.
+    fn file_bytes(batch: &arrow::array::RecordBatch) -> Vec<u8> {
+        let mut pairs = std::collections::HashSet::new();
+        batch_pairs([batch], &mut pairs);
+        parquet_bytes(batch, &pairs).expect("parquet")
+    }
+
     fn names(dir: &std::path::Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .expect("dir")
@@ -662,7 +685,7 @@ mod tests {
         let store = DataStore::local(dir.path().to_path_buf()).expect("store");
         let put = async |from: u64, to: u64, n: usize| {
             let path = StorePath::from(format!("flows/day=2026-10-01/{from:020}-{to:020}.parquet"));
-            store.put_durable(&path, parquet_bytes(&rows(n)).expect("parquet")).await.expect("put");
+            store.put_durable(&path, file_bytes(&rows(n))).await.expect("put");
         };
         put(1, 1, 2).await;
         put(2, 2, 3).await;
@@ -687,7 +710,7 @@ mod tests {
         let store = DataStore::local(dir.path().to_path_buf()).expect("store");
         for (range, n) in [((1, 1), 2), ((2, 3), 3), ((4, 4), 4), ((5, 5), 7)] {
             let path = StorePath::from(format!("flows/day=2026-10-01/{:020}-{:020}.parquet", range.0, range.1));
-            store.put_durable(&path, parquet_bytes(&rows(n)).expect("parquet")).await.expect("put");
+            store.put_durable(&path, file_bytes(&rows(n))).await.expect("put");
         }
         // Watermark 4: the file of range 5 belongs to a flush in progress.
         assert_eq!(store.compact(4, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 3);
@@ -701,7 +724,7 @@ mod tests {
         // compaction are deleted.
         assert_eq!(store.compact(5, 8, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 0);
         let stale = StorePath::from("flows/day=2026-10-01/00000000000000000002-00000000000000000003.parquet");
-        store.put_durable(&stale, parquet_bytes(&rows(3)).expect("parquet")).await.expect("put");
+        store.put_durable(&stale, file_bytes(&rows(3))).await.expect("put");
         assert_eq!(store.compact(4, 8, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("cleanup"), 1);
         assert_eq!(names(&day).len(), 2);
     }
@@ -710,7 +733,7 @@ mod tests {
     async fn compaction_leaves_large_files_and_merges_runs_of_small_ones_within_the_size_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = DataStore::local(dir.path().to_path_buf()).expect("store");
-        let (small, large) = (parquet_bytes(&rows(3)).expect("parquet"), parquet_bytes(&rows(5000)).expect("parquet"));
+        let (small, large) = (file_bytes(&rows(3)), file_bytes(&rows(5000)));
         // Two small files fit in the limit, three do not; the large file
         // is over it.
         let max_bytes = 2 * small.len() as u64 + small.len() as u64 / 2;
@@ -737,8 +760,7 @@ mod tests {
         for (n, rows_n) in [(1, 3), (2, 3), (3, 3), (4, 10), (5, 2), (6, 2)] {
             let path = StorePath::from(format!("flows/day=2026-10-01/{n:020}-{n:020}.parquet"));
             std::fs::create_dir_all(dir.path().join("flows/day=2026-10-01")).expect("dir");
-            std::fs::write(dir.path().join(path.as_ref()), parquet_bytes(&rows(rows_n)).expect("parquet"))
-                .expect("write");
+            std::fs::write(dir.path().join(path.as_ref()), file_bytes(&rows(rows_n))).expect("write");
         }
         let limit = RunLimit { bytes: u64::MAX, rows: 7 };
         assert_eq!(store.compact(6, 2, limit, Duration::ZERO).await.expect("compact"), 4);
@@ -774,7 +796,7 @@ mod tests {
         let (first, second) = (file(&["Xiaomi", "Amazon"], &[9.0, 1.0]), file(&["Sonos", "Apple", "Xiaomi"], &[5.0]));
         for (n, rows) in [(1, &first), (2, &second)] {
             let path = StorePath::from(format!("flows/day=2026-10-01/{n:020}-{n:020}.parquet"));
-            store.put_durable(&path, parquet_bytes(rows).expect("parquet")).await.expect("put");
+            store.put_durable(&path, file_bytes(rows)).await.expect("put");
         }
         assert_eq!(store.compact(2, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 2);
         let merged = dir.path().join("flows/day=2026-10-01/00000000000000000001-00000000000000000002.parquet");
@@ -789,6 +811,59 @@ mod tests {
         assert_eq!(column("domain"), ["NULL", "NULL", "NULL", "a.example", "a.example", "a.example", "a.example"]);
         assert_eq!(column("device_pseudonym"), ["d1", "d1", "d1", "d0", "d0", "d0", "d2"]);
         assert_eq!(column("seconds_since_boot"), ["1.0", "9.0", "5.0", "5.0", "1.0", "9.0", "5.0"]);
+    }
+
+    #[test]
+    fn a_flushed_file_holds_the_builders_rows_and_batches_with_labels_encoded_once_per_batch() {
+        let build = || {
+            let mut b = FlowBatchBuilder::new();
+            for (batch, (vendor, rows)) in [("Xiaomi", 3), ("Amazon", 2), ("Xiaomi", 4)].into_iter().enumerate() {
+                for i in 0..rows {
+                    b.push(leakwatch_query::FlowRow {
+                        agent_id: format!("agent{}", batch % 2),
+                        batch_id: format!("batch{batch}"),
+                        vendor: vendor.into(),
+                        model: format!("m{i}"),
+                        device_pseudonym: format!("d{batch}"),
+                        consent: "cloud=off".into(),
+                        domain: if i % 2 == 0 { "a.example".into() } else { String::new() },
+                        seconds_since_boot: f64::from(i) * 1.5,
+                        ..Default::default()
+                    });
+                }
+            }
+            b.sort_for_rules();
+            b
+        };
+        let encoded = build();
+        let pairs = encoded.batch_pairs();
+        let batch = encoded.finish_encoded();
+        assert_eq!(batch.schema(), leakwatch_query::flows_encoded_schema());
+        let bytes = parquet_bytes(&batch, &pairs).expect("parquet");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.parquet");
+        std::fs::write(&path, &bytes).expect("write");
+        let plain = build().finish();
+        assert_eq!(read_file(&path), plain, "reads back as the plain rows");
+
+        let file = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).expect("open"))
+            .expect("reader");
+        use parquet::file::reader::FileReader as _;
+        let meta = file.metadata();
+        let listed = meta.file_metadata().key_value_metadata().expect("kv").iter().find(|kv| kv.key == BATCHES_KEY);
+        let mut from_rows = std::collections::HashSet::new();
+        batch_pairs([&plain], &mut from_rows);
+        assert_eq!(pairs, from_rows);
+        assert_eq!(listed.and_then(|kv| kv.value.clone()), Some(batch_list(&from_rows)));
+        for column in meta.row_group(0).columns() {
+            let name = column.column_path().string();
+            let has_stats = column.statistics().is_some_and(|s| s.min_bytes_opt().is_some());
+            if NO_STATISTICS.contains(&name.as_str()) {
+                assert!(!has_stats, "{name}");
+            } else if ["vendor", "model", "domain", "seconds_since_boot"].contains(&name.as_str()) {
+                assert!(has_stats, "{name}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder,
-    TimestampMillisecondArray, TimestampSecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, DictionaryArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    StringBuilder, TimestampMillisecondArray, TimestampSecondArray, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type};
 
 /// The Arrow schema of `flows` (also the schema of the Parquet files).
 pub fn flows_schema() -> SchemaRef {
@@ -49,6 +49,45 @@ pub fn flows_schema() -> SchemaRef {
         Field::new("interval_mean_s", DataType::Float64, true),
         Field::new("interval_cv", DataType::Float64, true),
     ]))
+}
+
+/// The columns of `flows` that hold a batch's labels: the same value on
+/// each of a batch's rows.
+pub const LABEL_COLUMNS: [&str; 9] = [
+    "agent_id",
+    "batch_id",
+    "device_pseudonym",
+    "boot_pseudonym",
+    "boot_source",
+    "vendor",
+    "model",
+    "os_version",
+    "consent",
+];
+
+/// The schema of [`FlowBatchBuilder::finish_encoded`]: `flows` with the
+/// [`LABEL_COLUMNS`] as dictionaries (`UInt32` keys, `Utf8` values). In
+/// Parquet (written without the Arrow schema) it is the same as
+/// [`flows_schema`], and reads back as it.
+pub fn flows_encoded_schema() -> SchemaRef {
+    let plain = flows_schema();
+    Arc::new(Schema::new(
+        plain
+            .fields()
+            .iter()
+            .map(|f| {
+                if LABEL_COLUMNS.contains(&f.name().as_str()) {
+                    Arc::new(Field::new(
+                        f.name(),
+                        DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)),
+                        f.is_nullable(),
+                    ))
+                } else {
+                    f.clone()
+                }
+            })
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// One row of `flows`. Empty optional strings become NULL.
@@ -452,9 +491,35 @@ impl FlowBatchBuilder {
         self.order = Some(keys.into_iter().map(|k| k.3).collect());
     }
 
+    /// The `(agent_id, batch_id)` of each batch with a row here.
+    pub fn batch_pairs(&self) -> std::collections::HashSet<(String, String)> {
+        let mut has_rows = vec![false; self.batches.len()];
+        for &b in &self.batch_of_row {
+            has_rows[b as usize] = true;
+        }
+        self.batches
+            .iter()
+            .zip(has_rows)
+            .filter(|(_, has)| *has)
+            .map(|(b, _)| (b.agent_id.clone(), b.batch_id.clone()))
+            .collect()
+    }
+
     /// Builds one record batch of all rows (in the sorted order, if
     /// sorted).
     pub fn finish(self) -> RecordBatch {
+        self.finish_with(false)
+    }
+
+    /// Builds the rows as [`Self::finish`] does, in
+    /// [`flows_encoded_schema`]: each label column a dictionary of one
+    /// value per batch, keyed by each row's batch, so that no label is
+    /// copied once per row (the flusher writes these to Parquet).
+    pub fn finish_encoded(self) -> RecordBatch {
+        self.finish_with(true)
+    }
+
+    fn finish_with(self, encoded: bool) -> RecordBatch {
         let Self { batches, batch_of_row, records: mut c, order, .. } = self;
         let batch_of_row = UInt32Array::from(match &order {
             Some(order) => order.iter().map(|&r| batch_of_row[r as usize]).collect(),
@@ -471,7 +536,13 @@ impl FlowBatchBuilder {
         // A label column: one value per batch, spread to its rows.
         let labels = |f: &dyn Fn(&OwnedLabels) -> &str| -> ArrayRef {
             let per_batch: StringArray = batches.iter().map(|b| Some(f(b))).collect();
-            gather(&per_batch, &batch_of_row)
+            if !encoded {
+                return gather(&per_batch, &batch_of_row);
+            }
+            match DictionaryArray::<UInt32Type>::try_new(batch_of_row.clone(), Arc::new(per_batch)) {
+                Ok(a) => Arc::new(a),
+                Err(e) => unreachable!("row indices are built in bounds: {e}"),
+            }
         };
         let received = TimestampMillisecondArray::from(batches.iter().map(|b| b.received_at_ms).collect::<Vec<_>>())
             .with_timezone("UTC");
@@ -510,7 +581,8 @@ impl FlowBatchBuilder {
             rows(stated(&c.interval_mean_s)),
             rows(stated(&c.interval_cv)),
         ];
-        match RecordBatch::try_new(flows_schema(), columns) {
+        let schema = if encoded { flows_encoded_schema() } else { flows_schema() };
+        match RecordBatch::try_new(schema, columns) {
             Ok(batch) => batch,
             Err(e) => unreachable!("columns are built to match flows_schema: {e}"),
         }

@@ -114,7 +114,8 @@ fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usi
                     let Some(&(from, to)) = files.get(i) else { break };
                     let name = format!("{:020}-{:020}.parquet", from + 1, to);
                     let file = std::fs::File::create(day.join(name)).expect("create");
-                    let mut w = leakwatch_collector::flusher::flow_writer(file).expect("writer");
+                    let mut w = leakwatch_collector::flusher::flow_writer(file, leakwatch_query::flows_schema())
+                        .expect("writer");
                     let rows: Vec<RecordBatch> =
                         (from..to).flat_map(|copy| base.iter().map(move |b| copy_of(b, copy))).collect();
                     w.write(&leakwatch_query::sorted_for_rules(&rows).expect("sort")).expect("write");
