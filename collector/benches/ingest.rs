@@ -389,4 +389,22 @@ fn main() {
             report.records_accepted
         );
     });
+    // What a restart of the first collector reads again: the WAL files it
+    // left, and how long its log takes to open over them (once the
+    // runtime, and every handle its tasks held, is gone).
+    drop(rt);
+    let log_dir = dir.path().join("collector/log");
+    let (wal_files, wal_bytes) = std::fs::read_dir(&log_dir)
+        .expect("log dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .fold((0, 0), |(n, b), e| (n + 1, b + e.metadata().map(|m| m.len()).unwrap_or(0)));
+    let start = Instant::now();
+    drop(leakwatch_collector::log::DurableLog::open(&log_dir).expect("reopen log"));
+    println!(
+        "  WAL left at shutdown:            {:>12.0} MB in {wal_files} files  (log reopened in {:.2} s; flushed past {} MiB)",
+        wal_bytes as f64 / 1e6,
+        start.elapsed().as_secs_f64(),
+        leakwatch_collector::log::MAX_TOTAL_WAL_BYTES >> 20
+    );
 }
