@@ -292,6 +292,10 @@ pub const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 
 impl DurableLog {
     fn options() -> Options {
+        Self::options_with(MAX_TOTAL_WAL_BYTES)
+    }
+
+    fn options_with(max_total_wal_bytes: u64) -> Options {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -307,7 +311,7 @@ impl DurableLog {
         // bench, 0.9 GB after a minute, and all of it read again at the
         // next start. Past this size RocksDB flushes the column families
         // holding the oldest WAL file, so it can go.
-        opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        opts.set_max_total_wal_size(max_total_wal_bytes);
         opts.set_max_background_jobs(4);
         opts
     }
@@ -327,8 +331,12 @@ impl DurableLog {
 
     /// Opens (creating if needed) the log at `path` for writing.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, &Self::options())
+    }
+
+    fn open_with(path: &Path, options: &Options) -> Result<Self> {
         let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, Self::cf_options(n)));
-        let db = DB::open_cf_descriptors(&Self::options(), path, cfs).map_err(db_err)?;
+        let db = DB::open_cf_descriptors(options, path, cfs).map_err(db_err)?;
         let log = Self { db, inflight: Mutex::new(Inflight::default()), read_only: false };
         let last = log.last_seq()?;
         let watermark = log.watermark()?;
@@ -774,6 +782,50 @@ mod tests {
         out.extend_from_slice(&crc32fast::hash(message).to_le_bytes());
         out.extend_from_slice(message);
         out
+    }
+
+    /// Total bytes of the WAL files in `dir`.
+    fn wal_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    #[test]
+    fn the_wal_stays_near_its_limit_and_nothing_is_lost() {
+        // Incompressible records, 6 MiB in all, against a 1 MiB limit.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limit = 1u64 << 20;
+        let batches: Vec<ReportBatch> = (0..48)
+            .map(|i| {
+                let mut b = batch(&format!("b{i}"), 64);
+                for r in &mut b.records {
+                    r.domain = hex::encode(rand::random::<[u8; 1024]>());
+                }
+                b
+            })
+            .collect();
+        {
+            let log = DurableLog::open_with(dir.path(), &DurableLog::options_with(limit)).expect("open");
+            for b in &batches {
+                log.append("agent", b, 1).expect("append");
+            }
+            // Flushes run in the background: the old files go shortly after.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while wal_bytes(dir.path()) > 3 * limit && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert!(wal_bytes(dir.path()) <= 3 * limit, "{} bytes of WAL", wal_bytes(dir.path()));
+        }
+        let log = DurableLog::open(dir.path()).expect("reopen");
+        let (_, tail) = log.tail().expect("tail");
+        assert_eq!(tail.len(), batches.len());
+        for (stored, sent) in tail.iter().zip(&batches) {
+            assert_eq!(stored.batch.as_ref(), Some(sent));
+        }
     }
 
     #[test]
