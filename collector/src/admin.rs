@@ -76,6 +76,15 @@ impl AdminService {
         Self { log, token }
     }
 
+    /// Runs `work` on the log on a blocking thread.
+    async fn on_log<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&DurableLog) -> Result<T> + Send + 'static,
+    ) -> std::result::Result<T, Status> {
+        let log = self.log.clone();
+        Ok(tokio::task::spawn_blocking(move || work(&log)).await.map_err(|e| Status::internal(e.to_string()))??)
+    }
+
     fn check<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
         let given = req
             .metadata()
@@ -229,12 +238,9 @@ impl Admin for AdminService {
     ) -> std::result::Result<Response<CreateSqlTokenResponse>, Status> {
         self.check(&request)?;
         let req = request.into_inner();
-        let log = self.log.clone();
         let now = chrono::Utc::now().timestamp();
         let name = req.name.clone();
-        let token = tokio::task::spawn_blocking(move || create_sql_token(&log, &name, req.expires_at_unix_s, now))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let token = self.on_log(move |log| create_sql_token(log, &name, req.expires_at_unix_s, now)).await?;
         tracing::info!(name = %req.name, expires_at = req.expires_at_unix_s, "Created SQL token");
         Ok(Response::new(CreateSqlTokenResponse { token }))
     }
@@ -244,10 +250,7 @@ impl Admin for AdminService {
         request: Request<ListSqlTokensRequest>,
     ) -> std::result::Result<Response<ListSqlTokensResponse>, Status> {
         self.check(&request)?;
-        let log = self.log.clone();
-        let tokens = tokio::task::spawn_blocking(move || list_sql_tokens(&log))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let tokens = self.on_log(list_sql_tokens).await?;
         Ok(Response::new(ListSqlTokensResponse { tokens }))
     }
 
@@ -257,11 +260,8 @@ impl Admin for AdminService {
     ) -> std::result::Result<Response<RevokeSqlTokensResponse>, Status> {
         self.check(&request)?;
         let req = request.into_inner();
-        let log = self.log.clone();
         let (name, token) = (req.name.clone(), req.token.clone());
-        let revoked = tokio::task::spawn_blocking(move || revoke_sql_tokens(&log, &name, &token))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let revoked = self.on_log(move |log| revoke_sql_tokens(log, &name, &token)).await?;
         tracing::info!(name = %req.name, revoked, "Revoked SQL tokens");
         Ok(Response::new(RevokeSqlTokensResponse { revoked }))
     }
@@ -272,13 +272,10 @@ impl Admin for AdminService {
     ) -> std::result::Result<Response<CreateEnrollmentCodeResponse>, Status> {
         self.check(&request)?;
         let req = request.into_inner();
-        let log = self.log.clone();
         let now = chrono::Utc::now().timestamp();
-        let code =
-            tokio::task::spawn_blocking(move || create_code(&log, &req.code, req.max_uses, req.expires_at_unix_s, now))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??;
-        tracing::info!(max_uses = req.max_uses, expires_at = req.expires_at_unix_s, "Created enrollment code");
+        let (max_uses, expires_at) = (req.max_uses, req.expires_at_unix_s);
+        let code = self.on_log(move |log| create_code(log, &req.code, max_uses, expires_at, now)).await?;
+        tracing::info!(max_uses, expires_at, "Created enrollment code");
         Ok(Response::new(CreateEnrollmentCodeResponse { code }))
     }
 
@@ -291,11 +288,8 @@ impl Admin for AdminService {
         if agent_id.is_empty() || agent_id.len() > 64 {
             return Err(Status::invalid_argument("agent_id: must be 1 to 64 bytes"));
         }
-        let log = self.log.clone();
         let id = agent_id.clone();
-        let revoked = tokio::task::spawn_blocking(move || log.revoke_agent(&id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let revoked = self.on_log(move |log| log.revoke_agent(&id)).await?;
         tracing::info!(agent_id = %agent_id, revoked, "Revoked agent");
         Ok(Response::new(RevokeAgentResponse { revoked }))
     }
@@ -368,46 +362,34 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
             .connect()
             .await
         {
-            let mut client = AdminClient::new(channel);
             let bearer: tonic::metadata::MetadataValue<_> =
                 format!("Bearer {}", endpoint.token).parse().map_err(|_| Error::Config("bad admin token".into()))?;
+            let mut client = AdminClient::with_interceptor(channel, move |mut req: Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            });
+            let refused = |s: Status| Error::Config(s.message().to_string());
             return match action {
                 AdminAction::EnrollCode { code, max_uses, expires_at_s } => {
-                    let mut req = Request::new(CreateEnrollmentCodeRequest {
-                        max_uses,
-                        expires_at_unix_s: expires_at_s,
-                        code: code.clone(),
-                    });
-                    req.metadata_mut().insert("authorization", bearer);
-                    let resp =
-                        client.create_enrollment_code(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
-                    Ok(resp.into_inner().code)
+                    let req = CreateEnrollmentCodeRequest { max_uses, expires_at_unix_s: expires_at_s, code };
+                    Ok(client.create_enrollment_code(req).await.map_err(refused)?.into_inner().code)
                 }
                 AdminAction::Revoke { agent_id } => {
-                    let mut req = Request::new(RevokeAgentRequest { agent_id: agent_id.clone() });
-                    req.metadata_mut().insert("authorization", bearer);
-                    let resp = client.revoke_agent(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
-                    revoke_line(&agent_id, resp.into_inner().revoked)
+                    let req = RevokeAgentRequest { agent_id: agent_id.clone() };
+                    revoke_line(&agent_id, client.revoke_agent(req).await.map_err(refused)?.into_inner().revoked)
                 }
                 AdminAction::SqlToken { name, expires_at_s } => {
-                    let mut req = Request::new(CreateSqlTokenRequest { name, expires_at_unix_s: expires_at_s });
-                    req.metadata_mut().insert("authorization", bearer);
-                    let resp =
-                        client.create_sql_token(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
-                    Ok(resp.into_inner().token)
+                    let req = CreateSqlTokenRequest { name, expires_at_unix_s: expires_at_s };
+                    Ok(client.create_sql_token(req).await.map_err(refused)?.into_inner().token)
                 }
                 AdminAction::SqlTokens => {
-                    let mut req = Request::new(ListSqlTokensRequest {});
-                    req.metadata_mut().insert("authorization", bearer);
-                    let resp = client.list_sql_tokens(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
-                    Ok(sql_token_lines(&resp.into_inner().tokens, chrono::Utc::now().timestamp()))
+                    let tokens = client.list_sql_tokens(ListSqlTokensRequest {}).await.map_err(refused)?.into_inner();
+                    Ok(sql_token_lines(&tokens.tokens, chrono::Utc::now().timestamp()))
                 }
                 AdminAction::RevokeSqlToken { name, token } => {
-                    let mut req = Request::new(RevokeSqlTokensRequest { name: name.clone(), token: token.clone() });
-                    req.metadata_mut().insert("authorization", bearer);
-                    let resp =
-                        client.revoke_sql_tokens(req).await.map_err(|s| Error::Config(s.message().to_string()))?;
-                    revoke_sql_line(&name, &token, resp.into_inner().revoked)
+                    let req = RevokeSqlTokensRequest { name: name.clone(), token: token.clone() };
+                    let revoked = client.revoke_sql_tokens(req).await.map_err(refused)?.into_inner().revoked;
+                    revoke_sql_line(&name, &token, revoked)
                 }
             };
         }
