@@ -535,6 +535,18 @@ impl DurableLog {
         Ok((watermark, out))
     }
 
+    /// Bytes of the log's WAL files (kept to at most about
+    /// [`MAX_TOTAL_WAL_BYTES`]).
+    pub fn wal_bytes(&self) -> u64 {
+        std::fs::read_dir(self.db.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
     /// Bytes of the log: SST files plus memtables.
     pub fn size_bytes(&self) -> u64 {
         COLUMN_FAMILIES
@@ -784,16 +796,6 @@ mod tests {
         out
     }
 
-    /// Total bytes of the WAL files in `dir`.
-    fn wal_bytes(dir: &Path) -> u64 {
-        std::fs::read_dir(dir)
-            .expect("dir")
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-            .sum()
-    }
-
     #[test]
     fn the_wal_stays_near_its_limit_and_nothing_is_lost() {
         // Incompressible records, 6 MiB in all, against a 1 MiB limit.
@@ -815,10 +817,11 @@ mod tests {
             }
             // Flushes run in the background: the old files go shortly after.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while wal_bytes(dir.path()) > 3 * limit && std::time::Instant::now() < deadline {
+            while log.wal_bytes() > 3 * limit && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            assert!(wal_bytes(dir.path()) <= 3 * limit, "{} bytes of WAL", wal_bytes(dir.path()));
+            assert!(log.wal_bytes() <= 3 * limit, "{} bytes of WAL", log.wal_bytes());
+            assert!(log.wal_bytes() > 0);
         }
         let log = DurableLog::open(dir.path()).expect("reopen");
         let (_, tail) = log.tail().expect("tail");

@@ -17,8 +17,10 @@ pub mod names {
     pub const REPORTS_REJECTED: &str = "leakwatch_reports_rejected_total";
     /// Log entries (batches) acknowledged but not yet in Parquet.
     pub const FLUSH_LAG_BATCHES: &str = "leakwatch_flush_lag_batches";
-    /// Bytes of the RocksDB log on disk and in memory.
+    /// Bytes of the RocksDB log's SST files and memtables.
     pub const LOG_BYTES: &str = "leakwatch_log_bytes";
+    /// Bytes of the log's WAL files: what a restart reads again.
+    pub const LOG_WAL_BYTES: &str = "leakwatch_log_wal_bytes";
     /// Rows written to Parquet.
     pub const ROWS_FLUSHED: &str = "leakwatch_rows_flushed_total";
     /// Parquet files written.
@@ -49,6 +51,8 @@ pub struct Gauges {
     pub flush_lag_batches: u64,
     /// See [`names::LOG_BYTES`].
     pub log_bytes: u64,
+    /// See [`names::LOG_WAL_BYTES`].
+    pub log_wal_bytes: u64,
 }
 
 /// The collector's counters.
@@ -100,9 +104,11 @@ impl IngestMetrics {
         for (reason, value) in REASONS.iter().zip(&self.reports_rejected) {
             out.push_str(&format!("{name}{{reason=\"{reason}\"}} {}\n", value.load(Ordering::Relaxed)));
         }
-        for (name, value) in
-            [(names::FLUSH_LAG_BATCHES, gauges.flush_lag_batches), (names::LOG_BYTES, gauges.log_bytes)]
-        {
+        for (name, value) in [
+            (names::FLUSH_LAG_BATCHES, gauges.flush_lag_batches),
+            (names::LOG_BYTES, gauges.log_bytes),
+            (names::LOG_WAL_BYTES, gauges.log_wal_bytes),
+        ] {
             out.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
         }
         out

@@ -407,7 +407,11 @@ impl Server {
                 .route(
                     "/metrics",
                     get(move || async move {
-                        let gauges = Gauges { flush_lag_batches: log.flush_lag(), log_bytes: log.size_bytes() };
+                        let gauges = Gauges {
+                            flush_lag_batches: log.flush_lag(),
+                            log_bytes: log.size_bytes(),
+                            log_wal_bytes: log.wal_bytes(),
+                        };
                         metrics.render(gauges)
                     }),
                 )

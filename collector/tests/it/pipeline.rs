@@ -116,6 +116,8 @@ async fn health_reflection_and_metrics_are_served() {
     assert!(metrics.contains("leakwatch_reports_rejected_total{reason=\"invalid\"} 0"), "{metrics}");
     assert!(metrics.contains("# TYPE leakwatch_flush_lag_batches gauge\nleakwatch_flush_lag_batches 0"), "{metrics}");
     assert!(metrics.contains("leakwatch_log_bytes "), "{metrics}");
+    let wal = metrics.lines().find_map(|l| l.strip_prefix("leakwatch_log_wal_bytes ")).expect("WAL gauge");
+    assert!(wal.parse::<u64>().is_ok(), "{metrics}");
 }
 
 async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
