@@ -217,7 +217,13 @@ fn sql_token_lines(tokens: &[SqlTokenInfo], now_s: i64) -> String {
 }
 
 fn revoke_sql_line(name: &str, token: &str, revoked: u32) -> Result<String> {
-    let what = if name.trim().is_empty() { format!("token {:?}", token.trim()) } else { format!("holder {name:?}") };
+    let token = token.trim();
+    // A token itself is shown by its id, not printed back.
+    let what = match (name.trim().is_empty(), token.starts_with("lwsql_")) {
+        (false, _) => format!("holder {name:?}"),
+        (true, true) => format!("token id {}", hex::encode(&token_hash(token)[..SQL_TOKEN_ID_DIGITS / 2])),
+        (true, false) => format!("token id {token}"),
+    };
     match revoked {
         0 => Err(Error::Config(format!("no SQL token of {what} is stored here (see `leakwatch admin sql-tokens`)"))),
         1 => Ok(format!("revoked 1 SQL token of {what}")),
@@ -468,5 +474,7 @@ mod tests {
         assert_eq!(left, ["carol"]);
         assert!(revoke_sql_line("alice", "", 0).is_err());
         assert_eq!(revoke_sql_line("alice", "", 2).expect("line"), "revoked 2 SQL tokens of holder \"alice\"");
+        let line = revoke_sql_line("", &alice, 1).expect("line");
+        assert!(!line.contains(&alice) && line.contains(&hex::encode(&token_hash(&alice)[..6])), "{line}");
     }
 }
