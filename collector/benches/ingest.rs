@@ -355,6 +355,36 @@ fn main() {
         );
         println!("{}", flusher_line(flushed() - before));
         flush_rest(&server).await;
+        // Optionally, a long phase at a set rate: does the flusher keep up
+        // with it (the log's backlog stays flat), or fall behind?
+        let steady: f64 = env_or("BENCH_STEADY", 0.0);
+        if steady > 0.0 {
+            let steady_secs: f64 = env_or("BENCH_STEADY_SECS", 60.0);
+            let log = server.log.clone();
+            let most = Arc::new(AtomicU64::new(0));
+            let sampler = tokio::spawn({
+                let most = most.clone();
+                async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        most.fetch_max(log.flush_lag(), Ordering::Relaxed);
+                    }
+                }
+            });
+            let before = flushed();
+            let (rate, lat) =
+                load(&url, &tokens, steady_secs, Some(steady / CLIENTS as f64 / RECORDS as f64), 3).await;
+            sampler.abort();
+            println!(
+                "  steady {steady:.0} records/s for {steady_secs:.0} s: {rate:>9.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms; \
+                 most log entries waiting, sampled each second: {})",
+                percentile(&lat, 0.5).as_secs_f64() * 1e3,
+                percentile(&lat, 0.99).as_secs_f64() * 1e3,
+                most.load(Ordering::Relaxed)
+            );
+            println!("{}", flusher_line(flushed() - before));
+            flush_rest(&server).await;
+        }
         server.shutdown().await.expect("shutdown");
         let raw = tokio::task::spawn_blocking({
             let path = dir.path().join("raw");
