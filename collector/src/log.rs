@@ -286,6 +286,16 @@ pub fn decode_entry(bytes: &[u8]) -> Result<StoredBatch> {
     StoredBatch::decode(&message[..]).map_err(|e| Error::Corrupt(format!("log entry: {e}")))
 }
 
+/// A stored SQL token's holder and expiry (`[expiry: i64 BE][holder]`).
+fn sql_token_record(v: &[u8]) -> Result<(String, i64)> {
+    let expires = v
+        .get(0..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt("SQL token record".into()))?;
+    Ok((String::from_utf8_lossy(&v[8..]).into_owned(), expires))
+}
+
 /// Total size of the log's WAL files past which RocksDB flushes the
 /// column families that keep the oldest one.
 pub const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
@@ -647,12 +657,8 @@ impl DurableLog {
         let Some(v) = self.db.get_cf(self.cf(CF_SQL_TOKENS)?, token_hash).map_err(db_err)? else {
             return Ok(None);
         };
-        let expires = v
-            .get(0..8)
-            .and_then(|b| b.try_into().ok())
-            .map(i64::from_be_bytes)
-            .ok_or_else(|| Error::Corrupt("SQL token record".into()))?;
-        Ok((now_s <= expires).then(|| String::from_utf8_lossy(&v[8..]).into_owned()))
+        let (name, expires) = sql_token_record(&v)?;
+        Ok((now_s <= expires).then_some(name))
     }
 
     /// Every stored SQL token, expired ones too: (hash, holder, expiry),
@@ -661,12 +667,9 @@ impl DurableLog {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_SQL_TOKENS)?, IteratorMode::Start) {
             let (k, v) = item.map_err(db_err)?;
-            let (Ok(hash), Some(expires)) =
-                (<[u8; 32]>::try_from(&k[..]), v.get(0..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes))
-            else {
-                return Err(Error::Corrupt("SQL token record".into()));
-            };
-            out.push((hash, String::from_utf8_lossy(&v[8..]).into_owned(), expires));
+            let hash = <[u8; 32]>::try_from(&k[..]).map_err(|_| Error::Corrupt("SQL token key".into()))?;
+            let (name, expires) = sql_token_record(&v)?;
+            out.push((hash, name, expires));
         }
         Ok(out)
     }
