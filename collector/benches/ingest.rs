@@ -424,11 +424,7 @@ fn main() {
     // runtime, and every handle its tasks held, is gone).
     drop(rt);
     let log_dir = dir.path().join("collector/log");
-    let (wal_files, wal_bytes) = std::fs::read_dir(&log_dir)
-        .expect("log dir")
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .fold((0, 0), |(n, b), e| (n + 1, b + e.metadata().map(|m| m.len()).unwrap_or(0)));
+    let (wal_files, wal_bytes) = leakwatch_collector::log::wal_files(&log_dir);
     let start = Instant::now();
     drop(leakwatch_collector::log::DurableLog::open(&log_dir).expect("reopen log"));
     println!(

@@ -296,6 +296,17 @@ fn sql_token_record(v: &[u8]) -> Result<(String, i64)> {
     Ok((String::from_utf8_lossy(&v[8..]).into_owned(), expires))
 }
 
+/// The WAL files of the log at `path`: how many, and their bytes (none
+/// when it cannot be read). It works on a log no one has open.
+pub fn wal_files(path: &Path) -> (usize, u64) {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.metadata().map(|m| m.len()).unwrap_or(0)))
+}
+
 /// Total size of the log's WAL files past which RocksDB flushes the
 /// column families that keep the oldest one.
 pub const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
@@ -548,13 +559,7 @@ impl DurableLog {
     /// Bytes of the log's WAL files (kept to at most about
     /// [`MAX_TOTAL_WAL_BYTES`]).
     pub fn wal_bytes(&self) -> u64 {
-        std::fs::read_dir(self.db.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        wal_files(self.db.path()).1
     }
 
     /// Bytes of the log: SST files plus memtables.
