@@ -286,6 +286,13 @@ pub fn decode_entry(bytes: &[u8]) -> Result<StoredBatch> {
     StoredBatch::decode(&message[..]).map_err(|e| Error::Corrupt(format!("log entry: {e}")))
 }
 
+/// Write options of every log write: synced before it returns.
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
 /// A stored SQL token's holder and expiry (`[expiry: i64 BE][holder]`).
 fn sql_token_record(v: &[u8]) -> Result<(String, i64)> {
     let expires = v
@@ -422,9 +429,7 @@ impl DurableLog {
     pub fn set_flush_intent(&self, from: u64, to: u64) -> Result<()> {
         let mut value = from.to_be_bytes().to_vec();
         value.extend_from_slice(&to.to_be_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_META)?, KEY_FLUSH_INTENT, value, &wo).map_err(db_err)
+        self.db.put_cf_opt(self.cf(CF_META)?, KEY_FLUSH_INTENT, value, &synced()).map_err(db_err)
     }
 
     /// Marks `..=to` as flushed and deletes those entries, atomically.
@@ -433,9 +438,7 @@ impl DurableLog {
         wb.put_cf(self.cf(CF_META)?, KEY_WATERMARK, to.to_be_bytes());
         wb.delete_cf(self.cf(CF_META)?, KEY_FLUSH_INTENT);
         wb.delete_range_cf(self.cf(CF_BATCHES)?, 0u64.to_be_bytes(), (to + 1).to_be_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(wb, &wo).map_err(db_err)
+        self.db.write_opt(wb, &synced()).map_err(db_err)
     }
 
     /// Highest sequence number below which every append has finished.
@@ -479,9 +482,7 @@ impl DurableLog {
             let mut wb = WriteBatch::default();
             wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry);
             wb.put_cf(ids, &batch.batch_id, id_value);
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            self.db.write_opt(wb, &wo).map_err(db_err)
+            self.db.write_opt(wb, &synced()).map_err(db_err)
         })();
         let mut g = self.lock();
         g.seqs.remove(&seq);
@@ -581,9 +582,7 @@ impl DurableLog {
 
     /// Registers an agent's token hash.
     pub fn put_agent(&self, agent_id: &str, token_hash: &[u8; 32]) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_AGENTS)?, agent_id, token_hash, &wo).map_err(db_err)
+        self.db.put_cf_opt(self.cf(CF_AGENTS)?, agent_id, token_hash, &synced()).map_err(db_err)
     }
 
     /// The token hash of an agent.
@@ -601,9 +600,7 @@ impl DurableLog {
         if matches!(self.agent_token_hash(agent_id)?, AgentToken::Unknown) {
             return Ok(false);
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_AGENTS)?, agent_id, REVOKED, &wo).map_err(db_err)?;
+        self.db.put_cf_opt(self.cf(CF_AGENTS)?, agent_id, REVOKED, &synced()).map_err(db_err)?;
         Ok(true)
     }
 
@@ -612,9 +609,7 @@ impl DurableLog {
         let mut v = max_uses.to_be_bytes().to_vec();
         v.extend_from_slice(&0u32.to_be_bytes());
         v.extend_from_slice(&expires_at_s.to_be_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_CODES)?, code_hash, v, &wo).map_err(db_err)
+        self.db.put_cf_opt(self.cf(CF_CODES)?, code_hash, v, &synced()).map_err(db_err)
     }
 
     /// Uses one enrollment of a code, if it is known, unexpired and not
@@ -639,9 +634,7 @@ impl DurableLog {
         }
         let mut updated = v.clone();
         updated[4..8].copy_from_slice(&(uses + 1).to_be_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_CODES)?, code_hash, updated, &wo).map_err(db_err)?;
+        self.db.put_cf_opt(self.cf(CF_CODES)?, code_hash, updated, &synced()).map_err(db_err)?;
         Ok(CodeUse::Accepted)
     }
 }
@@ -651,9 +644,7 @@ impl DurableLog {
     pub fn put_sql_token(&self, token_hash: &[u8; 32], name: &str, expires_at_s: i64) -> Result<()> {
         let mut v = expires_at_s.to_be_bytes().to_vec();
         v.extend_from_slice(name.as_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_SQL_TOKENS)?, token_hash, v, &wo).map_err(db_err)
+        self.db.put_cf_opt(self.cf(CF_SQL_TOKENS)?, token_hash, v, &synced()).map_err(db_err)
     }
 
     /// The holder's name of a valid SQL token; `None` when the token is
@@ -686,9 +677,7 @@ impl DurableLog {
         for hash in hashes {
             wb.delete_cf(cf, hash);
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(wb, &wo).map_err(db_err)
+        self.db.write_opt(wb, &synced()).map_err(db_err)
     }
 }
 
