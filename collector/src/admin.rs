@@ -169,14 +169,16 @@ pub fn list_sql_tokens(log: &DurableLog) -> Result<Vec<SqlTokenInfo>> {
 /// digits of its id); exactly one of the two is given. Returns how many
 /// were revoked.
 pub fn revoke_sql_tokens(log: &DurableLog, name: &str, token: &str) -> Result<u32> {
+    /// What picks the tokens to revoke.
+    enum Pick {
+        Holder(String),
+        Hash([u8; 32]),
+        IdPrefix(String),
+    }
     let (name, token) = (name.trim(), token.trim());
-    let stored = log.sql_tokens()?;
-    let picked: Vec<[u8; 32]> = match (name.is_empty(), token.is_empty()) {
-        (false, true) => stored.iter().filter(|(_, holder, _)| holder == name).map(|(h, _, _)| *h).collect(),
-        (true, false) if token.starts_with("lwsql_") => {
-            let hash = token_hash(token);
-            stored.iter().filter(|(h, _, _)| *h == hash).map(|(h, _, _)| *h).collect()
-        }
+    let pick = match (name.is_empty(), token.is_empty()) {
+        (false, true) => Pick::Holder(name.to_string()),
+        (true, false) if token.starts_with("lwsql_") => Pick::Hash(token_hash(token)),
         (true, false) => {
             let id = token.to_ascii_lowercase();
             if !(MIN_SQL_TOKEN_ID_DIGITS..=64).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -185,18 +187,25 @@ pub fn revoke_sql_tokens(log: &DurableLog, name: &str, token: &str) -> Result<u3
                      (see `leakwatch admin sql-tokens`)"
                 )));
             }
-            let matching: Vec<[u8; 32]> =
-                stored.iter().filter(|(h, _, _)| hex::encode(h).starts_with(&id)).map(|(h, _, _)| *h).collect();
-            if matching.len() > 1 {
-                return Err(Error::Config(format!(
-                    "token: id {id} matches {} tokens; give more of its digits",
-                    matching.len()
-                )));
-            }
-            matching
+            Pick::IdPrefix(id)
         }
         _ => return Err(Error::Config("give either a holder's name or one token (or its id), not both".into())),
     };
+    let picked: Vec<[u8; 32]> = log
+        .sql_tokens()?
+        .into_iter()
+        .filter(|(hash, holder, _)| match &pick {
+            Pick::Holder(name) => holder == name,
+            Pick::Hash(wanted) => hash == wanted,
+            Pick::IdPrefix(id) => hex::encode(hash).starts_with(id.as_str()),
+        })
+        .map(|(hash, _, _)| hash)
+        .collect();
+    if let Pick::IdPrefix(id) = &pick
+        && picked.len() > 1
+    {
+        return Err(Error::Config(format!("token: id {id} matches {} tokens; give more of its digits", picked.len())));
+    }
     if !picked.is_empty() {
         log.delete_sql_tokens(&picked)?;
     }
