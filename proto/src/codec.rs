@@ -9,6 +9,7 @@
 use std::marker::PhantomData;
 
 use prost::Message;
+use prost::bytes::Buf as _;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
@@ -51,6 +52,18 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf).map(Some).map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))
+        // From the message's bytes as one slice when they are (tonic
+        // buffers a message whole): prost reads a slice several times
+        // faster than a `Buf` it must advance field by field.
+        let len = buf.remaining();
+        let decoded = match buf.chunk().get(..len) {
+            Some(bytes) => {
+                let decoded = U::decode(bytes);
+                buf.advance(len);
+                decoded
+            }
+            None => U::decode(buf),
+        };
+        decoded.map(Some).map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))
     }
 }
