@@ -182,9 +182,10 @@ pub struct BatchLabels<'a> {
 }
 
 /// One record's own values (see [`FlowRow`]). Empty optional strings
-/// become NULL.
+/// become NULL. `A` is how the ALPN protocols are held: owned strings of
+/// a decoded record, or `&str`s borrowed from its encoding.
 #[derive(Debug, Clone, Copy)]
-pub struct RecordValues<'a> {
+pub struct RecordValues<'a, A = String> {
     /// Seconds from boot to the flow's first packet.
     pub seconds_since_boot: f64,
     /// Minute of the first packet, Unix seconds.
@@ -212,7 +213,7 @@ pub struct RecordValues<'a> {
     /// TLS SNI.
     pub tls_sni: &'a str,
     /// TLS ALPN protocols, stored comma-joined.
-    pub tls_alpn: &'a [String],
+    pub tls_alpn: &'a [A],
     /// TLS client fingerprint.
     pub tls_fingerprint: &'a str,
     /// Seconds from first to last packet.
@@ -319,6 +320,39 @@ fn ranks<K: Ord>(n: usize, key: impl Fn(usize) -> K) -> Vec<u32> {
     rank
 }
 
+/// Rows `0..n` in the order of their `key`s, equal keys in row order.
+/// When the keys' largest values and the row numbers fit in 128 bits (a
+/// flush's do by far: the first three keys are ranks, counting distinct
+/// values) and `pack` is set, each row is sorted as one u128 (its keys
+/// and, in the low bits, its number), much cheaper to compare than a
+/// tuple.
+fn order_by(n: usize, key: impl Fn(usize) -> (u32, u32, u32, u64), pack: bool) -> Vec<u32> {
+    let bits = |m: u32| u32::BITS - m.leading_zeros();
+    let (mut a, mut b, mut c) = (0, 0, 0);
+    for r in 0..n {
+        let (x, y, z, _) = key(r);
+        (a, b, c) = (a.max(x), b.max(y), c.max(z));
+    }
+    let (b, c) = (bits(b), bits(c));
+    let row_bits = usize::BITS - n.leading_zeros();
+    if pack && bits(a) + b + c + 64 + row_bits <= 128 {
+        let mut keys: Vec<u128> = (0..n)
+            .map(|r| {
+                let (x, y, z, t) = key(r);
+                let high = (u128::from(x) << b | u128::from(y)) << c | u128::from(z);
+                ((high << 64 | u128::from(t)) << row_bits) | r as u128
+            })
+            .collect();
+        keys.sort_unstable();
+        let mask = (1u128 << row_bits) - 1;
+        keys.into_iter().map(|k| (k & mask) as u32).collect()
+    } else {
+        let mut keys: Vec<((u32, u32, u32, u64), u32)> = (0..n).map(|r| (key(r), r as u32)).collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|k| k.1).collect()
+    }
+}
+
 /// `x`'s place in [`f64::total_cmp`]'s order, as an unsigned integer.
 fn total_order_key(x: f64) -> u64 {
     let bits = x.to_bits() as i64;
@@ -363,7 +397,7 @@ impl FlowBatchBuilder {
 
     /// Adds a record of the batch last started (of an empty batch when
     /// none was).
-    pub fn push_record(&mut self, r: &RecordValues<'_>) {
+    pub fn push_record<A: AsRef<str>>(&mut self, r: &RecordValues<'_, A>) {
         if self.batches.is_empty() {
             self.batches.push(OwnedLabels::default());
         }
@@ -392,14 +426,20 @@ impl FlowBatchBuilder {
         append_optional(&mut c.app, r.app);
         append_optional(&mut c.tls_sni, r.tls_sni);
         // NULL when the joined list would be empty.
-        if r.tls_alpn.len() <= 1 && r.tls_alpn.iter().all(String::is_empty) {
-            c.tls_alpn.append_null();
-        } else {
-            use std::fmt::Write as _;
-            for (i, p) in r.tls_alpn.iter().enumerate() {
-                let _ = write!(c.tls_alpn, "{}{p}", if i > 0 { "," } else { "" });
+        match r.tls_alpn {
+            [] => c.tls_alpn.append_null(),
+            [one] if one.as_ref().is_empty() => c.tls_alpn.append_null(),
+            [one] => c.tls_alpn.append_value(one.as_ref()),
+            [first, rest @ ..] => {
+                // Joined in the builder's buffer: no string per record.
+                use std::fmt::Write as _;
+                let _ = c.tls_alpn.write_str(first.as_ref());
+                for p in rest {
+                    let _ = c.tls_alpn.write_str(",");
+                    let _ = c.tls_alpn.write_str(p.as_ref());
+                }
+                c.tls_alpn.append_value("");
             }
-            c.tls_alpn.append_value("");
         }
         append_optional(&mut c.tls_fingerprint, r.tls_fingerprint);
         c.duration_s.push(r.duration_s);
@@ -476,19 +516,16 @@ impl FlowBatchBuilder {
             names[id as usize] = name;
         }
         let domain = ranks(names.len(), |i| names[i]);
-        let mut keys: Vec<(u64, u32, u64, u32)> = (0..self.len())
-            .map(|r| {
-                let batch = self.batch_of_row[r] as usize;
-                (
-                    u64::from(model[batch]) << 32 | u64::from(domain[self.domain_of_row[r] as usize]),
-                    device[batch],
-                    total_order_key(self.records.seconds_since_boot[r]),
-                    r as u32,
-                )
-            })
-            .collect();
-        keys.sort_unstable();
-        self.order = Some(keys.into_iter().map(|k| k.3).collect());
+        let key = |r: usize| {
+            let batch = self.batch_of_row[r] as usize;
+            (
+                model[batch],
+                domain[self.domain_of_row[r] as usize],
+                device[batch],
+                total_order_key(self.records.seconds_since_boot[r]),
+            )
+        };
+        self.order = Some(order_by(self.len(), key, true));
     }
 
     /// The `(agent_id, batch_id)` of each batch with a row here.
@@ -845,6 +882,39 @@ mod tests {
             "the rows include ties"
         );
         assert_eq!(builder.finish(), reference(&want));
+    }
+
+    #[test]
+    fn rows_sort_the_same_packed_into_one_integer_or_as_tuples() {
+        // A small generator is enough: ties, extremes of each key, and
+        // keys too wide to pack (which then sort as tuples either way).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (n, wide) in [(0, false), (1, false), (1000, false), (1000, true)] {
+            let keys: Vec<(u32, u32, u32, u64)> = (0..n)
+                .map(|_| {
+                    let r = next();
+                    let small = |v: u64| (v % 5) as u32;
+                    let time = [0, u64::MAX, r >> 60, 1 << 63][(r % 4) as usize];
+                    let (domain, device) = if wide {
+                        (u32::MAX - small(r >> 12), u32::MAX - small(r >> 20))
+                    } else {
+                        (small(r >> 12) * 1000, small(r >> 20))
+                    };
+                    (small(r >> 8), domain, device, time)
+                })
+                .collect();
+            let packed = order_by(keys.len(), |r| keys[r], true);
+            assert_eq!(packed, order_by(keys.len(), |r| keys[r], false), "{n} rows, wide: {wide}");
+            let mut want: Vec<u32> = (0..n as u32).collect();
+            want.sort_by_key(|&r| keys[r as usize]);
+            assert_eq!(packed, want, "a stable sort by the keys");
+        }
     }
 
     #[test]
