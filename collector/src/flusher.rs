@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use leakwatch_query::{
-    BATCHES_KEY, FlowBatchBuilder, FlowStore, S3Options, batch_list, batch_pairs, flows_schema, parse_s3_url,
-    rules_order, s3_store, sorted_slice,
+    BATCHES_KEY, FlowBatchBuilder, FlowStore, RecordValues, S3Options, batch_list, batch_pairs, flows_schema,
+    parse_s3_url, rules_order, s3_store, sorted_slice,
 };
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -34,8 +34,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::convert::{Labels, record_values};
-use crate::log::DurableLog;
+use crate::convert::{EncodedBatch, Labels, record_values_with, split_stored, with_record};
+use crate::log::{DurableLog, decode_message};
 use crate::metrics::IngestMetrics;
 use crate::{Error, Result};
 
@@ -453,16 +453,32 @@ pub fn flow_writer<W: std::io::Write + Send>(out: W, schema: SchemaRef) -> Resul
 fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8>, u64)>> {
     // Per day: its rows, and the entry whose labels its rows carry now.
     let mut days: BTreeMap<String, (FlowBatchBuilder, Option<u64>)> = BTreeMap::new();
-    // The day's name, worked out once per run of rows on the same day.
-    let mut named: Option<(i64, String)> = None;
-    log.each_in_range(from, to, |seq, stored| {
-        let Some(batch) = &stored.batch else { return };
+    // Each day's name, worked out once per flush: an entry's records may
+    // alternate between two days (near midnight), and a flush holds few.
+    let mut named: Vec<(i64, String)> = Vec::new();
+    log.each_in_range(from, to, |seq, message| {
+        // Records are read in place; an entry laid out otherwise (none
+        // this build writes) is decoded whole.
+        let (stored, encoded, decoded) = match split_stored(message) {
+            Some(EncodedBatch { stored, records }) => (stored, records, Vec::new()),
+            None => {
+                let mut stored = decode_message(message)?;
+                let records = stored.batch.as_mut().map(|b| std::mem::take(&mut b.records)).unwrap_or_default();
+                (stored, Vec::new(), records)
+            }
+        };
+        if stored.batch.is_none() {
+            return Ok(());
+        }
         let labels = Labels::of(&stored);
-        for r in &batch.records {
-            let n = r.window_start_unix_s.div_euclid(86_400);
-            let day = match &named {
-                Some((m, day)) if *m == n => day,
-                _ => &named.insert((n, day_of(r.window_start_unix_s))).1,
+        let mut add = |r: &RecordValues<'_, &str>| {
+            let n = r.window_start_s.div_euclid(86_400);
+            let day = match named.iter().position(|(m, _)| *m == n) {
+                Some(i) => &named[i].1,
+                None => {
+                    named.push((n, day_of(r.window_start_s)));
+                    &named[named.len() - 1].1
+                }
             };
             let (builder, labelled) = match days.get_mut(day) {
                 Some(entry) => entry,
@@ -472,8 +488,16 @@ fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8
                 builder.start_batch(&labels.borrowed());
                 *labelled = Some(seq);
             }
-            builder.push_record(&record_values(r));
+            builder.push_record(r);
+        };
+        for bytes in encoded {
+            with_record(bytes, &mut add).map_err(|e| Error::Corrupt(format!("log entry {seq}: a record: {e}")))?;
         }
+        for r in &decoded {
+            let alpn: Vec<&str> = r.tls.iter().flat_map(|t| t.alpn.iter().map(String::as_str)).collect();
+            add(&record_values_with(r, &alpn));
+        }
+        Ok(())
     })?;
     days.into_iter()
         .map(|(day, (mut builder, _))| {

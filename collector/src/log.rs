@@ -260,6 +260,17 @@ pub fn message_len(entry: &[u8]) -> usize {
 /// compressed entries and the uncompressed ones of earlier releases, which
 /// a log written before an upgrade still holds until they are flushed.
 pub fn decode_entry(bytes: &[u8]) -> Result<StoredBatch> {
+    decode_message(&entry_message(bytes)?)
+}
+
+/// The [`StoredBatch`] encoded in a log entry's `message`.
+pub fn decode_message(message: &[u8]) -> Result<StoredBatch> {
+    StoredBatch::decode(message).map_err(|e| Error::Corrupt(format!("log entry: {e}")))
+}
+
+/// A log entry's message, the [`StoredBatch`]'s encoding (decompressed
+/// when the entry is), after checking the entry's version and checksum.
+pub fn entry_message(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     let (&version, rest) = bytes.split_first().ok_or_else(|| Error::Corrupt("empty log entry".into()))?;
     if version != ENTRY_VERSION && version != ENTRY_VERSION_PLAIN {
         return Err(Error::Corrupt(format!(
@@ -272,7 +283,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<StoredBatch> {
         return Err(Error::Corrupt("log entry checksum mismatch".into()));
     }
     if version == ENTRY_VERSION_PLAIN {
-        return StoredBatch::decode(body).map_err(|e| Error::Corrupt(format!("log entry: {e}")));
+        return Ok(std::borrow::Cow::Borrowed(body));
     }
     // The stated length is checked before anything is allocated for it: no
     // LZ4 block expands more than 255 times.
@@ -281,9 +292,9 @@ pub fn decode_entry(bytes: &[u8]) -> Result<StoredBatch> {
         Some(n) if n <= body.len().saturating_mul(255) => {}
         _ => return Err(Error::Corrupt(format!("log entry: compressed length {stated:?} for {} bytes", body.len()))),
     }
-    let message = lz4_flex::block::decompress_size_prepended(body)
-        .map_err(|e| Error::Corrupt(format!("log entry: decompressing: {e}")))?;
-    StoredBatch::decode(&message[..]).map_err(|e| Error::Corrupt(format!("log entry: {e}")))
+    lz4_flex::block::decompress_size_prepended(body)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| Error::Corrupt(format!("log entry: decompressing: {e}")))
 }
 
 /// Write options of every log write: synced before it returns.
@@ -514,8 +525,9 @@ impl DurableLog {
     }
 
     /// Calls `f` with each entry with a sequence number in `from..=to`, in
-    /// order, one decoded entry at a time.
-    pub fn each_in_range(&self, from: u64, to: u64, mut f: impl FnMut(u64, StoredBatch)) -> Result<()> {
+    /// order, one at a time: its message ([`entry_message`], checked and
+    /// decompressed), stopping at the first error, `f`'s or the log's.
+    pub fn each_in_range(&self, from: u64, to: u64, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound((to.saturating_add(1)).to_be_bytes().to_vec());
         let start = from.to_be_bytes();
@@ -523,7 +535,7 @@ impl DurableLog {
         for item in it {
             let (k, v) = item.map_err(db_err)?;
             let seq = u64_at(&k, 0).ok_or_else(|| Error::Corrupt("bad sequence key".into()))?;
-            f(seq, decode_entry(&v)?);
+            f(seq, &entry_message(&v)?)?;
         }
         Ok(())
     }
