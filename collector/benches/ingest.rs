@@ -297,6 +297,14 @@ async fn flush_rest(server: &Server) {
     );
 }
 
+/// The most of `samples` (one a second) in each window of `window`
+/// samples, comma-separated.
+fn backlog_trend(samples: &[u64], window: usize) -> String {
+    let most: Vec<String> =
+        samples.chunks(window.max(1)).map(|w| w.iter().max().copied().unwrap_or(0).to_string()).collect();
+    if most.is_empty() { "no sample".into() } else { most.join(", ") }
+}
+
 fn main() {
     // `LEAKWATCH_LOG=info` shows the collector's log (flushes, compactions).
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG") {
@@ -361,13 +369,16 @@ fn main() {
         if steady > 0.0 {
             let steady_secs: f64 = env_or("BENCH_STEADY_SECS", 60.0);
             let log = server.log.clone();
-            let most = Arc::new(AtomicU64::new(0));
+            // The backlog each second: whether it stays flat or grows
+            // shows whether the flusher keeps up, which its size at one
+            // moment (it swings with each flush) does not.
+            let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
             let sampler = tokio::spawn({
-                let most = most.clone();
+                let samples = samples.clone();
                 async move {
                     loop {
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        most.fetch_max(log.flush_lag(), Ordering::Relaxed);
+                        samples.lock().expect("samples").push(log.flush_lag());
                     }
                 }
             });
@@ -375,13 +386,13 @@ fn main() {
             let (rate, lat) =
                 load(&url, &tokens, steady_secs, Some(steady / CLIENTS as f64 / RECORDS as f64), 3).await;
             sampler.abort();
+            let samples = samples.lock().expect("samples").clone();
             println!(
-                "  steady {steady:.0} records/s for {steady_secs:.0} s: {rate:>9.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms; \
-                 most log entries waiting, sampled each second: {})",
+                "  steady {steady:.0} records/s for {steady_secs:.0} s: {rate:>9.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms)",
                 percentile(&lat, 0.5).as_secs_f64() * 1e3,
                 percentile(&lat, 0.99).as_secs_f64() * 1e3,
-                most.load(Ordering::Relaxed)
             );
+            println!("    log entries waiting, most in each 10 s: {}", backlog_trend(&samples, 10));
             println!("{}", flusher_line(flushed() - before));
             flush_rest(&server).await;
         }
