@@ -60,11 +60,23 @@ pub fn this_thread_nice() -> i32 {
 /// and waits for its result without blocking the runtime. A panic in
 /// `work` becomes an error naming the thread.
 pub async fn run<T: Send + 'static>(name: &str, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    run_at(name, true, work).await
+}
+
+/// [`run`], at background priority when `lowered`, else at the caller's
+/// process's (for work that must catch up with ingest).
+pub async fn run_at<T: Send + 'static>(
+    name: &str,
+    lowered: bool,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            lower_this_thread();
+            if lowered {
+                lower_this_thread();
+            }
             let _ = tx.send(work());
         })
         .map_err(|e| Error::Storage(format!("starting the {name} thread: {e}")))?;
@@ -83,6 +95,8 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert!(background_nice() > before || before == 19, "{before} -> {}", background_nice());
         assert_eq!(this_thread_nice(), before, "the caller's thread keeps its priority");
+        let kept = run_at("test-background", false, || Ok(this_thread_nice())).await.expect("runs");
+        assert_eq!(kept, before, "work not lowered keeps the process's priority");
         let failed = run::<()>("test-panics", || panic!("on purpose")).await.expect_err("a panic is an error");
         assert!(failed.to_string().contains("test-panics"), "{failed}");
     }

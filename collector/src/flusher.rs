@@ -381,6 +381,10 @@ pub struct Flusher {
     store: DataStore,
     metrics: Arc<IngestMetrics>,
     lock: tokio::sync::Mutex<()>,
+    /// Log entries waiting from which flushes run at ingest's priority.
+    catch_up_at: u64,
+    /// Whether the last flush ran at ingest's priority.
+    catching_up: std::sync::atomic::AtomicBool,
 }
 
 fn day_of(window_start_s: i64) -> String {
@@ -596,7 +600,44 @@ fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, p
 impl Flusher {
     /// A flusher from `log` to `store`.
     pub fn new(log: Arc<DurableLog>, store: DataStore, metrics: Arc<IngestMetrics>) -> Self {
-        Self { log, store, metrics, lock: tokio::sync::Mutex::new(()) }
+        Self {
+            log,
+            store,
+            metrics,
+            lock: tokio::sync::Mutex::new(()),
+            catch_up_at: u64::MAX,
+            catching_up: false.into(),
+        }
+    }
+
+    /// This flusher, flushing at ingest's priority instead of background
+    /// priority while `entries` or more log entries wait: a flusher that
+    /// falls behind under sustained load then takes its fair share of the
+    /// cores (acks wait a little longer) rather than let the backlog grow
+    /// until ingest refuses reports.
+    pub fn catching_up_from(mut self, entries: u64) -> Self {
+        self.catch_up_at = entries.max(1);
+        self
+    }
+
+    /// True when the next flush runs at background priority; says so in
+    /// the log when that changes. Catching up lasts until the backlog is
+    /// half the size it started at, so that the priority does not flap.
+    fn lowered(&self) -> bool {
+        let waiting = self.log.flush_lag();
+        let was = self.catching_up.load(std::sync::atomic::Ordering::Relaxed);
+        let catching_up = waiting >= self.catch_up_at || (was && waiting >= self.catch_up_at.div_ceil(2));
+        if self.catching_up.swap(catching_up, std::sync::atomic::Ordering::Relaxed) != catching_up {
+            match catching_up {
+                true => tracing::warn!(
+                    waiting,
+                    from = self.catch_up_at,
+                    "Flusher behind: flushing at ingest's priority until it catches up"
+                ),
+                false => tracing::info!(waiting, "Flusher caught up: flushing at background priority again"),
+            }
+        }
+        !catching_up
     }
 
     /// Flushes what is durable now (finishing an interrupted flush first);
@@ -636,7 +677,8 @@ impl Flusher {
         let log = self.log.clone();
         // Reading, converting and encoding take seconds for a large range:
         // on a background thread, not on the runtime that answers agents.
-        let files = crate::background::run("leakwatch-flush", move || day_files(&log, from, to)).await?;
+        let files =
+            crate::background::run_at("leakwatch-flush", self.lowered(), move || day_files(&log, from, to)).await?;
         let mut outcome = FlushOutcome::default();
         for (day, bytes, rows) in files {
             outcome.rows += rows;
@@ -701,6 +743,38 @@ mod tests {
 
     fn rows_in(path: &std::path::Path) -> usize {
         read_file(path).num_rows()
+    }
+
+    #[tokio::test]
+    async fn a_flusher_behind_flushes_at_ingests_priority_until_it_catches_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Arc::new(DurableLog::open(&dir.path().join("log")).expect("log"));
+        let store = DataStore::local(dir.path().join("store")).expect("store");
+        let metrics = Arc::new(IngestMetrics::default());
+        let flusher = Flusher::new(log.clone(), store.clone(), metrics.clone()).catching_up_from(4);
+        let never = Flusher::new(log.clone(), store, metrics);
+        let sent = std::cell::Cell::new(0);
+        let append = |n: usize| {
+            for _ in 0..n {
+                sent.set(sent.get() + 1);
+                let batch =
+                    leakwatch_proto::v1::ReportBatch { batch_id: format!("b{}", sent.get()), ..Default::default() };
+                log.append("agent", &batch, 1).expect("append");
+            }
+        };
+        append(3);
+        assert!(flusher.lowered(), "3 waiting: background priority");
+        append(1);
+        assert!(!flusher.lowered(), "4 waiting: ingest's priority");
+        assert!(never.lowered(), "by default always background priority");
+        flusher.flush().await.expect("flush");
+        append(2);
+        assert!(!flusher.lowered(), "2 waiting, half of 4: still catching up");
+        append(1);
+        flusher.flush().await.expect("flush");
+        assert!(flusher.lowered(), "caught up: background priority again");
+        append(3);
+        assert!(flusher.lowered(), "3 waiting once caught up: background priority");
     }
 
     #[tokio::test]

@@ -97,6 +97,11 @@ impl ServeConfig {
 
 /// How long stopping the collector waits for the query runtime's tasks
 /// to give up.
+/// The flusher runs at ingest's priority while more than
+/// `--max-unflushed-batches` / this many log entries wait (a quarter of
+/// the way to refusing reports), at background priority otherwise.
+pub const CATCH_UP_FRACTION: u64 = 4;
+
 const QUERY_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The runtime SQL queries run on, apart from the one serving ingest, so
@@ -336,7 +341,10 @@ impl Server {
         };
         dirs.record_store(config.store.as_ref())?;
         let metrics = Arc::new(IngestMetrics::default());
-        let flusher = Arc::new(Flusher::new(log.clone(), store.clone(), metrics.clone()));
+        let flusher = Arc::new(
+            Flusher::new(log.clone(), store.clone(), metrics.clone())
+                .catching_up_from(config.limits.max_unflushed_batches / CATCH_UP_FRACTION),
+        );
         // Recovery: finish a flush a crash interrupted before serving.
         let recovered = flusher.flush().await?;
         tracing::info!(watermark = recovered.watermark, rows = recovered.rows, "Recovered log");
