@@ -376,14 +376,14 @@ mod tests {
             packets_out: rng.pick(&numbers),
             packets_in: rng.pick(&numbers),
             app: text(rng),
-            tls: (rng.next() % 3 > 0).then(|| TlsInfo {
+            tls: (!rng.next().is_multiple_of(3)).then(|| TlsInfo {
                 sni: text(rng),
                 // Up to past the most ALPN protocols read in place.
                 alpn: (0..rng.next() % (MOST_ALPN as u64 + 3)).map(|_| text(rng)).collect(),
                 client_fingerprint: text(rng),
             }),
             duration_s: rng.pick(&floats),
-            encrypted_dns: rng.next() % 2 == 0,
+            encrypted_dns: rng.next().is_multiple_of(2),
             connections: rng.pick(&numbers) as u32,
             interval_mean_s: rng.pick(&floats),
             interval_cv: rng.pick(&floats),
