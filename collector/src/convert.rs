@@ -150,8 +150,12 @@ pub fn with_record<R>(bytes: &[u8], f: impl FnOnce(&RecordValues<'_, &str>) -> R
         return Ok(f(&values));
     }
     let record = FlowRecord::decode(bytes)?;
-    let alpn: Vec<&str> = record.tls.iter().flat_map(|t| t.alpn.iter().map(String::as_str)).collect();
-    Ok(f(&record_values_with(&record, &alpn)))
+    Ok(f(&record_values_with(&record, &alpn_of(&record))))
+}
+
+/// A decoded record's ALPN protocols, borrowed.
+pub fn alpn_of(r: &FlowRecord) -> Vec<&str> {
+    r.tls.iter().flat_map(|t| t.alpn.iter().map(String::as_str)).collect()
 }
 
 /// Most ALPN protocols [`read_in_place`] reads; a record with more is

@@ -34,7 +34,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::convert::{EncodedBatch, Labels, record_values_with, split_stored, with_record};
+use crate::convert::{EncodedBatch, Labels, alpn_of, record_values_with, split_stored, with_record};
 use crate::log::{DurableLog, decode_message};
 use crate::metrics::IngestMetrics;
 use crate::{Error, Result};
@@ -498,8 +498,7 @@ fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8
             with_record(bytes, &mut add).map_err(|e| Error::Corrupt(format!("log entry {seq}: a record: {e}")))?;
         }
         for r in &decoded {
-            let alpn: Vec<&str> = r.tls.iter().flat_map(|t| t.alpn.iter().map(String::as_str)).collect();
-            add(&record_values_with(r, &alpn));
+            add(&record_values_with(r, &alpn_of(r)));
         }
         Ok(())
     })?;
@@ -743,6 +742,50 @@ mod tests {
 
     fn rows_in(path: &std::path::Path) -> usize {
         read_file(path).num_rows()
+    }
+
+    #[test]
+    fn entries_laid_out_otherwise_flush_as_the_same_rows() {
+        use leakwatch_proto::v1::{DeviceInfo, FlowRecord, ReportBatch};
+        use prost::Message as _;
+        let batch = |id: &str| ReportBatch {
+            batch_id: id.into(),
+            sent_at_unix_ms: 1,
+            device: Some(DeviceInfo {
+                device_pseudonym: format!("d-{id}"),
+                vendor: "Acme".into(),
+                ..Default::default()
+            }),
+            records: (0..5)
+                .map(|i| FlowRecord {
+                    window_start_unix_s: 1_790_000_000 + i * 40_000,
+                    domain: format!("api{i}.example.com"),
+                    bytes_out: i as u64,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let (usual, odd) = (DurableLog::open(&a).expect("log"), DurableLog::open(&b).expect("log"));
+        for (seq, id) in [(1, "x"), (2, "y")] {
+            let whole = batch(id);
+            usual.append("agent", &whole, 7).expect("append");
+            // The batch in two parts (prost merges them): its records
+            // first, then its other fields.
+            let records = ReportBatch { records: whole.records.clone(), ..Default::default() };
+            let rest = ReportBatch { records: Vec::new(), ..whole };
+            let mut message =
+                crate::log::StoredBatch { agent_id: "agent".into(), received_at_ms: 7, batch: Some(records) }
+                    .encode_to_vec();
+            prost::encoding::message::encode(3, &rest, &mut message);
+            assert!(crate::convert::split_stored(&message).is_none(), "read whole, not in place");
+            odd.put_message(seq, &message).expect("put");
+        }
+        let usual = day_files(&usual, 1, 2).expect("flush");
+        let odd = day_files(&odd, 1, 2).expect("flush");
+        assert_eq!(usual.len(), 3, "records of three days");
+        assert_eq!(odd, usual);
     }
 
     #[tokio::test]

@@ -540,6 +540,14 @@ impl DurableLog {
         Ok(())
     }
 
+    /// Stores `message` as the entry `seq` as this build seals entries,
+    /// whatever its layout (for tests of readers).
+    #[cfg(test)]
+    pub(crate) fn put_message(&self, seq: u64, message: &[u8]) -> Result<()> {
+        let entry = seal_entry([&[0; ENTRY_HEADER][..], message].concat());
+        self.db.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry).map_err(db_err)
+    }
+
     /// A consistent view: the watermark and every entry above it. A
     /// secondary instance first replays what the primary wrote; it does not
     /// support snapshots, but its view changes only on catch-up, which is
