@@ -313,13 +313,23 @@ pub fn add_batch(builder: &mut FlowBatchBuilder, stored: &StoredBatch) {
     }
 }
 
-/// One record batch holding every record of `batches`.
-pub fn to_record_batch(batches: &[StoredBatch]) -> arrow::array::RecordBatch {
-    let mut builder = FlowBatchBuilder::new();
-    for b in batches {
-        add_batch(&mut builder, b);
+/// Adds every record of the stored batch encoded in `message` (a log
+/// entry's message) to `builder`, reading the records in place
+/// ([`split_stored`], [`with_record`]).
+pub fn add_message(builder: &mut FlowBatchBuilder, message: &[u8]) -> crate::Result<()> {
+    let corrupt = |e: prost::DecodeError| crate::Error::Corrupt(format!("log entry: {e}"));
+    let Some(EncodedBatch { stored, records }) = split_stored(message) else {
+        add_batch(builder, &crate::log::decode_message(message)?);
+        return Ok(());
+    };
+    if stored.batch.is_none() {
+        return Ok(());
     }
-    builder.finish()
+    builder.start_batch(&Labels::of(&stored).borrowed());
+    for bytes in records {
+        with_record(bytes, |r| builder.push_record(r)).map_err(corrupt)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -327,6 +337,15 @@ mod tests {
     use leakwatch_proto::v1::{DeviceInfo, TlsInfo};
 
     use super::*;
+
+    /// One record batch holding every record of `batches`.
+    fn to_record_batch(batches: &[StoredBatch]) -> arrow::array::RecordBatch {
+        let mut builder = FlowBatchBuilder::new();
+        for b in batches {
+            add_batch(&mut builder, b);
+        }
+        builder.finish()
+    }
 
     /// The rows prost's decoding of each of `records` makes (`Err` when it
     /// fails for one).
@@ -465,6 +484,43 @@ mod tests {
             assert!(decoded(one).is_err(), "prost fails on {bytes:02x?}");
             assert!(in_place(one).is_err(), "so does reading in place: {bytes:02x?}");
         }
+    }
+
+    #[test]
+    fn messages_add_the_rows_their_decoded_batches_add() {
+        let mut rng = Rng(11);
+        let batch = |id: &str, rng: &mut Rng| ReportBatch {
+            batch_id: id.into(),
+            device: Some(DeviceInfo { device_pseudonym: format!("d-{id}"), ..DeviceInfo::default() }),
+            records: (0..20).map(|_| random_record(rng)).collect(),
+            ..ReportBatch::default()
+        };
+        let stored: Vec<StoredBatch> = ["a", "b"]
+            .iter()
+            .map(|id| StoredBatch { agent_id: "agent".into(), received_at_ms: 3, batch: Some(batch(id, &mut rng)) })
+            .collect();
+        let mut messages: Vec<Vec<u8>> = stored.iter().map(prost::Message::encode_to_vec).collect();
+        // One laid out otherwise: its batch in two parts, which prost merges.
+        let second = stored[1].batch.clone().expect("batch");
+        let mut odd = StoredBatch {
+            batch: Some(ReportBatch { records: second.records.clone(), ..ReportBatch::default() }),
+            ..stored[1].clone()
+        }
+        .encode_to_vec();
+        prost::encoding::message::encode(3, &ReportBatch { records: Vec::new(), ..second }, &mut odd);
+        assert!(split_stored(&odd).is_none());
+        messages[1] = odd;
+        let mut builder = FlowBatchBuilder::new();
+        for m in &messages {
+            add_message(&mut builder, m).expect("adds");
+        }
+        // Against the batches as they read back (prost does not write a
+        // -0.0 it takes for the default).
+        let decoded: Vec<StoredBatch> =
+            stored.iter().map(|b| crate::log::decode_message(&b.encode_to_vec()).expect("decodes")).collect();
+        assert_eq!(builder.finish(), to_record_batch(&decoded));
+        let broken = [messages[0].clone(), len_delimited(3, &len_delimited(4, &len_delimited(4, b"\xff")))].concat();
+        assert!(add_message(&mut FlowBatchBuilder::new(), &broken).is_err(), "a record that is not UTF-8");
     }
 
     #[test]

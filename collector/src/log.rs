@@ -553,28 +553,38 @@ impl DurableLog {
     /// support snapshots, but its view changes only on catch-up, which is
     /// serialised with the read.
     pub fn tail(&self) -> Result<(u64, Vec<StoredBatch>)> {
+        let mut out = Vec::new();
+        let watermark = self.each_in_tail(|message| {
+            out.push(decode_message(message)?);
+            Ok(())
+        })?;
+        Ok((watermark, out))
+    }
+
+    /// [`Self::tail`], calling `f` with each entry's message
+    /// ([`entry_message`]) in order instead of decoding it; returns the
+    /// watermark.
+    pub fn each_in_tail(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         if self.read_only {
             let _view = self.lock();
             self.db.try_catch_up_with_primary().map_err(db_err)?;
             let watermark = self.watermark()?;
             let start = (watermark + 1).to_be_bytes();
-            let mut out = Vec::new();
             for item in self.db.iterator_cf(self.cf(CF_BATCHES)?, IteratorMode::From(&start, Direction::Forward)) {
                 let (_, v) = item.map_err(db_err)?;
-                out.push(decode_entry(&v)?);
+                f(&entry_message(&v)?)?;
             }
-            return Ok((watermark, out));
+            return Ok(watermark);
         }
         let snap = self.db.snapshot();
         let watermark =
             snap.get_cf(self.cf(CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0);
         let start = (watermark + 1).to_be_bytes();
-        let mut out = Vec::new();
         for item in snap.iterator_cf(self.cf(CF_BATCHES)?, IteratorMode::From(&start, Direction::Forward)) {
             let (_, v) = item.map_err(db_err)?;
-            out.push(decode_entry(&v)?);
+            f(&entry_message(&v)?)?;
         }
-        Ok((watermark, out))
+        Ok(watermark)
     }
 
     /// Bytes of the log's WAL files (kept to at most about

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminEndpoint, AdminService};
-use crate::convert::to_record_batch;
+use crate::convert::add_message;
 use crate::dashboard::{Dashboard, DashboardConfig};
 use crate::flight::FlightSql;
 use crate::flusher::{COMPACT_MIN_FILES, COMPACT_RUN_LIMIT, DataStore, Flusher, KEEP_REPLACED, SharedStore};
@@ -237,8 +237,10 @@ impl LogTail {
 
 impl TailSource for LogTail {
     fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
-        let (watermark, batches) = self.log.tail().map_err(|e| e.to_string())?;
-        Ok(TailSnapshot { watermark, batches: vec![to_record_batch(&batches)] })
+        let mut builder = leakwatch_query::FlowBatchBuilder::new();
+        let watermark =
+            self.log.each_in_tail(|message| add_message(&mut builder, message)).map_err(|e| e.to_string())?;
+        Ok(TailSnapshot { watermark, batches: vec![builder.finish()] })
     }
 }
 
