@@ -95,13 +95,13 @@ impl ServeConfig {
     }
 }
 
-/// How long stopping the collector waits for the query runtime's tasks
-/// to give up.
 /// The flusher runs at ingest's priority while more than
 /// `--max-unflushed-batches` / this many log entries wait (a quarter of
 /// the way to refusing reports), at background priority otherwise.
 pub const CATCH_UP_FRACTION: u64 = 4;
 
+/// How long stopping the collector waits for the query runtime's tasks
+/// to give up.
 const QUERY_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The runtime SQL queries run on, apart from the one serving ingest, so
