@@ -45,14 +45,9 @@ impl<'a> Labels<'a> {
     }
 }
 
-/// A record's values as the builder takes them.
-pub fn record_values(r: &FlowRecord) -> RecordValues<'_> {
-    record_values_with(r, r.tls.as_ref().map_or(&[], |t| t.alpn.as_slice()))
-}
-
-/// [`record_values`] with the ALPN protocols given as `alpn` (the
-/// record's, held as the caller needs them).
-pub fn record_values_with<'a, A>(r: &'a FlowRecord, alpn: &'a [A]) -> RecordValues<'a, A> {
+/// A decoded record's values as the builder takes them, with its ALPN
+/// protocols given as `alpn` (held as the caller needs them).
+fn record_values_with<'a, A>(r: &'a FlowRecord, alpn: &'a [A]) -> RecordValues<'a, A> {
     let tls = r.tls.as_ref();
     RecordValues {
         seconds_since_boot: r.seconds_since_boot,
@@ -96,7 +91,7 @@ fn count(v: u64) -> i64 {
 
 /// A stored batch read from a log entry's message without decoding its
 /// records: `stored` holds everything else (no records), `records` each
-/// record's encoding, for [`push_encoded_record`].
+/// record's encoding, for [`with_record`].
 #[derive(Debug)]
 pub struct EncodedBatch<'m> {
     /// The stored batch without its records.
@@ -144,7 +139,7 @@ pub fn split_stored(message: &[u8]) -> Option<EncodedBatch<'_>> {
 /// place (no decoded record, no string allocated). A record not laid out
 /// as this build writes them ([`split_stored`] says when) is decoded by
 /// prost instead; `Err` when that fails too.
-pub fn with_record<R>(bytes: &[u8], f: impl FnOnce(&RecordValues<'_, &str>) -> R) -> Result<R, prost::DecodeError> {
+fn with_record<R>(bytes: &[u8], f: impl FnOnce(&RecordValues<'_, &str>) -> R) -> Result<R, prost::DecodeError> {
     let mut alpn = [""; MOST_ALPN];
     if let Some(values) = read_in_place(bytes, &mut alpn) {
         return Ok(f(&values));
@@ -154,7 +149,7 @@ pub fn with_record<R>(bytes: &[u8], f: impl FnOnce(&RecordValues<'_, &str>) -> R
 }
 
 /// A decoded record's ALPN protocols, borrowed.
-pub fn alpn_of(r: &FlowRecord) -> Vec<&str> {
+fn alpn_of(r: &FlowRecord) -> Vec<&str> {
     r.tls.iter().flat_map(|t| t.alpn.iter().map(String::as_str)).collect()
 }
 
@@ -304,32 +299,40 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
     }
 }
 
-/// Adds every record of `stored` to `builder`.
-pub fn add_batch(builder: &mut FlowBatchBuilder, stored: &StoredBatch) {
-    let Some(batch) = &stored.batch else { return };
-    builder.start_batch(&Labels::of(stored).borrowed());
-    for r in &batch.records {
-        builder.push_record(&record_values(r));
+/// Calls `f` with the labels and the values of each record of the stored
+/// batch encoded in `message` (a log entry's message), the records read
+/// in place ([`with_record`]); a message laid out otherwise
+/// ([`split_stored`]) is decoded whole. Nothing for a message without a
+/// batch.
+pub fn each_record(message: &[u8], mut f: impl FnMut(&BatchLabels<'_>, &RecordValues<'_, &str>)) -> crate::Result<()> {
+    // Split, the records are in `encoded` and the batch holds none;
+    // decoded whole, they are in the batch.
+    let (stored, encoded) = match split_stored(message) {
+        Some(EncodedBatch { stored, records }) => (stored, records),
+        None => (crate::log::decode_message(message)?, Vec::new()),
+    };
+    let labels = Labels::of(&stored);
+    let labels = labels.borrowed();
+    for bytes in encoded {
+        with_record(bytes, |r| f(&labels, r))
+            .map_err(|e| crate::Error::Corrupt(format!("log entry: a record: {e}")))?;
     }
+    for r in stored.batch.iter().flat_map(|b| &b.records) {
+        f(&labels, &record_values_with(r, &alpn_of(r)));
+    }
+    Ok(())
 }
 
 /// Adds every record of the stored batch encoded in `message` (a log
-/// entry's message) to `builder`, reading the records in place
-/// ([`split_stored`], [`with_record`]).
+/// entry's message) to `builder` ([`each_record`]).
 pub fn add_message(builder: &mut FlowBatchBuilder, message: &[u8]) -> crate::Result<()> {
-    let corrupt = |e: prost::DecodeError| crate::Error::Corrupt(format!("log entry: {e}"));
-    let Some(EncodedBatch { stored, records }) = split_stored(message) else {
-        add_batch(builder, &crate::log::decode_message(message)?);
-        return Ok(());
-    };
-    if stored.batch.is_none() {
-        return Ok(());
-    }
-    builder.start_batch(&Labels::of(&stored).borrowed());
-    for bytes in records {
-        with_record(bytes, |r| builder.push_record(r)).map_err(corrupt)?;
-    }
-    Ok(())
+    let mut started = false;
+    each_record(message, |labels, r| {
+        if !std::mem::replace(&mut started, true) {
+            builder.start_batch(labels);
+        }
+        builder.push_record(r);
+    })
 }
 
 #[cfg(test)]
@@ -338,11 +341,20 @@ mod tests {
 
     use super::*;
 
-    /// One record batch holding every record of `batches`.
+    /// A decoded record's values, as prost decoded them.
+    fn record_values(r: &FlowRecord) -> RecordValues<'_> {
+        record_values_with(r, r.tls.as_ref().map_or(&[], |t| t.alpn.as_slice()))
+    }
+
+    /// One record batch holding every record of `batches`, decoded.
     fn to_record_batch(batches: &[StoredBatch]) -> arrow::array::RecordBatch {
         let mut builder = FlowBatchBuilder::new();
-        for b in batches {
-            add_batch(&mut builder, b);
+        for stored in batches {
+            let Some(batch) = &stored.batch else { continue };
+            builder.start_batch(&Labels::of(stored).borrowed());
+            for r in &batch.records {
+                builder.push_record(&record_values(r));
+            }
         }
         builder.finish()
     }

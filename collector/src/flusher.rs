@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use leakwatch_query::{
-    BATCHES_KEY, FlowBatchBuilder, FlowStore, RecordValues, S3Options, batch_list, batch_pairs, flows_schema,
-    parse_s3_url, rules_order, s3_store, sorted_slice,
+    BATCHES_KEY, FlowBatchBuilder, FlowStore, S3Options, batch_list, batch_pairs, flows_schema, parse_s3_url,
+    rules_order, s3_store, sorted_slice,
 };
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -34,8 +34,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::convert::{EncodedBatch, Labels, alpn_of, record_values_with, split_stored, with_record};
-use crate::log::{DurableLog, decode_message};
+use crate::convert::each_record;
+use crate::log::DurableLog;
 use crate::metrics::IngestMetrics;
 use crate::{Error, Result};
 
@@ -461,21 +461,7 @@ fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8
     // alternate between two days (near midnight), and a flush holds few.
     let mut named: Vec<(i64, String)> = Vec::new();
     log.each_in_range(from, to, |seq, message| {
-        // Records are read in place; an entry laid out otherwise (none
-        // this build writes) is decoded whole.
-        let (stored, encoded, decoded) = match split_stored(message) {
-            Some(EncodedBatch { stored, records }) => (stored, records, Vec::new()),
-            None => {
-                let mut stored = decode_message(message)?;
-                let records = stored.batch.as_mut().map(|b| std::mem::take(&mut b.records)).unwrap_or_default();
-                (stored, Vec::new(), records)
-            }
-        };
-        if stored.batch.is_none() {
-            return Ok(());
-        }
-        let labels = Labels::of(&stored);
-        let mut add = |r: &RecordValues<'_, &str>| {
+        each_record(message, |labels, r| {
             let n = r.window_start_s.div_euclid(86_400);
             let day = match named.iter().position(|(m, _)| *m == n) {
                 Some(i) => &named[i].1,
@@ -489,18 +475,15 @@ fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8
                 None => days.entry(day.clone()).or_insert_with(|| (FlowBatchBuilder::new(), None)),
             };
             if *labelled != Some(seq) {
-                builder.start_batch(&labels.borrowed());
+                builder.start_batch(labels);
                 *labelled = Some(seq);
             }
             builder.push_record(r);
-        };
-        for bytes in encoded {
-            with_record(bytes, &mut add).map_err(|e| Error::Corrupt(format!("log entry {seq}: a record: {e}")))?;
-        }
-        for r in &decoded {
-            add(&record_values_with(r, &alpn_of(r)));
-        }
-        Ok(())
+        })
+        .map_err(|e| match e {
+            Error::Corrupt(m) => Error::Corrupt(format!("{m} (log sequence number {seq})")),
+            e => e,
+        })
     })?;
     days.into_iter()
         .map(|(day, (mut builder, _))| {
