@@ -548,11 +548,10 @@ impl DurableLog {
         self.db.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry).map_err(db_err)
     }
 
-    /// A consistent view: the watermark and every entry above it. A
-    /// secondary instance first replays what the primary wrote; it does not
-    /// support snapshots, but its view changes only on catch-up, which is
-    /// serialised with the read.
-    pub fn tail(&self) -> Result<(u64, Vec<StoredBatch>)> {
+    /// The entries [`Self::each_in_tail`] passes, decoded, and the
+    /// watermark (for tests).
+    #[cfg(test)]
+    pub(crate) fn tail(&self) -> Result<(u64, Vec<StoredBatch>)> {
         let mut out = Vec::new();
         let watermark = self.each_in_tail(|message| {
             out.push(decode_message(message)?);
@@ -561,9 +560,11 @@ impl DurableLog {
         Ok((watermark, out))
     }
 
-    /// [`Self::tail`], calling `f` with each entry's message
-    /// ([`entry_message`]) in order instead of decoding it; returns the
-    /// watermark.
+    /// A consistent view: calls `f` with the message ([`entry_message`])
+    /// of every entry above the watermark, in order, and returns the
+    /// watermark. A secondary instance first replays what the primary
+    /// wrote; it does not support snapshots, but its view changes only on
+    /// catch-up, which is serialised with the read.
     pub fn each_in_tail(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         if self.read_only {
             let _view = self.lock();
