@@ -3,7 +3,8 @@
 //! A flush takes the log entries above the watermark (up to
 //! [`DurableLog::durable_upto`]), records the range as a flush intent,
 //! writes one Parquet file per day (`flows/day=YYYY-MM-DD/{from}-{to}.parquet`,
-//! zero-padded sequence numbers; zstd, dictionary-encoded strings, rows
+//! zero-padded sequence numbers; zstd, dictionary-encoded strings, times
+//! as whole microseconds (see `leakwatch_query::MICROSECOND_COLUMNS`), rows
 //! sorted by vendor, model, domain, device and time since boot; the
 //! footer lists the file's batches, see `leakwatch_query::BATCHES_KEY`) through
 //! `object_store`, makes the files durable, and then moves the watermark
@@ -21,15 +22,15 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use leakwatch_query::{
-    BATCHES_KEY, FlowBatchBuilder, FlowStore, S3Options, batch_list, batch_pairs, flows_schema, parse_s3_url,
-    rules_order, s3_store, sorted_slice,
+    BATCHES_KEY, FlowBatchBuilder, FlowStore, MICROSECOND_COLUMNS, S3Options, batch_list, batch_pairs, flows_schema,
+    parse_s3_url, rules_order, s3_store, sorted_slice, stored_schema, to_stored,
 };
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -411,10 +412,6 @@ fn conform(
     arrow::array::RecordBatch::try_new(schema, columns)
 }
 
-/// Columns of measured times, nearly every value distinct: a dictionary
-/// of them would hold each value once more, beside its index.
-const NO_DICTIONARY: [&str; 2] = ["seconds_since_boot", "duration_s"];
-
 /// Columns of random identifiers: their minimum and maximum in a page or a
 /// row group span nearly the whole range, so statistics would cost every
 /// value a comparison, and the footer and page index their bytes, and
@@ -424,16 +421,20 @@ const NO_STATISTICS: [&str; 4] = ["agent_id", "batch_id", "device_pseudonym", "b
 /// Rows per row group of the files written.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// How flushed Parquet files are written (zstd 3, dictionaries except for
-/// [`NO_DICTIONARY`], statistics except for [`NO_STATISTICS`], 128 Ki-row
-/// row groups).
+/// How flushed Parquet files are written: zstd 3, 128 Ki-row row groups,
+/// dictionaries but for the measured times ([`MICROSECOND_COLUMNS`], nearly
+/// every value distinct: a dictionary would hold each value once more,
+/// beside its index), which are delta-encoded whole microseconds instead,
+/// and statistics but for [`NO_STATISTICS`].
 pub fn writer_properties() -> Result<WriterProperties> {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Storage(e.to_string()))?))
         .set_dictionary_enabled(true)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
-    for column in NO_DICTIONARY {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    for column in MICROSECOND_COLUMNS {
+        props = props
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
     }
     for column in NO_STATISTICS {
         props = props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
@@ -441,14 +442,41 @@ pub fn writer_properties() -> Result<WriterProperties> {
     Ok(props.build())
 }
 
+/// A Parquet writer of `flows` rows as the collector stores them
+/// ([`flow_writer`]).
+pub struct FlowWriter<W: std::io::Write + Send> {
+    inner: ArrowWriter<W>,
+}
+
+impl<W: std::io::Write + Send> FlowWriter<W> {
+    /// Writes `batch` (in the schema the writer was made for), its
+    /// [`MICROSECOND_COLUMNS`] as whole microseconds.
+    pub fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
+        let stored = to_stored(batch).map_err(|e| Error::Storage(format!("storing rows: {e}")))?;
+        self.inner.write(&stored).map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// Adds `kv` to the footer.
+    pub fn append_key_value_metadata(&mut self, kv: KeyValue) {
+        self.inner.append_key_value_metadata(kv);
+    }
+
+    /// Writes the footer.
+    pub fn close(self) -> Result<()> {
+        self.inner.close().map(drop).map_err(|e| Error::Storage(e.to_string()))
+    }
+}
+
 /// A writer into `out` of batches in `schema` (`flows`, or
 /// [`leakwatch_query::flows_encoded_schema`], which Parquet stores the same
-/// way): [`writer_properties`], and no copy of the Arrow schema in the
-/// footer (readers take the `flows` schema; the Parquet schema alone reads
-/// back as it).
-pub fn flow_writer<W: std::io::Write + Send>(out: W, schema: SchemaRef) -> Result<ArrowWriter<W>> {
+/// way) as [`stored_schema`] has them: [`writer_properties`], and no copy
+/// of the Arrow schema in the footer (readers take the `flows` schema, to
+/// which the Parquet schema alone casts without loss).
+pub fn flow_writer<W: std::io::Write + Send>(out: W, schema: SchemaRef) -> Result<FlowWriter<W>> {
     let options = ArrowWriterOptions::new().with_properties(writer_properties()?).with_skip_arrow_metadata(true);
-    ArrowWriter::try_new_with_options(out, schema, options).map_err(|e| Error::Storage(e.to_string()))
+    let inner = ArrowWriter::try_new_with_options(out, stored_schema(&schema), options)
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    Ok(FlowWriter { inner })
 }
 
 /// The Parquet file of each day the log entries `from..=to` have records
@@ -504,8 +532,8 @@ fn parquet_bytes(
     let mut buf = Vec::new();
     let mut writer = flow_writer(&mut buf, batch.schema())?;
     writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(pairs)));
-    writer.write(batch).map_err(|e| Error::Storage(e.to_string()))?;
-    writer.close().map_err(|e| Error::Storage(e.to_string()))?;
+    writer.write(batch)?;
+    writer.close()?;
     Ok(buf)
 }
 
@@ -572,10 +600,10 @@ fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, p
     // A row group's rows at a time: the sorted copy is never whole.
     for pairs in order.chunks(ROW_GROUP_ROWS) {
         let rows = sorted_slice(&batches, pairs).map_err(|e| Error::Storage(format!("sorting merged rows: {e}")))?;
-        writer.write(&rows).map_err(|e| Error::Storage(e.to_string()))?;
+        writer.write(&rows)?;
     }
     writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
-    writer.close().map_err(|e| Error::Storage(e.to_string()))?;
+    writer.close()?;
     Ok(buf)
 }
 
@@ -935,6 +963,80 @@ mod tests {
         assert_eq!(column("domain"), ["NULL", "NULL", "NULL", "a.example", "a.example", "a.example", "a.example"]);
         assert_eq!(column("device_pseudonym"), ["d1", "d1", "d1", "d0", "d0", "d0", "d2"]);
         assert_eq!(column("seconds_since_boot"), ["1.0", "9.0", "5.0", "5.0", "1.0", "9.0", "5.0"]);
+    }
+
+    #[tokio::test]
+    async fn measured_times_are_stored_as_microseconds_and_compaction_merges_files_of_doubles_with_them() {
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        // Times to the microsecond up to validation's ten years, and some
+        // finer ones, which rows hold rounded to the microsecond.
+        let times: Vec<(f64, f64)> = (0..2000)
+            .map(|i| {
+                let mut micros = |max: u64| rng.random_range(0..max) as f64 / 1e6;
+                match i % 4 {
+                    0 => (micros(1_000_000_000) + 1e-7, micros(1_000_000) * 0.999_999_9),
+                    1 => (micros(315_360_000_000_000), micros(1_000_000)),
+                    _ => (micros(600_000_000), micros(60_000_000)),
+                }
+            })
+            .collect();
+        let build = |range: std::ops::Range<usize>| {
+            let mut b = FlowBatchBuilder::new();
+            for &(t, d) in &times[range] {
+                b.push(leakwatch_query::FlowRow { seconds_since_boot: t, duration_s: d, ..Default::default() });
+            }
+            b.finish()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DataStore::local(dir.path().to_path_buf()).expect("store");
+        let day = dir.path().join("flows/day=2026-10-01");
+        // An earlier release's file of doubles, then the flusher's files.
+        let mut old = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut old, flows_schema(), None).expect("writer");
+        w.write(&build(0..500)).expect("write");
+        w.close().expect("close");
+        store
+            .put_durable(&StorePath::from(format!("flows/day=2026-10-01/{:020}-{:020}.parquet", 1, 1)), old)
+            .await
+            .expect("put");
+        for (n, range) in [(2, 500..1200), (3, 1200..2000)] {
+            let path = StorePath::from(format!("flows/day=2026-10-01/{n:020}-{n:020}.parquet"));
+            store.put_durable(&path, file_bytes(&build(range))).await.expect("put");
+        }
+        let file = parquet::file::reader::SerializedFileReader::new(
+            std::fs::File::open(day.join(format!("{:020}-{:020}.parquet", 2, 2))).expect("open"),
+        )
+        .expect("reader");
+        use parquet::basic::ConvertedType;
+        use parquet::file::reader::FileReader as _;
+        for column in file.metadata().row_group(0).columns() {
+            let name = column.column_path().string();
+            if MICROSECOND_COLUMNS.contains(&name.as_str()) {
+                assert_eq!(column.column_type(), parquet::basic::Type::INT64, "{name}");
+                assert!(column.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED), "{name}");
+                let d = column.column_descr();
+                assert_eq!((d.converted_type(), d.type_precision(), d.type_scale()), (ConvertedType::DECIMAL, 18, 6));
+            }
+        }
+        // A flushed file reads back as the rows SQL saw in the tail.
+        assert_eq!(read_file(&day.join(format!("{:020}-{:020}.parquet", 2, 2))), build(500..1200));
+        assert_eq!(store.compact(3, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 3);
+        let merged = read_file(&day.join(format!("{:020}-{:020}.parquet", 1, 3)));
+        let column = |name: &str| -> Vec<u64> {
+            let c = merged.column_by_name(name).expect("column");
+            let c = c.as_any().downcast_ref::<arrow::array::Float64Array>().expect("doubles");
+            let mut v: Vec<u64> = c.values().iter().map(|x| x.to_bits()).collect();
+            v.sort_unstable();
+            v
+        };
+        let want = |f: fn(&(f64, f64)) -> f64| -> Vec<u64> {
+            let mut v: Vec<u64> = times.iter().map(|x| leakwatch_query::to_microsecond(f(x)).to_bits()).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(column("seconds_since_boot"), want(|x| x.0), "every time, to the bit");
+        assert_eq!(column("duration_s"), want(|x| x.1));
     }
 
     #[test]

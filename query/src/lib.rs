@@ -27,8 +27,9 @@ mod udf;
 
 pub use copies::{BATCHES_KEY, batch_list, batch_pairs};
 pub use schema::{
-    BatchLabels, FlowBatchBuilder, FlowRow, RecordValues, flows_encoded_schema, flows_schema, rules_order,
-    sorted_for_rules, sorted_slice,
+    BatchLabels, FlowBatchBuilder, FlowRow, MICROSECOND_COLUMNS, MICROSECOND_STORED, RecordValues,
+    flows_encoded_schema, flows_schema, rules_order, sorted_for_rules, sorted_slice, stored_schema, to_microsecond,
+    to_stored,
 };
 pub use session::{
     FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,

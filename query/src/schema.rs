@@ -90,6 +90,65 @@ pub fn flows_encoded_schema() -> SchemaRef {
     ))
 }
 
+/// Columns of times in seconds that agents measure to the microsecond.
+/// Rows hold them rounded to it ([`to_microsecond`]), and Parquet stores
+/// them as `DECIMAL(18, 6)`: whole microseconds in an INT64, delta-encoded,
+/// which takes about a third of a double's bytes after zstd (the values of
+/// a double's low mantissa bits hardly compress). They read back as
+/// `DOUBLE`, exactly the values the rows held; files of earlier releases
+/// hold doubles and read the same.
+pub const MICROSECOND_COLUMNS: [&str; 2] = ["seconds_since_boot", "duration_s"];
+
+/// How [`MICROSECOND_COLUMNS`] are stored in Parquet.
+pub const MICROSECOND_STORED: DataType = DataType::Decimal128(18, 6);
+
+/// `seconds` to the nearest microsecond: the double nearest to a whole
+/// number of microseconds, which stores as that number and reads back as
+/// this double again (below 2^53 microseconds, 285 years; validation
+/// allows ten).
+pub fn to_microsecond(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e6
+}
+
+/// `schema` (`flows`, or [`flows_encoded_schema`]) as Parquet stores it:
+/// [`MICROSECOND_COLUMNS`] as [`MICROSECOND_STORED`].
+pub fn stored_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if MICROSECOND_COLUMNS.contains(&f.name().as_str()) {
+                    Arc::new(Field::new(f.name(), MICROSECOND_STORED, f.is_nullable()))
+                } else {
+                    f.clone()
+                }
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `batch` (in `flows` or [`flows_encoded_schema`]) in its
+/// [`stored_schema`]: [`MICROSECOND_COLUMNS`] cast to whole microseconds
+/// (an error, not NULL, for a value out of range).
+pub fn to_stored(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = stored_schema(&batch.schema());
+    let options = arrow::compute::CastOptions { safe: false, ..Default::default() };
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                arrow::compute::cast_with_options(column, field.data_type(), &options)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema, columns)
+}
+
 /// One row of `flows`. Empty optional strings become NULL.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlowRow {
@@ -412,7 +471,7 @@ impl FlowBatchBuilder {
         };
         self.domain_of_row.push(id);
         let c = &mut self.records;
-        c.seconds_since_boot.push(r.seconds_since_boot);
+        c.seconds_since_boot.push(to_microsecond(r.seconds_since_boot));
         c.window_start.push(r.window_start_s);
         c.transport.append_value(r.transport);
         c.dst_ip.append_value(r.dst_ip);
@@ -442,7 +501,7 @@ impl FlowBatchBuilder {
             }
         }
         append_optional(&mut c.tls_fingerprint, r.tls_fingerprint);
-        c.duration_s.push(r.duration_s);
+        c.duration_s.push(to_microsecond(r.duration_s));
         c.encrypted_dns.push(r.encrypted_dns);
         c.connections.push(r.connections);
         c.interval_mean_s.push(r.interval_mean_s);
@@ -720,7 +779,8 @@ mod tests {
             text(|r| &r.model),
             text(|r| &r.os_version),
             text(|r| &r.consent),
-            float(|r| r.seconds_since_boot),
+            // Times held to the microsecond.
+            float(|r| to_microsecond(r.seconds_since_boot)),
             Arc::new(
                 TimestampSecondArray::from_iter_values(rows.iter().map(|r| r.window_start_s)).with_timezone("UTC"),
             ),
@@ -737,7 +797,7 @@ mod tests {
             optional(|r| &r.tls_sni),
             optional(|r| &r.tls_alpn),
             optional(|r| &r.tls_fingerprint),
-            float(|r| r.duration_s),
+            float(|r| to_microsecond(r.duration_s)),
             Arc::new(rows.iter().map(|r| Some(r.encrypted_dns)).collect::<BooleanArray>()),
             Arc::new(rows.iter().map(|r| (r.connections > 0).then_some(r.connections)).collect::<Int64Array>()),
             stated(|r| r.interval_mean_s),
@@ -763,6 +823,7 @@ mod tests {
                     model: format!("m{}", i % 3),
                     os_version: format!("v{}", i % 2),
                     consent: if b == 0 { String::new() } else { "cloud=off".into() },
+                    // 1e-9: finer than a microsecond, held as 0.
                     seconds_since_boot: [3.5, -0.0, 0.0, 1e-9, 120.25][(i % 5) as usize],
                     window_start_s: 86_400 * 20_000 + 60 * i,
                     transport: ["tcp", "udp"][(i % 2) as usize].into(),
@@ -873,12 +934,12 @@ mod tests {
         want.sort_by(|a, b| {
             (&a.vendor, &a.model, &a.domain, &a.device_pseudonym)
                 .cmp(&(&b.vendor, &b.model, &b.domain, &b.device_pseudonym))
-                .then(a.seconds_since_boot.total_cmp(&b.seconds_since_boot))
+                .then(to_microsecond(a.seconds_since_boot).total_cmp(&to_microsecond(b.seconds_since_boot)))
         });
         assert!(
             want.windows(2).any(|w| (&w[0].vendor, &w[0].model, &w[0].domain, &w[0].device_pseudonym)
                 == (&w[1].vendor, &w[1].model, &w[1].domain, &w[1].device_pseudonym)
-                && w[0].seconds_since_boot.total_cmp(&w[1].seconds_since_boot).is_eq()),
+                && to_microsecond(w[0].seconds_since_boot).total_cmp(&to_microsecond(w[1].seconds_since_boot)).is_eq()),
             "the rows include ties"
         );
         assert_eq!(builder.finish(), reference(&want));

@@ -627,6 +627,66 @@ mod tests {
         assert_eq!(out, "d,p,c,n\nxiaomi.com,true,true,\n");
     }
 
+    #[tokio::test]
+    async fn measured_times_read_back_as_the_doubles_the_rows_held_from_either_file_layout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let times = [0.0, 0.000_001, 1.5, 59.999_999, 141.054_364, 86_399.123_456, 315_359_999.999_999];
+        let rows = |domain: &str| {
+            let mut b = FlowBatchBuilder::new();
+            for (i, &t) in times.iter().enumerate() {
+                b.push(FlowRow {
+                    domain: domain.into(),
+                    device_pseudonym: format!("d{i}"),
+                    seconds_since_boot: t,
+                    duration_s: crate::to_microsecond(t / 7.0),
+                    ..Default::default()
+                });
+            }
+            b.finish()
+        };
+        // Doubles, as earlier releases wrote them.
+        write_file(dir.path(), "00000000000000000001-00000000000000000001.parquet", &rows("doubles.example"));
+        // Whole microseconds, as the flusher writes them now.
+        let day = dir.path().join("flows/day=2026-10-01");
+        let file =
+            std::fs::File::create(day.join("00000000000000000002-00000000000000000002.parquet")).expect("create");
+        let stored = crate::to_stored(&rows("micros.example")).expect("stored");
+        assert_eq!(
+            stored.schema().field_with_name("seconds_since_boot").expect("field").data_type(),
+            &crate::MICROSECOND_STORED
+        );
+        let mut w = ArrowWriter::try_new(file, stored.schema(), None).expect("writer");
+        w.write(&stored).expect("write");
+        w.close().expect("close");
+        let tail = TailSnapshot { watermark: 2, batches: vec![rows("tail.example")] };
+        let factory = SessionFactory::new(
+            QueryConfig::default(),
+            FlowStore::local(dir.path()).expect("store"),
+            Arc::new(FixedTail(tail)),
+        );
+        let session = factory.session().await.expect("session");
+        let batches = session
+            .sql(
+                "SELECT domain, seconds_since_boot, duration_s, arrow_typeof(seconds_since_boot) AS t FROM flows \
+                 WHERE seconds_since_boot >= 1.5 ORDER BY domain, seconds_since_boot",
+            )
+            .await
+            .expect("query");
+        let mut got = Vec::new();
+        for b in &batches {
+            let f64s = |i: usize| {
+                b.column(i).as_any().downcast_ref::<arrow::array::Float64Array>().expect("doubles").values().to_vec()
+            };
+            let types = arrow::compute::cast(b.column(3), &DataType::Utf8).expect("cast");
+            let types = types.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
+            assert!(types.iter().all(|t| t == Some("Float64")), "{types:?}");
+            got.extend(f64s(1).into_iter().zip(f64s(2)).map(|(t, d)| (t.to_bits(), d.to_bits())));
+        }
+        let want: Vec<(u64, u64)> =
+            times[2..].iter().map(|&t| (t.to_bits(), crate::to_microsecond(t / 7.0).to_bits())).collect();
+        assert_eq!(got, [want.clone(), want.clone(), want].concat(), "doubles, micros and tail, bit for bit");
+    }
+
     /// `n` rows of batch `batch_id` as agent `agent_id` stored them.
     fn batch_rows(agent_id: &str, batch_id: &str, n: usize) -> RecordBatch {
         let mut b = FlowBatchBuilder::new();
