@@ -22,6 +22,13 @@ pub fn bench_dir() -> tempfile::TempDir {
         dir.disable_cleanup(true);
         println!("  BENCH_KEEP is set: the files stay in {}", dir.path().display());
     }
+    // Every temporary directory of the run goes inside this one, so it
+    // goes with it: Ballista's in-process executors keep their shuffle
+    // files (gigabytes at 50 M records) in a temporary directory of their
+    // own that nothing deletes.
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let _ = tempfile::env::override_temp_dir(&scratch);
     dir
 }
 
