@@ -14,7 +14,13 @@
 //!   still read.
 //! - `batch_ids`: key = batch id, value = `[seq: u64 BE][sha256 of the
 //!   batch's device and records: 32 bytes][record count: u32 BE]`. Kept
-//!   after the flush, so a retried batch is answered `duplicate` forever.
+//!   after the flush, so a retried batch is answered `duplicate`, until
+//!   retention has deleted every record of the batch
+//!   ([`DurableLog::expire_batch_ids`]).
+//! - `batch_days`: key = `[day of the batch's newest record: u32 BE, days
+//!   since 1970-01-01][batch id]`, value = `[seq: u64 BE]`: the batch ids
+//!   by the day after which retention has deleted all of their records.
+//!   Ids stored by releases before it have no entry and are kept.
 //! - `meta`: `watermark` = highest sequence number in Parquet (u64 BE);
 //!   `flush_intent` = `[from: u64 BE][to: u64 BE]` while a flush is under
 //!   way.
@@ -45,11 +51,13 @@ use crate::{Error, Result};
 
 const CF_BATCHES: &str = "batches";
 const CF_BATCH_IDS: &str = "batch_ids";
+const CF_BATCH_DAYS: &str = "batch_days";
 const CF_META: &str = "meta";
 const CF_AGENTS: &str = "agents";
 const CF_CODES: &str = "codes";
 const CF_SQL_TOKENS: &str = "sql_tokens";
-const COLUMN_FAMILIES: [&str; 6] = [CF_BATCHES, CF_BATCH_IDS, CF_META, CF_AGENTS, CF_CODES, CF_SQL_TOKENS];
+const COLUMN_FAMILIES: [&str; 7] =
+    [CF_BATCHES, CF_BATCH_IDS, CF_BATCH_DAYS, CF_META, CF_AGENTS, CF_CODES, CF_SQL_TOKENS];
 /// Value stored for a revoked agent in place of its token hash.
 const REVOKED: &[u8] = b"revoked";
 const KEY_WATERMARK: &[u8] = b"watermark";
@@ -325,6 +333,21 @@ pub fn wal_files(path: &Path) -> (usize, u64) {
         .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.metadata().map(|m| m.len()).unwrap_or(0)))
 }
 
+/// The day (since 1970-01-01) of `batch`'s newest record: after it,
+/// retention has deleted all of the batch's records.
+fn newest_day(batch: &ReportBatch) -> u32 {
+    let newest = batch.records.iter().map(|r| r.window_start_unix_s).max().unwrap_or(0);
+    u32::try_from(newest.div_euclid(86_400)).unwrap_or(if newest < 0 { 0 } else { u32::MAX })
+}
+
+/// The `batch_days` key of batch `id` whose newest record is of `day`.
+fn batch_day_key(day: u32, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + id.len());
+    key.extend_from_slice(&day.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
 /// Total size of the log's WAL files past which RocksDB flushes the
 /// column families that keep the oldest one.
 pub const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
@@ -493,6 +516,7 @@ impl DurableLog {
             let mut wb = WriteBatch::default();
             wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry);
             wb.put_cf(ids, &batch.batch_id, id_value);
+            wb.put_cf(self.cf(CF_BATCH_DAYS)?, batch_day_key(newest_day(batch), &batch.batch_id), seq.to_be_bytes());
             self.db.write_opt(wb, &synced()).map_err(db_err)
         })();
         let mut g = self.lock();
@@ -500,6 +524,42 @@ impl DurableLog {
         g.batch_ids.remove(&batch.batch_id);
         drop(g);
         result.map(|()| AppendOutcome::Accepted { seq, bytes: batch_bytes as u64 })
+    }
+
+    /// Deletes the ids of the batches up to sequence number `flushed`
+    /// whose records all lie before `before_day` (days since 1970-01-01),
+    /// so that the ids of batches retention has deleted do not pile up for
+    /// ever; returns how many went. Call it only after retention has
+    /// deleted the day partitions before `before_day`, with the watermark
+    /// read before retention began: every record of those batches is gone
+    /// then, so a retry of one is stored again (and goes with the next
+    /// retention pass) without meeting a first copy. Later batches keep
+    /// their ids: their records may still be in the log or in a file
+    /// retention had not seen.
+    pub fn expire_batch_ids(&self, before_day: i64, flushed: u64) -> Result<u64> {
+        let Ok(before) = u32::try_from(before_day.max(0)) else { return Ok(0) };
+        let (ids, days) = (self.cf(CF_BATCH_IDS)?, self.cf(CF_BATCH_DAYS)?);
+        let watermark = flushed.min(self.watermark()?);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(before.to_be_bytes().to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(days, opts);
+        it.seek_to_first();
+        let (mut wb, mut expired) = (WriteBatch::default(), 0u64);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let seq = u64_at(v, 0).ok_or_else(|| Error::Corrupt("bad batch day entry".into()))?;
+            if seq <= watermark {
+                wb.delete_cf(ids, &k[4..]);
+                wb.delete_cf(days, k);
+                expired += 1;
+                if wb.len() >= 20_000 {
+                    self.db.write(std::mem::take(&mut wb)).map_err(db_err)?;
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(db_err)?;
+        self.db.write(wb).map_err(db_err)?;
+        Ok(expired)
     }
 
     /// The last sequence number of the entries from `from` on (up to `to`)
@@ -781,6 +841,46 @@ mod tests {
             log.append("a", &batch("b3", 1), 10).expect("append"),
             AppendOutcome::Accepted { seq: 3, .. }
         ));
+    }
+
+    /// A batch whose newest record starts at `day` (days since 1970).
+    fn batch_of_day(id: &str, day: i64) -> ReportBatch {
+        let mut b = batch(id, 2);
+        b.records[0].window_start_unix_s = day * 86_400 - 86_400;
+        b.records[1].window_start_unix_s = day * 86_400 + 86_399;
+        b
+    }
+
+    #[test]
+    fn ids_of_flushed_batches_whose_days_retention_deleted_are_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = DurableLog::open(dir.path()).expect("open");
+        let accepted =
+            |b: &ReportBatch| matches!(log.append("a", b, 1).expect("append"), AppendOutcome::Accepted { .. });
+        for (id, day) in [("old", 100), ("edge", 109), ("kept", 110), ("legacy", 50), ("unflushed", 90)] {
+            assert!(accepted(&batch_of_day(id, day)), "{id}");
+        }
+        // "legacy" stands for an id stored before batch days were: no entry.
+        let legacy = batch_day_key(newest_day(&batch_of_day("legacy", 50)), "legacy");
+        log.db.delete_cf(log.cf(CF_BATCH_DAYS).expect("cf"), legacy).expect("delete");
+        log.commit_flush(4).expect("commit");
+
+        // Only batches up to the watermark read before retention go.
+        assert_eq!(log.expire_batch_ids(110, 3).expect("expire"), 2);
+        assert_eq!(log.expire_batch_ids(110, 4).expect("expire"), 0, "the unflushed batch keeps its id");
+        for (id, day) in [("kept", 110), ("legacy", 50), ("unflushed", 90)] {
+            let dup = log.append("a", &batch_of_day(id, day), 1).expect("dup");
+            assert_eq!(dup, AppendOutcome::Duplicate { records: 2 }, "{id}");
+        }
+        // A retry of a forgotten batch is stored again, and forgotten with
+        // the next pass once flushed.
+        assert!(accepted(&batch_of_day("old", 100)));
+        assert!(accepted(&batch_of_day("edge", 109)));
+        log.commit_flush(7).expect("commit");
+        assert_eq!(log.expire_batch_ids(110, 7).expect("expire"), 3, "old, edge and unflushed");
+        assert!(accepted(&batch_of_day("unflushed", 90)));
+        assert_eq!(log.expire_batch_ids(200, 0).expect("expire"), 0);
+        assert_eq!(log.expire_batch_ids(-5, 8).expect("expire"), 0);
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     /// Rate and concurrency limits.
     pub limits: IngestLimits,
-    /// Delete day partitions older than this many days (None: keep all).
+    /// Delete day partitions older than this many days, and then the batch
+    /// ids of their records (None: keep all).
     pub retention_days: Option<u32>,
     /// TLS certificate chain and private key (PEM files) for gRPC and
     /// HTTP; plain text when `None`.
@@ -314,6 +315,30 @@ pub struct Server {
     _queries: QueryRuntime,
 }
 
+/// One retention pass: deletes the day partitions older than `days` days
+/// and then the ids of the batches that were in them, whose retries are
+/// stored again from then on. Failures are logged; the next pass retries.
+async fn expire(log: &Arc<DurableLog>, store: &DataStore, days: u32) {
+    // Read before the files are listed: a batch flushed during the pass
+    // may be in a file retention did not see, and keeps its id.
+    let flushed = match log.watermark() {
+        Ok(w) => w,
+        Err(e) => return tracing::error!(error = %e, "Retention failed; will retry"),
+    };
+    let today = chrono::Utc::now().date_naive();
+    if let Err(e) = store.apply_retention(days, today).await {
+        return tracing::error!(error = %e, "Retention failed; will retry");
+    }
+    let cutoff = today.signed_duration_since(chrono::DateTime::UNIX_EPOCH.date_naive()).num_days() - i64::from(days);
+    let log = log.clone();
+    match tokio::task::spawn_blocking(move || log.expire_batch_ids(cutoff, flushed)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(expired)) => tracing::info!(expired, "Retention forgot the batch ids of deleted partitions"),
+        Ok(Err(e)) => tracing::error!(error = %e, "Expiring batch ids failed; will retry"),
+        Err(e) => tracing::error!(error = %e, "Expiring batch ids panicked; will retry"),
+    }
+}
+
 async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
@@ -445,6 +470,7 @@ impl Server {
         let flush_task = {
             let flusher = flusher.clone();
             let store = store.clone();
+            let log = log.clone();
             let retention = config.retention_days;
             let mut rx = rx.clone();
             let interval = config.flush_interval;
@@ -468,10 +494,8 @@ impl Server {
                         }
                         Err(e) => tracing::error!(error = %e, "Flush failed; will retry"),
                     }
-                    if let Some(days) = retention
-                        && let Err(e) = store.apply_retention(days, chrono::Utc::now().date_naive()).await
-                    {
-                        tracing::error!(error = %e, "Retention failed; will retry");
+                    if let Some(days) = retention {
+                        expire(&log, &store, days).await;
                     }
                 }
             })

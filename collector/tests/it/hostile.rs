@@ -266,3 +266,41 @@ async fn a_batch_id_reused_with_different_content_is_refused() {
     let bytes = prost::Message::encoded_len(&good_batch());
     assert!(metrics.contains(&format!("leakwatch_bytes_accepted_total {bytes}\n")), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_batch_id_is_forgotten_once_retention_deleted_its_records_and_not_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::serve_config(&dir.path().join("data"));
+    config.retention_days = Some(30);
+    config.flush_interval = std::time::Duration::from_millis(100);
+    let server = leakwatch_collector::server::Server::start(config).await.expect("start");
+    let t = TestServer { server, dir };
+    let token = token(&t).await;
+    let mut client = CollectorClient::connect(t.url()).await.expect("connect");
+    let old = good_batch(); // 2023: past any 30-day retention
+    let mut recent = good_batch();
+    recent.batch_id = "recent".into();
+    recent.records[0].window_start_unix_s = chrono::Utc::now().timestamp() / 60 * 60;
+    let mut report =
+        async |b: &ReportBatch| client.report(authed(b.clone(), &token)).await.expect("report").into_inner();
+    let count = async |id: &str| {
+        let csv = t.csv(&format!("SELECT count(*) AS n FROM flows WHERE batch_id = '{id}'")).await;
+        csv.lines().nth(1).expect("a row").to_string()
+    };
+    for b in [&old, &recent] {
+        assert_eq!(report(b).await.status(), leakwatch_proto::v1::AckStatus::Accepted);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // The old batch's partition is deleted; a retry of it is stored again
+    // once its id went with it (one pass after the deletion at most).
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the old batch's id was never forgotten");
+        if count("hostile-1").await == "0" && report(&old).await.status() == leakwatch_proto::v1::AckStatus::Accepted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The recent batch's id is kept, and its records.
+    assert_eq!(report(&recent).await.status(), leakwatch_proto::v1::AckStatus::Duplicate);
+    assert_eq!(count("recent").await, "1");
+}
