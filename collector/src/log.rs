@@ -529,35 +529,59 @@ impl DurableLog {
     /// Deletes the ids of the batches up to sequence number `flushed`
     /// whose records all lie before `before_day` (days since 1970-01-01),
     /// so that the ids of batches retention has deleted do not pile up for
-    /// ever; returns how many went. Call it only after retention has
-    /// deleted the day partitions before `before_day`, with the watermark
-    /// read before retention began: every record of those batches is gone
-    /// then, so a retry of one is stored again (and goes with the next
-    /// retention pass) without meeting a first copy. Later batches keep
-    /// their ids: their records may still be in the log or in a file
-    /// retention had not seen.
-    pub fn expire_batch_ids(&self, before_day: i64, flushed: u64) -> Result<u64> {
+    /// ever; at most `limit` of them, oldest days first (the rest go with
+    /// later calls); returns how many went. Call it only after retention
+    /// has deleted the day partitions before `before_day`, with the
+    /// watermark read before retention began: every record of those
+    /// batches is gone then, so a retry of one is stored again (and goes
+    /// with the next retention pass) without meeting a first copy. Later
+    /// batches keep their ids: their records may still be in the log or in
+    /// a file retention had not seen.
+    ///
+    /// The `batch_days` entries of expired ids go as ranges, so that later
+    /// calls skip them without stepping over a tombstone per id (a day of
+    /// a busy collector is tens of millions of batches). A range may also
+    /// delete the entry of an old-day batch stored during the call, whose
+    /// id is then kept: never deleting an id that should stay is what
+    /// matters.
+    pub fn expire_batch_ids(&self, before_day: i64, flushed: u64, limit: u64) -> Result<u64> {
         let Ok(before) = u32::try_from(before_day.max(0)) else { return Ok(0) };
         let (ids, days) = (self.cf(CF_BATCH_IDS)?, self.cf(CF_BATCH_DAYS)?);
         let watermark = flushed.min(self.watermark()?);
+        let end = before.to_be_bytes().to_vec();
         let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(before.to_be_bytes().to_vec());
+        opts.set_iterate_upper_bound(end.clone());
         let mut it = self.db.raw_iterator_cf_opt(days, opts);
         it.seek_to_first();
-        let (mut wb, mut expired) = (WriteBatch::default(), 0u64);
+        // `from`: the first key of the run of expired entries not yet deleted.
+        let (mut wb, mut expired, mut from) = (WriteBatch::default(), 0u64, None::<Vec<u8>>);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if expired >= limit {
+                break;
+            }
             let seq = u64_at(v, 0).ok_or_else(|| Error::Corrupt("bad batch day entry".into()))?;
             if seq <= watermark {
                 wb.delete_cf(ids, &k[4..]);
-                wb.delete_cf(days, k);
+                from.get_or_insert_with(|| k.to_vec());
                 expired += 1;
-                if wb.len() >= 20_000 {
-                    self.db.write(std::mem::take(&mut wb)).map_err(db_err)?;
+            } else if let Some(from) = from.take() {
+                wb.delete_range_cf(days, from, k.to_vec());
+            }
+            if wb.len() >= 20_000 {
+                if let Some(from) = from.take() {
+                    let mut past = k.to_vec();
+                    past.push(0); // the smallest key after `k`
+                    wb.delete_range_cf(days, from, past);
                 }
+                self.db.write(std::mem::take(&mut wb)).map_err(db_err)?;
             }
             it.next();
         }
         it.status().map_err(db_err)?;
+        if let Some(from) = from {
+            // Up to the entry the limit stopped at, or to `before_day`.
+            wb.delete_range_cf(days, from, it.key().map_or(end, <[u8]>::to_vec));
+        }
         self.db.write(wb).map_err(db_err)?;
         Ok(expired)
     }
@@ -866,8 +890,8 @@ mod tests {
         log.commit_flush(4).expect("commit");
 
         // Only batches up to the watermark read before retention go.
-        assert_eq!(log.expire_batch_ids(110, 3).expect("expire"), 2);
-        assert_eq!(log.expire_batch_ids(110, 4).expect("expire"), 0, "the unflushed batch keeps its id");
+        assert_eq!(log.expire_batch_ids(110, 3, u64::MAX).expect("expire"), 2);
+        assert_eq!(log.expire_batch_ids(110, 4, u64::MAX).expect("expire"), 0, "the unflushed batch keeps its id");
         for (id, day) in [("kept", 110), ("legacy", 50), ("unflushed", 90)] {
             let dup = log.append("a", &batch_of_day(id, day), 1).expect("dup");
             assert_eq!(dup, AppendOutcome::Duplicate { records: 2 }, "{id}");
@@ -877,10 +901,44 @@ mod tests {
         assert!(accepted(&batch_of_day("old", 100)));
         assert!(accepted(&batch_of_day("edge", 109)));
         log.commit_flush(7).expect("commit");
-        assert_eq!(log.expire_batch_ids(110, 7).expect("expire"), 3, "old, edge and unflushed");
+        // Oldest days first, `limit` at a time.
+        assert_eq!(log.expire_batch_ids(110, 7, 2).expect("expire"), 2, "unflushed and old");
         assert!(accepted(&batch_of_day("unflushed", 90)));
-        assert_eq!(log.expire_batch_ids(200, 0).expect("expire"), 0);
-        assert_eq!(log.expire_batch_ids(-5, 8).expect("expire"), 0);
+        assert!(accepted(&batch_of_day("old", 100)));
+        let dup = log.append("a", &batch_of_day("edge", 109), 1).expect("dup");
+        assert_eq!(dup, AppendOutcome::Duplicate { records: 2 }, "past the limit");
+        assert_eq!(log.expire_batch_ids(110, 7, u64::MAX).expect("expire"), 1, "edge");
+        assert!(accepted(&batch_of_day("edge", 109)));
+        assert_eq!(log.expire_batch_ids(200, 0, u64::MAX).expect("expire"), 0);
+        assert_eq!(log.expire_batch_ids(-5, 10, u64::MAX).expect("expire"), 0);
+        // Entries stored after a range went are expired by later calls;
+        // an unflushed one amid them stays.
+        assert!(accepted(&batch_of_day("late", 105)));
+        log.commit_flush(10).expect("commit");
+        assert_eq!(log.expire_batch_ids(110, 10, u64::MAX).expect("expire"), 3, "unflushed, old and edge");
+        let left = log.db.iterator_cf(log.cf(CF_BATCH_DAYS).expect("cf"), IteratorMode::Start).count();
+        assert_eq!(left, 2, "the day entries of the kept and the late batch are left");
+        log.commit_flush(11).expect("commit");
+        assert_eq!(log.expire_batch_ids(110, 11, u64::MAX).expect("expire"), 1, "late");
+    }
+
+    #[test]
+    fn many_ids_expire_in_chunks_and_leave_no_day_entry_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = DurableLog::open(dir.path()).expect("open");
+        let (ids, days) = (log.cf(CF_BATCH_IDS).expect("cf"), log.cf(CF_BATCH_DAYS).expect("cf"));
+        let mut wb = WriteBatch::default();
+        for i in 0..45_000u64 {
+            let id = format!("bulk-{i:05}");
+            wb.put_cf(ids, &id, [0; 44]);
+            // One batch in the middle is not flushed yet.
+            wb.put_cf(days, batch_day_key(5 + (i % 3) as u32, &id), (if i == 20_000 { 9u64 } else { 1 }).to_be_bytes());
+        }
+        log.db.write(wb).expect("write");
+        log.commit_flush(1).expect("commit");
+        assert_eq!(log.expire_batch_ids(10, 1, u64::MAX).expect("expire"), 44_999);
+        let count = |cf| log.db.iterator_cf(cf, IteratorMode::Start).count();
+        assert_eq!((count(ids), count(days)), (1, 1), "the unflushed batch's id and entry");
     }
 
     #[test]

@@ -315,6 +315,11 @@ pub struct Server {
     _queries: QueryRuntime,
 }
 
+/// Most batch ids one retention pass deletes (a fraction of a second's
+/// work; passes come every flush interval, so a busy day's tens of
+/// millions of ids go within hours, not in one pass that holds up flushes).
+const EXPIRE_IDS_PER_PASS: u64 = 200_000;
+
 /// One retention pass: deletes the day partitions older than `days` days
 /// and then the ids of the batches that were in them, whose retries are
 /// stored again from then on. Failures are logged; the next pass retries.
@@ -331,7 +336,7 @@ async fn expire(log: &Arc<DurableLog>, store: &DataStore, days: u32) {
     }
     let cutoff = today.signed_duration_since(chrono::DateTime::UNIX_EPOCH.date_naive()).num_days() - i64::from(days);
     let log = log.clone();
-    match tokio::task::spawn_blocking(move || log.expire_batch_ids(cutoff, flushed)).await {
+    match tokio::task::spawn_blocking(move || log.expire_batch_ids(cutoff, flushed, EXPIRE_IDS_PER_PASS)).await {
         Ok(Ok(0)) => {}
         Ok(Ok(expired)) => tracing::info!(expired, "Retention forgot the batch ids of deleted partitions"),
         Ok(Err(e)) => tracing::error!(error = %e, "Expiring batch ids failed; will retry"),
