@@ -7,7 +7,7 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, DictionaryArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     StringBuilder, TimestampMillisecondArray, TimestampSecondArray, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit, UInt32Type};
 
 /// The Arrow schema of `flows` (also the schema of the Parquet files).
 pub fn flows_schema() -> SchemaRef {
@@ -70,24 +70,20 @@ pub const LABEL_COLUMNS: [&str; 9] = [
 /// Parquet (written without the Arrow schema) it is the same as
 /// [`flows_schema`], and reads back as it.
 pub fn flows_encoded_schema() -> SchemaRef {
-    let plain = flows_schema();
-    Arc::new(Schema::new(
-        plain
-            .fields()
-            .iter()
-            .map(|f| {
-                if LABEL_COLUMNS.contains(&f.name().as_str()) {
-                    Arc::new(Field::new(
-                        f.name(),
-                        DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)),
-                        f.is_nullable(),
-                    ))
-                } else {
-                    f.clone()
-                }
-            })
-            .collect::<Vec<_>>(),
-    ))
+    let dictionary = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
+    retyped(&flows_schema(), &LABEL_COLUMNS, &dictionary)
+}
+
+/// `schema` with the fields named in `columns` of type `to`.
+fn retyped(schema: &Schema, columns: &[&str], to: &DataType) -> SchemaRef {
+    let field = |f: &FieldRef| {
+        if columns.contains(&f.name().as_str()) {
+            Arc::new(Field::new(f.name(), to.clone(), f.is_nullable()))
+        } else {
+            f.clone()
+        }
+    };
+    Arc::new(Schema::new(schema.fields().iter().map(field).collect::<Vec<_>>()))
 }
 
 /// Columns of times in seconds that agents measure to the microsecond.
@@ -113,19 +109,7 @@ pub fn to_microsecond(seconds: f64) -> f64 {
 /// `schema` (`flows`, or [`flows_encoded_schema`]) as Parquet stores it:
 /// [`MICROSECOND_COLUMNS`] as [`MICROSECOND_STORED`].
 pub fn stored_schema(schema: &Schema) -> SchemaRef {
-    Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                if MICROSECOND_COLUMNS.contains(&f.name().as_str()) {
-                    Arc::new(Field::new(f.name(), MICROSECOND_STORED, f.is_nullable()))
-                } else {
-                    f.clone()
-                }
-            })
-            .collect::<Vec<_>>(),
-    ))
+    retyped(schema, &MICROSECOND_COLUMNS, &MICROSECOND_STORED)
 }
 
 /// `batch` (in `flows` or [`flows_encoded_schema`]) in its
