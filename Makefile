@@ -110,8 +110,11 @@ check-agent-deps:
 	  echo "error: leakwatch-agent depends on a crate it must not (above)"; exit 1; \
 	else echo "leakwatch-agent: no DataFusion, Arrow, Parquet or RocksDB in its dependency tree"; fi
 
+# The tests' temporary files go in a directory of their own, deleted at the
+# end: Ballista's in-process executors (the scale-out test) write shuffle
+# files to temporary directories they never delete.
 unit:
-	@set -o pipefail; log=$$(mktemp); \
+	@set -o pipefail; log=$$(mktemp); tmp=$$(mktemp -d); export TMPDIR=$$tmp; \
 	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
 	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
@@ -120,4 +123,4 @@ unit:
 	fi; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i; if ($$(i+1) ~ /^filtered/) s += $$i } } \
 	  END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' $$log; \
-	[ -n "$$note" ] && echo "SKIPPED$$note"; rm -f $$log; exit $$rc
+	[ -n "$$note" ] && echo "SKIPPED$$note"; rm -rf $$log $$tmp; exit $$rc
