@@ -112,9 +112,10 @@ check-agent-deps:
 
 # The tests' temporary files go in a directory of their own, deleted at the
 # end: Ballista's in-process executors (the scale-out test) write shuffle
-# files to temporary directories they never delete.
+# files to temporary directories they never delete. Like /tmp, anyone may
+# enter it: a test runs the agent as an unprivileged user.
 unit:
-	@set -o pipefail; log=$$(mktemp); tmp=$$(mktemp -d); export TMPDIR=$$tmp; \
+	@set -o pipefail; log=$$(mktemp); tmp=$$(mktemp -d); chmod 1777 $$tmp; export TMPDIR=$$tmp; \
 	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
 	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
