@@ -25,6 +25,10 @@ pub mod names {
     pub const ROWS_FLUSHED: &str = "leakwatch_rows_flushed_total";
     /// Parquet files written.
     pub const FILES_FLUSHED: &str = "leakwatch_files_flushed_total";
+    /// Parquet files retention deleted.
+    pub const FILES_EXPIRED: &str = "leakwatch_files_expired_total";
+    /// Batch ids retention forgot (their retries are stored again).
+    pub const BATCH_IDS_EXPIRED: &str = "leakwatch_batch_ids_expired_total";
 }
 
 /// Why a report was refused.
@@ -72,6 +76,10 @@ pub struct IngestMetrics {
     pub rows_flushed: AtomicU64,
     /// See [`names::FILES_FLUSHED`].
     pub files_flushed: AtomicU64,
+    /// See [`names::FILES_EXPIRED`].
+    pub files_expired: AtomicU64,
+    /// See [`names::BATCH_IDS_EXPIRED`].
+    pub batch_ids_expired: AtomicU64,
 }
 
 impl IngestMetrics {
@@ -94,6 +102,8 @@ impl IngestMetrics {
             (names::BYTES_ACCEPTED, &self.bytes_accepted),
             (names::ROWS_FLUSHED, &self.rows_flushed),
             (names::FILES_FLUSHED, &self.files_flushed),
+            (names::FILES_EXPIRED, &self.files_expired),
+            (names::BATCH_IDS_EXPIRED, &self.batch_ids_expired),
         ];
         let mut out = String::new();
         for (name, value) in rows {

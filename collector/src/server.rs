@@ -323,7 +323,7 @@ const EXPIRE_IDS_PER_PASS: u64 = 200_000;
 /// One retention pass: deletes the day partitions older than `days` days
 /// and then the ids of the batches that were in them, whose retries are
 /// stored again from then on. Failures are logged; the next pass retries.
-async fn expire(log: &Arc<DurableLog>, store: &DataStore, days: u32) {
+async fn expire(log: &Arc<DurableLog>, store: &DataStore, metrics: &IngestMetrics, days: u32) {
     // Read before the files are listed: a batch flushed during the pass
     // may be in a file retention did not see, and keeps its id.
     let flushed = match log.watermark() {
@@ -331,14 +331,18 @@ async fn expire(log: &Arc<DurableLog>, store: &DataStore, days: u32) {
         Err(e) => return tracing::error!(error = %e, "Retention failed; will retry"),
     };
     let today = chrono::Utc::now().date_naive();
-    if let Err(e) = store.apply_retention(days, today).await {
-        return tracing::error!(error = %e, "Retention failed; will retry");
+    match store.apply_retention(days, today).await {
+        Ok(files) => IngestMetrics::add(&metrics.files_expired, files),
+        Err(e) => return tracing::error!(error = %e, "Retention failed; will retry"),
     }
     let cutoff = today.signed_duration_since(chrono::DateTime::UNIX_EPOCH.date_naive()).num_days() - i64::from(days);
     let log = log.clone();
     match tokio::task::spawn_blocking(move || log.expire_batch_ids(cutoff, flushed, EXPIRE_IDS_PER_PASS)).await {
         Ok(Ok(0)) => {}
-        Ok(Ok(expired)) => tracing::info!(expired, "Retention forgot the batch ids of deleted partitions"),
+        Ok(Ok(expired)) => {
+            IngestMetrics::add(&metrics.batch_ids_expired, expired);
+            tracing::info!(expired, "Retention forgot the batch ids of deleted partitions");
+        }
         Ok(Err(e)) => tracing::error!(error = %e, "Expiring batch ids failed; will retry"),
         Err(e) => tracing::error!(error = %e, "Expiring batch ids panicked; will retry"),
     }
@@ -476,6 +480,7 @@ impl Server {
             let flusher = flusher.clone();
             let store = store.clone();
             let log = log.clone();
+            let metrics = metrics.clone();
             let retention = config.retention_days;
             let mut rx = rx.clone();
             let interval = config.flush_interval;
@@ -500,7 +505,7 @@ impl Server {
                         Err(e) => tracing::error!(error = %e, "Flush failed; will retry"),
                     }
                     if let Some(days) = retention {
-                        expire(&log, &store, days).await;
+                        expire(&log, &store, &metrics, days).await;
                     }
                 }
             })

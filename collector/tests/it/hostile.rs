@@ -303,4 +303,11 @@ async fn a_batch_id_is_forgotten_once_retention_deleted_its_records_and_not_befo
     // The recent batch's id is kept, and its records.
     assert_eq!(report(&recent).await.status(), leakwatch_proto::v1::AckStatus::Duplicate);
     assert_eq!(count("recent").await, "1");
+    let metrics = t.server.metrics.render(Default::default());
+    let counter = |name: &str| -> u64 {
+        let line = metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).expect(name);
+        line.parse().expect("a count")
+    };
+    assert!(counter("leakwatch_files_expired_total") >= 1, "{metrics}");
+    assert!(counter("leakwatch_batch_ids_expired_total") >= 1, "{metrics}");
 }
