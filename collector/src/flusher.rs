@@ -326,10 +326,9 @@ impl DataStore {
         Ok(())
     }
 
-    /// Deletes day partitions older than `days` days before `today`;
-    /// returns how many files went.
-    pub async fn apply_retention(&self, days: u32, today: chrono::NaiveDate) -> Result<u64> {
-        let Some(cutoff) = today.checked_sub_days(chrono::Days::new(u64::from(days))) else { return Ok(0) };
+    /// Deletes the day partitions before `cutoff`; returns how many files
+    /// went.
+    pub async fn apply_retention(&self, cutoff: chrono::NaiveDate) -> Result<u64> {
         let mut deleted = 0;
         for (day, meta) in self.flow_files().await? {
             if chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").is_ok_and(|d| d < cutoff) {
@@ -1101,7 +1100,8 @@ mod tests {
             store.put_durable(&path, b"x".to_vec()).await.expect("put");
         }
         let today = chrono::NaiveDate::from_ymd_opt(2026, 3, 21).expect("date");
-        assert_eq!(store.apply_retention(30, today).await.expect("retention"), 1);
+        let cutoff = today.checked_sub_days(chrono::Days::new(30)).expect("30 days before");
+        assert_eq!(store.apply_retention(cutoff).await.expect("retention"), 1);
         let left: Vec<String> = std::fs::read_dir(dir.path().join("flows"))
             .expect("dir")
             .flatten()

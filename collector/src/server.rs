@@ -324,20 +324,22 @@ const EXPIRE_IDS_PER_PASS: u64 = 200_000;
 /// and then the ids of the batches that were in them, whose retries are
 /// stored again from then on. Failures are logged; the next pass retries.
 async fn expire(log: &Arc<DurableLog>, store: &DataStore, metrics: &IngestMetrics, days: u32) {
+    let today = chrono::Utc::now().date_naive();
+    let Some(cutoff) = today.checked_sub_days(chrono::Days::new(u64::from(days))) else { return };
     // Read before the files are listed: a batch flushed during the pass
     // may be in a file retention did not see, and keeps its id.
     let flushed = match log.watermark() {
         Ok(w) => w,
         Err(e) => return tracing::error!(error = %e, "Retention failed; will retry"),
     };
-    let today = chrono::Utc::now().date_naive();
-    match store.apply_retention(days, today).await {
+    match store.apply_retention(cutoff).await {
         Ok(files) => IngestMetrics::add(&metrics.files_expired, files),
         Err(e) => return tracing::error!(error = %e, "Retention failed; will retry"),
     }
-    let cutoff = today.signed_duration_since(chrono::DateTime::UNIX_EPOCH.date_naive()).num_days() - i64::from(days);
+    // The same cutoff, as days since 1970-01-01.
+    let before_day = cutoff.signed_duration_since(chrono::DateTime::UNIX_EPOCH.date_naive()).num_days();
     let log = log.clone();
-    match tokio::task::spawn_blocking(move || log.expire_batch_ids(cutoff, flushed, EXPIRE_IDS_PER_PASS)).await {
+    match tokio::task::spawn_blocking(move || log.expire_batch_ids(before_day, flushed, EXPIRE_IDS_PER_PASS)).await {
         Ok(Ok(0)) => {}
         Ok(Ok(expired)) => {
             IngestMetrics::add(&metrics.batch_ids_expired, expired);
