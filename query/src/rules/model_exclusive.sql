@@ -4,14 +4,23 @@
 -- param: min_devices = 5 | fewest distinct devices that must contact the destination
 -- columns: vendor, domain, models, devices
 WITH contacts AS (
-  SELECT DISTINCT vendor, model, device_pseudonym, domain
+  SELECT vendor, model, device_pseudonym, domain
   FROM flows
   WHERE domain IS NOT NULL AND vendor <> ''
+),
+labels AS (
+  SELECT domain, min(vendor) AS vendor, max(vendor) AS last_vendor,
+         array_to_string(array_sort(array_agg(DISTINCT model)), ', ') AS models
+  FROM contacts
+  GROUP BY domain
+),
+reach AS (
+  SELECT domain, count(DISTINCT device_pseudonym) AS devices
+  FROM contacts
+  GROUP BY domain
 )
-SELECT min(vendor) AS vendor, domain,
-       array_to_string(array_sort(array_agg(DISTINCT model)), ', ') AS models,
-       count(DISTINCT device_pseudonym) AS devices
-FROM contacts
-GROUP BY domain
-HAVING count(DISTINCT vendor) = 1 AND count(DISTINCT device_pseudonym) >= ${min_devices}
+SELECT l.vendor, l.domain, l.models, r.devices
+FROM labels l
+JOIN reach r ON r.domain = l.domain
+WHERE l.vendor = l.last_vendor AND r.devices >= ${min_devices}
 ORDER BY vendor, devices DESC, domain
