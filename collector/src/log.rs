@@ -527,11 +527,10 @@ impl DurableLog {
     }
 
     /// Deletes the ids of the batches up to sequence number `flushed`
-    /// whose records all lie before `before_day` (days since 1970-01-01),
-    /// so that the ids of batches retention has deleted do not pile up for
+    /// whose records all lie before the day `cutoff`, so that the ids of batches retention has deleted do not pile up for
     /// ever; at most `limit` of them, oldest days first (the rest go with
     /// later calls); returns how many went. Call it only after retention
-    /// has deleted the day partitions before `before_day`, with the
+    /// has deleted the day partitions before `cutoff`, with the
     /// watermark read before retention began: every record of those
     /// batches is gone then, so a retry of one is stored again (and goes
     /// with the next retention pass) without meeting a first copy. Later
@@ -544,7 +543,9 @@ impl DurableLog {
     /// delete the entry of an old-day batch stored during the call, whose
     /// id is then kept: never deleting an id that should stay is what
     /// matters.
-    pub fn expire_batch_ids(&self, before_day: i64, flushed: u64, limit: u64) -> Result<u64> {
+    pub fn expire_batch_ids(&self, cutoff: chrono::NaiveDate, flushed: u64, limit: u64) -> Result<u64> {
+        // `cutoff` as a `batch_days` day, as `newest_day` counts them.
+        let before_day = cutoff.signed_duration_since(chrono::DateTime::UNIX_EPOCH.date_naive()).num_days();
         let Ok(before) = u32::try_from(before_day.max(0)) else { return Ok(0) };
         let (ids, days) = (self.cf(CF_BATCH_IDS)?, self.cf(CF_BATCH_DAYS)?);
         let watermark = flushed.min(self.watermark()?);
@@ -579,7 +580,7 @@ impl DurableLog {
         }
         it.status().map_err(db_err)?;
         if let Some(from) = from {
-            // Up to the entry the limit stopped at, or to `before_day`.
+            // Up to the entry the limit stopped at, or to `cutoff`.
             wb.delete_range_cf(days, from, it.key().map_or(end, <[u8]>::to_vec));
         }
         self.db.write(wb).map_err(db_err)?;
@@ -867,6 +868,12 @@ mod tests {
         ));
     }
 
+    /// The date `n` days after 1970-01-01.
+    fn day(n: i64) -> chrono::NaiveDate {
+        let epoch = chrono::DateTime::UNIX_EPOCH.date_naive();
+        epoch.checked_add_signed(chrono::TimeDelta::days(n)).expect("a date")
+    }
+
     /// A batch whose newest record starts at `day` (days since 1970).
     fn batch_of_day(id: &str, day: i64) -> ReportBatch {
         let mut b = batch(id, 2);
@@ -890,8 +897,8 @@ mod tests {
         log.commit_flush(4).expect("commit");
 
         // Only batches up to the watermark read before retention go.
-        assert_eq!(log.expire_batch_ids(110, 3, u64::MAX).expect("expire"), 2);
-        assert_eq!(log.expire_batch_ids(110, 4, u64::MAX).expect("expire"), 0, "the unflushed batch keeps its id");
+        assert_eq!(log.expire_batch_ids(day(110), 3, u64::MAX).expect("expire"), 2);
+        assert_eq!(log.expire_batch_ids(day(110), 4, u64::MAX).expect("expire"), 0, "the unflushed batch keeps its id");
         for (id, day) in [("kept", 110), ("legacy", 50), ("unflushed", 90)] {
             let dup = log.append("a", &batch_of_day(id, day), 1).expect("dup");
             assert_eq!(dup, AppendOutcome::Duplicate { records: 2 }, "{id}");
@@ -902,24 +909,24 @@ mod tests {
         assert!(accepted(&batch_of_day("edge", 109)));
         log.commit_flush(7).expect("commit");
         // Oldest days first, `limit` at a time.
-        assert_eq!(log.expire_batch_ids(110, 7, 2).expect("expire"), 2, "unflushed and old");
+        assert_eq!(log.expire_batch_ids(day(110), 7, 2).expect("expire"), 2, "unflushed and old");
         assert!(accepted(&batch_of_day("unflushed", 90)));
         assert!(accepted(&batch_of_day("old", 100)));
         let dup = log.append("a", &batch_of_day("edge", 109), 1).expect("dup");
         assert_eq!(dup, AppendOutcome::Duplicate { records: 2 }, "past the limit");
-        assert_eq!(log.expire_batch_ids(110, 7, u64::MAX).expect("expire"), 1, "edge");
+        assert_eq!(log.expire_batch_ids(day(110), 7, u64::MAX).expect("expire"), 1, "edge");
         assert!(accepted(&batch_of_day("edge", 109)));
-        assert_eq!(log.expire_batch_ids(200, 0, u64::MAX).expect("expire"), 0);
-        assert_eq!(log.expire_batch_ids(-5, 10, u64::MAX).expect("expire"), 0);
+        assert_eq!(log.expire_batch_ids(day(200), 0, u64::MAX).expect("expire"), 0);
+        assert_eq!(log.expire_batch_ids(day(-5), 10, u64::MAX).expect("expire"), 0);
         // Entries stored after a range went are expired by later calls;
         // an unflushed one amid them stays.
         assert!(accepted(&batch_of_day("late", 105)));
         log.commit_flush(10).expect("commit");
-        assert_eq!(log.expire_batch_ids(110, 10, u64::MAX).expect("expire"), 3, "unflushed, old and edge");
+        assert_eq!(log.expire_batch_ids(day(110), 10, u64::MAX).expect("expire"), 3, "unflushed, old and edge");
         let left = log.db.iterator_cf(log.cf(CF_BATCH_DAYS).expect("cf"), IteratorMode::Start).count();
         assert_eq!(left, 2, "the day entries of the kept and the late batch are left");
         log.commit_flush(11).expect("commit");
-        assert_eq!(log.expire_batch_ids(110, 11, u64::MAX).expect("expire"), 1, "late");
+        assert_eq!(log.expire_batch_ids(day(110), 11, u64::MAX).expect("expire"), 1, "late");
     }
 
     #[test]
@@ -936,7 +943,7 @@ mod tests {
         }
         log.db.write(wb).expect("write");
         log.commit_flush(1).expect("commit");
-        assert_eq!(log.expire_batch_ids(10, 1, u64::MAX).expect("expire"), 44_999);
+        assert_eq!(log.expire_batch_ids(day(10), 1, u64::MAX).expect("expire"), 44_999);
         let count = |cf| log.db.iterator_cf(cf, IteratorMode::Start).count();
         assert_eq!((count(ids), count(days)), (1, 1), "the unflushed batch's id and entry");
     }

@@ -336,10 +336,8 @@ async fn expire(log: &Arc<DurableLog>, store: &DataStore, metrics: &IngestMetric
         Ok(files) => IngestMetrics::add(&metrics.files_expired, files),
         Err(e) => return tracing::error!(error = %e, "Retention failed; will retry"),
     }
-    // The same cutoff, as days since 1970-01-01.
-    let before_day = cutoff.signed_duration_since(chrono::DateTime::UNIX_EPOCH.date_naive()).num_days();
     let log = log.clone();
-    match tokio::task::spawn_blocking(move || log.expire_batch_ids(before_day, flushed, EXPIRE_IDS_PER_PASS)).await {
+    match tokio::task::spawn_blocking(move || log.expire_batch_ids(cutoff, flushed, EXPIRE_IDS_PER_PASS)).await {
         Ok(Ok(0)) => {}
         Ok(Ok(expired)) => {
             IngestMetrics::add(&metrics.batch_ids_expired, expired);
