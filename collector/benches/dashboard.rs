@@ -92,6 +92,8 @@ fn wrk(wrk: &str, script: &std::path::Path, url: &str, secs: u64, connections: u
 }
 
 fn main() {
+    // The binary's allocator setting (see `src/main.rs`).
+    leakwatch_collector::allocator::keep_freed_memory_longer();
     let target: usize = env_or("BENCH_DASHBOARD_RECORDS", 10_000_000);
     let secs: u64 = env_or("BENCH_SECS", 10u64).max(1);
     let connections: u64 = env_or("BENCH_CONNECTIONS", 8u64).max(1);

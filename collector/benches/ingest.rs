@@ -306,6 +306,8 @@ fn backlog_trend(samples: &[u64], window: usize) -> String {
 }
 
 fn main() {
+    // The binary's allocator setting (see `src/main.rs`).
+    leakwatch_collector::allocator::keep_freed_memory_longer();
     // `LEAKWATCH_LOG=info` shows the collector's log (flushes, compactions).
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG") {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 
 pub mod admin;
+pub mod allocator;
 pub mod background;
 pub mod cli;
 pub mod convert;

@@ -12,6 +12,8 @@ use clap::Parser as _;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before any other thread exists (see the function).
+    leakwatch_collector::allocator::keep_freed_memory_longer();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
