@@ -1,11 +1,13 @@
 """DuckDB side of the rules benchmark (collector/benches/rules.rs).
 
-Usage: duckdb_rules.py FLOWS_DIR SQL_DIR RUNS
+Usage: duckdb_rules.py FLOWS_DIR SQL_DIR
 
 Reads the same Parquet files as leakwatch (FLOWS_DIR/day=*/*.parquet) as
-the view `flows`, runs each rule's SQL from SQL_DIR/<rule>.sql once to warm
-up and RUNS times more, and prints one JSON line per rule with the best
-time and the row count.
+the view `flows`, then reads rule names from standard input, one per line,
+runs each named rule's SQL from SQL_DIR/<rule>.sql once and answers with a
+JSON line of its time and row count. The benchmark sends a rule each time
+leakwatch has run it, so the two engines take turns and a slow minute of
+the machine falls on both.
 
 DuckDB has no `registrable_domain`; it gets a SQL macro taking the last
 two labels of a host name (IP addresses and empty names give NULL). That
@@ -23,7 +25,7 @@ import duckdb
 
 
 def main():
-    flows_dir, sql_dir, runs = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
+    flows_dir, sql_dir = sys.argv[1], pathlib.Path(sys.argv[2])
     con = duckdb.connect()
     con.execute(f"CREATE VIEW flows AS SELECT * FROM read_parquet('{flows_dir}/*/*.parquet')")
     con.execute(
@@ -31,14 +33,15 @@ def main():
             CASE WHEN h IS NULL OR h = '' OR regexp_matches(h, '^[0-9.]+$') OR contains(h, ':') THEN NULL
                  ELSE regexp_extract(h, '([^.]+\.[^.]+)\.?$', 1) END"""
     )
-    for path in sorted(sql_dir.glob("*.sql")):
-        sql = path.read_text(encoding="utf-8")
-        best, rows = float("inf"), 0
-        for _ in range(runs + 1):
-            t0 = time.perf_counter()
-            rows = len(con.execute(sql).fetchall())
-            best = min(best, time.perf_counter() - t0)
-        print(json.dumps({"rule": path.stem, "seconds": best, "rows": rows}), flush=True)
+    for line in sys.stdin:
+        rule = line.strip()
+        if not rule:
+            continue
+        sql = (sql_dir / f"{rule}.sql").read_text(encoding="utf-8")
+        t0 = time.perf_counter()
+        rows = len(con.execute(sql).fetchall())
+        seconds = time.perf_counter() - t0
+        print(json.dumps({"rule": rule, "seconds": seconds, "rows": rows}), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@
 //! flusher's Parquet settings, files of at most a million rows
 //! (`COMPACT_RUN_LIMIT`), each sorted as the flusher sorts its rows.
 //! Each rule runs `BENCH_RUNS` times on each engine (default 3, after one
-//! warm-up run); the best time counts.
+//! warm-up run each), the engines taking turns (leakwatch, DuckDB,
+//! leakwatch, ...) so that a slow minute of the machine falls on both; the
+//! best time counts, and the lowest and highest ratio of one turn show how
+//! far a single comparison moves.
 //!
 //! Then the same rules on Apache DataFusion Ballista, a scheduler with one
 //! executor and then with two (in this process, on loopback; the machine's
@@ -37,29 +40,75 @@ use common::{Copies, bench_dir, env_or, replicate};
 use leakwatch_query::rules::builtin_rules;
 use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, SessionFactory};
 
-/// Per rule: best seconds and rows, from the DuckDB script's JSON lines.
-fn duckdb(python: &str, flows: &Path, sql_dir: &Path, runs: usize) -> Result<BTreeMap<String, (f64, u64)>, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/duckdb_rules.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(flows)
-        .arg(sql_dir)
-        .arg(runs.to_string())
-        .output()
-        .map_err(|e| format!("{python}: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let mut results = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{line}: {e}"))?;
-        let (Some(rule), Some(secs), Some(rows)) = (v["rule"].as_str(), v["seconds"].as_f64(), v["rows"].as_u64())
-        else {
-            return Err(format!("unexpected line {line}"));
+/// DuckDB in a Python process of its own (`benches/duckdb_rules.py`),
+/// running one rule each time it is asked.
+struct DuckDb {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl DuckDb {
+    fn start(python: &str, flows: &Path, sql_dir: &Path) -> Result<Self, String> {
+        use std::process::{Command, Stdio};
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/duckdb_rules.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(flows)
+            .arg(sql_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{python}: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("no pipes to the DuckDB script".into());
         };
-        results.insert(rule.to_string(), (secs, rows));
+        Ok(Self { child, stdin, stdout: std::io::BufReader::new(stdout) })
     }
-    Ok(results)
+
+    /// One run of `rule` (its SQL in the script's SQL directory): seconds
+    /// and rows.
+    fn run(&mut self, rule: &str) -> Result<(f64, u64), String> {
+        use std::io::{BufRead as _, Write as _};
+        writeln!(self.stdin, "{rule}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("to the DuckDB script: {e}"))?;
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => return Err(format!("the DuckDB script ended on {rule} (its error is above)")),
+            Ok(_) => {}
+            Err(e) => return Err(format!("from the DuckDB script: {e}")),
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("{line}: {e}"))?;
+        match (v["seconds"].as_f64(), v["rows"].as_u64()) {
+            (Some(secs), Some(rows)) => Ok((secs, rows)),
+            _ => Err(format!("unexpected line {line}")),
+        }
+    }
+}
+
+impl Drop for DuckDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One engine's runs of one rule: the best time, the rows and each run's
+/// time (warm-up left out).
+#[derive(Default)]
+struct Runs {
+    best: f64,
+    rows: u64,
+    each: Vec<f64>,
+}
+
+impl Runs {
+    fn add(&mut self, secs: f64, rows: u64) {
+        self.best = if self.each.is_empty() { secs } else { self.best.min(secs) };
+        self.rows = rows;
+        self.each.push(secs);
+    }
 }
 
 /// The built-in rules named in `BENCH_RULES` (comma-separated; all when
@@ -74,6 +123,8 @@ fn chosen_rules() -> Vec<leakwatch_query::rules::Rule> {
 }
 
 fn main() {
+    // The binary's allocator setting (see `src/main.rs`).
+    leakwatch_collector::allocator::keep_freed_memory_longer();
     let target: usize = env_or("BENCH_RECORDS", 50_000_000);
     let runs: usize = env_or("BENCH_RUNS", 3usize).max(1);
     let memory_mib: usize = env_or("BENCH_MEMORY_MIB", 16_384);
@@ -96,50 +147,68 @@ fn main() {
         let sessions = SessionFactory::new(config.clone(), store.clone(), Arc::new(FilesOnly));
         let sql_dir = dir.path().join("sql");
         std::fs::create_dir_all(&sql_dir).expect("sql dir");
-        let mut ours = BTreeMap::new();
-        for rule in chosen_rules() {
-            let sql = rule.render(&BTreeMap::new()).expect("render");
-            std::fs::write(sql_dir.join(format!("{}.sql", rule.name)), &sql).expect("write sql");
-            let mut best = f64::INFINITY;
-            let mut found = 0;
-            for _ in 0..=runs {
-                let session = sessions.session().await.expect("session");
-                let t0 = Instant::now();
-                let batches = session.sql(&sql).await.unwrap_or_else(|e| panic!("rule {}: {e}", rule.name));
-                best = best.min(t0.elapsed().as_secs_f64());
-                found = batches.iter().map(|b| b.num_rows() as u64).sum();
-            }
-            ours.insert(rule.name.clone(), (best, found));
-        }
-
-        let python = std::env::var("BENCH_PYTHON").ok();
-        let theirs = match &python {
-            Some(python) => match duckdb(python, &flows, &sql_dir, runs) {
-                Ok(r) => Some(r),
+        let mut duck = match std::env::var("BENCH_PYTHON") {
+            Ok(python) => match DuckDb::start(&python, &flows, &sql_dir) {
+                Ok(duck) => Some(duck),
                 Err(e) => {
                     println!("  DuckDB failed: {e}");
                     None
                 }
             },
-            None => {
+            Err(_) => {
                 println!("  DuckDB skipped: BENCH_PYTHON is not set (`make bench` sets it)");
                 None
             }
         };
         println!(
-            "  {:<20} {:>12} {:>12} {:>8} {:>14}   (best of {runs} after a warm-up; goal ratio <= 1.0)",
-            "rule", "leakwatch s", "DuckDB s", "ratio", "rows lw/duck"
+            "  {:<20} {:>12} {:>12} {:>8} {:>14} {:>14}   (best of {runs} after a warm-up, the engines taking turns; goal ratio <= 1.0)",
+            "rule", "leakwatch s", "DuckDB s", "ratio", "each turn", "rows lw/duck"
         );
-        for (rule, (secs, found)) in &ours {
-            match theirs.as_ref().and_then(|t| t.get(rule)) {
-                Some((dsecs, drows)) => println!(
-                    "  {rule:<20} {secs:>12.3} {dsecs:>12.3} {:>8.2} {:>14}",
-                    secs / dsecs,
-                    format!("{found}/{drows}")
-                ),
-                None => println!("  {rule:<20} {secs:>12.3} {:>12} {:>8} {:>14}", "-", "-", found),
+        let mut ours = BTreeMap::new();
+        for rule in chosen_rules() {
+            let sql = rule.render(&BTreeMap::new()).expect("render");
+            std::fs::write(sql_dir.join(format!("{}.sql", rule.name)), &sql).expect("write sql");
+            let (mut mine, mut theirs) = (Runs::default(), Runs::default());
+            // Turn 0 warms both up and is not counted.
+            for turn in 0..=runs {
+                let session = sessions.session().await.expect("session");
+                let t0 = Instant::now();
+                let batches = session.sql(&sql).await.unwrap_or_else(|e| panic!("rule {}: {e}", rule.name));
+                let secs = t0.elapsed().as_secs_f64();
+                if turn > 0 {
+                    mine.add(secs, batches.iter().map(|b| b.num_rows() as u64).sum());
+                }
+                if let Some(d) = duck.as_mut() {
+                    match d.run(&rule.name) {
+                        Ok((secs, rows)) if turn > 0 => theirs.add(secs, rows),
+                        Ok(_) => {}
+                        Err(e) => {
+                            println!("  DuckDB failed: {e}");
+                            duck = None;
+                        }
+                    }
+                }
             }
+            if theirs.each.len() == mine.each.len() {
+                // Each turn's ratio, lowest to highest: how far one
+                // comparison moves on this machine.
+                let turns: Vec<f64> = mine.each.iter().zip(&theirs.each).map(|(m, t)| m / t).collect();
+                let (low, high) = turns.iter().fold((f64::INFINITY, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+                println!(
+                    "  {:<20} {:>12.3} {:>12.3} {:>8.2} {:>14} {:>14}",
+                    rule.name,
+                    mine.best,
+                    theirs.best,
+                    mine.best / theirs.best,
+                    format!("{low:.2}-{high:.2}"),
+                    format!("{}/{}", mine.rows, theirs.rows)
+                );
+            } else {
+                println!("  {:<20} {:>12.3} {:>12} {:>8} {:>14} {:>14}", rule.name, mine.best, "-", "-", "-", mine.rows);
+            }
+            ours.insert(rule.name.clone(), (mine.best, mine.rows));
         }
+        drop(duck);
 
         let ballista_runs: usize = env_or("BENCH_BALLISTA_RUNS", 1usize);
         if ballista_runs == 0 {
