@@ -5,15 +5,27 @@
 -- param: min_bytes_out = 50000 | fewest bytes sent by the model's devices in all
 -- param: min_devices = 5 | fewest distinct devices that must send to the destination
 -- columns: vendor, model, domain, devices, bytes_out, bytes_in, ratio
-SELECT vendor, model, domain,
-       count(DISTINCT device_pseudonym) AS devices,
-       sum(bytes_out) AS bytes_out,
-       sum(bytes_in) AS bytes_in,
-       round(CAST(sum(bytes_out) AS DOUBLE) / greatest(sum(bytes_in), 1), 1) AS ratio
-FROM flows
-WHERE domain IS NOT NULL AND transport <> 'dns'
-GROUP BY vendor, model, domain
-HAVING count(DISTINCT device_pseudonym) >= ${min_devices}
-   AND sum(bytes_out) >= ${min_bytes_out}
-   AND CAST(sum(bytes_out) AS DOUBLE) >= ${min_ratio} * greatest(sum(bytes_in), 1)
+WITH sent AS (
+  SELECT vendor, model, domain, device_pseudonym, bytes_out, bytes_in
+  FROM flows
+  WHERE domain IS NOT NULL AND transport <> 'dns'
+),
+totals AS (
+  SELECT vendor, model, domain, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
+  FROM sent
+  GROUP BY vendor, model, domain
+  HAVING sum(bytes_out) >= ${min_bytes_out}
+     AND CAST(sum(bytes_out) AS DOUBLE) >= ${min_ratio} * greatest(sum(bytes_in), 1)
+),
+reach AS (
+  SELECT s.vendor, s.model, s.domain, count(DISTINCT s.device_pseudonym) AS devices
+  FROM sent s
+  JOIN totals t ON s.vendor = t.vendor AND s.model = t.model AND s.domain = t.domain
+  GROUP BY s.vendor, s.model, s.domain
+)
+SELECT t.vendor, t.model, t.domain, r.devices, t.bytes_out, t.bytes_in,
+       round(CAST(t.bytes_out AS DOUBLE) / greatest(t.bytes_in, 1), 1) AS ratio
+FROM totals t
+JOIN reach r ON r.vendor = t.vendor AND r.model = t.model AND r.domain = t.domain
+WHERE r.devices >= ${min_devices}
 ORDER BY ratio DESC, bytes_out DESC, vendor, model, domain

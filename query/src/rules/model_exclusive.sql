@@ -9,18 +9,20 @@ WITH contacts AS (
   WHERE domain IS NOT NULL AND vendor <> ''
 ),
 labels AS (
-  SELECT domain, min(vendor) AS vendor, max(vendor) AS last_vendor,
+  SELECT domain, min(vendor) AS vendor,
          array_to_string(array_sort(array_agg(DISTINCT model)), ', ') AS models
   FROM contacts
   GROUP BY domain
+  HAVING min(vendor) = max(vendor)
 ),
 reach AS (
   SELECT domain, count(DISTINCT device_pseudonym) AS devices
   FROM contacts
+  WHERE domain IN (SELECT domain FROM labels)
   GROUP BY domain
 )
 SELECT l.vendor, l.domain, l.models, r.devices
 FROM labels l
 JOIN reach r ON r.domain = l.domain
-WHERE l.vendor = l.last_vendor AND r.devices >= ${min_devices}
+WHERE r.devices >= ${min_devices}
 ORDER BY vendor, devices DESC, domain
