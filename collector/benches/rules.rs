@@ -27,7 +27,14 @@
 //! and said so), `BENCH_MEMORY_MIB` (leakwatch's query
 //! memory limit, default 16384), `BENCH_RUNS`, `BENCH_BALLISTA_RUNS`
 //! (default 1; 0 skips Ballista), `BENCH_RULES` (rule names, comma-separated,
-//! to run only those).
+//! to run only those), `BENCH_FLOWS` (a `flows` directory an earlier run
+//! kept with `BENCH_KEEP`: time the rules on its files instead of writing
+//! new ones), `BENCH_VARIANTS` (a directory of rule files: each
+//! `<rule>.sql` or `<rule>.<label>.sql` in it, its SQL filled in with the
+//! built-in rule's parameters, is timed too, in the same turns as the
+//! built-in SQL and on both engines, and printed under it as "variant
+//! <label>"; how a rewrite of a rule is judged) and `BENCH_EXPLAIN` (set:
+//! print each timed SQL's plan with its metrics, `EXPLAIN ANALYZE`, first).
 
 mod common;
 
@@ -36,7 +43,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Copies, bench_dir, env_or, replicate};
+use common::{Copies, bench_dir, dir_bytes, env_or, replicate};
 use leakwatch_query::rules::builtin_rules;
 use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, SessionFactory};
 
@@ -114,6 +121,66 @@ impl Runs {
     }
 }
 
+/// One SQL text timed on both engines: a built-in rule's, or a variant of
+/// it (`BENCH_VARIANTS`).
+struct Entry {
+    /// The name its SQL file has in the DuckDB script's directory.
+    label: String,
+    sql: String,
+    mine: Runs,
+    theirs: Runs,
+}
+
+impl Entry {
+    fn new(label: &str, rule: &leakwatch_query::rules::Rule, sql_dir: &Path) -> Self {
+        let sql = rule.render(&BTreeMap::new()).unwrap_or_else(|e| panic!("{label}: {e}"));
+        std::fs::write(sql_dir.join(format!("{label}.sql")), &sql).expect("write sql");
+        Self { label: label.to_string(), sql, mine: Runs::default(), theirs: Runs::default() }
+    }
+
+    /// Its line of the table, headed `name`.
+    fn print(&self, name: &str) {
+        let (mine, theirs) = (&self.mine, &self.theirs);
+        if theirs.each.len() == mine.each.len() {
+            // Each turn's ratio, lowest to highest: how far one
+            // comparison moves on this machine.
+            let turns: Vec<f64> = mine.each.iter().zip(&theirs.each).map(|(m, t)| m / t).collect();
+            let (low, high) = turns.iter().fold((f64::INFINITY, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+            println!(
+                "  {:<20} {:>12.3} {:>12.3} {:>8.2} {:>14} {:>14}",
+                name,
+                mine.best(),
+                theirs.best(),
+                mine.best() / theirs.best(),
+                format!("{low:.2}-{high:.2}"),
+                format!("{}/{}", mine.rows, theirs.rows)
+            );
+        } else {
+            println!("  {:<20} {:>12.3} {:>12} {:>8} {:>14} {:>14}", name, mine.best(), "-", "-", "-", mine.rows);
+        }
+    }
+}
+
+/// The variants of rule `name` in `dir`: its files `<name>.sql` and
+/// `<name>.<label>.sql`, each with its file stem, in name order.
+fn variant_files(dir: &Path, name: &str) -> Vec<(String, String)> {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("BENCH_VARIANTS={}: {e}", dir.display()));
+    let mut found: Vec<(String, String)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let file = entry.file_name().into_string().ok()?;
+            let stem = file.strip_suffix(".sql")?;
+            let of_rule = stem == name || stem.strip_prefix(name).is_some_and(|rest| rest.starts_with('.'));
+            of_rule.then(|| {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_else(|e| panic!("{file}: {e}"));
+                (format!("{stem}.variant"), text)
+            })
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// The built-in rules named in `BENCH_RULES` (comma-separated; all when
 /// unset), to time or profile some of them alone.
 fn chosen_rules() -> Vec<leakwatch_query::rules::Rule> {
@@ -138,12 +205,22 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let flows = dir.path().join("bench/flows");
-        let Copies { rows, copies, base_rows, bytes, elapsed } = replicate(dir.path(), &flows, target).await;
-        println!(
-            "rules: {rows} records ({copies} copies of the {base_rows}-record simulated fleet), {:.2} GB of Parquet, written in {elapsed:.0?}",
-            bytes as f64 / 1e9,
-        );
+        let flows = match std::env::var_os("BENCH_FLOWS") {
+            Some(kept) => {
+                let flows = std::path::PathBuf::from(kept);
+                println!("rules: the files in {} (BENCH_FLOWS), {:.2} GB of Parquet", flows.display(), dir_bytes(&flows) as f64 / 1e9);
+                flows
+            }
+            None => {
+                let flows = dir.path().join("bench/flows");
+                let Copies { rows, copies, base_rows, bytes, elapsed } = replicate(dir.path(), &flows, target).await;
+                println!(
+                    "rules: {rows} records ({copies} copies of the {base_rows}-record simulated fleet), {:.2} GB of Parquet, written in {elapsed:.0?}",
+                    bytes as f64 / 1e9,
+                );
+                flows
+            }
+        };
 
         let config = QueryConfig { memory_limit_bytes: memory_mib << 20, timeout: Duration::from_secs(3600), ..QueryConfig::default() };
         let store = FlowStore::local(flows.parent().expect("the flows directory's parent")).expect("store");
@@ -168,48 +245,54 @@ fn main() {
             "rule", "leakwatch s", "DuckDB s", "ratio", "each turn", "rows lw/duck"
         );
         let mut ours = BTreeMap::new();
+        let variants = std::env::var_os("BENCH_VARIANTS").map(std::path::PathBuf::from);
         for rule in chosen_rules() {
-            let sql = rule.render(&BTreeMap::new()).expect("render");
-            std::fs::write(sql_dir.join(format!("{}.sql", rule.name)), &sql).expect("write sql");
-            let (mut mine, mut theirs) = (Runs::default(), Runs::default());
+            let mut entries = vec![Entry::new(&rule.name, &rule, &sql_dir)];
+            for (label, text) in variants.as_deref().map(|d| variant_files(d, &rule.name)).unwrap_or_default() {
+                // Its header lines are SQL comments; the built-in rule's
+                // parameters fill its placeholders.
+                let variant = leakwatch_query::rules::Rule { sql: text, ..rule.clone() };
+                entries.push(Entry::new(&label, &variant, &sql_dir));
+            }
+            if std::env::var_os("BENCH_EXPLAIN").is_some() {
+                for entry in &entries {
+                    let session = sessions.session().await.expect("session");
+                    let plan = session.sql(&format!("EXPLAIN ANALYZE {}", entry.sql)).await.expect("explain");
+                    println!("{}:\n{}", entry.label, arrow::util::pretty::pretty_format_batches(&plan).expect("format"));
+                }
+            }
             // Turn 0 warms both up and is not counted.
             for turn in 0..=runs {
-                let session = sessions.session().await.expect("session");
-                let t0 = Instant::now();
-                let batches = session.sql(&sql).await.unwrap_or_else(|e| panic!("rule {}: {e}", rule.name));
-                let secs = t0.elapsed().as_secs_f64();
-                if turn > 0 {
-                    mine.add(secs, batches.iter().map(|b| b.num_rows() as u64).sum());
-                }
-                if let Some(d) = duck.as_mut() {
-                    match d.run(&rule.name) {
-                        Ok((secs, rows)) if turn > 0 => theirs.add(secs, rows),
-                        Ok(_) => {}
-                        Err(e) => {
-                            println!("  DuckDB failed: {e}");
-                            duck = None;
+                for entry in &mut entries {
+                    let session = sessions.session().await.expect("session");
+                    let t0 = Instant::now();
+                    let batches = session.sql(&entry.sql).await.unwrap_or_else(|e| panic!("{}: {e}", entry.label));
+                    let secs = t0.elapsed().as_secs_f64();
+                    if turn > 0 {
+                        entry.mine.add(secs, batches.iter().map(|b| b.num_rows() as u64).sum());
+                    }
+                    if let Some(d) = duck.as_mut() {
+                        match d.run(&entry.label) {
+                            Ok((secs, rows)) if turn > 0 => entry.theirs.add(secs, rows),
+                            Ok(_) => {}
+                            Err(e) => {
+                                println!("  DuckDB failed: {e}");
+                                duck = None;
+                            }
                         }
                     }
                 }
             }
-            if theirs.each.len() == mine.each.len() {
-                // Each turn's ratio, lowest to highest: how far one
-                // comparison moves on this machine.
-                let turns: Vec<f64> = mine.each.iter().zip(&theirs.each).map(|(m, t)| m / t).collect();
-                let (low, high) = turns.iter().fold((f64::INFINITY, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
-                println!(
-                    "  {:<20} {:>12.3} {:>12.3} {:>8.2} {:>14} {:>14}",
-                    rule.name,
-                    mine.best(),
-                    theirs.best(),
-                    mine.best() / theirs.best(),
-                    format!("{low:.2}-{high:.2}"),
-                    format!("{}/{}", mine.rows, theirs.rows)
-                );
-            } else {
-                println!("  {:<20} {:>12.3} {:>12} {:>8} {:>14} {:>14}", rule.name, mine.best(), "-", "-", "-", mine.rows);
+            for (i, entry) in entries.iter().enumerate() {
+                let shown = match entry.label.strip_prefix(&rule.name).and_then(|rest| rest.strip_suffix(".variant")) {
+                    _ if i == 0 => rule.name.clone(),
+                    Some("") => "  variant".to_string(),
+                    Some(which) => format!("  variant {}", which.trim_start_matches('.')),
+                    None => entry.label.clone(),
+                };
+                entry.print(&shown);
             }
-            ours.insert(rule.name.clone(), (mine.best(), mine.rows));
+            ours.insert(rule.name.clone(), (entries[0].mine.best(), entries[0].mine.rows));
         }
         drop(duck);
 

@@ -134,7 +134,7 @@ fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usi
     (copies * base_rows, copies)
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+pub fn dir_bytes(dir: &Path) -> u64 {
     let mut bytes = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
