@@ -17,37 +17,53 @@ model_devices AS (
   FROM flows
   GROUP BY vendor, model
 ),
-early AS (
-  SELECT vendor, model, reg,
-         count(DISTINCT device_pseudonym) AS devices,
-         median(seconds_since_boot) AS median_s,
-         array_to_string(array_sort(array_agg(DISTINCT domain)), ', ') AS hosts,
-         array_to_string(array_sort(array_agg(DISTINCT consent)), ' | ') AS consent
+reached AS (
+  SELECT vendor, model, reg, device_pseudonym, min(seconds_since_boot) AS first_s
   FROM contacts
-  WHERE seconds_since_boot <= ${window_s} AND reg IS NOT NULL
+  WHERE reg IS NOT NULL
+  GROUP BY vendor, model, reg, device_pseudonym
+),
+per_model AS (
+  SELECT vendor, model, reg, count(*) AS reached,
+         count(*) FILTER (WHERE first_s <= ${window_s}) AS devices
+  FROM reached
   GROUP BY vendor, model, reg
 ),
 reach AS (
-  SELECT reg, vendor, count(DISTINCT device_pseudonym) AS d
-  FROM contacts
-  WHERE reg IS NOT NULL
+  SELECT reg, vendor, sum(reached) AS d
+  FROM per_model
   GROUP BY reg, vendor
 ),
 reach_total AS (
-  SELECT reg, sum(d) AS total
-  FROM reach
+  SELECT reg, sum(reached) AS total
+  FROM per_model
   GROUP BY reg
+),
+found AS (
+  SELECT p.vendor, p.model, p.reg, p.devices, m.n AS model_devices, r.d, t.total
+  FROM per_model p
+  JOIN model_devices m ON m.vendor = p.vendor AND m.model = p.model
+  JOIN reach r ON r.reg = p.reg AND r.vendor = p.vendor
+  JOIN reach_total t ON t.reg = p.reg
+  WHERE p.devices >= ${min_devices}
+    AND CAST(p.devices AS DOUBLE) / m.n >= ${min_share}
+    AND CAST(r.d AS DOUBLE) / t.total >= ${min_vendor_share}
+),
+early AS (
+  SELECT c.vendor, c.model, c.reg,
+         median(c.seconds_since_boot) AS median_s,
+         array_to_string(array_sort(array_agg(DISTINCT c.domain)), ', ') AS hosts,
+         array_to_string(array_sort(array_agg(DISTINCT c.consent)), ' | ') AS consent
+  FROM contacts c
+  JOIN found f ON f.vendor = c.vendor AND f.model = c.model AND f.reg = c.reg
+  WHERE c.seconds_since_boot <= ${window_s}
+  GROUP BY c.vendor, c.model, c.reg
 )
-SELECT e.vendor, e.model, e.reg AS domain, e.hosts, e.devices, m.n AS model_devices,
-       round(CAST(e.devices AS DOUBLE) / m.n, 3) AS share,
+SELECT f.vendor, f.model, f.reg AS domain, e.hosts, f.devices, f.model_devices,
+       round(CAST(f.devices AS DOUBLE) / f.model_devices, 3) AS share,
        round(e.median_s, 1) AS median_s,
-       round(CAST(r.d AS DOUBLE) / t.total, 3) AS vendor_share,
+       round(CAST(f.d AS DOUBLE) / f.total, 3) AS vendor_share,
        e.consent
-FROM early e
-JOIN model_devices m ON e.vendor = m.vendor AND e.model = m.model
-JOIN reach r ON r.reg = e.reg AND r.vendor = e.vendor
-JOIN reach_total t ON t.reg = e.reg
-WHERE e.devices >= ${min_devices}
-  AND CAST(e.devices AS DOUBLE) / m.n >= ${min_share}
-  AND CAST(r.d AS DOUBLE) / t.total >= ${min_vendor_share}
-ORDER BY share DESC, devices DESC, e.vendor, e.model, domain
+FROM found f
+JOIN early e ON e.vendor = f.vendor AND e.model = f.model AND e.reg = f.reg
+ORDER BY share DESC, devices DESC, f.vendor, f.model, domain

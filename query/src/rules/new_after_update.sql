@@ -9,25 +9,37 @@ WITH fw AS (
   FROM flows
   GROUP BY vendor, model, os_version
 ),
-contacts AS (
-  SELECT vendor, model, os_version, domain,
-         count(DISTINCT device_pseudonym) AS devices, min(window_start) AS first_contact
+seen AS (
+  SELECT vendor, model, os_version, domain
   FROM flows
   WHERE domain IS NOT NULL
   GROUP BY vendor, model, os_version, domain
 ),
-pairs AS (
-  SELECT c.vendor, c.model, c.domain, o.os_version AS before, n.os_version AS after,
-         c.devices, n.devices AS after_devices, c.first_contact
-  FROM contacts c
-  JOIN fw n ON n.vendor = c.vendor AND n.model = c.model AND n.os_version = c.os_version
+candidates AS (
+  SELECT s.vendor, s.model, s.domain, o.os_version AS before, n.os_version AS after, n.devices AS after_devices
+  FROM seen s
+  JOIN fw n ON n.vendor = s.vendor AND n.model = s.model AND n.os_version = s.os_version
   JOIN fw o ON o.vendor = n.vendor AND o.model = n.model AND o.first_seen < n.first_seen
-  LEFT JOIN contacts p ON p.vendor = o.vendor AND p.model = o.model AND p.os_version = o.os_version
-                      AND p.domain = c.domain
+  LEFT JOIN seen p ON p.vendor = o.vendor AND p.model = o.model AND p.os_version = o.os_version
+                  AND p.domain = s.domain
   WHERE p.domain IS NULL
     AND o.devices >= ${min_devices}
-    AND c.devices >= ${min_devices}
-    AND CAST(c.devices AS DOUBLE) / n.devices >= ${min_share}
+    AND n.devices >= ${min_devices}
+),
+contacts AS (
+  SELECT f.vendor, f.model, f.os_version, f.domain,
+         count(DISTINCT f.device_pseudonym) AS devices, min(f.window_start) AS first_contact
+  FROM flows f
+  JOIN (SELECT DISTINCT vendor, model, after, domain FROM candidates) k
+    ON f.vendor = k.vendor AND f.model = k.model AND f.os_version = k.after AND f.domain = k.domain
+  GROUP BY f.vendor, f.model, f.os_version, f.domain
+),
+pairs AS (
+  SELECT k.vendor, k.model, k.domain, k.before, k.after, c.devices, k.after_devices, c.first_contact
+  FROM candidates k
+  JOIN contacts c ON c.vendor = k.vendor AND c.model = k.model AND c.os_version = k.after AND c.domain = k.domain
+  WHERE c.devices >= ${min_devices}
+    AND CAST(c.devices AS DOUBLE) / k.after_devices >= ${min_share}
 )
 SELECT vendor, model, domain,
        array_to_string(array_sort(array_agg(DISTINCT before)), ', ') AS before,
