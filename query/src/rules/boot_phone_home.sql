@@ -17,6 +17,8 @@ model_devices AS (
   FROM flows
   GROUP BY vendor, model
 ),
+-- One row per device and registrable domain it contacted, with its earliest
+-- contact after boot: the device counts below all come from these rows.
 reached AS (
   SELECT vendor, model, reg, device_pseudonym, min(seconds_since_boot) AS first_s
   FROM contacts
@@ -39,6 +41,8 @@ reach_total AS (
   FROM per_model
   GROUP BY reg
 ),
+-- The pairs that pass every test. Only these get the columns that need
+-- every contact (median time, host names, consent labels).
 found AS (
   SELECT p.vendor, p.model, p.reg, p.devices, m.n AS model_devices, r.d, t.total
   FROM per_model p

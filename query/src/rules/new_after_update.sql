@@ -15,6 +15,8 @@ seen AS (
   WHERE domain IS NOT NULL
   GROUP BY vendor, model, os_version, domain
 ),
+-- Destinations a newer firmware version contacts and an older one (with at
+-- least min_devices devices) never did; devices are counted for these alone.
 candidates AS (
   SELECT s.vendor, s.model, s.domain, o.os_version AS before, n.os_version AS after, n.devices AS after_devices
   FROM seen s
