@@ -126,20 +126,23 @@ impl Runs {
 struct Entry {
     /// The name its SQL file has in the DuckDB script's directory.
     label: String,
+    /// What heads its line of the table.
+    shown: String,
     sql: String,
     mine: Runs,
     theirs: Runs,
 }
 
 impl Entry {
-    fn new(label: &str, rule: &leakwatch_query::rules::Rule, sql_dir: &Path) -> Self {
+    fn new(label: &str, shown: String, rule: &leakwatch_query::rules::Rule, sql_dir: &Path) -> Self {
         let sql = rule.render(&BTreeMap::new()).unwrap_or_else(|e| panic!("{label}: {e}"));
         std::fs::write(sql_dir.join(format!("{label}.sql")), &sql).expect("write sql");
-        Self { label: label.to_string(), sql, mine: Runs::default(), theirs: Runs::default() }
+        Self { label: label.to_string(), shown, sql, mine: Runs::default(), theirs: Runs::default() }
     }
 
-    /// Its line of the table, headed `name`.
-    fn print(&self, name: &str) {
+    /// Its line of the table.
+    fn print(&self) {
+        let name = &self.shown;
         let (mine, theirs) = (&self.mine, &self.theirs);
         if theirs.each.len() == mine.each.len() {
             // Each turn's ratio, lowest to highest: how far one
@@ -162,19 +165,21 @@ impl Entry {
 }
 
 /// The variants of rule `name` in `dir`: its files `<name>.sql` and
-/// `<name>.<label>.sql`, each with its file stem, in name order.
-fn variant_files(dir: &Path, name: &str) -> Vec<(String, String)> {
+/// `<name>.<label>.sql`, each with its file stem, its label (empty for
+/// `<name>.sql`) and its text, in name order.
+fn variant_files(dir: &Path, name: &str) -> Vec<(String, String, String)> {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("BENCH_VARIANTS={}: {e}", dir.display()));
-    let mut found: Vec<(String, String)> = entries
+    let mut found: Vec<(String, String, String)> = entries
         .flatten()
         .filter_map(|entry| {
             let file = entry.file_name().into_string().ok()?;
             let stem = file.strip_suffix(".sql")?;
-            let of_rule = stem == name || stem.strip_prefix(name).is_some_and(|rest| rest.starts_with('.'));
-            of_rule.then(|| {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_else(|e| panic!("{file}: {e}"));
-                (format!("{stem}.variant"), text)
-            })
+            let label = match stem.strip_prefix(name)? {
+                "" => "",
+                rest => rest.strip_prefix('.')?,
+            };
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_else(|e| panic!("{file}: {e}"));
+            Some((stem.to_string(), label.to_string(), text))
         })
         .collect();
     found.sort();
@@ -247,12 +252,13 @@ fn main() {
         let mut ours = BTreeMap::new();
         let variants = std::env::var_os("BENCH_VARIANTS").map(std::path::PathBuf::from);
         for rule in chosen_rules() {
-            let mut entries = vec![Entry::new(&rule.name, &rule, &sql_dir)];
-            for (label, text) in variants.as_deref().map(|d| variant_files(d, &rule.name)).unwrap_or_default() {
+            let mut entries = vec![Entry::new(&rule.name, rule.name.clone(), &rule, &sql_dir)];
+            for (stem, label, text) in variants.as_deref().map(|d| variant_files(d, &rule.name)).unwrap_or_default() {
                 // Its header lines are SQL comments; the built-in rule's
                 // parameters fill its placeholders.
                 let variant = leakwatch_query::rules::Rule { sql: text, ..rule.clone() };
-                entries.push(Entry::new(&label, &variant, &sql_dir));
+                let shown = if label.is_empty() { "  variant".to_string() } else { format!("  variant {label}") };
+                entries.push(Entry::new(&format!("{stem}.variant"), shown, &variant, &sql_dir));
             }
             if std::env::var_os("BENCH_EXPLAIN").is_some() {
                 for entry in &entries {
@@ -283,14 +289,8 @@ fn main() {
                     }
                 }
             }
-            for (i, entry) in entries.iter().enumerate() {
-                let shown = match entry.label.strip_prefix(&rule.name).and_then(|rest| rest.strip_suffix(".variant")) {
-                    _ if i == 0 => rule.name.clone(),
-                    Some("") => "  variant".to_string(),
-                    Some(which) => format!("  variant {}", which.trim_start_matches('.')),
-                    None => entry.label.clone(),
-                };
-                entry.print(&shown);
+            for entry in &entries {
+                entry.print();
             }
             ours.insert(rule.name.clone(), (entries[0].mine.best(), entries[0].mine.rows));
         }
