@@ -121,6 +121,10 @@ impl Runs {
     }
 }
 
+/// Width of the tables' first column: a rule's name, or a variant's
+/// ("  variant LABEL", for labels of up to 17 characters).
+const NAME_WIDTH: usize = 28;
+
 /// One SQL text timed on both engines: a built-in rule's, or a variant of
 /// it (`BENCH_VARIANTS`).
 struct Entry {
@@ -150,7 +154,7 @@ impl Entry {
             let turns: Vec<f64> = mine.each.iter().zip(&theirs.each).map(|(m, t)| m / t).collect();
             let (low, high) = turns.iter().fold((f64::INFINITY, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
             println!(
-                "  {:<20} {:>12.3} {:>12.3} {:>8.2} {:>14} {:>14}",
+                "  {:<NAME_WIDTH$} {:>12.3} {:>12.3} {:>8.2} {:>14} {:>14}",
                 name,
                 mine.best(),
                 theirs.best(),
@@ -159,7 +163,9 @@ impl Entry {
                 format!("{}/{}", mine.rows, theirs.rows)
             );
         } else {
-            println!("  {:<20} {:>12.3} {:>12} {:>8} {:>14} {:>14}", name, mine.best(), "-", "-", "-", mine.rows);
+            let dash = "-";
+            let (best, rows) = (mine.best(), mine.rows);
+            println!("  {name:<NAME_WIDTH$} {best:>12.3} {dash:>12} {dash:>8} {dash:>14} {rows:>14}");
         }
     }
 }
@@ -246,7 +252,7 @@ fn main() {
             }
         };
         println!(
-            "  {:<20} {:>12} {:>12} {:>8} {:>14} {:>14}   (best of {runs} after a warm-up, the engines taking turns; goal ratio <= 1.0)",
+            "  {:<NAME_WIDTH$} {:>12} {:>12} {:>8} {:>14} {:>14}   (best of {runs} after a warm-up, the engines taking turns; goal ratio <= 1.0)",
             "rule", "leakwatch s", "DuckDB s", "ratio", "each turn", "rows lw/duck"
         );
         let mut ours = BTreeMap::new();
@@ -331,12 +337,12 @@ fn main() {
             "  Ballista, in-process scheduler with {} (best of {ballista_runs}; on {cores} cores this is overhead, not speed-up):",
             described.join(", then ")
         );
-        println!("  {:<20} {:>12} {:>12} {:>8} {:>12} {:>8} {:>6}", "rule", "leakwatch s", "1 exec s", "ratio", "2 exec s", "ratio", "rows");
+        println!("  {:<NAME_WIDTH$} {:>12} {:>12} {:>8} {:>12} {:>8} {:>6}", "rule", "leakwatch s", "1 exec s", "ratio", "2 exec s", "ratio", "rows");
         for (rule, (secs, found)) in &ours {
             let per: Vec<(f64, u64)> = clusters.iter().map(|(_, _, t)| t[rule]).collect();
             let same = per.iter().all(|(_, rows)| rows == found);
             println!(
-                "  {rule:<20} {secs:>12.3} {:>12.3} {:>8.2} {:>12.3} {:>8.2} {:>6}",
+                "  {rule:<NAME_WIDTH$} {secs:>12.3} {:>12.3} {:>8.2} {:>12.3} {:>8.2} {:>6}",
                 per[0].0,
                 per[0].0 / secs,
                 per[1].0,
