@@ -5,8 +5,9 @@
 //! writes one Parquet file per day (`flows/day=YYYY-MM-DD/{from}-{to}.parquet`,
 //! zero-padded sequence numbers; zstd, dictionary-encoded strings, times
 //! as whole microseconds (see `leakwatch_query::MICROSECOND_COLUMNS`), rows
-//! sorted by vendor, model, domain, device and time since boot; the
-//! footer lists the file's batches, see `leakwatch_query::BATCHES_KEY`) through
+//! sorted by vendor, model, domain, device and time since boot; in a
+//! shared store the footer lists the file's batches, see
+//! `leakwatch_query::BATCHES_KEY`) through
 //! `object_store`, makes the files durable, and then moves the watermark
 //! and deletes the flushed entries in one synced write.
 //!
@@ -183,6 +184,15 @@ impl DataStore {
         self.flows.clone()
     }
 
+    /// Whether the files written here list their batches in the footer
+    /// ([`BATCHES_KEY`]): only in a shared store, whose readers look for
+    /// a batch two collectors stored; in a local one the list would
+    /// repeat the `batch_id` and `agent_id` columns for no reader (with a
+    /// batch per boot, a seventh of the file).
+    pub fn lists_batches(&self) -> bool {
+        self.local.is_none()
+    }
+
     /// The key of `flows/day={day}/{from}-{to}.parquet`.
     fn flow_file(&self, day: &str, from: u64, to: u64) -> StorePath {
         let name = format!("{from:020}-{to:020}.parquet");
@@ -268,7 +278,9 @@ impl DataStore {
         // background thread, which reads the files through this runtime.
         let (store, runtime) = (self.store.clone(), tokio::runtime::Handle::current());
         let paths: Vec<StorePath> = files.iter().map(|(_, _, path, _)| path.clone()).collect();
-        let buf = crate::background::run("leakwatch-compact", move || merge_files(&store, &runtime, &paths)).await?;
+        let listed = self.lists_batches();
+        let buf =
+            crate::background::run("leakwatch-compact", move || merge_files(&store, &runtime, &paths, listed)).await?;
         let merged = self.flow_file(day, from, to);
         self.put_durable(&merged, buf).await?;
         self.note_rows(&merged, files.iter().map(|f| f.3.rows).sum());
@@ -479,9 +491,9 @@ pub fn flow_writer<W: std::io::Write + Send>(out: W, schema: SchemaRef) -> Resul
 }
 
 /// The Parquet file of each day the log entries `from..=to` have records
-/// of: (day, file, rows), days in order. Entries are read and converted
-/// one at a time.
-fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8>, u64)>> {
+/// of: (day, file, rows), days in order, each listing its batches when
+/// `listed`. Entries are read and converted one at a time.
+fn day_files(log: &DurableLog, from: u64, to: u64, listed: bool) -> Result<Vec<(String, Vec<u8>, u64)>> {
     // Per day: its rows, and the entry whose labels its rows carry now.
     let mut days: BTreeMap<String, (FlowBatchBuilder, Option<u64>)> = BTreeMap::new();
     // Each day's name, worked out once per flush: an entry's records may
@@ -516,21 +528,23 @@ fn day_files(log: &DurableLog, from: u64, to: u64) -> Result<Vec<(String, Vec<u8
         .map(|(day, (mut builder, _))| {
             builder.sort_for_rules();
             let rows = builder.len() as u64;
-            let pairs = builder.batch_pairs();
-            Ok((day, parquet_bytes(&builder.finish_encoded(), &pairs)?, rows))
+            let pairs = listed.then(|| builder.batch_pairs());
+            Ok((day, parquet_bytes(&builder.finish_encoded(), pairs.as_ref())?, rows))
         })
         .collect()
 }
 
 /// One Parquet file of `batch` (in either schema [`flow_writer`] takes),
-/// its batches `pairs` listed in the footer ([`BATCHES_KEY`]).
+/// its batches `pairs`, if given, listed in the footer ([`BATCHES_KEY`]).
 fn parquet_bytes(
     batch: &arrow::array::RecordBatch,
-    pairs: &std::collections::HashSet<(String, String)>,
+    pairs: Option<&std::collections::HashSet<(String, String)>>,
 ) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     let mut writer = flow_writer(&mut buf, batch.schema())?;
-    writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(pairs)));
+    if let Some(pairs) = pairs {
+        writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(pairs)));
+    }
     writer.write(batch)?;
     writer.close()?;
     Ok(buf)
@@ -573,10 +587,15 @@ fn runs_to_merge(files: Vec<(u64, u64, StorePath, Size)>, limit: RunLimit) -> Ve
 
 /// One Parquet file of the rows of `paths` (each read through `runtime`),
 /// in today's `flows` schema, sorted as a flush sorts its rows, listing
-/// all their batches. It holds the run's rows in memory while it sorts
+/// all their batches when `listed`. It holds the run's rows in memory while it sorts
 /// them (at most [`COMPACT_RUN_LIMIT`]'s rows), and one row group of
 /// them sorted.
-fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, paths: &[StorePath]) -> Result<Vec<u8>> {
+fn merge_files(
+    store: &Arc<dyn ObjectStore>,
+    runtime: &tokio::runtime::Handle,
+    paths: &[StorePath],
+    listed: bool,
+) -> Result<Vec<u8>> {
     let mut batches = Vec::new();
     let mut pairs = std::collections::HashSet::new();
     for path in paths {
@@ -589,7 +608,9 @@ fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, p
         for batch in reader {
             let batch = batch.map_err(|e| Error::Storage(format!("reading {path}: {e}")))?;
             let batch = conform(&batch).map_err(|e| Error::Storage(format!("{path}: {e}")))?;
-            batch_pairs([&batch], &mut pairs);
+            if listed {
+                batch_pairs([&batch], &mut pairs);
+            }
             batches.push(batch);
         }
     }
@@ -601,7 +622,9 @@ fn merge_files(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Handle, p
         let rows = sorted_slice(&batches, pairs).map_err(|e| Error::Storage(format!("sorting merged rows: {e}")))?;
         writer.write(&rows)?;
     }
-    writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
+    if listed {
+        writer.append_key_value_metadata(KeyValue::new(BATCHES_KEY.to_string(), batch_list(&pairs)));
+    }
     writer.close()?;
     Ok(buf)
 }
@@ -686,8 +709,10 @@ impl Flusher {
         let log = self.log.clone();
         // Reading, converting and encoding take seconds for a large range:
         // on a background thread, not on the runtime that answers agents.
+        let listed = self.store.lists_batches();
         let files =
-            crate::background::run_at("leakwatch-flush", self.lowered(), move || day_files(&log, from, to)).await?;
+            crate::background::run_at("leakwatch-flush", self.lowered(), move || day_files(&log, from, to, listed))
+                .await?;
         let mut outcome = FlushOutcome::default();
         for (day, bytes, rows) in files {
             outcome.rows += rows;
@@ -726,7 +751,7 @@ mod tests {
     fn file_bytes(batch: &arrow::array::RecordBatch) -> Vec<u8> {
         let mut pairs = std::collections::HashSet::new();
         batch_pairs([batch], &mut pairs);
-        parquet_bytes(batch, &pairs).expect("parquet")
+        parquet_bytes(batch, Some(&pairs)).expect("parquet")
     }
 
     fn names(dir: &std::path::Path) -> Vec<String> {
@@ -792,8 +817,8 @@ mod tests {
             assert!(crate::convert::split_stored(&message).is_none(), "read whole, not in place");
             odd.put_message(seq, &message).expect("put");
         }
-        let usual = day_files(&usual, 1, 2).expect("flush");
-        let odd = day_files(&odd, 1, 2).expect("flush");
+        let usual = day_files(&usual, 1, 2, true).expect("flush");
+        let odd = day_files(&odd, 1, 2, true).expect("flush");
         assert_eq!(usual.len(), 3, "records of three days");
         assert_eq!(odd, usual);
     }
@@ -964,6 +989,51 @@ mod tests {
         assert_eq!(column("seconds_since_boot"), ["1.0", "9.0", "5.0", "5.0", "1.0", "9.0", "5.0"]);
     }
 
+    /// The batch list in the footer of the file at `path`, if any.
+    fn listed_batches(path: &std::path::Path) -> Option<String> {
+        use parquet::file::reader::FileReader as _;
+        let file =
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).expect("open")).expect("reader");
+        let kv = file.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+        kv.into_iter().find(|kv| kv.key == BATCHES_KEY).and_then(|kv| kv.value)
+    }
+
+    #[tokio::test]
+    async fn only_a_shared_stores_files_list_their_batches() {
+        use leakwatch_proto::v1::{FlowRecord, ReportBatch};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Arc::new(DurableLog::open(&dir.path().join("log")).expect("log"));
+        for id in ["x", "y"] {
+            let records = vec![FlowRecord { window_start_unix_s: 1_790_000_000, ..Default::default() }];
+            log.append("agent", &ReportBatch { batch_id: id.into(), records, ..Default::default() }, 7)
+                .expect("append");
+        }
+        // What a flush to a shared store writes: the list of its batches.
+        let shared = day_files(&log, 1, 2, true).expect("flush");
+        let path = dir.path().join("shared.parquet");
+        std::fs::write(&path, &shared[0].1).expect("write");
+        assert_eq!(listed_batches(&path).as_deref(), Some("agent x y\n"));
+        std::fs::write(&path, &day_files(&log, 1, 2, false).expect("flush")[0].1).expect("write");
+        assert_eq!(listed_batches(&path), None);
+
+        // A local store's flush and compaction list none (here its inputs
+        // listed theirs, as a file from a shared store would).
+        let store = DataStore::local(dir.path().join("store")).expect("store");
+        assert!(!store.lists_batches());
+        let flusher = Flusher::new(log.clone(), store.clone(), Arc::new(IngestMetrics::default()));
+        flusher.flush().await.expect("flush");
+        let day = dir.path().join("store/flows/day=2026-09-21");
+        assert_eq!(names(&day), ["00000000000000000001-00000000000000000002.parquet"]);
+        assert_eq!(listed_batches(&day.join("00000000000000000001-00000000000000000002.parquet")), None);
+        let listed = StorePath::from("flows/day=2026-09-21/00000000000000000003-00000000000000000003.parquet");
+        store.put_durable(&listed, file_bytes(&rows(2))).await.expect("put");
+        assert!(listed_batches(&day.join("00000000000000000003-00000000000000000003.parquet")).is_some());
+        assert_eq!(store.compact(3, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 2);
+        let merged = day.join("00000000000000000001-00000000000000000003.parquet");
+        assert_eq!(rows_in(&merged), 4);
+        assert_eq!(listed_batches(&merged), None);
+    }
+
     #[tokio::test]
     async fn measured_times_are_stored_as_microseconds_and_compaction_merges_files_of_doubles_with_them() {
         use rand::Rng as _;
@@ -1064,7 +1134,7 @@ mod tests {
         let pairs = encoded.batch_pairs();
         let batch = encoded.finish_encoded();
         assert_eq!(batch.schema(), leakwatch_query::flows_encoded_schema());
-        let bytes = parquet_bytes(&batch, &pairs).expect("parquet");
+        let bytes = parquet_bytes(&batch, Some(&pairs)).expect("parquet");
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.parquet");
         std::fs::write(&path, &bytes).expect("write");

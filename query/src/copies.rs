@@ -4,9 +4,10 @@
 //! collector dies after its log made the batch durable but before its
 //! answer arrived, the agent's retry can land on another collector, and
 //! then both hold the batch (each under the agent id it gave the agent).
-//! Every Parquet file lists its batches in its footer (key
-//! [`BATCHES_KEY`]: one `agent_id batch_id` line per batch), so a reader
-//! finds such copies without scanning rows. The rule: of the copies of a
+//! Every Parquet file of a shared store lists its batches in its footer
+//! (key [`BATCHES_KEY`], see [`batch_list`]), so a reader finds such
+//! copies without scanning rows (of a file without the list it reads the
+//! `agent_id` and `batch_id` columns alone). The rule: of the copies of a
 //! batch id, the one stored by the collector whose id sorts first counts;
 //! the others are left out of `flows`. Every reader applies the same rule
 //! to what it sees, so a batch is counted once wherever the query runs.

@@ -723,12 +723,17 @@ mod tests {
         let inner = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
         // Collector a stored batch x (as agent a1); its answer was lost and
         // the agent's retry landed on b (as agent b1), which also stored y.
-        let put = |collector: &str, rows: Vec<RecordBatch>| {
+        // a's file lists its batches in the footer; b's does not (written
+        // to a local store and moved, or before footers listed batches),
+        // so its batches are read from its columns.
+        let put = |collector: &str, rows: Vec<RecordBatch>, listed: bool| {
             let mut buf = Vec::new();
             let mut w = ArrowWriter::try_new(&mut buf, flows_schema(), None).expect("writer");
             let mut pairs = std::collections::HashSet::new();
             crate::copies::batch_pairs(&rows, &mut pairs);
-            w.append_key_value_metadata(KeyValue::new(crate::BATCHES_KEY.into(), crate::batch_list(&pairs)));
+            if listed {
+                w.append_key_value_metadata(KeyValue::new(crate::BATCHES_KEY.into(), crate::batch_list(&pairs)));
+            }
             for r in &rows {
                 w.write(r).expect("write");
             }
@@ -741,8 +746,8 @@ mod tests {
                 inner.put(&object_store::path::Path::from(key), buf.into()).await.expect("put");
             }
         };
-        put("a", vec![batch_rows("a1", "x", 3)]).await;
-        put("b", vec![batch_rows("b1", "x", 3), batch_rows("b1", "y", 2)]).await;
+        put("a", vec![batch_rows("a1", "x", 3)], true).await;
+        put("b", vec![batch_rows("b1", "x", 3), batch_rows("b1", "y", 2)], false).await;
         let query = "SELECT domain, agent_id, count(*) AS n FROM flows GROUP BY domain, agent_id ORDER BY domain";
         for (own, tail) in [
             // On collector b, on collector a, and on a reader that is neither.

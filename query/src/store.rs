@@ -11,7 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry as _, ObjectStoreUrl};
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::ParquetMetaData;
+use futures::FutureExt as _;
 use futures::StreamExt as _;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -250,27 +256,77 @@ impl FlowStore {
         Ok(crate::copies::losing_copies(held))
     }
 
-    /// The `(agent_id, batch_id)` pairs a file's footer lists (none for a
-    /// file written before footers listed them).
+    /// The `(agent_id, batch_id)` pairs of a file: those its footer lists,
+    /// or, for a file without the list (written to a local store and
+    /// moved here, or before footers listed batches), those of its
+    /// `agent_id` and `batch_id` columns (read alone, with ranged reads).
     async fn batch_list_of(&self, meta: &ObjectMeta) -> crate::Result<Vec<(String, String)>> {
-        let listed = footer_of(self.store.as_ref(), meta)
-            .await?
+        let footer = footer_of(self.store.as_ref(), meta).await?;
+        let listed = footer
             .file_metadata()
             .key_value_metadata()
             .and_then(|kv| kv.iter().find(|kv| kv.key == crate::copies::BATCHES_KEY))
             .and_then(|kv| kv.value.as_deref())
-            .map(crate::copies::parse_batch_list)
-            .unwrap_or_default();
-        Ok(listed)
+            .map(crate::copies::parse_batch_list);
+        match listed {
+            Some(pairs) => Ok(pairs),
+            None => batch_columns_of(self.store.clone(), meta, footer).await,
+        }
+    }
+}
+
+/// The distinct `(agent_id, batch_id)` pairs of the rows of the file
+/// `meta` names (whose footer is `footer`), from those two columns alone.
+async fn batch_columns_of(
+    store: Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    footer: Arc<ParquetMetaData>,
+) -> crate::Result<Vec<(String, String)>> {
+    use datafusion::parquet::arrow::ProjectionMask;
+    use datafusion::parquet::arrow::arrow_reader::ArrowReaderMetadata;
+    use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+    use futures::TryStreamExt as _;
+    let failed =
+        |e: &dyn fmt::Display| crate::Error::Internal(format!("reading the batches of {}: {e}", meta.location));
+    let metadata = ArrowReaderMetadata::try_new(footer.clone(), Default::default()).map_err(|e| failed(&e))?;
+    let mask = ProjectionMask::columns(metadata.parquet_schema(), ["agent_id", "batch_id"]);
+    let reader = RangeReader { store, path: meta.location.clone(), footer };
+    let mut rows = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+        .with_projection(mask)
+        .build()
+        .map_err(|e| failed(&e))?;
+    let mut pairs = HashSet::new();
+    while let Some(batch) = rows.try_next().await.map_err(|e| failed(&e))? {
+        crate::copies::batch_pairs([&batch], &mut pairs);
+    }
+    Ok(pairs.into_iter().collect())
+}
+
+/// Ranged reads of one file whose footer is already read.
+struct RangeReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    footer: Arc<ParquetMetaData>,
+}
+
+impl AsyncFileReader for RangeReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, Result<bytes::Bytes, ParquetError>> {
+        use object_store::ObjectStoreExt as _;
+        async move { self.store.get_range(&self.path, range).await.map_err(|e| ParquetError::External(Box::new(e))) }
+            .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
+        futures::future::ready(Ok(self.footer.clone())).boxed()
     }
 }
 
 /// The Parquet footer of the file `meta` names in `store`, read with
 /// ranged reads (not the whole file).
-pub async fn footer_of(
-    store: &dyn ObjectStore,
-    meta: &ObjectMeta,
-) -> crate::Result<Arc<datafusion::parquet::file::metadata::ParquetMetaData>> {
+pub async fn footer_of(store: &dyn ObjectStore, meta: &ObjectMeta) -> crate::Result<Arc<ParquetMetaData>> {
     use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
     DFParquetMetadata::new(store, meta)
         .fetch_metadata()
