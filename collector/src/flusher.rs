@@ -587,9 +587,9 @@ fn runs_to_merge(files: Vec<(u64, u64, StorePath, Size)>, limit: RunLimit) -> Ve
 
 /// One Parquet file of the rows of `paths` (each read through `runtime`),
 /// in today's `flows` schema, sorted as a flush sorts its rows, listing
-/// all their batches when `listed`. It holds the run's rows in memory while it sorts
-/// them (at most [`COMPACT_RUN_LIMIT`]'s rows), and one row group of
-/// them sorted.
+/// all their batches when `listed`. It holds the run's rows in memory
+/// while it sorts them (at most [`COMPACT_RUN_LIMIT`]'s rows), and one
+/// row group of them sorted.
 fn merge_files(
     store: &Arc<dyn ObjectStore>,
     runtime: &tokio::runtime::Handle,

@@ -316,6 +316,15 @@ impl AsyncFileReader for RangeReader {
             .boxed()
     }
 
+    /// In one call to the store, which may merge nearby ranges.
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, ParquetError>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(|e| ParquetError::External(Box::new(e))) }
+            .boxed()
+    }
+
     fn get_metadata<'a>(
         &'a mut self,
         _options: Option<&'a ArrowReaderOptions>,
