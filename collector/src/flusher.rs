@@ -1145,11 +1145,10 @@ mod tests {
             .expect("reader");
         use parquet::file::reader::FileReader as _;
         let meta = file.metadata();
-        let listed = meta.file_metadata().key_value_metadata().expect("kv").iter().find(|kv| kv.key == BATCHES_KEY);
         let mut from_rows = std::collections::HashSet::new();
         batch_pairs([&plain], &mut from_rows);
         assert_eq!(pairs, from_rows);
-        assert_eq!(listed.and_then(|kv| kv.value.clone()), Some(batch_list(&from_rows)));
+        assert_eq!(listed_batches(&path), Some(batch_list(&from_rows)));
         for column in meta.row_group(0).columns() {
             let name = column.column_path().string();
             let has_stats = column.statistics().is_some_and(|s| s.min_bytes_opt().is_some());
