@@ -132,7 +132,7 @@ pub struct ListenArgs {
     /// Seconds between flushes of the log to Parquet.
     #[arg(long, env = "LEAKWATCH_FLUSH_INTERVAL_SECS", default_value_t = 10)]
     pub flush_interval_secs: u64,
-    /// Largest decoded Report message, bytes.
+    /// Largest Report message after decompression, bytes.
     #[arg(long, env = "LEAKWATCH_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
     /// Delete day partitions older than this many days, and the batch ids of
@@ -143,8 +143,9 @@ pub struct ListenArgs {
     /// Reports per second one agent may send (burst: twice that).
     #[arg(long, env = "LEAKWATCH_AGENT_RATE_LIMIT", default_value_t = 100)]
     pub agent_rate_limit: u32,
-    /// Reports being stored at once before new ones are refused with ResourceExhausted.
-    #[arg(long, env = "LEAKWATCH_MAX_IN_FLIGHT", default_value_t = 512)]
+    /// Reports being read, decoded and stored at once before new ones are refused with
+    /// ResourceExhausted (each holds up to --max-message-bytes twice, compressed and decoded).
+    #[arg(long, env = "LEAKWATCH_MAX_IN_FLIGHT", default_value_t = crate::ingest::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Acknowledged batches waiting for the flusher before new reports are refused with ResourceExhausted.
     #[arg(long, env = "LEAKWATCH_MAX_UNFLUSHED_BATCHES", default_value_t = crate::ingest::DEFAULT_MAX_UNFLUSHED_BATCHES)]

@@ -1,8 +1,19 @@
 //! gRPC ingest: `Enroll` and `Report`.
+//!
+//! A `Report` is admitted before its body is read ([`Admission`]): its
+//! token is checked, its agent's rate limit and the collector's limits on
+//! reports in flight and unflushed batches are applied, all from the
+//! request's headers. Only an admitted report is decompressed (at most
+//! `--max-message-bytes`) and decoded (its repeated fields counted first,
+//! see `leakwatch_proto::codec::WireBound`), so neither an unauthenticated
+//! client nor an enrolled one can make the collector hold more than
+//! `max_in_flight` messages at once.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use leakwatch_proto::v1::collector_server::Collector;
+use leakwatch_proto::v1::collector_server::{Collector, CollectorServer};
 use leakwatch_proto::v1::{AckStatus, EnrollRequest, EnrollResponse, ReportAck, ReportBatch};
 use tonic::{Request, Response, Status};
 
@@ -31,10 +42,32 @@ pub struct IngestLimits {
 /// Default of [`IngestLimits::max_unflushed_batches`].
 pub const DEFAULT_MAX_UNFLUSHED_BATCHES: u64 = 100_000;
 
+/// Default of [`IngestLimits::max_in_flight`]: with 16 MiB messages, at
+/// most about 2 GiB of reports decompressed and decoded at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
 impl Default for IngestLimits {
     fn default() -> Self {
-        Self { agent_reports_per_sec: 100, max_in_flight: 512, max_unflushed_batches: DEFAULT_MAX_UNFLUSHED_BATCHES }
+        Self {
+            agent_reports_per_sec: 100,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_unflushed_batches: DEFAULT_MAX_UNFLUSHED_BATCHES,
+        }
     }
+}
+
+/// Full path of the `Report` method, as requests name it.
+const REPORT_PATH: &str = "/leakwatch.v1.Collector/Report";
+
+/// A report that passed [`Ingest::admit`]: its agent, and its place among
+/// the reports being stored (given back when the request ends).
+#[derive(Clone)]
+struct Admitted {
+    agent_id: String,
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    /// Set once the handler runs: a report that never reaches it was
+    /// refused while decoding (see [`Admission`]).
+    reached: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The `leakwatch.v1.Collector` service.
@@ -79,8 +112,9 @@ impl Ingest {
         }
     }
 
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
+    /// The agent whose token is in the `authorization` header.
+    fn authenticate(&self, header: Option<&http::HeaderValue>) -> Result<String, Status> {
+        let header = header.ok_or_else(|| {
             Status::unauthenticated("authorization: missing; call Enroll and send `Bearer <agent_token>`")
         })?;
         let token = header
@@ -104,6 +138,117 @@ impl Ingest {
             return Err(Status::unauthenticated("authorization: invalid agent token"));
         }
         Ok(agent_id.to_string())
+    }
+
+    /// Checks a report from its headers alone, before its body is read:
+    /// the agent's token, its rate limit, the reports in flight and the
+    /// batches waiting for the flusher. Each refusal is counted.
+    fn admit(&self, headers: &http::HeaderMap) -> Result<Admitted, Status> {
+        let agent_id = match self.authenticate(headers.get("authorization")) {
+            Ok(id) => id,
+            Err(status) => {
+                self.metrics.reject(RejectReason::Unauthenticated);
+                return Err(status);
+            }
+        };
+        if let Err(not_until) = self.limiter.check_key(&agent_id) {
+            self.metrics.reject(RejectReason::RateLimited);
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(busy(
+                format!(
+                    "rate limit: agent {agent_id} sends more than {} reports/s; retry later",
+                    self.limits.agent_reports_per_sec
+                ),
+                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+            ));
+        }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            self.metrics.reject(RejectReason::Busy);
+            return Err(busy(
+                format!("collector busy: {} reports are being stored; retry later", self.limits.max_in_flight),
+                100,
+            ));
+        };
+        let unflushed = self.log.flush_lag();
+        if unflushed >= self.limits.max_unflushed_batches {
+            self.metrics.reject(RejectReason::Busy);
+            return Err(busy(
+                format!(
+                    "collector behind: {unflushed} acknowledged batches wait for the flusher \
+                     (limit {}, --max-unflushed-batches); retry later",
+                    self.limits.max_unflushed_batches
+                ),
+                1000,
+            ));
+        }
+        Ok(Admitted { agent_id, _permit: Arc::new(permit), reached: Arc::default() })
+    }
+
+    /// The gRPC service: `Report`s admitted before their body is read,
+    /// messages of at most `max_message_bytes` (after decompression).
+    pub fn into_service(self, max_message_bytes: usize) -> Admission {
+        let inner = CollectorServer::new(self.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        Admission { inner, ingest: self }
+    }
+}
+
+/// The `Collector` service behind its admission: a `Report` whose headers
+/// do not pass [`Ingest::admit`] is answered at once, its body never read
+/// (let alone decompressed or decoded).
+#[derive(Clone)]
+pub struct Admission {
+    inner: CollectorServer<Ingest>,
+    ingest: Ingest,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission").field("ingest", &self.ingest).finish_non_exhaustive()
+    }
+}
+
+impl tonic::server::NamedService for Admission {
+    const NAME: &'static str = leakwatch_proto::COLLECTOR_SERVICE_NAME;
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Admission {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower_service::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != REPORT_PATH {
+            return Box::pin(tower_service::Service::<http::Request<tonic::body::Body>>::call(&mut self.inner, req));
+        }
+        let reached = match self.ingest.admit(req.headers()) {
+            Ok(admitted) => {
+                let reached = admitted.reached.clone();
+                req.extensions_mut().insert(admitted);
+                reached
+            }
+            Err(status) => {
+                drop(req);
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        };
+        let metrics = self.ingest.metrics.clone();
+        let call = tower_service::Service::<http::Request<tonic::body::Body>>::call(&mut self.inner, req);
+        Box::pin(async move {
+            let response = call.await?;
+            // Refused while decoding (malformed, over a count): the handler,
+            // which counts its own refusals, never saw it.
+            let invalid = response.headers().get("grpc-status").is_some_and(|s| s.as_bytes() == b"3");
+            if invalid && !reached.load(std::sync::atomic::Ordering::Relaxed) {
+                metrics.reject(RejectReason::Invalid);
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -157,44 +302,15 @@ impl Collector for Ingest {
         Ok(Response::new(EnrollResponse { agent_id, agent_token: token }))
     }
 
-    async fn report(&self, request: Request<ReportBatch>) -> Result<Response<ReportAck>, Status> {
-        let agent_id = match self.authenticate(&request) {
-            Ok(id) => id,
-            Err(status) => {
-                self.metrics.reject(RejectReason::Unauthenticated);
-                return Err(status);
-            }
+    async fn report(&self, mut request: Request<ReportBatch>) -> Result<Response<ReportAck>, Status> {
+        // Admitted from the headers before the body was read (see
+        // `Admission`); here too when the service is used without it.
+        let admitted = match request.extensions_mut().remove::<Admitted>() {
+            Some(admitted) => admitted,
+            None => self.admit(request.metadata().as_ref())?,
         };
-        if let Err(not_until) = self.limiter.check_key(&agent_id) {
-            self.metrics.reject(RejectReason::RateLimited);
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-            return Err(busy(
-                format!(
-                    "rate limit: agent {agent_id} sends more than {} reports/s; retry later",
-                    self.limits.agent_reports_per_sec
-                ),
-                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
-            ));
-        }
-        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.metrics.reject(RejectReason::Busy);
-            return Err(busy(
-                format!("collector busy: {} reports are being stored; retry later", self.limits.max_in_flight),
-                100,
-            ));
-        };
-        let unflushed = self.log.flush_lag();
-        if unflushed >= self.limits.max_unflushed_batches {
-            self.metrics.reject(RejectReason::Busy);
-            return Err(busy(
-                format!(
-                    "collector behind: {unflushed} acknowledged batches wait for the flusher \
-                     (limit {}, --max-unflushed-batches); retry later",
-                    self.limits.max_unflushed_batches
-                ),
-                1000,
-            ));
-        }
+        admitted.reached.store(true, std::sync::atomic::Ordering::Relaxed);
+        let agent_id = admitted.agent_id.clone();
         let batch = request.into_inner();
         let now = chrono::Utc::now();
         if let Err(msg) = validate::check_batch(&batch, now.timestamp()) {

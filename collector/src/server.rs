@@ -400,10 +400,8 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| Error::Config(format!("reflection: {e}")))?;
-        let ingest =
-            CollectorServer::new(Ingest::new(log.clone(), metrics.clone(), config.open_enrollment, config.limits))
-                .max_decoding_message_size(config.max_message_bytes)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let ingest = Ingest::new(log.clone(), metrics.clone(), config.open_enrollment, config.limits)
+            .into_service(config.max_message_bytes);
         let admin_token = hex::encode(rand::random::<[u8; 32]>());
         let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
         AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;

@@ -27,7 +27,7 @@ async fn fleet_server(dir: &Path) -> Server {
 }
 
 /// A token from `leakwatch admin sql-token`, through the running collector.
-fn sql_token(data: &Path) -> String {
+pub fn sql_token(data: &Path) -> String {
     let mut cmd = leakwatch();
     cmd.args(["admin", "sql-token", "--name", "analyst@example.org", "--expires", "1h", "--data-dir"]).arg(data);
     let out = tokio::task::block_in_place(|| cmd.output()).expect("run admin sql-token");

@@ -74,7 +74,7 @@ async fn invalid_reports_name_the_field() {
     cases.push((b, "device: missing"));
     let mut b = good_batch();
     b.records = vec![b.records[0].clone(); 10_001];
-    cases.push((b, "records: 10001 records, at most 10000"));
+    cases.push((b, "records: more than 10000 records, at most 10000"));
     let mut b = good_batch();
     b.records[0].domain = "a".repeat(1000);
     cases.push((b, "records[0].domain: 1000 bytes"));

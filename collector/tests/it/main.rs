@@ -6,6 +6,7 @@ mod cli;
 mod dashboard;
 mod durability;
 mod flight;
+mod hardening;
 mod hostile;
 mod pipeline;
 mod rules;

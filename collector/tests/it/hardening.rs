@@ -1,0 +1,143 @@
+//! Regression tests of issue 29 (hardening a public collector): each
+//! attack the issue found, tried again on the real collector.
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use leakwatch_agent::state::AgentState;
+use leakwatch_agent::uploader::Uploader;
+use leakwatch_proto::v1::ReportAck;
+use prost::bytes::BufMut as _;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Request, Status};
+
+use crate::durability::spawn_serve_env;
+
+/// Peak resident memory of process `pid` so far, KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Sends message bytes as they are (the test builds them by hand).
+#[derive(Debug, Default, Clone, Copy)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ReportAck;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ReportAck;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ReportAck>, Status> {
+        prost::Message::decode(src).map(Some).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// Sends `message` gzip-compressed as a `Report`, with `token` if any.
+async fn send_raw(url: &str, message: Vec<u8>, token: Option<&str>) -> Result<ReportAck, Status> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(url.to_string()).expect("url").connect().await.expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel).send_compressed(CompressionEncoding::Gzip);
+    let mut req = Request::new(message);
+    if let Some(token) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+    }
+    grpc.ready().await.expect("ready");
+    grpc.unary(req, PathAndQuery::from_static("/leakwatch.v1.Collector/Report"), RawCodec).await.map(|r| r.into_inner())
+}
+
+/// Enrolls an agent with the collector at `url`; its token.
+async fn enroll(url: &str, dir: &Path) -> String {
+    let state = AgentState::open(dir).expect("agent state");
+    Uploader::connect(url, &state, "", Duration::from_secs(10)).await.expect("enroll");
+    state.credentials(url).expect("read").expect("enrolled").agent_token
+}
+
+/// Issue 29, point 1: a 16 KB gzip body that inflates to 8 million empty
+/// records is refused before it is decoded: without a token its body is
+/// not even read, with one its records are counted before anything is
+/// allocated for them. Before the fix the collector's memory grew by 3 GB
+/// per request.
+#[tokio::test]
+async fn issue29_a_gzip_bomb_is_refused_before_it_is_decoded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (serving, url) = spawn_serve_env(&dir.path().join("data"), 3600, "127.0.0.1:0", &[], &[]);
+    let token = enroll(&url, &dir.path().join("agent")).await;
+    // Field 4 (records), length 0: an empty FlowRecord, 8 million times
+    // (16 MB, under the 16 MiB message limit).
+    let bomb: Vec<u8> = [0x22, 0x00].repeat(8_000_000);
+    let before = peak_rss_kib(serving.id());
+    let unauthenticated = (0..4).map(|_| send_raw(&url, bomb.clone(), None));
+    for result in futures::future::join_all(unauthenticated).await {
+        let err = result.expect_err("no token");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
+    let authenticated = (0..4).map(|_| send_raw(&url, bomb.clone(), Some(&token)));
+    for result in futures::future::join_all(authenticated).await {
+        let err = result.expect_err("too many records");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("records: more than 10000 records, at most 10000"), "{err:?}");
+    }
+    let grown_mib = (peak_rss_kib(serving.id()) - before) / 1024;
+    // Four messages of 16 MiB decompressed at once, and buffers: well under
+    // the gigabytes one decoded bomb takes.
+    assert!(grown_mib < 256, "the collector's peak memory grew by {grown_mib} MiB");
+}
+
+/// Issue 29, point 2: a 20 KB query of 10,000 terms over Flight SQL aborted
+/// the whole collector (a gRPC worker's stack overflowed while planning),
+/// and `leakwatch sql` aborted from 8,000 terms. Now it is refused with an
+/// error naming the bound, and the collector keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue29_a_deeply_nested_query_is_refused_and_the_collector_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (mut serving, url) = spawn_serve_env(&data, 3600, "127.0.0.1:0", &[], &[]);
+    let token = crate::flight::sql_token(&data);
+    let deep = format!("SELECT 1{}", "+1".repeat(10_000));
+    let channel = tonic::transport::Endpoint::from_shared(url.clone()).expect("url").connect().await.expect("connect");
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    client.set_token(token);
+    let err = client.execute(deep.clone(), None).await.expect_err("too deep");
+    let text = err.to_string();
+    assert!(text.contains("nested more than 128 levels deep"), "{text}");
+    assert!(serving.try_wait().expect("wait").is_none(), "the collector is still running");
+    // Ingest and SQL still answer.
+    enroll(&url, &dir.path().join("agent")).await;
+    let info = client.execute("SELECT 1 + 1 AS two".into(), None).await.expect("a plain query");
+    assert!(!info.endpoint.is_empty());
+
+    let out = tokio::task::block_in_place(|| {
+        crate::leakwatch().args(["sql", "--data-dir"]).arg(&data).arg("-c").arg(&deep).output()
+    })
+    .expect("run leakwatch sql");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let shown: String = stderr.chars().take(400).collect();
+    assert_eq!(out.status.code(), Some(1), "an error, not a crash: {shown}");
+    assert!(stderr.contains("nested more than 128 levels deep"), "{shown}");
+}
