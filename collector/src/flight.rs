@@ -40,7 +40,7 @@ use crate::log::DurableLog;
 pub const MAX_PREPARED: usize = 4096;
 
 /// Longest SQL text accepted, bytes.
-pub const MAX_SQL_BYTES: usize = 1024 * 1024;
+pub const MAX_SQL_BYTES: usize = leakwatch_query::statement::MAX_SQL_BYTES;
 
 type FlightStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
@@ -153,11 +153,18 @@ impl FlightSql {
         })
     }
 
+    /// A session and the plan of `sql`, made on the query runtime (whose
+    /// threads have a known stack; see `leakwatch_query::statement`).
     async fn plan(&self, sql: &str) -> Result<(QuerySession, LogicalPlan), Status> {
         check_sql(sql)?;
-        let session = self.sessions.session().await.map_err(status)?;
-        let plan = session.plan(sql).await.map_err(status)?;
-        Ok((session, plan))
+        let sessions = self.sessions.clone();
+        let sql = sql.to_string();
+        let planned = self.queries.spawn(async move {
+            let session = sessions.session().await?;
+            let plan = session.plan(&sql).await?;
+            Ok::<_, leakwatch_query::Error>((session, plan))
+        });
+        planned.await.map_err(|e| Status::internal(format!("planning failed: {e}")))?.map_err(status)
     }
 
     async fn plan_schema(&self, sql: &str) -> Result<SchemaRef, Status> {

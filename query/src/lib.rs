@@ -9,19 +9,22 @@
 //! DDL, DML, COPY, SET or other statements), no URL tables, an object
 //! store that reads the data store and nothing else ([`ReadOnlyStore`]),
 //! `generate_series` and `range` removed, a memory pool limit and a
-//! per-query timeout.
+//! per-query timeout; statements are parsed within the bounds of
+//! [`statement`] (length, nesting, set operations, tables).
 //!
 //! This crate knows nothing of gRPC or RocksDB: the collector hands in the
 //! tail as `flows` record batches, built with [`FlowBatchBuilder`] (a
 //! batch's labels, then its records; or whole [`FlowRow`]s).
 
 pub mod ballista;
+mod bounded;
 mod copies;
 pub mod format;
 pub mod materialise;
 pub mod rules;
 mod schema;
 mod session;
+pub mod statement;
 mod store;
 mod udf;
 
