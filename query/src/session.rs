@@ -154,6 +154,7 @@ impl SessionFactory {
         for udf in crate::udf::all() {
             ctx.register_udf(udf);
         }
+        crate::bounded::register(&ctx, &ctx.runtime_env().memory_pool);
 
         // A cluster reads the flushed files only, all of them; a local
         // session reads the files up to the watermark and the tail.
@@ -278,10 +279,12 @@ const VIEWS: &[(&str, &str)] = &[
 
 impl QuerySession {
     /// Parses and plans one statement, refusing anything but a read-only
-    /// query.
+    /// query, and a statement past the bounds of [`crate::statement`].
     pub async fn plan(&self, sql: &str) -> Result<LogicalPlan> {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        let state = self.ctx.state();
+        let statement = crate::statement::parse_bounded(&state, sql)?;
+        let plan = state.statement_to_plan(statement).await?;
         if let Err(e) = options.verify_plan(&plan) {
             let msg = match e.find_root() {
                 datafusion::error::DataFusionError::Plan(m) => m.clone(),
@@ -371,11 +374,30 @@ impl QuerySession {
     }
 
     /// All batches of a planned statement, in [`Self::result_schema`].
+    ///
+    /// The result is counted against the memory limit as it arrives: a
+    /// result too large to hold (a cross join's rows) fails with
+    /// ResourcesExhausted instead of growing outside the pool.
     async fn collect(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
         let schema = Self::result_schema(&plan);
         let frame = self.ctx.execute_logical_plan(plan).await?;
-        let batches = frame.collect().await.map_err(|e| on_cluster(self.cluster.as_deref(), e.into()))?;
-        batches.into_iter().map(|b| in_schema(b, &schema)).collect()
+        let cluster = |e: datafusion::error::DataFusionError| on_cluster(self.cluster.as_deref(), e.into());
+        let mut stream = frame.execute_stream().await.map_err(cluster)?;
+        let pool = &self.ctx.runtime_env().memory_pool;
+        let reservation = MemoryConsumer::new("query result").register(pool);
+        let mut seen = std::collections::HashSet::new();
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = in_schema(batch.map_err(cluster)?, &schema)?;
+            if let Err(e) = reservation.try_grow(new_buffer_bytes(&batch, &mut seen)) {
+                return Err(Error::ResourcesExhausted(format!(
+                    "the result of {} rows so far does not fit: {e}",
+                    batches.iter().map(RecordBatch::num_rows).sum::<usize>() + batch.num_rows()
+                )));
+            }
+            batches.push(batch);
+        }
+        Ok(batches)
     }
 
     /// Computes the tables of `steps` into memory (counted against the
@@ -499,6 +521,13 @@ impl Drop for StepTables {
 /// result often slice the same buffers, which
 /// [`RecordBatch::get_array_memory_size`] would count once per batch.
 fn held_bytes(batches: &[RecordBatch]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    batches.iter().map(|b| new_buffer_bytes(b, &mut seen)).sum()
+}
+
+/// Bytes of the buffers of `batch` not in `seen` (by address), which
+/// records them.
+fn new_buffer_bytes(batch: &RecordBatch, seen: &mut std::collections::HashSet<usize>) -> usize {
     fn visit(data: &arrow::array::ArrayData, seen: &mut std::collections::HashSet<usize>, total: &mut usize) {
         let nulls = data.nulls().map(|n| n.buffer());
         for buffer in data.buffers().iter().chain(nulls) {
@@ -510,10 +539,9 @@ fn held_bytes(batches: &[RecordBatch]) -> usize {
             visit(child, seen, total);
         }
     }
-    let mut seen = std::collections::HashSet::new();
     let mut total = 0;
-    for column in batches.iter().flat_map(RecordBatch::columns) {
-        visit(&column.to_data(), &mut seen, &mut total);
+    for column in batch.columns() {
+        visit(&column.to_data(), seen, &mut total);
     }
     total
 }
@@ -829,6 +857,39 @@ mod tests {
         assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
         // The session stays usable.
         assert_eq!(session.sql("SELECT 1").await.expect("small query").len(), 1);
+    }
+
+    /// Issue 29, point 3: functions whose result dwarfs their arguments,
+    /// and a cross join, are held to the memory limit. Before the fix each
+    /// of these succeeded (or ran on) outside the pool, up to 8 GB.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue29_functions_and_joins_that_grow_are_held_to_the_memory_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = QueryConfig { memory_limit_bytes: 256 << 20, ..QueryConfig::default() };
+        let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 6000)] };
+        let factory =
+            SessionFactory::new(config, FlowStore::local(dir.path()).expect("store"), Arc::new(FixedTail(tail)));
+        let session = factory.session().await.expect("session");
+        for (sql, function) in [
+            ("SELECT length(repeat('a', 1000000000))", "repeat()"),
+            ("SELECT length(repeat(repeat('a', 100000000), 20))", "repeat()"),
+            ("SELECT cardinality(array_repeat(1, 200000000))", "array_repeat()"),
+            ("SELECT length(lpad('a', 1000000000))", "lpad()"),
+            ("SELECT length(replace(repeat('a', 100000), 'a', repeat('b', 100000)))", "replace()"),
+            ("SELECT sum(length(repeat(domain, 100000))) FROM flows", "repeat()"),
+        ] {
+            let err = session.sql(sql).await.expect_err(sql);
+            assert!(matches!(err, Error::ResourcesExhausted(_)), "{sql}: {err:?}");
+            assert!(err.to_string().contains(function), "{sql}: {err}");
+        }
+        // Within the limit they work as before.
+        let ok = session.sql("SELECT length(repeat('ab', 1000)) AS n").await.expect("small repeat");
+        assert_eq!(crate::format::render(&ok, crate::format::OutputFormat::Csv).expect("render"), "n\n2000\n");
+        // A cross join's rows (36 million), collected as the console does.
+        let sql = "SELECT a.device_pseudonym, b.device_pseudonym, a.domain FROM flows a, flows b";
+        let err = session.sql(sql).await.expect_err("a cross join");
+        assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
+        assert!(err.to_string().contains("does not fit"), "{err}");
     }
 
     #[test]

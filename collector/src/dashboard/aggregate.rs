@@ -312,6 +312,11 @@ const DEST_FLOWS: &str = "(SELECT vendor, model, os_version, device_pseudonym, a
      coalesce(registrable_domain(domain), domain) AS destination, seconds_since_boot, window_start, bytes_out, bytes_in \
      FROM flows WHERE domain IS NOT NULL AND domain <> '')";
 
+/// Totals of the per-boot decimal sums (which no number of records can
+/// wrap), as integers saturating at the largest one.
+const SATURATED_OUT: &str = "CAST(least(sum(bytes_out), 9223372036854775807) AS BIGINT) AS bytes_out";
+const SATURATED_IN: &str = "CAST(least(sum(bytes_in), 9223372036854775807) AS BIGINT) AS bytes_in";
+
 /// Typed access to one row of a query result.
 struct Row<'a> {
     cols: &'a [ArrayRef],
@@ -442,9 +447,10 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
         "SELECT vendor, model, destination, count(DISTINCT device) AS devices, count(DISTINCT agent) AS volunteers, \
                 percentile_cont(0.25) WITHIN GROUP (ORDER BY first_s) AS p25_s, median(first_s) AS median_s, \
                 percentile_cont(0.75) WITHIN GROUP (ORDER BY first_s) AS p75_s, \
-                sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in \
+                {SATURATED_OUT}, {SATURATED_IN} \
          FROM (SELECT vendor, model, destination, boot_pseudonym, min(device_pseudonym) AS device, min(agent_id) AS agent, \
-                      min(seconds_since_boot) AS first_s, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in \
+                      min(seconds_since_boot) AS first_s, sum(CAST(bytes_out AS DECIMAL(38, 0))) AS bytes_out, \
+                      sum(CAST(bytes_in AS DECIMAL(38, 0))) AS bytes_in \
                FROM {DEST_FLOWS} GROUP BY vendor, model, destination, boot_pseudonym) \
          GROUP BY vendor, model, destination {}",
         t.having("device", "agent")

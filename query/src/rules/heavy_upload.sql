@@ -10,12 +10,15 @@ WITH sent AS (
   FROM flows
   WHERE domain IS NOT NULL AND transport <> 'dns'
 ),
+-- Summed as 38-digit decimals, which no number of records can wrap.
 totals AS (
-  SELECT vendor, model, domain, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
+  SELECT vendor, model, domain,
+         sum(CAST(bytes_out AS DECIMAL(38, 0))) AS bytes_out, sum(CAST(bytes_in AS DECIMAL(38, 0))) AS bytes_in
   FROM sent
   GROUP BY vendor, model, domain
-  HAVING sum(bytes_out) >= ${min_bytes_out}
-     AND CAST(sum(bytes_out) AS DOUBLE) >= ${min_ratio} * greatest(sum(bytes_in), 1)
+  HAVING sum(CAST(bytes_out AS DECIMAL(38, 0))) >= ${min_bytes_out}
+     AND CAST(sum(CAST(bytes_out AS DECIMAL(38, 0))) AS DOUBLE)
+         >= ${min_ratio} * greatest(CAST(sum(CAST(bytes_in AS DECIMAL(38, 0))) AS DOUBLE), 1)
 ),
 reach AS (
   SELECT s.vendor, s.model, s.domain, count(DISTINCT s.device_pseudonym) AS devices
@@ -23,8 +26,10 @@ reach AS (
   JOIN totals t ON s.vendor = t.vendor AND s.model = t.model AND s.domain = t.domain
   GROUP BY s.vendor, s.model, s.domain
 )
-SELECT t.vendor, t.model, t.domain, r.devices, t.bytes_out, t.bytes_in,
-       round(CAST(t.bytes_out AS DOUBLE) / greatest(t.bytes_in, 1), 1) AS ratio
+SELECT t.vendor, t.model, t.domain, r.devices,
+       CAST(least(t.bytes_out, 9223372036854775807) AS BIGINT) AS bytes_out,
+       CAST(least(t.bytes_in, 9223372036854775807) AS BIGINT) AS bytes_in,
+       round(CAST(t.bytes_out AS DOUBLE) / greatest(CAST(t.bytes_in AS DOUBLE), 1), 1) AS ratio
 FROM totals t
 JOIN reach r ON r.vendor = t.vendor AND r.model = t.model AND r.domain = t.domain
 WHERE r.devices >= ${min_devices}
