@@ -425,22 +425,19 @@ impl DeviceArgs {
             };
             consent.insert(k.trim().to_string(), v.trim().to_string());
         }
-        let check = |field: &str, value: &str| {
-            if value.len() > 64 {
-                Err(Error::InvalidArgument {
-                    field: field.into(),
-                    reason: format!("{} bytes, at most 64", value.len()),
-                })
-            } else {
-                Ok(())
-            }
+        // The protocol's rule for labels, refused here with the flag named.
+        let check = |field: &str, checked: std::result::Result<(), String>| {
+            checked.map_err(|e| Error::InvalidArgument {
+                field: field.into(),
+                reason: e.strip_prefix(&format!("{field}: ")).unwrap_or(&e).to_string(),
+            })
         };
-        check("--vendor", &self.vendor)?;
-        check("--model", &self.model)?;
-        check("--firmware", &self.firmware)?;
+        use leakwatch_proto::labels::{check_consent, check_label};
+        check("--vendor", check_label("--vendor", &self.vendor))?;
+        check("--model", check_label("--model", &self.model))?;
+        check("--firmware", check_label("--firmware", &self.firmware))?;
         for (k, v) in &consent {
-            check("--consent", k)?;
-            check("--consent", v)?;
+            check("--consent", check_consent("--consent", k, v))?;
         }
         Ok(DeviceLabels {
             device_id: self.device_id.clone(),

@@ -17,6 +17,8 @@ use leakwatch_proto::v1::{BootSource, DeviceInfo};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use leakwatch_proto::labels::{check_consent, check_label};
+
 use crate::anonymiser::{AnonymiserStats, is_non_public};
 use crate::capture::CaptureStats;
 use crate::flow::{DhcpHandshake, DnsLookup, FlowSummary, FlowSums, FlowTable, Origin};
@@ -139,6 +141,14 @@ impl LanLabels {
                     field: "--device-labels".into(),
                     reason: format!("mac {:?} is not aa:bb:cc:dd:ee:ff", d.mac),
                 });
+            }
+            let invalid = |reason: String| Error::InvalidArgument { field: "--device-labels".into(), reason };
+            let device = |field: &str| format!("device {}: {field}", d.mac);
+            check_label(device("vendor"), &d.vendor).map_err(invalid)?;
+            check_label(device("model"), &d.model).map_err(invalid)?;
+            check_label(device("firmware"), &d.firmware).map_err(invalid)?;
+            for (k, v) in &d.consent {
+                check_consent(device("consent"), k, v).map_err(invalid)?;
             }
         }
         Ok(labels)
@@ -297,7 +307,17 @@ impl BootMaker<'_> {
         let (vendor, model, firmware, consent) = match (label, key) {
             (Some(l), _) => (l.vendor.clone(), l.model.clone(), l.firmware.clone(), l.consent.clone()),
             (None, LanDeviceKey::Mac(mac)) => {
-                let vendor = self.vendors.get(&mac).map_or("unknown", String::as_str).chars().take(64).collect();
+                let vendor = self
+                    .vendors
+                    .get(&mac)
+                    .map_or("unknown", String::as_str)
+                    .chars()
+                    .filter(|&c| leakwatch_proto::labels::check_printable("", c.encode_utf8(&mut [0; 4])).is_ok())
+                    .scan(0, |len, c| {
+                        *len += c.len_utf8();
+                        (*len <= leakwatch_proto::labels::MAX_LABEL_BYTES).then_some(c)
+                    })
+                    .collect();
                 (vendor, "unknown".into(), String::new(), BTreeMap::new())
             }
             (None, LanDeviceKey::Addr(_)) => ("unknown".into(), "unknown".into(), String::new(), BTreeMap::new()),
@@ -489,6 +509,16 @@ consent = { cloud_account = "off" }
             LanLabels::from_toml("[[device]]\nmac = \"64:09:80:12:34:56\"\nvendor = \"x\"\nmodel = \"y\"\ncolour = 1")
                 .expect_err("unknown field");
         assert!(err.to_string().contains("colour"), "{err}");
+        // Issue 29, point 7: labels that attack whoever shows them.
+        for (entry, want) in [
+            ("vendor = \"x\"\nmodel = \"evil\\u202egpj.exe\"", "device 64:09:80:12:34:56: model"),
+            ("vendor = \"a\\u0000b\"\nmodel = \"y\"", "holds NUL"),
+            ("vendor = \"x\"\nmodel = \"y\"\nconsent = { \"a;b\" = \"on\" }", "holds '=' or ';'"),
+        ] {
+            let text = format!("[[device]]\nmac = \"64:09:80:12:34:56\"\n{entry}");
+            let err = LanLabels::from_toml(&text).expect_err(entry).to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

@@ -10,12 +10,12 @@ use std::net::IpAddr;
 use leakwatch_agent::anonymiser::is_non_public;
 use leakwatch_proto::v1::{DomainSource, FlowRecord, ReportBatch, Transport};
 
-/// Most records in one batch.
-pub const MAX_RECORDS_PER_BATCH: usize = 10_000;
-/// Longest label (vendor, model, pseudonyms, consent keys and values).
-pub const MAX_LABEL_BYTES: usize = 64;
-/// Most consent entries.
-pub const MAX_CONSENT_ENTRIES: usize = 32;
+pub use leakwatch_proto::codec::{
+    MAX_BYTES_PER_RECORD, MAX_CONNECTIONS_PER_RECORD, MAX_CONSENT_ENTRIES, MAX_PACKETS_PER_RECORD,
+    MAX_RECORDS_PER_BATCH,
+};
+pub use leakwatch_proto::labels::MAX_LABEL_BYTES;
+use leakwatch_proto::labels::{check_consent, check_label, check_printable};
 /// Longest domain name.
 pub const MAX_DOMAIN_BYTES: usize = 253;
 /// Longest app name.
@@ -125,6 +125,18 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
         return Err(format!("{}: {} is not a DomainSource value", f("domain_source"), r.domain_source));
     }
     check_len(field("app"), &r.app, MAX_APP_BYTES)?;
+    check_printable(field("app"), &r.app)?;
+    for (name, value, max) in [
+        ("bytes_out", r.bytes_out, MAX_BYTES_PER_RECORD),
+        ("bytes_in", r.bytes_in, MAX_BYTES_PER_RECORD),
+        ("packets_out", r.packets_out, MAX_PACKETS_PER_RECORD),
+        ("packets_in", r.packets_in, MAX_PACKETS_PER_RECORD),
+        ("connections", u64::from(r.connections), u64::from(MAX_CONNECTIONS_PER_RECORD)),
+    ] {
+        if value > max {
+            return Err(format!("{}: {value} is over {max}, the most one record may count", f(name)));
+        }
+    }
     if let Some(tls) = &r.tls {
         check_len(field("tls.sni"), &tls.sni, MAX_DOMAIN_BYTES)?;
         check_len(field("tls.client_fingerprint"), &tls.client_fingerprint, MAX_LABEL_BYTES)?;
@@ -153,17 +165,16 @@ pub fn check_batch(batch: &ReportBatch, now_s: i64) -> Result<(), String> {
     if device.device_pseudonym.is_empty() {
         return Err("device.device_pseudonym: missing (required)".into());
     }
-    check_len("device.device_pseudonym", &device.device_pseudonym, MAX_LABEL_BYTES)?;
-    check_len("device.boot_pseudonym", &device.boot_pseudonym, MAX_LABEL_BYTES)?;
-    check_len("device.vendor", &device.vendor, MAX_LABEL_BYTES)?;
-    check_len("device.model", &device.model, MAX_LABEL_BYTES)?;
-    check_len("device.os_version", &device.os_version, MAX_LABEL_BYTES)?;
+    check_label("device.device_pseudonym", &device.device_pseudonym)?;
+    check_label("device.boot_pseudonym", &device.boot_pseudonym)?;
+    check_label("device.vendor", &device.vendor)?;
+    check_label("device.model", &device.model)?;
+    check_label("device.os_version", &device.os_version)?;
     if device.consent.len() > MAX_CONSENT_ENTRIES {
         return Err(format!("device.consent: {} entries, at most {MAX_CONSENT_ENTRIES}", device.consent.len()));
     }
     for (k, v) in &device.consent {
-        check_len("device.consent key", k, MAX_LABEL_BYTES)?;
-        check_len(format_args!("device.consent[{k:?}]"), v, MAX_LABEL_BYTES)?;
+        check_consent("device.consent", k, v)?;
     }
     if batch.records.is_empty() {
         return Err("records: empty, need 1 to 10000".into());
@@ -233,6 +244,39 @@ mod tests {
             ),
             (Box::new(|b| b.records = vec![b.records[0].clone(); 10_001]), "records: 10001 records, at most 10000"),
             (Box::new(|b| b.records.clear()), "records: empty"),
+            // Issue 29, point 6: counts that would wrap a sum.
+            (
+                Box::new(|b| b.records[0].bytes_out = u64::MAX),
+                "records[0].bytes_out: 18446744073709551615 is over 1099511627776",
+            ),
+            (Box::new(|b| b.records[0].packets_in = 1 << 40), "records[0].packets_in: 1099511627776 is over"),
+            (Box::new(|b| b.records[0].connections = u32::MAX), "records[0].connections: 4294967295 is over"),
+            // Issue 29, point 7: labels that attack whoever shows them.
+            (
+                Box::new(|b| {
+                    if let Some(d) = b.device.as_mut() {
+                        d.model = "evil\u{202e}gpj.exe".into()
+                    }
+                }),
+                "device.model: \"evil\\u{202e}gpj.exe\" holds a Unicode direction control",
+            ),
+            (
+                Box::new(|b| {
+                    if let Some(d) = b.device.as_mut() {
+                        d.vendor = "a\0b".into()
+                    }
+                }),
+                "device.vendor: \"a\\0b\" holds NUL",
+            ),
+            (
+                Box::new(|b| {
+                    if let Some(d) = b.device.as_mut() {
+                        d.consent.insert("a;b".into(), "on".into());
+                    }
+                }),
+                "device.consent key: \"a;b\" holds '=' or ';'",
+            ),
+            (Box::new(|b| b.records[0].app = "app\nname".into()), "records[0].app: \"app\\nname\" holds a control"),
             (
                 Box::new(|b| {
                     if let Some(d) = b.device.as_mut() {

@@ -10,6 +10,7 @@
 //! decoding would answer `Internal`.
 
 pub mod codec;
+pub mod labels;
 
 /// Generated code for `leakwatch.v1`.
 #[allow(clippy::all, missing_docs, rust_2018_idioms)]

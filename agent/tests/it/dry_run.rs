@@ -116,3 +116,30 @@ fn external_real_captures_send_nothing_private() {
     check_private(&lines, &raw, &["10.0.2.15", "fe80::", "/path", "GET "]);
     assert!(lines.iter().all(|l| l["device"]["boot_source"] == "BOOT_SOURCE_EXPLICIT"));
 }
+
+/// Issue 29, point 7: device labels with control characters, direction
+/// overrides or consent separators are refused at the agent, naming the
+/// flag, and nothing is printed as sent.
+#[test]
+fn issue29_labels_that_attack_readers_are_refused_naming_the_flag() {
+    let (dir, manifest) = simulated_fleet(1);
+    let capture = dir.path().join(&manifest.captures[0].file);
+    for (flags, want) in [
+        (["--vendor", "Evil\u{202e}gpj.exe"], "invalid --vendor: \"Evil\\u{202e}gpj.exe\" holds a Unicode direction"),
+        (["--model", "a\u{7}b"], "invalid --model"),
+        (["--consent", "cloud;x=on"], "invalid --consent"),
+    ] {
+        let state = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+            .args(["import", "--dry-run", "--state-dir"])
+            .arg(state.path())
+            .args(flags)
+            .arg(&capture)
+            .output()
+            .expect("run agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(out.stdout.is_empty(), "nothing printed as sent");
+    }
+}

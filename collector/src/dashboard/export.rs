@@ -69,14 +69,41 @@ pub fn batch(findings: &[Finding]) -> Result<RecordBatch> {
     RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| Error::Storage(format!("findings export: {e}")))
 }
 
-/// CSV and Parquet bytes of `findings`.
+/// A text cell as a spreadsheet may open it without running it: a cell
+/// that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is a
+/// formula to Excel, LibreOffice and Google Sheets (`=HYPERLINK(...)` in a
+/// device label), so it gets a leading `'`, as OWASP advises for CSV
+/// exports (the CSV writer then quotes what needs quoting).
+pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+/// `batch` with every text cell made [`spreadsheet_safe`].
+fn spreadsheet_safe_batch(batch: &RecordBatch) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.as_any().downcast_ref::<StringArray>() {
+            Some(text) => Arc::new(text.iter().map(|v| v.map(spreadsheet_safe)).collect::<StringArray>()) as ArrayRef,
+            None => c.clone(),
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns).map_err(|e| Error::Storage(format!("findings export: {e}")))
+}
+
+/// CSV and Parquet bytes of `findings`; the CSV's text cells are
+/// [`spreadsheet_safe`], the Parquet's are the values as they are.
 pub fn findings(findings: &[Finding]) -> Result<(Vec<u8>, Vec<u8>)> {
     let batch = batch(findings)?;
     let fail = |e: &dyn std::fmt::Display| Error::Storage(format!("findings export: {e}"));
     let mut csv = Vec::new();
     {
         let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut csv);
-        writer.write(&batch).map_err(|e| fail(&e))?;
+        writer.write(&spreadsheet_safe_batch(&batch)?).map_err(|e| fail(&e))?;
     }
     let mut parquet = Vec::new();
     {
@@ -107,4 +134,44 @@ pub async fn csv(State(d): State<Dashboard>) -> Response {
 /// `GET /export/findings.parquet`.
 pub async fn parquet(State(d): State<Dashboard>) -> Response {
     download(d.published().parquet.clone(), "application/vnd.apache.parquet", "leakwatch-findings.parquet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 29, point 7: cells a spreadsheet would run as formulas.
+    #[test]
+    fn issue29_csv_cells_that_spreadsheets_run_are_neutralised() {
+        for (cell, want) in [
+            ("=HYPERLINK(\"http://x\",\"y\")", "'=HYPERLINK(\"http://x\",\"y\")"),
+            ("+1", "'+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("Xiaomi", "Xiaomi"),
+            ("a=b", "a=b"),
+        ] {
+            assert_eq!(spreadsheet_safe(cell), want);
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("label", DataType::Utf8, true),
+            Field::new("n", DataType::UInt64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("=1+1"), None])) as ArrayRef,
+                Arc::new(UInt64Array::from(vec![1, 2])) as ArrayRef,
+            ],
+        )
+        .expect("batch");
+        let mut csv = Vec::new();
+        arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut csv)
+            .write(&spreadsheet_safe_batch(&batch).expect("safe"))
+            .expect("csv");
+        assert_eq!(String::from_utf8(csv).expect("utf-8"), "label,n\n'=1+1,1\n,2\n");
+    }
 }
