@@ -1,7 +1,7 @@
 //! The durable log: acknowledged batches in RocksDB until they are flushed
 //! to Parquet.
 //!
-//! # On-disk format (version 2)
+//! # On-disk format (version 3)
 //!
 //! One RocksDB database (`DATA_DIR/log`) with column families:
 //!
@@ -12,13 +12,16 @@
 //!   time and the `ReportBatch` as received. Entries of format 1 (earlier
 //!   releases) are `[1][crc32 of the rest: u32 LE][StoredBatch]`; they are
 //!   still read.
-//! - `batch_ids`: key = batch id, value = `[seq: u64 BE][sha256 of the
-//!   batch's device and records: 32 bytes][record count: u32 BE]`. Kept
+//! - `batch_ids`: key = `{agent id}/{batch id}` (batch ids are the
+//!   agent's choice, unique per agent; keys of releases before version 3
+//!   are the batch id alone, and still answer a retry of the same
+//!   content), value = `[seq: u64 BE][sha256 of the batch's device and
+//!   records: 32 bytes][record count: u32 BE]`. Kept
 //!   after the flush, so a retried batch is answered `duplicate`, until
 //!   retention has deleted every record of the batch
 //!   ([`DurableLog::expire_batch_ids`]).
 //! - `batch_days`: key = `[day of the batch's newest record: u32 BE, days
-//!   since 1970-01-01][batch id]`, value = `[seq: u64 BE]`: the batch ids
+//!   since 1970-01-01][its batch_ids key]`, value = `[seq: u64 BE]`: the batch ids
 //!   by the day after which retention has deleted all of their records.
 //!   Ids stored by releases before it have no entry and are kept.
 //! - `meta`: `watermark` = highest sequence number in Parquet (u64 BE);
@@ -341,6 +344,12 @@ fn newest_day(batch: &ReportBatch) -> u32 {
 }
 
 /// The `batch_days` key of batch `id` whose newest record is of `day`.
+/// The `batch_ids` key of agent `agent_id`'s batch `batch_id`: an agent
+/// chooses its batch ids, so they are unique per agent only.
+fn batch_id_key(agent_id: &str, batch_id: &str) -> String {
+    format!("{agent_id}/{batch_id}")
+}
+
 fn batch_day_key(day: u32, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + id.len());
     key.extend_from_slice(&day.to_be_bytes());
@@ -491,22 +500,31 @@ impl DurableLog {
         }
         let EncodedEntry { entry, digest, batch_bytes } = encode_entry_of(agent_id, received_at_ms, batch);
         let ids = self.cf(CF_BATCH_IDS)?;
+        let key = batch_id_key(agent_id, &batch.batch_id);
+        let records_of = |v: &[u8]| v.get(40..44).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         let seq = {
             let mut g = self.lock();
-            if g.batch_ids.contains(&batch.batch_id) {
+            if g.batch_ids.contains(&key) {
                 return Err(Error::InFlight(batch.batch_id.clone()));
             }
-            if let Some(v) = self.db.get_cf(ids, &batch.batch_id).map_err(db_err)? {
+            if let Some(v) = self.db.get_cf(ids, &key).map_err(db_err)? {
                 if v.get(8..40) != Some(&digest[..]) {
                     return Err(Error::Conflict(batch.batch_id.clone()));
                 }
-                let records = v.get(40..44).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                return Ok(AppendOutcome::Duplicate { records });
+                return Ok(AppendOutcome::Duplicate { records: records_of(&v) });
+            }
+            // An id stored by an earlier release, which did not key ids by
+            // agent: the same content is this batch stored before; other
+            // content is another agent's batch.
+            if let Some(v) = self.db.get_cf(ids, &batch.batch_id).map_err(db_err)?
+                && v.get(8..40) == Some(&digest[..])
+            {
+                return Ok(AppendOutcome::Duplicate { records: records_of(&v) });
             }
             let seq = g.next_seq;
             g.next_seq += 1;
             g.seqs.insert(seq);
-            g.batch_ids.insert(batch.batch_id.clone());
+            g.batch_ids.insert(key.clone());
             seq
         };
         let result = (|| {
@@ -515,13 +533,13 @@ impl DurableLog {
             id_value.extend_from_slice(&(batch.records.len() as u32).to_be_bytes());
             let mut wb = WriteBatch::default();
             wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry);
-            wb.put_cf(ids, &batch.batch_id, id_value);
-            wb.put_cf(self.cf(CF_BATCH_DAYS)?, batch_day_key(newest_day(batch), &batch.batch_id), seq.to_be_bytes());
+            wb.put_cf(ids, &key, id_value);
+            wb.put_cf(self.cf(CF_BATCH_DAYS)?, batch_day_key(newest_day(batch), &key), seq.to_be_bytes());
             self.db.write_opt(wb, &synced()).map_err(db_err)
         })();
         let mut g = self.lock();
         g.seqs.remove(&seq);
-        g.batch_ids.remove(&batch.batch_id);
+        g.batch_ids.remove(&key);
         drop(g);
         result.map(|()| AppendOutcome::Accepted { seq, bytes: batch_bytes as u64 })
     }
@@ -868,6 +886,38 @@ mod tests {
         ));
     }
 
+    /// Issue 29, point 9: batch ids are the agent's choice, so another
+    /// agent's batch with the same id is its own batch, neither answered
+    /// `duplicate` (before, it was) nor able to make the first agent's
+    /// batch a conflict.
+    #[test]
+    fn issue29_batch_ids_are_unique_per_agent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = DurableLog::open(dir.path()).expect("open");
+        let mut other = batch("b1", 2);
+        other.records[0].bytes_out = 99;
+        assert!(matches!(log.append("agent-b", &other, 1).expect("b first"), AppendOutcome::Accepted { .. }));
+        assert!(matches!(log.append("agent-a", &batch("b1", 3), 2).expect("a"), AppendOutcome::Accepted { .. }));
+        assert_eq!(log.append("agent-b", &other, 3).expect("b retry"), AppendOutcome::Duplicate { records: 2 });
+        assert_eq!(
+            log.append("agent-a", &batch("b1", 3), 4).expect("a retry"),
+            AppendOutcome::Duplicate { records: 3 }
+        );
+        assert!(matches!(log.append("agent-a", &other, 5), Err(Error::Conflict(_))), "a's own id, other content");
+        // An id an earlier release stored alone: the same content is a
+        // duplicate, other content is another agent's batch.
+        let digest = encode_entry_of("x", 0, &batch("old", 1)).digest;
+        let mut v = 9u64.to_be_bytes().to_vec();
+        v.extend_from_slice(&digest);
+        v.extend_from_slice(&1u32.to_be_bytes());
+        log.db.put_cf(log.cf(CF_BATCH_IDS).expect("cf"), "old", v).expect("put");
+        assert_eq!(
+            log.append("agent-a", &batch("old", 1), 6).expect("legacy"),
+            AppendOutcome::Duplicate { records: 1 }
+        );
+        assert!(matches!(log.append("agent-c", &batch("old", 2), 7).expect("other"), AppendOutcome::Accepted { .. }));
+    }
+
     /// The date `n` days after 1970-01-01.
     fn day(n: i64) -> chrono::NaiveDate {
         let epoch = chrono::DateTime::UNIX_EPOCH.date_naive();
@@ -892,7 +942,7 @@ mod tests {
             assert!(accepted(&batch_of_day(id, day)), "{id}");
         }
         // "legacy" stands for an id stored before batch days were: no entry.
-        let legacy = batch_day_key(newest_day(&batch_of_day("legacy", 50)), "legacy");
+        let legacy = batch_day_key(newest_day(&batch_of_day("legacy", 50)), &batch_id_key("a", "legacy"));
         log.db.delete_cf(log.cf(CF_BATCH_DAYS).expect("cf"), legacy).expect("delete");
         log.commit_flush(4).expect("commit");
 

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use leakwatch_proto::codec::{MAX_BYTES_PER_RECORD, MAX_CONNECTIONS_PER_RECORD, MAX_PACKETS_PER_RECORD};
 use leakwatch_proto::v1::{DomainSource, FlowRecord, TlsInfo, Transport as WireTransport};
 
 use crate::capture::Transport;
@@ -24,22 +25,41 @@ pub struct AnonymiserStats {
 
 /// Rule 2: true for destinations that must never be reported: private
 /// (RFC 1918), loopback, link-local, multicast, broadcast, unspecified,
-/// carrier-grade NAT (100.64.0.0/10), IPv6 unique-local (fc00::/7) and
-/// IPv4-mapped forms of those.
+/// carrier-grade NAT (100.64.0.0/10), reserved (240.0.0.0/4), IPv6
+/// unique-local (fc00::/7), and every IPv6 form that carries an IPv4
+/// address: IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96), NAT64
+/// (64:ff9b::/96; the local-use 64:ff9b:1::/48 entirely), 6to4
+/// (2002::/16) and Teredo (2001::/32, whose client address is stored
+/// inverted), each judged by the IPv4 address it carries.
 pub fn is_non_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => non_public_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let seg = v6.segments();
+            let v4_at = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+            let embedded = if let Some(v4) = v6.to_ipv4_mapped() {
+                Some(v4)
+            } else if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                Some(v4_at(seg[6], seg[7])) // IPv4-compatible
+            } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                Some(v4_at(seg[6], seg[7])) // NAT64, well-known prefix
+            } else if seg[0] == 0x2002 {
+                Some(v4_at(seg[1], seg[2])) // 6to4
+            } else if seg[0] == 0x2001 && seg[1] == 0 {
+                Some(v4_at(!seg[6], !seg[7])) // Teredo client
+            } else {
+                None
+            };
+            if let Some(v4) = embedded {
                 return non_public_v4(v4);
             }
-            let seg0 = v6.segments()[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local
-                || (seg0 & 0xffc0) == 0xfe80 // link-local
-                || (seg0 & 0xffc0) == 0xfec0 // deprecated site-local
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // deprecated site-local
+                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local-use NAT64
         }
     }
 }
@@ -238,18 +258,39 @@ pub fn anonymise(
         dst_port: u32::from(flow.dst_port),
         domain: domain.unwrap_or_default(),
         domain_source: domain_source as i32,
-        bytes_out: flow.bytes_out,
-        bytes_in: flow.bytes_in,
-        packets_out: flow.packets_out,
-        packets_in: flow.packets_in,
-        app: flow.app.as_deref().or(app).unwrap_or_default().chars().take(128).collect(),
+        // Counts within what one record may hold (the collector refuses
+        // more: a sum of them could wrap).
+        bytes_out: flow.bytes_out.min(MAX_BYTES_PER_RECORD),
+        bytes_in: flow.bytes_in.min(MAX_BYTES_PER_RECORD),
+        packets_out: flow.packets_out.min(MAX_PACKETS_PER_RECORD),
+        packets_in: flow.packets_in.min(MAX_PACKETS_PER_RECORD),
+        app: printable_prefix(flow.app.as_deref().or(app).unwrap_or_default(), MAX_APP_BYTES),
         tls,
         duration_s: (flow.last_us - flow.first_us).max(0) as f64 / 1e6,
         encrypted_dns: flow.encrypted_dns,
-        connections: u32::try_from(flow.connections).unwrap_or(u32::MAX),
+        connections: u32::try_from(flow.connections).unwrap_or(u32::MAX).min(MAX_CONNECTIONS_PER_RECORD),
         interval_mean_s: flow.interval_mean_s,
         interval_cv: flow.interval_cv,
     })
+}
+
+/// Longest app name the collector accepts, bytes.
+const MAX_APP_BYTES: usize = 128;
+
+/// The printable characters of `text` (see `leakwatch_proto::labels`), at
+/// most `max` bytes of them, cut at a character boundary.
+pub fn printable_prefix(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if leakwatch_proto::labels::check_printable("", c.encode_utf8(&mut [0; 4])).is_err() {
+            continue;
+        }
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -273,10 +314,29 @@ mod tests {
             "fd00::1",
             "ff02::fb",
             "::ffff:192.168.1.1",
+            "240.0.0.1",
+            // Issue 29, point 9: IPv6 forms that carry a private IPv4 address.
+            "::192.168.1.1",
+            "::10.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::c0a8:101",
+            "64:ff9b:1::8.8.8.8",
+            "2002:c0a8:0101::1",
+            "2002:0a00:0001:1::1",
+            "2001:0:4136:e378:8000:63bf:f5ff:fffe", // Teredo client 10.0.0.1
         ] {
             assert!(is_non_public(ip.parse().expect("ip")), "{ip}");
         }
-        for ip in ["8.8.8.8", "93.184.216.34", "2606:4700::6811:d209", "100.128.0.1"] {
+        for ip in [
+            "8.8.8.8",
+            "93.184.216.34",
+            "2606:4700::6811:d209",
+            "100.128.0.1",
+            "::8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:0808:0808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7", // Teredo client 8.8.8.8
+        ] {
             assert!(!is_non_public(ip.parse().expect("ip")), "{ip}");
         }
     }
