@@ -165,6 +165,17 @@ pub struct ListenArgs {
     /// Least seconds between two dashboard refreshes; each flush that stores new rows asks for one.
     #[arg(long, env = "LEAKWATCH_PUBLIC_REFRESH_SECS", default_value_t = crate::dashboard::DEFAULT_REFRESH_SECS)]
     pub public_refresh_secs: u64,
+    /// Seconds an HTTP client has to send a request's headers (or finish its TLS handshake),
+    /// from connecting or from its previous response; then the connection is closed.
+    #[arg(long, env = "LEAKWATCH_HTTP_HEADER_TIMEOUT_SECS", default_value_t = crate::http::DEFAULT_HEADER_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout_secs: u64,
+    /// HTTP connections open at once, in all (also held under a quarter of the open-file limit).
+    #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS)]
+    pub http_max_connections: usize,
+    /// HTTP connections open at once from one client address.
+    #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    pub http_max_connections_per_client: usize,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,
@@ -321,6 +332,17 @@ pub struct SqlArgs {
     /// Rule parameter NAME=VALUE (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// Seconds an HTTP client has to send a request's headers (or finish its TLS handshake),
+    /// from connecting or from its previous response; then the connection is closed.
+    #[arg(long, env = "LEAKWATCH_HTTP_HEADER_TIMEOUT_SECS", default_value_t = crate::http::DEFAULT_HEADER_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout_secs: u64,
+    /// HTTP connections open at once, in all (also held under a quarter of the open-file limit).
+    #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS)]
+    pub http_max_connections: usize,
+    /// HTTP connections open at once from one client address.
+    #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    pub http_max_connections_per_client: usize,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,
@@ -431,6 +453,12 @@ fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArgs) -
             },
             requests_per_second: listen.public_rate,
             min_refresh_interval: Duration::from_secs(listen.public_refresh_secs),
+        },
+        http: crate::http::HttpLimits {
+            header_timeout: Duration::from_secs(listen.http_header_timeout_secs),
+            total: listen.http_max_connections.max(1),
+            per_client: listen.http_max_connections_per_client.max(1),
+            ..crate::http::HttpLimits::default()
         },
         store: None,
     }

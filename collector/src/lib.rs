@@ -20,6 +20,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod flight;
 pub mod flusher;
+pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod metrics;

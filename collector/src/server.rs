@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub flight_listen: Option<SocketAddr>,
     /// The public dashboard's thresholds and rate limit.
     pub dashboard: DashboardConfig,
+    /// Bounds of the HTTP listener (timeouts, connections).
+    pub http: crate::http::HttpLimits,
     /// Write Parquet to this shared S3-compatible store instead of the
     /// data directory's `store/`.
     pub store: Option<SharedStore>,
@@ -91,6 +93,7 @@ impl ServeConfig {
             query: QueryConfig::default(),
             flight_listen: None,
             dashboard: DashboardConfig::default(),
+            http: crate::http::HttpLimits::default(),
             store: None,
         }
     }
@@ -457,22 +460,9 @@ impl Server {
                         metrics.render(gauges)
                     }),
                 )
-                .merge(dashboard.router())
-                .into_make_service_with_connect_info::<crate::dashboard::PeerAddr>();
-            let rx = rx.clone();
-            tokio::spawn(async move {
-                let result = match http_tls {
-                    Some(tls) => {
-                        axum::serve(crate::tls::TlsListener::new(http, tls), app)
-                            .with_graceful_shutdown(shutdown_signal(rx))
-                            .await
-                    }
-                    None => axum::serve(http, app).with_graceful_shutdown(shutdown_signal(rx)).await,
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            })
+                .merge(dashboard.router());
+            let limits = config.http;
+            tokio::spawn(crate::http::serve(http, http_tls, app, limits, rx.clone()))
         };
         let flush_task = {
             let flusher = flusher.clone();

@@ -1,16 +1,11 @@
 //! TLS for the HTTP port (`/healthz`, `/metrics`) with rustls, from the same
 //! certificate, key and optional client-certificate CA as gRPC.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::{Error, Result};
 
@@ -46,60 +41,4 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
         builder.with_single_cert(certs, key).map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// A TCP listener that completes a TLS handshake before handing a
-/// connection to axum. Failed or slow (over 10 s) handshakes are dropped
-/// and logged.
-pub struct TlsListener {
-    inner: TcpListener,
-    acceptor: TlsAcceptor,
-}
-
-impl std::fmt::Debug for TlsListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsListener").field("inner", &self.inner).finish_non_exhaustive()
-    }
-}
-
-impl TlsListener {
-    /// Wraps `inner`.
-    pub fn new(inner: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
-        Self { inner, acceptor: TlsAcceptor::from(config) }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.inner.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "HTTP TLS handshake failed"),
-                Err(_) => tracing::debug!(peer = %addr, "HTTP TLS handshake timed out"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for crate::dashboard::PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
 }

@@ -39,10 +39,11 @@ pub fn is_non_public(ip: IpAddr) -> bool {
             let v4_at = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
             let embedded = if let Some(v4) = v6.to_ipv4_mapped() {
                 Some(v4)
-            } else if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
-                Some(v4_at(seg[6], seg[7])) // IPv4-compatible
-            } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                Some(v4_at(seg[6], seg[7])) // NAT64, well-known prefix
+            } else if (seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified()) // IPv4-compatible
+                || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+            // NAT64, well-known prefix
+            {
+                Some(v4_at(seg[6], seg[7]))
             } else if seg[0] == 0x2002 {
                 Some(v4_at(seg[1], seg[2])) // 6to4
             } else if seg[0] == 0x2001 && seg[1] == 0 {

@@ -141,3 +141,121 @@ async fn issue29_a_deeply_nested_query_is_refused_and_the_collector_keeps_servin
     assert_eq!(out.status.code(), Some(1), "an error, not a crash: {shown}");
     assert!(stderr.contains("nested more than 128 levels deep"), "{shown}");
 }
+
+/// `leakwatch serve` with the open-file limit at `nofile`, open enrollment
+/// and `extra` flags; the process, its gRPC URL and its HTTP address.
+fn spawn_serve_limited(
+    data: &Path,
+    nofile: u32,
+    extra: &[&str],
+) -> (crate::durability::Serving, String, std::net::SocketAddr) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_leakwatch"))
+        .args(["serve", "--open-enrollment", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--flush-interval-secs", "1", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn leakwatch serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("read banner");
+    let grpc = line.split("gRPC on ").nth(1).and_then(|s| s.split(',').next()).expect("gRPC address").trim();
+    let http = line.split("HTTP on http://").nth(1).expect("HTTP address").trim();
+    (crate::durability::Serving(child), format!("http://{grpc}"), http.parse().expect("HTTP address"))
+}
+
+/// Open descriptors of process `pid`.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Issue 29, point 5: 355 half-sent HTTP requests from one client, with the
+/// collector's open-file limit at 256, used up its descriptors; an agent
+/// then delivered nothing, and SIGTERM waited on them for ever. Now one
+/// client gets a few connections, the rest are closed at once, a stalled
+/// request is closed after the header timeout, ingest delivers every
+/// record, and SIGTERM does not wait on stalled connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue29_slow_http_clients_cannot_exhaust_the_collector() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut serving, url, http) =
+        spawn_serve_limited(&dir.path().join("data"), 256, &["--http-header-timeout-secs", "3"]);
+    let pid = serving.id();
+    let before = open_files(pid);
+    let mut stalled = Vec::new();
+    for _ in 0..355 {
+        let Ok(mut s) = std::net::TcpStream::connect(http) else { continue };
+        // Half a request: the headers never end.
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: leakwatch\r\n");
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = open_files(pid);
+    assert!(
+        during <= before + crate::hardening::MAX_CONNECTIONS_PER_CLIENT + 8,
+        "{during} descriptors open with 355 stalled clients ({before} before)"
+    );
+
+    // Ingest is unaffected: 100,000 records delivered.
+    let token = enroll(&url, &dir.path().join("agent")).await;
+    let mut client =
+        leakwatch_proto::v1::collector_client::CollectorClient::connect(url.clone()).await.expect("connect");
+    for b in 0..10 {
+        let batch = crate::hostile::numbered_batch(format!("slow-{b}"), format!("device-{b}"), 10_000);
+        let mut req = Request::new(batch);
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+        let ack = client.report(req).await.expect("delivered").into_inner();
+        assert_eq!(ack.records_accepted, 10_000);
+    }
+
+    // The stalled requests are closed once the header timeout passed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut open = 0;
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let mut buf = [0u8; 256];
+        if matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "stalled connections still open after the header timeout");
+    drop(stalled);
+    // A real client is served again.
+    let mut s = std::net::TcpStream::connect(http).expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: leakwatch\r\nConnection: close\r\n\r\n").expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
+
+    // SIGTERM with stalled connections open: the collector stops promptly.
+    let stalled: Vec<_> = (0..10)
+        .filter_map(|_| {
+            let mut s = std::net::TcpStream::connect(http).ok()?;
+            s.write_all(b"GET / HTTP/1.1\r\n").ok()?;
+            Some(s)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = serving.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "SIGTERM waited on stalled connections");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    drop(stalled);
+}
+
+/// The collector's default per-client HTTP connection limit.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = leakwatch_collector::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT;

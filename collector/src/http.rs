@@ -1,0 +1,240 @@
+//! The HTTP listener (public dashboard, `/api`, `/export`, `/healthz`,
+//! `/metrics`), served so that slow or many clients can neither take it
+//! nor the rest of the collector down.
+//!
+//! - A client must send a request's headers within
+//!   [`HttpLimits::header_timeout`] of connecting or of its previous
+//!   response (idle keep-alive connections close then too), and a TLS
+//!   handshake must finish within the same time, each on the connection's
+//!   own task (a slow handshake holds up nobody else).
+//! - A request's handling, its body included, ends after
+//!   [`HttpLimits::request_timeout`] with 408.
+//! - At most [`HttpLimits::per_client`] connections per client address and
+//!   [`HttpLimits::total`] in all are open at once; more are closed as
+//!   soon as they are accepted. The total is also held under a quarter of
+//!   the process's open-file limit, so that HTTP clients alone can never
+//!   use up the descriptors that ingest and the log need.
+//! - Stopping stops accepting, asks open connections to finish the request
+//!   they are in and waits at most [`HttpLimits::shutdown_grace`] for
+//!   them: an idle or stalled connection does not hold up the exit.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower_service::Service as _;
+
+use crate::dashboard::PeerAddr;
+
+/// Default of [`HttpLimits::header_timeout`], seconds.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default of [`HttpLimits::total`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default of [`HttpLimits::per_client`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 32;
+
+/// Bounds of the HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time to send a request's headers (and to finish a TLS handshake).
+    pub header_timeout: Duration,
+    /// Time to handle one request, reading its body included.
+    pub request_timeout: Duration,
+    /// Connections open at once, in all (held under a quarter of the
+    /// open-file limit as well).
+    pub total: usize,
+    /// Connections open at once from one client address.
+    pub per_client: usize,
+    /// How long stopping waits for open connections.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
+            request_timeout: Duration::from_secs(30),
+            total: DEFAULT_MAX_CONNECTIONS,
+            per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl HttpLimits {
+    /// [`Self::total`], held under a quarter of the open-file limit.
+    pub fn effective_total(&self) -> usize {
+        let files = open_file_limit().unwrap_or(u64::MAX);
+        self.total.min(usize::try_from(files / 4).unwrap_or(usize::MAX)).max(1)
+    }
+}
+
+/// The process's soft limit of open files, if known.
+fn open_file_limit() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Connections open per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerClient {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// A connection's place in the per-client count, given back on drop.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(clients: &Arc<PerClient>, ip: IpAddr, limit: usize) -> Option<Self> {
+        let mut open = clients.lock();
+        let n = open.entry(ip).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Self { clients: clients.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` (with TLS when `tls` is set) within
+/// `limits` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    limits: HttpLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let total = limits.effective_total();
+    let open = Arc::new(Semaphore::new(total));
+    let clients = Arc::new(PerClient::default());
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let (closing, closing_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tracing::debug!(total, per_client = limits.per_client, "HTTP listener bounds");
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = async { drop(stop.wait_for(|stopping| *stopping).await) } => break,
+        };
+        // Finished connections' tasks, so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, most likely: wait for some to close.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::debug!(peer = %peer, total, "HTTP connection refused: too many open");
+            continue;
+        };
+        let Some(slot) = ClientSlot::take(&clients, peer.ip(), limits.per_client) else {
+            tracing::debug!(peer = %peer, per_client = limits.per_client, "HTTP connection refused: too many from client");
+            continue;
+        };
+        let (app, acceptor, closing) = (app.clone(), acceptor.clone(), closing_rx.clone());
+        connections.spawn(async move {
+            let _held = (permit, slot);
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+            match acceptor {
+                None => serve_connection(stream, peer, app, limits, closing).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, peer, app, limits, closing).await,
+                    Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let drained =
+        tokio::time::timeout(limits.shutdown_grace, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::info!(left = connections.len(), "HTTP connections still open at shutdown were closed");
+        connections.abort_all();
+    }
+}
+
+/// One connection: HTTP/1.1 with the header timeout, each request within
+/// the request timeout, until it closes or `closing` turns true.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    limits: HttpLimits,
+    mut closing: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+        let mut app = app.clone();
+        async move {
+            let handled = tokio::time::timeout(limits.request_timeout, app.call(req.map(axum::body::Body::new))).await;
+            Ok::<_, std::convert::Infallible>(match handled {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => (StatusCode::REQUEST_TIMEOUT, "request took too long\n").into_response(),
+            })
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "HTTP connection ended");
+            }
+        }
+        () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
