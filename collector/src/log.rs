@@ -13,15 +13,21 @@
 //!   releases) are `[1][crc32 of the rest: u32 LE][StoredBatch]`; they are
 //!   still read.
 //! - `batch_ids`: key = `{agent id}/{batch id}` (batch ids are the
-//!   agent's choice, unique per agent; keys of releases before version 3
-//!   are the batch id alone, and still answer a retry of the same
-//!   content), value = `[seq: u64 BE][sha256 of the batch's device and
-//!   records: 32 bytes][record count: u32 BE]`. Kept
+//!   agent's choice, unique per agent only), and the batch id alone for
+//!   the first batch stored with it (what releases before version 3
+//!   wrote for every batch), value = `[seq: u64 BE][sha256 of the batch's
+//!   device and records: 32 bytes][record count: u32 BE]`. A batch is a
+//!   duplicate when either key holds its digest (the id alone answers the
+//!   retry of an agent that enrolled again), a conflict when its agent's
+//!   key holds another digest, and another agent's batch when only the
+//!   id alone does. Kept
 //!   after the flush, so a retried batch is answered `duplicate`, until
 //!   retention has deleted every record of the batch
 //!   ([`DurableLog::expire_batch_ids`]).
 //! - `batch_days`: key = `[day of the batch's newest record: u32 BE, days
-//!   since 1970-01-01][its batch_ids key]`, value = `[seq: u64 BE]`: the batch ids
+//!   since 1970-01-01][its agent's batch_ids key]` (the id alone of its
+//!   first use goes with it; releases before version 3 wrote the id alone
+//!   here), value = `[seq: u64 BE]`: the batch ids
 //!   by the day after which retention has deleted all of their records.
 //!   Ids stored by releases before it have no entry and are kept.
 //! - `meta`: `watermark` = highest sequence number in Parquet (u64 BE);
@@ -502,7 +508,7 @@ impl DurableLog {
         let ids = self.cf(CF_BATCH_IDS)?;
         let key = batch_id_key(agent_id, &batch.batch_id);
         let records_of = |v: &[u8]| v.get(40..44).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        let seq = {
+        let (seq, first_use) = {
             let mut g = self.lock();
             if g.batch_ids.contains(&key) {
                 return Err(Error::InFlight(batch.batch_id.clone()));
@@ -513,19 +519,22 @@ impl DurableLog {
                 }
                 return Ok(AppendOutcome::Duplicate { records: records_of(&v) });
             }
-            // An id stored by an earlier release, which did not key ids by
-            // agent: the same content is this batch stored before; other
-            // content is another agent's batch.
-            if let Some(v) = self.db.get_cf(ids, &batch.batch_id).map_err(db_err)?
-                && v.get(8..40) == Some(&digest[..])
-            {
-                return Ok(AppendOutcome::Duplicate { records: records_of(&v) });
-            }
+            // The id alone, as the first agent to use it stored it: the
+            // same content is this batch stored before (also when its agent
+            // enrolled again since, under a new agent id); other content is
+            // another agent's batch, stored under its own key.
+            let first_use = match self.db.get_cf(ids, &batch.batch_id).map_err(db_err)? {
+                Some(v) if v.get(8..40) == Some(&digest[..]) => {
+                    return Ok(AppendOutcome::Duplicate { records: records_of(&v) });
+                }
+                Some(_) => false,
+                None => true,
+            };
             let seq = g.next_seq;
             g.next_seq += 1;
             g.seqs.insert(seq);
             g.batch_ids.insert(key.clone());
-            seq
+            (seq, first_use)
         };
         let result = (|| {
             let mut id_value = seq.to_be_bytes().to_vec();
@@ -533,8 +542,13 @@ impl DurableLog {
             id_value.extend_from_slice(&(batch.records.len() as u32).to_be_bytes());
             let mut wb = WriteBatch::default();
             wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry);
+            let day = newest_day(batch);
+            // The id alone expires with the agent's key (same sequence number).
+            if first_use {
+                wb.put_cf(ids, &batch.batch_id, &id_value);
+            }
             wb.put_cf(ids, &key, id_value);
-            wb.put_cf(self.cf(CF_BATCH_DAYS)?, batch_day_key(newest_day(batch), &key), seq.to_be_bytes());
+            wb.put_cf(self.cf(CF_BATCH_DAYS)?, batch_day_key(day, &key), seq.to_be_bytes());
             self.db.write_opt(wb, &synced()).map_err(db_err)
         })();
         let mut g = self.lock();
@@ -580,7 +594,15 @@ impl DurableLog {
             }
             let seq = u64_at(v, 0).ok_or_else(|| Error::Corrupt("bad batch day entry".into()))?;
             if seq <= watermark {
-                wb.delete_cf(ids, &k[4..]);
+                let id = &k[4..];
+                wb.delete_cf(ids, id);
+                // The id alone, when this batch was its first use.
+                if let Some(slash) = id.iter().position(|&b| b == b'/') {
+                    let bare = &id[slash + 1..];
+                    if self.db.get_cf(ids, bare).map_err(db_err)?.and_then(|v| u64_at(&v, 0)) == Some(seq) {
+                        wb.delete_cf(ids, bare);
+                    }
+                }
                 from.get_or_insert_with(|| k.to_vec());
                 expired += 1;
             } else if let Some(from) = from.take() {
@@ -904,6 +926,8 @@ mod tests {
             AppendOutcome::Duplicate { records: 3 }
         );
         assert!(matches!(log.append("agent-a", &other, 5), Err(Error::Conflict(_))), "a's own id, other content");
+        // An agent that enrolled again (a new agent id) resends its batch.
+        assert_eq!(log.append("agent-b2", &other, 6).expect("re-enrolled"), AppendOutcome::Duplicate { records: 2 });
         // An id an earlier release stored alone: the same content is a
         // duplicate, other content is another agent's batch.
         let digest = encode_entry_of("x", 0, &batch("old", 1)).digest;

@@ -436,11 +436,14 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
             }
         },
     )?;
-    let vendors_sql = "SELECT vendor, count(DISTINCT device_pseudonym) AS devices FROM flows GROUP BY vendor";
+    // A vendor's devices as the public may count them: those of its
+    // published models. Counting all of its devices would publish the
+    // devices of models below the thresholds (as the difference to the sum
+    // of its published models).
     let mut vendor_devices: HashMap<String, u64> = HashMap::new();
-    each_row(&query(session, "vendors", vendors_sql).await?, &[("vendor", TEXT), ("devices", INT)], |r| {
-        vendor_devices.insert(r.text(0), r.count(1));
-    })?;
+    for ((vendor, _), &(devices, _)) in &models {
+        *vendor_devices.entry(vendor.clone()).or_default() += devices;
+    }
 
     // What each model contacts, and when after boot.
     let model_dest_sql = format!(
@@ -664,15 +667,6 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     Ok(snapshot)
 }
 
-/// Rule columns that are shown as they are (numbers), and text columns
-/// that name no small group.
-fn publishable_column(name: &str) -> bool {
-    !matches!(
-        name,
-        "vendor" | "model" | "domain" | "hosts" | "models" | "consent" | "before" | "after" | "first_contact"
-    )
-}
-
 /// Evidence of one rule's rows: per (row, boot) the device, agent,
 /// firmware, consent, first and last day and seconds to first contact.
 fn evidence_sql(rule: &Rule) -> String {
@@ -680,11 +674,12 @@ fn evidence_sql(rule: &Rule) -> String {
     format!(
         "SELECT h.row_id, f.device_pseudonym AS device, f.agent_id AS agent, f.boot_pseudonym AS boot, \
                 min(f.os_version) AS os_version, min(f.consent) AS consent, \
-                min(f.window_start) AS first_ts, max(f.window_start) AS last_ts, min(f.seconds_since_boot) AS first_s \
+                min(f.window_start) AS first_ts, max(f.window_start) AS last_ts, min(f.seconds_since_boot) AS first_s, \
+                f.vendor, min(f.model) AS model \
          FROM flows f JOIN hits h ON f.vendor = h.vendor AND {dest} = h.domain \
          WHERE (h.model IS NULL OR f.model = h.model) \
            AND (h.consent_off IS NULL OR strpos(concat(';', f.consent, ';'), concat(';', h.consent_off, '=off;')) > 0) \
-         GROUP BY h.row_id, f.device_pseudonym, f.agent_id, f.boot_pseudonym"
+         GROUP BY h.row_id, f.device_pseudonym, f.agent_id, f.boot_pseudonym, f.vendor"
     )
 }
 
@@ -772,9 +767,16 @@ async fn rule_findings(
             ("first_ts", INT),
             ("last_ts", INT),
             ("first_s", FLOAT),
+            ("vendor", TEXT),
+            ("model", TEXT),
         ],
         |r| {
             let Some(e) = usize::try_from(r.int(0)).ok().and_then(|i| evidence.get_mut(i)) else { return };
+            // Evidence from published models only: a vendor-wide finding
+            // counts no device of a model below the thresholds.
+            if !models.contains_key(&(r.text(8), r.text(9))) {
+                return;
+            }
             let (device, agent) = (r.text(1), r.text(2));
             let fw = e.firmware.entry(r.text(3)).or_default();
             fw.0.insert(device.clone());
@@ -808,13 +810,6 @@ async fn rule_findings(
         let domain = get(row, "domain").unwrap_or_default();
         let (devices, volunteers) = (e.devices.len() as u64, e.agents.len() as u64);
         if !t.allows(devices, volunteers) {
-            continue;
-        }
-        // Every group the rule counted must itself be publishable.
-        let small_group = rule.columns.iter().filter(|c| c.ends_with("devices")).any(|c| {
-            get(row, c).and_then(|v| v.parse::<f64>().ok()).is_some_and(|n| n > 0.0 && n < t.min_devices as f64)
-        });
-        if small_group {
             continue;
         }
         let population = if model.is_empty() {
@@ -864,7 +859,9 @@ async fn rule_findings(
         let mut numbers: Vec<(String, String)> = rule
             .columns
             .iter()
-            .filter(|c| publishable_column(c))
+            // Only numbers over the row's own devices, whose group passed
+            // the thresholds above; no other of the rule's columns.
+            .filter(|c| rule.public.contains(c))
             .filter_map(|c| get(row, c).map(|v| (c.clone(), v)))
             .collect();
         for c in ["before", "after"] {
@@ -875,7 +872,7 @@ async fn rule_findings(
             }
         }
         let share = devices as f64 / population.max(1) as f64;
-        let claim = claim(rule, row, &vendor, &model, &domain, share, median, &versions);
+        let claim = claim(rule, row, &vendor, &model, &domain, share, devices, median, &versions);
         out.push(Finding {
             id: finding_id(&rule.name, &vendor, &model, &domain),
             rule: rule.name.clone(),
@@ -919,6 +916,7 @@ fn claim(
     model: &str,
     domain: &str,
     share: f64,
+    devices: u64,
     median: Option<f64>,
     versions: &[String],
 ) -> String {
@@ -928,14 +926,13 @@ fn claim(
     match rule.name.as_str() {
         "boot_phone_home" => format!(
             "{} of {who} devices contact {domain} within {} seconds of booting{}.",
-            percent(get("share").parse().unwrap_or(share)),
+            percent(share),
             param("window_s"),
             median.map_or(String::new(), |m| format!(" (median {m:.1} s after boot)"))
         ),
         "consent_off_traffic" => format!(
-            "{who} devices whose owners turned {} off still contact {domain} ({} of them).",
+            "{who} devices whose owners turned {} off still contact {domain} ({devices} such devices).",
             get("consent_key"),
-            percent(get("off_share").parse().unwrap_or(share))
         ),
         "new_after_update" => {
             let after = get("after");

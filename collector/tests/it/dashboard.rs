@@ -548,3 +548,78 @@ async fn check_chart(c: &fantoccini::Client, page: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Issue 29, point 4: a consent_off_traffic finding published `on_share =
+/// 1.0` from one device of one volunteer, and a model_exclusive finding a
+/// population of 9 beside 8 published devices, revealing a device of an
+/// unpublished model. Every published number now comes from groups that
+/// pass the thresholds: a rule's own columns only when its header names
+/// them computed over the row's devices, populations and evidence from
+/// published models only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue29_every_published_number_rests_on_groups_that_pass_the_thresholds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.dashboard = DashboardConfig {
+        thresholds: Thresholds::new(5, 3).expect("k, m"),
+        requests_per_second: 100_000,
+        ..DashboardConfig::default()
+    };
+    let server = Server::start(config).await.expect("start");
+    let mut fleet: Vec<Device> = (0..8)
+        .map(|i| Device {
+            volunteer: i % 3,
+            vendor: "Mixed",
+            model: "M1",
+            firmware: "1.0",
+            consent: &[("cloud_account", "off")],
+            hosts: &["api.mixed-cloud.com"],
+        })
+        .collect();
+    // One device of another model, of a fourth volunteer, with the setting on.
+    fleet.push(Device {
+        volunteer: 3,
+        vendor: "Mixed",
+        model: "M2",
+        firmware: "1.0",
+        consent: &[("cloud_account", "on")],
+        hosts: &["api.mixed-cloud.com"],
+    });
+    upload(&server, dir.path(), &fleet).await;
+
+    // The rules themselves compute numbers over the single device.
+    let session = server.sessions.session().await.expect("session");
+    let run = async |name: &str| {
+        let sql = leakwatch_query::rules::rule(name).expect("rule").render(&Default::default()).expect("sql");
+        leakwatch_query::format::render(
+            &session.sql(&sql).await.expect("rule"),
+            leakwatch_query::format::OutputFormat::Csv,
+        )
+        .expect("csv")
+    };
+    let consent_off = run("consent_off_traffic").await;
+    assert!(consent_off.contains(",1.0,") || consent_off.contains(",1,"), "on_share from one device:\n{consent_off}");
+    let exclusive = run("model_exclusive").await;
+    assert!(exclusive.contains("Mixed,api.mixed-cloud.com") && exclusive.ends_with(",9\n"), "{exclusive}");
+
+    let (status, _, body) = get(server.http_addr, "/api/findings").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let findings = json.as_array().or_else(|| json["findings"].as_array()).expect("a list of findings");
+    let of = |rule: &str| findings.iter().find(|f| f["rule"] == rule).unwrap_or_else(|| panic!("no {rule} finding"));
+    let consent_off = of("consent_off_traffic");
+    let exclusive = of("model_exclusive");
+    for f in findings {
+        let rule = leakwatch_query::rules::rule(f["rule"].as_str().expect("rule")).expect("a rule");
+        for pair in f["numbers"].as_array().expect("numbers") {
+            let name = pair[0].as_str().expect("name");
+            assert!(rule.public.iter().any(|c| c == name) || ["before", "after"].contains(&name), "{name} in {f}");
+        }
+    }
+    let numbers = consent_off["numbers"].to_string();
+    assert!(!numbers.contains("share"), "no share over another group of devices: {numbers}");
+    assert_eq!(exclusive["devices"], 8, "the unpublished model's device is not counted: {exclusive}");
+    assert_eq!(exclusive["population_devices"], 8, "{exclusive}");
+    assert!(!body.windows(2).any(|w| w == b"M2"), "the unpublished model is not named");
+    server.shutdown().await.expect("shutdown");
+}

@@ -6,6 +6,7 @@
 -- param: min_share = 0.5 | share of the model's devices that must show the pattern
 -- param: min_devices = 5 | fewest distinct devices that must show it
 -- columns: vendor, model, domain, devices, model_devices, share, interval_s, cv
+-- public: interval_s, cv
 WITH regular AS (
   SELECT vendor, model, device_pseudonym, domain, interval_mean_s, interval_cv
   FROM flows

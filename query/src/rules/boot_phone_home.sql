@@ -6,6 +6,7 @@
 -- param: min_devices = 5 | fewest distinct devices that must contact it
 -- param: min_vendor_share = 0.75 | share of all devices contacting the domain (at any time) that must be of this vendor
 -- columns: vendor, model, domain, hosts, devices, model_devices, share, median_s, vendor_share, consent
+-- public: median_s
 WITH contacts AS (
   SELECT vendor, model, device_pseudonym, consent, domain,
          registrable_domain(domain) AS reg, seconds_since_boot

@@ -5,6 +5,7 @@
 -- param: min_bytes_out = 50000 | fewest bytes sent by the model's devices in all
 -- param: min_devices = 5 | fewest distinct devices that must send to the destination
 -- columns: vendor, model, domain, devices, bytes_out, bytes_in, ratio
+-- public: bytes_out, bytes_in, ratio
 WITH sent AS (
   SELECT vendor, model, domain, device_pseudonym, bytes_out, bytes_in
   FROM flows

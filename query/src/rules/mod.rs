@@ -8,7 +8,15 @@
 //! -- description: What it finds and why.
 //! -- param: window_s = 60 | what the parameter means
 //! -- columns: vendor, model, ...
+//! -- public: median_s, ...
 //! ```
+//!
+//! `public` names the result columns whose numbers are computed over the
+//! row's own devices alone: the group whose device and volunteer counts
+//! the public dashboard checks against its thresholds before it publishes
+//! the row. The dashboard publishes those numbers and no other of the
+//! rule's columns (a share over another group, such as the devices that
+//! left a setting on, may rest on a single device).
 //!
 //! Parameters are numbers; `${name}` in the SQL is replaced by the value
 //! (given or default), after checking that it parses as a number, so a
@@ -52,6 +60,9 @@ pub struct Rule {
     pub params: Vec<Param>,
     /// Columns of its result.
     pub columns: Vec<String>,
+    /// Columns computed over the row's own devices alone, which the public
+    /// dashboard may publish (see the module doc).
+    pub public: Vec<String>,
     /// The SQL with `${param}` placeholders.
     pub sql: String,
 }
@@ -63,6 +74,7 @@ fn parse_rule(text: &str) -> std::result::Result<Rule, String> {
         description: String::new(),
         params: Vec::new(),
         columns: Vec::new(),
+        public: Vec::new(),
         sql: String::new(),
     };
     let mut body = Vec::new();
@@ -75,6 +87,7 @@ fn parse_rule(text: &str) -> std::result::Result<Rule, String> {
                 "title" => rule.title = value.trim().to_string(),
                 "description" => rule.description = value.trim().to_string(),
                 "columns" => rule.columns = value.split(',').map(|c| c.trim().to_string()).collect(),
+                "public" => rule.public = value.split(',').map(|c| c.trim().to_string()).collect(),
                 "param" => {
                     let (decl, description) = value.split_once('|').unwrap_or((value, ""));
                     let (name, default) =
@@ -99,6 +112,9 @@ fn parse_rule(text: &str) -> std::result::Result<Rule, String> {
     rule.sql = body.join("\n");
     if rule.name.is_empty() || rule.sql.trim().is_empty() {
         return Err("a rule needs a name and SQL".into());
+    }
+    if let Some(c) = rule.public.iter().find(|c| !rule.columns.contains(c)) {
+        return Err(format!("public column {c:?} is not one of the rule's columns"));
     }
     Ok(rule)
 }
