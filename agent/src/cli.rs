@@ -465,6 +465,9 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
     if imported.anonymiser.dropped_non_public > 0 {
         line.push_str(&format!("; {} non-public destinations dropped", imported.anonymiser.dropped_non_public));
     }
+    if imported.anonymiser.dropped_out_of_time > 0 {
+        line.push_str(&format!("; {}", out_of_time(imported.anonymiser.dropped_out_of_time)));
+    }
     if let Some(stop) = &c.stopped_by {
         line.push_str(&format!("; stopped early: {stop}"));
     }
@@ -477,6 +480,14 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
     }
     line.push_str(&format!("; boot time: {}", imported.boot_source.short_name()));
     line
+}
+
+/// What the import summary says of records dropped for their dates.
+fn out_of_time(n: u64) -> String {
+    format!(
+        "{n} records dated before 2000 or after tomorrow dropped (the collector refuses them; \
+         the capturing machine's clock was not set)"
+    )
 }
 
 /// Runs the command line; returns the process exit code.
@@ -572,10 +583,12 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     };
     let mut failed = 0usize;
     let mut read_ok = 0usize;
+    let (mut accepted, mut out_of_time_total) = (0usize, 0u64);
     if let Some(lan_labels) = lan_labels {
         for file in &args.files {
             let mut devices = std::collections::BTreeSet::new();
             let (mut boots, mut records, mut dropped, mut sink_failed) = (0usize, 0usize, 0u64, false);
+            let mut file_out_of_time = 0u64;
             let imported = import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS, |b| {
                 let vendor = b
                     .import
@@ -597,6 +610,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 boots += 1;
                 records += b.import.record_count();
                 dropped += b.import.anonymiser.dropped_non_public;
+                file_out_of_time += b.import.anonymiser.dropped_out_of_time;
                 let put = sink.put(&b.import.batches);
                 sink_failed = put.is_err();
                 put
@@ -606,9 +620,15 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 Err(e) if sink_failed => return Err(e),
                 Ok(c) => {
                     read_ok += 1;
+                    accepted += records;
+                    out_of_time_total += file_out_of_time;
                     let stopped = c.stopped_by.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default();
+                    let dated = match file_out_of_time {
+                        0 => String::new(),
+                        n => format!("; {}", out_of_time(n)),
+                    };
                     eprintln!(
-                        "{}: {} packets read, {} skipped, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped{stopped}",
+                        "{}: {} packets read, {} skipped, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped{dated}{stopped}",
                         file.display(),
                         c.frames,
                         c.skipped_total(),
@@ -626,6 +646,8 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
             match import_capture(file, &labels, &state, DEFAULT_BATCH_RECORDS) {
                 Ok(capture) => {
                     read_ok += 1;
+                    accepted += capture.record_count();
+                    out_of_time_total += capture.anonymiser.dropped_out_of_time;
                     eprintln!("{}", describe_import(&capture));
                     sink.put(&capture.batches)?;
                 }
@@ -639,6 +661,13 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     if read_ok == 0 {
         eprintln!("error: none of the {failed} capture(s) could be read");
         return Ok(ExitCode::from(2));
+    }
+    if accepted == 0 && out_of_time_total > 0 {
+        eprintln!(
+            "error: nothing to send: all {out_of_time_total} records are dated before 2000 or after tomorrow, \
+             which the collector refuses (the capturing machine's clock was not set)"
+        );
+        return Ok(ExitCode::from(1));
     }
     let spool = match sink {
         ImportSink::DryRun(mut out, _) => {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use leakwatch_proto::codec::{MAX_FUTURE_S, MIN_WINDOW_START_S};
 use leakwatch_proto::v1::{BootSource, DeviceInfo, FlowRecord, ReportBatch};
 use sha2::{Digest as _, Sha256};
 
@@ -235,6 +236,12 @@ pub(crate) fn boot_records(
         flows.iter().filter_map(|f| anonymiser::anonymise(f, boot_us, app, anon)).collect();
     let lookups = merge_lookups(lookups.iter());
     records.extend(lookups.iter().filter_map(|l| anonymiser::anonymise_lookup(l, boot_us, anon)));
+    // Times the collector accepts: a capture dated 1970 (a device without
+    // a clock) or 2103 would be refused whole, and its batches dropped.
+    let latest = chrono::Utc::now().timestamp() + MAX_FUTURE_S;
+    let before = records.len();
+    records.retain(|r| (MIN_WINDOW_START_S..=latest).contains(&r.window_start_unix_s));
+    anon.dropped_out_of_time += (before - records.len()) as u64;
     records
 }
 

@@ -11,8 +11,8 @@ use leakwatch_agent::anonymiser::is_non_public;
 use leakwatch_proto::v1::{DomainSource, FlowRecord, ReportBatch, Transport};
 
 pub use leakwatch_proto::codec::{
-    MAX_BYTES_PER_RECORD, MAX_CONNECTIONS_PER_RECORD, MAX_CONSENT_ENTRIES, MAX_PACKETS_PER_RECORD,
-    MAX_RECORDS_PER_BATCH,
+    MAX_BYTES_PER_RECORD, MAX_CONNECTIONS_PER_RECORD, MAX_CONSENT_ENTRIES, MAX_FUTURE_S, MAX_PACKETS_PER_RECORD,
+    MAX_RECORDS_PER_BATCH, MIN_WINDOW_START_S,
 };
 pub use leakwatch_proto::labels::MAX_LABEL_BYTES;
 use leakwatch_proto::labels::{check_consent, check_label, check_printable};
@@ -20,10 +20,6 @@ use leakwatch_proto::labels::{check_consent, check_label, check_printable};
 pub const MAX_DOMAIN_BYTES: usize = 253;
 /// Longest app name.
 pub const MAX_APP_BYTES: usize = 128;
-/// Earliest accepted record time (2000-01-01T00:00:00Z).
-pub const MIN_WINDOW_START_S: i64 = 946_684_800;
-/// How far in the future a record may lie (clock skew), seconds.
-pub const MAX_FUTURE_S: i64 = 86_400;
 /// Longest time since boot accepted (10 years), seconds.
 pub const MAX_SECONDS_SINCE_BOOT: f64 = 315_360_000.0;
 

@@ -95,6 +95,10 @@ pub const MAX_BYTES_PER_RECORD: u64 = 1 << 40;
 pub const MAX_PACKETS_PER_RECORD: u64 = 1 << 32;
 /// Most connections one record may stand for.
 pub const MAX_CONNECTIONS_PER_RECORD: u32 = 1 << 24;
+/// Earliest record time accepted (2000-01-01T00:00:00Z), Unix seconds.
+pub const MIN_WINDOW_START_S: i64 = 946_684_800;
+/// How far in the future a record may lie (clock skew), seconds.
+pub const MAX_FUTURE_S: i64 = 86_400;
 
 /// A check of a message's encoded bytes before it is decoded: the counts
 /// of repeated fields, which decide how much decoding allocates.

@@ -21,6 +21,9 @@ pub struct AnonymiserStats {
     /// DNS lookups of local names (`.local`, single-label, reverse lookups
     /// of private ranges) dropped.
     pub dropped_local_names: u64,
+    /// Records dated before 2000 or more than a day ahead (a capture whose
+    /// clock was wrong), which the collector would refuse.
+    pub dropped_out_of_time: u64,
 }
 
 /// Rule 2: true for destinations that must never be reported: private

@@ -221,3 +221,57 @@ fn init_writes_a_config_that_import_reads() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("colector"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `pcap` (classic pcap, little-endian) with its packets moved in time so
+/// that the first one is at Unix second `first`.
+fn retimed(pcap: &[u8], first: u32) -> Vec<u8> {
+    assert_eq!(&pcap[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "a little-endian classic pcap");
+    let mut out = pcap.to_vec();
+    let mut at = 24;
+    let mut shift: Option<i64> = None;
+    while at + 16 <= out.len() {
+        let ts = u32::from_le_bytes(out[at..at + 4].try_into().expect("4 bytes"));
+        let shift = *shift.get_or_insert(i64::from(first) - i64::from(ts));
+        let moved = u32::try_from(i64::from(ts) + shift).expect("a u32 time");
+        out[at..at + 4].copy_from_slice(&moved.to_le_bytes());
+        let len = u32::from_le_bytes(out[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        at += 16 + len;
+    }
+    out
+}
+
+/// Issue 29, point 9: captures dated 1970 (a device without a clock) or
+/// 2103 were refused by the collector, then deleted by the agent, which
+/// exited 0. They are refused at import now, saying so, and the import
+/// fails when nothing is left to send.
+#[test]
+fn issue29_captures_dated_outside_what_the_collector_accepts_are_refused_at_import() {
+    let (dir, manifest) = simulated_fleet(1);
+    let src = std::fs::read(dir.path().join(&manifest.captures[0].file)).expect("read");
+    for (name, first) in [("1970.pcap", 1_000u32), ("2103.pcap", 4_200_000_000)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, retimed(&src, first)).expect("write");
+        let state = tempfile::tempdir().expect("tempdir");
+        let out = agent()
+            .args(["import", "--collector", "http://127.0.0.1:9", "--state-dir"])
+            .arg(state.path())
+            .arg(&path)
+            .output()
+            .expect("run agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains("records dated before 2000 or after tomorrow dropped"), "{name}: {stderr}");
+        assert!(stderr.contains("error: nothing to send"), "{name}: {stderr}");
+        assert!(!stderr.contains("queued"), "nothing was queued: {stderr}");
+    }
+    // The same capture with its own dates imports as before.
+    let state = tempfile::tempdir().expect("tempdir");
+    let out = agent()
+        .args(["import", "--dry-run", "--state-dir"])
+        .arg(state.path())
+        .arg(dir.path().join(&manifest.captures[0].file))
+        .output()
+        .expect("run agent");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.is_empty());
+}
