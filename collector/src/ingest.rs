@@ -162,6 +162,16 @@ impl Ingest {
                 u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
             ));
         }
+        if let Some(failure) = self.log.failure() {
+            self.metrics.reject(RejectReason::Storage);
+            let mut status = Status::unavailable(format!(
+                "collector storage: the log cannot be written ({failure}); the report stays with the agent, retry later"
+            ));
+            if let Ok(v) = "2000".parse() {
+                status.metadata_mut().insert("retry-after-ms", v);
+            }
+            return Err(status);
+        }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             self.metrics.reject(RejectReason::Busy);
             return Err(busy(
@@ -349,6 +359,12 @@ impl Collector for Ingest {
                 }
             }
             Err(e) => {
+                if let Error::Storage(m) = &e {
+                    // The agent keeps the batch and tries again (or another
+                    // collector), as for a collector that is away.
+                    self.metrics.reject(RejectReason::Storage);
+                    return Err(Status::unavailable(format!("collector storage: {m}; retry later")));
+                }
                 if matches!(e, Error::Conflict(_)) {
                     self.metrics.reject(RejectReason::Conflict);
                     tracing::warn!(agent_id = %agent_id, batch_id = %batch_id, "Rejected batch id reused with other content");

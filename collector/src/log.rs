@@ -49,7 +49,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use leakwatch_proto::v1::ReportBatch;
 use prost::Message;
@@ -141,9 +141,35 @@ struct Inflight {
 /// The RocksDB log.
 #[derive(Debug)]
 pub struct DurableLog {
-    db: DB,
+    /// The database; `None` while it is being opened again after a write
+    /// failed (see [`DurableLog::reopen`]).
+    db: RwLock<Option<DB>>,
+    /// Where it lives.
+    path: std::path::PathBuf,
     inflight: Mutex<Inflight>,
     read_only: bool,
+    /// The write error that put the database out of service, until it is
+    /// opened again.
+    failed: Mutex<Option<String>>,
+}
+
+/// The database, read-locked while in use (so that [`DurableLog::reopen`]
+/// waits for every user to finish).
+struct Db<'a>(std::sync::RwLockReadGuard<'a, Option<DB>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = DB;
+    fn deref(&self) -> &DB {
+        match self.0.as_ref() {
+            Some(db) => db,
+            None => unreachable!("Db is only made for an open database"),
+        }
+    }
+}
+
+/// A column family of `db`.
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("column family {name} is missing")))
 }
 
 fn db_err(e: rocksdb::Error) -> Error {
@@ -414,7 +440,13 @@ impl DurableLog {
     fn open_with(path: &Path, options: &Options) -> Result<Self> {
         let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, Self::cf_options(n)));
         let db = DB::open_cf_descriptors(options, path, cfs).map_err(db_err)?;
-        let log = Self { db, inflight: Mutex::new(Inflight::default()), read_only: false };
+        let log = Self {
+            db: RwLock::new(Some(db)),
+            path: path.to_path_buf(),
+            inflight: Mutex::new(Inflight::default()),
+            read_only: false,
+            failed: Mutex::default(),
+        };
         let last = log.last_seq()?;
         let watermark = log.watermark()?;
         log.lock().next_seq = last.max(watermark) + 1;
@@ -435,7 +467,13 @@ impl DurableLog {
         let existing = DB::list_cf(&opts, path).map_err(db_err)?;
         let cfs = COLUMN_FAMILIES.iter().filter(|n| existing.iter().any(|e| e == *n));
         let db = DB::open_cf_as_secondary(&opts, path, secondary_dir, cfs).map_err(db_err)?;
-        Ok(Self { db, inflight: Mutex::new(Inflight::default()), read_only: true })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            path: path.to_path_buf(),
+            inflight: Mutex::new(Inflight::default()),
+            read_only: true,
+            failed: Mutex::default(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inflight> {
@@ -445,12 +483,80 @@ impl DurableLog {
         }
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
-        self.db.cf_handle(name).ok_or_else(|| Error::Corrupt(format!("column family {name} is missing")))
+    /// The write error that put the log out of service, while it is (see
+    /// [`Self::reopen`]).
+    pub fn failure(&self) -> Option<String> {
+        match self.failed.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Notes a failed write: RocksDB refuses every write after one that
+    /// failed on the disk (a full disk, an I/O error) until the database
+    /// is opened again, which [`Self::reopen`] does.
+    fn note_write_error(&self, e: &Error) {
+        if let Error::Storage(m) = e {
+            let mut failed = match self.failed.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if failed.is_none() {
+                tracing::error!(error = %m, path = %self.path.display(), "The log cannot be written; reports are refused until it can");
+                *failed = Some(m.clone());
+            }
+        }
+    }
+
+    /// Opens the database again after a write failed (see
+    /// [`Self::failure`]), once every read and write in progress finished:
+    /// RocksDB then replays its write-ahead log, and writes succeed again
+    /// if the cause (a full disk) is gone. `Ok(false)`: nothing had
+    /// failed. An error leaves the log out of service for the next try.
+    pub fn reopen(&self) -> Result<bool> {
+        if self.read_only || self.failure().is_none() {
+            return Ok(false);
+        }
+        let mut guard = match self.db.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Closed before it is opened again: RocksDB locks its directory.
+        drop(guard.take());
+        let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, Self::cf_options(n)));
+        let db = DB::open_cf_descriptors(&Self::options(), &self.path, cfs).map_err(db_err)?;
+        // A probe write: the disk takes writes again.
+        db.put_cf_opt(cf(&db, CF_META)?, b"probe", [], &synced()).map_err(db_err)?;
+        db.delete_cf_opt(cf(&db, CF_META)?, b"probe", &synced()).map_err(db_err)?;
+        *guard = Some(db);
+        drop(guard);
+        match self.failed.lock() {
+            Ok(mut g) => *g = None,
+            Err(poisoned) => *poisoned.into_inner() = None,
+        }
+        tracing::warn!(path = %self.path.display(), "The log was opened again and takes writes");
+        Ok(true)
+    }
+
+    /// The open database.
+    fn db(&self) -> Result<Db<'_>> {
+        let guard = match self.db.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match guard.as_ref() {
+            Some(_) => Ok(Db(guard)),
+            None => Err(Error::Storage(format!(
+                "the log at {} is being opened again after a write failed: {}",
+                self.path.display(),
+                self.failure().unwrap_or_default()
+            ))),
+        }
     }
 
     fn last_seq(&self) -> Result<u64> {
-        let mut it = self.db.iterator_cf(self.cf(CF_BATCHES)?, IteratorMode::End);
+        let db = self.db()?;
+        let mut it = db.iterator_cf(cf(&db, CF_BATCHES)?, IteratorMode::End);
         match it.next() {
             Some(item) => {
                 let (k, _) = item.map_err(db_err)?;
@@ -462,32 +568,40 @@ impl DurableLog {
 
     /// Highest sequence number already in Parquet (0 when none).
     pub fn watermark(&self) -> Result<u64> {
-        Ok(self.db.get_cf(self.cf(CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0))
+        let db = self.db()?;
+        Ok(db.get_cf(cf(&db, CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0))
     }
 
     /// The flush under way, if a previous run stopped in the middle of one.
     pub fn flush_intent(&self) -> Result<Option<(u64, u64)>> {
-        Ok(self
-            .db
-            .get_cf(self.cf(CF_META)?, KEY_FLUSH_INTENT)
+        let db = self.db()?;
+        Ok(db
+            .get_cf(cf(&db, CF_META)?, KEY_FLUSH_INTENT)
             .map_err(db_err)?
             .and_then(|v| Some((u64_at(&v, 0)?, u64_at(&v, 8)?))))
     }
 
     /// Records that sequence numbers `from..=to` are being flushed.
     pub fn set_flush_intent(&self, from: u64, to: u64) -> Result<()> {
+        let db = self.db()?;
         let mut value = from.to_be_bytes().to_vec();
         value.extend_from_slice(&to.to_be_bytes());
-        self.db.put_cf_opt(self.cf(CF_META)?, KEY_FLUSH_INTENT, value, &synced()).map_err(db_err)
+        db.put_cf_opt(cf(&db, CF_META)?, KEY_FLUSH_INTENT, value, &synced()).map_err(db_err)
     }
 
     /// Marks `..=to` as flushed and deletes those entries, atomically.
     pub fn commit_flush(&self, to: u64) -> Result<()> {
+        let db = self.db()?;
         let mut wb = WriteBatch::default();
-        wb.put_cf(self.cf(CF_META)?, KEY_WATERMARK, to.to_be_bytes());
-        wb.delete_cf(self.cf(CF_META)?, KEY_FLUSH_INTENT);
-        wb.delete_range_cf(self.cf(CF_BATCHES)?, 0u64.to_be_bytes(), (to + 1).to_be_bytes());
-        self.db.write_opt(wb, &synced()).map_err(db_err)
+        wb.put_cf(cf(&db, CF_META)?, KEY_WATERMARK, to.to_be_bytes());
+        wb.delete_cf(cf(&db, CF_META)?, KEY_FLUSH_INTENT);
+        wb.delete_range_cf(cf(&db, CF_BATCHES)?, 0u64.to_be_bytes(), (to + 1).to_be_bytes());
+        let written = db.write_opt(wb, &synced()).map_err(db_err);
+        drop(db);
+        if let Err(e) = &written {
+            self.note_write_error(e);
+        }
+        written
     }
 
     /// Highest sequence number below which every append has finished.
@@ -501,11 +615,12 @@ impl DurableLog {
 
     /// Appends a batch; returns once it is on disk (fsync).
     pub fn append(&self, agent_id: &str, batch: &ReportBatch, received_at_ms: i64) -> Result<AppendOutcome> {
+        let db = self.db()?;
         if self.read_only {
             return Err(Error::Storage("the log is open read-only".into()));
         }
         let EncodedEntry { entry, digest, batch_bytes } = encode_entry_of(agent_id, received_at_ms, batch);
-        let ids = self.cf(CF_BATCH_IDS)?;
+        let ids = cf(&db, CF_BATCH_IDS)?;
         let key = batch_id_key(agent_id, &batch.batch_id);
         let records_of = |v: &[u8]| v.get(40..44).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         let (seq, first_use) = {
@@ -513,7 +628,7 @@ impl DurableLog {
             if g.batch_ids.contains(&key) {
                 return Err(Error::InFlight(batch.batch_id.clone()));
             }
-            if let Some(v) = self.db.get_cf(ids, &key).map_err(db_err)? {
+            if let Some(v) = db.get_cf(ids, &key).map_err(db_err)? {
                 if v.get(8..40) != Some(&digest[..]) {
                     return Err(Error::Conflict(batch.batch_id.clone()));
                 }
@@ -523,7 +638,7 @@ impl DurableLog {
             // same content is this batch stored before (also when its agent
             // enrolled again since, under a new agent id); other content is
             // another agent's batch, stored under its own key.
-            let first_use = match self.db.get_cf(ids, &batch.batch_id).map_err(db_err)? {
+            let first_use = match db.get_cf(ids, &batch.batch_id).map_err(db_err)? {
                 Some(v) if v.get(8..40) == Some(&digest[..]) => {
                     return Ok(AppendOutcome::Duplicate { records: records_of(&v) });
                 }
@@ -541,20 +656,23 @@ impl DurableLog {
             id_value.extend_from_slice(&digest);
             id_value.extend_from_slice(&(batch.records.len() as u32).to_be_bytes());
             let mut wb = WriteBatch::default();
-            wb.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry);
+            wb.put_cf(cf(&db, CF_BATCHES)?, seq.to_be_bytes(), entry);
             let day = newest_day(batch);
             // The id alone expires with the agent's key (same sequence number).
             if first_use {
                 wb.put_cf(ids, &batch.batch_id, &id_value);
             }
             wb.put_cf(ids, &key, id_value);
-            wb.put_cf(self.cf(CF_BATCH_DAYS)?, batch_day_key(day, &key), seq.to_be_bytes());
-            self.db.write_opt(wb, &synced()).map_err(db_err)
+            wb.put_cf(cf(&db, CF_BATCH_DAYS)?, batch_day_key(day, &key), seq.to_be_bytes());
+            db.write_opt(wb, &synced()).map_err(db_err)
         })();
         let mut g = self.lock();
         g.seqs.remove(&seq);
         g.batch_ids.remove(&key);
         drop(g);
+        if let Err(e) = &result {
+            self.note_write_error(e);
+        }
         result.map(|()| AppendOutcome::Accepted { seq, bytes: batch_bytes as u64 })
     }
 
@@ -576,15 +694,16 @@ impl DurableLog {
     /// id is then kept: never deleting an id that should stay is what
     /// matters.
     pub fn expire_batch_ids(&self, cutoff: chrono::NaiveDate, flushed: u64, limit: u64) -> Result<u64> {
+        let watermark = flushed.min(self.watermark()?);
+        let db = self.db()?;
         // `cutoff` as a `batch_days` day, as `newest_day` counts them.
         let before_day = cutoff.signed_duration_since(chrono::DateTime::UNIX_EPOCH.date_naive()).num_days();
         let Ok(before) = u32::try_from(before_day.max(0)) else { return Ok(0) };
-        let (ids, days) = (self.cf(CF_BATCH_IDS)?, self.cf(CF_BATCH_DAYS)?);
-        let watermark = flushed.min(self.watermark()?);
+        let (ids, days) = (cf(&db, CF_BATCH_IDS)?, cf(&db, CF_BATCH_DAYS)?);
         let end = before.to_be_bytes().to_vec();
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(end.clone());
-        let mut it = self.db.raw_iterator_cf_opt(days, opts);
+        let mut it = db.raw_iterator_cf_opt(days, opts);
         it.seek_to_first();
         // `from`: the first key of the run of expired entries not yet deleted.
         let (mut wb, mut expired, mut from) = (WriteBatch::default(), 0u64, None::<Vec<u8>>);
@@ -599,7 +718,7 @@ impl DurableLog {
                 // The id alone, when this batch was its first use.
                 if let Some(slash) = id.iter().position(|&b| b == b'/') {
                     let bare = &id[slash + 1..];
-                    if self.db.get_cf(ids, bare).map_err(db_err)?.and_then(|v| u64_at(&v, 0)) == Some(seq) {
+                    if db.get_cf(ids, bare).map_err(db_err)?.and_then(|v| u64_at(&v, 0)) == Some(seq) {
                         wb.delete_cf(ids, bare);
                     }
                 }
@@ -614,7 +733,7 @@ impl DurableLog {
                     past.push(0); // the smallest key after `k`
                     wb.delete_range_cf(days, from, past);
                 }
-                self.db.write(std::mem::take(&mut wb)).map_err(db_err)?;
+                db.write(std::mem::take(&mut wb)).map_err(db_err)?;
             }
             it.next();
         }
@@ -623,7 +742,7 @@ impl DurableLog {
             // Up to the entry the limit stopped at, or to `cutoff`.
             wb.delete_range_cf(days, from, it.key().map_or(end, <[u8]>::to_vec));
         }
-        self.db.write(wb).map_err(db_err)?;
+        db.write(wb).map_err(db_err)?;
         Ok(expired)
     }
 
@@ -631,9 +750,10 @@ impl DurableLog {
     /// whose messages hold at most `max_bytes` together, uncompressed (what
     /// a flush decodes); at least `from`.
     pub fn end_within(&self, from: u64, to: u64, max_bytes: usize) -> Result<u64> {
+        let db = self.db()?;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound((to.saturating_add(1)).to_be_bytes().to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_BATCHES)?, opts);
+        let mut it = db.raw_iterator_cf_opt(cf(&db, CF_BATCHES)?, opts);
         it.seek(from.to_be_bytes());
         let (mut end, mut total) = (from, 0usize);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
@@ -653,10 +773,11 @@ impl DurableLog {
     /// order, one at a time: its message ([`entry_message`], checked and
     /// decompressed), stopping at the first error, `f`'s or the log's.
     pub fn each_in_range(&self, from: u64, to: u64, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+        let db = self.db()?;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound((to.saturating_add(1)).to_be_bytes().to_vec());
         let start = from.to_be_bytes();
-        let it = self.db.iterator_cf_opt(self.cf(CF_BATCHES)?, opts, IteratorMode::From(&start, Direction::Forward));
+        let it = db.iterator_cf_opt(cf(&db, CF_BATCHES)?, opts, IteratorMode::From(&start, Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(db_err)?;
             let seq = u64_at(&k, 0).ok_or_else(|| Error::Corrupt("bad sequence key".into()))?;
@@ -669,8 +790,9 @@ impl DurableLog {
     /// whatever its layout (for tests of readers).
     #[cfg(test)]
     pub(crate) fn put_message(&self, seq: u64, message: &[u8]) -> Result<()> {
+        let db = self.db()?;
         let entry = seal_entry([&[0; ENTRY_HEADER][..], message].concat());
-        self.db.put_cf(self.cf(CF_BATCHES)?, seq.to_be_bytes(), entry).map_err(db_err)
+        db.put_cf(cf(&db, CF_BATCHES)?, seq.to_be_bytes(), entry).map_err(db_err)
     }
 
     /// The entries [`Self::each_in_tail`] passes, decoded, and the
@@ -691,22 +813,24 @@ impl DurableLog {
     /// wrote; it does not support snapshots, but its view changes only on
     /// catch-up, which is serialised with the read.
     pub fn each_in_tail(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+        let db = self.db()?;
         if self.read_only {
             let _view = self.lock();
-            self.db.try_catch_up_with_primary().map_err(db_err)?;
-            let watermark = self.watermark()?;
+            db.try_catch_up_with_primary().map_err(db_err)?;
+            let watermark =
+                db.get_cf(cf(&db, CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0);
             let start = (watermark + 1).to_be_bytes();
-            for item in self.db.iterator_cf(self.cf(CF_BATCHES)?, IteratorMode::From(&start, Direction::Forward)) {
+            for item in db.iterator_cf(cf(&db, CF_BATCHES)?, IteratorMode::From(&start, Direction::Forward)) {
                 let (_, v) = item.map_err(db_err)?;
                 f(&entry_message(&v)?)?;
             }
             return Ok(watermark);
         }
-        let snap = self.db.snapshot();
+        let snap = db.snapshot();
         let watermark =
-            snap.get_cf(self.cf(CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0);
+            snap.get_cf(cf(&db, CF_META)?, KEY_WATERMARK).map_err(db_err)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0);
         let start = (watermark + 1).to_be_bytes();
-        for item in snap.iterator_cf(self.cf(CF_BATCHES)?, IteratorMode::From(&start, Direction::Forward)) {
+        for item in snap.iterator_cf(cf(&db, CF_BATCHES)?, IteratorMode::From(&start, Direction::Forward)) {
             let (_, v) = item.map_err(db_err)?;
             f(&entry_message(&v)?)?;
         }
@@ -716,16 +840,18 @@ impl DurableLog {
     /// Bytes of the log's WAL files (kept to at most about
     /// [`MAX_TOTAL_WAL_BYTES`]).
     pub fn wal_bytes(&self) -> u64 {
-        wal_files(self.db.path()).1
+        let Ok(db) = self.db() else { return 0 };
+        wal_files(db.path()).1
     }
 
     /// Bytes of the log: SST files plus memtables.
     pub fn size_bytes(&self) -> u64 {
+        let Ok(db) = self.db() else { return 0 };
         COLUMN_FAMILIES
             .iter()
-            .filter_map(|name| self.db.cf_handle(name))
+            .filter_map(|name| db.cf_handle(name))
             .map(|cf| {
-                let prop = |p: &str| self.db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+                let prop = |p: &str| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
                 prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
             })
             .sum()
@@ -738,12 +864,14 @@ impl DurableLog {
 
     /// Registers an agent's token hash.
     pub fn put_agent(&self, agent_id: &str, token_hash: &[u8; 32]) -> Result<()> {
-        self.db.put_cf_opt(self.cf(CF_AGENTS)?, agent_id, token_hash, &synced()).map_err(db_err)
+        let db = self.db()?;
+        db.put_cf_opt(cf(&db, CF_AGENTS)?, agent_id, token_hash, &synced()).map_err(db_err)
     }
 
     /// The token hash of an agent.
     pub fn agent_token_hash(&self, agent_id: &str) -> Result<AgentToken> {
-        Ok(match self.db.get_cf(self.cf(CF_AGENTS)?, agent_id).map_err(db_err)? {
+        let db = self.db()?;
+        Ok(match db.get_cf(cf(&db, CF_AGENTS)?, agent_id).map_err(db_err)? {
             None => AgentToken::Unknown,
             Some(v) if v == REVOKED => AgentToken::Revoked,
             Some(v) => AgentToken::Hash(v),
@@ -752,27 +880,30 @@ impl DurableLog {
 
     /// Revokes an agent; false when it was never enrolled.
     pub fn revoke_agent(&self, agent_id: &str) -> Result<bool> {
+        let db = self.db()?;
         let _guard = self.lock();
         if matches!(self.agent_token_hash(agent_id)?, AgentToken::Unknown) {
             return Ok(false);
         }
-        self.db.put_cf_opt(self.cf(CF_AGENTS)?, agent_id, REVOKED, &synced()).map_err(db_err)?;
+        db.put_cf_opt(cf(&db, CF_AGENTS)?, agent_id, REVOKED, &synced()).map_err(db_err)?;
         Ok(true)
     }
 
     /// Stores a new enrollment code (by hash).
     pub fn put_code(&self, code_hash: &[u8; 32], max_uses: u32, expires_at_s: i64) -> Result<()> {
+        let db = self.db()?;
         let mut v = max_uses.to_be_bytes().to_vec();
         v.extend_from_slice(&0u32.to_be_bytes());
         v.extend_from_slice(&expires_at_s.to_be_bytes());
-        self.db.put_cf_opt(self.cf(CF_CODES)?, code_hash, v, &synced()).map_err(db_err)
+        db.put_cf_opt(cf(&db, CF_CODES)?, code_hash, v, &synced()).map_err(db_err)
     }
 
     /// Uses one enrollment of a code, if it is known, unexpired and not
     /// used up.
     pub fn use_code(&self, code_hash: &[u8; 32], now_s: i64) -> Result<CodeUse> {
+        let db = self.db()?;
         let _guard = self.lock();
-        let Some(v) = self.db.get_cf(self.cf(CF_CODES)?, code_hash).map_err(db_err)? else {
+        let Some(v) = db.get_cf(cf(&db, CF_CODES)?, code_hash).map_err(db_err)? else {
             return Ok(CodeUse::Unknown);
         };
         let (Some(max), Some(uses), Some(expires)) = (
@@ -790,7 +921,7 @@ impl DurableLog {
         }
         let mut updated = v.clone();
         updated[4..8].copy_from_slice(&(uses + 1).to_be_bytes());
-        self.db.put_cf_opt(self.cf(CF_CODES)?, code_hash, updated, &synced()).map_err(db_err)?;
+        db.put_cf_opt(cf(&db, CF_CODES)?, code_hash, updated, &synced()).map_err(db_err)?;
         Ok(CodeUse::Accepted)
     }
 }
@@ -798,15 +929,17 @@ impl DurableLog {
 impl DurableLog {
     /// Stores an analyst's SQL token (by hash) with its holder's name.
     pub fn put_sql_token(&self, token_hash: &[u8; 32], name: &str, expires_at_s: i64) -> Result<()> {
+        let db = self.db()?;
         let mut v = expires_at_s.to_be_bytes().to_vec();
         v.extend_from_slice(name.as_bytes());
-        self.db.put_cf_opt(self.cf(CF_SQL_TOKENS)?, token_hash, v, &synced()).map_err(db_err)
+        db.put_cf_opt(cf(&db, CF_SQL_TOKENS)?, token_hash, v, &synced()).map_err(db_err)
     }
 
     /// The holder's name of a valid SQL token; `None` when the token is
     /// unknown or expired.
     pub fn sql_token(&self, token_hash: &[u8; 32], now_s: i64) -> Result<Option<String>> {
-        let Some(v) = self.db.get_cf(self.cf(CF_SQL_TOKENS)?, token_hash).map_err(db_err)? else {
+        let db = self.db()?;
+        let Some(v) = db.get_cf(cf(&db, CF_SQL_TOKENS)?, token_hash).map_err(db_err)? else {
             return Ok(None);
         };
         let (name, expires) = sql_token_record(&v)?;
@@ -816,8 +949,9 @@ impl DurableLog {
     /// Every stored SQL token, expired ones too: (hash, holder, expiry),
     /// in hash order.
     pub fn sql_tokens(&self) -> Result<Vec<([u8; 32], String, i64)>> {
+        let db = self.db()?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_SQL_TOKENS)?, IteratorMode::Start) {
+        for item in db.iterator_cf(cf(&db, CF_SQL_TOKENS)?, IteratorMode::Start) {
             let (k, v) = item.map_err(db_err)?;
             let hash = <[u8; 32]>::try_from(&k[..]).map_err(|_| Error::Corrupt("SQL token key".into()))?;
             let (name, expires) = sql_token_record(&v)?;
@@ -828,12 +962,13 @@ impl DurableLog {
 
     /// Deletes the SQL tokens with these hashes, in one synced write.
     pub fn delete_sql_tokens(&self, hashes: &[[u8; 32]]) -> Result<()> {
-        let cf = self.cf(CF_SQL_TOKENS)?;
+        let db = self.db()?;
+        let cf = cf(&db, CF_SQL_TOKENS)?;
         let mut wb = WriteBatch::default();
         for hash in hashes {
             wb.delete_cf(cf, hash);
         }
-        self.db.write_opt(wb, &synced()).map_err(db_err)
+        db.write_opt(wb, &synced()).map_err(db_err)
     }
 }
 
@@ -934,7 +1069,7 @@ mod tests {
         let mut v = 9u64.to_be_bytes().to_vec();
         v.extend_from_slice(&digest);
         v.extend_from_slice(&1u32.to_be_bytes());
-        log.db.put_cf(log.cf(CF_BATCH_IDS).expect("cf"), "old", v).expect("put");
+        log.db().expect("db").put_cf(cf(&log.db().expect("db"), CF_BATCH_IDS).expect("cf"), "old", v).expect("put");
         assert_eq!(
             log.append("agent-a", &batch("old", 1), 6).expect("legacy"),
             AppendOutcome::Duplicate { records: 1 }
@@ -967,7 +1102,10 @@ mod tests {
         }
         // "legacy" stands for an id stored before batch days were: no entry.
         let legacy = batch_day_key(newest_day(&batch_of_day("legacy", 50)), &batch_id_key("a", "legacy"));
-        log.db.delete_cf(log.cf(CF_BATCH_DAYS).expect("cf"), legacy).expect("delete");
+        log.db()
+            .expect("db")
+            .delete_cf(cf(&log.db().expect("db"), CF_BATCH_DAYS).expect("cf"), legacy)
+            .expect("delete");
         log.commit_flush(4).expect("commit");
 
         // Only batches up to the watermark read before retention go.
@@ -997,7 +1135,11 @@ mod tests {
         assert!(accepted(&batch_of_day("late", 105)));
         log.commit_flush(10).expect("commit");
         assert_eq!(log.expire_batch_ids(day(110), 10, u64::MAX).expect("expire"), 3, "unflushed, old and edge");
-        let left = log.db.iterator_cf(log.cf(CF_BATCH_DAYS).expect("cf"), IteratorMode::Start).count();
+        let left = log
+            .db()
+            .expect("db")
+            .iterator_cf(cf(&log.db().expect("db"), CF_BATCH_DAYS).expect("cf"), IteratorMode::Start)
+            .count();
         assert_eq!(left, 2, "the day entries of the kept and the late batch are left");
         log.commit_flush(11).expect("commit");
         assert_eq!(log.expire_batch_ids(day(110), 11, u64::MAX).expect("expire"), 1, "late");
@@ -1007,19 +1149,24 @@ mod tests {
     fn many_ids_expire_in_chunks_and_leave_no_day_entry_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = DurableLog::open(dir.path()).expect("open");
-        let (ids, days) = (log.cf(CF_BATCH_IDS).expect("cf"), log.cf(CF_BATCH_DAYS).expect("cf"));
-        let mut wb = WriteBatch::default();
-        for i in 0..45_000u64 {
-            let id = format!("bulk-{i:05}");
-            wb.put_cf(ids, &id, [0; 44]);
-            // One batch in the middle is not flushed yet.
-            wb.put_cf(days, batch_day_key(5 + (i % 3) as u32, &id), (if i == 20_000 { 9u64 } else { 1 }).to_be_bytes());
+        {
+            let db = log.db().expect("db");
+            let (ids, days) = (cf(&db, CF_BATCH_IDS).expect("cf"), cf(&db, CF_BATCH_DAYS).expect("cf"));
+            let mut wb = WriteBatch::default();
+            for i in 0..45_000u64 {
+                let id = format!("bulk-{i:05}");
+                wb.put_cf(ids, &id, [0; 44]);
+                // One batch in the middle is not flushed yet.
+                let seq = if i == 20_000 { 9u64 } else { 1 };
+                wb.put_cf(days, batch_day_key(5 + (i % 3) as u32, &id), seq.to_be_bytes());
+            }
+            db.write(wb).expect("write");
         }
-        log.db.write(wb).expect("write");
         log.commit_flush(1).expect("commit");
         assert_eq!(log.expire_batch_ids(day(10), 1, u64::MAX).expect("expire"), 44_999);
-        let count = |cf| log.db.iterator_cf(cf, IteratorMode::Start).count();
-        assert_eq!((count(ids), count(days)), (1, 1), "the unflushed batch's id and entry");
+        let db = log.db().expect("db");
+        let count = |name| db.iterator_cf(cf(&db, name).expect("cf"), IteratorMode::Start).count();
+        assert_eq!((count(CF_BATCH_IDS), count(CF_BATCH_DAYS)), (1, 1), "the unflushed batch's id and entry");
     }
 
     #[test]
@@ -1123,7 +1270,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let log = DurableLog::open(dir.path()).expect("open");
-            log.db.put_cf(log.cf(CF_BATCHES).expect("cf"), 1u64.to_be_bytes(), &plain).expect("put");
+            log.db()
+                .expect("db")
+                .put_cf(cf(&log.db().expect("db"), CF_BATCHES).expect("cf"), 1u64.to_be_bytes(), &plain)
+                .expect("put");
         }
         let log = DurableLog::open(dir.path()).expect("reopen");
         log.append("agent-2", &batch("b2", 3), 6).expect("append");

@@ -21,6 +21,10 @@ pub mod names {
     pub const LOG_BYTES: &str = "leakwatch_log_bytes";
     /// Bytes of the log's WAL files: what a restart reads again.
     pub const LOG_WAL_BYTES: &str = "leakwatch_log_wal_bytes";
+    /// 1 while the log cannot be written (reports are refused), else 0.
+    pub const LOG_WRITE_FAILING: &str = "leakwatch_log_write_failing";
+    /// Times the log was opened again after a write failed.
+    pub const LOG_REOPENED: &str = "leakwatch_log_reopened_total";
     /// Rows written to Parquet.
     pub const ROWS_FLUSHED: &str = "leakwatch_rows_flushed_total";
     /// Parquet files written.
@@ -44,9 +48,11 @@ pub enum RejectReason {
     Invalid = 3,
     /// A batch id reused with other content.
     Conflict = 4,
+    /// The log could not be written (a full disk, an I/O error).
+    Storage = 5,
 }
 
-const REASONS: [&str; 5] = ["unauthenticated", "rate_limited", "busy", "invalid", "conflict"];
+const REASONS: [&str; 6] = ["unauthenticated", "rate_limited", "busy", "invalid", "conflict", "storage"];
 
 /// Gauges read at scrape time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,6 +63,8 @@ pub struct Gauges {
     pub log_bytes: u64,
     /// See [`names::LOG_WAL_BYTES`].
     pub log_wal_bytes: u64,
+    /// See [`names::LOG_WRITE_FAILING`].
+    pub log_write_failing: bool,
 }
 
 /// The collector's counters.
@@ -71,7 +79,7 @@ pub struct IngestMetrics {
     /// See [`names::BYTES_ACCEPTED`].
     pub bytes_accepted: AtomicU64,
     /// See [`names::REPORTS_REJECTED`], by [`RejectReason`].
-    pub reports_rejected: [AtomicU64; 5],
+    pub reports_rejected: [AtomicU64; 6],
     /// See [`names::ROWS_FLUSHED`].
     pub rows_flushed: AtomicU64,
     /// See [`names::FILES_FLUSHED`].
@@ -80,6 +88,8 @@ pub struct IngestMetrics {
     pub files_expired: AtomicU64,
     /// See [`names::BATCH_IDS_EXPIRED`].
     pub batch_ids_expired: AtomicU64,
+    /// See [`names::LOG_REOPENED`].
+    pub log_reopened: AtomicU64,
 }
 
 impl IngestMetrics {
@@ -104,6 +114,7 @@ impl IngestMetrics {
             (names::FILES_FLUSHED, &self.files_flushed),
             (names::FILES_EXPIRED, &self.files_expired),
             (names::BATCH_IDS_EXPIRED, &self.batch_ids_expired),
+            (names::LOG_REOPENED, &self.log_reopened),
         ];
         let mut out = String::new();
         for (name, value) in rows {
@@ -118,6 +129,7 @@ impl IngestMetrics {
             (names::FLUSH_LAG_BATCHES, gauges.flush_lag_batches),
             (names::LOG_BYTES, gauges.log_bytes),
             (names::LOG_WAL_BYTES, gauges.log_wal_bytes),
+            (names::LOG_WRITE_FAILING, u64::from(gauges.log_write_failing)),
         ] {
             out.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
         }

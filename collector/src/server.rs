@@ -104,6 +104,9 @@ impl ServeConfig {
 /// the way to refusing reports), at background priority otherwise.
 pub const CATCH_UP_FRACTION: u64 = 4;
 
+/// How often a log that failed a write is tried to be opened again.
+const LOG_REOPEN_EVERY: Duration = Duration::from_secs(2);
+
 /// How long stopping the collector waits for the query runtime's tasks
 /// to give up.
 const QUERY_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -447,8 +450,20 @@ impl Server {
         let http_task = {
             let metrics = metrics.clone();
             let log = log.clone();
+            let health_log = log.clone();
             let app = Router::new()
-                .route("/healthz", get(|| async { "ok\n" }))
+                .route(
+                    "/healthz",
+                    get(move || async move {
+                        match health_log.failure() {
+                            None => (axum::http::StatusCode::OK, "ok\n".to_string()),
+                            Some(e) => (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                format!("failing: the log cannot be written, reports are refused: {e}\n"),
+                            ),
+                        }
+                    }),
+                )
                 .route(
                     "/metrics",
                     get(move || async move {
@@ -456,6 +471,7 @@ impl Server {
                             flush_lag_batches: log.flush_lag(),
                             log_bytes: log.size_bytes(),
                             log_wal_bytes: log.wal_bytes(),
+                            log_write_failing: log.failure().is_some(),
                         };
                         metrics.render(gauges)
                     }),
@@ -463,6 +479,31 @@ impl Server {
                 .merge(dashboard.router());
             let limits = config.http;
             tokio::spawn(crate::http::serve(http, http_tls, app, limits, rx.clone()))
+        };
+        // A log that failed a write is opened again as soon as it can be
+        // (RocksDB refuses writes until then).
+        let reopen_task = {
+            let log = log.clone();
+            let metrics = metrics.clone();
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(LOG_REOPEN_EVERY) => {}
+                        _ = rx.changed() => break,
+                    }
+                    if log.failure().is_none() {
+                        continue;
+                    }
+                    let log = log.clone();
+                    match tokio::task::spawn_blocking(move || log.reopen()).await {
+                        Ok(Ok(true)) => IngestMetrics::add(&metrics.log_reopened, 1),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "The log cannot be opened again yet; will retry"),
+                        Err(e) => tracing::error!(error = %e, "Opening the log again panicked; will retry"),
+                    }
+                }
+            })
         };
         let flush_task = {
             let flusher = flusher.clone();
@@ -500,7 +541,7 @@ impl Server {
         };
         health.set_serving::<CollectorServer<Ingest>>().await;
         dashboard.request_refresh();
-        tasks.extend([http_task, flush_task]);
+        tasks.extend([http_task, flush_task, reopen_task]);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, flight_sql = %flight_addr, data_dir = %config.data_dir.display(), "Collector serving");
         Ok(Self {
             data_dir: config.data_dir.clone(),

@@ -15,7 +15,7 @@ use leakwatch_proto::v1::{DeviceInfo, FlowRecord, ReportBatch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 GET: status, lower-cased headers, body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("send");

@@ -259,3 +259,103 @@ async fn issue29_slow_http_clients_cannot_exhaust_the_collector() {
 
 /// The collector's default per-client HTTP connection limit.
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = leakwatch_collector::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT;
+
+/// A tmpfs of `mib` MiB mounted at `at` for the test's length (needs root,
+/// as `make test` runs in CI).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, mib: u32) -> Self {
+        std::fs::create_dir_all(at).expect("mkdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a {mib} MiB tmpfs needs root: run the tests as root, or skip with `-- --skip issue29_a_full_disk`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 29, point 8: after the disk filled and space came back, every
+/// report was refused until a restart, while /healthz said ok and no
+/// rejection was counted. Now the log is opened again once it can be
+/// written, the failure shows in /healthz and the metrics meanwhile, and
+/// nothing acknowledged is lost or stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue29_a_full_disk_is_reported_and_recovered_from_without_a_restart() {
+    use leakwatch_proto::v1::collector_client::CollectorClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = SmallDisk::mount(&dir.path().join("disk"), 48);
+    let server =
+        leakwatch_collector::server::Server::start(crate::serve_config(&disk.0.join("data"))).await.expect("start");
+    let t = crate::TestServer { server, dir };
+    let url = t.url();
+    let token = enroll(&url, &t.dir.path().join("agent")).await;
+    let mut client = CollectorClient::connect(url).await.expect("connect");
+    let report = |i: usize| {
+        let mut req = Request::new(crate::hostile::numbered_batch(format!("disk-{i}"), "d".into(), 200));
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+        req
+    };
+    let health = async || {
+        let (status, _, body) = crate::dashboard::get(t.server.http_addr, "/healthz").await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    client.report(report(0)).await.expect("stored while there is room");
+    // Fill the disk.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut acked = vec![0];
+    let mut refused = None;
+    for i in 1..200 {
+        match client.report(report(i)).await {
+            Ok(_) => acked.push(i),
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a report is refused once the disk is full");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let (status, body) = health().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the log cannot be written"), "{body}");
+    let metrics = t.server.metrics.render(Default::default());
+    assert!(!metrics.contains("reason=\"storage\"} 0"), "{metrics}");
+
+    // Room again: the log is opened again and reports are taken.
+    std::fs::remove_file(&filler).expect("free the disk");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while health().await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the log was not opened again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let next = acked.len() + 1000;
+    let ack = client.report(report(next)).await.expect("stored again without a restart").into_inner();
+    assert_eq!(ack.records_accepted, 200);
+    acked.push(next);
+    let metrics = t.server.metrics.render(Default::default());
+    assert!(metrics.contains("leakwatch_log_reopened_total 1"), "{metrics}");
+    // Every acknowledged batch is there once, whole.
+    let csv = t.csv("SELECT count(*) AS n, count(DISTINCT batch_id) AS b FROM flows").await;
+    assert_eq!(csv.lines().nth(1), Some(format!("{},{}", acked.len() * 200, acked.len()).as_str()), "{csv}");
+    t.server.shutdown().await.expect("shutdown");
+}
