@@ -338,6 +338,48 @@ impl DataStore {
         Ok(())
     }
 
+    /// Moves this collector's flushed files whose footer does not read
+    /// (found by queries, see `FlowStore::unreadable`) from
+    /// `flows/day=D/` to `quarantine/day=D/`, where no query lists them
+    /// and their bytes stay for whoever can repair them; returns how many
+    /// went. Their rows are left out of every answer from then on (the
+    /// log no longer holds them once flushed).
+    pub async fn set_aside_unreadable(&self) -> Result<u64> {
+        let mut moved = 0;
+        for (file, why) in self.flows.unreadable() {
+            let Some(key) = self.own_key(&file) else { continue };
+            let parts: Vec<String> = key.parts().map(|p| p.as_ref().to_string()).collect();
+            let Some(at) = parts.iter().rposition(|p| p == "flows") else { continue };
+            let mut to = self.prefix.clone();
+            for part in std::iter::once("quarantine").chain(parts[at + 1..].iter().map(String::as_str)) {
+                to = to.clone().join(part);
+            }
+            self.store
+                .rename(&key, &to)
+                .await
+                .map_err(|e| Error::Storage(format!("setting aside the unreadable file {key}: {e}")))?;
+            self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+            self.flows.set_aside(&file);
+            tracing::error!(file = %key, to = %to, reason = %why, "Set aside an unreadable flushed file; answers leave its rows out");
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    /// The key in this store of `file` (a key as queries list it), when it
+    /// is one of this collector's flushed files.
+    fn own_key(&self, file: &StorePath) -> Option<StorePath> {
+        match &self.local {
+            Some(root) => {
+                let abs = std::path::absolute(root).ok()?;
+                let root = StorePath::from_absolute_path(&abs).ok()?;
+                let rest: Vec<_> = file.prefix_match(&root)?.collect();
+                (rest.first().map(|p| p.as_ref()) == Some("flows")).then(|| StorePath::from_iter(rest))
+            }
+            None => file.prefix_match(&self.prefix.clone().join("flows")).map(|_| file.clone()),
+        }
+    }
+
     /// Deletes the day partitions before `cutoff`; returns how many files
     /// went.
     pub async fn apply_retention(&self, cutoff: chrono::NaiveDate) -> Result<u64> {

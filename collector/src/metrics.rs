@@ -25,6 +25,11 @@ pub mod names {
     pub const LOG_WRITE_FAILING: &str = "leakwatch_log_write_failing";
     /// Times the log was opened again after a write failed.
     pub const LOG_REOPENED: &str = "leakwatch_log_reopened_total";
+    /// Flushed files set aside (moved to `quarantine/`) because their
+    /// footer does not read; answers leave their rows out.
+    pub const FILES_QUARANTINED: &str = "leakwatch_files_quarantined_total";
+    /// Flushed files queries leave out now because they do not read.
+    pub const FILES_UNREADABLE: &str = "leakwatch_files_unreadable";
     /// Rows written to Parquet.
     pub const ROWS_FLUSHED: &str = "leakwatch_rows_flushed_total";
     /// Parquet files written.
@@ -65,6 +70,8 @@ pub struct Gauges {
     pub log_wal_bytes: u64,
     /// See [`names::LOG_WRITE_FAILING`].
     pub log_write_failing: bool,
+    /// See [`names::FILES_UNREADABLE`].
+    pub files_unreadable: u64,
 }
 
 /// The collector's counters.
@@ -90,6 +97,8 @@ pub struct IngestMetrics {
     pub batch_ids_expired: AtomicU64,
     /// See [`names::LOG_REOPENED`].
     pub log_reopened: AtomicU64,
+    /// See [`names::FILES_QUARANTINED`].
+    pub files_quarantined: AtomicU64,
 }
 
 impl IngestMetrics {
@@ -115,6 +124,7 @@ impl IngestMetrics {
             (names::FILES_EXPIRED, &self.files_expired),
             (names::BATCH_IDS_EXPIRED, &self.batch_ids_expired),
             (names::LOG_REOPENED, &self.log_reopened),
+            (names::FILES_QUARANTINED, &self.files_quarantined),
         ];
         let mut out = String::new();
         for (name, value) in rows {
@@ -130,6 +140,7 @@ impl IngestMetrics {
             (names::LOG_BYTES, gauges.log_bytes),
             (names::LOG_WAL_BYTES, gauges.log_wal_bytes),
             (names::LOG_WRITE_FAILING, u64::from(gauges.log_write_failing)),
+            (names::FILES_UNREADABLE, gauges.files_unreadable),
         ] {
             out.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
         }

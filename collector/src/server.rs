@@ -451,6 +451,7 @@ impl Server {
             let metrics = metrics.clone();
             let log = log.clone();
             let health_log = log.clone();
+            let unreadable_of = store.flow_store();
             let app = Router::new()
                 .route(
                     "/healthz",
@@ -472,6 +473,7 @@ impl Server {
                             log_bytes: log.size_bytes(),
                             log_wal_bytes: log.wal_bytes(),
                             log_write_failing: log.failure().is_some(),
+                            files_unreadable: unreadable_of.unreadable_counts().0 as u64,
                         };
                         metrics.render(gauges)
                     }),
@@ -519,6 +521,14 @@ impl Server {
                     tokio::select! {
                         () = tokio::time::sleep(interval) => {}
                         _ = rx.changed() => break,
+                    }
+                    match store.set_aside_unreadable().await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            IngestMetrics::add(&metrics.files_quarantined, n);
+                            dashboard.request_refresh();
+                        }
+                        Err(e) => tracing::error!(error = %e, "Setting aside unreadable files failed; will retry"),
                     }
                     match flusher.flush().await {
                         Ok(done) => {

@@ -130,6 +130,11 @@ impl SessionFactory {
         Self { config, flows, tail }
     }
 
+    /// The flushed files it reads.
+    pub fn flow_store(&self) -> &FlowStore {
+        &self.flows
+    }
+
     /// A new session with a fresh snapshot of the data.
     pub async fn session(&self) -> Result<QuerySession> {
         let runtime = RuntimeEnvBuilder::new()
@@ -162,7 +167,7 @@ impl SessionFactory {
             Some(_) => TailSnapshot { watermark: u64::MAX, batches: Vec::new() },
             None => self.tail.snapshot().map_err(Error::Tail)?,
         };
-        let files = self.flows.files(snapshot.watermark).await?;
+        let files = self.flows.readable(self.flows.files(snapshot.watermark).await?).await;
         let mut tail_pairs = std::collections::HashSet::new();
         if self.flows.is_shared() {
             crate::copies::batch_pairs(&snapshot.batches, &mut tail_pairs);

@@ -86,9 +86,18 @@ pub struct FlowStore {
     described: String,
     /// Batches listed in each file's footer, by key and size.
     footers: Arc<Mutex<FooterCache>>,
+    /// Each file's footer check, by key and size: `Some(why)` for a file
+    /// whose footer does not read (truncated, damaged), which queries
+    /// leave out (see [`FlowStore::unreadable`]).
+    checked: Arc<Mutex<FooterChecks>>,
+    /// Unreadable files the collector set aside so far.
+    set_aside: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type FooterCache = HashMap<(Path, u64), Arc<Vec<(String, String)>>>;
+/// Each file's footer check by key and size: `Some(why)` when it does not
+/// read.
+type FooterChecks = HashMap<(Path, u64), Option<String>>;
 
 impl fmt::Debug for FlowStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,6 +125,8 @@ impl FlowStore {
             shared: false,
             described: abs.display().to_string(),
             footers: Arc::default(),
+            checked: Arc::default(),
+            set_aside: Arc::default(),
         })
     }
 
@@ -146,6 +157,8 @@ impl FlowStore {
             shared: true,
             described: format!("s3://{bucket}/{prefix}"),
             footers: Arc::default(),
+            checked: Arc::default(),
+            set_aside: Arc::default(),
         })
     }
 
@@ -207,6 +220,64 @@ impl FlowStore {
             }
         }
         Ok(out)
+    }
+
+    /// `files` less those whose footer does not read: a truncated or
+    /// damaged file would make every query over the store fail, so it is
+    /// left out, named in the log once, and listed by [`Self::unreadable`]
+    /// (the collector sets it aside). Footers are read once per file.
+    pub(crate) async fn readable(&self, files: Vec<Listed>) -> Vec<Listed> {
+        let key = |f: &Listed| (f.meta.location.clone(), f.meta.size);
+        let unchecked: Vec<ObjectMeta> = {
+            let checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            files.iter().filter(|f| !checked.contains_key(&key(f))).map(|f| f.meta.clone()).collect()
+        };
+        if !unchecked.is_empty() {
+            let reads: Vec<_> = unchecked
+                .into_iter()
+                .map(|meta| {
+                    let store = self.store.clone();
+                    async move {
+                        let why = footer_of(store.as_ref(), &meta).await.err().map(|e| e.to_string());
+                        ((meta.location, meta.size), why)
+                    }
+                })
+                .collect();
+            let read: Vec<_> = futures::stream::iter(reads).buffer_unordered(16).collect().await;
+            let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, why) in read {
+                if let Some(why) = &why {
+                    tracing::error!(file = %key.0, error = %why, "A flushed file is unreadable; queries leave it out");
+                }
+                checked.insert(key, why);
+            }
+        }
+        let checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        files.into_iter().filter(|f| matches!(checked.get(&key(f)), Some(None))).collect()
+    }
+
+    /// Files queries leave out because their footer does not read, with
+    /// why: their keys in the store.
+    pub fn unreadable(&self) -> Vec<(Path, String)> {
+        let checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<(Path, String)> =
+            checked.iter().filter_map(|((path, _), why)| Some((path.clone(), why.clone()?))).collect();
+        out.sort();
+        out
+    }
+
+    /// Notes that the collector set aside `file` (moved out of the files
+    /// queries list), which [`Self::unreadable`] then no longer names.
+    pub fn set_aside(&self, file: &Path) {
+        let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        checked.retain(|(path, _), _| path != file);
+        self.set_aside.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Unreadable files left out of queries now, and set aside so far by
+    /// this process.
+    pub fn unreadable_counts(&self) -> (usize, u64) {
+        (self.unreadable().len(), self.set_aside.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The copies of batches that `files` and the own collector's tail

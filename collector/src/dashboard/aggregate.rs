@@ -283,6 +283,9 @@ pub struct Snapshot {
     pub(crate) destination_pages: HashMap<String, DestinationPage>,
     #[serde(skip)]
     pub(crate) finding_index: HashMap<String, usize>,
+    /// Flushed files that could not be read when these were computed (left
+    /// out, or set aside by the collector): their rows are in no figure.
+    pub unreadable_files: u64,
 }
 
 impl Snapshot {

@@ -141,7 +141,9 @@ impl Dashboard {
             .queries
             .spawn(async move {
                 let session = sessions.session().await?;
-                let snapshot = aggregate::compute(&session, thresholds).await?;
+                let mut snapshot = aggregate::compute(&session, thresholds).await?;
+                let (left_out, set_aside) = sessions.flow_store().unreadable_counts();
+                snapshot.unreadable_files = left_out as u64 + set_aside;
                 let (csv, parquet) = export::findings(&snapshot.findings)?;
                 Ok::<_, Error>(Published { snapshot, csv: csv.into(), parquet: parquet.into() })
             })

@@ -136,6 +136,9 @@ fn layout(snapshot: &Snapshot, title: &str, body: Markup) -> Html<String> {
                             } @else {
                                 "Aggregates of " (snapshot.refreshed_at) "."
                             }
+                            @if snapshot.unreadable_files > 0 {
+                                " " strong { (snapshot.unreadable_files) " stored data files could not be read and were set aside; the figures leave their records out." }
+                            }
                             " Open data: " a href="/export/findings.csv" { "findings.csv" } ", "
                             a href="/export/findings.parquet" { "findings.parquet" } "."
                         }

@@ -359,3 +359,57 @@ async fn issue29_a_full_disk_is_reported_and_recovered_from_without_a_restart() 
     assert_eq!(csv.lines().nth(1), Some(format!("{},{}", acked.len() * 200, acked.len()).as_str()), "{csv}");
     t.server.shutdown().await.expect("shutdown");
 }
+
+/// Issue 29, point 8: one truncated Parquet file made every query fail
+/// ("Corrupt footer", the file not named), on every day. Now queries leave
+/// it out, the collector names it in its log and moves it to
+/// `quarantine/`, and the metrics and the dashboard say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue29_a_truncated_parquet_file_is_set_aside_and_queries_answer_from_the_rest() {
+    use leakwatch_proto::v1::collector_client::CollectorClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut config = crate::serve_config(&data);
+    config.flush_interval = Duration::from_millis(200);
+    let server = leakwatch_collector::server::Server::start(config).await.expect("start");
+    let t = crate::TestServer { server, dir };
+    let url = t.url();
+    let token = enroll(&url, &t.dir.path().join("agent")).await;
+    let mut client = CollectorClient::connect(url).await.expect("connect");
+    for (i, day) in [(0, 0i64), (1, 1)] {
+        let mut batch = crate::hostile::numbered_batch(format!("day-{i}"), "d".into(), 30);
+        for r in &mut batch.records {
+            r.window_start_unix_s += day * 86_400;
+        }
+        let mut req = Request::new(batch);
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+        client.report(req).await.expect("stored");
+    }
+    t.server.flusher.flush().await.expect("flush");
+    let first_day = data.join("store/flows/day=2023-11-14");
+    let file = std::fs::read_dir(&first_day).expect("day dir").next().expect("a file").expect("entry").path();
+    let bytes = std::fs::read(&file).expect("read");
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("truncate");
+
+    // Queries answer from the other day's file.
+    let csv = t.csv("SELECT count(*) AS n FROM flows").await;
+    assert_eq!(csv, "n\n30\n", "the truncated file's rows are left out, the rest answered");
+    // The collector sets it aside, names it, and counts it.
+    let name = file.file_name().expect("name").to_owned();
+    let set_aside = data.join("store/quarantine/day=2023-11-14").join(&name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !set_aside.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} was not set aside", file.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!file.exists());
+    assert_eq!(std::fs::read(&set_aside).expect("kept"), &bytes[..bytes.len() / 2], "its bytes are kept");
+    let metrics = t.server.metrics.render(Default::default());
+    assert!(metrics.contains("leakwatch_files_quarantined_total 1"), "{metrics}");
+    assert_eq!(t.csv("SELECT count(*) AS n FROM flows").await, "n\n30\n");
+    t.server.dashboard.refresh().await.expect("refresh");
+    let (_, _, page) = crate::dashboard::get(t.server.http_addr, "/about").await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("1 stored data files could not be read and were set aside"), "{page}");
+    t.server.shutdown().await.expect("shutdown");
+}
