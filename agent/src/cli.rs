@@ -473,9 +473,10 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
     }
     if imported.untracked_connections > 0 {
         line.push_str(&format!(
-            "; {} connections not tracked (more than {} open at once)",
+            "; {} connections not tracked (more than {} open at once, or to more than {} destinations)",
             imported.untracked_connections,
-            crate::flow::MAX_CONNECTIONS
+            crate::flow::MAX_CONNECTIONS,
+            crate::flow::MAX_DESTINATIONS
         ));
     }
     line.push_str(&format!("; boot time: {}", imported.boot_source.short_name()));

@@ -208,6 +208,7 @@ pub fn import_capture(
     let boot_pseudonym = state.pseudonym("boot", &boot_input);
 
     let mut anon = AnonymiserStats::default();
+    untracked_connections += flows.untracked_connections;
     let flows = flows.finish().remove(&()).unwrap_or_default();
     let records = boot_records(&flows, &lookups, boot_us, labels.app.as_deref(), &mut anon);
     drop(flows);

@@ -462,6 +462,7 @@ pub fn import_lan(
                 untracked_connections += done.untracked_connections;
                 sums.add_seen(&mut tracker, open, &mut done);
             }
+            untracked_connections += sums.flows.untracked_connections;
             (sums, untracked_connections)
         });
         let read = read_capture_swept(path, |open, done| {

@@ -332,17 +332,6 @@ pub struct SqlArgs {
     /// Rule parameter NAME=VALUE (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
-    /// Seconds an HTTP client has to send a request's headers (or finish its TLS handshake),
-    /// from connecting or from its previous response; then the connection is closed.
-    #[arg(long, env = "LEAKWATCH_HTTP_HEADER_TIMEOUT_SECS", default_value_t = crate::http::DEFAULT_HEADER_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub http_header_timeout_secs: u64,
-    /// HTTP connections open at once, in all (also held under a quarter of the open-file limit).
-    #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS)]
-    pub http_max_connections: usize,
-    /// HTTP connections open at once from one client address.
-    #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
-    pub http_max_connections_per_client: usize,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,

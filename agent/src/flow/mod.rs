@@ -19,5 +19,5 @@ mod table;
 pub use community_id::{community_id, community_id_seeded};
 pub use table::{
     Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowSums, FlowTable, InitiatorCounts,
-    MAX_CONNECTIONS, NameSource, Origin, is_encrypted_dns,
+    MAX_CONNECTIONS, MAX_DESTINATIONS, NameSource, Origin, is_encrypted_dns,
 };

@@ -287,8 +287,16 @@ type DestKey<K> = (K, IpAddr, u16, Transport, Option<Box<str>>);
 /// Most connections a table holds at once; more are counted in
 /// [`FlowTable::untracked_connections`] and left out. Import and live
 /// capture hand finished connections on (see [`FlowTable::drain_idle`]),
-/// so this bounds the connections open at one time.
-pub const MAX_CONNECTIONS: usize = 4_000_000;
+/// so this bounds the connections open at one time (each takes a few
+/// hundred bytes, more while its ClientHello is being put together).
+pub const MAX_CONNECTIONS: usize = 250_000;
+
+/// Most distinct destinations one [`FlowSums`] holds; connections to more
+/// are counted in [`FlowSums::untracked_connections`] and left out, so
+/// that memory stays bounded however many destinations a capture holds
+/// (a device's boot contacts tens to hundreds; a million took the agent
+/// to a gigabyte).
+pub const MAX_DESTINATIONS: usize = 100_000;
 
 /// Idle time after which traffic on the same 5-tuple is a new connection
 /// (Zeek's defaults: 5 minutes for TCP, 1 minute for UDP).
@@ -616,6 +624,9 @@ impl FlowTable {
 /// time order, whichever table a connection came in.
 #[derive(Debug)]
 pub struct FlowSums<K> {
+    /// Connections left out because [`MAX_DESTINATIONS`] destinations were
+    /// held already.
+    pub untracked_connections: u64,
     by_dest: FxHashMap<DestKey<K>, DestSums>,
     /// Each group's index in `flows`.
     groups: FxHashMap<K, usize>,
@@ -636,7 +647,12 @@ struct DestSums {
 
 impl<K> Default for FlowSums<K> {
     fn default() -> Self {
-        Self { by_dest: FxHashMap::default(), groups: FxHashMap::default(), flows: Vec::new() }
+        Self {
+            untracked_connections: 0,
+            by_dest: FxHashMap::default(),
+            groups: FxHashMap::default(),
+            flows: Vec::new(),
+        }
     }
 }
 
@@ -649,6 +665,7 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
             let n = table.naming_ref(conn);
             let encrypted = is_encrypted_dns(conn.responder.port, n.domain);
             let dest = (g, conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
+            let full = self.by_dest.len() >= MAX_DESTINATIONS;
             match self.by_dest.get_mut(&dest) {
                 Some(d) => {
                     d.starts.push(conn.first_us);
@@ -675,6 +692,7 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                         d.sni_from_us = conn.first_us;
                     }
                 }
+                None if full => self.untracked_connections += 1,
                 None => {
                     let next = self.flows.len();
                     let group = *self.groups.entry(dest.0.clone()).or_insert(next);
@@ -718,7 +736,7 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
     /// The flows per group, each group's in order of first contact, with
     /// the gaps between connection starts worked out.
     pub fn finish(self) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
-        let Self { by_dest, groups, mut flows } = self;
+        let Self { by_dest, groups, mut flows, .. } = self;
         for (_, d) in by_dest {
             let Some(f) = flows.get_mut(d.at.0).and_then(|out| out.get_mut(d.at.1)) else { continue };
             let mut starts = d.starts;

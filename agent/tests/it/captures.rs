@@ -275,3 +275,71 @@ fn issue29_captures_dated_outside_what_the_collector_accepts_are_refused_at_impo
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!out.stdout.is_empty());
 }
+
+/// A classic pcap of `n` UDP datagrams from one LAN host, each to another
+/// public address, 1 ms apart.
+fn many_destinations(n: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + n as usize * 58);
+    out.extend_from_slice(&[0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0]);
+    for i in 0..n {
+        let (ts_s, ts_us) = (1_770_000_000 + i / 1000, (i % 1000) * 1000);
+        let dst = 0x0b00_0000u32 + i; // 11.0.0.0 onwards: public
+        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let ip_len: u16 = 20 + 8;
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 192, 168, 1, 10];
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip.extend_from_slice(&dst.to_be_bytes());
+        let folded = {
+            let mut s: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            !(s as u16)
+        };
+        ip[10..12].copy_from_slice(&folded.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&[0xc3, 0x50, 0x1f, 0x90, 0, 8, 0, 0]); // 50000 -> 8080, no payload
+        for v in [ts_s, ts_us, frame.len() as u32, frame.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&frame);
+    }
+    out
+}
+
+/// Issue 29, point 9: a capture of a million distinct destinations took
+/// the agent to 993 MB. The destinations and the open connections it
+/// tracks are bounded now; what is left out is counted and said.
+#[test]
+fn issue29_a_capture_of_very_many_destinations_stays_within_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("many.pcap");
+    std::fs::write(&path, many_destinations(500_000)).expect("write");
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = agent()
+        .args(["import", "--dry-run", "--format", "jsonl", "--state-dir"])
+        .arg(state.path())
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run agent");
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file)
+            && let Some(v) = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))
+        {
+            peak_kib = peak_kib.max(v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("400000 connections not tracked"), "{stderr}");
+    assert!(peak_kib < 250 * 1024, "the agent's peak memory was {} MiB", peak_kib / 1024);
+}

@@ -175,16 +175,22 @@ fn parquet_as_csv(bytes: Vec<u8>) -> String {
     leakwatch_query::format::render(&batches, leakwatch_query::format::OutputFormat::Csv).expect("csv")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_group_below_the_thresholds_is_published_anywhere() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+/// A collector in `dir` whose dashboard publishes groups of k = 5 devices
+/// and m = 3 volunteers, without a rate limit in the way of a crawl.
+async fn public_server(dir: &Path) -> Server {
+    let mut config = ServeConfig::loopback(dir.join("collector"));
     config.dashboard = DashboardConfig {
         thresholds: Thresholds::new(5, 3).expect("k, m"),
         requests_per_second: 100_000,
         ..DashboardConfig::default()
     };
-    let server = Server::start(config).await.expect("start");
+    Server::start(config).await.expect("start")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_group_below_the_thresholds_is_published_anywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = public_server(dir.path()).await;
     upload(&server, dir.path(), &planted()).await;
     let session = server.sessions.session().await.expect("session");
 
@@ -559,13 +565,7 @@ async fn check_chart(c: &fantoccini::Client, page: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue29_every_published_number_rests_on_groups_that_pass_the_thresholds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = ServeConfig::loopback(dir.path().join("collector"));
-    config.dashboard = DashboardConfig {
-        thresholds: Thresholds::new(5, 3).expect("k, m"),
-        requests_per_second: 100_000,
-        ..DashboardConfig::default()
-    };
-    let server = Server::start(config).await.expect("start");
+    let server = public_server(dir.path()).await;
     let mut fleet: Vec<Device> = (0..8)
         .map(|i| Device {
             volunteer: i % 3,
