@@ -257,7 +257,7 @@ fn history_path() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("LEAKWATCH_SQL_HISTORY").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path));
     }
-    let path = leakwatch_agent::state::user_path("XDG_STATE_HOME", ".local/state", "leakwatch", "sql_history", "");
+    let path = leakwatch_core::paths::user_path("XDG_STATE_HOME", ".local/state", "leakwatch", "sql_history", "");
     path.is_absolute().then_some(path)
 }
 

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use leakwatch_agent::anonymiser::is_non_public;
+use leakwatch_core::address::is_non_public;
 use leakwatch_proto::v1::{DomainSource, FlowRecord, ReportBatch, Transport};
 
 pub use leakwatch_proto::codec::{

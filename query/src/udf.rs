@@ -4,9 +4,11 @@
 //!   public suffix list, e.g. `api.account.xiaomi.com` → `xiaomi.com`,
 //!   `a.b.example.co.uk` → `example.co.uk`; NULL for NULL, for addresses
 //!   and for names that are themselves a public suffix.
-//! - `is_private_ip(ip)`: true for private, loopback, link-local,
-//!   multicast, carrier-grade NAT and unique-local addresses; NULL when the
-//!   text is not an address.
+//! - `is_private_ip(ip)`: true for the addresses the agent never reports
+//!   and the collector refuses (`leakwatch_core::address::is_non_public`:
+//!   private, loopback, link-local, multicast, carrier-grade NAT, reserved,
+//!   unique-local, and IPv6 forms carrying such an IPv4 address); NULL when
+//!   the text is not an address.
 //! - `ip_in_cidr(ip, cidr)`: true when the address lies in the CIDR block
 //!   (`10.0.0.0/8`, `2001:db8::/32`); NULL when either does not parse.
 
@@ -53,32 +55,10 @@ pub fn registrable_domain(host: &str) -> Option<String> {
     psl::domain_str(&host).map(str::to_string)
 }
 
-/// Private, loopback, link-local, multicast, broadcast, unspecified,
-/// carrier-grade NAT or unique-local.
+/// True for an address the agent never reports and the collector refuses
+/// (the one rule of `leakwatch_core::address`).
 pub fn is_private_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_unspecified()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_ip(IpAddr::V4(v4));
-            }
-            let seg0 = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00
-                || (seg0 & 0xffc0) == 0xfe80
-        }
-    }
+    leakwatch_core::address::is_non_public(ip)
 }
 
 /// Whether `ip` lies in `cidr`; `None` when `cidr` does not parse.
@@ -255,6 +235,31 @@ mod tests {
                  example.co.uk,true,false\n,,\nxiaomi.com,true,true\n",
                 "{ty}"
             );
+        }
+    }
+
+    /// `is_private_ip` in SQL answers as the agent's and the collector's
+    /// rule on an address of every range the agent drops, and on public
+    /// ones beside them (it answered false for 240.0.0.1, which the agent
+    /// never sends and the collector refuses).
+    #[tokio::test]
+    async fn is_private_ip_agrees_with_the_agents_rule_on_every_range() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        for udf in all() {
+            ctx.register_udf(udf);
+        }
+        let (non_public, public) = leakwatch_core::address::EXAMPLES;
+        for (ip, agent_drops) in non_public.iter().map(|ip| (ip, true)).chain(public.iter().map(|ip| (ip, false))) {
+            assert_eq!(leakwatch_core::address::is_non_public(ip.parse().expect("ip")), agent_drops, "{ip}");
+            let batches = ctx
+                .sql(&format!("SELECT is_private_ip('{ip}') AS p"))
+                .await
+                .expect("plan")
+                .collect()
+                .await
+                .expect("run");
+            let csv = crate::format::render(&batches, crate::format::OutputFormat::Csv).expect("render");
+            assert_eq!(csv, format!("p\n{agent_drops}\n"), "{ip}");
         }
     }
 
