@@ -23,6 +23,17 @@ S3S_FS_VERSION := 0.14.1
 # Crates the agent must never pull in (it stays small).
 AGENT_FORBIDDEN := ^(datafusion|arrow|parquet|rocksdb|librocksdb-sys)( |-)
 
+# $(call apt_install,WHAT,PACKAGES): installs those of the Debian PACKAGES
+# not installed yet with apt-get (through sudo when not run as root), and
+# says so, naming them as WHAT.
+apt_install = missing=""; \
+	for p in $(2); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  echo "Installing missing $(1):$$missing (apt-get$${sudo:+ via sudo})"; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 .PHONY: demo test bench soak deps bench-deps browser-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
 
 demo: deps
@@ -46,39 +57,19 @@ soak: deps
 # Tools the benchmarks compare against.
 # Debian's Chromium and its WebDriver for the dashboard's browser test.
 browser-deps:
-	@missing=""; \
-	for p in chromium chromium-driver; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
-	  echo "Installing missing browser test packages:$$missing (apt-get$${sudo:+ via sudo})"; \
-	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	@$(call apt_install,browser test packages,chromium chromium-driver)
 
 bench-deps:
-	@missing=""; \
-	for p in tshark tcpdump time wrk; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
-	  echo "Installing missing benchmark tools:$$missing (apt-get$${sudo:+ via sudo})"; \
-	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	@$(call apt_install,benchmark tools,tshark tcpdump time wrk)
 
 deps:
-	@missing=""; \
-	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
-	  echo "Installing missing system packages:$$missing (apt-get$${sudo:+ via sudo})"; \
-	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	@$(call apt_install,system packages,$(SYSTEM_PACKAGES))
 
 # python3-venv is a separate Debian package; installed when missing.
 py-venv:
 	@if [ ! -x "$(PY_VENV)/bin/python" ]; then \
 	  if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
-	    sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
-	    echo "Installing missing system package: python3-venv (apt-get$${sudo:+ via sudo})"; \
-	    $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	    $(call apt_install,system package,python3-venv); \
 	  fi; \
 	  echo "Creating the Python venv $(PY_VENV)"; \
 	  $(PYTHON) -m venv "$(PY_VENV)"; \
