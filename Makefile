@@ -12,12 +12,13 @@ EXTERNAL_TESTDATA := $(abspath ../shared/testdata/external)
 # Flight SQL client (ADBC) for the collector's client test, and DuckDB for
 # the rules benchmark.
 PYTHON ?= python3
-PY_VENV := $(abspath $(or $(CARGO_TARGET_DIR),target))/py-venv
+BUILD_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+PY_VENV := $(BUILD_DIR)/py-venv
 TEST_PY_PACKAGES := adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1
 BENCH_PY_PACKAGES := duckdb==2.0.0
 # A real S3-compatible server on loopback for the scale-out test, built
 # with cargo beside the build when missing.
-TOOLS := $(abspath $(or $(CARGO_TARGET_DIR),target))/tools
+TOOLS := $(BUILD_DIR)/tools
 S3S_FS := $(TOOLS)/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 # Crates the agent must never pull in (it stays small).
@@ -36,8 +37,13 @@ apt_install = missing=""; \
 
 .PHONY: demo test bench soak deps bench-deps browser-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
 
+# The demo's binary is built as `make test` builds it (the whole workspace
+# with its tests, whose dev-dependencies turn on more features of shared
+# crates): built alone, its dependencies would resolve to other features
+# and RocksDB and DataFusion would compile a second time.
 demo: deps
-	$(CARGO) run --locked -p leakwatch-collector --bin leakwatch -- demo
+	$(CARGO) test --locked --workspace --no-run
+	"$(BUILD_DIR)/debug/leakwatch" demo
 
 test: deps browser-deps fmt clippy check-agent-deps test-py s3-server unit
 
