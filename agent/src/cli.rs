@@ -426,8 +426,8 @@ impl DeviceArgs {
             consent.insert(k.trim().to_string(), v.trim().to_string());
         }
         // The protocol's rule for labels, refused here with the flag named.
-        let check = |field: &str, checked: std::result::Result<(), String>| {
-            checked.map_err(|e| Error::InvalidArgument {
+        let check = |field: &str, checked: std::result::Result<(), leakwatch_proto::Invalid>| {
+            checked.map_err(|leakwatch_proto::Invalid(e)| Error::InvalidArgument {
                 field: field.into(),
                 reason: e.strip_prefix(&format!("{field}: ")).unwrap_or(&e).to_string(),
             })

@@ -142,7 +142,8 @@ impl LanLabels {
                     reason: format!("mac {:?} is not aa:bb:cc:dd:ee:ff", d.mac),
                 });
             }
-            let invalid = |reason: String| Error::InvalidArgument { field: "--device-labels".into(), reason };
+            let invalid =
+                |e: leakwatch_proto::Invalid| Error::InvalidArgument { field: "--device-labels".into(), reason: e.0 };
             let device = |field: &str| format!("device {}: {field}", d.mac);
             check_label(device("vendor"), &d.vendor).map_err(invalid)?;
             check_label(device("model"), &d.model).map_err(invalid)?;
@@ -312,7 +313,7 @@ impl BootMaker<'_> {
                     .get(&mac)
                     .map_or("unknown", String::as_str)
                     .chars()
-                    .filter(|&c| leakwatch_proto::labels::check_printable("", c.encode_utf8(&mut [0; 4])).is_ok())
+                    .filter(|&c| leakwatch_proto::labels::is_printable(c))
                     .scan(0, |len, c| {
                         *len += c.len_utf8();
                         (*len <= leakwatch_proto::labels::MAX_LABEL_BYTES).then_some(c)

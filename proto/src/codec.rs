@@ -21,6 +21,8 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
 
+use crate::Invalid;
+
 /// Codec used by every generated client and server of this crate.
 #[derive(Debug, Clone, Copy)]
 pub struct StrictCodec<T, U>(PhantomData<(T, U)>);
@@ -104,7 +106,7 @@ pub const MAX_FUTURE_S: i64 = 86_400;
 /// of repeated fields, which decide how much decoding allocates.
 pub trait WireBound {
     /// `Err` names the field and the limit.
-    fn check_wire(_bytes: &[u8]) -> Result<(), String> {
+    fn check_wire(_bytes: &[u8]) -> Result<(), Invalid> {
         Ok(())
     }
 }
@@ -132,7 +134,7 @@ unbounded!(
 );
 
 impl WireBound for crate::v1::ReportBatch {
-    fn check_wire(bytes: &[u8]) -> Result<(), String> {
+    fn check_wire(bytes: &[u8]) -> Result<(), Invalid> {
         let mut records = 0usize;
         for field in fields(bytes) {
             let (tag, value) = field?;
@@ -140,24 +142,26 @@ impl WireBound for crate::v1::ReportBatch {
                 (3, Value::Bytes(device)) => {
                     let consent = count(device, 5)?;
                     if consent > MAX_CONSENT_ENTRIES {
-                        return Err(format!("device.consent: {consent} entries, at most {MAX_CONSENT_ENTRIES}"));
+                        return Err(Invalid(format!(
+                            "device.consent: {consent} entries, at most {MAX_CONSENT_ENTRIES}"
+                        )));
                     }
                 }
                 (4, Value::Bytes(record)) => {
                     records += 1;
                     if records > MAX_RECORDS_PER_BATCH {
-                        return Err(format!(
+                        return Err(Invalid(format!(
                             "records: more than {MAX_RECORDS_PER_BATCH} records, at most {MAX_RECORDS_PER_BATCH}"
-                        ));
+                        )));
                     }
                     for field in fields(record) {
                         if let (13, Value::Bytes(tls)) = field? {
                             let alpn = count(tls, 2)?;
                             if alpn > MAX_ALPN_VALUES {
-                                return Err(format!(
+                                return Err(Invalid(format!(
                                     "records[{}].tls.alpn: {alpn} entries, at most {MAX_ALPN_VALUES}",
                                     records - 1
-                                ));
+                                )));
                             }
                         }
                     }
@@ -178,7 +182,7 @@ enum Value<'a> {
 }
 
 /// How many times field `tag` occurs in the message `bytes`.
-fn count(bytes: &[u8], tag: u32) -> Result<usize, String> {
+fn count(bytes: &[u8], tag: u32) -> Result<usize, Invalid> {
     let mut n = 0;
     for field in fields(bytes) {
         if field?.0 == tag {
@@ -190,14 +194,15 @@ fn count(bytes: &[u8], tag: u32) -> Result<usize, String> {
 
 /// The top-level fields of a message, as `(tag, value)`; an encoding
 /// error ends the iteration with an `Err` (prost then names the field).
-fn fields(mut bytes: &[u8]) -> impl Iterator<Item = Result<(u32, Value<'_>), String>> {
+fn fields(mut bytes: &[u8]) -> impl Iterator<Item = Result<(u32, Value<'_>), Invalid>> {
     std::iter::from_fn(move || {
         if bytes.is_empty() {
             return None;
         }
         let result = (|| {
             let key = varint(&mut bytes)?;
-            let tag = u32::try_from(key >> 3).map_err(|_| "malformed message: field number too large".to_string())?;
+            let tag = u32::try_from(key >> 3)
+                .map_err(|_| Invalid("malformed message: field number too large".to_string()))?;
             let value = match key & 7 {
                 0 => varint(&mut bytes).map(|_| Value::Scalar)?,
                 1 => skip(&mut bytes, 8).map(|_| Value::Scalar)?,
@@ -206,7 +211,7 @@ fn fields(mut bytes: &[u8]) -> impl Iterator<Item = Result<(u32, Value<'_>), Str
                     let len = usize::try_from(varint(&mut bytes)?).unwrap_or(usize::MAX);
                     Value::Bytes(skip(&mut bytes, len)?)
                 }
-                other => return Err(format!("malformed message: wire type {other} of field {tag}")),
+                other => return Err(Invalid(format!("malformed message: wire type {other} of field {tag}"))),
             };
             Ok((tag, value))
         })();
@@ -217,7 +222,7 @@ fn fields(mut bytes: &[u8]) -> impl Iterator<Item = Result<(u32, Value<'_>), Str
     })
 }
 
-fn varint(bytes: &mut &[u8]) -> Result<u64, String> {
+fn varint(bytes: &mut &[u8]) -> Result<u64, Invalid> {
     let mut value = 0u64;
     for i in 0..10 {
         let Some((&b, rest)) = bytes.split_first() else { break };
@@ -227,12 +232,12 @@ fn varint(bytes: &mut &[u8]) -> Result<u64, String> {
             return Ok(value);
         }
     }
-    Err("malformed message: truncated or overlong varint".into())
+    Err(Invalid("malformed message: truncated or overlong varint".into()))
 }
 
-fn skip<'a>(bytes: &mut &'a [u8], len: usize) -> Result<&'a [u8], String> {
+fn skip<'a>(bytes: &mut &'a [u8], len: usize) -> Result<&'a [u8], Invalid> {
     if bytes.len() < len {
-        return Err("malformed message: a field runs past the end of the message".into());
+        return Err(Invalid("malformed message: a field runs past the end of the message".into()));
     }
     let (head, rest) = bytes.split_at(len);
     *bytes = rest;
@@ -253,7 +258,7 @@ mod tests {
         assert_eq!(ReportBatch::check_wire(&batch.encode_to_vec()), Ok(()));
         batch.records.push(FlowRecord::default());
         let err = ReportBatch::check_wire(&batch.encode_to_vec()).expect_err("too many records");
-        assert!(err.starts_with("records: more than 10000"), "{err}");
+        assert!(err.0.starts_with("records: more than 10000"), "{err}");
 
         let mut device = DeviceInfo::default();
         for i in 0..=MAX_CONSENT_ENTRIES {
@@ -261,7 +266,7 @@ mod tests {
         }
         let batch = ReportBatch { device: Some(device), ..Default::default() };
         let err = ReportBatch::check_wire(&batch.encode_to_vec()).expect_err("too many consent entries");
-        assert_eq!(err, "device.consent: 33 entries, at most 32");
+        assert_eq!(err.0, "device.consent: 33 entries, at most 32");
 
         let tls = TlsInfo { alpn: vec![String::new(); MAX_ALPN_VALUES + 1], ..Default::default() };
         let batch = ReportBatch {
@@ -269,7 +274,7 @@ mod tests {
             ..Default::default()
         };
         let err = ReportBatch::check_wire(&batch.encode_to_vec()).expect_err("too many alpn values");
-        assert_eq!(err, "records[1].tls.alpn: 17 entries, at most 16");
+        assert_eq!(err.0, "records[1].tls.alpn: 17 entries, at most 16");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! label can show something other than what it says), nor, in consent,
 //! the separators of the stored `key=value;key=value` form.
 
+use crate::Invalid;
+
 /// Longest label (vendor, model, firmware, pseudonyms, consent keys and
 /// values), bytes.
 pub const MAX_LABEL_BYTES: usize = 64;
@@ -26,24 +28,29 @@ fn forbidden(c: char) -> Option<&'static str> {
     }
 }
 
+/// True for a character a label may hold.
+pub fn is_printable(c: char) -> bool {
+    forbidden(c).is_none()
+}
+
 /// Checks one label `value` of `field`; `Err` names the field, the value
 /// and what is wrong.
-pub fn check_label(field: impl std::fmt::Display, value: &str) -> Result<(), String> {
+pub fn check_label(field: impl std::fmt::Display, value: &str) -> Result<(), Invalid> {
     if value.len() > MAX_LABEL_BYTES {
         let shown: String = value.chars().take(32).collect();
-        return Err(format!("{field}: {} bytes ({shown:?}...), at most {MAX_LABEL_BYTES}", value.len()));
+        return Err(Invalid(format!("{field}: {} bytes ({shown:?}...), at most {MAX_LABEL_BYTES}", value.len())));
     }
     check_printable(field, value)
 }
 
 /// Checks that `value` of `field` holds none of the characters no label
 /// may hold (whatever its length limit).
-pub fn check_printable(field: impl std::fmt::Display, value: &str) -> Result<(), String> {
+pub fn check_printable(field: impl std::fmt::Display, value: &str) -> Result<(), Invalid> {
     if let Some((i, c, what)) = value.char_indices().find_map(|(i, c)| forbidden(c).map(|w| (i, c, w))) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{field}: {value:?} holds {what} (U+{:04X}) at byte {i}; labels are printable text",
             u32::from(c)
-        ));
+        )));
     }
     Ok(())
 }
@@ -51,17 +58,17 @@ pub fn check_printable(field: impl std::fmt::Display, value: &str) -> Result<(),
 /// Checks a consent entry: both parts as labels, the key not empty and
 /// neither holding the separators of the stored form (`;`, and `=` in the
 /// key).
-pub fn check_consent(field: impl std::fmt::Display, key: &str, value: &str) -> Result<(), String> {
+pub fn check_consent(field: impl std::fmt::Display, key: &str, value: &str) -> Result<(), Invalid> {
     if key.is_empty() {
-        return Err(format!("{field}: a consent key is empty"));
+        return Err(Invalid(format!("{field}: a consent key is empty")));
     }
     check_label(format_args!("{field} key"), key)?;
     check_label(format_args!("{field}[{key:?}]"), value)?;
     if key.contains(['=', ';']) {
-        return Err(format!("{field} key: {key:?} holds '=' or ';', which separate consent entries"));
+        return Err(Invalid(format!("{field} key: {key:?} holds '=' or ';', which separate consent entries")));
     }
     if value.contains(';') {
-        return Err(format!("{field}[{key:?}]: {value:?} holds ';', which separates consent entries"));
+        return Err(Invalid(format!("{field}[{key:?}]: {value:?} holds ';', which separates consent entries")));
     }
     Ok(())
 }
@@ -82,18 +89,18 @@ mod tests {
             ("\u{1b}[31m", "holds a control character (U+001B) at byte 0"),
         ];
         for (value, want) in cases {
-            let err = check_label("device.model", value).expect_err(value);
+            let err = check_label("device.model", value).expect_err(value).to_string();
             assert!(err.starts_with("device.model: ") && err.contains(want), "{err}");
         }
-        assert!(check_label("device.vendor", &"v".repeat(65)).expect_err("long").contains("65 bytes"));
+        assert!(check_label("device.vendor", &"v".repeat(65)).expect_err("long").0.contains("65 bytes"));
     }
 
     #[test]
     fn consent_separators_are_refused() {
         assert_eq!(check_consent("device.consent", "cloud_account", "off"), Ok(()));
-        let err = check_consent("device.consent", "a;b", "on").expect_err("separator");
+        let err = check_consent("device.consent", "a;b", "on").expect_err("separator").0;
         assert!(err.contains("\"a;b\" holds '=' or ';'"), "{err}");
-        let err = check_consent("device.consent", "k", "on;x=y").expect_err("separator");
+        let err = check_consent("device.consent", "k", "on;x=y").expect_err("separator").0;
         assert!(err.contains("holds ';'"), "{err}");
         assert!(check_consent("device.consent", "", "on").is_err());
     }

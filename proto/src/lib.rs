@@ -12,6 +12,25 @@
 pub mod codec;
 pub mod labels;
 
+/// A value that breaks one of the protocol's rules (see [`codec`] and
+/// [`labels`]); the message names the field, the value and the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+impl From<Invalid> for String {
+    fn from(e: Invalid) -> Self {
+        e.0
+    }
+}
+
 /// Generated code for `leakwatch.v1`.
 #[allow(clippy::all, missing_docs, rust_2018_idioms)]
 pub mod v1 {

@@ -235,7 +235,7 @@ const MAX_APP_BYTES: usize = 128;
 pub fn printable_prefix(text: &str, max: usize) -> String {
     let mut out = String::new();
     for c in text.chars() {
-        if leakwatch_proto::labels::check_printable("", c.encode_utf8(&mut [0; 4])).is_err() {
+        if !leakwatch_proto::labels::is_printable(c) {
             continue;
         }
         if out.len() + c.len_utf8() > max {
