@@ -4,3 +4,24 @@
 
 pub mod address;
 pub mod paths;
+
+#[cfg(test)]
+mod tests {
+    /// Every path `docs/architecture.md` names (in backticks, with a `/`)
+    /// exists in the workspace, so the map of the stages stays true.
+    #[test]
+    fn docs_name_only_paths_that_exist() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let page = root.join("docs/architecture.md");
+        let text = std::fs::read_to_string(&page).expect("docs/architecture.md");
+        let paths: Vec<&str> = text
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|p| p.contains('/') && !p.contains(' ') && !p.starts_with("leakwatch."))
+            .collect();
+        assert!(paths.len() >= 40, "the page names its files: {paths:?}");
+        let missing: Vec<&&str> = paths.iter().filter(|p| !root.join(p).exists()).collect();
+        assert!(missing.is_empty(), "docs/architecture.md names paths that do not exist: {missing:?}");
+    }
+}
