@@ -42,7 +42,7 @@ deliver_timeout_secs = 30
 # batches are dropped first and counted (see `leakwatch-agent status`).
 spool_max_mib = 64
 
-# Router / LAN mode: label devices by MAC in this TOML file (see README).
+# Router / LAN mode: label devices by MAC in this TOML file (see docs/agent.md).
 # device_labels = "/etc/leakwatch-agent/devices.toml"
 "#;
 

@@ -9,8 +9,8 @@
 //! the kernel. Ten seconds keeps it through a query and the queries right
 //! after it, and still hands it back soon after the last one: on 50 M
 //! simulated records, in runs alternating with mimalloc's default, the
-//! six rules took 7 to 30 % less time (see the rules benchmark in the
-//! README); on 20 M, ten seconds did about as well as never returning
+//! six rules took 7 to 30 % less time (see the rules benchmark in
+//! benches/README.md); on 20 M, ten seconds did about as well as never returning
 //! memory at all.
 
 /// mimalloc's `mi_option_purge_delay` (`mimalloc.h`'s `mi_option_e`, v3).

@@ -243,8 +243,8 @@ pub(crate) fn query_options(config: SessionConfig) -> SessionConfig {
 /// every row once more and shrinks the data little. DataFusion's default,
 /// 0.8, keeps the partial phase for those; at 0.1 the five rules that
 /// count devices ran in 6 to 23 % less time on 50 M simulated records,
-/// each run alternating with one at 0.8 (see the rules benchmark in the
-/// README). Aggregations that shrink their input tenfold or more keep it.
+/// each run alternating with one at 0.8 (see the rules benchmark in
+/// benches/README.md). Aggregations that shrink their input tenfold or more keep it.
 const SKIP_PARTIAL_AGGREGATION_RATIO: f64 = 0.1;
 
 /// True for rows of `flows` that are not in one of the `losers` (`(agent_id,
