@@ -162,20 +162,27 @@ async fn console_commands_scripts_and_out_files() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("use .parquet, .csv or .json"));
 }
 
-/// Every flag `leakwatch serve --help` lists has its row in the flag table
-/// of docs/operating.md, so the table cannot fall behind the code.
+/// Every flag `leakwatch serve --help` and `leakwatch-agent import --help`
+/// list has its row in the flag table of docs/operating.md and
+/// docs/agent.md, so the tables cannot fall behind the code.
 #[test]
-fn every_serve_flag_is_in_the_operators_flag_table() {
-    let out = leakwatch().args(["serve", "--help"]).output().expect("run serve --help");
-    let help = String::from_utf8_lossy(&out.stdout);
-    let table = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operating.md")).expect("docs");
-    let table: String = table.lines().filter(|l| l.starts_with("| `--")).collect::<Vec<_>>().join("\n");
-    let flags: std::collections::BTreeSet<&str> = help
-        .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == '<')
-        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
-        .filter(|w| w.starts_with("--") && w.len() > 2 && *w != "--help")
-        .collect();
-    assert!(flags.len() > 20, "{help}");
-    let missing: Vec<&&str> = flags.iter().filter(|f| !table.contains(&format!("`{f}"))).collect();
-    assert!(missing.is_empty(), "flags of `leakwatch serve` missing from docs/operating.md's table: {missing:?}");
+fn every_serve_and_import_flag_is_in_its_docs_flag_table() {
+    let cases = [
+        (leakwatch(), "serve", "operating.md"),
+        (std::process::Command::new(crate::durability::agent_binary()), "import", "agent.md"),
+    ];
+    for (mut binary, command, page) in cases {
+        let out = binary.args([command, "--help"]).output().expect("run --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        let docs = std::fs::read_to_string(format!("{}/../docs/{page}", env!("CARGO_MANIFEST_DIR"))).expect("docs");
+        let table: String = docs.lines().filter(|l| l.starts_with("| `--")).collect::<Vec<_>>().join("\n");
+        let flags: std::collections::BTreeSet<&str> = help
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == '<')
+            .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+            .filter(|w| w.starts_with("--") && w.len() > 2 && *w != "--help")
+            .collect();
+        assert!(flags.len() > 10, "{help}");
+        let missing: Vec<&&str> = flags.iter().filter(|f| !table.contains(&format!("`{f}"))).collect();
+        assert!(missing.is_empty(), "flags of `{command}` missing from docs/{page}'s table: {missing:?}");
+    }
 }
