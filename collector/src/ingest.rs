@@ -89,12 +89,31 @@ impl std::fmt::Debug for Ingest {
 
 /// `ResourceExhausted` with a `retry-after-ms` hint in the trailers.
 fn busy(message: String, retry_after_ms: u64) -> Status {
-    let mut status = Status::resource_exhausted(message);
+    with_retry_hint(Status::resource_exhausted(message), retry_after_ms)
+}
+
+/// `status` with a `retry-after-ms` hint in the trailers.
+fn with_retry_hint(mut status: Status, retry_after_ms: u64) -> Status {
     if let Ok(v) = retry_after_ms.to_string().parse() {
         status.metadata_mut().insert("retry-after-ms", v);
     }
     status
 }
+
+/// `Unavailable` for a log that cannot be written: the agent keeps the
+/// report and tries again (or another collector), as for one that is away.
+fn storage_failing(failure: &str) -> Status {
+    with_retry_hint(
+        Status::unavailable(format!(
+            "collector storage: the log cannot be written ({failure}); the report stays with the agent, retry later"
+        )),
+        STORAGE_RETRY_MS,
+    )
+}
+
+/// The retry hint of [`storage_failing`]: about when the collector next
+/// tries to open its log again.
+const STORAGE_RETRY_MS: u64 = 2000;
 
 impl Ingest {
     /// A service writing to `log`.
@@ -164,13 +183,7 @@ impl Ingest {
         }
         if let Some(failure) = self.log.failure() {
             self.metrics.reject(RejectReason::Storage);
-            let mut status = Status::unavailable(format!(
-                "collector storage: the log cannot be written ({failure}); the report stays with the agent, retry later"
-            ));
-            if let Ok(v) = "2000".parse() {
-                status.metadata_mut().insert("retry-after-ms", v);
-            }
-            return Err(status);
+            return Err(storage_failing(&failure));
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             self.metrics.reject(RejectReason::Busy);
@@ -360,10 +373,8 @@ impl Collector for Ingest {
             }
             Err(e) => {
                 if let Error::Storage(m) = &e {
-                    // The agent keeps the batch and tries again (or another
-                    // collector), as for a collector that is away.
                     self.metrics.reject(RejectReason::Storage);
-                    return Err(Status::unavailable(format!("collector storage: {m}; retry later")));
+                    return Err(storage_failing(m));
                 }
                 if matches!(e, Error::Conflict(_)) {
                     self.metrics.reject(RejectReason::Conflict);

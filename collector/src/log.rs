@@ -139,18 +139,29 @@ struct Inflight {
 }
 
 /// The RocksDB log.
-#[derive(Debug)]
 pub struct DurableLog {
     /// The database; `None` while it is being opened again after a write
     /// failed (see [`DurableLog::reopen`]).
     db: RwLock<Option<DB>>,
     /// Where it lives.
     path: std::path::PathBuf,
+    /// The options it was opened with (and is opened again with).
+    options: Options,
     inflight: Mutex<Inflight>,
     read_only: bool,
     /// The write error that put the database out of service, until it is
     /// opened again.
     failed: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for DurableLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableLog")
+            .field("path", &self.path)
+            .field("read_only", &self.read_only)
+            .field("failed", &self.failure())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The database, read-locked while in use (so that [`DurableLog::reopen`]
@@ -437,12 +448,17 @@ impl DurableLog {
         Self::open_with(path, &Self::options())
     }
 
-    fn open_with(path: &Path, options: &Options) -> Result<Self> {
+    /// The database at `path` with every column family, for writing.
+    fn open_db(path: &Path, options: &Options) -> Result<DB> {
         let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, Self::cf_options(n)));
-        let db = DB::open_cf_descriptors(options, path, cfs).map_err(db_err)?;
+        DB::open_cf_descriptors(options, path, cfs).map_err(db_err)
+    }
+
+    fn open_with(path: &Path, options: &Options) -> Result<Self> {
         let log = Self {
-            db: RwLock::new(Some(db)),
+            db: RwLock::new(Some(Self::open_db(path, options)?)),
             path: path.to_path_buf(),
+            options: options.clone(),
             inflight: Mutex::new(Inflight::default()),
             read_only: false,
             failed: Mutex::default(),
@@ -470,6 +486,7 @@ impl DurableLog {
         Ok(Self {
             db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
+            options: opts,
             inflight: Mutex::new(Inflight::default()),
             read_only: true,
             failed: Mutex::default(),
@@ -486,9 +503,13 @@ impl DurableLog {
     /// The write error that put the log out of service, while it is (see
     /// [`Self::reopen`]).
     pub fn failure(&self) -> Option<String> {
+        self.failed().clone()
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         match self.failed.lock() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -497,10 +518,7 @@ impl DurableLog {
     /// is opened again, which [`Self::reopen`] does.
     fn note_write_error(&self, e: &Error) {
         if let Error::Storage(m) = e {
-            let mut failed = match self.failed.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut failed = self.failed();
             if failed.is_none() {
                 tracing::error!(error = %m, path = %self.path.display(), "The log cannot be written; reports are refused until it can");
                 *failed = Some(m.clone());
@@ -523,17 +541,13 @@ impl DurableLog {
         };
         // Closed before it is opened again: RocksDB locks its directory.
         drop(guard.take());
-        let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, Self::cf_options(n)));
-        let db = DB::open_cf_descriptors(&Self::options(), &self.path, cfs).map_err(db_err)?;
+        let db = Self::open_db(&self.path, &self.options)?;
         // A probe write: the disk takes writes again.
         db.put_cf_opt(cf(&db, CF_META)?, b"probe", [], &synced()).map_err(db_err)?;
         db.delete_cf_opt(cf(&db, CF_META)?, b"probe", &synced()).map_err(db_err)?;
         *guard = Some(db);
         drop(guard);
-        match self.failed.lock() {
-            Ok(mut g) => *g = None,
-            Err(poisoned) => *poisoned.into_inner() = None,
-        }
+        *self.failed() = None;
         tracing::warn!(path = %self.path.display(), "The log was opened again and takes writes");
         Ok(true)
     }

@@ -44,8 +44,9 @@ const BOUNDED: &[(&str, Estimate)] = &[
 ];
 
 /// Replaces the functions of [`BOUNDED`] in `ctx` with wrappers that
-/// reserve their result's size from `pool` first.
-pub(crate) fn register(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
+/// reserve their result's size from its memory pool first.
+pub(crate) fn register(ctx: &SessionContext) {
+    let pool = &ctx.runtime_env().memory_pool;
     for (name, estimate) in BOUNDED {
         if let Ok(inner) = ctx.udf(name) {
             let bounded = Bounded { inner, pool: pool.clone(), estimate: *estimate };

@@ -159,7 +159,7 @@ impl SessionFactory {
         for udf in crate::udf::all() {
             ctx.register_udf(udf);
         }
-        crate::bounded::register(&ctx, &ctx.runtime_env().memory_pool);
+        crate::bounded::register(&ctx);
 
         // A cluster reads the flushed files only, all of them; a local
         // session reads the files up to the watermark and the tail.
