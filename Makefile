@@ -51,13 +51,13 @@ bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/import.sh
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/agent.sh
-	$(CARGO) bench --locked -p leakwatch-collector --bench ingest
-	BENCH_PYTHON="$(PY_VENV)/bin/python" $(CARGO) bench --locked -p leakwatch-collector --bench rules
-	$(CARGO) bench --locked -p leakwatch-collector --bench dashboard
+	$(CARGO) bench --locked -p leakwatch --bench ingest
+	BENCH_PYTHON="$(PY_VENV)/bin/python" $(CARGO) bench --locked -p leakwatch --bench rules
+	$(CARGO) bench --locked -p leakwatch --bench dashboard
 
 # The collector crash test with more rounds (SIGKILLs under 50 agents).
 soak: deps
-	LEAKWATCH_CRASH_ROUNDS=$${LEAKWATCH_CRASH_ROUNDS:-50} $(CARGO) test --locked -p leakwatch-collector --test it \
+	LEAKWATCH_CRASH_ROUNDS=$${LEAKWATCH_CRASH_ROUNDS:-50} $(CARGO) test --locked -p leakwatch --test it \
 	  collector_sigkilled -- --nocapture
 
 # Tools the benchmarks compare against.
@@ -106,6 +106,9 @@ check-agent-deps:
 	@if $(CARGO) tree --locked -p leakwatch-agent -e normal,build --prefix none --format '{p}' | grep -E '$(AGENT_FORBIDDEN)'; then \
 	  echo "error: leakwatch-agent depends on a crate it must not (above)"; exit 1; \
 	else echo "leakwatch-agent: no DataFusion, Arrow, Parquet or RocksDB in its dependency tree"; fi
+	@if $(CARGO) tree --locked -p leakwatch-collector -e normal,build,dev --prefix none --format '{p}' | grep -E '^leakwatch-agent '; then \
+	  echo "error: the collector library depends on the agent (above); code that joins them belongs in the leakwatch crate"; exit 1; \
+	else echo "leakwatch-collector: the agent is not in its dependency tree"; fi
 
 # The tests' temporary files go in a directory of their own, deleted at the
 # end: Ballista's in-process executors (the scale-out test) write shuffle

@@ -1,4 +1,4 @@
-"""DuckDB side of the rules benchmark (collector/benches/rules.rs).
+"""DuckDB side of the rules benchmark (cli/benches/rules.rs).
 
 Usage: duckdb_rules.py FLOWS_DIR SQL_DIR
 

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower_service::Service as _;
 
-use crate::dashboard::PeerAddr;
+use leakwatch_dashboard::PeerAddr;
 
 /// Default of [`HttpLimits::header_timeout`], seconds.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;

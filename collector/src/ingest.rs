@@ -336,10 +336,10 @@ impl Collector for Ingest {
         let agent_id = admitted.agent_id.clone();
         let batch = request.into_inner();
         let now = chrono::Utc::now();
-        if let Err(msg) = validate::check_batch(&batch, now.timestamp()) {
+        if let Err(invalid) = validate::check_batch(&batch, now.timestamp()) {
             self.metrics.reject(RejectReason::Invalid);
-            tracing::warn!(agent_id = %agent_id, reason = %msg, "Rejected report");
-            return Err(Status::invalid_argument(msg));
+            tracing::warn!(agent_id = %agent_id, reason = %invalid, "Rejected report");
+            return Err(Status::invalid_argument(invalid.0));
         }
         let log = self.log.clone();
         let records = batch.records.len() as u32;
@@ -372,9 +372,9 @@ impl Collector for Ingest {
                 }
             }
             Err(e) => {
-                if let Error::Storage(m) = &e {
+                if e.is_storage() {
                     self.metrics.reject(RejectReason::Storage);
-                    return Err(storage_failing(m));
+                    return Err(storage_failing(&e.to_string()));
                 }
                 if matches!(e, Error::Conflict(_)) {
                     self.metrics.reject(RejectReason::Conflict);

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use leakwatch_proto::v1::admin_server::AdminServer;
 use leakwatch_proto::v1::collector_server::CollectorServer;
-use leakwatch_query::{FlowStore, QueryConfig, SessionFactory, TailSnapshot, TailSource};
+use leakwatch_query::{FlowStore, QueryConfig, SessionFactory, TailError, TailSnapshot, TailSource};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -19,13 +19,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::add_message;
-use crate::dashboard::{Dashboard, DashboardConfig};
 use crate::flight::FlightSql;
 use crate::flusher::{COMPACT_MIN_FILES, COMPACT_RUN_LIMIT, DataStore, Flusher, KEEP_REPLACED, SharedStore};
 use crate::ingest::{Ingest, IngestLimits};
 use crate::log::DurableLog;
 use crate::metrics::{Gauges, IngestMetrics};
 use crate::{Error, Result};
+use leakwatch_dashboard::{Dashboard, DashboardConfig};
 
 /// Largest decoded `Report` message, bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -224,7 +224,7 @@ impl DataDir {
     pub fn flow_store(&self) -> Result<FlowStore> {
         match self.shared_store()? {
             Some(shared) => shared.flow_store(),
-            None => FlowStore::local(&self.store()).map_err(Error::Storage),
+            None => Ok(FlowStore::local(&self.store())?),
         }
     }
 }
@@ -243,10 +243,9 @@ impl LogTail {
 }
 
 impl TailSource for LogTail {
-    fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
+    fn snapshot(&self) -> std::result::Result<TailSnapshot, TailError> {
         let mut builder = leakwatch_query::FlowBatchBuilder::new();
-        let watermark =
-            self.log.each_in_tail(|message| add_message(&mut builder, message)).map_err(|e| e.to_string())?;
+        let watermark = self.log.each_in_tail(|message| add_message(&mut builder, message))?;
         Ok(TailSnapshot { watermark, batches: vec![builder.finish()] })
     }
 }
@@ -375,7 +374,7 @@ impl Server {
         let log = Arc::new(
             tokio::task::spawn_blocking(move || DurableLog::open(&log_path))
                 .await
-                .map_err(|e| Error::Storage(e.to_string()))??,
+                .map_err(Error::task("opening the log"))??,
         );
         let store = match &config.store {
             Some(shared) => DataStore::shared(shared)?,

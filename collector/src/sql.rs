@@ -142,17 +142,18 @@ pub fn write_out(batches: &[RecordBatch], path: &Path) -> Result<()> {
                 .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
                 .build();
             let mut buf = Vec::new();
+            let context = || format!("--out {}", path.display());
             let mut w =
-                parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props)).map_err(|e| err(e.to_string()))?;
+                parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props)).map_err(Error::rows(context()))?;
             for b in batches {
-                w.write(b).map_err(|e| err(e.to_string()))?;
+                w.write(b).map_err(Error::rows(context()))?;
             }
-            w.close().map_err(|e| err(e.to_string()))?;
+            w.close().map_err(Error::rows(context()))?;
             buf
         }
         other => return Err(err(format!("unknown extension {other:?}: use .parquet, .csv or .json"))),
     };
-    std::fs::write(path, bytes).map_err(|e| err(e.to_string()))
+    std::fs::write(path, bytes).map_err(Error::io(format!("--out {}", path.display())))
 }
 
 /// Statements of a SQL script, split at `;` that end a line.

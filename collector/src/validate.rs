@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 
 use leakwatch_core::address::is_non_public;
+use leakwatch_proto::Invalid;
 use leakwatch_proto::v1::{DomainSource, FlowRecord, ReportBatch, Transport};
 
 pub use leakwatch_proto::codec::{
@@ -23,13 +24,20 @@ pub const MAX_APP_BYTES: usize = 128;
 /// Longest time since boot accepted (10 years), seconds.
 pub const MAX_SECONDS_SINCE_BOOT: f64 = 315_360_000.0;
 
+/// An [`Invalid`] with a formatted message.
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        Invalid(format!($($arg)*))
+    };
+}
+
 /// Checks that `value` has at most `max` bytes. The field's name is an
 /// `impl Display` so that callers pass a name built only for the error
 /// (thousands of records per batch are checked).
-fn check_len(field: impl std::fmt::Display, value: &str, max: usize) -> Result<(), String> {
+fn check_len(field: impl std::fmt::Display, value: &str, max: usize) -> Result<(), Invalid> {
     if value.len() > max {
         let shown: String = value.chars().take(32).collect();
-        return Err(format!("{field}: {} bytes ({shown:?}...), at most {max}", value.len()));
+        return Err(invalid!("{field}: {} bytes ({shown:?}...), at most {max}", value.len()));
     }
     Ok(())
 }
@@ -51,34 +59,38 @@ impl std::fmt::Display for RecordField<'_> {
     }
 }
 
-fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
+fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), Invalid> {
     let field = |name: &'static str| RecordField { i, name, index: None };
     let f = |name: &'static str| field(name).to_string();
     if !r.seconds_since_boot.is_finite() || !(0.0..=MAX_SECONDS_SINCE_BOOT).contains(&r.seconds_since_boot) {
-        return Err(format!(
+        return Err(invalid!(
             "{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}",
             f("seconds_since_boot"),
             r.seconds_since_boot
         ));
     }
     if !r.duration_s.is_finite() || !(0.0..=MAX_SECONDS_SINCE_BOOT).contains(&r.duration_s) {
-        return Err(format!("{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}", f("duration_s"), r.duration_s));
+        return Err(invalid!("{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}", f("duration_s"), r.duration_s));
     }
     if !r.interval_mean_s.is_finite() || !(0.0..=MAX_SECONDS_SINCE_BOOT).contains(&r.interval_mean_s) {
-        return Err(format!("{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}", f("interval_mean_s"), r.interval_mean_s));
+        return Err(invalid!(
+            "{}: {} is outside 0..={MAX_SECONDS_SINCE_BOOT}",
+            f("interval_mean_s"),
+            r.interval_mean_s
+        ));
     }
     if !r.interval_cv.is_finite() || !(0.0..=1000.0).contains(&r.interval_cv) {
-        return Err(format!("{}: {} is outside 0..=1000", f("interval_cv"), r.interval_cv));
+        return Err(invalid!("{}: {} is outside 0..=1000", f("interval_cv"), r.interval_cv));
     }
     let w = r.window_start_unix_s;
     if w % 60 != 0 {
-        return Err(format!(
+        return Err(invalid!(
             "{}: {w} is not a whole minute (privacy rule: wall clock is coarsened to the minute)",
             f("window_start_unix_s")
         ));
     }
     if w < MIN_WINDOW_START_S || w > now_s + MAX_FUTURE_S {
-        return Err(format!(
+        return Err(invalid!(
             "{}: {w} is outside {MIN_WINDOW_START_S}..={} (2000-01-01 to one day from now)",
             f("window_start_unix_s"),
             now_s + MAX_FUTURE_S
@@ -87,7 +99,7 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
     let transport = match Transport::try_from(r.transport) {
         Ok(t @ (Transport::Tcp | Transport::Udp | Transport::Dns)) => t,
         _ => {
-            return Err(format!(
+            return Err(invalid!(
                 "{}: {} is not TRANSPORT_TCP (1), TRANSPORT_UDP (2) or TRANSPORT_DNS (3)",
                 f("transport"),
                 r.transport
@@ -95,30 +107,30 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
         }
     };
     if transport == Transport::Dns && r.domain.is_empty() {
-        return Err(format!("{}: missing (required for a DNS lookup)", f("domain")));
+        return Err(invalid!("{}: missing (required for a DNS lookup)", f("domain")));
     }
     // A lookup through a LAN resolver carries no address.
     if !(transport == Transport::Dns && r.dst_ip.is_empty()) {
         let ip: IpAddr = r.dst_ip.parse().map_err(|_| {
-            format!("{}: {:?} is not an IP address", f("dst_ip"), r.dst_ip.chars().take(64).collect::<String>())
+            invalid!("{}: {:?} is not an IP address", f("dst_ip"), r.dst_ip.chars().take(64).collect::<String>())
         })?;
         if is_non_public(ip) {
-            return Err(format!(
+            return Err(invalid!(
                 "{}: {ip} is not a public address (privacy rule: such destinations are never reported)",
                 f("dst_ip")
             ));
         }
     }
     if !(1..=65_535).contains(&r.dst_port) {
-        return Err(format!("{}: {} is outside 1..=65535", f("dst_port"), r.dst_port));
+        return Err(invalid!("{}: {} is outside 1..=65535", f("dst_port"), r.dst_port));
     }
     check_len(field("domain"), &r.domain, MAX_DOMAIN_BYTES)?;
     if !r.domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.' | b'*'))
     {
-        return Err(format!("{}: {:?} has characters outside a-z 0-9 - _ . *", f("domain"), r.domain));
+        return Err(invalid!("{}: {:?} has characters outside a-z 0-9 - _ . *", f("domain"), r.domain));
     }
     if DomainSource::try_from(r.domain_source).is_err() {
-        return Err(format!("{}: {} is not a DomainSource value", f("domain_source"), r.domain_source));
+        return Err(invalid!("{}: {} is not a DomainSource value", f("domain_source"), r.domain_source));
     }
     check_len(field("app"), &r.app, MAX_APP_BYTES)?;
     check_printable(field("app"), &r.app)?;
@@ -130,14 +142,14 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
         ("connections", u64::from(r.connections), u64::from(MAX_CONNECTIONS_PER_RECORD)),
     ] {
         if value > max {
-            return Err(format!("{}: {value} is over {max}, the most one record may count", f(name)));
+            return Err(invalid!("{}: {value} is over {max}, the most one record may count", f(name)));
         }
     }
     if let Some(tls) = &r.tls {
         check_len(field("tls.sni"), &tls.sni, MAX_DOMAIN_BYTES)?;
         check_len(field("tls.client_fingerprint"), &tls.client_fingerprint, MAX_LABEL_BYTES)?;
         if tls.alpn.len() > 16 {
-            return Err(format!("{}: {} entries, at most 16", f("tls.alpn"), tls.alpn.len()));
+            return Err(invalid!("{}: {} entries, at most 16", f("tls.alpn"), tls.alpn.len()));
         }
         for (j, p) in tls.alpn.iter().enumerate() {
             check_len(RecordField { i, name: "tls.alpn", index: Some(j) }, p, 32)?;
@@ -147,19 +159,19 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), String> {
 }
 
 /// Checks `batch`; `Err` holds the message for `InvalidArgument`.
-pub fn check_batch(batch: &ReportBatch, now_s: i64) -> Result<(), String> {
+pub fn check_batch(batch: &ReportBatch, now_s: i64) -> Result<(), Invalid> {
     let id = &batch.batch_id;
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(format!(
+        return Err(invalid!(
             "batch_id: {:?} must be 1 to 64 characters of A-Z a-z 0-9 - _",
             id.chars().take(80).collect::<String>()
         ));
     }
     let Some(device) = &batch.device else {
-        return Err("device: missing (required)".into());
+        return Err(Invalid("device: missing (required)".into()));
     };
     if device.device_pseudonym.is_empty() {
-        return Err("device.device_pseudonym: missing (required)".into());
+        return Err(Invalid("device.device_pseudonym: missing (required)".into()));
     }
     check_label("device.device_pseudonym", &device.device_pseudonym)?;
     check_label("device.boot_pseudonym", &device.boot_pseudonym)?;
@@ -167,16 +179,16 @@ pub fn check_batch(batch: &ReportBatch, now_s: i64) -> Result<(), String> {
     check_label("device.model", &device.model)?;
     check_label("device.os_version", &device.os_version)?;
     if device.consent.len() > MAX_CONSENT_ENTRIES {
-        return Err(format!("device.consent: {} entries, at most {MAX_CONSENT_ENTRIES}", device.consent.len()));
+        return Err(invalid!("device.consent: {} entries, at most {MAX_CONSENT_ENTRIES}", device.consent.len()));
     }
     for (k, v) in &device.consent {
         check_consent("device.consent", k, v)?;
     }
     if batch.records.is_empty() {
-        return Err("records: empty, need 1 to 10000".into());
+        return Err(Invalid("records: empty, need 1 to 10000".into()));
     }
     if batch.records.len() > MAX_RECORDS_PER_BATCH {
-        return Err(format!("records: {} records, at most {MAX_RECORDS_PER_BATCH}", batch.records.len()));
+        return Err(invalid!("records: {} records, at most {MAX_RECORDS_PER_BATCH}", batch.records.len()));
     }
     for (i, r) in batch.records.iter().enumerate() {
         check_record(i, r, now_s)?;
@@ -286,7 +298,7 @@ mod tests {
             let mut b = good();
             mutate(&mut b);
             let err = check_batch(&b, now).expect_err(want);
-            assert!(err.contains(want), "{err:?} should contain {want:?}");
+            assert!(err.0.contains(want), "{err:?} should contain {want:?}");
         }
     }
 }

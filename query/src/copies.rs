@@ -5,7 +5,7 @@
 //! answer arrived, the agent's retry can land on another collector, and
 //! then both hold the batch (each under the agent id it gave the agent).
 //! Every Parquet file of a shared store lists its batches in its footer
-//! (key [`BATCHES_KEY`], see [`batch_list`]), so a reader finds such
+//! (key [`crate::files::BATCHES_KEY`], see [`batch_list`]), so a reader finds such
 //! copies without scanning rows (of a file without the list it reads the
 //! `agent_id` and `batch_id` columns alone). The rule: of the copies of a
 //! batch id, the one stored by the collector whose id sorts first counts;
@@ -17,9 +17,6 @@ use std::collections::{BTreeMap, HashSet};
 use arrow::array::RecordBatch;
 
 use crate::udf::Strings;
-
-/// Parquet key-value metadata key that lists a file's batches.
-pub const BATCHES_KEY: &str = "leakwatch.batches";
 
 /// The distinct `(agent_id, batch_id)` pairs of `rows` (in `flows` schema,
 /// strings of any string type).

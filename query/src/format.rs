@@ -16,21 +16,26 @@ pub enum OutputFormat {
     Json,
 }
 
+/// A name that is no [`OutputFormat`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown format {0:?}: use table, csv or json")]
+pub struct UnknownFormat(String);
+
 impl std::str::FromStr for OutputFormat {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownFormat;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownFormat> {
         match s {
             "table" => Ok(Self::Table),
             "csv" => Ok(Self::Csv),
             "json" => Ok(Self::Json),
-            other => Err(format!("unknown format {other:?}: use table, csv or json")),
+            other => Err(UnknownFormat(other.to_string())),
         }
     }
 }
 
 /// Renders `batches` in `format`.
 pub fn render(batches: &[RecordBatch], format: OutputFormat) -> Result<String> {
-    let internal = |e: arrow::error::ArrowError| Error::Internal(e.to_string());
+    let internal = |source| Error::Arrow { context: "rendering the result", source };
     match format {
         OutputFormat::Table => Ok(arrow::util::pretty::pretty_format_batches(batches).map_err(internal)?.to_string()),
         OutputFormat::Csv => {
@@ -41,7 +46,7 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat) -> Result<String> {
                     w.write(b).map_err(internal)?;
                 }
             }
-            String::from_utf8(buf).map_err(|e| Error::Internal(e.to_string()))
+            String::from_utf8(buf).map_err(|e| Error::Internal(format!("rendering the result: {e}")))
         }
         OutputFormat::Json => {
             let mut buf = Vec::new();
@@ -52,7 +57,7 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat) -> Result<String> {
                 }
                 w.finish().map_err(internal)?;
             }
-            String::from_utf8(buf).map_err(|e| Error::Internal(e.to_string()))
+            String::from_utf8(buf).map_err(|e| Error::Internal(format!("rendering the result: {e}")))
         }
     }
 }

@@ -19,8 +19,10 @@
 pub mod ballista;
 mod bounded;
 mod copies;
+pub mod files;
 pub mod format;
 pub mod materialise;
+mod rows;
 pub mod rules;
 mod schema;
 mod session;
@@ -28,17 +30,17 @@ pub mod statement;
 mod store;
 mod udf;
 
-pub use copies::{BATCHES_KEY, batch_list, batch_pairs};
+pub use copies::{batch_list, batch_pairs};
+pub use files::{BATCHES_KEY, flushed_range_of, range_within, rules_order, sorted_for_rules, sorted_slice};
+pub use rows::{BatchLabels, FlowBatchBuilder, FlowRow, RecordValues};
 pub use schema::{
-    BatchLabels, FlowBatchBuilder, FlowRow, MICROSECOND_COLUMNS, MICROSECOND_STORED, RecordValues,
-    flows_encoded_schema, flows_schema, rules_order, sorted_for_rules, sorted_slice, stored_schema, to_microsecond,
+    MICROSECOND_COLUMNS, MICROSECOND_STORED, flows_encoded_schema, flows_schema, stored_schema, to_microsecond,
     to_stored,
 };
 pub use session::{
-    FilesOnly, QueryConfig, QuerySession, SessionFactory, TailSnapshot, TailSource, boundary_schema, flushed_range_of,
-    range_within,
+    FilesOnly, QueryConfig, QuerySession, SessionFactory, TailError, TailSnapshot, TailSource, boundary_schema,
 };
-pub use store::{FlowStore, ReadOnlyStore, S3Options, footer_of, parse_s3_url, s3_store};
+pub use store::{FlowStore, ReadOnlyStore, S3Options, StoreError, footer_of, parse_s3_url, s3_store};
 pub use udf::registrable_domain;
 
 use datafusion::error::DataFusionError;
@@ -68,8 +70,52 @@ pub enum Error {
     ResourcesExhausted(String),
     /// The tail source failed (ours, HTTP 500 / Internal).
     #[error("reading unflushed data: {0}")]
-    Tail(String),
+    Tail(#[source] TailError),
+    /// The store of the Parquet files cannot be opened (a bad URL or
+    /// bucket name is the caller's fault; see [`StoreError`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The object store failed (ours).
+    #[error("{context}: {source}")]
+    ObjectStore {
+        /// What was being done, on which key.
+        context: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A Parquet file's footer or rows do not read (ours, or a damaged file).
+    #[error("{context}: {source}")]
+    Parquet {
+        /// What was being read.
+        context: String,
+        /// The reader's error.
+        #[source]
+        source: DataFusionError,
+    },
+    /// Arrow could not render or convert a result (ours).
+    #[error("{context}: {source}")]
+    Arrow {
+        /// What was being done.
+        context: &'static str,
+        /// Arrow's error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A query that ran on a Ballista cluster failed there.
+    #[error("on the Ballista cluster --ballista {url}: {source}")]
+    Cluster {
+        /// The scheduler's URL.
+        url: String,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// Anything else DataFusion reports (ours, HTTP 500 / Internal).
+    #[error("query failed: {0}")]
+    DataFusion(#[source] DataFusionError),
+    /// Something that cannot happen did: a thread did not start or
+    /// panicked (ours, HTTP 500 / Internal).
     #[error("query failed: {0}")]
     Internal(String),
 }
@@ -84,7 +130,7 @@ impl From<DataFusionError> for Error {
             DataFusionError::SQL(p, None) => Error::Invalid(format!("SQL syntax error: {p}")),
             DataFusionError::SchemaError(s, _) => Error::Invalid(format!("error in query: {s}")),
             DataFusionError::NotImplemented(m) => Error::Invalid(format!("not supported: {m}")),
-            other => Error::Internal(other.to_string()),
+            _ => Error::DataFusion(e),
         }
     }
 }

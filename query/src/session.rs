@@ -1,6 +1,5 @@
 //! The one session factory.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,8 +58,12 @@ pub struct TailSnapshot {
 pub trait TailSource: Send + Sync {
     /// A consistent snapshot: the watermark and the rows above it, read
     /// at one point in time.
-    fn snapshot(&self) -> std::result::Result<TailSnapshot, String>;
+    fn snapshot(&self) -> std::result::Result<TailSnapshot, TailError>;
 }
+
+/// Why a [`TailSource`] could not give a snapshot (its own error, kept
+/// whole).
+pub type TailError = Box<dyn std::error::Error + Send + Sync>;
 
 /// No unflushed tail: every Parquet file is read, whatever its range
 /// (for files written outside a running collector, such as benchmarks).
@@ -68,24 +71,9 @@ pub trait TailSource: Send + Sync {
 pub struct FilesOnly;
 
 impl TailSource for FilesOnly {
-    fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
+    fn snapshot(&self) -> std::result::Result<TailSnapshot, TailError> {
         Ok(TailSnapshot { watermark: u64::MAX, batches: Vec::new() })
     }
-}
-
-/// The sequence range `(from, to)` a flushed file covers, parsed from its
-/// name `{from:020}-{to:020}.parquet`.
-pub fn flushed_range_of(path: &Path) -> Option<(u64, u64)> {
-    let stem = path.file_name()?.to_str()?.strip_suffix(".parquet")?;
-    let (from, to) = stem.split_once('-')?;
-    Some((from.parse().ok()?, to.parse().ok()?))
-}
-
-/// True when flushed range `inner` lies inside `outer` (of another file):
-/// a compaction merged it into that file. Readers skip such a file, and
-/// compaction never merges it again.
-pub fn range_within(inner: (u64, u64), outer: (u64, u64)) -> bool {
-    outer.0 <= inner.0 && inner.1 <= outer.1
 }
 
 /// Builds every DataFusion session: read-only, with the leakwatch tables
@@ -217,7 +205,9 @@ impl SessionFactory {
 /// only when a query runs.
 fn on_cluster(cluster: Option<&str>, e: Error) -> Error {
     match (cluster, e) {
-        (Some(url), Error::Internal(m)) => Error::Internal(format!("on the Ballista cluster --ballista {url}: {m}")),
+        (Some(url), e @ (Error::Internal(_) | Error::DataFusion(_))) => {
+            Error::Cluster { url: url.to_string(), source: Box::new(e) }
+        }
         (_, e) => e,
     }
 }
@@ -602,13 +592,13 @@ fn in_schema(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .zip(schema.fields())
         .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|source| Error::Arrow { context: "casting a batch to the declared schema", source })?;
     RecordBatch::try_new_with_options(
         schema.clone(),
         columns,
         &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )
-    .map_err(|e| Error::Internal(format!("batch does not fit the declared schema: {e}")))
+    .map_err(|source| Error::Arrow { context: "batch does not fit the declared schema", source })
 }
 
 #[cfg(test)]
@@ -621,7 +611,7 @@ mod tests {
     struct FixedTail(TailSnapshot);
 
     impl TailSource for FixedTail {
-        fn snapshot(&self) -> std::result::Result<TailSnapshot, String> {
+        fn snapshot(&self) -> std::result::Result<TailSnapshot, TailError> {
             Ok(self.0.clone())
         }
     }
@@ -634,7 +624,7 @@ mod tests {
         b.finish()
     }
 
-    fn write_file(dir: &Path, name: &str, batch: &RecordBatch) {
+    fn write_file(dir: &std::path::Path, name: &str, batch: &RecordBatch) {
         let day = dir.join("flows/day=2026-10-01");
         std::fs::create_dir_all(&day).expect("mkdir");
         let file = std::fs::File::create(day.join(name)).expect("create");

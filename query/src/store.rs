@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry as _, ObjectStoreUrl};
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
@@ -27,6 +28,8 @@ use object_store::{
     PutOptions, PutPayload, PutResult,
 };
 
+use crate::files::FlowFile;
+
 /// How to reach an S3-compatible store. Credentials come from the usual
 /// AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 /// `AWS_SESSION_TOKEN`); these fields override `AWS_ENDPOINT_URL` and
@@ -42,21 +45,83 @@ pub struct S3Options {
     pub credentials: Option<(String, String)>,
 }
 
+/// A store of Parquet files that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not an `s3://` URL (the caller's fault).
+    #[error("store {url:?}: expected s3://BUCKET/PREFIX")]
+    NotS3 {
+        /// The URL given.
+        url: String,
+    },
+    /// The bucket's name is not one S3 allows (the caller's fault).
+    #[error("store {url:?}: bucket {bucket:?} must be 3 to 63 characters of a-z, 0-9, '-' and '.'")]
+    Bucket {
+        /// The URL given.
+        url: String,
+        /// Its bucket.
+        bucket: String,
+    },
+    /// The S3 client could not be made from the settings and environment.
+    #[error("S3 store for bucket {bucket:?}: {source}")]
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The client's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local directory's path does not resolve.
+    #[error("{path}: {source}")]
+    LocalPath {
+        /// The path.
+        path: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local directory's path is not one the object store takes.
+    #[error("{path}: {source}")]
+    StorePath {
+        /// The path.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: object_store::path::Error,
+    },
+    /// The bucket does not make a store URL.
+    #[error("bucket {bucket:?}: {source}")]
+    Url {
+        /// The bucket.
+        bucket: String,
+        /// DataFusion's error.
+        #[source]
+        source: DataFusionError,
+    },
+}
+
+impl StoreError {
+    /// Whether the caller gave a bad URL (not the store failing).
+    pub fn is_callers(&self) -> bool {
+        matches!(self, Self::NotS3 { .. } | Self::Bucket { .. })
+    }
+}
+
 /// `s3://BUCKET/PREFIX` split into the bucket and the key prefix (without
 /// slashes at either end; may be empty).
-pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("s3://").ok_or_else(|| format!("store {url:?}: expected s3://BUCKET/PREFIX"))?;
+pub fn parse_s3_url(url: &str) -> Result<(String, String), StoreError> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| StoreError::NotS3 { url: url.to_string() })?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     if bucket.len() < 3 || bucket.len() > 63 || !bucket.chars().all(valid) {
-        return Err(format!("store {url:?}: bucket {bucket:?} must be 3 to 63 characters of a-z, 0-9, '-' and '.'"));
+        return Err(StoreError::Bucket { url: url.to_string(), bucket: bucket.to_string() });
     }
     Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
 }
 
 /// An S3 client for `bucket` with `options`, the AWS environment filling
 /// in what they leave out.
-pub fn s3_store(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, String> {
+pub fn s3_store(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
@@ -67,7 +132,7 @@ pub fn s3_store(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore
     if let Some((key_id, secret)) = &options.credentials {
         builder = builder.with_access_key_id(key_id).with_secret_access_key(secret);
     }
-    Ok(Arc::new(builder.build().map_err(|e| format!("S3 store for bucket {bucket:?}: {e}"))?))
+    Ok(Arc::new(builder.build().map_err(|source| StoreError::S3 { bucket: bucket.to_string(), source })?))
 }
 
 /// Where the flushed `flows` files are: `ROOT/flows/day=YYYY-MM-DD/*.parquet`
@@ -114,9 +179,11 @@ impl fmt::Display for FlowStore {
 impl FlowStore {
     /// The files of one collector under the local directory `dir` (which
     /// holds `flows/`; it need not exist yet).
-    pub fn local(dir: &std::path::Path) -> Result<Self, String> {
-        let abs = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let root = Path::from_absolute_path(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+    pub fn local(dir: &std::path::Path) -> Result<Self, StoreError> {
+        let abs = std::path::absolute(dir)
+            .map_err(|source| StoreError::LocalPath { path: dir.display().to_string(), source })?;
+        let root = Path::from_absolute_path(&abs)
+            .map_err(|source| StoreError::StorePath { path: abs.display().to_string(), source })?;
         Ok(Self {
             store: Arc::new(ReadOnlyStore::local(&abs)),
             url: ObjectStoreUrl::local_filesystem(),
@@ -133,7 +200,7 @@ impl FlowStore {
     /// The files of every collector under `s3://BUCKET/PREFIX`; the
     /// watermark applies to collector `own`'s (None: to none, as for a
     /// reader that is no collector).
-    pub fn s3(url: &str, options: &S3Options, own: Option<&str>) -> Result<Self, String> {
+    pub fn s3(url: &str, options: &S3Options, own: Option<&str>) -> Result<Self, StoreError> {
         let (bucket, prefix) = parse_s3_url(url)?;
         Self::in_bucket(s3_store(&bucket, options)?, &bucket, &prefix, own)
     }
@@ -145,9 +212,10 @@ impl FlowStore {
         bucket: &str,
         prefix: &str,
         own: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StoreError> {
         let root = Path::from(prefix);
-        let url = ObjectStoreUrl::parse(format!("s3://{bucket}")).map_err(|e| format!("bucket {bucket:?}: {e}"))?;
+        let url = ObjectStoreUrl::parse(format!("s3://{bucket}"))
+            .map_err(|source| StoreError::Url { bucket: bucket.to_string(), source })?;
         let store = ReadOnlyStore { inner: client, roots: vec![root.clone()] };
         Ok(Self {
             store: Arc::new(store),
@@ -189,23 +257,19 @@ impl FlowStore {
             let meta = match meta {
                 Ok(meta) => meta,
                 Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(crate::Error::Internal(format!("listing {self}: {e}"))),
+                Err(source) => return Err(crate::Error::ObjectStore { context: format!("listing {self}"), source }),
             };
             let Some(parts) = meta.location.prefix_match(&self.root) else { continue };
             let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
-            let n = parts.len();
-            if n < 3 || parts[n - 3] != "flows" || !parts[n - 2].starts_with("day=") {
-                continue;
-            }
-            let collector = parts[..n - 3].join("/");
+            let Some((collector, file)) = FlowFile::parse(&parts) else { continue };
+            let collector = collector.join("/");
             if !self.shared && !collector.is_empty() {
                 continue;
             }
-            let Some(range) = crate::flushed_range_of(std::path::Path::new(&parts[n - 1])) else { continue };
-            if self.own.as_deref() == Some(collector.as_str()) && range.1 > watermark {
+            if self.own.as_deref() == Some(collector.as_str()) && file.to > watermark {
                 continue;
             }
-            groups.entry((collector, parts[n - 2].clone())).or_default().push((meta, range));
+            groups.entry((collector, file.day)).or_default().push((meta, (file.from, file.to)));
         }
         let mut out = Vec::new();
         for ((collector, _), ranged) in groups {
@@ -336,7 +400,7 @@ impl FlowStore {
         let listed = footer
             .file_metadata()
             .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|kv| kv.key == crate::copies::BATCHES_KEY))
+            .and_then(|kv| kv.iter().find(|kv| kv.key == crate::files::BATCHES_KEY))
             .and_then(|kv| kv.value.as_deref())
             .map(crate::copies::parse_batch_list);
         match listed {
@@ -357,17 +421,19 @@ async fn batch_columns_of(
     use datafusion::parquet::arrow::arrow_reader::ArrowReaderMetadata;
     use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
     use futures::TryStreamExt as _;
-    let failed =
-        |e: &dyn fmt::Display| crate::Error::Internal(format!("reading the batches of {}: {e}", meta.location));
-    let metadata = ArrowReaderMetadata::try_new(footer.clone(), Default::default()).map_err(|e| failed(&e))?;
+    let failed = |e: ParquetError| crate::Error::Parquet {
+        context: format!("reading the batches of {}", meta.location),
+        source: DataFusionError::from(e),
+    };
+    let metadata = ArrowReaderMetadata::try_new(footer.clone(), Default::default()).map_err(failed)?;
     let mask = ProjectionMask::columns(metadata.parquet_schema(), ["agent_id", "batch_id"]);
     let reader = RangeReader { store, path: meta.location.clone(), footer };
     let mut rows = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
         .with_projection(mask)
         .build()
-        .map_err(|e| failed(&e))?;
+        .map_err(failed)?;
     let mut pairs = HashSet::new();
-    while let Some(batch) = rows.try_next().await.map_err(|e| failed(&e))? {
+    while let Some(batch) = rows.try_next().await.map_err(failed)? {
         crate::copies::batch_pairs([&batch], &mut pairs);
     }
     Ok(pairs.into_iter().collect())
@@ -411,7 +477,7 @@ pub async fn footer_of(store: &dyn ObjectStore, meta: &ObjectMeta) -> crate::Res
     DFParquetMetadata::new(store, meta)
         .fetch_metadata()
         .await
-        .map_err(|e| crate::Error::Internal(format!("reading the footer of {}: {e}", meta.location)))
+        .map_err(|source| crate::Error::Parquet { context: format!("reading the footer of {}", meta.location), source })
 }
 
 /// A flushed file a query reads.

@@ -1,4 +1,6 @@
 //! Flow table: decoded packets in, one [`FlowSummary`] per destination out.
+//! [`table`] builds connections, [`naming`] names their destinations,
+//! [`sums`] sums them per destination.
 //!
 //! Packets are first grouped into connections (5-tuples, direction taken
 //! from the TCP handshake or the first packet, flipped when only the sender
@@ -14,10 +16,13 @@
 
 mod chunked;
 mod community_id;
+mod naming;
+mod sums;
 mod table;
 
 pub use community_id::{community_id, community_id_seeded};
+pub use naming::{NameSource, is_encrypted_dns};
+pub use sums::{FlowSummary, FlowSums, MAX_DESTINATIONS};
 pub use table::{
-    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowSummary, FlowSums, FlowTable, InitiatorCounts,
-    MAX_CONNECTIONS, MAX_DESTINATIONS, NameSource, Origin, is_encrypted_dns,
+    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowTable, InitiatorCounts, MAX_CONNECTIONS, Origin,
 };

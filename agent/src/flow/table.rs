@@ -1,92 +1,15 @@
-//! The connection and destination tables.
+//! The connection table: packets into connections (5-tuples, who opened
+//! each), with the DNS lookups and DHCP handshakes seen on the way.
 
-use std::collections::{BTreeMap, HashMap};
-
-use rustc_hash::FxHashMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
+use rustc_hash::FxHashMap;
+
 use super::community_id::community_id;
+use super::naming::{HelloState, NameSource, NamingRef};
 use crate::capture::{Packet, Transport};
-use crate::parsers::{dns, http, quic, tls};
-
-/// How much of a client's stream is kept while looking for a ClientHello.
-const MAX_HELLO_BYTES: usize = 64 * 1024;
-/// Segments kept per connection while reassembling the ClientHello.
-const MAX_HELLO_SEGMENTS: usize = 64;
-
-/// Where a flow's domain name came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum NameSource {
-    /// Nothing names the destination.
-    None,
-    /// A DNS answer earlier in the capture.
-    Dns,
-    /// The HTTP Host header.
-    Http,
-    /// The SNI of the ClientHello in a QUIC Initial.
-    Quic,
-    /// The TLS ClientHello's SNI.
-    Sni,
-}
-
-impl NameSource {
-    /// "none", "dns", "http", "quic" or "sni".
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Dns => "dns",
-            Self::Http => "http",
-            Self::Quic => "quic",
-            Self::Sni => "sni",
-        }
-    }
-}
-
-/// Aggregated traffic to one destination.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FlowSummary {
-    /// Destination address.
-    pub dst_ip: IpAddr,
-    /// Destination port.
-    pub dst_port: u16,
-    /// Transport.
-    pub transport: Transport,
-    /// First packet, microseconds since the Unix epoch.
-    pub first_us: i64,
-    /// Last packet, microseconds since the Unix epoch.
-    pub last_us: i64,
-    /// Transport payload bytes device → destination.
-    pub bytes_out: u64,
-    /// Transport payload bytes destination → device.
-    pub bytes_in: u64,
-    /// Packets device → destination.
-    pub packets_out: u64,
-    /// Packets destination → device.
-    pub packets_in: u64,
-    /// Best known name of the destination (unscrubbed; the anonymiser
-    /// scrubs it).
-    pub domain: Option<String>,
-    /// Where `domain` came from.
-    pub name_source: NameSource,
-    /// SNI of the first ClientHello on this destination.
-    pub sni: Option<String>,
-    /// ALPN offered in that ClientHello.
-    pub alpn: Vec<String>,
-    /// DNS over TLS (port 853) or a known DNS-over-HTTPS endpoint.
-    pub encrypted_dns: bool,
-    /// Application that opened the flow, when the capture source says.
-    pub app: Option<String>,
-    /// JA4 fingerprint of the TLS or QUIC ClientHello, if one was seen.
-    pub fingerprint: Option<String>,
-    /// Connections summed into this flow.
-    pub connections: u64,
-    /// Mean seconds between successive connection starts (0 with fewer
-    /// than two connections).
-    pub interval_mean_s: f64,
-    /// Standard deviation of those gaps over their mean (0 with fewer than
-    /// three connections).
-    pub interval_cv: f64,
-}
+use crate::parsers::dns;
 
 /// The LAN side of a connection or lookup: who sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -165,14 +88,6 @@ pub struct Connection {
     pub alpn: Vec<String>,
 }
 
-struct NamingRef<'a> {
-    domain: Option<&'a str>,
-    name_source: NameSource,
-    sni: Option<&'a str>,
-    alpn: &'a [String],
-    fingerprint: Option<&'a str>,
-}
-
 /// What the capture says about the device that initiated the flows; the
 /// caller turns it into a pseudonym and never sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -212,9 +127,9 @@ impl InitiatorCounts {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Endpoint {
-    ip: IpAddr,
-    port: u16,
+pub(super) struct Endpoint {
+    pub(super) ip: IpAddr,
+    pub(super) port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,34 +149,26 @@ impl ConnKey {
 }
 
 #[derive(Debug)]
-struct Conn {
-    transport: Transport,
-    fin_out: bool,
-    fin_in: bool,
-    rst: bool,
-    initiator: Endpoint,
-    responder: Endpoint,
-    initiator_mac: Option<[u8; 6]>,
-    first_us: i64,
-    last_us: i64,
-    bytes_out: u64,
-    bytes_in: u64,
-    ip_bytes_out: u64,
-    ip_bytes_in: u64,
-    packets_out: u64,
-    packets_in: u64,
-    dns_name: Option<Box<str>>,
-    hello: HelloState,
-    http_host: Option<Box<str>>,
-    app: Option<Box<str>>,
-}
-
-#[derive(Debug)]
-enum HelloState {
-    Collecting { base: Option<u32>, segments: BTreeMap<u32, Vec<u8>>, bytes: usize },
-    Quic(Box<quic::InitialState>),
-    Found(Box<tls::ClientHello>, NameSource),
-    Done,
+pub(super) struct Conn {
+    pub(super) transport: Transport,
+    pub(super) fin_out: bool,
+    pub(super) fin_in: bool,
+    pub(super) rst: bool,
+    pub(super) initiator: Endpoint,
+    pub(super) responder: Endpoint,
+    pub(super) initiator_mac: Option<[u8; 6]>,
+    pub(super) first_us: i64,
+    pub(super) last_us: i64,
+    pub(super) bytes_out: u64,
+    pub(super) bytes_in: u64,
+    pub(super) ip_bytes_out: u64,
+    pub(super) ip_bytes_in: u64,
+    pub(super) packets_out: u64,
+    pub(super) packets_in: u64,
+    pub(super) dns_name: Option<Box<str>>,
+    pub(super) hello: HelloState,
+    pub(super) http_host: Option<Box<str>>,
+    pub(super) app: Option<Box<str>>,
 }
 
 /// Builds connections and destinations from packets of one device.
@@ -270,10 +177,10 @@ pub struct FlowTable {
     /// The current connection of each 5-tuple, as an index into `all`.
     conns: FxHashMap<ConnKey, usize>,
     /// Every connection, in order of first packet.
-    all: super::chunked::Chunked<Conn>,
+    pub(super) all: super::chunked::Chunked<Conn>,
     /// Connections not tracked because the table was full.
     pub untracked_connections: u64,
-    dns: FxHashMap<IpAddr, String>,
+    pub(super) dns: FxHashMap<IpAddr, String>,
     lookups: Vec<DnsLookup>,
     lookup_index: FxHashMap<(Origin, String), usize>,
     dhcp: Vec<DhcpHandshake>,
@@ -281,22 +188,12 @@ pub struct FlowTable {
     pub dns_errors: u64,
 }
 
-/// A destination within a group, per application.
-type DestKey<K> = (K, IpAddr, u16, Transport, Option<Box<str>>);
-
 /// Most connections a table holds at once; more are counted in
 /// [`FlowTable::untracked_connections`] and left out. Import and live
 /// capture hand finished connections on (see [`FlowTable::drain_idle`]),
 /// so this bounds the connections open at one time (each takes a few
 /// hundred bytes, more while its ClientHello is being put together).
 pub const MAX_CONNECTIONS: usize = 250_000;
-
-/// Most distinct destinations one [`FlowSums`] holds; connections to more
-/// are counted in [`FlowSums::untracked_connections`] and left out, so
-/// that memory stays bounded however many destinations a capture holds
-/// (a device's boot contacts tens to hundreds; a million took the agent
-/// to a gigabyte).
-pub const MAX_DESTINATIONS: usize = 100_000;
 
 /// Idle time after which traffic on the same 5-tuple is a new connection
 /// (Zeek's defaults: 5 minutes for TCP, 1 minute for UDP).
@@ -382,7 +279,7 @@ impl FlowTable {
                 packets_out: 0,
                 packets_in: 0,
                 dns_name,
-                hello: HelloState::Collecting { base: None, segments: BTreeMap::new(), bytes: 0 },
+                hello: HelloState::new(),
                 http_host: None,
                 app: None,
             });
@@ -476,28 +373,6 @@ impl FlowTable {
             }
             None => self.dns_errors += 1,
         }
-    }
-
-    /// How a connection's destination is named, by the attribution order;
-    /// borrowed, so that summing connections copies a name only where it is
-    /// kept.
-    fn naming_ref<'a>(&'a self, conn: &'a Conn) -> NamingRef<'a> {
-        let (sni, alpn, hello_source, fingerprint) = match &conn.hello {
-            HelloState::Found(h, source) => (h.sni.as_deref(), h.alpn.as_slice(), *source, h.fingerprint.as_deref()),
-            _ => (None, &[][..], NameSource::None, None),
-        };
-        let (domain, name_source) = if let Some(s) = sni {
-            (Some(s), hello_source)
-        } else if let Some(h) = &conn.http_host {
-            (Some(&**h), NameSource::Http)
-        } else if let Some(d) =
-            conn.dns_name.as_deref().or_else(|| self.dns.get(&conn.responder.ip).map(String::as_str))
-        {
-            (Some(d), NameSource::Dns)
-        } else {
-            (None, NameSource::None)
-        };
-        NamingRef { domain, name_source, sni, alpn, fingerprint }
     }
 
     /// Moves finished connections into a new table, with every DNS lookup
@@ -597,273 +472,6 @@ impl FlowTable {
         out.sort_by_key(|c| c.first_us);
         out
     }
-
-    /// Sums connections per destination, in order of first contact.
-    pub fn summaries(&self) -> Vec<FlowSummary> {
-        self.summaries_grouped(|_, _| Some(())).remove(&()).unwrap_or_default()
-    }
-
-    /// Sums connections per group and destination; `group` maps a
-    /// connection's origin and first packet time to its group (`None`
-    /// leaves the connection out). Each group's flows are in order of first
-    /// contact.
-    pub fn summaries_grouped<K: Ord + Clone + std::hash::Hash>(
-        &self,
-        group: impl Fn(Origin, i64) -> Option<K>,
-    ) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
-        let mut sums = FlowSums::default();
-        sums.add(self, group);
-        sums.finish()
-    }
-}
-
-/// Per-destination sums built from one table or from the successive
-/// tables [`FlowTable::drain_finished`] hands out, with the same result:
-/// the first SNI and the best name are those of the earliest connection
-/// that had them, and the gaps between connection starts are taken in
-/// time order, whichever table a connection came in.
-#[derive(Debug)]
-pub struct FlowSums<K> {
-    /// Connections left out because [`MAX_DESTINATIONS`] destinations were
-    /// held already.
-    pub untracked_connections: u64,
-    by_dest: FxHashMap<DestKey<K>, DestSums>,
-    /// Each group's index in `flows`.
-    groups: FxHashMap<K, usize>,
-    /// Each group's flows, in order of first sight.
-    flows: Vec<Vec<FlowSummary>>,
-}
-
-#[derive(Debug)]
-struct DestSums {
-    /// Where its flow is: group, then index in the group's list.
-    at: (usize, usize),
-    /// Start of each connection summed in.
-    starts: Vec<i64>,
-    /// First packet of the connection that gave the domain and the SNI.
-    domain_from_us: i64,
-    sni_from_us: i64,
-}
-
-impl<K> Default for FlowSums<K> {
-    fn default() -> Self {
-        Self {
-            untracked_connections: 0,
-            by_dest: FxHashMap::default(),
-            groups: FxHashMap::default(),
-            flows: Vec::new(),
-        }
-    }
-}
-
-impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
-    /// Adds the connections of `table`, named with its DNS answers.
-    pub fn add(&mut self, table: &FlowTable, group: impl Fn(Origin, i64) -> Option<K>) {
-        for conn in &table.all {
-            let origin = Origin { mac: conn.initiator_mac, ip: conn.initiator.ip };
-            let Some(g) = group(origin, conn.first_us) else { continue };
-            let n = table.naming_ref(conn);
-            let encrypted = is_encrypted_dns(conn.responder.port, n.domain);
-            let dest = (g, conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
-            let full = self.by_dest.len() >= MAX_DESTINATIONS;
-            match self.by_dest.get_mut(&dest) {
-                Some(d) => {
-                    d.starts.push(conn.first_us);
-                    let f = &mut self.flows[d.at.0][d.at.1];
-                    f.connections += 1;
-                    f.encrypted_dns |= encrypted;
-                    f.first_us = f.first_us.min(conn.first_us);
-                    f.last_us = f.last_us.max(conn.last_us);
-                    f.bytes_out += conn.bytes_out;
-                    f.bytes_in += conn.bytes_in;
-                    f.packets_out += conn.packets_out;
-                    f.packets_in += conn.packets_in;
-                    if n.name_source > f.name_source
-                        || (n.name_source == f.name_source && conn.first_us < d.domain_from_us)
-                    {
-                        f.domain = n.domain.map(str::to_string);
-                        f.name_source = n.name_source;
-                        d.domain_from_us = conn.first_us;
-                    }
-                    if n.sni.is_some() && (f.sni.is_none() || conn.first_us < d.sni_from_us) {
-                        f.sni = n.sni.map(str::to_string);
-                        f.alpn = n.alpn.to_vec();
-                        f.fingerprint = n.fingerprint.map(str::to_string);
-                        d.sni_from_us = conn.first_us;
-                    }
-                }
-                None if full => self.untracked_connections += 1,
-                None => {
-                    let next = self.flows.len();
-                    let group = *self.groups.entry(dest.0.clone()).or_insert(next);
-                    if group == next {
-                        self.flows.push(Vec::new());
-                    }
-                    let out = &mut self.flows[group];
-                    let sums = DestSums {
-                        at: (group, out.len()),
-                        starts: vec![conn.first_us],
-                        domain_from_us: conn.first_us,
-                        sni_from_us: conn.first_us,
-                    };
-                    self.by_dest.insert(dest, sums);
-                    out.push(FlowSummary {
-                        dst_ip: conn.responder.ip,
-                        dst_port: conn.responder.port,
-                        transport: conn.transport,
-                        first_us: conn.first_us,
-                        last_us: conn.last_us,
-                        bytes_out: conn.bytes_out,
-                        bytes_in: conn.bytes_in,
-                        packets_out: conn.packets_out,
-                        packets_in: conn.packets_in,
-                        domain: n.domain.map(str::to_string),
-                        name_source: n.name_source,
-                        encrypted_dns: encrypted,
-                        sni: n.sni.map(str::to_string),
-                        alpn: n.alpn.to_vec(),
-                        app: conn.app.as_deref().map(str::to_string),
-                        fingerprint: n.fingerprint.map(str::to_string),
-                        connections: 1,
-                        interval_mean_s: 0.0,
-                        interval_cv: 0.0,
-                    });
-                }
-            }
-        }
-    }
-
-    /// The flows per group, each group's in order of first contact, with
-    /// the gaps between connection starts worked out.
-    pub fn finish(self) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
-        let Self { by_dest, groups, mut flows, .. } = self;
-        for (_, d) in by_dest {
-            let Some(f) = flows.get_mut(d.at.0).and_then(|out| out.get_mut(d.at.1)) else { continue };
-            let mut starts = d.starts;
-            starts.sort_unstable();
-            let (mut n, mut sum, mut sumsq) = (0u64, 0.0f64, 0.0f64);
-            for w in starts.windows(2) {
-                let gap = (w[1] - w[0]) as f64 / 1e6;
-                n += 1;
-                sum += gap;
-                sumsq += gap * gap;
-            }
-            if n >= 1 {
-                let mean = sum / n as f64;
-                f.interval_mean_s = mean;
-                if n >= 2 && mean > 0.0 {
-                    let var = (sumsq / n as f64 - mean * mean).max(0.0);
-                    f.interval_cv = var.sqrt() / mean;
-                }
-            }
-        }
-        groups
-            .into_iter()
-            .map(|(group, i)| {
-                let mut out = std::mem::take(&mut flows[i]);
-                out.sort_by_key(|f| f.first_us);
-                (group, out)
-            })
-            .collect()
-    }
-}
-
-impl HelloState {
-    /// A found hello keeps its fingerprint, not the lists it is made of.
-    fn found(mut h: tls::ClientHello, source: NameSource) -> Self {
-        h.fingerprint = Some(h.ja4_memo(source == NameSource::Quic));
-        h.shape = tls::HelloShape::default();
-        Self::Found(Box::new(h), source)
-    }
-}
-
-impl Conn {
-    fn client_datagram(&mut self, payload: &[u8]) {
-        if let HelloState::Collecting { .. } = self.hello {
-            self.hello = match quic::InitialState::new(payload) {
-                Some(state) => HelloState::Quic(Box::new(state)),
-                None => HelloState::Done,
-            };
-        }
-        let HelloState::Quic(state) = &mut self.hello else { return };
-        match state.feed(payload) {
-            quic::Progress::Hello(h) => self.hello = HelloState::found(h, NameSource::Quic),
-            quic::Progress::NeedMore => {}
-            quic::Progress::Failed => self.hello = HelloState::Done,
-        }
-    }
-
-    fn client_segment(&mut self, p: &Packet<'_>) {
-        let HelloState::Collecting { base, segments, bytes } = &mut self.hello else {
-            return;
-        };
-        if p.syn {
-            *base = Some(p.seq.wrapping_add(1));
-            return;
-        }
-        if p.payload.is_empty() {
-            return;
-        }
-        if segments.len() >= MAX_HELLO_SEGMENTS || *bytes + p.payload.len() > MAX_HELLO_BYTES {
-            self.hello = HelloState::Done;
-            return;
-        }
-        if segments.is_empty() && base.is_none_or(|b| b == p.seq) {
-            // The stream's first bytes, as they came (most hellos fit in one
-            // segment): looked at in place, kept only when more must follow.
-            if !self.inspect_stream(p.payload)
-                && let HelloState::Collecting { segments, bytes, .. } = &mut self.hello
-            {
-                *bytes += p.payload.len();
-                segments.insert(p.seq, p.payload.to_vec());
-            }
-            return;
-        }
-        *bytes += p.payload.len();
-        segments.entry(p.seq).or_insert_with(|| p.payload.to_vec());
-        // Without a SYN the stream starts at the lowest sequence seen.
-        let start = base.unwrap_or_else(|| segments.keys().next().copied().unwrap_or(p.seq));
-        let mut stream = Vec::new();
-        let mut next = start;
-        for (&seq, data) in segments.range(start..) {
-            if seq != next {
-                if seq.wrapping_sub(next) < u32::MAX / 2 && seq > next {
-                    break; // gap
-                }
-                continue;
-            }
-            stream.extend_from_slice(data);
-            next = seq.wrapping_add(data.len() as u32);
-        }
-        if !stream.is_empty() {
-            self.inspect_stream(&stream);
-        }
-    }
-
-    /// Looks for an HTTP request or a TLS ClientHello at the start of the
-    /// client's stream; false while more bytes may decide it.
-    fn inspect_stream(&mut self, stream: &[u8]) -> bool {
-        if self.http_host.is_none()
-            && let Some(host) = http::request_host(stream)
-        {
-            self.http_host = Some(host.into());
-            self.hello = HelloState::Done;
-            return true;
-        }
-        match tls::parse_client_hello(stream) {
-            tls::Parse::Hello(h) => self.hello = HelloState::found(h, NameSource::Sni),
-            tls::Parse::NeedMore(_) => return false,
-            tls::Parse::NotTls => {
-                // An HTTP request line may still be arriving.
-                let maybe_http = stream.len() < 16 && stream.iter().all(u8::is_ascii_uppercase);
-                if maybe_http {
-                    return false;
-                }
-                self.hello = HelloState::Done;
-            }
-        }
-        true
-    }
 }
 
 /// The DNS message in a packet to or from port 53 (TCP: one whole message
@@ -906,44 +514,13 @@ fn dhcp_client(payload: &[u8]) -> Option<[u8; 6]> {
     None
 }
 
-/// Well-known DNS-over-HTTPS endpoints (public resolvers and the browser
-/// defaults), by host name.
-const DOH_HOSTS: [&str; 16] = [
-    "dns.google",
-    "dns.google.com",
-    "cloudflare-dns.com",
-    "mozilla.cloudflare-dns.com",
-    "chrome.cloudflare-dns.com",
-    "one.one.one.one",
-    "1dot1dot1dot1.cloudflare-dns.com",
-    "security.cloudflare-dns.com",
-    "family.cloudflare-dns.com",
-    "dns.quad9.net",
-    "dns11.quad9.net",
-    "doh.opendns.com",
-    "dns.nextdns.io",
-    "doh.cleanbrowsing.org",
-    "dns.adguard-dns.com",
-    "doh.dns.sb",
-];
-
-/// DNS over TLS (destination port 853) or DNS over HTTPS to a known
-/// endpoint (port 443 with one of [`DOH_HOSTS`] as its name).
-pub fn is_encrypted_dns(port: u16, name: Option<&str>) -> bool {
-    port == 853
-        || (port == 443
-            && name.is_some_and(|n| {
-                let n = n.trim_end_matches('.').to_ascii_lowercase();
-                DOH_HOSTS.contains(&n.as_str())
-            }))
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
 
-    use super::{FlowTable, is_encrypted_dns};
+    use super::FlowTable;
     use crate::capture::{Packet, Transport};
+    use crate::flow::is_encrypted_dns;
 
     fn packet(ts_us: i64, from_client: bool, transport: Transport, flags: (bool, bool, bool)) -> Packet<'static> {
         let (client, server): (IpAddr, IpAddr) =

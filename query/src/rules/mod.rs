@@ -67,7 +67,13 @@ pub struct Rule {
     pub sql: String,
 }
 
-fn parse_rule(text: &str) -> std::result::Result<Rule, String> {
+/// A rule file whose header does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule file: {0}")]
+pub struct RuleFileError(String);
+
+fn parse_rule(text: &str) -> std::result::Result<Rule, RuleFileError> {
+    let bad = RuleFileError;
     let mut rule = Rule {
         name: String::new(),
         title: String::new(),
@@ -91,17 +97,17 @@ fn parse_rule(text: &str) -> std::result::Result<Rule, String> {
                 "param" => {
                     let (decl, description) = value.split_once('|').unwrap_or((value, ""));
                     let (name, default) =
-                        decl.split_once('=').ok_or_else(|| format!("param line {value:?} has no '='"))?;
+                        decl.split_once('=').ok_or_else(|| bad(format!("param line {value:?} has no '='")))?;
                     rule.params.push(Param {
                         name: name.trim().to_string(),
                         default: default
                             .trim()
                             .parse()
-                            .map_err(|_| format!("param {name:?}: default is not a number"))?,
+                            .map_err(|_| bad(format!("param {name:?}: default is not a number")))?,
                         description: description.trim().to_string(),
                     });
                 }
-                other => return Err(format!("unknown header key {other:?}")),
+                other => return Err(bad(format!("unknown header key {other:?}"))),
             },
             _ => {
                 in_header = false;
@@ -111,10 +117,10 @@ fn parse_rule(text: &str) -> std::result::Result<Rule, String> {
     }
     rule.sql = body.join("\n");
     if rule.name.is_empty() || rule.sql.trim().is_empty() {
-        return Err("a rule needs a name and SQL".into());
+        return Err(bad("a rule needs a name and SQL".into()));
     }
     if let Some(c) = rule.public.iter().find(|c| !rule.columns.contains(c)) {
-        return Err(format!("public column {c:?} is not one of the rule's columns"));
+        return Err(bad(format!("public column {c:?} is not one of the rule's columns")));
     }
     Ok(rule)
 }

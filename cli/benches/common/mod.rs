@@ -1,0 +1,151 @@
+//! What the collector benchmarks share: the simulated fleet, once through
+//! agent and collector, and copies of its rows written as flushed Parquet.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array as _, ArrayRef, RecordBatch, StringArray};
+use leakwatch_collector::server::{ServeConfig, Server};
+
+// The collector binary's allocator (see `src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A temporary directory under `BENCH_DIR` (default the system temp dir),
+/// left in place when `BENCH_KEEP` is set, to run other SQL on its files.
+pub fn bench_dir() -> tempfile::TempDir {
+    let base_dir = std::env::var_os("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base_dir).expect("bench dir");
+    let mut dir = tempfile::tempdir_in(&base_dir).expect("tempdir");
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        println!("  BENCH_KEEP is set: the files stay in {}", dir.path().display());
+    }
+    // Every temporary directory of the run goes inside this one, so it
+    // goes with it: Ballista's in-process executors keep their shuffle
+    // files (gigabytes at 50 M records) in a temporary directory of their
+    // own that nothing deletes.
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let _ = tempfile::env::override_temp_dir(&scratch);
+    dir
+}
+
+/// What [`replicate`] wrote.
+pub struct Copies {
+    /// Rows written.
+    pub rows: usize,
+    /// Copies of the fleet written (the last log sequence number they stand for).
+    pub copies: usize,
+    /// Rows of the fleet.
+    pub base_rows: usize,
+    /// Bytes of Parquet written.
+    pub bytes: u64,
+    /// Time taken to write them.
+    pub elapsed: Duration,
+}
+
+/// Runs the simulated fleet through agents and a collector in `dir`, then
+/// writes copies of its rows into `flows` until there are `target` rows.
+pub async fn replicate(dir: &Path, flows: &Path, target: usize) -> Copies {
+    let base = fleet_rows(dir).await;
+    let base_rows = base.iter().map(|b| b.num_rows()).sum();
+    let started = Instant::now();
+    let (rows, copies) = tokio::task::spawn_blocking({
+        let flows = flows.to_path_buf();
+        move || write_copies(&base, &flows, target, leakwatch_collector::flusher::COMPACT_RUN_LIMIT.rows as usize)
+    })
+    .await
+    .expect("write");
+    let elapsed = started.elapsed();
+    Copies { rows, copies, base_rows, bytes: dir_bytes(flows), elapsed }
+}
+
+/// The built-in simulated fleet's rows, after one pass through agents and
+/// a collector in `dir`.
+async fn fleet_rows(dir: &Path) -> Vec<RecordBatch> {
+    let server = Server::start(ServeConfig::loopback(dir.join("fleet"))).await.expect("start collector");
+    leakwatch::demo::run_pipeline(&server, &dir.join("fleet-work"), None, None).await.expect("fleet");
+    let base = server.sessions.session().await.expect("session").sql("SELECT * FROM flows").await.expect("rows");
+    server.shutdown().await.expect("shutdown");
+    base
+}
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+}
+
+/// `column` with `-{copy}` appended to every value.
+fn suffixed(column: &ArrayRef, copy: usize) -> ArrayRef {
+    let Some(strings) = column.as_any().downcast_ref::<StringArray>() else { return column.clone() };
+    let out: StringArray = strings.iter().map(|v| v.map(|v| format!("{v}-{copy}"))).collect();
+    Arc::new(out)
+}
+
+/// One copy of the fleet: the pseudonyms made distinct for copy `copy`.
+fn copy_of(batch: &RecordBatch, copy: usize) -> RecordBatch {
+    let schema = batch.schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| match f.name().as_str() {
+            "device_pseudonym" | "boot_pseudonym" | "agent_id" | "batch_id" => suffixed(c, copy),
+            _ => c.clone(),
+        })
+        .collect();
+    #[allow(clippy::expect_used)]
+    RecordBatch::try_new(schema, columns).expect("same schema")
+}
+
+/// Writes copies of `base` until `target` rows, in files of at most
+/// `per_file` rows named like flushed files, copy `c` standing for log
+/// sequence number `c + 1`, each file's rows sorted as compaction sorts a
+/// merged run; returns the rows and the copies written.
+fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usize) -> (usize, usize) {
+    let base_rows: usize = base.iter().map(|b| b.num_rows()).sum();
+    let copies = target.div_ceil(base_rows.max(1));
+    let copies_per_file = (per_file / base_rows.max(1)).max(1);
+    let day = flows.join("day=2026-01-01");
+    std::fs::create_dir_all(&day).expect("day dir");
+    let files: Vec<(usize, usize)> =
+        (0..copies).step_by(copies_per_file).map(|c| (c, (c + copies_per_file).min(copies))).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(from, to)) = files.get(i) else { break };
+                    let name = leakwatch_query::files::FlowFile::new("", from as u64 + 1, to as u64).name();
+                    let file = std::fs::File::create(day.join(name)).expect("create");
+                    let mut w =
+                        leakwatch_query::files::flow_writer(file, leakwatch_query::flows_schema()).expect("writer");
+                    let rows: Vec<RecordBatch> =
+                        (from..to).flat_map(|copy| base.iter().map(move |b| copy_of(b, copy))).collect();
+                    w.write(&leakwatch_query::sorted_for_rules(&rows).expect("sort")).expect("write");
+                    w.close().expect("close");
+                }
+            });
+        }
+    });
+    (copies * base_rows, copies)
+}
+
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut bytes = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    bytes
+}

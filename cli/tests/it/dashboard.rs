@@ -1,0 +1,625 @@
+//! The public dashboard: thresholds, privacy, rate limit, and the pages in
+//! a real headless Chromium.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use leakwatch::demo::run_pipeline;
+use leakwatch_agent::state::AgentState;
+use leakwatch_agent::uploader::Uploader;
+use leakwatch_collector::server::{ServeConfig, Server};
+use leakwatch_dashboard::{DashboardConfig, Thresholds};
+use leakwatch_proto::v1::{DeviceInfo, FlowRecord, ReportBatch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.1 GET: status, lower-cased headers, body.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size");
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).expect("hex").trim(), 16)
+                .expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 2 + size + 2..];
+        }
+        body = out;
+    }
+    (status, head, body)
+}
+
+/// One simulated device: `volunteer` reports it; it contacts each of
+/// `hosts` a few seconds after boot.
+struct Device {
+    volunteer: usize,
+    vendor: &'static str,
+    model: &'static str,
+    firmware: &'static str,
+    consent: &'static [(&'static str, &'static str)],
+    hosts: &'static [&'static str],
+}
+
+/// Epoch seconds of the first record: 2026-03-02 10:17 UTC.
+const T0: i64 = 1_772_446_620;
+
+fn batch(i: usize, d: &Device) -> ReportBatch {
+    let records = d
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, host)| FlowRecord {
+            seconds_since_boot: 2.0 + j as f64 + i as f64 * 0.1,
+            window_start_unix_s: T0 + 60 * (i as i64 % 3) + 86_400 * (i as i64 % 2),
+            transport: 1,
+            dst_ip: format!("203.0.113.{}", 10 + j),
+            dst_port: 443,
+            domain: (*host).to_string(),
+            domain_source: 1,
+            bytes_out: 900,
+            bytes_in: 4000,
+            packets_out: 5,
+            packets_in: 6,
+            connections: 1,
+            ..Default::default()
+        })
+        .collect();
+    ReportBatch {
+        batch_id: format!("threshold-{i}"),
+        sent_at_unix_ms: 0,
+        device: Some(DeviceInfo {
+            device_pseudonym: format!("devpseudo{i:04}"),
+            vendor: d.vendor.into(),
+            model: d.model.into(),
+            os_version: d.firmware.into(),
+            consent: d.consent.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            boot_pseudonym: format!("bootpseudo{i:04}"),
+            boot_source: 2,
+        }),
+        records,
+    }
+}
+
+/// The planted fleet: one group above both thresholds (k = 5, m = 3), and
+/// groups just below each, with the names that must never be published.
+fn planted() -> Vec<Device> {
+    let mut fleet = Vec::new();
+    // Shown: 7 devices of 3 volunteers. Two of them also contact a host no
+    // other device does, one runs a rare firmware, one declares a rare
+    // consent setting: all small groups inside a public one.
+    for i in 0..7 {
+        fleet.push(Device {
+            volunteer: i % 3,
+            vendor: "Visible",
+            model: "V1",
+            firmware: if i == 0 { "9.9-rare" } else { "1.0" },
+            consent: if i == 1 { &[("secret_toggle", "on"), ("cloud", "off")] } else { &[("cloud", "off")] },
+            hosts: if i < 2 {
+                &["api.visible-cloud.com", "rare.visible-cloud.com"]
+            } else {
+                &["api.visible-cloud.com"]
+            },
+        });
+    }
+    // Below k: 4 devices (of 3 volunteers).
+    for i in 0..4 {
+        fleet.push(Device {
+            volunteer: 3 + i % 3,
+            vendor: "Fewdev",
+            model: "F1",
+            firmware: "1.0",
+            consent: &[],
+            hosts: &["api.fewdev-cloud.com"],
+        });
+    }
+    // Below m: 8 devices, but of only 2 volunteers.
+    for i in 0..8 {
+        fleet.push(Device {
+            volunteer: 6 + i % 2,
+            vendor: "Onevol",
+            model: "O1",
+            firmware: "1.0",
+            consent: &[],
+            hosts: &["api.onevol-cloud.com"],
+        });
+    }
+    fleet
+}
+
+const NEVER: &[&str] =
+    &["Fewdev", "fewdev-cloud", "Onevol", "onevol-cloud", "rare.visible-cloud", "9.9-rare", "secret_toggle"];
+
+async fn upload(server: &Server, dir: &Path, fleet: &[Device]) {
+    let url = format!("http://{}", server.grpc_addr);
+    let volunteers: BTreeSet<usize> = fleet.iter().map(|d| d.volunteer).collect();
+    for v in volunteers {
+        let state = AgentState::open(&dir.join(format!("volunteer-{v}"))).expect("agent state");
+        let mut up = Uploader::connect(&url, &state, "", Duration::from_secs(10)).await.expect("enroll");
+        for (i, d) in fleet.iter().enumerate().filter(|(_, d)| d.volunteer == v) {
+            up.send(&batch(i, d)).await.expect("send");
+        }
+    }
+    server.flusher.flush().await.expect("flush");
+    server.dashboard.refresh().await.expect("refresh");
+}
+
+fn links(html: &str) -> Vec<String> {
+    html.split("href=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .filter(|h| h.starts_with('/'))
+        .map(|h| h.replace("&amp;", "&"))
+        .collect()
+}
+
+fn parquet_as_csv(bytes: Vec<u8>) -> String {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(axum::body::Bytes::from(bytes))
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let batches: Vec<_> = reader.map(|b| b.expect("batch")).collect();
+    leakwatch_query::format::render(&batches, leakwatch_query::format::OutputFormat::Csv).expect("csv")
+}
+
+/// A collector in `dir` whose dashboard publishes groups of k = 5 devices
+/// and m = 3 volunteers, without a rate limit in the way of a crawl.
+async fn public_server(dir: &Path) -> Server {
+    let mut config = ServeConfig::loopback(dir.join("collector"));
+    config.dashboard = DashboardConfig {
+        thresholds: Thresholds::new(5, 3).expect("k, m"),
+        requests_per_second: 100_000,
+        ..DashboardConfig::default()
+    };
+    Server::start(config).await.expect("start")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_group_below_the_thresholds_is_published_anywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = public_server(dir.path()).await;
+    upload(&server, dir.path(), &planted()).await;
+    let session = server.sessions.session().await.expect("session");
+
+    // Without thresholds the rule would report the below-m group: the
+    // test would catch a dashboard that forgot them.
+    let sql = leakwatch_query::rules::rule("boot_phone_home").expect("rule").render(&Default::default()).expect("sql");
+    let raw = leakwatch_query::format::render(
+        &session.sql(&sql).await.expect("rule"),
+        leakwatch_query::format::OutputFormat::Csv,
+    )
+    .expect("csv");
+    assert!(raw.contains("Onevol,O1,onevol-cloud.com"), "the rule finds the 2-volunteer group:\n{raw}");
+    assert!(raw.contains("Visible,V1,visible-cloud.com"), "and the public one:\n{raw}");
+    let agents = leakwatch_query::format::render(
+        &session.sql("SELECT DISTINCT agent_id FROM flows").await.expect("agents"),
+        leakwatch_query::format::OutputFormat::Csv,
+    )
+    .expect("csv");
+    let agents: Vec<&str> = agents.lines().skip(1).collect();
+    assert_eq!(agents.len(), 8, "eight volunteers' agents");
+
+    // Crawl every page and API answer reachable from the home page.
+    let http = server.http_addr;
+    let mut seen = BTreeSet::new();
+    let mut queue: VecDeque<String> =
+        ["/", "/api", "/api/findings", "/api/models", "/api/destinations", "/models", "/destinations", "/about"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let mut bodies = Vec::new();
+    while let Some(path) = queue.pop_front() {
+        if !seen.insert(path.clone()) || seen.len() > 400 {
+            continue;
+        }
+        let (status, _, body) = get(http, &path).await;
+        let text =
+            if path.ends_with(".parquet") { parquet_as_csv(body) } else { String::from_utf8(body).expect("utf-8") };
+        assert!(status == 200, "GET {path}: {status}\n{text}");
+        for link in links(&text) {
+            queue.push_back(link.clone());
+            // Every page's JSON twin.
+            for prefix in ["/models/", "/destinations/", "/findings/"] {
+                if link.starts_with(prefix) {
+                    queue.push_back(format!("/api{link}"));
+                }
+            }
+        }
+        bodies.push((path, text));
+    }
+    let all: String = bodies.iter().map(|(p, b)| format!("== {p}\n{b}\n")).collect();
+    assert!(seen.contains("/export/findings.parquet") && seen.contains("/export/findings.csv"), "exports linked");
+    assert!(seen.iter().any(|p| p.starts_with("/findings/")), "a finding page was reached");
+    assert!(seen.contains("/models/Visible/V1") && seen.contains("/destinations/visible-cloud.com"), "{seen:?}");
+    assert!(all.contains("api.visible-cloud.com"), "the public group's host is shown");
+    assert!(all.contains("cloud=off"), "the public group's consent is shown");
+    for never in NEVER {
+        let hits: Vec<&str> = bodies.iter().filter(|(_, b)| b.contains(never)).map(|(p, _)| p.as_str()).collect();
+        assert!(hits.is_empty(), "{never:?} is below the thresholds but appears in {hits:?}");
+    }
+    for secret in agents.iter().copied().chain(["devpseudo", "bootpseudo"]) {
+        assert!(!all.contains(secret), "pseudonym {secret:?} published");
+    }
+    // Record times are published as days only.
+    for minute in ["10:17", "10:18", "10:19", "1772446620"] {
+        assert!(!all.contains(minute), "exact record time {minute} published");
+    }
+    // Unknown pages are 404s in HTML and JSON.
+    assert_eq!(get(http, "/models/Fewdev/F1").await.0, 404);
+    assert_eq!(get(http, "/api/destinations/onevol-cloud.com").await.0, 404);
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Polls until `n` refreshes have completed; the time that took.
+async fn refreshes_reach(server: &Server, n: u64, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    while server.dashboard.refreshes() < n {
+        assert!(started.elapsed() < limit, "refresh {n} did not come within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_refreshes_the_dashboard_no_sooner_than_the_least_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.flush_interval = Duration::from_millis(200);
+    config.dashboard.min_refresh_interval = Duration::from_secs(3);
+    let server = Server::start(config).await.expect("start");
+    // The start refreshes at once (nothing to show yet).
+    refreshes_reach(&server, 1, Duration::from_secs(30)).await;
+    assert!(server.dashboard.published().snapshot.models.is_empty());
+
+    // New rows: the flush task stores them within moments and asks for a
+    // refresh, which waits out the interval; later asks fold into it.
+    let url = format!("http://{}", server.grpc_addr);
+    let fleet = planted();
+    for v in fleet.iter().map(|d| d.volunteer).collect::<BTreeSet<_>>() {
+        let state = AgentState::open(&dir.path().join(format!("volunteer-{v}"))).expect("agent state");
+        let mut up = Uploader::connect(&url, &state, "", Duration::from_secs(10)).await.expect("enroll");
+        for (i, d) in fleet.iter().enumerate().filter(|(_, d)| d.volunteer == v) {
+            up.send(&batch(i, d)).await.expect("send");
+        }
+    }
+    let sent = std::time::Instant::now();
+    while server.log.watermark().expect("watermark") < server.log.durable_upto() {
+        assert!(sent.elapsed() < Duration::from_secs(30), "the flush task did not flush");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.dashboard.request_refresh();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.dashboard.refreshes(), 1, "refreshed before the least interval");
+    assert!(server.dashboard.published().snapshot.models.is_empty());
+    refreshes_reach(&server, 2, Duration::from_secs(30)).await;
+    let models: Vec<String> =
+        server.dashboard.published().snapshot.models.iter().map(|m| format!("{}/{}", m.vendor, m.model)).collect();
+    assert!(models.contains(&"Visible/V1".to_string()), "{models:?}");
+    // The asks folded into that refresh leave none waiting.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(server.dashboard.refreshes(), 2);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_is_not_bound_by_the_analysts_query_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.query.timeout = Duration::from_millis(1);
+    let server = Server::start(config).await.expect("start");
+    upload(&server, dir.path(), &planted()).await; // flushes, then refreshes or panics
+    let sql = leakwatch_query::rules::rule("boot_phone_home").expect("rule").render(&Default::default()).expect("sql");
+    let session = server.sessions.session().await.expect("session");
+    let e = session.sql(&sql).await.expect_err("an analyst's query times out");
+    assert!(matches!(e, leakwatch_query::Error::Timeout(_)), "{e}");
+    let published = server.dashboard.published();
+    assert!(published.snapshot.findings.iter().any(|f| f.vendor == "Visible"), "{:?}", published.snapshot.findings);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_below_two_and_a_zero_rate_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.dashboard.thresholds = Thresholds { min_devices: 1, min_volunteers: 3 };
+    let e = Server::start(config.clone()).await.expect_err("k = 1 refused");
+    assert!(e.to_string().contains("--public-min-devices: 1 is below 2"), "{e}");
+    config.dashboard = DashboardConfig { requests_per_second: 0, ..DashboardConfig::default() };
+    let e = Server::start(config).await.expect_err("rate 0 refused");
+    assert!(e.to_string().contains("--public-rate"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_api_is_rate_limited_per_client_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.dashboard.requests_per_second = 1;
+    let server = Server::start(config).await.expect("start");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, head, _) = get(server.http_addr, "/api/findings").await;
+        if status == 429 {
+            assert!(head.contains("retry-after:"), "{head}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..2], &[200, 200], "burst of two allowed: {statuses:?}");
+    assert!(statuses[2..].contains(&429), "then refused: {statuses:?}");
+    // Health and metrics are not public pages and are not limited.
+    for _ in 0..5 {
+        assert_eq!(get(server.http_addr, "/healthz").await.0, 200);
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Headless Chromium (Debian's chromium and chromium-driver, which `make
+/// test` installs and names in LEAKWATCH_CHROMEDRIVER) through home, model
+/// and finding pages of the demo collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_shows_the_seed_case_with_its_sql_and_chart() {
+    let driver = crate::set_by_make_test("LEAKWATCH_CHROMEDRIVER", " (it installs chromium-driver)", "browser_");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(ServeConfig::loopback(dir.path().join("collector"))).await.expect("start");
+    run_pipeline(&server, dir.path(), None, None).await.expect("the demo fleet through agent and collector");
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut chromedriver = std::process::Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let result = drive(port, server.http_addr, &shots).await;
+    let _ = chromedriver.kill();
+    let _ = chromedriver.wait();
+    server.shutdown().await.expect("shutdown");
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+async fn drive(port: u16, http: SocketAddr, shots: &Path) -> Result<(), String> {
+    use fantoccini::{ClientBuilder, Locator};
+    let chromium = std::env::var("LEAKWATCH_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let profile = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1280,1600",
+                     format!("--user-data-dir={}", profile.path().display())]
+        }),
+    );
+    let mut client = None;
+    for _ in 0..50 {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let c = client.ok_or("chromedriver did not accept a session")?;
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: fantoccini::error::CmdError| format!("{what}: {err}")
+    };
+    let shot = |name: &'static str, png: Vec<u8>| {
+        std::fs::write(shots.join(name), png).map_err(|err| format!("screenshot {name}: {err}"))
+    };
+    let base = format!("http://{http}");
+
+    // Home: the seed case among the findings.
+    c.goto(&format!("{base}/")).await.map_err(e("open home"))?;
+    let home = c.find(Locator::Css("main")).await.map_err(e("home main"))?.text().await.map_err(e("home text"))?;
+    if !(home.contains("Redmi 1S") && home.contains("xiaomi.com")) {
+        return Err(format!("home does not show the seed case (Xiaomi Redmi 1S, xiaomi.com):\n{home}"));
+    }
+    shot("home.png", c.screenshot().await.map_err(e("screenshot"))?)?;
+
+    // Filter by vendor with the form (no JavaScript needed).
+    c.find(Locator::Css("select#vendor"))
+        .await
+        .map_err(e("vendor select"))?
+        .select_by_value("Xiaomi")
+        .await
+        .map_err(e("choose Xiaomi"))?;
+    c.find(Locator::Css("form.filters button"))
+        .await
+        .map_err(e("filter button"))?
+        .click()
+        .await
+        .map_err(e("filter"))?;
+    // The form loads a new page: read that one, not the page it left.
+    wait_for_url(&c, "vendor=Xiaomi").await?;
+    let filtered = text_of(&c, "tbody").await?;
+    if filtered.contains("Amazon") || !filtered.contains("Redmi 1S") {
+        return Err(format!("vendor filter did not keep only Xiaomi:\n{filtered}"));
+    }
+
+    // Model page: its chart of destinations after boot.
+    c.find(Locator::LinkText("Redmi 1S")).await.map_err(e("model link"))?.click().await.map_err(e("open model"))?;
+    wait_for_url(&c, "/models/Xiaomi/Redmi%201S").await?;
+    let title = text_of(&c, "h1").await?;
+    if title != "Xiaomi Redmi 1S" {
+        return Err(format!("model page title {title:?}"));
+    }
+    check_chart(&c, "model").await?;
+    shot("model.png", c.screenshot().await.map_err(e("screenshot"))?)?;
+
+    // Finding page: the claim, the SQL and the chart.
+    let finding = c
+        .find(Locator::XPath("//main//ul/li/a[contains(., 'xiaomi.com') and contains(., 'within')]"))
+        .await
+        .map_err(e("boot_phone_home finding link on the model page"))?;
+    finding.click().await.map_err(e("open finding"))?;
+    wait_for_url(&c, "/findings/").await?;
+    let claim = text_of(&c, "h1").await?;
+    if !(claim.contains("Redmi 1S") && claim.contains("xiaomi.com") && claim.contains("seconds of booting")) {
+        return Err(format!("finding claim {claim:?}"));
+    }
+    let sql = c.find(Locator::Css("pre.sql")).await.map_err(e("SQL block"))?.text().await.map_err(e("SQL"))?;
+    if !(sql.contains("registrable_domain") && sql.contains("<= 60")) {
+        return Err(format!("finding SQL lacks the rule with its parameters:\n{sql}"));
+    }
+    let page = c.find(Locator::Css("main")).await.map_err(e("main"))?.text().await.map_err(e("text"))?;
+    if !page.contains("leakwatch sql --rule boot_phone_home --param window_s=60") {
+        return Err(format!("finding page lacks the console command:\n{page}"));
+    }
+    check_chart(&c, "finding").await?;
+    shot("finding.png", c.screenshot().await.map_err(e("screenshot"))?)?;
+
+    // At phone width the page needs no horizontal scrolling.
+    c.set_window_size(390, 844).await.map_err(e("phone width"))?;
+    let overflow = c
+        .execute("return document.documentElement.scrollWidth - document.documentElement.clientWidth;", vec![])
+        .await
+        .map_err(e("measure width"))?;
+    if overflow.as_i64().unwrap_or(1) > 0 {
+        return Err(format!("finding page scrolls sideways by {overflow} px at 390 px"));
+    }
+    shot("finding-phone.png", c.screenshot().await.map_err(e("screenshot"))?)?;
+    c.close().await.map_err(e("close"))?;
+    Ok(())
+}
+
+/// The text of the first element matching `css`, retried while the page
+/// is still being replaced by a navigation.
+async fn text_of(c: &fantoccini::Client, css: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match c.find(fantoccini::Locator::Css(css)).await {
+            Ok(el) => match el.text().await {
+                Ok(t) => return Ok(t),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("{css}: {last}"))
+}
+
+/// Waits until the browser has navigated to a URL containing `part`.
+async fn wait_for_url(c: &fantoccini::Client, part: &str) -> Result<(), String> {
+    for _ in 0..100 {
+        if c.current_url().await.is_ok_and(|u| u.as_str().contains(part)) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the browser did not reach a URL containing {part:?}"))
+}
+
+/// The page has a labelled SVG chart that the browser laid out with a
+/// real size and drew marks in.
+async fn check_chart(c: &fantoccini::Client, page: &str) -> Result<(), String> {
+    let info = c
+        .execute(
+            "const s = document.querySelector('figure svg[role=img]'); if (!s) return null; \
+             const r = s.getBoundingClientRect(); \
+             return [r.width, r.height, s.getAttribute('aria-label') || '', s.querySelectorAll('circle,polyline,rect').length];",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("{page} chart: {e}"))?;
+    let arr = info.as_array().ok_or_else(|| format!("{page} page has no chart"))?;
+    let (w, h) = (arr[0].as_f64().unwrap_or(0.0), arr[1].as_f64().unwrap_or(0.0));
+    let marks = arr[3].as_u64().unwrap_or(0);
+    if w < 200.0 || h < 100.0 || marks < 3 || arr[2].as_str().unwrap_or("").is_empty() {
+        return Err(format!("{page} chart not rendered: {info}"));
+    }
+    Ok(())
+}
+
+/// Issue 29, point 4: a consent_off_traffic finding published `on_share =
+/// 1.0` from one device of one volunteer, and a model_exclusive finding a
+/// population of 9 beside 8 published devices, revealing a device of an
+/// unpublished model. Every published number now comes from groups that
+/// pass the thresholds: a rule's own columns only when its header names
+/// them computed over the row's devices, populations and evidence from
+/// published models only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue29_every_published_number_rests_on_groups_that_pass_the_thresholds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = public_server(dir.path()).await;
+    let mut fleet: Vec<Device> = (0..8)
+        .map(|i| Device {
+            volunteer: i % 3,
+            vendor: "Mixed",
+            model: "M1",
+            firmware: "1.0",
+            consent: &[("cloud_account", "off")],
+            hosts: &["api.mixed-cloud.com"],
+        })
+        .collect();
+    // One device of another model, of a fourth volunteer, with the setting on.
+    fleet.push(Device {
+        volunteer: 3,
+        vendor: "Mixed",
+        model: "M2",
+        firmware: "1.0",
+        consent: &[("cloud_account", "on")],
+        hosts: &["api.mixed-cloud.com"],
+    });
+    upload(&server, dir.path(), &fleet).await;
+
+    // The rules themselves compute numbers over the single device.
+    let session = server.sessions.session().await.expect("session");
+    let run = async |name: &str| {
+        let sql = leakwatch_query::rules::rule(name).expect("rule").render(&Default::default()).expect("sql");
+        leakwatch_query::format::render(
+            &session.sql(&sql).await.expect("rule"),
+            leakwatch_query::format::OutputFormat::Csv,
+        )
+        .expect("csv")
+    };
+    let consent_off = run("consent_off_traffic").await;
+    assert!(consent_off.contains(",1.0,") || consent_off.contains(",1,"), "on_share from one device:\n{consent_off}");
+    let exclusive = run("model_exclusive").await;
+    assert!(exclusive.contains("Mixed,api.mixed-cloud.com") && exclusive.ends_with(",9\n"), "{exclusive}");
+
+    let (status, _, body) = get(server.http_addr, "/api/findings").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let findings = json.as_array().or_else(|| json["findings"].as_array()).expect("a list of findings");
+    let of = |rule: &str| findings.iter().find(|f| f["rule"] == rule).unwrap_or_else(|| panic!("no {rule} finding"));
+    let consent_off = of("consent_off_traffic");
+    let exclusive = of("model_exclusive");
+    for f in findings {
+        let rule = leakwatch_query::rules::rule(f["rule"].as_str().expect("rule")).expect("a rule");
+        for pair in f["numbers"].as_array().expect("numbers") {
+            let name = pair[0].as_str().expect("name");
+            assert!(rule.public.iter().any(|c| c == name) || ["before", "after"].contains(&name), "{name} in {f}");
+        }
+    }
+    let numbers = consent_off["numbers"].to_string();
+    assert!(!numbers.contains("share"), "no share over another group of devices: {numbers}");
+    assert_eq!(exclusive["devices"], 8, "the unpublished model's device is not counted: {exclusive}");
+    assert_eq!(exclusive["population_devices"], 8, "{exclusive}");
+    assert!(!body.windows(2).any(|w| w == b"M2"), "the unpublished model is not named");
+    server.shutdown().await.expect("shutdown");
+}

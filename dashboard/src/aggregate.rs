@@ -1,0 +1,828 @@
+//! The public aggregates: everything the dashboard, its JSON API and the
+//! open-data export may show, computed from the flows by SQL after a flush
+//! and held in memory until the next one.
+//!
+//! Every row here describes a group seen from at least `k` distinct
+//! devices and `m` distinct volunteers (agents); smaller groups are
+//! dropped by the queries (`HAVING`) and again by [`Thresholds::allows`]
+//! before a row is kept. Nothing carries a device or agent pseudonym, and
+//! record times are published as days only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use leakwatch_query::QuerySession;
+use leakwatch_query::rules::{Rule, builtin_rules};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::queries::{Query, queries};
+use crate::{Error, Result};
+
+/// Smallest thresholds an operator may set.
+pub const MIN_THRESHOLD: u64 = 2;
+
+/// Publication thresholds: a group is public only when seen from at least
+/// `min_devices` distinct devices and `min_volunteers` distinct agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Thresholds {
+    /// k: fewest distinct devices.
+    pub min_devices: u64,
+    /// m: fewest distinct volunteers (agents).
+    pub min_volunteers: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self { min_devices: 5, min_volunteers: 3 }
+    }
+}
+
+impl Thresholds {
+    /// Checked thresholds; neither may be below [`MIN_THRESHOLD`].
+    pub fn new(min_devices: u64, min_volunteers: u64) -> Result<Self> {
+        for (flag, value) in [("--public-min-devices", min_devices), ("--public-min-volunteers", min_volunteers)] {
+            if value < MIN_THRESHOLD {
+                return Err(Error::Config(format!(
+                    "{flag}: {value} is below {MIN_THRESHOLD}; a group of one would be published"
+                )));
+            }
+        }
+        Ok(Self { min_devices, min_volunteers })
+    }
+
+    /// Whether a group seen from `devices` devices and `volunteers` agents
+    /// may be published.
+    pub fn allows(&self, devices: u64, volunteers: u64) -> bool {
+        devices >= self.min_devices && volunteers >= self.min_volunteers
+    }
+}
+
+/// One published finding: a rule's row with its evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Stable id (hash of rule, vendor, model and destination).
+    pub id: String,
+    /// Rule name.
+    pub rule: String,
+    /// Rule title.
+    pub rule_title: String,
+    /// Vendor.
+    pub vendor: String,
+    /// Model; empty for a finding about all of a vendor's models.
+    pub model: String,
+    /// For a vendor-wide finding: its published models.
+    pub models: Vec<String>,
+    /// Host name or registrable domain the rule reported.
+    pub domain: String,
+    /// Registrable domain it belongs to (the destination page).
+    pub destination: String,
+    /// The claim in one sentence.
+    pub claim: String,
+    /// Lowest and highest published firmware version among the devices.
+    pub firmware_min: Option<String>,
+    /// See `firmware_min`.
+    pub firmware_max: Option<String>,
+    /// Distinct devices behind the finding.
+    pub devices: u64,
+    /// Distinct volunteers (agents) behind it.
+    pub volunteers: u64,
+    /// Devices of the model (or vendor) seen at all.
+    pub population_devices: u64,
+    /// `devices / population_devices`.
+    pub share: f64,
+    /// Median over boots of the seconds from boot to the first contact.
+    pub median_s_after_boot: Option<f64>,
+    /// Seconds after boot by which each share of boots had made contact
+    /// (5 % to 95 %).
+    pub first_contact: Vec<Quantile>,
+    /// Declared consent values held by a publishable group of the devices.
+    pub consent: Vec<Count>,
+    /// Day of the first record.
+    pub first_seen: String,
+    /// Day of the last record.
+    pub last_seen: String,
+    /// The rule's own figures for this row.
+    pub numbers: Vec<(String, String)>,
+    /// The rule's parameters as used.
+    pub params: Vec<(String, f64)>,
+    /// The exact SQL that produced it.
+    pub sql: String,
+    /// The console command that reruns it.
+    pub command: String,
+}
+
+/// A point of a distribution.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Quantile {
+    /// Share of boots, 0–1.
+    pub share: f64,
+    /// Seconds after boot.
+    pub seconds: f64,
+}
+
+/// A value and how many devices have it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Count {
+    /// The value.
+    pub value: String,
+    /// Distinct devices.
+    pub devices: u64,
+}
+
+/// A model in the list of models.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    /// Vendor.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// Distinct devices.
+    pub devices: u64,
+    /// Distinct volunteers.
+    pub volunteers: u64,
+    /// Published destinations.
+    pub destinations: usize,
+    /// Published findings.
+    pub findings: usize,
+}
+
+/// A destination as one model contacts it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelDestination {
+    /// Registrable domain.
+    pub destination: String,
+    /// Its host names this model contacts (each a publishable group).
+    pub hosts: Vec<String>,
+    /// Distinct devices.
+    pub devices: u64,
+    /// Distinct volunteers.
+    pub volunteers: u64,
+    /// Share of the model's devices.
+    pub share: f64,
+    /// Quartiles over boots of the seconds from boot to the first contact.
+    pub p25_s: f64,
+    /// Median.
+    pub median_s: f64,
+    /// Upper quartile.
+    pub p75_s: f64,
+    /// Transport payload bytes sent.
+    pub bytes_out: i64,
+    /// Transport payload bytes received.
+    pub bytes_in: i64,
+}
+
+/// One firmware version of a model and what changed with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FirmwareStep {
+    /// Version.
+    pub version: String,
+    /// Distinct devices.
+    pub devices: u64,
+    /// Day first seen.
+    pub first_seen: String,
+    /// Destinations contacted on this version and not the previous one.
+    pub added: Vec<String>,
+    /// Destinations contacted on the previous version and not this one.
+    pub removed: Vec<String>,
+}
+
+/// Everything on a model page.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelPage {
+    /// The model.
+    pub summary: ModelSummary,
+    /// Destinations, earliest contact after boot first.
+    pub destinations: Vec<ModelDestination>,
+    /// Firmware versions in order of first appearance.
+    pub firmware: Vec<FirmwareStep>,
+    /// Ids of its findings.
+    pub findings: Vec<String>,
+}
+
+/// A destination in the list of destinations.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationSummary {
+    /// Registrable domain.
+    pub destination: String,
+    /// Distinct devices.
+    pub devices: u64,
+    /// Distinct volunteers.
+    pub volunteers: u64,
+    /// Published models that contact it.
+    pub models: usize,
+}
+
+/// A model as seen from a destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationModel {
+    /// Vendor.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// Distinct devices.
+    pub devices: u64,
+    /// Share of the model's devices.
+    pub share: f64,
+    /// Median seconds from boot to the first contact.
+    pub median_s: f64,
+    /// Bytes sent.
+    pub bytes_out: i64,
+    /// Bytes received.
+    pub bytes_in: i64,
+}
+
+/// Devices that contacted a destination on one day.
+#[derive(Debug, Clone, Serialize)]
+pub struct Day {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Distinct devices.
+    pub devices: u64,
+}
+
+/// Everything on a destination page.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationPage {
+    /// The destination.
+    pub summary: DestinationSummary,
+    /// Its published host names.
+    pub hosts: Vec<String>,
+    /// Models that contact it, most devices first.
+    pub models: Vec<DestinationModel>,
+    /// Devices per day (days below the thresholds left out).
+    pub trend: Vec<Day>,
+    /// Ids of its findings.
+    pub findings: Vec<String>,
+}
+
+/// All public aggregates at one moment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// When they were computed (UTC, to the minute).
+    pub refreshed_at: String,
+    /// Thresholds applied.
+    pub thresholds: Thresholds,
+    /// Findings, newest and strongest first.
+    pub findings: Vec<Finding>,
+    /// Models by vendor and name.
+    pub models: Vec<ModelSummary>,
+    /// Destinations by devices.
+    pub destinations: Vec<DestinationSummary>,
+    #[serde(skip)]
+    pub(crate) model_pages: HashMap<(String, String), ModelPage>,
+    #[serde(skip)]
+    pub(crate) destination_pages: HashMap<String, DestinationPage>,
+    #[serde(skip)]
+    pub(crate) finding_index: HashMap<String, usize>,
+    /// Flushed files that could not be read when these were computed (left
+    /// out, or set aside by the collector): their rows are in no figure.
+    pub unreadable_files: u64,
+}
+
+impl Snapshot {
+    /// The model page of `vendor` / `model`.
+    pub fn model(&self, vendor: &str, model: &str) -> Option<&ModelPage> {
+        self.model_pages.get(&(vendor.to_string(), model.to_string()))
+    }
+
+    /// The destination page of `name`.
+    pub fn destination(&self, name: &str) -> Option<&DestinationPage> {
+        self.destination_pages.get(name)
+    }
+
+    /// The finding with `id`.
+    pub fn finding(&self, id: &str) -> Option<&Finding> {
+        self.finding_index.get(id).and_then(|&i| self.findings.get(i))
+    }
+}
+
+/// Registrable domain of a host name, or the name itself.
+pub fn destination_of(host: &str) -> String {
+    leakwatch_query::registrable_domain(host).unwrap_or_else(|| host.to_string())
+}
+
+fn day(epoch_s: i64) -> String {
+    chrono::DateTime::from_timestamp(epoch_s, 0).map_or_else(String::new, |t| t.format("%Y-%m-%d").to_string())
+}
+
+/// `q`-quantile of sorted `values` by linear interpolation.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+fn finding_id(rule: &str, vendor: &str, model: &str, domain: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [rule, vendor, model, domain] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
+/// Computes a snapshot over `session`'s flows.
+pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<Snapshot> {
+    let t = thresholds;
+    let mut snapshot = Snapshot {
+        refreshed_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        thresholds: t,
+        ..Snapshot::default()
+    };
+
+    let queries = queries();
+    let run = |name: &'static str| {
+        let query = queries.get(name).cloned();
+        async move {
+            match query {
+                Some(query) => query.run(session, t, &[]).await,
+                None => Err(Error::QueryFile(format!("no query {name}"))),
+            }
+        }
+    };
+
+    // Populations: models and vendors.
+    let mut models: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    run("models").await?.each(|r| {
+        if t.allows(r.count("devices"), r.count("volunteers")) {
+            models.insert((r.text("vendor"), r.text("model")), (r.count("devices"), r.count("volunteers")));
+        }
+    });
+    // A vendor's devices as the public may count them: those of its
+    // published models. Counting all of its devices would publish the
+    // devices of models below the thresholds (as the difference to the sum
+    // of its published models).
+    let mut vendor_devices: HashMap<String, u64> = HashMap::new();
+    for ((vendor, _), &(devices, _)) in &models {
+        *vendor_devices.entry(vendor.clone()).or_default() += devices;
+    }
+
+    // What each model contacts, and when after boot.
+    let mut hosts: HashMap<(String, String, String), Vec<String>> = HashMap::new();
+    run("model_hosts").await?.each(|r| {
+        hosts.entry((r.text("vendor"), r.text("model"), r.text("destination"))).or_default().push(r.text("domain"));
+    });
+    let mut model_dests: BTreeMap<(String, String), Vec<ModelDestination>> = BTreeMap::new();
+    run("model_destinations").await?.each(|r| {
+        let key = (r.text("vendor"), r.text("model"));
+        let (devices, volunteers) = (r.count("devices"), r.count("volunteers"));
+        let (Some(&(model_devices, _)), true) = (models.get(&key), t.allows(devices, volunteers)) else {
+            return;
+        };
+        let destination = r.text("destination");
+        let mut host_list = hosts.remove(&(key.0.clone(), key.1.clone(), destination.clone())).unwrap_or_default();
+        host_list.sort();
+        model_dests.entry(key).or_default().push(ModelDestination {
+            destination,
+            hosts: host_list,
+            devices,
+            volunteers,
+            share: devices as f64 / model_devices.max(1) as f64,
+            p25_s: r.float("p25_s"),
+            median_s: r.float("median_s"),
+            p75_s: r.float("p75_s"),
+            bytes_out: r.int("bytes_out"),
+            bytes_in: r.int("bytes_in"),
+        });
+    });
+
+    // Firmware versions and what each contacts.
+    // (vendor, model) -> (first seen, firmware version, devices)
+    type ModelKey = (String, String);
+    let mut firmware: BTreeMap<ModelKey, Vec<(i64, String, u64)>> = BTreeMap::new();
+    run("firmware").await?.each(|r| {
+        firmware.entry((r.text("vendor"), r.text("model"))).or_default().push((
+            r.int("first_seen"),
+            r.text("os_version"),
+            r.count("devices"),
+        ));
+    });
+    let mut fw_dests: HashMap<(String, String, String), BTreeSet<String>> = HashMap::new();
+    run("firmware_destinations").await?.each(|r| {
+        fw_dests
+            .entry((r.text("vendor"), r.text("model"), r.text("os_version")))
+            .or_default()
+            .insert(r.text("destination"));
+    });
+
+    // Destinations: totals and devices per day.
+    let mut destinations: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    run("destinations").await?.each(|r| {
+        if t.allows(r.count("devices"), r.count("volunteers")) {
+            destinations.insert(r.text("destination"), (r.count("devices"), r.count("volunteers")));
+        }
+    });
+    let mut trends: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
+    run("destination_trend").await?.each(|r| {
+        if t.allows(r.count("devices"), r.count("volunteers")) {
+            trends.entry(r.text("destination")).or_default().push((r.int("day"), r.count("devices")));
+        }
+    });
+
+    // Findings.
+    let mut findings = Vec::new();
+    for rule in builtin_rules() {
+        let found = rule_findings(session, &queries, &rule, t, &models, &vendor_devices, &model_dests).await?;
+        findings.extend(found);
+    }
+    findings.sort_by(|a, b| {
+        b.last_seen
+            .cmp(&a.last_seen)
+            .then(b.share.total_cmp(&a.share))
+            .then(b.devices.cmp(&a.devices))
+            .then(a.id.cmp(&b.id))
+    });
+
+    // Pages.
+    for ((vendor, model), &(devices, volunteers)) in &models {
+        let mut dests = model_dests.remove(&(vendor.clone(), model.clone())).unwrap_or_default();
+        dests.sort_by(|a, b| a.median_s.total_cmp(&b.median_s).then(b.devices.cmp(&a.devices)));
+        let mut versions = firmware.remove(&(vendor.clone(), model.clone())).unwrap_or_default();
+        versions.sort();
+        let mut steps = Vec::new();
+        let mut previous: Option<&BTreeSet<String>> = None;
+        let empty = BTreeSet::new();
+        for (first_seen, version, devices) in &versions {
+            let now = fw_dests.get(&(vendor.clone(), model.clone(), version.clone())).unwrap_or(&empty);
+            let (added, removed) = match previous {
+                Some(before) => (now.difference(before).cloned().collect(), before.difference(now).cloned().collect()),
+                None => (Vec::new(), Vec::new()),
+            };
+            steps.push(FirmwareStep {
+                version: version.clone(),
+                devices: *devices,
+                first_seen: day(*first_seen),
+                added,
+                removed,
+            });
+            previous = Some(now);
+        }
+        let ids: Vec<String> = findings
+            .iter()
+            .filter(|f| &f.vendor == vendor && (&f.model == model || f.models.contains(model)))
+            .map(|f| f.id.clone())
+            .collect();
+        let summary = ModelSummary {
+            vendor: vendor.clone(),
+            model: model.clone(),
+            devices,
+            volunteers,
+            destinations: dests.len(),
+            findings: ids.len(),
+        };
+        snapshot.models.push(summary.clone());
+        snapshot.model_pages.insert(
+            (vendor.clone(), model.clone()),
+            ModelPage { summary, destinations: dests, firmware: steps, findings: ids },
+        );
+    }
+    let mut by_destination: HashMap<String, Vec<DestinationModel>> = HashMap::new();
+    let mut dest_hosts: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for page in snapshot.model_pages.values() {
+        for d in &page.destinations {
+            dest_hosts.entry(d.destination.clone()).or_default().extend(d.hosts.iter().cloned());
+            by_destination.entry(d.destination.clone()).or_default().push(DestinationModel {
+                vendor: page.summary.vendor.clone(),
+                model: page.summary.model.clone(),
+                devices: d.devices,
+                share: d.share,
+                median_s: d.median_s,
+                bytes_out: d.bytes_out,
+                bytes_in: d.bytes_in,
+            });
+        }
+    }
+    for (name, (devices, volunteers)) in destinations {
+        let mut dest_models = by_destination.remove(&name).unwrap_or_default();
+        dest_models.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.vendor.cmp(&b.vendor)).then(a.model.cmp(&b.model)));
+        let mut trend = trends.remove(&name).unwrap_or_default();
+        trend.sort();
+        let ids: Vec<String> = findings.iter().filter(|f| f.destination == name).map(|f| f.id.clone()).collect();
+        let summary = DestinationSummary { destination: name.clone(), devices, volunteers, models: dest_models.len() };
+        snapshot.destinations.push(summary.clone());
+        snapshot.destination_pages.insert(
+            name.clone(),
+            DestinationPage {
+                summary,
+                hosts: dest_hosts.remove(&name).unwrap_or_default().into_iter().collect(),
+                models: dest_models,
+                trend: trend.into_iter().map(|(d, devices)| Day { day: day(d), devices }).collect(),
+                findings: ids,
+            },
+        );
+    }
+    snapshot.destinations.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.destination.cmp(&b.destination)));
+    snapshot.finding_index = findings.iter().enumerate().map(|(i, f)| (f.id.clone(), i)).collect();
+    snapshot.findings = findings;
+    Ok(snapshot)
+}
+
+/// Columns of the table `hits` that `evidence.sql` joins: one row per
+/// row of a rule's result.
+pub(crate) fn hits_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("row_id", DataType::Int64, false),
+        Field::new("vendor", DataType::Utf8, true),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("domain", DataType::Utf8, true),
+        Field::new("consent_off", DataType::Utf8, true),
+    ]))
+}
+
+#[derive(Default)]
+struct Evidence {
+    devices: HashSet<String>,
+    agents: HashSet<String>,
+    first_s: Vec<f64>,
+    first_ts: Option<i64>,
+    last_ts: Option<i64>,
+    firmware: HashMap<String, (HashSet<String>, HashSet<String>)>,
+    consent: HashMap<String, (HashSet<String>, HashSet<String>)>,
+}
+
+async fn rule_findings(
+    session: &QuerySession,
+    queries: &BTreeMap<&'static str, Query>,
+    rule: &Rule,
+    t: Thresholds,
+    models: &BTreeMap<(String, String), (u64, u64)>,
+    vendor_devices: &HashMap<String, u64>,
+    model_dests: &BTreeMap<(String, String), Vec<ModelDestination>>,
+) -> Result<Vec<Finding>> {
+    let sql = rule.render(&BTreeMap::new())?;
+    let started = std::time::Instant::now();
+    let rows = session.sql(&sql).await;
+    tracing::debug!(query = %rule.name, elapsed_ms = started.elapsed().as_millis() as u64, "Dashboard query");
+    let rows = rows?;
+    let has = |c: &str| rule.columns.iter().any(|x| x == c);
+    // The rule's rows as text, by column name.
+    let mut table: Vec<BTreeMap<String, Option<String>>> = Vec::new();
+    for batch in &rows {
+        let cols: Vec<(String, ArrayRef)> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(f, c)| {
+                let text = arrow::compute::cast(c, &DataType::Utf8).map_err(|source| Error::Arrow {
+                    context: format!("rule {}: column {}", rule.name, f.name()),
+                    source,
+                })?;
+                Ok((f.name().clone(), text))
+            })
+            .collect::<Result<_>>()?;
+        for i in 0..batch.num_rows() {
+            table.push(
+                cols.iter()
+                    .map(|(name, c)| {
+                        let a = c.as_string::<i32>();
+                        (name.clone(), (!a.is_null(i)).then(|| a.value(i).to_string()))
+                    })
+                    .collect(),
+            );
+        }
+    }
+    if table.is_empty() {
+        return Ok(Vec::new());
+    }
+    let get = |row: &BTreeMap<String, Option<String>>, c: &str| row.get(c).cloned().flatten();
+    let hits_failed =
+        |source| Error::Arrow { context: format!("rule {}: its rows as the table hits", rule.name), source };
+    let hits = RecordBatch::try_new(
+        hits_schema(),
+        vec![
+            Arc::new(arrow::array::Int64Array::from_iter_values(0..table.len() as i64)),
+            Arc::new(table.iter().map(|r| get(r, "vendor")).collect::<StringArray>()),
+            Arc::new(table.iter().map(|r| if has("model") { get(r, "model") } else { None }).collect::<StringArray>()),
+            Arc::new(table.iter().map(|r| get(r, "domain")).collect::<StringArray>()),
+            Arc::new(table.iter().map(|r| get(r, "consent_key")).collect::<StringArray>()),
+        ],
+    )
+    .map_err(hits_failed)?;
+    let ctx = session.context();
+    let _ = ctx.deregister_table("hits");
+    ctx.register_batch("hits", hits).map_err(leakwatch_query::Error::from)?;
+    // boot_phone_home names registrable domains, the other rules host names.
+    let destination = if rule.name == "boot_phone_home" { "registrable_domain(f.domain)" } else { "f.domain" };
+    let evidence_rows = match queries.get("evidence") {
+        Some(query) => query.run(session, t, &[("destination", destination)]).await,
+        None => Err(Error::QueryFile("no query evidence".into())),
+    };
+    let _ = ctx.deregister_table("hits");
+    let mut evidence: Vec<Evidence> = (0..table.len()).map(|_| Evidence::default()).collect();
+    evidence_rows?.each(|r| {
+        let Some(e) = usize::try_from(r.int("row_id")).ok().and_then(|i| evidence.get_mut(i)) else { return };
+        // Evidence from published models only: a vendor-wide finding
+        // counts no device of a model below the thresholds.
+        if !models.contains_key(&(r.text("vendor"), r.text("model"))) {
+            return;
+        }
+        let (device, agent) = (r.text("device"), r.text("agent"));
+        let fw = e.firmware.entry(r.text("os_version")).or_default();
+        fw.0.insert(device.clone());
+        fw.1.insert(agent.clone());
+        let consent = r.text("consent");
+        for kv in consent.split(';').filter(|kv| !kv.is_empty()) {
+            let c = e.consent.entry(kv.to_string()).or_default();
+            c.0.insert(device.clone());
+            c.1.insert(agent.clone());
+        }
+        e.devices.insert(device);
+        e.agents.insert(agent);
+        let (first, last) = (r.int("first_ts"), r.int("last_ts"));
+        e.first_ts = Some(e.first_ts.map_or(first, |x| x.min(first)));
+        e.last_ts = Some(e.last_ts.map_or(last, |x| x.max(last)));
+        let s = r.float("first_s");
+        if s.is_finite() {
+            e.first_s.push(s.max(0.0));
+        }
+    });
+
+    let params: Vec<(String, f64)> = rule.params.iter().map(|p| (p.name.clone(), p.default)).collect();
+    let command = std::iter::once(format!("leakwatch sql --rule {}", rule.name))
+        .chain(params.iter().map(|(n, v)| format!("--param {n}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut out = Vec::new();
+    for (row, mut e) in table.iter().zip(evidence) {
+        let vendor = get(row, "vendor").unwrap_or_default();
+        let model = if has("model") { get(row, "model").unwrap_or_default() } else { String::new() };
+        let domain = get(row, "domain").unwrap_or_default();
+        let (devices, volunteers) = (e.devices.len() as u64, e.agents.len() as u64);
+        if !t.allows(devices, volunteers) {
+            continue;
+        }
+        let population = if model.is_empty() {
+            vendor_devices.get(&vendor).copied().unwrap_or(0)
+        } else {
+            match models.get(&(vendor.clone(), model.clone())) {
+                Some(&(n, _)) => n,
+                None => continue,
+            }
+        };
+        let destination = destination_of(&domain);
+        let published_models: Vec<String> = if model.is_empty() {
+            models
+                .keys()
+                .filter(|(v, m)| {
+                    v == &vendor
+                        && model_dests
+                            .get(&(v.clone(), m.clone()))
+                            .is_some_and(|ds| ds.iter().any(|d| d.destination == destination))
+                })
+                .map(|(_, m)| m.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut versions: Vec<String> = e
+            .firmware
+            .iter()
+            .filter(|(_, (d, a))| t.allows(d.len() as u64, a.len() as u64))
+            .map(|(v, _)| v.clone())
+            .collect();
+        versions.sort();
+        let mut consent: Vec<Count> = e
+            .consent
+            .iter()
+            .filter(|(_, (d, a))| t.allows(d.len() as u64, a.len() as u64))
+            .map(|(v, (d, _))| Count { value: v.clone(), devices: d.len() as u64 })
+            .collect();
+        consent.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.value.cmp(&b.value)));
+        e.first_s.sort_by(f64::total_cmp);
+        let median = (!e.first_s.is_empty()).then(|| quantile(&e.first_s, 0.5));
+        let first_contact: Vec<Quantile> = if e.first_s.is_empty() {
+            Vec::new()
+        } else {
+            (1..=19).map(|i| i as f64 / 20.0).map(|q| Quantile { share: q, seconds: quantile(&e.first_s, q) }).collect()
+        };
+        let mut numbers: Vec<(String, String)> = rule
+            .columns
+            .iter()
+            // Only numbers over the row's own devices, whose group passed
+            // the thresholds above; no other of the rule's columns.
+            .filter(|c| rule.public.contains(c))
+            .filter_map(|c| get(row, c).map(|v| (c.clone(), v)))
+            .collect();
+        for c in ["before", "after"] {
+            if let Some(v) = get(row, c)
+                && versions.contains(&v)
+            {
+                numbers.push((c.to_string(), v));
+            }
+        }
+        let share = devices as f64 / population.max(1) as f64;
+        let claim = claim(rule, row, &vendor, &model, &domain, share, devices, median, &versions);
+        out.push(Finding {
+            id: finding_id(&rule.name, &vendor, &model, &domain),
+            rule: rule.name.clone(),
+            rule_title: rule.title.clone(),
+            vendor,
+            model,
+            models: published_models,
+            domain,
+            destination,
+            claim,
+            firmware_min: versions.first().cloned(),
+            firmware_max: versions.last().cloned(),
+            devices,
+            volunteers,
+            population_devices: population,
+            share,
+            median_s_after_boot: median,
+            first_contact,
+            consent,
+            first_seen: e.first_ts.map(day).unwrap_or_default(),
+            last_seen: e.last_ts.map(day).unwrap_or_default(),
+            numbers,
+            params: params.clone(),
+            sql: sql.clone(),
+            command: command.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0} %", share * 100.0)
+}
+
+/// The finding in one sentence a non-expert can read.
+#[allow(clippy::too_many_arguments)]
+fn claim(
+    rule: &Rule,
+    row: &BTreeMap<String, Option<String>>,
+    vendor: &str,
+    model: &str,
+    domain: &str,
+    share: f64,
+    devices: u64,
+    median: Option<f64>,
+    versions: &[String],
+) -> String {
+    let get = |c: &str| row.get(c).cloned().flatten().unwrap_or_default();
+    let param = |n: &str| rule.params.iter().find(|p| p.name == n).map_or(0.0, |p| p.default);
+    let who = format!("{vendor} {model}");
+    match rule.name.as_str() {
+        "boot_phone_home" => format!(
+            "{} of {who} devices contact {domain} within {} seconds of booting{}.",
+            percent(share),
+            param("window_s"),
+            median.map_or(String::new(), |m| format!(" (median {m:.1} s after boot)"))
+        ),
+        "consent_off_traffic" => format!(
+            "{who} devices whose owners turned {} off still contact {domain} ({devices} such devices).",
+            get("consent_key"),
+        ),
+        "new_after_update" => {
+            let after = get("after");
+            if versions.contains(&after) {
+                format!("{who} devices contact {domain} only since firmware {after}.")
+            } else {
+                format!("{who} devices contact {domain} only since a firmware update.")
+            }
+        }
+        "model_exclusive" => format!("Only {vendor} devices contact {domain}; no other vendor's devices do."),
+        "heavy_upload" => format!("{who} devices send {}× more bytes to {domain} than they receive.", get("ratio")),
+        "beaconing" => {
+            format!("{who} devices contact {domain} at a steady rhythm, about every {} seconds.", get("interval_s"))
+        }
+        _ => format!("{}: {who} and {domain}.", rule.title),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_below_two_are_refused() {
+        let e = Thresholds::new(1, 3).expect_err("k = 1");
+        assert!(e.to_string().contains("--public-min-devices: 1 is below 2"), "{e}");
+        assert!(Thresholds::new(5, 0).is_err());
+        let t = Thresholds::new(2, 2).expect("k = m = 2");
+        assert!(t.allows(2, 2) && !t.allows(1, 2) && !t.allows(2, 1));
+    }
+
+    #[test]
+    fn quantiles_interpolate() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile(&v, 0.5), 2.5);
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 1.0), 4.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn finding_ids_are_stable_and_distinct() {
+        assert_eq!(finding_id("r", "v", "m", "d"), finding_id("r", "v", "m", "d"));
+        assert_ne!(finding_id("r", "v", "m", "d"), finding_id("r", "vm", "", "d"));
+        assert_eq!(finding_id("r", "v", "m", "d").len(), 12);
+    }
+}

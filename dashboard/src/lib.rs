@@ -1,0 +1,288 @@
+//! The public leak dashboard on the collector's HTTP port: HTML pages, a
+//! JSON API behind each, and open-data exports, all served from the
+//! aggregates in memory ([`aggregate::Snapshot`]) that are recomputed
+//! after each flush, never by scanning flows per request. Groups below the
+//! publication thresholds appear nowhere; the public sends no SQL; each
+//! client address is rate limited.
+
+pub mod aggregate;
+pub mod charts;
+mod export;
+mod pages;
+pub mod queries;
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use leakwatch_query::SessionFactory;
+
+pub use aggregate::{Snapshot, Thresholds};
+pub use pages::{destination_href, finding_href, model_href};
+
+/// Errors of the dashboard, sorted by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting out of range (the operator's fault).
+    #[error("{0}")]
+    Config(String),
+    /// A dashboard query failed.
+    #[error(transparent)]
+    Query(#[from] leakwatch_query::Error),
+    /// A query's result did not have the shape its file declares, or an
+    /// export could not be built (ours).
+    #[error("{context}: {source}")]
+    Arrow {
+        /// What was being done.
+        context: String,
+        /// Arrow's error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A query answered other columns than its file declares (ours).
+    #[error("dashboard query {query}: answered the columns {got}, its file declares {want}")]
+    Shape {
+        /// The query's name.
+        query: &'static str,
+        /// Declared columns.
+        want: String,
+        /// Columns answered.
+        got: String,
+    },
+    /// A query file's header does not parse (ours).
+    #[error("dashboard query file: {0}")]
+    QueryFile(String),
+    /// The Parquet export could not be written (ours).
+    #[error("findings export: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// The refresh task panicked or was cancelled (ours).
+    #[error("dashboard refresh: {0}")]
+    Refresh(#[from] tokio::task::JoinError),
+}
+
+/// Result with the dashboard's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings of the public dashboard.
+#[derive(Debug, Clone, Copy)]
+pub struct DashboardConfig {
+    /// Publication thresholds (k devices, m volunteers).
+    pub thresholds: Thresholds,
+    /// Requests per second each client address may make.
+    pub requests_per_second: u32,
+    /// Least time from the end of one refresh the flusher asks for to the
+    /// start of the next (each recomputes every aggregate from all flows).
+    pub min_refresh_interval: Duration,
+}
+
+/// Default of [`DashboardConfig::min_refresh_interval`], seconds.
+pub const DEFAULT_REFRESH_SECS: u64 = 300;
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds::default(),
+            requests_per_second: 20,
+            min_refresh_interval: Duration::from_secs(DEFAULT_REFRESH_SECS),
+        }
+    }
+}
+
+/// What is being served: the aggregates and their exports.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The aggregates.
+    pub snapshot: Snapshot,
+    /// `/export/findings.csv`.
+    pub csv: axum::body::Bytes,
+    /// `/export/findings.parquet`.
+    pub parquet: axum::body::Bytes,
+}
+
+/// The client's address, as the HTTP server hands it to handlers.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+type Limiter = governor::DefaultKeyedRateLimiter<IpAddr>;
+
+struct Inner {
+    sessions: SessionFactory,
+    queries: tokio::runtime::Handle,
+    config: DashboardConfig,
+    published: RwLock<Arc<Published>>,
+    refresh: tokio::sync::Mutex<()>,
+    pending: AtomicBool,
+    refreshes: AtomicU64,
+    last_finished: std::sync::Mutex<Option<Instant>>,
+    limiter: Limiter,
+}
+
+/// The dashboard: cheap to clone, shared by the HTTP server and the
+/// flusher that asks it to refresh.
+#[derive(Clone)]
+pub struct Dashboard(Arc<Inner>);
+
+impl std::fmt::Debug for Dashboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dashboard").field("config", &self.0.config).finish_non_exhaustive()
+    }
+}
+
+impl Dashboard {
+    /// A dashboard over `sessions`, refreshing on the `queries` runtime.
+    pub fn new(sessions: SessionFactory, queries: tokio::runtime::Handle, config: DashboardConfig) -> Result<Self> {
+        Thresholds::new(config.thresholds.min_devices, config.thresholds.min_volunteers)?;
+        let rate = NonZeroU32::new(config.requests_per_second)
+            .ok_or_else(|| Error::Config("--public-rate: must be at least 1 request per second".into()))?;
+        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+        Ok(Self(Arc::new(Inner {
+            sessions,
+            queries,
+            config,
+            published: RwLock::new(Arc::new(Published::default())),
+            refresh: tokio::sync::Mutex::new(()),
+            pending: AtomicBool::new(false),
+            refreshes: AtomicU64::new(0),
+            last_finished: std::sync::Mutex::new(None),
+            limiter: governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst)),
+        })))
+    }
+
+    /// What is served now.
+    pub fn published(&self) -> Arc<Published> {
+        self.0.published.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Completed refreshes.
+    pub fn refreshes(&self) -> u64 {
+        self.0.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// Recomputes the aggregates now and waits for them.
+    pub async fn refresh(&self) -> Result<()> {
+        let _one_at_a_time = self.0.refresh.lock().await;
+        self.0.pending.store(false, Ordering::SeqCst);
+        let started = Instant::now();
+        let (sessions, thresholds) = (self.0.sessions.clone(), self.0.config.thresholds);
+        let computed = self
+            .0
+            .queries
+            .spawn(async move {
+                let session = sessions.session().await?;
+                let mut snapshot = aggregate::compute(&session, thresholds).await?;
+                let (left_out, set_aside) = sessions.flow_store().unreadable_counts();
+                snapshot.unreadable_files = left_out as u64 + set_aside;
+                let (csv, parquet) = export::findings(&snapshot.findings)?;
+                Ok::<_, Error>(Published { snapshot, csv: csv.into(), parquet: parquet.into() })
+            })
+            .await
+            .map_err(Error::from);
+        *self.0.last_finished.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let computed = computed??;
+        tracing::info!(
+            findings = computed.snapshot.findings.len(),
+            models = computed.snapshot.models.len(),
+            destinations = computed.snapshot.destinations.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Dashboard refreshed"
+        );
+        *self.0.published.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(computed);
+        self.0.refreshes.fetch_add(1, Ordering::Relaxed);
+        self.0.limiter.retain_recent();
+        Ok(())
+    }
+
+    /// Asks for a refresh in the background, to start once
+    /// [`DashboardConfig::min_refresh_interval`] has passed since the last
+    /// one ended; requests made while one is waiting are folded into it.
+    pub fn request_refresh(&self) {
+        if self.0.pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let last = *me.0.last_finished.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(last) = last {
+                tokio::time::sleep_until((last + me.0.config.min_refresh_interval).into()).await;
+            }
+            if let Err(e) = me.refresh().await {
+                tracing::error!(error = %e, "Dashboard refresh failed; the previous aggregates stay published");
+            }
+        });
+    }
+
+    /// The public routes: pages, `/api/...` and `/export/...`, rate
+    /// limited per client address.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(pages::home))
+            .route("/models", get(pages::models))
+            .route("/models/{vendor}/{model}", get(pages::model))
+            .route("/destinations", get(pages::destinations))
+            .route("/destinations/{name}", get(pages::destination))
+            .route("/findings/{id}", get(pages::finding))
+            .route("/about", get(pages::about))
+            .route("/api", get(pages::api_index))
+            .route("/api/findings", get(pages::api_findings))
+            .route("/api/findings/{id}", get(pages::api_finding))
+            .route("/api/models", get(pages::api_models))
+            .route("/api/models/{vendor}/{model}", get(pages::api_model))
+            .route("/api/destinations", get(pages::api_destinations))
+            .route("/api/destinations/{name}", get(pages::api_destination))
+            .route("/export/findings.csv", get(export::csv))
+            .route("/export/findings.parquet", get(export::parquet))
+            .fallback(pages::not_found)
+            .layer(axum::middleware::from_fn_with_state(self.clone(), rate_limit))
+            .with_state(self.clone())
+    }
+}
+
+/// Refuses a client address that exceeds its rate with 429 and
+/// `Retry-After`; adds caching and content-security headers.
+async fn rate_limit(
+    State(dashboard): State<Dashboard>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(not_until) = dashboard.0.limiter.check_key(&peer.ip()) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        let secs = wait.as_secs() + 1;
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many requests from {}: the limit is {} per second; retry in {secs} s\n",
+                peer.ip(),
+                dashboard.0.config.requests_per_second
+            ),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=30"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'"),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
