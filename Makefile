@@ -21,6 +21,10 @@ BENCH_PY_PACKAGES := duckdb==2.0.0
 TOOLS := $(BUILD_DIR)/tools
 S3S_FS := $(TOOLS)/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
+# Cargo features of the builds here: queries on an Apache DataFusion
+# Ballista cluster (docs/scale-out.md). Every cargo command below builds
+# with the same ones, so that they share one build of the dependencies.
+FEATURES := --features leakwatch/ballista
 # Crates the agent must never pull in (it stays small).
 AGENT_FORBIDDEN := ^(datafusion|arrow|parquet|rocksdb|librocksdb-sys)( |-)
 
@@ -42,7 +46,7 @@ apt_install = missing=""; \
 # crates): built alone, its dependencies would resolve to other features
 # and RocksDB and DataFusion would compile a second time.
 demo: deps
-	$(CARGO) test --locked --workspace --no-run
+	$(CARGO) test --locked --workspace $(FEATURES) --no-run
 	"$(BUILD_DIR)/debug/leakwatch" demo
 
 test: deps browser-deps fmt clippy check-agent-deps test-py s3-server unit
@@ -51,13 +55,13 @@ bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/import.sh
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/agent.sh
-	$(CARGO) bench --locked -p leakwatch --bench ingest
-	BENCH_PYTHON="$(PY_VENV)/bin/python" $(CARGO) bench --locked -p leakwatch --bench rules
-	$(CARGO) bench --locked -p leakwatch --bench dashboard
+	$(CARGO) bench --locked $(FEATURES) -p leakwatch --bench ingest
+	BENCH_PYTHON="$(PY_VENV)/bin/python" $(CARGO) bench --locked $(FEATURES) -p leakwatch --bench rules
+	$(CARGO) bench --locked $(FEATURES) -p leakwatch --bench dashboard
 
 # The collector crash test with more rounds (SIGKILLs under 50 agents).
 soak: deps
-	LEAKWATCH_CRASH_ROUNDS=$${LEAKWATCH_CRASH_ROUNDS:-50} $(CARGO) test --locked -p leakwatch --test it \
+	LEAKWATCH_CRASH_ROUNDS=$${LEAKWATCH_CRASH_ROUNDS:-50} $(CARGO) test --locked $(FEATURES) -p leakwatch --test it \
 	  collector_sigkilled -- --nocapture
 
 # Tools the benchmarks compare against.
@@ -99,7 +103,9 @@ s3-server:
 fmt:
 	$(CARGO) fmt --all --check
 
+# Also without the features: a build without Ballista must compile too.
 clippy:
+	$(CARGO) clippy --locked --workspace --all-targets $(FEATURES) -- -D warnings
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 check-agent-deps:
@@ -117,9 +123,9 @@ check-agent-deps:
 unit:
 	@set -o pipefail; log=$$(mktemp); tmp=$$(mktemp -d); chmod 1777 $$tmp; export TMPDIR=$$tmp; \
 	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
-	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace 2>&1 | tee $$log; rc=$$?; note=""; \
+	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace $(FEATURES) 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
-	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
+	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace $(FEATURES) -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
 	  note=" (tests named external_* skipped: no $(EXTERNAL_TESTDATA))"; \
 	fi; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i; if ($$(i+1) ~ /^filtered/) s += $$i } } \

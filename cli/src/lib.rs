@@ -15,7 +15,9 @@ use leakwatch_collector::server::Server;
 use leakwatch_collector::sql;
 
 use crate::demo::DemoOptions;
-use crate::flags::{AdminCommand, BallistaRole, Cli, Command};
+#[cfg(feature = "ballista")]
+use crate::flags::BallistaRole;
+use crate::flags::{AdminCommand, Cli, Command};
 use crate::settings::serve_config;
 
 /// Errors of the command line: the collector's and the agent's, each kept
@@ -151,35 +153,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", admin::run(&args.data_dir.data_dir, action).await?);
             Ok(())
         }
-        Command::Ballista(args) => {
-            let flows = args.flow_store()?;
-            match args.role {
-                BallistaRole::Scheduler { listen } => {
-                    eprintln!("Ballista scheduler on {listen}, reading {flows}");
-                    Ok(leakwatch_query::ballista::run_scheduler(listen, flows).await?)
-                }
-                BallistaRole::Executor { scheduler, listen, grpc_port, external_host, vcores, work_dir } => {
-                    let (host, port) = scheduler
-                        .rsplit_once(':')
-                        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-                        .ok_or_else(|| Error::Config(format!("--scheduler {scheduler:?}: expected HOST:PORT")))?;
-                    let vcores = vcores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-                    let grpc_port = grpc_port.unwrap_or_else(|| listen.port().saturating_add(1));
-                    eprintln!(
-                        "Ballista executor on {listen} (gRPC port {grpc_port}, task slots: {vcores}) for {scheduler}, reading {flows}"
-                    );
-                    let options = leakwatch_query::ballista::ExecutorOptions {
-                        scheduler: (host, port),
-                        bind: listen,
-                        grpc_port,
-                        external_host,
-                        vcores,
-                        work_dir,
-                    };
-                    Ok(leakwatch_query::ballista::run_executor(options, flows).await?)
-                }
-            }
-        }
+        Command::Ballista(args) => ballista(args).await,
         Command::Demo(args) => {
             demo::run(DemoOptions {
                 data_dir: args.data_dir.clone(),
@@ -191,4 +165,42 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
     }
+}
+
+/// `leakwatch ballista`: a process of a Ballista cluster.
+#[cfg(feature = "ballista")]
+async fn ballista(args: flags::BallistaArgs) -> Result<()> {
+    let flows = args.flow_store()?;
+    match args.role {
+        BallistaRole::Scheduler { listen } => {
+            eprintln!("Ballista scheduler on {listen}, reading {flows}");
+            Ok(leakwatch_query::ballista::run_scheduler(listen, flows).await?)
+        }
+        BallistaRole::Executor { scheduler, listen, grpc_port, external_host, vcores, work_dir } => {
+            let (host, port) = scheduler
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| Error::Config(format!("--scheduler {scheduler:?}: expected HOST:PORT")))?;
+            let vcores = vcores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let grpc_port = grpc_port.unwrap_or_else(|| listen.port().saturating_add(1));
+            eprintln!(
+                "Ballista executor on {listen} (gRPC port {grpc_port}, task slots: {vcores}) for {scheduler}, reading {flows}"
+            );
+            let options = leakwatch_query::ballista::ExecutorOptions {
+                scheduler: (host, port),
+                bind: listen,
+                grpc_port,
+                external_host,
+                vcores,
+                work_dir,
+            };
+            Ok(leakwatch_query::ballista::run_executor(options, flows).await?)
+        }
+    }
+}
+
+/// `leakwatch ballista` in a build without the `ballista` feature.
+#[cfg(not(feature = "ballista"))]
+async fn ballista(_: flags::BallistaArgs) -> Result<()> {
+    Err(Error::Config(format!("leakwatch ballista: {}", leakwatch_query::NO_BALLISTA)))
 }

@@ -16,6 +16,7 @@
 //! tail as `flows` record batches, built with [`FlowBatchBuilder`] (a
 //! batch's labels, then its records; or whole [`FlowRow`]s).
 
+#[cfg(feature = "ballista")]
 pub mod ballista;
 mod bounded;
 mod copies;
@@ -38,7 +39,8 @@ pub use schema::{
     to_stored,
 };
 pub use session::{
-    FilesOnly, QueryConfig, QuerySession, SessionFactory, TailError, TailSnapshot, TailSource, boundary_schema,
+    FilesOnly, NO_BALLISTA, QueryConfig, QuerySession, SessionFactory, TailError, TailSnapshot, TailSource,
+    boundary_schema,
 };
 pub use store::{FlowStore, ReadOnlyStore, S3Options, StoreError, footer_of, parse_s3_url, s3_store};
 pub use udf::registrable_domain;

@@ -76,6 +76,9 @@ impl TailSource for FilesOnly {
     }
 }
 
+/// Why `--ballista` fails in a build without the `ballista` feature.
+pub const NO_BALLISTA: &str = "this build of leakwatch has no Ballista support; build it with `cargo build --features ballista` (see docs/scale-out.md)";
+
 /// Builds every DataFusion session: read-only, with the leakwatch tables
 /// and functions, within the configured limits.
 #[derive(Clone)]
@@ -129,16 +132,25 @@ impl SessionFactory {
             .with_memory_limit(self.config.memory_limit_bytes, 1.0)
             .with_object_store_registry(Arc::new(self.flows.registry()))
             .build_arc()?;
+        #[cfg(feature = "ballista")]
         let config = match &self.config.ballista {
             Some(_) => crate::ballista::cluster_config(),
             None => query_options(SessionConfig::new()),
         };
+        #[cfg(not(feature = "ballista"))]
+        let config = match &self.config.ballista {
+            Some(url) => return Err(Error::Invalid(format!("--ballista {url}: {NO_BALLISTA}"))),
+            None => query_options(SessionConfig::new()),
+        };
         let state =
             SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
+        #[cfg(feature = "ballista")]
         let ctx = match &self.config.ballista {
             Some(url) => crate::ballista::remote_context(url, state).await?,
             None => SessionContext::new_with_state(state),
         };
+        #[cfg(not(feature = "ballista"))]
+        let ctx = SessionContext::new_with_state(state);
         // No table functions that generate unbounded rows.
         ctx.deregister_udtf("generate_series");
         ctx.deregister_udtf("range");
@@ -982,6 +994,17 @@ mod tests {
     }
 
     #[tokio::test]
+    #[cfg(not(feature = "ballista"))]
+    async fn a_build_without_ballista_refuses_the_flag_and_says_how_to_build_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = QueryConfig { ballista: Some("df://127.0.0.1:50050".into()), ..QueryConfig::default() };
+        let factory = SessionFactory::new(config, FlowStore::local(dir.path()).expect("store"), Arc::new(FilesOnly));
+        let text = factory.session().await.map(drop).expect_err("no Ballista in this build").to_string();
+        assert!(text.contains("--ballista df://127.0.0.1:50050") && text.contains("--features ballista"), "{text}");
+    }
+
+    #[tokio::test]
+    #[cfg(feature = "ballista")]
     async fn an_unreachable_scheduler_is_an_error_naming_the_flag_and_address() {
         let dir = tempfile::tempdir().expect("tempdir");
         let day = dir.path().join("flows/day=2026-10-01");

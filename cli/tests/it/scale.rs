@@ -12,12 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
-use leakwatch::demo::run_pipeline_over;
+use leakwatch::demo::{DemoReport, run_pipeline_over};
 use leakwatch_collector::flusher::SharedStore;
 use leakwatch_collector::server::Server;
 use leakwatch_query::format::{OutputFormat, render};
 use leakwatch_query::rules::builtin_rules;
-use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, S3Options, SessionFactory, s3_store};
+#[cfg(feature = "ballista")]
+use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, SessionFactory};
+use leakwatch_query::{S3Options, s3_store};
 
 use crate::{serve_config, set_by_make_test};
 
@@ -103,6 +105,7 @@ impl S3Server {
     }
 }
 
+#[cfg(feature = "ballista")]
 /// Runs `work` on a runtime whose threads have the stack queries need
 /// (`leakwatch_query::QUERY_THREAD_STACK`), as the `leakwatch` binary's
 /// do; what it spawns (an in-process Ballista cluster) stays there, running
@@ -218,9 +221,15 @@ async fn scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node() {
         server.shutdown().await.expect("shutdown");
     }
 
-    // A Ballista scheduler and two executors (in this process, on
-    // loopback) read the same store: every rule gives the same rows. The
-    // executors know leakwatch's SQL functions only through the codecs.
+    on_ballista(&dir, &s3, &report, count);
+}
+
+/// A Ballista scheduler and two executors (in this process, on loopback)
+/// read the store of [`scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node`]:
+/// every rule gives the same rows. The executors know leakwatch's SQL
+/// functions only through the codecs.
+#[cfg(feature = "ballista")]
+fn on_ballista(dir: &tempfile::TempDir, s3: &S3Server, report: &DemoReport, count: &str) {
     let options = S3Options {
         endpoint: Some(s3.endpoint.clone()),
         region: None,
@@ -246,6 +255,13 @@ async fn scale_two_collectors_on_one_s3_store_answer_every_rule_as_one_node() {
     // The console runs on the cluster when given its scheduler.
     let on_cluster = console(&dir.path().join("collector-a"), &["--ballista", &url], count);
     assert_eq!(on_cluster, format!("n\n{}\n", report.records_accepted));
+}
+
+#[cfg(not(feature = "ballista"))]
+fn on_ballista(_: &tempfile::TempDir, _: &S3Server, _: &DemoReport, _: &str) {
+    panic!(
+        "built without the `ballista` feature: run `make test` (or `cargo test --features ballista`), or skip with `-- --skip scale_`"
+    );
 }
 
 /// Two real `leakwatch serve` processes on the shared store; 20 agents,
