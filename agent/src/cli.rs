@@ -459,8 +459,17 @@ pub fn describe_import(imported: &ImportedCapture) -> String {
     if let Some(skipped) = c.skipped_summary() {
         line.push_str(&format!("; {skipped}"));
     }
+    if let Some(back) = c.time_went_back_summary() {
+        line.push_str(&format!("; {back}"));
+    }
     if imported.anonymiser.dropped_local_names > 0 {
         line.push_str(&format!("; {} local DNS names dropped", imported.anonymiser.dropped_local_names));
+    }
+    if imported.anonymiser.dropped_reverse_lookups > 0 {
+        line.push_str(&format!(
+            "; {} reverse lookups dropped (not destinations)",
+            imported.anonymiser.dropped_reverse_lookups
+        ));
     }
     if imported.anonymiser.dropped_non_public > 0 {
         line.push_str(&format!("; {} non-public destinations dropped", imported.anonymiser.dropped_non_public));
@@ -623,7 +632,9 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                     read_ok += 1;
                     accepted += records;
                     out_of_time_total += file_out_of_time;
-                    let stopped = c.stopped_by.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default();
+                    let mut stopped = c.time_went_back_summary().map(|s| format!("; {s}")).unwrap_or_default();
+                    stopped
+                        .push_str(&c.stopped_by.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default());
                     let dated = match file_out_of_time {
                         0 => String::new(),
                         n => format!("; {}", out_of_time(n)),

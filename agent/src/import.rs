@@ -96,30 +96,41 @@ pub struct ReadCapture {
 /// not a capture or nothing in it could be read.
 pub fn read_capture(path: &Path) -> Result<ReadCapture> {
     let mut table = FlowTable::new();
-    let (stats, _) = read_packets(path, &mut table, |_, _| {})?;
+    let (stats, _) = read_packets(path, &mut table, |_, _, _| {})?;
     Ok(ReadCapture { table, stats })
 }
 
-/// Adds every packet of `path` to `table`, calling `after` with the table
-/// and the capture time after each frame. Returns what the reader saw and
-/// the first packet's time; fails when the file is not a capture or
-/// nothing in it could be read.
+/// Adds every packet of `path` to `table`, calling `before` with the
+/// table, the frame's capture time and whether time went back before it
+/// (by more than [`capture::TIME_BACK_US`] from the latest time so far)
+/// ahead of each frame. Returns what the reader saw and the first packet's
+/// time; fails when the file is not a capture or nothing in it could be
+/// read.
 fn read_packets(
     path: &Path,
     table: &mut FlowTable,
-    mut after: impl FnMut(&mut FlowTable, i64),
+    mut before: impl FnMut(&mut FlowTable, i64, bool),
 ) -> Result<(CaptureStats, Option<i64>)> {
     let mut first_ts: Option<i64> = None;
     let mut last_ts = 0i64;
+    let mut latest: Option<i64> = None;
     let stats = capture::read_capture_file(path, |frame, stats| {
+        let mut went_back = false;
         if let Some(ts) = frame.ts_us {
             first_ts.get_or_insert(ts);
             last_ts = ts;
+            went_back = latest.is_some_and(|l| ts < l.saturating_sub(capture::TIME_BACK_US));
+            if went_back {
+                stats.time_went_back += 1;
+                latest = Some(ts);
+            } else {
+                latest = Some(latest.map_or(ts, |l| l.max(ts)));
+            }
         }
+        before(table, last_ts, went_back);
         if let Some(packet) = capture::decode(frame, last_ts, stats) {
             table.add(&packet);
         }
-        after(table, last_ts);
     })?;
     if stats.frames == 0
         && let Some(reason) = &stats.stopped_by
@@ -154,7 +165,16 @@ pub fn read_capture_swept(
     let mut table = FlowTable::new();
     let mut swept_at: Option<i64> = None;
     let mut held_after_sweep = 0;
-    let (stats, first_ts) = read_packets(path, &mut table, |table, now| {
+    let (stats, first_ts) = read_packets(path, &mut table, |table, now, went_back| {
+        if went_back {
+            // Another capture joined end to end begins: the connections
+            // open so far are of the one before, and would never look idle
+            // to times before their last packet.
+            let done = table.drain_finished(i64::MAX, true);
+            on_done(table, done);
+            (swept_at, held_after_sweep) = (Some(now), 0);
+            return;
+        }
         let since = *swept_at.get_or_insert(now);
         let elapsed = now - since;
         if elapsed >= SWEEP_EVERY_US

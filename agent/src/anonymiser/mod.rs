@@ -22,5 +22,6 @@
 mod rules;
 
 pub use rules::{
-    AnonymiserStats, anonymise, anonymise_lookup, is_local_name, is_non_public, looks_like_identifier, scrub_domain,
+    AnonymiserStats, anonymise, anonymise_lookup, is_local_name, is_non_public, is_reverse_lookup,
+    looks_like_identifier, scrub_domain,
 };

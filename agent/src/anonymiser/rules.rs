@@ -21,6 +21,9 @@ pub struct AnonymiserStats {
     /// DNS lookups of local names (`.local`, single-label, reverse lookups
     /// of private ranges) dropped.
     pub dropped_local_names: u64,
+    /// Reverse lookups of public addresses (`in-addr.arpa`, `ip6.arpa`)
+    /// dropped: they ask a name for an address and contact no destination.
+    pub dropped_reverse_lookups: u64,
     /// Records dated before 2000 or more than a day ahead (a capture whose
     /// clock was wrong), which the collector would refuse.
     pub dropped_out_of_time: u64,
@@ -122,11 +125,25 @@ pub fn is_local_name(name: &str) -> bool {
     false
 }
 
+/// True for reverse lookups (`PTR` queries under `in-addr.arpa` or
+/// `ip6.arpa`, and those zones themselves): a device asking the name of an
+/// address, at boot often its own, contacts no destination by it.
+pub fn is_reverse_lookup(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    ["in-addr.arpa", "ip6.arpa"]
+        .iter()
+        .any(|zone| name == *zone || name.strip_suffix(zone).is_some_and(|n| n.ends_with('.')))
+}
+
 /// Applies every rule to one DNS lookup; `None` when it must not be sent.
 /// The resolver is kept only when it is a public address.
 pub fn anonymise_lookup(lookup: &DnsLookup, boot_us: i64, stats: &mut AnonymiserStats) -> Option<FlowRecord> {
     if is_local_name(&lookup.name) {
         stats.dropped_local_names += 1;
+        return None;
+    }
+    if is_reverse_lookup(&lookup.name) {
+        stats.dropped_reverse_lookups += 1;
         return None;
     }
     let (domain, n) = scrub_domain(&lookup.name)?;
@@ -262,6 +279,33 @@ mod tests {
         }
         let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.e.f.ip6.arpa";
         assert!(is_local_name(v6), "link-local reverse");
+    }
+
+    /// A reverse lookup of a public address at boot is no destination: it
+    /// became `in-addr.arpa`, which `boot_phone_home` reported for a model.
+    #[test]
+    fn reverse_lookups_of_public_addresses_are_not_destinations() {
+        let lookup = |name: &str| DnsLookup {
+            origin: crate::flow::Origin { mac: None, ip: "192.168.1.5".parse().expect("ip") },
+            name: name.into(),
+            resolver: "192.168.1.1".parse().expect("ip"),
+            first_us: 1_790_000_000_000_000,
+            last_us: 1_790_000_000_000_000,
+            queries: 1,
+            app: None,
+        };
+        let mut stats = AnonymiserStats::default();
+        for name in [
+            "8.8.8.8.in-addr.arpa",
+            "34.216.184.93.IN-ADDR.ARPA.",
+            "in-addr.arpa",
+            "8.8.8.8.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.8.4.0.6.8.4.1.0.0.2.ip6.arpa",
+        ] {
+            assert_eq!(anonymise_lookup(&lookup(name), 1_790_000_000_000_000, &mut stats), None, "{name}");
+        }
+        assert_eq!((stats.dropped_reverse_lookups, stats.dropped_local_names), (4, 0));
+        let kept = anonymise_lookup(&lookup("api.arpa-example.com"), 1_790_000_000_000_000, &mut stats);
+        assert!(kept.is_some() && !is_reverse_lookup("notin-addr.arpa") && !is_reverse_lookup("xip6.arpa"));
     }
 
     #[test]

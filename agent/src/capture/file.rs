@@ -41,7 +41,15 @@ pub struct CaptureStats {
     pub skipped: BTreeMap<String, u64>,
     /// Why the read stopped before the end of the file, if it did.
     pub stopped_by: Option<String>,
+    /// Times capture time went back by more than [`TIME_BACK_US`] (files
+    /// joined end to end, as `mergecap -a` writes them).
+    pub time_went_back: u64,
 }
+
+/// A step back in capture time larger than this is a join of two captures
+/// (a minute: the idle timeout of UDP; packets merged from two interfaces
+/// are out of order by far less).
+pub const TIME_BACK_US: i64 = 60_000_000;
 
 impl CaptureStats {
     /// Counts one skipped item under `reason`.
@@ -52,6 +60,17 @@ impl CaptureStats {
     /// Total skipped items.
     pub fn skipped_total(&self) -> u64 {
         self.skipped.values().sum()
+    }
+
+    /// "capture time went back N times ...", or `None` when it never did.
+    pub fn time_went_back_summary(&self) -> Option<String> {
+        (self.time_went_back > 0).then(|| {
+            format!(
+                "capture time went back {} time{} (captures joined end to end?): each time the open connections were ended",
+                self.time_went_back,
+                if self.time_went_back == 1 { "" } else { "s" }
+            )
+        })
     }
 
     /// "N skipped: n1 reason1, n2 reason2", or `None` when nothing was skipped.

@@ -12,4 +12,4 @@ mod decode;
 mod file;
 
 pub use decode::{Packet, Transport, decode};
-pub use file::{CaptureStats, Frame, MAX_BLOCK_BYTES, read_capture_file};
+pub use file::{CaptureStats, Frame, MAX_BLOCK_BYTES, TIME_BACK_US, read_capture_file};

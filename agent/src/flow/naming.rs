@@ -134,24 +134,22 @@ impl Conn {
     /// Looks for an HTTP request or a TLS ClientHello at the start of the
     /// client's stream; false while more bytes may decide it.
     fn inspect_stream(&mut self, stream: &[u8]) -> bool {
-        if self.http_host.is_none()
-            && let Some(host) = http::request_host(stream)
-        {
-            self.http_host = Some(host.into());
-            self.hello = HelloState::Done;
-            return true;
+        if self.http_host.is_none() {
+            match http::parse_request(stream) {
+                http::Request::Head(host) => {
+                    self.http_host = host.map(Into::into);
+                    self.hello = HelloState::Done;
+                    return true;
+                }
+                // The Host line, or the end of the header block, is yet to come.
+                http::Request::NeedMore => return false,
+                http::Request::NotHttp => {}
+            }
         }
         match tls::parse_client_hello(stream) {
             tls::Parse::Hello(h) => self.hello = HelloState::found(h, NameSource::Sni),
             tls::Parse::NeedMore(_) => return false,
-            tls::Parse::NotTls => {
-                // An HTTP request line may still be arriving.
-                let maybe_http = stream.len() < 16 && stream.iter().all(u8::is_ascii_uppercase);
-                if maybe_http {
-                    return false;
-                }
-                self.hello = HelloState::Done;
-            }
+            tls::Parse::NotTls => self.hello = HelloState::Done,
         }
         true
     }

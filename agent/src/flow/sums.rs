@@ -47,8 +47,10 @@ pub struct FlowSummary {
     pub fingerprint: Option<String>,
     /// Connections summed into this flow.
     pub connections: u64,
-    /// Mean seconds between successive connection starts (0 with fewer
-    /// than two connections).
+    /// Mean seconds between successive connection starts to the
+    /// destination's name, when it has one (a heartbeat to a name served
+    /// from several addresses in turn is one timer), else to its address
+    /// (0 with fewer than two connections).
     pub interval_mean_s: f64,
     /// Standard deviation of those gaps over their mean (0 with fewer than
     /// three connections).
@@ -205,23 +207,26 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
     /// the gaps between connection starts worked out.
     pub fn finish(self) -> std::collections::BTreeMap<K, Vec<FlowSummary>> {
         let Self { by_dest, groups, mut flows, .. } = self;
+        // The connection starts of each name (in a group), and of each
+        // address without one; each flow gets the gaps of its own.
+        let mut named: FxHashMap<(usize, String), Starts> = FxHashMap::default();
+        let mut unnamed: Vec<Starts> = Vec::new();
         for (_, d) in by_dest {
-            let Some(f) = flows.get_mut(d.at.0).and_then(|out| out.get_mut(d.at.1)) else { continue };
-            let mut starts = d.starts;
-            starts.sort_unstable();
-            let (mut n, mut sum, mut sumsq) = (0u64, 0.0f64, 0.0f64);
-            for w in starts.windows(2) {
-                let gap = (w[1] - w[0]) as f64 / 1e6;
-                n += 1;
-                sum += gap;
-                sumsq += gap * gap;
+            let Some(f) = flows.get(d.at.0).and_then(|out| out.get(d.at.1)) else { continue };
+            match &f.domain {
+                Some(name) => {
+                    let (starts, at) = named.entry((d.at.0, name.to_ascii_lowercase())).or_default();
+                    starts.extend(d.starts);
+                    at.push(d.at);
+                }
+                None => unnamed.push((d.starts, vec![d.at])),
             }
-            if n >= 1 {
-                let mean = sum / n as f64;
-                f.interval_mean_s = mean;
-                if n >= 2 && mean > 0.0 {
-                    let var = (sumsq / n as f64 - mean * mean).max(0.0);
-                    f.interval_cv = var.sqrt() / mean;
+        }
+        for (mut starts, at) in named.into_values().chain(unnamed) {
+            let (mean, cv) = intervals(&mut starts);
+            for (g, i) in at {
+                if let Some(f) = flows.get_mut(g).and_then(|out| out.get_mut(i)) {
+                    (f.interval_mean_s, f.interval_cv) = (mean, cv);
                 }
             }
         }
@@ -233,5 +238,80 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                 (group, out)
             })
             .collect()
+    }
+}
+
+/// Connection starts, and where in `flows` the flows they belong to are
+/// (group, index).
+type Starts = (Vec<i64>, Vec<(usize, usize)>);
+
+/// The mean gap between the connection `starts` (microseconds, sorted
+/// here) in seconds, and the gaps' coefficient of variation: 0 for the
+/// mean with fewer than two starts, 0 for the variation with fewer than
+/// three.
+fn intervals(starts: &mut [i64]) -> (f64, f64) {
+    starts.sort_unstable();
+    let (mut n, mut sum, mut sumsq) = (0u64, 0.0f64, 0.0f64);
+    for w in starts.windows(2) {
+        let gap = (w[1] - w[0]) as f64 / 1e6;
+        n += 1;
+        sum += gap;
+        sumsq += gap * gap;
+    }
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let mean = sum / n as f64;
+    let cv = if n >= 2 && mean > 0.0 { (sumsq / n as f64 - mean * mean).max(0.0).sqrt() / mean } else { 0.0 };
+    (mean, cv)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use crate::capture::{Packet, Transport};
+    use crate::flow::FlowTable;
+    use crate::parsers::tls::build_client_hello;
+
+    /// A heartbeat every 60 s to one name whose three addresses take turns
+    /// irregularly: per address the gaps look random, per name they are a
+    /// timer's, which every flow of the name reports.
+    #[test]
+    fn gaps_are_measured_per_name_when_its_addresses_take_turns() {
+        let servers: Vec<IpAddr> =
+            ["203.0.113.10", "203.0.113.11", "203.0.113.12"].iter().map(|s| s.parse().expect("ip")).collect();
+        let hello: &'static [u8] = build_client_hello("hb.example.com", &["h2"], [1; 32]).leak();
+        let turns = [0, 0, 1, 2, 1, 1, 0, 2, 2, 0, 1, 2];
+        let mut table = FlowTable::new();
+        for (k, &turn) in turns.iter().enumerate() {
+            let packet = |ts_us: i64, syn: bool, payload: &'static [u8]| Packet {
+                ts_us,
+                src_mac: None,
+                src_ip: "192.168.1.5".parse().expect("ip"),
+                dst_ip: servers[turn],
+                transport: Transport::Tcp,
+                src_port: 40_000 + k as u16,
+                dst_port: 443,
+                syn,
+                ack: !syn,
+                fin: false,
+                rst: false,
+                seq: if syn { 1000 } else { 1001 },
+                payload,
+                ip_len: 40 + payload.len() as u32,
+                app: None,
+            };
+            let start = k as i64 * 60_000_000;
+            table.add(&packet(start, true, &[]));
+            table.add(&packet(start + 1_000, false, hello));
+        }
+        let flows = table.summaries();
+        assert_eq!(flows.len(), 3, "one flow per address");
+        for f in &flows {
+            assert_eq!(f.domain.as_deref(), Some("hb.example.com"));
+            assert!((f.interval_mean_s - 60.0).abs() < 1e-6 && f.interval_cv < 1e-9, "{f:?}");
+        }
+        assert_eq!(flows.iter().map(|f| f.connections).sum::<u64>(), 12);
     }
 }

@@ -186,6 +186,8 @@ pub struct FlowTable {
     dhcp: Vec<DhcpHandshake>,
     /// DNS responses that did not parse.
     pub dns_errors: u64,
+    /// Most connections held at once.
+    peak_connections: usize,
 }
 
 /// Most connections a table holds at once; more are counted in
@@ -262,6 +264,7 @@ impl FlowTable {
             let dns_name = self.dns.get(&responder.ip).map(|n| n.as_str().into());
             current = Some(self.all.len());
             self.conns.insert(key, self.all.len());
+            self.peak_connections = self.peak_connections.max(self.all.len() + 1);
             self.all.push(Conn {
                 transport: key.transport,
                 fin_out: false,
@@ -436,6 +439,11 @@ impl FlowTable {
     /// Connections currently held.
     pub fn connection_count(&self) -> usize {
         self.all.len()
+    }
+
+    /// Most connections this table held at once.
+    pub fn peak_connections(&self) -> usize {
+        self.peak_connections
     }
 
     /// Every connection (5-tuple), in order of first packet: the

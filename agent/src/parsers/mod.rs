@@ -5,4 +5,5 @@
 pub mod dns;
 pub mod http;
 pub mod quic;
+pub mod socks;
 pub mod tls;

@@ -31,6 +31,11 @@ pub struct HelloShape {
     pub supported_versions: Vec<u16>,
     /// The `signature_algorithms` extension's list, in order.
     pub signature_algorithms: Vec<u16>,
+    /// The first ALPN value's bytes as sent: JA4 takes its first and last
+    /// characters, or the hex digits of its bytes when they are not
+    /// alphanumeric text ([`ClientHello::alpn`] holds it as text, where
+    /// bytes that are not UTF-8 became replacement characters).
+    pub first_alpn: Vec<u8>,
 }
 
 /// GREASE values (RFC 8701) are random placeholders a fingerprint ignores.
@@ -115,7 +120,12 @@ impl ClientHello {
         let ciphers: Vec<u16> = h.ciphers.iter().copied().filter(|c| !is_grease(*c)).collect();
         let extensions: Vec<u16> = h.extensions.iter().copied().filter(|e| !is_grease(*e)).collect();
         let sni = if extensions.contains(&0) { 'd' } else { 'i' };
-        let alpn = match self.alpn.first().map(String::as_bytes) {
+        // The bytes as sent when the parser kept them, else the text.
+        let first_alpn = match self.alpn.first() {
+            Some(_) if !h.first_alpn.is_empty() => Some(h.first_alpn.as_slice()),
+            first => first.map(String::as_bytes),
+        };
+        let alpn = match first_alpn {
             Some([first, .., last]) | Some([first @ last]) => {
                 if first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric() {
                     format!("{}{}", char::from(*first), char::from(*last))
@@ -283,6 +293,9 @@ fn parse_hello_body(b: &[u8]) -> Option<ClientHello> {
                 while l.pos < list.len() {
                     let len = usize::from(l.u8()?);
                     let proto = l.take(len)?;
+                    if hello.alpn.is_empty() {
+                        hello.shape.first_alpn = proto.to_vec();
+                    }
                     hello.alpn.push(String::from_utf8_lossy(proto).into_owned());
                 }
             }
@@ -370,6 +383,7 @@ mod tests {
                 extensions,
                 supported_versions: vec![0x0a0a, 0x0304, 0x0303],
                 signature_algorithms: vec![0x0403, 0x0804],
+                first_alpn: Vec::new(),
             },
             fingerprint: None,
         };
@@ -381,6 +395,29 @@ mod tests {
         let bare =
             ClientHello { shape: HelloShape { legacy_version: 0x0301, ..Default::default() }, ..Default::default() };
         assert_eq!(bare.ja4(false), "t10i000000_000000000000_000000000000");
+    }
+
+    /// JA4's ALPN part of a first value that is not text: the first and
+    /// last hex digits of its bytes as sent (`0xAB 0xCD` gives `ad`), not
+    /// of the replacement characters it became as a string (`ed`).
+    #[test]
+    fn ja4_of_an_alpn_value_that_is_not_text_uses_its_raw_bytes() {
+        let mut record = build_client_hello("a.example", &["QQ", "h2"], [7; 32]);
+        let at = record.windows(3).position(|w| w == b"\x02QQ").expect("the first ALPN value");
+        record[at + 1..at + 3].copy_from_slice(&[0xab, 0xcd]);
+        let Parse::Hello(hello) = parse_client_hello(&record) else { panic!("a ClientHello") };
+        assert_eq!(hello.alpn, ["\u{fffd}\u{fffd}", "h2"]);
+        let ja4 = hello.ja4(false);
+        assert_eq!(&ja4[8..10], "ad", "{ja4}");
+        // Text as before: its first and last characters.
+        let Parse::Hello(text) = parse_client_hello(&build_client_hello("a.example", &["http/1.1"], [7; 32])) else {
+            panic!("a ClientHello")
+        };
+        assert_eq!(&text.ja4(false)[8..10], "h1");
+        // An alphanumeric first character but not a last one: hex digits too.
+        let record = build_client_hello("a.example", &["a\u{7f}"], [7; 32]);
+        let Parse::Hello(mixed) = parse_client_hello(&record) else { panic!("a ClientHello") };
+        assert_eq!(&mixed.ja4(false)[8..10], "6f");
     }
 
     #[test]

@@ -138,6 +138,22 @@ fn dns_message(id: u16, name: &str, answer: Option<Ipv4Addr>) -> Vec<u8> {
     m
 }
 
+/// A PTR query for `name`, or the resolver's answer that it has no record
+/// (NXDOMAIN).
+fn ptr_message(id: u16, name: &str, response: bool) -> Vec<u8> {
+    let flags: u16 = if response { 0x8183 } else { 0x0100 };
+    let mut m = Vec::new();
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&flags.to_be_bytes());
+    m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 12, 0, 1]);
+    m
+}
+
 fn dhcp_message(op: u8, xid: u32, mac: [u8; 6], msg_type: u8, yiaddr: Ipv4Addr) -> Vec<u8> {
     let mut m = vec![0u8; 236];
     m[0] = op;
@@ -168,7 +184,15 @@ fn chunks(total: u32, mss: u32) -> Vec<u32> {
 /// Simulates one contact starting at `t` (microseconds) and returns when
 /// it ended.
 fn contact(lan: &mut Lan, rng: &mut StdRng, t: i64, dest: &Destination) {
-    let IpAddr::V4(server) = dest.ip else { return };
+    let ip = match dest.also.len() {
+        0 => dest.ip,
+        n => {
+            // Fibonacci hashing of the time: irregular turns, no draw.
+            let k = ((t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % (n as u64 + 1);
+            if k == 0 { dest.ip } else { dest.also[k as usize - 1] }
+        }
+    };
+    let IpAddr::V4(server) = ip else { return };
     let rtt = rng.random_range(15_000..60_000i64);
     // DNS through the router.
     let qid: u16 = rng.random();
@@ -336,6 +360,13 @@ pub fn simulate_fleet(
                     (5353, 5353),
                     &dns_message(0, "_googlecast._tcp.local", None),
                 );
+                if let Some(name) = &model.reverse_lookup_at_boot {
+                    // Drawn from nothing random: the rest of the capture
+                    // is the same as without it.
+                    let (id, port) = (boot as u16, 40_000 + (device_no % 20_000) as u16);
+                    lan.udp(t0 + 3_000_000, true, ROUTER_IP, (port, 53), &ptr_message(id, name, false));
+                    lan.udp(t0 + 3_008_000, false, ROUTER_IP, (53, port), &ptr_message(id, name, true));
+                }
                 let contacts = profile.everyone.iter().chain(&model.contact).chain(&profile.background);
                 let limit_us = (profile.capture_seconds * 1e6) as i64;
                 for c in contacts {

@@ -40,6 +40,11 @@ pub struct Destination {
     pub name: String,
     /// Its public address.
     pub ip: std::net::IpAddr,
+    /// More addresses its name resolves to: each contact picks one of all
+    /// of them (DNS round robin), by a hash of its time, not at random, so
+    /// that the rest of a capture stays as without them.
+    #[serde(default)]
+    pub also: Vec<std::net::IpAddr>,
     /// Server port.
     pub port: u16,
     /// Protocol spoken.
@@ -116,6 +121,10 @@ pub struct ModelProfile {
     /// firmware picked at random.
     #[serde(default)]
     pub update_at_boot: Option<u32>,
+    /// A reverse lookup (a PTR query, `….in-addr.arpa`) each device of the
+    /// model makes at boot: no destination, which no rule may report.
+    #[serde(default)]
+    pub reverse_lookup_at_boot: Option<String>,
 }
 
 impl FleetProfile {
@@ -177,6 +186,14 @@ impl FleetProfile {
             if let Some((key, share)) = m.consent_off_share.iter().find(|(_, s)| !(0.0..=1.0).contains(*s)) {
                 return Err(Error::Profile(format!(
                     "model {:?}: consent_off_share.{key} = {share} is not in 0..=1",
+                    m.model
+                )));
+            }
+            if let Some(name) = &m.reverse_lookup_at_boot
+                && !crate::anonymiser::is_reverse_lookup(name)
+            {
+                return Err(Error::Profile(format!(
+                    "model {:?}: reverse_lookup_at_boot = {name:?} is no name under in-addr.arpa or ip6.arpa",
                     m.model
                 )));
             }

@@ -153,3 +153,61 @@ fn a_truncated_lan_capture_says_it_stopped_early() {
         "{stderr}"
     );
 }
+
+/// Captures joined end to end, as `mergecap -a` writes them (capture time
+/// goes back at each join), are read holding no more connections at once
+/// than the same captures merged in time order; the import summary says
+/// that time went back.
+#[test]
+fn captures_joined_end_to_end_hold_no_more_connections_than_merged_in_time_order() {
+    use leakwatch_agent::capture::{TIME_BACK_US, read_capture_file};
+    use leakwatch_agent::import::read_capture_swept;
+    use leakwatch_agent::simulate::PcapWriter;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (manifest, lan, labels) = lan_capture(dir.path(), 10, 11);
+    // Each boot's capture, one after the other.
+    let joined = dir.path().join("joined.pcap");
+    let file = std::io::BufWriter::new(std::fs::File::create(&joined).expect("create"));
+    let mut out = PcapWriter::new(file, 1).expect("pcap writer");
+    let (mut joins, mut latest) = (0u64, i64::MIN);
+    for capture in &manifest.captures {
+        read_capture_file(&dir.path().join(&capture.file), |frame, _| {
+            let ts = frame.ts_us.expect("a timestamp");
+            if ts < latest.saturating_sub(TIME_BACK_US) {
+                joins += 1;
+                latest = ts;
+            }
+            latest = latest.max(ts);
+            out.write_frame(ts, frame.data).expect("write");
+        })
+        .expect("read a boot's capture");
+    }
+    out.finish().expect("finish");
+    assert!(joins >= 5, "time went back at {joins} joins");
+
+    let peak = |path: &Path| {
+        let mut peak = 0;
+        let (stats, _) = read_capture_swept(path, |open, _| peak = peak.max(open.peak_connections())).expect("read");
+        (peak, stats.time_went_back)
+    };
+    let (merged, merged_back) = peak(&lan);
+    let (joined_peak, joined_back) = peak(&joined);
+    assert_eq!((merged_back, joined_back), (0, joins));
+    assert!(
+        joined_peak <= merged,
+        "joined end to end: {joined_peak} connections at once; merged in time order: {merged}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args(["import", "--lan", "--dry-run", "--format", "jsonl", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--device-labels")
+        .arg(&labels)
+        .arg(&joined)
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("capture time went back {joins} times")), "{stderr}");
+}

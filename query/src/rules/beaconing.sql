@@ -1,6 +1,6 @@
 -- name: beaconing
 -- title: Destinations contacted like clockwork
--- description: Per model, destinations (host names) that most of the model's devices contact again and again at regular intervals within a boot: at least min_connections connections whose gaps vary by at most max_cv of their mean (coefficient of variation). A timer, not a person, drives such traffic: heartbeats, polling, telemetry. Uses the connection timing agents report per destination and boot (records from agents that do not report it are left out).
+-- description: Per model, destinations (host names) that most of the model's devices contact again and again at regular intervals within a boot: at least min_connections connections whose gaps vary by at most max_cv of their mean (coefficient of variation). A timer, not a person, drives such traffic: heartbeats, polling, telemetry. Uses the connection timing agents report per name and boot (measured over all of the name's addresses; records from agents that do not report it are left out).
 -- param: min_connections = 5 | connections to the destination within one boot
 -- param: max_cv = 0.1 | largest coefficient of variation of the gaps between them
 -- param: min_share = 0.5 | share of the model's devices that must show the pattern
@@ -8,11 +8,16 @@
 -- columns: vendor, model, domain, devices, model_devices, share, interval_s, cv
 -- public: interval_s, cv
 WITH regular AS (
-  SELECT vendor, model, device_pseudonym, domain, interval_mean_s, interval_cv
+  -- One row per device, boot and name. The records of a name's addresses
+  -- carry the name's gaps (agents measure them over all of its addresses),
+  -- and their connections add up.
+  SELECT vendor, model, device_pseudonym, domain,
+         max(interval_mean_s) AS interval_mean_s, max(interval_cv) AS interval_cv
   FROM flows
   WHERE domain IS NOT NULL
-    AND connections >= ${min_connections}
-    AND interval_cv <= ${max_cv}
+  GROUP BY vendor, model, device_pseudonym, boot_pseudonym, domain
+  HAVING sum(connections) >= ${min_connections}
+     AND max(interval_cv) <= ${max_cv}
 ),
 model_devices AS (
   SELECT vendor, model, count(DISTINCT device_pseudonym) AS n
