@@ -18,7 +18,7 @@ use leakwatch_query::rules::{Rule, builtin_rules};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::queries::{Query, queries};
+use crate::queries::{Query, named, queries, timed};
 use crate::{Error, Result};
 
 /// Smallest thresholds an operator may set.
@@ -338,13 +338,8 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
 
     let queries = queries();
     let run = |name: &'static str| {
-        let query = queries.get(name).cloned();
-        async move {
-            match query {
-                Some(query) => query.run(session, t, &[]).await,
-                None => Err(Error::QueryFile(format!("no query {name}"))),
-            }
-        }
+        let query = named(&queries, name);
+        async move { query?.run(session, t, &[]).await }
     };
 
     // Populations: models and vendors.
@@ -556,10 +551,7 @@ async fn rule_findings(
     model_dests: &BTreeMap<(String, String), Vec<ModelDestination>>,
 ) -> Result<Vec<Finding>> {
     let sql = rule.render(&BTreeMap::new())?;
-    let started = std::time::Instant::now();
-    let rows = session.sql(&sql).await;
-    tracing::debug!(query = %rule.name, elapsed_ms = started.elapsed().as_millis() as u64, "Dashboard query");
-    let rows = rows?;
+    let rows = timed(session, &rule.name, &sql).await?;
     let has = |c: &str| rule.columns.iter().any(|x| x == c);
     // The rule's rows as text, by column name.
     let mut table: Vec<BTreeMap<String, Option<String>>> = Vec::new();
@@ -610,10 +602,9 @@ async fn rule_findings(
     ctx.register_batch("hits", hits).map_err(leakwatch_query::Error::from)?;
     // boot_phone_home names registrable domains, the other rules host names.
     let destination = if rule.name == "boot_phone_home" { "registrable_domain(f.domain)" } else { "f.domain" };
-    let evidence_rows = match queries.get("evidence") {
-        Some(query) => query.run(session, t, &[("destination", destination)]).await,
-        None => Err(Error::QueryFile("no query evidence".into())),
-    };
+    // `hits` is deregistered below before an error here is returned.
+    let evidence_rows =
+        async { named(queries, "evidence")?.run(session, t, &[("destination", destination)]).await }.await;
     let _ = ctx.deregister_table("hits");
     let mut evidence: Vec<Evidence> = (0..table.len()).map(|_| Evidence::default()).collect();
     evidence_rows?.each(|r| {

@@ -117,10 +117,7 @@ impl Query {
         thresholds: Thresholds,
         fragments: &[(&str, &str)],
     ) -> Result<Rows> {
-        let started = std::time::Instant::now();
-        let batches = session.sql(&self.render(thresholds, fragments)).await;
-        tracing::debug!(query = self.name, elapsed_ms = started.elapsed().as_millis() as u64, "Dashboard query");
-        self.read(&batches?)
+        self.read(&timed(session, self.name, &self.render(thresholds, fragments)).await?)
     }
 
     /// The declared columns of `batches`, cast to their declared types.
@@ -218,6 +215,20 @@ impl Row<'_> {
     pub fn count(&self, name: &str) -> u64 {
         u64::try_from(self.int(name)).unwrap_or(0)
     }
+}
+
+/// Runs `sql` (the dashboard query `what`) on `session`, logging its time
+/// (`LEAKWATCH_LOG=leakwatch_dashboard=debug`).
+pub(crate) async fn timed(session: &QuerySession, what: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+    let started = std::time::Instant::now();
+    let batches = session.sql(sql).await;
+    tracing::debug!(query = what, elapsed_ms = started.elapsed().as_millis() as u64, "Dashboard query");
+    Ok(batches?)
+}
+
+/// The query `name` of `queries`.
+pub fn named<'a>(queries: &'a BTreeMap<&'static str, Query>, name: &str) -> Result<&'a Query> {
+    queries.get(name).ok_or_else(|| Error::QueryFile(format!("no query {name}")))
 }
 
 /// Every query, by name.

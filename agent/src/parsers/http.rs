@@ -36,14 +36,11 @@ pub fn parse_request(stream: &[u8]) -> Request {
     }
     let head = &stream[..stream.len().min(MAX_HEAD_BYTES)];
     // Lines that end in a line feed; what follows the last one is cut.
-    let complete = head.iter().rposition(|&b| b == b'\n').map_or(&head[..0], |end| &head[..=end]);
+    let complete = head.iter().rposition(|&b| b == b'\n').map_or(&head[..0], |end| &head[..end]);
     for line in complete.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            // The blank line after the last header (or the end of `complete`).
-            if std::ptr::eq(line.as_ptr_range().end, complete.as_ptr_range().end) {
-                break;
-            }
+            // The blank line after the last header.
             return Request::Head(None);
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
