@@ -68,6 +68,7 @@ impl v1::DomainSource {
             Self::Sni => "sni",
             Self::Quic => "quic",
             Self::Http => "http",
+            Self::Socks => "socks",
         }
     }
 }

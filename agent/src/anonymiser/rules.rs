@@ -198,6 +198,7 @@ pub fn anonymise(
     let domain_source = match (&domain, flow.name_source) {
         (None, _) | (_, NameSource::None) => DomainSource::None,
         (_, NameSource::Dns) => DomainSource::Dns,
+        (_, NameSource::Socks) => DomainSource::Socks,
         (_, NameSource::Http) => DomainSource::Http,
         (_, NameSource::Quic) => DomainSource::Quic,
         (_, NameSource::Sni) => DomainSource::Sni,

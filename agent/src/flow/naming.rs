@@ -1,12 +1,14 @@
 //! Naming a connection's destination: the TLS or QUIC ClientHello (SNI,
 //! ALPN, JA4) and the HTTP Host read from the start of the client's
-//! stream, then DNS answers; and whether a destination is encrypted DNS.
+//! stream (after a SOCKS CONNECT when the client talks through a SOCKS
+//! proxy, whose requested host name comes next), then DNS answers; and
+//! whether a destination is encrypted DNS.
 
 use std::collections::BTreeMap;
 
-use super::table::{Conn, FlowTable};
+use super::table::{Conn, FlowTable, SocksTarget};
 use crate::capture::Packet;
-use crate::parsers::{http, quic, tls};
+use crate::parsers::{http, quic, socks, tls};
 
 /// How much of a client's stream is kept while looking for a ClientHello.
 const MAX_HELLO_BYTES: usize = 64 * 1024;
@@ -20,6 +22,8 @@ pub enum NameSource {
     None,
     /// A DNS answer earlier in the capture.
     Dns,
+    /// The host name a SOCKS4a or SOCKS5 CONNECT asked the proxy for.
+    Socks,
     /// The HTTP Host header.
     Http,
     /// The SNI of the ClientHello in a QUIC Initial.
@@ -29,11 +33,12 @@ pub enum NameSource {
 }
 
 impl NameSource {
-    /// "none", "dns", "http", "quic" or "sni".
+    /// "none", "dns", "socks", "http", "quic" or "sni".
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Dns => "dns",
+            Self::Socks => "socks",
             Self::Http => "http",
             Self::Quic => "quic",
             Self::Sni => "sni",
@@ -53,7 +58,7 @@ pub(super) struct NamingRef<'a> {
 /// Where the search for a ClientHello stands on a connection.
 #[derive(Debug)]
 pub(super) enum HelloState {
-    Collecting { base: Option<u32>, segments: BTreeMap<u32, Vec<u8>>, bytes: usize },
+    Collecting { base: Option<u32>, segments: BTreeMap<u32, Vec<u8>> },
     Quic(Box<quic::InitialState>),
     Found(Box<tls::ClientHello>, NameSource),
     Done,
@@ -85,7 +90,7 @@ impl Conn {
     }
 
     pub(super) fn client_segment(&mut self, p: &Packet<'_>) {
-        let HelloState::Collecting { base, segments, bytes } = &mut self.hello else {
+        let HelloState::Collecting { base, segments } = &mut self.hello else {
             return;
         };
         if p.syn {
@@ -95,7 +100,8 @@ impl Conn {
         if p.payload.is_empty() {
             return;
         }
-        if segments.len() >= MAX_HELLO_SEGMENTS || *bytes + p.payload.len() > MAX_HELLO_BYTES {
+        let kept: usize = segments.values().map(Vec::len).sum();
+        if segments.len() >= MAX_HELLO_SEGMENTS || kept + p.payload.len() > MAX_HELLO_BYTES {
             self.hello = HelloState::Done;
             return;
         }
@@ -103,15 +109,16 @@ impl Conn {
             // The stream's first bytes, as they came (most hellos fit in one
             // segment): looked at in place, kept only when more must follow.
             if !self.inspect_stream(p.payload)
-                && let HelloState::Collecting { segments, bytes, .. } = &mut self.hello
+                && let HelloState::Collecting { segments, .. } = &mut self.hello
             {
-                *bytes += p.payload.len();
                 segments.insert(p.seq, p.payload.to_vec());
             }
             return;
         }
-        *bytes += p.payload.len();
-        segments.entry(p.seq).or_insert_with(|| p.payload.to_vec());
+        if segments.contains_key(&p.seq) {
+            return; // a retransmission: nothing new to look at
+        }
+        segments.insert(p.seq, p.payload.to_vec());
         // Without a SYN the stream starts at the lowest sequence seen.
         let start = base.unwrap_or_else(|| segments.keys().next().copied().unwrap_or(p.seq));
         let mut stream = Vec::new();
@@ -132,8 +139,23 @@ impl Conn {
     }
 
     /// Looks for an HTTP request or a TLS ClientHello at the start of the
-    /// client's stream; false while more bytes may decide it.
+    /// client's stream, or after the SOCKS CONNECT it starts with; false
+    /// while more bytes may decide it.
     fn inspect_stream(&mut self, stream: &[u8]) -> bool {
+        let stream = match socks::parse_client(stream) {
+            socks::Socks::NotSocks => stream,
+            socks::Socks::NeedMore => return false,
+            socks::Socks::Connect { name, addr, tunnel_at, .. } => {
+                if self.socks.is_none() {
+                    self.socks = Some(Box::new(SocksTarget { name: name.map(Into::into), addr }));
+                }
+                match stream.get(tunnel_at..) {
+                    Some(tunnel) if !tunnel.is_empty() => tunnel,
+                    // The tunnelled stream is yet to come.
+                    _ => return false,
+                }
+            }
+        };
         if self.http_host.is_none() {
             match http::parse_request(stream) {
                 http::Request::Head(host) => {
@@ -158,7 +180,7 @@ impl Conn {
 impl HelloState {
     /// Before the client's first bytes.
     pub(super) fn new() -> Self {
-        Self::Collecting { base: None, segments: BTreeMap::new(), bytes: 0 }
+        Self::Collecting { base: None, segments: BTreeMap::new() }
     }
 }
 
@@ -175,6 +197,14 @@ impl FlowTable {
             (Some(s), hello_source)
         } else if let Some(h) = &conn.http_host {
             (Some(&**h), NameSource::Http)
+        } else if let Some(target) = &conn.socks {
+            // Through a SOCKS proxy: the name asked for, or a DNS answer's
+            // name for the address asked for; never the proxy's own name.
+            match (&target.name, target.addr.and_then(|a| self.dns.get(&a))) {
+                (Some(n), _) => (Some(&**n), NameSource::Socks),
+                (None, Some(d)) => (Some(d.as_str()), NameSource::Dns),
+                (None, None) => (None, NameSource::None),
+            }
         } else if let Some(d) =
             conn.dns_name.as_deref().or_else(|| self.dns.get(&conn.responder.ip).map(String::as_str))
         {
@@ -216,4 +246,111 @@ pub fn is_encrypted_dns(port: u16, name: Option<&str>) -> bool {
                 let n = n.trim_end_matches('.').to_ascii_lowercase();
                 DOH_HOSTS.contains(&n.as_str())
             }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::NameSource;
+    use crate::capture::{Packet, Transport};
+    use crate::flow::FlowTable;
+    use crate::parsers::tls::build_client_hello;
+
+    const PROXY: &str = "203.0.113.9";
+
+    /// A TCP segment from the client to a SOCKS proxy (port 1080), or the
+    /// proxy's empty answer; `seq` counts from the SYN's sequence 1000.
+    fn segment(ts_us: i64, from_client: bool, syn: bool, seq: u32, payload: &[u8]) -> Packet<'_> {
+        let (client, proxy): (IpAddr, IpAddr) = ("192.168.1.5".parse().expect("ip"), PROXY.parse().expect("ip"));
+        let (src_ip, dst_ip, src_port, dst_port) =
+            if from_client { (client, proxy, 40000, 1080) } else { (proxy, client, 1080, 40000) };
+        Packet {
+            ts_us,
+            src_mac: None,
+            src_ip,
+            dst_ip,
+            transport: Transport::Tcp,
+            src_port,
+            dst_port,
+            syn,
+            ack: !syn,
+            fin: false,
+            rst: false,
+            seq: 1000 + seq,
+            payload,
+            ip_len: 40 + payload.len() as u32,
+            app: None,
+        }
+    }
+
+    /// The client's stream, cut into the segments given, after a SYN; the
+    /// proxy answering between them. Returns the one connection's name and
+    /// source, and its ALPN.
+    fn name_of(parts: &[&[u8]], dns: Option<(&str, &str)>) -> (Option<String>, NameSource, Vec<String>) {
+        let mut t = FlowTable::new();
+        if let Some((name, addr)) = dns {
+            t.dns.insert(addr.parse().expect("ip"), name.to_string());
+        }
+        t.add(&segment(0, true, true, 0, &[]));
+        let mut seq = 1;
+        for (i, part) in parts.iter().enumerate() {
+            let ts = 1_000 * (i as i64 + 1);
+            t.add(&segment(ts, true, false, seq, part));
+            t.add(&segment(ts + 500, false, false, 0, &[]));
+            seq += part.len() as u32;
+        }
+        let conns = t.connections();
+        assert_eq!(conns.len(), 1);
+        let c = conns.into_iter().next().expect("one connection");
+        assert_eq!(c.dst_ip.to_string(), PROXY);
+        (c.domain, c.name_source, c.alpn)
+    }
+
+    fn socks5_request(name: &str) -> Vec<u8> {
+        let mut r = vec![5, 1, 0, 3, name.len() as u8];
+        r.extend_from_slice(name.as_bytes());
+        r.extend_from_slice(&443u16.to_be_bytes());
+        r
+    }
+
+    #[test]
+    fn tls_through_a_socks5_proxy_is_named_by_its_sni() {
+        let hello = build_client_hello("telemetry.vendor.example", &["h2", "http/1.1"], [7; 32]);
+        let request = socks5_request("cloud.vendor.example");
+        // Greeting, request and hello each in its own segment, as a client
+        // waiting for each answer of the proxy sends them.
+        let (domain, source, alpn) = name_of(&[&[5, 1, 0], &request, &hello], None);
+        assert_eq!(domain.as_deref(), Some("telemetry.vendor.example"));
+        assert_eq!(source, NameSource::Sni);
+        assert_eq!(alpn, ["h2", "http/1.1"]);
+        // The hello itself cut in two.
+        let (domain, source, _) = name_of(&[&[5, 1, 0], &request, &hello[..40], &hello[40..]], None);
+        assert_eq!((domain.as_deref(), source), (Some("telemetry.vendor.example"), NameSource::Sni));
+    }
+
+    #[test]
+    fn a_socks_connect_names_its_destination_when_nothing_in_the_tunnel_does() {
+        let request = socks5_request("cloud.vendor.example");
+        let (domain, source, _) = name_of(&[&[5, 1, 0], &request], None);
+        assert_eq!((domain.as_deref(), source), (Some("cloud.vendor.example"), NameSource::Socks));
+        // SOCKS4a, and an opaque stream through the tunnel.
+        let mut s4a = vec![4, 1, 0x1f, 0x90, 0, 0, 0, 1, 0];
+        s4a.extend_from_slice(b"updates.vendor.example\0");
+        let (domain, source, _) = name_of(&[&s4a, &[0x17, 0x42, 0x42]], None);
+        assert_eq!((domain.as_deref(), source), (Some("updates.vendor.example"), NameSource::Socks));
+        // HTTP through the tunnel names it by its Host.
+        let (domain, source, _) = name_of(&[&s4a, b"GET / HTTP/1.1\r\nHost: cdn.vendor.example\r\n\r\n"], None);
+        assert_eq!((domain.as_deref(), source), (Some("cdn.vendor.example"), NameSource::Http));
+    }
+
+    #[test]
+    fn a_socks_connect_to_an_address_is_named_by_that_address_dns_answer() {
+        let s4 = [4, 1, 1, 187, 198, 51, 100, 7, b'u', 0];
+        let (domain, source, _) = name_of(&[&s4], Some(("api.vendor.example", "198.51.100.7")));
+        assert_eq!((domain.as_deref(), source), (Some("api.vendor.example"), NameSource::Dns));
+        // Not the proxy's own name.
+        let (domain, _, _) = name_of(&[&s4], Some(("proxy.example", PROXY)));
+        assert_eq!(domain, None);
+    }
 }

@@ -168,7 +168,18 @@ pub(super) struct Conn {
     pub(super) dns_name: Option<Box<str>>,
     pub(super) hello: HelloState,
     pub(super) http_host: Option<Box<str>>,
+    /// What a SOCKS CONNECT at the start of the stream asked the proxy for.
+    pub(super) socks: Option<Box<SocksTarget>>,
     pub(super) app: Option<Box<str>>,
+}
+
+/// The destination a client asked a SOCKS proxy to connect it to.
+#[derive(Debug)]
+pub(super) struct SocksTarget {
+    /// The host name asked for (SOCKS4a, SOCKS5).
+    pub(super) name: Option<Box<str>>,
+    /// The address asked for (SOCKS4, SOCKS5).
+    pub(super) addr: Option<IpAddr>,
 }
 
 /// Builds connections and destinations from packets of one device.
@@ -284,6 +295,7 @@ impl FlowTable {
                 dns_name,
                 hello: HelloState::new(),
                 http_host: None,
+                socks: None,
                 app: None,
             });
         }
