@@ -1,15 +1,14 @@
 //! The `leakwatch-agent` command line.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use prost::Message as _;
 
-use crate::config::{AgentConfig, default_config_path};
+use crate::config::{AgentConfig, DeviceConfig, default_config_path};
 use crate::delivery::{AgentStatus, deliver};
 use crate::explain::{DryRunFormat, write_connections, write_dry_run};
 use crate::import::{
@@ -150,6 +149,10 @@ pub struct InstallServiceArgs {
     /// `device_labels` in the config).
     #[arg(long)]
     pub lan: bool,
+    /// The configuration the service reads: for one device, its `[device]`
+    /// table must name the vendor and model.
+    #[arg(long, default_value = "/etc/leakwatch-agent/agent.toml")]
+    pub config: PathBuf,
 }
 
 /// Flags of `flush`.
@@ -218,46 +221,46 @@ impl LanArgs {
     /// The LAN labels (flag, else the config's `device_labels`, else none)
     /// in LAN mode; `None` otherwise. The one-device flags are refused in
     /// LAN mode.
-    fn labels(&self, device: &DeviceArgs, config: &AgentConfig) -> Result<Option<LanLabels>> {
+    fn labels(&self, device: &DeviceArgs, settings: &Settings) -> Result<Option<LanLabels>> {
         if !self.lan {
             return Ok(None);
         }
-        check_no_device_flags(device)?;
-        match self.device_labels.clone().or_else(|| config.device_labels.clone()) {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-                LanLabels::from_toml(&text).map(Some)
-            }
+        check_no_device_flags(device, settings)?;
+        match self.device_labels.clone().or_else(|| settings.config.device_labels.clone()) {
+            Some(path) => LanLabels::load(&path).map(Some),
             None => Ok(Some(LanLabels::default())),
         }
     }
 }
 
-/// Labels of the device a capture comes from.
+/// Labels of the device a capture comes from: each flag, else its
+/// environment variable, else the `[device]` table of the configuration.
 #[derive(Debug, Args)]
 pub struct DeviceArgs {
     /// Your own name for the device; turned into a pseudonym with this
     /// install's secret and never sent. Default: the capture's MAC address
     /// (or address), pseudonymised the same way.
-    #[arg(long)]
+    #[arg(long, env = "LEAKWATCH_AGENT_DEVICE_ID")]
     pub device_id: Option<String>,
     /// Device vendor, e.g. Xiaomi.
-    #[arg(long, default_value = "")]
-    pub vendor: String,
+    #[arg(long, env = "LEAKWATCH_AGENT_VENDOR")]
+    pub vendor: Option<String>,
     /// Device model, e.g. "Redmi 1S".
-    #[arg(long, default_value = "")]
-    pub model: String,
+    #[arg(long, env = "LEAKWATCH_AGENT_MODEL")]
+    pub model: Option<String>,
     /// OS or firmware version.
-    #[arg(long, default_value = "")]
-    pub firmware: String,
-    /// Declared consent, KEY=VALUE (repeatable), e.g. cloud_account=off.
-    #[arg(long = "consent", value_name = "KEY=VALUE")]
+    #[arg(long, env = "LEAKWATCH_AGENT_FIRMWARE")]
+    pub firmware: Option<String>,
+    /// Declared consent, KEY=VALUE (repeatable; in the environment
+    /// variable separated by ';'), e.g. cloud_account=off. Overrides the
+    /// configuration's entry of the same key.
+    #[arg(long = "consent", value_name = "KEY=VALUE", env = "LEAKWATCH_AGENT_CONSENT", value_delimiter = ';')]
     pub consent: Vec<String>,
     /// Boot time (RFC 3339 or Unix seconds). Default: the capture's first packet.
     #[arg(long)]
     pub boot_time: Option<String>,
     /// Application that produced the traffic, if known.
-    #[arg(long)]
+    #[arg(long, env = "LEAKWATCH_AGENT_APP")]
     pub app: Option<String>,
 }
 
@@ -298,6 +301,8 @@ pub struct AgentArgs {
 #[derive(Debug, Clone)]
 struct Settings {
     config: AgentConfig,
+    /// Where the configuration was read from (or would be).
+    config_path: PathBuf,
     collector: Option<String>,
     state_dir: PathBuf,
     enrollment_code: String,
@@ -329,10 +334,8 @@ impl Settings {
 
 impl AgentArgs {
     fn settings(&self, collector: Option<String>) -> Result<Settings> {
-        let config = match &self.config {
-            Some(path) => AgentConfig::load(path, true)?,
-            None => AgentConfig::load(&default_config_path(), false)?,
-        };
+        let config_path = self.config.clone().unwrap_or_else(default_config_path);
+        let config = AgentConfig::load(&config_path, self.config.is_some())?;
         Ok(Settings {
             collector: collector.or_else(|| config.collector.clone()),
             state_dir: self.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(default_state_dir),
@@ -351,6 +354,7 @@ impl AgentArgs {
                 self.spool_max_mib.or(config.spool_max_mib).unwrap_or(DEFAULT_MAX_BYTES >> 20) << 20,
             ),
             config,
+            config_path,
         })
     }
 }
@@ -413,41 +417,73 @@ pub struct SimulateArgs {
 }
 
 impl DeviceArgs {
-    /// The labels these flags declare.
-    pub fn labels(&self) -> Result<DeviceLabels> {
-        let mut consent = BTreeMap::new();
+    /// The labels in force: each flag (or its environment variable), else
+    /// the configuration's `[device]` table (checked when it was read).
+    pub fn labels(&self, config: &DeviceConfig) -> Result<DeviceLabels> {
+        let mut consent = config.consent.clone();
         for pair in &self.consent {
             let Some((k, v)) = pair.split_once('=') else {
                 return Err(Error::InvalidArgument {
-                    field: "--consent".into(),
+                    field: "--consent (or LEAKWATCH_AGENT_CONSENT)".into(),
                     reason: format!("{pair:?} is not KEY=VALUE"),
                 });
             };
             consent.insert(k.trim().to_string(), v.trim().to_string());
         }
         // The protocol's rule for labels, refused here with the flag named.
-        let check = |field: &str, checked: std::result::Result<(), leakwatch_proto::Invalid>| {
+        let check = |flag: &str, checked: std::result::Result<(), leakwatch_proto::Invalid>| {
             checked.map_err(|leakwatch_proto::Invalid(e)| Error::InvalidArgument {
-                field: field.into(),
-                reason: e.strip_prefix(&format!("{field}: ")).unwrap_or(&e).to_string(),
+                field: format!("--{flag} (or LEAKWATCH_AGENT_{})", flag.to_ascii_uppercase()),
+                reason: e.strip_prefix(&format!("--{flag}: ")).unwrap_or(&e).to_string(),
             })
         };
         use leakwatch_proto::labels::{check_consent, check_label};
-        check("--vendor", check_label("--vendor", &self.vendor))?;
-        check("--model", check_label("--model", &self.model))?;
-        check("--firmware", check_label("--firmware", &self.firmware))?;
-        for (k, v) in &consent {
-            check("--consent", check_consent("--consent", k, v))?;
+        let pick = |flag: &Option<String>, file: &Option<String>| flag.clone().or_else(|| file.clone());
+        let (vendor, model, firmware) = (
+            pick(&self.vendor, &config.vendor),
+            pick(&self.model, &config.model),
+            pick(&self.firmware, &config.firmware),
+        );
+        for (flag, value) in [("vendor", &self.vendor), ("model", &self.model), ("firmware", &self.firmware)] {
+            if let Some(v) = value {
+                check(flag, check_label(format_args!("--{flag}"), v))?;
+            }
+        }
+        for k in self.consent.iter().filter_map(|p| p.split_once('=').map(|(k, _)| k.trim())) {
+            check("consent", check_consent("--consent", k, &consent[k]))?;
+        }
+        if let Some(app) = &self.app {
+            check("app", leakwatch_proto::labels::check_app("--app", app))?;
         }
         Ok(DeviceLabels {
-            device_id: self.device_id.clone(),
-            vendor: self.vendor.clone(),
-            model: self.model.clone(),
-            firmware: self.firmware.clone(),
+            device_id: pick(&self.device_id, &config.device_id),
+            vendor: vendor.unwrap_or_default(),
+            model: model.unwrap_or_default(),
+            firmware: firmware.unwrap_or_default(),
             consent,
             boot_time_us: self.boot_time.as_deref().map(parse_boot_time).transpose()?,
-            app: self.app.clone(),
+            app: pick(&self.app, &config.app),
         })
+    }
+
+    /// The labels the environment gives (no flags), as `run` would see them.
+    fn from_env() -> Result<Self> {
+        use clap::{Args as _, FromArgMatches as _};
+        let bad = |e: clap::Error| Error::InvalidArgument { field: "environment".into(), reason: e.to_string() };
+        let matches = Self::augment_args(clap::Command::new("env")).try_get_matches_from(["env"]).map_err(bad)?;
+        Self::from_arg_matches(&matches).map_err(bad)
+    }
+}
+
+/// Says when records will carry no vendor or model (which every rule
+/// groups by), and where to set them.
+fn warn_unlabelled(labels: &DeviceLabels, config: &Path) {
+    if labels.vendor.is_empty() || labels.model.is_empty() {
+        eprintln!(
+            "warning: no device vendor and model: the rules group records by model, so these count for none; \
+             set vendor and model under [device] in {} (or --vendor and --model)",
+            config.display()
+        );
     }
 }
 
@@ -573,12 +609,15 @@ async fn enroll(args: EnrollArgs) -> Result<ExitCode> {
 }
 
 async fn import(mut args: ImportArgs) -> Result<ExitCode> {
-    let labels = args.device.labels()?;
     let settings = args.agent.settings(args.collector.take())?;
+    let labels = args.device.labels(&settings.config.device)?;
     if !args.dry_run {
         settings.collector()?;
     }
-    let lan_labels = args.lan.labels(&args.device, &settings.config)?;
+    let lan_labels = args.lan.labels(&args.device, &settings)?;
+    if lan_labels.is_none() {
+        warn_unlabelled(&labels, &settings.config_path);
+    }
     let state = settings.state()?;
     // Each file's batches go out (to stdout, or into the spool) before the
     // next file is read, so memory holds one capture's at a time.
@@ -776,19 +815,26 @@ async fn deliver_spool(spool: &std::sync::Mutex<Spool>, settings: &Settings, sta
     }
 }
 
-/// In LAN mode devices are labelled by MAC, not by the one-device flags.
-fn check_no_device_flags(d: &DeviceArgs) -> Result<()> {
-    if d.device_id.is_some()
-        || !d.vendor.is_empty()
-        || !d.model.is_empty()
-        || !d.firmware.is_empty()
-        || !d.consent.is_empty()
+/// In LAN mode devices are labelled by MAC, not by the one-device flags
+/// or the configuration's `[device]` table.
+fn check_no_device_flags(d: &DeviceArgs, settings: &Settings) -> Result<()> {
+    if d.device_id.is_some() || d.vendor.is_some() || d.model.is_some() || d.firmware.is_some() || !d.consent.is_empty()
     {
         return Err(Error::InvalidArgument {
             field: "--lan".into(),
-            reason: "device flags (--device-id, --vendor, --model, --firmware, --consent) label one device; \
-                     in LAN mode label devices by MAC in --device-labels"
+            reason: "device flags (--device-id, --vendor, --model, --firmware, --consent, or their \
+                     LEAKWATCH_AGENT_* variables) label one device; in LAN mode label devices by MAC in --device-labels"
                 .into(),
+        });
+    }
+    if !settings.config.device.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "--lan".into(),
+            reason: format!(
+                "the [device] table of {} labels one device; in LAN mode label devices by MAC in device_labels \
+                 (comment out the [device] keys, or run without --lan)",
+                settings.config_path.display()
+            ),
         });
     }
     Ok(())
@@ -811,12 +857,15 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let labels = args.device.labels()?;
     let settings = args.agent.settings(args.collector.take())?;
+    let labels = args.device.labels(&settings.config.device)?;
     if !args.dry_run {
         settings.collector()?;
     }
-    let lan_labels = args.lan.labels(&args.device, &settings.config)?;
+    let lan_labels = args.lan.labels(&args.device, &settings)?;
+    if lan_labels.is_none() {
+        warn_unlabelled(&labels, &settings.config_path);
+    }
     let state = settings.state()?;
     let source = match (args.interface.clone(), args.pcapdroid_udp) {
         (Some(name), _) => LiveSource::Interface(name),
@@ -976,19 +1025,62 @@ fn install_service(args: InstallServiceArgs) -> Result<ExitCode> {
         Some(b) => b,
         None => std::env::current_exe().map_err(|source| Error::Io { path: "<current executable>".into(), source })?,
     };
-    let spec = crate::service::ServiceSpec { name: args.name.clone(), binary, source, lan: args.lan };
+    // The labels the service will send: its configuration's, checked now
+    // rather than found missing in the collector's data.
+    let config = AgentConfig::load(&args.config, false)?;
+    if !args.lan {
+        let d = &config.device;
+        let missing: Vec<&str> = [("vendor", &d.vendor), ("model", &d.model)]
+            .into_iter()
+            .filter(|(_, v)| v.as_deref().is_none_or(str::is_empty))
+            .map(|(key, _)| key)
+            .collect();
+        if !missing.is_empty() {
+            let init = if args.config.exists() {
+                String::new()
+            } else {
+                format!(" (`leakwatch-agent init --config {}` writes one to edit)", args.config.display())
+            };
+            return Err(Error::InvalidArgument {
+                field: "install-service".into(),
+                reason: format!(
+                    "the service reports one device, and the rules group its records by vendor and model: \
+                     set {} under [device] in {}{init}, or pass --lan on a router",
+                    missing.join(" and "),
+                    args.config.display()
+                ),
+            });
+        }
+    }
+    let spec = crate::service::ServiceSpec {
+        name: args.name.clone(),
+        binary,
+        source,
+        lan: args.lan,
+        config: args.config.clone(),
+    };
     let path = crate::service::install(&spec, &args.unit_dir, args.force)?;
     let name = &args.name;
+    let config_path = args.config.display();
     println!("wrote {}", path.display());
-    println!("Configure the collector (and enrollment code) in /etc/leakwatch-agent/agent.toml:");
-    println!("  sudo mkdir -p /etc/leakwatch-agent");
-    println!("  sudo leakwatch-agent init --config /etc/leakwatch-agent/agent.toml");
+    if !args.lan {
+        let d = &config.device;
+        println!(
+            "It reports as {} {} (from [device] in {config_path}).",
+            d.vendor.as_deref().unwrap_or_default(),
+            d.model.as_deref().unwrap_or_default()
+        );
+    }
+    println!("Configure the collector (and enrollment code) in {config_path}");
+    if !args.config.exists() {
+        println!("  sudo leakwatch-agent init --config {config_path}");
+    }
     println!("Then start it:");
     println!("  sudo systemctl daemon-reload");
     println!("  sudo systemctl enable --now {name}.service");
     println!("Watch it:");
     println!("  journalctl -u {name} -f");
-    println!("  sudo leakwatch-agent status --state-dir /var/lib/leakwatch-agent");
+    println!("  sudo leakwatch-agent status --config {config_path} --state-dir /var/lib/leakwatch-agent");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1018,8 +1110,20 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     let settings = args.agent.settings(None)?;
     let spool = Spool::inspect(&settings.spool_dir())?;
     let status = AgentStatus::load(&settings.state_dir)?;
+    // The labels `run` would send with this configuration and environment.
+    let labels = DeviceArgs::from_env()?.labels(&settings.config.device)?;
+    let lan_file = settings.config.device_labels.as_ref().map(|p| (p, LanLabels::load(p)));
     if args.json {
         let value = serde_json::json!({
+            "config": settings.config_path,
+            "device": {"vendor": labels.vendor, "model": labels.model, "firmware": labels.firmware,
+                       "consent": labels.consent, "app": labels.app,
+                       "device_id_set": labels.device_id.is_some()},
+            "device_labels": lan_file.as_ref().map(|(p, l)| serde_json::json!({
+                "file": p,
+                "devices": l.as_ref().ok().map(|l| l.devices.len()),
+                "error": l.as_ref().err().map(ToString::to_string),
+            })),
             "state_dir": settings.state_dir,
             "queued": {"batches": spool.entries, "records": spool.records, "bytes": spool.bytes,
                        "max_bytes": settings.spool.max_bytes},
@@ -1030,6 +1134,33 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let c = &spool.counters;
+    println!("configuration: {}", settings.config_path.display());
+    let unset = |v: &str| if v.is_empty() { "(not set)".to_string() } else { format!("{v:?}") };
+    println!(
+        "device labels (one device): vendor {}, model {}, firmware {}, consent {}{}",
+        unset(&labels.vendor),
+        unset(&labels.model),
+        unset(&labels.firmware),
+        if labels.consent.is_empty() {
+            "(none)".to_string()
+        } else {
+            labels.consent.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
+        },
+        labels.app.as_deref().map(|a| format!(", app {a:?}")).unwrap_or_default()
+    );
+    if labels.vendor.is_empty() || labels.model.is_empty() {
+        println!(
+            "  without vendor and model a device's records count for no rule: set them under [device] in {}",
+            settings.config_path.display()
+        );
+    }
+    match &lan_file {
+        Some((path, Ok(lan))) => {
+            println!("LAN labels: {} ({} devices labelled)", path.display(), lan.devices.len())
+        }
+        Some((path, Err(e))) => println!("LAN labels: {}: {e}", path.display()),
+        None => {}
+    }
     println!("state directory: {}", settings.state_dir.display());
     println!("collector: {}", status.collector.as_deref().or(settings.collector.as_deref()).unwrap_or("(none yet)"));
     println!(

@@ -21,6 +21,7 @@ use leakwatch_proto::labels::{check_consent, check_label};
 
 use crate::anonymiser::{AnonymiserStats, is_non_public};
 use crate::capture::CaptureStats;
+use crate::config::{Key, at_line, line_of};
 use crate::flow::{DhcpHandshake, DnsLookup, FlowSummary, FlowSums, FlowTable, Origin};
 use crate::import::{ImportedCapture, boot_records, build_batches, hash_file, read_capture_swept};
 use crate::state::AgentState;
@@ -131,25 +132,38 @@ pub fn oui_vendor(mac: [u8; 6]) -> Option<String> {
 }
 
 impl LanLabels {
-    /// Reads and checks a labels file.
-    pub fn from_toml(text: &str) -> Result<Self> {
+    /// Reads and checks the labels file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and checks a labels file's text (`path` names it in errors,
+    /// with the line of what is wrong).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
         let labels: Self = toml::from_str(text)
-            .map_err(|e| Error::InvalidArgument { field: "--device-labels".into(), reason: e.to_string() })?;
-        for d in &labels.devices {
-            if parse_mac(&d.mac).is_none() {
-                return Err(Error::InvalidArgument {
-                    field: "--device-labels".into(),
-                    reason: format!("mac {:?} is not aa:bb:cc:dd:ee:ff", d.mac),
-                });
+            .map_err(|e| Error::InvalidArgument { field: path.display().to_string(), reason: e.to_string() })?;
+        let mut seen: HashMap<[u8; 6], usize> = HashMap::new();
+        for (i, d) in labels.devices.iter().enumerate() {
+            let line = |key: &str| line_of(text, &[Key::Name("device"), Key::Index(i), Key::Name(key)]);
+            let refuse = |key: &str, reason: String| Error::InvalidArgument { field: at_line(path, line(key)), reason };
+            let Some(mac) = parse_mac(&d.mac) else {
+                return Err(refuse("mac", format!("mac {:?} is not aa:bb:cc:dd:ee:ff", d.mac)));
+            };
+            if let Some(first) = seen.insert(mac, i) {
+                let first_line = line_of(text, &[Key::Name("device"), Key::Index(first), Key::Name("mac")]);
+                let earlier = first_line.map_or_else(|| "earlier".to_string(), |n| format!("on line {n}"));
+                return Err(refuse("mac", format!("mac {} is labelled twice (also {earlier})", format_mac(mac))));
             }
-            let invalid =
-                |e: leakwatch_proto::Invalid| Error::InvalidArgument { field: "--device-labels".into(), reason: e.0 };
             let device = |field: &str| format!("device {}: {field}", d.mac);
-            check_label(device("vendor"), &d.vendor).map_err(invalid)?;
-            check_label(device("model"), &d.model).map_err(invalid)?;
-            check_label(device("firmware"), &d.firmware).map_err(invalid)?;
+            let checked = |key: &str, r: std::result::Result<(), leakwatch_proto::Invalid>| {
+                r.map_err(|leakwatch_proto::Invalid(e)| refuse(key, e))
+            };
+            checked("vendor", check_label(device("vendor"), &d.vendor))?;
+            checked("model", check_label(device("model"), &d.model))?;
+            checked("firmware", check_label(device("firmware"), &d.firmware))?;
             for (k, v) in &d.consent {
-                check_consent(device("consent"), k, v).map_err(invalid)?;
+                checked("consent", check_consent(device("consent"), k, v))?;
             }
         }
         Ok(labels)
@@ -502,15 +516,25 @@ vendor = "Xiaomi"
 model = "Redmi 1S"
 consent = { cloud_account = "off" }
 "#;
-        let labels = LanLabels::from_toml(text).expect("parses");
-        assert_eq!(LanLabels::from_toml(&toml::to_string(&labels).expect("ser")).expect("re-read"), labels);
-        let err =
-            LanLabels::from_toml("[[device]]\nmac = \"nope\"\nvendor = \"x\"\nmodel = \"y\"").expect_err("bad mac");
-        assert!(err.to_string().contains("nope"), "{err}");
-        let err =
-            LanLabels::from_toml("[[device]]\nmac = \"64:09:80:12:34:56\"\nvendor = \"x\"\nmodel = \"y\"\ncolour = 1")
-                .expect_err("unknown field");
-        assert!(err.to_string().contains("colour"), "{err}");
+        let file = Path::new("devices.toml");
+        let labels = LanLabels::from_toml(text, file).expect("parses");
+        assert_eq!(LanLabels::from_toml(&toml::to_string(&labels).expect("ser"), file).expect("re-read"), labels);
+        let err = LanLabels::from_toml("[[device]]\nmac = \"nope\"\nvendor = \"x\"\nmodel = \"y\"", file)
+            .expect_err("bad mac");
+        assert!(err.to_string().contains("devices.toml line 2") && err.to_string().contains("nope"), "{err}");
+        let err = LanLabels::from_toml(
+            "[[device]]\nmac = \"64:09:80:12:34:56\"\nvendor = \"x\"\nmodel = \"y\"\ncolour = 1",
+            file,
+        )
+        .expect_err("unknown field");
+        assert!(err.to_string().contains("colour") && err.to_string().contains("line 5"), "{err}");
+        let twice = "[[device]]\nmac = \"64:09:80:12:34:56\"\nvendor = \"x\"\nmodel = \"y\"\n\n\
+                     [[device]]\nmac = \"64-09-80-12-34-56\"\nvendor = \"x\"\nmodel = \"z\"\n";
+        let err = LanLabels::from_toml(twice, file).expect_err("duplicate").to_string();
+        assert!(err.contains("devices.toml line 7") && err.contains("labelled twice (also on line 2)"), "{err}");
+        let long = format!("[[device]]\nmac = \"64:09:80:12:34:56\"\nvendor = \"x\"\nmodel = \"{}\"", "m".repeat(65));
+        let err = LanLabels::from_toml(&long, file).expect_err("too long").to_string();
+        assert!(err.contains("devices.toml line 4") && err.contains("at most 64"), "{err}");
         // Issue 29, point 7: labels that attack whoever shows them.
         for (entry, want) in [
             ("vendor = \"x\"\nmodel = \"evil\\u202egpj.exe\"", "device 64:09:80:12:34:56: model"),
@@ -518,7 +542,7 @@ consent = { cloud_account = "off" }
             ("vendor = \"x\"\nmodel = \"y\"\nconsent = { \"a;b\" = \"on\" }", "holds '=' or ';'"),
         ] {
             let text = format!("[[device]]\nmac = \"64:09:80:12:34:56\"\n{entry}");
-            let err = LanLabels::from_toml(&text).expect_err(entry).to_string();
+            let err = LanLabels::from_toml(&text, Path::new("devices.toml")).expect_err(entry).to_string();
             assert!(err.contains(want), "{err}");
         }
     }

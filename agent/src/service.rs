@@ -3,7 +3,8 @@
 //! The unit runs the agent as a dynamic, unprivileged user whose only
 //! capability is `CAP_NET_RAW` (to capture), with the file system read-only
 //! except its state directory (`/var/lib/leakwatch-agent`, the spool and
-//! credentials), its configuration in `/etc/leakwatch-agent/agent.toml`,
+//! credentials), its configuration (`/etc/leakwatch-agent/agent.toml` unless
+//! `--config` names another; under `/home` it cannot be read),
 //! and the usual systemd sandboxing. SIGTERM makes the agent report its
 //! open connections and deliver what it can before it exits.
 
@@ -24,6 +25,9 @@ pub struct ServiceSpec {
     /// Router / LAN mode (`run --lan`; labels from the config's
     /// `device_labels`).
     pub lan: bool,
+    /// The configuration file `run` reads (its `[device]` labels, the
+    /// collector).
+    pub config: PathBuf,
 }
 
 fn quote(arg: &str) -> String {
@@ -58,7 +62,7 @@ After=network-online.target
 
 [Service]
 Type=simple
-ExecStart={binary} run {source} --config /etc/leakwatch-agent/agent.toml
+ExecStart={binary} run {source} --config {config}
 Environment=LEAKWATCH_AGENT_STATE_DIR=/var/lib/leakwatch-agent
 # A fresh unprivileged user; its only privilege is capturing packets.
 DynamicUser=yes
@@ -101,6 +105,7 @@ RestartSec=10s
 WantedBy=multi-user.target
 ",
         binary = quote(&spec.binary.to_string_lossy()),
+        config = quote(&spec.config.to_string_lossy()),
     )
 }
 
@@ -137,6 +142,7 @@ mod tests {
             binary: "/usr/local/bin/leakwatch-agent".into(),
             source: LiveSource::Interface("eth0".into()),
             lan: false,
+            config: "/etc/leakwatch-agent/agent.toml".into(),
         };
         let path = install(&spec, dir.path(), false).expect("install");
         let text = std::fs::read_to_string(&path).expect("read");

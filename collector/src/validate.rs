@@ -15,12 +15,10 @@ pub use leakwatch_proto::codec::{
     MAX_BYTES_PER_RECORD, MAX_CONNECTIONS_PER_RECORD, MAX_CONSENT_ENTRIES, MAX_FUTURE_S, MAX_PACKETS_PER_RECORD,
     MAX_RECORDS_PER_BATCH, MIN_WINDOW_START_S,
 };
-pub use leakwatch_proto::labels::MAX_LABEL_BYTES;
+pub use leakwatch_proto::labels::{MAX_APP_BYTES, MAX_LABEL_BYTES};
 use leakwatch_proto::labels::{check_consent, check_label, check_printable};
 /// Longest domain name.
 pub const MAX_DOMAIN_BYTES: usize = 253;
-/// Longest app name.
-pub const MAX_APP_BYTES: usize = 128;
 /// Longest time since boot accepted (10 years), seconds.
 pub const MAX_SECONDS_SINCE_BOOT: f64 = 315_360_000.0;
 

@@ -15,6 +15,9 @@ use crate::Invalid;
 /// values), bytes.
 pub const MAX_LABEL_BYTES: usize = 64;
 
+/// Longest app name a record may hold, bytes.
+pub const MAX_APP_BYTES: usize = 128;
+
 /// The characters no label may hold, with how a refusal names them.
 fn forbidden(c: char) -> Option<&'static str> {
     match c {
@@ -39,6 +42,15 @@ pub fn check_label(field: impl std::fmt::Display, value: &str) -> Result<(), Inv
     if value.len() > MAX_LABEL_BYTES {
         let shown: String = value.chars().take(32).collect();
         return Err(Invalid(format!("{field}: {} bytes ({shown:?}...), at most {MAX_LABEL_BYTES}", value.len())));
+    }
+    check_printable(field, value)
+}
+
+/// Checks an app name: printable, at most [`MAX_APP_BYTES`].
+pub fn check_app(field: impl std::fmt::Display, value: &str) -> Result<(), Invalid> {
+    if value.len() > MAX_APP_BYTES {
+        let shown: String = value.chars().take(32).collect();
+        return Err(Invalid(format!("{field}: {} bytes ({shown:?}...), at most {MAX_APP_BYTES}", value.len())));
     }
     check_printable(field, value)
 }

@@ -235,7 +235,7 @@ pub fn anonymise(
         bytes_in: flow.bytes_in.min(MAX_BYTES_PER_RECORD),
         packets_out: flow.packets_out.min(MAX_PACKETS_PER_RECORD),
         packets_in: flow.packets_in.min(MAX_PACKETS_PER_RECORD),
-        app: printable_prefix(flow.app.as_deref().or(app).unwrap_or_default(), MAX_APP_BYTES),
+        app: printable_prefix(flow.app.as_deref().or(app).unwrap_or_default(), leakwatch_proto::labels::MAX_APP_BYTES),
         tls,
         duration_s: (flow.last_us - flow.first_us).max(0) as f64 / 1e6,
         encrypted_dns: flow.encrypted_dns,
@@ -244,9 +244,6 @@ pub fn anonymise(
         interval_cv: flow.interval_cv,
     })
 }
-
-/// Longest app name the collector accepts, bytes.
-const MAX_APP_BYTES: usize = 128;
 
 /// The printable characters of `text` (see `leakwatch_proto::labels`), at
 /// most `max` bytes of them, cut at a character boundary.

@@ -125,7 +125,10 @@ fn issue29_labels_that_attack_readers_are_refused_naming_the_flag() {
     let (dir, manifest) = simulated_fleet(1);
     let capture = dir.path().join(&manifest.captures[0].file);
     for (flags, want) in [
-        (["--vendor", "Evil\u{202e}gpj.exe"], "invalid --vendor: \"Evil\\u{202e}gpj.exe\" holds a Unicode direction"),
+        (
+            ["--vendor", "Evil\u{202e}gpj.exe"],
+            "invalid --vendor (or LEAKWATCH_AGENT_VENDOR): \"Evil\\u{202e}gpj.exe\" holds a Unicode direction",
+        ),
         (["--model", "a\u{7}b"], "invalid --model"),
         (["--consent", "cloud;x=on"], "invalid --consent"),
     ] {

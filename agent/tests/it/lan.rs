@@ -34,12 +34,7 @@ fn lan_capture_yields_per_device_records_with_labels_and_dhcp_boots() {
 
     // Expected per MAC: labels (every second device is labelled) and boots.
     let labelled: BTreeSet<String> =
-        leakwatch_agent::lan::LanLabels::from_toml(&std::fs::read_to_string(&labels).expect("read"))
-            .expect("labels")
-            .devices
-            .into_iter()
-            .map(|d| d.mac)
-            .collect();
+        leakwatch_agent::lan::LanLabels::load(&labels).expect("labels").devices.into_iter().map(|d| d.mac).collect();
     let mut boots_per_mac: BTreeMap<&str, usize> = BTreeMap::new();
     for c in &manifest.captures {
         *boots_per_mac.entry(c.mac.as_str()).or_default() += 1;

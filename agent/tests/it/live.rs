@@ -167,11 +167,16 @@ fn phone_stream_gives_the_same_records_as_the_capture_file_with_the_app() {
     let file = dir.path().join(&manifest.captures[0].file);
     let state = tempfile::tempdir().expect("state");
     let expected = per_destination(&import_dry_run(&file, state.path(), &[]));
-    let (lines, stderr, frames) = run_stream(&file, state.path(), &[], Some("com.example.phone"));
+    // The phone's labels from the configuration, as a service has them.
+    let config = state.path().join("agent.toml");
+    std::fs::write(&config, "[device]\nvendor = \"Fairphone\"\nmodel = \"FP4\"\n").expect("write config");
+    let config_flag = ["--config", config.to_str().expect("utf-8 path")];
+    let (lines, stderr, frames) = run_stream(&file, state.path(), &config_flag, Some("com.example.phone"));
     assert!(stderr.contains(&format!("captured {frames} frames")), "{stderr}");
     assert!(!lines.is_empty(), "{stderr}");
     for l in &lines {
         assert_eq!(l["app"], "com.example.phone", "{l}");
+        assert_eq!((&l["device"]["vendor"], &l["device"]["model"]), (&"Fairphone".into(), &"FP4".into()), "{l}");
     }
     assert_eq!(per_destination(&lines), expected, "same destinations and bytes as importing the file");
 }

@@ -3,6 +3,7 @@
 mod baselines;
 mod captures;
 mod dry_run;
+mod labels;
 mod lan;
 mod live;
 mod privacy;
