@@ -63,6 +63,76 @@ pub enum Command {
     /// Show what was sent, what is queued, the last error and the
     /// collector's last answer.
     Status(StatusArgs),
+    /// List the devices a router sees on the LAN (capture files, or an
+    /// interface for a while), what each says about itself and what it
+    /// probably is; prints only, never sends anything.
+    Devices(DevicesArgs),
+    /// Label a LAN device by its MAC in the labels file (added, or its
+    /// entry updated; every other line and comment kept).
+    Label(LabelArgs),
+}
+
+/// Flags of `devices`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["files", "interface"])))]
+pub struct DevicesArgs {
+    /// Capture files (pcap, pcapng) of the LAN.
+    pub files: Vec<PathBuf>,
+    /// Or: listen on this interface (needs CAP_NET_RAW), e.g. eth0.
+    #[arg(long, requires = "for_secs", conflicts_with = "files")]
+    pub interface: Option<String>,
+    /// With --interface: how long to listen, seconds (devices announce
+    /// themselves every few minutes; DHCP only when they join).
+    #[arg(long = "for", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub for_secs: Option<u64>,
+    /// The labels file to show each device's entry from (default: the
+    /// configuration's `device_labels`).
+    #[arg(long)]
+    pub device_labels: Option<PathBuf>,
+    /// Configuration file (default: $XDG_CONFIG_HOME/leakwatch-agent/agent.toml).
+    #[arg(long, env = "LEAKWATCH_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output: text for reading, or one JSON object per device.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DevicesFormat,
+}
+
+/// Output formats of `devices`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevicesFormat {
+    /// Lines for reading.
+    Text,
+    /// One JSON object per device.
+    Jsonl,
+}
+
+/// Flags of `label`.
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// The device's MAC, as `devices` lists it (aa:bb:cc:dd:ee:ff).
+    pub mac: String,
+    /// Vendor, e.g. D-Link.
+    #[arg(long)]
+    pub vendor: String,
+    /// Model, e.g. DCS-930LB.
+    #[arg(long)]
+    pub model: String,
+    /// Firmware or OS version.
+    #[arg(long)]
+    pub firmware: Option<String>,
+    /// Declared consent, KEY=VALUE (repeatable); other entries are kept.
+    #[arg(long = "consent", value_name = "KEY=VALUE")]
+    pub consent: Vec<String>,
+    /// Your own name for it (only its pseudonym is sent).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The labels file (default: the configuration's `device_labels`);
+    /// created when missing.
+    #[arg(long)]
+    pub device_labels: Option<PathBuf>,
+    /// Configuration file (default: $XDG_CONFIG_HOME/leakwatch-agent/agent.toml).
+    #[arg(long, env = "LEAKWATCH_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Flags of `run`.
@@ -587,6 +657,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => status(args),
+        Command::Devices(args) => devices(args),
+        Command::Label(args) => label(args),
     }
 }
 
@@ -1179,6 +1251,144 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     println!("last acknowledged: {}", status.last_success.as_deref().unwrap_or("never"));
     println!("collector's last answer: {}", status.last_answer.as_deref().unwrap_or("none"));
     println!("last error: {}", status.last_error.as_deref().unwrap_or("none"));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration at `path` (the default when `None`), and where it is.
+fn load_config(path: Option<&Path>) -> Result<(AgentConfig, PathBuf)> {
+    let at = path.map_or_else(default_config_path, Path::to_path_buf);
+    Ok((AgentConfig::load(&at, path.is_some())?, at))
+}
+
+/// Splits `KEY=VALUE` consent flags.
+fn consent_pairs(pairs: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+            None => {
+                Err(Error::InvalidArgument { field: "--consent".into(), reason: format!("{pair:?} is not KEY=VALUE") })
+            }
+        })
+        .collect()
+}
+
+fn devices(args: DevicesArgs) -> Result<ExitCode> {
+    use crate::discover::{DeviceReport, Discovery, suggest};
+    use crate::lan::LanDeviceKey;
+    let (config, config_path) = load_config(args.config.as_deref())?;
+    let labels_path = args.device_labels.clone().or(config.device_labels.clone());
+    let labels = match &labels_path {
+        Some(path) if path.exists() || args.device_labels.is_some() => LanLabels::load(path)?,
+        _ => LanLabels::default(),
+    };
+    let mut discovery = Discovery::default();
+    let mut read_any = false;
+    if let Some(name) = &args.interface {
+        let mut capture = Capture::open(&LiveSource::Interface(name.clone()))?;
+        let secs = args.for_secs.unwrap_or(60);
+        eprintln!("listening on {name} for {secs} s");
+        crate::discover::listen(&mut capture, std::time::Instant::now() + Duration::from_secs(secs), &mut discovery)?;
+        read_any = true;
+    }
+    for file in &args.files {
+        match crate::discover::read_file(file, &mut discovery) {
+            Ok(stats) => {
+                read_any = true;
+                let mut line = format!("{}: {} packets read", file.display(), stats.frames);
+                if let Some(skipped) = stats.skipped_summary() {
+                    line.push_str(&format!("; {skipped}"));
+                }
+                if let Some(stop) = &stats.stopped_by {
+                    line.push_str(&format!("; stopped early: {stop}"));
+                }
+                eprintln!("{line}");
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    if !read_any {
+        eprintln!("error: none of the {} capture(s) could be read", args.files.len());
+        return Ok(ExitCode::from(2));
+    }
+    let macs = discovery.devices().filter_map(|(k, _)| match k {
+        LanDeviceKey::Mac(m) => Some(*m),
+        LanDeviceKey::Addr(_) => None,
+    });
+    let ouis = crate::lan::oui_vendors(macs);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (mut seen, mut labelled) = (0usize, 0usize);
+    for (key, evidence) in discovery.devices() {
+        let mac = match key {
+            LanDeviceKey::Mac(m) => Some(*m),
+            LanDeviceKey::Addr(_) => None,
+        };
+        let oui = mac.and_then(|m| ouis.get(&m)).map(String::as_str);
+        let report = DeviceReport {
+            evidence,
+            oui_vendor: oui.map(str::to_string),
+            labels: mac.and_then(|m| labels.get(m)),
+            suggestion: suggest(evidence, mac, oui),
+        };
+        seen += 1;
+        labelled += usize::from(report.labels.is_some());
+        let written = match args.format {
+            DevicesFormat::Text => writeln!(out, "{}", report.text(key)),
+            DevicesFormat::Jsonl => {
+                serde_json::to_writer(&mut out, &report).map_err(std::io::Error::other).and_then(|()| writeln!(out))
+            }
+        };
+        written.map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
+    }
+    out.flush().map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
+    let file = labels_path.map_or_else(
+        || format!("no labels file (set device_labels in {})", config_path.display()),
+        |p| format!("labels from {}", p.display()),
+    );
+    let mut summary = format!("{seen} LAN devices, {labelled} labelled, {} not; {file}", seen - labelled);
+    if discovery.untracked_devices > 0 {
+        summary.push_str(&format!(
+            "; {} more devices not listed (at most {})",
+            discovery.untracked_devices,
+            crate::discover::MAX_DEVICES
+        ));
+    }
+    eprintln!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn label(args: LabelArgs) -> Result<ExitCode> {
+    let (config, config_path) = load_config(args.config.as_deref())?;
+    let Some(path) = args.device_labels.clone().or(config.device_labels.clone()) else {
+        return Err(Error::InvalidArgument {
+            field: "--device-labels".into(),
+            reason: format!(
+                "no labels file: pass --device-labels FILE, or set device_labels in {}",
+                config_path.display()
+            ),
+        });
+    };
+    let mac = crate::lan::parse_mac(&args.mac).ok_or_else(|| Error::InvalidArgument {
+        field: "MAC".into(),
+        reason: format!("{:?} is not aa:bb:cc:dd:ee:ff", args.mac),
+    })?;
+    let update = crate::lan::LabelUpdate {
+        vendor: args.vendor,
+        model: args.model,
+        firmware: args.firmware,
+        consent: consent_pairs(&args.consent)?,
+        name: args.name,
+    };
+    let new = crate::lan::write_label(&path, mac, &update)?;
+    eprintln!(
+        "{} {} in {}: {} {}",
+        if new { "labelled" } else { "updated" },
+        crate::lan::format_mac(mac),
+        path.display(),
+        update.vendor,
+        update.model
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -169,9 +169,108 @@ impl LanLabels {
         Ok(labels)
     }
 
-    fn get(&self, mac: [u8; 6]) -> Option<&LanDevice> {
+    /// The entry of `mac`, if it is labelled.
+    pub fn get(&self, mac: [u8; 6]) -> Option<&LanDevice> {
         self.devices.iter().find(|d| parse_mac(&d.mac) == Some(mac))
     }
+}
+
+/// What `leakwatch-agent label` sets for one device.
+#[derive(Debug, Clone, Default)]
+pub struct LabelUpdate {
+    /// Vendor.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// Firmware or OS version (kept when not given).
+    pub firmware: Option<String>,
+    /// Consent entries to set (others kept).
+    pub consent: BTreeMap<String, String>,
+    /// The volunteer's own name for it (kept when not given).
+    pub name: Option<String>,
+}
+
+/// The first lines of a labels file `label` creates.
+const NEW_LABELS_FILE: &str = "# leakwatch agent: LAN device labels, one [[device]] table per MAC (see docs/agent.md).
+# `leakwatch-agent devices` lists the devices seen; `leakwatch-agent label` adds one here.
+";
+
+/// Adds or updates the entry of `mac` in the labels file at `path`
+/// (created when missing), keeping every other entry, line and comment;
+/// writes a temporary file beside it and renames it over the old one, so
+/// that a crash leaves one or the other, never half of each. A file that
+/// does not pass [`LanLabels::from_toml`] before or after is refused, and
+/// left as it was. Returns true when the entry is new.
+pub fn write_label(path: &Path, mac: [u8; 6], update: &LabelUpdate) -> Result<bool> {
+    fn invalid(flag: &'static str) -> impl Fn(leakwatch_proto::Invalid) -> Error {
+        move |leakwatch_proto::Invalid(e)| Error::InvalidArgument {
+            field: format!("--{flag}"),
+            reason: e.strip_prefix(&format!("--{flag}: ")).unwrap_or(&e).to_string(),
+        }
+    }
+    check_label("--vendor", &update.vendor).map_err(invalid("vendor"))?;
+    check_label("--model", &update.model).map_err(invalid("model"))?;
+    if let Some(f) = &update.firmware {
+        check_label("--firmware", f).map_err(invalid("firmware"))?;
+    }
+    for (k, v) in &update.consent {
+        check_consent("--consent", k, v).map_err(invalid("consent"))?;
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NEW_LABELS_FILE.to_string(),
+        Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
+    };
+    LanLabels::from_toml(&text, path)?;
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| Error::InvalidArgument {
+        field: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let not_tables = || Error::InvalidArgument {
+        field: path.display().to_string(),
+        reason: "`device` is not a list of [[device]] tables; edit this file by hand".into(),
+    };
+    let devices = doc
+        .entry("device")
+        .or_insert_with(|| toml_edit::Item::ArrayOfTables(toml_edit::ArrayOfTables::new()))
+        .as_array_of_tables_mut()
+        .ok_or_else(not_tables)?;
+    let existing = devices.iter_mut().find(|t| t.get("mac").and_then(|m| m.as_str()).and_then(parse_mac) == Some(mac));
+    let new = existing.is_none();
+    let table = match existing {
+        Some(t) => t,
+        None => {
+            let mut t = toml_edit::Table::new();
+            t.insert("mac", toml_edit::value(format_mac(mac)));
+            devices.push(t);
+            devices.iter_mut().last().ok_or_else(not_tables)?
+        }
+    };
+    if let Some(name) = &update.name {
+        table.insert("name", toml_edit::value(name.as_str()));
+    }
+    table.insert("vendor", toml_edit::value(update.vendor.as_str()));
+    table.insert("model", toml_edit::value(update.model.as_str()));
+    if let Some(f) = &update.firmware {
+        table.insert("firmware", toml_edit::value(f.as_str()));
+    }
+    if !update.consent.is_empty() {
+        let consent = table
+            .entry("consent")
+            .or_insert_with(|| toml_edit::value(toml_edit::InlineTable::new()))
+            .as_table_like_mut()
+            .ok_or_else(|| Error::InvalidArgument {
+                field: path.display().to_string(),
+                reason: format!("the consent of {} is not a table; edit this file by hand", format_mac(mac)),
+            })?;
+        for (k, v) in &update.consent {
+            consent.insert(k, toml_edit::value(v.as_str()));
+        }
+    }
+    let written = doc.to_string();
+    LanLabels::from_toml(&written, path)?;
+    crate::state::write_atomically(path, written.as_bytes(), None)?;
+    Ok(new)
 }
 
 /// A LAN device as the capture identifies it.
@@ -184,7 +283,8 @@ pub enum LanDeviceKey {
 }
 
 impl LanDeviceKey {
-    fn of(origin: Origin) -> Option<Self> {
+    /// The LAN device that sent from `origin`; `None` for a public address.
+    pub(crate) fn of(origin: Origin) -> Option<Self> {
         // Only LAN devices: an origin with a public address is a remote
         // host that opened a connection inward.
         if !is_non_public(origin.ip) {

@@ -22,6 +22,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod discover;
 pub mod explain;
 pub mod flow;
 pub mod host;

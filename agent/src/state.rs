@@ -46,19 +46,36 @@ pub fn default_state_dir() -> PathBuf {
     user_path("XDG_STATE_HOME", ".local/state", "leakwatch-agent", "", ".leakwatch-agent")
 }
 
+/// Writes `contents` to `path` readable by its owner only (see
+/// [`write_atomically`]).
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    write_atomically(path, contents, Some(0o600))
+}
+
+/// Writes `contents` to a temporary file beside `path` (mode `mode`, else
+/// the old file's permissions, else the default), flushes it to disk and
+/// renames it over `path`: a crash leaves the old file or the new one,
+/// never part of either.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        if let Some(mode) = mode.or_else(|| fs::metadata(path).ok().map(|m| m.permissions().mode())) {
+            options.mode(mode);
+        }
     }
     let mut file = options.open(&tmp).map_err(io_error(&tmp))?;
     file.write_all(contents).map_err(io_error(&tmp))?;
     file.sync_all().map_err(io_error(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_error(path))
+    fs::rename(&tmp, path).map_err(io_error(path))?;
+    // The rename reaches the disk with its directory.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }
 
 impl AgentState {

@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap;
 use super::community_id::community_id;
 use super::naming::{HelloState, NameSource, NamingRef};
 use crate::capture::{Packet, Transport};
-use crate::parsers::dns;
+use crate::parsers::{dhcp, dns};
 
 /// The LAN side of a connection or lookup: who sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -232,9 +232,11 @@ impl FlowTable {
         if p.transport == Transport::Udp
             && p.src_port == 68
             && p.dst_port == 67
-            && let Some(mac) = dhcp_client(p.payload)
+            && let Some(m) = dhcp::parse_client(p.payload)
+            // A Discover or a Request: the device (re)joins the network.
+            && matches!(m.kind, 1 | 3)
         {
-            self.dhcp.push(DhcpHandshake { mac, ts_us: p.ts_us });
+            self.dhcp.push(DhcpHandshake { mac: m.mac, ts_us: p.ts_us });
         }
         if p.src_port == 53 && !p.payload.is_empty() {
             self.learn_dns(p);
@@ -504,34 +506,6 @@ fn dns_message<'a>(p: &Packet<'a>) -> Option<&'a [u8]> {
             (pl.len() > 2 && usize::from(u16::from_be_bytes([pl[0], pl[1]])) == pl.len() - 2).then(|| &pl[2..])
         }
     }
-}
-
-/// The client hardware address of a DHCP Discover (1) or Request (3).
-fn dhcp_client(payload: &[u8]) -> Option<[u8; 6]> {
-    if payload.len() < 240
-        || payload[0] != 1
-        || payload[1] != 1
-        || payload[2] != 6
-        || payload[236..240] != [99, 130, 83, 99]
-    {
-        return None;
-    }
-    let mut pos = 240;
-    while let Some(&code) = payload.get(pos) {
-        match code {
-            0 => pos += 1,
-            255 => break,
-            _ => {
-                let len = usize::from(*payload.get(pos + 1)?);
-                if code == 53 {
-                    let kind = *payload.get(pos + 2)?;
-                    return matches!(kind, 1 | 3).then(|| payload[28..34].try_into().ok()).flatten();
-                }
-                pos += 2 + len;
-            }
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -78,9 +78,18 @@ pub fn parse_response(msg: &[u8]) -> Option<Vec<Resolution>> {
 }
 
 /// Reads a possibly compressed name at `pos`; returns it and the position
-/// after it in the original message.
-fn read_name(msg: &[u8], mut pos: usize) -> Option<(String, usize)> {
-    let mut name = String::new();
+/// after it in the original message. Each byte is one character (names
+/// in unicast DNS are ASCII; see [`read_name_bytes`] for mDNS's UTF-8).
+fn read_name(msg: &[u8], pos: usize) -> Option<(String, usize)> {
+    let (bytes, after) = read_name_bytes(msg, pos)?;
+    Some((bytes.into_iter().map(char::from).collect(), after))
+}
+
+/// Reads a possibly compressed name at `pos` as its bytes, labels joined
+/// by dots (at most 255 bytes; at most 32 pointers followed); returns it
+/// and the position after it in the original message.
+pub(crate) fn read_name_bytes(msg: &[u8], mut pos: usize) -> Option<(Vec<u8>, usize)> {
+    let mut name = Vec::new();
     let mut end = None;
     let mut jumps = 0;
     loop {
@@ -93,11 +102,9 @@ fn read_name(msg: &[u8], mut pos: usize) -> Option<(String, usize)> {
                 }
                 let label = msg.get(pos + 1..pos + 1 + usize::from(len))?;
                 if !name.is_empty() {
-                    name.push('.');
+                    name.push(b'.');
                 }
-                for &b in label {
-                    name.push(char::from(b));
-                }
+                name.extend_from_slice(label);
                 if name.len() > 255 {
                     return None;
                 }

@@ -52,6 +52,40 @@ pub fn parse_request(stream: &[u8]) -> Request {
     if head.len() >= MAX_HEAD_BYTES { Request::Head(None) } else { Request::NeedMore }
 }
 
+/// Longest header value [`header`] returns, bytes.
+const MAX_VALUE_BYTES: usize = 512;
+
+/// The value of header `name` in the head of an HTTP/1.x message at the
+/// start of `payload` (a request, a response, an SSDP `NOTIFY` or
+/// `M-SEARCH`), from complete lines within [`MAX_HEAD_BYTES`]: trimmed,
+/// control characters left out, at most 512 bytes; `None` when the head
+/// has no such complete line.
+pub fn header(payload: &[u8], name: &str) -> Option<String> {
+    let head = &payload[..payload.len().min(MAX_HEAD_BYTES)];
+    let complete = &head[..head.iter().rposition(|&b| b == b'\n')?];
+    for line in complete.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return None;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        if line[..colon].trim_ascii().eq_ignore_ascii_case(name.as_bytes()) {
+            let value = &line[colon + 1..];
+            let value: String = String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE_BYTES)])
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            return Some(value.trim().to_string()).filter(|v| !v.is_empty());
+        }
+    }
+    None
+}
+
+/// Whether `payload` starts like an HTTP/1.x request.
+pub fn is_request(payload: &[u8]) -> bool {
+    METHODS.iter().any(|m| payload.starts_with(m))
+}
+
 /// The host of a Host header's value: without port or brackets, not an
 /// address (a DNS answer may still name that).
 fn host_of(value: &str) -> Option<String> {
@@ -119,5 +153,24 @@ mod tests {
             req.extend_from_slice(b"X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
         assert_eq!(parse_request(&req), Request::Head(None));
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::header;
+
+    #[test]
+    fn header_values_from_complete_lines_only() {
+        let ssdp = b"NOTIFY * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nSERVER: Linux/2.6 UPnP/1.0 Belkin-WeMo/2.0\r\n\
+                     USN: uuid:Insight-1_0::urn:Belkin:device:insight:1\r\n\r\n";
+        assert_eq!(header(ssdp, "server").as_deref(), Some("Linux/2.6 UPnP/1.0 Belkin-WeMo/2.0"));
+        assert_eq!(header(ssdp, "USN").as_deref(), Some("uuid:Insight-1_0::urn:Belkin:device:insight:1"));
+        assert_eq!(header(ssdp, "User-Agent"), None);
+        let cut = b"GET / HTTP/1.1\r\nUser-Agent: Dalvik/2.1.0 (Linux; U; Andr";
+        assert_eq!(header(cut, "user-agent"), None, "a value cut at the segment's end");
+        let body = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nUser-Agent: in the body\r\n";
+        assert_eq!(header(body, "user-agent"), None, "not past the head");
+        assert_eq!(header(b"GET / HTTP/1.1\r\nUser-Agent: a\x1bb\r\n", "user-agent").as_deref(), Some("ab"));
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// A simulated fleet of `devices` in `dir` (seed `seed`), its merged LAN
 /// capture and that capture's labels file.
-fn lan_capture(dir: &Path, devices: u32, seed: u64) -> (FleetManifest, PathBuf, PathBuf) {
+pub(crate) fn lan_capture(dir: &Path, devices: u32, seed: u64) -> (FleetManifest, PathBuf, PathBuf) {
     let profile = FleetProfile::from_toml(DEFAULT_PROFILE).expect("profile");
     let manifest = simulate_fleet(&profile, dir, Some(devices), Some(seed), |_, _| {}).expect("simulate");
     let (lan, labels) = write_lan_capture(dir, &manifest).expect("lan capture");

@@ -2,6 +2,7 @@
 
 mod baselines;
 mod captures;
+mod devices;
 mod dry_run;
 mod labels;
 mod lan;
