@@ -707,7 +707,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     let (mut accepted, mut out_of_time_total) = (0usize, 0u64);
     if let Some(lan_labels) = lan_labels {
         for file in &args.files {
-            let mut devices = std::collections::BTreeSet::new();
+            let mut devices = std::collections::BTreeMap::new();
             let (mut boots, mut records, mut dropped, mut sink_failed) = (0usize, 0usize, 0u64, false);
             let mut file_out_of_time = 0u64;
             let imported = import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS, |b| {
@@ -727,7 +727,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                     b.import.boot_source.short_name()
                 );
                 let _ = std::io::stderr().write_all(line.as_bytes());
-                devices.insert(b.device);
+                *devices.entry(b.device).or_default() += b.import.record_count() as u64;
                 boots += 1;
                 records += b.import.record_count();
                 dropped += b.import.anonymiser.dropped_non_public;
@@ -742,6 +742,14 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 Ok(c) => {
                     read_ok += 1;
                     accepted += records;
+                    if !args.dry_run {
+                        // For `status`: which devices still want labels.
+                        crate::lan::SeenDevices::note(
+                            state.dir(),
+                            &devices,
+                            crate::live::now_us().div_euclid(1_000_000),
+                        )?;
+                    }
                     out_of_time_total += file_out_of_time;
                     let mut stopped = c.time_went_back_summary().map(|s| format!("; {s}")).unwrap_or_default();
                     stopped
@@ -1185,6 +1193,15 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     // The labels `run` would send with this configuration and environment.
     let labels = DeviceArgs::from_env()?.labels(&settings.config.device)?;
     let lan_file = settings.config.device_labels.as_ref().map(|p| (p, LanLabels::load(p)));
+    // LAN devices reported on, and those the labels file (as it is now)
+    // does not label.
+    let seen = crate::lan::SeenDevices::load(&settings.state_dir)?;
+    let labelled = |mac: &str| {
+        let lan = lan_file.as_ref().and_then(|(_, l)| l.as_ref().ok());
+        crate::lan::parse_mac(mac).is_some_and(|m| lan.is_some_and(|l| l.get(m).is_some()))
+    };
+    let unlabelled: Vec<(&String, &crate::lan::SeenDevice)> =
+        seen.devices.iter().filter(|(mac, _)| !labelled(mac)).collect();
     if args.json {
         let value = serde_json::json!({
             "config": settings.config_path,
@@ -1196,6 +1213,9 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
                 "devices": l.as_ref().ok().map(|l| l.devices.len()),
                 "error": l.as_ref().err().map(ToString::to_string),
             })),
+            "lan_devices": seen.devices.iter().map(|(mac, d)| serde_json::json!({
+                "device": mac, "records": d.records, "last_seen_unix_s": d.last_seen_unix_s, "labelled": labelled(mac),
+            })).collect::<Vec<_>>(),
             "state_dir": settings.state_dir,
             "queued": {"batches": spool.entries, "records": spool.records, "bytes": spool.bytes,
                        "max_bytes": settings.spool.max_bytes},
@@ -1232,6 +1252,24 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         }
         Some((path, Err(e))) => println!("LAN labels: {}: {e}", path.display()),
         None => {}
+    }
+    if !seen.devices.is_empty() {
+        println!(
+            "LAN devices reported on: {}, {} without labels{}",
+            seen.devices.len(),
+            unlabelled.len(),
+            if unlabelled.is_empty() {
+                ""
+            } else {
+                " (`leakwatch-agent devices` shows what each is, `leakwatch-agent label MAC --vendor V --model M` labels one):"
+            }
+        );
+        let ouis = crate::lan::oui_vendors(unlabelled.iter().filter_map(|(mac, _)| crate::lan::parse_mac(mac)));
+        for (mac, d) in &unlabelled {
+            let oui =
+                crate::lan::parse_mac(mac).and_then(|m| ouis.get(&m)).map_or("no registered maker", String::as_str);
+            println!("  {mac} ({oui}): {} records, last reported {}", d.records, unix_time(d.last_seen_unix_s));
+        }
     }
     println!("state directory: {}", settings.state_dir.display());
     println!("collector: {}", status.collector.as_deref().or(settings.collector.as_deref()).unwrap_or("(none yet)"));
@@ -1390,6 +1428,12 @@ fn label(args: LabelArgs) -> Result<ExitCode> {
         update.model
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as an RFC 3339 UTC time.
+fn unix_time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map_or_else(|| secs.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 fn flows(args: FlowsArgs) -> Result<ExitCode> {

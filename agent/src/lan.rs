@@ -175,6 +175,65 @@ impl LanLabels {
     }
 }
 
+/// The LAN devices this agent reported on, kept in the state directory
+/// (`lan-devices.json`, mode 0600) so that `status` can list the ones
+/// without labels. It holds MACs: it stays on this machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenDevices {
+    /// By MAC (or local address).
+    pub devices: BTreeMap<String, SeenDevice>,
+}
+
+/// One LAN device this agent reported on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenDevice {
+    /// When its records were last reported, Unix seconds.
+    pub last_seen_unix_s: i64,
+    /// Records reported for it, in all.
+    pub records: u64,
+}
+
+impl SeenDevices {
+    /// Devices kept at most; the longest unseen go first.
+    pub const MAX: usize = 4096;
+
+    fn path(state_dir: &Path) -> std::path::PathBuf {
+        state_dir.join("lan-devices.json")
+    }
+
+    /// Reads the list (empty when there is none yet).
+    pub fn load(state_dir: &Path) -> Result<Self> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::State { path, reason: format!("unreadable list of LAN devices: {e}") }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    /// Adds `records` reported at `now_s` for each device of `seen`.
+    pub fn note(state_dir: &Path, seen: &BTreeMap<LanDeviceKey, u64>, now_s: i64) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        // A damaged list starts over rather than stopping the reports.
+        let mut list = Self::load(state_dir).unwrap_or_default();
+        for (key, records) in seen {
+            let d = list.devices.entry(key.describe()).or_default();
+            d.last_seen_unix_s = d.last_seen_unix_s.max(now_s);
+            d.records += records;
+        }
+        while list.devices.len() > Self::MAX {
+            let oldest = list.devices.iter().min_by_key(|(_, d)| d.last_seen_unix_s).map(|(k, _)| k.clone());
+            oldest.map(|k| list.devices.remove(&k));
+        }
+        let bytes = serde_json::to_vec_pretty(&list)
+            .map_err(|e| Error::State { path: Self::path(state_dir), reason: e.to_string() })?;
+        crate::state::write_private(&Self::path(state_dir), &bytes)
+    }
+}
+
 /// What `leakwatch-agent label` sets for one device.
 #[derive(Debug, Clone, Default)]
 pub struct LabelUpdate {

@@ -161,3 +161,47 @@ fn devices_on_an_unreadable_capture_says_why_like_import() {
     let out = agent().args(["devices", "--interface", "eth0"]).output().expect("devices");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--for"), "listening needs a duration");
 }
+
+#[test]
+fn status_lists_the_lan_devices_reported_on_that_have_no_labels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, lan, labels) = lan_capture(dir.path(), 6, 5);
+    let (config, state) = (dir.path().join("agent.toml"), dir.path().join("state"));
+    std::fs::write(&config, format!("device_labels = {:?}\n", labels.display().to_string())).expect("config");
+    let run = |args: &[&str]| {
+        let mut c = agent();
+        c.env("LEAKWATCH_AGENT_CONFIG", &config).env("LEAKWATCH_AGENT_STATE_DIR", &state);
+        c.args(args).output().expect("agent")
+    };
+    // Reported (queued for a collector that is away).
+    let mut import = agent();
+    import.env("LEAKWATCH_AGENT_CONFIG", &config).env("LEAKWATCH_AGENT_STATE_DIR", &state);
+    let out = import
+        .args(["import", "--lan", "--collector", "http://127.0.0.1:9", "--deliver-timeout", "1"])
+        .arg(&lan)
+        .output()
+        .expect("import");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = |run: &dyn Fn(&[&str]) -> Output| {
+        let out = run(&["status", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let devices = json["lan_devices"].as_array().expect("lan_devices").clone();
+        let unlabelled: Vec<String> = devices
+            .iter()
+            .filter(|d| d["labelled"] == false)
+            .map(|d| d["device"].as_str().expect("mac").to_string())
+            .collect();
+        (devices.len(), unlabelled)
+    };
+    let (reported, unlabelled) = status(&run);
+    assert!(reported >= 6 && !unlabelled.is_empty() && unlabelled.len() < reported, "{reported} {unlabelled:?}");
+    let text = String::from_utf8_lossy(&run(&["status"]).stdout).into_owned();
+    assert!(text.contains(&format!("{} without labels", unlabelled.len())) && text.contains(&unlabelled[0]), "{text}");
+    // Labelled now: no longer listed.
+    let out = run(&["label", &unlabelled[0], "--vendor", "Acme", "--model", "Plug"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, now) = status(&run);
+    assert_eq!(now.len(), unlabelled.len() - 1);
+    assert!(!now.contains(&unlabelled[0]));
+}
