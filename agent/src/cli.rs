@@ -982,6 +982,7 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
                 None => Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS),
             };
             harvester.attribute_processes(capture.host_addresses());
+            harvester.report_open_connections(interval);
             let mut stream_stats = crate::capture::CaptureStats::default();
             let mut next = std::time::Instant::now() + interval;
             loop {

@@ -381,6 +381,9 @@ pub struct Harvester {
     /// Router / LAN mode: boots per LAN device, their labels, and this
     /// run's nonce for boot pseudonyms.
     lan: Option<(crate::lan::LanBootTracker, crate::lan::LanLabels, [u8; 16])>,
+    /// Report connections open longer than this, µs, with what they did so
+    /// far (see [`Harvester::report_open_connections`]).
+    open_report_us: Option<i64>,
 }
 
 impl Harvester {
@@ -410,6 +413,7 @@ impl Harvester {
             records: 0,
             processes: None,
             lan: None,
+            open_report_us: None,
         }
     }
 
@@ -425,6 +429,15 @@ impl Harvester {
         let mut h = Self::new(DeviceLabels::default(), state, batch_records);
         h.lan = Some((crate::lan::LanBootTracker::new(explicit_boot_us), labels, rand::random()));
         h
+    }
+
+    /// Each harvest also reports the connections open longer than
+    /// `interval` with what they did since their last report (a device's
+    /// cloud connection, opened at boot and kept for days, is reported in
+    /// the first report after it opened, then its traffic window by
+    /// window, counted as one connection).
+    pub fn report_open_connections(&mut self, interval: Duration) {
+        self.open_report_us = Some(i64::try_from(interval.as_micros()).unwrap_or(i64::MAX));
     }
 
     /// Names the process behind each new connection from or to one of
@@ -478,7 +491,10 @@ impl Harvester {
     /// `everything`, at shutdown) and the DNS lookups seen since the last
     /// harvest.
     pub fn harvest(&mut self, now_us: i64, everything: bool) -> Vec<ReportBatch> {
-        let mut done = self.table.drain_finished(now_us, everything);
+        let mut done = match self.open_report_us {
+            Some(after) => self.table.drain_for_report(now_us, everything, now_us.saturating_sub(after)),
+            None => self.table.drain_finished(now_us, everything),
+        };
         if let Some((tracker, labels, nonce)) = &mut self.lan {
             self.seq += 1;
             let template = crate::import::ImportedCapture {

@@ -807,6 +807,49 @@ mod tests {
         assert_eq!(count(&factory, "SELECT count(*) AS n FROM flows").await, "n\n5\n");
     }
 
+    /// Live agents report a connection kept open window by window: the
+    /// first record counts it (`connections` 1, its start after boot), the
+    /// later ones carry its later traffic (`connections` 0). The rules
+    /// count each device once, and its bytes add up.
+    #[tokio::test]
+    async fn a_connection_reported_across_windows_counts_once_in_the_rules() {
+        let mut b = FlowBatchBuilder::new();
+        for device in 0..6 {
+            for (part, since_boot) in [3.0, 63.0, 123.0].into_iter().enumerate() {
+                b.push(FlowRow {
+                    agent_id: format!("a{device}"),
+                    batch_id: format!("b{device}-{part}"),
+                    device_pseudonym: format!("d{device}"),
+                    boot_pseudonym: format!("boot{device}"),
+                    vendor: "Acme".into(),
+                    model: "Plug".into(),
+                    domain: "cloud.acme-iot.example".into(),
+                    seconds_since_boot: since_boot,
+                    window_start_s: 1_790_000_000 + 60 * part as i64,
+                    bytes_out: 100,
+                    connections: i64::from(part == 0),
+                    ..Default::default()
+                });
+            }
+        }
+        let tail = TailSnapshot { watermark: 0, batches: vec![b.finish()] };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let factory = SessionFactory::new(
+            QueryConfig::default(),
+            FlowStore::local(dir.path()).expect("store"),
+            Arc::new(FixedTail(tail)),
+        );
+        let sql = crate::rules::rule("boot_phone_home").expect("rule").render(&Default::default()).expect("render");
+        let out = count(&factory, &format!("SELECT domain, devices, model_devices, share FROM ({sql})")).await;
+        assert_eq!(out, "domain,devices,model_devices,share\nacme-iot.example,6,6,1.0\n");
+        let out = count(
+            &factory,
+            "SELECT sum(connections) AS connections, sum(bytes_out) AS bytes FROM flows GROUP BY device_pseudonym LIMIT 1",
+        )
+        .await;
+        assert_eq!(out, "connections,bytes\n1,300\n");
+    }
+
     #[tokio::test]
     async fn compacted_inputs_are_not_read_twice() {
         let dir = tempfile::tempdir().expect("tempdir");

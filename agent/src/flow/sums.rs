@@ -136,11 +136,16 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
             let encrypted = is_encrypted_dns(conn.responder.port, n.domain);
             let dest = (g, conn.responder.ip, conn.responder.port, conn.transport, conn.app.clone());
             let full = self.by_dest.len() >= MAX_DESTINATIONS;
+            // A connection reported before goes on: its traffic adds up,
+            // but it is no new connection (nor a new start).
+            let new_connection = u64::from(!conn.reported);
             match self.by_dest.get_mut(&dest) {
                 Some(d) => {
-                    d.starts.push(conn.first_us);
+                    if !conn.reported {
+                        d.starts.push(conn.first_us);
+                    }
                     let f = &mut self.flows[d.at.0][d.at.1];
-                    f.connections += 1;
+                    f.connections += new_connection;
                     f.encrypted_dns |= encrypted;
                     f.first_us = f.first_us.min(conn.first_us);
                     f.last_us = f.last_us.max(conn.last_us);
@@ -172,7 +177,7 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                     let out = &mut self.flows[group];
                     let sums = DestSums {
                         at: (group, out.len()),
-                        starts: vec![conn.first_us],
+                        starts: if conn.reported { Vec::new() } else { vec![conn.first_us] },
                         domain_from_us: conn.first_us,
                         sni_from_us: conn.first_us,
                     };
@@ -194,7 +199,7 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                         alpn: n.alpn.to_vec(),
                         app: conn.app.as_deref().map(str::to_string),
                         fingerprint: n.fingerprint.map(str::to_string),
-                        connections: 1,
+                        connections: new_connection,
                         interval_mean_s: 0.0,
                         interval_cv: 0.0,
                     });

@@ -154,6 +154,10 @@ pub(super) struct Conn {
     pub(super) fin_out: bool,
     pub(super) fin_in: bool,
     pub(super) rst: bool,
+    /// Counted in an earlier report (live capture reports a long
+    /// connection interval by interval): its counters and `first_us` are
+    /// since that report, and it is no new connection.
+    pub(super) reported: bool,
     pub(super) initiator: Endpoint,
     pub(super) responder: Endpoint,
     pub(super) initiator_mac: Option<[u8; 6]>,
@@ -174,12 +178,53 @@ pub(super) struct Conn {
 }
 
 /// The destination a client asked a SOCKS proxy to connect it to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct SocksTarget {
     /// The host name asked for (SOCKS4a, SOCKS5).
     pub(super) name: Option<Box<str>>,
     /// The address asked for (SOCKS4, SOCKS5).
     pub(super) addr: Option<IpAddr>,
+}
+
+impl Conn {
+    /// A copy of what this connection did since its last report (its
+    /// names, counters and times), leaving it counted as reported with its
+    /// counters at zero and its start at its next packet.
+    fn progress(&mut self) -> Conn {
+        let hello = match &self.hello {
+            HelloState::Found(h, source) => HelloState::Found(h.clone(), *source),
+            _ => HelloState::Done,
+        };
+        let copy = Conn {
+            transport: self.transport,
+            fin_out: self.fin_out,
+            fin_in: self.fin_in,
+            rst: self.rst,
+            reported: self.reported,
+            initiator: self.initiator,
+            responder: self.responder,
+            initiator_mac: self.initiator_mac,
+            first_us: self.first_us,
+            last_us: self.last_us,
+            bytes_out: self.bytes_out,
+            bytes_in: self.bytes_in,
+            ip_bytes_out: self.ip_bytes_out,
+            ip_bytes_in: self.ip_bytes_in,
+            packets_out: self.packets_out,
+            packets_in: self.packets_in,
+            dns_name: self.dns_name.clone(),
+            hello,
+            http_host: self.http_host.clone(),
+            socks: self.socks.clone(),
+            app: self.app.clone(),
+        };
+        self.reported = true;
+        (self.bytes_out, self.bytes_in, self.ip_bytes_out, self.ip_bytes_in) = (0, 0, 0, 0);
+        (self.packets_out, self.packets_in) = (0, 0);
+        // Its next packet starts what the next report has of it.
+        self.first_us = i64::MAX;
+        copy
+    }
 }
 
 /// Builds connections and destinations from packets of one device.
@@ -283,6 +328,7 @@ impl FlowTable {
                 fin_out: false,
                 fin_in: false,
                 rst: false,
+                reported: false,
                 initiator,
                 responder,
                 initiator_mac: None,
@@ -412,6 +458,27 @@ impl FlowTable {
         self.drain(now_us, false, i64::MAX)
     }
 
+    /// [`FlowTable::drain_finished`], and of each connection still open
+    /// that started before `open_before_us` (or was reported before) what
+    /// it did since its last report, as a copy: the connection goes on
+    /// from zero, counted as reported, so that the next report has only its
+    /// later traffic (from `now_us`) and does not count it again. Live
+    /// capture so reports a connection kept open for hours from the first
+    /// interval after it opened.
+    pub fn drain_for_report(&mut self, now_us: i64, everything: bool, open_before_us: i64) -> FlowTable {
+        let mut done = self.drain_finished(now_us, everything);
+        for c in self.all.iter_mut() {
+            if !(c.reported || c.first_us <= open_before_us) || c.packets_out + c.packets_in == 0 {
+                continue;
+            }
+            if let Some(name) = self.dns.get(&c.responder.ip) {
+                done.dns.insert(c.responder.ip, name.clone());
+            }
+            done.all.push(c.progress());
+        }
+        done
+    }
+
     fn drain(&mut self, now_us: i64, everything: bool, closed_linger_us: i64) -> FlowTable {
         /// DNS answers kept for naming later flows; past this, start over.
         const MAX_DNS_ANSWERS: usize = 200_000;
@@ -424,6 +491,9 @@ impl FlowTable {
                 || idle > idle_timeout_us(c.transport)
                 || ((c.rst || (c.fin_out && c.fin_in)) && idle > closed_linger_us);
             if finished {
+                if c.reported && c.packets_out + c.packets_in == 0 {
+                    continue; // nothing since its last report
+                }
                 if let Some(name) = self.dns.get(&c.responder.ip) {
                     done.dns.insert(c.responder.ip, name.clone());
                 }
@@ -538,6 +608,43 @@ mod tests {
             ip_len: 40,
             app: None,
         }
+    }
+
+    #[test]
+    fn a_long_connection_is_reported_interval_by_interval_and_counted_once() {
+        const S: i64 = 1_000_000;
+        let mut t = FlowTable::new();
+        let data = |ts: i64, from_client: bool| {
+            let mut p = packet(ts, from_client, Transport::Tcp, (false, false, false));
+            p.payload = b"0123456789";
+            p
+        };
+        t.add(&packet(3 * S, true, Transport::Tcp, (true, false, false)));
+        t.add(&data(4 * S, true));
+        // Too young for a report: nothing.
+        assert!(t.drain_for_report(5 * S, false, 5 * S - 60 * S).connections().is_empty());
+        // Open longer than the interval: what it did so far, as one
+        // connection from its start.
+        let first = t.drain_for_report(70 * S, false, 10 * S).summaries();
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].connections, first[0].first_us, first[0].bytes_out), (1, 3 * S, 10));
+        // Later traffic in later reports, no new connection; a quiet
+        // interval reports nothing.
+        t.add(&data(100 * S, true));
+        t.add(&data(101 * S, false));
+        let second = t.drain_for_report(130 * S, false, 70 * S).summaries();
+        assert_eq!((second[0].connections, second[0].bytes_out, second[0].bytes_in), (0, 10, 10));
+        assert!(second[0].first_us >= 70 * S, "its traffic's window, not the connection's start");
+        assert!(t.drain_for_report(140 * S, false, 80 * S).connections().is_empty());
+        // It closes: the rest, still no new connection.
+        t.add(&data(150 * S, true));
+        t.add(&packet(151 * S, true, Transport::Tcp, (false, true, false)));
+        t.add(&packet(151 * S, false, Transport::Tcp, (false, true, false)));
+        let last = t.drain_for_report(200 * S, false, 140 * S).summaries();
+        assert_eq!((last[0].connections, last[0].bytes_out), (0, 10));
+        assert_eq!(t.connection_count(), 0);
+        let total: u64 = [&first, &second, &last].iter().map(|s| s[0].bytes_out).sum();
+        assert_eq!(total, 30, "bytes add up across the reports");
     }
 
     #[test]

@@ -300,3 +300,94 @@ fn interface_capture_sees_traffic_when_permitted() {
         .unwrap_or_else(|| panic!("no capture summary: {stderr}"));
     assert!(frames >= 20, "saw our 20 datagrams: {stderr}");
 }
+
+/// A device's cloud connection, opened 3 s after boot and never closed:
+/// `run` reports it in the first report after it opened, while it is still
+/// open (the device's boot phone-home reaches the collector at once, not
+/// when the connection ends hours later), then its later traffic, counted
+/// as one connection whose bytes add up.
+#[test]
+fn a_connection_kept_open_is_reported_in_the_first_report_after_it_opened() {
+    use etherparse::PacketBuilder;
+    use leakwatch_agent::simulate::PcapWriter;
+
+    const S: i64 = 1_000_000;
+    let (dev, cloud, router) = ([192, 168, 1, 20], [203, 0, 113, 50], [192, 168, 1, 1]);
+    let (dev_mac, router_mac) = ([0x02, 0, 0, 0, 0, 0x20], [0x02, 0, 0, 0, 0, 1]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("open.pcap");
+    let mut w = PcapWriter::new(std::fs::File::create(&capture).expect("create"), 1).expect("pcap");
+    let frame = |b: etherparse::PacketBuilderStep<etherparse::TcpHeader>, payload: &[u8]| {
+        let mut buf = Vec::new();
+        b.write(&mut buf, payload).expect("frame");
+        buf
+    };
+    let t0 = 1_800_000_000 * S;
+    // Boot: the device's first packet (a DNS query to the router).
+    let mut dns = Vec::new();
+    PacketBuilder::ethernet2(dev_mac, router_mac)
+        .ipv4(dev, router, 64)
+        .udp(5353, 53)
+        .write(&mut dns, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04time\x00\x00\x01\x00\x01")
+        .expect("dns");
+    w.write_frame(t0, &dns).expect("write");
+    let out = |seq: u32| PacketBuilder::ethernet2(dev_mac, router_mac).ipv4(dev, cloud, 64).tcp(40000, 443, seq, 64240);
+    w.write_frame(t0 + 3 * S, &frame(out(1000).syn(), &[])).expect("write");
+    let hello = leakwatch_agent::parsers::tls::build_client_hello("cloud.vendor.example", &["h2"], [9; 32]);
+    let mut seq = 1001;
+    w.write_frame(t0 + 3 * S + 100_000, &frame(out(seq).ack(1).psh(), &hello)).expect("write");
+    seq += hello.len() as u32;
+    let mut sent_out = hello.len() as u64;
+    // A keep-alive every half second until 7 s; no FIN.
+    for i in 0..8 {
+        w.write_frame(t0 + 3_500_000 + i * 500_000, &frame(out(seq).ack(1).psh(), &[0x17; 100])).expect("write");
+        seq += 100;
+        sent_out += 100;
+    }
+    w.finish().expect("finish");
+
+    let state = tempfile::tempdir().expect("state");
+    let mut child = Running(
+        Command::new(AGENT)
+            .args(["run", "--pcapdroid-udp", "127.0.0.1:0", "--dry-run", "--report-interval", "1"])
+            .args(["--vendor", "Acme", "--model", "Plug", "--state-dir"])
+            .arg(state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run"),
+    );
+    let (line, stderr) = wait_for_line(&mut child.0, "udp://");
+    let addr = line.rsplit("udp://").next().expect("address").trim().to_string();
+    // Each record line with when it was printed.
+    let stdout = child.0.stdout.take().expect("stdout");
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (std::time::Instant::now(), serde_json::from_str::<Value>(&l).expect("json")))
+            .collect::<Vec<_>>()
+    });
+    let replay =
+        Command::new(AGENT).args(["replay", "--speed", "1", "--to", &addr]).arg(&capture).output().expect("replay");
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let replay_done = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    terminate(&child.0);
+    let exit = child.0.wait().expect("wait");
+    let stderr = stderr.join().expect("stderr");
+    assert!(exit.success(), "{stderr}");
+    let cloud_lines: Vec<(std::time::Instant, Value)> =
+        lines.join().expect("stdout").into_iter().filter(|(_, l)| l["domain"] == "cloud.vendor.example").collect();
+    assert!(cloud_lines.len() >= 2, "reported in parts: {cloud_lines:?}\n{stderr}");
+    let (printed, first) = &cloud_lines[0];
+    assert!(*printed < replay_done, "reported while the connection was open: {first}");
+    assert_eq!(first["connections"], 1, "{first}");
+    let since_boot = first["seconds_since_boot"].as_f64().expect("seconds");
+    assert!((2.5..4.5).contains(&since_boot), "opened about 3 s after boot: {first}");
+    assert!(first["bytes_out"].as_u64().expect("bytes") < sent_out, "only what it did so far: {first}");
+    assert_eq!(first["device"]["model"], "Plug");
+    let connections: u64 = cloud_lines.iter().map(|(_, l)| l["connections"].as_u64().expect("connections")).sum();
+    let bytes: u64 = cloud_lines.iter().map(|(_, l)| l["bytes_out"].as_u64().expect("bytes")).sum();
+    assert_eq!((connections, bytes), (1, sent_out), "one connection; its bytes add up across reports");
+}
