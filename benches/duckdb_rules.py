@@ -13,7 +13,9 @@ DuckDB has no `registrable_domain`; it gets a SQL macro taking the last
 two labels of a host name (IP addresses and empty names give NULL). That
 equals the public suffix list's answer for the simulated fleet's domains
 except under multi-label suffixes, and costs DuckDB less than a Python UDF
-would; the row counts printed beside the times show any difference.
+would; the row counts printed beside the times show any difference. Nor
+`unnamed_destination`: its macro keys an unusual port as leakwatch does,
+and an IPv4 address by its /24 (the simulated fleet has no IPv6).
 """
 
 import json
@@ -32,6 +34,13 @@ def main():
         r"""CREATE MACRO registrable_domain(h) AS
             CASE WHEN h IS NULL OR h = '' OR regexp_matches(h, '^[0-9.]+$') OR contains(h, ':') THEN NULL
                  ELSE regexp_extract(h, '([^.]+\.[^.]+)\.?$', 1) END"""
+    )
+    con.execute(
+        r"""CREATE MACRO unnamed_destination(t, ip, p) AS
+            CASE WHEN TRY_CAST(p AS INTEGER) >= 1024 AND TRY_CAST(p AS INTEGER) NOT IN
+                      (1883, 3478, 5222, 5223, 5228, 5349, 8000, 8080, 8443, 8883, 8888, 9000, 9443, 10000)
+                 THEN t || '/' || p || ' (unnamed)'
+                 ELSE regexp_replace(ip, '\.[0-9]+$', '.0/24') || ' (unnamed)' END"""
     )
     for line in sys.stdin:
         rule = line.strip()

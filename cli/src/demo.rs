@@ -175,7 +175,7 @@ pub struct DemoOptions {
     pub data_dir: PathBuf,
     /// Exit after printing the findings.
     pub once: bool,
-    /// Devices to simulate (default: the profile's 260).
+    /// Devices to simulate (default: the profile's 295).
     pub devices: Option<u32>,
     /// Simulator seed.
     pub seed: Option<u64>,

@@ -339,7 +339,7 @@ pub struct DemoArgs {
     /// Exit after printing the findings instead of serving on.
     #[arg(long)]
     pub once: bool,
-    /// Devices to simulate (default: the built-in profile's 260).
+    /// Devices to simulate (default: the built-in profile's 295).
     #[arg(long)]
     pub devices: Option<u32>,
     /// Simulator seed.

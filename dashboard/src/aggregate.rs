@@ -600,11 +600,17 @@ async fn rule_findings(
     let ctx = session.context();
     let _ = ctx.deregister_table("hits");
     ctx.register_batch("hits", hits).map_err(leakwatch_query::Error::from)?;
-    // boot_phone_home names registrable domains, the other rules host names.
-    let destination = if rule.name == "boot_phone_home" { "registrable_domain(f.domain)" } else { "f.domain" };
+    // boot_phone_home names registrable domains, the other rules host
+    // names; each names a destination no name was seen for by its key.
+    let unnamed = "unnamed_destination(f.transport, f.dst_ip, CAST(f.dst_port AS VARCHAR))";
+    let destination = if rule.name == "boot_phone_home" {
+        format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE registrable_domain(f.domain) END")
+    } else {
+        format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE f.domain END")
+    };
     // `hits` is deregistered below before an error here is returned.
     let evidence_rows =
-        async { named(queries, "evidence")?.run(session, t, &[("destination", destination)]).await }.await;
+        async { named(queries, "evidence")?.run(session, t, &[("destination", destination.as_str())]).await }.await;
     let _ = ctx.deregister_table("hits");
     let mut evidence: Vec<Evidence> = (0..table.len()).map(|_| Evidence::default()).collect();
     evidence_rows?.each(|r| {

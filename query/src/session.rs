@@ -438,6 +438,11 @@ impl QuerySession {
                 Err(Error::ResourcesExhausted(_)) => return Ok(None),
                 Err(e) => return Err(e),
             };
+            // The batches' own schema: the logical plan's may declare a
+            // column nullable where the executed plan's does not, or the
+            // other way round (a CASE over a function), and the table must
+            // hold what was computed.
+            let schema = batches.first().map_or(schema, RecordBatch::schema);
             let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
             for (i, batch) in batches.into_iter().enumerate() {
                 parts[i % partitions].push(batch);
@@ -848,6 +853,54 @@ mod tests {
         )
         .await;
         assert_eq!(out, "connections,bytes\n1,300\n");
+    }
+
+    /// Destinations no name was seen for: every rule that keys on a
+    /// destination groups them by port or network.
+    #[tokio::test]
+    async fn every_rule_runs_over_unnamed_destinations() {
+        let mut b = FlowBatchBuilder::new();
+        for device in 0..6 {
+            for (ip, port) in [("52.58.10.21", 8886), ("3.122.87.140", 8886), ("91.212.186.50", 443)] {
+                b.push(FlowRow {
+                    agent_id: format!("a{device}"),
+                    batch_id: format!("b{device}"),
+                    device_pseudonym: format!("d{device}"),
+                    boot_pseudonym: format!("boot{device}"),
+                    vendor: "Gosund".into(),
+                    model: "SP111".into(),
+                    consent: "cloud_account=off".into(),
+                    transport: "tcp".into(),
+                    dst_ip: ip.into(),
+                    dst_port: port,
+                    seconds_since_boot: 4.0,
+                    window_start_s: 1_790_000_000,
+                    bytes_out: 300,
+                    connections: 1,
+                    ..Default::default()
+                });
+            }
+        }
+        let tail = TailSnapshot { watermark: 0, batches: vec![b.finish()] };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let factory = SessionFactory::new(
+            QueryConfig::default(),
+            FlowStore::local(dir.path()).expect("store"),
+            Arc::new(FixedTail(tail)),
+        );
+        for rule in crate::rules::builtin_rules() {
+            let sql = rule.render(&Default::default()).expect("render");
+            let session = factory.session().await.expect("session");
+            let out = session.sql(&sql).await.unwrap_or_else(|e| panic!("{}: {e}", rule.name));
+            let csv = crate::format::render(&out, crate::format::OutputFormat::Csv).expect("render");
+            if ["boot_phone_home", "consent_off_traffic", "model_exclusive"].contains(&rule.name.as_str()) {
+                assert!(
+                    csv.contains("tcp/8886 (unnamed)") && csv.contains("91.212.186.0/24 (unnamed)"),
+                    "{}: {csv}",
+                    rule.name
+                );
+            }
+        }
     }
 
     #[tokio::test]

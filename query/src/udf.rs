@@ -11,6 +11,14 @@
 //!   the text is not an address.
 //! - `ip_in_cidr(ip, cidr)`: true when the address lies in the CIDR block
 //!   (`10.0.0.0/8`, `2001:db8::/32`); NULL when either does not parse.
+//! - `unnamed_destination(transport, dst_ip, dst_port)`: the key that
+//!   groups a destination the traffic did not name (no DNS answer, SNI,
+//!   Host or certificate) across the addresses it rotates through: on an
+//!   unusual port the port (`tcp/8886 (unnamed)`: a Tuya plug reached its
+//!   cloud at addresses in five /24 networks over 20 boots, always on port
+//!   8886), on a well-known one the address's /24 (`203.0.113.0/24
+//!   (unnamed)`; /48 for IPv6). `dst_port` is text (`CAST(dst_port AS
+//!   VARCHAR)`); NULL when the address or port does not parse.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,6 +35,7 @@ enum Kind {
     RegistrableDomain,
     IsPrivateIp,
     IpInCidr,
+    UnnamedDestination,
 }
 
 /// A row-by-row function over string arguments.
@@ -38,7 +47,7 @@ pub struct StringFunction {
 
 /// Every leakwatch UDF.
 pub fn all() -> Vec<ScalarUDF> {
-    [(Kind::RegistrableDomain, 1), (Kind::IsPrivateIp, 1), (Kind::IpInCidr, 2)]
+    [(Kind::RegistrableDomain, 1), (Kind::IsPrivateIp, 1), (Kind::IpInCidr, 2), (Kind::UnnamedDestination, 3)]
         .into_iter()
         .map(|(kind, args)| {
             ScalarUDF::new_from_impl(StringFunction { kind, signature: Signature::string(args, Volatility::Immutable) })
@@ -77,6 +86,27 @@ pub fn ip_in_cidr(ip: IpAddr, cidr: &str) -> Option<bool> {
         }
         (IpAddr::V4(_), IpAddr::V6(_)) | (IpAddr::V6(_), IpAddr::V4(_)) => Some(false),
         _ => None,
+    }
+}
+
+/// Ports below 1024 and these, shared by many services: an unnamed
+/// destination on one of them is keyed by its network, not its port.
+const COMMON_PORTS: [u16; 14] = [1883, 3478, 5222, 5223, 5228, 5349, 8000, 8080, 8443, 8883, 8888, 9000, 9443, 10_000];
+
+/// The key of a destination no name was seen for (see the module docs).
+pub fn unnamed_destination(transport: &str, ip: IpAddr, port: u16) -> String {
+    if port >= 1024 && !COMMON_PORTS.contains(&port) {
+        return format!("{transport}/{port} (unnamed)");
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24 (unnamed)")
+        }
+        IpAddr::V6(v6) => {
+            let net = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 80));
+            format!("{net}/48 (unnamed)")
+        }
     }
 }
 
@@ -131,6 +161,7 @@ impl ScalarUDFImpl for StringFunction {
             Kind::RegistrableDomain => "registrable_domain",
             Kind::IsPrivateIp => "is_private_ip",
             Kind::IpInCidr => "ip_in_cidr",
+            Kind::UnnamedDestination => "unnamed_destination",
         }
     }
 
@@ -140,7 +171,7 @@ impl ScalarUDFImpl for StringFunction {
 
     fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
         Ok(match self.kind {
-            Kind::RegistrableDomain => DataType::Utf8,
+            Kind::RegistrableDomain | Kind::UnnamedDestination => DataType::Utf8,
             Kind::IsPrivateIp | Kind::IpInCidr => DataType::Boolean,
         })
     }
@@ -178,6 +209,20 @@ impl ScalarUDFImpl for StringFunction {
                         }
                     };
                     b.append_option(domain);
+                }
+                Arc::new(b.finish())
+            }
+            Kind::UnnamedDestination => {
+                let mut b = StringBuilder::with_capacity(rows, rows * 24);
+                for row in 0..rows {
+                    let ip = value(1, row).and_then(|s| s.trim().parse::<IpAddr>().ok());
+                    let port = value(2, row).and_then(|s| s.trim().parse::<u16>().ok());
+                    match (value(0, row), ip, port) {
+                        (Some(transport), Some(ip), Some(port)) => {
+                            b.append_value(unnamed_destination(transport, ip, port));
+                        }
+                        _ => b.append_null(),
+                    }
                 }
                 Arc::new(b.finish())
             }
@@ -261,6 +306,34 @@ mod tests {
             let csv = crate::format::render(&batches, crate::format::OutputFormat::Csv).expect("render");
             assert_eq!(csv, format!("p\n{agent_drops}\n"), "{ip}");
         }
+    }
+
+    #[test]
+    fn unnamed_destinations_by_unusual_port_else_network() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // The Tuya plug's rotating cloud addresses share their port.
+        for addr in ["52.58.1.2", "3.122.9.9", "18.185.1.1"] {
+            assert_eq!(unnamed_destination("tcp", ip(addr), 8886), "tcp/8886 (unnamed)");
+        }
+        assert_eq!(unnamed_destination("tcp", ip("203.0.113.77"), 443), "203.0.113.0/24 (unnamed)");
+        assert_eq!(unnamed_destination("udp", ip("203.0.113.77"), 8883), "203.0.113.0/24 (unnamed)");
+        assert_eq!(unnamed_destination("tcp", ip("2001:db8:1:2::9"), 443), "2001:db8:1::/48 (unnamed)");
+    }
+
+    #[tokio::test]
+    async fn unnamed_destination_in_sql() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        for udf in all() {
+            ctx.register_udf(udf);
+        }
+        let sql = "SELECT unnamed_destination(t, ip, CAST(p AS VARCHAR)) IS NULL AS n, \
+                   unnamed_destination(t, ip, CAST(p AS VARCHAR)) AS k FROM (VALUES ('tcp', '52.58.1.2', 8886), \
+                   ('tcp', '203.0.113.7', 443), ('tcp', 'x', 443), ('udp', '8.8.8.8', NULL)) AS v(t, ip, p)";
+        let batches = ctx.sql(sql).await.expect("plan").collect().await.expect("run");
+        assert_eq!(
+            crate::format::render(&batches, crate::format::OutputFormat::Csv).expect("render"),
+            "n,k\nfalse,tcp/8886 (unnamed)\nfalse,203.0.113.0/24 (unnamed)\ntrue,\ntrue,\n"
+        );
     }
 
     #[test]

@@ -194,11 +194,13 @@ fn contact(lan: &mut Lan, rng: &mut StdRng, t: i64, dest: &Destination) {
     };
     let IpAddr::V4(server) = ip else { return };
     let rtt = rng.random_range(15_000..60_000i64);
-    // DNS through the router.
+    // DNS through the router (none for an address the device remembers).
     let qid: u16 = rng.random();
     let qport: u16 = rng.random_range(32_768..61_000);
-    lan.udp(t, true, ROUTER_IP, (qport, 53), &dns_message(qid, &dest.name, None));
-    lan.udp(t + 8_000, false, ROUTER_IP, (53, qport), &dns_message(qid, &dest.name, Some(server)));
+    if dest.kind != DestinationKind::Tcp {
+        lan.udp(t, true, ROUTER_IP, (qport, 53), &dns_message(qid, &dest.name, None));
+        lan.udp(t + 8_000, false, ROUTER_IP, (53, qport), &dns_message(qid, &dest.name, Some(server)));
+    }
     let t = t + 10_000;
     let sport: u16 = rng.random_range(32_768..61_000);
     match dest.kind {
@@ -206,7 +208,7 @@ fn contact(lan: &mut Lan, rng: &mut StdRng, t: i64, dest: &Destination) {
             lan.udp(t, true, server, (sport, dest.port), &[0x23; 48]);
             lan.udp(t + rtt, false, server, (dest.port, sport), &[0x24; 48]);
         }
-        DestinationKind::Tls | DestinationKind::Http => {
+        DestinationKind::Tls | DestinationKind::Http | DestinationKind::Tcp => {
             let ports = (sport, dest.port);
             let back = (dest.port, sport);
             let cisn: u32 = rng.random();
@@ -219,6 +221,11 @@ fn contact(lan: &mut Lan, rng: &mut StdRng, t: i64, dest: &Destination) {
             lan.tcp(now, true, server, ports, c, Some(s), "", &[]);
             let hello = if dest.kind == DestinationKind::Tls {
                 build_client_hello(&dest.name, &["h2", "http/1.1"], rng.random())
+            } else if dest.kind == DestinationKind::Tcp {
+                // A binary login frame: a magic, a length, a sealed body.
+                let mut frame = vec![0x00, 0x00, 0x55, 0xaa, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x40];
+                frame.extend((0..64).map(|_| rng.random::<u8>()));
+                frame
             } else {
                 format!(
                     "GET /generate_204 HTTP/1.1\r\nHost: {}\r\nUser-Agent: Dalvik/2.1.0\r\nConnection: close\r\n\r\n",

@@ -36,7 +36,8 @@ pub struct FleetProfile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
-    /// Host name, resolved over DNS and sent as SNI or Host.
+    /// Host name, resolved over DNS and sent as SNI or Host (for `tcp`,
+    /// only a label).
     pub name: String,
     /// Its public address.
     pub ip: std::net::IpAddr,
@@ -65,6 +66,10 @@ pub enum DestinationKind {
     Http,
     /// NTP over UDP.
     Ntp,
+    /// A vendor's own protocol over TCP to an address the device remembers:
+    /// no DNS lookup, nothing on the wire names it (the destination's
+    /// `name` is only the profile's label for it).
+    Tcp,
 }
 
 /// A device contacting a destination.

@@ -32,6 +32,12 @@ enum Payload {
     Hello(Vec<String>),
     DnsQuery(Vec<String>),
     Http(Vec<String>),
+    /// A DHCP Discover naming the device (option 12).
+    Dhcp(String),
+    /// A SOCKS5 CONNECT to a name, then a ClientHello through the tunnel.
+    Socks(Vec<String>),
+    /// An mDNS announcement of the device's host name.
+    Mdns(String),
 }
 
 /// Hostname labels: plain words, and identifier-like tokens that must be
@@ -75,6 +81,9 @@ fn packet() -> impl Strategy<Value = Pkt> {
             name().prop_map(Payload::Hello),
             name().prop_map(Payload::DnsQuery),
             name().prop_map(Payload::Http),
+            "[a-z]{3,8}-[A-Z][a-z]{3,8}".prop_map(Payload::Dhcp),
+            name().prop_map(Payload::Socks),
+            "[A-Z][a-z]{3,8}s-[a-zA-Z]{4,6}".prop_map(Payload::Mdns),
         ],
     )
         .prop_map(|(src_mac, src_ip, dst_ip, src_port, dst_port, tcp, payload)| Pkt {
@@ -104,17 +113,97 @@ fn frame(p: &Pkt) -> Vec<u8> {
         Payload::Hello(n) => build_client_hello(&n.join("."), &["h2"], [1; 32]),
         Payload::DnsQuery(n) => dns_query(n),
         Payload::Http(n) => format!("GET /x?id=1 HTTP/1.1\r\nHost: {}\r\n\r\n", n.join(".")).into_bytes(),
+        Payload::Dhcp(host) => {
+            let mut m = vec![0u8; 240];
+            m[..4].copy_from_slice(&[1, 1, 6, 0]);
+            m[28..34].copy_from_slice(&p.src_mac);
+            m[236..240].copy_from_slice(&[99, 130, 83, 99]);
+            m.extend_from_slice(&[53, 1, 1, 12, host.len() as u8]);
+            m.extend_from_slice(host.as_bytes());
+            m.push(255);
+            m
+        }
+        Payload::Socks(n) => {
+            let name = n.join(".");
+            let mut m = vec![5, 1, 0, 5, 1, 0, 3, name.len() as u8];
+            m.extend_from_slice(name.as_bytes());
+            m.extend_from_slice(&443u16.to_be_bytes());
+            m.extend(build_client_hello(&name, &["h2"], [1; 32]));
+            m
+        }
+        Payload::Mdns(host) => {
+            let mut m = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+            for label in [host.as_str(), "local"] {
+                m.push(label.len() as u8);
+                m.extend_from_slice(label.as_bytes());
+            }
+            m.extend_from_slice(&[0, 0, 1, 0x80, 1, 0, 0, 0, 120, 0, 4]);
+            m.extend_from_slice(&p.src_ip);
+            m
+        }
     };
+    let (src_port, dst_port) = match &p.payload {
+        Payload::Dhcp(_) => (68, 67),
+        Payload::Mdns(_) => (5353, 5353),
+        _ => (p.src_port, p.dst_port),
+    };
+    let tcp = p.tcp && !matches!(p.payload, Payload::Dhcp(_) | Payload::Mdns(_));
     let base = PacketBuilder::ethernet2(p.src_mac, [2, 0, 0, 0, 0, 1]).ipv4(p.src_ip, p.dst_ip, 64);
     let mut buf = Vec::new();
-    if p.tcp {
-        let b = base.tcp(p.src_port, p.dst_port, 1000, 65535).psh();
+    if tcp {
+        let b = base.tcp(src_port, dst_port, 1000, 65535).psh();
         b.write(&mut buf, &payload).expect("build");
     } else {
-        let b = base.udp(p.src_port, p.dst_port);
+        let b = base.udp(src_port, dst_port);
         b.write(&mut buf, &payload).expect("build");
     }
     buf
+}
+
+/// What no record may carry: checks every record of `batches` against the
+/// packets that made them (MACs, source addresses, DHCP and mDNS host
+/// names, the device label) and the destination rules.
+fn check_batches(
+    batches: &[leakwatch_proto::v1::ReportBatch],
+    packets: &[Pkt],
+    device_id: &str,
+) -> Result<(), TestCaseError> {
+    let dst_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(p.dst_port)).collect();
+    let src_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(p.src_port)).collect();
+    for batch in batches {
+        let device = batch.device.as_ref().expect("device");
+        prop_assert_ne!(&device.device_pseudonym, device_id);
+        for r in &batch.records {
+            let text = format!("{r:?}{device:?}");
+            prop_assert!(!text.contains(device_id), "device label leaked");
+            for p in packets {
+                let mac = p.src_mac.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                let mac_colons = p.src_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+                prop_assert!(!text.contains(&mac) && !text.contains(&mac_colons), "MAC leaked");
+                prop_assert!(r.dst_ip != Ipv4Addr::from(p.src_ip).to_string(), "source address leaked");
+                if let Payload::Dhcp(host) | Payload::Mdns(host) = &p.payload {
+                    prop_assert!(!text.contains(host.as_str()), "LAN host name {} leaked", host);
+                }
+            }
+            if r.transport() == Transport::Dns && r.dst_ip.is_empty() {
+                prop_assert_eq!(r.dst_port, 53);
+            } else {
+                let ip: IpAddr = r.dst_ip.parse().expect("address");
+                prop_assert!(!is_non_public(ip), "non-public destination {}", ip);
+                // The port is a destination port, never a source port
+                // (source ports here are all >= 1024 and distinct from
+                // the destination ports unless they collide by chance).
+                prop_assert!(dst_ports.contains(&r.dst_port) || !src_ports.contains(&r.dst_port));
+            }
+            let names = [r.domain.as_str(), r.tls.as_ref().map_or("", |t| t.sni.as_str())];
+            for name in names.iter().filter(|n| !n.is_empty()) {
+                for l in name.split('.') {
+                    prop_assert!(l == "*" || !looks_like_identifier(l), "unscrubbed label {} in {}", l, name);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -137,36 +226,39 @@ proptest! {
         let labels = DeviceLabels { device_id: Some(device_id.clone()), vendor, ..Default::default() };
         let imported = import_capture(&path, &labels, &state, 1000).expect("import");
 
-        let dst_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(p.dst_port)).collect();
-        let src_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(p.src_port)).collect();
-        for batch in &imported.batches {
-            let device = batch.device.as_ref().expect("device");
-            prop_assert_ne!(&device.device_pseudonym, &device_id);
-            for r in &batch.records {
-                let text = format!("{r:?}{device:?}");
-                prop_assert!(!text.contains(&device_id), "device label leaked");
-                for p in &packets {
-                    let mac = p.src_mac.iter().map(|b| format!("{b:02x}")).collect::<String>();
-                    prop_assert!(!text.contains(&mac), "MAC leaked");
-                    prop_assert!(r.dst_ip != Ipv4Addr::from(p.src_ip).to_string(), "source address leaked");
-                }
-                if r.transport() == Transport::Dns && r.dst_ip.is_empty() {
-                    prop_assert_eq!(r.dst_port, 53);
-                } else {
-                    let ip: IpAddr = r.dst_ip.parse().expect("address");
-                    prop_assert!(!is_non_public(ip), "non-public destination {}", ip);
-                    // The port is a destination port, never a source port
-                    // (source ports here are all >= 1024 and distinct from
-                    // the destination ports unless they collide by chance).
-                    prop_assert!(dst_ports.contains(&r.dst_port) || !src_ports.contains(&r.dst_port));
-                }
-                let names = [r.domain.as_str(), r.tls.as_ref().map_or("", |t| t.sni.as_str())];
-                for name in names.iter().filter(|n| !n.is_empty()) {
-                    for l in name.split('.') {
-                        prop_assert!(l == "*" || !looks_like_identifier(l), "unscrubbed label {} in {}", l, name);
-                    }
+        check_batches(&imported.batches, &packets, &device_id)?;
+    }
+
+    /// Live capture, one device and a router's LAN, with connections
+    /// reported while open (interval by interval) and at the end: the same
+    /// property holds for every report.
+    #[test]
+    fn no_live_report_carries_anything_private(
+        packets in prop::collection::vec(packet(), 1..40),
+        device_id in "[a-z]{6}-[A-Z]{6}-[0-9]{4}",
+    ) {
+        use leakwatch_agent::live::{Harvester, LiveFrame};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = AgentState::open(&dir.path().join("state")).expect("state");
+        let labels = DeviceLabels { device_id: Some(device_id.clone()), vendor: "Acme".into(), ..Default::default() };
+        for lan in [false, true] {
+            let mut h = match lan {
+                false => Harvester::new(labels.clone(), &state, 1000),
+                true => Harvester::lan(Default::default(), None, &state, 1000),
+            };
+            h.report_open_connections(std::time::Duration::from_secs(1));
+            let mut batches = Vec::new();
+            let t0 = 1_700_000_000_000_000i64;
+            for (i, p) in packets.iter().enumerate() {
+                let data = frame(p);
+                let ts = t0 + i as i64 * 700_000;
+                h.add(LiveFrame { ts_us: ts, linktype: 1, data: &data, app: None });
+                if i % 3 == 2 {
+                    batches.extend(h.harvest(ts, false));
                 }
             }
+            batches.extend(h.harvest(t0 + 3_600_000_000, true));
+            check_batches(&batches, &packets, &device_id)?;
         }
     }
 }

@@ -312,3 +312,30 @@ async fn run_reports_a_phone_stream_to_the_collector() {
         t.csv("SELECT count(*) AS n, count(DISTINCT app) AS apps, min(app) AS app, min(vendor) AS v FROM flows").await;
     assert_eq!(csv.lines().nth(1), Some(format!("{expected},1,com.example.phone,Xiaomi").as_str()), "{csv}\n{rest}");
 }
+
+/// A real Tuya plug's boot names nothing (no DNS lookup; TLS with a
+/// pre-shared key and no SNI to a remembered address): its phone-home on
+/// port 8886 reaches the collector as a record the rules group by port.
+#[tokio::test]
+async fn external_a_plug_that_names_nothing_is_grouped_by_its_unusual_port() {
+    let t = TestServer::start().await;
+    let (mut up, state) = t.uploader().await;
+    let labels = DeviceLabels {
+        device_id: Some("plug".into()),
+        vendor: "Tuya".into(),
+        model: "Smart Plug".into(),
+        ..Default::default()
+    };
+    send_capture(&mut up, &state, &external("devices/ssi2022/smart_power_plug_boot_measurements.pcap"), &labels).await;
+    let keys = t
+        .csv(
+            "SELECT unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) AS destination, \
+             round(min(seconds_since_boot), 1) AS first_s FROM flows WHERE domain IS NULL GROUP BY 1 ORDER BY 1",
+        )
+        .await;
+    assert!(keys.contains("tcp/8886 (unnamed),0.1"), "{keys}");
+    let params = [("min_devices".to_string(), "1".to_string())].into();
+    let sql = leakwatch_query::rules::rule("boot_phone_home").expect("rule").render(&params).expect("render");
+    let found = t.csv(&sql).await;
+    assert!(found.contains("Tuya,Smart Plug,tcp/8886 (unnamed),tcp/8886 (unnamed),1,1,1.0"), "{found}");
+}

@@ -33,6 +33,10 @@ const PLANTED: &[(&str, &[&str])] = &[
             "TP-Link|Tapo C200|tplinkcloud.com",
             "TP-Link|Tapo C310|tplinkcloud.com",
             "Samsung|Galaxy S5|ospserver.net",
+            // Named by nothing on the wire: rotating addresses on an
+            // unusual port, and one fixed address on port 443.
+            "Gosund|SP111|tcp/8886 (unnamed)",
+            "eQ-3|HmIP-PSM|91.212.186.0/24 (unnamed)",
         ],
     ),
     (
@@ -49,6 +53,7 @@ const PLANTED: &[(&str, &[&str])] = &[
             "Roku|Roku Express|usage_data|image.roku.com",
             "Roku|Roku Express|usage_data|scribe.logs.roku.com",
             "Samsung|Galaxy S5|samsung_account|dms.ospserver.net",
+            "Gosund|SP111|cloud_account|tcp/8886 (unnamed)",
         ],
     ),
     (
@@ -76,6 +81,8 @@ const PLANTED: &[(&str, &[&str])] = &[
             "TP-Link|n-devs.tplinkcloud.com",
             "Xiaomi|api.account.xiaomi.com",
             "Xiaomi|tracking.miui.com",
+            "Gosund|tcp/8886 (unnamed)",
+            "eQ-3|91.212.186.0/24 (unnamed)",
         ],
     ),
     (

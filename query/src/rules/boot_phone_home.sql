@@ -1,17 +1,21 @@
 -- name: boot_phone_home
 -- title: Vendor destinations contacted right after boot
--- description: (model, registrable domain) pairs that most of a model's devices contact within the first seconds after boot, where the domain belongs to that vendor's world (its devices make up most of the domain's contacting devices) rather than being contacted across vendors like a time server or a connectivity check.
+-- description: (model, registrable domain) pairs that most of a model's devices contact within the first seconds after boot, where the domain belongs to that vendor's world (its devices make up most of the domain's contacting devices) rather than being contacted across vendors like a time server or a connectivity check. A destination the traffic did not name counts under its unusual port (tcp/8886 (unnamed)) or its address's network (203.0.113.0/24 (unnamed)).
 -- param: window_s = 60 | seconds after boot that count as "at boot"
 -- param: min_share = 0.5 | share of the model's devices that must contact the domain within the window
 -- param: min_devices = 5 | fewest distinct devices that must contact it
 -- param: min_vendor_share = 0.75 | share of all devices contacting the domain (at any time) that must be of this vendor
 -- columns: vendor, model, domain, hosts, devices, model_devices, share, median_s, vendor_share, consent
 -- public: median_s
+-- A destination no name was seen for (no DNS answer, SNI or Host) is keyed
+-- by unnamed_destination: its unusual port, else its address's network.
 WITH contacts AS (
-  SELECT vendor, model, device_pseudonym, consent, domain,
-         registrable_domain(domain) AS reg, seconds_since_boot
+  SELECT vendor, model, device_pseudonym, consent,
+         CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain,
+         CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR))
+              ELSE registrable_domain(domain) END AS reg,
+         seconds_since_boot
   FROM flows
-  WHERE domain IS NOT NULL
 ),
 model_devices AS (
   SELECT vendor, model, count(DISTINCT device_pseudonym) AS n

@@ -13,10 +13,12 @@ WITH settings AS (
     FROM (SELECT DISTINCT vendor, model, device_pseudonym, consent FROM flows WHERE consent <> '')
   )
 ),
+-- A destination no name was seen for counts under its unusual port or
+-- its address's network (unnamed_destination).
 contacts AS (
-  SELECT DISTINCT vendor, model, device_pseudonym, domain
+  SELECT DISTINCT vendor, model, device_pseudonym,
+         CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain
   FROM flows
-  WHERE domain IS NOT NULL
 ),
 reach AS (
   SELECT domain, vendor, count(DISTINCT device_pseudonym) AS d

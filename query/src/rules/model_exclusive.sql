@@ -3,10 +3,13 @@
 -- description: Destinations (host names) contacted by at least a few devices, all of them of one vendor: the vendor's own servers and the third parties only its firmware talks to. Destinations shared across vendors (time servers, connectivity checks, CDNs, apps' backends) are left out, so what remains is what the vendor's software itself brings.
 -- param: min_devices = 5 | fewest distinct devices that must contact the destination
 -- columns: vendor, domain, models, devices
+-- A destination no name was seen for counts under its unusual port or its
+-- address's network (unnamed_destination).
 WITH contacts AS (
-  SELECT vendor, model, device_pseudonym, domain
+  SELECT vendor, model, device_pseudonym,
+         CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain
   FROM flows
-  WHERE domain IS NOT NULL AND vendor <> ''
+  WHERE vendor <> ''
 ),
 labels AS (
   SELECT domain, min(vendor) AS vendor,

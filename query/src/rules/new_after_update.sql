@@ -9,11 +9,12 @@ WITH fw AS (
   FROM flows
   GROUP BY vendor, model, os_version
 ),
+-- A destination no name was seen for counts under its unusual port or its
+-- address's network (unnamed_destination).
 seen AS (
-  SELECT vendor, model, os_version, domain
+  SELECT vendor, model, os_version, CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain
   FROM flows
-  WHERE domain IS NOT NULL
-  GROUP BY vendor, model, os_version, domain
+  GROUP BY 1, 2, 3, 4
 ),
 -- Destinations a newer firmware version contacts and an older one (with at
 -- least min_devices devices) never did; devices are counted for these alone.
@@ -31,7 +32,9 @@ candidates AS (
 contacts AS (
   SELECT f.vendor, f.model, f.os_version, f.domain,
          count(DISTINCT f.device_pseudonym) AS devices, min(f.window_start) AS first_contact
-  FROM flows f
+  FROM (SELECT vendor, model, os_version, device_pseudonym, window_start,
+               CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain
+        FROM flows) f
   JOIN (SELECT DISTINCT vendor, model, after, domain FROM candidates) k
     ON f.vendor = k.vendor AND f.model = k.model AND f.os_version = k.after AND f.domain = k.domain
   GROUP BY f.vendor, f.model, f.os_version, f.domain
