@@ -69,6 +69,7 @@ impl v1::DomainSource {
             Self::Quic => "quic",
             Self::Http => "http",
             Self::Socks => "socks",
+            Self::Cert => "cert",
         }
     }
 }

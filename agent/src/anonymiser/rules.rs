@@ -199,6 +199,7 @@ pub fn anonymise(
         (None, _) | (_, NameSource::None) => DomainSource::None,
         (_, NameSource::Dns) => DomainSource::Dns,
         (_, NameSource::Socks) => DomainSource::Socks,
+        (_, NameSource::Cert) => DomainSource::Cert,
         (_, NameSource::Http) => DomainSource::Http,
         (_, NameSource::Quic) => DomainSource::Quic,
         (_, NameSource::Sni) => DomainSource::Sni,

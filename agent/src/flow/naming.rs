@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::table::{Conn, FlowTable, SocksTarget};
 use crate::capture::Packet;
-use crate::parsers::{http, quic, socks, tls};
+use crate::parsers::{cert, http, quic, socks, tls};
 
 /// How much of a client's stream is kept while looking for a ClientHello.
 const MAX_HELLO_BYTES: usize = 64 * 1024;
@@ -24,6 +24,9 @@ pub enum NameSource {
     Dns,
     /// The host name a SOCKS4a or SOCKS5 CONNECT asked the proxy for.
     Socks,
+    /// A name of the server's certificate (TLS 1.2, when the client sent
+    /// no SNI).
+    Cert,
     /// The HTTP Host header.
     Http,
     /// The SNI of the ClientHello in a QUIC Initial.
@@ -33,12 +36,13 @@ pub enum NameSource {
 }
 
 impl NameSource {
-    /// "none", "dns", "socks", "http", "quic" or "sni".
+    /// "none", "dns", "socks", "cert", "http", "quic" or "sni".
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Dns => "dns",
             Self::Socks => "socks",
+            Self::Cert => "cert",
             Self::Http => "http",
             Self::Quic => "quic",
             Self::Sni => "sni",
@@ -60,8 +64,21 @@ pub(super) struct NamingRef<'a> {
 pub(super) enum HelloState {
     Collecting { base: Option<u32>, segments: BTreeMap<u32, Vec<u8>> },
     Quic(Box<quic::InitialState>),
-    Found(Box<tls::ClientHello>, NameSource),
+    Found(Box<Found>),
     Done,
+}
+
+/// A ClientHello found, and, when it named no server, what the server's
+/// certificate names.
+#[derive(Debug, Clone)]
+pub(super) struct Found {
+    pub(super) hello: tls::ClientHello,
+    pub(super) source: NameSource,
+    /// The name of the server's certificate (TLS 1.2 sends it in clear).
+    pub(super) cert_name: Option<Box<str>>,
+    /// The server's first segments, by sequence number, while its
+    /// certificate is awaited (a TCP hello without SNI only).
+    pub(super) server: Option<BTreeMap<u32, Vec<u8>>>,
 }
 
 impl HelloState {
@@ -69,7 +86,10 @@ impl HelloState {
     fn found(mut h: tls::ClientHello, source: NameSource) -> Self {
         h.fingerprint = Some(h.ja4_memo(source == NameSource::Quic));
         h.shape = tls::HelloShape::default();
-        Self::Found(Box::new(h), source)
+        // Without a name from the client, the server's certificate may
+        // give one.
+        let server = (h.sni.is_none() && source == NameSource::Sni).then(BTreeMap::new);
+        Self::Found(Box::new(Found { hello: h, source, cert_name: None, server }))
     }
 }
 
@@ -138,6 +158,48 @@ impl Conn {
         }
     }
 
+    /// The server's bytes of a TLS connection whose ClientHello named no
+    /// server: put together from its first segments (at most
+    /// [`cert::MAX_FLIGHT_BYTES`], [`MAX_HELLO_SEGMENTS`]) until its
+    /// certificate's names are read, or there are none.
+    pub(super) fn server_segment(&mut self, p: &Packet<'_>) {
+        let HelloState::Found(f) = &mut self.hello else { return };
+        let Some(segments) = &mut f.server else { return };
+        if p.payload.is_empty() || segments.contains_key(&p.seq) {
+            return;
+        }
+        let kept: usize = segments.values().map(Vec::len).sum();
+        if segments.len() >= MAX_HELLO_SEGMENTS || kept + p.payload.len() > cert::MAX_FLIGHT_BYTES {
+            f.server = None;
+            return;
+        }
+        segments.insert(p.seq, p.payload.to_vec());
+        // The stream starts at the lowest sequence seen (the server's SYN
+        // came before the hello was found).
+        let Some(&start) = segments.keys().next() else { return };
+        let mut stream = Vec::new();
+        let mut next = start;
+        for (&seq, data) in segments.range(start..) {
+            if seq != next {
+                break;
+            }
+            stream.extend_from_slice(data);
+            next = seq.wrapping_add(data.len() as u32);
+        }
+        match cert::parse_server_flight(&stream) {
+            cert::ServerFlight::NeedMore => {}
+            cert::ServerFlight::Names(names) => {
+                f.cert_name = cert::destination_name(&names).map(Into::into);
+                f.server = None;
+            }
+            // What does not start with a handshake record may be a later
+            // segment that came first: wait for the start (within the
+            // bounds above).
+            cert::ServerFlight::Nothing if stream.first() != Some(&22) => {}
+            cert::ServerFlight::Nothing => f.server = None,
+        }
+    }
+
     /// Looks for an HTTP request or a TLS ClientHello at the start of the
     /// client's stream, or after the SOCKS CONNECT it starts with; false
     /// while more bytes may decide it.
@@ -189,14 +251,22 @@ impl FlowTable {
     /// borrowed, so that summing connections copies a name only where it is
     /// kept.
     pub(super) fn naming_ref<'a>(&'a self, conn: &'a Conn) -> NamingRef<'a> {
-        let (sni, alpn, hello_source, fingerprint) = match &conn.hello {
-            HelloState::Found(h, source) => (h.sni.as_deref(), h.alpn.as_slice(), *source, h.fingerprint.as_deref()),
-            _ => (None, &[][..], NameSource::None, None),
+        let (sni, alpn, hello_source, fingerprint, cert_name) = match &conn.hello {
+            HelloState::Found(f) => (
+                f.hello.sni.as_deref(),
+                f.hello.alpn.as_slice(),
+                f.source,
+                f.hello.fingerprint.as_deref(),
+                f.cert_name.as_deref(),
+            ),
+            _ => (None, &[][..], NameSource::None, None, None),
         };
         let (domain, name_source) = if let Some(s) = sni {
             (Some(s), hello_source)
         } else if let Some(h) = &conn.http_host {
             (Some(&**h), NameSource::Http)
+        } else if let Some(c) = cert_name {
+            (Some(c), NameSource::Cert)
         } else if let Some(target) = &conn.socks {
             // Through a SOCKS proxy: the name asked for, or a DNS answer's
             // name for the address asked for; never the proxy's own name.
@@ -342,6 +412,34 @@ mod tests {
         // HTTP through the tunnel names it by its Host.
         let (domain, source, _) = name_of(&[&s4a, b"GET / HTTP/1.1\r\nHost: cdn.vendor.example\r\n\r\n"], None);
         assert_eq!((domain.as_deref(), source), (Some("cdn.vendor.example"), NameSource::Http));
+    }
+
+    /// A TLS 1.2 client that sends no SNI: the server's certificate,
+    /// which travels in clear, names the destination.
+    #[test]
+    fn a_hello_without_sni_is_named_by_the_servers_certificate() {
+        use crate::parsers::cert::tests::{certificate, flight};
+        let run = |server: &[u8], cut: usize| {
+            let mut t = FlowTable::new();
+            t.add(&segment(0, true, true, 0, &[]));
+            let hello = build_client_hello("", &["http/1.1"], [3; 32]);
+            t.add(&segment(1_000, true, false, 1, &hello));
+            let mut answer = |ts, seq: u32, data: &[u8]| {
+                let mut p = segment(ts, false, false, 0, data);
+                p.seq = 9_000 + seq;
+                t.add(&p);
+            };
+            // The server's flight in two segments, the second first.
+            answer(2_000, cut as u32, &server[cut..]);
+            answer(2_100, 0, &server[..cut]);
+            let c = t.connections().into_iter().next().expect("a connection");
+            (c.domain, c.name_source)
+        };
+        let server = flight(&certificate("x", &["*.dns.io.mi.com", "dns.io.mi.com"]));
+        assert_eq!(run(&server, 90), (Some("dns.io.mi.com".into()), NameSource::Cert));
+        // A certificate that names no host, and a server that is not TLS.
+        assert_eq!(run(&flight(&certificate("Mijia Root", &[])), 100), (None, NameSource::None));
+        assert_eq!(run(b"HTTP/1.1 400 Bad Request\r\n\r\n", 5), (None, NameSource::None));
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Conn {
     /// counters at zero and its start at its next packet.
     fn progress(&mut self) -> Conn {
         let hello = match &self.hello {
-            HelloState::Found(h, source) => HelloState::Found(h.clone(), *source),
+            HelloState::Found(f) => HelloState::Found(Box::new(super::naming::Found { server: None, ..(**f).clone() })),
             _ => HelloState::Done,
         };
         let copy = Conn {
@@ -375,6 +375,9 @@ impl FlowTable {
             conn.bytes_in += len;
             conn.ip_bytes_in += u64::from(p.ip_len);
             conn.fin_in |= p.fin;
+            if p.transport == Transport::Tcp {
+                conn.server_segment(p);
+            }
         }
     }
 

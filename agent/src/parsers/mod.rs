@@ -2,6 +2,7 @@
 //! reveal out. Each parser takes untrusted bytes and returns `None` rather
 //! than panicking when they do not parse.
 
+pub mod cert;
 pub mod dhcp;
 pub mod dns;
 pub mod http;

@@ -327,8 +327,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Builds a minimal ClientHello record with `sni` and `alpn` (used by the
-/// fleet simulator and tests).
+/// Builds a minimal ClientHello record with `sni` (none when empty) and
+/// `alpn` (used by the fleet simulator and tests).
 pub fn build_client_hello(sni: &str, alpn: &[&str], random: [u8; 32]) -> Vec<u8> {
     let mut exts = Vec::new();
     // server_name
@@ -338,9 +338,12 @@ pub fn build_client_hello(sni: &str, alpn: &[&str], random: [u8; 32]) -> Vec<u8>
     sn.push(0);
     sn.extend_from_slice(&(name.len() as u16).to_be_bytes());
     sn.extend_from_slice(name);
-    exts.extend_from_slice(&0u16.to_be_bytes());
-    exts.extend_from_slice(&(sn.len() as u16).to_be_bytes());
-    exts.extend_from_slice(&sn);
+    // An empty `sni` sends none.
+    if !name.is_empty() {
+        exts.extend_from_slice(&0u16.to_be_bytes());
+        exts.extend_from_slice(&(sn.len() as u16).to_be_bytes());
+        exts.extend_from_slice(&sn);
+    }
     if !alpn.is_empty() {
         let mut list = Vec::new();
         for p in alpn {

@@ -343,3 +343,31 @@ fn issue29_a_capture_of_very_many_destinations_stays_within_bounded_memory() {
     assert!(stderr.contains("400000 connections not tracked"), "{stderr}");
     assert!(peak_kib < 250 * 1024, "the agent's peak memory was {} MiB", peak_kib / 1024);
 }
+
+/// A real camera reaches its vendor's "HTTP DNS" service by a built-in
+/// address, with TLS 1.2 and no SNI: the server's certificate
+/// (`*.dns.io.mi.com, dns.io.mi.com`), sent in clear, names it.
+#[test]
+fn external_a_hello_without_sni_is_named_by_the_servers_certificate() {
+    let state = tempfile::tempdir().expect("state");
+    let out = agent()
+        .args(["import", "--dry-run", "--vendor", "Xiaobai", "--model", "Y2", "--state-dir"])
+        .arg(state.path())
+        .arg(external("devices/lifecycle_nku/xiaobai_Y2camera_setup.pcap"))
+        .env("XDG_CONFIG_HOME", state.path())
+        .output()
+        .expect("import");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let dns = records.iter().find(|r| r["dst_ip"] == "110.43.0.83").expect("the HTTP DNS service's record");
+    assert_eq!(
+        (&dns["domain"], &dns["domain_source"]),
+        (&"dns.io.mi.com".into(), &"DOMAIN_SOURCE_CERT".into()),
+        "{dns}"
+    );
+    // Its other address-only server presents a certificate that names no
+    // host ("Mijia Root"): it stays unnamed.
+    let other = records.iter().find(|r| r["dst_ip"] == "120.92.65.240").expect("record");
+    assert_eq!(other["domain"], "", "{other}");
+}
