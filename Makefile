@@ -39,7 +39,7 @@ apt_install = missing=""; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-.PHONY: demo test bench soak deps bench-deps browser-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
+.PHONY: demo test bench soak deps bench-deps browser-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
 
 # The demo's binary is built as `make test` builds it (the whole workspace
 # with its tests, whose dev-dependencies turn on more features of shared
@@ -49,7 +49,7 @@ demo: deps
 	$(CARGO) test --locked --workspace $(FEATURES) --no-run
 	"$(BUILD_DIR)/debug/leakwatch" demo
 
-test: deps browser-deps fmt clippy check-agent-deps test-py s3-server unit
+test: deps browser-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit
 
 bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
@@ -68,6 +68,10 @@ soak: deps
 # Debian's Chromium and its WebDriver for the dashboard's browser test.
 browser-deps:
 	@$(call apt_install,browser test packages,chromium chromium-driver)
+
+# systemd-analyze, which checks the agent's systemd unit.
+unit-check-deps:
+	@command -v systemd-analyze >/dev/null || { $(call apt_install,systemd unit checker,systemd); }
 
 bench-deps:
 	@$(call apt_install,benchmark tools,tshark tcpdump time wrk)

@@ -976,7 +976,19 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
     let thread = {
         let (stop, queued, spool, state) = (stop.clone(), queued.clone(), spool.clone(), state.clone());
         let format = args.format;
+        let source_text = match &source {
+            LiveSource::Interface(name) => format!("capturing on {name}"),
+            LiveSource::PcapdroidUdp(addr) => {
+                format!("receiving a PCAPdroid stream on udp://{}", capture.local_addr().unwrap_or(*addr))
+            }
+        };
         std::thread::spawn(move || -> Result<(u64, u64)> {
+            // Under systemd (`Type=notify`): ready once capturing, and alive
+            // as long as this loop turns (`WatchdogSec=`).
+            let mut notifier = crate::notify::Notifier::from_env();
+            if let Some(n) = &notifier {
+                n.send(&format!("READY=1\nSTATUS={source_text}"));
+            }
             let mut harvester = match lan_labels {
                 Some(lan) => Harvester::lan(lan, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS),
                 None => Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS),
@@ -987,6 +999,9 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
             let mut next = std::time::Instant::now() + interval;
             loop {
                 let stopping = stop.load(Ordering::SeqCst);
+                if let Some(n) = &mut notifier {
+                    n.keep_alive();
+                }
                 capture.next_batch(&mut stream_stats, &mut |frame| harvester.add(frame))?;
                 if !stopping && std::time::Instant::now() < next {
                     continue;
@@ -1016,6 +1031,13 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
                 }
                 let skipped = stream_stats.skipped_total() + harvester.capture.skipped_total();
                 tracing::info!(records, open = harvester.open_connections(), skipped, "Reported an interval");
+                if let Some(n) = &notifier {
+                    n.send(&format!(
+                        "STATUS={source_text}: {} records reported, {} connections open",
+                        harvester.records,
+                        harvester.open_connections()
+                    ));
+                }
                 if stopping {
                     return Ok((harvester.capture.frames, harvester.records));
                 }
@@ -1076,6 +1098,9 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
 
     wait_for_shutdown().await;
     eprintln!("stopping: reporting open connections");
+    if let Some(n) = crate::notify::Notifier::from_env() {
+        n.send("STOPPING=1\nSTATUS=reporting open connections and delivering");
+    }
     stop.store(true, Ordering::SeqCst);
     if let Some(d) = &deliverer {
         d.abort();

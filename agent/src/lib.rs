@@ -29,6 +29,7 @@ pub mod host;
 pub mod import;
 pub mod lan;
 pub mod live;
+pub mod notify;
 pub mod parsers;
 pub mod service;
 pub mod simulate;

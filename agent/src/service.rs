@@ -61,7 +61,10 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-Type=simple
+# Ready once capturing; restarted when the capture loop stops turning.
+Type=notify
+NotifyAccess=main
+WatchdogSec=60s
 ExecStart={binary} run {source} --config {config}
 Environment=LEAKWATCH_AGENT_STATE_DIR=/var/lib/leakwatch-agent
 # A fresh unprivileged user; its only privilege is capturing packets.

@@ -121,7 +121,13 @@ fn install_service_for_one_device_needs_its_vendor_and_model() {
     std::fs::create_dir_all(&units).expect("unit dir");
     let install = |extra: &[&str]| {
         agent(&config, &state)
-            .args(["install-service", "--pcapdroid-udp", "0.0.0.0:5123", "--binary", "/usr/bin/leakwatch-agent"])
+            .args([
+                "install-service",
+                "--pcapdroid-udp",
+                "0.0.0.0:5123",
+                "--binary",
+                env!("CARGO_BIN_EXE_leakwatch-agent"),
+            ])
             .arg("--unit-dir")
             .arg(&units)
             .arg("--config")
@@ -144,6 +150,15 @@ fn install_service_for_one_device_needs_its_vendor_and_model() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("reports as Acme Plug 2"));
     let unit = std::fs::read_to_string(units.join("leakwatch-agent.service")).expect("unit");
     assert!(unit.contains(&format!("--config {}", config.display())), "{unit}");
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="), "{unit}");
+
+    // systemd itself finds nothing wrong with the unit.
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(units.join("leakwatch-agent.service"))
+        .output()
+        .expect("systemd-analyze (`make test` installs systemd when missing)");
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 
     // A router labels its devices by MAC: no [device] needed.
     std::fs::write(&config, "").expect("write");

@@ -391,3 +391,51 @@ fn a_connection_kept_open_is_reported_in_the_first_report_after_it_opened() {
     let bytes: u64 = cloud_lines.iter().map(|(_, l)| l["bytes_out"].as_u64().expect("bytes")).sum();
     assert_eq!((connections, bytes), (1, sent_out), "one connection; its bytes add up across reports");
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`), `run` says when it is
+/// ready, pings the watchdog while its capture loop turns, and says when
+/// it stops.
+#[cfg(unix)]
+#[test]
+fn run_tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&path).expect("bind");
+    manager.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut child = Running(
+        Command::new(AGENT)
+            .args(["run", "--pcapdroid-udp", "127.0.0.1:0", "--dry-run", "--vendor", "Acme", "--model", "Plug"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", "200000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run"),
+    );
+    let (_, stderr) = wait_for_line(&mut child.0, "udp://");
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = manager.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\nSTATUS=receiving a PCAPdroid stream on udp://127.0.0.1:"), "{ready}");
+    // Half the watchdog interval apart.
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        if next() == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200), "pings every 100 ms, not more often");
+    terminate(&child.0);
+    let mut stopping = String::new();
+    while !stopping.starts_with("STOPPING=1") {
+        stopping = next();
+    }
+    assert!(child.0.wait().expect("wait").success(), "{}", stderr.join().expect("stderr"));
+}
