@@ -21,6 +21,9 @@ BENCH_PY_PACKAGES := duckdb==2.0.0
 TOOLS := $(BUILD_DIR)/tools
 S3S_FS := $(TOOLS)/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
+# cargo-deb, for `make deb`, built with cargo beside the build when missing.
+CARGO_DEB := $(TOOLS)/bin/cargo-deb
+CARGO_DEB_VERSION := 3.8.0
 # Cargo features of the builds here: queries on an Apache DataFusion
 # Ballista cluster (docs/scale-out.md). Every cargo command below builds
 # with the same ones, so that they share one build of the dependencies.
@@ -39,7 +42,7 @@ apt_install = missing=""; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-.PHONY: demo test bench soak deps bench-deps browser-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
+.PHONY: demo test bench soak deps deb deb-check bench-deps browser-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
 
 # The demo's binary is built as `make test` builds it (the whole workspace
 # with its tests, whose dev-dependencies turn on more features of shared
@@ -49,7 +52,7 @@ demo: deps
 	$(CARGO) test --locked --workspace $(FEATURES) --no-run
 	"$(BUILD_DIR)/debug/leakwatch" demo
 
-test: deps browser-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit
+test: deps browser-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit deb-check
 
 bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
@@ -68,6 +71,22 @@ soak: deps
 # Debian's Chromium and its WebDriver for the dashboard's browser test.
 browser-deps:
 	@$(call apt_install,browser test packages,chromium chromium-driver)
+
+# The agent as a Debian package: the binary (the `agent` profile, as
+# shipped), its hardened unit, its configuration as a conffile, man pages
+# and shell completions (docs/agent.md).
+deb: deps
+	$(CARGO) build --locked --profile agent -p leakwatch-agent
+	$(CARGO) run --locked -q $(FEATURES) -p leakwatch-packaging -- "$(BUILD_DIR)/agent/deb"
+	@[ -x "$(CARGO_DEB)" ] || { \
+	  echo "Installing cargo-deb $(CARGO_DEB_VERSION) into $(TOOLS) (cargo install)"; \
+	  $(CARGO) install -q --locked --root "$(TOOLS)" cargo-deb@$(CARGO_DEB_VERSION); }
+	"$(CARGO_DEB)" --no-build --profile agent -p leakwatch-agent -o "$(BUILD_DIR)/leakwatch-agent.deb"
+
+# The package, unpacked: every file in place, the configuration a
+# conffile, and systemd-analyze verify content with the unit.
+deb-check: deb unit-check-deps
+	@./scripts/check-deb.sh "$(BUILD_DIR)/leakwatch-agent.deb"
 
 # systemd-analyze, which checks the agent's systemd unit.
 unit-check-deps:

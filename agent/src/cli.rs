@@ -1161,7 +1161,7 @@ fn install_service(args: InstallServiceArgs) -> Result<ExitCode> {
     let spec = crate::service::ServiceSpec {
         name: args.name.clone(),
         binary,
-        source,
+        source: Some(source),
         lan: args.lan,
         config: args.config.clone(),
     };

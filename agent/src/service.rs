@@ -20,8 +20,10 @@ pub struct ServiceSpec {
     pub name: String,
     /// The agent binary.
     pub binary: PathBuf,
-    /// The capture source.
-    pub source: LiveSource,
+    /// The capture source; `None` takes it from the environment file
+    /// `/etc/default/<name>` (`LEAKWATCH_AGENT_INTERFACE` or
+    /// `LEAKWATCH_AGENT_PCAPDROID_UDP`), as the packaged unit does.
+    pub source: Option<LiveSource>,
     /// Router / LAN mode (`run --lan`; labels from the config's
     /// `device_labels`).
     pub lan: bool,
@@ -41,16 +43,25 @@ fn quote(arg: &str) -> String {
 /// The unit file's text.
 pub fn unit_text(spec: &ServiceSpec) -> String {
     let mut source = match &spec.source {
-        LiveSource::Interface(name) => format!("--interface {}", quote(name)),
-        LiveSource::PcapdroidUdp(addr) => format!("--pcapdroid-udp {addr}"),
+        Some(LiveSource::Interface(name)) => format!(" --interface {}", quote(name)),
+        Some(LiveSource::PcapdroidUdp(addr)) => format!(" --pcapdroid-udp {addr}"),
+        None => String::new(),
     };
     if spec.lan {
         source.push_str(" --lan");
     }
     let capture_caps = match spec.source {
-        LiveSource::Interface(_) => "CAP_NET_RAW",
         // A UDP listener on a port >= 1024 needs no capability at all.
-        LiveSource::PcapdroidUdp(_) => "",
+        Some(LiveSource::PcapdroidUdp(_)) => "",
+        Some(LiveSource::Interface(_)) | None => "CAP_NET_RAW",
+    };
+    let environment = match spec.source {
+        Some(_) => String::new(),
+        None => format!(
+            "# The source: LEAKWATCH_AGENT_INTERFACE=eth0, or LEAKWATCH_AGENT_PCAPDROID_UDP=0.0.0.0:5123.\n\
+             EnvironmentFile=/etc/default/{}\n",
+            spec.name
+        ),
     };
     format!(
         "# Written by `leakwatch-agent install-service`.
@@ -65,8 +76,8 @@ After=network-online.target
 Type=notify
 NotifyAccess=main
 WatchdogSec=60s
-ExecStart={binary} run {source} --config {config}
-Environment=LEAKWATCH_AGENT_STATE_DIR=/var/lib/leakwatch-agent
+ExecStart={binary} run{source} --config {config}
+{environment}Environment=LEAKWATCH_AGENT_STATE_DIR=/var/lib/leakwatch-agent
 # A fresh unprivileged user; its only privilege is capturing packets.
 DynamicUser=yes
 CapabilityBoundingSet={capture_caps}
@@ -143,7 +154,7 @@ mod tests {
         let spec = ServiceSpec {
             name: "leakwatch-agent".into(),
             binary: "/usr/local/bin/leakwatch-agent".into(),
-            source: LiveSource::Interface("eth0".into()),
+            source: Some(LiveSource::Interface("eth0".into())),
             lan: false,
             config: "/etc/leakwatch-agent/agent.toml".into(),
         };
@@ -162,10 +173,14 @@ mod tests {
         }
         assert!(install(&spec, dir.path(), false).is_err(), "no silent overwrite");
         let phone =
-            ServiceSpec { source: LiveSource::PcapdroidUdp("0.0.0.0:5123".parse().expect("addr")), ..spec.clone() };
+            ServiceSpec { source: Some(LiveSource::PcapdroidUdp("0.0.0.0:5123".parse().expect("addr"))), ..spec.clone() };
         let text = unit_text(&phone);
         assert!(text.contains("run --pcapdroid-udp 0.0.0.0:5123") && text.contains("CapabilityBoundingSet=\n"));
-        let router = ServiceSpec { lan: true, ..spec };
+        let router = ServiceSpec { lan: true, ..spec.clone() };
         assert!(unit_text(&router).contains("run --interface eth0 --lan --config"));
+        let packaged = ServiceSpec { source: None, ..spec };
+        let text = unit_text(&packaged);
+        assert!(text.contains("run --config /etc/leakwatch-agent/agent.toml\n"), "{text}");
+        assert!(text.contains("EnvironmentFile=/etc/default/leakwatch-agent\n"), "{text}");
     }
 }
