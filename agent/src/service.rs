@@ -172,8 +172,10 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(install(&spec, dir.path(), false).is_err(), "no silent overwrite");
-        let phone =
-            ServiceSpec { source: Some(LiveSource::PcapdroidUdp("0.0.0.0:5123".parse().expect("addr"))), ..spec.clone() };
+        let phone = ServiceSpec {
+            source: Some(LiveSource::PcapdroidUdp("0.0.0.0:5123".parse().expect("addr"))),
+            ..spec.clone()
+        };
         let text = unit_text(&phone);
         assert!(text.contains("run --pcapdroid-udp 0.0.0.0:5123") && text.contains("CapabilityBoundingSet=\n"));
         let router = ServiceSpec { lan: true, ..spec.clone() };

@@ -316,6 +316,9 @@ pub enum AdminCommand {
     /// List the analysts' SQL tokens: id, expiry, state and holder (never
     /// the token itself; the collector keeps only its hash).
     SqlTokens,
+    /// List the enrolled agents: id, when it enrolled, its last report,
+    /// its version, the records stored and whether it was revoked.
+    Agents,
     /// Revoke analysts' SQL tokens, at once: every token of a holder
     /// (`--name`), or one (`--token`, the token or its id from
     /// `sql-tokens`).

@@ -145,6 +145,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     expires_at_s: admin::parse_expiry(&expires, chrono::Utc::now().timestamp())?,
                 },
                 AdminCommand::SqlTokens => admin::AdminAction::SqlTokens,
+                AdminCommand::Agents => {
+                    admin::AdminAction::Agents { stored: sql::agent_records(&args.data_dir.data_dir).await? }
+                }
                 AdminCommand::RevokeSqlToken { name, token } => admin::AdminAction::RevokeSqlToken {
                     name: name.unwrap_or_default(),
                     token: token.unwrap_or_default(),

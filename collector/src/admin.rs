@@ -14,9 +14,9 @@ use std::sync::Arc;
 use leakwatch_proto::v1::admin_client::AdminClient;
 use leakwatch_proto::v1::admin_server::Admin;
 use leakwatch_proto::v1::{
-    CreateEnrollmentCodeRequest, CreateEnrollmentCodeResponse, CreateSqlTokenRequest, CreateSqlTokenResponse,
-    ListSqlTokensRequest, ListSqlTokensResponse, RevokeAgentRequest, RevokeAgentResponse, RevokeSqlTokensRequest,
-    RevokeSqlTokensResponse, SqlTokenInfo,
+    AgentInfo, CreateEnrollmentCodeRequest, CreateEnrollmentCodeResponse, CreateSqlTokenRequest,
+    CreateSqlTokenResponse, ListAgentsRequest, ListAgentsResponse, ListSqlTokensRequest, ListSqlTokensResponse,
+    RevokeAgentRequest, RevokeAgentResponse, RevokeSqlTokensRequest, RevokeSqlTokensResponse, SqlTokenInfo,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -213,6 +213,63 @@ pub fn revoke_sql_tokens(log: &DurableLog, name: &str, token: &str) -> Result<u3
 }
 
 /// `leakwatch admin sql-tokens` output: a header and one line per token.
+/// The enrolled agents, by id.
+pub fn list_agents(log: &DurableLog) -> Result<Vec<AgentInfo>> {
+    Ok(log
+        .agents()?
+        .into_iter()
+        .map(|a| AgentInfo {
+            agent_id: a.agent_id,
+            enrolled_at_unix_s: a.enrolled_at_s.unwrap_or(0),
+            agent_version: a.version,
+            revoked: a.revoked,
+        })
+        .collect())
+}
+
+/// What the stored records say of one agent: how many, and when the last
+/// arrived (Unix milliseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentRecords {
+    /// Records stored.
+    pub records: u64,
+    /// When the newest arrived, Unix milliseconds.
+    pub last_ms: i64,
+}
+
+/// A table of `agents`, with what `stored` says of each.
+fn agent_lines(agents: &[AgentInfo], stored: &std::collections::BTreeMap<String, AgentRecords>) -> String {
+    let time = |secs: i64| match secs {
+        0 => "-".to_string(),
+        s => chrono::DateTime::from_timestamp(s, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| s.to_string()),
+    };
+    let mut out = format!(
+        "{:<18}{:<21}{:<21}{:<12}{:>12}  STATE",
+        "AGENT", "ENROLLED (UTC)", "LAST REPORT (UTC)", "VERSION", "RECORDS"
+    );
+    for a in agents {
+        let s = stored.get(&a.agent_id).copied().unwrap_or_default();
+        out.push_str(&format!(
+            "\n{:<18}{:<21}{:<21}{:<12}{:>12}  {}",
+            a.agent_id,
+            time(a.enrolled_at_unix_s),
+            time(s.last_ms.div_euclid(1000)),
+            if a.agent_version.is_empty() { "-" } else { &a.agent_version },
+            s.records,
+            if a.revoked { "revoked" } else { "enrolled" }
+        ));
+    }
+    let unknown = stored.keys().filter(|id| !agents.iter().any(|a| &a.agent_id == *id)).count();
+    if unknown > 0 {
+        out.push_str(&format!(
+            "\n({unknown} more agents have records here but enrolled with another collector of the same store)"
+        ));
+    }
+    out
+}
+
 fn sql_token_lines(tokens: &[SqlTokenInfo], now_s: i64) -> String {
     let mut out = format!("{:<14}{:<22}{:<9}NAME", "ID", "EXPIRES (UTC)", "STATE");
     for t in tokens {
@@ -267,6 +324,15 @@ impl Admin for AdminService {
         self.check(&request)?;
         let tokens = self.on_log(list_sql_tokens).await?;
         Ok(Response::new(ListSqlTokensResponse { tokens }))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<ListAgentsRequest>,
+    ) -> std::result::Result<Response<ListAgentsResponse>, Status> {
+        self.check(&request)?;
+        let agents = self.on_log(list_agents).await?;
+        Ok(Response::new(ListAgentsResponse { agents }))
     }
 
     async fn revoke_sql_tokens(
@@ -336,6 +402,11 @@ pub enum AdminAction {
     },
     /// List the analysts' SQL tokens.
     SqlTokens,
+    /// List the enrolled agents, with what `stored` says of each (by id).
+    Agents {
+        /// Records stored per agent id.
+        stored: std::collections::BTreeMap<String, AgentRecords>,
+    },
     /// Revoke analysts' SQL tokens: every one of a holder, or one.
     RevokeSqlToken {
         /// The holder (empty: by `token`).
@@ -401,6 +472,10 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
                     let tokens = client.list_sql_tokens(ListSqlTokensRequest {}).await.map_err(refused)?.into_inner();
                     Ok(sql_token_lines(&tokens.tokens, chrono::Utc::now().timestamp()))
                 }
+                AdminAction::Agents { stored } => {
+                    let agents = client.list_agents(ListAgentsRequest {}).await.map_err(refused)?.into_inner();
+                    Ok(agent_lines(&agents.agents, &stored))
+                }
                 AdminAction::RevokeSqlToken { name, token } => {
                     let req = RevokeSqlTokensRequest { name: name.clone(), token: token.clone() };
                     let revoked = client.revoke_sql_tokens(req).await.map_err(refused)?.into_inner().revoked;
@@ -423,6 +498,7 @@ pub async fn run(data_dir: &Path, action: AdminAction) -> Result<String> {
             create_sql_token(&log, &name, expires_at_s, chrono::Utc::now().timestamp())
         }
         AdminAction::SqlTokens => Ok(sql_token_lines(&list_sql_tokens(&log)?, chrono::Utc::now().timestamp())),
+        AdminAction::Agents { stored } => Ok(agent_lines(&list_agents(&log)?, &stored)),
         AdminAction::RevokeSqlToken { name, token } => {
             revoke_sql_line(&name, &token, revoke_sql_tokens(&log, &name, &token)?)
         }

@@ -318,7 +318,8 @@ impl Collector for Ingest {
         let hash = crate::admin::token_hash(&token);
         let log = self.log.clone();
         let id = agent_id.clone();
-        tokio::task::spawn_blocking(move || log.put_agent(&id, &hash))
+        let (now, version) = (chrono::Utc::now().timestamp(), req.agent_version.clone());
+        tokio::task::spawn_blocking(move || log.put_agent(&id, &hash, now, &version))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(agent_id = %agent_id, agent_version = %req.agent_version, "Enrolled agent");

@@ -27,6 +27,31 @@ pub fn open_sessions(data_dir: &Path, scratch: &Path, config: QueryConfig) -> Re
     Ok(SessionFactory::new(config, dirs.flow_store()?, Arc::new(LogTail::new(Arc::new(log)))))
 }
 
+/// Records stored per agent and when the newest arrived, over `data_dir`
+/// (also while the collector runs on it), for `leakwatch admin agents`.
+pub async fn agent_records(data_dir: &Path) -> Result<BTreeMap<String, crate::admin::AgentRecords>> {
+    use arrow::array::{Array as _, AsArray as _};
+    let scratch = tempfile::tempdir().map_err(|e| Error::Config(format!("temporary directory: {e}")))?;
+    let sessions = open_sessions(data_dir, scratch.path(), QueryConfig::default())?;
+    let session = sessions.session().await?;
+    let sql = "SELECT CAST(agent_id AS VARCHAR) AS agent, count(*) AS records, \
+               CAST(max(received_at) AS BIGINT) AS last_ms FROM flows GROUP BY agent_id";
+    let mut out = BTreeMap::new();
+    for batch in session.sql(sql).await? {
+        let ids = batch.column(0).as_string::<i32>();
+        let records = batch.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        let last = batch.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..batch.num_rows() {
+            let stats = crate::admin::AgentRecords {
+                records: u64::try_from(records.value(i)).unwrap_or(0),
+                last_ms: if last.is_null(i) { 0 } else { last.value(i) },
+            };
+            out.insert(ids.value(i).to_string(), stats);
+        }
+    }
+    Ok(out)
+}
+
 /// Parses `--param k=v` pairs.
 pub fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, String>> {
     pairs

@@ -131,6 +131,8 @@ unbounded!(
     crate::v1::ListSqlTokensResponse,
     crate::v1::RevokeSqlTokensRequest,
     crate::v1::RevokeSqlTokensResponse,
+    crate::v1::ListAgentsRequest,
+    crate::v1::ListAgentsResponse,
 );
 
 impl WireBound for crate::v1::ReportBatch {

@@ -170,3 +170,51 @@ async fn a_revoked_agent_stops_delivering_and_keeps_its_spool() {
     assert!(status.contains("revoked"), "status shows the refusal: {status}");
     server.shutdown().await.expect("shutdown");
 }
+
+/// `leakwatch admin agents`: every enrolled agent with when it enrolled,
+/// its version, its last report and the records stored, running and
+/// stopped; a revoked agent keeps its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_lists_each_enrolled_agent_with_its_reports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(serve_config(&data)).await.expect("start");
+    let url = format!("http://{}", server.grpc_addr);
+    let mut reporting = enroll(&url, &dir.path().join("a1"), "").await.expect("enroll");
+    let quiet = enroll(&url, &dir.path().join("a2"), "").await.expect("enroll");
+    let batch = crate::hostile::good_batch();
+    reporting.send(&batch).await.expect("accepted");
+    let (reporting, quiet) = (reporting.agent_id().to_string(), quiet.agent_id().to_string());
+    let table = |data: &Path| {
+        let out = leakwatch().args(["admin", "agents", "--data-dir"]).arg(data).output().expect("run admin");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let line = |table: &str, id: &str| -> Vec<String> {
+        let line = table.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} not listed:\n{table}"));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let version = env!("CARGO_PKG_VERSION");
+    let records = batch.records.len().to_string();
+    let listed = table(&data);
+    assert!(listed.starts_with("AGENT"), "{listed}");
+    // id, enrolled (date time), last report (date time), version, records, state
+    let r = line(&listed, &reporting);
+    assert_eq!(
+        (r[1].as_str(), r[3].as_str(), r[5].as_str(), r[6].as_str(), r[7].as_str()),
+        (today.as_str(), today.as_str(), version, records.as_str(), "enrolled"),
+        "{listed}"
+    );
+    let q = line(&listed, &quiet);
+    assert_eq!((q[3].as_str(), q[5].as_str(), q[6].as_str()), ("-", "0", "enrolled"), "never reported: {listed}");
+
+    assert!(admin(&data, &["revoke", &reporting]).is_ok());
+    let r = line(&table(&data), &reporting);
+    assert_eq!((r[1].as_str(), r[6].as_str(), r[7].as_str()), (today.as_str(), records.as_str(), "revoked"));
+    // Stopped: the same from the log and the store.
+    server.shutdown().await.expect("shutdown");
+    let offline = table(&data);
+    assert_eq!(line(&offline, &reporting)[6..], [records.clone(), "revoked".into()], "{offline}");
+    assert_eq!(line(&offline, &quiet)[5..], ["0".to_string(), "enrolled".into()], "{offline}");
+}

@@ -30,6 +30,44 @@ pub enum CodeUse {
     UsedUp,
 }
 
+/// An enrolled agent, as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEntry {
+    /// Its id.
+    pub agent_id: String,
+    /// Whether its token was revoked.
+    pub revoked: bool,
+    /// When it enrolled, Unix seconds (`None` for agents enrolled before
+    /// the log kept it).
+    pub enrolled_at_s: Option<i64>,
+    /// The agent version it enrolled with.
+    pub version: String,
+}
+
+/// An agent's stored value: its token hash, or [`REVOKED`] and a NUL, then
+/// `[enrolled at: i64 BE][version]` (absent in values of older logs: the
+/// bare hash, or the bare marker).
+fn agent_record(v: &[u8]) -> (AgentToken, Option<i64>, String) {
+    let (token, meta) = if v == REVOKED {
+        (AgentToken::Revoked, &v[v.len()..])
+    } else if v.len() > REVOKED.len() && v.starts_with(REVOKED) && v[REVOKED.len()] == 0 {
+        (AgentToken::Revoked, &v[REVOKED.len() + 1..])
+    } else {
+        let split = v.len().min(32);
+        (AgentToken::Hash(v[..split].to_vec()), &v[split..])
+    };
+    let enrolled = meta.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes);
+    let version = meta.get(8..).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    (token, enrolled, version)
+}
+
+/// `[enrolled at: i64 BE][version]`.
+fn agent_meta(enrolled_at_s: i64, version: &str) -> Vec<u8> {
+    let mut meta = enrolled_at_s.to_be_bytes().to_vec();
+    meta.extend_from_slice(version.as_bytes());
+    meta
+}
+
 /// A stored SQL token's holder and expiry (`[expiry: i64 BE][holder]`).
 fn sql_token_record(v: &[u8]) -> Result<(String, i64)> {
     let expires = v
@@ -41,10 +79,13 @@ fn sql_token_record(v: &[u8]) -> Result<(String, i64)> {
 }
 
 impl DurableLog {
-    /// Registers an agent's token hash.
-    pub fn put_agent(&self, agent_id: &str, token_hash: &[u8; 32]) -> Result<()> {
+    /// Registers an agent's token hash, with when it enrolled and its
+    /// version (at most 64 bytes, checked by the caller).
+    pub fn put_agent(&self, agent_id: &str, token_hash: &[u8; 32], enrolled_at_s: i64, version: &str) -> Result<()> {
         let db = self.db()?;
-        db.put_cf_opt(cf(&db, CF_AGENTS)?, agent_id, token_hash, &synced()).map_err(db_err)
+        let mut v = token_hash.to_vec();
+        v.extend(agent_meta(enrolled_at_s, version));
+        db.put_cf_opt(cf(&db, CF_AGENTS)?, agent_id, v, &synced()).map_err(db_err)
     }
 
     /// The token hash of an agent.
@@ -52,20 +93,41 @@ impl DurableLog {
         let db = self.db()?;
         Ok(match db.get_cf(cf(&db, CF_AGENTS)?, agent_id).map_err(db_err)? {
             None => AgentToken::Unknown,
-            Some(v) if v == REVOKED => AgentToken::Revoked,
-            Some(v) => AgentToken::Hash(v),
+            Some(v) => agent_record(&v).0,
         })
     }
 
-    /// Revokes an agent; false when it was never enrolled.
+    /// Revokes an agent, keeping when it enrolled and its version; false
+    /// when it was never enrolled.
     pub fn revoke_agent(&self, agent_id: &str) -> Result<bool> {
         let db = self.db()?;
         let _guard = self.lock();
-        if matches!(self.agent_token_hash(agent_id)?, AgentToken::Unknown) {
-            return Ok(false);
+        let Some(v) = db.get_cf(cf(&db, CF_AGENTS)?, agent_id).map_err(db_err)? else { return Ok(false) };
+        let (_, enrolled, version) = agent_record(&v);
+        let mut revoked = REVOKED.to_vec();
+        if let Some(at) = enrolled {
+            revoked.push(0);
+            revoked.extend(agent_meta(at, &version));
         }
-        db.put_cf_opt(cf(&db, CF_AGENTS)?, agent_id, REVOKED, &synced()).map_err(db_err)?;
+        db.put_cf_opt(cf(&db, CF_AGENTS)?, agent_id, revoked, &synced()).map_err(db_err)?;
         Ok(true)
+    }
+
+    /// Every agent enrolled here, revoked ones too, by id.
+    pub fn agents(&self) -> Result<Vec<AgentEntry>> {
+        let db = self.db()?;
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf(&db, CF_AGENTS)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err)?;
+            let (token, enrolled_at_s, version) = agent_record(&v);
+            out.push(AgentEntry {
+                agent_id: String::from_utf8_lossy(&k).into_owned(),
+                revoked: token == AgentToken::Revoked,
+                enrolled_at_s,
+                version,
+            });
+        }
+        Ok(out)
     }
 
     /// Stores a new enrollment code (by hash).

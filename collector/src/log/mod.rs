@@ -61,7 +61,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, Read
 
 use crate::{Error, Result};
 
-pub use credentials::{AgentToken, CodeUse};
+pub use credentials::{AgentEntry, AgentToken, CodeUse};
 #[cfg(test)]
 use entry::{ENTRY_HEADER, seal_entry};
 pub use entry::{

@@ -333,3 +333,37 @@ fn sql_tokens_expire_and_survive_reopen() {
     assert_eq!(log.sql_token(&hash, 1).expect("revoked"), None);
     assert_eq!(log.sql_token(&[9u8; 32], 1).expect("kept"), Some("bob".to_string()));
 }
+
+/// Agents enrolled before the log kept their enrollment time and version
+/// (a bare token hash, a bare revocation) still authenticate and list.
+#[test]
+fn agents_of_older_logs_and_new_ones_list_and_authenticate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = DurableLog::open(dir.path()).expect("open");
+    {
+        let db = log.db().expect("db");
+        let agents = super::cf(&db, super::CF_AGENTS).expect("cf");
+        db.put_cf(agents, "old", [7u8; 32]).expect("put");
+        db.put_cf(agents, "old-revoked", super::REVOKED).expect("put");
+    }
+    log.put_agent("new", &[9u8; 32], 1_790_000_000, "0.2.0").expect("put");
+    assert_eq!(log.agent_token_hash("old").expect("read"), AgentToken::Hash(vec![7; 32]));
+    assert_eq!(log.agent_token_hash("new").expect("read"), AgentToken::Hash(vec![9; 32]));
+    assert_eq!(log.agent_token_hash("old-revoked").expect("read"), AgentToken::Revoked);
+    assert!(log.revoke_agent("new").expect("revoke"));
+    assert_eq!(log.agent_token_hash("new").expect("read"), AgentToken::Revoked);
+    let listed: Vec<(String, bool, Option<i64>, String)> = log
+        .agents()
+        .expect("list")
+        .into_iter()
+        .map(|a| (a.agent_id, a.revoked, a.enrolled_at_s, a.version))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("new".into(), true, Some(1_790_000_000), "0.2.0".into()),
+            ("old".into(), false, None, String::new()),
+            ("old-revoked".into(), true, None, String::new()),
+        ]
+    );
+}
