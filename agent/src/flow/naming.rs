@@ -68,28 +68,43 @@ pub(super) enum HelloState {
     Done,
 }
 
-/// A ClientHello found, and, when it named no server, what the server's
-/// certificate names.
+/// What a found ClientHello says (its fingerprint, not the lists it is
+/// made of: a connection table holds one per TLS connection), and, when it
+/// named no server, what the server's certificate names.
 #[derive(Debug, Clone)]
 pub(super) struct Found {
-    pub(super) hello: tls::ClientHello,
+    pub(super) sni: Option<Box<str>>,
+    pub(super) alpn: Box<[String]>,
+    pub(super) fingerprint: Box<str>,
     pub(super) source: NameSource,
-    /// The name of the server's certificate (TLS 1.2 sends it in clear).
-    pub(super) cert_name: Option<Box<str>>,
-    /// The server's first segments, by sequence number, while its
-    /// certificate is awaited (a TCP hello without SNI only).
+    /// Only for a TCP hello without SNI.
+    pub(super) cert: Option<Box<CertWait>>,
+}
+
+/// The server's certificate of a connection whose hello named no server.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CertWait {
+    /// The name it gives (TLS 1.2 sends it in clear).
+    pub(super) name: Option<Box<str>>,
+    /// The server's first segments, by sequence number, while it is
+    /// awaited.
     pub(super) server: Option<BTreeMap<u32, Vec<u8>>>,
 }
 
 impl HelloState {
-    /// A found hello keeps its fingerprint, not the lists it is made of.
-    fn found(mut h: tls::ClientHello, source: NameSource) -> Self {
-        h.fingerprint = Some(h.ja4_memo(source == NameSource::Quic));
-        h.shape = tls::HelloShape::default();
+    fn found(h: tls::ClientHello, source: NameSource) -> Self {
+        let fingerprint = h.ja4_memo(source == NameSource::Quic).into_boxed_str();
         // Without a name from the client, the server's certificate may
         // give one.
-        let server = (h.sni.is_none() && source == NameSource::Sni).then(BTreeMap::new);
-        Self::Found(Box::new(Found { hello: h, source, cert_name: None, server }))
+        let cert = (h.sni.is_none() && source == NameSource::Sni)
+            .then(|| Box::new(CertWait { name: None, server: Some(BTreeMap::new()) }));
+        Self::Found(Box::new(Found {
+            sni: h.sni.map(String::into_boxed_str),
+            alpn: h.alpn.into_boxed_slice(),
+            fingerprint,
+            source,
+            cert,
+        }))
     }
 }
 
@@ -164,13 +179,14 @@ impl Conn {
     /// certificate's names are read, or there are none.
     pub(super) fn server_segment(&mut self, p: &Packet<'_>) {
         let HelloState::Found(f) = &mut self.hello else { return };
-        let Some(segments) = &mut f.server else { return };
+        let Some(wait) = f.cert.as_deref_mut() else { return };
+        let Some(segments) = &mut wait.server else { return };
         if p.payload.is_empty() || segments.contains_key(&p.seq) {
             return;
         }
         let kept: usize = segments.values().map(Vec::len).sum();
         if segments.len() >= MAX_HELLO_SEGMENTS || kept + p.payload.len() > cert::MAX_FLIGHT_BYTES {
-            f.server = None;
+            wait.server = None;
             return;
         }
         segments.insert(p.seq, p.payload.to_vec());
@@ -189,14 +205,14 @@ impl Conn {
         match cert::parse_server_flight(&stream) {
             cert::ServerFlight::NeedMore => {}
             cert::ServerFlight::Names(names) => {
-                f.cert_name = cert::destination_name(&names).map(Into::into);
-                f.server = None;
+                wait.name = cert::destination_name(&names).map(Into::into);
+                wait.server = None;
             }
             // What does not start with a handshake record may be a later
             // segment that came first: wait for the start (within the
             // bounds above).
             cert::ServerFlight::Nothing if stream.first() != Some(&22) => {}
-            cert::ServerFlight::Nothing => f.server = None,
+            cert::ServerFlight::Nothing => wait.server = None,
         }
     }
 
@@ -253,11 +269,11 @@ impl FlowTable {
     pub(super) fn naming_ref<'a>(&'a self, conn: &'a Conn) -> NamingRef<'a> {
         let (sni, alpn, hello_source, fingerprint, cert_name) = match &conn.hello {
             HelloState::Found(f) => (
-                f.hello.sni.as_deref(),
-                f.hello.alpn.as_slice(),
+                f.sni.as_deref(),
+                &f.alpn[..],
                 f.source,
-                f.hello.fingerprint.as_deref(),
-                f.cert_name.as_deref(),
+                Some(&*f.fingerprint),
+                f.cert.as_ref().and_then(|c| c.name.as_deref()),
             ),
             _ => (None, &[][..], NameSource::None, None, None),
         };

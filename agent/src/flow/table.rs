@@ -192,7 +192,11 @@ impl Conn {
     /// counters at zero and its start at its next packet.
     fn progress(&mut self) -> Conn {
         let hello = match &self.hello {
-            HelloState::Found(f) => HelloState::Found(Box::new(super::naming::Found { server: None, ..(**f).clone() })),
+            HelloState::Found(f) => {
+                let cert =
+                    f.cert.as_ref().map(|c| Box::new(super::naming::CertWait { name: c.name.clone(), server: None }));
+                HelloState::Found(Box::new(super::naming::Found { cert, ..(**f).clone() }))
+            }
             _ => HelloState::Done,
         };
         let copy = Conn {

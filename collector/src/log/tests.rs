@@ -352,12 +352,8 @@ fn agents_of_older_logs_and_new_ones_list_and_authenticate() {
     assert_eq!(log.agent_token_hash("old-revoked").expect("read"), AgentToken::Revoked);
     assert!(log.revoke_agent("new").expect("revoke"));
     assert_eq!(log.agent_token_hash("new").expect("read"), AgentToken::Revoked);
-    let listed: Vec<(String, bool, Option<i64>, String)> = log
-        .agents()
-        .expect("list")
-        .into_iter()
-        .map(|a| (a.agent_id, a.revoked, a.enrolled_at_s, a.version))
-        .collect();
+    let listed: Vec<(String, bool, Option<i64>, String)> =
+        log.agents().expect("list").into_iter().map(|a| (a.agent_id, a.revoked, a.enrolled_at_s, a.version)).collect();
     assert_eq!(
         listed,
         [
