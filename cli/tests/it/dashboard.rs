@@ -44,7 +44,8 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
 }
 
 /// One simulated device: `volunteer` reports it; it contacts each of
-/// `hosts` a few seconds after boot.
+/// `hosts` a few seconds after boot (an empty host: a cloud no name was
+/// seen for, on port 8886 at an address of its own).
 struct Device {
     volunteer: usize,
     vendor: &'static str,
@@ -66,8 +67,8 @@ fn batch(i: usize, d: &Device) -> ReportBatch {
             seconds_since_boot: 2.0 + j as f64 + i as f64 * 0.1,
             window_start_unix_s: T0 + 60 * (i as i64 % 3) + 86_400 * (i as i64 % 2),
             transport: 1,
-            dst_ip: format!("203.0.113.{}", 10 + j),
-            dst_port: 443,
+            dst_ip: if host.is_empty() { format!("52.58.{i}.21") } else { format!("203.0.113.{}", 10 + j) },
+            dst_port: if host.is_empty() { 8886 } else { 443 },
             domain: (*host).to_string(),
             domain_source: 1,
             bytes_out: 900,
@@ -109,9 +110,9 @@ fn planted() -> Vec<Device> {
             firmware: if i == 0 { "9.9-rare" } else { "1.0" },
             consent: if i == 1 { &[("secret_toggle", "on"), ("cloud", "off")] } else { &[("cloud", "off")] },
             hosts: if i < 2 {
-                &["api.visible-cloud.com", "rare.visible-cloud.com"]
+                &["api.visible-cloud.com", "rare.visible-cloud.com", ""]
             } else {
-                &["api.visible-cloud.com"]
+                &["api.visible-cloud.com", ""]
             },
         });
     }
@@ -245,6 +246,13 @@ async fn no_group_below_the_thresholds_is_published_anywhere() {
     assert!(seen.iter().any(|p| p.starts_with("/findings/")), "a finding page was reached");
     assert!(seen.contains("/models/Visible/V1") && seen.contains("/destinations/visible-cloud.com"), "{seen:?}");
     assert!(all.contains("api.visible-cloud.com"), "the public group's host is shown");
+    // A cloud no name was seen for, under its key, on its pages and in the
+    // exports.
+    assert!(seen.contains("/destinations/tcp%2F8886%20%28unnamed%29"), "{seen:?}");
+    for path in ["/api/findings", "/export/findings.csv", "/export/findings.parquet"] {
+        let body = &bodies.iter().find(|(p, _)| p == path).expect("fetched").1;
+        assert!(body.contains("tcp/8886 (unnamed)"), "{path}: {body}");
+    }
     assert!(all.contains("cloud=off"), "the public group's consent is shown");
     for never in NEVER {
         let hits: Vec<&str> = bodies.iter().filter(|(_, b)| b.contains(never)).map(|(p, _)| p.as_str()).collect();
