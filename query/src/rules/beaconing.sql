@@ -10,11 +10,13 @@
 WITH regular AS (
   -- One row per device, boot and name. The records of a name's addresses
   -- carry the name's gaps (agents measure them over all of its addresses),
-  -- and their connections add up.
+  -- and their connections add up. Records with no gap to measure (a name
+  -- contacted once in its report, a DNS lookup) say nothing of a timer and
+  -- are left out before grouping, which spares grouping every record.
   SELECT vendor, model, device_pseudonym, domain,
          max(interval_mean_s) AS interval_mean_s, max(interval_cv) AS interval_cv
   FROM flows
-  WHERE domain IS NOT NULL
+  WHERE domain IS NOT NULL AND interval_mean_s > 0
   GROUP BY vendor, model, device_pseudonym, boot_pseudonym, domain
   HAVING sum(connections) >= ${min_connections}
      AND max(interval_cv) <= ${max_cv}
