@@ -27,6 +27,7 @@ pub mod explain;
 pub mod flow;
 pub mod host;
 pub mod import;
+pub mod imports;
 pub mod lan;
 pub mod live;
 pub mod notify;

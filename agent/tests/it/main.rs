@@ -4,6 +4,7 @@ mod baselines;
 mod captures;
 mod devices;
 mod dry_run;
+mod imports;
 mod labels;
 mod lan;
 mod live;
