@@ -7,7 +7,6 @@
 //! location) and a network line's `context` (the website the user was on
 //! when the contact happened). Neither is parsed into what it returns.
 
-use std::io::{BufRead as _, Read as _};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -82,24 +81,18 @@ pub fn read(path: &Path) -> Result<(Vec<NetworkActivity>, ReportStats)> {
     let mut stats = ReportStats::default();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
+        let read = super::read_line(&mut reader, &mut line, MAX_LINE_BYTES)
             .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        if n == 0 {
+        if read == super::Line::End {
             break;
         }
         stats.lines += 1;
-        let text = String::from_utf8_lossy(&line);
-        if text.trim().is_empty() {
+        if read == super::Line::TooLong {
+            note(&mut stats, format!("longer than {MAX_LINE_BYTES} bytes"));
             continue;
         }
-        if line.len() > MAX_LINE_BYTES && !line.ends_with(b"\n") {
-            note(&mut stats, format!("longer than {MAX_LINE_BYTES} bytes"));
-            // The rest of the long line.
-            let mut rest = Vec::new();
-            let _ = reader.read_until(b'\n', &mut rest);
+        let text = String::from_utf8_lossy(&line);
+        if text.trim().is_empty() {
             continue;
         }
         match parse_line(&text) {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use leakwatch_agent::imports::ios_privacy;
+use leakwatch_agent::imports::{ios_privacy, pcapdroid_csv};
 
 use crate::external;
 
@@ -33,4 +33,26 @@ fn external_ios_privacy_report_reads_as_its_notes_say() {
     let ad = activities.iter().find(|a| a.domain == "doubleclick.net").expect("doubleclick.net");
     assert_eq!(ad.app, "com.google.chrome.ios");
     assert!(!format!("{ad:?}").contains("youtube"), "{ad:?}");
+}
+
+/// PCAPdroid's connection export: 23 rows, Proto DNS 10 / TLS 6 / HTTPS 5
+/// / HTTP 1 / QUIC 1, 6 apps, from 15:16:04.380 to 15:16:29.558 at -05:00.
+#[test]
+fn external_pcapdroid_csv_reads_as_its_notes_say() {
+    let path = external("imports/pcapdroid/PCAPdroid_22_Jun_18_22_50.csv");
+    let (rows, stats) = pcapdroid_csv::read(&path).expect("read");
+    assert_eq!((rows.len() as u64, stats.rows, stats.bad_rows), (23, 23, 0));
+    let count = |proto: &str| rows.iter().filter(|r| r.proto == proto).count();
+    assert_eq!((count("DNS"), count("TLS"), count("HTTPS"), count("HTTP"), count("QUIC")), (10, 6, 5, 1, 1));
+    let apps: BTreeSet<&str> = rows.iter().map(|r| r.package.as_str()).collect();
+    assert_eq!(apps.len(), 6, "{apps:?}");
+    let utc = |t: &str| chrono::DateTime::parse_from_rfc3339(t).expect("time").timestamp_micros();
+    assert_eq!(rows.iter().map(|r| r.first_us).min(), Some(utc("2025-06-22T20:16:04.380Z")));
+    assert_eq!(rows.iter().map(|r| r.last_us).max(), Some(utc("2025-06-22T20:16:29.558Z")));
+    // DNS rows go to PCAPdroid's virtual resolver and name the query.
+    let dns = rows.iter().find(|r| r.proto == "DNS").expect("a DNS row");
+    assert_eq!(
+        (dns.dst_ip.to_string().as_str(), dns.dst_port, dns.info.as_str()),
+        ("10.215.173.2", 53, "mtalk.google.com")
+    );
 }
