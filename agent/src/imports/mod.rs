@@ -1,9 +1,10 @@
 //! Files written by the tools volunteers already run, read into what the
-//! agent reports: so far the iOS App Privacy Report and PCAPdroid's
-//! connection export (readers, not yet wired to `import`).
+//! agent reports: so far the iOS App Privacy Report, PCAPdroid's
+//! connection export and Zeek's logs (readers, not yet wired to `import`).
 
 pub mod ios_privacy;
 pub mod pcapdroid_csv;
+pub mod zeek;
 
 use std::io::{BufRead, Read as _};
 

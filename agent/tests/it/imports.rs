@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use leakwatch_agent::imports::{ios_privacy, pcapdroid_csv};
+use leakwatch_agent::imports::{ios_privacy, pcapdroid_csv, zeek};
 
 use crate::external;
 
@@ -55,4 +55,34 @@ fn external_pcapdroid_csv_reads_as_its_notes_say() {
         (dns.dst_ip.to_string().as_str(), dns.dst_port, dns.info.as_str()),
         ("10.215.173.2", 53, "mtalk.google.com")
     );
+}
+
+/// Zeek's own test baselines (m57-short: conn 2164, dns 2950, ssl 7, dhcp
+/// 202 records, canonicalised times) and a raw gzipped dns.log of 53615
+/// records from 1521911720.865716 to 1521912990.151237.
+#[test]
+fn external_zeek_logs_read_as_their_notes_say() {
+    for (log, want) in [("conn", 2164), ("dns", 2950), ("ssl", 7), ("dhcp", 202)] {
+        let path = external(&format!("imports/zeek/m57-short_tsv_zeek-testing/{log}.log"));
+        let mut names = 0;
+        let stats = zeek::read_log(&path, |row| {
+            names += usize::from(row.get("server_name").or(row.get("query")).or(row.get("host_name")).is_some());
+        })
+        .expect("read");
+        assert_eq!((stats.path.as_deref(), stats.rows, stats.bad_lines), (Some(log), want, 0), "{log}");
+        if log != "conn" {
+            assert!(names > 0, "{log}: rows carry their names");
+        }
+    }
+    let path = external("imports/zeek/wrccdc2018/dns.log.gz");
+    let (mut first, mut last, mut queries) = (i64::MAX, i64::MIN, 0u64);
+    let stats = zeek::read_log(&path, |row| {
+        let ts = row.time_us("ts").expect("a time");
+        (first, last) = (first.min(ts), last.max(ts));
+        queries += u64::from(row.get("query").is_some());
+    })
+    .expect("read");
+    assert_eq!((stats.rows, stats.bad_lines), (53615, 0));
+    assert_eq!((first, last), (1_521_911_720_865_716, 1_521_912_990_151_237));
+    assert!(queries > 50_000, "{queries}");
 }

@@ -1,0 +1,253 @@
+//! Zeek logs (`conn.log`, `dns.log`, `ssl.log`, `dhcp.log`, ...), in
+//! either of Zeek's writers: TSV with its `#fields` header (and its
+//! `#separator`, `#unset_field` and `#empty_field` lines), or JSON, one
+//! object per line. A `.gz` file is read through gzip. Rows are handed on
+//! as they are read, so a log of any size takes the memory of one line.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use super::{Line, read_line};
+use crate::{Error, Result};
+
+/// Longest line read.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Bad lines named at most.
+const MAX_NAMED: usize = 5;
+
+/// What reading a log found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// The log's `#path` (`dns`, `conn`, ...), when it says.
+    pub path: Option<String>,
+    /// Rows read.
+    pub rows: u64,
+    /// Lines that are not a row of the log: counted, the first few named.
+    pub bad_lines: u64,
+    /// The first bad lines: (line number, reason).
+    pub first_bad: Vec<(u64, String)>,
+}
+
+/// One row: its fields by name.
+#[derive(Debug)]
+pub struct Row<'a> {
+    fields: &'a HashMap<String, usize>,
+    values: Vec<Option<String>>,
+}
+
+impl Row<'_> {
+    /// The value of field `name`; `None` when the log has no such field or
+    /// the row leaves it unset (`-`, or JSON null or absent).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(*self.fields.get(name)?)?.as_deref()
+    }
+
+    /// A time field as microseconds since the Unix epoch: epoch seconds
+    /// (TSV, and JSON by default) or ISO-8601 (JSON with ISO times).
+    pub fn time_us(&self, name: &str) -> Option<i64> {
+        let v = self.get(name)?;
+        if let Ok(secs) = v.parse::<f64>() {
+            return (secs.is_finite() && secs.abs() < 1e11).then(|| (secs * 1e6).round() as i64);
+        }
+        chrono::DateTime::parse_from_rfc3339(v).ok().map(|t| t.timestamp_micros())
+    }
+
+    /// A count field.
+    pub fn count(&self, name: &str) -> Option<u64> {
+        self.get(name)?.parse().ok()
+    }
+}
+
+/// Reads the log at `path`, handing each row to `on_row`. A file that is
+/// neither a Zeek TSV log nor JSON lines is an error naming it.
+pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStats> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let raw: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut reader = std::io::BufReader::new(raw);
+    let mut stats = LogStats::default();
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    // TSV: the header's fields and markers.
+    let mut fields: HashMap<String, usize> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let (mut separator, mut unset, mut empty) = (b'\t', "-".to_string(), "(empty)".to_string());
+    let mut json: Option<bool> = None;
+    let bad = |stats: &mut LogStats, line_no: u64, reason: String| {
+        stats.bad_lines += 1;
+        if stats.first_bad.len() < MAX_NAMED {
+            stats.first_bad.push((line_no, reason));
+        }
+    };
+    loop {
+        let read = read_line(&mut reader, &mut line, MAX_LINE_BYTES).map_err(io)?;
+        if read == Line::End {
+            break;
+        }
+        line_no += 1;
+        if read == Line::TooLong {
+            bad(&mut stats, line_no, format!("longer than {MAX_LINE_BYTES} bytes"));
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if text.is_empty() {
+            continue;
+        }
+        if let Some(directive) = text.strip_prefix('#') {
+            json = Some(false);
+            // `#separator \x09` uses a space; the others the separator.
+            if let Some(sep) = directive.strip_prefix("separator ") {
+                separator = parse_separator(sep.trim()).unwrap_or(b'\t');
+                continue;
+            }
+            let mut parts = directive.split(char::from(separator));
+            match parts.next() {
+                Some("fields") => {
+                    order = parts.map(str::to_string).collect();
+                    fields = order.iter().enumerate().map(|(i, f)| (f.clone(), i)).collect();
+                }
+                Some("unset_field") => unset = parts.next().unwrap_or("-").to_string(),
+                Some("empty_field") => empty = parts.next().unwrap_or("(empty)").to_string(),
+                Some("path") => stats.path = parts.next().map(str::to_string),
+                _ => {}
+            }
+            continue;
+        }
+        let is_json = *json.get_or_insert_with(|| text.starts_with('{'));
+        if is_json {
+            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+                Ok(object) => {
+                    // Fields by name as they come, each row its own.
+                    let names: HashMap<String, usize> =
+                        object.keys().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+                    let values = object.values().map(json_text).collect();
+                    stats.rows += 1;
+                    on_row(&Row { fields: &names, values });
+                }
+                Err(e) => bad(&mut stats, line_no, format!("not JSON: {e}")),
+            }
+            continue;
+        }
+        if order.is_empty() {
+            bad(&mut stats, line_no, "a row before the log's #fields line".into());
+            if stats.rows == 0 && stats.bad_lines >= 3 {
+                break;
+            }
+            continue;
+        }
+        let values: Vec<&str> = text.split(char::from(separator)).collect();
+        if values.len() != order.len() {
+            bad(&mut stats, line_no, format!("{} fields, #fields names {}", values.len(), order.len()));
+            continue;
+        }
+        let values = values
+            .into_iter()
+            .map(|v| {
+                if v == unset {
+                    None
+                } else if v == empty {
+                    Some(String::new())
+                } else {
+                    Some(v.to_string())
+                }
+            })
+            .collect();
+        stats.rows += 1;
+        on_row(&Row { fields: &fields, values });
+    }
+    if stats.rows == 0 && stats.bad_lines > 0 {
+        let (line, reason) = stats.first_bad.first().cloned().unwrap_or_default();
+        return Err(Error::InvalidArgument {
+            field: format!("{} line {line}", path.display()),
+            reason: format!("not a Zeek log ({reason})"),
+        });
+    }
+    Ok(stats)
+}
+
+/// `\x09` (or a literal character) as a byte.
+fn parse_separator(text: &str) -> Option<u8> {
+    match text.strip_prefix("\\x") {
+        Some(hex) => u8::from_str_radix(hex, 16).ok(),
+        None => text.bytes().next(),
+    }
+}
+
+/// A JSON value as the text a TSV log would hold (a list joined by
+/// commas); `None` for null.
+fn json_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(items) => Some(items.iter().filter_map(json_text).collect::<Vec<_>>().join(",")),
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    const TSV: &str = "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tdns\n\
+                       #fields\tts\tuid\tid.orig_h\tquery\tanswers\n#types\ttime\tstring\taddr\tstring\tvector[string]\n\
+                       1521911720.865716\tC1\t10.47.1.100\tise.wrccdc.org\tise.wrccdc.cpp.edu,134.71.3.16\n\
+                       1521911721.000001\tC2\t10.47.1.101\t-\t(empty)\n";
+
+    #[test]
+    fn tsv_rows_by_field_name_with_unset_and_empty() {
+        let (_dir, path) = file("dns.log", TSV);
+        let mut rows = Vec::new();
+        let stats = read_log(&path, |r| {
+            rows.push((r.time_us("ts"), r.get("query").map(str::to_string), r.get("answers").map(str::to_string)))
+        })
+        .expect("read");
+        assert_eq!((stats.path.as_deref(), stats.rows, stats.bad_lines), (Some("dns"), 2, 0));
+        assert_eq!(
+            rows[0],
+            (Some(1_521_911_720_865_716), Some("ise.wrccdc.org".into()), Some("ise.wrccdc.cpp.edu,134.71.3.16".into()))
+        );
+        assert_eq!(rows[1], (Some(1_521_911_721_000_001), None, Some(String::new())));
+    }
+
+    #[test]
+    fn json_rows_with_epoch_or_iso_times_and_gzip() {
+        let json = "{\"ts\":1521911720.865716,\"query\":\"a.example\",\"answers\":[\"1.2.3.4\",\"5.6.7.8\"],\"rtt\":null}\n\
+                    {\"ts\":\"2018-03-24T17:15:20.865716Z\",\"query\":\"b.example\"}\n";
+        let (_dir, path) = file("dns.json", json);
+        let mut rows = Vec::new();
+        read_log(&path, |r| rows.push((r.time_us("ts"), r.get("answers").map(str::to_string), r.get("rtt").is_none())))
+            .expect("read");
+        assert_eq!(rows[0], (Some(1_521_911_720_865_716), Some("1.2.3.4,5.6.7.8".into()), true));
+        assert_eq!(rows[1].0, Some(1_521_911_720_865_716), "ISO-8601 and epoch agree");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, TSV.as_bytes()).expect("gzip");
+        let (_dir, path) = file("dns.log.gz", "");
+        std::fs::write(&path, gz.finish().expect("gzip")).expect("write");
+        assert_eq!(read_log(&path, |_| {}).expect("read").rows, 2);
+    }
+
+    #[test]
+    fn bad_lines_are_counted_and_other_files_refused() {
+        let broken = TSV.replace("C2\t10.47.1.101\t-\t(empty)", "C2\t10.47.1.101");
+        let (_dir, path) = file("dns.log", &broken);
+        let stats = read_log(&path, |_| {}).expect("read");
+        assert_eq!((stats.rows, stats.bad_lines), (1, 1));
+        assert_eq!(stats.first_bad[0], (9, "3 fields, #fields names 5".to_string()));
+        let (_dir, csv) = file("export.csv", "a,b,c\n1,2,3\n4,5,6\n");
+        let err = read_log(&csv, |_| {}).expect_err("not Zeek").to_string();
+        assert!(err.contains("export.csv line 1") && err.contains("not a Zeek log"), "{err}");
+    }
+}
