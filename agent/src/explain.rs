@@ -32,6 +32,7 @@ pub struct DeviceView<'a> {
     consent: std::collections::BTreeMap<&'a str, &'a str>,
     boot_pseudonym: &'a str,
     boot_source: &'static str,
+    source: &'static str,
 }
 
 impl<'a> DeviceView<'a> {
@@ -45,6 +46,7 @@ impl<'a> DeviceView<'a> {
             consent: d.consent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
             boot_pseudonym: &d.boot_pseudonym,
             boot_source: BootSource::try_from(d.boot_source).unwrap_or_default().as_str_name(),
+            source: leakwatch_proto::v1::RecordSource::try_from(d.source).unwrap_or_default().as_str_name(),
         }
     }
 }

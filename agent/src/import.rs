@@ -54,6 +54,7 @@ impl DeviceLabels {
             consent: self.consent.clone().into_iter().collect(),
             boot_pseudonym,
             boot_source: boot_source as i32,
+            source: leakwatch_proto::v1::RecordSource::Capture as i32,
         }
     }
 }

@@ -511,6 +511,7 @@ impl BootMaker<'_> {
             consent: consent.into_iter().collect(),
             boot_pseudonym,
             boot_source,
+            source: leakwatch_proto::v1::RecordSource::Capture as i32,
         };
         let batches = build_batches(records, &device, self.state, self.batch_records, self.part);
         LanBoot {

@@ -398,7 +398,8 @@ impl Harvester {
         let nonce: [u8; 16] = rand::random();
         let boot_pseudonym = state.pseudonym("boot", &nonce);
         let boot_source = if labels.boot_time_us.is_some() { BootSource::Explicit } else { BootSource::FirstPacket };
-        let device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
+        let mut device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
+        device.source = leakwatch_proto::v1::RecordSource::Live as i32;
         Self {
             table: FlowTable::new(),
             device,
@@ -517,6 +518,9 @@ impl Harvester {
                 });
             if let Err(e) = crate::lan::SeenDevices::note(self.state.dir(), &seen, now_us.div_euclid(1_000_000)) {
                 tracing::warn!(error = %e, "Could not note the LAN devices seen (for `status`)");
+            }
+            for device in batches.iter_mut().filter_map(|b| b.device.as_mut()) {
+                device.source = leakwatch_proto::v1::RecordSource::Live as i32;
             }
             self.records += batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
             return batches;

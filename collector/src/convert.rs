@@ -1,6 +1,6 @@
 //! Stored batches → `flows` rows.
 
-use leakwatch_proto::v1::{BootSource, DomainSource, FlowRecord, ReportBatch, Transport};
+use leakwatch_proto::v1::{BootSource, DomainSource, FlowRecord, RecordSource, ReportBatch, Transport};
 use leakwatch_query::{BatchLabels, FlowBatchBuilder, RecordValues};
 use prost::Message as _;
 
@@ -12,6 +12,7 @@ pub struct Labels<'a> {
     stored: &'a StoredBatch,
     consent: String,
     boot_source: &'static str,
+    source: &'static str,
 }
 
 impl<'a> Labels<'a> {
@@ -22,7 +23,8 @@ impl<'a> Labels<'a> {
         consent.sort();
         let consent = consent.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";");
         let boot_source = BootSource::try_from(device.map_or(0, |d| d.boot_source)).unwrap_or_default().short_name();
-        Self { stored, consent, boot_source }
+        let source = RecordSource::try_from(device.map_or(0, |d| d.source)).unwrap_or_default().short_name();
+        Self { stored, consent, boot_source, source }
     }
 
     /// As the builder takes them.
@@ -37,6 +39,7 @@ impl<'a> Labels<'a> {
             device_pseudonym: text(|d| &d.device_pseudonym),
             boot_pseudonym: text(|d| &d.boot_pseudonym),
             boot_source: self.boot_source,
+            source: self.source,
             vendor: text(|d| &d.vendor),
             model: text(|d| &d.model),
             os_version: text(|d| &d.os_version),

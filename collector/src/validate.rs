@@ -182,6 +182,9 @@ pub fn check_batch(batch: &ReportBatch, now_s: i64) -> Result<(), Invalid> {
     for (k, v) in &device.consent {
         check_consent("device.consent", k, v)?;
     }
+    if leakwatch_proto::v1::RecordSource::try_from(device.source).is_err() {
+        return Err(invalid!("device.source: {} is not a RecordSource value", device.source));
+    }
     if batch.records.is_empty() {
         return Err(Invalid("records: empty, need 1 to 10000".into()));
     }
@@ -290,6 +293,14 @@ mod tests {
                     }
                 }),
                 "device.vendor: 65 bytes",
+            ),
+            (
+                Box::new(|b| {
+                    if let Some(d) = b.device.as_mut() {
+                        d.source = 99
+                    }
+                }),
+                "device.source: 99 is not a RecordSource value",
             ),
         ];
         for (mutate, want) in cases {

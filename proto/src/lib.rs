@@ -74,6 +74,21 @@ impl v1::DomainSource {
     }
 }
 
+impl v1::RecordSource {
+    /// Short lower-case name used in JSON and SQL ("capture", "live", ...).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Capture => "capture",
+            Self::Live => "live",
+            Self::Pihole => "pihole",
+            Self::IosPrivacy => "ios_privacy",
+            Self::PcapdroidCsv => "pcapdroid_csv",
+            Self::Zeek => "zeek",
+        }
+    }
+}
+
 impl v1::BootSource {
     /// Short lower-case name used in JSON and SQL ("explicit", ...).
     pub fn short_name(self) -> &'static str {

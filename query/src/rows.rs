@@ -35,6 +35,8 @@ pub struct FlowRow {
     pub os_version: String,
     /// Declared consent, "key=value" pairs sorted and joined by ";".
     pub consent: String,
+    /// What the agent read the records from ("capture", "live", ...).
+    pub source: String,
     /// Seconds from boot to the flow's first packet.
     pub seconds_since_boot: f64,
     /// Minute of the first packet, Unix seconds.
@@ -101,6 +103,8 @@ pub struct BatchLabels<'a> {
     pub os_version: &'a str,
     /// Declared consent, "key=value" pairs sorted and joined by ";".
     pub consent: &'a str,
+    /// What the agent read the records from ("capture", "live", ...).
+    pub source: &'a str,
 }
 
 /// One record's own values (see [`FlowRow`]). Empty optional strings
@@ -163,6 +167,7 @@ struct OwnedLabels {
     model: String,
     os_version: String,
     consent: String,
+    source: String,
 }
 
 impl OwnedLabels {
@@ -178,6 +183,7 @@ impl OwnedLabels {
             model: l.model.into(),
             os_version: l.os_version.into(),
             consent: l.consent.into(),
+            source: l.source.into(),
         }
     }
 
@@ -193,6 +199,7 @@ impl OwnedLabels {
             model: &self.model,
             os_version: &self.os_version,
             consent: &self.consent,
+            source: &self.source,
         }
     }
 }
@@ -386,6 +393,7 @@ impl FlowBatchBuilder {
             model: &row.model,
             os_version: &row.os_version,
             consent: &row.consent,
+            source: &row.source,
         };
         if self.batches.last().is_none_or(|last| last.borrowed() != labels) {
             self.start_batch(&labels);
@@ -539,6 +547,7 @@ impl FlowBatchBuilder {
             rows(Arc::new(c.connections.iter().map(|&n| (n > 0).then_some(n)).collect::<Int64Array>())),
             rows(stated(&c.interval_mean_s)),
             rows(stated(&c.interval_cv)),
+            labels(&|b| &b.source),
         ];
         let schema = if encoded { flows_encoded_schema() } else { flows_schema() };
         match RecordBatch::try_new(schema, columns) {
@@ -603,6 +612,7 @@ mod tests {
             Arc::new(rows.iter().map(|r| (r.connections > 0).then_some(r.connections)).collect::<Int64Array>()),
             stated(|r| r.interval_mean_s),
             stated(|r| r.interval_cv),
+            text(|r| &r.source),
         ];
         RecordBatch::try_new(flows_schema(), columns).expect("reference batch")
     }
@@ -624,6 +634,7 @@ mod tests {
                     model: format!("m{}", i % 3),
                     os_version: format!("v{}", i % 2),
                     consent: if b == 0 { String::new() } else { "cloud=off".into() },
+                    source: ["capture", "live"][b as usize % 2].into(),
                     // 1e-9: finer than a microsecond, held as 0.
                     seconds_since_boot: [3.5, -0.0, 0.0, 1e-9, 120.25][(i % 5) as usize],
                     window_start_s: 86_400 * 20_000 + 60 * i,
@@ -675,6 +686,7 @@ mod tests {
             model: "m",
             os_version: "1",
             consent: "",
+            source: "capture",
         };
         let alpn = ["h2".to_string(), "http/1.1".to_string()];
         let record = |domain| RecordValues {

@@ -45,12 +45,15 @@ pub fn flows_schema() -> SchemaRef {
         Field::new("connections", DataType::Int64, true),
         Field::new("interval_mean_s", DataType::Float64, true),
         Field::new("interval_cv", DataType::Float64, true),
+        // What the agent read the records from (`capture`, `live`, ...):
+        // NULL in files of earlier releases.
+        s("source", true),
     ]))
 }
 
 /// The columns of `flows` that hold a batch's labels: the same value on
 /// each of a batch's rows.
-pub const LABEL_COLUMNS: [&str; 9] = [
+pub const LABEL_COLUMNS: [&str; 10] = [
     "agent_id",
     "batch_id",
     "device_pseudonym",
@@ -60,6 +63,7 @@ pub const LABEL_COLUMNS: [&str; 9] = [
     "model",
     "os_version",
     "consent",
+    "source",
 ];
 
 /// The schema of [`FlowBatchBuilder::finish_encoded`]: `flows` with the

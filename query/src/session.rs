@@ -855,6 +855,37 @@ mod tests {
         assert_eq!(out, "connections,bytes\n1,300\n");
     }
 
+    /// Files stored before the `source` column read it as NULL beside
+    /// newer files that hold it.
+    #[tokio::test]
+    async fn files_without_the_source_column_read_it_as_null() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = FlowBatchBuilder::new();
+        b.push(FlowRow { domain: "old.example".into(), device_pseudonym: "d1".into(), ..Default::default() });
+        let full = b.finish();
+        let n = full.num_columns() - 1;
+        assert_eq!(full.schema().field(n).name(), "source");
+        let older = full.project(&(0..n).collect::<Vec<_>>()).expect("without source");
+        let day = dir.path().join("flows/day=2026-10-01");
+        std::fs::create_dir_all(&day).expect("mkdir");
+        let file =
+            std::fs::File::create(day.join("00000000000000000001-00000000000000000002.parquet")).expect("create");
+        let mut w = ArrowWriter::try_new(file, older.schema(), None).expect("writer");
+        w.write(&older).expect("write");
+        w.close().expect("close");
+        let mut b = FlowBatchBuilder::new();
+        b.push(FlowRow { domain: "new.example".into(), source: "capture".into(), ..Default::default() });
+        write_file(dir.path(), "00000000000000000003-00000000000000000004.parquet", &b.finish());
+        let tail = TailSnapshot { watermark: 4, batches: vec![] };
+        let factory = SessionFactory::new(
+            QueryConfig::default(),
+            FlowStore::local(dir.path()).expect("store"),
+            Arc::new(FixedTail(tail)),
+        );
+        let out = count(&factory, "SELECT domain, source IS NULL AS unknown, source FROM flows ORDER BY domain").await;
+        assert_eq!(out, "domain,unknown,source\nnew.example,false,capture\nold.example,true,\n");
+    }
+
     /// Destinations no name was seen for: every rule that keys on a
     /// destination groups them by port or network.
     #[tokio::test]

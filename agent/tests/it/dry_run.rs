@@ -68,8 +68,9 @@ fn check_private(lines: &[Value], raw: &str, forbidden: &[&str]) {
         let keys: Vec<&str> = device.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["boot_pseudonym", "boot_source", "consent", "device_pseudonym", "model", "os_version", "vendor"]
+            ["boot_pseudonym", "boot_source", "consent", "device_pseudonym", "model", "os_version", "source", "vendor"]
         );
+        assert_eq!(device["source"], "RECORD_SOURCE_CAPTURE");
     }
     for needle in forbidden {
         assert!(!raw.to_lowercase().contains(&needle.to_lowercase()), "{needle} leaked into the output");

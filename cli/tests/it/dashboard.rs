@@ -90,6 +90,7 @@ fn batch(i: usize, d: &Device) -> ReportBatch {
             consent: d.consent.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             boot_pseudonym: format!("bootpseudo{i:04}"),
             boot_source: 2,
+            source: 1,
         }),
         records,
     }

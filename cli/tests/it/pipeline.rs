@@ -308,9 +308,14 @@ async fn run_reports_a_phone_stream_to_the_collector() {
     assert!(exit.success(), "{rest}");
     assert!(rest.contains("sent to"), "{rest}");
 
-    let csv =
-        t.csv("SELECT count(*) AS n, count(DISTINCT app) AS apps, min(app) AS app, min(vendor) AS v FROM flows").await;
-    assert_eq!(csv.lines().nth(1), Some(format!("{expected},1,com.example.phone,Xiaomi").as_str()), "{csv}\n{rest}");
+    let csv = t
+        .csv("SELECT count(*) AS n, count(DISTINCT app) AS apps, min(app) AS app, min(vendor) AS v, min(source) AS s, max(source) AS s2 FROM flows")
+        .await;
+    assert_eq!(
+        csv.lines().nth(1),
+        Some(format!("{expected},1,com.example.phone,Xiaomi,live,live").as_str()),
+        "{csv}\n{rest}"
+    );
 }
 
 /// A real Tuya plug's boot names nothing (no DNS lookup; TLS with a
@@ -334,6 +339,11 @@ async fn external_a_plug_that_names_nothing_is_grouped_by_its_unusual_port() {
         )
         .await;
     assert!(keys.contains("tcp/8886 (unnamed),0.1"), "{keys}");
+    assert_eq!(
+        t.csv("SELECT DISTINCT source FROM flows").await,
+        "source\ncapture\n",
+        "records say they came from a capture"
+    );
     let params = [("min_devices".to_string(), "1".to_string())].into();
     let sql = leakwatch_query::rules::rule("boot_phone_home").expect("rule").render(&params).expect("render");
     let found = t.csv(&sql).await;
