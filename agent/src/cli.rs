@@ -247,12 +247,25 @@ pub struct StatusArgs {
     pub agent: AgentArgs,
 }
 
+/// What `import` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ImportFrom {
+    /// Packet captures (pcap, pcapng), PCAPdroid's with their app trailer.
+    #[default]
+    Capture,
+    /// PCAPdroid's connection export (Connections → Export CSV).
+    PcapdroidCsv,
+}
+
 /// Flags of `import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Capture files.
+    /// Files to read: captures, or what --from names.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// What the files are.
+    #[arg(long, value_enum, default_value = "capture")]
+    pub from: ImportFrom,
     /// Collector URL, e.g. http://127.0.0.1:50051, or several separated by
     /// commas to fail over between (required unless --dry-run).
     #[arg(long, env = "LEAKWATCH_COLLECTOR")]
@@ -687,6 +700,12 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
         settings.collector()?;
     }
     let lan_labels = args.lan.labels(&args.device, &settings)?;
+    if lan_labels.is_some() && args.from != ImportFrom::Capture {
+        return Err(Error::InvalidArgument {
+            field: "--lan".into(),
+            reason: "LAN mode reads a router's captures; a PCAPdroid export is one phone's (drop --lan)".into(),
+        });
+    }
     if lan_labels.is_none() {
         warn_unlabelled(&labels, &settings.config_path);
     }
@@ -765,6 +784,34 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                         c.skipped_total(),
                         devices.len(),
                     );
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed += 1;
+                }
+            }
+        }
+    } else if args.from == ImportFrom::PcapdroidCsv {
+        for file in &args.files {
+            match crate::imports::pcapdroid_csv::import(file, &labels, &state, DEFAULT_BATCH_RECORDS) {
+                Ok((imported, stats)) => {
+                    read_ok += 1;
+                    accepted += imported.record_count();
+                    let mut line =
+                        format!("{}: {} rows read, {} records", file.display(), stats.rows, imported.record_count());
+                    if stats.bad_rows > 0 {
+                        let named: Vec<String> =
+                            stats.first_bad.iter().map(|(n, why)| format!("line {n}: {why}")).collect();
+                        line.push_str(&format!("; {} bad rows skipped ({})", stats.bad_rows, named.join("; ")));
+                    }
+                    if imported.anonymiser.dropped_non_public > 0 {
+                        line.push_str(&format!(
+                            "; {} non-public destinations dropped",
+                            imported.anonymiser.dropped_non_public
+                        ));
+                    }
+                    eprintln!("{line}");
+                    sink.put(&imported.batches)?;
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

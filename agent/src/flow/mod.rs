@@ -22,6 +22,7 @@ mod table;
 
 pub use community_id::{community_id, community_id_seeded};
 pub use naming::{NameSource, is_encrypted_dns};
+pub(crate) use sums::intervals;
 pub use sums::{FlowSummary, FlowSums, MAX_DESTINATIONS};
 pub use table::{
     Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowTable, InitiatorCounts, MAX_CONNECTIONS, Origin,

@@ -254,7 +254,7 @@ type Starts = (Vec<i64>, Vec<(usize, usize)>);
 /// here) in seconds, and the gaps' coefficient of variation: 0 for the
 /// mean with fewer than two starts, 0 for the variation with fewer than
 /// three.
-fn intervals(starts: &mut [i64]) -> (f64, f64) {
+pub(crate) fn intervals(starts: &mut [i64]) -> (f64, f64) {
     starts.sort_unstable();
     let (mut n, mut sum, mut sumsq) = (0u64, 0.0f64, 0.0f64);
     for w in starts.windows(2) {

@@ -1,6 +1,7 @@
 //! Files written by the tools volunteers already run, read into what the
-//! agent reports: so far the iOS App Privacy Report, PCAPdroid's
-//! connection export and Zeek's logs (readers, not yet wired to `import`).
+//! agent reports: PCAPdroid's connection export (`import --from
+//! pcapdroid-csv`), and readers of the iOS App Privacy Report and Zeek's
+//! logs not yet wired to `import`.
 
 pub mod ios_privacy;
 pub mod pcapdroid_csv;

@@ -77,6 +77,132 @@ const MAX_NAMED: usize = 5;
 /// Longest line read.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
+/// Imports the export at `path` as one boot of the phone `labels` name
+/// (its boot: `--boot-time`, else the first connection): connections
+/// become flow records per destination and app (the package name, e.g.
+/// `com.google.android.gms`), named by what PCAPdroid read (SNI for TLS
+/// and HTTPS, Host for HTTP, the QUIC SNI); DNS rows become lookup
+/// records. Everything goes through the anonymiser, as a capture's flows
+/// do; the batches say they come from `pcapdroid_csv`.
+pub fn import(
+    path: &Path,
+    labels: &crate::import::DeviceLabels,
+    state: &crate::state::AgentState,
+    batch_records: usize,
+) -> Result<(crate::import::ImportedCapture, CsvStats)> {
+    use std::collections::BTreeMap;
+
+    use crate::capture::Transport;
+    use crate::flow::{DnsLookup, FlowSummary, NameSource, Origin, intervals};
+    use leakwatch_proto::v1::{BootSource, RecordSource};
+
+    let (rows, stats) = read(path)?;
+    let mut flows: BTreeMap<(IpAddr, u16, u8, String), (FlowSummary, Vec<i64>)> = BTreeMap::new();
+    let mut lookups = Vec::new();
+    for r in &rows {
+        let transport = match r.ip_proto {
+            6 => Transport::Tcp,
+            17 => Transport::Udp,
+            _ => continue,
+        };
+        if r.proto == "DNS" && r.dst_port == 53 {
+            lookups.push(DnsLookup {
+                origin: Origin { mac: None, ip: r.src_ip },
+                name: r.info.clone(),
+                resolver: r.dst_ip,
+                first_us: r.first_us,
+                last_us: r.last_us,
+                queries: r.pkts_sent.max(1),
+                app: Some(r.package.clone()).filter(|p| !p.is_empty()),
+            });
+            continue;
+        }
+        let source = match r.proto.as_str() {
+            "TLS" | "HTTPS" => NameSource::Sni,
+            "QUIC" => NameSource::Quic,
+            "HTTP" => NameSource::Http,
+            _ => NameSource::None,
+        };
+        let name = (source != NameSource::None && !r.info.is_empty() && r.info.parse::<IpAddr>().is_err())
+            .then(|| r.info.clone());
+        let key = (r.dst_ip, r.dst_port, r.ip_proto, r.package.clone());
+        let (f, starts) = flows.entry(key).or_insert_with(|| {
+            let flow = FlowSummary {
+                dst_ip: r.dst_ip,
+                dst_port: r.dst_port,
+                transport,
+                first_us: r.first_us,
+                last_us: r.last_us,
+                bytes_out: 0,
+                bytes_in: 0,
+                packets_out: 0,
+                packets_in: 0,
+                domain: None,
+                name_source: NameSource::None,
+                sni: None,
+                alpn: Vec::new(),
+                encrypted_dns: crate::flow::is_encrypted_dns(r.dst_port, name.as_deref()),
+                app: Some(r.package.clone()).filter(|p| !p.is_empty()),
+                fingerprint: None,
+                connections: 0,
+                interval_mean_s: 0.0,
+                interval_cv: 0.0,
+            };
+            (flow, Vec::new())
+        });
+        f.first_us = f.first_us.min(r.first_us);
+        f.last_us = f.last_us.max(r.last_us);
+        f.bytes_out += r.bytes_sent;
+        f.bytes_in += r.bytes_rcvd;
+        f.packets_out += r.pkts_sent;
+        f.packets_in += r.pkts_rcvd;
+        f.connections += 1;
+        starts.push(r.first_us);
+        if name.is_some() && source > f.name_source {
+            f.domain = name.clone();
+            f.name_source = source;
+            if matches!(source, NameSource::Sni | NameSource::Quic) {
+                f.sni = name;
+            }
+        }
+    }
+    let flows: Vec<FlowSummary> = flows
+        .into_values()
+        .map(|(mut f, mut starts)| {
+            (f.interval_mean_s, f.interval_cv) = intervals(&mut starts);
+            f
+        })
+        .collect();
+    let first = rows.iter().map(|r| r.first_us).min();
+    let (boot_us, boot_source) = match (labels.boot_time_us, first) {
+        (Some(t), _) => (t, BootSource::Explicit),
+        (None, Some(t)) => (t, BootSource::FirstPacket),
+        (None, None) => (0, BootSource::FirstPacket),
+    };
+    let device_label = match &labels.device_id {
+        Some(id) => format!("label:{id}"),
+        None => "pcapdroid".to_string(),
+    };
+    let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
+    let mut boot_input = device_pseudonym.clone().into_bytes();
+    boot_input.extend_from_slice(&crate::import::hash_file(path)?);
+    let boot_pseudonym = state.pseudonym("boot", &boot_input);
+    let mut anonymiser = crate::anonymiser::AnonymiserStats::default();
+    let records = crate::import::boot_records(&flows, &lookups, boot_us, labels.app.as_deref(), &mut anonymiser);
+    let mut device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
+    device.source = RecordSource::PcapdroidCsv as i32;
+    let batches = crate::import::build_batches(records, &device, state, batch_records, None);
+    let imported = crate::import::ImportedCapture {
+        path: path.to_path_buf(),
+        capture: crate::capture::CaptureStats::default(),
+        anonymiser,
+        boot_source,
+        batches,
+        untracked_connections: 0,
+    };
+    Ok((imported, stats))
+}
+
 /// Reads the export at `path`. A file whose first line is not a PCAPdroid
 /// header is an error naming the missing columns.
 pub fn read(path: &Path) -> Result<(Vec<CsvConnection>, CsvStats)> {

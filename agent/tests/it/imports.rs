@@ -86,3 +86,56 @@ fn external_zeek_logs_read_as_their_notes_say() {
     assert_eq!((first, last), (1_521_911_720_865_716, 1_521_912_990_151_237));
     assert!(queries > 50_000, "{queries}");
 }
+
+/// `import --from pcapdroid-csv`: the export's 13 connections become 11
+/// flow records (a destination of one app summed) and its 10 DNS rows 10
+/// lookup records, through the anonymiser, each batch saying its source.
+#[test]
+fn external_pcapdroid_csv_imports_as_records() {
+    let state = tempfile::tempdir().expect("state");
+    let csv = external("imports/pcapdroid/PCAPdroid_22_Jun_18_22_50.csv");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+            .args(["import", "--from", "pcapdroid-csv", "--dry-run", "--vendor", "Google", "--model", "Pixel 7"])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg(&csv)
+            .env("XDG_CONFIG_HOME", state.path())
+            .output()
+            .expect("import")
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("23 rows read, 21 records"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("10.215.173."), "the phone's and PCAPdroid's local addresses are never sent");
+    let records: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(records.len(), 21);
+    assert!(records.iter().all(|r| r["device"]["source"] == "RECORD_SOURCE_PCAPDROID_CSV"));
+    let lookups = records.iter().filter(|r| r["transport"] == "TRANSPORT_DNS").count();
+    assert_eq!(lookups, 10);
+    let tile = records
+        .iter()
+        .find(|r| r["domain"] == "production.tile-api.com" && r["transport"] == "TRANSPORT_TCP")
+        .expect("tile");
+    assert_eq!(
+        (&tile["app"], &tile["connections"], &tile["domain_source"]),
+        (&"com.thetileapp.tile".into(), &3.into(), &"DOMAIN_SOURCE_SNI".into())
+    );
+    let quic = records.iter().find(|r| r["transport"] == "TRANSPORT_UDP").expect("the QUIC row");
+    assert_eq!(
+        (&quic["domain"], &quic["domain_source"]),
+        (&"play-fe.googleapis.com".into(), &"DOMAIN_SOURCE_QUIC".into())
+    );
+    // The boot is the first connection: 15:16:04.380 at -05:00.
+    assert_eq!(records.iter().map(|r| r["seconds_since_boot"].as_f64().expect("s")).fold(f64::MAX, f64::min), 0.0);
+    let lan = std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args(["import", "--from", "pcapdroid-csv", "--dry-run", "--lan", "--state-dir"])
+        .arg(state.path())
+        .arg(&csv)
+        .env("XDG_CONFIG_HOME", state.path())
+        .output()
+        .expect("import");
+    assert!(!lan.status.success() && String::from_utf8_lossy(&lan.stderr).contains("drop --lan"));
+}

@@ -261,4 +261,48 @@ proptest! {
             check_batches(&batches, &packets, &device_id)?;
         }
     }
+
+    /// PCAPdroid's CSV export through `import --from pcapdroid-csv`: the
+    /// same property.
+    #[test]
+    fn no_csv_import_record_carries_anything_private(
+        rows in prop::collection::vec(
+            (private_ip(), any_ip(), prop_oneof![Just(443u16), Just(80), Just(53), 1u16..65535], 0usize..4, name()),
+            1..30,
+        ),
+        device_id in "[a-z]{6}-[A-Z]{6}-[0-9]{4}",
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("export.csv");
+        let mut text = String::from("IPProto,SrcIP,SrcPort,DstIp,DstPort,UID,App,PackageName,Proto,Status,Info,BytesSent,BytesRcvd,PktsSent,PktsRcvd,FirstSeen,LastSeen,Malicious\n");
+        for (i, (src, dst, port, kind, labels)) in rows.iter().enumerate() {
+            let proto = ["TLS", "HTTP", "QUIC", "DNS"][*kind];
+            let ip_proto = if proto == "QUIC" || proto == "DNS" { 17 } else { 6 };
+            text.push_str(&format!(
+                "{ip_proto},{},4{i:04},{},{port},10001,App,com.example.app,{proto},Closed,{},100,200,1,1,2026-01-01T10:00:{:02}.000+01:00,2026-01-01T10:00:{:02}.500+01:00,\n",
+                Ipv4Addr::from(*src), Ipv4Addr::from(*dst), labels.join("."), i % 60, i % 60
+            ));
+        }
+        std::fs::write(&path, text).expect("write");
+        let state = AgentState::open(&dir.path().join("state")).expect("state");
+        let labels = DeviceLabels { device_id: Some(device_id.clone()), vendor: "Acme".into(), ..Default::default() };
+        let (imported, _) =
+            leakwatch_agent::imports::pcapdroid_csv::import(&path, &labels, &state, 1000).expect("import");
+        for batch in &imported.batches {
+            for r in &batch.records {
+                let text = format!("{r:?}{:?}", batch.device);
+                prop_assert!(!text.contains(&device_id), "device label leaked");
+                for (src, ..) in &rows {
+                    prop_assert!(r.dst_ip != Ipv4Addr::from(*src).to_string(), "the phone's address leaked");
+                }
+                if !(r.transport() == Transport::Dns && r.dst_ip.is_empty()) {
+                    let ip: IpAddr = r.dst_ip.parse().expect("address");
+                    prop_assert!(!is_non_public(ip), "non-public destination {}", ip);
+                }
+                for l in r.domain.split('.').filter(|l| !l.is_empty()) {
+                    prop_assert!(l == "*" || !looks_like_identifier(l), "unscrubbed label {} in {}", l, r.domain);
+                }
+            }
+        }
+    }
 }
