@@ -96,8 +96,11 @@ pub fn import(
     use crate::flow::{DnsLookup, FlowSummary, NameSource, Origin, intervals};
     use leakwatch_proto::v1::{BootSource, RecordSource};
 
+    /// A destination (address, port, IP protocol) of one app (its package).
+    type Destination = (IpAddr, u16, u8, String);
     let (rows, stats) = read(path)?;
-    let mut flows: BTreeMap<(IpAddr, u16, u8, String), (FlowSummary, Vec<i64>)> = BTreeMap::new();
+    // Each destination's flow and its connections' starts.
+    let mut flows: BTreeMap<Destination, (FlowSummary, Vec<i64>)> = BTreeMap::new();
     let mut lookups = Vec::new();
     for r in &rows {
         let transport = match r.ip_proto {
