@@ -728,7 +728,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
         for file in &args.files {
             let mut devices = std::collections::BTreeMap::new();
             let (mut boots, mut records, mut dropped, mut sink_failed) = (0usize, 0usize, 0u64, false);
-            let mut file_out_of_time = 0u64;
+            let (mut file_out_of_time, mut untracked) = (0u64, 0u64);
             let imported = import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS, |b| {
                 let vendor = b
                     .import
@@ -751,6 +751,8 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 records += b.import.record_count();
                 dropped += b.import.anonymiser.dropped_non_public;
                 file_out_of_time += b.import.anonymiser.dropped_out_of_time;
+                // The whole file's, on every boot of it.
+                untracked = b.import.untracked_connections;
                 let put = sink.put(&b.import.batches);
                 sink_failed = put.is_err();
                 put
@@ -773,10 +775,17 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                     let mut stopped = c.time_went_back_summary().map(|s| format!("; {s}")).unwrap_or_default();
                     stopped
                         .push_str(&c.stopped_by.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default());
-                    let dated = match file_out_of_time {
+                    let mut dated = match file_out_of_time {
                         0 => String::new(),
                         n => format!("; {}", out_of_time(n)),
                     };
+                    if untracked > 0 {
+                        dated.push_str(&format!(
+                            "; {untracked} connections not tracked (more than {} open at once, or to more than {} destinations)",
+                            crate::flow::MAX_CONNECTIONS,
+                            crate::flow::MAX_DESTINATIONS
+                        ));
+                    }
                     eprintln!(
                         "{}: {} packets read, {} skipped, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped{dated}{stopped}",
                         file.display(),

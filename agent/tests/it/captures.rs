@@ -342,6 +342,16 @@ fn issue29_a_capture_of_very_many_destinations_stays_within_bounded_memory() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("400000 connections not tracked"), "{stderr}");
     assert!(peak_kib < 250 * 1024, "the agent's peak memory was {} MiB", peak_kib / 1024);
+    // A router's import says so too.
+    let out = agent()
+        .args(["import", "--lan", "--dry-run", "--format", "jsonl", "--state-dir"])
+        .arg(state.path())
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("connections not tracked"), "{stderr}");
 }
 
 /// A real camera reaches its vendor's "HTTP DNS" service by a built-in
