@@ -156,18 +156,7 @@ impl Conn {
         segments.insert(p.seq, p.payload.to_vec());
         // Without a SYN the stream starts at the lowest sequence seen.
         let start = base.unwrap_or_else(|| segments.keys().next().copied().unwrap_or(p.seq));
-        let mut stream = Vec::new();
-        let mut next = start;
-        for (&seq, data) in segments.range(start..) {
-            if seq != next {
-                if seq.wrapping_sub(next) < u32::MAX / 2 && seq > next {
-                    break; // gap
-                }
-                continue;
-            }
-            stream.extend_from_slice(data);
-            next = seq.wrapping_add(data.len() as u32);
-        }
+        let stream = contiguous(segments, start);
         if !stream.is_empty() {
             self.inspect_stream(&stream);
         }
@@ -193,15 +182,7 @@ impl Conn {
         // The stream starts at the lowest sequence seen (the server's SYN
         // came before the hello was found).
         let Some(&start) = segments.keys().next() else { return };
-        let mut stream = Vec::new();
-        let mut next = start;
-        for (&seq, data) in segments.range(start..) {
-            if seq != next {
-                break;
-            }
-            stream.extend_from_slice(data);
-            next = seq.wrapping_add(data.len() as u32);
-        }
+        let stream = contiguous(segments, start);
         match cert::parse_server_flight(&stream) {
             cert::ServerFlight::NeedMore => {}
             cert::ServerFlight::Names(names) => {
@@ -253,6 +234,25 @@ impl Conn {
         }
         true
     }
+}
+
+/// The bytes of `segments` (by sequence number) in order from `start` up
+/// to the first gap; a segment that begins inside what is already put
+/// together (an overlapping retransmission) is passed over.
+fn contiguous(segments: &BTreeMap<u32, Vec<u8>>, start: u32) -> Vec<u8> {
+    let mut stream = Vec::new();
+    let mut next = start;
+    for (&seq, data) in segments.range(start..) {
+        if seq != next {
+            if seq.wrapping_sub(next) < u32::MAX / 2 && seq > next {
+                break; // gap
+            }
+            continue;
+        }
+        stream.extend_from_slice(data);
+        next = seq.wrapping_add(data.len() as u32);
+    }
+    stream
 }
 
 impl HelloState {
