@@ -38,7 +38,29 @@ pub struct DeviceLabels {
     pub app: Option<String>,
 }
 
+/// The pseudonym of the device `device_label` names, and of the boot a
+/// file at `path` holds: the device's with the file's content, so that
+/// importing the same file again is the same boot.
+pub(crate) fn file_pseudonyms(state: &AgentState, device_label: &str, path: &Path) -> Result<(String, String)> {
+    let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
+    let mut boot_input = device_pseudonym.clone().into_bytes();
+    boot_input.extend_from_slice(&hash_file(path)?);
+    let boot_pseudonym = state.pseudonym("boot", &boot_input);
+    Ok((device_pseudonym, boot_pseudonym))
+}
+
 impl DeviceLabels {
+    /// The boot time, microseconds since the Unix epoch, and how it was
+    /// obtained: `--boot-time`, else `first_us` (a file's first packet or
+    /// connection), else 0.
+    pub(crate) fn boot(&self, first_us: Option<i64>) -> (i64, BootSource) {
+        match (self.boot_time_us, first_us) {
+            (Some(t), _) => (t, BootSource::Explicit),
+            (None, Some(t)) => (t, BootSource::FirstPacket),
+            (None, None) => (0, BootSource::FirstPacket),
+        }
+    }
+
     /// The device block of a batch for these labels.
     pub(crate) fn device_info(
         &self,
@@ -210,11 +232,7 @@ pub fn import_capture(
         lookups.extend(done.take_lookups());
         untracked_connections += done.untracked_connections;
     })?;
-    let (boot_us, boot_source) = match (labels.boot_time_us, first_ts) {
-        (Some(t), _) => (t, BootSource::Explicit),
-        (None, Some(t)) => (t, BootSource::FirstPacket),
-        (None, None) => (0, BootSource::FirstPacket),
-    };
+    let (boot_us, boot_source) = labels.boot(first_ts);
     let hint = initiators.hint();
     let device_label = match (&labels.device_id, hint.mac, hint.addr) {
         (Some(id), _, _) => format!("label:{id}"),
@@ -222,11 +240,7 @@ pub fn import_capture(
         (None, None, Some(addr)) => format!("addr:{addr}"),
         (None, None, None) => "unknown".to_string(),
     };
-    let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
-    let content_hash = hash_file(path)?;
-    let mut boot_input = device_pseudonym.clone().into_bytes();
-    boot_input.extend_from_slice(&content_hash);
-    let boot_pseudonym = state.pseudonym("boot", &boot_input);
+    let (device_pseudonym, boot_pseudonym) = file_pseudonyms(state, &device_label, path)?;
 
     let mut anon = AnonymiserStats::default();
     untracked_connections += flows.untracked_connections;

@@ -94,7 +94,7 @@ pub fn import(
 
     use crate::capture::Transport;
     use crate::flow::{DnsLookup, FlowSummary, NameSource, Origin, intervals};
-    use leakwatch_proto::v1::{BootSource, RecordSource};
+    use leakwatch_proto::v1::RecordSource;
 
     /// A destination (address, port, IP protocol) of one app (its package).
     type Destination = (IpAddr, u16, u8, String);
@@ -176,20 +176,12 @@ pub fn import(
             f
         })
         .collect();
-    let first = rows.iter().map(|r| r.first_us).min();
-    let (boot_us, boot_source) = match (labels.boot_time_us, first) {
-        (Some(t), _) => (t, BootSource::Explicit),
-        (None, Some(t)) => (t, BootSource::FirstPacket),
-        (None, None) => (0, BootSource::FirstPacket),
-    };
+    let (boot_us, boot_source) = labels.boot(rows.iter().map(|r| r.first_us).min());
     let device_label = match &labels.device_id {
         Some(id) => format!("label:{id}"),
         None => "pcapdroid".to_string(),
     };
-    let device_pseudonym = state.pseudonym("device", device_label.as_bytes());
-    let mut boot_input = device_pseudonym.clone().into_bytes();
-    boot_input.extend_from_slice(&crate::import::hash_file(path)?);
-    let boot_pseudonym = state.pseudonym("boot", &boot_input);
+    let (device_pseudonym, boot_pseudonym) = crate::import::file_pseudonyms(state, &device_label, path)?;
     let mut anonymiser = crate::anonymiser::AnonymiserStats::default();
     let records = crate::import::boot_records(&flows, &lookups, boot_us, labels.app.as_deref(), &mut anonymiser);
     let mut device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
