@@ -417,8 +417,7 @@ impl Settings {
 
 impl AgentArgs {
     fn settings(&self, collector: Option<String>) -> Result<Settings> {
-        let config_path = self.config.clone().unwrap_or_else(default_config_path);
-        let config = AgentConfig::load(&config_path, self.config.is_some())?;
+        let (config, config_path) = load_config(self.config.as_deref())?;
         Ok(Settings {
             collector: collector.or_else(|| config.collector.clone()),
             state_dir: self.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(default_state_dir),
@@ -503,16 +502,7 @@ impl DeviceArgs {
     /// The labels in force: each flag (or its environment variable), else
     /// the configuration's `[device]` table (checked when it was read).
     pub fn labels(&self, config: &DeviceConfig) -> Result<DeviceLabels> {
-        let mut consent = config.consent.clone();
-        for pair in &self.consent {
-            let Some((k, v)) = pair.split_once('=') else {
-                return Err(Error::InvalidArgument {
-                    field: "--consent (or LEAKWATCH_AGENT_CONSENT)".into(),
-                    reason: format!("{pair:?} is not KEY=VALUE"),
-                });
-            };
-            consent.insert(k.trim().to_string(), v.trim().to_string());
-        }
+        let given = consent_pairs(&self.consent, "--consent (or LEAKWATCH_AGENT_CONSENT)")?;
         // The protocol's rule for labels, refused here with the flag named.
         let check = |flag: &str, checked: std::result::Result<(), leakwatch_proto::Invalid>| {
             checked.map_err(|leakwatch_proto::Invalid(e)| Error::InvalidArgument {
@@ -532,9 +522,11 @@ impl DeviceArgs {
                 check(flag, check_label(format_args!("--{flag}"), v))?;
             }
         }
-        for k in self.consent.iter().filter_map(|p| p.split_once('=').map(|(k, _)| k.trim())) {
-            check("consent", check_consent("--consent", k, &consent[k]))?;
+        for (k, v) in &given {
+            check("consent", check_consent("--consent", k, v))?;
         }
+        let mut consent = config.consent.clone();
+        consent.extend(given);
         if let Some(app) = &self.app {
             check("app", leakwatch_proto::labels::check_app("--app", app))?;
         }
@@ -1380,15 +1372,14 @@ fn load_config(path: Option<&Path>) -> Result<(AgentConfig, PathBuf)> {
     Ok((AgentConfig::load(&at, path.is_some())?, at))
 }
 
-/// Splits `KEY=VALUE` consent flags.
-fn consent_pairs(pairs: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+/// Splits `KEY=VALUE` consent flags (the last of a key's wins); `field`
+/// names them in an error.
+fn consent_pairs(pairs: &[String], field: &str) -> Result<std::collections::BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|pair| match pair.split_once('=') {
             Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
-            None => {
-                Err(Error::InvalidArgument { field: "--consent".into(), reason: format!("{pair:?} is not KEY=VALUE") })
-            }
+            None => Err(Error::InvalidArgument { field: field.into(), reason: format!("{pair:?} is not KEY=VALUE") }),
         })
         .collect()
 }
@@ -1497,7 +1488,7 @@ fn label(args: LabelArgs) -> Result<ExitCode> {
         vendor: args.vendor,
         model: args.model,
         firmware: args.firmware,
-        consent: consent_pairs(&args.consent)?,
+        consent: consent_pairs(&args.consent, "--consent")?,
         name: args.name,
     };
     let new = crate::lan::write_label(&path, mac, &update)?;
