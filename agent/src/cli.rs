@@ -800,10 +800,8 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                     accepted += imported.record_count();
                     let mut line =
                         format!("{}: {} rows read, {} records", file.display(), stats.rows, imported.record_count());
-                    if stats.bad_rows > 0 {
-                        let named: Vec<String> =
-                            stats.first_bad.iter().map(|(n, why)| format!("line {n}: {why}")).collect();
-                        line.push_str(&format!("; {} bad rows skipped ({})", stats.bad_rows, named.join("; ")));
+                    if let Some(bad) = stats.bad.summary("rows") {
+                        line.push_str(&format!("; {bad}"));
                     }
                     if imported.anonymiser.dropped_non_public > 0 {
                         line.push_str(&format!(

@@ -44,14 +44,9 @@ pub struct ReportStats {
     /// Lines of other types, left out.
     pub other_lines: u64,
     /// Lines that are not a report's JSON (or lack a field a network line
-    /// needs): counted, and the first few named by line number and reason.
-    pub malformed: u64,
-    /// The first malformed lines: (line number, reason).
-    pub first_malformed: Vec<(u64, String)>,
+    /// needs).
+    pub malformed: super::BadLines,
 }
-
-/// Malformed lines named at most.
-const MAX_NAMED: usize = 5;
 /// Longest line read (a report's lines are a few hundred bytes).
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
@@ -88,7 +83,7 @@ pub fn read(path: &Path) -> Result<(Vec<NetworkActivity>, ReportStats)> {
         }
         stats.lines += 1;
         if read == super::Line::TooLong {
-            note(&mut stats, format!("longer than {MAX_LINE_BYTES} bytes"));
+            stats.malformed.note(stats.lines, format!("longer than {MAX_LINE_BYTES} bytes"));
             continue;
         }
         let text = String::from_utf8_lossy(&line);
@@ -100,28 +95,17 @@ pub fn read(path: &Path) -> Result<(Vec<NetworkActivity>, ReportStats)> {
             Ok(None) => {}
             Err(reason) if reason == ACCESS => stats.access_lines += 1,
             Err(reason) if reason == OTHER => stats.other_lines += 1,
-            Err(reason) => note(&mut stats, reason),
+            Err(reason) => stats.malformed.note(stats.lines, reason),
         }
     }
-    if out.is_empty() && stats.access_lines == 0 && stats.malformed > 0 {
-        let (line, reason) = stats.first_malformed.first().cloned().unwrap_or_default();
-        return Err(Error::InvalidArgument {
-            field: format!("{} line {line}", path.display()),
-            reason: format!("not an iOS App Privacy Report ({reason})"),
-        });
+    if out.is_empty() && stats.access_lines == 0 && stats.malformed.count > 0 {
+        return Err(stats.malformed.refusal(path, "an iOS App Privacy Report"));
     }
     Ok((out, stats))
 }
 
 const ACCESS: &str = "access";
 const OTHER: &str = "other";
-
-fn note(stats: &mut ReportStats, reason: String) {
-    stats.malformed += 1;
-    if stats.first_malformed.len() < MAX_NAMED {
-        stats.first_malformed.push((stats.lines, reason));
-    }
-}
 
 /// One line: a network activity, `Err(ACCESS)` or `Err(OTHER)` for lines
 /// left out, else `Err` with what is wrong.
@@ -182,7 +166,7 @@ mod tests {
             chrono::DateTime::parse_from_rfc3339("2022-04-27T14:58:00Z").expect("t").timestamp_micros()
         );
         assert_eq!(a.last_us - a.first_us, 93_170_000);
-        assert_eq!((stats.lines, stats.access_lines, stats.malformed), (4, 1, 0));
+        assert_eq!((stats.lines, stats.access_lines, stats.malformed.count), (4, 1, 0));
         // The website the user was on is not kept anywhere.
         assert!(!format!("{activities:?}").contains("weather.com"));
     }
@@ -193,10 +177,10 @@ mod tests {
         let no_domain = NETWORK.replace(r#""domain":"calendars.icloud.com","#, "");
         let (_dir, path) = file(&[NETWORK, cut, &no_domain, "[1,2]", NETWORK]);
         let (activities, stats) = read(&path).expect("a partly bad file imports what is valid");
-        assert_eq!((activities.len(), stats.malformed), (2, 3));
-        let named: Vec<u64> = stats.first_malformed.iter().map(|(line, _)| *line).collect();
+        assert_eq!((activities.len(), stats.malformed.count), (2, 3));
+        let named: Vec<u64> = stats.malformed.first.iter().map(|(line, _)| *line).collect();
         assert_eq!(named, [2, 3, 4]);
-        assert!(stats.first_malformed[1].1.contains("no domain"), "{:?}", stats.first_malformed);
+        assert!(stats.malformed.first[1].1.contains("no domain"), "{:?}", stats.malformed);
         let (_dir, csv) = file(&["time,app,domain", "1,a,b"]);
         let err = read(&csv).expect_err("not a report").to_string();
         assert!(err.contains("report.ndjson line 1") && err.contains("not an iOS App Privacy Report"), "{err}");

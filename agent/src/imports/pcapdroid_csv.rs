@@ -48,10 +48,8 @@ pub struct CsvConnection {
 pub struct CsvStats {
     /// Data rows read (the header not counted).
     pub rows: u64,
-    /// Rows that do not parse: counted, the first few named.
-    pub bad_rows: u64,
-    /// The first bad rows: (line number, reason).
-    pub first_bad: Vec<(u64, String)>,
+    /// Rows that do not parse.
+    pub bad: super::BadLines,
 }
 
 /// The columns read, by their header names.
@@ -72,8 +70,6 @@ const COLUMNS: [&str; 15] = [
     "LastSeen",
     "Status",
 ];
-/// Bad rows named at most.
-const MAX_NAMED: usize = 5;
 /// Longest line read.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
@@ -238,12 +234,7 @@ pub fn read(path: &Path) -> Result<(Vec<CsvConnection>, CsvStats)> {
         };
         match parsed {
             Ok(c) => out.push(c),
-            Err(reason) => {
-                stats.bad_rows += 1;
-                if stats.first_bad.len() < MAX_NAMED {
-                    stats.first_bad.push((line_no, reason));
-                }
-            }
+            Err(reason) => stats.bad.note(line_no, reason),
         }
     }
     Ok((out, stats))
@@ -300,7 +291,7 @@ mod tests {
     fn rows_with_their_offsets_turned_to_utc() {
         let (_dir, path) = file(&[HEADER, ROW, ""]);
         let (rows, stats) = read(&path).expect("read");
-        assert_eq!((rows.len(), stats.rows, stats.bad_rows), (1, 1, 0));
+        assert_eq!((rows.len(), stats.rows, stats.bad.count), (1, 1, 0));
         let c = &rows[0];
         assert_eq!(
             (c.app.as_str(), c.package.as_str(), c.info.as_str()),
@@ -317,14 +308,14 @@ mod tests {
         let bad_time = ROW.replace("2025-06-22T15:16:04.416-05:00", "yesterday");
         let (_dir, path) = file(&[HEADER, ROW, short, &bad_time, ROW]);
         let (rows, stats) = read(&path).expect("a partly bad file imports what is valid");
-        assert_eq!((rows.len(), stats.rows, stats.bad_rows), (2, 4, 2));
-        assert_eq!(stats.first_bad[0], (3, "3 fields, the header has 18".to_string()));
-        assert!(stats.first_bad[1].0 == 4 && stats.first_bad[1].1.contains("FirstSeen"), "{:?}", stats.first_bad);
+        assert_eq!((rows.len(), stats.rows, stats.bad.count), (2, 4, 2));
+        assert_eq!(stats.bad.first[0], (3, "3 fields, the header has 18".to_string()));
+        assert!(stats.bad.first[1].0 == 4 && stats.bad.first[1].1.contains("FirstSeen"), "{:?}", stats.bad.first);
         let long = "x".repeat(MAX_LINE_BYTES * 3);
         let (_dir, path) = file(&[HEADER, &long, ROW]);
         let (rows, stats) = read(&path).expect("read");
-        assert_eq!((rows.len(), stats.bad_rows), (1, 1), "a giant line is skipped, not held");
-        assert!(stats.first_bad[0].1.contains("longer than"), "{:?}", stats.first_bad);
+        assert_eq!((rows.len(), stats.bad.count), (1, 1), "a giant line is skipped, not held");
+        assert!(stats.bad.first[0].1.contains("longer than"), "{:?}", stats.bad.first);
         let (_dir, other) = file(&["ts,uid,id.orig_h", "1,2,3"]);
         let err = read(&other).expect_err("not PCAPdroid's").to_string();
         assert!(err.contains("export.csv line 1") && err.contains("no column IPProto"), "{err}");

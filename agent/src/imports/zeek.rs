@@ -13,8 +13,6 @@ use crate::{Error, Result};
 
 /// Longest line read.
 const MAX_LINE_BYTES: usize = 64 * 1024;
-/// Bad lines named at most.
-const MAX_NAMED: usize = 5;
 
 /// What reading a log found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,10 +21,8 @@ pub struct LogStats {
     pub path: Option<String>,
     /// Rows read.
     pub rows: u64,
-    /// Lines that are not a row of the log: counted, the first few named.
-    pub bad_lines: u64,
-    /// The first bad lines: (line number, reason).
-    pub first_bad: Vec<(u64, String)>,
+    /// Lines that are not a row of the log.
+    pub bad: super::BadLines,
 }
 
 /// One row: its fields by name.
@@ -78,12 +74,6 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
     let mut order: Vec<String> = Vec::new();
     let (mut separator, mut unset, mut empty) = (b'\t', "-".to_string(), "(empty)".to_string());
     let mut json: Option<bool> = None;
-    let bad = |stats: &mut LogStats, line_no: u64, reason: String| {
-        stats.bad_lines += 1;
-        if stats.first_bad.len() < MAX_NAMED {
-            stats.first_bad.push((line_no, reason));
-        }
-    };
     loop {
         let read = read_line(&mut reader, &mut line, MAX_LINE_BYTES).map_err(io)?;
         if read == Line::End {
@@ -91,7 +81,7 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
         }
         line_no += 1;
         if read == Line::TooLong {
-            bad(&mut stats, line_no, format!("longer than {MAX_LINE_BYTES} bytes"));
+            stats.bad.note(line_no, format!("longer than {MAX_LINE_BYTES} bytes"));
             continue;
         }
         let text = String::from_utf8_lossy(&line);
@@ -130,20 +120,20 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
                     stats.rows += 1;
                     on_row(&Row { fields: &names, values });
                 }
-                Err(e) => bad(&mut stats, line_no, format!("not JSON: {e}")),
+                Err(e) => stats.bad.note(line_no, format!("not JSON: {e}")),
             }
             continue;
         }
         if order.is_empty() {
-            bad(&mut stats, line_no, "a row before the log's #fields line".into());
-            if stats.rows == 0 && stats.bad_lines >= 3 {
+            stats.bad.note(line_no, "a row before the log's #fields line".into());
+            if stats.rows == 0 && stats.bad.count >= 3 {
                 break;
             }
             continue;
         }
         let values: Vec<&str> = text.split(char::from(separator)).collect();
         if values.len() != order.len() {
-            bad(&mut stats, line_no, format!("{} fields, #fields names {}", values.len(), order.len()));
+            stats.bad.note(line_no, format!("{} fields, #fields names {}", values.len(), order.len()));
             continue;
         }
         let values = values
@@ -161,12 +151,8 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
         stats.rows += 1;
         on_row(&Row { fields: &fields, values });
     }
-    if stats.rows == 0 && stats.bad_lines > 0 {
-        let (line, reason) = stats.first_bad.first().cloned().unwrap_or_default();
-        return Err(Error::InvalidArgument {
-            field: format!("{} line {line}", path.display()),
-            reason: format!("not a Zeek log ({reason})"),
-        });
+    if stats.rows == 0 && stats.bad.count > 0 {
+        return Err(stats.bad.refusal(path, "a Zeek log"));
     }
     Ok(stats)
 }
@@ -214,7 +200,7 @@ mod tests {
             rows.push((r.time_us("ts"), r.get("query").map(str::to_string), r.get("answers").map(str::to_string)))
         })
         .expect("read");
-        assert_eq!((stats.path.as_deref(), stats.rows, stats.bad_lines), (Some("dns"), 2, 0));
+        assert_eq!((stats.path.as_deref(), stats.rows, stats.bad.count), (Some("dns"), 2, 0));
         assert_eq!(
             rows[0],
             (Some(1_521_911_720_865_716), Some("ise.wrccdc.org".into()), Some("ise.wrccdc.cpp.edu,134.71.3.16".into()))
@@ -244,8 +230,8 @@ mod tests {
         let broken = TSV.replace("C2\t10.47.1.101\t-\t(empty)", "C2\t10.47.1.101");
         let (_dir, path) = file("dns.log", &broken);
         let stats = read_log(&path, |_| {}).expect("read");
-        assert_eq!((stats.rows, stats.bad_lines), (1, 1));
-        assert_eq!(stats.first_bad[0], (9, "3 fields, #fields names 5".to_string()));
+        assert_eq!((stats.rows, stats.bad.count), (1, 1));
+        assert_eq!(stats.bad.first[0], (9, "3 fields, #fields names 5".to_string()));
         let (_dir, csv) = file("export.csv", "a,b,c\n1,2,3\n4,5,6\n");
         let err = read_log(&csv, |_| {}).expect_err("not Zeek").to_string();
         assert!(err.contains("export.csv line 1") && err.contains("not a Zeek log"), "{err}");

@@ -13,7 +13,7 @@ use crate::external;
 fn external_ios_privacy_report_reads_as_its_notes_say() {
     let path = external("imports/ios-app-privacy/ios_app_privacy_report_plaso.ndjson");
     let (activities, stats) = ios_privacy::read(&path).expect("read");
-    assert_eq!((stats.lines, stats.access_lines, stats.other_lines, stats.malformed), (72, 8, 0, 0));
+    assert_eq!((stats.lines, stats.access_lines, stats.other_lines, stats.malformed.count), (72, 8, 0, 0));
     assert_eq!(activities.len(), 64);
     let apps: BTreeSet<&str> = activities.iter().map(|a| a.app.as_str()).collect();
     let domains: BTreeSet<&str> = activities.iter().map(|a| a.domain.as_str()).collect();
@@ -41,7 +41,7 @@ fn external_ios_privacy_report_reads_as_its_notes_say() {
 fn external_pcapdroid_csv_reads_as_its_notes_say() {
     let path = external("imports/pcapdroid/PCAPdroid_22_Jun_18_22_50.csv");
     let (rows, stats) = pcapdroid_csv::read(&path).expect("read");
-    assert_eq!((rows.len() as u64, stats.rows, stats.bad_rows), (23, 23, 0));
+    assert_eq!((rows.len() as u64, stats.rows, stats.bad.count), (23, 23, 0));
     let count = |proto: &str| rows.iter().filter(|r| r.proto == proto).count();
     assert_eq!((count("DNS"), count("TLS"), count("HTTPS"), count("HTTP"), count("QUIC")), (10, 6, 5, 1, 1));
     let apps: BTreeSet<&str> = rows.iter().map(|r| r.package.as_str()).collect();
@@ -69,7 +69,7 @@ fn external_zeek_logs_read_as_their_notes_say() {
             names += usize::from(row.get("server_name").or(row.get("query")).or(row.get("host_name")).is_some());
         })
         .expect("read");
-        assert_eq!((stats.path.as_deref(), stats.rows, stats.bad_lines), (Some(log), want, 0), "{log}");
+        assert_eq!((stats.path.as_deref(), stats.rows, stats.bad.count), (Some(log), want, 0), "{log}");
         if log != "conn" {
             assert!(names > 0, "{log}: rows carry their names");
         }
@@ -82,7 +82,7 @@ fn external_zeek_logs_read_as_their_notes_say() {
         queries += u64::from(row.get("query").is_some());
     })
     .expect("read");
-    assert_eq!((stats.rows, stats.bad_lines), (53615, 0));
+    assert_eq!((stats.rows, stats.bad.count), (53615, 0));
     assert_eq!((first, last), (1_521_911_720_865_716, 1_521_912_990_151_237));
     assert!(queries > 50_000, "{queries}");
 }
