@@ -56,13 +56,7 @@ impl AgentStatus {
 
     /// Reads `status.json` from the state directory (empty when missing).
     pub fn load(state_dir: &Path) -> Result<Self> {
-        let path = Self::path(state_dir);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::State { path, reason: format!("unreadable status: {e}") }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(Error::Io { path, source }),
-        }
+        crate::state::read_json(Self::path(state_dir), "status")
     }
 
     /// Writes `status.json` (atomically; informational, so not fsynced).

@@ -203,13 +203,7 @@ impl SeenDevices {
 
     /// Reads the list (empty when there is none yet).
     pub fn load(state_dir: &Path) -> Result<Self> {
-        let path = Self::path(state_dir);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::State { path, reason: format!("unreadable list of LAN devices: {e}") }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(Error::Io { path, source }),
-        }
+        crate::state::read_json(Self::path(state_dir), "list of LAN devices")
     }
 
     /// Adds `records` reported at `now_s` for each device of `seen`.

@@ -46,6 +46,19 @@ pub fn default_state_dir() -> PathBuf {
     user_path("XDG_STATE_HOME", ".local/state", "leakwatch-agent", "", ".leakwatch-agent")
 }
 
+/// Reads the JSON file of `what` at `path` in the state directory: the
+/// default when there is none yet; an error naming it when it does not
+/// parse.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned + Default>(path: PathBuf, what: &str) -> Result<T> {
+    match fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| Error::State { path, reason: format!("unreadable {what}: {e}") })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(Error::Io { path, source }),
+    }
+}
+
 /// Writes `contents` to `path` readable by its owner only (see
 /// [`write_atomically`]).
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
