@@ -107,6 +107,16 @@ fn dns_query(labels: &[String]) -> Vec<u8> {
     m
 }
 
+/// The source and destination ports `p` is sent with: DHCP and mDNS
+/// packets use their protocols' own.
+fn ports(p: &Pkt) -> (u16, u16) {
+    match &p.payload {
+        Payload::Dhcp(_) => (68, 67),
+        Payload::Mdns(_) => (5353, 5353),
+        _ => (p.src_port, p.dst_port),
+    }
+}
+
 fn frame(p: &Pkt) -> Vec<u8> {
     let payload = match &p.payload {
         Payload::Random(b) => b.clone(),
@@ -142,11 +152,7 @@ fn frame(p: &Pkt) -> Vec<u8> {
             m
         }
     };
-    let (src_port, dst_port) = match &p.payload {
-        Payload::Dhcp(_) => (68, 67),
-        Payload::Mdns(_) => (5353, 5353),
-        _ => (p.src_port, p.dst_port),
-    };
+    let (src_port, dst_port) = ports(p);
     let tcp = p.tcp && !matches!(p.payload, Payload::Dhcp(_) | Payload::Mdns(_));
     let base = PacketBuilder::ethernet2(p.src_mac, [2, 0, 0, 0, 0, 1]).ipv4(p.src_ip, p.dst_ip, 64);
     let mut buf = Vec::new();
@@ -168,8 +174,8 @@ fn check_batches(
     packets: &[Pkt],
     device_id: &str,
 ) -> Result<(), TestCaseError> {
-    let dst_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(p.dst_port)).collect();
-    let src_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(p.src_port)).collect();
+    let dst_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(ports(p).1)).collect();
+    let src_ports: BTreeSet<u32> = packets.iter().map(|p| u32::from(ports(p).0)).collect();
     for batch in batches {
         let device = batch.device.as_ref().expect("device");
         prop_assert_ne!(&device.device_pseudonym, device_id);
