@@ -650,6 +650,12 @@ mod tests {
         w.close().expect("close");
     }
 
+    /// Sessions over the flushed files in `dir` and `tail`, with the
+    /// default limits.
+    fn files_and_tail(dir: &std::path::Path, tail: TailSnapshot) -> SessionFactory {
+        SessionFactory::new(QueryConfig::default(), FlowStore::local(dir).expect("store"), Arc::new(FixedTail(tail)))
+    }
+
     async fn count(factory: &SessionFactory, sql: &str) -> String {
         let session = factory.session().await.expect("session");
         let batches = session.sql(sql).await.expect("query");
@@ -837,13 +843,8 @@ mod tests {
                 });
             }
         }
-        let tail = TailSnapshot { watermark: 0, batches: vec![b.finish()] };
         let dir = tempfile::tempdir().expect("tempdir");
-        let factory = SessionFactory::new(
-            QueryConfig::default(),
-            FlowStore::local(dir.path()).expect("store"),
-            Arc::new(FixedTail(tail)),
-        );
+        let factory = files_and_tail(dir.path(), TailSnapshot { watermark: 0, batches: vec![b.finish()] });
         let sql = crate::rules::rule("boot_phone_home").expect("rule").render(&Default::default()).expect("render");
         let out = count(&factory, &format!("SELECT domain, devices, model_devices, share FROM ({sql})")).await;
         assert_eq!(out, "domain,devices,model_devices,share\nacme-iot.example,6,6,1.0\n");
@@ -876,12 +877,7 @@ mod tests {
         let mut b = FlowBatchBuilder::new();
         b.push(FlowRow { domain: "new.example".into(), source: "capture".into(), ..Default::default() });
         write_file(dir.path(), "00000000000000000003-00000000000000000004.parquet", &b.finish());
-        let tail = TailSnapshot { watermark: 4, batches: vec![] };
-        let factory = SessionFactory::new(
-            QueryConfig::default(),
-            FlowStore::local(dir.path()).expect("store"),
-            Arc::new(FixedTail(tail)),
-        );
+        let factory = files_and_tail(dir.path(), TailSnapshot { watermark: 4, batches: vec![] });
         let out = count(&factory, "SELECT domain, source IS NULL AS unknown, source FROM flows ORDER BY domain").await;
         assert_eq!(out, "domain,unknown,source\nnew.example,false,capture\nold.example,true,\n");
     }
@@ -912,13 +908,8 @@ mod tests {
                 });
             }
         }
-        let tail = TailSnapshot { watermark: 0, batches: vec![b.finish()] };
         let dir = tempfile::tempdir().expect("tempdir");
-        let factory = SessionFactory::new(
-            QueryConfig::default(),
-            FlowStore::local(dir.path()).expect("store"),
-            Arc::new(FixedTail(tail)),
-        );
+        let factory = files_and_tail(dir.path(), TailSnapshot { watermark: 0, batches: vec![b.finish()] });
         for rule in crate::rules::builtin_rules() {
             let sql = rule.render(&Default::default()).expect("render");
             let session = factory.session().await.expect("session");
