@@ -29,27 +29,48 @@ pub enum Request {
 /// Reads the Host of an HTTP/1.x request that starts at the beginning of
 /// `stream` (the client's bytes in order), from complete lines only.
 pub fn parse_request(stream: &[u8]) -> Request {
-    if !METHODS.iter().any(|m| stream.starts_with(m)) {
+    if !is_request(stream) {
         // The first bytes of a method may arrive alone.
         let prefix = !stream.is_empty() && METHODS.iter().any(|m| m.starts_with(stream));
         return if prefix { Request::NeedMore } else { Request::NotHttp };
     }
-    let head = &stream[..stream.len().min(MAX_HEAD_BYTES)];
+    match find_header(stream, b"host") {
+        Header::Value(value) => Request::Head(host_of(&String::from_utf8_lossy(value))),
+        Header::EndOfHead => Request::Head(None),
+        Header::NotYet if stream.len() >= MAX_HEAD_BYTES => Request::Head(None),
+        Header::NotYet => Request::NeedMore,
+    }
+}
+
+/// What the complete lines of a message head say of one header.
+enum Header<'a> {
+    /// Its value, as sent.
+    Value(&'a [u8]),
+    /// The head ended (a blank line) without it.
+    EndOfHead,
+    /// Not among the complete lines so far.
+    NotYet,
+}
+
+/// Header `name` (matched ignoring case) in the complete lines of the
+/// message head at the start of `message`, within [`MAX_HEAD_BYTES`]: a
+/// line cut at the end is never read.
+fn find_header<'a>(message: &'a [u8], name: &[u8]) -> Header<'a> {
+    let head = &message[..message.len().min(MAX_HEAD_BYTES)];
     // Lines that end in a line feed; what follows the last one is cut.
     let complete = head.iter().rposition(|&b| b == b'\n').map_or(&head[..0], |end| &head[..end]);
     for line in complete.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             // The blank line after the last header.
-            return Request::Head(None);
+            return Header::EndOfHead;
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        if name.trim_ascii().eq_ignore_ascii_case(b"host") {
-            return Request::Head(host_of(&String::from_utf8_lossy(value)));
+        if line[..colon].trim_ascii().eq_ignore_ascii_case(name) {
+            return Header::Value(&line[colon + 1..]);
         }
     }
-    if head.len() >= MAX_HEAD_BYTES { Request::Head(None) } else { Request::NeedMore }
+    Header::NotYet
 }
 
 /// Longest header value [`header`] returns, bytes.
@@ -61,24 +82,12 @@ const MAX_VALUE_BYTES: usize = 512;
 /// control characters left out, at most 512 bytes; `None` when the head
 /// has no such complete line.
 pub fn header(payload: &[u8], name: &str) -> Option<String> {
-    let head = &payload[..payload.len().min(MAX_HEAD_BYTES)];
-    let complete = &head[..head.iter().rposition(|&b| b == b'\n')?];
-    for line in complete.split(|&b| b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            return None;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        if line[..colon].trim_ascii().eq_ignore_ascii_case(name.as_bytes()) {
-            let value = &line[colon + 1..];
-            let value: String = String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE_BYTES)])
-                .chars()
-                .filter(|c| !c.is_control())
-                .collect();
-            return Some(value.trim().to_string()).filter(|v| !v.is_empty());
-        }
-    }
-    None
+    let Header::Value(value) = find_header(payload, name.as_bytes()) else { return None };
+    let value: String = String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE_BYTES)])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    Some(value.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 /// Whether `payload` starts like an HTTP/1.x request.
