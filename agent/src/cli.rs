@@ -505,9 +505,8 @@ impl DeviceArgs {
         let given = consent_pairs(&self.consent, "--consent (or LEAKWATCH_AGENT_CONSENT)")?;
         // The protocol's rule for labels, refused here with the flag named.
         let check = |flag: &str, checked: std::result::Result<(), leakwatch_proto::Invalid>| {
-            checked.map_err(|leakwatch_proto::Invalid(e)| Error::InvalidArgument {
-                field: format!("--{flag} (or LEAKWATCH_AGENT_{})", flag.to_ascii_uppercase()),
-                reason: e.strip_prefix(&format!("--{flag}: ")).unwrap_or(&e).to_string(),
+            checked.map_err(|e| {
+                crate::refused_label(flag, format!("--{flag} (or LEAKWATCH_AGENT_{})", flag.to_ascii_uppercase()), e)
             })
         };
         use leakwatch_proto::labels::{check_consent, check_label};

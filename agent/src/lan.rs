@@ -256,10 +256,7 @@ const NEW_LABELS_FILE: &str = "# leakwatch agent: LAN device labels, one [[devic
 /// left as it was. Returns true when the entry is new.
 pub fn write_label(path: &Path, mac: [u8; 6], update: &LabelUpdate) -> Result<bool> {
     fn invalid(flag: &'static str) -> impl Fn(leakwatch_proto::Invalid) -> Error {
-        move |leakwatch_proto::Invalid(e)| Error::InvalidArgument {
-            field: format!("--{flag}"),
-            reason: e.strip_prefix(&format!("--{flag}: ")).unwrap_or(&e).to_string(),
-        }
+        move |e| crate::refused_label(flag, format!("--{flag}"), e)
     }
     check_label("--vendor", &update.vendor).map_err(invalid("vendor"))?;
     check_label("--model", &update.model).map_err(invalid("model"))?;

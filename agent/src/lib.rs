@@ -86,6 +86,12 @@ pub enum Error {
     Profile(String),
 }
 
+/// A label flag's value the protocol's rule refused (its message names the
+/// value as `--FLAG`), as the error naming `field`.
+pub(crate) fn refused_label(flag: &str, field: String, leakwatch_proto::Invalid(e): leakwatch_proto::Invalid) -> Error {
+    Error::InvalidArgument { field, reason: e.strip_prefix(&format!("--{flag}: ")).unwrap_or(&e).to_string() }
+}
+
 /// Maps an I/O error on `path` to [`Error::Io`] (for `map_err`).
 pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
