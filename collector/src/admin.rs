@@ -239,12 +239,7 @@ pub struct AgentRecords {
 
 /// A table of `agents`, with what `stored` says of each.
 fn agent_lines(agents: &[AgentInfo], stored: &std::collections::BTreeMap<String, AgentRecords>) -> String {
-    let time = |secs: i64| match secs {
-        0 => "-".to_string(),
-        s => chrono::DateTime::from_timestamp(s, 0)
-            .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_else(|| s.to_string()),
-    };
+    let time = |secs: i64| if secs == 0 { "-".to_string() } else { utc_time(secs) };
     let mut out = format!(
         "{:<18}{:<21}{:<21}{:<12}{:>12}  STATE",
         "AGENT", "ENROLLED (UTC)", "LAST REPORT (UTC)", "VERSION", "RECORDS"
@@ -270,12 +265,17 @@ fn agent_lines(agents: &[AgentInfo], stored: &std::collections::BTreeMap<String,
     out
 }
 
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC), as the tables show them.
+fn utc_time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| secs.to_string())
+}
+
 fn sql_token_lines(tokens: &[SqlTokenInfo], now_s: i64) -> String {
     let mut out = format!("{:<14}{:<22}{:<9}NAME", "ID", "EXPIRES (UTC)", "STATE");
     for t in tokens {
-        let expires = chrono::DateTime::from_timestamp(t.expires_at_unix_s, 0)
-            .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_else(|| t.expires_at_unix_s.to_string());
+        let expires = utc_time(t.expires_at_unix_s);
         let state = if now_s <= t.expires_at_unix_s { "valid" } else { "expired" };
         out.push_str(&format!("\n{:<14}{:<22}{:<9}{}", t.id, expires, state, t.name));
     }
