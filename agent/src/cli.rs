@@ -1383,7 +1383,6 @@ fn consent_pairs(pairs: &[String], field: &str) -> Result<std::collections::BTre
 
 fn devices(args: DevicesArgs) -> Result<ExitCode> {
     use crate::discover::{DeviceReport, Discovery, suggest};
-    use crate::lan::LanDeviceKey;
     let (config, config_path) = load_config(args.config.as_deref())?;
     let labels_path = args.device_labels.clone().or(config.device_labels.clone());
     let labels = match &labels_path {
@@ -1419,19 +1418,12 @@ fn devices(args: DevicesArgs) -> Result<ExitCode> {
         eprintln!("error: none of the {} capture(s) could be read", args.files.len());
         return Ok(ExitCode::from(2));
     }
-    let macs = discovery.devices().filter_map(|(k, _)| match k {
-        LanDeviceKey::Mac(m) => Some(*m),
-        LanDeviceKey::Addr(_) => None,
-    });
-    let ouis = crate::lan::oui_vendors(macs);
+    let ouis = crate::lan::oui_vendors(discovery.devices().filter_map(|(k, _)| k.mac()));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let (mut seen, mut labelled) = (0usize, 0usize);
     for (key, evidence) in discovery.devices() {
-        let mac = match key {
-            LanDeviceKey::Mac(m) => Some(*m),
-            LanDeviceKey::Addr(_) => None,
-        };
+        let mac = key.mac();
         let oui = mac.and_then(|m| ouis.get(&m)).map(String::as_str);
         let report = DeviceReport {
             evidence,

@@ -346,6 +346,14 @@ impl LanDeviceKey {
         })
     }
 
+    /// Its MAC, when the link layer gave one.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        match self {
+            Self::Mac(mac) => Some(*mac),
+            Self::Addr(_) => None,
+        }
+    }
+
     /// Text for the volunteer's own terminal (never sent).
     pub fn describe(&self) -> String {
         match self {
