@@ -129,9 +129,9 @@ pub struct ListenArgs {
     /// Largest Report message after decompression, bytes.
     #[arg(long, env = "LEAKWATCH_MAX_MESSAGE_BYTES", default_value_t = leakwatch_collector::server::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-    /// Delete day partitions older than this many days, and the batch ids of
-    /// their records, whose retries are then stored again (default: keep
-    /// everything).
+    /// Stop reading day partitions older than this many days (UTC), and
+    /// delete them 15 minutes later with the batch ids of their records,
+    /// whose retries are then stored again (default: keep everything).
     #[arg(long, env = "LEAKWATCH_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
     /// Reports per second one agent may send (burst: twice that).

@@ -325,12 +325,22 @@ pub struct Server {
 /// millions of ids go within hours, not in one pass that holds up flushes).
 const EXPIRE_IDS_PER_PASS: u64 = 200_000;
 
+/// The first day a retention of `days` keeps on disk at `now`: queries
+/// stop reading a day once it is older than `days` days
+/// ([`leakwatch_query::FlowStore::with_retention`]), and its files are
+/// deleted [`KEEP_REPLACED`] after that, so that a query that listed them
+/// just before finishes (as it does over a compaction's inputs).
+fn retention_cutoff(now: chrono::DateTime<chrono::Utc>, days: u32) -> Option<chrono::NaiveDate> {
+    let listed_until = now - chrono::Duration::from_std(KEEP_REPLACED).ok()?;
+    listed_until.date_naive().checked_sub_days(chrono::Days::new(u64::from(days)))
+}
+
 /// One retention pass: deletes the day partitions older than `days` days
-/// and then the ids of the batches that were in them, whose retries are
-/// stored again from then on. Failures are logged; the next pass retries.
+/// (see [`retention_cutoff`]) and then the ids of the batches that were in
+/// them, whose retries are stored again from then on. Failures are logged;
+/// the next pass retries.
 async fn expire(log: &Arc<DurableLog>, store: &DataStore, metrics: &IngestMetrics, days: u32) {
-    let today = chrono::Utc::now().date_naive();
-    let Some(cutoff) = today.checked_sub_days(chrono::Days::new(u64::from(days))) else { return };
+    let Some(cutoff) = retention_cutoff(chrono::Utc::now(), days) else { return };
     // Read before the files are listed: a batch flushed during the pass
     // may be in a file retention did not see, and keeps its id.
     let flushed = match log.watermark() {
@@ -415,8 +425,10 @@ impl Server {
             Some((cert, key)) => Some(crate::tls::server_config(cert, key, config.client_ca.as_deref())?),
             None => None,
         };
-        let sessions =
-            SessionFactory::new(config.query.clone(), store.flow_store(), Arc::new(LogTail::new(log.clone())));
+        // Queries stop reading a day the moment retention expires it;
+        // retention deletes it `KEEP_REPLACED` later (see `expire`).
+        let flows = store.flow_store().with_retention(config.retention_days);
+        let sessions = SessionFactory::new(config.query.clone(), flows.clone(), Arc::new(LogTail::new(log.clone())));
         let queries = QueryRuntime::new()?;
         let flight = FlightSql::new(sessions.clone(), queries.handle()).into_server(log.clone());
         // The dashboard's refresh is the collector's own work, not an
@@ -424,7 +436,7 @@ impl Server {
         // each of its queries reads every flow.
         let refresh_sessions = SessionFactory::new(
             QueryConfig { timeout: config.query.timeout.max(DASHBOARD_QUERY_TIMEOUT), ..config.query.clone() },
-            store.flow_store(),
+            flows,
             Arc::new(LogTail::new(log.clone())),
         );
         let dashboard = Dashboard::new(refresh_sessions, queries.handle(), config.dashboard)?;
@@ -578,5 +590,21 @@ impl Server {
         self.flusher.flush().await?;
         self._queries.close(QUERY_SHUTDOWN).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_deletes_a_day_only_after_queries_stopped_listing_it() {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).expect("a time").to_utc();
+        let date = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("a date");
+        // At midnight queries stop reading 2026-11-05 (31 days old); its
+        // files stay while a query that listed them may still run.
+        assert_eq!(retention_cutoff(at("2026-12-06T00:00:00Z"), 30), Some(date("2026-11-05")));
+        assert_eq!(retention_cutoff(at("2026-12-06T00:14:59Z"), 30), Some(date("2026-11-05")));
+        assert_eq!(retention_cutoff(at("2026-12-06T00:15:00Z"), 30), Some(date("2026-11-06")));
     }
 }

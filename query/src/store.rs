@@ -157,6 +157,10 @@ pub struct FlowStore {
     checked: Arc<Mutex<FooterChecks>>,
     /// Unreadable files the collector set aside so far.
     set_aside: Arc<std::sync::atomic::AtomicU64>,
+    /// Days the own collector keeps: its files of older days are left out
+    /// (retention deletes them a little later, once queries that listed
+    /// them finished).
+    retention_days: Option<u32>,
 }
 
 type FooterCache = HashMap<(Path, u64), Arc<Vec<(String, String)>>>;
@@ -194,6 +198,7 @@ impl FlowStore {
             footers: Arc::default(),
             checked: Arc::default(),
             set_aside: Arc::default(),
+            retention_days: None,
         })
     }
 
@@ -227,7 +232,17 @@ impl FlowStore {
             footers: Arc::default(),
             checked: Arc::default(),
             set_aside: Arc::default(),
+            retention_days: None,
         })
+    }
+
+    /// This store with the own collector's files of days older than
+    /// `days` days (UTC) left out of every query: the day a retention of
+    /// `days` deletes, it is no longer read, so that a query that listed
+    /// it never finds it gone.
+    #[must_use]
+    pub fn with_retention(self, days: Option<u32>) -> Self {
+        Self { retention_days: days, ..self }
     }
 
     /// True when several collectors' files are read.
@@ -252,6 +267,10 @@ impl FlowStore {
         // Per (collector, day): each file with its sequence range.
         type Ranged = Vec<(ObjectMeta, (u64, u64))>;
         let mut groups: BTreeMap<(String, String), Ranged> = BTreeMap::new();
+        let expired_before = self.retention_days.and_then(|days| {
+            let today = chrono::Utc::now().date_naive();
+            Some(today.checked_sub_days(chrono::Days::new(u64::from(days)))?.format("%Y-%m-%d").to_string())
+        });
         let mut listing = self.store.list(Some(&self.root));
         while let Some(meta) = listing.next().await {
             let meta = match meta {
@@ -266,7 +285,9 @@ impl FlowStore {
             if !self.shared && !collector.is_empty() {
                 continue;
             }
-            if self.own.as_deref() == Some(collector.as_str()) && file.to > watermark {
+            if self.own.as_deref() == Some(collector.as_str())
+                && (file.to > watermark || expired_before.as_ref().is_some_and(|cutoff| file.day < *cutoff))
+            {
                 continue;
             }
             groups.entry((collector, file.day)).or_default().push((meta, (file.from, file.to)));
@@ -638,6 +659,36 @@ mod tests {
         // A reader that is no collector applies no watermark.
         let reader = FlowStore { own: None, ..store };
         assert_eq!(reader.files(5).await.expect("files").len(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_own_days_past_retention_are_left_out_and_others_days_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
+        let today = chrono::Utc::now().date_naive();
+        let day = |ago: u64| today.checked_sub_days(chrono::Days::new(ago)).expect("a day").format("%Y-%m-%d");
+        let keys = [
+            format!("fleet/a/flows/day={}/{:020}-{:020}.parquet", day(31), 1, 1),
+            format!("fleet/a/flows/day={}/{:020}-{:020}.parquet", day(30), 2, 2),
+            format!("fleet/b/flows/day={}/{:020}-{:020}.parquet", day(31), 1, 1),
+        ];
+        for key in &keys {
+            inner.put(&Path::from(key.as_str()), PutPayload::from_static(b"x")).await.expect("put");
+        }
+        let store = FlowStore::in_bucket(inner, "bucket", "fleet", Some("a")).expect("store");
+        let listed = async |store: &FlowStore| {
+            let mut files: Vec<String> =
+                store.files(9).await.expect("files").iter().map(|f| f.url.to_string()).collect();
+            files.sort();
+            files
+        };
+        assert_eq!(listed(&store).await.len(), 3, "no retention: every file");
+        let kept = store.with_retention(Some(30));
+        assert_eq!(
+            listed(&kept).await,
+            [format!("s3://bucket/{}", keys[1]), format!("s3://bucket/{}", keys[2])],
+            "day 31 of our own is past a 30-day retention; another collector's is its own to delete"
+        );
     }
 
     #[tokio::test]
