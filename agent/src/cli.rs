@@ -255,6 +255,12 @@ pub enum ImportFrom {
     Capture,
     /// PCAPdroid's connection export (Connections → Export CSV).
     PcapdroidCsv,
+    /// The iOS App Privacy Report (Settings → Privacy & Security → App
+    /// Privacy Report → Save, an `.ndjson` file).
+    IosPrivacy,
+    /// Zeek logs: a log directory (conn, dns, ssl, dhcp; TSV or JSON, also
+    /// gzipped) or single logs. Each LAN device is its own, as with --lan.
+    Zeek,
 }
 
 /// Flags of `import`.
@@ -304,8 +310,8 @@ impl LanArgs {
     /// The LAN labels (flag, else the config's `device_labels`, else none)
     /// in LAN mode; `None` otherwise. The one-device flags are refused in
     /// LAN mode.
-    fn labels(&self, device: &DeviceArgs, settings: &Settings) -> Result<Option<LanLabels>> {
-        if !self.lan {
+    fn labels(&self, device: &DeviceArgs, settings: &Settings, always: bool) -> Result<Option<LanLabels>> {
+        if !self.lan && !always {
             return Ok(None);
         }
         check_no_device_flags(device, settings)?;
@@ -690,11 +696,11 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     if !args.dry_run {
         settings.collector()?;
     }
-    let lan_labels = args.lan.labels(&args.device, &settings)?;
-    if lan_labels.is_some() && args.from != ImportFrom::Capture {
+    let lan_labels = args.lan.labels(&args.device, &settings, args.from == ImportFrom::Zeek)?;
+    if lan_labels.is_some() && !matches!(args.from, ImportFrom::Capture | ImportFrom::Zeek) {
         return Err(Error::InvalidArgument {
             field: "--lan".into(),
-            reason: "LAN mode reads a router's captures; a PCAPdroid export is one phone's (drop --lan)".into(),
+            reason: "LAN mode reads a router's captures; this export is one device's (drop --lan)".into(),
         });
     }
     if lan_labels.is_none() {
@@ -720,7 +726,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
             let mut devices = std::collections::BTreeMap::new();
             let (mut boots, mut records, mut dropped, mut sink_failed) = (0usize, 0usize, 0u64, false);
             let (mut file_out_of_time, mut untracked) = (0u64, 0u64);
-            let imported = import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS, |b| {
+            let each = |b: crate::lan::LanBoot| {
                 let vendor = b
                     .import
                     .batches
@@ -747,11 +753,44 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 let put = sink.put(&b.import.batches);
                 sink_failed = put.is_err();
                 put
-            });
+            };
+            // What was read, for the summary line.
+            let imported = match args.from {
+                ImportFrom::Zeek => crate::imports::zeek::import(
+                    file,
+                    &lan_labels,
+                    labels.boot_time_us,
+                    &state,
+                    DEFAULT_BATCH_RECORDS,
+                    each,
+                )
+                .map(|z| {
+                    let rows: u64 = z.logs.iter().map(|(_, l)| l.rows).sum();
+                    let mut read = format!("{rows} log rows read");
+                    if z.untimed > 0 {
+                        read.push_str(&format!(" ({} without a time in ts, left out)", z.untimed));
+                    }
+                    if z.other_protocols > 0 {
+                        read.push_str(&format!(" ({} connections neither TCP nor UDP)", z.other_protocols));
+                    }
+                    for (log, l) in &z.logs {
+                        if let Some(bad) = l.bad.summary("lines") {
+                            read.push_str(&format!(" ({}: {bad})", log.display()));
+                        }
+                    }
+                    (read, String::new())
+                }),
+                _ => import_lan(file, &lan_labels, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS, each).map(|c| {
+                    let mut stopped = c.time_went_back_summary().map(|s| format!("; {s}")).unwrap_or_default();
+                    stopped
+                        .push_str(&c.stopped_by.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default());
+                    (format!("{} packets read, {} skipped", c.frames, c.skipped_total()), stopped)
+                }),
+            };
             match imported {
                 // The spool or stdout failed: no use reading on.
                 Err(e) if sink_failed => return Err(e),
-                Ok(c) => {
+                Ok((read, stopped)) => {
                     read_ok += 1;
                     accepted += records;
                     if !args.dry_run {
@@ -763,9 +802,6 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                         )?;
                     }
                     out_of_time_total += file_out_of_time;
-                    let mut stopped = c.time_went_back_summary().map(|s| format!("; {s}")).unwrap_or_default();
-                    stopped
-                        .push_str(&c.stopped_by.as_ref().map(|s| format!("; stopped early: {s}")).unwrap_or_default());
                     let mut dated = match file_out_of_time {
                         0 => String::new(),
                         n => format!("; {}", out_of_time(n)),
@@ -778,10 +814,8 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                         ));
                     }
                     eprintln!(
-                        "{}: {} packets read, {} skipped, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped{dated}{stopped}",
+                        "{}: {read}, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped{dated}{stopped}",
                         file.display(),
-                        c.frames,
-                        c.skipped_total(),
                         devices.len(),
                     );
                 }
@@ -791,25 +825,17 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 }
             }
         }
-    } else if args.from == ImportFrom::PcapdroidCsv {
+    } else if args.from != ImportFrom::Capture {
         for file in &args.files {
-            match crate::imports::pcapdroid_csv::import(file, &labels, &state, DEFAULT_BATCH_RECORDS) {
-                Ok((imported, stats)) => {
+            match crate::imports::import_file(args.from, file, &labels, &state, DEFAULT_BATCH_RECORDS) {
+                Ok((imported, summary)) => {
                     read_ok += 1;
-                    accepted += imported.record_count();
-                    let mut line =
-                        format!("{}: {} rows read, {} records", file.display(), stats.rows, imported.record_count());
-                    if let Some(bad) = stats.bad.summary("rows") {
-                        line.push_str(&format!("; {bad}"));
+                    eprintln!("{summary}");
+                    for boot in &imported {
+                        accepted += boot.record_count();
+                        out_of_time_total += boot.anonymiser.dropped_out_of_time;
+                        sink.put(&boot.batches)?;
                     }
-                    if imported.anonymiser.dropped_non_public > 0 {
-                        line.push_str(&format!(
-                            "; {} non-public destinations dropped",
-                            imported.anonymiser.dropped_non_public
-                        ));
-                    }
-                    eprintln!("{line}");
-                    sink.put(&imported.batches)?;
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -835,7 +861,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
         }
     }
     if read_ok == 0 {
-        eprintln!("error: none of the {failed} capture(s) could be read");
+        eprintln!("error: none of the {failed} file(s) could be read");
         return Ok(ExitCode::from(2));
     }
     if accepted == 0 && out_of_time_total > 0 {
@@ -987,7 +1013,7 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
     if !args.dry_run {
         settings.collector()?;
     }
-    let lan_labels = args.lan.labels(&args.device, &settings)?;
+    let lan_labels = args.lan.labels(&args.device, &settings, false)?;
     if lan_labels.is_none() {
         warn_unlabelled(&labels, &settings.config_path);
     }

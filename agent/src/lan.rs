@@ -463,6 +463,7 @@ struct BootMaker<'a> {
     part: Option<u64>,
     template: &'a ImportedCapture,
     vendors: HashMap<[u8; 6], String>,
+    source: leakwatch_proto::v1::RecordSource,
 }
 
 impl BootMaker<'_> {
@@ -510,7 +511,7 @@ impl BootMaker<'_> {
             consent: consent.into_iter().collect(),
             boot_pseudonym,
             boot_source,
-            source: leakwatch_proto::v1::RecordSource::Capture as i32,
+            source: self.source as i32,
         };
         let batches = build_batches(records, &device, self.state, self.batch_records, self.part);
         LanBoot {
@@ -566,10 +567,12 @@ impl LanSums {
     /// that one boot's batches are held at a time). `boot_salt` makes boot
     /// pseudonyms (and so batch ids) unique to the capture (a file's
     /// content hash, a live run's random nonce); `part` numbers a live
-    /// capture's report intervals.
+    /// capture's report intervals; `source` is what the records were read
+    /// from.
     #[allow(clippy::too_many_arguments)]
     pub fn boots<E>(
         self,
+        source: leakwatch_proto::v1::RecordSource,
         labels: &LanLabels,
         state: &AgentState,
         boot_salt: &[u8],
@@ -588,7 +591,7 @@ impl LanSums {
             LanDeviceKey::Mac(mac) if labels.get(*mac).is_none() => Some(*mac),
             _ => None,
         }));
-        let maker = BootMaker { labels, state, boot_salt, batch_records, part, template, vendors };
+        let maker = BootMaker { labels, state, boot_salt, batch_records, part, template, vendors, source };
         let mut make = move |group: BootGroup| {
             maker.make(group, &flows.remove(&group).unwrap_or_default(), &lookups.remove(&group).unwrap_or_default())
         };
@@ -657,7 +660,16 @@ pub fn import_lan(
         untracked_connections,
     };
     let content_hash = hash_file(path)?;
-    sums.boots(labels, state, &content_hash, batch_records, None, &template, each)?;
+    sums.boots(
+        leakwatch_proto::v1::RecordSource::Capture,
+        labels,
+        state,
+        &content_hash,
+        batch_records,
+        None,
+        &template,
+        each,
+    )?;
     Ok(template.capture)
 }
 

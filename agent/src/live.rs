@@ -510,17 +510,22 @@ impl Harvester {
             sums.add(tracker, &self.table, &mut done);
             let mut batches: Vec<ReportBatch> = Vec::new();
             let mut seen = std::collections::BTreeMap::new();
-            let _: std::result::Result<(), std::convert::Infallible> =
-                sums.boots(labels, &self.state, nonce, self.batch_records, Some(self.seq), &template, |b| {
+            let _: std::result::Result<(), std::convert::Infallible> = sums.boots(
+                leakwatch_proto::v1::RecordSource::Live,
+                labels,
+                &self.state,
+                nonce,
+                self.batch_records,
+                Some(self.seq),
+                &template,
+                |b| {
                     *seen.entry(b.device).or_default() += b.import.record_count() as u64;
                     batches.extend(b.import.batches);
                     Ok(())
-                });
+                },
+            );
             if let Err(e) = crate::lan::SeenDevices::note(self.state.dir(), &seen, now_us.div_euclid(1_000_000)) {
                 tracing::warn!(error = %e, "Could not note the LAN devices seen (for `status`)");
-            }
-            for device in batches.iter_mut().filter_map(|b| b.device.as_mut()) {
-                device.source = leakwatch_proto::v1::RecordSource::Live as i32;
             }
             self.records += batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
             return batches;

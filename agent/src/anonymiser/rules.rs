@@ -74,7 +74,9 @@ pub fn looks_like_identifier(label: &str) -> bool {
 pub fn scrub_domain(domain: &str) -> Option<(String, u64)> {
     // Case is looked at before lowering it: a mixed-case label is a token.
     let domain = domain.trim_end_matches('.');
-    if domain.is_empty() || domain.len() > MAX_DOMAIN_BYTES {
+    // An address written as a name (a query for "10.47.7.30", an HTTP Host
+    // of an address) names nothing, and may be the volunteer's own.
+    if domain.is_empty() || domain.len() > MAX_DOMAIN_BYTES || domain.parse::<IpAddr>().is_ok() {
         return None;
     }
     let mut scrubbed = 0;
@@ -100,6 +102,9 @@ pub fn is_local_name(name: &str) -> bool {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     if !name.contains('.') {
         return true;
+    }
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return is_non_public(ip);
     }
     const LOCAL_SUFFIXES: [&str; 7] =
         [".local", ".lan", ".home", ".internal", ".home.arpa", ".localdomain", ".localhost"];
@@ -273,9 +278,13 @@ mod tests {
         {
             assert!(is_local_name(name), "{name}");
         }
-        for name in ["api.account.xiaomi.com", "8.8.8.8.in-addr.arpa"] {
+        for name in ["api.account.xiaomi.com", "8.8.8.8.in-addr.arpa", "8.8.8.8"] {
             assert!(!is_local_name(name), "{name}");
         }
+        // A LAN address asked for as a name (seen in a real network's
+        // dns.log) is the volunteer's own; no address is a domain at all.
+        assert!(is_local_name("10.47.7.30") && is_local_name("192.168.1.1."));
+        assert_eq!((scrub_domain("10.47.7.30"), scrub_domain("8.8.8.8")), (None, None));
         let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.e.f.ip6.arpa";
         assert!(is_local_name(v6), "link-local reverse");
     }

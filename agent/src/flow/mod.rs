@@ -16,11 +16,13 @@
 
 mod chunked;
 mod community_id;
+mod logged;
 mod naming;
 mod sums;
 mod table;
 
 pub use community_id::{community_id, community_id_seeded};
+pub use logged::{LoggedConnection, LoggedTls};
 pub use naming::{NameSource, is_encrypted_dns};
 pub(crate) use sums::intervals;
 pub use sums::{FlowSummary, FlowSums, MAX_DESTINATIONS};

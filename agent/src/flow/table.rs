@@ -285,7 +285,7 @@ impl FlowTable {
             // A Discover or a Request: the device (re)joins the network.
             && matches!(m.kind, 1 | 3)
         {
-            self.dhcp.push(DhcpHandshake { mac: m.mac, ts_us: p.ts_us });
+            self.note_dhcp(DhcpHandshake { mac: m.mac, ts_us: p.ts_us });
         }
         if p.src_port == 53 && !p.payload.is_empty() {
             self.learn_dns(p);
@@ -388,28 +388,38 @@ impl FlowTable {
     fn note_query(&mut self, p: &Packet<'_>) {
         let Some(msg) = dns_message(p) else { return };
         let Some((name, _qtype)) = dns::parse_query(msg) else { return };
-        let origin = Origin { mac: p.src_mac, ip: p.src_ip };
-        let key = (origin, name.to_ascii_lowercase());
+        self.note_lookup(DnsLookup {
+            origin: Origin { mac: p.src_mac, ip: p.src_ip },
+            name,
+            resolver: p.dst_ip,
+            first_us: p.ts_us,
+            last_us: p.ts_us,
+            queries: 1,
+            app: p.app.map(str::to_string),
+        });
+    }
+
+    /// Adds one query (`lookup`, its `queries` 1) to its origin's lookup of
+    /// the name.
+    pub(super) fn note_lookup(&mut self, lookup: DnsLookup) {
+        let key = (lookup.origin, lookup.name.to_ascii_lowercase());
         match self.lookup_index.get(&key) {
             Some(&i) => {
                 let l = &mut self.lookups[i];
-                l.first_us = l.first_us.min(p.ts_us);
-                l.last_us = l.last_us.max(p.ts_us);
-                l.queries += 1;
+                l.first_us = l.first_us.min(lookup.first_us);
+                l.last_us = l.last_us.max(lookup.last_us);
+                l.queries += lookup.queries;
             }
             None => {
                 self.lookup_index.insert(key, self.lookups.len());
-                self.lookups.push(DnsLookup {
-                    origin,
-                    name,
-                    resolver: p.dst_ip,
-                    first_us: p.ts_us,
-                    last_us: p.ts_us,
-                    queries: 1,
-                    app: p.app.map(str::to_string),
-                });
+                self.lookups.push(lookup);
             }
         }
+    }
+
+    /// Notes a DHCP Discover or Request.
+    pub(super) fn note_dhcp(&mut self, handshake: DhcpHandshake) {
+        self.dhcp.push(handshake);
     }
 
     /// Names looked up, per origin, in order of first query.

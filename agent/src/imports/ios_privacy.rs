@@ -67,6 +67,43 @@ struct Line {
     initiated_type: Option<String>,
 }
 
+/// Imports the report at `path` as one boot of the phone `labels` name:
+/// each app's contacts with a domain become a lookup record of that app
+/// (its bundle ID) with the first and last contact and the hits as its
+/// queries. The report names no address, port or byte count, and the
+/// phone's boot is unknown: the collector stores those as NULL.
+pub fn import(
+    path: &Path,
+    labels: &crate::import::DeviceLabels,
+    state: &crate::state::AgentState,
+    batch_records: usize,
+) -> Result<(crate::import::ImportedCapture, ReportStats)> {
+    let (activities, stats) = read(path)?;
+    let unknown = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let lookups: Vec<crate::flow::DnsLookup> = activities
+        .into_iter()
+        .map(|a| crate::flow::DnsLookup {
+            origin: crate::flow::Origin { mac: None, ip: unknown },
+            name: a.domain,
+            resolver: unknown,
+            first_us: a.first_us,
+            last_us: a.last_us,
+            queries: a.hits.max(1),
+            app: Some(a.app),
+        })
+        .collect();
+    let first_us = lookups.iter().map(|l| l.first_us).min();
+    let boot = super::OneBoot {
+        path,
+        labels,
+        state,
+        batch_records,
+        source: leakwatch_proto::v1::RecordSource::IosPrivacy,
+        first_us,
+    };
+    Ok((super::one_boot(boot, &[], &lookups)?, stats))
+}
+
 /// Reads the report at `path`; a file that holds no line of a report is
 /// an error naming it, a line that does not parse is counted.
 pub fn read(path: &Path) -> Result<(Vec<NetworkActivity>, ReportStats)> {

@@ -10,6 +10,107 @@ pub mod zeek;
 use std::io::{BufRead, Read as _};
 use std::path::Path;
 
+use leakwatch_proto::v1::RecordSource;
+
+use crate::flow::{DnsLookup, FlowSummary};
+use crate::import::ImportedCapture;
+
+/// Imports `path`, a file of the tool `from` names (not a capture): the
+/// boots read from it, and a line saying what was read, what was left out
+/// and why.
+pub fn import_file(
+    from: crate::cli::ImportFrom,
+    path: &Path,
+    labels: &crate::import::DeviceLabels,
+    state: &crate::state::AgentState,
+    batch_records: usize,
+) -> crate::Result<(Vec<ImportedCapture>, String)> {
+    use crate::cli::ImportFrom;
+    let (imported, mut line, bad) = match from {
+        ImportFrom::PcapdroidCsv => {
+            let (imported, stats) = pcapdroid_csv::import(path, labels, state, batch_records)?;
+            let line = format!("{}: {} rows read, {} records", path.display(), stats.rows, imported.record_count());
+            (vec![imported], line, stats.bad.summary("rows"))
+        }
+        ImportFrom::IosPrivacy => {
+            let (imported, stats) = ios_privacy::import(path, labels, state, batch_records)?;
+            let line = format!(
+                "{}: {} lines read, {} records; {} access lines (camera, microphone, location, ...) and the websites visited are not sent",
+                path.display(),
+                stats.lines,
+                imported.record_count(),
+                stats.access_lines
+            );
+            (vec![imported], line, stats.malformed.summary("lines"))
+        }
+        ImportFrom::Capture | ImportFrom::Zeek => {
+            return Err(crate::Error::InvalidArgument {
+                field: "--from".into(),
+                reason: "captures and Zeek logs are read by the LAN import".into(),
+            });
+        }
+    };
+    if let Some(bad) = bad {
+        line.push_str(&format!("; {bad}"));
+    }
+    let dropped: u64 = imported.iter().map(|i| i.anonymiser.dropped_non_public).sum();
+    if dropped > 0 {
+        line.push_str(&format!("; {dropped} non-public destinations dropped"));
+    }
+    let local: u64 =
+        imported.iter().map(|i| i.anonymiser.dropped_local_names + i.anonymiser.dropped_reverse_lookups).sum();
+    if local > 0 {
+        line.push_str(&format!("; {local} local names and reverse lookups not sent"));
+    }
+    Ok((imported, line))
+}
+
+/// A file read as one boot of the one device the labels name.
+pub(crate) struct OneBoot<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// The device's labels (its boot: `--boot-time`, else `first_us`).
+    pub labels: &'a crate::import::DeviceLabels,
+    /// The agent's state, whose key makes the pseudonyms.
+    pub state: &'a crate::state::AgentState,
+    /// Records per batch.
+    pub batch_records: usize,
+    /// What the file is.
+    pub source: RecordSource,
+    /// The file's first time, microseconds since the Unix epoch.
+    pub first_us: Option<i64>,
+}
+
+/// `flows` and `lookups` read from one file, through the anonymiser, as
+/// the batches of one boot of the labelled device (pseudonyms from the
+/// device label or the source's name, and the file), saying their source.
+pub(crate) fn one_boot(
+    boot: OneBoot<'_>,
+    flows: &[FlowSummary],
+    lookups: &[DnsLookup],
+) -> crate::Result<ImportedCapture> {
+    let OneBoot { path, labels, state, batch_records, source, first_us } = boot;
+    let (boot_us, boot_source) = labels.boot(first_us);
+    let device_label = match &labels.device_id {
+        Some(id) => format!("label:{id}"),
+        None => source.short_name().to_string(),
+    };
+    let (device_pseudonym, boot_pseudonym) = crate::import::file_pseudonyms(state, &device_label, path)?;
+    let mut anonymiser = crate::anonymiser::AnonymiserStats::default();
+    let records = crate::import::boot_records(flows, lookups, boot_us, labels.app.as_deref(), &mut anonymiser);
+    let mut device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
+    device.source = source as i32;
+    let batches = crate::import::build_batches(records, &device, state, batch_records, None);
+    Ok(ImportedCapture {
+        path: path.to_path_buf(),
+        capture: crate::capture::CaptureStats::default(),
+        anonymiser,
+        boot_source,
+        batches,
+        untracked_connections: 0,
+    })
+}
+
 /// The lines of a file that did not read: how many, and the first few by
 /// line number and reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

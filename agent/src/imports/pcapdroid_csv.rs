@@ -172,25 +172,12 @@ pub fn import(
             f
         })
         .collect();
-    let (boot_us, boot_source) = labels.boot(rows.iter().map(|r| r.first_us).min());
-    let device_label = match &labels.device_id {
-        Some(id) => format!("label:{id}"),
-        None => "pcapdroid".to_string(),
-    };
-    let (device_pseudonym, boot_pseudonym) = crate::import::file_pseudonyms(state, &device_label, path)?;
-    let mut anonymiser = crate::anonymiser::AnonymiserStats::default();
-    let records = crate::import::boot_records(&flows, &lookups, boot_us, labels.app.as_deref(), &mut anonymiser);
-    let mut device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
-    device.source = RecordSource::PcapdroidCsv as i32;
-    let batches = crate::import::build_batches(records, &device, state, batch_records, None);
-    let imported = crate::import::ImportedCapture {
-        path: path.to_path_buf(),
-        capture: crate::capture::CaptureStats::default(),
-        anonymiser,
-        boot_source,
-        batches,
-        untracked_connections: 0,
-    };
+    let first_us = rows.iter().map(|r| r.first_us).min();
+    let imported = super::one_boot(
+        super::OneBoot { path, labels, state, batch_records, source: RecordSource::PcapdroidCsv, first_us },
+        &flows,
+        &lookups,
+    )?;
     Ok((imported, stats))
 }
 

@@ -157,6 +157,215 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
     Ok(stats)
 }
 
+/// The logs an import reads, by Zeek's name for them.
+const KINDS: [&str; 4] = ["dhcp", "dns", "ssl", "conn"];
+
+/// The logs of `path` by kind: a directory's `conn.log`, `dns.log`,
+/// `ssl.log` and `dhcp.log` (also gzipped, and rotated ones such as
+/// `conn.00:00:00-01:00:00.log.gz`), or the one log `path` is, by the
+/// start of its name. An error names a path that holds none of them.
+pub fn logs_of(path: &Path) -> Result<Vec<(&'static str, std::path::PathBuf)>> {
+    let kind_of = |p: &Path| {
+        let name = p.file_name()?.to_str()?;
+        let (kind, rest) = name.split_once('.')?;
+        let is_log =
+            rest.ends_with("log") || rest.ends_with("log.gz") || rest.ends_with("json") || rest.ends_with("json.gz");
+        KINDS.iter().copied().find(|k| *k == kind).filter(|_| is_log)
+    };
+    let mut logs = Vec::new();
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if let Some(kind) = kind_of(&p).filter(|_| p.is_file()) {
+                logs.push((kind, p));
+            }
+        }
+    } else if let Some(kind) = kind_of(path) {
+        logs.push((kind, path.to_path_buf()));
+    } else if path.exists() {
+        // A log renamed: what its `#path` says (read at import).
+        logs.push(("", path.to_path_buf()));
+    } else {
+        return Err(Error::Io { path: path.to_path_buf(), source: std::io::ErrorKind::NotFound.into() });
+    }
+    if logs.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: path.display().to_string(),
+            reason: format!("no Zeek log in it ({}.log, also .gz or JSON)", KINDS.join(".log, ")),
+        });
+    }
+    // DHCP first (MACs and boots), then names (dns, ssl), then connections.
+    logs.sort_by_key(|(kind, p)| (KINDS.iter().position(|k| k == kind).unwrap_or(KINDS.len()), p.clone()));
+    Ok(logs)
+}
+
+/// What an import of a Zeek log directory read.
+#[derive(Debug, Clone, Default)]
+pub struct ZeekStats {
+    /// Per log: its file, rows read and bad lines.
+    pub logs: Vec<(std::path::PathBuf, LogStats)>,
+    /// Connections of protocols other than TCP and UDP, left out.
+    pub other_protocols: u64,
+    /// Rows without a time Zeek writes (`ts`, epoch seconds or ISO-8601;
+    /// a test baseline's canonified `XXXXXXXXXX.XXXXXX`), left out.
+    pub untimed: u64,
+}
+
+/// Imports the Zeek logs of `path` (a log directory or one log): each LAN
+/// originator is a device (by its MAC, from `orig_l2_addr` or the DHCP
+/// lease of its address, else by address), labelled through `labels`;
+/// its DHCP exchanges after an absence mark its boots. Connections are
+/// named by the TLS server name of the same `uid` in `ssl.log`, else by
+/// a DNS answer for their address; `dns.log` queries are lookups. One
+/// [`LanBoot`](crate::lan::LanBoot) per device and boot goes to `each`.
+pub fn import(
+    path: &Path,
+    labels: &crate::lan::LanLabels,
+    explicit_boot_us: Option<i64>,
+    state: &crate::state::AgentState,
+    batch_records: usize,
+    each: impl FnMut(crate::lan::LanBoot) -> Result<()>,
+) -> Result<ZeekStats> {
+    use std::net::IpAddr;
+
+    use crate::capture::Transport;
+    use crate::flow::{FlowTable, LoggedConnection, LoggedTls, Origin};
+
+    let logs = logs_of(path)?;
+    let mut table = FlowTable::new();
+    let mut stats = ZeekStats::default();
+    // Each LAN address's MAC, from DHCP leases.
+    let mut macs: HashMap<IpAddr, [u8; 6]> = HashMap::new();
+    let mut tls: HashMap<String, LoggedTls> = HashMap::new();
+    let mut salt = Vec::new();
+    let addr = |r: &Row<'_>, f: &str| r.get(f).and_then(|v| v.parse::<IpAddr>().ok());
+    for (kind, log) in &logs {
+        salt.extend_from_slice(&crate::import::hash_file(log)?);
+        let mut kind = *kind;
+        let read = read_log(log, |r| {
+            if r.time_us("ts").is_none() {
+                stats.untimed += 1;
+                return;
+            }
+            // A renamed log: its rows say what it is by their fields.
+            if kind.is_empty() {
+                kind = if r.get("query").is_some() {
+                    "dns"
+                } else if r.get("server_name").is_some() || r.get("ja4").is_some() {
+                    "ssl"
+                } else if r.get("msg_types").is_some() {
+                    "dhcp"
+                } else {
+                    "conn"
+                };
+            }
+            match kind {
+                "dhcp" => {
+                    let Some(mac) = r.get("mac").and_then(crate::lan::parse_mac) else { return };
+                    for f in ["assigned_addr", "requested_addr", "client_addr"] {
+                        if let Some(ip) = addr(r, f) {
+                            macs.insert(ip, mac);
+                        }
+                    }
+                    let joins =
+                        r.get("msg_types").is_some_and(|t| t.split(',').any(|m| m == "DISCOVER" || m == "REQUEST"));
+                    if let (true, Some(ts)) = (joins, r.time_us("ts")) {
+                        table.add_logged_dhcp(mac, ts);
+                    }
+                }
+                "dns" => {
+                    let (Some(origin), Some(resolver), Some(query), Some(ts)) =
+                        (addr(r, "id.orig_h"), addr(r, "id.resp_h"), r.get("query"), r.time_us("ts"))
+                    else {
+                        return;
+                    };
+                    if query.is_empty() {
+                        return;
+                    }
+                    let origin = Origin { mac: macs.get(&origin).copied(), ip: origin };
+                    table.add_logged_query(origin, query, resolver, ts);
+                    for answer in r.get("answers").unwrap_or_default().split(',') {
+                        if let Ok(ip) = answer.parse::<IpAddr>() {
+                            table.add_logged_answer(ip, query);
+                        }
+                    }
+                }
+                "ssl" => {
+                    let Some(uid) = r.get("uid") else { return };
+                    let alpn = r.get("orig_alpn").or(r.get("next_protocol")).unwrap_or_default();
+                    tls.insert(
+                        uid.to_string(),
+                        LoggedTls {
+                            sni: r.get("server_name").filter(|s| !s.is_empty()).map(str::to_string),
+                            alpn: alpn.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
+                            fingerprint: r.get("ja4").filter(|s| !s.is_empty()).map(str::to_string),
+                        },
+                    );
+                }
+                _ => {
+                    let transport = match r.get("proto") {
+                        Some("tcp") => Transport::Tcp,
+                        Some("udp") => Transport::Udp,
+                        _ => {
+                            stats.other_protocols += 1;
+                            return;
+                        }
+                    };
+                    let (Some(orig), Some(resp), Some(first_us)) =
+                        (addr(r, "id.orig_h"), addr(r, "id.resp_h"), r.time_us("ts"))
+                    else {
+                        return;
+                    };
+                    let port = |f: &str| r.get(f).and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
+                    let duration_us =
+                        r.get("duration").and_then(|d| d.parse::<f64>().ok()).map_or(0, |d| (d * 1e6) as i64);
+                    let mac =
+                        r.get("orig_l2_addr").and_then(crate::lan::parse_mac).or_else(|| macs.get(&orig).copied());
+                    table.add_logged(LoggedConnection {
+                        transport,
+                        origin: Origin { mac, ip: orig },
+                        origin_port: port("id.orig_p"),
+                        responder: resp,
+                        responder_port: port("id.resp_p"),
+                        first_us,
+                        last_us: first_us.saturating_add(duration_us.max(0)),
+                        bytes_out: r.count("orig_bytes").unwrap_or(0),
+                        bytes_in: r.count("resp_bytes").unwrap_or(0),
+                        packets_out: r.count("orig_pkts").unwrap_or(0),
+                        packets_in: r.count("resp_pkts").unwrap_or(0),
+                        tls: r.get("uid").and_then(|u| tls.get(u)).cloned(),
+                    });
+                }
+            }
+        })?;
+        if read.rows > 0 && stats.untimed >= read.rows && stats.logs.iter().all(|(_, l)| l.rows == 0) {
+            return Err(Error::InvalidArgument {
+                field: log.display().to_string(),
+                reason: format!(
+                    "none of its {} rows has a time in ts (epoch seconds or ISO-8601) to place it by",
+                    read.rows
+                ),
+            });
+        }
+        stats.logs.push((log.clone(), read));
+    }
+    let mut tracker = crate::lan::LanBootTracker::new(explicit_boot_us);
+    let mut sums = crate::lan::LanSums::default();
+    let untracked = table.untracked_connections;
+    sums.add(&mut tracker, &FlowTable::new(), &mut table);
+    let template = crate::import::ImportedCapture {
+        path: path.to_path_buf(),
+        capture: crate::capture::CaptureStats::default(),
+        anonymiser: crate::anonymiser::AnonymiserStats::default(),
+        boot_source: leakwatch_proto::v1::BootSource::Unspecified,
+        batches: Vec::new(),
+        untracked_connections: untracked,
+    };
+    sums.boots(leakwatch_proto::v1::RecordSource::Zeek, labels, state, &salt, batch_records, None, &template, each)?;
+    Ok(stats)
+}
+
 /// `\x09` (or a literal character) as a byte.
 fn parse_separator(text: &str) -> Option<u8> {
     match text.strip_prefix("\\x") {

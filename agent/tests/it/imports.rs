@@ -87,6 +87,59 @@ fn external_zeek_logs_read_as_their_notes_say() {
     assert!(queries > 50_000, "{queries}");
 }
 
+/// Runs `leakwatch-agent import --dry-run` on `file` with `args`; its
+/// exit success, stderr and the records it printed.
+fn dry_run_import(
+    state: &std::path::Path,
+    args: &[&str],
+    file: &std::path::Path,
+) -> (bool, String, Vec<serde_json::Value>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args(["import", "--dry-run"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .arg(file)
+        .env("XDG_CONFIG_HOME", state)
+        .output()
+        .expect("import");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records = stdout.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), records)
+}
+
+/// The report's 64 network lines are 58 (app, domain) pairs: a lookup
+/// record each, its hits as queries; nothing of the access lines or the
+/// websites the user was on.
+#[test]
+fn external_ios_privacy_report_imports_as_lookup_records_of_each_app() {
+    let state = tempfile::tempdir().expect("state");
+    let path = external("imports/ios-app-privacy/ios_app_privacy_report_plaso.ndjson");
+    let (ok, stderr, records) =
+        dry_run_import(state.path(), &["--from", "ios-privacy", "--vendor", "Apple", "--model", "iPad"], &path);
+    assert!(ok && stderr.contains("72 lines read, 58 records; 8 access lines"), "{stderr}");
+    assert_eq!(records.len(), 58);
+    assert!(records.iter().all(|r| r["device"]["source"] == "RECORD_SOURCE_IOS_PRIVACY"
+        && r["transport"] == "TRANSPORT_DNS"
+        && r["dst_ip"] == ""));
+    let hits: u64 = records.iter().map(|r| r["packets_out"].as_u64().expect("hits")).sum();
+    assert_eq!(hits, 159, "every hit of the report is counted once");
+    let apps: BTreeSet<&str> = records.iter().map(|r| r["app"].as_str().expect("app")).collect();
+    assert_eq!(apps.len(), 8);
+    // Line 9: calendars.icloud.com by the calendar, once, at 14:59:33.170 UTC.
+    let line9 = records
+        .iter()
+        .find(|r| r["domain"] == "calendars.icloud.com" && r["app"] == "com.apple.mobilecal")
+        .expect("line 9");
+    assert_eq!((&line9["packets_out"], &line9["window_start_unix_s"]), (&1.into(), &1_651_071_540.into()));
+    // The websites the user was on ("context") are no record's domain
+    // unless an app contacted them itself, and nothing of an access line
+    // (its identifier) is sent.
+    let text = serde_json::to_string(&records).expect("json");
+    assert!(!records.iter().any(|r| r["domain"] == "youtube.com"), "youtube.com is only a context");
+    assert!(!text.contains("0E0134C2-8E0C-40AD-8620-099F6D9C0BEB") && !text.contains("photos"), "{text}");
+}
+
 /// `import --from pcapdroid-csv`: the export's 13 connections become 11
 /// flow records (a destination of one app summed) and its 10 DNS rows 10
 /// lookup records, through the anonymiser, each batch saying its source.
@@ -94,23 +147,11 @@ fn external_zeek_logs_read_as_their_notes_say() {
 fn external_pcapdroid_csv_imports_as_records() {
     let state = tempfile::tempdir().expect("state");
     let csv = external("imports/pcapdroid/PCAPdroid_22_Jun_18_22_50.csv");
-    let run = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
-            .args(["import", "--from", "pcapdroid-csv", "--dry-run", "--vendor", "Google", "--model", "Pixel 7"])
-            .args(extra)
-            .arg("--state-dir")
-            .arg(state.path())
-            .arg(&csv)
-            .env("XDG_CONFIG_HOME", state.path())
-            .output()
-            .expect("import")
-    };
-    let out = run(&[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.contains("23 rows read, 21 records"), "{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!stdout.contains("10.215.173."), "the phone's and PCAPdroid's local addresses are never sent");
-    let records: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let (ok, stderr, records) =
+        dry_run_import(state.path(), &["--from", "pcapdroid-csv", "--vendor", "Google", "--model", "Pixel 7"], &csv);
+    assert!(ok && stderr.contains("23 rows read, 21 records"), "{stderr}");
+    let text = serde_json::to_string(&records).expect("json");
+    assert!(!text.contains("10.215.173."), "the phone's and PCAPdroid's local addresses are never sent");
     assert_eq!(records.len(), 21);
     assert!(records.iter().all(|r| r["device"]["source"] == "RECORD_SOURCE_PCAPDROID_CSV"));
     let lookups = records.iter().filter(|r| r["transport"] == "TRANSPORT_DNS").count();
@@ -130,12 +171,114 @@ fn external_pcapdroid_csv_imports_as_records() {
     );
     // The boot is the first connection: 15:16:04.380 at -05:00.
     assert_eq!(records.iter().map(|r| r["seconds_since_boot"].as_f64().expect("s")).fold(f64::MAX, f64::min), 0.0);
-    let lan = std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
-        .args(["import", "--from", "pcapdroid-csv", "--dry-run", "--lan", "--state-dir"])
-        .arg(state.path())
-        .arg(&csv)
-        .env("XDG_CONFIG_HOME", state.path())
-        .output()
-        .expect("import");
-    assert!(!lan.status.success() && String::from_utf8_lossy(&lan.stderr).contains("drop --lan"));
+    let (ok, stderr, _) = dry_run_import(state.path(), &["--from", "pcapdroid-csv", "--lan"], &csv);
+    assert!(!ok && stderr.contains("drop --lan"), "{stderr}");
+}
+
+/// The wrccdc 2018 `dns.log.gz` (53,615 queries, 53,613 from 77 LAN
+/// addresses): one device per LAN originator (70 with a name that may be
+/// sent); 10.0.0.1 asked
+/// heartbeat.dm.origin.com 146 times from 1521911734.617439 to
+/// 1521912966.703282 (counted in the log itself).
+#[test]
+fn external_zeek_dns_log_imports_each_lan_originator_as_a_device() {
+    let state = tempfile::tempdir().expect("state");
+    let log = external("imports/zeek/wrccdc2018/dns.log.gz");
+    let (ok, stderr, records) = dry_run_import(state.path(), &["--from", "zeek"], &log);
+    assert!(ok && stderr.contains("53615 log rows read, 77 LAN devices, 77 boots"), "{stderr}");
+    assert!(records.iter().all(|r| r["device"]["source"] == "RECORD_SOURCE_ZEEK" && r["transport"] == "TRANSPORT_DNS"));
+    let devices: BTreeSet<&str> =
+        records.iter().map(|r| r["device"]["device_pseudonym"].as_str().expect("pseudonym")).collect();
+    // Seven of them asked only for local or single-label names ("*",
+    // mDNS services) or reverse lookups, which are not sent.
+    assert_eq!(devices.len(), 70);
+    let heartbeat: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["domain"] == "heartbeat.dm.origin.com").collect();
+    assert_eq!(heartbeat.len(), 1);
+    assert_eq!((&heartbeat[0]["packets_out"], &heartbeat[0]["duration_s"]), (&146.into(), &1232.085843.into()));
+    let text = serde_json::to_string(&records).expect("json");
+    assert!(!text.contains("\"10.") && !text.contains("\"172.31."), "no LAN address is sent");
+    // The Zeek test baseline's canonified times place nothing: refused,
+    // naming the log.
+    let m57 = external("imports/zeek/m57-short_tsv_zeek-testing");
+    let (ok, stderr, _) = dry_run_import(state.path(), &["--from", "zeek"], &m57);
+    assert!(!ok && stderr.contains("dhcp.log: none of its 202 rows has a time"), "{stderr}");
+}
+
+/// A log directory of Zeek's JSON writer with ISO-8601 times: the device
+/// is its DHCP MAC, its two DHCP exchanges an hour apart two boots; a
+/// connection is named by the server name its `uid` has in ssl.log (with
+/// the JA4 and ALPN), another by a DNS answer; bytes are conn.log's.
+#[test]
+fn zeek_logs_joined_by_uid_and_address_with_dhcp_boots() {
+    let dir = tempfile::tempdir().expect("dir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("mkdir");
+    let write = |name: &str, lines: &[&str]| std::fs::write(logs.join(name), lines.join("\n")).expect("write");
+    write(
+        "dhcp.log",
+        &[
+            r#"{"ts":"2026-11-02T08:00:00.000Z","mac":"64:09:80:aa:bb:cc","assigned_addr":"192.168.1.23","host_name":"kitchen-cam","msg_types":["DISCOVER","OFFER","REQUEST","ACK"]}"#,
+            r#"{"ts":"2026-11-02T09:00:00.000Z","mac":"64:09:80:aa:bb:cc","assigned_addr":"192.168.1.23","host_name":"kitchen-cam","msg_types":["REQUEST","ACK"]}"#,
+        ],
+    );
+    write(
+        "dns.log",
+        &[
+            r#"{"ts":"2026-11-02T08:00:03.000Z","uid":"D1","id.orig_h":"192.168.1.23","id.orig_p":5353,"id.resp_h":"192.168.1.1","id.resp_p":53,"query":"ota.vendor.example","answers":["203.0.113.7"]}"#,
+        ],
+    );
+    write(
+        "ssl.log",
+        &[
+            r#"{"ts":"2026-11-02T08:00:05.000Z","uid":"C1","server_name":"api.vendor.example","ja4":"t13d1516h2_8daaf6152771_02713d6af862","next_protocol":"h2"}"#,
+        ],
+    );
+    write(
+        "conn.log",
+        &[
+            r#"{"ts":"2026-11-02T08:00:05.000Z","uid":"C1","id.orig_h":"192.168.1.23","id.orig_p":40000,"id.resp_h":"198.51.100.9","id.resp_p":443,"proto":"tcp","duration":2.5,"orig_bytes":5000,"resp_bytes":700,"orig_pkts":9,"resp_pkts":7}"#,
+            r#"{"ts":"2026-11-02T08:00:04.000Z","uid":"C2","id.orig_h":"192.168.1.23","id.orig_p":40001,"id.resp_h":"203.0.113.7","id.resp_p":80,"proto":"tcp","duration":1.0,"orig_bytes":300,"resp_bytes":90000,"orig_pkts":5,"resp_pkts":70}"#,
+            r#"{"ts":"2026-11-02T09:00:10.000Z","uid":"C3","id.orig_h":"192.168.1.23","id.orig_p":40002,"id.resp_h":"198.51.100.9","id.resp_p":443,"proto":"tcp","duration":1.0,"orig_bytes":10,"resp_bytes":20,"orig_pkts":1,"resp_pkts":1}"#,
+            r#"{"ts":"2026-11-02T09:00:11.000Z","uid":"C4","id.orig_h":"192.168.1.23","id.orig_p":0,"id.resp_h":"198.51.100.9","id.resp_p":0,"proto":"icmp"}"#,
+            r#"{"ts":"XXXXXXXXXX.XXXXXX","uid":"C5","id.orig_h":"192.168.1.23","id.orig_p":1,"id.resp_h":"198.51.100.9","id.resp_p":443,"proto":"tcp"}"#,
+            "not json",
+        ],
+    );
+    let labels = dir.path().join("devices.toml");
+    std::fs::write(&labels, "[[device]]\nmac = \"64:09:80:aa:bb:cc\"\nvendor = \"Acme\"\nmodel = \"Cam 2\"\n")
+        .expect("labels");
+    let labels = labels.to_str().expect("utf-8");
+    let (ok, stderr, records) =
+        dry_run_import(dir.path(), &["--from", "zeek", "--lan", "--device-labels", labels], &logs);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("1 without a time in ts, left out")
+            && stderr.contains("1 connections neither TCP nor UDP")
+            && stderr.contains("1 bad lines skipped (line 6: not JSON"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 LAN devices, 2 boots"), "{stderr}");
+    assert!(records.iter().all(|r| r["device"]["vendor"] == "Acme"
+        && r["device"]["model"] == "Cam 2"
+        && r["device"]["boot_source"] == "BOOT_SOURCE_DHCP"));
+    let boots: BTreeSet<&str> = records.iter().map(|r| r["device"]["boot_pseudonym"].as_str().expect("boot")).collect();
+    assert_eq!(boots.len(), 2);
+    let api = records
+        .iter()
+        .find(|r| r["domain"] == "api.vendor.example" && r["seconds_since_boot"] == 5.0)
+        .expect("the first boot's TLS connection");
+    assert_eq!(
+        (&api["domain_source"], &api["bytes_out"], &api["bytes_in"], &api["packets_out"], &api["duration_s"]),
+        (&"DOMAIN_SOURCE_SNI".into(), &5000.into(), &700.into(), &9.into(), &2.5.into())
+    );
+    assert_eq!(api["tls"]["client_fingerprint"], "t13d1516h2_8daaf6152771_02713d6af862");
+    assert_eq!(api["tls"]["alpn"], serde_json::json!(["h2"]));
+    let ota = records.iter().find(|r| r["domain"] == "ota.vendor.example" && r["transport"] == "TRANSPORT_TCP");
+    let ota = ota.expect("named by the DNS answer");
+    assert_eq!((&ota["domain_source"], &ota["bytes_in"]), (&"DOMAIN_SOURCE_DNS".into(), &90000.into()));
+    let second = records.iter().find(|r| r["seconds_since_boot"] == 10.0).expect("the second boot's connection");
+    assert_eq!(second["domain"], "", "no server name in ssl.log and no DNS answer for its address: unnamed");
+    let text = serde_json::to_string(&records).expect("json");
+    assert!(!text.contains("kitchen-cam") && !text.contains("192.168.") && !text.contains("64:09:80"), "{text}");
 }

@@ -52,8 +52,13 @@ fn label() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A host name's labels; now and then a LAN address written as a name (a
+/// real network's dns.log asks for "10.47.7.30").
 fn name() -> impl Strategy<Value = Vec<String>> {
-    prop::collection::vec(label(), 2..5)
+    prop_oneof![
+        8 => prop::collection::vec(label(), 2..5),
+        1 => private_ip().prop_map(|ip| ip.iter().map(u8::to_string).collect()),
+    ]
 }
 
 fn private_ip() -> impl Strategy<Value = [u8; 4]> {
@@ -203,9 +208,38 @@ fn check_batches(
             }
             let names = [r.domain.as_str(), r.tls.as_ref().map_or("", |t| t.sni.as_str())];
             for name in names.iter().filter(|n| !n.is_empty()) {
+                prop_assert!(name.parse::<IpAddr>().is_err(), "an address as a name: {}", name);
                 for l in name.split('.') {
                     prop_assert!(l == "*" || !looks_like_identifier(l), "unscrubbed label {} in {}", l, name);
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What no record of an import may carry: any of `secrets` (labels, host
+/// names, MACs, contexts), a destination address among `lan`, a
+/// non-public destination, an address as a name, or an unscrubbed label.
+fn check_records(
+    batches: &[leakwatch_proto::v1::ReportBatch],
+    secrets: &[String],
+    lan: &[String],
+) -> Result<(), TestCaseError> {
+    for batch in batches {
+        for r in &batch.records {
+            let text = format!("{r:?}{:?}", batch.device);
+            for secret in secrets {
+                prop_assert!(!text.contains(secret.as_str()), "{} leaked", secret);
+            }
+            prop_assert!(!lan.contains(&r.dst_ip), "a LAN address leaked: {}", r.dst_ip);
+            if !(r.transport() == Transport::Dns && r.dst_ip.is_empty()) {
+                let ip: IpAddr = r.dst_ip.parse().expect("address");
+                prop_assert!(!is_non_public(ip), "non-public destination {}", ip);
+            }
+            prop_assert!(r.domain.parse::<IpAddr>().is_err(), "an address as a name: {}", r.domain);
+            for l in r.domain.split('.').filter(|l| !l.is_empty()) {
+                prop_assert!(l == "*" || !looks_like_identifier(l), "unscrubbed label {} in {}", l, r.domain);
             }
         }
     }
@@ -294,21 +328,80 @@ proptest! {
         let labels = DeviceLabels { device_id: Some(device_id.clone()), vendor: "Acme".into(), ..Default::default() };
         let (imported, _) =
             leakwatch_agent::imports::pcapdroid_csv::import(&path, &labels, &state, 1000).expect("import");
-        for batch in &imported.batches {
-            for r in &batch.records {
-                let text = format!("{r:?}{:?}", batch.device);
-                prop_assert!(!text.contains(&device_id), "device label leaked");
-                for (src, ..) in &rows {
-                    prop_assert!(r.dst_ip != Ipv4Addr::from(*src).to_string(), "the phone's address leaked");
-                }
-                if !(r.transport() == Transport::Dns && r.dst_ip.is_empty()) {
-                    let ip: IpAddr = r.dst_ip.parse().expect("address");
-                    prop_assert!(!is_non_public(ip), "non-public destination {}", ip);
-                }
-                for l in r.domain.split('.').filter(|l| !l.is_empty()) {
-                    prop_assert!(l == "*" || !looks_like_identifier(l), "unscrubbed label {} in {}", l, r.domain);
-                }
+        let phone: Vec<String> = rows.iter().map(|(src, ..)| Ipv4Addr::from(*src).to_string()).collect();
+        check_records(&imported.batches, &[device_id], &phone)?;
+    }
+    /// The iOS App Privacy Report through `import --from ios-privacy`:
+    /// the websites visited (`context`) and the access lines never leave.
+    #[test]
+    fn no_ios_report_record_carries_anything_private(
+        lines in prop::collection::vec((name(), "ctx[a-z]{6}", any::<bool>(), 1u64..50), 1..30),
+        device_id in "[a-z]{6}-[A-Z]{6}-[0-9]{4}",
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("report.ndjson");
+        let mut text = String::new();
+        let mut secrets = vec![device_id.clone()];
+        for (i, (labels, context, access, hits)) in lines.iter().enumerate() {
+            let t = format!("2026-01-01T10:{:02}:00.000-04:00", i % 60);
+            let context = format!("{context}.example");
+            text.push_str(&format!(
+                "{{\"type\":\"networkActivity\",\"bundleID\":\"com.example.app{}\",\"domain\":\"{}\",\"context\":\"{context}\",\"timeStamp\":\"{t}\",\"firstTimeStamp\":\"{t}\",\"hits\":{hits},\"domainType\":2,\"initiatedType\":\"AppInitiated\"}}\n",
+                i % 3, labels.join(".")
+            ));
+            secrets.push(context);
+            if *access {
+                let id = format!("ACCESS{i:08}");
+                text.push_str(&format!(
+                    "{{\"type\":\"access\",\"accessor\":{{\"identifier\":\"com.example.app\",\"identifierType\":\"bundleID\"}},\"category\":\"location\",\"identifier\":\"{id}\",\"kind\":\"intervalBegin\",\"timeStamp\":\"{t}\"}}\n"
+                ));
+                secrets.push(id);
             }
         }
+        std::fs::write(&path, text).expect("write");
+        let state = AgentState::open(&dir.path().join("state")).expect("state");
+        let labels = DeviceLabels { device_id: Some(device_id.clone()), vendor: "Apple".into(), ..Default::default() };
+        let (imported, _) =
+            leakwatch_agent::imports::ios_privacy::import(&path, &labels, &state, 1000).expect("import");
+        check_records(&imported.batches, &secrets, &[])?;
+    }
+
+    /// Zeek logs through `import --from zeek`: no MAC, LAN address, DHCP
+    /// host name or LAN name leaves, whatever the logs hold.
+    #[test]
+    fn no_zeek_import_record_carries_anything_private(
+        rows in prop::collection::vec(
+            (any::<[u8; 6]>(), private_ip(), any_ip(), prop_oneof![Just(443u16), Just(80), Just(53), 1u16..65535], name(), "[a-z]{3,8}-[A-Z][a-z]{3,8}"),
+            1..25,
+        ),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).expect("mkdir");
+        let (mut dhcp, mut dns, mut ssl, mut conn) = (String::new(), String::new(), String::new(), String::new());
+        let mut secrets = Vec::new();
+        let mut lan = Vec::new();
+        for (i, (mac, src, dst, port, labels, host)) in rows.iter().enumerate() {
+            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            let (src, dst, name) = (Ipv4Addr::from(*src), Ipv4Addr::from(*dst), labels.join("."));
+            let ts = 1_700_000_000 + i as i64 * 7;
+            dhcp.push_str(&format!("{{\"ts\":{ts},\"mac\":\"{mac}\",\"assigned_addr\":\"{src}\",\"host_name\":\"{host}\",\"msg_types\":[\"REQUEST\",\"ACK\"]}}\n"));
+            dns.push_str(&format!("{{\"ts\":{ts}.5,\"uid\":\"D{i}\",\"id.orig_h\":\"{src}\",\"id.resp_h\":\"{dst}\",\"query\":\"{name}\",\"answers\":[\"{dst}\"]}}\n"));
+            ssl.push_str(&format!("{{\"ts\":{ts}.6,\"uid\":\"C{i}\",\"server_name\":\"{name}\"}}\n"));
+            conn.push_str(&format!("{{\"ts\":{ts}.6,\"uid\":\"C{i}\",\"id.orig_h\":\"{src}\",\"id.orig_p\":4{i:04},\"id.resp_h\":\"{dst}\",\"id.resp_p\":{port},\"proto\":\"tcp\",\"duration\":1.5,\"orig_bytes\":10,\"resp_bytes\":20,\"orig_l2_addr\":\"{mac}\"}}\n"));
+            secrets.extend([mac.clone(), mac.replace(':', ""), host.clone()]);
+            lan.push(src.to_string());
+        }
+        for (file, text) in [("dhcp.log", dhcp), ("dns.log", dns), ("ssl.log", ssl), ("conn.log", conn)] {
+            std::fs::write(logs.join(file), text).expect("write");
+        }
+        let state = AgentState::open(&dir.path().join("state")).expect("state");
+        let mut batches = Vec::new();
+        leakwatch_agent::imports::zeek::import(&logs, &Default::default(), None, &state, 1000, |b| {
+            batches.extend(b.import.batches);
+            Ok(())
+        })
+        .expect("import");
+        check_records(&batches, &secrets, &lan)?;
     }
 }
