@@ -13,6 +13,8 @@ pub struct Labels<'a> {
     consent: String,
     boot_source: &'static str,
     source: &'static str,
+    /// What its records were read from, which says what they cannot know.
+    kind: RecordSource,
 }
 
 impl<'a> Labels<'a> {
@@ -23,8 +25,24 @@ impl<'a> Labels<'a> {
         consent.sort();
         let consent = consent.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";");
         let boot_source = BootSource::try_from(device.map_or(0, |d| d.boot_source)).unwrap_or_default().short_name();
-        let source = RecordSource::try_from(device.map_or(0, |d| d.source)).unwrap_or_default().short_name();
-        Self { stored, consent, boot_source, source }
+        let kind = RecordSource::try_from(device.map_or(0, |d| d.source)).unwrap_or_default();
+        Self { stored, consent, boot_source, source: kind.short_name(), kind }
+    }
+
+    /// `r` with what its source cannot know (see [`RecordSource::knows_boot`]
+    /// and the others) as `None`, stored as NULL whatever the agent sent.
+    pub fn known<'r, A>(&self, r: &RecordValues<'r, A>) -> RecordValues<'r, A> {
+        let (boot, bytes, port) = (self.kind.knows_boot(), self.kind.knows_bytes(), self.kind.knows_port());
+        RecordValues {
+            seconds_since_boot: r.seconds_since_boot.filter(|_| boot),
+            dst_port: r.dst_port.filter(|_| port),
+            bytes_out: r.bytes_out.filter(|_| bytes),
+            bytes_in: r.bytes_in.filter(|_| bytes),
+            packets_in: r.packets_in.filter(|_| bytes),
+            // 0 is "not stated": NULL, and so are the gaps.
+            connections: if self.kind.knows_connections() { r.connections } else { 0 },
+            ..*r
+        }
     }
 
     /// As the builder takes them.
@@ -53,17 +71,17 @@ impl<'a> Labels<'a> {
 fn record_values_with<'a, A>(r: &'a FlowRecord, alpn: &'a [A]) -> RecordValues<'a, A> {
     let tls = r.tls.as_ref();
     RecordValues {
-        seconds_since_boot: r.seconds_since_boot,
+        seconds_since_boot: Some(r.seconds_since_boot),
         window_start_s: r.window_start_unix_s,
         transport: transport_name(r.transport),
         dst_ip: &r.dst_ip,
-        dst_port: port(r.dst_port),
+        dst_port: Some(port(r.dst_port)),
         domain: &r.domain,
         domain_source: domain_source_name(r.domain_source),
-        bytes_out: count(r.bytes_out),
-        bytes_in: count(r.bytes_in),
+        bytes_out: Some(count(r.bytes_out)),
+        bytes_in: Some(count(r.bytes_in)),
         packets_out: count(r.packets_out),
-        packets_in: count(r.packets_in),
+        packets_in: Some(count(r.packets_in)),
         app: &r.app,
         tls_sni: tls.map_or("", |t| t.sni.as_str()),
         tls_alpn: alpn,
@@ -165,18 +183,19 @@ const MOST_ALPN: usize = 8;
 fn read_in_place<'s, 'm>(bytes: &'m [u8], alpn: &'s mut [&'m str; MOST_ALPN]) -> Option<RecordValues<'s, &'m str>> {
     let mut alpns = 0;
     let (mut sni, mut fingerprint) = ("", "");
+    // Absent fields are 0, as proto3 reads them.
     let mut r = RecordValues::<&str> {
-        seconds_since_boot: 0.0,
+        seconds_since_boot: Some(0.0),
         window_start_s: 0,
         transport: transport_name(0),
         dst_ip: "",
-        dst_port: 0,
+        dst_port: Some(0),
         domain: "",
         domain_source: domain_source_name(0),
-        bytes_out: 0,
-        bytes_in: 0,
+        bytes_out: Some(0),
+        bytes_in: Some(0),
         packets_out: 0,
-        packets_in: 0,
+        packets_in: Some(0),
         app: "",
         tls_sni: "",
         tls_alpn: &[],
@@ -191,17 +210,17 @@ fn read_in_place<'s, 'm>(bytes: &'m [u8], alpn: &'s mut [&'m str; MOST_ALPN]) ->
     while !rest.is_empty() {
         let f = field(&mut rest)?;
         let ok = match f {
-            (1, Wire::Fixed64(v)) => put(&mut r.seconds_since_boot, f64::from_bits(v)),
+            (1, Wire::Fixed64(v)) => put(&mut r.seconds_since_boot, Some(f64::from_bits(v))),
             (2, Wire::Varint(v)) => put(&mut r.window_start_s, v as i64),
             (3, Wire::Varint(v)) => put(&mut r.transport, transport_name(v as i32)),
             (4, Wire::Bytes(b)) => put_text(&mut r.dst_ip, b),
-            (5, Wire::Varint(v)) => put(&mut r.dst_port, port(v as u32)),
+            (5, Wire::Varint(v)) => put(&mut r.dst_port, Some(port(v as u32))),
             (6, Wire::Bytes(b)) => put_text(&mut r.domain, b),
             (7, Wire::Varint(v)) => put(&mut r.domain_source, domain_source_name(v as i32)),
-            (8, Wire::Varint(v)) => put(&mut r.bytes_out, count(v)),
-            (9, Wire::Varint(v)) => put(&mut r.bytes_in, count(v)),
+            (8, Wire::Varint(v)) => put(&mut r.bytes_out, Some(count(v))),
+            (9, Wire::Varint(v)) => put(&mut r.bytes_in, Some(count(v))),
             (10, Wire::Varint(v)) => put(&mut r.packets_out, count(v)),
-            (11, Wire::Varint(v)) => put(&mut r.packets_in, count(v)),
+            (11, Wire::Varint(v)) => put(&mut r.packets_in, Some(count(v))),
             (12, Wire::Bytes(b)) => put_text(&mut r.app, b),
             // A second `tls` merges into the first, as prost merges it.
             (13, Wire::Bytes(mut tls)) => {
@@ -314,14 +333,14 @@ pub fn each_record(message: &[u8], mut f: impl FnMut(&BatchLabels<'_>, &RecordVa
         Some(EncodedBatch { stored, records }) => (stored, records),
         None => (crate::log::decode_message(message)?, Vec::new()),
     };
-    let labels = Labels::of(&stored);
-    let labels = labels.borrowed();
+    let of = Labels::of(&stored);
+    let labels = of.borrowed();
     for bytes in encoded {
-        with_record(bytes, |r| f(&labels, r))
+        with_record(bytes, |r| f(&labels, &of.known(r)))
             .map_err(|e| crate::Error::Corrupt(format!("log entry: a record: {e}")))?;
     }
     for r in stored.batch.iter().flat_map(|b| &b.records) {
-        f(&labels, &record_values_with(r, &alpn_of(r)));
+        f(&labels, &of.known(&record_values_with(r, &alpn_of(r))));
     }
     Ok(())
 }
@@ -573,5 +592,53 @@ mod tests {
         // No batch at all.
         let none = StoredBatch { agent_id: "agent".into(), received_at_ms: 1, batch: None }.encode_to_vec();
         assert_eq!(split_stored(&none).map(|s| (s.stored.batch, s.records.len())), Some((None, 0)));
+    }
+
+    /// What a source cannot know is NULL, whatever the agent sent: the
+    /// time since boot, the bytes and packets in of a DNS server's log and
+    /// of the iOS report, the port of the iOS report. A capture's zeros
+    /// stay zeros.
+    #[test]
+    fn fields_a_source_cannot_know_are_null() {
+        use arrow::array::{Array as _, AsArray as _};
+        use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+        let record = FlowRecord {
+            seconds_since_boot: 0.0,
+            transport: Transport::Dns as i32,
+            dst_port: 53,
+            domain: "api.example.com".into(),
+            packets_out: 3,
+            connections: 1,
+            ..FlowRecord::default()
+        };
+        let nulls = |source: RecordSource| {
+            let batch = ReportBatch {
+                batch_id: "b".into(),
+                device: Some(DeviceInfo { source: source as i32, ..DeviceInfo::default() }),
+                records: vec![record.clone()],
+                ..ReportBatch::default()
+            };
+            let message = StoredBatch { agent_id: "a".into(), received_at_ms: 1, batch: Some(batch) }.encode_to_vec();
+            let mut builder = FlowBatchBuilder::new();
+            add_message(&mut builder, &message).expect("adds");
+            let rows = builder.finish();
+            let column = |name: &str| rows.column_by_name(name).expect(name).clone();
+            assert_eq!(column("packets_out").as_primitive::<Int64Type>().value(0), 3, "{source:?}");
+            assert_eq!(column("seconds_since_boot").as_primitive::<Float64Type>().len(), 1);
+            assert_eq!(column("dst_port").as_primitive::<Int32Type>().len(), 1);
+            ["seconds_since_boot", "dst_port", "bytes_out", "bytes_in", "packets_in", "connections", "interval_mean_s"]
+                .into_iter()
+                .filter(|name| column(name).is_null(0))
+                .collect::<Vec<_>>()
+        };
+        for source in [RecordSource::Capture, RecordSource::Live, RecordSource::PcapdroidCsv, RecordSource::Zeek] {
+            assert!(nulls(source).is_empty(), "{source:?}");
+        }
+        let without_boot_bytes_connections =
+            ["seconds_since_boot", "bytes_out", "bytes_in", "packets_in", "connections", "interval_mean_s"];
+        assert_eq!(nulls(RecordSource::Pihole), without_boot_bytes_connections);
+        let mut ios = without_boot_bytes_connections.to_vec();
+        ios.insert(1, "dst_port");
+        assert_eq!(nulls(RecordSource::IosPrivacy), ios);
     }
 }

@@ -87,6 +87,31 @@ impl v1::RecordSource {
             Self::Zeek => "zeek",
         }
     }
+
+    /// Whether its records know the time since the device booted: not a
+    /// DNS server's log (Pi-hole) nor the iOS report, which see no boot.
+    pub fn knows_boot(self) -> bool {
+        !matches!(self, Self::Pihole | Self::IosPrivacy)
+    }
+
+    /// Whether its records know the bytes (out and in) and the packets in:
+    /// not a DNS server's log nor the iOS report, which count queries and
+    /// contacts only.
+    pub fn knows_bytes(self) -> bool {
+        !matches!(self, Self::Pihole | Self::IosPrivacy)
+    }
+
+    /// Whether its records know connections and the gaps between them: not
+    /// a DNS server's log nor the iOS report, which see no connection.
+    pub fn knows_connections(self) -> bool {
+        !matches!(self, Self::Pihole | Self::IosPrivacy)
+    }
+
+    /// Whether its records know the destination port: not the iOS report,
+    /// which names the domain only.
+    pub fn knows_port(self) -> bool {
+        !matches!(self, Self::IosPrivacy)
+    }
 }
 
 impl v1::BootSource {

@@ -112,28 +112,29 @@ pub struct BatchLabels<'a> {
 /// a decoded record, or `&str`s borrowed from its encoding.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordValues<'a, A = String> {
-    /// Seconds from boot to the flow's first packet.
-    pub seconds_since_boot: f64,
+    /// Seconds from boot to the flow's first packet; `None` when the
+    /// source cannot know (see [`leakwatch_proto::v1::RecordSource`]).
+    pub seconds_since_boot: Option<f64>,
     /// Minute of the first packet, Unix seconds.
     pub window_start_s: i64,
     /// "tcp" or "udp".
     pub transport: &'a str,
     /// Destination address.
     pub dst_ip: &'a str,
-    /// Destination port.
-    pub dst_port: i32,
+    /// Destination port; `None` when the source cannot know.
+    pub dst_port: Option<i32>,
     /// Destination name.
     pub domain: &'a str,
     /// Where the name came from.
     pub domain_source: &'a str,
-    /// Payload bytes out.
-    pub bytes_out: i64,
-    /// Payload bytes in.
-    pub bytes_in: i64,
+    /// Payload bytes out; `None` when the source cannot know.
+    pub bytes_out: Option<i64>,
+    /// Payload bytes in; `None` when the source cannot know.
+    pub bytes_in: Option<i64>,
     /// Packets out.
     pub packets_out: i64,
-    /// Packets in.
-    pub packets_in: i64,
+    /// Packets in; `None` when the source cannot know.
+    pub packets_in: Option<i64>,
     /// Application.
     pub app: &'a str,
     /// TLS SNI.
@@ -207,17 +208,17 @@ impl OwnedLabels {
 /// The per-record columns, in the order rows came.
 #[derive(Debug, Default)]
 struct RecordColumns {
-    seconds_since_boot: Vec<f64>,
+    seconds_since_boot: Vec<Option<f64>>,
     window_start: Vec<i64>,
     transport: StringBuilder,
     dst_ip: StringBuilder,
-    dst_port: Vec<i32>,
+    dst_port: Vec<Option<i32>>,
     domain: StringBuilder,
     domain_source: StringBuilder,
-    bytes_out: Vec<i64>,
-    bytes_in: Vec<i64>,
+    bytes_out: Vec<Option<i64>>,
+    bytes_in: Vec<Option<i64>>,
     packets_out: Vec<i64>,
-    packets_in: Vec<i64>,
+    packets_in: Vec<Option<i64>>,
     app: StringBuilder,
     tls_sni: StringBuilder,
     tls_alpn: StringBuilder,
@@ -341,7 +342,7 @@ impl FlowBatchBuilder {
         };
         self.domain_of_row.push(id);
         let c = &mut self.records;
-        c.seconds_since_boot.push(to_microsecond(r.seconds_since_boot));
+        c.seconds_since_boot.push(r.seconds_since_boot.map(to_microsecond));
         c.window_start.push(r.window_start_s);
         c.transport.append_value(r.transport);
         c.dst_ip.append_value(r.dst_ip);
@@ -399,17 +400,17 @@ impl FlowBatchBuilder {
             self.start_batch(&labels);
         }
         self.push_record(&RecordValues {
-            seconds_since_boot: row.seconds_since_boot,
+            seconds_since_boot: Some(row.seconds_since_boot),
             window_start_s: row.window_start_s,
             transport: &row.transport,
             dst_ip: &row.dst_ip,
-            dst_port: row.dst_port,
+            dst_port: Some(row.dst_port),
             domain: &row.domain,
             domain_source: &row.domain_source,
-            bytes_out: row.bytes_out,
-            bytes_in: row.bytes_in,
+            bytes_out: Some(row.bytes_out),
+            bytes_in: Some(row.bytes_in),
             packets_out: row.packets_out,
-            packets_in: row.packets_in,
+            packets_in: Some(row.packets_in),
             app: &row.app,
             tls_sni: &row.tls_sni,
             tls_alpn: std::slice::from_ref(&row.tls_alpn),
@@ -452,7 +453,8 @@ impl FlowBatchBuilder {
                 model[batch],
                 domain[self.domain_of_row[r] as usize],
                 device[batch],
-                total_order_key(self.records.seconds_since_boot[r]),
+                // NULL first, as `rules_order` sorts it (no stored time has key 0).
+                self.records.seconds_since_boot[r].map_or(0, total_order_key),
             )
         };
         self.order = Some(order_by(self.len(), key, true));
@@ -690,17 +692,17 @@ mod tests {
         };
         let alpn = ["h2".to_string(), "http/1.1".to_string()];
         let record = |domain| RecordValues {
-            seconds_since_boot: 1.0,
+            seconds_since_boot: Some(1.0),
             window_start_s: 60,
             transport: "tcp",
             dst_ip: "10.0.0.1",
-            dst_port: 443,
+            dst_port: Some(443),
             domain,
             domain_source: "dns",
-            bytes_out: 1,
-            bytes_in: 2,
+            bytes_out: Some(1),
+            bytes_in: Some(2),
             packets_out: 3,
-            packets_in: 4,
+            packets_in: Some(4),
             app: "",
             tls_sni: "",
             tls_alpn: &alpn,

@@ -7,6 +7,7 @@
 -- param: min_devices = 5 | fewest distinct devices that must show it
 -- columns: vendor, model, domain, devices, model_devices, share, interval_s, cv
 -- public: interval_s, cv
+-- needs: connections, interval_mean_s, interval_cv
 WITH regular AS (
   -- One row per device, boot and name. The records of a name's addresses
   -- carry the name's gaps (agents measure them over all of its addresses),
@@ -16,14 +17,17 @@ WITH regular AS (
   SELECT vendor, model, device_pseudonym, domain,
          max(interval_mean_s) AS interval_mean_s, max(interval_cv) AS interval_cv
   FROM flows
-  WHERE domain IS NOT NULL AND interval_mean_s > 0
+  WHERE domain IS NOT NULL AND interval_mean_s > 0 AND interval_cv IS NOT NULL AND connections IS NOT NULL
   GROUP BY vendor, model, device_pseudonym, boot_pseudonym, domain
   HAVING sum(connections) >= ${min_connections}
      AND max(interval_cv) <= ${max_cv}
 ),
+-- Devices whose records carry connection timing (a DNS server's log, the
+-- iOS report and agents that do not report it do not).
 model_devices AS (
   SELECT vendor, model, count(DISTINCT device_pseudonym) AS n
   FROM flows
+  WHERE interval_mean_s IS NOT NULL
   GROUP BY vendor, model
 )
 SELECT r.vendor, r.model, r.domain,

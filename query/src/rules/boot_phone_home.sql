@@ -7,6 +7,7 @@
 -- param: min_vendor_share = 0.75 | share of all devices contacting the domain (at any time) that must be of this vendor
 -- columns: vendor, model, domain, hosts, devices, model_devices, share, median_s, vendor_share, consent
 -- public: median_s
+-- needs: seconds_since_boot
 -- A destination no name was seen for (no DNS answer, SNI or Host) is keyed
 -- by unnamed_destination: its unusual port, else its address's network.
 WITH contacts AS (
@@ -16,10 +17,14 @@ WITH contacts AS (
               ELSE registrable_domain(domain) END AS reg,
          seconds_since_boot
   FROM flows
+  WHERE seconds_since_boot IS NOT NULL
 ),
+-- Devices whose records say when after boot they came (a DNS server's log
+-- or the iOS report does not).
 model_devices AS (
   SELECT vendor, model, count(DISTINCT device_pseudonym) AS n
   FROM flows
+  WHERE seconds_since_boot IS NOT NULL
   GROUP BY vendor, model
 ),
 -- One row per device and registrable domain it contacted, with its earliest

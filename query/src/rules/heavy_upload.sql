@@ -6,10 +6,11 @@
 -- param: min_devices = 5 | fewest distinct devices that must send to the destination
 -- columns: vendor, model, domain, devices, bytes_out, bytes_in, ratio
 -- public: bytes_out, bytes_in, ratio
+-- needs: bytes_out, bytes_in
 WITH sent AS (
   SELECT vendor, model, domain, device_pseudonym, bytes_out, bytes_in
   FROM flows
-  WHERE domain IS NOT NULL AND transport <> 'dns'
+  WHERE domain IS NOT NULL AND transport <> 'dns' AND bytes_out IS NOT NULL AND bytes_in IS NOT NULL
 ),
 -- Summed as 38-digit decimals, which no number of records can wrap.
 totals AS (

@@ -9,6 +9,7 @@
 //! -- param: window_s = 60 | what the parameter means
 //! -- columns: vendor, model, ...
 //! -- public: median_s, ...
+//! -- needs: seconds_since_boot
 //! ```
 //!
 //! `public` names the result columns whose numbers are computed over the
@@ -17,6 +18,11 @@
 //! the row. The dashboard publishes those numbers and no other of the
 //! rule's columns (a share over another group, such as the devices that
 //! left a setting on, may rest on a single device).
+//!
+//! `needs` names the `flows` columns a rule cannot do without; some
+//! sources cannot know them (NULL: the time since boot from a DNS
+//! server's log), and the rule leaves such records out, also of its
+//! counts of a model's devices.
 //!
 //! Parameters are numbers; `${name}` in the SQL is replaced by the value
 //! (given or default), after checking that it parses as a number, so a
@@ -63,6 +69,9 @@ pub struct Rule {
     /// Columns computed over the row's own devices alone, which the public
     /// dashboard may publish (see the module doc).
     pub public: Vec<String>,
+    /// Columns of `flows` it needs: records where they are NULL are left
+    /// out (see the module doc).
+    pub needs: Vec<String>,
     /// The SQL with `${param}` placeholders.
     pub sql: String,
 }
@@ -81,6 +90,7 @@ fn parse_rule(text: &str) -> std::result::Result<Rule, RuleFileError> {
         params: Vec::new(),
         columns: Vec::new(),
         public: Vec::new(),
+        needs: Vec::new(),
         sql: String::new(),
     };
     let mut body = Vec::new();
@@ -94,6 +104,7 @@ fn parse_rule(text: &str) -> std::result::Result<Rule, RuleFileError> {
                 "description" => rule.description = value.trim().to_string(),
                 "columns" => rule.columns = value.split(',').map(|c| c.trim().to_string()).collect(),
                 "public" => rule.public = value.split(',').map(|c| c.trim().to_string()).collect(),
+                "needs" => rule.needs = value.split(',').map(|c| c.trim().to_string()).collect(),
                 "param" => {
                     let (decl, description) = value.split_once('|').unwrap_or((value, ""));
                     let (name, default) =
@@ -121,6 +132,13 @@ fn parse_rule(text: &str) -> std::result::Result<Rule, RuleFileError> {
     }
     if let Some(c) = rule.public.iter().find(|c| !rule.columns.contains(c)) {
         return Err(bad(format!("public column {c:?} is not one of the rule's columns")));
+    }
+    let schema = crate::schema::flows_schema();
+    if let Some(c) = rule.needs.iter().find(|c| schema.field_with_name(c).is_err()) {
+        return Err(bad(format!("needs {c:?}, which is no column of flows")));
+    }
+    if let Some(c) = rule.needs.iter().find(|c| !rule.sql.contains(&format!("{c} IS NOT NULL"))) {
+        return Err(bad(format!("needs {c:?} but never leaves out the records where it is NULL")));
     }
     Ok(rule)
 }
@@ -200,5 +218,20 @@ mod tests {
         assert!(r.render(&bad).expect_err("not a number").to_string().contains("window_s"));
         let unknown = BTreeMap::from([("nope".to_string(), "1".to_string())]);
         assert!(r.render(&unknown).is_err());
+    }
+
+    #[test]
+    fn a_rule_says_what_it_needs_and_leaves_out_records_without_it() {
+        let needs = |name: &str| rule(name).expect("rule").needs;
+        assert_eq!(needs("boot_phone_home"), ["seconds_since_boot"]);
+        assert_eq!(needs("heavy_upload"), ["bytes_out", "bytes_in"]);
+        assert_eq!(needs("beaconing"), ["connections", "interval_mean_s", "interval_cv"]);
+        assert!(needs("model_exclusive").is_empty());
+        let head = "-- name: r\n-- columns: a\n";
+        let err = parse_rule(&format!("{head}-- needs: nope\nSELECT 1 AS a")).expect_err("no such column");
+        assert!(err.to_string().contains("\"nope\", which is no column"), "{err}");
+        let err = parse_rule(&format!("{head}-- needs: bytes_out\nSELECT sum(bytes_out) AS a FROM flows"))
+            .expect_err("keeps NULL records");
+        assert!(err.to_string().contains("never leaves out"), "{err}");
     }
 }
