@@ -261,6 +261,9 @@ pub enum ImportFrom {
     /// Zeek logs: a log directory (conn, dns, ssl, dhcp; TSV or JSON, also
     /// gzipped) or single logs. Each LAN device is its own, as with --lan.
     Zeek,
+    /// Pi-hole's query database (pihole-FTL.db), read-only; each client is
+    /// its own device. Only queries after the last import's are read.
+    Pihole,
 }
 
 /// Flags of `import`.
@@ -279,6 +282,9 @@ pub struct ImportArgs {
     /// Send nothing; print exactly what would be sent.
     #[arg(long)]
     pub dry_run: bool,
+    /// Pi-hole: read every query, not only those after the last import.
+    #[arg(long)]
+    pub from_start: bool,
     /// Output format of --dry-run.
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: DryRunFormat,
@@ -696,8 +702,9 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     if !args.dry_run {
         settings.collector()?;
     }
-    let lan_labels = args.lan.labels(&args.device, &settings, args.from == ImportFrom::Zeek)?;
-    if lan_labels.is_some() && !matches!(args.from, ImportFrom::Capture | ImportFrom::Zeek) {
+    let lan_labels =
+        args.lan.labels(&args.device, &settings, matches!(args.from, ImportFrom::Zeek | ImportFrom::Pihole))?;
+    if lan_labels.is_some() && !matches!(args.from, ImportFrom::Capture | ImportFrom::Zeek | ImportFrom::Pihole) {
         return Err(Error::InvalidArgument {
             field: "--lan".into(),
             reason: "LAN mode reads a router's captures; this export is one device's (drop --lan)".into(),
@@ -754,8 +761,32 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 sink_failed = put.is_err();
                 put
             };
-            // What was read, for the summary line.
+            // What was read, for the summary line; Pi-hole's cursor moves
+            // once the batches are queued.
+            let mut cursor = None;
             let imported = match args.from {
+                ImportFrom::Pihole => crate::imports::pihole::import(
+                    file,
+                    &lan_labels,
+                    &state,
+                    DEFAULT_BATCH_RECORDS,
+                    args.from_start,
+                    each,
+                )
+                .map(|p| {
+                    cursor = p.cursor.clone();
+                    let mut read = match p.after {
+                        0 => format!("{} queries read", p.stats.queries),
+                        after => {
+                            format!("{} queries after query {after} (the last one queued before) read", p.stats.queries)
+                        }
+                    };
+                    read.push_str(&format!(", {} of them blocked", p.stats.blocked));
+                    if let Some(bad) = p.stats.bad.summary("rows") {
+                        read.push_str(&format!(" ({})", bad.replace("line ", "query ")));
+                    }
+                    (read, String::new())
+                }),
                 ImportFrom::Zeek => crate::imports::zeek::import(
                     file,
                     &lan_labels,
@@ -793,6 +824,9 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
                 Ok((read, stopped)) => {
                     read_ok += 1;
                     accepted += records;
+                    if let (false, Some((key, last))) = (args.dry_run, &cursor) {
+                        crate::imports::pihole::Cursors::advance(state.dir(), key, *last)?;
+                    }
                     if !args.dry_run {
                         // For `status`: which devices still want labels.
                         crate::lan::SeenDevices::note(

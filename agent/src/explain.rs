@@ -89,6 +89,7 @@ struct RecordFields<'a> {
     connections: u32,
     interval_mean_s: f64,
     interval_cv: f64,
+    blocked: bool,
 }
 
 impl<'a> RecordFields<'a> {
@@ -116,6 +117,7 @@ impl<'a> RecordFields<'a> {
             connections: r.connections,
             interval_mean_s: r.interval_mean_s,
             interval_cv: r.interval_cv,
+            blocked: r.blocked,
         }
     }
 }

@@ -41,6 +41,7 @@ impl<'a> Labels<'a> {
             packets_in: r.packets_in.filter(|_| bytes),
             // 0 is "not stated": NULL, and so are the gaps.
             connections: if self.kind.knows_connections() { r.connections } else { 0 },
+            blocked: r.blocked.filter(|_| self.kind.knows_blocking()),
             ..*r
         }
     }
@@ -91,6 +92,7 @@ fn record_values_with<'a, A>(r: &'a FlowRecord, alpn: &'a [A]) -> RecordValues<'
         connections: i64::from(r.connections),
         interval_mean_s: r.interval_mean_s,
         interval_cv: r.interval_cv,
+        blocked: Some(r.blocked),
     }
 }
 
@@ -205,6 +207,7 @@ fn read_in_place<'s, 'm>(bytes: &'m [u8], alpn: &'s mut [&'m str; MOST_ALPN]) ->
         connections: 0,
         interval_mean_s: 0.0,
         interval_cv: 0.0,
+        blocked: Some(false),
     };
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -244,7 +247,8 @@ fn read_in_place<'s, 'm>(bytes: &'m [u8], alpn: &'s mut [&'m str; MOST_ALPN]) ->
             (16, Wire::Varint(v)) => put(&mut r.connections, i64::from(v as u32)),
             (17, Wire::Fixed64(v)) => put(&mut r.interval_mean_s, f64::from_bits(v)),
             (18, Wire::Fixed64(v)) => put(&mut r.interval_cv, f64::from_bits(v)),
-            (1..=18, _) => false,
+            (19, Wire::Varint(v)) => put(&mut r.blocked, Some(v != 0)),
+            (1..=19, _) => false,
             _ => true,
         };
         if !ok {
@@ -373,9 +377,10 @@ mod tests {
         let mut builder = FlowBatchBuilder::new();
         for stored in batches {
             let Some(batch) = &stored.batch else { continue };
-            builder.start_batch(&Labels::of(stored).borrowed());
+            let labels = Labels::of(stored);
+            builder.start_batch(&labels.borrowed());
             for r in &batch.records {
-                builder.push_record(&record_values(r));
+                builder.push_record(&labels.known(&record_values(r)));
             }
         }
         builder.finish()
@@ -444,6 +449,7 @@ mod tests {
             connections: rng.pick(&numbers) as u32,
             interval_mean_s: rng.pick(&floats),
             interval_cv: rng.pick(&floats),
+            blocked: rng.next().is_multiple_of(2),
         }
     }
 

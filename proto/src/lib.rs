@@ -107,6 +107,12 @@ impl v1::RecordSource {
         !matches!(self, Self::Pihole | Self::IosPrivacy)
     }
 
+    /// Whether its records know whether the DNS server blocked a lookup:
+    /// only a DNS server's own log (Pi-hole).
+    pub fn knows_blocking(self) -> bool {
+        matches!(self, Self::Pihole)
+    }
+
     /// Whether its records know the destination port: not the iOS report,
     /// which names the domain only.
     pub fn knows_port(self) -> bool {

@@ -153,6 +153,9 @@ pub struct RecordValues<'a, A = String> {
     pub interval_mean_s: f64,
     /// Their coefficient of variation.
     pub interval_cv: f64,
+    /// The DNS server blocked the lookup; `None` when the source cannot
+    /// know.
+    pub blocked: Option<bool>,
 }
 
 /// [`BatchLabels`], owned.
@@ -228,6 +231,7 @@ struct RecordColumns {
     connections: Vec<i64>,
     interval_mean_s: Vec<f64>,
     interval_cv: Vec<f64>,
+    blocked: Vec<Option<bool>>,
 }
 
 fn append_optional(b: &mut StringBuilder, v: &str) {
@@ -377,6 +381,7 @@ impl FlowBatchBuilder {
         c.connections.push(r.connections);
         c.interval_mean_s.push(r.interval_mean_s);
         c.interval_cv.push(r.interval_cv);
+        c.blocked.push(r.blocked);
         self.order = None;
     }
 
@@ -420,6 +425,7 @@ impl FlowBatchBuilder {
             connections: row.connections,
             interval_mean_s: row.interval_mean_s,
             interval_cv: row.interval_cv,
+            blocked: None,
         });
     }
 
@@ -550,6 +556,7 @@ impl FlowBatchBuilder {
             rows(stated(&c.interval_mean_s)),
             rows(stated(&c.interval_cv)),
             labels(&|b| &b.source),
+            rows(Arc::new(std::mem::take(&mut c.blocked).into_iter().collect::<BooleanArray>())),
         ];
         let schema = if encoded { flows_encoded_schema() } else { flows_schema() };
         match RecordBatch::try_new(schema, columns) {
@@ -712,6 +719,7 @@ mod tests {
             connections: 0,
             interval_mean_s: 0.0,
             interval_cv: 0.0,
+            blocked: None,
         };
         builder.start_batch(&labels("V1"));
         builder.push_record(&record("x"));

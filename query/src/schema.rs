@@ -51,6 +51,9 @@ pub fn flows_schema() -> SchemaRef {
         // What the agent read the records from (`capture`, `live`, ...):
         // NULL in files of earlier releases.
         s("source", true),
+        // A lookup the DNS server blocked: true or false from sources that
+        // know (Pi-hole), NULL from the others and in older files.
+        Field::new("blocked", DataType::Boolean, true),
     ]))
 }
 

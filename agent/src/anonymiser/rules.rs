@@ -173,6 +173,7 @@ pub fn anonymise_lookup(lookup: &DnsLookup, boot_us: i64, stats: &mut Anonymiser
         connections: 1,
         interval_mean_s: 0.0,
         interval_cv: 0.0,
+        blocked: lookup.blocked,
     })
 }
 
@@ -248,6 +249,7 @@ pub fn anonymise(
         connections: u32::try_from(flow.connections).unwrap_or(u32::MAX).min(MAX_CONNECTIONS_PER_RECORD),
         interval_mean_s: flow.interval_mean_s,
         interval_cv: flow.interval_cv,
+        blocked: false,
     })
 }
 
@@ -301,6 +303,7 @@ mod tests {
             last_us: 1_790_000_000_000_000,
             queries: 1,
             app: None,
+            blocked: false,
         };
         let mut stats = AnonymiserStats::default();
         for name in [

@@ -96,8 +96,9 @@ impl FlowTable {
     }
 
     /// Adds a logged DNS query by `origin` for `name` to `resolver` at
-    /// `ts_us` (a lookup, as a captured query is).
-    pub fn add_logged_query(&mut self, origin: Origin, name: &str, resolver: IpAddr, ts_us: i64) {
+    /// `ts_us` (a lookup, as a captured query is); `blocked` when the DNS
+    /// server refused it.
+    pub fn add_logged_query(&mut self, origin: Origin, name: &str, resolver: IpAddr, ts_us: i64, blocked: bool) {
         self.note_lookup(DnsLookup {
             origin,
             name: name.to_string(),
@@ -106,6 +107,7 @@ impl FlowTable {
             last_us: ts_us,
             queries: 1,
             app: None,
+            blocked,
         });
     }
 

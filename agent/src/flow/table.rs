@@ -47,6 +47,9 @@ pub struct DnsLookup {
     pub queries: u64,
     /// Application that asked first, when the capture source says.
     pub app: Option<String>,
+    /// The DNS server refused to resolve it (a Pi-hole's block); the
+    /// blocked and the answered queries of a name are separate lookups.
+    pub blocked: bool,
 }
 
 /// One connection as the local `flows` view shows it.
@@ -242,7 +245,7 @@ pub struct FlowTable {
     pub untracked_connections: u64,
     pub(super) dns: FxHashMap<IpAddr, String>,
     lookups: Vec<DnsLookup>,
-    lookup_index: FxHashMap<(Origin, String), usize>,
+    lookup_index: FxHashMap<(Origin, String, bool), usize>,
     dhcp: Vec<DhcpHandshake>,
     /// DNS responses that did not parse.
     pub dns_errors: u64,
@@ -396,13 +399,14 @@ impl FlowTable {
             last_us: p.ts_us,
             queries: 1,
             app: p.app.map(str::to_string),
+            blocked: false,
         });
     }
 
     /// Adds one query (`lookup`, its `queries` 1) to its origin's lookup of
     /// the name.
     pub(super) fn note_lookup(&mut self, lookup: DnsLookup) {
-        let key = (lookup.origin, lookup.name.to_ascii_lowercase());
+        let key = (lookup.origin, lookup.name.to_ascii_lowercase(), lookup.blocked);
         match self.lookup_index.get(&key) {
             Some(&i) => {
                 let l = &mut self.lookups[i];

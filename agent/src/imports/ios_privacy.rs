@@ -90,6 +90,7 @@ pub fn import(
             last_us: a.last_us,
             queries: a.hits.max(1),
             app: Some(a.app),
+            blocked: false,
         })
         .collect();
     let first_us = lookups.iter().map(|l| l.first_us).min();

@@ -5,6 +5,7 @@
 
 pub mod ios_privacy;
 pub mod pcapdroid_csv;
+pub mod pihole;
 pub mod zeek;
 
 use std::io::{BufRead, Read as _};
@@ -43,7 +44,7 @@ pub fn import_file(
             );
             (vec![imported], line, stats.malformed.summary("lines"))
         }
-        ImportFrom::Capture | ImportFrom::Zeek => {
+        ImportFrom::Capture | ImportFrom::Zeek | ImportFrom::Pihole => {
             return Err(crate::Error::InvalidArgument {
                 field: "--from".into(),
                 reason: "captures and Zeek logs are read by the LAN import".into(),

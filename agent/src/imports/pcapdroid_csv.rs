@@ -113,6 +113,7 @@ pub fn import(
                 last_us: r.last_us,
                 queries: r.pkts_sent.max(1),
                 app: Some(r.package.clone()).filter(|p| !p.is_empty()),
+                blocked: false,
             });
             continue;
         }

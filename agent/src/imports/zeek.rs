@@ -284,7 +284,7 @@ pub fn import(
                         return;
                     }
                     let origin = Origin { mac: macs.get(&origin).copied(), ip: origin };
-                    table.add_logged_query(origin, query, resolver, ts);
+                    table.add_logged_query(origin, query, resolver, ts, false);
                     for answer in r.get("answers").unwrap_or_default().split(',') {
                         if let Ok(ip) = answer.parse::<IpAddr>() {
                             table.add_logged_answer(ip, query);

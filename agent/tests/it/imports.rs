@@ -282,3 +282,198 @@ fn zeek_logs_joined_by_uid_and_address_with_dhcp_boots() {
     let text = serde_json::to_string(&records).expect("json");
     assert!(!text.contains("kitchen-cam") && !text.contains("192.168.") && !text.contains("64:09:80"), "{text}");
 }
+
+/// Names and sizes of the files in `dir` and its subdirectories.
+fn listing(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        let meta = entry.metadata().expect("meta");
+        if meta.is_dir() {
+            out.extend(listing(&entry.path()));
+        } else {
+            out.push((entry.path().display().to_string(), meta.len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Pi-hole's databases as the sample notes count the rows of FTL's own
+/// `queries` view: ushineko's 1,399 queries (150 blocked: statuses 1, 9
+/// and 16) of 3 clients, the same database with its WAL 1,544 (164),
+/// doogie201's 25 (24 reverse lookups, not sent). Nothing is written
+/// beside the shared files.
+#[test]
+fn external_pihole_databases_import_the_rows_of_their_queries_view() {
+    let state = tempfile::tempdir().expect("state");
+    let dir = external("imports/pihole");
+    let before = listing(&dir);
+    let run = |rel: &str| dry_run_import(state.path(), &["--from", "pihole"], &dir.join(rel));
+    let (ok, stderr, records) = run("pihole-FTL_v21_ftl6.1_ushineko.db");
+    assert!(ok && stderr.contains("1399 queries read, 150 of them blocked, 3 LAN devices"), "{stderr}");
+    assert!(records.iter().all(|r| r["device"]["source"] == "RECORD_SOURCE_PIHOLE"
+        && r["transport"] == "TRANSPORT_DNS"
+        && r["dst_ip"] == ""));
+    // In the view: 97 queries for api2.cursor.sh by 192.168.86.244, all
+    // answered; 21 for news.iadsdk.apple.com, all blocked (gravity).
+    let find = |name: &str, blocked: bool| {
+        let found: Vec<&serde_json::Value> =
+            records.iter().filter(|r| r["domain"] == name && r["blocked"] == blocked).collect();
+        assert_eq!(found.len(), 1, "{name} blocked={blocked}");
+        found[0]["packets_out"].as_u64().expect("queries")
+    };
+    assert_eq!((find("api2.cursor.sh", false), find("news.iadsdk.apple.com", true)), (97, 21));
+    let (ok, stderr, _) = run("ushineko-ftl6.1-with-wal/pihole-FTL.db");
+    assert!(ok && stderr.contains("1544 queries read, 164 of them blocked"), "{stderr}");
+    let (ok, stderr, records) = run("pihole-FTL_v21_ftl6.1_doogie201.db");
+    assert!(ok && stderr.contains("25 queries read, 0 of them blocked, 1 LAN devices, 1 boots, 1 records"), "{stderr}");
+    assert_eq!(records.len(), 1);
+    let text = serde_json::to_string(&records).expect("json");
+    assert!(!text.contains("127.0.0.1") && !text.contains("in-addr.arpa"), "{text}");
+    assert_eq!(listing(&dir), before, "nothing written beside the databases");
+}
+
+/// FTL version 12's schema (FTL 5: integer times): its queries read the
+/// same way.
+#[test]
+fn external_pihole_schema_v12_reads_through_its_queries_view() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("pihole-FTL.db");
+    // As `sqlite3 .schema` wrote it: with the table SQLite makes itself.
+    let schema = std::fs::read_to_string(external("imports/pihole/schema_v12_ftl5.sql"))
+        .expect("schema")
+        .replace("CREATE TABLE sqlite_sequence(name,seq);", "");
+    let conn = rusqlite::Connection::open(&db).expect("create");
+    conn.execute_batch(&schema).expect("schema");
+    conn.execute_batch(
+        "INSERT INTO domain_by_id VALUES (1, 'telemetry.vendor.example'), (2, 'ads.tracker.example');
+         INSERT INTO client_by_id VALUES (1, '192.168.1.50', 'kitchen-tv');
+         INSERT INTO network VALUES (1, '64:09:80:aa:bb:cc', 'eth0', 1700000000, 1700000100, 3, 'Xiaomi', NULL);
+         INSERT INTO network_addresses VALUES (1, '192.168.1.50', 1700000100, 'kitchen-tv', 1700000100);
+         INSERT INTO query_storage (timestamp, type, status, domain, client) VALUES
+           (1700000000, 1, 2, 1, 1), (1700000060, 1, 3, 1, 1), (1700000070, 1, 1, 2, 1);",
+    )
+    .expect("rows");
+    drop(conn);
+    let labels = dir.path().join("devices.toml");
+    std::fs::write(&labels, "[[device]]\nmac = \"64:09:80:aa:bb:cc\"\nvendor = \"Xiaomi\"\nmodel = \"Mi TV 4\"\n")
+        .expect("labels");
+    let args = ["--from", "pihole", "--lan", "--device-labels", labels.to_str().expect("utf-8")];
+    let (ok, stderr, records) = dry_run_import(dir.path(), &args, &db);
+    assert!(ok && stderr.contains("3 queries read, 1 of them blocked, 1 LAN devices"), "{stderr}");
+    let telemetry = records.iter().find(|r| r["domain"] == "telemetry.vendor.example").expect("telemetry");
+    assert_eq!(
+        (&telemetry["packets_out"], &telemetry["duration_s"], &telemetry["blocked"], &telemetry["device"]["model"]),
+        (&2.into(), &60.0.into(), &false.into(), &"Mi TV 4".into())
+    );
+    let text = serde_json::to_string(&records).expect("json");
+    assert!(!text.contains("kitchen-tv") && !text.contains("192.168.1.50") && !text.contains("64:09:80"));
+}
+
+/// A database as FTL before version 10 wrote it (`queries` a table), with
+/// `rows` of (timestamp, status, domain, client), in rollback-journal
+/// mode.
+fn old_pihole_db(path: &std::path::Path, rows: &[(f64, i64, Option<&str>, &str)]) {
+    let conn = rusqlite::Connection::open(path).expect("create");
+    conn.execute_batch(
+        "CREATE TABLE queries (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp INTEGER NOT NULL, type INTEGER NOT NULL,
+           status INTEGER NOT NULL, domain TEXT, client TEXT NOT NULL, forward TEXT);
+         CREATE TABLE ftl (id INTEGER PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+         INSERT INTO ftl VALUES (2, 1700000000);",
+    )
+    .expect("schema");
+    for (ts, status, domain, client) in rows {
+        conn.execute(
+            "INSERT INTO queries (timestamp, type, status, domain, client) VALUES (?1, 1, ?2, ?3, ?4)",
+            rusqlite::params![ts, status, domain, client],
+        )
+        .expect("row");
+    }
+}
+
+/// A repeated import (a timer on the Pi-hole host) reads only the queries
+/// after the last one queued; a dry run moves nothing; `--from-start`
+/// reads them all again.
+#[test]
+fn pihole_imports_are_incremental() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("pihole-FTL.db");
+    let q = |i: usize| (1_700_000_000.0 + i as f64, 2, Some("api.vendor.example"), "192.168.1.7");
+    old_pihole_db(&db, &(0..5).map(q).collect::<Vec<_>>());
+    let import = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+            .args(["import", "--from", "pihole", "--collector", "http://127.0.0.1:9", "--deliver-timeout", "0"])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg(&db)
+            .env("XDG_CONFIG_HOME", dir.path())
+            .output()
+            .expect("import");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let (_, dry, _) = dry_run_import(&dir.path().join("state"), &["--from", "pihole"], &db);
+    assert!(dry.contains("5 queries read"), "{dry}");
+    let first = import(&[]);
+    assert!(first.contains("5 queries read") && first.contains("queued"), "{first}");
+    let again = import(&[]);
+    assert!(again.contains("0 queries after query 5 (the last one queued before) read"), "{again}");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute("INSERT INTO queries (timestamp, type, status, domain, client) VALUES (1700000100, 1, 1, 'ads.example', '192.168.1.7')", [])
+        .expect("row");
+    drop(conn);
+    let newer = import(&[]);
+    assert!(newer.contains("1 queries after query 5 (the last one queued before) read, 1 of them blocked"), "{newer}");
+    let all = import(&["--from-start"]);
+    assert!(all.contains("6 queries read"), "{all}");
+}
+
+/// Another format, a truncated database, a WAL given for its database, a
+/// database locked by a writer: an error naming the file. Rows that are
+/// no query are skipped, counted and named by query id.
+#[test]
+fn bad_pihole_files_are_refused_and_bad_rows_counted() {
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("state");
+    let refused = |path: &std::path::Path, why: &str| {
+        let (ok, stderr, _) = dry_run_import(&state, &["--from", "pihole"], path);
+        assert!(!ok && stderr.contains(&path.display().to_string()) && stderr.contains(why), "{why}: {stderr}");
+    };
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "query[A] example.com from 192.168.1.2\n".repeat(10)).expect("write");
+    refused(&text, "not a SQLite database");
+    let db = dir.path().join("big.db");
+    let rows: Vec<(f64, i64, Option<&str>, &str)> =
+        (0..3000).map(|i| (1_700_000_000.0 + f64::from(i), 2, Some("api.vendor.example"), "192.168.1.7")).collect();
+    old_pihole_db(&db, &rows);
+    let cut = dir.path().join("cut.db");
+    let bytes = std::fs::read(&db).expect("read");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).expect("write");
+    refused(&cut, "damaged or truncated");
+    let wal = dir.path().join("pihole-FTL.db-wal");
+    std::fs::write(&wal, [0u8; 64]).expect("write");
+    refused(&wal, "write-ahead log");
+    let writer = rusqlite::Connection::open(&db).expect("open");
+    writer
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; DELETE FROM queries WHERE id = 1;")
+        .expect("lock");
+    refused(&db, "locked by another process");
+    drop(writer);
+    let bad = dir.path().join("bad.db");
+    old_pihole_db(
+        &bad,
+        &[
+            (1_700_000_000.0, 2, Some("api.vendor.example"), "192.168.1.7"),
+            (1_700_000_001.0, 2, None, "192.168.1.7"),
+            (1_700_000_002.0, 2, Some("api.vendor.example"), "kitchen-tv"),
+            (1_700_000_003.0, 2, Some("api.vendor.example"), "192.168.1.7"),
+        ],
+    );
+    let (ok, stderr, records) = dry_run_import(&state, &["--from", "pihole"], &bad);
+    assert!(ok && stderr.contains("2 queries read"), "{stderr}");
+    assert!(
+        stderr.contains("2 bad rows skipped (query 2: no domain; query 3: client \"kitchen-tv\" is no address)"),
+        "{stderr}"
+    );
+    assert_eq!(records.len(), 1);
+}

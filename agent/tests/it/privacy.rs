@@ -404,4 +404,58 @@ proptest! {
         .expect("import");
         check_records(&batches, &secrets, &lan)?;
     }
+    /// Pi-hole's database through `import --from pihole`: no client
+    /// address, MAC or client name leaves, blocked or not.
+    #[test]
+    fn no_pihole_import_record_carries_anything_private(
+        rows in prop::collection::vec(
+            (any::<[u8; 6]>(), private_ip(), name(), 0i64..19, "[a-z]{3,8}-[A-Z][a-z]{3,8}"),
+            1..25,
+        ),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("pihole-FTL.db");
+        let conn = rusqlite::Connection::open(&db).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE queries (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp INTEGER NOT NULL, type INTEGER NOT NULL,
+               status INTEGER NOT NULL, domain TEXT, client TEXT NOT NULL, forward TEXT);
+             CREATE TABLE network (id INTEGER PRIMARY KEY NOT NULL, hwaddr TEXT UNIQUE NOT NULL, interface TEXT NOT NULL,
+               firstSeen INTEGER NOT NULL, lastQuery INTEGER NOT NULL, numQueries INTEGER NOT NULL, macVendor TEXT, aliasclient_id INTEGER);
+             CREATE TABLE network_addresses (network_id INTEGER NOT NULL, ip TEXT UNIQUE NOT NULL, lastSeen INTEGER NOT NULL,
+               name TEXT, nameUpdated INTEGER);",
+        )
+        .expect("schema");
+        let mut secrets = Vec::new();
+        let mut lan = Vec::new();
+        for (i, (mac, client, labels, status, host)) in rows.iter().enumerate() {
+            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            let client = Ipv4Addr::from(*client).to_string();
+            conn.execute(
+                "INSERT INTO queries (timestamp, type, status, domain, client, forward) VALUES (?1, 1, ?2, ?3, ?4, '8.8.8.8#53')",
+                rusqlite::params![1_700_000_000 + i as i64, status, labels.join("."), client],
+            )
+            .expect("query");
+            conn.execute(
+                "INSERT OR IGNORE INTO network VALUES (?1, ?2, 'eth0', 1700000000, 1700000000, 1, 'Acme', NULL)",
+                rusqlite::params![i as i64 + 1, mac],
+            )
+            .expect("network");
+            conn.execute(
+                "INSERT OR IGNORE INTO network_addresses VALUES (?1, ?2, 1700000000, ?3, 1700000000)",
+                rusqlite::params![i as i64 + 1, client, host],
+            )
+            .expect("address");
+            secrets.extend([mac.clone(), mac.replace(':', ""), host.clone()]);
+            lan.push(client);
+        }
+        drop(conn);
+        let state = AgentState::open(&dir.path().join("state")).expect("state");
+        let mut batches = Vec::new();
+        leakwatch_agent::imports::pihole::import(&db, &Default::default(), &state, 1000, true, |b| {
+            batches.extend(b.import.batches);
+            Ok(())
+        })
+        .expect("import");
+        check_records(&batches, &secrets, &lan)?;
+    }
 }
