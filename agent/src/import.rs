@@ -281,12 +281,14 @@ pub(crate) fn boot_records(
     records
 }
 
-/// Lookups of the same name merged (a device may ask over IPv4 and IPv6).
+/// Lookups of the same name merged (a device may ask over IPv4 and IPv6);
+/// those its DNS server blocked apart from those it answered.
 pub(crate) fn merge_lookups<'a>(lookups: impl Iterator<Item = &'a DnsLookup>) -> Vec<DnsLookup> {
     let mut out: Vec<DnsLookup> = Vec::new();
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut index: std::collections::HashMap<(String, bool), usize> = std::collections::HashMap::new();
     for l in lookups {
-        match index.get(&l.name.to_ascii_lowercase()) {
+        let key = (l.name.to_ascii_lowercase(), l.blocked);
+        match index.get(&key) {
             Some(&i) => {
                 let m = &mut out[i];
                 m.first_us = m.first_us.min(l.first_us);
@@ -294,7 +296,7 @@ pub(crate) fn merge_lookups<'a>(lookups: impl Iterator<Item = &'a DnsLookup>) ->
                 m.queries += l.queries;
             }
             None => {
-                index.insert(l.name.to_ascii_lowercase(), out.len());
+                index.insert(key, out.len());
                 out.push(l.clone());
             }
         }

@@ -100,6 +100,9 @@ pub struct Finding {
     pub first_contact: Vec<Quantile>,
     /// Declared consent values held by a publishable group of the devices.
     pub consent: Vec<Count>,
+    /// What the records behind it were read from (`capture`, `live`,
+    /// `pihole`, ...), each held by a publishable group of the devices.
+    pub sources: Vec<Count>,
     /// Day of the first record.
     pub first_seen: String,
     /// Day of the last record.
@@ -530,6 +533,18 @@ pub(crate) fn hits_schema() -> Arc<Schema> {
     ]))
 }
 
+/// The values of `groups` (value → its devices and agents) whose group
+/// passes the thresholds, with their device counts, most devices first.
+fn publishable(groups: &HashMap<String, (HashSet<String>, HashSet<String>)>, t: Thresholds) -> Vec<Count> {
+    let mut out: Vec<Count> = groups
+        .iter()
+        .filter(|(_, (d, a))| t.allows(d.len() as u64, a.len() as u64))
+        .map(|(v, (d, _))| Count { value: v.clone(), devices: d.len() as u64 })
+        .collect();
+    out.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.value.cmp(&b.value)));
+    out
+}
+
 #[derive(Default)]
 struct Evidence {
     devices: HashSet<String>,
@@ -539,6 +554,7 @@ struct Evidence {
     last_ts: Option<i64>,
     firmware: HashMap<String, (HashSet<String>, HashSet<String>)>,
     consent: HashMap<String, (HashSet<String>, HashSet<String>)>,
+    sources: HashMap<String, (HashSet<String>, HashSet<String>)>,
 }
 
 async fn rule_findings(
@@ -630,6 +646,9 @@ async fn rule_findings(
             c.0.insert(device.clone());
             c.1.insert(agent.clone());
         }
+        let source = e.sources.entry(r.text("source")).or_default();
+        source.0.insert(device.clone());
+        source.1.insert(agent.clone());
         e.devices.insert(device);
         e.agents.insert(agent);
         let (first, last) = (r.int("first_ts"), r.int("last_ts"));
@@ -685,13 +704,7 @@ async fn rule_findings(
             .map(|(v, _)| v.clone())
             .collect();
         versions.sort();
-        let mut consent: Vec<Count> = e
-            .consent
-            .iter()
-            .filter(|(_, (d, a))| t.allows(d.len() as u64, a.len() as u64))
-            .map(|(v, (d, _))| Count { value: v.clone(), devices: d.len() as u64 })
-            .collect();
-        consent.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.value.cmp(&b.value)));
+        let (consent, sources) = (publishable(&e.consent, t), publishable(&e.sources, t));
         e.first_s.sort_by(f64::total_cmp);
         let median = (!e.first_s.is_empty()).then(|| quantile(&e.first_s, 0.5));
         let first_contact: Vec<Quantile> = if e.first_s.is_empty() {
@@ -735,6 +748,7 @@ async fn rule_findings(
             median_s_after_boot: median,
             first_contact,
             consent,
+            sources,
             first_seen: e.first_ts.map(day).unwrap_or_default(),
             last_seen: e.last_ts.map(day).unwrap_or_default(),
             numbers,
@@ -797,6 +811,27 @@ fn claim(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source (or consent value) is named only with a group of devices
+    /// and volunteers that passes the thresholds: one Pi-hole household
+    /// among many capturing volunteers is not told apart.
+    #[test]
+    fn only_values_held_by_a_publishable_group_are_named() {
+        let group = |devices: usize, agents: usize| {
+            let d = (0..devices).map(|i| format!("d{i}")).collect::<HashSet<_>>();
+            let a = (0..agents).map(|i| format!("a{i}")).collect::<HashSet<_>>();
+            (d, a)
+        };
+        let groups = HashMap::from([
+            ("capture".to_string(), group(8, 4)),
+            ("pihole".to_string(), group(1, 1)),
+            ("zeek".to_string(), group(5, 1)),
+            ("ios_privacy".to_string(), group(5, 2)),
+        ]);
+        let t = Thresholds::new(5, 2).expect("thresholds");
+        let named: Vec<(String, u64)> = publishable(&groups, t).into_iter().map(|c| (c.value, c.devices)).collect();
+        assert_eq!(named, [("capture".to_string(), 8), ("ios_privacy".to_string(), 5)]);
+    }
 
     #[test]
     fn thresholds_below_two_are_refused() {

@@ -37,6 +37,7 @@ pub fn batch(findings: &[Finding]) -> Result<RecordBatch> {
         Field::new("share", DataType::Float64, false),
         Field::new("median_s_after_boot", DataType::Float64, true),
         utf8("consent", false),
+        utf8("sources", false),
         utf8("first_seen", false),
         utf8("last_seen", false),
         utf8("command", false),
@@ -60,6 +61,11 @@ pub fn batch(findings: &[Finding]) -> Result<RecordBatch> {
         text(findings, |f| {
             Some(
                 f.consent.iter().map(|c| format!("{} ({} devices)", c.value, c.devices)).collect::<Vec<_>>().join("; "),
+            )
+        }),
+        text(findings, |f| {
+            Some(
+                f.sources.iter().map(|c| format!("{} ({} devices)", c.value, c.devices)).collect::<Vec<_>>().join("; "),
             )
         }),
         text(findings, |f| Some(f.first_seen.clone())),

@@ -491,6 +491,10 @@ pub async fn finding(State(d): State<Dashboard>, Path(id): Path<String>) -> Resp
                 @if f.consent.is_empty() { "–" }
                 @for (i, c) in f.consent.iter().enumerate() { @if i > 0 { "; " } (c.value) " (" (c.devices) " devices)" }
             }
+            dt { "Read from" } dd {
+                @if f.sources.is_empty() { "–" }
+                @for (i, c) in f.sources.iter().enumerate() { @if i > 0 { "; " } (c.value) " (" (c.devices) " devices)" }
+            }
             dt { "First seen" } dd { (f.first_seen) }
             dt { "Last seen" } dd { (f.last_seen) }
             @for (name, value) in &f.numbers {

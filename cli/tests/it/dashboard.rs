@@ -609,7 +609,7 @@ async fn issue29_every_published_number_rests_on_groups_that_pass_the_thresholds
     let consent_off = run("consent_off_traffic").await;
     assert!(consent_off.contains(",1.0,") || consent_off.contains(",1,"), "on_share from one device:\n{consent_off}");
     let exclusive = run("model_exclusive").await;
-    assert!(exclusive.contains("Mixed,api.mixed-cloud.com") && exclusive.ends_with(",9\n"), "{exclusive}");
+    assert!(exclusive.contains("Mixed,api.mixed-cloud.com") && exclusive.ends_with(",9,capture\n"), "{exclusive}");
 
     let (status, _, body) = get(server.http_addr, "/api/findings").await;
     assert_eq!(status, 200);
@@ -629,6 +629,8 @@ async fn issue29_every_published_number_rests_on_groups_that_pass_the_thresholds
     assert!(!numbers.contains("share"), "no share over another group of devices: {numbers}");
     assert_eq!(exclusive["devices"], 8, "the unpublished model's device is not counted: {exclusive}");
     assert_eq!(exclusive["population_devices"], 8, "{exclusive}");
+    // What the finding was read from, counted over its published devices.
+    assert_eq!(exclusive["sources"], serde_json::json!([{"value": "capture", "devices": 8}]), "{exclusive}");
     assert!(!body.windows(2).any(|w| w == b"M2"), "the unpublished model is not named");
     server.shutdown().await.expect("shutdown");
 }

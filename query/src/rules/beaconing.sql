@@ -5,7 +5,7 @@
 -- param: max_cv = 0.1 | largest coefficient of variation of the gaps between them
 -- param: min_share = 0.5 | share of the model's devices that must show the pattern
 -- param: min_devices = 5 | fewest distinct devices that must show it
--- columns: vendor, model, domain, devices, model_devices, share, interval_s, cv
+-- columns: vendor, model, domain, devices, model_devices, share, interval_s, cv, sources
 -- public: interval_s, cv
 -- needs: connections, interval_mean_s, interval_cv
 WITH regular AS (
@@ -15,7 +15,8 @@ WITH regular AS (
   -- contacted once in its report, a DNS lookup) say nothing of a timer and
   -- are left out before grouping, which spares grouping every record.
   SELECT vendor, model, device_pseudonym, domain,
-         max(interval_mean_s) AS interval_mean_s, max(interval_cv) AS interval_cv
+         max(interval_mean_s) AS interval_mean_s, max(interval_cv) AS interval_cv,
+         min(coalesce(source, 'unspecified')) AS source
   FROM flows
   WHERE domain IS NOT NULL AND interval_mean_s > 0 AND interval_cv IS NOT NULL AND connections IS NOT NULL
   GROUP BY vendor, model, device_pseudonym, boot_pseudonym, domain
@@ -34,7 +35,7 @@ SELECT r.vendor, r.model, r.domain,
        count(DISTINCT r.device_pseudonym) AS devices, m.n AS model_devices,
        round(CAST(count(DISTINCT r.device_pseudonym) AS DOUBLE) / m.n, 3) AS share,
        round(median(r.interval_mean_s), 1) AS interval_s,
-       round(median(r.interval_cv), 3) AS cv
+       round(median(r.interval_cv), 3) AS cv, array_to_string(array_sort(array_agg(DISTINCT r.source)), ', ') AS sources
 FROM regular r
 JOIN model_devices m ON m.vendor = r.vendor AND m.model = r.model
 GROUP BY r.vendor, r.model, r.domain, m.n

@@ -5,7 +5,7 @@
 -- param: min_share = 0.5 | share of the model's devices that must contact the domain within the window
 -- param: min_devices = 5 | fewest distinct devices that must contact it
 -- param: min_vendor_share = 0.75 | share of all devices contacting the domain (at any time) that must be of this vendor
--- columns: vendor, model, domain, hosts, devices, model_devices, share, median_s, vendor_share, consent
+-- columns: vendor, model, domain, hosts, devices, model_devices, share, median_s, vendor_share, consent, sources
 -- public: median_s
 -- needs: seconds_since_boot
 -- A destination no name was seen for (no DNS answer, SNI or Host) is keyed
@@ -15,7 +15,7 @@ WITH contacts AS (
          CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain,
          CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR))
               ELSE registrable_domain(domain) END AS reg,
-         seconds_since_boot
+         seconds_since_boot, coalesce(source, 'unspecified') AS source
   FROM flows
   WHERE seconds_since_boot IS NOT NULL
 ),
@@ -67,7 +67,8 @@ early AS (
   SELECT c.vendor, c.model, c.reg,
          median(c.seconds_since_boot) AS median_s,
          array_to_string(array_sort(array_agg(DISTINCT c.domain)), ', ') AS hosts,
-         array_to_string(array_sort(array_agg(DISTINCT c.consent)), ' | ') AS consent
+         array_to_string(array_sort(array_agg(DISTINCT c.consent)), ' | ') AS consent,
+         array_to_string(array_sort(array_agg(DISTINCT c.source)), ', ') AS sources
   FROM contacts c
   JOIN found f ON f.vendor = c.vendor AND f.model = c.model AND f.reg = c.reg
   WHERE c.seconds_since_boot <= ${window_s}
@@ -77,7 +78,7 @@ SELECT f.vendor, f.model, f.reg AS domain, e.hosts, f.devices, f.model_devices,
        round(CAST(f.devices AS DOUBLE) / f.model_devices, 3) AS share,
        round(e.median_s, 1) AS median_s,
        round(CAST(f.d AS DOUBLE) / f.total, 3) AS vendor_share,
-       e.consent
+       e.consent, e.sources
 FROM found f
 JOIN early e ON e.vendor = f.vendor AND e.model = f.model AND e.reg = f.reg
 ORDER BY share DESC, devices DESC, f.vendor, f.model, domain

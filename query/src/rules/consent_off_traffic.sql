@@ -4,7 +4,7 @@
 -- param: min_share = 0.5 | share of the model's consent-off devices that must contact the destination
 -- param: min_devices = 5 | fewest consent-off devices that must contact it
 -- param: min_vendor_share = 0.75 | share of all devices contacting the destination that must be of this vendor
--- columns: vendor, model, consent_key, domain, off_devices, model_off_devices, off_share, on_share, vendor_share
+-- columns: vendor, model, consent_key, domain, off_devices, model_off_devices, off_share, on_share, vendor_share, sources
 WITH settings AS (
   SELECT DISTINCT vendor, model, device_pseudonym,
          split_part(kv, '=', 1) AS consent_key, split_part(kv, '=', 2) AS consent_value
@@ -17,7 +17,8 @@ WITH settings AS (
 -- its address's network (unnamed_destination).
 contacts AS (
   SELECT DISTINCT vendor, model, device_pseudonym,
-         CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain
+         CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain,
+         coalesce(source, 'unspecified') AS source
   FROM flows
 ),
 reach AS (
@@ -37,7 +38,8 @@ off_model AS (
   GROUP BY vendor, model, consent_key
 ),
 off_contacts AS (
-  SELECT s.vendor, s.model, s.consent_key, c.domain, count(DISTINCT s.device_pseudonym) AS devices
+  SELECT s.vendor, s.model, s.consent_key, c.domain, count(DISTINCT s.device_pseudonym) AS devices,
+         array_to_string(array_sort(array_agg(DISTINCT c.source)), ', ') AS sources
   FROM settings s
   JOIN contacts c ON c.vendor = s.vendor AND c.model = s.model AND c.device_pseudonym = s.device_pseudonym
   WHERE s.consent_value = 'off'
@@ -59,7 +61,7 @@ on_contacts AS (
 SELECT o.vendor, o.model, o.consent_key, o.domain, o.devices AS off_devices, m.n AS model_off_devices,
        round(CAST(o.devices AS DOUBLE) / m.n, 3) AS off_share,
        round(CAST(coalesce(oc.devices, 0) AS DOUBLE) / ov.n, 3) AS on_share,
-       round(CAST(r.d AS DOUBLE) / t.total, 3) AS vendor_share
+       round(CAST(r.d AS DOUBLE) / t.total, 3) AS vendor_share, o.sources
 FROM off_contacts o
 JOIN off_model m ON m.vendor = o.vendor AND m.model = o.model AND m.consent_key = o.consent_key
 JOIN reach r ON r.domain = o.domain AND r.vendor = o.vendor

@@ -4,11 +4,11 @@
 -- param: min_ratio = 5 | bytes out per byte in
 -- param: min_bytes_out = 50000 | fewest bytes sent by the model's devices in all
 -- param: min_devices = 5 | fewest distinct devices that must send to the destination
--- columns: vendor, model, domain, devices, bytes_out, bytes_in, ratio
+-- columns: vendor, model, domain, devices, bytes_out, bytes_in, ratio, sources
 -- public: bytes_out, bytes_in, ratio
 -- needs: bytes_out, bytes_in
 WITH sent AS (
-  SELECT vendor, model, domain, device_pseudonym, bytes_out, bytes_in
+  SELECT vendor, model, domain, device_pseudonym, bytes_out, bytes_in, coalesce(source, 'unspecified') AS source
   FROM flows
   WHERE domain IS NOT NULL AND transport <> 'dns' AND bytes_out IS NOT NULL AND bytes_in IS NOT NULL
 ),
@@ -23,7 +23,8 @@ totals AS (
          >= ${min_ratio} * greatest(CAST(sum(CAST(bytes_in AS DECIMAL(38, 0))) AS DOUBLE), 1)
 ),
 reach AS (
-  SELECT s.vendor, s.model, s.domain, count(DISTINCT s.device_pseudonym) AS devices
+  SELECT s.vendor, s.model, s.domain, count(DISTINCT s.device_pseudonym) AS devices,
+         array_to_string(array_sort(array_agg(DISTINCT s.source)), ', ') AS sources
   FROM sent s
   JOIN totals t ON s.vendor = t.vendor AND s.model = t.model AND s.domain = t.domain
   GROUP BY s.vendor, s.model, s.domain
@@ -31,7 +32,7 @@ reach AS (
 SELECT t.vendor, t.model, t.domain, r.devices,
        CAST(least(t.bytes_out, 9223372036854775807) AS BIGINT) AS bytes_out,
        CAST(least(t.bytes_in, 9223372036854775807) AS BIGINT) AS bytes_in,
-       round(CAST(t.bytes_out AS DOUBLE) / greatest(CAST(t.bytes_in AS DOUBLE), 1), 1) AS ratio
+       round(CAST(t.bytes_out AS DOUBLE) / greatest(CAST(t.bytes_in AS DOUBLE), 1), 1) AS ratio, r.sources
 FROM totals t
 JOIN reach r ON r.vendor = t.vendor AND r.model = t.model AND r.domain = t.domain
 WHERE r.devices >= ${min_devices}
