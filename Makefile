@@ -57,6 +57,7 @@ test: deps browser-deps unit-check-deps fmt clippy check-agent-deps test-py s3-s
 bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/import.sh
+	LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" BENCH_PYTHON="$(PYTHON)" AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/imports.sh
 	AGENT=$${CARGO_TARGET_DIR:-target}/agent/leakwatch-agent ./benches/agent.sh
 	$(CARGO) bench --locked $(FEATURES) -p leakwatch --bench ingest
 	BENCH_PYTHON="$(PY_VENV)/bin/python" $(CARGO) bench --locked $(FEATURES) -p leakwatch --bench rules

@@ -99,7 +99,7 @@ impl FlowTable {
     /// `ts_us` (a lookup, as a captured query is); `blocked` when the DNS
     /// server refused it.
     pub fn add_logged_query(&mut self, origin: Origin, name: &str, resolver: IpAddr, ts_us: i64, blocked: bool) {
-        self.note_lookup(DnsLookup {
+        self.note_lookup(origin, name, blocked, ts_us, 1, || DnsLookup {
             origin,
             name: name.to_string(),
             resolver,
@@ -113,7 +113,10 @@ impl FlowTable {
 
     /// Learns a logged DNS answer: `addr` is `name`'s.
     pub fn add_logged_answer(&mut self, addr: IpAddr, name: &str) {
-        self.dns.insert(addr, name.to_string());
+        // Most answers repeat the one before for the address.
+        if self.dns.get(&addr).is_none_or(|known| known != name) {
+            self.dns.insert(addr, name.to_string());
+        }
     }
 
     /// Adds a logged DHCP Discover or Request of `mac` at `ts_us`.

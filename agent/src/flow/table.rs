@@ -245,7 +245,9 @@ pub struct FlowTable {
     pub untracked_connections: u64,
     pub(super) dns: FxHashMap<IpAddr, String>,
     lookups: Vec<DnsLookup>,
-    lookup_index: FxHashMap<(Origin, String, bool), usize>,
+    /// Each lookup's index in `lookups`, by origin, blocked or not, and
+    /// the lower-case name.
+    lookup_index: FxHashMap<(Origin, bool), FxHashMap<Box<str>, usize>>,
     dhcp: Vec<DhcpHandshake>,
     /// DNS responses that did not parse.
     pub dns_errors: u64,
@@ -391,9 +393,10 @@ impl FlowTable {
     fn note_query(&mut self, p: &Packet<'_>) {
         let Some(msg) = dns_message(p) else { return };
         let Some((name, _qtype)) = dns::parse_query(msg) else { return };
-        self.note_lookup(DnsLookup {
-            origin: Origin { mac: p.src_mac, ip: p.src_ip },
-            name,
+        let origin = Origin { mac: p.src_mac, ip: p.src_ip };
+        self.note_lookup(origin, &name, false, p.ts_us, 1, || DnsLookup {
+            origin,
+            name: name.clone(),
             resolver: p.dst_ip,
             first_us: p.ts_us,
             last_us: p.ts_us,
@@ -403,20 +406,38 @@ impl FlowTable {
         });
     }
 
-    /// Adds one query (`lookup`, its `queries` 1) to its origin's lookup of
-    /// the name.
-    pub(super) fn note_lookup(&mut self, lookup: DnsLookup) {
-        let key = (lookup.origin, lookup.name.to_ascii_lowercase(), lookup.blocked);
-        match self.lookup_index.get(&key) {
+    /// Adds `queries` queries of `origin` for `name` at `ts_us` to its
+    /// lookup of the name (blocked or not), or the lookup `new` makes when
+    /// it has none yet.
+    pub(super) fn note_lookup(
+        &mut self,
+        origin: Origin,
+        name: &str,
+        blocked: bool,
+        ts_us: i64,
+        queries: u64,
+        new: impl FnOnce() -> DnsLookup,
+    ) {
+        // Looked up by the name as asked when it is lower case (as most
+        // are), so that a repeated query makes no new string.
+        let lower;
+        let key = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        let names = self.lookup_index.entry((origin, blocked)).or_default();
+        match names.get(key) {
             Some(&i) => {
                 let l = &mut self.lookups[i];
-                l.first_us = l.first_us.min(lookup.first_us);
-                l.last_us = l.last_us.max(lookup.last_us);
-                l.queries += lookup.queries;
+                l.first_us = l.first_us.min(ts_us);
+                l.last_us = l.last_us.max(ts_us);
+                l.queries += queries;
             }
             None => {
-                self.lookup_index.insert(key, self.lookups.len());
-                self.lookups.push(lookup);
+                names.insert(key.into(), self.lookups.len());
+                self.lookups.push(new());
             }
         }
     }

@@ -28,7 +28,7 @@ use crate::{Error, Result};
 
 /// One query as FTL's `queries` view gives it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Query {
+pub struct Query<'a> {
     /// FTL's id, increasing in the order queries were stored.
     pub id: i64,
     /// When, microseconds since the Unix epoch.
@@ -36,7 +36,7 @@ pub struct Query {
     /// The client's address (LAN only: never sent).
     pub client: IpAddr,
     /// The name asked for.
-    pub domain: String,
+    pub domain: &'a str,
     /// FTL's status (see [`blocked`]).
     pub status: i64,
 }
@@ -194,26 +194,92 @@ pub fn macs(conn: &Connection) -> HashMap<IpAddr, [u8; 6]> {
 }
 
 /// Reads the queries with an id above `after`, in id order, handing each
-/// to `each`.
-pub fn read_queries(path: &Path, conn: &Connection, after: i64, mut each: impl FnMut(Query)) -> Result<PiholeStats> {
+/// to `each`: the rows of FTL's `queries` view. Since FTL's database
+/// version 10 the view joins `query_storage` with the names in
+/// `domain_by_id` and `client_by_id`; those are read once here and the
+/// stored queries joined to them as the view does, which is several times
+/// faster than stepping through the view.
+pub fn read_queries(
+    path: &Path,
+    conn: &Connection,
+    after: i64,
+    mut each: impl FnMut(&Query<'_>),
+) -> Result<PiholeStats> {
+    use rusqlite::types::ValueRef;
     let sqlite =
         |e: rusqlite::Error| Error::InvalidArgument { field: path.display().to_string(), reason: describe(&e) };
-    let mut stmt = conn
-        .prepare("SELECT id, timestamp, status, domain, client FROM queries WHERE id > ?1 ORDER BY id")
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(sqlite)?;
+    let joined = ["query_storage", "domain_by_id", "client_by_id"].iter().all(|t| tables.iter().any(|n| n == t));
+    // Each id's name and address (the view's subqueries, read once).
+    let mut domains: rustc_hash::FxHashMap<i64, Box<str>> = rustc_hash::FxHashMap::default();
+    let mut clients: rustc_hash::FxHashMap<i64, Box<str>> = rustc_hash::FxHashMap::default();
+    let sql = if joined {
+        for (table, column, map) in [("domain_by_id", "domain", &mut domains), ("client_by_id", "ip", &mut clients)] {
+            let mut stmt = conn.prepare(&format!("SELECT id, {column} FROM {table}")).map_err(sqlite)?;
+            let mut rows = stmt.query([]).map_err(sqlite)?;
+            while let Some(row) = rows.next().map_err(sqlite)? {
+                if let (Ok(id), Ok(ValueRef::Text(text))) = (row.get::<_, i64>(0), row.get_ref(1)) {
+                    map.insert(id, String::from_utf8_lossy(text).into());
+                }
+            }
+        }
+        "SELECT id, timestamp, status, domain, client FROM query_storage WHERE id > ?1 ORDER BY id"
+    } else {
+        "SELECT id, timestamp, status, domain, client FROM queries WHERE id > ?1 ORDER BY id"
+    };
+    let mut stmt = conn.prepare(sql).map_err(sqlite)?;
     let mut rows = stmt.query([after]).map_err(sqlite)?;
     let mut stats = PiholeStats::default();
+    // A column's text: a name by its id, or the text stored in its place
+    // (as the view's `CASE typeof(...)` reads it).
+    let text = |v: ValueRef<'_>, by_id: &rustc_hash::FxHashMap<i64, Box<str>>| -> Option<String> {
+        match v {
+            ValueRef::Integer(id) if joined => by_id.get(&id).map(|s| s.to_string()),
+            ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        }
+    };
+    let mut last_client: Option<(Box<str>, IpAddr)> = None;
     while let Some(row) = rows.next().map_err(sqlite)? {
         let id: i64 = row.get(0).map_err(sqlite)?;
         stats.last_id = Some(id);
-        let parsed = (|| -> std::result::Result<Query, String> {
-            let ts: f64 = row.get(1).map_err(|e| format!("timestamp: {e}"))?;
-            let status: i64 = row.get(2).map_err(|e| format!("status: {e}"))?;
-            let domain: Option<String> = row.get(3).map_err(|e| format!("domain: {e}"))?;
-            let client: Option<String> = row.get(4).map_err(|e| format!("client: {e}"))?;
+        let ts: Option<f64> = match row.get_ref(1).map_err(sqlite)? {
+            ValueRef::Integer(i) => Some(i as f64),
+            ValueRef::Real(f) => Some(f),
+            _ => None,
+        };
+        let status = row.get_ref(2).map_err(sqlite)?.as_i64().unwrap_or(0);
+        let (domain_ref, client_ref) = (row.get_ref(3).map_err(sqlite)?, row.get_ref(4).map_err(sqlite)?);
+        // Names by id are borrowed; only text stored in place is copied.
+        let domain_owned;
+        let domain: Option<&str> = match domain_ref {
+            ValueRef::Integer(i) if joined => domains.get(&i).map(|d| &**d),
+            other => {
+                domain_owned = text(other, &domains);
+                domain_owned.as_deref()
+            }
+        };
+        let client_text: Option<std::borrow::Cow<'_, str>> = match client_ref {
+            ValueRef::Integer(i) if joined => clients.get(&i).map(|c| std::borrow::Cow::Borrowed(&**c)),
+            other => text(other, &clients).map(std::borrow::Cow::Owned),
+        };
+        let parsed = (|| -> std::result::Result<Query<'_>, String> {
             let domain = domain.filter(|d| !d.is_empty()).ok_or("no domain")?;
-            let client = client.unwrap_or_default();
-            let client = client.parse::<IpAddr>().map_err(|_| format!("client {client:?} is no address"))?;
+            let client_text = client_text.as_deref().unwrap_or_default();
+            // Most queries come from the client of the one before.
+            let client = match &last_client {
+                Some((text, ip)) if &**text == client_text => *ip,
+                _ => {
+                    let ip =
+                        client_text.parse::<IpAddr>().map_err(|_| format!("client {client_text:?} is no address"))?;
+                    last_client = Some((client_text.into(), ip));
+                    ip
+                }
+            };
+            let ts = ts.ok_or("no timestamp")?;
             if !ts.is_finite() || !(0.0..1e11).contains(&ts) {
                 return Err(format!("timestamp {ts} is no time"));
             }
@@ -223,7 +289,7 @@ pub fn read_queries(path: &Path, conn: &Connection, after: i64, mut each: impl F
             Ok(q) => {
                 stats.queries += 1;
                 stats.blocked += u64::from(blocked(q.status));
-                each(q);
+                each(&q);
             }
             Err(reason) => stats.bad.note(id.max(0) as u64, reason),
         }
@@ -300,7 +366,7 @@ pub fn import(
     let resolver = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
     let stats = read_queries(path, conn, after, |q| {
         let origin = crate::flow::Origin { mac: macs.get(&q.client).copied(), ip: q.client };
-        table.add_logged_query(origin, &q.domain, resolver, q.ts_us, blocked(q.status));
+        table.add_logged_query(origin, q.domain, resolver, q.ts_us, blocked(q.status));
     })?;
     let mut tracker = crate::lan::LanBootTracker::new(None);
     let mut sums = crate::lan::LanSums::default();

@@ -5,6 +5,8 @@
 //! as they are read, so a log of any size takes the memory of one line.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -25,11 +27,11 @@ pub struct LogStats {
     pub bad: super::BadLines,
 }
 
-/// One row: its fields by name.
+/// One row: its fields by name (a TSV row's borrowed from its line).
 #[derive(Debug)]
 pub struct Row<'a> {
-    fields: &'a HashMap<String, usize>,
-    values: Vec<Option<String>>,
+    fields: &'a FxHashMap<String, usize>,
+    values: Vec<Option<std::borrow::Cow<'a, str>>>,
 }
 
 impl Row<'_> {
@@ -61,7 +63,8 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
     let io = |source| Error::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let raw: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(file))
+        // Inflated on a second thread while this one reads the rows.
+        Box::new(Inflating::new(flate2::read::MultiGzDecoder::new(file)))
     } else {
         Box::new(file)
     };
@@ -70,12 +73,20 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
     let mut line = Vec::new();
     let mut line_no = 0u64;
     // TSV: the header's fields and markers.
-    let mut fields: HashMap<String, usize> = HashMap::new();
+    let mut fields: FxHashMap<String, usize> = FxHashMap::default();
     let mut order: Vec<String> = Vec::new();
     let (mut separator, mut unset, mut empty) = (b'\t', "-".to_string(), "(empty)".to_string());
     let mut json: Option<bool> = None;
     loop {
-        let read = read_line(&mut reader, &mut line, MAX_LINE_BYTES).map_err(io)?;
+        let read = match read_line(&mut reader, &mut line, MAX_LINE_BYTES) {
+            Ok(read) => read,
+            // A log cut short (a truncated .gz): the rows before count.
+            Err(e) if stats.rows > 0 => {
+                stats.bad.note(line_no + 1, format!("unreadable from here on ({e})"));
+                break;
+            }
+            Err(e) => return Err(io(e)),
+        };
         if read == Line::End {
             break;
         }
@@ -84,7 +95,11 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
             stats.bad.note(line_no, format!("longer than {MAX_LINE_BYTES} bytes"));
             continue;
         }
-        let text = String::from_utf8_lossy(&line);
+        // Valid UTF-8 (as Zeek writes) is borrowed; anything else replaced.
+        let text = match std::str::from_utf8(&line) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(&line),
+        };
         let text = text.trim_end_matches(['\r', '\n']);
         if text.is_empty() {
             continue;
@@ -114,9 +129,9 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
             match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
                 Ok(object) => {
                     // Fields by name as they come, each row its own.
-                    let names: HashMap<String, usize> =
+                    let names: FxHashMap<String, usize> =
                         object.keys().enumerate().map(|(i, k)| (k.clone(), i)).collect();
-                    let values = object.values().map(json_text).collect();
+                    let values = object.values().map(|v| json_text(v).map(std::borrow::Cow::Owned)).collect();
                     stats.rows += 1;
                     on_row(&Row { fields: &names, values });
                 }
@@ -131,23 +146,26 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
             }
             continue;
         }
-        let values: Vec<&str> = text.split(char::from(separator)).collect();
+        // Split at the separator's bytes (ASCII: always a character
+        // boundary), each field borrowed from the line.
+        let mut values = Vec::with_capacity(order.len());
+        let mut start = 0;
+        let bytes = text.as_bytes();
+        for end in memchr::memchr_iter(separator, bytes).chain([bytes.len()]) {
+            let v = &text[start..end];
+            start = end + 1;
+            values.push(if v == unset {
+                None
+            } else if v == empty {
+                Some(std::borrow::Cow::Borrowed(""))
+            } else {
+                Some(std::borrow::Cow::Borrowed(v))
+            });
+        }
         if values.len() != order.len() {
             stats.bad.note(line_no, format!("{} fields, #fields names {}", values.len(), order.len()));
             continue;
         }
-        let values = values
-            .into_iter()
-            .map(|v| {
-                if v == unset {
-                    None
-                } else if v == empty {
-                    Some(String::new())
-                } else {
-                    Some(v.to_string())
-                }
-            })
-            .collect();
         stats.rows += 1;
         on_row(&Row { fields: &fields, values });
     }
@@ -244,10 +262,10 @@ pub fn import(
         salt.extend_from_slice(&crate::import::hash_file(log)?);
         let mut kind = *kind;
         let read = read_log(log, |r| {
-            if r.time_us("ts").is_none() {
+            let Some(ts) = r.time_us("ts") else {
                 stats.untimed += 1;
                 return;
-            }
+            };
             // A renamed log: its rows say what it is by their fields.
             if kind.is_empty() {
                 kind = if r.get("query").is_some() {
@@ -270,13 +288,13 @@ pub fn import(
                     }
                     let joins =
                         r.get("msg_types").is_some_and(|t| t.split(',').any(|m| m == "DISCOVER" || m == "REQUEST"));
-                    if let (true, Some(ts)) = (joins, r.time_us("ts")) {
+                    if joins {
                         table.add_logged_dhcp(mac, ts);
                     }
                 }
                 "dns" => {
-                    let (Some(origin), Some(resolver), Some(query), Some(ts)) =
-                        (addr(r, "id.orig_h"), addr(r, "id.resp_h"), r.get("query"), r.time_us("ts"))
+                    let (Some(origin), Some(resolver), Some(query)) =
+                        (addr(r, "id.orig_h"), addr(r, "id.resp_h"), r.get("query"))
                     else {
                         return;
                     };
@@ -312,9 +330,8 @@ pub fn import(
                             return;
                         }
                     };
-                    let (Some(orig), Some(resp), Some(first_us)) =
-                        (addr(r, "id.orig_h"), addr(r, "id.resp_h"), r.time_us("ts"))
-                    else {
+                    let first_us = ts;
+                    let (Some(orig), Some(resp)) = (addr(r, "id.orig_h"), addr(r, "id.resp_h")) else {
                         return;
                     };
                     let port = |f: &str| r.get(f).and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
@@ -366,12 +383,64 @@ pub fn import(
     Ok(stats)
 }
 
-/// `\x09` (or a literal character) as a byte.
+/// A reader whose bytes another thread reads from `inner` ahead of it, a
+/// few chunks at a time (bounded memory); the thread ends when the reader
+/// is dropped or `inner` ends.
+struct Inflating {
+    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Inflating {
+    /// Bytes read ahead per chunk, and chunks held at most.
+    const CHUNK: usize = 256 * 1024;
+    const AHEAD: usize = 4;
+
+    fn new(mut inner: impl Read + Send + 'static) -> Self {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(Self::AHEAD);
+        std::thread::spawn(move || {
+            loop {
+                let mut chunk = vec![0; Self::CHUNK];
+                let read = inner.read(&mut chunk).map(|n| {
+                    chunk.truncate(n);
+                    chunk
+                });
+                let last = !matches!(&read, Ok(c) if !c.is_empty());
+                if tx.send(read).is_err() || last {
+                    break;
+                }
+            }
+        });
+        Self { chunks, chunk: Vec::new(), at: 0 }
+    }
+}
+
+impl Read for Inflating {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => (self.chunk, self.at) = (chunk, 0),
+                Ok(Err(e)) => return Err(e),
+                // The thread ended after the last chunk.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// `\x09` (or a literal character) as a byte; only an ASCII one (a row is
+/// split at its bytes).
 fn parse_separator(text: &str) -> Option<u8> {
-    match text.strip_prefix("\\x") {
+    let byte = match text.strip_prefix("\\x") {
         Some(hex) => u8::from_str_radix(hex, 16).ok(),
         None => text.bytes().next(),
-    }
+    };
+    byte.filter(u8::is_ascii)
 }
 
 /// A JSON value as the text a TSV log would hold (a list joined by
@@ -432,6 +501,31 @@ mod tests {
         let (_dir, path) = file("dns.log.gz", "");
         std::fs::write(&path, gz.finish().expect("gzip")).expect("write");
         assert_eq!(read_log(&path, |_| {}).expect("read").rows, 2);
+    }
+
+    #[test]
+    fn a_truncated_gzip_log_keeps_the_rows_before_the_cut() {
+        let rows: String =
+            (0..5000).map(|i| format!("1521911720.{i:06}\tC{i}\t10.47.1.100\tn{i}.example\t-\n")).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, format!("{TSV}{rows}").as_bytes()).expect("gzip");
+        let bytes = gz.finish().expect("gzip");
+        let (_dir, path) = file("dns.log.gz", "");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write");
+        let stats = read_log(&path, |_| {}).expect("the rows before the cut");
+        assert!(stats.rows > 100 && stats.rows < 5002, "{stats:?}");
+        assert_eq!(stats.bad.count, 1);
+        assert!(stats.bad.first[0].1.contains("unreadable from here on"), "{:?}", stats.bad);
+        std::fs::write(&path, &bytes[..10]).expect("write");
+        assert!(read_log(&path, |_| {}).is_err(), "nothing readable: an error");
+    }
+
+    #[test]
+    fn a_separator_that_is_no_ascii_character_is_not_split_at() {
+        let odd = TSV.replace("#separator \\x09", "#separator \\xc3");
+        let (_dir, path) = file("dns.log", &odd);
+        assert_eq!(read_log(&path, |_| {}).expect("read").rows, 2, "read as tab-separated");
+        assert_eq!(parse_separator("\\xff"), None);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::{external, simulated_fleet};
 
-const RECORD_KEYS: [&str; 21] = [
+const RECORD_KEYS: [&str; 22] = [
+    "blocked",
     "encrypted_dns",
     "connections",
     "interval_mean_s",
