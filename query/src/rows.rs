@@ -622,6 +622,8 @@ mod tests {
             stated(|r| r.interval_mean_s),
             stated(|r| r.interval_cv),
             text(|r| &r.source),
+            // Rows pushed as `FlowRow`s say nothing of blocking.
+            arrow::array::new_null_array(&arrow::datatypes::DataType::Boolean, rows.len()),
         ];
         RecordBatch::try_new(flows_schema(), columns).expect("reference batch")
     }
