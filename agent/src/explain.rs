@@ -90,6 +90,8 @@ struct RecordFields<'a> {
     interval_mean_s: f64,
     interval_cv: f64,
     blocked: bool,
+    initiator: &'static str,
+    via_website: bool,
 }
 
 impl<'a> RecordFields<'a> {
@@ -118,6 +120,8 @@ impl<'a> RecordFields<'a> {
             interval_mean_s: r.interval_mean_s,
             interval_cv: r.interval_cv,
             blocked: r.blocked,
+            initiator: leakwatch_proto::v1::Initiator::try_from(r.initiator).unwrap_or_default().as_str_name(),
+            via_website: r.via_website,
         }
     }
 }

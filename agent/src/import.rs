@@ -282,12 +282,15 @@ pub(crate) fn boot_records(
 }
 
 /// Lookups of the same name merged (a device may ask over IPv4 and IPv6);
-/// those its DNS server blocked apart from those it answered.
+/// each app's apart, those its DNS server blocked apart from those it
+/// answered, and contacts the iOS report tells apart (who started them)
+/// apart.
 pub(crate) fn merge_lookups<'a>(lookups: impl Iterator<Item = &'a DnsLookup>) -> Vec<DnsLookup> {
     let mut out: Vec<DnsLookup> = Vec::new();
-    let mut index: std::collections::HashMap<(String, bool), usize> = std::collections::HashMap::new();
+    type Key = (String, Option<String>, bool, crate::flow::LookupContext);
+    let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
     for l in lookups {
-        let key = (l.name.to_ascii_lowercase(), l.blocked);
+        let key = (l.name.to_ascii_lowercase(), l.app.clone(), l.blocked, l.context);
         match index.get(&key) {
             Some(&i) => {
                 let m = &mut out[i];

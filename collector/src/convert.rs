@@ -42,6 +42,9 @@ impl<'a> Labels<'a> {
             // 0 is "not stated": NULL, and so are the gaps.
             connections: if self.kind.knows_connections() { r.connections } else { 0 },
             blocked: r.blocked.filter(|_| self.kind.knows_blocking()),
+            // An unspecified initiator is unknown, whatever the source.
+            initiated_by: r.initiated_by.filter(|i| self.kind.knows_initiator() && !i.is_empty()),
+            via_website: r.via_website.filter(|_| self.kind.knows_initiator()),
             ..*r
         }
     }
@@ -93,7 +96,13 @@ fn record_values_with<'a, A>(r: &'a FlowRecord, alpn: &'a [A]) -> RecordValues<'
         interval_mean_s: r.interval_mean_s,
         interval_cv: r.interval_cv,
         blocked: Some(r.blocked),
+        initiated_by: Some(initiator_name(r.initiator)),
+        via_website: Some(r.via_website),
     }
+}
+
+fn initiator_name(v: i32) -> &'static str {
+    leakwatch_proto::v1::Initiator::try_from(v).unwrap_or_default().short_name()
 }
 
 fn transport_name(v: i32) -> &'static str {
@@ -208,6 +217,8 @@ fn read_in_place<'s, 'm>(bytes: &'m [u8], alpn: &'s mut [&'m str; MOST_ALPN]) ->
         interval_mean_s: 0.0,
         interval_cv: 0.0,
         blocked: Some(false),
+        initiated_by: Some(initiator_name(0)),
+        via_website: Some(false),
     };
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -248,7 +259,9 @@ fn read_in_place<'s, 'm>(bytes: &'m [u8], alpn: &'s mut [&'m str; MOST_ALPN]) ->
             (17, Wire::Fixed64(v)) => put(&mut r.interval_mean_s, f64::from_bits(v)),
             (18, Wire::Fixed64(v)) => put(&mut r.interval_cv, f64::from_bits(v)),
             (19, Wire::Varint(v)) => put(&mut r.blocked, Some(v != 0)),
-            (1..=19, _) => false,
+            (20, Wire::Varint(v)) => put(&mut r.initiated_by, Some(initiator_name(v as i32))),
+            (21, Wire::Varint(v)) => put(&mut r.via_website, Some(v != 0)),
+            (1..=21, _) => false,
             _ => true,
         };
         if !ok {
@@ -450,6 +463,8 @@ mod tests {
             interval_mean_s: rng.pick(&floats),
             interval_cv: rng.pick(&floats),
             blocked: rng.next().is_multiple_of(2),
+            initiator: rng.pick(&[0, 1, 2, 7]),
+            via_website: rng.next().is_multiple_of(2),
         }
     }
 
@@ -615,6 +630,8 @@ mod tests {
             domain: "api.example.com".into(),
             packets_out: 3,
             connections: 1,
+            initiator: leakwatch_proto::v1::Initiator::App as i32,
+            via_website: true,
             ..FlowRecord::default()
         };
         let nulls = |source: RecordSource| {
@@ -632,17 +649,30 @@ mod tests {
             assert_eq!(column("packets_out").as_primitive::<Int64Type>().value(0), 3, "{source:?}");
             assert_eq!(column("seconds_since_boot").as_primitive::<Float64Type>().len(), 1);
             assert_eq!(column("dst_port").as_primitive::<Int32Type>().len(), 1);
-            ["seconds_since_boot", "dst_port", "bytes_out", "bytes_in", "packets_in", "connections", "interval_mean_s"]
-                .into_iter()
-                .filter(|name| column(name).is_null(0))
-                .collect::<Vec<_>>()
+            [
+                "seconds_since_boot",
+                "dst_port",
+                "bytes_out",
+                "bytes_in",
+                "packets_in",
+                "connections",
+                "interval_mean_s",
+                "initiated_by",
+                "via_website",
+            ]
+            .into_iter()
+            .filter(|name| column(name).is_null(0))
+            .collect::<Vec<_>>()
         };
+        // Who started a contact: only the iOS report says.
         for source in [RecordSource::Capture, RecordSource::Live, RecordSource::PcapdroidCsv, RecordSource::Zeek] {
-            assert!(nulls(source).is_empty(), "{source:?}");
+            assert_eq!(nulls(source), ["initiated_by", "via_website"], "{source:?}");
         }
         let without_boot_bytes_connections =
             ["seconds_since_boot", "bytes_out", "bytes_in", "packets_in", "connections", "interval_mean_s"];
-        assert_eq!(nulls(RecordSource::Pihole), without_boot_bytes_connections);
+        let mut pihole = without_boot_bytes_connections.to_vec();
+        pihole.extend(["initiated_by", "via_website"]);
+        assert_eq!(nulls(RecordSource::Pihole), pihole);
         let mut ios = without_boot_bytes_connections.to_vec();
         ios.insert(1, "dst_port");
         assert_eq!(nulls(RecordSource::IosPrivacy), ios);

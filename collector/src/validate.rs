@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use leakwatch_core::address::is_non_public;
 use leakwatch_proto::Invalid;
-use leakwatch_proto::v1::{DomainSource, FlowRecord, ReportBatch, Transport};
+use leakwatch_proto::v1::{DomainSource, FlowRecord, Initiator, ReportBatch, Transport};
 
 pub use leakwatch_proto::codec::{
     MAX_BYTES_PER_RECORD, MAX_CONNECTIONS_PER_RECORD, MAX_CONSENT_ENTRIES, MAX_FUTURE_S, MAX_PACKETS_PER_RECORD,
@@ -129,6 +129,9 @@ fn check_record(i: usize, r: &FlowRecord, now_s: i64) -> Result<(), Invalid> {
     }
     if DomainSource::try_from(r.domain_source).is_err() {
         return Err(invalid!("{}: {} is not a DomainSource value", f("domain_source"), r.domain_source));
+    }
+    if Initiator::try_from(r.initiator).is_err() {
+        return Err(invalid!("{}: {} is not an Initiator value", f("initiator"), r.initiator));
     }
     check_len(field("app"), &r.app, MAX_APP_BYTES)?;
     check_printable(field("app"), &r.app)?;
@@ -253,6 +256,7 @@ mod tests {
             ),
             (Box::new(|b| b.records = vec![b.records[0].clone(); 10_001]), "records: 10001 records, at most 10000"),
             (Box::new(|b| b.records.clear()), "records: empty"),
+            (Box::new(|b| b.records[0].initiator = 7), "records[0].initiator: 7 is not an Initiator value"),
             // Issue 29, point 6: counts that would wrap a sum.
             (
                 Box::new(|b| b.records[0].bytes_out = u64::MAX),

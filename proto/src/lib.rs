@@ -113,10 +113,27 @@ impl v1::RecordSource {
         matches!(self, Self::Pihole)
     }
 
+    /// Whether its records say who started a contact and whether a website
+    /// made it: only the iOS report.
+    pub fn knows_initiator(self) -> bool {
+        matches!(self, Self::IosPrivacy)
+    }
+
     /// Whether its records know the destination port: not the iOS report,
     /// which names the domain only.
     pub fn knows_port(self) -> bool {
         !matches!(self, Self::IosPrivacy)
+    }
+}
+
+impl v1::Initiator {
+    /// Short lower-case name used in SQL ("app", "user"; "" unspecified).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "",
+            Self::App => "app",
+            Self::User => "user",
+        }
     }
 }
 

@@ -156,6 +156,12 @@ pub struct RecordValues<'a, A = String> {
     /// The DNS server blocked the lookup; `None` when the source cannot
     /// know.
     pub blocked: Option<bool>,
+    /// Who started the contact ("app", "user"); `None` when the source
+    /// cannot know.
+    pub initiated_by: Option<&'static str>,
+    /// A website shown in the app made the contact; `None` when the source
+    /// cannot know.
+    pub via_website: Option<bool>,
 }
 
 /// [`BatchLabels`], owned.
@@ -232,6 +238,8 @@ struct RecordColumns {
     interval_mean_s: Vec<f64>,
     interval_cv: Vec<f64>,
     blocked: Vec<Option<bool>>,
+    initiated_by: StringBuilder,
+    via_website: Vec<Option<bool>>,
 }
 
 fn append_optional(b: &mut StringBuilder, v: &str) {
@@ -382,6 +390,8 @@ impl FlowBatchBuilder {
         c.interval_mean_s.push(r.interval_mean_s);
         c.interval_cv.push(r.interval_cv);
         c.blocked.push(r.blocked);
+        c.initiated_by.append_option(r.initiated_by);
+        c.via_website.push(r.via_website);
         self.order = None;
     }
 
@@ -426,6 +436,8 @@ impl FlowBatchBuilder {
             interval_mean_s: row.interval_mean_s,
             interval_cv: row.interval_cv,
             blocked: None,
+            initiated_by: None,
+            via_website: None,
         });
     }
 
@@ -557,6 +569,8 @@ impl FlowBatchBuilder {
             rows(stated(&c.interval_cv)),
             labels(&|b| &b.source),
             rows(Arc::new(std::mem::take(&mut c.blocked).into_iter().collect::<BooleanArray>())),
+            rows(Arc::new(c.initiated_by.finish())),
+            rows(Arc::new(std::mem::take(&mut c.via_website).into_iter().collect::<BooleanArray>())),
         ];
         let schema = if encoded { flows_encoded_schema() } else { flows_schema() };
         match RecordBatch::try_new(schema, columns) {
@@ -622,7 +636,10 @@ mod tests {
             stated(|r| r.interval_mean_s),
             stated(|r| r.interval_cv),
             text(|r| &r.source),
-            // Rows pushed as `FlowRow`s say nothing of blocking.
+            // Rows pushed as `FlowRow`s say nothing of blocking, or of who
+            // started a contact.
+            arrow::array::new_null_array(&arrow::datatypes::DataType::Boolean, rows.len()),
+            arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows.len()),
             arrow::array::new_null_array(&arrow::datatypes::DataType::Boolean, rows.len()),
         ];
         RecordBatch::try_new(flows_schema(), columns).expect("reference batch")
@@ -722,6 +739,8 @@ mod tests {
             interval_mean_s: 0.0,
             interval_cv: 0.0,
             blocked: None,
+            initiated_by: None,
+            via_website: None,
         };
         builder.start_batch(&labels("V1"));
         builder.push_record(&record("x"));

@@ -54,6 +54,10 @@ pub fn flows_schema() -> SchemaRef {
         // A lookup the DNS server blocked: true or false from sources that
         // know (Pi-hole), NULL from the others and in older files.
         Field::new("blocked", DataType::Boolean, true),
+        // Who started a contact (`app`, `user`) and whether a website
+        // shown in the app made it: from the iOS report, NULL otherwise.
+        s("initiated_by", true),
+        Field::new("via_website", DataType::Boolean, true),
     ]))
 }
 

@@ -856,20 +856,16 @@ mod tests {
         assert_eq!(out, "connections,bytes\n1,300\n");
     }
 
-    /// Files stored before the `source` and `blocked` columns read them as
-    /// NULL beside newer files that hold them.
+    /// Files stored before the `source` column and those after it read them
+    /// as NULL beside newer files that hold them.
     #[tokio::test]
     async fn files_without_the_source_column_read_it_as_null() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut b = FlowBatchBuilder::new();
         b.push(FlowRow { domain: "old.example".into(), device_pseudonym: "d1".into(), ..Default::default() });
         let full = b.finish();
-        let n = full.num_columns() - 2;
-        assert_eq!(
-            (full.schema().field(n).name().as_str(), full.schema().field(n + 1).name().as_str()),
-            ("source", "blocked")
-        );
-        let older = full.project(&(0..n).collect::<Vec<_>>()).expect("without source and blocked");
+        let n = full.schema().index_of("source").expect("source");
+        let older = full.project(&(0..n).collect::<Vec<_>>()).expect("without source and the columns after it");
         let day = dir.path().join("flows/day=2026-10-01");
         std::fs::create_dir_all(&day).expect("mkdir");
         let file =
@@ -883,10 +879,14 @@ mod tests {
         let factory = files_and_tail(dir.path(), TailSnapshot { watermark: 4, batches: vec![] });
         let out = count(
             &factory,
-            "SELECT domain, source IS NULL AS unknown, source, blocked IS NULL AS unblocked FROM flows ORDER BY domain",
+            "SELECT domain, source IS NULL AS unknown, source, blocked IS NULL AS unblocked, \
+             initiated_by IS NULL AND via_website IS NULL AS unsaid FROM flows ORDER BY domain",
         )
         .await;
-        assert_eq!(out, "domain,unknown,source,unblocked\nnew.example,false,capture,true\nold.example,true,,true\n");
+        assert_eq!(
+            out,
+            "domain,unknown,source,unblocked,unsaid\nnew.example,false,capture,true,true\nold.example,true,,true,true\n"
+        );
     }
 
     /// Destinations no name was seen for: every rule that keys on a

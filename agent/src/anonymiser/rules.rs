@@ -174,6 +174,12 @@ pub fn anonymise_lookup(lookup: &DnsLookup, boot_us: i64, stats: &mut Anonymiser
         interval_mean_s: 0.0,
         interval_cv: 0.0,
         blocked: lookup.blocked,
+        initiator: match lookup.context.app_initiated {
+            None => leakwatch_proto::v1::Initiator::Unspecified,
+            Some(true) => leakwatch_proto::v1::Initiator::App,
+            Some(false) => leakwatch_proto::v1::Initiator::User,
+        } as i32,
+        via_website: lookup.context.via_website,
     })
 }
 
@@ -250,6 +256,8 @@ pub fn anonymise(
         interval_mean_s: flow.interval_mean_s,
         interval_cv: flow.interval_cv,
         blocked: false,
+        initiator: 0,
+        via_website: false,
     })
 }
 
@@ -304,6 +312,7 @@ mod tests {
             queries: 1,
             app: None,
             blocked: false,
+            context: Default::default(),
         };
         let mut stats = AnonymiserStats::default();
         for name in [

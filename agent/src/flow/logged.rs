@@ -108,6 +108,7 @@ impl FlowTable {
             queries: 1,
             app: None,
             blocked,
+            context: Default::default(),
         });
     }
 

@@ -27,5 +27,6 @@ pub use naming::{NameSource, is_encrypted_dns};
 pub(crate) use sums::intervals;
 pub use sums::{FlowSummary, FlowSums, MAX_DESTINATIONS};
 pub use table::{
-    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowTable, InitiatorCounts, MAX_CONNECTIONS, Origin,
+    Connection, DeviceHint, DhcpHandshake, DnsLookup, FlowTable, InitiatorCounts, LookupContext, MAX_CONNECTIONS,
+    Origin,
 };

@@ -50,6 +50,19 @@ pub struct DnsLookup {
     /// The DNS server refused to resolve it (a Pi-hole's block); the
     /// blocked and the answered queries of a name are separate lookups.
     pub blocked: bool,
+    /// Who started it, and whether a website shown in the app did, when
+    /// the source says (the iOS report); contacts differing in them are
+    /// separate lookups.
+    pub context: LookupContext,
+}
+
+/// What the iOS App Privacy Report says about a contact besides its name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LookupContext {
+    /// The app's own code (`Some(true)`) or the user (`Some(false)`).
+    pub app_initiated: Option<bool>,
+    /// Made by a website shown in the app.
+    pub via_website: bool,
 }
 
 /// One connection as the local `flows` view shows it.
@@ -245,9 +258,9 @@ pub struct FlowTable {
     pub untracked_connections: u64,
     pub(super) dns: FxHashMap<IpAddr, String>,
     lookups: Vec<DnsLookup>,
-    /// Each lookup's index in `lookups`, by origin, blocked or not, and
-    /// the lower-case name.
-    lookup_index: FxHashMap<(Origin, bool), FxHashMap<Box<str>, usize>>,
+    /// Each lookup's index in `lookups`, by [`lookup_hash`] of its origin,
+    /// block and name.
+    lookup_index: hashbrown::HashTable<usize>,
     dhcp: Vec<DhcpHandshake>,
     /// DNS responses that did not parse.
     pub dns_errors: u64,
@@ -261,6 +274,19 @@ pub struct FlowTable {
 /// so this bounds the connections open at one time (each takes a few
 /// hundred bytes, more while its ClientHello is being put together).
 pub const MAX_CONNECTIONS: usize = 250_000;
+
+/// The hash a lookup is found by: its origin, whether it was blocked, and
+/// its name in lower case.
+fn lookup_hash(origin: &Origin, blocked: bool, name: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = rustc_hash::FxHasher::default();
+    origin.hash(&mut h);
+    blocked.hash(&mut h);
+    for b in name.bytes() {
+        h.write_u8(b.to_ascii_lowercase());
+    }
+    h.finish()
+}
 
 /// Idle time after which traffic on the same 5-tuple is a new connection
 /// (Zeek's defaults: 5 minutes for TCP, 1 minute for UDP).
@@ -403,6 +429,7 @@ impl FlowTable {
             queries: 1,
             app: p.app.map(str::to_string),
             blocked: false,
+            context: LookupContext::default(),
         });
     }
 
@@ -418,26 +445,30 @@ impl FlowTable {
         queries: u64,
         new: impl FnOnce() -> DnsLookup,
     ) {
-        // Looked up by the name as asked when it is lower case (as most
-        // are), so that a repeated query makes no new string.
-        let lower;
-        let key = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            name
-        };
-        let names = self.lookup_index.entry((origin, blocked)).or_default();
-        match names.get(key) {
-            Some(&i) => {
-                let l = &mut self.lookups[i];
+        // Found by a hash of the origin, the block and the lower-case name,
+        // compared with the lookups themselves: no key is stored and a
+        // repeated query makes no string.
+        let hash = lookup_hash(&origin, blocked, name);
+        let Self { lookup_index, lookups, .. } = self;
+        let found = lookup_index
+            .find(hash, |&i| {
+                let l = &lookups[i];
+                l.origin == origin && l.blocked == blocked && l.name.eq_ignore_ascii_case(name)
+            })
+            .copied();
+        match found {
+            Some(i) => {
+                let l = &mut lookups[i];
                 l.first_us = l.first_us.min(ts_us);
                 l.last_us = l.last_us.max(ts_us);
                 l.queries += queries;
             }
             None => {
-                names.insert(key.into(), self.lookups.len());
-                self.lookups.push(new());
+                lookup_index.insert_unique(hash, lookups.len(), |&i| {
+                    let l = &lookups[i];
+                    lookup_hash(&l.origin, l.blocked, &l.name)
+                });
+                lookups.push(new());
             }
         }
     }

@@ -91,6 +91,10 @@ pub fn import(
             queries: a.hits.max(1),
             app: Some(a.app),
             blocked: false,
+            context: crate::flow::LookupContext {
+                app_initiated: Some(a.app_initiated),
+                via_website: a.domain_type == 1,
+            },
         })
         .collect();
     let first_us = lookups.iter().map(|l| l.first_us).min();

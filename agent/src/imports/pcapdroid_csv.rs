@@ -114,6 +114,7 @@ pub fn import(
                 queries: r.pkts_sent.max(1),
                 app: Some(r.package.clone()).filter(|p| !p.is_empty()),
                 blocked: false,
+                context: Default::default(),
             });
             continue;
         }

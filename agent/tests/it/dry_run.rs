@@ -9,8 +9,10 @@ use serde_json::Value;
 
 use crate::{external, simulated_fleet};
 
-const RECORD_KEYS: [&str; 22] = [
+const RECORD_KEYS: [&str; 24] = [
     "blocked",
+    "initiator",
+    "via_website",
     "encrypted_dns",
     "connections",
     "interval_mean_s",

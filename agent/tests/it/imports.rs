@@ -108,8 +108,10 @@ fn dry_run_import(
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), records)
 }
 
-/// The report's 64 network lines are 58 (app, domain) pairs: a lookup
-/// record each, its hits as queries; nothing of the access lines or the
+/// The report's 64 network lines: a lookup record each (each is another
+/// app, domain, initiator or kind of contact), its hits as queries, who
+/// started it (47 lines the app, 17 the user) and whether a website shown
+/// in the app made it (5 lines); nothing of the access lines or the
 /// websites the user was on.
 #[test]
 fn external_ios_privacy_report_imports_as_lookup_records_of_each_app() {
@@ -117,8 +119,20 @@ fn external_ios_privacy_report_imports_as_lookup_records_of_each_app() {
     let path = external("imports/ios-app-privacy/ios_app_privacy_report_plaso.ndjson");
     let (ok, stderr, records) =
         dry_run_import(state.path(), &["--from", "ios-privacy", "--vendor", "Apple", "--model", "iPad"], &path);
-    assert!(ok && stderr.contains("72 lines read, 58 records; 8 access lines"), "{stderr}");
-    assert_eq!(records.len(), 58);
+    assert!(ok && stderr.contains("72 lines read, 64 records; 8 access lines"), "{stderr}");
+    assert_eq!(records.len(), 64);
+    let kinds = |initiator: &str, via_website: bool| {
+        records.iter().filter(|r| r["initiator"] == initiator && r["via_website"] == via_website).count()
+    };
+    assert_eq!(
+        (
+            kinds("INITIATOR_APP", false),
+            kinds("INITIATOR_USER", false),
+            kinds("INITIATOR_APP", true),
+            kinds("INITIATOR_USER", true)
+        ),
+        (44, 15, 3, 2)
+    );
     assert!(records.iter().all(|r| r["device"]["source"] == "RECORD_SOURCE_IOS_PRIVACY"
         && r["transport"] == "TRANSPORT_DNS"
         && r["dst_ip"] == ""));

@@ -308,17 +308,18 @@ async fn a_fleet_of_mixed_sources_gives_exactly_its_planted_rows() {
     let counts = session
         .sql("SELECT source, count(*) AS records, count(seconds_since_boot) AS with_boot, count(bytes_out) AS with_bytes, \
               count(dst_port) AS with_port, count(connections) AS with_connections, count(blocked) AS with_blocked, \
-              sum(CASE WHEN blocked THEN 1 ELSE 0 END) AS blocked \
+              sum(CASE WHEN blocked THEN 1 ELSE 0 END) AS blocked, \
+              count(initiated_by) AS with_initiator, sum(CASE WHEN via_website THEN 1 ELSE 0 END) AS via_website \
               FROM flows GROUP BY source ORDER BY source")
         .await
         .expect("counts");
     let counts = render(&counts, OutputFormat::Csv).expect("csv");
     assert_eq!(
         counts,
-        "source,records,with_boot,with_bytes,with_port,with_connections,with_blocked,blocked\n\
-         ios_privacy,5,0,0,0,0,0,0\n\
-         pihole,12,0,0,12,0,12,6\n\
-         zeek,20,20,20,20,20,0,0\n"
+        "source,records,with_boot,with_bytes,with_port,with_connections,with_blocked,blocked,with_initiator,via_website\n\
+         ios_privacy,5,0,0,0,0,0,0,5,0\n\
+         pihole,12,0,0,12,0,12,6,0,0\n\
+         zeek,20,20,20,20,20,0,0,0,0\n"
     );
     let failures = check_rules(&server, MIXED_PLANTED, "tests/golden/mixed_sources").await;
     server.shutdown().await.expect("shutdown");
