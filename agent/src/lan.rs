@@ -601,8 +601,10 @@ impl LanSums {
         // Many boots (a large capture): one thread builds them while this
         // one hands them on (stdout or the spool), in the same order.
         std::thread::scope(|s| {
+            // Two chunks waiting at most: memory for the boots in flight,
+            // not the speed, is what a router's agent runs short of.
             const PER_SEND: usize = 32;
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LanBoot>>(4);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LanBoot>>(1);
             s.spawn(move || {
                 for chunk in groups.chunks(PER_SEND) {
                     // The receiver is gone when `each` failed: stop.
@@ -630,7 +632,7 @@ pub fn import_lan(
     // The connections finished at each sweep are summed into boots on a
     // second thread while this one reads on.
     let (read, (sums, untracked_connections)) = std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(OpenPart, FlowTable)>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(OpenPart, FlowTable)>(2);
         let summing = s.spawn(move || {
             let mut tracker = LanBootTracker::new(explicit_boot_us);
             let mut sums = LanSums::default();
@@ -706,7 +708,7 @@ consent = { cloud_account = "off" }
         let long = format!("[[device]]\nmac = \"64:09:80:12:34:56\"\nvendor = \"x\"\nmodel = \"{}\"", "m".repeat(65));
         let err = LanLabels::from_toml(&long, file).expect_err("too long").to_string();
         assert!(err.contains("devices.toml line 4") && err.contains("at most 64"), "{err}");
-        // Issue 29, point 7: labels that attack whoever shows them.
+        // Labels that attack whoever shows them.
         for (entry, want) in [
             ("vendor = \"x\"\nmodel = \"evil\\u202egpj.exe\"", "device 64:09:80:12:34:56: model"),
             ("vendor = \"a\\u0000b\"\nmodel = \"y\"", "holds NUL"),

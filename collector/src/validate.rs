@@ -257,14 +257,14 @@ mod tests {
             (Box::new(|b| b.records = vec![b.records[0].clone(); 10_001]), "records: 10001 records, at most 10000"),
             (Box::new(|b| b.records.clear()), "records: empty"),
             (Box::new(|b| b.records[0].initiator = 7), "records[0].initiator: 7 is not an Initiator value"),
-            // Issue 29, point 6: counts that would wrap a sum.
+            // Counts that would wrap a sum.
             (
                 Box::new(|b| b.records[0].bytes_out = u64::MAX),
                 "records[0].bytes_out: 18446744073709551615 is over 1099511627776",
             ),
             (Box::new(|b| b.records[0].packets_in = 1 << 40), "records[0].packets_in: 1099511627776 is over"),
             (Box::new(|b| b.records[0].connections = u32::MAX), "records[0].connections: 4294967295 is over"),
-            // Issue 29, point 7: labels that attack whoever shows them.
+            // Labels that attack whoever shows them.
             (
                 Box::new(|b| {
                     if let Some(d) = b.device.as_mut() {

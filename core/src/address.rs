@@ -106,7 +106,7 @@ pub const EXAMPLES: (&[&str], &[&str]) = (
 mod tests {
     use super::*;
 
-    /// Issue 29, point 9: IPv6 forms that carry a private IPv4 address
+    /// IPv6 forms that carry a private IPv4 address
     /// (IPv4-compatible, NAT64, 6to4, Teredo) are non-public too.
     #[test]
     fn non_public_ranges() {

@@ -148,9 +148,9 @@ pub async fn parquet(State(d): State<Dashboard>) -> Response {
 mod tests {
     use super::*;
 
-    /// Issue 29, point 7: cells a spreadsheet would run as formulas.
+    /// Cells a spreadsheet would run as formulas.
     #[test]
-    fn issue29_csv_cells_that_spreadsheets_run_are_neutralised() {
+    fn csv_cells_that_spreadsheets_run_are_neutralised() {
         for (cell, want) in [
             ("=HYPERLINK(\"http://x\",\"y\")", "'=HYPERLINK(\"http://x\",\"y\")"),
             ("+1", "'+1"),

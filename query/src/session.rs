@@ -991,11 +991,11 @@ mod tests {
         assert_eq!(session.sql("SELECT 1").await.expect("small query").len(), 1);
     }
 
-    /// Issue 29, point 3: functions whose result dwarfs their arguments,
+    /// Functions whose result dwarfs their arguments,
     /// and a cross join, are held to the memory limit. Before the fix each
     /// of these succeeded (or ran on) outside the pool, up to 8 GB.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn issue29_functions_and_joins_that_grow_are_held_to_the_memory_limit() {
+    async fn functions_and_joins_that_grow_are_held_to_the_memory_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = QueryConfig { memory_limit_bytes: 256 << 20, ..QueryConfig::default() };
         let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 6000)] };

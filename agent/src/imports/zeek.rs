@@ -4,8 +4,6 @@
 //! object per line. A `.gz` file is read through gzip. Rows are handed on
 //! as they are read, so a log of any size takes the memory of one line.
 
-use std::collections::HashMap;
-
 use rustc_hash::FxHashMap;
 use std::io::Read;
 use std::path::Path;
@@ -27,18 +25,42 @@ pub struct LogStats {
     pub bad: super::BadLines,
 }
 
-/// One row: its fields by name (a TSV row's borrowed from its line).
+/// One row: its fields by name.
 #[derive(Debug)]
 pub struct Row<'a> {
     fields: &'a FxHashMap<String, usize>,
-    values: Vec<Option<std::borrow::Cow<'a, str>>>,
+    values: Values<'a>,
+}
+
+/// A row's values.
+#[derive(Debug)]
+enum Values<'a> {
+    /// A TSV line and where each of its fields ends; a field is cut from
+    /// the line when it is asked for.
+    Tsv { line: &'a str, ends: &'a [usize], unset: &'a str, empty: &'a str },
+    /// A JSON object's values as text.
+    Json(Vec<Option<String>>),
 }
 
 impl Row<'_> {
     /// The value of field `name`; `None` when the log has no such field or
     /// the row leaves it unset (`-`, or JSON null or absent).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(*self.fields.get(name)?)?.as_deref()
+        let i = *self.fields.get(name)?;
+        match &self.values {
+            Values::Tsv { line, ends, unset, empty } => {
+                let start = if i == 0 { 0 } else { ends.get(i - 1)? + 1 };
+                let v = line.get(start..*ends.get(i)?)?;
+                if v == *unset {
+                    None
+                } else if v == *empty {
+                    Some("")
+                } else {
+                    Some(v)
+                }
+            }
+            Values::Json(values) => values.get(i)?.as_deref(),
+        }
     }
 
     /// A time field as microseconds since the Unix epoch: epoch seconds
@@ -75,6 +97,8 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
     // TSV: the header's fields and markers.
     let mut fields: FxHashMap<String, usize> = FxHashMap::default();
     let mut order: Vec<String> = Vec::new();
+    // Where the fields of the current TSV row end (reused row to row).
+    let mut ends: Vec<usize> = Vec::new();
     let (mut separator, mut unset, mut empty) = (b'\t', "-".to_string(), "(empty)".to_string());
     let mut json: Option<bool> = None;
     loop {
@@ -131,9 +155,9 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
                     // Fields by name as they come, each row its own.
                     let names: FxHashMap<String, usize> =
                         object.keys().enumerate().map(|(i, k)| (k.clone(), i)).collect();
-                    let values = object.values().map(|v| json_text(v).map(std::borrow::Cow::Owned)).collect();
+                    let values = object.values().map(json_text).collect();
                     stats.rows += 1;
-                    on_row(&Row { fields: &names, values });
+                    on_row(&Row { fields: &names, values: Values::Json(values) });
                 }
                 Err(e) => stats.bad.note(line_no, format!("not JSON: {e}")),
             }
@@ -146,28 +170,17 @@ pub fn read_log(path: &Path, mut on_row: impl FnMut(&Row<'_>)) -> Result<LogStat
             }
             continue;
         }
-        // Split at the separator's bytes (ASCII: always a character
-        // boundary), each field borrowed from the line.
-        let mut values = Vec::with_capacity(order.len());
-        let mut start = 0;
-        let bytes = text.as_bytes();
-        for end in memchr::memchr_iter(separator, bytes).chain([bytes.len()]) {
-            let v = &text[start..end];
-            start = end + 1;
-            values.push(if v == unset {
-                None
-            } else if v == empty {
-                Some(std::borrow::Cow::Borrowed(""))
-            } else {
-                Some(std::borrow::Cow::Borrowed(v))
-            });
-        }
-        if values.len() != order.len() {
-            stats.bad.note(line_no, format!("{} fields, #fields names {}", values.len(), order.len()));
+        // Where each field ends: at the separator's bytes (ASCII: always a
+        // character boundary).
+        ends.clear();
+        ends.extend(memchr::memchr_iter(separator, text.as_bytes()));
+        ends.push(text.len());
+        if ends.len() != order.len() {
+            stats.bad.note(line_no, format!("{} fields, #fields names {}", ends.len(), order.len()));
             continue;
         }
         stats.rows += 1;
-        on_row(&Row { fields: &fields, values });
+        on_row(&Row { fields: &fields, values: Values::Tsv { line: text, ends: &ends, unset: &unset, empty: &empty } });
     }
     if stats.rows == 0 && stats.bad.count > 0 {
         return Err(stats.bad.refusal(path, "a Zeek log"));
@@ -254,10 +267,23 @@ pub fn import(
     let mut table = FlowTable::new();
     let mut stats = ZeekStats::default();
     // Each LAN address's MAC, from DHCP leases.
-    let mut macs: HashMap<IpAddr, [u8; 6]> = HashMap::new();
-    let mut tls: HashMap<String, LoggedTls> = HashMap::new();
+    let mut macs: FxHashMap<IpAddr, [u8; 6]> = FxHashMap::default();
+    let mut tls: FxHashMap<String, LoggedTls> = FxHashMap::default();
     let mut salt = Vec::new();
-    let addr = |r: &Row<'_>, f: &str| r.get(f).and_then(|v| v.parse::<IpAddr>().ok());
+    // An address field, parsed; rows in a row often name the same hosts,
+    // so the last text and address of each field are kept.
+    let mut last: FxHashMap<&'static str, (String, IpAddr)> = FxHashMap::default();
+    let mut addr = |r: &Row<'_>, f: &'static str| {
+        let text = r.get(f)?;
+        match last.get(f) {
+            Some((t, ip)) if t == text => Some(*ip),
+            _ => {
+                let ip = text.parse::<IpAddr>().ok()?;
+                last.insert(f, (text.to_string(), ip));
+                Some(ip)
+            }
+        }
+    };
     for (kind, log) in &logs {
         salt.extend_from_slice(&crate::import::hash_file(log)?);
         let mut kind = *kind;

@@ -240,12 +240,12 @@ fn retimed(pcap: &[u8], first: u32) -> Vec<u8> {
     out
 }
 
-/// Issue 29, point 9: captures dated 1970 (a device without a clock) or
+/// Captures dated 1970 (a device without a clock) or
 /// 2103 were refused by the collector, then deleted by the agent, which
 /// exited 0. They are refused at import now, saying so, and the import
 /// fails when nothing is left to send.
 #[test]
-fn issue29_captures_dated_outside_what_the_collector_accepts_are_refused_at_import() {
+fn captures_dated_outside_what_the_collector_accepts_are_refused_at_import() {
     let (dir, manifest) = simulated_fleet(1);
     let src = std::fs::read(dir.path().join(&manifest.captures[0].file)).expect("read");
     for (name, first) in [("1970.pcap", 1_000u32), ("2103.pcap", 4_200_000_000)] {
@@ -307,11 +307,11 @@ fn many_destinations(n: u32) -> Vec<u8> {
     out
 }
 
-/// Issue 29, point 9: a capture of a million distinct destinations took
+/// A capture of a million distinct destinations took
 /// the agent to 993 MB. The destinations and the open connections it
 /// tracks are bounded now; what is left out is counted and said.
 #[test]
-fn issue29_a_capture_of_very_many_destinations_stays_within_bounded_memory() {
+fn a_capture_of_very_many_destinations_stays_within_bounded_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("many.pcap");
     std::fs::write(&path, many_destinations(500_000)).expect("write");

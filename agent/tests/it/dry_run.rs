@@ -121,11 +121,11 @@ fn external_real_captures_send_nothing_private() {
     assert!(lines.iter().all(|l| l["device"]["boot_source"] == "BOOT_SOURCE_EXPLICIT"));
 }
 
-/// Issue 29, point 7: device labels with control characters, direction
+/// Device labels with control characters, direction
 /// overrides or consent separators are refused at the agent, naming the
 /// flag, and nothing is printed as sent.
 #[test]
-fn issue29_labels_that_attack_readers_are_refused_naming_the_flag() {
+fn labels_that_attack_readers_are_refused_naming_the_flag() {
     let (dir, manifest) = simulated_fleet(1);
     let capture = dir.path().join(&manifest.captures[0].file);
     for (flags, want) in [

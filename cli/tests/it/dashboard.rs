@@ -564,7 +564,7 @@ async fn check_chart(c: &fantoccini::Client, page: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Issue 29, point 4: a consent_off_traffic finding published `on_share =
+/// A consent_off_traffic finding published `on_share =
 /// 1.0` from one device of one volunteer, and a model_exclusive finding a
 /// population of 9 beside 8 published devices, revealing a device of an
 /// unpublished model. Every published number now comes from groups that
@@ -572,7 +572,7 @@ async fn check_chart(c: &fantoccini::Client, page: &str) -> Result<(), String> {
 /// them computed over the row's devices, populations and evidence from
 /// published models only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue29_every_published_number_rests_on_groups_that_pass_the_thresholds() {
+async fn every_published_number_rests_on_groups_that_pass_the_thresholds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = public_server(dir.path()).await;
     let mut fleet: Vec<Device> = (0..8)

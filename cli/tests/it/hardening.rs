@@ -78,13 +78,13 @@ async fn enroll(url: &str, dir: &Path) -> String {
     state.credentials(url).expect("read").expect("enrolled").agent_token
 }
 
-/// Issue 29, point 1: a 16 KB gzip body that inflates to 8 million empty
+/// A 16 KB gzip body that inflates to 8 million empty
 /// records is refused before it is decoded: without a token its body is
 /// not even read, with one its records are counted before anything is
 /// allocated for them. Before the fix the collector's memory grew by 3 GB
 /// per request.
 #[tokio::test]
-async fn issue29_a_gzip_bomb_is_refused_before_it_is_decoded() {
+async fn a_gzip_bomb_is_refused_before_it_is_decoded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (serving, url) = spawn_serve_env(&dir.path().join("data"), 3600, "127.0.0.1:0", &[], &[]);
     let token = enroll(&url, &dir.path().join("agent")).await;
@@ -109,12 +109,12 @@ async fn issue29_a_gzip_bomb_is_refused_before_it_is_decoded() {
     assert!(grown_mib < 256, "the collector's peak memory grew by {grown_mib} MiB");
 }
 
-/// Issue 29, point 2: a 20 KB query of 10,000 terms over Flight SQL aborted
+/// A 20 KB query of 10,000 terms over Flight SQL aborted
 /// the whole collector (a gRPC worker's stack overflowed while planning),
 /// and `leakwatch sql` aborted from 8,000 terms. Now it is refused with an
 /// error naming the bound, and the collector keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue29_a_deeply_nested_query_is_refused_and_the_collector_keeps_serving() {
+async fn a_deeply_nested_query_is_refused_and_the_collector_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let (mut serving, url) = spawn_serve_env(&data, 3600, "127.0.0.1:0", &[], &[]);
@@ -175,14 +175,14 @@ fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// Issue 29, point 5: 355 half-sent HTTP requests from one client, with the
+/// 355 half-sent HTTP requests from one client, with the
 /// collector's open-file limit at 256, used up its descriptors; an agent
 /// then delivered nothing, and SIGTERM waited on them for ever. Now one
 /// client gets a few connections, the rest are closed at once, a stalled
 /// request is closed after the header timeout, ingest delivers every
 /// record, and SIGTERM does not wait on stalled connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue29_slow_http_clients_cannot_exhaust_the_collector() {
+async fn slow_http_clients_cannot_exhaust_the_collector() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut serving, url, http) =
@@ -274,7 +274,7 @@ impl SmallDisk {
             .expect("run mount");
         assert!(
             out.status.success(),
-            "mounting a {mib} MiB tmpfs needs root: run the tests as root, or skip with `-- --skip issue29_a_full_disk`: {}",
+            "mounting a {mib} MiB tmpfs needs root: run the tests as root, or skip with `-- --skip a_full_disk`: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Self(at.to_path_buf())
@@ -287,13 +287,13 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Issue 29, point 8: after the disk filled and space came back, every
+/// After the disk filled and space came back, every
 /// report was refused until a restart, while /healthz said ok and no
 /// rejection was counted. Now the log is opened again once it can be
 /// written, the failure shows in /healthz and the metrics meanwhile, and
 /// nothing acknowledged is lost or stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue29_a_full_disk_is_reported_and_recovered_from_without_a_restart() {
+async fn a_full_disk_is_reported_and_recovered_from_without_a_restart() {
     use leakwatch_proto::v1::collector_client::CollectorClient;
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = SmallDisk::mount(&dir.path().join("disk"), 48);
@@ -360,12 +360,12 @@ async fn issue29_a_full_disk_is_reported_and_recovered_from_without_a_restart() 
     t.server.shutdown().await.expect("shutdown");
 }
 
-/// Issue 29, point 8: one truncated Parquet file made every query fail
+/// One truncated Parquet file made every query fail
 /// ("Corrupt footer", the file not named), on every day. Now queries leave
 /// it out, the collector names it in its log and moves it to
 /// `quarantine/`, and the metrics and the dashboard say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue29_a_truncated_parquet_file_is_set_aside_and_queries_answer_from_the_rest() {
+async fn a_truncated_parquet_file_is_set_aside_and_queries_answer_from_the_rest() {
     use leakwatch_proto::v1::collector_client::CollectorClient;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");

@@ -61,12 +61,12 @@ fn append_dedups_and_survives_reopen() {
     assert!(matches!(log.append("a", &batch("b3", 1), 10).expect("append"), AppendOutcome::Accepted { seq: 3, .. }));
 }
 
-/// Issue 29, point 9: batch ids are the agent's choice, so another
+/// Batch ids are the agent's choice, so another
 /// agent's batch with the same id is its own batch, neither answered
 /// `duplicate` (before, it was) nor able to make the first agent's
 /// batch a conflict.
 #[test]
-fn issue29_batch_ids_are_unique_per_agent() {
+fn batch_ids_are_unique_per_agent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = DurableLog::open(dir.path()).expect("open");
     let mut other = batch("b1", 2);
