@@ -151,7 +151,10 @@ fn read_packets(
             }
         }
         before(table, last_ts, went_back);
-        if let Some(packet) = capture::decode(frame, last_ts, stats) {
+        // A PCAPdroid capture names each packet's app in a trailer.
+        let app = if frame.linktype == 1 { crate::live::pcapdroid_app(frame.data) } else { None };
+        if let Some(mut packet) = capture::decode(frame, last_ts, stats) {
+            packet.app = app.as_deref();
             table.add(&packet);
         }
     })?;

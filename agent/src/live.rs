@@ -273,8 +273,9 @@ pub fn pcapdroid_app(frame: &[u8]) -> Option<String> {
     let uid = i32::from_be_bytes([t[4], t[5], t[6], t[7]]);
     let name = &t[8..28];
     let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-    match std::str::from_utf8(name) {
-        Ok(n) if !n.is_empty() && n.chars().all(|c| c.is_ascii_graphic()) => Some(n.to_string()),
+    // App names have spaces ("Google Play services", cut to 19 bytes).
+    match std::str::from_utf8(name).map(str::trim) {
+        Ok(n) if !n.is_empty() && n.chars().all(|c| c == ' ' || c.is_ascii_graphic()) => Some(n.to_string()),
         _ => Some(format!("uid:{uid}")),
     }
 }

@@ -491,3 +491,43 @@ fn bad_pihole_files_are_refused_and_bad_rows_counted() {
     );
     assert_eq!(records.len(), 1);
 }
+
+/// A PCAPdroid capture with its trailer: the app of every one of its 4,477
+/// frames is the one PCAPdroid's own Wireshark dissector reads (the
+/// sample's `.tsv`), and the import gives each record its app, as the
+/// live stream does.
+#[test]
+fn external_pcapdroid_trailer_names_each_frames_app_as_its_dissector_does() {
+    let capture = external("imports/pcapdroid/PCAPdroid_31_Jan_16_50_12_with_trailer.pcap");
+    let tsv = std::fs::read_to_string(external(
+        "imports/pcapdroid/PCAPdroid_31_Jan_16_50_12_with_trailer.pcap.tshark-pcapdroid-lua.tsv",
+    ))
+    .expect("tsv");
+    let expected: Vec<String> =
+        tsv.lines().skip(1).map(|l| l.split('\t').nth(10).expect("pcapdroid.appname").to_string()).collect();
+    let mut apps = Vec::new();
+    leakwatch_agent::capture::read_capture_file(&capture, |frame, _| {
+        apps.push(leakwatch_agent::live::pcapdroid_app(frame.data).unwrap_or_default());
+    })
+    .expect("read");
+    assert_eq!(apps.len(), 4477);
+    let differing: Vec<(usize, &String, &String)> = apps
+        .iter()
+        .zip(&expected)
+        .enumerate()
+        .filter(|(_, (a, e))| a != e)
+        .map(|(i, (a, e))| (i + 1, a, e))
+        .take(5)
+        .collect();
+    assert!(differing.is_empty(), "frames (number, ours, the dissector's): {differing:?}");
+    let per_app = |name: &str| apps.iter().filter(|a| *a == name).count();
+    assert_eq!(
+        (per_app("Unitree Explore"), per_app("Google Play service"), per_app("Meta Services"), per_app("Prime Video")),
+        (4397, 33, 30, 17)
+    );
+    let state = tempfile::tempdir().expect("state");
+    let (ok, stderr, records) = dry_run_import(state.path(), &["--vendor", "Google", "--model", "Pixel 7"], &capture);
+    assert!(ok, "{stderr}");
+    let named: BTreeSet<&str> = records.iter().map(|r| r["app"].as_str().expect("app")).collect();
+    assert!(named.contains("Unitree Explore") && named.iter().all(|a| expected.iter().any(|e| e == a)), "{named:?}");
+}
