@@ -531,3 +531,37 @@ fn external_pcapdroid_trailer_names_each_frames_app_as_its_dissector_does() {
     let named: BTreeSet<&str> = records.iter().map(|r| r["app"].as_str().expect("app")).collect();
     assert!(named.contains("Unitree Explore") && named.iter().all(|a| expected.iter().any(|e| e == a)), "{named:?}");
 }
+
+/// While FTL runs (its database in WAL mode, open, a write under way), an
+/// import reads the committed queries without waiting for FTL or
+/// blocking it, and changes neither the database nor its log.
+#[test]
+fn a_pihole_database_in_use_by_ftl_is_read_as_committed_and_left_unchanged() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("pihole-FTL.db");
+    old_pihole_db(&db, &[]);
+    let ftl = rusqlite::Connection::open(&db).expect("open");
+    ftl.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)).expect("wal");
+    for i in 0..3 {
+        ftl.execute(
+            "INSERT INTO queries (timestamp, type, status, domain, client) VALUES (?1, 1, 2, 'api.vendor.example', '192.168.1.7')",
+            [1_700_000_000 + i],
+        )
+        .expect("query");
+    }
+    // FTL's next write, not committed yet.
+    ftl.execute_batch(
+        "BEGIN IMMEDIATE; INSERT INTO queries (timestamp, type, status, domain, client) VALUES (1700000100, 1, 2, 'later.example', '192.168.1.7');",
+    )
+    .expect("write under way");
+    let wal = dir.path().join("pihole-FTL.db-wal");
+    assert!(wal.exists() && dir.path().join("pihole-FTL.db-shm").exists(), "FTL's WAL and shared memory");
+    let before = (std::fs::read(&db).expect("db"), std::fs::read(&wal).expect("wal"));
+    let started = std::time::Instant::now();
+    let (ok, stderr, records) = dry_run_import(&dir.path().join("state"), &["--from", "pihole"], &db);
+    assert!(ok && stderr.contains("3 queries read"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "no wait for FTL's lock");
+    assert!(!records.iter().any(|r| r["domain"] == "later.example"), "the uncommitted query is not read");
+    assert_eq!((std::fs::read(&db).expect("db"), std::fs::read(&wal).expect("wal")), before, "nothing written");
+    ftl.execute_batch("COMMIT").expect("FTL's write goes on");
+}
