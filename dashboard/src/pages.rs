@@ -529,7 +529,12 @@ pub async fn about(State(d): State<Dashboard>) -> Html<String> {
         dl {
             @for r in builtin_rules() {
                 dt { code { (r.name) } " — " (r.title) }
-                dd { (r.description) }
+                dd {
+                    (r.description)
+                    @if !r.needs.is_empty() {
+                        " Rests on records that carry " (r.needs.join(", ")) "; sources that cannot know it (a DNS server's log, the iOS App Privacy Report) are left out."
+                    }
+                }
             }
         }
     };

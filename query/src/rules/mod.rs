@@ -199,6 +199,12 @@ impl Rule {
             s.push_str(&format!("  --param {}={}  {}\n", p.name, p.default, p.description));
         }
         s.push_str(&format!("  columns: {}\n", self.columns.join(", ")));
+        if !self.needs.is_empty() {
+            s.push_str(&format!(
+                "  needs: {} (records without it, as from Pi-hole or the iOS report, are left out)\n",
+                self.needs.join(", ")
+            ));
+        }
         s
     }
 }
@@ -227,6 +233,8 @@ mod tests {
         assert_eq!(needs("heavy_upload"), ["bytes_out", "bytes_in"]);
         assert_eq!(needs("beaconing"), ["connections", "interval_mean_s", "interval_cv"]);
         assert!(needs("model_exclusive").is_empty());
+        let listed = rule("heavy_upload").expect("rule").describe();
+        assert!(listed.contains("needs: bytes_out, bytes_in (records without it"), "{listed}");
         let head = "-- name: r\n-- columns: a\n";
         let err = parse_rule(&format!("{head}-- needs: nope\nSELECT 1 AS a")).expect_err("no such column");
         assert!(err.to_string().contains("\"nope\", which is no column"), "{err}");
