@@ -194,7 +194,7 @@ pub fn macs(conn: &Connection) -> HashMap<IpAddr, [u8; 6]> {
 }
 
 /// Reads the queries with an id above `after`, in id order, handing each
-/// to `each`: the rows of FTL's `queries` view. Since FTL's database
+/// to `each` (its error stops the reading): the rows of FTL's `queries` view. Since FTL's database
 /// version 10 the view joins `query_storage` with the names in
 /// `domain_by_id` and `client_by_id`; those are read once here and the
 /// stored queries joined to them as the view does, which is several times
@@ -203,7 +203,7 @@ pub fn read_queries(
     path: &Path,
     conn: &Connection,
     after: i64,
-    mut each: impl FnMut(&Query<'_>),
+    mut each: impl FnMut(&Query<'_>) -> Result<()>,
 ) -> Result<PiholeStats> {
     use rusqlite::types::ValueRef;
     let sqlite =
@@ -289,7 +289,7 @@ pub fn read_queries(
             Ok(q) => {
                 stats.queries += 1;
                 stats.blocked += u64::from(blocked(q.status));
-                each(&q);
+                each(&q)?;
             }
             Err(reason) => stats.bad.note(id.max(0) as u64, reason),
         }
@@ -344,9 +344,10 @@ pub struct PiholeImport {
 
 /// Imports the Pi-hole database at `path`: each client is a device (by
 /// the MAC FTL's network tables give its address, else by address),
-/// labelled through `labels`; its queries become lookup records (a
-/// blocked one kept apart and marked blocked); one
-/// [`LanBoot`](crate::lan::LanBoot) per device goes to `each`. Only
+/// labelled through `labels`; its queries of each day (UTC) become lookup
+/// records of a boot of that day (a blocked one kept apart and marked
+/// blocked); one [`LanBoot`](crate::lan::LanBoot) per device and day goes
+/// to `each`. Only
 /// queries after the last one an earlier import queued from this database
 /// are read, unless `from_start`.
 pub fn import(
@@ -362,15 +363,6 @@ pub fn import(
     let key = Cursors::key(path, &identity(conn));
     let after = if from_start { 0 } else { Cursors::load(state.dir())?.sent.get(&key).copied().unwrap_or(0) };
     let macs = macs(conn);
-    let mut table = crate::flow::FlowTable::new();
-    let resolver = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-    let stats = read_queries(path, conn, after, |q| {
-        let origin = crate::flow::Origin { mac: macs.get(&q.client).copied(), ip: q.client };
-        table.add_logged_query(origin, q.domain, resolver, q.ts_us, blocked(q.status));
-    })?;
-    let mut tracker = crate::lan::LanBootTracker::new(None);
-    let mut sums = crate::lan::LanSums::default();
-    sums.add(&mut tracker, &crate::flow::FlowTable::new(), &mut table);
     let template = crate::import::ImportedCapture {
         path: path.to_path_buf(),
         capture: crate::capture::CaptureStats::default(),
@@ -379,19 +371,45 @@ pub fn import(
         batches: Vec::new(),
         untracked_connections: 0,
     };
-    // Boot pseudonyms (and so batch ids) unique to the database and the
-    // queries read.
-    let salt = format!("{key}|{after}|{:?}", stats.last_id);
-    sums.boots(
-        leakwatch_proto::v1::RecordSource::Pihole,
-        labels,
-        state,
-        salt.as_bytes(),
-        batch_records,
-        None,
-        &template,
-        each,
-    )?;
+    // A DNS server sees no boot: each client's queries of a day (UTC) are
+    // summed as one boot and handed on before the next day's are read, so
+    // that memory holds a day's names, not a year's.
+    let mut each = each;
+    let mut emit = |table: &mut crate::flow::FlowTable, day: i64| -> Result<()> {
+        let mut tracker = crate::lan::LanBootTracker::new(None);
+        let mut sums = crate::lan::LanSums::default();
+        sums.add(&mut tracker, &crate::flow::FlowTable::new(), table);
+        // Boot pseudonyms (and so batch ids) unique to the database, the
+        // queries read and the day.
+        let salt = format!("{key}|{after}|{day}");
+        sums.boots(
+            leakwatch_proto::v1::RecordSource::Pihole,
+            labels,
+            state,
+            salt.as_bytes(),
+            batch_records,
+            None,
+            &template,
+            &mut each,
+        )
+    };
+    let mut table = crate::flow::FlowTable::new();
+    let mut day: Option<i64> = None;
+    let resolver = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let stats = read_queries(path, conn, after, |q| {
+        let today = q.ts_us.div_euclid(86_400_000_000);
+        if let Some(d) = day.filter(|&d| d != today) {
+            emit(&mut table, d)?;
+            table = crate::flow::FlowTable::new();
+        }
+        day = Some(today);
+        let origin = crate::flow::Origin { mac: macs.get(&q.client).copied(), ip: q.client };
+        table.add_logged_query(origin, q.domain, resolver, q.ts_us, blocked(q.status));
+        Ok(())
+    })?;
+    if let Some(d) = day {
+        emit(&mut table, d)?;
+    }
     let cursor = stats.last_id.map(|id| (key, id));
     Ok(PiholeImport { stats, cursor, after })
 }
