@@ -17,20 +17,7 @@ if [ ! -f "$file" ]; then
   find "$dir" -name 'sim-*.pcap' -delete
 fi
 
-now() { date +%s%N; }
-runs="${BENCH_RUNS:-3}"
-# Runs "$@" $runs times and prints the best wall time in seconds (this
-# machine's timings vary from run to run; each tool gets the same chances).
-timed() {
-  local start end best=""
-  for _ in $(seq "$runs"); do
-    start=$(now)
-    "$@" >/dev/null 2>"$dir/last.err"
-    end=$(now)
-    if [ -z "$best" ] || [ $((end - start)) -lt "$best" ]; then best=$((end - start)); fi
-  done
-  awk -v ns="$best" 'BEGIN { printf "%.3f", ns / 1e9 }'
-}
+. "$(dirname "$0")/timed.sh"
 
 bytes=$(stat -c %s "$file")
 ours=$(timed "$agent" import --lan --dry-run --format jsonl --state-dir "$dir/state" "$file")

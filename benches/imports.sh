@@ -13,7 +13,6 @@ dir="${BENCH_DIR:-$target/bench/imports}"
 queries="${BENCH_PIHOLE_QUERIES:-10000000}"
 python="${BENCH_PYTHON:-python3}"
 db="$dir/pihole-$queries.db"
-runs="${BENCH_RUNS:-3}"
 mkdir -p "$dir"
 
 if [ ! -f "$db" ]; then
@@ -22,18 +21,7 @@ if [ ! -f "$db" ]; then
   mv "$db.tmp" "$db"
 fi
 
-now() { date +%s%N; }
-# Runs "$@" $runs times; prints the best wall time in seconds.
-timed() {
-  local start end best=""
-  for _ in $(seq "$runs"); do
-    start=$(now)
-    "$@" >/dev/null 2>"$dir/last.err"
-    end=$(now)
-    if [ -z "$best" ] || [ $((end - start)) -lt "$best" ]; then best=$((end - start)); fi
-  done
-  awk -v ns="$best" 'BEGIN { printf "%.3f", ns / 1e9 }'
-}
+. "$(dirname "$0")/timed.sh"
 
 pihole_s=$(timed "$agent" import --from pihole --dry-run --format jsonl --state-dir "$dir/state" "$db")
 read_queries=$(grep -oE '[0-9]+ queries read' "$dir/last.err" | grep -oE '^[0-9]+')

@@ -100,6 +100,19 @@ pub struct ImportedCapture {
 }
 
 impl ImportedCapture {
+    /// What every boot read from `path` shares before its own batches:
+    /// what the reader saw and the connections it could not track.
+    pub fn of_file(path: &Path, capture: CaptureStats, untracked_connections: u64) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            capture,
+            anonymiser: AnonymiserStats::default(),
+            boot_source: BootSource::Unspecified,
+            batches: Vec::new(),
+            untracked_connections,
+        }
+    }
+
     /// Records across all batches.
     pub fn record_count(&self) -> usize {
         self.batches.iter().map(|b| b.records.len()).sum()

@@ -653,14 +653,7 @@ pub fn import_lan(
         (read, summed)
     });
     let (stats, _) = read?;
-    let template = ImportedCapture {
-        path: path.to_path_buf(),
-        capture: stats,
-        anonymiser: AnonymiserStats::default(),
-        boot_source: BootSource::Unspecified,
-        batches: Vec::new(),
-        untracked_connections,
-    };
+    let template = ImportedCapture::of_file(path, stats, untracked_connections);
     let content_hash = hash_file(path)?;
     sums.boots(
         leakwatch_proto::v1::RecordSource::Capture,

@@ -499,14 +499,8 @@ impl Harvester {
         };
         if let Some((tracker, labels, nonce)) = &mut self.lan {
             self.seq += 1;
-            let template = crate::import::ImportedCapture {
-                path: "live".into(),
-                capture: CaptureStats::default(),
-                anonymiser: AnonymiserStats::default(),
-                boot_source: BootSource::Unspecified,
-                batches: Vec::new(),
-                untracked_connections: 0,
-            };
+            let template =
+                crate::import::ImportedCapture::of_file(std::path::Path::new("live"), CaptureStats::default(), 0);
             let mut sums = crate::lan::LanSums::default();
             sums.add(tracker, &self.table, &mut done);
             let mut batches: Vec<ReportBatch> = Vec::new();

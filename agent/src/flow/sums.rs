@@ -57,6 +57,19 @@ pub struct FlowSummary {
     pub interval_cv: f64,
 }
 
+impl FlowSummary {
+    /// Adds a connection's traffic, first packet `first_us` to last
+    /// `last_us` (its counts, not its name or its start).
+    pub(crate) fn add_traffic(&mut self, first_us: i64, last_us: i64, bytes: [u64; 2], packets: [u64; 2]) {
+        self.first_us = self.first_us.min(first_us);
+        self.last_us = self.last_us.max(last_us);
+        self.bytes_out += bytes[0];
+        self.bytes_in += bytes[1];
+        self.packets_out += packets[0];
+        self.packets_in += packets[1];
+    }
+}
+
 /// A destination within a group, per application.
 type DestKey<K> = (K, IpAddr, u16, Transport, Option<Box<str>>);
 
@@ -147,12 +160,12 @@ impl<K: Ord + Clone + std::hash::Hash> FlowSums<K> {
                     let f = &mut self.flows[d.at.0][d.at.1];
                     f.connections += new_connection;
                     f.encrypted_dns |= encrypted;
-                    f.first_us = f.first_us.min(conn.first_us);
-                    f.last_us = f.last_us.max(conn.last_us);
-                    f.bytes_out += conn.bytes_out;
-                    f.bytes_in += conn.bytes_in;
-                    f.packets_out += conn.packets_out;
-                    f.packets_in += conn.packets_in;
+                    f.add_traffic(
+                        conn.first_us,
+                        conn.last_us,
+                        [conn.bytes_out, conn.bytes_in],
+                        [conn.packets_out, conn.packets_in],
+                    );
                     if n.name_source > f.name_source
                         || (n.name_source == f.name_source && conn.first_us < d.domain_from_us)
                     {

@@ -102,14 +102,7 @@ pub(crate) fn one_boot(
     let mut device = labels.device_info(device_pseudonym, boot_pseudonym, boot_source);
     device.source = source as i32;
     let batches = crate::import::build_batches(records, &device, state, batch_records, None);
-    Ok(ImportedCapture {
-        path: path.to_path_buf(),
-        capture: crate::capture::CaptureStats::default(),
-        anonymiser,
-        boot_source,
-        batches,
-        untracked_connections: 0,
-    })
+    Ok(ImportedCapture { anonymiser, boot_source, batches, ..ImportedCapture::of_file(path, Default::default(), 0) })
 }
 
 /// The lines of a file that did not read: how many, and the first few by

@@ -151,12 +151,7 @@ pub fn import(
             };
             (flow, Vec::new())
         });
-        f.first_us = f.first_us.min(r.first_us);
-        f.last_us = f.last_us.max(r.last_us);
-        f.bytes_out += r.bytes_sent;
-        f.bytes_in += r.bytes_rcvd;
-        f.packets_out += r.pkts_sent;
-        f.packets_in += r.pkts_rcvd;
+        f.add_traffic(r.first_us, r.last_us, [r.bytes_sent, r.bytes_rcvd], [r.pkts_sent, r.pkts_rcvd]);
         f.connections += 1;
         starts.push(r.first_us);
         if name.is_some() && source > f.name_source {

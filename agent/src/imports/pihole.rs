@@ -363,14 +363,7 @@ pub fn import(
     let key = Cursors::key(path, &identity(conn));
     let after = if from_start { 0 } else { Cursors::load(state.dir())?.sent.get(&key).copied().unwrap_or(0) };
     let macs = macs(conn);
-    let template = crate::import::ImportedCapture {
-        path: path.to_path_buf(),
-        capture: crate::capture::CaptureStats::default(),
-        anonymiser: crate::anonymiser::AnonymiserStats::default(),
-        boot_source: leakwatch_proto::v1::BootSource::Unspecified,
-        batches: Vec::new(),
-        untracked_connections: 0,
-    };
+    let template = crate::import::ImportedCapture::of_file(path, Default::default(), 0);
     // A DNS server sees no boot: each client's queries of a day (UTC) are
     // summed as one boot and handed on before the next day's are read, so
     // that memory holds a day's names, not a year's.

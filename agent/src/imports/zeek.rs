@@ -397,14 +397,7 @@ pub fn import(
     let mut sums = crate::lan::LanSums::default();
     let untracked = table.untracked_connections;
     sums.add(&mut tracker, &FlowTable::new(), &mut table);
-    let template = crate::import::ImportedCapture {
-        path: path.to_path_buf(),
-        capture: crate::capture::CaptureStats::default(),
-        anonymiser: crate::anonymiser::AnonymiserStats::default(),
-        boot_source: leakwatch_proto::v1::BootSource::Unspecified,
-        batches: Vec::new(),
-        untracked_connections: untracked,
-    };
+    let template = crate::import::ImportedCapture::of_file(path, Default::default(), untracked);
     sums.boots(leakwatch_proto::v1::RecordSource::Zeek, labels, state, &salt, batch_records, None, &template, each)?;
     Ok(stats)
 }

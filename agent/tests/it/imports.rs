@@ -384,18 +384,12 @@ fn external_pihole_schema_v12_reads_through_its_queries_view() {
     assert!(!text.contains("kitchen-tv") && !text.contains("192.168.1.50") && !text.contains("64:09:80"));
 }
 
-/// A database as FTL before version 10 wrote it (`queries` a table), with
-/// `rows` of (timestamp, status, domain, client), in rollback-journal
-/// mode.
+/// A database of [`crate::OLD_PIHOLE_SCHEMA`] with `rows` of (timestamp,
+/// status, domain, client), in rollback-journal mode.
 fn old_pihole_db(path: &std::path::Path, rows: &[(f64, i64, Option<&str>, &str)]) {
     let conn = rusqlite::Connection::open(path).expect("create");
-    conn.execute_batch(
-        "CREATE TABLE queries (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp INTEGER NOT NULL, type INTEGER NOT NULL,
-           status INTEGER NOT NULL, domain TEXT, client TEXT NOT NULL, forward TEXT);
-         CREATE TABLE ftl (id INTEGER PRIMARY KEY NOT NULL, value BLOB NOT NULL);
-         INSERT INTO ftl VALUES (2, 1700000000);",
-    )
-    .expect("schema");
+    conn.execute_batch(crate::OLD_PIHOLE_SCHEMA).expect("schema");
+    conn.execute("INSERT INTO ftl VALUES (2, 1700000000)", []).expect("creation time");
     for (ts, status, domain, client) in rows {
         conn.execute(
             "INSERT INTO queries (timestamp, type, status, domain, client) VALUES (?1, 1, ?2, ?3, ?4)",

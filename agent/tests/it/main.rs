@@ -16,6 +16,17 @@ use std::path::PathBuf;
 /// need them are named `external_*`; `make test` sets the variable when the
 /// folder exists and skips (and reports) those tests when it does not, so a
 /// missing variable here is an error, never a silent pass.
+/// Pi-hole's database as FTL before version 10 wrote it (`queries` a
+/// table), with its `ftl` and `network` tables.
+pub const OLD_PIHOLE_SCHEMA: &str = "
+    CREATE TABLE queries (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp INTEGER NOT NULL, type INTEGER NOT NULL,
+      status INTEGER NOT NULL, domain TEXT, client TEXT NOT NULL, forward TEXT);
+    CREATE TABLE ftl (id INTEGER PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+    CREATE TABLE network (id INTEGER PRIMARY KEY NOT NULL, hwaddr TEXT UNIQUE NOT NULL, interface TEXT NOT NULL,
+      firstSeen INTEGER NOT NULL, lastQuery INTEGER NOT NULL, numQueries INTEGER NOT NULL, macVendor TEXT, aliasclient_id INTEGER);
+    CREATE TABLE network_addresses (network_id INTEGER NOT NULL, ip TEXT UNIQUE NOT NULL, lastSeen INTEGER NOT NULL,
+      name TEXT, nameUpdated INTEGER);";
+
 pub fn external(rel: &str) -> PathBuf {
     let root = std::env::var_os("LEAKWATCH_EXTERNAL_TESTDATA")
         .expect("LEAKWATCH_EXTERNAL_TESTDATA is not set: run `make test`, or skip with `-- --skip external_`");

@@ -416,15 +416,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("pihole-FTL.db");
         let conn = rusqlite::Connection::open(&db).expect("create");
-        conn.execute_batch(
-            "CREATE TABLE queries (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp INTEGER NOT NULL, type INTEGER NOT NULL,
-               status INTEGER NOT NULL, domain TEXT, client TEXT NOT NULL, forward TEXT);
-             CREATE TABLE network (id INTEGER PRIMARY KEY NOT NULL, hwaddr TEXT UNIQUE NOT NULL, interface TEXT NOT NULL,
-               firstSeen INTEGER NOT NULL, lastQuery INTEGER NOT NULL, numQueries INTEGER NOT NULL, macVendor TEXT, aliasclient_id INTEGER);
-             CREATE TABLE network_addresses (network_id INTEGER NOT NULL, ip TEXT UNIQUE NOT NULL, lastSeen INTEGER NOT NULL,
-               name TEXT, nameUpdated INTEGER);",
-        )
-        .expect("schema");
+        conn.execute_batch(crate::OLD_PIHOLE_SCHEMA).expect("schema");
         let mut secrets = Vec::new();
         let mut lan = Vec::new();
         for (i, (mac, client, labels, status, host)) in rows.iter().enumerate() {
