@@ -156,6 +156,17 @@ pub struct ListenArgs {
     /// Requests per second one client address may make to the dashboard, /api and /export (burst: twice that).
     #[arg(long, env = "LEAKWATCH_PUBLIC_RATE", default_value_t = 20)]
     pub public_rate: u32,
+    /// The address the public reaches the dashboard at (https://leaks.example.org): blocklists,
+    /// feeds and MUD files link back to it (default: http:// and the HTTP listen address).
+    #[arg(long, env = "LEAKWATCH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The licence the published data is offered under, named on the about page and in every
+    /// export, list and feed.
+    #[arg(long, env = "LEAKWATCH_DATA_LICENCE", default_value = "CC BY 4.0")]
+    pub data_licence: String,
+    /// Where the data licence's text is.
+    #[arg(long, env = "LEAKWATCH_DATA_LICENCE_URL", default_value = "https://creativecommons.org/licenses/by/4.0/")]
+    pub data_licence_url: String,
     /// Least seconds between two dashboard refreshes; each flush that stores new rows asks for one.
     #[arg(long, env = "LEAKWATCH_PUBLIC_REFRESH_SECS", default_value_t = leakwatch_dashboard::DEFAULT_REFRESH_SECS)]
     pub public_refresh_secs: u64,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use leakwatch_collector::flusher::SharedStore;
 use leakwatch_collector::server::{DataDir, ServeConfig};
-use leakwatch_dashboard::{DashboardConfig, Thresholds};
+use leakwatch_dashboard::{DashboardConfig, DataLicence, Thresholds};
 use leakwatch_query::QueryConfig;
 
 use crate::flags::{BallistaArgs, ListenArgs, QueryArgs, ServeArgs};
@@ -111,6 +111,9 @@ pub fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArg
             },
             requests_per_second: listen.public_rate,
             min_refresh_interval: Duration::from_secs(listen.public_refresh_secs),
+            licence: DataLicence { name: listen.data_licence.clone(), url: listen.data_licence_url.clone() },
+            public_url: listen.public_url.clone(),
+            state_dir: None,
         },
         http: leakwatch_collector::http::HttpLimits {
             header_timeout: Duration::from_secs(listen.http_header_timeout_secs),

@@ -180,6 +180,10 @@ impl DataDir {
     pub fn store(&self) -> PathBuf {
         self.root.join("store")
     }
+    /// What the dashboard keeps across restarts (its feeds' history).
+    pub fn dashboard(&self) -> PathBuf {
+        self.root.join("dashboard")
+    }
 
     /// Where the shared store this directory's collector writes to is
     /// named (absent for a local store).
@@ -439,7 +443,13 @@ impl Server {
             flows,
             Arc::new(LogTail::new(log.clone())),
         );
-        let dashboard = Dashboard::new(refresh_sessions, queries.handle(), config.dashboard)?;
+        let mut dashboard_config = config.dashboard.clone();
+        if dashboard_config.public_url.is_none() {
+            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            dashboard_config.public_url = Some(format!("{scheme}://{http_addr}"));
+        }
+        dashboard_config.state_dir.get_or_insert_with(|| dirs.dashboard());
+        let dashboard = Dashboard::new(refresh_sessions, queries.handle(), dashboard_config)?;
         let mut tasks = Vec::new();
         let (flight_addr, flight_beside_ingest) = match config.flight_listen {
             Some(addr) => {

@@ -115,6 +115,10 @@ pub struct Finding {
     pub sql: String,
     /// The console command that reruns it.
     pub command: String,
+    /// When it was first published (RFC 3339; see the feeds).
+    pub published: String,
+    /// When what a reader sees of it last changed (RFC 3339).
+    pub updated: String,
 }
 
 /// A point of a distribution.
@@ -203,6 +207,20 @@ pub struct ModelPage {
     pub firmware: Vec<FirmwareStep>,
     /// Ids of its findings.
     pub findings: Vec<String>,
+    /// Host names (or unnamed networks) with the protocol and port the
+    /// model reaches them on, each a publishable group (its MUD file).
+    pub ports: Vec<HostPort>,
+}
+
+/// A host name a model reaches on a protocol and port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct HostPort {
+    /// Host name, or an unnamed destination's key.
+    pub domain: String,
+    /// `tcp`, `udp`, ...
+    pub transport: String,
+    /// Destination port.
+    pub port: u16,
 }
 
 /// A destination in the list of destinations.
@@ -266,6 +284,11 @@ pub struct DestinationPage {
 pub struct Snapshot {
     /// When they were computed (UTC, to the minute).
     pub refreshed_at: String,
+    /// The same, epoch seconds.
+    #[serde(skip)]
+    pub refreshed_unix: i64,
+    /// Where the dashboard is and the data's licence.
+    pub site: crate::Site,
     /// Thresholds applied.
     pub thresholds: Thresholds,
     /// Findings, newest and strongest first.
@@ -286,6 +309,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// When they were computed, RFC 3339.
+    pub fn refreshed_rfc3339(&self) -> String {
+        chrono::DateTime::from_timestamp(self.refreshed_unix, 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+
     /// The model page of `vendor` / `model`.
     pub fn model(&self, vendor: &str, model: &str) -> Option<&ModelPage> {
         self.model_pages.get(&(vendor.to_string(), model.to_string()))
@@ -302,8 +332,26 @@ impl Snapshot {
     }
 }
 
-/// Registrable domain of a host name, or the name itself.
+/// The rules from the strongest claim to the weakest, which orders
+/// findings of the same day: traffic against the owner's declared choice
+/// first, then contact at boot, new destinations after an update, then
+/// what a model's traffic looks like, and last a destination only one
+/// vendor's devices contact. Within a rule, findings about one model come
+/// before those about all of a vendor's.
+const STRENGTH: &[&str] =
+    &["consent_off_traffic", "boot_phone_home", "new_after_update", "heavy_upload", "beaconing", "model_exclusive"];
+
+fn strength(rule: &str) -> usize {
+    STRENGTH.iter().position(|r| *r == rule).unwrap_or(STRENGTH.len())
+}
+
+/// Registrable domain of a host name, or the name itself; an unnamed
+/// destination's key (`91.212.186.0/24 (unnamed)`) is its own destination,
+/// as in `dest_flows.sql`.
 pub fn destination_of(host: &str) -> String {
+    if host.ends_with(" (unnamed)") {
+        return host.to_string();
+    }
     leakwatch_query::registrable_domain(host).unwrap_or_else(|| host.to_string())
 }
 
@@ -333,8 +381,10 @@ fn finding_id(rule: &str, vendor: &str, model: &str, domain: &str) -> String {
 /// Computes a snapshot over `session`'s flows.
 pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<Snapshot> {
     let t = thresholds;
+    let now = chrono::Utc::now();
     let mut snapshot = Snapshot {
-        refreshed_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        refreshed_at: now.format("%Y-%m-%d %H:%M UTC").to_string(),
+        refreshed_unix: now.timestamp(),
         thresholds: t,
         ..Snapshot::default()
     };
@@ -409,6 +459,19 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
             .insert(r.text("destination"));
     });
 
+    // The protocols and ports of each model's host names.
+    let mut ports: HashMap<(String, String), Vec<HostPort>> = HashMap::new();
+    run("model_ports").await?.each(|r| {
+        let (Ok(port), true) = (u16::try_from(r.int("port")), t.allows(r.count("devices"), r.count("volunteers"))) else {
+            return;
+        };
+        ports.entry((r.text("vendor"), r.text("model"))).or_default().push(HostPort {
+            domain: r.text("domain"),
+            transport: r.text("transport"),
+            port,
+        });
+    });
+
     // Destinations: totals and devices per day.
     let mut destinations: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     run("destinations").await?.each(|r| {
@@ -432,6 +495,8 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     findings.sort_by(|a, b| {
         b.last_seen
             .cmp(&a.last_seen)
+            .then(strength(&a.rule).cmp(&strength(&b.rule)))
+            .then(a.model.is_empty().cmp(&b.model.is_empty()))
             .then(b.share.total_cmp(&a.share))
             .then(b.devices.cmp(&a.devices))
             .then(a.id.cmp(&b.id))
@@ -477,7 +542,17 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
         snapshot.models.push(summary.clone());
         snapshot.model_pages.insert(
             (vendor.clone(), model.clone()),
-            ModelPage { summary, destinations: dests, firmware: steps, findings: ids },
+            ModelPage {
+                summary,
+                destinations: dests,
+                firmware: steps,
+                findings: ids,
+                ports: {
+                    let mut p = ports.remove(&(vendor.clone(), model.clone())).unwrap_or_default();
+                    p.sort();
+                    p
+                },
+            },
         );
     }
     let mut by_destination: HashMap<String, Vec<DestinationModel>> = HashMap::new();
@@ -755,6 +830,8 @@ async fn rule_findings(
             params: params.clone(),
             sql: sql.clone(),
             command: command.clone(),
+            published: String::new(),
+            updated: String::new(),
         });
     }
     Ok(out)
@@ -809,8 +886,56 @@ fn claim(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A published finding of `boot_phone_home`, for tests of what is made
+    /// of findings.
+    pub(crate) fn finding(vendor: &str, model: &str, domain: &str) -> Finding {
+        Finding {
+            id: finding_id("boot_phone_home", vendor, model, domain),
+            rule: "boot_phone_home".into(),
+            rule_title: "Contacts at boot".into(),
+            vendor: vendor.into(),
+            model: model.into(),
+            models: Vec::new(),
+            domain: domain.into(),
+            destination: destination_of(domain),
+            claim: format!("100 % of {vendor} {model} devices contact {domain} within 60 seconds of booting."),
+            firmware_min: None,
+            firmware_max: None,
+            devices: 6,
+            volunteers: 3,
+            population_devices: 6,
+            share: 1.0,
+            median_s_after_boot: Some(4.0),
+            first_contact: Vec::new(),
+            consent: Vec::new(),
+            sources: Vec::new(),
+            first_seen: "2026-01-01".into(),
+            last_seen: "2026-01-01".into(),
+            numbers: Vec::new(),
+            params: Vec::new(),
+            sql: String::new(),
+            command: String::new(),
+            published: String::new(),
+            updated: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_unnamed_destination_is_its_own_destination() {
+        assert_eq!(destination_of("91.212.186.0/24 (unnamed)"), "91.212.186.0/24 (unnamed)");
+        assert_eq!(destination_of("tcp/8886 (unnamed)"), "tcp/8886 (unnamed)");
+        assert_eq!(destination_of("api.account.xiaomi.com"), "xiaomi.com");
+    }
+
+    #[test]
+    fn every_rule_has_a_strength() {
+        for rule in builtin_rules() {
+            assert!(strength(&rule.name) < STRENGTH.len(), "{} is missing from STRENGTH", rule.name);
+        }
+    }
 
     /// A source (or consent value) is named only with a group of devices
     /// and volunteers that passes the thresholds: one Pi-hole household

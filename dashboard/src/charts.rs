@@ -225,3 +225,83 @@ mod tests {
         assert!(trend("x", &[]).expect("empty").contains("<svg"));
     }
 }
+
+/// Models shown on the boot matrix, those with most devices.
+pub const MATRIX_MODELS: usize = 20;
+/// Destinations shown on it, those most models contact at boot.
+pub const MATRIX_DESTINATIONS: usize = 12;
+/// What counts as contact at boot: a median first contact this many
+/// seconds after boot or sooner (the `boot_phone_home` window).
+pub const AT_BOOT_S: f64 = 60.0;
+
+/// Which models contact which destinations at boot: a grid of models
+/// (rows) by destinations (columns), each cell shaded by the median
+/// seconds from boot to the first contact (darker is sooner) and linking
+/// to the model's page. Hand-written SVG: a cell is a link without
+/// JavaScript, and the viewBox lets it shrink to a phone's width.
+pub fn boot_matrix(snapshot: &crate::Snapshot) -> Option<maud::Markup> {
+    use std::collections::BTreeMap;
+    let mut models: Vec<&crate::aggregate::ModelSummary> = snapshot.models.iter().collect();
+    models.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.vendor.cmp(&b.vendor)).then(a.model.cmp(&b.model)));
+    models.truncate(MATRIX_MODELS);
+    // Destination → models contacting it at boot.
+    let mut columns: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut cells: BTreeMap<(usize, &str), f64> = BTreeMap::new();
+    for (row, m) in models.iter().enumerate() {
+        let Some(page) = snapshot.model(&m.vendor, &m.model) else { continue };
+        for d in page.destinations.iter().filter(|d| d.median_s.is_finite() && d.median_s <= AT_BOOT_S) {
+            *columns.entry(&d.destination).or_default() += 1;
+            cells.insert((row, &d.destination), d.median_s);
+        }
+    }
+    let mut columns: Vec<(&str, usize)> = columns.into_iter().collect();
+    columns.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    columns.truncate(MATRIX_DESTINATIONS);
+    if columns.is_empty() {
+        return None;
+    }
+    let rows: Vec<usize> = (0..models.len()).filter(|r| columns.iter().any(|(d, _)| cells.contains_key(&(*r, *d)))).collect();
+    // Room above and to the right for the slanted destination names.
+    let (left, top, cell) = (190.0, 200.0, 34.0);
+    let width = left + cell * columns.len() as f64 + 150.0;
+    let height = top + cell * rows.len() as f64 + 40.0;
+    let shade = |s: f64| {
+        // 0.5 s darkest, 60 s lightest, on a log scale.
+        let t = ((s.max(0.5) / 0.5).ln() / (AT_BOOT_S / 0.5).ln()).clamp(0.0, 1.0);
+        let (dark, light) = ((0x08, 0x45, 0x94), (0xc6, 0xdb, 0xef));
+        let mix = |a: i32, b: i32| (a as f64 + (b - a) as f64 * t).round() as i32;
+        format!("#{:02x}{:02x}{:02x}", mix(dark.0, light.0), mix(dark.1, light.1), mix(dark.2, light.2))
+    };
+    let label = "Which device models contact which destinations within a minute of booting; darker cells mark a sooner median first contact";
+    Some(maud::html! {
+        svg role="img" aria-label=(label) class="chart matrix" viewBox=(format!("0 0 {width} {height}"))
+            width=(width) height=(height) preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg" {
+            title { (label) }
+            @for (i, (d, _)) in columns.iter().enumerate() {
+                @let x = left + cell * i as f64 + cell / 2.0;
+                text x=(x) y=(top - 8.0) font-size="13" transform=(format!("rotate(-50 {x} {})", top - 8.0)) { (d) }
+            }
+            @for (j, &r) in rows.iter().enumerate() {
+                @let m = models[r];
+                @let y = top + cell * j as f64;
+                a href=(crate::pages::model_href(&m.vendor, &m.model)) {
+                    text x=(left - 8.0) y=(y + cell / 2.0 + 4.0) font-size="13" text-anchor="end" { (m.vendor) " " (m.model) }
+                    @for (i, (d, _)) in columns.iter().enumerate() {
+                        @if let Some(&s) = cells.get(&(r, *d)) {
+                            rect x=(left + cell * i as f64 + 1.0) y=(y + 1.0) width=(cell - 2.0) height=(cell - 2.0) fill=(shade(s)) {
+                                title { (m.vendor) " " (m.model) " → " (d) ": median " (format!("{s:.1}")) " s after boot" }
+                            }
+                        }
+                    }
+                }
+            }
+            @let ly = top + cell * rows.len() as f64 + 24.0;
+            text x="0" y=(ly) font-size="13" { "median seconds after boot:" }
+            @for (i, s) in [1.0, 5.0, 20.0, 60.0].into_iter().enumerate() {
+                @let x = left + 70.0 * i as f64;
+                rect x=(x) y=(ly - 12.0) width="14" height="14" fill=(shade(s)) {}
+                text x=(x + 18.0) y=(ly) font-size="13" { (s) " s" }
+            }
+        }
+    })
+}

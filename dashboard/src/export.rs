@@ -1,24 +1,28 @@
-//! Open data: the published findings as CSV and Parquet, built once per
-//! refresh.
+//! Everything a visitor downloads: the published findings as CSV and
+//! Parquet (built once per refresh), and the blocklists, feeds and MUD
+//! files made of them (built per request from the aggregates in memory).
+//! Each carries the data licence: in its head, its metadata, a column,
+//! and a `Link: <...>; rel="license"` header.
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::Dashboard;
 use super::aggregate::Finding;
+use super::lists::{ListFormat, Scope};
+use super::{Dashboard, DataLicence, Site, feeds, lists, mud};
 use crate::{Error, Result};
 
 fn text(findings: &[Finding], f: impl Fn(&Finding) -> Option<String>) -> ArrayRef {
     Arc::new(findings.iter().map(f).collect::<StringArray>())
 }
 
-/// The findings as one record batch.
-pub fn batch(findings: &[Finding]) -> Result<RecordBatch> {
+/// The findings as one record batch, each row naming the data licence.
+pub fn batch(findings: &[Finding], licence: &DataLicence) -> Result<RecordBatch> {
     let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
     let schema = Schema::new(vec![
         utf8("id", false),
@@ -41,6 +45,7 @@ pub fn batch(findings: &[Finding]) -> Result<RecordBatch> {
         utf8("first_seen", false),
         utf8("last_seen", false),
         utf8("command", false),
+        utf8("licence", false),
     ]);
     let columns: Vec<ArrayRef> = vec![
         text(findings, |f| Some(f.id.clone())),
@@ -71,6 +76,7 @@ pub fn batch(findings: &[Finding]) -> Result<RecordBatch> {
         text(findings, |f| Some(f.first_seen.clone())),
         text(findings, |f| Some(f.last_seen.clone())),
         text(findings, |f| Some(f.command.clone())),
+        text(findings, |_| Some(format!("{} ({})", licence.name, licence.url))),
     ];
     RecordBatch::try_new(Arc::new(schema), columns).map_err(export_failed)
 }
@@ -107,8 +113,8 @@ fn spreadsheet_safe_batch(batch: &RecordBatch) -> Result<RecordBatch> {
 
 /// CSV and Parquet bytes of `findings`; the CSV's text cells are
 /// [`spreadsheet_safe`], the Parquet's are the values as they are.
-pub fn findings(findings: &[Finding]) -> Result<(Vec<u8>, Vec<u8>)> {
-    let batch = batch(findings)?;
+pub fn findings(findings: &[Finding], licence: &DataLicence) -> Result<(Vec<u8>, Vec<u8>)> {
+    let batch = batch(findings, licence)?;
     let mut csv = Vec::new();
     {
         let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut csv);
@@ -116,32 +122,126 @@ pub fn findings(findings: &[Finding]) -> Result<(Vec<u8>, Vec<u8>)> {
     }
     let mut parquet = Vec::new();
     {
-        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut parquet, batch.schema(), None)?;
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![
+                parquet::file::metadata::KeyValue::new("licence".into(), licence.name.clone()),
+                parquet::file::metadata::KeyValue::new("licence_url".into(), licence.url.clone()),
+            ]))
+            .build();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut parquet, batch.schema(), Some(properties))?;
         writer.write(&batch)?;
         writer.close()?;
     }
     Ok((csv, parquet))
 }
 
-fn download(bytes: axum::body::Bytes, content_type: &'static str, name: &str) -> Response {
+/// A download named `name` (`inline` for what a browser may show).
+fn download(
+    site: &Site,
+    bytes: impl Into<axum::body::Bytes>,
+    content_type: &'static str,
+    name: &str,
+    inline: bool,
+) -> Response {
+    let disposition = if inline { "inline" } else { "attachment" };
     (
         [
             (header::CONTENT_TYPE, content_type.to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+            (header::CONTENT_DISPOSITION, format!("{disposition}; filename=\"{name}\"")),
+            (header::LINK, format!("<{}>; rel=\"license\"", site.licence.url)),
         ],
-        bytes,
+        bytes.into(),
     )
         .into_response()
 }
 
 /// `GET /export/findings.csv`.
 pub async fn csv(State(d): State<Dashboard>) -> Response {
-    download(d.published().csv.clone(), "text/csv; charset=utf-8", "leakwatch-findings.csv")
+    let p = d.published();
+    download(&p.snapshot.site, p.csv.clone(), "text/csv; charset=utf-8", "leakwatch-findings.csv", false)
 }
 
 /// `GET /export/findings.parquet`.
 pub async fn parquet(State(d): State<Dashboard>) -> Response {
-    download(d.published().parquet.clone(), "application/vnd.apache.parquet", "leakwatch-findings.parquet")
+    let p = d.published();
+    download(&p.snapshot.site, p.parquet.clone(), "application/vnd.apache.parquet", "leakwatch-findings.parquet", false)
+}
+
+fn not_published(what: &str) -> Response {
+    (StatusCode::NOT_FOUND, format!("{what} is not published: nothing about it passes the thresholds\n")).into_response()
+}
+
+/// A list of `scope`'s findings in the format its file name names.
+fn list(d: &Dashboard, scope: Scope, file: &str) -> Response {
+    let Some(format) = ListFormat::from_file(file) else {
+        let known: Vec<&str> = ListFormat::ALL.iter().map(|f| f.file()).collect();
+        return (StatusCode::NOT_FOUND, format!("no list format {file:?}; there are {}\n", known.join(", ")))
+            .into_response();
+    };
+    let p = d.published();
+    let s = &p.snapshot;
+    let Some(findings) = scope.findings(s) else { return not_published(&scope.describe(s)) };
+    let body = lists::render(s.site.head(s), &scope, &findings, format);
+    let name = format!("leakwatch-{}", format.file());
+    download(&s.site, body, "text/plain; charset=utf-8", &name, true)
+}
+
+/// `GET /lists/{file}`: all findings.
+pub async fn list_all(State(d): State<Dashboard>, Path(file): Path<String>) -> Response {
+    list(&d, Scope::All, &file)
+}
+
+/// `GET /lists/vendors/{vendor}/{file}`.
+pub async fn list_vendor(State(d): State<Dashboard>, Path((vendor, file)): Path<(String, String)>) -> Response {
+    list(&d, Scope::Vendor(vendor), &file)
+}
+
+/// `GET /lists/models/{vendor}/{model}/{file}`.
+pub async fn list_model(
+    State(d): State<Dashboard>,
+    Path((vendor, model, file)): Path<(String, String, String)>,
+) -> Response {
+    list(&d, Scope::Model(vendor, model), &file)
+}
+
+/// `GET /lists/findings/{id}/{file}`.
+pub async fn list_finding(State(d): State<Dashboard>, Path((id, file)): Path<(String, String)>) -> Response {
+    list(&d, Scope::Finding(id), &file)
+}
+
+fn feed(d: &Dashboard, scope: Option<Scope>) -> Response {
+    let p = d.published();
+    let s = &p.snapshot;
+    let Some(scope) = scope else { return not_published("that feed") };
+    let Some(findings) = scope.findings(s) else { return not_published(&scope.describe(s)) };
+    let body = feeds::render(s.site.head(s), &scope, &findings);
+    download(&s.site, body, "application/atom+xml; charset=utf-8", "leakwatch.atom", true)
+}
+
+/// `GET /feeds/findings.atom`.
+pub async fn feed_all(State(d): State<Dashboard>) -> Response {
+    feed(&d, Some(Scope::All))
+}
+
+/// `GET /feeds/vendors/{vendor}.atom`.
+pub async fn feed_vendor(State(d): State<Dashboard>, Path(file): Path<String>) -> Response {
+    feed(&d, file.strip_suffix(".atom").map(|v| Scope::Vendor(v.to_string())))
+}
+
+/// `GET /feeds/models/{vendor}/{model}.atom`.
+pub async fn feed_model(State(d): State<Dashboard>, Path((vendor, file)): Path<(String, String)>) -> Response {
+    feed(&d, file.strip_suffix(".atom").map(|m| Scope::Model(vendor, m.to_string())))
+}
+
+/// `GET /mud/{vendor}/{model}.json`: the model's MUD file as observed.
+pub async fn mud_file(State(d): State<Dashboard>, Path((vendor, file)): Path<(String, String)>) -> Response {
+    let p = d.published();
+    let s = &p.snapshot;
+    let Some(page) = file.strip_suffix(".json").and_then(|model| s.model(&vendor, model)) else {
+        return not_published(&format!("the model {vendor} {file}"));
+    };
+    let body = serde_json::to_vec_pretty(&mud::render(s.site.head(s), page)).unwrap_or_default();
+    download(&s.site, body, "application/mud+json", "mud.json", true)
 }
 
 #[cfg(test)]

@@ -8,11 +8,15 @@
 pub mod aggregate;
 pub mod charts;
 mod export;
+mod feeds;
+pub mod lists;
+pub mod mud;
 mod pages;
 pub mod queries;
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -71,8 +75,40 @@ pub enum Error {
 /// Result with the dashboard's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The licence the published data is offered under, named on the about
+/// page and at the head of every export, list and feed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DataLicence {
+    /// Its name, e.g. "CC BY 4.0".
+    pub name: String,
+    /// Where its text is.
+    pub url: String,
+}
+
+impl Default for DataLicence {
+    fn default() -> Self {
+        Self { name: "CC BY 4.0".into(), url: "https://creativecommons.org/licenses/by/4.0/".into() }
+    }
+}
+
+/// What every page, list, feed and export says of where it comes from.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Site {
+    /// The dashboard's public address, no trailing slash.
+    pub base: String,
+    /// The data licence.
+    pub licence: DataLicence,
+}
+
+impl Site {
+    /// What lists and feeds are rendered with.
+    pub fn head<'a>(&'a self, snapshot: &'a Snapshot) -> lists::Head<'a> {
+        lists::Head { snapshot, base: &self.base, licence: &self.licence }
+    }
+}
+
 /// Settings of the public dashboard.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DashboardConfig {
     /// Publication thresholds (k devices, m volunteers).
     pub thresholds: Thresholds,
@@ -81,6 +117,16 @@ pub struct DashboardConfig {
     /// Least time from the end of one refresh the flusher asks for to the
     /// start of the next (each recomputes every aggregate from all flows).
     pub min_refresh_interval: Duration,
+    /// The data licence.
+    pub licence: DataLicence,
+    /// The address the public reaches the dashboard at, without a trailing
+    /// slash (`https://leaks.example.org`): lists, feeds and MUD files
+    /// link back to it. The collector fills in its own HTTP address when
+    /// none is given.
+    pub public_url: Option<String>,
+    /// Where the dashboard keeps what must outlive a restart (when each
+    /// finding was first published and last changed, for the feeds).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Default of [`DashboardConfig::min_refresh_interval`], seconds.
@@ -92,6 +138,9 @@ impl Default for DashboardConfig {
             thresholds: Thresholds::default(),
             requests_per_second: 20,
             min_refresh_interval: Duration::from_secs(DEFAULT_REFRESH_SECS),
+            licence: DataLicence::default(),
+            public_url: None,
+            state_dir: None,
         }
     }
 }
@@ -129,6 +178,29 @@ struct Inner {
     refreshes: AtomicU64,
     last_finished: std::sync::Mutex<Option<Instant>>,
     limiter: Limiter,
+    site: Site,
+    history: Arc<std::sync::Mutex<feeds::History>>,
+}
+
+/// What may be written into a list, a feed or a header: one line, no
+/// quote, no control character.
+fn checked_text(flag: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > 200 {
+        return Err(Error::Config(format!("{flag}: must be 1 to 200 characters, not {}", value.len())));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control() || matches!(c, '"' | '<' | '>' | '\\')) {
+        return Err(Error::Config(format!("{flag}: {value:?} holds {c:?}, which lists and feeds cannot carry")));
+    }
+    Ok(())
+}
+
+/// A checked http(s) address.
+fn checked_url(flag: &str, value: &str) -> Result<String> {
+    checked_text(flag, value)?;
+    if !(value.starts_with("http://") || value.starts_with("https://")) || value.contains(char::is_whitespace) {
+        return Err(Error::Config(format!("{flag}: {value:?} is not an http:// or https:// address")));
+    }
+    Ok(value.to_string())
 }
 
 /// The dashboard: cheap to clone, shared by the HTTP server and the
@@ -149,16 +221,33 @@ impl Dashboard {
         let rate = NonZeroU32::new(config.requests_per_second)
             .ok_or_else(|| Error::Config("--public-rate: must be at least 1 request per second".into()))?;
         let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+        checked_text("--data-licence", &config.licence.name)?;
+        let site = Site {
+            base: checked_url("--public-url", config.public_url.as_deref().unwrap_or("http://127.0.0.1:8080"))?
+                .trim_end_matches('/')
+                .to_string(),
+            licence: DataLicence {
+                name: config.licence.name.clone(),
+                url: checked_url("--data-licence-url", &config.licence.url)?,
+            },
+        };
+        let history = feeds::History::load(config.state_dir.as_deref());
+        let first = Published {
+            snapshot: Snapshot { site: site.clone(), thresholds: config.thresholds, ..Snapshot::default() },
+            ..Published::default()
+        };
         Ok(Self(Arc::new(Inner {
             sessions,
             queries,
             config,
-            published: RwLock::new(Arc::new(Published::default())),
+            published: RwLock::new(Arc::new(first)),
             refresh: tokio::sync::Mutex::new(()),
             pending: AtomicBool::new(false),
             refreshes: AtomicU64::new(0),
             last_finished: std::sync::Mutex::new(None),
             limiter: governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst)),
+            site,
+            history: Arc::new(std::sync::Mutex::new(history)),
         })))
     }
 
@@ -178,6 +267,7 @@ impl Dashboard {
         self.0.pending.store(false, Ordering::SeqCst);
         let started = Instant::now();
         let (sessions, thresholds) = (self.0.sessions.clone(), self.0.config.thresholds);
+        let (site, history) = (self.0.site.clone(), self.0.history.clone());
         let computed = self
             .0
             .queries
@@ -186,7 +276,10 @@ impl Dashboard {
                 let mut snapshot = aggregate::compute(&session, thresholds).await?;
                 let (left_out, set_aside) = sessions.flow_store().unreadable_counts();
                 snapshot.unreadable_files = left_out as u64 + set_aside;
-                let (csv, parquet) = export::findings(&snapshot.findings)?;
+                let now = snapshot.refreshed_rfc3339();
+                history.lock().unwrap_or_else(PoisonError::into_inner).stamp(&mut snapshot.findings, &now);
+                snapshot.site = site;
+                let (csv, parquet) = export::findings(&snapshot.findings, &snapshot.site.licence)?;
                 Ok::<_, Error>(Published { snapshot, csv: csv.into(), parquet: parquet.into() })
             })
             .await
@@ -236,6 +329,7 @@ impl Dashboard {
             .route("/destinations/{name}", get(pages::destination))
             .route("/findings/{id}", get(pages::finding))
             .route("/about", get(pages::about))
+            .route("/lists", get(pages::lists_page))
             .route("/api", get(pages::api_index))
             .route("/api/findings", get(pages::api_findings))
             .route("/api/findings/{id}", get(pages::api_finding))
@@ -245,6 +339,14 @@ impl Dashboard {
             .route("/api/destinations/{name}", get(pages::api_destination))
             .route("/export/findings.csv", get(export::csv))
             .route("/export/findings.parquet", get(export::parquet))
+            .route("/lists/{file}", get(export::list_all))
+            .route("/lists/vendors/{vendor}/{file}", get(export::list_vendor))
+            .route("/lists/models/{vendor}/{model}/{file}", get(export::list_model))
+            .route("/lists/findings/{id}/{file}", get(export::list_finding))
+            .route("/feeds/findings.atom", get(export::feed_all))
+            .route("/feeds/vendors/{file}", get(export::feed_vendor))
+            .route("/feeds/models/{vendor}/{file}", get(export::feed_model))
+            .route("/mud/{vendor}/{file}", get(export::mud_file))
             .fallback(pages::not_found)
             .layer(axum::middleware::from_fn_with_state(self.clone(), rate_limit))
             .with_state(self.clone())

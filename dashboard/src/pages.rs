@@ -9,6 +9,9 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::aggregate::{Finding, Snapshot};
+use super::feeds::feed_href;
+use super::lists::{ListFormat, Scope};
+use super::mud::mud_href;
 use super::{Dashboard, charts};
 
 const CSS: &str = "
@@ -37,6 +40,15 @@ pre{background:#f6f8fa;border:1px solid var(--line);padding:.75rem;overflow-x:au
 dl.numbers{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}
 dl.numbers dt{color:var(--muted)}
 dl.numbers dd{margin:0}
+ol.entries{list-style:none;padding:0;margin:1rem 0}
+ol.entries>li{border-bottom:1px solid var(--line);padding:.75rem 0}
+ol.entries .claim{font-size:1.1rem;margin:0 0 .25rem;overflow-wrap:anywhere}
+ol.entries p{margin:.15rem 0}
+.links{font-size:.9rem;display:flex;flex-wrap:wrap;gap:.1rem .9rem}
+.links span{color:var(--muted)}
+main,header,footer{overflow-wrap:anywhere}
+svg.matrix text{fill:var(--fg);font-family:system-ui,sans-serif}
+svg.matrix a:hover rect{stroke:var(--fg)}
 @media (max-width:40rem){body{font-size:15px}.hide-narrow{display:none}}
 ";
 
@@ -114,6 +126,7 @@ fn layout(snapshot: &Snapshot, title: &str, body: Markup) -> Html<String> {
                     meta charset="utf-8";
                     meta name="viewport" content="width=device-width, initial-scale=1";
                     title { (title) " · leakwatch" }
+                    link rel="alternate" type="application/atom+xml" title="leakwatch: new and changed findings" href=(feed_href(&Scope::All));
                     style { (PreEscaped(CSS)) }
                 }
                 body {
@@ -122,6 +135,7 @@ fn layout(snapshot: &Snapshot, title: &str, body: Markup) -> Html<String> {
                             a href="/" { "leakwatch" }
                             a href="/models" { "Models" }
                             a href="/destinations" { "Destinations" }
+                            a href="/lists" { "Blocklists" }
                             a href="/api" { "API" }
                             a href="/about" { "About" }
                         }
@@ -139,8 +153,11 @@ fn layout(snapshot: &Snapshot, title: &str, body: Markup) -> Html<String> {
                             @if snapshot.unreadable_files > 0 {
                                 " " strong { (snapshot.unreadable_files) " stored data files could not be read and were set aside; the figures leave their records out." }
                             }
-                            " Open data: " a href="/export/findings.csv" { "findings.csv" } ", "
-                            a href="/export/findings.parquet" { "findings.parquet" } "."
+                            " Open data under " a href=(snapshot.site.licence.url) rel="license" { (snapshot.site.licence.name) } ": "
+                            a href="/export/findings.csv" { "findings.csv" } ", "
+                            a href="/export/findings.parquet" { "findings.parquet" } ", "
+                            a href="/lists" { "blocklists" } ", "
+                            a href=(feed_href(&Scope::All)) { "Atom feed" } "."
                         }
                     }
                 }
@@ -203,48 +220,47 @@ fn scroll_table(label: &str, caption: Markup, head: Markup, rows: Markup) -> Mar
     }
 }
 
-fn findings_table(findings: &[&Finding], caption: &str) -> Markup {
-    scroll_table(
-        caption,
-        html! { (caption) },
-        html! {
-            th scope="col" { "Finding" }
-            th scope="col" { "Vendor" }
-            th scope="col" { "Model" }
-            th scope="col" { "Firmware" }
-            th scope="col" { "Destination" }
-            th scope="col" { "Rule" }
-            th.n scope="col" { "Share of devices" }
-            th.n scope="col" { "Devices" }
-            th.n scope="col" { "Volunteers" }
-            th.n scope="col" { "Median after boot" }
-            th.hide-narrow scope="col" { "Consent" }
-            th.hide-narrow scope="col" { "First seen" }
-            th scope="col" { "Last seen" }
-        },
-        html! {
-            @for f in findings {
-                tr {
-                    td { a href=(finding_href(&f.id)) { (f.claim) } }
-                    td { (f.vendor) }
-                    td {
-                        @if f.model.is_empty() { (model_name(f)) }
-                        @else { a href=(model_href(&f.vendor, &f.model)) { (f.model) } }
-                    }
-                    td { (firmware(f)) }
-                    td { a href=(destination_href(&f.destination)) { (f.domain) } }
-                    td { (f.rule) }
-                    td.n { (pct(f.share)) }
-                    td.n { (f.devices) }
-                    td.n { (f.volunteers) }
-                    td.n { (f.median_s_after_boot.map_or("–".into(), secs)) }
-                    td.hide-narrow { @for (i, c) in f.consent.iter().enumerate() { @if i > 0 { ", " } (c.value) } }
-                    td.hide-narrow { (f.first_seen) }
-                    td { (f.last_seen) }
+/// Links to `scope`'s blocklist in each format.
+fn list_links(scope: &Scope) -> Markup {
+    html! {
+        @for (i, format) in ListFormat::ALL.iter().enumerate() {
+            @if i > 0 { " · " }
+            a href=(scope.list_href(*format)) { (format.title()) }
+        }
+    }
+}
+
+/// One finding as a visitor reads it: the sentence, its evidence in a
+/// line, and where to go from it.
+fn finding_entry(f: &Finding) -> Markup {
+    let scope = if f.model.is_empty() { Scope::Vendor(f.vendor.clone()) } else { Scope::Model(f.vendor.clone(), f.model.clone()) };
+    html! {
+        li {
+            p.claim { a href=(finding_href(&f.id)) { (f.claim) } }
+            p.muted {
+                (f.devices) " of " (f.population_devices) " devices (" (pct(f.share)) ") of " (f.volunteers) " volunteers"
+                @if let Some(m) = f.median_s_after_boot { " · median " (secs(m)) " after boot" }
+                @if f.firmware_min.is_some() { " · firmware " (firmware(f)) }
+                @if !f.consent.is_empty() {
+                    " · consent declared: " @for (i, c) in f.consent.iter().enumerate() { @if i > 0 { ", " } (c.value) }
                 }
+                " · seen " (f.first_seen) " to " (f.last_seen)
+                " · " (f.rule)
             }
-        },
-    )
+            p.links {
+                @if f.model.is_empty() { span { (model_name(f)) } }
+                @else { a href=(model_href(&f.vendor, &f.model)) { (f.vendor) " " (f.model) } }
+                a href=(destination_href(&f.destination)) { (f.destination) }
+                a href=(format!("{}#sql", finding_href(&f.id))) { "SQL" }
+                a href=(Scope::Finding(f.id.clone()).list_href(ListFormat::Hosts)) { "blocklist" }
+                a href=(feed_href(&scope)) { "feed" }
+            }
+        }
+    }
+}
+
+fn finding_entries(findings: &[&Finding]) -> Markup {
+    html! { ol.entries { @for f in findings { (finding_entry(f)) } } }
 }
 
 fn select(name: &str, label: &str, options: &[String], chosen: Option<&str>) -> Markup {
@@ -260,7 +276,11 @@ fn select(name: &str, label: &str, options: &[String], chosen: Option<&str>) -> 
     }
 }
 
-/// `GET /`: current findings with filters and search.
+/// Findings above the chart on the home page.
+const LEAD_FINDINGS: usize = 8;
+
+/// `GET /`: the newest and strongest findings as entries, the chart of
+/// what each model contacts at boot, and the filters.
 pub async fn home(State(d): State<Dashboard>, Query(filter): Query<Filter>) -> Html<String> {
     let published = d.published();
     let s = &published.snapshot;
@@ -274,11 +294,15 @@ pub async fn home(State(d): State<Dashboard>, Query(filter): Query<Filter>) -> H
         m
     };
     let rules: Vec<String> = builtin_rules().into_iter().map(|r| r.name).collect();
+    let filtered = [&filter.vendor, &filter.model, &filter.rule, &filter.q].iter().any(|v| given(v).is_some());
     let body = html! {
         h1 { "What devices send home" }
         p {
-            (s.findings.len()) " findings about " (s.models.len()) " device models, from a crowd of volunteers' devices. "
-            "Each finding links to its evidence and the SQL that reproduces it."
+            (s.findings.len()) " findings about " (s.models.len()) " device models, from a crowd of volunteers' devices, newest and strongest first. "
+            "Each links to its evidence and the SQL that reproduces it. "
+            a href=(feed_href(&Scope::All)) { "Follow them (Atom)" } ", "
+            a href="/lists" { "block them" } ", or "
+            a href="/about#check" { "check your own devices" } "."
         }
         form.filters method="get" action="/" role="search" aria-label="Filter findings" {
             (select("vendor", "Vendor", &vendors, given(&filter.vendor)))
@@ -291,11 +315,66 @@ pub async fn home(State(d): State<Dashboard>, Query(filter): Query<Filter>) -> H
         }
         @if shown.is_empty() {
             p { "No findings match." }
+        } @else if filtered {
+            p.muted { (shown.len()) " findings match. " a href="/" { "Show all" } }
+            (finding_entries(&shown))
         } @else {
-            (findings_table(&shown, &format!("{} findings, newest and strongest first", shown.len())))
+            // The strongest first, then what each model contacts at boot,
+            // then the rest.
+            @let (lead, rest) = shown.split_at(shown.len().min(LEAD_FINDINGS));
+            (finding_entries(lead))
+            @if let Some(matrix) = charts::boot_matrix(s) {
+                h2 { "Which models contact what at boot" }
+                figure {
+                    (matrix)
+                    figcaption.muted {
+                        "Destinations the " (charts::MATRIX_MODELS) " models with most devices contact within "
+                        (charts::AT_BOOT_S) " seconds of booting (median over boots); a cell links to its model."
+                    }
+                }
+            }
+            @if !rest.is_empty() {
+                h2 { "More findings" }
+                (finding_entries(rest))
+            }
         }
     };
     layout(s, "Findings", body)
+}
+
+/// `GET /lists`: what the blocklists are and how to load them.
+pub async fn lists_page(State(d): State<Dashboard>) -> Html<String> {
+    let published = d.published();
+    let s = &published.snapshot;
+    let base = &s.site.base;
+    let mut vendors: Vec<&str> = s.models.iter().map(|m| m.vendor.as_str()).collect();
+    vendors.dedup();
+    let body = html! {
+        h1 { "Blocklists" }
+        p {
+            "Each published finding names a destination that devices contact; these lists block them in the DNS. "
+            "Each list is headed by what it holds, its licence (" (s.site.licence.name) ") and its address here, "
+            "and each entry follows a comment that names its findings' evidence pages."
+        }
+        p { "All findings: " (list_links(&Scope::All)) }
+        h2 { "Load one" }
+        dl.numbers {
+            dt { "Pi-hole, AdGuard Home" } dd { "Add " code { (base) (Scope::All.list_href(ListFormat::Domains)) } " as an adlist." }
+            dt { "dnsmasq" } dd { "Save " code { "dnsmasq.conf" } " as " code { "/etc/dnsmasq.d/leakwatch.conf" } " and restart dnsmasq." }
+            dt { "unbound" } dd { "Save " code { "unbound.conf" } " and add " code { "include: \"/etc/unbound/leakwatch.conf\"" } "." }
+            dt { "BIND and others" } dd { "Serve " code { "rpz.zone" } " as a response policy zone; it also lists networks no name was seen for (" code { "rpz-ip" } ")." }
+            dt { "Any computer" } dd { "Append " code { "hosts.txt" } " to " code { "/etc/hosts" } "." }
+        }
+        h2 { "Per vendor" }
+        ul { @for v in &vendors { li { (v) ": " (list_links(&Scope::Vendor(v.to_string()))) } } }
+        h2 { "Per model" }
+        ul {
+            @for m in &s.models {
+                li { a href=(model_href(&m.vendor, &m.model)) { (m.vendor) " " (m.model) } ": " (list_links(&Scope::Model(m.vendor.clone(), m.model.clone()))) }
+            }
+        }
+    };
+    layout(s, "Blocklists", body)
 }
 
 /// `GET /models`.
@@ -352,6 +431,12 @@ pub async fn model(State(d): State<Dashboard>, Path((vendor, model)): Path<(Stri
     let body = html! {
         h1 { (m.vendor) " " (m.model) }
         p { "Seen on " (m.devices) " devices of " (m.volunteers) " volunteers; " (m.destinations) " destinations." }
+        @let scope = Scope::Model(m.vendor.clone(), m.model.clone());
+        p.links {
+            a href=(feed_href(&scope)) { "Atom feed of its findings" }
+            a href=(mud_href(&m.vendor, &m.model)) { "MUD file of what it contacts" }
+        }
+        p { "Block what its findings name: " (list_links(&scope)) }
         h2 { "Findings" }
         (finding_list(s, &page.findings))
         h2 { "What it contacts after boot" }
@@ -505,7 +590,13 @@ pub async fn finding(State(d): State<Dashboard>, Path(id): Path<String>) -> Resp
             h2 { "When after boot" }
             (chart(charts::first_contact(&f.domain, &f.first_contact), "Share of boots that had contacted the destination by each number of seconds after boot."))
         }
-        h2 { "Reproduce it" }
+        p { "Block it: " (list_links(&Scope::Finding(f.id.clone()))) }
+        p {
+            "Follow: "
+            @if f.model.is_empty() { a href=(feed_href(&Scope::Vendor(f.vendor.clone()))) { (f.vendor) " findings (Atom)" } }
+            @else { a href=(feed_href(&Scope::Model(f.vendor.clone(), f.model.clone()))) { (f.vendor) " " (f.model) " findings (Atom)" } }
+        }
+        h2 id="sql" { "Reproduce it" }
         p { "Run this rule in the leakwatch console on the collector's data:" }
         pre { code { (f.command) } }
         p { "Its SQL with the parameters filled in ("
@@ -525,6 +616,23 @@ pub async fn about(State(d): State<Dashboard>) -> Html<String> {
         h1 { "About these findings" }
         p { "Volunteers run the leakwatch agent next to their devices. It reports which destinations each device contacts and how long after boot, under a pseudonym, never the content of the traffic." }
         p { "Every figure on this site describes a group of at least " (t.min_devices) " distinct devices reported by at least " (t.min_volunteers) " distinct volunteers. Smaller groups are left out of the pages, the API, the exports and the charts. No device or volunteer pseudonym is published, and times are given as days." }
+        h2 { "Licence" }
+        p {
+            "The published data (pages, API, exports, blocklists, feeds and MUD files) is offered under "
+            a href=(s.site.licence.url) rel="license" { (s.site.licence.name) } ". Attribute it to leakwatch at " (s.site.base) "."
+        }
+        h2 { "Take it with you" }
+        p {
+            a href="/lists" { "Blocklists" } " of every finding, model and vendor for Pi-hole, AdGuard Home, dnsmasq, unbound, RPZ and hosts files; "
+            a href=(feed_href(&Scope::All)) { "Atom feeds" } " of new and changed findings, for all, each vendor and each model; "
+            "and for each model a MUD file (RFC 8520) of what its devices were seen to contact, linked from its page."
+        }
+        h2 id="check" { "Check your own devices" }
+        p {
+            "The agent compares your devices' contacts with these findings on your machine and sends nothing: "
+            code { "leakwatch-agent check --findings " (s.site.base) "/api/findings CAPTURE.pcap" }
+            " (or a downloaded " code { "findings.json" } " offline)."
+        }
         h2 { "Rules" }
         dl {
             @for r in builtin_rules() {
@@ -564,6 +672,7 @@ pub async fn api_index(State(d): State<Dashboard>) -> Response {
     Json(serde_json::json!({
         "refreshed_at": published.snapshot.refreshed_at,
         "thresholds": published.snapshot.thresholds,
+        "site": published.snapshot.site,
         "endpoints": {
             "/api/findings": "findings, newest and strongest first; query: vendor, model, rule, q",
             "/api/findings/{id}": "one finding with its evidence, chart data and SQL",
@@ -573,6 +682,14 @@ pub async fn api_index(State(d): State<Dashboard>) -> Response {
             "/api/destinations/{name}": "models, bytes, trend and findings of a destination",
             "/export/findings.csv": "findings as CSV",
             "/export/findings.parquet": "findings as Parquet",
+            "/lists/{file}": "blocklist of all findings: hosts.txt, dnsmasq.conf, unbound.conf, rpz.zone, domains.txt",
+            "/lists/vendors/{vendor}/{file}": "blocklist of a vendor's findings",
+            "/lists/models/{vendor}/{model}/{file}": "blocklist of a model's findings",
+            "/lists/findings/{id}/{file}": "blocklist of one finding",
+            "/feeds/findings.atom": "Atom feed of new and changed findings",
+            "/feeds/vendors/{vendor}.atom": "Atom feed of a vendor's findings",
+            "/feeds/models/{vendor}/{model}.atom": "Atom feed of a model's findings",
+            "/mud/{vendor}/{model}.json": "RFC 8520 MUD file of what a model's devices were seen to contact",
         }
     }))
     .into_response()
@@ -583,7 +700,7 @@ pub async fn api_findings(State(d): State<Dashboard>, Query(filter): Query<Filte
     let published = d.published();
     let s = &published.snapshot;
     let findings: Vec<&Finding> = s.findings.iter().filter(|f| filter.matches(f)).collect();
-    Json(serde_json::json!({ "refreshed_at": s.refreshed_at, "thresholds": s.thresholds, "findings": findings }))
+    Json(serde_json::json!({ "refreshed_at": s.refreshed_at, "thresholds": s.thresholds, "site": s.site, "findings": findings }))
         .into_response()
 }
 

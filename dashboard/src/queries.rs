@@ -31,6 +31,7 @@ const FILES: &[&str] = &[
     include_str!("sql/models.sql"),
     include_str!("sql/model_hosts.sql"),
     include_str!("sql/model_destinations.sql"),
+    include_str!("sql/model_ports.sql"),
     include_str!("sql/firmware.sql"),
     include_str!("sql/firmware_destinations.sql"),
     include_str!("sql/destinations.sql"),

@@ -8,6 +8,6 @@
              ELSE domain END AS domain,
         CASE WHEN domain IS NULL OR domain = '' THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR))
              ELSE coalesce(registrable_domain(domain), domain) END AS destination,
-        seconds_since_boot, window_start, bytes_out, bytes_in
+        seconds_since_boot, window_start, bytes_out, bytes_in, transport, dst_port
  FROM flows
  WHERE (domain IS NOT NULL AND domain <> '') OR dst_ip <> '')
