@@ -9,12 +9,12 @@ CARGO ?= cargo
 SYSTEM_PACKAGES := clang libclang-dev mold
 EXTERNAL_TESTDATA := $(abspath ../shared/testdata/external)
 # A Python venv beside the build (outside the source tree): a standard
-# Flight SQL client (ADBC) for the collector's client test, and DuckDB for
-# the rules benchmark.
+# Flight SQL client (ADBC) for the collector's client test, a feed parser
+# (feedparser) for the Atom feeds' test, and DuckDB for the rules benchmark.
 PYTHON ?= python3
 BUILD_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 PY_VENV := $(BUILD_DIR)/py-venv
-TEST_PY_PACKAGES := adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1
+TEST_PY_PACKAGES := adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1 feedparser==6.0.14
 BENCH_PY_PACKAGES := duckdb==2.0.0
 # A real S3-compatible server on loopback for the scale-out test, built
 # with cargo beside the build when missing.
@@ -42,7 +42,7 @@ apt_install = missing=""; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-.PHONY: demo test bench soak deps deb deb-check bench-deps browser-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
+.PHONY: demo test bench soak deps deb deb-check bench-deps browser-deps consumer-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
 
 # The demo's binary is built as `make test` builds it (the whole workspace
 # with its tests, whose dev-dependencies turn on more features of shared
@@ -52,7 +52,7 @@ demo: deps
 	$(CARGO) test --locked --workspace $(FEATURES) --no-run
 	"$(BUILD_DIR)/debug/leakwatch" demo
 
-test: deps browser-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit deb-check
+test: deps browser-deps consumer-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit deb-check
 
 bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
@@ -72,6 +72,12 @@ soak: deps
 # Debian's Chromium and its WebDriver for the dashboard's browser test.
 browser-deps:
 	@$(call apt_install,browser test packages,chromium chromium-driver)
+
+# The programs that load what the dashboard gives back, for the tests that
+# load every blocklist and MUD file into them: dnsmasq, unbound-checkconf,
+# named-checkzone (RPZ) and yanglint.
+consumer-deps:
+	@$(call apt_install,blocklist and MUD consumers,dnsmasq-base unbound bind9-utils libyang2-tools)
 
 # The agent as a Debian package: the binary (the `agent` profile, as
 # shipped), its hardened unit, its configuration as a conffile, man pages
@@ -110,7 +116,7 @@ py-venv:
 	fi
 
 test-py: py-venv
-	@"$(PY_VENV)/bin/python" -c 'import adbc_driver_flightsql, pyarrow' 2>/dev/null || { \
+	@"$(PY_VENV)/bin/python" -c 'import adbc_driver_flightsql, pyarrow, feedparser' 2>/dev/null || { \
 	  echo "Installing $(TEST_PY_PACKAGES) into $(PY_VENV) (pip)"; \
 	  "$(PY_VENV)/bin/python" -m pip install -q --disable-pip-version-check $(TEST_PY_PACKAGES); }
 
@@ -147,9 +153,9 @@ check-agent-deps:
 unit:
 	@set -o pipefail; log=$$(mktemp); tmp=$$(mktemp -d); chmod 1777 $$tmp; export TMPDIR=$$tmp; \
 	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
-	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace $(FEATURES) 2>&1 | tee $$log; rc=$$?; note=""; \
+	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_TEST_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace $(FEATURES) 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
-	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_ADBC_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace $(FEATURES) -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
+	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_TEST_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace $(FEATURES) -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
 	  note=" (tests named external_* skipped: no $(EXTERNAL_TESTDATA))"; \
 	fi; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i; if ($$(i+1) ~ /^filtered/) s += $$i } } \

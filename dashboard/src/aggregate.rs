@@ -462,7 +462,8 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     // The protocols and ports of each model's host names.
     let mut ports: HashMap<(String, String), Vec<HostPort>> = HashMap::new();
     run("model_ports").await?.each(|r| {
-        let (Ok(port), true) = (u16::try_from(r.int("port")), t.allows(r.count("devices"), r.count("volunteers"))) else {
+        let (Ok(port), true) = (u16::try_from(r.int("port")), t.allows(r.count("devices"), r.count("volunteers")))
+        else {
             return;
         };
         ports.entry((r.text("vendor"), r.text("model"))).or_default().push(HostPort {

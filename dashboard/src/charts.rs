@@ -188,44 +188,6 @@ pub fn first_contact(domain: &str, quantiles: &[Quantile]) -> Result<String, Cha
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dest(name: &str, p25: f64, median: f64, p75: f64) -> ModelDestination {
-        ModelDestination {
-            destination: name.into(),
-            hosts: vec![],
-            devices: 9,
-            volunteers: 4,
-            share: 0.9,
-            p25_s: p25,
-            median_s: median,
-            p75_s: p75,
-            bytes_out: 1,
-            bytes_in: 1,
-        }
-    }
-
-    #[test]
-    fn charts_are_labelled_svg_with_their_marks() {
-        let svg =
-            model_timeline("Acme", "Cam <1>", &[dest("acme.com", 0.0, 2.0, 5.0), dest("ntp.org", 1.0, 30.0, 90.0)])
-                .expect("model chart");
-        assert!(svg.starts_with("<svg role=\"img\" aria-label=\"When Acme Cam &lt;1&gt; devices"), "{}", &svg[..200]);
-        assert!(svg.contains("<title>") && svg.contains("acme.com") && svg.contains("ntp.org"));
-        assert!(svg.contains("<circle"), "median dots drawn");
-        let days = [Day { day: "2026-01-01".into(), devices: 5 }, Day { day: "2026-01-03".into(), devices: 8 }];
-        let svg = trend("acme.com", &days).expect("trend");
-        assert!(svg.contains("2026-01-0") && svg.contains("<polyline"), "{svg}");
-        let q = [Quantile { share: 0.05, seconds: 1.0 }, Quantile { share: 0.95, seconds: 20.0 }];
-        assert!(first_contact("acme.com", &q).expect("cdf").contains("<polyline"));
-        // Empty input still renders an empty, labelled chart.
-        assert!(model_timeline("A", "B", &[]).expect("empty").contains("<svg"));
-        assert!(trend("x", &[]).expect("empty").contains("<svg"));
-    }
-}
-
 /// Models shown on the boot matrix, those with most devices.
 pub const MATRIX_MODELS: usize = 20;
 /// Destinations shown on it, those most models contact at boot.
@@ -260,7 +222,8 @@ pub fn boot_matrix(snapshot: &crate::Snapshot) -> Option<maud::Markup> {
     if columns.is_empty() {
         return None;
     }
-    let rows: Vec<usize> = (0..models.len()).filter(|r| columns.iter().any(|(d, _)| cells.contains_key(&(*r, *d)))).collect();
+    let rows: Vec<usize> =
+        (0..models.len()).filter(|r| columns.iter().any(|(d, _)| cells.contains_key(&(*r, *d)))).collect();
     // Room above and to the right for the slanted destination names.
     let (left, top, cell) = (190.0, 200.0, 34.0);
     let width = left + cell * columns.len() as f64 + 150.0;
@@ -304,4 +267,42 @@ pub fn boot_matrix(snapshot: &crate::Snapshot) -> Option<maud::Markup> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(name: &str, p25: f64, median: f64, p75: f64) -> ModelDestination {
+        ModelDestination {
+            destination: name.into(),
+            hosts: vec![],
+            devices: 9,
+            volunteers: 4,
+            share: 0.9,
+            p25_s: p25,
+            median_s: median,
+            p75_s: p75,
+            bytes_out: 1,
+            bytes_in: 1,
+        }
+    }
+
+    #[test]
+    fn charts_are_labelled_svg_with_their_marks() {
+        let svg =
+            model_timeline("Acme", "Cam <1>", &[dest("acme.com", 0.0, 2.0, 5.0), dest("ntp.org", 1.0, 30.0, 90.0)])
+                .expect("model chart");
+        assert!(svg.starts_with("<svg role=\"img\" aria-label=\"When Acme Cam &lt;1&gt; devices"), "{}", &svg[..200]);
+        assert!(svg.contains("<title>") && svg.contains("acme.com") && svg.contains("ntp.org"));
+        assert!(svg.contains("<circle"), "median dots drawn");
+        let days = [Day { day: "2026-01-01".into(), devices: 5 }, Day { day: "2026-01-03".into(), devices: 8 }];
+        let svg = trend("acme.com", &days).expect("trend");
+        assert!(svg.contains("2026-01-0") && svg.contains("<polyline"), "{svg}");
+        let q = [Quantile { share: 0.05, seconds: 1.0 }, Quantile { share: 0.95, seconds: 20.0 }];
+        assert!(first_contact("acme.com", &q).expect("cdf").contains("<polyline"));
+        // Empty input still renders an empty, labelled chart.
+        assert!(model_timeline("A", "B", &[]).expect("empty").contains("<svg"));
+        assert!(trend("x", &[]).expect("empty").contains("<svg"));
+    }
 }

@@ -1,8 +1,8 @@
 //! Everything a visitor downloads: the published findings as CSV and
 //! Parquet (built once per refresh), and the blocklists, feeds and MUD
 //! files made of them (built per request from the aggregates in memory).
-//! Each carries the data licence: in its head, its metadata, a column,
-//! and a `Link: <...>; rel="license"` header.
+//! Each names the data licence: in its head, its metadata or a column (and
+//! every response in a `Link: <...>; rel="license"` header).
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::aggregate::Finding;
 use super::lists::{ListFormat, Scope};
-use super::{Dashboard, DataLicence, Site, feeds, lists, mud};
+use super::{Dashboard, DataLicence, feeds, lists, mud};
 use crate::{Error, Result};
 
 fn text(findings: &[Finding], f: impl Fn(&Finding) -> Option<String>) -> ArrayRef {
@@ -136,19 +136,12 @@ pub fn findings(findings: &[Finding], licence: &DataLicence) -> Result<(Vec<u8>,
 }
 
 /// A download named `name` (`inline` for what a browser may show).
-fn download(
-    site: &Site,
-    bytes: impl Into<axum::body::Bytes>,
-    content_type: &'static str,
-    name: &str,
-    inline: bool,
-) -> Response {
+fn download(bytes: impl Into<axum::body::Bytes>, content_type: &'static str, name: &str, inline: bool) -> Response {
     let disposition = if inline { "inline" } else { "attachment" };
     (
         [
             (header::CONTENT_TYPE, content_type.to_string()),
             (header::CONTENT_DISPOSITION, format!("{disposition}; filename=\"{name}\"")),
-            (header::LINK, format!("<{}>; rel=\"license\"", site.licence.url)),
         ],
         bytes.into(),
     )
@@ -158,17 +151,18 @@ fn download(
 /// `GET /export/findings.csv`.
 pub async fn csv(State(d): State<Dashboard>) -> Response {
     let p = d.published();
-    download(&p.snapshot.site, p.csv.clone(), "text/csv; charset=utf-8", "leakwatch-findings.csv", false)
+    download(p.csv.clone(), "text/csv; charset=utf-8", "leakwatch-findings.csv", false)
 }
 
 /// `GET /export/findings.parquet`.
 pub async fn parquet(State(d): State<Dashboard>) -> Response {
     let p = d.published();
-    download(&p.snapshot.site, p.parquet.clone(), "application/vnd.apache.parquet", "leakwatch-findings.parquet", false)
+    download(p.parquet.clone(), "application/vnd.apache.parquet", "leakwatch-findings.parquet", false)
 }
 
 fn not_published(what: &str) -> Response {
-    (StatusCode::NOT_FOUND, format!("{what} is not published: nothing about it passes the thresholds\n")).into_response()
+    (StatusCode::NOT_FOUND, format!("{what} is not published: nothing about it passes the thresholds\n"))
+        .into_response()
 }
 
 /// A list of `scope`'s findings in the format its file name names.
@@ -180,10 +174,10 @@ fn list(d: &Dashboard, scope: Scope, file: &str) -> Response {
     };
     let p = d.published();
     let s = &p.snapshot;
-    let Some(findings) = scope.findings(s) else { return not_published(&scope.describe(s)) };
+    let Some(findings) = scope.findings(s) else { return not_published(&scope.name()) };
     let body = lists::render(s.site.head(s), &scope, &findings, format);
     let name = format!("leakwatch-{}", format.file());
-    download(&s.site, body, "text/plain; charset=utf-8", &name, true)
+    download(body, "text/plain; charset=utf-8", &name, true)
 }
 
 /// `GET /lists/{file}`: all findings.
@@ -213,9 +207,9 @@ fn feed(d: &Dashboard, scope: Option<Scope>) -> Response {
     let p = d.published();
     let s = &p.snapshot;
     let Some(scope) = scope else { return not_published("that feed") };
-    let Some(findings) = scope.findings(s) else { return not_published(&scope.describe(s)) };
+    let Some(findings) = scope.findings(s) else { return not_published(&scope.name()) };
     let body = feeds::render(s.site.head(s), &scope, &findings);
-    download(&s.site, body, "application/atom+xml; charset=utf-8", "leakwatch.atom", true)
+    download(body, "application/atom+xml; charset=utf-8", "leakwatch.atom", true)
 }
 
 /// `GET /feeds/findings.atom`.
@@ -241,7 +235,7 @@ pub async fn mud_file(State(d): State<Dashboard>, Path((vendor, file)): Path<(St
         return not_published(&format!("the model {vendor} {file}"));
     };
     let body = serde_json::to_vec_pretty(&mud::render(s.site.head(s), page)).unwrap_or_default();
-    download(&s.site, body, "application/mud+json", "mud.json", true)
+    download(body, "application/mud+json", "mud.json", true)
 }
 
 #[cfg(test)]

@@ -41,7 +41,8 @@ pub struct History {
 
 fn digest(f: &Finding) -> String {
     let mut h = Sha256::new();
-    let counts = |c: &[crate::aggregate::Count]| c.iter().map(|c| format!("{}={}", c.value, c.devices)).collect::<Vec<_>>();
+    let counts =
+        |c: &[crate::aggregate::Count]| c.iter().map(|c| format!("{}={}", c.value, c.devices)).collect::<Vec<_>>();
     let parts = [
         f.claim.clone(),
         f.devices.to_string(),
@@ -100,10 +101,11 @@ impl History {
             f.published = stamp.published.clone();
             f.updated = stamp.updated.clone();
         }
-        if changed && let Some(path) = &self.path {
-            if let Err(e) = self.save(path) {
-                tracing::warn!(path = %path.display(), error = %e, "Feed history not saved");
-            }
+        if changed
+            && let Some(path) = &self.path
+            && let Err(e) = self.save(path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "Feed history not saved");
         }
     }
 
@@ -173,13 +175,15 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding]) -> String {
     );
     let _ = writeln!(out, "  <updated>{}</updated>", xml(updated));
     let _ = writeln!(out, "  <link rel=\"self\" type=\"application/atom+xml\" href=\"{}\"/>", xml(&self_href));
-    let _ = writeln!(out, "  <link rel=\"alternate\" type=\"text/html\" href=\"{}\"/>", xml(&format!("{base}{alternate}")));
+    let _ =
+        writeln!(out, "  <link rel=\"alternate\" type=\"text/html\" href=\"{}\"/>", xml(&format!("{base}{alternate}")));
     let _ = writeln!(out, "  <link rel=\"license\" href=\"{}\"/>", xml(&head.licence.url));
     let _ = writeln!(out, "  <rights>Data licence: {} ({})</rights>", xml(&head.licence.name), xml(&head.licence.url));
     let _ = writeln!(out, "  <author><name>leakwatch</name><uri>{}</uri></author>", xml(&format!("{base}/")));
     for f in entries {
         let url = format!("{base}{}", finding_href(&f.id));
-        let model = if f.model.is_empty() { format!("{} (all models)", f.vendor) } else { format!("{} {}", f.vendor, f.model) };
+        let model =
+            if f.model.is_empty() { format!("{} (all models)", f.vendor) } else { format!("{} {}", f.vendor, f.model) };
         let summary = format!(
             "{model}: {} of {} devices ({:.0} %), {} volunteers; {}; seen {} to {}.",
             f.devices,

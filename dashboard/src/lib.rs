@@ -354,7 +354,7 @@ impl Dashboard {
 }
 
 /// Refuses a client address that exceeds its rate with 429 and
-/// `Retry-After`; adds caching and content-security headers.
+/// `Retry-After`; adds caching, content-security and licence headers.
 async fn rate_limit(
     State(dashboard): State<Dashboard>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
@@ -386,5 +386,27 @@ async fn rate_limit(
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'"),
     );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Ok(licence) = HeaderValue::from_str(&format!("<{}>; rel=\"license\"", dashboard.0.site.licence.url)) {
+        headers.insert(header::LINK, licence);
+    }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_licence_and_public_url_are_refused_when_lists_and_feeds_could_not_carry_them() {
+        assert!(checked_text("--data-licence", "CC BY 4.0").is_ok());
+        let e = checked_text("--data-licence", "CC BY\n# injected").expect_err("newline");
+        assert!(e.to_string().starts_with("--data-licence: "), "{e}");
+        assert!(checked_text("--data-licence", "").is_err());
+        assert!(checked_text("--data-licence", &"x".repeat(201)).is_err());
+        assert_eq!(checked_url("--public-url", "https://leaks.example.org").expect("ok"), "https://leaks.example.org");
+        for bad in ["ftp://x.org", "leaks.example.org", "https://x.org/a b", "https://x.org/\"><script>"] {
+            let e = checked_url("--public-url", bad).expect_err(bad);
+            assert!(e.to_string().starts_with("--public-url: "), "{e}");
+        }
+    }
 }

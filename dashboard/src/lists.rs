@@ -115,6 +115,16 @@ impl Scope {
         known.then(|| s.findings.iter().filter(|f| self.holds(f)).collect())
     }
 
+    /// What it names, for a message that it is not published.
+    pub fn name(&self) -> String {
+        match self {
+            Self::All => "all findings".into(),
+            Self::Vendor(v) => format!("the vendor {v}"),
+            Self::Model(v, m) => format!("the model {v} {m}"),
+            Self::Finding(id) => format!("the finding {id}"),
+        }
+    }
+
     /// In words, for a list's head or a feed's title.
     pub fn describe(&self, s: &Snapshot) -> String {
         match self {
@@ -275,7 +285,11 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding], format: List
     let _ = writeln!(out, "{c} {} entries; from the aggregates of {}.", names.len(), s.refreshed_at);
     let _ = writeln!(out, "{c} Source: {}{}", head.base, scope.list_href(format));
     let _ = writeln!(out, "{c} Dashboard: {}/", head.base);
-    let _ = writeln!(out, "{c} Licence: {} ({}); attribute \"leakwatch, {}\".", head.licence.name, head.licence.url, head.base);
+    let _ = writeln!(
+        out,
+        "{c} Licence: {} ({}); attribute \"leakwatch, {}\".",
+        head.licence.name, head.licence.url, head.base
+    );
     let _ = writeln!(
         out,
         "{c} Only findings seen from at least {} devices of {} volunteers are listed.",
@@ -286,7 +300,8 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding], format: List
         unnamed.entry(&f.domain).or_default().push(format!("{}{}", head.base, finding_href(&f.id)));
     }
     for (destination, pages) in unnamed {
-        let _ = writeln!(out, "{c} Not listed here: {} has no name to block ({}).", one_line(destination), pages.join(" "));
+        let _ =
+            writeln!(out, "{c} Not listed here: {} has no name to block ({}).", one_line(destination), pages.join(" "));
     }
     if refused > 0 {
         let _ = writeln!(out, "{c} {refused} names left out: not plain DNS names.");
@@ -302,7 +317,8 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding], format: List
         _ => {}
     }
     for entry in names.values() {
-        let pages: Vec<String> = entry.findings.iter().map(|f| format!("{}{}", head.base, finding_href(&f.id))).collect();
+        let pages: Vec<String> =
+            entry.findings.iter().map(|f| format!("{}{}", head.base, finding_href(&f.id))).collect();
         let claims: Vec<String> = entry.findings.iter().map(|f| one_line(&f.claim)).collect();
         let _ = writeln!(out, "{c} {} {}", pages.join(" "), claims.join(" "));
         let name = &entry.owner;
@@ -320,7 +336,8 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding], format: List
 
 /// The published host names under `domain` of the finding's models.
 fn hosts_under(s: &Snapshot, f: &Finding, domain: &str) -> Vec<String> {
-    let models: Vec<&str> = if f.model.is_empty() { f.models.iter().map(String::as_str).collect() } else { vec![&f.model] };
+    let models: Vec<&str> =
+        if f.model.is_empty() { f.models.iter().map(String::as_str).collect() } else { vec![&f.model] };
     let suffix = format!(".{domain}");
     models
         .into_iter()
@@ -354,6 +371,28 @@ mod tests {
             &format!("{}com", "a.".repeat(127)),
         ] {
             assert!(!is_listable(bad), "{bad:?}");
+        }
+    }
+
+    /// A name k devices of m volunteers reported that is no DNS name (an
+    /// attacker's line break and directive) never becomes a line of its own.
+    #[test]
+    fn a_reported_name_that_is_no_dns_name_is_left_out_and_counted() {
+        let s = Snapshot::default();
+        let licence = crate::DataLicence::default();
+        let head = Head { snapshot: &s, base: "https://leaks.example.org", licence: &licence };
+        let finding = crate::aggregate::tests::finding;
+        let bad = finding("Evil", "E1", "evil.com\naddress=/google.com/1.2.3.4");
+        let quote = finding("Evil", "E1", "x.com\" always_transparent\nlocal-zone: \"google.com.");
+        let good = finding("Evil", "E1", "api.evil-cloud.com");
+        for format in ListFormat::ALL {
+            let out = render(head, &Scope::All, &[&bad, &quote, &good], format);
+            assert!(out.contains("2 names left out: not plain DNS names."), "{format:?}:\n{out}");
+            assert!(out.contains("api.evil-cloud.com"), "{format:?}:\n{out}");
+            let c = format.comment();
+            for line in out.lines().filter(|l| !l.starts_with(c)) {
+                assert!(!line.contains("google.com"), "{format:?}: {line:?}\n{out}");
+            }
         }
     }
 

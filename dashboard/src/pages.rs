@@ -233,7 +233,11 @@ fn list_links(scope: &Scope) -> Markup {
 /// One finding as a visitor reads it: the sentence, its evidence in a
 /// line, and where to go from it.
 fn finding_entry(f: &Finding) -> Markup {
-    let scope = if f.model.is_empty() { Scope::Vendor(f.vendor.clone()) } else { Scope::Model(f.vendor.clone(), f.model.clone()) };
+    let scope = if f.model.is_empty() {
+        Scope::Vendor(f.vendor.clone())
+    } else {
+        Scope::Model(f.vendor.clone(), f.model.clone())
+    };
     html! {
         li {
             p.claim { a href=(finding_href(&f.id)) { (f.claim) } }

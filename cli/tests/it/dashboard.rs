@@ -244,6 +244,23 @@ async fn no_group_below_the_thresholds_is_published_anywhere() {
     }
     let all: String = bodies.iter().map(|(p, b)| format!("== {p}\n{b}\n")).collect();
     assert!(seen.contains("/export/findings.parquet") && seen.contains("/export/findings.csv"), "exports linked");
+    // What is given back is linked and crawled too: lists of every scope
+    // and format, feeds, the model's MUD file.
+    for path in [
+        "/lists/hosts.txt",
+        "/lists/rpz.zone",
+        "/lists/vendors/Visible/dnsmasq.conf",
+        "/lists/models/Visible/V1/unbound.conf",
+        "/lists/models/Visible/V1/domains.txt",
+        "/feeds/findings.atom",
+        "/feeds/models/Visible/V1.atom",
+        "/mud/Visible/V1.json",
+    ] {
+        assert!(seen.contains(path), "{path} is not linked: {seen:?}");
+    }
+    assert!(seen.iter().any(|p| p.starts_with("/lists/findings/")), "{seen:?}");
+    let mud = &bodies.iter().find(|(p, _)| p == "/mud/Visible/V1.json").expect("fetched").1;
+    assert!(mud.contains("\"ietf-acldns:dst-dnsname\": \"api.visible-cloud.com\""), "{mud}");
     assert!(seen.iter().any(|p| p.starts_with("/findings/")), "a finding page was reached");
     assert!(seen.contains("/models/Visible/V1") && seen.contains("/destinations/visible-cloud.com"), "{seen:?}");
     assert!(all.contains("api.visible-cloud.com"), "the public group's host is shown");
@@ -266,9 +283,26 @@ async fn no_group_below_the_thresholds_is_published_anywhere() {
     for minute in ["10:17", "10:18", "10:19", "1772446620"] {
         assert!(!all.contains(minute), "exact record time {minute} published");
     }
-    // Unknown pages are 404s in HTML and JSON.
+    // Unknown pages are 404s in HTML and JSON, and so are the lists,
+    // feeds and MUD files of groups below the thresholds.
     assert_eq!(get(http, "/models/Fewdev/F1").await.0, 404);
     assert_eq!(get(http, "/api/destinations/onevol-cloud.com").await.0, 404);
+    for path in [
+        "/lists/models/Fewdev/F1/hosts.txt",
+        "/lists/vendors/Onevol/rpz.zone",
+        "/feeds/models/Onevol/O1.atom",
+        "/feeds/vendors/Fewdev.atom",
+        "/mud/Fewdev/F1.json",
+        "/mud/Onevol/O1.json",
+    ] {
+        let (status, _, body) = get(http, path).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("not published"), "{path}: {body}");
+    }
+    let (status, _, body) = get(http, "/lists/blocklist.exe").await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("there are hosts.txt, dnsmasq.conf"), "{body:?}");
     server.shutdown().await.expect("shutdown");
 }
 
@@ -441,13 +475,20 @@ async fn drive(port: u16, http: SocketAddr, shots: &Path) -> Result<(), String> 
     };
     let base = format!("http://{http}");
 
-    // Home: the seed case among the findings.
+    // Home: the seed case leads the findings, at a desktop's width and a
+    // phone's, with nothing scrolling sideways.
     c.goto(&format!("{base}/")).await.map_err(e("open home"))?;
-    let home = c.find(Locator::Css("main")).await.map_err(e("home main"))?.text().await.map_err(e("home text"))?;
-    if !(home.contains("Redmi 1S") && home.contains("xiaomi.com")) {
-        return Err(format!("home does not show the seed case (Xiaomi Redmi 1S, xiaomi.com):\n{home}"));
+    let lead = text_of(&c, "ol.entries li").await?;
+    if !(lead.contains("Redmi 1S") && lead.contains("xiaomi.com")) {
+        return Err(format!("home does not lead with the seed case (Xiaomi Redmi 1S, xiaomi.com):\n{lead}"));
     }
-    shot("home.png", c.screenshot().await.map_err(e("screenshot"))?)?;
+    check_chart(&c, "home").await?;
+    for (width, name) in [(1280, "home.png"), (390, "home-phone.png")] {
+        c.set_window_size(width, 1600).await.map_err(e("window size"))?;
+        no_sideways_scroll(&c, &format!("home at {width} px")).await?;
+        shot(name, c.screenshot().await.map_err(e("screenshot"))?)?;
+    }
+    c.set_window_size(1280, 1600).await.map_err(e("window size"))?;
 
     // Filter by vendor with the form (no JavaScript needed).
     c.find(Locator::Css("select#vendor"))
@@ -464,13 +505,18 @@ async fn drive(port: u16, http: SocketAddr, shots: &Path) -> Result<(), String> 
         .map_err(e("filter"))?;
     // The form loads a new page: read that one, not the page it left.
     wait_for_url(&c, "vendor=Xiaomi").await?;
-    let filtered = text_of(&c, "tbody").await?;
+    let filtered = text_of(&c, "ol.entries").await?;
     if filtered.contains("Amazon") || !filtered.contains("Redmi 1S") {
         return Err(format!("vendor filter did not keep only Xiaomi:\n{filtered}"));
     }
 
     // Model page: its chart of destinations after boot.
-    c.find(Locator::LinkText("Redmi 1S")).await.map_err(e("model link"))?.click().await.map_err(e("open model"))?;
+    c.find(Locator::LinkText("Xiaomi Redmi 1S"))
+        .await
+        .map_err(e("model link"))?
+        .click()
+        .await
+        .map_err(e("open model"))?;
     wait_for_url(&c, "/models/Xiaomi/Redmi%201S").await?;
     let title = text_of(&c, "h1").await?;
     if title != "Xiaomi Redmi 1S" {
@@ -503,16 +549,29 @@ async fn drive(port: u16, http: SocketAddr, shots: &Path) -> Result<(), String> 
 
     // At phone width the page needs no horizontal scrolling.
     c.set_window_size(390, 844).await.map_err(e("phone width"))?;
-    let overflow = c
-        .execute("return document.documentElement.scrollWidth - document.documentElement.clientWidth;", vec![])
-        .await
-        .map_err(e("measure width"))?;
-    if overflow.as_i64().unwrap_or(1) > 0 {
-        return Err(format!("finding page scrolls sideways by {overflow} px at 390 px"));
-    }
+    no_sideways_scroll(&c, "finding page at 390 px").await?;
     shot("finding-phone.png", c.screenshot().await.map_err(e("screenshot"))?)?;
     c.close().await.map_err(e("close"))?;
     Ok(())
+}
+
+/// The page is no wider than the window: the document's width equals the
+/// viewport's, so nothing scrolls sideways.
+async fn no_sideways_scroll(c: &fantoccini::Client, page: &str) -> Result<(), String> {
+    let widths = c
+        .execute(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("{page}: measure width: {e}"))?;
+    let w: Vec<i64> = widths.as_array().map(|a| a.iter().filter_map(|v| v.as_i64()).collect()).unwrap_or_default();
+    match w[..] {
+        [scroll, client, _] if scroll == client => Ok(()),
+        _ => Err(format!(
+            "{page}: the page is {widths} px wide (document scroll width, viewport, window): it scrolls sideways"
+        )),
+    }
 }
 
 /// The text of the first element matching `css`, retried while the page

@@ -247,10 +247,10 @@ async fn flight_sql_serves_analysts_read_only() {
 }
 
 /// The ADBC Flight SQL driver from Python (`make test` installs it in a
-/// venv and sets LEAKWATCH_ADBC_PYTHON).
+/// venv and sets LEAKWATCH_TEST_PYTHON).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adbc_client_lists_tables_runs_a_rule_and_a_prepared_statement() {
-    let python = crate::set_by_make_test("LEAKWATCH_ADBC_PYTHON", " (it creates the venv)", "adbc_");
+    let python = crate::set_by_make_test("LEAKWATCH_TEST_PYTHON", " (it creates the venv)", "adbc_");
     let dir = tempfile::tempdir().expect("tempdir");
     let server = fleet_server(dir.path()).await;
     let token = sql_token(&dir.path().join("collector"));

@@ -6,6 +6,7 @@ mod cli;
 mod dashboard;
 mod durability;
 mod flight;
+mod give_back;
 mod hardening;
 mod hostile;
 mod pipeline;

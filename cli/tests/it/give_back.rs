@@ -1,0 +1,219 @@
+//! What the dashboard gives back, loaded into the programs people load it
+//! into: every blocklist into dnsmasq, unbound-checkconf and
+//! named-checkzone, every feed into a real feed parser (Python's
+//! feedparser), each model's MUD file into yanglint; all on the demo fleet,
+//! whose Redmi 1S finding must lead the home page and be in each of them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use leakwatch::demo::run_pipeline;
+use leakwatch_collector::server::{ServeConfig, Server};
+use leakwatch_dashboard::aggregate::Finding;
+
+use crate::dashboard::get;
+
+/// The demo fleet through agent and collector; the published findings.
+async fn demo(dir: &Path) -> (Server, Vec<Finding>) {
+    let server = Server::start(ServeConfig::loopback(dir.join("collector"))).await.expect("start");
+    run_pipeline(&server, dir, None, None).await.expect("the demo fleet through agent and collector");
+    let findings = server.dashboard.published().snapshot.findings.clone();
+    (server, findings)
+}
+
+async fn fetch(http: SocketAddr, path: &str) -> String {
+    let (status, head, body) = get(http, path).await;
+    let body = String::from_utf8(body).expect("utf-8");
+    assert_eq!(status, 200, "GET {path}\n{body}");
+    assert!(
+        head.contains("link: <https://creativecommons.org/licenses/by/4.0/>; rel=\"license\""),
+        "GET {path}: {head}"
+    );
+    body
+}
+
+/// Runs a consumer on `file`; its output when it accepts it.
+#[track_caller]
+fn consume(program: &str, args: &[&str], package: &str) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| {
+        panic!("{program}: {e}: run `make test` (it installs {package}), or skip with `-- --skip consumers_`")
+    });
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {args:?} refused it:\n{text}");
+    text
+}
+
+/// The Redmi 1S finding the demo fleet must put first.
+fn lead(findings: &[Finding]) -> &Finding {
+    let f = findings.first().expect("findings");
+    assert_eq!((f.vendor.as_str(), f.model.as_str()), ("Xiaomi", "Redmi 1S"), "the lead finding: {}", f.claim);
+    assert_eq!(f.rule, "consent_off_traffic", "{}", f.claim);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_load_every_blocklist_and_feed_of_the_demo_fleet() {
+    let python = crate::set_by_make_test("LEAKWATCH_TEST_PYTHON", " (it creates the venv)", "consumers_");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, findings) = demo(dir.path()).await;
+    let http = server.http_addr;
+    let redmi = lead(&findings);
+    let evidence = format!("/findings/{}", redmi.id);
+
+    // The home page leads with it, as a readable entry with its links.
+    let home = fetch(http, "/").await;
+    let first = home.split("<ol class=\"entries\">").nth(1).and_then(|e| e.split("</li>").next()).expect("entries");
+    assert!(first.contains(&evidence) && first.contains("Redmi 1S"), "{first}");
+    for link in ["/models/Xiaomi/Redmi%201S", "#sql", "/lists/findings/", "/feeds/models/Xiaomi/Redmi%201S.atom"] {
+        assert!(first.contains(link), "the lead entry lacks {link}: {first}");
+    }
+
+    // Every list of every scope that holds it loads into its consumer.
+    let scopes = [
+        "/lists".to_string(),
+        "/lists/vendors/Xiaomi".into(),
+        "/lists/models/Xiaomi/Redmi%201S".into(),
+        format!("/lists{evidence}"),
+    ];
+    let files = dir.path().join("lists");
+    std::fs::create_dir_all(&files).expect("dir");
+    for scope in &scopes {
+        // Where a list's entry covers subdomains, the Redmi 1S's finding
+        // about xiaomi.com at boot covers its finding's host name.
+        let wide = if scope.starts_with("/lists/findings/") { "api.account.xiaomi.com" } else { "xiaomi.com" };
+        for format in leakwatch_dashboard::lists::ListFormat::ALL {
+            let path = format!("{scope}/{}", format.file());
+            let body = fetch(http, &path).await;
+            assert!(
+                body.contains("Licence: CC BY 4.0") && body.contains(&format!("Source: http://{http}{path}")),
+                "{path}:\n{body}"
+            );
+            assert!(
+                body.contains(&format!("http://{http}{evidence}")),
+                "{path} does not name the Redmi 1S finding:\n{body}"
+            );
+            let file = files.join(path.replace('/', "_").replace("%20", "-"));
+            std::fs::write(&file, &body).expect("write");
+            let file = file.to_str().expect("utf-8 path");
+            let entries: Vec<&str> = body.lines().filter(|l| !l.starts_with(['#', ';']) && !l.is_empty()).collect();
+            match format.file() {
+                "dnsmasq.conf" => {
+                    let out = consume("/usr/sbin/dnsmasq", &["--test", &format!("--conf-file={file}")], "dnsmasq-base");
+                    assert!(out.contains("syntax check OK"), "{out}");
+                    assert!(entries.contains(&format!("address=/{wide}/").as_str()), "{path}:\n{body}");
+                }
+                "unbound.conf" => {
+                    consume("/usr/sbin/unbound-checkconf", &[file], "unbound");
+                    assert!(
+                        entries.contains(&format!("    local-zone: \"{wide}.\" always_nxdomain").as_str()),
+                        "{path}:\n{body}"
+                    );
+                }
+                "rpz.zone" => {
+                    let out = consume("/usr/bin/named-checkzone", &["rpz.leakwatch", file], "bind9-utils");
+                    assert!(out.contains("OK"), "{out}");
+                    assert!(
+                        entries.contains(&format!("{wide} CNAME .").as_str())
+                            && entries.contains(&format!("*.{wide} CNAME .").as_str()),
+                        "{path}:\n{body}"
+                    );
+                }
+                "hosts.txt" => {
+                    for line in &entries {
+                        let name = line.strip_prefix("0.0.0.0 ").unwrap_or_else(|| panic!("{path}: {line:?}"));
+                        assert!(leakwatch_dashboard::lists::is_listable(name), "{path}: {line:?}");
+                    }
+                    assert!(entries.contains(&"0.0.0.0 api.account.xiaomi.com"), "{path}:\n{body}");
+                }
+                _ => {
+                    assert!(entries.iter().all(|l| leakwatch_dashboard::lists::is_listable(l)), "{path}:\n{body}");
+                    assert!(entries.contains(&"api.account.xiaomi.com"), "{path}:\n{body}");
+                }
+            }
+        }
+    }
+    // The whole fleet's RPZ lists the unnamed network by address.
+    let rpz = fetch(http, "/lists/rpz.zone").await;
+    assert!(rpz.contains("24.0.186.212.91.rpz-ip CNAME ."), "{rpz}");
+    assert!(rpz.contains("Not listed here: tcp/8886 (unnamed) has no name to block"), "{rpz}");
+
+    // Feeds, parsed by feedparser: well formed, licensed, with the finding
+    // under its permanent address as id.
+    let feeds = ["/feeds/findings.atom", "/feeds/vendors/Xiaomi.atom", "/feeds/models/Xiaomi/Redmi%201S.atom"];
+    let parse = |files: Vec<std::path::PathBuf>| {
+        let script = "import feedparser, json, sys\n\
+                      out = []\n\
+                      for path in sys.argv[1:]:\n\
+                      \x20   d = feedparser.parse(path)\n\
+                      \x20   out.append({'bozo': bool(d.bozo), 'error': str(d.get('bozo_exception', '')), 'version': d.version,\n\
+                      \x20               'title': d.feed.get('title', ''), 'rights': d.feed.get('rights', ''),\n\
+                      \x20               'entries': [{'id': e.id, 'title': e.title, 'updated': e.updated, 'link': e.link} for e in d.entries]})\n\
+                      print(json.dumps(out))\n";
+        let out = Command::new(&python).arg("-c").arg(script).args(&files).output().expect("python");
+        assert!(out.status.success(), "feedparser: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("JSON")
+    };
+    let mut paths = Vec::new();
+    for (i, feed) in feeds.iter().enumerate() {
+        let body = fetch(http, feed).await;
+        let file = files.join(format!("feed-{i}.atom"));
+        std::fs::write(&file, body).expect("write");
+        paths.push(file);
+    }
+    let parsed = parse(paths.clone());
+    let url = format!("http://{http}{evidence}");
+    for (feed, d) in feeds.iter().zip(&parsed) {
+        assert_eq!(d["bozo"], false, "{feed}: {}", d["error"]);
+        assert_eq!(d["version"], "atom10", "{feed}");
+        assert!(d["rights"].as_str().is_some_and(|r| r.contains("CC BY 4.0")), "{feed}: {d}");
+        let entry = d["entries"].as_array().expect("entries").iter().find(|e| e["id"] == url.as_str());
+        let entry = entry.unwrap_or_else(|| panic!("{feed} lacks the Redmi 1S finding: {d}"));
+        assert_eq!(entry["link"], url.as_str());
+        assert!(entry["title"].as_str().is_some_and(|t| t.contains("Redmi 1S")), "{entry}");
+    }
+    // Ids and dates stay through a refresh that changes nothing.
+    server.dashboard.refresh().await.expect("refresh");
+    let again = fetch(http, feeds[0]).await;
+    std::fs::write(&paths[0], again).expect("write");
+    let reparsed = parse(vec![paths[0].clone()]);
+    assert_eq!(reparsed[0]["entries"], parsed[0]["entries"], "a refresh that changed nothing changed the feed");
+    assert!(home.contains("rel=\"alternate\" type=\"application/atom+xml\""), "the feed is linked from the pages");
+
+    // The about page names the licence.
+    let about = fetch(http, "/about").await;
+    assert!(about.contains("CC BY 4.0") && about.contains("leakwatch-agent check"), "{about}");
+    server.shutdown().await.expect("shutdown");
+}
+
+/// yanglint, with the RFC 8520 modules of the shared test data, accepts
+/// the MUD file of every model of the demo fleet; the Redmi 1S's allows
+/// the destination of its lead finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_every_models_mud_file_passes_yanglint() {
+    let yang = crate::external("imports/mud/yang");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, findings) = demo(dir.path()).await;
+    let redmi = lead(&findings);
+    let models: Vec<(String, String)> =
+        server.dashboard.published().snapshot.models.iter().map(|m| (m.vendor.clone(), m.model.clone())).collect();
+    assert!(models.len() >= 10, "{models:?}");
+    let modules = [yang.join("ietf-mud@2019-01-28.yang"), yang.join("ietf-acldns@2019-01-28.yang")];
+    for (vendor, model) in &models {
+        let path = leakwatch_dashboard::mud::mud_href(vendor, model);
+        let body = fetch(server.http_addr, &path).await;
+        let file = dir.path().join(format!("{vendor}-{model}.json"));
+        std::fs::write(&file, &body).expect("write");
+        let mut args: Vec<&str> = vec!["-p", yang.to_str().expect("utf-8")];
+        args.extend(modules.iter().map(|m| m.to_str().expect("utf-8")));
+        args.push(file.to_str().expect("utf-8"));
+        consume("/usr/bin/yanglint", &args, "libyang2-tools");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(json["ietf-mud:mud"]["mfg-name"], vendor.as_str());
+        assert_eq!(json["ietf-mud:mud"]["model-name"], model.as_str());
+        if model == "Redmi 1S" {
+            assert!(body.contains(&format!("\"ietf-acldns:dst-dnsname\": \"{}\"", redmi.domain)), "{body}");
+        }
+    }
+    server.shutdown().await.expect("shutdown");
+}
