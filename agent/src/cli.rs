@@ -38,6 +38,10 @@ pub enum Command {
     /// Read capture files (pcap, pcapng; one file = one boot of the device)
     /// and report their flows.
     Import(Box<ImportArgs>),
+    /// Tell which of this home's devices contact what published findings
+    /// name (from capture files, a router's LAN capture or a DNS log, read
+    /// as `import` reads them); compares on this machine, sends nothing.
+    Check(Box<CheckArgs>),
     /// Write a commented configuration file.
     Init(InitArgs),
     /// Exchange an enrollment code for an agent token (kept, mode 0600, in
@@ -478,6 +482,27 @@ pub struct InitArgs {
     pub force: bool,
 }
 
+/// Flags of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The published findings: a dashboard's address (https://leaks.example.org, read at its
+    /// /api/findings) or a file of that JSON saved before (to check offline).
+    #[arg(long, env = "LEAKWATCH_FINDINGS")]
+    pub findings: String,
+    /// Files to check: captures (pcap, pcapng), or exports of the kind --from names.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// What the files are (as for `import`).
+    #[arg(long, value_enum, default_value = "capture")]
+    pub from: ImportFrom,
+    #[command(flatten)]
+    pub lan: LanArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
 /// Flags of `flows`.
 #[derive(Debug, Args)]
 pub struct FlowsArgs {
@@ -625,7 +650,8 @@ fn out_of_time(n: u64) -> String {
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Import(args) => import(*args).await,
+        Command::Import(args) => import(*args, None).await,
+        Command::Check(args) => check(*args).await,
         Command::Flows(args) => flows(args),
         Command::Enroll(args) => enroll(args).await,
         Command::Init(args) => {
@@ -696,7 +722,59 @@ async fn enroll(args: EnrollArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn import(mut args: ImportArgs) -> Result<ExitCode> {
+/// The address of a dashboard's findings: `source` itself when it names
+/// a path or is a file, else its `/api/findings`.
+fn findings_source(source: &str) -> String {
+    let web = source.starts_with("http://") || source.starts_with("https://");
+    let bare = web && source.splitn(4, '/').nth(3).is_none_or(str::is_empty);
+    if bare { format!("{}/api/findings", source.trim_end_matches('/')) } else { source.to_string() }
+}
+
+async fn check(args: CheckArgs) -> Result<ExitCode> {
+    let source = findings_source(&args.findings);
+    let published = match crate::check::Published::load(&source).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}; nothing was checked");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let read = ImportArgs {
+        files: args.files,
+        from: args.from,
+        collector: None,
+        dry_run: true,
+        from_start: true,
+        format: DryRunFormat::Jsonl,
+        lan: args.lan,
+        device: args.device,
+        agent: args.agent,
+    };
+    let mut checker = crate::check::Checker::default();
+    let code = import(read, Some(&mut checker)).await?;
+    let matches = checker.matches(&published);
+    let mut out = std::io::stdout().lock();
+    let write = |out: &mut std::io::StdoutLock<'_>, line: &str| {
+        writeln!(out, "{line}").map_err(|source| Error::Io { path: "<stdout>".into(), source })
+    };
+    for m in &matches {
+        write(&mut out, &m.line)?;
+    }
+    let licence = match published.site.licence.name.as_str() {
+        "" => String::new(),
+        name => format!(" (data licence {name})"),
+    };
+    eprintln!(
+        "checked {} devices against {} published findings of {}{licence}: {} contacts match; nothing was sent",
+        checker.devices(),
+        published.findings.len(),
+        if published.site.base.is_empty() { source.as_str() } else { published.site.base.as_str() },
+        matches.len()
+    );
+    Ok(code)
+}
+
+async fn import(mut args: ImportArgs, checker: Option<&mut crate::check::Checker>) -> Result<ExitCode> {
     let settings = args.agent.settings(args.collector.take())?;
     let labels = args.device.labels(&settings.config.device)?;
     if !args.dry_run {
@@ -716,9 +794,12 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     let state = settings.state()?;
     // Each file's batches go out (to stdout, or into the spool) before the
     // next file is read, so memory holds one capture's at a time.
-    let mut sink = match args.dry_run {
-        true => ImportSink::DryRun(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()), args.format),
-        false => ImportSink::Spool {
+    let mut sink = match (checker, args.dry_run) {
+        (Some(checker), _) => ImportSink::Check(checker),
+        (None, true) => {
+            ImportSink::DryRun(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()), args.format)
+        }
+        (None, false) => ImportSink::Spool {
             spool: Spool::open(&settings.spool_dir(), settings.spool)?,
             records: 0,
             batches: 0,
@@ -906,6 +987,7 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     let spool = match sink {
+        ImportSink::Check(_) => return Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }),
         ImportSink::DryRun(mut out, _) => {
             out.flush().map_err(|source| Error::Io { path: "<stdout>".into(), source })?;
             return Ok(ExitCode::SUCCESS);
@@ -933,10 +1015,11 @@ async fn import(mut args: ImportArgs) -> Result<ExitCode> {
     })
 }
 
-/// Where `import` puts each capture's batches: stdout for a dry run, else
-/// the spool (with what went in).
+/// Where `import` puts each capture's batches: stdout for a dry run,
+/// `check`'s comparison, else the spool (with what went in).
 enum ImportSink<'a> {
     DryRun(std::io::BufWriter<std::io::StdoutLock<'a>>, DryRunFormat),
+    Check(&'a mut crate::check::Checker),
     Spool { spool: Spool, records: usize, batches: usize, dropped: u64 },
 }
 
@@ -945,6 +1028,10 @@ impl ImportSink<'_> {
         match self {
             Self::DryRun(out, format) => {
                 write_dry_run(out, batches, *format).map_err(|source| Error::Io { path: "<stdout>".into(), source })
+            }
+            Self::Check(checker) => {
+                checker.add(batches);
+                Ok(())
             }
             Self::Spool { spool, records, batches: count, dropped } => {
                 let entries: Vec<(u32, Vec<u8>)> =

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 pub mod anonymiser;
 pub mod capture;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod delivery;

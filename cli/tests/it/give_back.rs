@@ -180,6 +180,55 @@ async fn consumers_load_every_blocklist_and_feed_of_the_demo_fleet() {
     assert_eq!(reparsed[0]["entries"], parsed[0]["entries"], "a refresh that changed nothing changed the feed");
     assert!(home.contains("rel=\"alternate\" type=\"application/atom+xml\""), "the feed is linked from the pages");
 
+    // `check` on one Redmi 1S capture, online and from a saved file,
+    // reports the finding; a file that does not parse checks nothing.
+    let manifest = leakwatch_agent::simulate::FleetManifest::read(&dir.path().join("captures")).expect("manifest");
+    let capture = manifest.captures.iter().find(|c| c.model == "Redmi 1S").expect("a Redmi 1S capture");
+    let capture = dir.path().join("captures").join(&capture.file);
+    let saved = files.join("findings.json");
+    std::fs::write(&saved, fetch(http, "/api/findings").await).expect("write");
+    let garbage = files.join("not-findings.json");
+    std::fs::write(&garbage, "<html>a login page</html>").expect("write");
+    let state = dir.path().join("check-state");
+    let check = move |findings: String| {
+        let out = Command::new(crate::durability::agent_binary())
+            .args(["check", "--findings", &findings, "--vendor", "Xiaomi", "--model", "Redmi 1S", "--state-dir"])
+            .arg(&state)
+            .arg(&capture)
+            .output()
+            .expect("run leakwatch-agent check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for findings in [format!("http://{http}"), saved.display().to_string()] {
+        let (code, stdout, stderr) = tokio::task::spawn_blocking({
+            let check = check.clone();
+            move || check(findings)
+        })
+        .await
+        .expect("check");
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("http://{http}{evidence}")))
+            .unwrap_or_else(|| panic!("check does not report the Redmi 1S finding:\n{stdout}\n{stderr}"));
+        assert!(
+            line.starts_with("your Xiaomi Redmi 1S contacted api.account.xiaomi.com ")
+                && line.contains(" s after boot; so do 40 of 40 Xiaomi Redmi 1S devices: "),
+            "{line}"
+        );
+        assert!(stderr.contains("nothing was sent") && stderr.contains("(data licence CC BY 4.0)"), "{stderr}");
+    }
+    let (code, stdout, stderr) = check(garbage.display().to_string());
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stdout.is_empty() && stderr.contains("not a findings document") && stderr.contains("nothing was checked"),
+        "{stderr}"
+    );
+
     // The about page names the licence.
     let about = fetch(http, "/about").await;
     assert!(about.contains("CC BY 4.0") && about.contains("leakwatch-agent check"), "{about}");
