@@ -54,6 +54,9 @@ pub enum Command {
     Sql(SqlArgs),
     /// Operator actions: enrollment codes, revoking agents, analysts' SQL tokens.
     Admin(AdminArgs),
+    /// Vendors' MUD files (RFC 8520) that the rule `outside_mud` holds
+    /// their models' traffic against: load, list, remove.
+    Mud(MudArgs),
     /// Simulate the built-in fleet, send it through agent and collector,
     /// and print what the boot_phone_home rule finds.
     Demo(DemoArgs),
@@ -341,6 +344,46 @@ pub enum AdminCommand {
         /// The token, or its id (at least 8 of its hex digits).
         #[arg(long)]
         token: Option<String>,
+    },
+}
+
+/// Flags of `mud`.
+#[derive(Debug, Args)]
+pub struct MudArgs {
+    /// Data directory.
+    #[command(flatten)]
+    pub data_dir: DataDirArgs,
+    /// The action.
+    #[command(subcommand)]
+    pub action: MudCommand,
+}
+
+/// What to do with MUD files.
+#[derive(Debug, Subcommand)]
+pub enum MudCommand {
+    /// Load a MUD file (the RFC 8520 shape or the older access-lists one)
+    /// for a model, replacing the one it had; a file with a match that
+    /// cannot be evaluated is refused whole, naming the node.
+    Load {
+        /// The MUD file (JSON).
+        file: PathBuf,
+        /// The vendor as the flows name it (default: the file's mfg-name).
+        #[arg(long)]
+        vendor: Option<String>,
+        /// The model as the flows name it (default: the file's model-name).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// List the loaded MUD files: vendor, model, MUD URL, entries.
+    List,
+    /// Remove a model's MUD file.
+    Remove {
+        /// Vendor.
+        #[arg(long)]
+        vendor: String,
+        /// Model.
+        #[arg(long)]
+        model: String,
     },
 }
 

@@ -156,6 +156,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", admin::run(&args.data_dir.data_dir, action).await?);
             Ok(())
         }
+        Command::Mud(args) => {
+            println!("{}", mud(&args.data_dir.data_dir, args.action)?);
+            Ok(())
+        }
         Command::Ballista(args) => ballista(args).await,
         Command::Demo(args) => {
             demo::run(DemoOptions {
@@ -167,6 +171,50 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
+    }
+}
+
+/// `leakwatch mud`: what it did, to print.
+fn mud(data_dir: &std::path::Path, action: flags::MudCommand) -> Result<String> {
+    use leakwatch_query::mud::{LoadedMud, MudLibrary, parse};
+    let library = MudLibrary::new(leakwatch_collector::server::DataDir::new(data_dir.to_path_buf()).mud());
+    let io = |e: std::io::Error| Error::Config(format!("{}: {e}", library.dir().display()));
+    match action {
+        flags::MudCommand::Load { file, vendor, model } => {
+            let bytes = std::fs::read(&file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            let policy = parse(&bytes)
+                .map_err(|e| Error::Config(format!("{}: refused, nothing loaded: {e}", file.display())))?;
+            let name = |given: Option<String>, found: &Option<String>, flag: &str, key: &str| {
+                given.or_else(|| found.clone()).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+                    Error::Config(format!("{}: the file has no {key}; name it with {flag}", file.display()))
+                })
+            };
+            let vendor = name(vendor, &policy.mfg_name, "--vendor", "mfg-name")?;
+            let model = name(model, &policy.model_name, "--model", "model-name")?;
+            let entries = policy.allowed.len();
+            let loaded = LoadedMud { vendor, model, policy };
+            library.put(&loaded).map_err(io)?;
+            Ok(format!(
+                "loaded {} for {} {}: {entries} accepted from-device entries ({:?} shape); `leakwatch sql --rule outside_mud` lists what its devices contact beyond them",
+                loaded.policy.mud_url, loaded.vendor, loaded.model, loaded.policy.shape
+            ))
+        }
+        flags::MudCommand::List => {
+            let all = library.all();
+            if all.is_empty() {
+                return Ok("no MUD files loaded".into());
+            }
+            Ok(all
+                .iter()
+                .map(|m| format!("{}\t{}\t{}\t{} entries", m.vendor, m.model, m.policy.mud_url, m.policy.allowed.len()))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        flags::MudCommand::Remove { vendor, model } => Ok(if library.remove(&vendor, &model).map_err(io)? {
+            format!("removed the MUD file of {vendor} {model}")
+        } else {
+            format!("{vendor} {model} had no MUD file")
+        }),
     }
 }
 

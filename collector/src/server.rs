@@ -180,6 +180,11 @@ impl DataDir {
     pub fn store(&self) -> PathBuf {
         self.root.join("store")
     }
+    /// The vendors' MUD files loaded for the rule `outside_mud`
+    /// (`leakwatch mud load`).
+    pub fn mud(&self) -> PathBuf {
+        self.root.join("mud")
+    }
     /// What the dashboard keeps across restarts (its feeds' history).
     pub fn dashboard(&self) -> PathBuf {
         self.root.join("dashboard")
@@ -432,7 +437,9 @@ impl Server {
         // Queries stop reading a day the moment retention expires it;
         // retention deletes it `KEEP_REPLACED` later (see `expire`).
         let flows = store.flow_store().with_retention(config.retention_days);
-        let sessions = SessionFactory::new(config.query.clone(), flows.clone(), Arc::new(LogTail::new(log.clone())));
+        let mud = leakwatch_query::mud::MudLibrary::new(dirs.mud());
+        let sessions = SessionFactory::new(config.query.clone(), flows.clone(), Arc::new(LogTail::new(log.clone())))
+            .with_mud(mud.clone());
         let queries = QueryRuntime::new()?;
         let flight = FlightSql::new(sessions.clone(), queries.handle()).into_server(log.clone());
         // The dashboard's refresh is the collector's own work, not an
@@ -442,7 +449,8 @@ impl Server {
             QueryConfig { timeout: config.query.timeout.max(DASHBOARD_QUERY_TIMEOUT), ..config.query.clone() },
             flows,
             Arc::new(LogTail::new(log.clone())),
-        );
+        )
+        .with_mud(mud);
         let mut dashboard_config = config.dashboard.clone();
         if dashboard_config.public_url.is_none() {
             let scheme = if config.tls.is_some() { "https" } else { "http" };

@@ -24,7 +24,8 @@ use crate::{Error, Result};
 pub fn open_sessions(data_dir: &Path, scratch: &Path, config: QueryConfig) -> Result<SessionFactory> {
     let dirs = DataDir::new(data_dir.to_path_buf());
     let log = DurableLog::open_secondary(&dirs.log(), scratch)?;
-    Ok(SessionFactory::new(config, dirs.flow_store()?, Arc::new(LogTail::new(Arc::new(log)))))
+    Ok(SessionFactory::new(config, dirs.flow_store()?, Arc::new(LogTail::new(Arc::new(log))))
+        .with_mud(leakwatch_query::mud::MudLibrary::new(dirs.mud())))
 }
 
 /// Records stored per agent and when the newest arrived, over `data_dir`

@@ -334,12 +334,19 @@ impl Snapshot {
 
 /// The rules from the strongest claim to the weakest, which orders
 /// findings of the same day: traffic against the owner's declared choice
-/// first, then contact at boot, new destinations after an update, then
+/// first, then against the vendor's own MUD file, then contact at boot, new destinations after an update, then
 /// what a model's traffic looks like, and last a destination only one
 /// vendor's devices contact. Within a rule, findings about one model come
 /// before those about all of a vendor's.
-const STRENGTH: &[&str] =
-    &["consent_off_traffic", "boot_phone_home", "new_after_update", "heavy_upload", "beaconing", "model_exclusive"];
+const STRENGTH: &[&str] = &[
+    "consent_off_traffic",
+    "outside_mud",
+    "boot_phone_home",
+    "new_after_update",
+    "heavy_upload",
+    "beaconing",
+    "model_exclusive",
+];
 
 fn strength(rule: &str) -> usize {
     STRENGTH.iter().position(|r| *r == rule).unwrap_or(STRENGTH.len())
@@ -879,6 +886,8 @@ fn claim(
         }
         "model_exclusive" => format!("Only {vendor} devices contact {domain}; no other vendor's devices do."),
         "heavy_upload" => format!("{who} devices send {}× more bytes to {domain} than they receive.", get("ratio")),
+        // Not the ports: a port may be one device's.
+        "outside_mud" => format!("{who} devices contact {domain}, which their vendor's MUD file does not allow."),
         "beaconing" => {
             format!("{who} devices contact {domain} at a steady rhythm, about every {} seconds.", get("interval_s"))
         }

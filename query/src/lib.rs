@@ -23,6 +23,7 @@ mod copies;
 pub mod files;
 pub mod format;
 pub mod materialise;
+pub mod mud;
 mod rows;
 pub mod rules;
 mod schema;

@@ -86,6 +86,7 @@ pub struct SessionFactory {
     config: QueryConfig,
     flows: FlowStore,
     tail: Arc<dyn TailSource>,
+    mud: Option<crate::mud::MudLibrary>,
 }
 
 impl std::fmt::Debug for SessionFactory {
@@ -118,7 +119,14 @@ impl std::fmt::Debug for QuerySession {
 impl SessionFactory {
     /// A factory over the Parquet files in `flows` and `tail`.
     pub fn new(config: QueryConfig, flows: FlowStore, tail: Arc<dyn TailSource>) -> Self {
-        Self { config, flows, tail }
+        Self { config, flows, tail, mud: None }
+    }
+
+    /// The same, with the MUD files loaded in `library` as the table
+    /// `mud_allowed` (without one, the table is empty).
+    pub fn with_mud(mut self, library: crate::mud::MudLibrary) -> Self {
+        self.mud = Some(library);
+        self
     }
 
     /// The flushed files it reads.
@@ -204,6 +212,9 @@ impl SessionFactory {
             flows = flows.filter(not_a_losing_copy(&losers))?;
         }
         ctx.register_table("flows", flows.into_view())?;
+        let loaded = self.mud.as_ref().map(crate::mud::MudLibrary::all).unwrap_or_default();
+        let mud = ctx.sql(&crate::mud::allowed_sql(&loaded)).await?.into_view();
+        ctx.register_table("mud_allowed", mud)?;
         for (name, sql) in VIEWS {
             let view = ctx.sql(sql).await?.into_view();
             ctx.register_table(*name, view)?;

@@ -266,3 +266,115 @@ async fn external_every_models_mud_file_passes_yanglint() {
     }
     server.shutdown().await.expect("shutdown");
 }
+
+/// A vendor's MUD file, loaded for the demo fleet's Echo Dot (the shared
+/// sample is MUDgee's, of an Amazon Echo), and the rule `outside_mud`: what
+/// the devices contact beyond the file. Files that cannot be read whole are
+/// refused with the offending node, and nothing of them is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_a_vendors_mud_file_shows_what_its_model_contacts_beyond_it() {
+    let echo = crate::external("imports/mud/amazonEchoMud.json");
+    let blipcare = crate::external("imports/mud/blipcareBPmeterMud.json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _) = demo(dir.path()).await;
+    let data_dir = dir.path().join("collector");
+    let mud = |args: &[&std::ffi::OsStr]| {
+        let out = crate::leakwatch().arg("mud").arg("--data-dir").arg(&data_dir).args(args).output().expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+
+    // Refused whole: not JSON, an unsupported match, no model named.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "<html>").expect("write");
+    let (ok, _, err) =
+        mud(&[&os("load"), bad.as_os_str(), &os("--vendor"), &os("Amazon"), &os("--model"), &os("Echo Dot")]);
+    assert!(!ok && err.contains("refused, nothing loaded: /: not JSON"), "{err}");
+    let text = std::fs::read_to_string(&echo).expect("read");
+    let dscp = dir.path().join("dscp.json");
+    std::fs::write(&dscp, text.replacen("\"protocol\" : 6,", "\"protocol\" : 6, \"dscp\" : 10,", 1)).expect("write");
+    let (ok, _, err) =
+        mud(&[&os("load"), dscp.as_os_str(), &os("--vendor"), &os("Amazon"), &os("--model"), &os("Echo Dot")]);
+    assert!(
+        !ok && err.contains("/ietf-access-control-list:access-lists/acl[name='from-ipv4-amazonecho']/aces/ace[name='from-ipv4-amazonecho-0']/matches/ipv4/dscp"),
+        "{err}"
+    );
+    let (ok, _, err) = mud(&[&os("load"), blipcare.as_os_str()]);
+    assert!(!ok && err.contains("the file has no mfg-name; name it with --vendor"), "{err}");
+    let (ok, listed, _) = mud(&[&os("list")]);
+    assert!(ok && listed.trim() == "no MUD files loaded", "{listed}");
+
+    // The Echo's file for the demo's Echo Dot.
+    let (ok, out, err) =
+        mud(&[&os("load"), echo.as_os_str(), &os("--vendor"), &os("Amazon"), &os("--model"), &os("Echo Dot")]);
+    assert!(ok && out.contains("loaded https://amazonecho.com/amazonecho for Amazon Echo Dot"), "{out}{err}");
+    let (_, listed, _) = mud(&[&os("list")]);
+    assert!(listed.starts_with("Amazon\tEcho Dot\thttps://amazonecho.com/amazonecho\t"), "{listed}");
+
+    // What the file allows by name, as the test reads the file itself.
+    let file: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let mut allowed = std::collections::BTreeSet::new();
+    for acl in file["ietf-access-control-list:access-lists"]["acl"].as_array().expect("acls") {
+        if acl["name"].as_str().is_some_and(|n| n.starts_with("from-")) {
+            for ace in acl["aces"]["ace"].as_array().expect("aces") {
+                if let Some(name) = ace["matches"]["ipv4"]["ietf-acldns:dst-dnsname"].as_str() {
+                    allowed.insert(name.to_string());
+                }
+            }
+        }
+    }
+    assert!(allowed.len() >= 15, "{allowed:?}");
+    let session = server.sessions.session().await.expect("session");
+    let run = |sql: String| {
+        let session = &session;
+        async move {
+            leakwatch_query::format::render(
+                &session.sql(&sql).await.expect("query"),
+                leakwatch_query::format::OutputFormat::Csv,
+            )
+            .expect("csv")
+        }
+    };
+    let rule = leakwatch_query::rules::rule("outside_mud").expect("rule").render(&Default::default()).expect("sql");
+    let outside = run(rule).await;
+    eprintln!("outside_mud with the Echo's MUD file:\n{outside}");
+    let rows: Vec<&str> = outside.lines().skip(1).collect();
+    assert!(!rows.is_empty(), "the Echo Dot contacts nothing outside its file?\n{outside}");
+    for row in &rows {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(&fields[..2], ["Amazon", "Echo Dot"], "{row}");
+        assert!(!allowed.contains(fields[2]), "{} is allowed by the file: {row}", fields[2]);
+        assert!(row.contains("https://amazonecho.com/amazonecho"), "{row}");
+    }
+    // A name the devices contact that the file allows on the port used is
+    // not listed.
+    let contacted =
+        run("SELECT DISTINCT domain FROM flows WHERE vendor = 'Amazon' AND model = 'Echo Dot' AND domain IS NOT NULL"
+            .into())
+        .await;
+    let both: Vec<&str> = contacted.lines().skip(1).filter(|d| allowed.contains(*d)).collect();
+    for d in &both {
+        assert!(!rows.iter().any(|r| r.split(',').nth(2) == Some(d)), "{d} is allowed but listed:\n{outside}");
+    }
+    // The dashboard publishes it as a finding of its own.
+    server.dashboard.refresh().await.expect("refresh");
+    let published = server.dashboard.published();
+    let finding = published.snapshot.findings.iter().find(|f| f.rule == "outside_mud").expect("an outside_mud finding");
+    assert!(
+        finding.claim.contains("Amazon Echo Dot devices contact") && finding.claim.contains("MUD file does not allow"),
+        "{}",
+        finding.claim
+    );
+    // Removing it empties the rule.
+    let (ok, out, _) = mud(&[&os("remove"), &os("--vendor"), &os("Amazon"), &os("--model"), &os("Echo Dot")]);
+    assert!(ok && out.contains("removed"), "{out}");
+    let session = server.sessions.session().await.expect("session");
+    let rule = leakwatch_query::rules::rule("outside_mud").expect("rule").render(&Default::default()).expect("sql");
+    let batches = session.sql(&rule).await.expect("rule");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    server.shutdown().await.expect("shutdown");
+}

@@ -96,12 +96,15 @@ const PLANTED: &[(&str, &[&str])] = &[
         "beaconing",
         &["Roku|Roku Express|api.roku.com"],
     ),
+    // No vendor's MUD file is loaded for the fleet: nothing is outside one
+    // (give_back.rs loads the Echo's for the Echo Dot).
+    ("outside_mud", &[]),
 ];
 
 /// How many leading columns identify a row of each rule.
 fn key_columns(rule: &str) -> usize {
     match rule {
-        "boot_phone_home" | "new_after_update" | "heavy_upload" | "beaconing" => 3,
+        "boot_phone_home" | "new_after_update" | "heavy_upload" | "beaconing" | "outside_mud" => 3,
         "consent_off_traffic" => 4,
         "model_exclusive" => 2,
         other => panic!("no planted rows declared for rule {other}: add them to PLANTED"),
@@ -189,6 +192,7 @@ const MIXED_PLANTED: &[(&str, &[&str])] = &[
     // A 60 s timer in Zeek's conn.log. The Pi-hole-logged cameras show no
     // connections: counted, they would halve the share.
     ("beaconing", &["Acme|HomeCam 2|api.acme-cloud.example"]),
+    ("outside_mud", &[]),
 ];
 
 /// A household's cameras seen by Zeek (5, with DHCP and connections) and

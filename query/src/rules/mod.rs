@@ -40,6 +40,7 @@ const RULE_FILES: &[&str] = &[
     include_str!("model_exclusive.sql"),
     include_str!("heavy_upload.sql"),
     include_str!("beaconing.sql"),
+    include_str!("outside_mud.sql"),
 ];
 
 /// A rule parameter.
