@@ -234,15 +234,23 @@ impl Checker {
             });
             for r in &batch.records {
                 self.records += 1;
-                if r.domain.is_empty() {
-                    continue;
-                }
+                let transport = leakwatch_proto::v1::Transport::try_from(r.transport).unwrap_or_default();
+                // A contact no name was seen for, under the key the
+                // dashboard names such a destination by.
+                let name = match (r.domain.is_empty(), r.dst_ip.parse::<std::net::IpAddr>(), u16::try_from(r.dst_port))
+                {
+                    (false, _, _) => r.domain.to_ascii_lowercase(),
+                    (true, Ok(ip), Ok(port)) if port > 0 && transport != leakwatch_proto::v1::Transport::Dns => {
+                        leakwatch_core::address::unnamed_destination(transport.short_name(), ip, port)
+                    }
+                    _ => continue,
+                };
                 let s = if r.seconds_since_boot.is_finite() && r.seconds_since_boot >= 0.0 {
                     r.seconds_since_boot
                 } else {
                     f64::NAN
                 };
-                let first = device.contacts.entry(r.domain.to_ascii_lowercase()).or_insert(s);
+                let first = device.contacts.entry(name).or_insert(s);
                 if s < *first || first.is_nan() {
                     *first = s;
                 }
@@ -269,14 +277,18 @@ impl Checker {
                     || (f.vendor.eq_ignore_ascii_case(&device.vendor)
                         && (f.model.is_empty() && (f.models.is_empty() || f.models.contains(&device.model))
                             || f.model == device.model));
-                if !about_it || f.domain.ends_with(" (unnamed)") {
+                if !about_it {
                     continue;
                 }
-                // The device's earliest contact the finding names.
+                // The device's earliest contact the finding names (an
+                // unnamed destination by its key alone).
+                let unnamed = f.domain.ends_with(" (unnamed)");
                 let hit = device
                     .contacts
                     .iter()
-                    .filter(|(contacted, _)| under(contacted, &f.domain))
+                    .filter(
+                        |(contacted, _)| if unnamed { **contacted == f.domain } else { under(contacted, &f.domain) },
+                    )
                     .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(b.0)));
                 let Some((contacted, &s)) = hit else { continue };
                 let when = if s.is_finite() { format!(" {s:.0} s after boot") } else { String::new() };
@@ -319,7 +331,9 @@ mod tests {
         {"id": "b2", "rule": "model_exclusive", "vendor": "Xiaomi", "model": "", "models": ["Mi 4"], "domain": "tracking.miui.com",
          "claim": "Only Xiaomi devices contact tracking.miui.com.", "devices": 19, "population_devices": 65},
         {"id": "c3", "rule": "boot_phone_home", "vendor": "Amazon", "model": "Echo Dot", "domain": "amazon.com",
-         "claim": "Echo Dots contact amazon.com at boot.", "devices": 25, "population_devices": 25}
+         "claim": "Echo Dots contact amazon.com at boot.", "devices": 25, "population_devices": 25},
+        {"id": "d4", "rule": "boot_phone_home", "vendor": "Gosund", "model": "SP111", "domain": "tcp/8886 (unnamed)",
+         "claim": "Gosund SP111 devices contact tcp/8886 (unnamed) at boot.", "devices": 20, "population_devices": 20}
       ]}"#;
 
     fn batch(vendor: &str, model: &str, contacts: &[(&str, f64)]) -> ReportBatch {
@@ -373,6 +387,31 @@ mod tests {
         assert!(
             lines[1].starts_with("your Xiaomi Mi 4 contacted a.tracking.miui.com; so do 19 of 65 Xiaomi devices"),
             "{lines:?}"
+        );
+    }
+
+    /// A contact no name was seen for matches a finding under the key the
+    /// dashboard names it by; one on a common port is keyed by network.
+    #[test]
+    fn a_contact_without_a_name_matches_by_its_unnamed_key() {
+        let published = Published::parse(FINDINGS.as_bytes(), "test").expect("parse");
+        let record = |ip: &str, port: u32, s: f64| FlowRecord {
+            dst_ip: ip.into(),
+            dst_port: port,
+            transport: leakwatch_proto::v1::Transport::Tcp as i32,
+            seconds_since_boot: s,
+            ..Default::default()
+        };
+        let mut plug = batch("Gosund", "SP111", &[]);
+        plug.records = vec![record("52.58.1.2", 8886, 2.0), record("52.58.1.3", 443, 1.0)];
+        let mut checker = Checker::default();
+        checker.add(&[plug]);
+        let m = checker.matches(&published);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(
+            m[0].line.starts_with("your Gosund SP111 contacted tcp/8886 (unnamed) 2 s after boot; so do 20 of 20"),
+            "{}",
+            m[0].line
         );
     }
 

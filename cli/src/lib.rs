@@ -181,6 +181,14 @@ fn mud(data_dir: &std::path::Path, action: flags::MudCommand) -> Result<String> 
     let io = |e: std::io::Error| Error::Config(format!("{}: {e}", library.dir().display()));
     match action {
         flags::MudCommand::Load { file, vendor, model } => {
+            let size = std::fs::metadata(&file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?.len();
+            if size > leakwatch_query::mud::MAX_MUD_BYTES {
+                return Err(Error::Config(format!(
+                    "{}: {size} bytes, more than the {} MiB a MUD file may have; nothing loaded",
+                    file.display(),
+                    leakwatch_query::mud::MAX_MUD_BYTES >> 20
+                )));
+            }
             let bytes = std::fs::read(&file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
             let policy = parse(&bytes)
                 .map_err(|e| Error::Config(format!("{}: refused, nothing loaded: {e}", file.display())))?;

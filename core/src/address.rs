@@ -119,3 +119,29 @@ mod tests {
         }
     }
 }
+
+/// Ports below 1024 and these, shared by many services: an unnamed
+/// destination on one of them is keyed by its network, not its port.
+const COMMON_PORTS: [u16; 14] = [1883, 3478, 5222, 5223, 5228, 5349, 8000, 8080, 8443, 8883, 8888, 9000, 9443, 10_000];
+
+/// The key of a destination no name was seen for (no DNS answer, SNI,
+/// Host or certificate), grouping a vendor's cloud across the addresses it
+/// rotates through: on an unusual port the port (`tcp/8886 (unnamed)`), on
+/// a well-known one the address's network (`203.0.113.0/24 (unnamed)`;
+/// /48 for IPv6). The collector's SQL function `unnamed_destination` and
+/// the agent's `check` both key by it.
+pub fn unnamed_destination(transport: &str, ip: IpAddr, port: u16) -> String {
+    if port >= 1024 && !COMMON_PORTS.contains(&port) {
+        return format!("{transport}/{port} (unnamed)");
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24 (unnamed)")
+        }
+        IpAddr::V6(v6) => {
+            let net = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 80));
+            format!("{net}/48 (unnamed)")
+        }
+    }
+}

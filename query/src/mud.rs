@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Largest MUD file `leakwatch mud load` reads, bytes (RFC 8520's are
+/// kilobytes; the Echo's sample, 29 ACEs, is 14 kB).
+pub const MAX_MUD_BYTES: u64 = 16 << 20;
+
 /// A MUD file refused: the node (`/ietf-access-control-list:acls/acl[name='x']/...`)
 /// and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -89,26 +89,7 @@ pub fn ip_in_cidr(ip: IpAddr, cidr: &str) -> Option<bool> {
     }
 }
 
-/// Ports below 1024 and these, shared by many services: an unnamed
-/// destination on one of them is keyed by its network, not its port.
-const COMMON_PORTS: [u16; 14] = [1883, 3478, 5222, 5223, 5228, 5349, 8000, 8080, 8443, 8883, 8888, 9000, 9443, 10_000];
-
-/// The key of a destination no name was seen for (see the module docs).
-pub fn unnamed_destination(transport: &str, ip: IpAddr, port: u16) -> String {
-    if port >= 1024 && !COMMON_PORTS.contains(&port) {
-        return format!("{transport}/{port} (unnamed)");
-    }
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            format!("{a}.{b}.{c}.0/24 (unnamed)")
-        }
-        IpAddr::V6(v6) => {
-            let net = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 80));
-            format!("{net}/48 (unnamed)")
-        }
-    }
-}
+pub use leakwatch_core::address::unnamed_destination;
 
 /// `array` as one of the string types, read in place (other types are
 /// cast to Utf8 first).

@@ -2,6 +2,7 @@
 
 mod baselines;
 mod captures;
+mod check;
 mod devices;
 mod dry_run;
 mod imports;

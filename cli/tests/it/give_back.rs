@@ -222,6 +222,26 @@ async fn consumers_load_every_blocklist_and_feed_of_the_demo_fleet() {
         );
         assert!(stderr.contains("nothing was sent") && stderr.contains("(data licence CC BY 4.0)"), "{stderr}");
     }
+    // A plug whose cloud has no name is matched by the key its finding
+    // names it by.
+    let plug = manifest.captures.iter().find(|c| c.model == "SP111").expect("a Gosund SP111 capture");
+    let out = Command::new(crate::durability::agent_binary())
+        .args([
+            "check",
+            "--findings",
+            saved.to_str().expect("utf-8"),
+            "--vendor",
+            "Gosund",
+            "--model",
+            "SP111",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("check-state-plug"))
+        .arg(dir.path().join("captures").join(&plug.file))
+        .output()
+        .expect("run leakwatch-agent check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("your Gosund SP111 contacted tcp/8886 (unnamed) ")), "{stdout}");
     let (code, stdout, stderr) = check(garbage.display().to_string());
     assert_eq!(code, Some(2), "{stdout}\n{stderr}");
     assert!(
@@ -303,6 +323,11 @@ async fn external_a_vendors_mud_file_shows_what_its_model_contacts_beyond_it() {
         !ok && err.contains("/ietf-access-control-list:access-lists/acl[name='from-ipv4-amazonecho']/aces/ace[name='from-ipv4-amazonecho-0']/matches/ipv4/dscp"),
         "{err}"
     );
+    let huge = dir.path().join("huge.json");
+    std::fs::File::create(&huge).expect("create").set_len(17 << 20).expect("grow");
+    let (ok, _, err) =
+        mud(&[&os("load"), huge.as_os_str(), &os("--vendor"), &os("Amazon"), &os("--model"), &os("Echo Dot")]);
+    assert!(!ok && err.contains("more than the 16 MiB a MUD file may have; nothing loaded"), "{err}");
     let (ok, _, err) = mud(&[&os("load"), blipcare.as_os_str()]);
     assert!(!ok && err.contains("the file has no mfg-name; name it with --vendor"), "{err}");
     let (ok, listed, _) = mud(&[&os("list")]);

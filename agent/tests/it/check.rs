@@ -1,0 +1,101 @@
+//! `leakwatch-agent check` against a dashboard it cannot trust: answers
+//! too large, refused, not findings, unreachable; each checks nothing and
+//! says why. And one that answers well, with a destination no name was
+//! seen for.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+
+/// A one-request HTTP server on loopback that answers `head` and then
+/// `body_len` bytes of `body` repeated; its address.
+fn serve_once(head: String, body: Vec<u8>, body_len: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else { return };
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request);
+        let _ = stream.write_all(head.as_bytes());
+        let mut sent = 0;
+        while sent < body_len {
+            let n = body.len().min(body_len - sent);
+            if stream.write_all(&body[..n]).is_err() {
+                return;
+            }
+            sent += n;
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn check(findings: &str, capture: &std::path::Path, labels: &[&str]) -> (Option<i32>, String, String) {
+    let state = tempfile::tempdir().expect("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args(["check", "--findings", findings])
+        .args(labels)
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg(capture)
+        .output()
+        .expect("run check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_dashboard_answer_that_is_not_findings_checks_nothing_and_says_why() {
+    let (dir, manifest) = crate::simulated_fleet(12);
+    let capture = dir.path().join(&manifest.captures[0].file);
+    let big = 65usize << 20;
+    let cases = [
+        (
+            serve_once(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {big}\r\n\r\n"),
+                vec![b' '; 1 << 16],
+                big,
+            ),
+            "larger than 64 MiB",
+        ),
+        (
+            serve_once(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+                b"10000\r\n".iter().copied().chain(std::iter::repeat_n(b'x', 0x10000)).chain(*b"\r\n").collect(),
+                usize::MAX / 2,
+            ),
+            "larger than 64 MiB",
+        ),
+        (
+            serve_once("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(), Vec::new(), 0),
+            "the dashboard answered 404 Not Found",
+        ),
+        (
+            serve_once("HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n".into(), b"<html>hi</html".to_vec(), 14),
+            "not a findings document",
+        ),
+        (serve_once("garbage\r\n\r\n".into(), Vec::new(), 0), "--findings"),
+    ];
+    for (url, reason) in cases {
+        let (code, stdout, stderr) = check(&url, &capture, &[]);
+        assert_eq!(code, Some(2), "{url}: {stdout}\n{stderr}");
+        assert!(stdout.is_empty(), "{url}: {stdout}");
+        assert!(stderr.contains(reason) && stderr.contains("nothing was checked"), "{url}: {stderr}");
+    }
+    // Nobody listening.
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (code, _, stderr) = check(&format!("http://127.0.0.1:{port}"), &capture, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("http://127.0.0.1:{port}/api/findings")) && stderr.contains("nothing was checked"),
+        "{stderr}"
+    );
+    // A file too large is refused before it is read.
+    let large = dir.path().join("findings.json");
+    std::fs::File::create(&large).expect("create").set_len(65 << 20).expect("grow");
+    let (code, _, stderr) = check(large.to_str().expect("utf-8"), &capture, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("larger than 64 MiB"), "{stderr}");
+}
