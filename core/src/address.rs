@@ -102,24 +102,6 @@ pub const EXAMPLES: (&[&str], &[&str]) = (
     ],
 );
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// IPv6 forms that carry a private IPv4 address
-    /// (IPv4-compatible, NAT64, 6to4, Teredo) are non-public too.
-    #[test]
-    fn non_public_ranges() {
-        let (non_public, public) = EXAMPLES;
-        for ip in non_public {
-            assert!(is_non_public(ip.parse().expect("ip")), "{ip}");
-        }
-        for ip in public {
-            assert!(!is_non_public(ip.parse().expect("ip")), "{ip}");
-        }
-    }
-}
-
 /// Ports below 1024 and these, shared by many services: an unnamed
 /// destination on one of them is keyed by its network, not its port.
 const COMMON_PORTS: [u16; 14] = [1883, 3478, 5222, 5223, 5228, 5349, 8000, 8080, 8443, 8883, 8888, 9000, 9443, 10_000];
@@ -142,6 +124,24 @@ pub fn unnamed_destination(transport: &str, ip: IpAddr, port: u16) -> String {
         IpAddr::V6(v6) => {
             let net = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 80));
             format!("{net}/48 (unnamed)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv6 forms that carry a private IPv4 address
+    /// (IPv4-compatible, NAT64, 6to4, Teredo) are non-public too.
+    #[test]
+    fn non_public_ranges() {
+        let (non_public, public) = EXAMPLES;
+        for ip in non_public {
+            assert!(is_non_public(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in public {
+            assert!(!is_non_public(ip.parse().expect("ip")), "{ip}");
         }
     }
 }
