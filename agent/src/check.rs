@@ -189,6 +189,9 @@ where
 struct Device {
     vendor: String,
     model: String,
+    /// How the volunteer knows it on their network (its MAC), for a
+    /// router's capture; shown on their terminal only.
+    local: Option<String>,
     contacts: BTreeMap<String, f64>,
 }
 
@@ -230,6 +233,7 @@ impl Checker {
             let device = self.devices.entry(d.device_pseudonym.clone()).or_insert_with(|| Device {
                 vendor: d.vendor.clone(),
                 model: d.model.clone(),
+                local: None,
                 contacts: BTreeMap::new(),
             });
             for r in &batch.records {
@@ -258,6 +262,14 @@ impl Checker {
         }
     }
 
+    /// Names the device of `batches` as the volunteer's network knows it
+    /// (a LAN device's MAC).
+    pub fn describe(&mut self, batches: &[ReportBatch], local: String) {
+        if let Some(d) = batches.iter().find_map(|b| b.device.as_ref()) {
+            self.devices.entry(d.device_pseudonym.clone()).or_default().local = Some(local);
+        }
+    }
+
     /// Devices read.
     pub fn devices(&self) -> usize {
         self.devices.len()
@@ -270,8 +282,11 @@ impl Checker {
         let mut out = Vec::new();
         for device in self.devices.values() {
             let labelled = !device.vendor.is_empty();
-            let name =
+            let mut name =
                 if labelled { format!("{} {}", device.vendor, device.model) } else { "unlabelled device".into() };
+            if let Some(local) = &device.local {
+                name.push_str(&format!(" ({local})"));
+            }
             for f in &published.findings {
                 let about_it = !labelled
                     || (f.vendor.eq_ignore_ascii_case(&device.vendor)

@@ -838,6 +838,9 @@ async fn import(mut args: ImportArgs, checker: Option<&mut crate::check::Checker
                 file_out_of_time += b.import.anonymiser.dropped_out_of_time;
                 // The whole file's, on every boot of it.
                 untracked = b.import.untracked_connections;
+                if let ImportSink::Check(checker) = &mut sink {
+                    checker.describe(&b.import.batches, b.device.describe());
+                }
                 let put = sink.put(&b.import.batches);
                 sink_failed = put.is_err();
                 put

@@ -99,3 +99,37 @@ fn a_dashboard_answer_that_is_not_findings_checks_nothing_and_says_why() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("larger than 64 MiB"), "{stderr}");
 }
+
+/// A router's capture: each LAN device is compared with the findings about
+/// its model, and named by its MAC on the volunteer's terminal.
+#[test]
+fn a_routers_capture_is_checked_device_by_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args(["simulate", "--devices", "30", "--seed", "7", "--lan", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("simulate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let findings = dir.path().join("findings.json");
+    std::fs::write(
+        &findings,
+        r#"{"site": {"base": "https://leaks.example.org", "licence": {"name": "CC BY 4.0"}}, "findings": [
+             {"id": "a1", "rule": "boot_phone_home", "vendor": "Xiaomi", "model": "Redmi 1S", "domain": "xiaomi.com",
+              "claim": "Redmi 1S devices contact xiaomi.com at boot.", "devices": 40, "population_devices": 40}]}"#,
+    )
+    .expect("write");
+    let (code, stdout, stderr) = check(
+        findings.to_str().expect("utf-8"),
+        &dir.path().join("lan.pcap"),
+        &["--lan", "--device-labels", dir.path().join("lan-devices.toml").to_str().expect("utf-8")],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let line = stdout.lines().find(|l| l.contains("xiaomi.com")).unwrap_or_else(|| panic!("{stdout}\n{stderr}"));
+    // "your Xiaomi Redmi 1S (aa:bb:cc:dd:ee:ff) contacted ..." or, for a
+    // device the labels do not name, "your unlabelled device (...)".
+    let mac = line.split(" (").nth(1).and_then(|r| r.split(')').next()).unwrap_or_default();
+    assert!(mac.len() == 17 && mac.split(':').count() == 6, "{line}");
+    assert!(line.ends_with("See https://leaks.example.org/findings/a1"), "{line}");
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+}
