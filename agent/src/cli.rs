@@ -490,8 +490,18 @@ pub struct CheckArgs {
     #[arg(long, env = "LEAKWATCH_FINDINGS")]
     pub findings: String,
     /// Files to check: captures (pcap, pcapng), or exports of the kind --from names.
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["interface", "pcapdroid_udp"], conflicts_with_all = ["interface", "pcapdroid_udp"])]
     pub files: Vec<PathBuf>,
+    /// Or: capture live on this interface (needs CAP_NET_RAW) for --seconds, then check.
+    #[arg(long, conflicts_with = "pcapdroid_udp")]
+    pub interface: Option<String>,
+    /// Or: receive a phone's PCAPdroid stream on this UDP address for --seconds, then check.
+    #[arg(long)]
+    pub pcapdroid_udp: Option<std::net::SocketAddr>,
+    /// With --interface or --pcapdroid-udp: how long to capture, seconds (Ctrl-C ends it
+    /// sooner and checks what was captured).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub seconds: u64,
     /// What the files are (as for `import`).
     #[arg(long, value_enum, default_value = "capture")]
     pub from: ImportFrom,
@@ -739,19 +749,16 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let read = ImportArgs {
-        files: args.files,
-        from: args.from,
-        collector: None,
-        dry_run: true,
-        from_start: true,
-        format: DryRunFormat::Jsonl,
-        lan: args.lan,
-        device: args.device,
-        agent: args.agent,
-    };
     let mut checker = crate::check::Checker::default();
-    let code = import(read, Some(&mut checker)).await?;
+    let live = match (args.interface.clone(), args.pcapdroid_udp) {
+        (Some(name), _) => Some(LiveSource::Interface(name)),
+        (None, Some(addr)) => Some(LiveSource::PcapdroidUdp(addr)),
+        (None, None) => None,
+    };
+    let code = match live {
+        Some(source) => check_live(source, &args, &mut checker).await?,
+        None => import(check_import_args(args), Some(&mut checker)).await?,
+    };
     let matches = checker.matches(&published);
     let mut out = std::io::stdout().lock();
     let write = |out: &mut std::io::StdoutLock<'_>, line: &str| {
@@ -772,6 +779,73 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         matches.len()
     );
     Ok(code)
+}
+
+/// `check`'s files read as `import --dry-run` reads them.
+fn check_import_args(args: CheckArgs) -> ImportArgs {
+    ImportArgs {
+        files: args.files,
+        from: args.from,
+        collector: None,
+        dry_run: true,
+        from_start: true,
+        format: DryRunFormat::Jsonl,
+        lan: args.lan,
+        device: args.device,
+        agent: args.agent,
+    }
+}
+
+/// Captures from `source` for `--seconds` (or until Ctrl-C / SIGTERM) as
+/// `run` does, and hands every connection to `checker`.
+async fn check_live(source: LiveSource, args: &CheckArgs, checker: &mut crate::check::Checker) -> Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let settings = args.agent.settings(None)?;
+    let labels = args.device.labels(&settings.config.device)?;
+    let lan_labels = args.lan.labels(&args.device, &settings, false)?;
+    if lan_labels.is_none() {
+        warn_unlabelled(&labels, &settings.config_path);
+    }
+    let state = settings.state()?;
+    let mut capture = Capture::open(&source)?;
+    match (&source, capture.local_addr()) {
+        (_, Some(addr)) => eprintln!("listening for a PCAPdroid stream on udp://{addr} for {} s", args.seconds),
+        (LiveSource::Interface(name), None) => eprintln!("capturing on {name} for {} s", args.seconds),
+        _ => {}
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.seconds);
+    let thread = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || -> Result<(u64, Vec<leakwatch_proto::v1::ReportBatch>)> {
+            let mut harvester = match lan_labels {
+                Some(lan) => Harvester::lan(lan, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS),
+                None => Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS),
+            };
+            harvester.attribute_processes(capture.host_addresses());
+            let mut stats = crate::capture::CaptureStats::default();
+            while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                capture.next_batch(&mut stats, &mut |frame| harvester.add(frame))?;
+            }
+            let batches = harvester.harvest(crate::live::now_us(), true);
+            Ok((harvester.capture.frames, batches))
+        })
+    };
+    let mut thread = thread;
+    let joined = tokio::select! {
+        joined = &mut thread => joined,
+        () = wait_for_shutdown() => {
+            eprintln!("stopping: checking what was captured");
+            stop.store(true, Ordering::SeqCst);
+            thread.await
+        }
+    };
+    let (frames, batches) = joined.map_err(|e| Error::State { path: "<capture>".into(), reason: e.to_string() })??;
+    let records: usize = batches.iter().map(|b| b.records.len()).sum();
+    eprintln!("captured {frames} frames; {records} records");
+    checker.add(&batches);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn import(mut args: ImportArgs, checker: Option<&mut crate::check::Checker>) -> Result<ExitCode> {

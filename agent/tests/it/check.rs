@@ -133,3 +133,67 @@ fn a_routers_capture_is_checked_device_by_device() {
     assert!(line.ends_with("See https://leaks.example.org/findings/a1"), "{line}");
     assert!(stderr.contains("nothing was sent"), "{stderr}");
 }
+
+/// A phone's live stream (PCAPdroid over UDP, here replayed from a Redmi
+/// 1S capture) is captured for `--seconds` and then checked.
+#[test]
+fn a_live_stream_is_captured_for_its_seconds_then_checked() {
+    use std::io::BufRead as _;
+    let (dir, manifest) = crate::simulated_fleet(12);
+    let entry = manifest.captures.iter().find(|c| c.model == "Redmi 1S").expect("a Redmi 1S capture");
+    let findings = dir.path().join("findings.json");
+    std::fs::write(
+        &findings,
+        r#"{"site": {"base": "https://leaks.example.org"}, "findings": [
+             {"id": "a1", "rule": "boot_phone_home", "vendor": "Xiaomi", "model": "Redmi 1S", "domain": "xiaomi.com",
+              "claim": "Redmi 1S devices contact xiaomi.com at boot.", "devices": 40, "population_devices": 40}]}"#,
+    )
+    .expect("write");
+    let state = tempfile::tempdir().expect("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args([
+            "check",
+            "--pcapdroid-udp",
+            "127.0.0.1:0",
+            "--seconds",
+            "6",
+            "--vendor",
+            "Xiaomi",
+            "--model",
+            "Redmi 1S",
+        ])
+        .arg("--findings")
+        .arg(&findings)
+        .arg("--state-dir")
+        .arg(state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("check");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("udp://") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).expect("read") > 0, "check ended before listening");
+    }
+    let addr = line.split("udp://").nth(1).and_then(|r| r.split_whitespace().next()).expect("address").to_string();
+    let replay = Command::new(env!("CARGO_BIN_EXE_leakwatch-agent"))
+        .args(["replay", "--speed", "100", "--to", &addr])
+        .arg(dir.path().join(&entry.file))
+        .output()
+        .expect("replay");
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let out = child.wait_with_output().expect("wait");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{rest}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("your Xiaomi Redmi 1S contacted ") && l.contains("xiaomi.com")),
+        "{stdout}\n{rest}"
+    );
+    assert!(
+        rest.contains("checked 1 devices against 1 published findings") && rest.contains("nothing was sent"),
+        "{rest}"
+    );
+}
