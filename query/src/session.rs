@@ -105,6 +105,9 @@ pub struct QuerySession {
     /// The scheduler URL when it runs on a Ballista cluster (which reads
     /// files only: no tables computed into this process's memory).
     cluster: Option<String>,
+    /// The files it planned to read, which retention and compaction leave
+    /// in place until it is dropped.
+    _pins: crate::store::FilePins,
 }
 
 impl std::fmt::Debug for QuerySession {
@@ -176,6 +179,7 @@ impl SessionFactory {
             None => self.tail.snapshot().map_err(Error::Tail)?,
         };
         let files = self.flows.readable(self.flows.files(snapshot.watermark).await?).await;
+        let pins = self.flows.pin(&files.iter().map(|f| &f.meta.location).collect::<Vec<_>>());
         let mut tail_pairs = std::collections::HashSet::new();
         if self.flows.is_shared() {
             crate::copies::batch_pairs(&snapshot.batches, &mut tail_pairs);
@@ -219,7 +223,7 @@ impl SessionFactory {
             let view = ctx.sql(sql).await?.into_view();
             ctx.register_table(*name, view)?;
         }
-        Ok(QuerySession { ctx, timeout: self.config.timeout, cluster: self.config.ballista.clone() })
+        Ok(QuerySession { ctx, timeout: self.config.timeout, cluster: self.config.ballista.clone(), _pins: pins })
     }
 }
 

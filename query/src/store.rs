@@ -161,6 +161,43 @@ pub struct FlowStore {
     /// (retention deletes them a little later, once queries that listed
     /// them finished).
     retention_days: Option<u32>,
+    /// The files running queries of this process planned to read, each
+    /// with how many hold it: retention and compaction leave them until
+    /// the last of those queries ends ([`FlowStore::is_pinned`]).
+    pins: Pins,
+}
+
+/// Pinned files by [`pin_key`].
+type Pins = Arc<Mutex<HashMap<String, usize>>>;
+
+/// What identifies a flushed file for pinning: its day directory and name
+/// (`day=2026-10-01/…-….parquet`), the same whichever store prefix or
+/// root a path is relative to. Two collectors' files of one day and range
+/// share it, which can only delay a deletion.
+pub fn pin_key(path: &Path) -> String {
+    let parts: Vec<&str> = path.as_ref().rsplit('/').take(2).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
+}
+
+/// The files one query session planned to read, held until it is dropped.
+#[derive(Debug)]
+pub struct FilePins {
+    pins: Pins,
+    keys: Vec<String>,
+}
+
+impl Drop for FilePins {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for key in &self.keys {
+            if let Some(n) = pins.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(key);
+                }
+            }
+        }
+    }
 }
 
 type FooterCache = HashMap<(Path, u64), Arc<Vec<(String, String)>>>;
@@ -199,6 +236,7 @@ impl FlowStore {
             checked: Arc::default(),
             set_aside: Arc::default(),
             retention_days: None,
+            pins: Arc::default(),
         })
     }
 
@@ -233,7 +271,25 @@ impl FlowStore {
             checked: Arc::default(),
             set_aside: Arc::default(),
             retention_days: None,
+            pins: Arc::default(),
         })
+    }
+
+    /// Holds `keys` (files a query planned to read) until the returned
+    /// guard is dropped.
+    pub(crate) fn pin(&self, paths: &[&Path]) -> FilePins {
+        let keys: Vec<String> = paths.iter().map(|p| pin_key(p)).collect();
+        let mut pins = self.pins.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for key in &keys {
+            *pins.entry(key.clone()).or_default() += 1;
+        }
+        FilePins { pins: self.pins.clone(), keys }
+    }
+
+    /// Whether a running query of this process planned to read `key`: a
+    /// retention or compaction pass leaves it for a later pass.
+    pub fn is_pinned(&self, path: &Path) -> bool {
+        self.pins.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&pin_key(path))
     }
 
     /// This store with the own collector's files of days older than
@@ -624,6 +680,23 @@ mod tests {
     use object_store::ObjectStoreExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_file_is_pinned_by_its_day_and_name_whatever_its_root() {
+        let name = "day=2026-10-01/00000000000000000002-00000000000000000003.parquet";
+        for path in [format!("flows/{name}"), format!("tmp/x/flows/{name}"), format!("pre/collector-a/flows/{name}")] {
+            assert_eq!(pin_key(&Path::from(path.as_str())), name, "{path}");
+        }
+        let store = FlowStore::local(&std::env::temp_dir()).expect("store");
+        let (a, b) = (Path::from(format!("abs/flows/{name}")), Path::from(format!("flows/{name}")));
+        let first = store.pin(&[&a]);
+        let second = store.pin(&[&b]);
+        assert!(store.is_pinned(&b));
+        drop(first);
+        assert!(store.is_pinned(&a), "held by the second query");
+        drop(second);
+        assert!(!store.is_pinned(&a));
+    }
 
     #[tokio::test]
     async fn a_shared_store_reads_every_collector_and_applies_the_watermark_to_its_own() {

@@ -81,8 +81,9 @@ impl DataStore {
                     .collect();
                 if coverers.is_empty() {
                     files.push((*from, *to, meta));
-                } else if coverers.iter().any(|(_, _, m)| m.last_modified <= kept_since) {
-                    self.delete(&meta.location).await?;
+                } else if coverers.iter().any(|(_, _, m)| m.last_modified <= kept_since)
+                    && self.delete(&meta.location).await?
+                {
                     deleted += 1;
                 }
             }
@@ -126,8 +127,9 @@ impl DataStore {
         let mut deleted = 0;
         if keep.is_zero() {
             for (_, _, path, _) in files {
-                self.delete(path).await?;
-                deleted += 1;
+                if self.delete(path).await? {
+                    deleted += 1;
+                }
             }
         }
         tracing::info!(day = %day, files = files.len(), from, to, "Compacted day partition");

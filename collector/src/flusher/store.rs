@@ -162,10 +162,16 @@ impl DataStore {
             .collect())
     }
 
-    pub(super) async fn delete(&self, path: &StorePath) -> Result<()> {
+    /// Deletes `path`, unless a running query of this process planned to
+    /// read it: then it stays for a later pass (false).
+    pub(super) async fn delete(&self, path: &StorePath) -> Result<bool> {
+        if self.flows.is_pinned(path) {
+            tracing::debug!(%path, "Left for a later pass: a running query reads it");
+            return Ok(false);
+        }
         self.store.delete(path).await.map_err(Error::store(format!("deleting {path}")))?;
         self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(path);
-        Ok(())
+        Ok(true)
     }
 
     /// Moves this collector's flushed files whose footer does not read

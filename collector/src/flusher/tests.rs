@@ -432,7 +432,7 @@ async fn retention_deletes_only_old_day_partitions() {
     }
     let today = chrono::NaiveDate::from_ymd_opt(2026, 3, 21).expect("date");
     let cutoff = today.checked_sub_days(chrono::Days::new(30)).expect("30 days before");
-    assert_eq!(store.apply_retention(cutoff).await.expect("retention"), 1);
+    assert_eq!(store.apply_retention(cutoff).await.expect("retention").deleted, 1);
     let left: Vec<String> = std::fs::read_dir(dir.path().join("flows"))
         .expect("dir")
         .flatten()
@@ -441,4 +441,40 @@ async fn retention_deletes_only_old_day_partitions() {
         .into_iter()
         .collect();
     assert_eq!(left, ["day=2026-03-01", "day=2026-03-20"]);
+}
+
+/// A file a running query planned to read stays until that query ends,
+/// however long it runs: retention and compaction leave it for a later
+/// pass, and the query answers from what it planned.
+#[tokio::test]
+async fn files_a_running_query_planned_to_read_stay_until_it_ends() {
+    use leakwatch_query::{FilesOnly, QueryConfig, SessionFactory};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DataStore::local(dir.path().to_path_buf()).expect("store");
+    let put = async |day: &str, n: u64| {
+        let path = StorePath::from(format!("flows/day={day}/{n:020}-{n:020}.parquet"));
+        store.put_durable(&path, file_bytes(&rows(3))).await.expect("put");
+    };
+    put("2026-01-01", 1).await;
+    put("2026-10-01", 2).await;
+    put("2026-10-01", 3).await;
+    let sessions = SessionFactory::new(QueryConfig::default(), store.flow_store(), std::sync::Arc::new(FilesOnly));
+    let count = async |session: &leakwatch_query::QuerySession| {
+        let batches = session.sql("SELECT count(*) AS n FROM flows").await.expect("query");
+        leakwatch_query::format::render(&batches, leakwatch_query::format::OutputFormat::Csv).expect("csv")
+    };
+    let running = sessions.session().await.expect("session");
+    let cutoff = chrono::NaiveDate::from_ymd_opt(2026, 6, 1).expect("date");
+    let pass = store.apply_retention(cutoff).await.expect("retention");
+    assert_eq!((pass.deleted, pass.left), (0, 1), "retention left the file the query reads");
+    assert_eq!(store.compact(3, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 0);
+    let day = dir.path().join("flows/day=2026-10-01");
+    assert_eq!(names(&day).len(), 3, "the merged file and both inputs");
+    assert_eq!(count(&running).await, "n\n9\n", "the query reads what it planned, nothing twice");
+    drop(running);
+    let pass = store.apply_retention(cutoff).await.expect("retention");
+    assert_eq!((pass.deleted, pass.left), (1, 0));
+    assert_eq!(store.compact(3, 2, COMPACT_RUN_LIMIT, Duration::ZERO).await.expect("compact"), 2);
+    assert_eq!(names(&day), ["00000000000000000002-00000000000000000003.parquet"]);
+    assert_eq!(count(&sessions.session().await.expect("session")).await, "n\n6\n");
 }
