@@ -394,6 +394,9 @@ async fn external_a_vendors_mud_file_shows_what_its_model_contacts_beyond_it() {
         "{}",
         finding.claim
     );
+    // Its devices are the rule's: each contacts the destination outside the file.
+    let row = rows.iter().find(|r| r.split(',').nth(2) == Some(finding.domain.as_str())).expect("the finding's row");
+    assert_eq!(row.split(',').nth(4), Some(finding.devices.to_string().as_str()), "{row} against {finding:?}");
     // Removing it empties the rule.
     let (ok, out, _) = mud(&[&os("remove"), &os("--vendor"), &os("Amazon"), &os("--model"), &os("Echo Dot")]);
     assert!(ok && out.contains("removed"), "{out}");
