@@ -42,7 +42,7 @@ apt_install = missing=""; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-.PHONY: demo test bench soak deps deb deb-check bench-deps browser-deps consumer-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
+.PHONY: demo test bench soak deps deb deb-check bench-deps browser-deps consumer-deps metrics-check-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
 
 # The demo's binary is built as `make test` builds it (the whole workspace
 # with its tests, whose dev-dependencies turn on more features of shared
@@ -52,7 +52,7 @@ demo: deps
 	$(CARGO) test --locked --workspace $(FEATURES) --no-run
 	"$(BUILD_DIR)/debug/leakwatch" demo
 
-test: deps browser-deps consumer-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit deb-check
+test: deps browser-deps consumer-deps metrics-check-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit deb-check
 
 bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
@@ -78,6 +78,10 @@ browser-deps:
 # named-checkzone (RPZ) and yanglint.
 consumer-deps:
 	@$(call apt_install,blocklist and MUD consumers,dnsmasq-base unbound bind9-utils libyang2-tools)
+
+# promtool (Debian's prometheus), which checks the collector's /metrics.
+metrics-check-deps:
+	@command -v promtool >/dev/null || { $(call apt_install,metrics checker,prometheus); }
 
 # The agent as a Debian package: the binary (the `agent` profile, as
 # shipped), its hardened unit, its configuration as a conffile, man pages
@@ -153,9 +157,9 @@ check-agent-deps:
 unit:
 	@set -o pipefail; log=$$(mktemp); tmp=$$(mktemp -d); chmod 1777 $$tmp; export TMPDIR=$$tmp; \
 	if [ -d "$(EXTERNAL_TESTDATA)" ]; then \
-	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_TEST_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace $(FEATURES) 2>&1 | tee $$log; rc=$$?; note=""; \
+	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_PROMTOOL=promtool LEAKWATCH_TEST_PYTHON="$(PY_VENV)/bin/python" LEAKWATCH_EXTERNAL_TESTDATA="$(EXTERNAL_TESTDATA)" $(CARGO) test --locked --workspace $(FEATURES) 2>&1 | tee $$log; rc=$$?; note=""; \
 	else \
-	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_TEST_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace $(FEATURES) -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
+	  LEAKWATCH_S3S_FS="$(S3S_FS)" LEAKWATCH_CHROMEDRIVER=/usr/bin/chromedriver LEAKWATCH_PROMTOOL=promtool LEAKWATCH_TEST_PYTHON="$(PY_VENV)/bin/python" $(CARGO) test --locked --workspace $(FEATURES) -- --skip external_ 2>&1 | tee $$log; rc=$$?; \
 	  note=" (tests named external_* skipped: no $(EXTERNAL_TESTDATA))"; \
 	fi; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i; if ($$(i+1) ~ /^filtered/) s += $$i } } \

@@ -67,6 +67,7 @@ pub struct FlightSql {
     queries: tokio::runtime::Handle,
     prepared: Arc<Mutex<PreparedStatements>>,
     info: Arc<SqlInfoData>,
+    metrics: Option<Arc<crate::metrics::IngestMetrics>>,
 }
 
 impl std::fmt::Debug for FlightSql {
@@ -103,6 +104,20 @@ fn info_for(schema: &Schema, ticket: Any, descriptor: FlightDescriptor) -> Resul
     Ok(Response::new(info))
 }
 
+/// Observes a Flight SQL query's time when dropped (at its end, however
+/// it ends).
+struct Timed(Option<Arc<crate::metrics::IngestMetrics>>, std::time::Instant);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.query_seconds
+                .get_or_create(&vec![("front_end".to_string(), "flight_sql".to_string())])
+                .observe(self.1.elapsed().as_secs_f64());
+        }
+    }
+}
+
 fn one_batch(
     schema: SchemaRef,
     batch: Result<RecordBatch, arrow_flight::error::FlightError>,
@@ -129,7 +144,13 @@ impl FlightSql {
         info.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
         #[allow(clippy::expect_used)]
         let info = info.build().expect("static SQL info");
-        Self { sessions, queries, prepared: Arc::default(), info: Arc::new(info) }
+        Self { sessions, queries, prepared: Arc::default(), info: Arc::new(info), metrics: None }
+    }
+
+    /// Times each query into `metrics` (`leakwatch_query_seconds{front_end="flight_sql"}`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::IngestMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The gRPC service, accepting only analysts' tokens stored in `log`.
@@ -178,7 +199,10 @@ impl FlightSql {
         let schema = QuerySession::result_schema(&plan);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, Status>>(2);
         let timeout = session.timeout();
+        let metrics = self.metrics.clone();
         self.queries.spawn(async move {
+            let started = std::time::Instant::now();
+            let _timed = Timed(metrics, started);
             let deadline = tokio::time::Instant::now() + timeout;
             let stream = match tokio::time::timeout_at(deadline, session.execute_sql(&sql, plan, params)).await {
                 Ok(Ok(s)) => s,

@@ -327,6 +327,7 @@ impl Collector for Ingest {
     }
 
     async fn report(&self, mut request: Request<ReportBatch>) -> Result<Response<ReportAck>, Status> {
+        let arrived = std::time::Instant::now();
         // Admitted from the headers before the body was read (see
         // `Admission`); here too when the service is used without it.
         let admitted = match request.extensions_mut().remove::<Admitted>() {
@@ -384,6 +385,7 @@ impl Collector for Ingest {
                 return Err(e.into());
             }
         };
+        self.metrics.ack_seconds.observe(arrived.elapsed().as_secs_f64());
         Ok(Response::new(ack))
     }
 }

@@ -1,7 +1,19 @@
-//! Ingest and flush counters, exposed at `/metrics` in Prometheus text
-//! format. Counters end in `_total`.
+//! The collector's metrics at `/metrics`, written by `prometheus-client`
+//! and served as Prometheus's text format (version 0.0.4, which
+//! `promtool check metrics` checks; its `# UNIT` and `# EOF` lines are
+//! comments there), each with HELP and TYPE: ingest and flush
+//! counters (named with `_total`), gauges read at scrape time, histograms
+//! of ack latency, Flight SQL query time and dashboard refresh time, the
+//! age of the published aggregates, and build info.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
 /// Counter names.
 pub mod names {
@@ -38,6 +50,8 @@ pub mod names {
     pub const FILES_EXPIRED: &str = "leakwatch_files_expired_total";
     /// Batch ids retention forgot (their retries are stored again).
     pub const BATCH_IDS_EXPIRED: &str = "leakwatch_batch_ids_expired_total";
+    /// Seconds since the published aggregates were computed.
+    pub const PUBLISHED_AGE_SECONDS: &str = "leakwatch_published_age_seconds";
 }
 
 /// Why a report was refused.
@@ -62,6 +76,9 @@ const REASONS: [&str; 6] = ["unauthenticated", "rate_limited", "busy", "invalid"
 /// Gauges read at scrape time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gauges {
+    /// Seconds since the published aggregates were computed (None before
+    /// the first refresh).
+    pub published_age_seconds: Option<i64>,
     /// See [`names::FLUSH_LAG_BATCHES`].
     pub flush_lag_batches: u64,
     /// See [`names::LOG_BYTES`].
@@ -74,9 +91,29 @@ pub struct Gauges {
     pub files_unreadable: u64,
 }
 
-/// The collector's counters.
-#[derive(Debug, Default)]
+/// Seconds from 0.5 ms doubling to about 16 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Seconds from 10 ms doubling to about 3 h (a refresh of a large store).
+fn long_latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 21))
+}
+
+/// Histograms by a `front_end` label.
+pub type ByFrontEnd = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+
+/// The collector's counters and histograms.
+#[derive(Debug)]
 pub struct IngestMetrics {
+    /// Seconds from a report's arrival to its acknowledgement (accepted or
+    /// duplicate).
+    pub ack_seconds: Histogram,
+    /// Seconds a query took, by `front_end` (`flight_sql`).
+    pub query_seconds: ByFrontEnd,
+    /// Seconds a dashboard refresh took.
+    pub refresh_seconds: Histogram,
     /// See [`names::BATCHES_ACCEPTED`].
     pub batches_accepted: AtomicU64,
     /// See [`names::BATCHES_DUPLICATE`].
@@ -101,6 +138,91 @@ pub struct IngestMetrics {
     pub files_quarantined: AtomicU64,
 }
 
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        Self {
+            ack_seconds: latency(),
+            query_seconds: Family::new_with_constructor(latency),
+            refresh_seconds: long_latency(),
+            batches_accepted: AtomicU64::default(),
+            batches_duplicate: AtomicU64::default(),
+            records_accepted: AtomicU64::default(),
+            bytes_accepted: AtomicU64::default(),
+            reports_rejected: Default::default(),
+            rows_flushed: AtomicU64::default(),
+            files_flushed: AtomicU64::default(),
+            files_expired: AtomicU64::default(),
+            batch_ids_expired: AtomicU64::default(),
+            log_reopened: AtomicU64::default(),
+            files_quarantined: AtomicU64::default(),
+        }
+    }
+}
+
+/// The counters and gauges of one scrape.
+#[derive(Debug)]
+struct Scrape {
+    counters: Vec<(&'static str, &'static str, u64)>,
+    rejected: Vec<(&'static str, u64)>,
+    gauges: Vec<(&'static str, &'static str, i64)>,
+}
+
+/// A counter as Prometheus's text format has it: the family named with
+/// `_total`, like its sample (OpenMetrics names the family without it,
+/// which Prometheus's text parser and `promtool check metrics` take for a
+/// metric of no type and no help).
+#[derive(Debug)]
+struct TextCounter(u64);
+
+impl prometheus_client::encoding::EncodeMetric for TextCounter {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&i64::try_from(self.0).unwrap_or(i64::MAX))
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+}
+
+impl Collector for Scrape {
+    // The registry ends the help of what is registered with it with a full
+    // stop; these texts have none, and get it here.
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in &self.counters {
+            let counter = TextCounter(*value);
+            let help = format!("{help}.");
+            let metric = encoder.encode_descriptor(name, &help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            names::REPORTS_REJECTED,
+            "Reports refused, by reason (unauthenticated, rate_limited, busy, invalid, conflict, storage).",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, value) in &self.rejected {
+            let labels = [("reason", *reason)];
+            TextCounter(*value).encode(family.encode_family(&labels)?)?;
+        }
+        // Build info as a gauge of 1 with labels (the OpenMetrics `info`
+        // type is unknown to Prometheus's text format and its promtool).
+        let mut build = encoder.encode_descriptor(
+            "leakwatch_build_info",
+            "The collector's version.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        for (name, help, value) in &self.gauges {
+            let gauge = ConstGauge::new(*value);
+            let help = format!("{help}.");
+            let metric = encoder.encode_descriptor(name, &help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 impl IngestMetrics {
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -112,38 +234,76 @@ impl IngestMetrics {
         Self::add(&self.reports_rejected[reason as usize], 1);
     }
 
-    /// Prometheus text exposition.
+    /// The OpenMetrics text exposition (HELP and TYPE for each metric).
     pub fn render(&self, gauges: Gauges) -> String {
-        let rows = [
-            (names::BATCHES_ACCEPTED, &self.batches_accepted),
-            (names::BATCHES_DUPLICATE, &self.batches_duplicate),
-            (names::RECORDS_ACCEPTED, &self.records_accepted),
-            (names::BYTES_ACCEPTED, &self.bytes_accepted),
-            (names::ROWS_FLUSHED, &self.rows_flushed),
-            (names::FILES_FLUSHED, &self.files_flushed),
-            (names::FILES_EXPIRED, &self.files_expired),
-            (names::BATCH_IDS_EXPIRED, &self.batch_ids_expired),
-            (names::LOG_REOPENED, &self.log_reopened),
-            (names::FILES_QUARANTINED, &self.files_quarantined),
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters = vec![
+            (names::BATCHES_ACCEPTED, "Batches stored", load(&self.batches_accepted)),
+            (names::BATCHES_DUPLICATE, "Batches answered duplicate (already stored)", load(&self.batches_duplicate)),
+            (names::RECORDS_ACCEPTED, "Records stored", load(&self.records_accepted)),
+            (names::BYTES_ACCEPTED, "Bytes of the stored batches, encoded", load(&self.bytes_accepted)),
+            (names::ROWS_FLUSHED, "Rows written to Parquet", load(&self.rows_flushed)),
+            (names::FILES_FLUSHED, "Parquet files written", load(&self.files_flushed)),
+            (names::FILES_EXPIRED, "Parquet files retention deleted", load(&self.files_expired)),
+            (names::BATCH_IDS_EXPIRED, "Batch ids retention forgot", load(&self.batch_ids_expired)),
+            (names::LOG_REOPENED, "Times the log was opened again after a write failed", load(&self.log_reopened)),
+            (
+                names::FILES_QUARANTINED,
+                "Flushed files set aside because their footer does not read",
+                load(&self.files_quarantined),
+            ),
         ];
+        let rejected = REASONS.iter().zip(&self.reports_rejected).map(|(r, v)| (*r, load(v))).collect();
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut gauge_rows = vec![
+            (names::FLUSH_LAG_BATCHES, "Acknowledged batches not yet in Parquet", int(gauges.flush_lag_batches)),
+            (names::LOG_BYTES, "Bytes of the log's SST files and memtables", int(gauges.log_bytes)),
+            (
+                names::LOG_WAL_BYTES,
+                "Bytes of the log's WAL files (what a restart reads again)",
+                int(gauges.log_wal_bytes),
+            ),
+            (
+                names::LOG_WRITE_FAILING,
+                "1 while the log cannot be written and reports are refused",
+                i64::from(gauges.log_write_failing),
+            ),
+            (
+                names::FILES_UNREADABLE,
+                "Flushed files queries leave out because they do not read",
+                int(gauges.files_unreadable),
+            ),
+        ];
+        if let Some(age) = gauges.published_age_seconds {
+            gauge_rows.push((
+                names::PUBLISHED_AGE_SECONDS,
+                "Seconds since the public dashboard's aggregates were computed",
+                age,
+            ));
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape { counters, rejected, gauges: gauge_rows }));
+        registry.register_with_unit(
+            "leakwatch_ack",
+            "Time from a report's arrival to its acknowledgement (accepted or duplicate)",
+            Unit::Seconds,
+            self.ack_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "leakwatch_query",
+            "Time a query took, by front end (flight_sql)",
+            Unit::Seconds,
+            self.query_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "leakwatch_dashboard_refresh",
+            "Time a refresh of the public dashboard's aggregates took",
+            Unit::Seconds,
+            self.refresh_seconds.clone(),
+        );
         let mut out = String::new();
-        for (name, value) in rows {
-            out.push_str(&format!("# TYPE {name} counter\n{name} {}\n", value.load(Ordering::Relaxed)));
-        }
-        let name = names::REPORTS_REJECTED;
-        out.push_str(&format!("# TYPE {name} counter\n"));
-        for (reason, value) in REASONS.iter().zip(&self.reports_rejected) {
-            out.push_str(&format!("{name}{{reason=\"{reason}\"}} {}\n", value.load(Ordering::Relaxed)));
-        }
-        for (name, value) in [
-            (names::FLUSH_LAG_BATCHES, gauges.flush_lag_batches),
-            (names::LOG_BYTES, gauges.log_bytes),
-            (names::LOG_WAL_BYTES, gauges.log_wal_bytes),
-            (names::LOG_WRITE_FAILING, u64::from(gauges.log_write_failing)),
-            (names::FILES_UNREADABLE, gauges.files_unreadable),
-        ] {
-            out.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
-        }
+        // Writing to a String does not fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }

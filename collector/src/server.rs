@@ -448,7 +448,8 @@ impl Server {
         let sessions = SessionFactory::new(config.query.clone(), flows.clone(), Arc::new(LogTail::new(log.clone())))
             .with_mud(mud.clone());
         let queries = QueryRuntime::new()?;
-        let flight = FlightSql::new(sessions.clone(), queries.handle()).into_server(log.clone());
+        let flight =
+            FlightSql::new(sessions.clone(), queries.handle()).with_metrics(metrics.clone()).into_server(log.clone());
         // The dashboard's refresh is the collector's own work, not an
         // analyst's query: the same memory limit, but a longer timeout, as
         // each of its queries reads every flow.
@@ -465,6 +466,10 @@ impl Server {
         }
         dashboard_config.state_dir.get_or_insert_with(|| dirs.dashboard());
         let dashboard = Dashboard::new(refresh_sessions, queries.handle(), dashboard_config)?;
+        {
+            let metrics = metrics.clone();
+            dashboard.on_refresh(move |took| metrics.refresh_seconds.observe(took.as_secs_f64()));
+        }
         let mut tasks = Vec::new();
         let (flight_addr, flight_beside_ingest) = match config.flight_listen {
             Some(addr) => {
@@ -488,6 +493,7 @@ impl Server {
             let log = log.clone();
             let health_log = log.clone();
             let unreadable_of = store.flow_store();
+            let dashboard_for_metrics = dashboard.clone();
             let app = Router::new()
                 .route(
                     "/healthz",
@@ -504,14 +510,20 @@ impl Server {
                 .route(
                     "/metrics",
                     get(move || async move {
+                        let published = dashboard_for_metrics.published().snapshot.refreshed_unix;
                         let gauges = Gauges {
+                            published_age_seconds: (published > 0)
+                                .then(|| (chrono::Utc::now().timestamp() - published).max(0)),
                             flush_lag_batches: log.flush_lag(),
                             log_bytes: log.size_bytes(),
                             log_wal_bytes: log.wal_bytes(),
                             log_write_failing: log.failure().is_some(),
                             files_unreadable: unreadable_of.unreadable_counts().0 as u64,
                         };
-                        metrics.render(gauges)
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                            metrics.render(gauges),
+                        )
                     }),
                 )
                 .merge(dashboard.router());

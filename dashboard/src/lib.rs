@@ -180,6 +180,7 @@ struct Inner {
     limiter: Limiter,
     site: Site,
     history: Arc<std::sync::Mutex<feeds::History>>,
+    on_refresh: std::sync::OnceLock<Box<dyn Fn(Duration) + Send + Sync>>,
 }
 
 /// What may be written into a list, a feed or a header: one line, no
@@ -248,7 +249,14 @@ impl Dashboard {
             limiter: governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst)),
             site,
             history: Arc::new(std::sync::Mutex::new(history)),
+            on_refresh: std::sync::OnceLock::new(),
         })))
+    }
+
+    /// Calls `observe` with the time of each completed refresh (once set,
+    /// kept).
+    pub fn on_refresh(&self, observe: impl Fn(Duration) + Send + Sync + 'static) {
+        let _ = self.0.on_refresh.set(Box::new(observe));
     }
 
     /// What is served now.
@@ -286,6 +294,9 @@ impl Dashboard {
             .map_err(Error::from);
         *self.0.last_finished.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         let computed = computed??;
+        if let Some(observe) = self.0.on_refresh.get() {
+            observe(started.elapsed());
+        }
         tracing::info!(
             findings = computed.snapshot.findings.len(),
             models = computed.snapshot.models.len(),

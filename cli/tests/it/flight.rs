@@ -243,6 +243,13 @@ async fn flight_sql_serves_analysts_read_only() {
     assert!(!ok && out.contains("no SQL token of holder"), "{out}");
     let (ok, out) = admin(&["revoke-sql-token", "--token", "abc"]);
     assert!(!ok && out.contains("8 to 64 hex digits"), "{out}");
+    // Each query it ran is timed in /metrics.
+    let metrics = server.metrics.render(Default::default());
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("leakwatch_query_seconds_count{front_end=\"flight_sql\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(count.is_some_and(|n| n >= 3), "{metrics}");
     server.shutdown().await.expect("shutdown");
 }
 

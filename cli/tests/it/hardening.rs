@@ -413,3 +413,46 @@ async fn a_truncated_parquet_file_is_set_aside_and_queries_answer_from_the_rest(
     assert!(page.contains("1 stored data files could not be read and were set aside"), "{page}");
     t.server.shutdown().await.expect("shutdown");
 }
+
+/// `/metrics` passes `promtool check metrics` (Debian's prometheus, which
+/// `make test` installs and names in LEAKWATCH_PROMTOOL): HELP and TYPE
+/// for every metric, histograms of ack latency, Flight SQL query time and
+/// dashboard refresh time, the age of the published aggregates, build info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_collectors_metrics() {
+    let promtool = crate::set_by_make_test("LEAKWATCH_PROMTOOL", " (it installs prometheus)", "promtool_");
+    let t = crate::TestServer::start().await;
+    let (mut up, _state) = t.uploader().await;
+    up.send(&crate::hostile::numbered_batch("metrics-1".into(), "d".into(), 10)).await.expect("send");
+    t.server.flusher.flush().await.expect("flush");
+    t.server.dashboard.refresh().await.expect("refresh");
+    let (status, head, body) = crate::dashboard::get(t.server.http_addr, "/metrics").await;
+    let text = String::from_utf8(body).expect("utf-8");
+    assert_eq!(status, 200, "{text}");
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    for expected in [
+        "# HELP leakwatch_records_accepted_total Records stored.\n",
+        "# TYPE leakwatch_records_accepted_total counter",
+        "leakwatch_records_accepted_total 10",
+        "# TYPE leakwatch_ack_seconds histogram",
+        "leakwatch_ack_seconds_count 1",
+        "leakwatch_dashboard_refresh_seconds_count ",
+        "# TYPE leakwatch_published_age_seconds gauge",
+        "leakwatch_build_info{version=\"",
+        "leakwatch_reports_rejected_total{reason=\"busy\"} 0",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{text}");
+    t.server.shutdown().await.expect("shutdown");
+}
