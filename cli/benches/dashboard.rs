@@ -1,5 +1,6 @@
 //! Dashboard benchmark (`make bench`): p50/p95/p99 latency of the home,
-//! model and finding pages and the JSON API, served over HTTP by a real
+//! model and finding pages, the JSON API, a blocklist, the feed and a MUD
+//! file, served over HTTP by a real
 //! collector on loopback holding `BENCH_DASHBOARD_RECORDS` records
 //! (default 10,000,000), under load from wrk. Goal: p95 <= 50 ms.
 //!
@@ -149,6 +150,11 @@ fn main() {
             ("finding", finding_href(&finding.id)),
             ("API findings", "/api/findings".to_string()),
             ("API model", format!("/api{}", model_href(&finding.vendor, &finding.model))),
+            // Built per request from the aggregates in memory.
+            ("list dnsmasq", "/lists/dnsmasq.conf".to_string()),
+            ("list RPZ", "/lists/rpz.zone".to_string()),
+            ("feed", "/feeds/findings.atom".to_string()),
+            ("MUD file", leakwatch_dashboard::mud::mud_href(&finding.vendor, &finding.model)),
         ];
         let script = dir.path().join("figures.lua");
         std::fs::write(&script, WRK_SCRIPT).expect("wrk script");
