@@ -175,7 +175,7 @@ fn list(d: &Dashboard, scope: Scope, file: &str) -> Response {
     let p = d.published();
     let s = &p.snapshot;
     let Some(findings) = scope.findings(s) else { return not_published(&scope.name()) };
-    let body = lists::render(s.site.head(s), &scope, &findings, format);
+    let body = lists::render(s, &scope, &findings, format);
     let name = format!("leakwatch-{}", format.file());
     download(body, "text/plain; charset=utf-8", &name, true)
 }
@@ -208,7 +208,7 @@ fn feed(d: &Dashboard, scope: Option<Scope>) -> Response {
     let s = &p.snapshot;
     let Some(scope) = scope else { return not_published("that feed") };
     let Some(findings) = scope.findings(s) else { return not_published(&scope.name()) };
-    let body = feeds::render(s.site.head(s), &scope, &findings);
+    let body = feeds::render(s, &scope, &findings);
     download(body, "application/atom+xml; charset=utf-8", "leakwatch.atom", true)
 }
 
@@ -234,7 +234,7 @@ pub async fn mud_file(State(d): State<Dashboard>, Path((vendor, file)): Path<(St
     let Some(page) = file.strip_suffix(".json").and_then(|model| s.model(&vendor, model)) else {
         return not_published(&format!("the model {vendor} {file}"));
     };
-    let body = serde_json::to_vec_pretty(&mud::render(s.site.head(s), page)).unwrap_or_default();
+    let body = serde_json::to_vec_pretty(&mud::render(s, page)).unwrap_or_default();
     download(body, "application/mud+json", "mud.json", true)
 }
 

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::aggregate::Finding;
-use crate::lists::{Head, Scope};
+use crate::aggregate::Snapshot;
+use crate::lists::Scope;
 use crate::pages::finding_href;
 
 /// Entries a feed carries at most, the most recently changed.
@@ -68,15 +69,14 @@ impl History {
         let Some(dir) = dir else { return Self::default() };
         let path = dir.join(FILE);
         let mut history = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Self>(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "Feed history unreadable; starting a new one");
-                Self::default()
-            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "Feed history unreadable; starting a new one");
-                Self::default()
-            }
+            read => read
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| serde_json::from_slice::<Self>(&bytes).map_err(|e| e.to_string()))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(path = %path.display(), error = %e, "Feed history unreadable; starting a new one");
+                    Self::default()
+                }),
         };
         history.path = Some(path);
         history
@@ -149,9 +149,8 @@ pub fn feed_href(scope: &Scope) -> String {
 }
 
 /// The feed of `scope`'s findings.
-pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding]) -> String {
-    let s = head.snapshot;
-    let base = head.base;
+pub fn render(s: &Snapshot, scope: &Scope, findings: &[&Finding]) -> String {
+    let (base, licence) = (s.site.base.as_str(), &s.site.licence);
     let mut entries: Vec<&Finding> = findings.to_vec();
     entries.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.id.cmp(&b.id)));
     entries.truncate(MAX_ENTRIES);
@@ -177,8 +176,8 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding]) -> String {
     let _ = writeln!(out, "  <link rel=\"self\" type=\"application/atom+xml\" href=\"{}\"/>", xml(&self_href));
     let _ =
         writeln!(out, "  <link rel=\"alternate\" type=\"text/html\" href=\"{}\"/>", xml(&format!("{base}{alternate}")));
-    let _ = writeln!(out, "  <link rel=\"license\" href=\"{}\"/>", xml(&head.licence.url));
-    let _ = writeln!(out, "  <rights>Data licence: {} ({})</rights>", xml(&head.licence.name), xml(&head.licence.url));
+    let _ = writeln!(out, "  <link rel=\"license\" href=\"{}\"/>", xml(&licence.url));
+    let _ = writeln!(out, "  <rights>Data licence: {} ({})</rights>", xml(&licence.name), xml(&licence.url));
     let _ = writeln!(out, "  <author><name>leakwatch</name><uri>{}</uri></author>", xml(&format!("{base}/")));
     for f in entries {
         let url = format!("{base}{}", finding_href(&f.id));

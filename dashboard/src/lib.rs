@@ -100,13 +100,6 @@ pub struct Site {
     pub licence: DataLicence,
 }
 
-impl Site {
-    /// What lists and feeds are rendered with.
-    pub fn head<'a>(&'a self, snapshot: &'a Snapshot) -> lists::Head<'a> {
-        lists::Head { snapshot, base: &self.base, licence: &self.licence }
-    }
-}
-
 /// Settings of the public dashboard.
 #[derive(Debug, Clone)]
 pub struct DashboardConfig {

@@ -217,20 +217,9 @@ struct Entry<'a> {
     findings: Vec<&'a Finding>,
 }
 
-/// Everything a list needs besides its findings.
-#[derive(Debug, Clone, Copy)]
-pub struct Head<'a> {
-    /// The aggregates it is taken from.
-    pub snapshot: &'a Snapshot,
-    /// The dashboard's public address.
-    pub base: &'a str,
-    /// The data licence.
-    pub licence: &'a crate::DataLicence,
-}
-
 /// The list of `scope`'s findings in `format`.
-pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding], format: ListFormat) -> String {
-    let s = head.snapshot;
+pub fn render(s: &Snapshot, scope: &Scope, findings: &[&Finding], format: ListFormat) -> String {
+    let (base, licence) = (&s.site.base, &s.site.licence);
     let mut names: BTreeMap<String, Entry<'_>> = BTreeMap::new();
     let mut unlisted: Vec<&Finding> = Vec::new();
     let mut refused = 0usize;
@@ -283,13 +272,9 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding], format: List
     let scope_text = one_line(&scope.describe(s));
     let _ = writeln!(out, "{c} leakwatch blocklist ({}): {scope_text}", format.title());
     let _ = writeln!(out, "{c} {} entries; from the aggregates of {}.", names.len(), s.refreshed_at);
-    let _ = writeln!(out, "{c} Source: {}{}", head.base, scope.list_href(format));
-    let _ = writeln!(out, "{c} Dashboard: {}/", head.base);
-    let _ = writeln!(
-        out,
-        "{c} Licence: {} ({}); attribute \"leakwatch, {}\".",
-        head.licence.name, head.licence.url, head.base
-    );
+    let _ = writeln!(out, "{c} Source: {}{}", base, scope.list_href(format));
+    let _ = writeln!(out, "{c} Dashboard: {}/", base);
+    let _ = writeln!(out, "{c} Licence: {} ({}); attribute \"leakwatch, {}\".", licence.name, licence.url, base);
     let _ = writeln!(
         out,
         "{c} Only findings seen from at least {} devices of {} volunteers are listed.",
@@ -297,7 +282,7 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding], format: List
     );
     let mut unnamed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for f in &unlisted {
-        unnamed.entry(&f.domain).or_default().push(format!("{}{}", head.base, finding_href(&f.id)));
+        unnamed.entry(&f.domain).or_default().push(format!("{}{}", base, finding_href(&f.id)));
     }
     for (destination, pages) in unnamed {
         let _ =
@@ -317,8 +302,7 @@ pub fn render(head: Head<'_>, scope: &Scope, findings: &[&Finding], format: List
         _ => {}
     }
     for entry in names.values() {
-        let pages: Vec<String> =
-            entry.findings.iter().map(|f| format!("{}{}", head.base, finding_href(&f.id))).collect();
+        let pages: Vec<String> = entry.findings.iter().map(|f| format!("{}{}", base, finding_href(&f.id))).collect();
         let claims: Vec<String> = entry.findings.iter().map(|f| one_line(&f.claim)).collect();
         let _ = writeln!(out, "{c} {} {}", pages.join(" "), claims.join(" "));
         let name = &entry.owner;
@@ -378,15 +362,16 @@ mod tests {
     /// attacker's line break and directive) never becomes a line of its own.
     #[test]
     fn a_reported_name_that_is_no_dns_name_is_left_out_and_counted() {
-        let s = Snapshot::default();
-        let licence = crate::DataLicence::default();
-        let head = Head { snapshot: &s, base: "https://leaks.example.org", licence: &licence };
+        let s = Snapshot {
+            site: crate::Site { base: "https://leaks.example.org".into(), licence: crate::DataLicence::default() },
+            ..Snapshot::default()
+        };
         let finding = crate::aggregate::tests::finding;
         let bad = finding("Evil", "E1", "evil.com\naddress=/google.com/1.2.3.4");
         let quote = finding("Evil", "E1", "x.com\" always_transparent\nlocal-zone: \"google.com.");
         let good = finding("Evil", "E1", "api.evil-cloud.com");
         for format in ListFormat::ALL {
-            let out = render(head, &Scope::All, &[&bad, &quote, &good], format);
+            let out = render(&s, &Scope::All, &[&bad, &quote, &good], format);
             assert!(out.contains("2 names left out: not plain DNS names."), "{format:?}:\n{out}");
             assert!(out.contains("api.evil-cloud.com"), "{format:?}:\n{out}");
             let c = format.comment();

@@ -10,8 +10,8 @@
 
 use serde_json::{Value, json};
 
-use crate::aggregate::ModelPage;
-use crate::lists::{Head, is_listable};
+use crate::aggregate::{ModelPage, Snapshot};
+use crate::lists::is_listable;
 use crate::pages::model_href;
 
 /// Hours a MUD manager may cache the file (the dashboard refreshes far
@@ -34,7 +34,7 @@ pub fn mud_href(vendor: &str, model: &str) -> String {
 }
 
 /// The MUD file of `page`'s model.
-pub fn render(head: Head<'_>, page: &ModelPage) -> Value {
+pub fn render(s: &Snapshot, page: &ModelPage) -> Value {
     let m = &page.summary;
     let name = |family: &str| format!("leakwatch-{family}-from-device");
     let mut aces = [Vec::new(), Vec::new()];
@@ -77,17 +77,17 @@ pub fn render(head: Head<'_>, page: &ModelPage) -> Value {
     let policy: Vec<Value> = acls.iter().map(|a| json!({ "name": a["name"] })).collect();
     let mut mud = json!({
         "mud-version": 1,
-        "mud-url": format!("{}{}", head.base, mud_href(&m.vendor, &m.model)),
-        "last-update": head.snapshot.refreshed_rfc3339(),
+        "mud-url": format!("{}{}", s.site.base, mud_href(&m.vendor, &m.model)),
+        "last-update": s.refreshed_rfc3339(),
         "cache-validity": CACHE_HOURS,
         "is-supported": true,
         "systeminfo": format!(
             "What {} devices of {} volunteers were seen to contact; leakwatch, data licence {}",
-            m.devices, m.volunteers, head.licence.name
+            m.devices, m.volunteers, s.site.licence.name
         ),
         "mfg-name": m.vendor,
         "model-name": m.model,
-        "documentation": format!("{}{}", head.base, model_href(&m.vendor, &m.model)),
+        "documentation": format!("{}{}", s.site.base, model_href(&m.vendor, &m.model)),
     });
     if !policy.is_empty() {
         mud["from-device-policy"] = json!({ "access-lists": { "access-list": policy } });
