@@ -750,12 +750,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     };
     let mut checker = crate::check::Checker::default();
-    let live = match (args.interface.clone(), args.pcapdroid_udp) {
-        (Some(name), _) => Some(LiveSource::Interface(name)),
-        (None, Some(addr)) => Some(LiveSource::PcapdroidUdp(addr)),
-        (None, None) => None,
-    };
-    let code = match live {
+    let code = match LiveSource::from_flags(args.interface.clone(), args.pcapdroid_udp) {
         Some(source) => check_live(source, &args, &mut checker).await?,
         None => import(check_import_args(args), Some(&mut checker)).await?,
     };
@@ -796,6 +791,16 @@ fn check_import_args(args: CheckArgs) -> ImportArgs {
     }
 }
 
+/// Says on stderr where a live capture listens (tests and volunteers read
+/// the `udp://` address of a stream from it), then `tail`.
+fn announce(source: &LiveSource, capture: &Capture, tail: &str) {
+    match (source, capture.local_addr()) {
+        (_, Some(addr)) => eprintln!("listening for a PCAPdroid stream on udp://{addr}{tail}"),
+        (LiveSource::Interface(name), None) => eprintln!("capturing on {name}{tail}"),
+        _ => {}
+    }
+}
+
 /// Captures from `source` for `--seconds` (or until Ctrl-C / SIGTERM) as
 /// `run` does, and hands every connection to `checker`.
 async fn check_live(source: LiveSource, args: &CheckArgs, checker: &mut crate::check::Checker) -> Result<ExitCode> {
@@ -809,21 +814,13 @@ async fn check_live(source: LiveSource, args: &CheckArgs, checker: &mut crate::c
     }
     let state = settings.state()?;
     let mut capture = Capture::open(&source)?;
-    match (&source, capture.local_addr()) {
-        (_, Some(addr)) => eprintln!("listening for a PCAPdroid stream on udp://{addr} for {} s", args.seconds),
-        (LiveSource::Interface(name), None) => eprintln!("capturing on {name} for {} s", args.seconds),
-        _ => {}
-    }
+    announce(&source, &capture, &format!(" for {} s", args.seconds));
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = std::time::Instant::now() + Duration::from_secs(args.seconds);
     let thread = {
         let stop = stop.clone();
         tokio::task::spawn_blocking(move || -> Result<(u64, Vec<leakwatch_proto::v1::ReportBatch>)> {
-            let mut harvester = match lan_labels {
-                Some(lan) => Harvester::lan(lan, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS),
-                None => Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS),
-            };
-            harvester.attribute_processes(capture.host_addresses());
+            let mut harvester = Harvester::for_capture(labels, lan_labels, &capture, &state, DEFAULT_BATCH_RECORDS);
             let mut stats = crate::capture::CaptureStats::default();
             while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
                 capture.next_batch(&mut stats, &mut |frame| harvester.add(frame))?;
@@ -1216,22 +1213,14 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
         warn_unlabelled(&labels, &settings.config_path);
     }
     let state = settings.state()?;
-    let source = match (args.interface.clone(), args.pcapdroid_udp) {
-        (Some(name), _) => LiveSource::Interface(name),
-        (None, Some(addr)) => LiveSource::PcapdroidUdp(addr),
-        (None, None) => {
-            return Err(Error::InvalidArgument {
-                field: "run".into(),
-                reason: "give --interface or --pcapdroid-udp".into(),
-            });
-        }
+    let Some(source) = LiveSource::from_flags(args.interface.clone(), args.pcapdroid_udp) else {
+        return Err(Error::InvalidArgument {
+            field: "run".into(),
+            reason: "give --interface or --pcapdroid-udp".into(),
+        });
     };
     let mut capture = Capture::open(&source)?;
-    match (&source, capture.local_addr()) {
-        (_, Some(addr)) => eprintln!("listening for a PCAPdroid stream on udp://{addr}"),
-        (LiveSource::Interface(name), None) => eprintln!("capturing on {name}"),
-        _ => {}
-    }
+    announce(&source, &capture, "");
     let spool = match args.dry_run {
         true => None,
         false => Some(Arc::new(Mutex::new(Spool::open(&settings.spool_dir(), settings.spool)?))),
@@ -1258,11 +1247,7 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
             if let Some(n) = &notifier {
                 n.send(&format!("READY=1\nSTATUS={source_text}"));
             }
-            let mut harvester = match lan_labels {
-                Some(lan) => Harvester::lan(lan, labels.boot_time_us, &state, DEFAULT_BATCH_RECORDS),
-                None => Harvester::new(labels, &state, DEFAULT_BATCH_RECORDS),
-            };
-            harvester.attribute_processes(capture.host_addresses());
+            let mut harvester = Harvester::for_capture(labels, lan_labels, &capture, &state, DEFAULT_BATCH_RECORDS);
             harvester.report_open_connections(interval);
             let mut stream_stats = crate::capture::CaptureStats::default();
             let mut next = std::time::Instant::now() + interval;
@@ -1386,15 +1371,11 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
 }
 
 fn install_service(args: InstallServiceArgs) -> Result<ExitCode> {
-    let source = match (args.interface, args.pcapdroid_udp) {
-        (Some(name), _) => LiveSource::Interface(name),
-        (None, Some(addr)) => LiveSource::PcapdroidUdp(addr),
-        (None, None) => {
-            return Err(Error::InvalidArgument {
-                field: "install-service".into(),
-                reason: "give --interface or --pcapdroid-udp".into(),
-            });
-        }
+    let Some(source) = LiveSource::from_flags(args.interface, args.pcapdroid_udp) else {
+        return Err(Error::InvalidArgument {
+            field: "install-service".into(),
+            reason: "give --interface or --pcapdroid-udp".into(),
+        });
     };
     let binary = match args.binary {
         Some(b) => b,

@@ -51,6 +51,18 @@ pub enum LiveSource {
     PcapdroidUdp(SocketAddr),
 }
 
+impl LiveSource {
+    /// The source `--interface` or `--pcapdroid-udp` names (the interface
+    /// when both are given); None when neither is.
+    pub fn from_flags(interface: Option<String>, pcapdroid_udp: Option<SocketAddr>) -> Option<Self> {
+        match (interface, pcapdroid_udp) {
+            (Some(name), _) => Some(Self::Interface(name)),
+            (None, Some(addr)) => Some(Self::PcapdroidUdp(addr)),
+            (None, None) => None,
+        }
+    }
+}
+
 /// One captured frame.
 #[derive(Debug)]
 pub struct LiveFrame<'a> {
@@ -417,6 +429,24 @@ impl Harvester {
             lan: None,
             open_report_us: None,
         }
+    }
+
+    /// The harvester of a capture from `capture`: one device with `labels`,
+    /// or with `lan` each LAN device its own (see [`Harvester::lan`]); the
+    /// processes of this host named behind their connections.
+    pub fn for_capture(
+        labels: DeviceLabels,
+        lan: Option<crate::lan::LanLabels>,
+        capture: &Capture,
+        state: &AgentState,
+        batch_records: usize,
+    ) -> Self {
+        let mut h = match lan {
+            Some(lan) => Self::lan(lan, labels.boot_time_us, state, batch_records),
+            None => Self::new(labels, state, batch_records),
+        };
+        h.attribute_processes(capture.host_addresses());
+        h
     }
 
     /// Router / LAN mode: each LAN device (by MAC, else local address) is
