@@ -9,8 +9,18 @@ use clap::Parser as _;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn main() -> ExitCode {
+    // Freed memory goes back to the system at once instead of a second
+    // later: on a router the resident pages are what runs short, not the
+    // page faults (a LAN import of 490 devices peaked at 20.4 MiB with
+    // mimalloc's default delay, 17.4 MiB without one; the live run's CPU
+    // share stayed the same). Before the runtime starts its threads.
+    leakwatch_core::allocator::set_purge_delay(0);
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

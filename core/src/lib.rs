@@ -1,8 +1,11 @@
 //! What the agent, the collector and the query layer must agree on, in a
 //! crate that pulls none of them in: the privacy rule for destination
-//! addresses ([`address`]) and the path conventions ([`paths`]).
+//! addresses ([`address`]), the path conventions ([`paths`]) and, with the
+//! feature `mimalloc`, the allocator's purge delay (`allocator`).
 
 pub mod address;
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
 pub mod paths;
 
 #[cfg(test)]
