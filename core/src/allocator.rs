@@ -28,11 +28,12 @@ pub fn set_purge_delay(ms: i64) {
 }
 
 /// The purge delay in force, in milliseconds.
-pub fn purge_delay() -> i64 {
+pub fn purge_delay() -> std::ffi::c_long {
     // SAFETY: reads one entry of mimalloc's option table.
     #[allow(unsafe_code)]
-    let ms = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-    i64::from(ms)
+    unsafe {
+        libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)
+    }
 }
 
 #[cfg(test)]
