@@ -39,6 +39,7 @@ impl QueryArgs {
             memory_limit_bytes: self.query_memory_mib.saturating_mul(1024 * 1024),
             timeout: Duration::from_secs(self.query_timeout_secs),
             ballista: self.ballista.clone(),
+            ..QueryConfig::default()
         }
     }
 }

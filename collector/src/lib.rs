@@ -170,6 +170,7 @@ impl From<Error> for tonic::Status {
             Error::Query(leakwatch_query::Error::Timeout(_) | leakwatch_query::Error::ResourcesExhausted(_)) => {
                 tonic::Status::resource_exhausted(msg)
             }
+            Error::Query(leakwatch_query::Error::Stalled(_)) => tonic::Status::unavailable(msg),
             _ => tonic::Status::internal(msg),
         }
     }

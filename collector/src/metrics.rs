@@ -50,6 +50,9 @@ pub mod names {
     pub const FILES_EXPIRED: &str = "leakwatch_files_expired_total";
     /// Batch ids retention forgot (their retries are stored again).
     pub const BATCH_IDS_EXPIRED: &str = "leakwatch_batch_ids_expired_total";
+    /// Queries that stopped making progress and were planned again on one
+    /// partition (see `leakwatch_query::watch`).
+    pub const QUERIES_REPLANNED: &str = "leakwatch_queries_replanned_total";
     /// Seconds since the published aggregates were computed.
     pub const PUBLISHED_AGE_SECONDS: &str = "leakwatch_published_age_seconds";
 }
@@ -251,6 +254,11 @@ impl IngestMetrics {
                 names::FILES_QUARANTINED,
                 "Flushed files set aside because their footer does not read",
                 load(&self.files_quarantined),
+            ),
+            (
+                names::QUERIES_REPLANNED,
+                "Queries that stopped making progress and were planned again on one partition",
+                leakwatch_query::watch::stalled_queries_replanned(),
             ),
         ];
         let rejected = REASONS.iter().zip(&self.reports_rejected).map(|(r, v)| (*r, load(v))).collect();

@@ -31,6 +31,7 @@ mod session;
 pub mod statement;
 mod store;
 mod udf;
+pub mod watch;
 
 pub use copies::{batch_list, batch_pairs};
 pub use files::{BATCHES_KEY, flushed_range_of, range_within, rules_order, sorted_for_rules, sorted_slice};
@@ -67,6 +68,14 @@ pub enum Error {
     /// The query exceeded the time limit (HTTP 429 / ResourceExhausted).
     #[error("query timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// None of the query's operators made progress for this long after it
+    /// had handed out part of its result (see [`watch`]; HTTP 503 /
+    /// Unavailable: running it again is the remedy).
+    #[error(
+        "query stopped: none of its operators made progress for {0:?} after part of its result was sent \
+         (a spilling repartition under the memory limit can stop so); run it again"
+    )]
+    Stalled(std::time::Duration),
     /// The query needed more memory than the pool allows (HTTP 429 /
     /// ResourceExhausted).
     #[error("query needs more memory than allowed: {0}")]

@@ -15,7 +15,7 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::schema::flows_schema;
 use crate::store::FlowStore;
@@ -30,6 +30,11 @@ pub struct QueryConfig {
     pub memory_limit_bytes: usize,
     /// Time limit per query (default 60 s).
     pub timeout: Duration,
+    /// A query none of whose operators makes progress this long while its
+    /// next batch is awaited has stopped (default 30 s; see
+    /// [`crate::watch`]): planned again on one partition if it handed out
+    /// nothing yet, else failed with [`Error::Stalled`].
+    pub stall_after: Duration,
     /// Scheduler URL (`df://HOST:PORT`) of the Apache DataFusion Ballista
     /// cluster that runs the queries, on the flushed files only (see
     /// [`crate::ballista`]); `None`: this process runs them, on the files
@@ -39,7 +44,12 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { memory_limit_bytes: 1 << 30, timeout: Duration::from_secs(60), ballista: None }
+        Self {
+            memory_limit_bytes: 1 << 30,
+            timeout: Duration::from_secs(60),
+            stall_after: Duration::from_secs(30),
+            ballista: None,
+        }
     }
 }
 
@@ -102,6 +112,8 @@ impl std::fmt::Debug for SessionFactory {
 pub struct QuerySession {
     ctx: SessionContext,
     timeout: Duration,
+    /// See [`QueryConfig::stall_after`].
+    stall_after: Duration,
     /// The scheduler URL when it runs on a Ballista cluster (which reads
     /// files only: no tables computed into this process's memory).
     cluster: Option<String>,
@@ -223,7 +235,13 @@ impl SessionFactory {
             let view = ctx.sql(sql).await?.into_view();
             ctx.register_table(*name, view)?;
         }
-        Ok(QuerySession { ctx, timeout: self.config.timeout, cluster: self.config.ballista.clone(), _pins: pins })
+        Ok(QuerySession {
+            ctx,
+            timeout: self.config.timeout,
+            stall_after: self.config.stall_after,
+            cluster: self.config.ballista.clone(),
+            _pins: pins,
+        })
     }
 }
 
@@ -363,11 +381,22 @@ impl QuerySession {
             }
             plan.with_param_values(values)?
         };
-        let cluster = self.cluster.clone();
-        let name_cluster = move |e: datafusion::error::DataFusionError| on_cluster(cluster.as_deref(), e.into());
+        let stream = self.stream(plan).await?;
+        Ok(stream.map(move |batch| in_schema(batch?, &schema)).boxed())
+    }
+
+    /// Starts a planned statement: its batches as the plan makes them.
+    /// Run here, it is watched for a stop (see [`crate::watch`]); on a
+    /// cluster, its errors name the cluster.
+    async fn stream(&self, plan: LogicalPlan) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+        let Some(url) = &self.cluster else {
+            return crate::watch::run(self.ctx.state(), plan, self.stall_after).await;
+        };
+        let url = url.clone();
+        let name_cluster = move |e: datafusion::error::DataFusionError| on_cluster(Some(&url), e.into());
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let stream = frame.execute_stream().await.map_err(&name_cluster)?;
-        Ok(stream.map(move |batch| in_schema(batch.map_err(&name_cluster)?, &schema)).boxed())
+        Ok(stream.map(move |batch| batch.map_err(&name_cluster)).boxed())
     }
 
     /// Runs one read-only statement and collects its result, within the
@@ -402,15 +431,13 @@ impl QuerySession {
     /// ResourcesExhausted instead of growing outside the pool.
     async fn collect(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
         let schema = Self::result_schema(&plan);
-        let frame = self.ctx.execute_logical_plan(plan).await?;
-        let cluster = |e: datafusion::error::DataFusionError| on_cluster(self.cluster.as_deref(), e.into());
-        let mut stream = frame.execute_stream().await.map_err(cluster)?;
+        let mut stream = self.stream(plan).await?;
         let pool = &self.ctx.runtime_env().memory_pool;
         let reservation = MemoryConsumer::new("query result").register(pool);
         let mut seen = std::collections::HashSet::new();
         let mut batches = Vec::new();
         while let Some(batch) = stream.next().await {
-            let batch = in_schema(batch.map_err(cluster)?, &schema)?;
+            let batch = in_schema(batch?, &schema)?;
             if let Err(e) = reservation.try_grow(new_buffer_bytes(&batch, &mut seen)) {
                 return Err(Error::ResourcesExhausted(format!(
                     "the result of {} rows so far does not fit: {e}",
@@ -442,9 +469,8 @@ impl QuerySession {
                 continue;
             }
             let computed = async {
-                let df = self.ctx.execute_logical_plan(plan).await?;
-                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let batches = df.collect().await?;
+                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                let batches: Vec<RecordBatch> = self.stream(plan).await?.try_collect().await?;
                 guard.reservation.try_grow(held_bytes(&batches))?;
                 Ok::<_, Error>((schema, batches))
             };
