@@ -372,6 +372,38 @@ pub fn replay(path: &std::path::Path, options: &ReplayOptions) -> Result<u64> {
     Ok(sent)
 }
 
+/// What `run --report-interval INTERVAL` would have reported of the
+/// traffic in the capture at `path` had it watched it live, as one device
+/// with `labels`: the harvest of each interval of capture time (the
+/// connections open longer than an interval reported window by window),
+/// then the rest at the capture's end. A long capture so becomes a record
+/// per destination and interval, where `import` gives one per boot.
+pub fn report_capture(
+    path: &std::path::Path,
+    labels: DeviceLabels,
+    state: &AgentState,
+    batch_records: usize,
+    interval: Duration,
+) -> Result<Vec<ReportBatch>> {
+    let mut harvester = Harvester::new(labels, state, batch_records);
+    harvester.report_open_connections(interval);
+    let step = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX).max(1);
+    let mut due: Option<i64> = None;
+    let mut batches = Vec::new();
+    let stats = capture::read_capture_file(path, |frame, _| {
+        let Some(ts_us) = frame.ts_us else { return };
+        let next = due.get_or_insert(ts_us.saturating_add(step));
+        while ts_us >= *next {
+            batches.extend(harvester.harvest(*next, false));
+            *next = next.saturating_add(step);
+        }
+        harvester.add(LiveFrame { ts_us, linktype: frame.linktype, data: frame.data, app: None });
+    })?;
+    let _ = stats;
+    batches.extend(harvester.harvest(harvester.last_ts_us, true));
+    Ok(batches)
+}
+
 /// Turns one boot's live traffic into batches, interval by interval.
 #[derive(Debug)]
 pub struct Harvester {

@@ -140,6 +140,24 @@ impl FleetProfile {
         Ok(profile)
     }
 
+    /// The same fleet on for a day: one boot per device lasting 24 hours,
+    /// in which every contact made once per boot is made again every 10
+    /// minutes or so (each gap 5 to 15 minutes), as a device's clouds,
+    /// time servers and checks are called all day; timers keep their own
+    /// period. Live mode reports such a day as a record per destination
+    /// and 15-minute window.
+    pub fn day_long(mut self) -> Self {
+        self.capture_seconds = 86_400.0;
+        self.boots_per_device = [1, 1];
+        let contacts = self.everyone.iter_mut().chain(&mut self.background);
+        for c in contacts.chain(self.models.iter_mut().flat_map(|m| &mut m.contact)) {
+            if c.every.is_none() {
+                (c.every, c.jitter) = (Some(DAY_REPEAT_S), 0.5);
+            }
+        }
+        self
+    }
+
     /// The destination called `name`.
     pub fn destination(&self, name: &str) -> Option<&Destination> {
         self.destinations.iter().find(|d| d.name == name)
@@ -207,6 +225,9 @@ impl FleetProfile {
     }
 }
 
+/// Seconds between a day-long boot's repeated contacts, on average.
+const DAY_REPEAT_S: f64 = 600.0;
+
 /// Parses "aa:bb:cc".
 pub(crate) fn parse_oui(text: &str) -> Option<[u8; 3]> {
     let parts: Vec<u8> = text.split(':').map(|p| u8::from_str_radix(p, 16).ok()).collect::<Option<_>>()?;
@@ -234,6 +255,25 @@ mod tests {
                 .iter()
                 .any(|c| c.destination == "api.account.xiaomi.com" && c.share == 1.0 && c.at[1] <= 10.0)
         );
+    }
+
+    #[test]
+    fn the_day_long_fleet_is_the_same_fleet_on_all_day() {
+        let profile = FleetProfile::from_toml(super::super::DEFAULT_PROFILE).expect("default profile");
+        let day = profile.clone().day_long();
+        assert_eq!((day.capture_seconds, day.boots_per_device), (86_400.0, [1, 1]));
+        assert_eq!(day.models.len(), profile.models.len());
+        day.check().expect("a valid profile");
+        let contacts = |p: &FleetProfile| -> Vec<Contact> {
+            p.everyone.iter().chain(&p.background).chain(p.models.iter().flat_map(|m| &m.contact)).cloned().collect()
+        };
+        for (was, now) in contacts(&profile).iter().zip(contacts(&day)) {
+            assert_eq!((&was.destination, was.share, was.at), (&now.destination, now.share, now.at));
+            match was.every {
+                Some(every) => assert_eq!((now.every, now.jitter), (Some(every), was.jitter), "{}", was.destination),
+                None => assert_eq!((now.every, now.jitter), (Some(DAY_REPEAT_S), 0.5), "{}", was.destination),
+            }
+        }
     }
 
     #[test]

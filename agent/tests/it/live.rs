@@ -439,3 +439,63 @@ fn run_tells_systemd_it_is_ready_alive_and_stopping() {
     }
     assert!(child.0.wait().expect("wait").success(), "{}", stderr.join().expect("stderr"));
 }
+
+/// A device on all day, reported as live mode reports it every 15
+/// minutes: the contact it makes at boot and repeats all day (gaps of 5
+/// to 15 minutes) gives a record in nearly every report, each inside the
+/// day.
+#[test]
+fn a_day_long_boot_reported_every_15_minutes_gives_a_record_per_destination_and_window() {
+    use leakwatch_agent::import::DeviceLabels;
+    use leakwatch_agent::simulate::{FleetProfile, simulate_fleet};
+    let profile = FleetProfile::from_toml(
+        r#"
+seed = 7
+boots_per_device = [1, 1]
+capture_seconds = 240
+start = "2026-10-01T06:00:00Z"
+
+[[destination]]
+name = "cloud.vendor.example"
+ip = "203.0.113.10"
+port = 443
+kind = "tls"
+out_bytes = [800, 1200]
+in_bytes = [400, 900]
+
+[[model]]
+vendor = "Vendor"
+model = "Plug"
+devices = 1
+oui = "d8:f1:5b"
+firmware = ["1.0"]
+contact = [{ destination = "cloud.vendor.example", share = 1.0, at = [2.0, 4.0] }]
+"#,
+    )
+    .expect("profile")
+    .day_long();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = simulate_fleet(&profile, dir.path(), None, None, |_, _| {}).expect("simulate");
+    let state = leakwatch_agent::state::AgentState::open(&dir.path().join("state")).expect("state");
+    let labels = DeviceLabels { vendor: "Vendor".into(), model: "Plug".into(), ..Default::default() };
+    let batches = leakwatch_agent::live::report_capture(
+        &dir.path().join(&manifest.captures[0].file),
+        labels,
+        &state,
+        1000,
+        Duration::from_secs(900),
+    )
+    .expect("report");
+    let records: Vec<_> = batches.iter().flat_map(|b| &b.records).collect();
+    // A connection record per report (its DNS lookups are records of
+    // their own); its window starts at the minute of its first
+    // packet (a connection that ended after a report counts in the next).
+    let cloud: Vec<_> = records.iter().filter(|r| r.domain == "cloud.vendor.example" && r.dst_port == 443).collect();
+    assert!((90..=97).contains(&cloud.len()), "{} records in 96 reports", cloud.len());
+    let first = records.iter().map(|r| r.seconds_since_boot).fold(f64::INFINITY, f64::min);
+    let last = records.iter().map(|r| r.seconds_since_boot).fold(0.0, f64::max);
+    // The last report begins within the day's last half hour.
+    assert!(first < 10.0 && last > 84_600.0 && last < 86_400.0, "{first} .. {last}");
+    let connections: u64 = cloud.iter().map(|r| u64::from(r.connections)).sum();
+    assert!((96..=300).contains(&connections), "{connections} connections in a day");
+}
