@@ -24,11 +24,13 @@ use leakwatch_proto::v1::{DeviceInfo, EnrollRequest, FlowRecord, ReportAck, Repo
 use prost::Message as _;
 
 // The benches' shared parts (and the collector binary's allocator); this
-// one uses only the bench directory and the environment reader.
+// one uses the bench directory, the environment reader and the Parquet
+// sizes.
 #[allow(dead_code)]
 mod common;
 
-use common::{bench_dir, env_or};
+use common::{bench_dir, env_or, parquet_sizes};
+use leakwatch::demo::FleetKind;
 
 const CLIENTS: usize = 50;
 const RECORDS: usize = 1000;
@@ -408,28 +410,43 @@ fn main() {
         println!("  raw RocksDB sync=true ceiling:   {raw:>12.0} records/s  (same payloads, {CLIENTS} writer threads)");
         println!("  ingest / raw ceiling:            {:>12.2}  (goal >= 0.5)", full / raw);
 
-        // Parquet bytes per record on the simulated fleet.
-        let config = ServeConfig::loopback(dir.path().join("fleet"));
-        let server = Server::start(config).await.expect("start collector");
-        let report =
-            leakwatch::demo::run_pipeline(&server, &dir.path().join("fleet-work"), None, None).await.expect("fleet");
-        server.shutdown().await.expect("shutdown");
-        let mut bytes = 0u64;
-        let mut stack = vec![dir.path().join("fleet/store")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "parquet") {
-                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-            }
+        // Parquet bytes per record on the simulated fleet, and on the same
+        // fleet on for a day and reported every 15 minutes.
+        let mut fleets = Vec::new();
+        for (kind, name, devices) in [
+            (FleetKind::Boots, "simulated fleet", None),
+            (FleetKind::DayLong, "day-long fleet", Some(env_or("BENCH_DAY_DEVICES", 60u32))),
+        ] {
+            let data = dir.path().join(format!("fleet-{kind:?}"));
+            let server = Server::start(ServeConfig::loopback(data.join("collector"))).await.expect("start collector");
+            let report = leakwatch::demo::run_fleet(&server, &data.join("work"), kind, devices, None)
+                .await
+                .expect("fleet");
+            server.shutdown().await.expect("shutdown");
+            let sizes = parquet_sizes(&data.join("collector/store"));
+            println!(
+                "  Parquet on the {name}: {:>9.1} bytes/record ({} bytes, {} records of {} captures; goal <= 10)",
+                sizes.per_record(sizes.bytes),
+                sizes.bytes,
+                sizes.rows,
+                report.captures
+            );
+            fleets.push(sizes);
+        }
+        println!("    bytes per record by column        simulated  day-long");
+        for (column, bytes) in &fleets[0].columns {
+            let day = fleets[1].columns.iter().find(|(c, _)| c == column).map_or(0, |(_, b)| *b);
+            println!(
+                "      {column:<30} {:>9.2} {:>9.2}",
+                fleets[0].per_record(*bytes),
+                fleets[1].per_record(day)
+            );
         }
         println!(
-            "  Parquet on the simulated fleet:  {:>12.1} bytes/record ({bytes} bytes, {} records; goal <= 10)",
-            bytes as f64 / report.records_accepted.max(1) as f64,
-            report.records_accepted
+            "      {:<30} {:>9.2} {:>9.2}",
+            "(footers, page indexes)",
+            fleets[0].per_record(fleets[0].rest()),
+            fleets[1].per_record(fleets[1].rest())
         );
     });
     // What a restart of the first collector reads again: the WAL files it

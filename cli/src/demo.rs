@@ -15,6 +15,7 @@ use leakwatch_agent::import::{DEFAULT_BATCH_RECORDS, DeviceLabels, import_captur
 use leakwatch_agent::simulate::{DEFAULT_PROFILE, FleetManifest, FleetProfile, ManifestEntry, simulate_fleet};
 use leakwatch_agent::state::AgentState;
 use leakwatch_agent::uploader::Uploader;
+use leakwatch_proto::v1::ReportBatch;
 use leakwatch_query::format::{OutputFormat, render};
 use leakwatch_query::rules::rule;
 
@@ -41,8 +42,43 @@ fn progress(tty: bool, text: &str) {
     }
 }
 
+/// Which fleet, and how its captures reach the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetKind {
+    /// The built-in fleet's four-minute boots, each capture imported whole
+    /// (`leakwatch-agent import`): a record per destination and boot.
+    Boots,
+    /// The same fleet on for a day ([`FleetProfile::day_long`]), each
+    /// capture reported as `leakwatch-agent run` reports live traffic
+    /// every 15 minutes: a record per destination and window.
+    DayLong,
+}
+
+impl FleetKind {
+    /// Live mode's report interval for a day-long fleet.
+    const DAY_REPORT_INTERVAL: Duration = Duration::from_secs(900);
+
+    /// Where its captures go under a data directory.
+    fn captures_dir(self, data_dir: &Path) -> PathBuf {
+        match self {
+            Self::Boots => data_dir.join("captures"),
+            Self::DayLong => data_dir.join("captures-day"),
+        }
+    }
+
+    /// The capture at `path` as the batches an agent sends.
+    fn batches(self, path: &Path, labels: DeviceLabels, state: &AgentState) -> Result<Vec<ReportBatch>> {
+        Ok(match self {
+            Self::Boots => import_capture(path, &labels, state, DEFAULT_BATCH_RECORDS)?.batches,
+            Self::DayLong => {
+                leakwatch_agent::live::report_capture(path, labels, state, DEFAULT_BATCH_RECORDS, Self::DAY_REPORT_INTERVAL)?
+            }
+        })
+    }
+}
+
 /// Prepares the fleet captures under `dir` (reusing them when present).
-fn fleet(dir: &Path, devices: Option<u32>, seed: Option<u64>) -> Result<FleetManifest> {
+fn fleet(dir: &Path, kind: FleetKind, devices: Option<u32>, seed: Option<u64>) -> Result<FleetManifest> {
     if let Ok(manifest) = FleetManifest::read(dir) {
         let want_seed = seed.unwrap_or(manifest.seed);
         if manifest.seed == want_seed && devices.is_none_or(|d| d == manifest.devices) {
@@ -50,6 +86,10 @@ fn fleet(dir: &Path, devices: Option<u32>, seed: Option<u64>) -> Result<FleetMan
         }
     }
     let profile = FleetProfile::from_toml(DEFAULT_PROFILE)?;
+    let profile = match kind {
+        FleetKind::Boots => profile,
+        FleetKind::DayLong => profile.day_long(),
+    };
     let tty = std::io::stderr().is_terminal();
     let manifest = simulate_fleet(&profile, dir, devices, seed, |done, total| {
         progress(tty, &format!("simulating devices {done}/{total}"));
@@ -92,6 +132,17 @@ pub async fn run_pipeline(
     run_pipeline_over(&[server], data_dir, devices, seed).await
 }
 
+/// [`run_pipeline`] with the fleet `kind`.
+pub async fn run_fleet(
+    server: &Server,
+    data_dir: &Path,
+    kind: FleetKind,
+    devices: Option<u32>,
+    seed: Option<u64>,
+) -> Result<DemoReport> {
+    run_fleet_over(&[server], data_dir, kind, devices, seed).await
+}
+
 /// [`run_pipeline`] with the volunteers spread over `servers` (volunteer
 /// `v` reports to `servers[v % n]`, as a load balancer would place them);
 /// each server flushes, and the first one refreshes its dashboard and
@@ -102,10 +153,21 @@ pub async fn run_pipeline_over(
     devices: Option<u32>,
     seed: Option<u64>,
 ) -> Result<DemoReport> {
+    run_fleet_over(servers, data_dir, FleetKind::Boots, devices, seed).await
+}
+
+/// [`run_pipeline_over`] with the fleet `kind`.
+async fn run_fleet_over(
+    servers: &[&Server],
+    data_dir: &Path,
+    kind: FleetKind,
+    devices: Option<u32>,
+    seed: Option<u64>,
+) -> Result<DemoReport> {
     let Some(server) = servers.first() else { return Err(Error::Config("no collector to report to".into())) };
     let started = Instant::now();
-    let captures_dir = data_dir.join("captures");
-    let manifest = fleet(&captures_dir, devices, seed)?;
+    let captures_dir = kind.captures_dir(data_dir);
+    let manifest = fleet(&captures_dir, kind, devices, seed)?;
     eprintln!(
         "fleet: {} devices, {} boot captures in {}",
         manifest.devices,
@@ -130,8 +192,7 @@ pub async fn run_pipeline_over(
                 boot_time_us: None,
                 app: None,
             };
-            let imported = import_capture(&captures_dir.join(&entry.file), &labels, &state, DEFAULT_BATCH_RECORDS)?;
-            for batch in &imported.batches {
+            for batch in &kind.batches(&captures_dir.join(&entry.file), labels, &state)? {
                 uploader.send(batch).await?;
             }
             sent += 1;

@@ -149,3 +149,61 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     }
     bytes
 }
+
+/// The Parquet files under `dir`: their bytes, their rows, and the
+/// compressed bytes of each column (its pages, summed over row groups and
+/// files), in schema order; what the files hold beyond their columns'
+/// pages (footers, magic) is the rest. (Only the ingest benchmark's.)
+#[allow(dead_code)]
+pub struct ParquetSizes {
+    pub bytes: u64,
+    pub rows: u64,
+    pub columns: Vec<(String, u64)>,
+}
+
+#[allow(dead_code)]
+pub fn parquet_sizes(dir: &Path) -> ParquetSizes {
+    use parquet::file::reader::{FileReader as _, SerializedFileReader};
+    let mut sizes = ParquetSizes { bytes: 0, rows: 0, columns: Vec::new() };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "parquet") {
+                continue;
+            }
+            sizes.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            let file = std::fs::File::open(&p).expect("open a Parquet file");
+            let reader = SerializedFileReader::new(file).expect("a Parquet footer");
+            let meta = reader.metadata();
+            sizes.rows += u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
+            for group in meta.row_groups() {
+                for column in group.columns() {
+                    let name = column.column_path().string();
+                    let bytes = u64::try_from(column.compressed_size()).unwrap_or(0);
+                    match sizes.columns.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, total)) => *total += bytes,
+                        None => sizes.columns.push((name, bytes)),
+                    }
+                }
+            }
+        }
+    }
+    sizes
+}
+
+#[allow(dead_code)]
+impl ParquetSizes {
+    pub fn per_record(&self, bytes: u64) -> f64 {
+        bytes as f64 / self.rows.max(1) as f64
+    }
+
+    /// Bytes of the files beyond their columns' pages.
+    pub fn rest(&self) -> u64 {
+        self.bytes.saturating_sub(self.columns.iter().map(|(_, b)| b).sum())
+    }
+}
