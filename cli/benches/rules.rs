@@ -26,7 +26,8 @@
 //! `BENCH_PYTHON` (a Python with `duckdb`; without it DuckDB is skipped
 //! and said so), `BENCH_MEMORY_MIB` (leakwatch's query
 //! memory limit, default 16384), `BENCH_RUNS`, `BENCH_BALLISTA_RUNS`
-//! (default 1; 0 skips Ballista), `BENCH_RULES` (rule names, comma-separated,
+//! (default 1; 0 skips Ballista), `BENCH_BALLISTA_EXECUTORS` (the
+//! clusters' numbers of executors, comma-separated, default `1,2`), `BENCH_RULES` (rule names, comma-separated,
 //! to run only those), `BENCH_FLOWS` (a `flows` directory an earlier run
 //! kept with `BENCH_KEEP`: time the rules on its files instead of writing
 //! new ones), `BENCH_VARIANTS` (a directory of rule files: each
@@ -313,7 +314,12 @@ fn main() {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut clusters = Vec::new();
-        for executors in [1usize, 2] {
+        let counts = std::env::var("BENCH_BALLISTA_EXECUTORS").unwrap_or_else(|_| "1,2".into());
+        let counts: Vec<usize> = counts
+            .split(',')
+            .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("BENCH_BALLISTA_EXECUTORS={counts}: numbers of executors, comma-separated")))
+            .collect();
+        for executors in counts {
             let slots = (cores / executors).max(1);
             let url = leakwatch_query::ballista::start_local_cluster(&store, executors, slots)
                 .await
@@ -341,18 +347,13 @@ fn main() {
             "  Ballista, in-process scheduler with {} (best of {ballista_runs}; on {cores} cores this is overhead, not speed-up):",
             described.join(", then ")
         );
-        println!("  {:<NAME_WIDTH$} {:>12} {:>12} {:>8} {:>12} {:>8} {:>6}", "rule", "leakwatch s", "1 exec s", "ratio", "2 exec s", "ratio", "rows");
+        let heads: String = clusters.iter().map(|(n, _, _)| format!(" {:>12} {:>8}", format!("{n} exec s"), "ratio")).collect();
+        println!("  {:<NAME_WIDTH$} {:>12}{heads} {:>6}", "rule", "leakwatch s", "rows");
         for (rule, (secs, found)) in &ours {
             let per: Vec<(f64, u64)> = clusters.iter().map(|(_, _, t)| t[rule]).collect();
             let same = per.iter().all(|(_, rows)| rows == found);
-            println!(
-                "  {rule:<NAME_WIDTH$} {secs:>12.3} {:>12.3} {:>8.2} {:>12.3} {:>8.2} {:>6}",
-                per[0].0,
-                per[0].0 / secs,
-                per[1].0,
-                per[1].0 / secs,
-                if same { "same" } else { "DIFFER" }
-            );
+            let cells: String = per.iter().map(|(t, _)| format!(" {t:>12.3} {:>8.2}", t / secs)).collect();
+            println!("  {rule:<NAME_WIDTH$} {secs:>12.3}{cells} {:>6}", if same { "same" } else { "DIFFER" });
         }
     });
 }

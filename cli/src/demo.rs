@@ -70,9 +70,13 @@ impl FleetKind {
     fn batches(self, path: &Path, labels: DeviceLabels, state: &AgentState) -> Result<Vec<ReportBatch>> {
         Ok(match self {
             Self::Boots => import_capture(path, &labels, state, DEFAULT_BATCH_RECORDS)?.batches,
-            Self::DayLong => {
-                leakwatch_agent::live::report_capture(path, labels, state, DEFAULT_BATCH_RECORDS, Self::DAY_REPORT_INTERVAL)?
-            }
+            Self::DayLong => leakwatch_agent::live::report_capture(
+                path,
+                labels,
+                state,
+                DEFAULT_BATCH_RECORDS,
+                Self::DAY_REPORT_INTERVAL,
+            )?,
         })
     }
 }
