@@ -17,6 +17,8 @@
 //! machine.
 //!
 //! Environment: `BENCH_DASHBOARD_RECORDS`, `BENCH_SECS`, `BENCH_CONNECTIONS`,
+//! `BENCH_MEMORY_MIB` (the collector's query memory, default the `serve`
+//! default 1024),
 //! `BENCH_DIR` (default the system temp dir), `BENCH_KEEP` (set: keep the
 //! files), `WRK` (default `wrk`),
 //! `LEAKWATCH_LOG` (the collector's log filter, default `warn`; e.g.
@@ -122,12 +124,16 @@ fn main() {
 
         let mut config = ServeConfig::loopback(dir.path().join("collector"));
         config.dashboard = DashboardConfig { requests_per_second: 1_000_000, ..DashboardConfig::default() };
+        config.query.memory_limit_bytes = env_or("BENCH_MEMORY_MIB", 1024usize) << 20;
         let server = Server::start(config).await.expect("start collector");
-        // The refresh the start requested, then one more, timed alone (the
-        // work a flush with new rows triggers).
-        let waited = Instant::now();
-        while server.dashboard.refreshes() == 0 && waited.elapsed().as_secs() < 3600 {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // The refresh the start requested (one at a time: this one waits
+        // for it), then one more, timed alone (the work a flush with new
+        // rows triggers). A refresh that fails ends the benchmark, saying
+        // why (the collector would keep trying).
+        if let Err(e) = server.dashboard.refresh().await {
+            println!("  aggregates: the refresh failed: {e}");
+            server.shutdown().await.expect("shutdown");
+            std::process::exit(1);
         }
         let t0 = Instant::now();
         server.dashboard.refresh().await.expect("refresh");

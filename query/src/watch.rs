@@ -91,7 +91,9 @@ impl Watch {
         }
         loop {
             let Some(stall_after) = self.stall_after else {
-                return self.stream.next().await.map(|batch| batch.map_err(Error::from));
+                let batch = self.stream.next().await;
+                self.done = batch.is_none();
+                return batch.map(|batch| batch.map_err(Error::from));
             };
             let mut seen = progress(&self.plan);
             let mut since = Instant::now();
@@ -99,9 +101,9 @@ impl Watch {
                 tokio::select! {
                     biased;
                     batch = self.stream.next() => {
-                        if batch.is_some() {
-                            self.again = None;
-                        }
+                        // Once a batch is out, the query is not planned again.
+                        self.again = None;
+                        self.done = batch.is_none();
                         return batch.map(|batch| batch.map_err(Error::from));
                     }
                     () = tokio::time::sleep(tick(stall_after)) => {
