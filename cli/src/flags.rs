@@ -198,6 +198,11 @@ pub struct QueryArgs {
     /// Time limit per query, seconds.
     #[arg(long, env = "LEAKWATCH_QUERY_TIMEOUT_SECS", default_value_t = 60)]
     pub query_timeout_secs: u64,
+    /// A query none of whose operators makes progress this many seconds
+    /// has stopped: run again on one partition if it sent nothing yet,
+    /// else failed (0: not watched; see docs/sql.md).
+    #[arg(long, env = "LEAKWATCH_QUERY_STALL_SECS", default_value_t = 30)]
+    pub query_stall_secs: u64,
     /// Run queries on an Apache DataFusion Ballista cluster: its
     /// scheduler's URL, df://HOST:PORT (see `leakwatch ballista`). The
     /// cluster reads the flushed files only; unflushed records stay with

@@ -38,8 +38,8 @@ impl QueryArgs {
         QueryConfig {
             memory_limit_bytes: self.query_memory_mib.saturating_mul(1024 * 1024),
             timeout: Duration::from_secs(self.query_timeout_secs),
+            stall_after: Duration::from_secs(self.query_stall_secs),
             ballista: self.ballista.clone(),
-            ..QueryConfig::default()
         }
     }
 }

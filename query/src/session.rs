@@ -33,7 +33,8 @@ pub struct QueryConfig {
     /// A query none of whose operators makes progress this long while its
     /// next batch is awaited has stopped (default 30 s; see
     /// [`crate::watch`]): planned again on one partition if it handed out
-    /// nothing yet, else failed with [`Error::Stalled`].
+    /// nothing yet, else failed with [`Error::Stalled`]. Zero: queries are
+    /// not watched.
     pub stall_after: Duration,
     /// Scheduler URL (`df://HOST:PORT`) of the Apache DataFusion Ballista
     /// cluster that runs the queries, on the flushed files only (see
@@ -390,7 +391,8 @@ impl QuerySession {
     /// cluster, its errors name the cluster.
     async fn stream(&self, plan: LogicalPlan) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
         let Some(url) = &self.cluster else {
-            return crate::watch::run(self.ctx.state(), plan, self.stall_after).await;
+            let watched = (!self.stall_after.is_zero()).then_some(self.stall_after);
+            return crate::watch::run(self.ctx.state(), plan, watched).await;
         };
         let url = url.clone();
         let name_cluster = move |e: datafusion::error::DataFusionError| on_cluster(Some(&url), e.into());

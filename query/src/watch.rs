@@ -77,7 +77,7 @@ struct Watch {
     again: Option<(SessionState, LogicalPlan)>,
     plan: Arc<dyn ExecutionPlan>,
     stream: SendableRecordBatchStream,
-    /// `None`: not watched (planned on one partition).
+    /// `None`: not watched (planned on one partition, or watching off).
     stall_after: Option<Duration>,
     done: bool,
 }
@@ -149,14 +149,16 @@ async fn start(
     Ok((plan, stream))
 }
 
-/// Runs `logical` in `state`: its batches, watched as the module says.
+/// Runs `logical` in `state`: its batches, watched as the module says
+/// when `stall_after` is given.
 pub(crate) async fn run(
     state: SessionState,
     logical: LogicalPlan,
-    stall_after: Duration,
+    stall_after: Option<Duration>,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
     let (plan, stream) = start(&state, &logical).await?;
-    let watch = Watch { again: Some((state, logical)), plan, stream, stall_after: Some(stall_after), done: false };
+    let again = stall_after.map(|_| (state, logical));
+    let watch = Watch { again, plan, stream, stall_after, done: false };
     Ok(futures::stream::unfold(watch, |mut watch| async move { watch.next().await.map(|batch| (batch, watch)) })
         .boxed())
 }
