@@ -390,7 +390,7 @@ pub fn report_capture(
     let step = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX).max(1);
     let mut due: Option<i64> = None;
     let mut batches = Vec::new();
-    let stats = capture::read_capture_file(path, |frame, _| {
+    capture::read_capture_file(path, |frame, _| {
         let Some(ts_us) = frame.ts_us else { return };
         let next = due.get_or_insert(ts_us.saturating_add(step));
         while ts_us >= *next {
@@ -399,7 +399,6 @@ pub fn report_capture(
         }
         harvester.add(LiveFrame { ts_us, linktype: frame.linktype, data: frame.data, app: None });
     })?;
-    let _ = stats;
     batches.extend(harvester.harvest(harvester.last_ts_us, true));
     Ok(batches)
 }

@@ -419,7 +419,7 @@ fn main() {
         ] {
             let data = dir.path().join(format!("fleet-{kind:?}"));
             let server = Server::start(ServeConfig::loopback(data.join("collector"))).await.expect("start collector");
-            let report = leakwatch::demo::run_fleet(&server, &data.join("work"), kind, devices, None)
+            let report = leakwatch::demo::run_fleet(&[&server], &data.join("work"), kind, devices, None)
                 .await
                 .expect("fleet");
             server.shutdown().await.expect("shutdown");

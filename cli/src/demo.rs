@@ -136,17 +136,6 @@ pub async fn run_pipeline(
     run_pipeline_over(&[server], data_dir, devices, seed).await
 }
 
-/// [`run_pipeline`] with the fleet `kind`.
-pub async fn run_fleet(
-    server: &Server,
-    data_dir: &Path,
-    kind: FleetKind,
-    devices: Option<u32>,
-    seed: Option<u64>,
-) -> Result<DemoReport> {
-    run_fleet_over(&[server], data_dir, kind, devices, seed).await
-}
-
 /// [`run_pipeline`] with the volunteers spread over `servers` (volunteer
 /// `v` reports to `servers[v % n]`, as a load balancer would place them);
 /// each server flushes, and the first one refreshes its dashboard and
@@ -157,11 +146,11 @@ pub async fn run_pipeline_over(
     devices: Option<u32>,
     seed: Option<u64>,
 ) -> Result<DemoReport> {
-    run_fleet_over(servers, data_dir, FleetKind::Boots, devices, seed).await
+    run_fleet(servers, data_dir, FleetKind::Boots, devices, seed).await
 }
 
 /// [`run_pipeline_over`] with the fleet `kind`.
-async fn run_fleet_over(
+pub async fn run_fleet(
     servers: &[&Server],
     data_dir: &Path,
     kind: FleetKind,

@@ -246,15 +246,13 @@ impl SessionFactory {
     }
 }
 
-/// `e` of a query that ran on the Ballista cluster at `cluster` (if any),
-/// naming it: a cluster that cannot be reached or fails otherwise shows up
-/// only when a query runs.
-fn on_cluster(cluster: Option<&str>, e: Error) -> Error {
-    match (cluster, e) {
-        (Some(url), e @ (Error::Internal(_) | Error::DataFusion(_))) => {
-            Error::Cluster { url: url.to_string(), source: Box::new(e) }
-        }
-        (_, e) => e,
+/// `e` of a query that ran on the Ballista cluster at `url`, naming it: a
+/// cluster that cannot be reached or fails otherwise shows up only when a
+/// query runs.
+fn on_cluster(url: &str, e: Error) -> Error {
+    match e {
+        e @ (Error::Internal(_) | Error::DataFusion(_)) => Error::Cluster { url: url.to_string(), source: Box::new(e) },
+        e => e,
     }
 }
 
@@ -395,7 +393,7 @@ impl QuerySession {
             return crate::watch::run(self.ctx.state(), plan, watched).await;
         };
         let url = url.clone();
-        let name_cluster = move |e: datafusion::error::DataFusionError| on_cluster(Some(&url), e.into());
+        let name_cluster = move |e: datafusion::error::DataFusionError| on_cluster(&url, e.into());
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let stream = frame.execute_stream().await.map_err(&name_cluster)?;
         Ok(stream.map(move |batch| batch.map_err(&name_cluster)).boxed())

@@ -158,6 +158,11 @@ impl FleetProfile {
         self
     }
 
+    /// Every contact: everyone's, the background's, each model's.
+    pub fn contacts(&self) -> impl Iterator<Item = &Contact> {
+        self.everyone.iter().chain(&self.background).chain(self.models.iter().flat_map(|m| &m.contact))
+    }
+
     /// The destination called `name`.
     pub fn destination(&self, name: &str) -> Option<&Destination> {
         self.destinations.iter().find(|d| d.name == name)
@@ -181,8 +186,7 @@ impl FleetProfile {
         if self.models.is_empty() {
             return Err(Error::Profile("at least one [[model]] is needed".into()));
         }
-        let contacts = self.everyone.iter().chain(&self.background).chain(self.models.iter().flat_map(|m| &m.contact));
-        for c in contacts {
+        for c in self.contacts() {
             if self.destination(&c.destination).is_none() {
                 return Err(Error::Profile(format!("contact names unknown destination {:?}", c.destination)));
             }
@@ -264,10 +268,7 @@ mod tests {
         assert_eq!((day.capture_seconds, day.boots_per_device), (86_400.0, [1, 1]));
         assert_eq!(day.models.len(), profile.models.len());
         day.check().expect("a valid profile");
-        let contacts = |p: &FleetProfile| -> Vec<Contact> {
-            p.everyone.iter().chain(&p.background).chain(p.models.iter().flat_map(|m| &m.contact)).cloned().collect()
-        };
-        for (was, now) in contacts(&profile).iter().zip(contacts(&day)) {
+        for (was, now) in profile.contacts().zip(day.contacts()) {
             assert_eq!((&was.destination, was.share, was.at), (&now.destination, now.share, now.at));
             match was.every {
                 Some(every) => assert_eq!((now.every, now.jitter), (Some(every), was.jitter), "{}", was.destination),

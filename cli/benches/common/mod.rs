@@ -134,8 +134,9 @@ fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usi
     (copies * base_rows, copies)
 }
 
-pub fn dir_bytes(dir: &Path) -> u64 {
-    let mut bytes = 0;
+/// Every file under `dir`, at any depth, with its length.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -143,11 +144,15 @@ pub fn dir_bytes(dir: &Path) -> u64 {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                files.push((p, e.metadata().map(|m| m.len()).unwrap_or(0)));
             }
         }
     }
-    bytes
+    files
+}
+
+pub fn dir_bytes(dir: &Path) -> u64 {
+    files_under(dir).iter().map(|(_, len)| len).sum()
 }
 
 /// The Parquet files under `dir`: their bytes, their rows, and the
@@ -165,30 +170,22 @@ pub struct ParquetSizes {
 pub fn parquet_sizes(dir: &Path) -> ParquetSizes {
     use parquet::file::reader::{FileReader as _, SerializedFileReader};
     let mut sizes = ParquetSizes { bytes: 0, rows: 0, columns: Vec::new() };
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            if p.extension().is_none_or(|x| x != "parquet") {
-                continue;
-            }
-            sizes.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-            let file = std::fs::File::open(&p).expect("open a Parquet file");
-            let reader = SerializedFileReader::new(file).expect("a Parquet footer");
-            let meta = reader.metadata();
-            sizes.rows += u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
-            for group in meta.row_groups() {
-                for column in group.columns() {
-                    let name = column.column_path().string();
-                    let bytes = u64::try_from(column.compressed_size()).unwrap_or(0);
-                    match sizes.columns.iter_mut().find(|(n, _)| *n == name) {
-                        Some((_, total)) => *total += bytes,
-                        None => sizes.columns.push((name, bytes)),
-                    }
+    for (p, len) in files_under(dir) {
+        if p.extension().is_none_or(|x| x != "parquet") {
+            continue;
+        }
+        sizes.bytes += len;
+        let file = std::fs::File::open(&p).expect("open a Parquet file");
+        let reader = SerializedFileReader::new(file).expect("a Parquet footer");
+        let meta = reader.metadata();
+        sizes.rows += u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
+        for group in meta.row_groups() {
+            for column in group.columns() {
+                let name = column.column_path().string();
+                let bytes = u64::try_from(column.compressed_size()).unwrap_or(0);
+                match sizes.columns.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, total)) => *total += bytes,
+                    None => sizes.columns.push((name, bytes)),
                 }
             }
         }
