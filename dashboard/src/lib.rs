@@ -9,6 +9,8 @@ pub mod aggregate;
 pub mod charts;
 mod export;
 mod feeds;
+#[cfg(test)]
+mod incremental_tests;
 pub mod lists;
 pub mod mud;
 mod pages;
@@ -28,6 +30,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use leakwatch_query::SessionFactory;
+use leakwatch_query::digest::Digests;
 
 pub use aggregate::{Snapshot, Thresholds};
 pub use pages::{destination_href, finding_href, model_href};
@@ -174,6 +177,9 @@ struct Inner {
     site: Site,
     history: Arc<std::sync::Mutex<feeds::History>>,
     on_refresh: std::sync::OnceLock<Box<dyn Fn(Duration) + Send + Sync>>,
+    /// Each flushed file's digest, kept between refreshes: a refresh reads
+    /// the files flushed since the last one (see `leakwatch_query::digest`).
+    digests: Arc<Digests>,
 }
 
 /// What may be written into a list, a feed or a header: one line, no
@@ -243,6 +249,7 @@ impl Dashboard {
             site,
             history: Arc::new(std::sync::Mutex::new(history)),
             on_refresh: std::sync::OnceLock::new(),
+            digests: Arc::default(),
         })))
     }
 
@@ -268,12 +275,20 @@ impl Dashboard {
         self.0.pending.store(false, Ordering::SeqCst);
         let started = Instant::now();
         let (sessions, thresholds) = (self.0.sessions.clone(), self.0.config.thresholds);
-        let (site, history) = (self.0.site.clone(), self.0.history.clone());
+        let (site, history, digests) = (self.0.site.clone(), self.0.history.clone(), self.0.digests.clone());
         let computed = self
             .0
             .queries
             .spawn(async move {
-                let session = sessions.session().await?;
+                let (session, digested) = sessions.digest_session(&digests).await?;
+                tracing::debug!(
+                    files_read = digested.digested,
+                    files_kept = digested.kept,
+                    files_forgotten = digested.forgotten,
+                    digest_rows = digested.rows,
+                    digest_bytes = digested.bytes,
+                    "Digests brought up to date"
+                );
                 let mut snapshot = aggregate::compute(&session, thresholds).await?;
                 let (left_out, set_aside) = sessions.flow_store().unreadable_counts();
                 snapshot.unreadable_files = left_out as u64 + set_aside;

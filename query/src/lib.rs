@@ -20,6 +20,7 @@
 pub mod ballista;
 mod bounded;
 mod copies;
+pub mod digest;
 pub mod files;
 pub mod format;
 pub mod materialise;

@@ -17,6 +17,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::{StreamExt as _, TryStreamExt as _};
 
+use crate::digest::DigestStats;
 use crate::schema::flows_schema;
 use crate::store::FlowStore;
 use crate::{Error, Result};
@@ -152,6 +153,23 @@ impl SessionFactory {
 
     /// A new session with a fresh snapshot of the data.
     pub async fn session(&self) -> Result<QuerySession> {
+        Ok(self.open(None).await?.0)
+    }
+
+    /// A new session whose `flows` is the digest of a fresh snapshot of
+    /// the data (see [`crate::digest`]): `digests` brought up to the
+    /// files listed now, and the tail's. Only what the dashboard's queries
+    /// and the rules read of `flows` is in it, and its views of devices
+    /// and boots are left out. It runs here, also when queries otherwise
+    /// run on a cluster: the digests are this process's.
+    pub async fn digest_session(&self, digests: &crate::digest::Digests) -> Result<(QuerySession, DigestStats)> {
+        let local = Self { config: QueryConfig { ballista: None, ..self.config.clone() }, ..self.clone() };
+        let (session, stats) = local.open(Some(digests)).await?;
+        Ok((session, stats.unwrap_or_default()))
+    }
+
+    /// A session over the flows, or over their digests in `digests`.
+    async fn open(&self, digests: Option<&crate::digest::Digests>) -> Result<(QuerySession, Option<DigestStats>)> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.config.memory_limit_bytes, 1.0)
             .with_object_store_registry(Arc::new(self.flows.registry()))
@@ -200,26 +218,43 @@ impl SessionFactory {
         let losers = self.flows.losing_copies(&files, &tail_pairs).await?;
         let schema = view_schema(&flows_schema());
         let batches = snapshot.batches.into_iter().map(|b| in_schema(b, &schema)).collect::<Result<Vec<_>>>()?;
-        let mut flows = match (&self.config.ballista, files.is_empty()) {
-            // A plan the cluster can run: the files' table alone.
-            (Some(_), false) => None,
-            (Some(url), true) => {
-                return Err(Error::Invalid(format!(
-                    "--ballista {url}: {} holds no flushed files yet; the cluster reads flushed files only",
-                    self.flows
-                )));
-            }
-            (None, _) => Some(ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![batches])?))?),
+        if let (Some(url), true) = (&self.config.ballista, files.is_empty()) {
+            return Err(Error::Invalid(format!(
+                "--ballista {url}: {} holds no flushed files yet; the cluster reads flushed files only",
+                self.flows
+            )));
+        }
+        let loaded = self.mud.as_ref().map(crate::mud::MudLibrary::all).unwrap_or_default();
+        let mud = ctx.sql(&crate::mud::allowed_sql(&loaded)).await?.into_view();
+        ctx.register_table("mud_allowed", mud)?;
+        let session = QuerySession {
+            ctx,
+            timeout: self.config.timeout,
+            stall_after: self.config.stall_after,
+            cluster: self.config.ballista.clone(),
+            _pins: pins,
         };
+        if let Some(digests) = digests {
+            let tail = session.ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches])?))?;
+            let tail = if losers.is_empty() { tail } else { tail.filter(not_a_losing_copy(&losers))? };
+            let stats = digests.update(&session, &self.flows, &files, &losers, tail).await?;
+            return Ok((session, Some(stats)));
+        }
+        let mut flows = None;
         if !files.is_empty() {
             let urls = files.into_iter().map(|f| f.url).collect();
             let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-            let config =
-                ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
-            let flushed = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(schema.clone());
+            flows = Some(session.ctx.read_table(Arc::new(ListingTable::try_new(config)?))?);
+        }
+        // A cluster reads the files' table alone.
+        if self.config.ballista.is_none() {
+            let tail = session.ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches])?))?;
             flows = Some(match flows {
-                Some(tail) => flushed.union(tail)?,
-                None => flushed,
+                Some(flushed) => flushed.union(tail)?,
+                None => tail,
             });
         }
         let Some(mut flows) = flows else {
@@ -228,21 +263,12 @@ impl SessionFactory {
         if !losers.is_empty() {
             flows = flows.filter(not_a_losing_copy(&losers))?;
         }
-        ctx.register_table("flows", flows.into_view())?;
-        let loaded = self.mud.as_ref().map(crate::mud::MudLibrary::all).unwrap_or_default();
-        let mud = ctx.sql(&crate::mud::allowed_sql(&loaded)).await?.into_view();
-        ctx.register_table("mud_allowed", mud)?;
+        session.ctx.register_table("flows", flows.into_view())?;
         for (name, sql) in VIEWS {
-            let view = ctx.sql(sql).await?.into_view();
-            ctx.register_table(*name, view)?;
+            let view = session.ctx.sql(sql).await?.into_view();
+            session.ctx.register_table(*name, view)?;
         }
-        Ok(QuerySession {
-            ctx,
-            timeout: self.config.timeout,
-            stall_after: self.config.stall_after,
-            cluster: self.config.ballista.clone(),
-            _pins: pins,
-        })
+        Ok((session, None))
     }
 }
 
@@ -283,7 +309,7 @@ const SKIP_PARTIAL_AGGREGATION_RATIO: f64 = 0.1;
 
 /// True for rows of `flows` that are not in one of the `losers` (`(agent_id,
 /// batch_id)` copies of a batch another collector holds too).
-fn not_a_losing_copy(losers: &[(String, String)]) -> datafusion::logical_expr::Expr {
+pub(crate) fn not_a_losing_copy(losers: &[(String, String)]) -> datafusion::logical_expr::Expr {
     use datafusion::functions::expr_fn::concat;
     use datafusion::prelude::{col, lit};
     let mut ids: Vec<&str> = losers.iter().map(|(_, id)| id.as_str()).collect();
@@ -616,7 +642,7 @@ pub fn boundary_schema(schema: &Schema) -> SchemaRef {
 
 /// `schema` with plain strings and binaries replaced by their view types,
 /// as the session reads them.
-fn view_schema(schema: &Schema) -> SchemaRef {
+pub(crate) fn view_schema(schema: &Schema) -> SchemaRef {
     retyped(schema, |t| match t {
         DataType::Utf8 => Some(DataType::Utf8View),
         DataType::Binary => Some(DataType::BinaryView),

@@ -468,6 +468,14 @@ impl FlowStore {
         Ok(crate::copies::losing_copies(held))
     }
 
+    /// The `(agent_id, batch_id)` pairs of `file` as the last
+    /// [`Self::losing_copies`] read them (`None` for a store that is not
+    /// shared, or a file it did not list).
+    pub(crate) fn batches_listed(&self, file: &Listed) -> Option<Arc<Vec<(String, String)>>> {
+        let cache = self.footers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.get(&(file.meta.location.clone(), file.meta.size)).cloned()
+    }
+
     /// The `(agent_id, batch_id)` pairs of a file: those its footer lists,
     /// or, for a file without the list (written to a local store and
     /// moved here, or before footers listed batches), those of its

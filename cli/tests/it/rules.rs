@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use leakwatch::demo::run_pipeline;
 use leakwatch_collector::server::Server;
+use leakwatch_query::digest::Digests;
 use leakwatch_query::format::{OutputFormat, render};
 use leakwatch_query::rules::builtin_rules;
 
@@ -119,8 +120,12 @@ fn golden_path(dir: &str, rule: &str) -> PathBuf {
 /// that were not planted, planted rows missed, output other than the
 /// golden file in `golden_dir`), or the golden files rewritten when
 /// `LEAKWATCH_UPDATE_GOLDEN` is set.
+///
+/// Each rule must also answer the same over the digest of the flows,
+/// which the dashboard runs it on (see `leakwatch_query::digest`).
 async fn check_rules(server: &Server, planted: &[(&str, &[&str])], golden_dir: &str) -> Vec<String> {
     let session = server.sessions.session().await.expect("session");
+    let (digest, _) = server.sessions.digest_session(&Digests::default()).await.expect("digest session");
     let planted: BTreeMap<&str, &[&str]> = planted.iter().copied().collect();
     let update = std::env::var_os("LEAKWATCH_UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
@@ -128,6 +133,14 @@ async fn check_rules(server: &Server, planted: &[(&str, &[&str])], golden_dir: &
         let sql = rule.render(&BTreeMap::new()).expect("render");
         let batches = session.sql(&sql).await.unwrap_or_else(|e| panic!("rule {}: {e}", rule.name));
         let csv = render(&batches, OutputFormat::Csv).expect("csv");
+        let over_digest = digest.sql(&sql).await.unwrap_or_else(|e| panic!("rule {} over the digest: {e}", rule.name));
+        if render(&over_digest, OutputFormat::Csv).expect("csv") != csv {
+            failures.push(format!(
+                "{}: over the digest of the flows it answers otherwise:\n{}",
+                rule.name,
+                render(&over_digest, OutputFormat::Csv).expect("csv")
+            ));
+        }
         // No rows: no batch, nothing rendered.
         if let Some(header) = csv.lines().next() {
             assert_eq!(header, rule.columns.join(","), "rule {}: columns match its header", rule.name);

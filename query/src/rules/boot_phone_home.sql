@@ -15,7 +15,7 @@ WITH contacts AS (
          CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR)) ELSE domain END AS domain,
          CASE WHEN domain IS NULL THEN unnamed_destination(transport, dst_ip, CAST(dst_port AS VARCHAR))
               ELSE registrable_domain(domain) END AS reg,
-         seconds_since_boot, coalesce(source, 'unspecified') AS source
+         boot_pseudonym, seconds_since_boot, coalesce(source, 'unspecified') AS source
   FROM flows
   WHERE seconds_since_boot IS NOT NULL
 ),
@@ -52,7 +52,7 @@ reach_total AS (
   GROUP BY reg
 ),
 -- The pairs that pass every test. Only these get the columns that need
--- every contact (median time, host names, consent labels).
+-- every contact (host names, consent labels, the median first contact).
 found AS (
   SELECT p.vendor, p.model, p.reg, p.devices, m.n AS model_devices, r.d, t.total
   FROM per_model p
@@ -65,7 +65,6 @@ found AS (
 ),
 early AS (
   SELECT c.vendor, c.model, c.reg,
-         median(c.seconds_since_boot) AS median_s,
          array_to_string(array_sort(array_agg(DISTINCT c.domain)), ', ') AS hosts,
          array_to_string(array_sort(array_agg(DISTINCT c.consent)), ' | ') AS consent,
          array_to_string(array_sort(array_agg(DISTINCT c.source)), ', ') AS sources
@@ -73,12 +72,28 @@ early AS (
   JOIN found f ON f.vendor = c.vendor AND f.model = c.model AND f.reg = c.reg
   WHERE c.seconds_since_boot <= ${window_s}
   GROUP BY c.vendor, c.model, c.reg
+),
+-- Each boot's first contact within the window: the median is over boots,
+-- as on the dashboard, so a device that contacts the domain every few
+-- seconds after boot weighs as much as one that contacts it once.
+boot_first AS (
+  SELECT c.vendor, c.model, c.reg, min(c.seconds_since_boot) AS first_s
+  FROM contacts c
+  JOIN found f ON f.vendor = c.vendor AND f.model = c.model AND f.reg = c.reg
+  WHERE c.seconds_since_boot <= ${window_s}
+  GROUP BY c.vendor, c.model, c.reg, c.device_pseudonym, c.boot_pseudonym
+),
+first_contact AS (
+  SELECT vendor, model, reg, median(first_s) AS median_s
+  FROM boot_first
+  GROUP BY vendor, model, reg
 )
 SELECT f.vendor, f.model, f.reg AS domain, e.hosts, f.devices, f.model_devices,
        round(CAST(f.devices AS DOUBLE) / f.model_devices, 3) AS share,
-       round(e.median_s, 1) AS median_s,
+       round(b.median_s, 1) AS median_s,
        round(CAST(f.d AS DOUBLE) / f.total, 3) AS vendor_share,
        e.consent, e.sources
 FROM found f
 JOIN early e ON e.vendor = f.vendor AND e.model = f.model AND e.reg = f.reg
+JOIN first_contact b ON b.vendor = f.vendor AND b.model = f.model AND b.reg = f.reg
 ORDER BY share DESC, devices DESC, f.vendor, f.model, domain
