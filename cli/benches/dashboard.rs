@@ -16,7 +16,16 @@
 //! `BENCH_CONNECTIONS` connections (default 8) from 1 thread, on the same
 //! machine.
 //!
+//! Before that, the refresh: over `BENCH_DASHBOARD_RECORDS` records of
+//! the simulated fleet's four-minute boots, and again of the same fleet
+//! on all day (`BENCH_DAY_DEVICES` devices, default 60, reported every
+//! 15 minutes; see the ingest benchmark), each a full refresh (every
+//! file read) and one after `BENCH_NEW_RECORDS` new records (default
+//! 100,000) were flushed on top, which reads the new file alone. Goal:
+//! the second takes <= 2 % of the first's time.
+//!
 //! Environment: `BENCH_DASHBOARD_RECORDS`, `BENCH_SECS`, `BENCH_CONNECTIONS`,
+//! `BENCH_NEW_RECORDS`, `BENCH_DAY_DEVICES`,
 //! `BENCH_MEMORY_MIB` (the collector's query memory, default the `serve`
 //! default 1024),
 //! `BENCH_DIR` (default the system temp dir), `BENCH_KEEP` (set: keep the
@@ -28,12 +37,16 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use common::{Copies, bench_dir, env_or, replicate};
+use common::{Copies, bench_dir, env_or, replicate, replicate_fleet, write_new};
+use leakwatch::demo::FleetKind;
 use leakwatch_collector::log::DurableLog;
 use leakwatch_collector::server::{DataDir, ServeConfig, Server};
-use leakwatch_dashboard::{DashboardConfig, finding_href, model_href};
+use leakwatch_dashboard::{Dashboard, DashboardConfig, finding_href, model_href};
+use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, SessionFactory};
 
 /// What wrk's `done` hook prints: requests, errors (connect, read, write,
 /// timeout, and non-2xx/3xx statuses), p50/p95/p99 latency in
@@ -94,6 +107,65 @@ fn wrk(wrk: &str, script: &std::path::Path, url: &str, secs: u64, connections: u
     })
 }
 
+/// A full refresh of the aggregates over `target` records of the fleet
+/// `kind` (every file read), then one after `new_records` new records
+/// were flushed on top (the files read before are not read again): both
+/// times, and what the digests hold.
+async fn refresh_figures(
+    dir: &Path,
+    kind: FleetKind,
+    name: &str,
+    devices: Option<u32>,
+    target: usize,
+    new_records: usize,
+    memory: usize,
+) {
+    let root = dir.join(format!("refresh-{kind:?}"));
+    let store = root.join("store");
+    let (copies, base) = replicate_fleet(&root, &store.join("flows"), target, kind, devices).await;
+    let config = QueryConfig { memory_limit_bytes: memory, ..QueryConfig::default() };
+    let factory = SessionFactory::new(config, FlowStore::local(&store).expect("store"), Arc::new(FilesOnly));
+    let dashboard = Dashboard::new(factory, tokio::runtime::Handle::current(), DashboardConfig::default())
+        .expect("dashboard");
+    let t0 = Instant::now();
+    if let Err(e) = dashboard.refresh().await {
+        println!("refresh, {name}, {} records: the full refresh failed: {e}", copies.rows);
+        return;
+    }
+    let full = t0.elapsed();
+    let first = dashboard.digested();
+    let written = tokio::task::spawn_blocking({
+        let flows = store.join("flows");
+        move || write_new(&base, &flows, copies.copies, new_records, copies.copies as u64 + 1)
+    })
+    .await
+    .expect("write");
+    let t1 = Instant::now();
+    if let Err(e) = dashboard.refresh().await {
+        println!("refresh, {name}: the refresh after {written} new records failed: {e}");
+        return;
+    }
+    let after = t1.elapsed();
+    let then = dashboard.digested();
+    println!(
+        "refresh, {name}, {} records in {} files: full {full:.2?} (digests: {} rows, {:.1} MB in memory, {:.1} records per row)",
+        copies.rows,
+        first.digested,
+        first.rows,
+        first.bytes as f64 / 1e6,
+        copies.rows as f64 / first.rows.max(1) as f64,
+    );
+    println!(
+        "  after {written} new records: {after:.2?}, {:.1} % of the full refresh (goal <= 2 %); {} file read, {} kept",
+        100.0 * after.as_secs_f64() / full.as_secs_f64().max(1e-9),
+        then.digested,
+        then.kept,
+    );
+    if let Some(dir) = root.to_str().filter(|_| std::env::var_os("BENCH_KEEP").is_none()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 fn main() {
     // The binary's allocator setting (see `src/main.rs`).
     leakwatch_collector::allocator::keep_freed_memory_longer();
@@ -107,7 +179,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let memory = env_or("BENCH_MEMORY_MIB", 1024usize) << 20;
     rt.block_on(async {
+        let new_records: usize = env_or("BENCH_NEW_RECORDS", 100_000);
+        let day_devices = Some(env_or("BENCH_DAY_DEVICES", 60u32));
+        for (kind, name, devices) in
+            [(FleetKind::Boots, "four-minute boots", None), (FleetKind::DayLong, "day-long fleet", day_devices)]
+        {
+            refresh_figures(dir.path(), kind, name, devices, target, new_records, memory).await;
+        }
         // The collector's data directory: copies as flushed files, and its
         // log's watermark above them.
         let data = DataDir::new(dir.path().join("collector"));
@@ -124,7 +204,7 @@ fn main() {
 
         let mut config = ServeConfig::loopback(dir.path().join("collector"));
         config.dashboard = DashboardConfig { requests_per_second: 1_000_000, ..DashboardConfig::default() };
-        config.query.memory_limit_bytes = env_or("BENCH_MEMORY_MIB", 1024usize) << 20;
+        config.query.memory_limit_bytes = memory;
         let server = Server::start(config).await.expect("start collector");
         // The refresh the start requested (one at a time: this one waits
         // for it), then one more, timed alone (the work a flush with new

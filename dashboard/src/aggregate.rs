@@ -306,6 +306,9 @@ pub struct Snapshot {
     /// Flushed files that could not be read when these were computed (left
     /// out, or set aside by the collector): their rows are in no figure.
     pub unreadable_files: u64,
+    /// What the refresh read of the flushed files' digests.
+    #[serde(skip)]
+    pub digested: leakwatch_query::digest::DigestStats,
 }
 
 impl Snapshot {

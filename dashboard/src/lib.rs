@@ -30,7 +30,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use leakwatch_query::SessionFactory;
-use leakwatch_query::digest::Digests;
+use leakwatch_query::digest::{DigestStats, Digests};
 
 pub use aggregate::{Snapshot, Thresholds};
 pub use pages::{destination_href, finding_href, model_href};
@@ -264,6 +264,12 @@ impl Dashboard {
         self.0.published.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// What the last completed refresh read and kept of the flushed files'
+    /// digests.
+    pub fn digested(&self) -> DigestStats {
+        self.published().snapshot.digested
+    }
+
     /// Completed refreshes.
     pub fn refreshes(&self) -> u64 {
         self.0.refreshes.load(Ordering::Relaxed)
@@ -290,6 +296,7 @@ impl Dashboard {
                     "Digests brought up to date"
                 );
                 let mut snapshot = aggregate::compute(&session, thresholds).await?;
+                snapshot.digested = digested;
                 let (left_out, set_aside) = sessions.flow_store().unreadable_counts();
                 snapshot.unreadable_files = left_out as u64 + set_aside;
                 let now = snapshot.refreshed_rfc3339();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array as _, ArrayRef, RecordBatch, StringArray};
+use leakwatch::demo::FleetKind;
 use leakwatch_collector::server::{ServeConfig, Server};
 
 // The collector binary's allocator (see `src/main.rs`).
@@ -49,27 +50,68 @@ pub struct Copies {
 /// Runs the simulated fleet through agents and a collector in `dir`, then
 /// writes copies of its rows into `flows` until there are `target` rows.
 pub async fn replicate(dir: &Path, flows: &Path, target: usize) -> Copies {
-    let base = fleet_rows(dir).await;
+    replicate_fleet(dir, flows, target, FleetKind::Boots, None).await.0
+}
+
+/// [`replicate`] of the fleet `kind` (of `devices` devices, default the
+/// profile's), with the fleet's rows for more copies.
+pub async fn replicate_fleet(
+    dir: &Path,
+    flows: &Path,
+    target: usize,
+    kind: FleetKind,
+    devices: Option<u32>,
+) -> (Copies, Arc<Vec<RecordBatch>>) {
+    let base = Arc::new(fleet_rows(dir, kind, devices).await);
     let base_rows = base.iter().map(|b| b.num_rows()).sum();
     let started = Instant::now();
     let (rows, copies) = tokio::task::spawn_blocking({
-        let flows = flows.to_path_buf();
+        let (flows, base) = (flows.to_path_buf(), base.clone());
         move || write_copies(&base, &flows, target, leakwatch_collector::flusher::COMPACT_RUN_LIMIT.rows as usize)
     })
     .await
     .expect("write");
     let elapsed = started.elapsed();
-    Copies { rows, copies, base_rows, bytes: dir_bytes(flows), elapsed }
+    (Copies { rows, copies, base_rows, bytes: dir_bytes(flows), elapsed }, base)
 }
 
-/// The built-in simulated fleet's rows, after one pass through agents and
-/// a collector in `dir`.
-async fn fleet_rows(dir: &Path) -> Vec<RecordBatch> {
+/// The simulated fleet `kind`'s rows, after one pass through agents and a
+/// collector in `dir`.
+async fn fleet_rows(dir: &Path, kind: FleetKind, devices: Option<u32>) -> Vec<RecordBatch> {
     let server = Server::start(ServeConfig::loopback(dir.join("fleet"))).await.expect("start collector");
-    leakwatch::demo::run_pipeline(&server, &dir.join("fleet-work"), None, None).await.expect("fleet");
+    leakwatch::demo::run_fleet(&[&server], &dir.join("fleet-work"), kind, devices, None).await.expect("fleet");
     let base = server.sessions.session().await.expect("session").sql("SELECT * FROM flows").await.expect("rows");
     server.shutdown().await.expect("shutdown");
     base
+}
+
+/// Writes `rows` rows of fresh copies of `base` (copies `first`, `first`
+/// + 1, ...: pseudonyms no earlier copy has) into `flows` as one file
+/// standing for log sequence number `seq`, as a flush of new records
+/// would. (Only the dashboard benchmark's.)
+#[allow(dead_code)]
+pub fn write_new(base: &[RecordBatch], flows: &Path, first: usize, rows: usize, seq: u64) -> usize {
+    let mut batches = Vec::new();
+    let mut have = 0;
+    let mut copy = first;
+    while have < rows && base.iter().any(|b| b.num_rows() > 0) {
+        for b in base {
+            let take = b.num_rows().min(rows - have);
+            if take > 0 {
+                batches.push(copy_of(&b.slice(0, take), copy));
+                have += take;
+            }
+        }
+        copy += 1;
+    }
+    let day = flows.join("day=2026-01-01");
+    std::fs::create_dir_all(&day).expect("day dir");
+    let name = leakwatch_query::files::FlowFile::new("", seq, seq).name();
+    let file = std::fs::File::create(day.join(name)).expect("create");
+    let mut w = leakwatch_query::files::flow_writer(file, leakwatch_query::flows_schema()).expect("writer");
+    w.write(&leakwatch_query::sorted_for_rules(&batches).expect("sort")).expect("write");
+    w.close().expect("close");
+    have
 }
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
