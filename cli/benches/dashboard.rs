@@ -125,8 +125,8 @@ async fn refresh_figures(
     let (copies, base) = replicate_fleet(&root, &store.join("flows"), target, kind, devices).await;
     let config = QueryConfig { memory_limit_bytes: memory, ..QueryConfig::default() };
     let factory = SessionFactory::new(config, FlowStore::local(&store).expect("store"), Arc::new(FilesOnly));
-    let dashboard = Dashboard::new(factory, tokio::runtime::Handle::current(), DashboardConfig::default())
-        .expect("dashboard");
+    let dashboard =
+        Dashboard::new(factory, tokio::runtime::Handle::current(), DashboardConfig::default()).expect("dashboard");
     let t0 = Instant::now();
     if let Err(e) = dashboard.refresh().await {
         println!("refresh, {name}, {} records: the full refresh failed: {e}", copies.rows);

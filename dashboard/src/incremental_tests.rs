@@ -95,7 +95,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(collector, day, recs, listed)| Op::Flush { collector, day, recs, listed }),
         1 => (0..2usize, 0..2u8, any::<bool>()).prop_map(|(collector, day, delete)| Op::Compact { collector, day, delete }),
         1 => any::<usize>().prop_map(|file| Op::Delete { file }),
-        1 => (any::<usize>(), any::<usize>()).prop_map(|(file, batch)| Op::Copy { file, batch }),
+        2 => (any::<usize>(), any::<usize>()).prop_map(|(file, batch)| Op::Copy { file, batch }),
     ]
 }
 
@@ -334,8 +334,12 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
     let published_findings = AtomicUsize::new(0);
     let merged_rows = AtomicUsize::new(0);
     let mut runner = TestRunner::new(Config { cases: 8, failure_persistence: None, ..Config::default() });
-    let histories = proptest::collection::vec(op(), 1..8);
-    let result = runner.run(&histories, |ops| {
+    // Histories, each with the share of its rows above which a file's
+    // digest is not kept (its records are read instead): every file, some,
+    // none.
+    let histories =
+        (proptest::collection::vec(op(), 1..8), prop_oneof![1 => Just(0.0), 1 => Just(0.5), 3 => Just(2.0)]);
+    let result = runner.run(&histories, |(ops, raw_share)| {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -344,14 +348,16 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
             let factory = SessionFactory::new(QueryConfig::default(), flows, Arc::new(FilesOnly));
             let t = Thresholds::new(2, 2).expect("thresholds");
             let mut store = Store { client, files: Vec::new(), leftovers: Vec::new(), next: [1, 1], batches: 0 };
-            let incremental = Digests::default();
+            let digests_dir = dir.path().join("digests");
+            let incremental = Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share);
             let mut last = None;
             for op in &ops {
                 if !store.apply(op).await {
                     continue;
                 }
                 let (session, stats) = factory.digest_session(&incremental).await.expect("digest session");
-                let (fresh, everything) = factory.digest_session(&Digests::default()).await.expect("digest session");
+                let (fresh, everything) =
+                    factory.digest_session(&Digests::in_memory().raw_share(raw_share)).await.expect("digest session");
                 if let Op::Flush { .. } = op {
                     // The files that were there are not read again.
                     prop_assert_eq!(stats.digested, 1, "{:?}", stats);
@@ -364,8 +370,9 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
                 let records = factory.session().await.expect("session");
                 let n = records.sql("SELECT count(*) FROM flows").await.expect("count");
                 let n = n.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0));
+                let n = u64::try_from(n).unwrap_or(0);
                 merged_rows
-                    .fetch_add(usize::try_from(n).unwrap_or(0).saturating_sub(everything.rows), Ordering::Relaxed);
+                    .fetch_add(usize::try_from(n.saturating_sub(everything.rows)).unwrap_or(0), Ordering::Relaxed);
                 last = Some((session, fresh, records));
             }
             // At the end, what is published, and the rules over the digest
@@ -376,6 +383,12 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
                 prop_assert_eq!(published(&inc), published(&full));
                 published_findings.fetch_add(inc.findings.len(), Ordering::Relaxed);
                 prop_assert_eq!(rule_rows(&records).await, rule_rows(&session).await);
+                // A process started later reads the digests its
+                // predecessor left, and no file again.
+                let reopened = Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share);
+                let (again, stats) = factory.digest_session(&reopened).await.expect("digest session");
+                prop_assert_eq!((stats.digested, stats.kept), (0, store.files.len()), "{:?}", stats);
+                prop_assert_eq!(rows(&again).await, rows(&fresh).await);
             }
             Ok::<(), TestCaseError>(())
         })

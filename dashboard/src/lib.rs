@@ -232,6 +232,12 @@ impl Dashboard {
             },
         };
         let history = feeds::History::load(config.state_dir.as_deref());
+        // Digests in the state directory outlive a restart: the first
+        // refresh then reads only what was flushed meanwhile.
+        let digests = match &config.state_dir {
+            Some(dir) => Digests::in_dir(&dir.join("digests")).map_err(|e| Error::Config(format!("{e}")))?,
+            None => Digests::in_memory(),
+        };
         let first = Published {
             snapshot: Snapshot { site: site.clone(), thresholds: config.thresholds, ..Snapshot::default() },
             ..Published::default()
@@ -249,7 +255,7 @@ impl Dashboard {
             site,
             history: Arc::new(std::sync::Mutex::new(history)),
             on_refresh: std::sync::OnceLock::new(),
-            digests: Arc::default(),
+            digests: Arc::new(digests),
         })))
     }
 

@@ -17,54 +17,86 @@
 //! it null for the others). Records are grouped by day too, for the
 //! destinations' days.
 //!
-//! [`Digests`] keeps each file's digest between refreshes, keyed by the
-//! file's key and size and by the copies of batches in it that another
-//! collector's copy outranks (see [`crate::copies`]), which the digest
-//! leaves out. A refresh digests the files it has not seen (a flush, or
-//! the output of a compaction), forgets those no longer listed (the
-//! inputs of a compaction, files past retention), digests again a file
-//! whose left-out copies changed, and digests the tail afresh: its cost
-//! follows the new data, and what it answers is what digesting every file
-//! again would answer (a property test in the dashboard checks this over
-//! random flush histories).
+//! A digest is a Parquet file in the digests' own store (a directory, or
+//! memory), named by a hash of the flushed file's key and size and of the
+//! copies of batches in it that another collector's copy outranks (see
+//! [`crate::copies`]), which the digest leaves out. A file whose digest
+//! would keep more than [`Digests::raw_share`] of its rows (each record
+//! its own group, as when every record is a boot's contact with one
+//! destination) gets none: its records are read as they are, each the
+//! digest of itself (`digest_raw.sql`), and a marker says so.
+//!
+//! A refresh digests the files it has no digest for (a flush, the output
+//! of a compaction, a file whose left-out copies changed), deletes the
+//! digests of files no longer listed (the inputs of a compaction, files
+//! past retention), and digests the tail afresh: its cost follows the new
+//! data, and what it answers is what digesting every file again would
+//! answer (a property test in the dashboard checks this over random flush
+//! histories). Digests in a directory outlive the process.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemTable;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use futures::StreamExt as _;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use sha2::{Digest as _, Sha256};
 
-use crate::Result;
-use crate::session::{QuerySession, not_a_losing_copy};
+use crate::session::{QuerySession, not_a_losing_copy, view_schema};
 use crate::store::{FlowStore, Listed};
+use crate::{Error, Result};
 
 /// The digest query; `${input}` names the table it reads.
 const DIGEST_SQL: &str = include_str!("digest.sql");
 
+/// Records in the digest's form, each its own group.
+const RAW_SQL: &str = include_str!("digest_raw.sql");
+
 /// The table a digest reads while it is computed.
 const INPUT: &str = "digest_input";
 
-/// The digest query over the table `input`.
-fn digest_sql(input: &str) -> String {
-    DIGEST_SQL.replace("${input}", input)
-}
+/// Where sessions find the digests' store.
+const DIGESTS_URL: &str = "leakwatch-digests://digests";
 
-/// One file's digest.
-#[derive(Debug)]
-struct FileDigest {
-    /// The copies of batches in it left out, sorted.
-    left_out: Vec<(String, String)>,
-    batches: Vec<RecordBatch>,
+/// Default of [`Digests::raw_share`].
+pub const DEFAULT_RAW_SHARE: f64 = 0.5;
+
+/// What one file has.
+#[derive(Debug, Clone)]
+enum Kept {
+    /// A digest of `rows` rows at this key of the digests' store.
+    Digest { key: Path, rows: u64, bytes: u64 },
+    /// None: its records are read as they are.
+    Raw,
 }
 
 /// The digests of flushed files, kept between refreshes.
-#[derive(Debug, Default)]
 pub struct Digests {
-    files: Mutex<HashMap<(Path, u64), Arc<FileDigest>>>,
+    store: Arc<dyn ObjectStore>,
+    raw_share: f64,
+    files: Mutex<HashMap<String, Kept>>,
+}
+
+impl std::fmt::Debug for Digests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Digests").field("store", &self.store.to_string()).field("raw_share", &self.raw_share).finish()
+    }
+}
+
+impl Default for Digests {
+    fn default() -> Self {
+        Self::in_memory()
+    }
 }
 
 /// What one refresh of the digests did.
@@ -72,23 +104,51 @@ pub struct Digests {
 pub struct DigestStats {
     /// Files read now (new, or their left-out copies changed).
     pub digested: usize,
-    /// Files whose digest was kept.
+    /// Files whose digest was there already.
     pub kept: usize,
-    /// Digests forgotten: their files are no longer listed.
+    /// Of all files, those read as they are (their digest would not be
+    /// smaller).
+    pub raw: usize,
+    /// Digests deleted: their files are no longer listed.
     pub forgotten: usize,
-    /// Rows of every digest, the tail's included.
-    pub rows: usize,
-    /// Bytes they hold in memory.
-    pub bytes: usize,
+    /// Rows of the digests, the tail's included.
+    pub rows: u64,
+    /// Bytes of the digests' Parquet.
+    pub bytes: u64,
 }
 
 impl Digests {
-    /// Files with a digest.
+    /// Digests held in memory (gone with the process).
+    pub fn in_memory() -> Self {
+        Self::in_store(Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    /// Digests in the directory `dir` (created when missing), which a
+    /// later process reads again.
+    pub fn in_dir(dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("digests: {}: {e}", dir.display())))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|source| Error::ObjectStore { context: format!("digests in {}", dir.display()), source })?;
+        Ok(Self::in_store(Arc::new(store)))
+    }
+
+    fn in_store(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store, raw_share: DEFAULT_RAW_SHARE, files: Mutex::default() }
+    }
+
+    /// The same, a file whose digest keeps more than `share` of its rows
+    /// read as it is (0: every file; above 1: none).
+    #[must_use]
+    pub fn raw_share(self, share: f64) -> Self {
+        Self { raw_share: share, ..self }
+    }
+
+    /// Files with a digest or a marker.
     pub fn len(&self) -> usize {
         self.files.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Whether no file has a digest.
+    /// Whether no file has one.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -103,12 +163,15 @@ impl Digests {
         losers: &[(String, String)],
         tail: DataFrame,
     ) -> Result<DigestStats> {
+        let ctx = session.context();
+        let url = ObjectStoreUrl::parse(DIGESTS_URL)?;
+        ctx.runtime_env().register_object_store(url.as_ref(), self.store.clone());
+        let schema = digest_schema(session).await?;
         let losers: HashSet<&(String, String)> = losers.iter().collect();
         let mut stats = DigestStats::default();
-        let mut digests: Vec<Arc<FileDigest>> = Vec::with_capacity(files.len());
+        let (mut digests, mut raw) = (Vec::new(), Vec::new());
         let mut live = HashSet::with_capacity(files.len());
         for file in files {
-            let key = (file.meta.location.clone(), file.meta.size);
             let left_out: Vec<(String, String)> = if losers.is_empty() {
                 Vec::new()
             } else {
@@ -119,76 +182,216 @@ impl Digests {
                 left_out.sort();
                 left_out
             };
-            let kept = self.files.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
-            let digest = match kept {
-                Some(digest) if digest.left_out == left_out => {
+            let name = name_of(file, &left_out);
+            let held = self.files.lock().unwrap_or_else(PoisonError::into_inner).get(&name).cloned();
+            let kept = match held {
+                Some(kept) => {
                     stats.kept += 1;
-                    digest
+                    kept
                 }
-                _ => {
-                    let digest = Arc::new(digest_file(session, file, left_out).await?);
-                    self.files.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), digest.clone());
-                    stats.digested += 1;
-                    digest
+                None => {
+                    let kept = match self.found(&name).await? {
+                        Some(kept) => {
+                            stats.kept += 1;
+                            kept
+                        }
+                        None => {
+                            stats.digested += 1;
+                            self.digest_file(session, file, &left_out, &name, &schema).await?
+                        }
+                    };
+                    self.files.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), kept.clone());
+                    kept
                 }
             };
-            live.insert(key);
-            digests.push(digest);
+            match kept {
+                Kept::Digest { key, rows, bytes } => {
+                    stats.rows += rows;
+                    stats.bytes += bytes;
+                    digests.push(ListingTableUrl::parse(format!("{DIGESTS_URL}/{key}"))?);
+                }
+                Kept::Raw => {
+                    stats.raw += 1;
+                    raw.push((file, left_out));
+                }
+            }
+            live.insert(name);
         }
-        {
-            let mut held = self.files.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = held.len();
-            held.retain(|key, _| live.contains(key));
-            stats.forgotten = before - held.len();
+        stats.forgotten = self.forget(&live).await;
+
+        let mut parts: Vec<DataFrame> = Vec::new();
+        if !digests.is_empty() {
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+            let config = ListingTableConfig::new_with_multi_paths(digests)
+                .with_listing_options(options)
+                .with_schema(view_schema(&schema));
+            parts.push(ctx.read_table(Arc::new(ListingTable::try_new(config)?))?);
+        }
+        for (file, left_out) in raw {
+            parts.push(raw_of(session, records_of(session, file, &left_out)?).await?);
         }
         let tail = digest_of(session, tail).await?;
-        let mut batches: Vec<RecordBatch> =
-            digests.iter().flat_map(|d| d.batches.iter().cloned()).chain(tail).collect();
-        batches.retain(|b| b.num_rows() > 0);
-        stats.rows = batches.iter().map(RecordBatch::num_rows).sum();
-        stats.bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        let schema = match batches.first() {
-            Some(b) => b.schema(),
-            None => {
-                let schema = crate::session::view_schema(&crate::schema::flows_schema());
-                session.context().register_table(INPUT, Arc::new(MemTable::try_new(schema, vec![Vec::new()])?))?;
-                let planned = session.plan(&digest_sql(INPUT)).await;
-                session.context().deregister_table(INPUT)?;
-                QuerySession::result_schema(&planned?)
-            }
-        };
-        let partitions = session.context().copied_config().target_partitions().max(1);
-        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
-        for (i, batch) in batches.into_iter().enumerate() {
-            parts[i % partitions].push(batch);
+        stats.rows += tail.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        let tail = ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![tail])?))?;
+        let mut flows = tail;
+        for part in parts {
+            flows = part.union(flows)?;
         }
-        session.context().register_table("flows", Arc::new(MemTable::try_new(schema, parts)?))?;
+        ctx.register_table("flows", flows.into_view())?;
         Ok(stats)
+    }
+
+    /// What a digest directory holds for `name` from an earlier process.
+    async fn found(&self, name: &str) -> Result<Option<Kept>> {
+        let raw = Path::from(format!("{name}.raw"));
+        if self.store.head(&raw).await.is_ok() {
+            return Ok(Some(Kept::Raw));
+        }
+        let key = Path::from(format!("{name}.parquet"));
+        let Ok(meta) = self.store.head(&key).await else { return Ok(None) };
+        let footer = crate::store::footer_of(self.store.as_ref(), &meta).await?;
+        Ok(Some(Kept::Digest { key, rows: footer.file_metadata().num_rows().max(0) as u64, bytes: meta.size }))
+    }
+
+    /// Digests `file` (its copies in `left_out` left out) into the
+    /// digests' store as `name`, or marks it to be read as it is.
+    async fn digest_file(
+        &self,
+        session: &QuerySession,
+        file: &Listed,
+        left_out: &[(String, String)],
+        name: &str,
+        schema: &SchemaRef,
+    ) -> Result<Kept> {
+        let digested = async {
+            let rows = records_of(session, file, left_out)?;
+            let batches = digest_of(session, rows).await?;
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let records: u64 = batches.iter().map(records_in).sum();
+            if rows as f64 > self.raw_share * records as f64 {
+                let key = Path::from(format!("{name}.raw"));
+                self.put(&key, PutPayload::new()).await?;
+                return Ok(Kept::Raw);
+            }
+            let key = Path::from(format!("{name}.parquet"));
+            let bytes = parquet_of(schema, &batches)?;
+            let size = bytes.len() as u64;
+            self.put(&key, bytes.into()).await?;
+            Ok(Kept::Digest { key, rows, bytes: size })
+        };
+        digested.await.inspect_err(|e| {
+            tracing::error!(file = %file.meta.location, error = %e, "Digesting a flushed file failed");
+        })
+    }
+
+    async fn put(&self, key: &Path, payload: PutPayload) -> Result<()> {
+        self.store
+            .put(key, payload)
+            .await
+            .map(drop)
+            .map_err(|source| Error::ObjectStore { context: format!("writing the digest {key}"), source })
+    }
+
+    /// Deletes the digests and markers not named in `live`; how many.
+    async fn forget(&self, live: &HashSet<String>) -> usize {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner).retain(|name, _| live.contains(name));
+        let mut gone = 0;
+        let mut listing = self.store.list(None);
+        let mut stale = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let Ok(meta) = meta else { continue };
+            let name = meta.location.filename().and_then(|f| f.split('.').next()).unwrap_or_default().to_string();
+            if !live.contains(&name) {
+                stale.push(meta.location);
+            }
+        }
+        for key in stale {
+            match self.store.delete(&key).await {
+                Ok(()) => gone += 1,
+                Err(e) => tracing::warn!(digest = %key, error = %e, "Deleting a digest no file needs failed"),
+            }
+        }
+        gone
     }
 }
 
-/// The digest of `file`, its copies in `left_out` left out.
-async fn digest_file(session: &QuerySession, file: &Listed, left_out: Vec<(String, String)>) -> Result<FileDigest> {
-    let ctx = session.context();
+/// The name of `file`'s digest: a hash of its key, its size and the copies
+/// left out of it.
+fn name_of(file: &Listed, left_out: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    h.update(file.meta.location.as_ref().as_bytes());
+    h.update([0]);
+    h.update(file.meta.size.to_le_bytes());
+    for (agent, batch) in left_out {
+        h.update(agent.as_bytes());
+        h.update([0]);
+        h.update(batch.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The records of `file`, its copies in `left_out` left out.
+fn records_of(session: &QuerySession, file: &Listed, left_out: &[(String, String)]) -> Result<DataFrame> {
     let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new(file.url.clone())
         .with_listing_options(options)
-        .with_schema(crate::session::view_schema(&crate::schema::flows_schema()));
-    let mut rows = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
-    if !left_out.is_empty() {
-        rows = rows.filter(not_a_losing_copy(&left_out))?;
+        .with_schema(view_schema(&crate::schema::flows_schema()));
+    let rows = session.context().read_table(Arc::new(ListingTable::try_new(config)?))?;
+    Ok(if left_out.is_empty() { rows } else { rows.filter(not_a_losing_copy(left_out))? })
+}
+
+/// The records a digest row stands for: the sum of its `records` column.
+fn records_in(batch: &RecordBatch) -> u64 {
+    use arrow::array::AsArray as _;
+    batch
+        .column_by_name("records")
+        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+        .map_or(0, |c| c.iter().flatten().map(|n| n.max(0) as u64).sum())
+}
+
+/// `batches` (in `schema`) as a Parquet file.
+fn parquet_of(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let failed = |e: datafusion::parquet::errors::ParquetError| Error::Parquet {
+        context: "writing a digest".into(),
+        source: datafusion::error::DataFusionError::from(e),
+    };
+    let props =
+        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(failed)?)).build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props)).map_err(failed)?;
+    for batch in batches {
+        writer.write(batch).map_err(failed)?;
     }
-    let batches = digest_of(session, rows).await.inspect_err(|e| {
-        tracing::error!(file = %file.meta.location, error = %e, "Digesting a flushed file failed");
-    })?;
-    Ok(FileDigest { left_out, batches })
+    writer.close().map_err(failed)?;
+    Ok(out)
+}
+
+/// The columns of a digest.
+async fn digest_schema(session: &QuerySession) -> Result<SchemaRef> {
+    let ctx = session.context();
+    let empty = MemTable::try_new(view_schema(&crate::schema::flows_schema()), vec![Vec::new()])?;
+    ctx.register_table(INPUT, Arc::new(empty))?;
+    let planned = session.plan(&DIGEST_SQL.replace("${input}", INPUT)).await;
+    ctx.deregister_table(INPUT)?;
+    Ok(QuerySession::result_schema(&planned?))
 }
 
 /// The digest of `rows`, computed within the session's limits.
 async fn digest_of(session: &QuerySession, rows: DataFrame) -> Result<Vec<RecordBatch>> {
     let ctx = session.context();
     ctx.register_table(INPUT, rows.into_view())?;
-    let digest = session.sql(&digest_sql(INPUT)).await;
+    let digest = session.sql(&DIGEST_SQL.replace("${input}", INPUT)).await;
     ctx.deregister_table(INPUT)?;
     digest
+}
+
+/// `rows` in the digest's form, each record its own group.
+async fn raw_of(session: &QuerySession, rows: DataFrame) -> Result<DataFrame> {
+    let ctx = session.context();
+    ctx.register_table(INPUT, rows.into_view())?;
+    let raw = ctx.sql(&RAW_SQL.replace("${input}", INPUT)).await;
+    ctx.deregister_table(INPUT)?;
+    // Planned: the frame holds its own plan of the input.
+    Ok(raw?)
 }
