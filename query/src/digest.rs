@@ -32,7 +32,9 @@
 //! past retention), and digests the tail afresh: its cost follows the new
 //! data, and what it answers is what digesting every file again would
 //! answer (a property test in the dashboard checks this over random flush
-//! histories). Digests in a directory outlive the process.
+//! histories). Digests in a directory outlive the process. A refresh
+//! reads them into memory once when they fit in a quarter of the query
+//! memory limit, and from their files for each query when not.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -225,7 +227,11 @@ impl Digests {
             let config = ListingTableConfig::new_with_multi_paths(digests)
                 .with_listing_options(options)
                 .with_schema(view_schema(&schema));
-            parts.push(ctx.read_table(Arc::new(ListingTable::try_new(config)?))?);
+            let read = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
+            parts.push(match in_memory(session, read.clone()).await? {
+                Some(held) => ctx.read_table(held)?,
+                None => read,
+            });
         }
         for (file, left_out) in raw {
             parts.push(raw_of(session, records_of(session, file, &left_out)?).await?);
@@ -375,6 +381,35 @@ async fn digest_schema(session: &QuerySession) -> Result<SchemaRef> {
     let planned = session.plan(&DIGEST_SQL.replace("${input}", INPUT)).await;
     ctx.deregister_table(INPUT)?;
     Ok(QuerySession::result_schema(&planned?))
+}
+
+/// The digests `read` in memory, for the refresh's many queries to read
+/// once, when they take at most a quarter of the session's memory limit
+/// (`None`: they do not, and each query reads them again).
+async fn in_memory(session: &QuerySession, read: DataFrame) -> Result<Option<Arc<MemTable>>> {
+    use datafusion::execution::memory_pool::MemoryLimit;
+    let ctx = session.context();
+    let cap = match ctx.runtime_env().memory_pool.memory_limit() {
+        MemoryLimit::Finite(limit) => limit / 4,
+        _ => return Ok(None),
+    };
+    let schema = read.schema().inner().clone();
+    let mut stream = read.execute_stream().await?;
+    let (mut batches, mut held) = (Vec::new(), 0);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        held += batch.get_array_memory_size();
+        if held > cap {
+            return Ok(None);
+        }
+        batches.push(batch);
+    }
+    let partitions = ctx.copied_config().target_partitions().max(1);
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+    for (i, batch) in batches.into_iter().enumerate() {
+        parts[i % partitions].push(batch);
+    }
+    Ok(Some(Arc::new(MemTable::try_new(schema, parts)?)))
 }
 
 /// The digest of `rows`, computed within the session's limits.
