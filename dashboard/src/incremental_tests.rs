@@ -117,8 +117,11 @@ struct Stored {
     key: Path,
 }
 
-fn agent(device: u8) -> String {
-    format!("agent-{}", device % 5)
+/// The agent id collector `collector` gave the agent of `device`: each
+/// collector gives its own, so the copies of a batch two collectors hold
+/// differ by it.
+fn agent(device: u8, collector: usize) -> String {
+    format!("{}-agent-{}", COLLECTORS[collector], device % 5)
 }
 
 /// The history so far, and the store it wrote.
@@ -140,7 +143,7 @@ impl Store {
             let device = format!("device-{}", batch.device);
             let boot_ids: Vec<String> = (0..3).map(|b| format!("boot-{}-{b}-{day}", batch.device)).collect();
             for r in &batch.recs {
-                let agent_id = agent(batch.device);
+                let agent_id = agent(batch.device, collector);
                 rows.start_batch(&BatchLabels {
                     agent_id: &agent_id,
                     batch_id: &batch.id,

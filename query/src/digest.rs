@@ -233,8 +233,12 @@ impl Digests {
                 None => read,
             });
         }
-        for (file, left_out) in raw {
-            parts.push(raw_of(session, records_of(session, file, &left_out)?).await?);
+        if !raw.is_empty() {
+            // One table of them all: a left-out copy's agent id is its
+            // collector's own, so no other file holds that pair.
+            let left_out: Vec<(String, String)> = raw.iter().flat_map(|(_, l)| l.iter().cloned()).collect();
+            let files: Vec<&Listed> = raw.iter().map(|(f, _)| *f).collect();
+            parts.push(raw_of(session, records_of(session, &files, &left_out)?).await?);
         }
         let tail = digest_of(session, tail).await?;
         stats.rows += tail.iter().map(|b| b.num_rows() as u64).sum::<u64>();
@@ -270,7 +274,7 @@ impl Digests {
         schema: &SchemaRef,
     ) -> Result<Kept> {
         let digested = async {
-            let rows = records_of(session, file, left_out)?;
+            let rows = records_of(session, &[file], left_out)?;
             let batches = digest_of(session, rows).await?;
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             let records: u64 = batches.iter().map(records_in).sum();
@@ -337,10 +341,10 @@ fn name_of(file: &Listed, left_out: &[(String, String)]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// The records of `file`, its copies in `left_out` left out.
-fn records_of(session: &QuerySession, file: &Listed, left_out: &[(String, String)]) -> Result<DataFrame> {
+/// The records of `files`, the copies in `left_out` left out.
+fn records_of(session: &QuerySession, files: &[&Listed], left_out: &[(String, String)]) -> Result<DataFrame> {
     let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(file.url.clone())
+    let config = ListingTableConfig::new_with_multi_paths(files.iter().map(|f| f.url.clone()).collect())
         .with_listing_options(options)
         .with_schema(view_schema(&crate::schema::flows_schema()));
     let rows = session.context().read_table(Arc::new(ListingTable::try_new(config)?))?;
