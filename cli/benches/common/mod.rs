@@ -85,10 +85,10 @@ async fn fleet_rows(dir: &Path, kind: FleetKind, devices: Option<u32>) -> Vec<Re
     base
 }
 
-/// Writes `rows` rows of fresh copies of `base` (copies `first`, `first`
-/// + 1, ...: pseudonyms no earlier copy has) into `flows` as one file
-/// standing for log sequence number `seq`, as a flush of new records
-/// would. (Only the dashboard benchmark's.)
+/// Writes `rows` rows of fresh copies of `base` (copy `first` and the
+/// ones after it: pseudonyms no earlier copy has) into `flows` as one
+/// file standing for log sequence number `seq`, as a flush of new
+/// records would. (Only the dashboard benchmark's.)
 #[allow(dead_code)]
 pub fn write_new(base: &[RecordBatch], flows: &Path, first: usize, rows: usize, seq: u64) -> usize {
     let mut batches = Vec::new();
