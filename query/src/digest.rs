@@ -54,7 +54,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use sha2::{Digest as _, Sha256};
 
-use crate::session::{QuerySession, not_a_losing_copy, view_schema};
+use crate::session::{QuerySession, in_schema, not_a_losing_copy, view_schema};
 use crate::store::{FlowStore, Listed};
 use crate::{Error, Result};
 
@@ -240,12 +240,20 @@ impl Digests {
             let files: Vec<&Listed> = raw.iter().map(|(f, _)| *f).collect();
             parts.push(raw_of(session, records_of(session, &files, &left_out)?).await?);
         }
-        let tail = digest_of(session, tail).await?;
+        let mut tail = digest_of(session, tail).await?;
+        tail.retain(|b| b.num_rows() > 0);
         stats.rows += tail.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-        let tail = ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![tail])?))?;
-        let mut flows = tail;
+        if !tail.is_empty() || parts.is_empty() {
+            // In the view types the files are read in: the union then
+            // casts no column of theirs.
+            let viewed = view_schema(&schema);
+            let tail = tail.into_iter().map(|b| in_schema(b, &viewed)).collect::<Result<Vec<_>>>()?;
+            parts.push(ctx.read_table(Arc::new(MemTable::try_new(viewed, vec![tail])?))?);
+        }
+        let mut parts = parts.into_iter();
+        let Some(mut flows) = parts.next() else { return Err(Error::Internal("digests: no table".into())) };
         for part in parts {
-            flows = part.union(flows)?;
+            flows = flows.union(part)?;
         }
         ctx.register_table("flows", flows.into_view())?;
         Ok(stats)

@@ -666,7 +666,7 @@ fn retyped(schema: &Schema, to: impl Fn(&DataType) -> Option<DataType>) -> Schem
 /// `batch` with its columns cast to the types of `schema` (the same
 /// columns in the same order): view types to plain ones at the boundary,
 /// plain to views for the unflushed tail.
-fn in_schema(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn in_schema(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema_ref() == schema {
         return Ok(batch);
     }
