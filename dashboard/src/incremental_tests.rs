@@ -392,6 +392,19 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
                 let (again, stats) = factory.digest_session(&reopened).await.expect("digest session");
                 prop_assert_eq!((stats.digested, stats.kept), (0, store.files.len()), "{:?}", stats);
                 prop_assert_eq!(rows(&again).await, rows(&fresh).await);
+                // A digest that does not read is made again.
+                let damaged = std::fs::read_dir(&digests_dir)
+                    .expect("digests")
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "parquet"));
+                if let Some(damaged) = damaged {
+                    std::fs::write(&damaged, b"not parquet").expect("damage");
+                    let reopened = Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share);
+                    let (again, stats) = factory.digest_session(&reopened).await.expect("digest session");
+                    prop_assert_eq!(stats.digested, 1, "{:?}", stats);
+                    prop_assert_eq!(rows(&again).await, rows(&fresh).await);
+                }
             }
             Ok::<(), TestCaseError>(())
         })

@@ -267,8 +267,16 @@ impl Digests {
         }
         let key = Path::from(format!("{name}.parquet"));
         let Ok(meta) = self.store.head(&key).await else { return Ok(None) };
-        let footer = crate::store::footer_of(self.store.as_ref(), &meta).await?;
-        Ok(Some(Kept::Digest { key, rows: footer.file_metadata().num_rows().max(0) as u64, bytes: meta.size }))
+        // One that does not read (a damaged disk) is made again.
+        match crate::store::footer_of(self.store.as_ref(), &meta).await {
+            Ok(footer) => {
+                Ok(Some(Kept::Digest { key, rows: footer.file_metadata().num_rows().max(0) as u64, bytes: meta.size }))
+            }
+            Err(e) => {
+                tracing::warn!(digest = %key, error = %e, "A digest does not read; the file is digested again");
+                Ok(None)
+            }
+        }
     }
 
     /// Digests `file` (its copies in `left_out` left out) into the
