@@ -128,13 +128,12 @@ async fn refresh_figures(
     let store = root.join("store");
     let (copies, base) = replicate_fleet(&root, &store.join("flows"), target, kind, devices).await;
     let config = QueryConfig { memory_limit_bytes: memory, ..QueryConfig::default() };
-    let factory = SessionFactory::new(config.clone(), FlowStore::local(&store).expect("store"), Arc::new(FilesOnly));
-    let dashboard =
-        Dashboard::new(factory, tokio::runtime::Handle::current(), DashboardConfig::default()).expect("dashboard");
+    let factory = SessionFactory::new(config, FlowStore::local(&store).expect("store"), Arc::new(FilesOnly));
+    let dashboard = Dashboard::new(factory.clone(), tokio::runtime::Handle::current(), DashboardConfig::default())
+        .expect("dashboard");
     // Every aggregate from every record: each file read as it is.
-    let records = SessionFactory::new(config, FlowStore::local(&store).expect("store"), Arc::new(FilesOnly));
     let t = Instant::now();
-    let full_records = match records.digest_session(&Digests::in_memory().raw_share(0.0)).await {
+    let full_records = match factory.digest_session(&Digests::in_memory().raw_share(0.0)).await {
         Ok((session, _)) => compute(&session, Thresholds::default()).await.map(|_| t.elapsed()),
         Err(e) => Err(e.into()),
     };
@@ -182,8 +181,8 @@ async fn refresh_figures(
             share(after, full),
         ),
     }
-    if let Some(dir) = root.to_str().filter(|_| std::env::var_os("BENCH_KEEP").is_none()) {
-        let _ = std::fs::remove_dir_all(dir);
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
 

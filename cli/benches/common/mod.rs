@@ -106,12 +106,19 @@ pub fn write_new(base: &[RecordBatch], flows: &Path, first: usize, rows: usize, 
     }
     let day = flows.join("day=2026-01-01");
     std::fs::create_dir_all(&day).expect("day dir");
-    let name = leakwatch_query::files::FlowFile::new("", seq, seq).name();
+    write_flushed(&day, seq, seq, &batches);
+    have
+}
+
+/// Writes `rows` into the day directory `day` as the flushed file of log
+/// sequence numbers `from` to `to`, sorted as compaction sorts a merged
+/// run.
+fn write_flushed(day: &Path, from: u64, to: u64, rows: &[RecordBatch]) {
+    let name = leakwatch_query::files::FlowFile::new("", from, to).name();
     let file = std::fs::File::create(day.join(name)).expect("create");
     let mut w = leakwatch_query::files::flow_writer(file, leakwatch_query::flows_schema()).expect("writer");
-    w.write(&leakwatch_query::sorted_for_rules(&batches).expect("sort")).expect("write");
+    w.write(&leakwatch_query::sorted_for_rules(rows).expect("sort")).expect("write");
     w.close().expect("close");
-    have
 }
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -161,14 +168,9 @@ fn write_copies(base: &[RecordBatch], flows: &Path, target: usize, per_file: usi
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&(from, to)) = files.get(i) else { break };
-                    let name = leakwatch_query::files::FlowFile::new("", from as u64 + 1, to as u64).name();
-                    let file = std::fs::File::create(day.join(name)).expect("create");
-                    let mut w =
-                        leakwatch_query::files::flow_writer(file, leakwatch_query::flows_schema()).expect("writer");
                     let rows: Vec<RecordBatch> =
                         (from..to).flat_map(|copy| base.iter().map(move |b| copy_of(b, copy))).collect();
-                    w.write(&leakwatch_query::sorted_for_rules(&rows).expect("sort")).expect("write");
-                    w.close().expect("close");
+                    write_flushed(&day, from as u64 + 1, to as u64, &rows);
                 }
             });
         }
