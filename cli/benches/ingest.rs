@@ -162,6 +162,44 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The collector's `leakwatch_ack_stage_seconds` buckets: for each stage,
+/// the cumulative count of stored reports at each bucket's upper bound.
+fn stage_buckets(server: &Server) -> Vec<(String, Vec<(f64, u64)>)> {
+    let text = server.metrics.render(Default::default());
+    let mut stages: Vec<(String, Vec<(f64, u64)>)> = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("leakwatch_ack_stage_seconds_bucket{")) {
+        let label = |name: &str| line.split(&format!("{name}=\"")).nth(1)?.split('"').next();
+        let (Some(stage), Some(le), Some(count)) = (label("stage"), label("le"), line.rsplit(' ').next()) else {
+            continue;
+        };
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+        let count = count.parse().unwrap_or(0);
+        match stages.iter_mut().find(|(s, _)| s == stage) {
+            Some((_, buckets)) => buckets.push((le, count)),
+            None => stages.push((stage.to_string(), vec![(le, count)])),
+        }
+    }
+    stages
+}
+
+/// Where the acks of a phase spent their time, from the stage buckets
+/// before and after it: each stage's p99 (the bucket it falls in) and how
+/// many reports it held for more than 50 ms.
+fn stage_line(before: &[(String, Vec<(f64, u64)>)], after: &[(String, Vec<(f64, u64)>)]) -> String {
+    let parts = after.iter().map(|(stage, buckets)| {
+        let earlier = before.iter().find(|(s, _)| s == stage).map(|(_, b)| b.as_slice()).unwrap_or(&[]);
+        let counts: Vec<(f64, u64)> = buckets
+            .iter()
+            .map(|&(le, n)| (le, n - earlier.iter().find(|(l, _)| *l == le).map_or(0, |(_, m)| *m)))
+            .collect();
+        let total = counts.last().map_or(0, |(_, n)| *n);
+        let p99 = counts.iter().find(|(_, n)| *n as f64 >= total as f64 * 0.99).map_or(0.0, |(le, _)| *le);
+        let within_64ms = counts.iter().take_while(|(le, _)| *le <= 0.064).last().map_or(0, |(_, n)| *n);
+        format!("{stage} p99 <= {:.1} ms, {} over 64 ms", p99 * 1e3, total - within_64ms)
+    });
+    format!("    ack stages: {}", parts.collect::<Vec<_>>().join("; "))
+}
+
 /// Sends for `secs` from 50 clients; `per_client_rate` batches/s paces each
 /// client (None: as fast as acks come). Returns (records/s, latencies).
 async fn load(
@@ -348,23 +386,27 @@ fn main() {
             )
         };
         let before = flushed();
+        let stages = stage_buckets(&server);
         let (full, lat) = load(&url, &tokens, secs, None, 1).await;
         println!(
             "  sustained ingest, fsynced acks:  {full:>12.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms; goal >= 1,000,000 records/s)",
             percentile(&lat, 0.5).as_secs_f64() * 1e3,
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
+        println!("{}", stage_line(&stages, &stage_buckets(&server)));
         println!("{}", flusher_line(flushed() - before));
         // The next phase starts with the log flushed, as the first did.
         flush_rest(&server).await;
         let half_rate = full / 2.0 / CLIENTS as f64 / RECORDS as f64;
         let before = flushed();
+        let stages = stage_buckets(&server);
         let (half, lat) = load(&url, &tokens, secs, Some(half_rate), 2).await;
         println!(
             "  at half that load:               {half:>12.0} records/s  (ack p50 {:.1} ms, p99 {:.1} ms; goal p99 <= 50 ms)",
             percentile(&lat, 0.5).as_secs_f64() * 1e3,
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
+        println!("{}", stage_line(&stages, &stage_buckets(&server)));
         println!("{}", flusher_line(flushed() - before));
         flush_rest(&server).await;
         // Optionally, a long phase at a set rate: does the flusher keep up

@@ -18,7 +18,7 @@ use leakwatch_proto::v1::{AckStatus, EnrollRequest, EnrollResponse, ReportAck, R
 use tonic::{Request, Response, Status};
 
 use crate::log::{AgentToken, AppendOutcome, CodeUse, DurableLog};
-use crate::metrics::{IngestMetrics, RejectReason};
+use crate::metrics::{AckStage, IngestMetrics, RejectReason};
 use crate::{Error, validate};
 
 /// Per-agent rate limiter (reports per second, by agent id).
@@ -348,11 +348,14 @@ impl Collector for Ingest {
         let batch_id = batch.batch_id.clone();
         let received = now.timestamp_millis();
         let id = agent_id.clone();
-        let outcome = tokio::task::spawn_blocking(move || log.append(&id, &batch, received))
+        let outcome = tokio::task::spawn_blocking(move || (arrived.elapsed(), log.append(&id, &batch, received)))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        let (queued, outcome) = outcome;
+        let mut stored = None;
         let ack = match outcome {
-            Ok(AppendOutcome::Accepted { bytes, .. }) => {
+            Ok(AppendOutcome::Accepted { bytes, lookup, write, .. }) => {
+                stored = Some([queued, lookup, write]);
                 IngestMetrics::add(&self.metrics.batches_accepted, 1);
                 IngestMetrics::add(&self.metrics.records_accepted, u64::from(records));
                 IngestMetrics::add(&self.metrics.bytes_accepted, bytes);
@@ -385,7 +388,14 @@ impl Collector for Ingest {
                 return Err(e.into());
             }
         };
-        self.metrics.ack_seconds.observe(arrived.elapsed().as_secs_f64());
+        let total = arrived.elapsed();
+        self.metrics.ack_seconds.observe(total.as_secs_f64());
+        if let Some(parts) = stored {
+            let answer = total.saturating_sub(parts.iter().sum());
+            for (stage, seconds) in AckStage::ALL.into_iter().zip(parts.into_iter().chain([answer])) {
+                self.metrics.ack_stage(stage, seconds.as_secs_f64());
+            }
+        }
         Ok(Response::new(ack))
     }
 }

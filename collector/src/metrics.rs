@@ -3,7 +3,8 @@
 //! `promtool check metrics` checks; its `# UNIT` and `# EOF` lines are
 //! comments there), each with HELP and TYPE: ingest and flush
 //! counters (named with `_total`), gauges read at scrape time, histograms
-//! of ack latency, Flight SQL query time and dashboard refresh time, the
+//! of ack latency (whole and by stage), Flight SQL query time and dashboard
+//! refresh time, the
 //! age of the published aggregates, and build info.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +75,29 @@ pub enum RejectReason {
     Storage = 5,
 }
 
+/// A part of the time from a report's arrival to its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStage {
+    /// Checking the batch, then waiting for a thread that may block.
+    Queued = 0,
+    /// Waiting for the log's lock and looking the batch id up.
+    Lookup = 1,
+    /// The synced RocksDB write (WAL append and fsync).
+    Write = 2,
+    /// From the write to the answer.
+    Answer = 3,
+}
+
+impl AckStage {
+    /// Every stage, in the order a report goes through them.
+    pub const ALL: [Self; 4] = [Self::Queued, Self::Lookup, Self::Write, Self::Answer];
+
+    /// The stage's `stage` label.
+    pub fn label(self) -> &'static str {
+        ["queued", "lookup", "write", "answer"][self as usize]
+    }
+}
+
 const REASONS: [&str; 6] = ["unauthenticated", "rate_limited", "busy", "invalid", "conflict", "storage"];
 
 /// Gauges read at scrape time.
@@ -104,8 +128,8 @@ fn long_latency() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 21))
 }
 
-/// Histograms by a `front_end` label.
-pub type ByFrontEnd = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+/// Histograms by one label (`front_end`, `stage`).
+pub type ByLabel = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
 
 /// The collector's counters and histograms.
 #[derive(Debug)]
@@ -113,8 +137,11 @@ pub struct IngestMetrics {
     /// Seconds from a report's arrival to its acknowledgement (accepted or
     /// duplicate).
     pub ack_seconds: Histogram,
+    /// The parts of [`Self::ack_seconds`] of stored reports, by `stage`
+    /// ([`AckStage::label`]; see [`Self::ack_stage`]).
+    pub ack_stage_seconds: ByLabel,
     /// Seconds a query took, by `front_end` (`flight_sql`).
-    pub query_seconds: ByFrontEnd,
+    pub query_seconds: ByLabel,
     /// Seconds a dashboard refresh took.
     pub refresh_seconds: Histogram,
     /// See [`names::BATCHES_ACCEPTED`].
@@ -145,6 +172,7 @@ impl Default for IngestMetrics {
     fn default() -> Self {
         Self {
             ack_seconds: latency(),
+            ack_stage_seconds: Family::new_with_constructor(latency),
             query_seconds: Family::new_with_constructor(latency),
             refresh_seconds: long_latency(),
             batches_accepted: AtomicU64::default(),
@@ -232,6 +260,11 @@ impl IngestMetrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Observes `seconds` of `stage` of a stored report.
+    pub fn ack_stage(&self, stage: AckStage, seconds: f64) {
+        self.ack_stage_seconds.get_or_create(&vec![("stage".into(), stage.label().into())]).observe(seconds);
+    }
+
     /// Counts one refused report.
     pub fn reject(&self, reason: RejectReason) {
         Self::add(&self.reports_rejected[reason as usize], 1);
@@ -296,6 +329,14 @@ impl IngestMetrics {
             "Time from a report's arrival to its acknowledgement (accepted or duplicate)",
             Unit::Seconds,
             self.ack_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "leakwatch_ack_stage",
+            "The parts of the time to acknowledge a stored report, by stage: queued (checked, waiting for a \
+             thread), lookup (the log's lock and the batch id's lookup), write (the synced RocksDB write), \
+             answer",
+            Unit::Seconds,
+            self.ack_stage_seconds.clone(),
         );
         registry.register_with_unit(
             "leakwatch_query",

@@ -91,6 +91,10 @@ pub enum AppendOutcome {
         seq: u64,
         /// Size of the batch's encoding (the Report message), bytes.
         bytes: u64,
+        /// How long the lock and the batch id's lookup took.
+        lookup: std::time::Duration,
+        /// How long the synced write took.
+        write: std::time::Duration,
     },
     /// The batch id was stored before, with the same content.
     Duplicate {
@@ -198,6 +202,13 @@ fn batch_day_key(day: u32, id: &str) -> Vec<u8> {
     key
 }
 
+/// The most bytes a second RocksDB's flushes and compactions of the log
+/// write (see [`DurableLog::options`]).
+pub const BACKGROUND_WRITE_BYTES_PER_SEC: i64 = 128 << 20;
+
+/// WAL files the log keeps to write over again (see [`DurableLog::options`]).
+pub const RECYCLED_WAL_FILES: usize = 2;
+
 /// Total size of the log's WAL files past which RocksDB flushes the
 /// column families that keep the oldest one.
 pub const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
@@ -216,6 +227,19 @@ impl DurableLog {
         // leaving tens of MiB dirty for one fsync at the end, which held up
         // the WAL fsyncs that acknowledgements wait for.
         opts.set_bytes_per_sync(1 << 20);
+        // And they write at a pace, not in a burst: a 64 MiB memtable went
+        // out in about 0.1 s, and the WAL fsyncs behind it took 100 to 150
+        // ms (the ingest benchmark's `write` stage of acks). The limit tunes
+        // itself between a twentieth of this and this, rising while flushes
+        // and compactions keep it busy, so that they keep up with ingest.
+        opts.set_auto_tuned_ratelimiter(BACKGROUND_WRITE_BYTES_PER_SEC, 100_000, 10);
+        // WAL files are written over again instead of deleted and made
+        // anew: an fdatasync of a file whose blocks and size are set needs
+        // no journal commit, so it no longer waits behind the deletion of
+        // tens of MiB of SST or WAL files (the spells of 100 to 150 ms acks
+        // left after pacing the flushes). Up to this many old WAL files
+        // wait for reuse (see `wal_bytes`).
+        opts.set_recycle_log_file_num(RECYCLED_WAL_FILES);
         // A WAL file is kept until every column family with data in it is
         // flushed. The batch ids and the watermark are small and were
         // written with every batch, so without a limit their memtables
@@ -436,6 +460,7 @@ impl DurableLog {
         let ids = cf(&db, CF_BATCH_IDS)?;
         let key = batch_id_key(agent_id, &batch.batch_id);
         let records_of = |v: &[u8]| v.get(40..44).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let started = std::time::Instant::now();
         let (seq, first_use) = {
             let mut g = self.lock();
             if g.batch_ids.contains(&key) {
@@ -464,6 +489,7 @@ impl DurableLog {
             g.batch_ids.insert(key.clone());
             (seq, first_use)
         };
+        let looked_up = std::time::Instant::now();
         let result = (|| {
             let mut id_value = seq.to_be_bytes().to_vec();
             id_value.extend_from_slice(&digest);
@@ -486,7 +512,12 @@ impl DurableLog {
         if let Err(e) = &result {
             self.note_write_error(e);
         }
-        result.map(|()| AppendOutcome::Accepted { seq, bytes: batch_bytes as u64 })
+        result.map(|()| AppendOutcome::Accepted {
+            seq,
+            bytes: batch_bytes as u64,
+            lookup: looked_up - started,
+            write: looked_up.elapsed(),
+        })
     }
 
     /// Deletes the ids of the batches up to sequence number `flushed`
@@ -650,8 +681,9 @@ impl DurableLog {
         Ok(watermark)
     }
 
-    /// Bytes of the log's WAL files (kept to at most about
-    /// [`MAX_TOTAL_WAL_BYTES`]).
+    /// Bytes of the log's WAL files: those in use (kept to at most about
+    /// [`MAX_TOTAL_WAL_BYTES`]) and up to [`RECYCLED_WAL_FILES`] old ones
+    /// waiting to be written over (which a restart does not read).
     pub fn wal_bytes(&self) -> u64 {
         let Ok(db) = self.db() else { return 0 };
         wal_files(db.path()).1
