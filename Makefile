@@ -10,11 +10,14 @@ SYSTEM_PACKAGES := clang libclang-dev mold
 EXTERNAL_TESTDATA := $(abspath ../shared/testdata/external)
 # A Python venv beside the build (outside the source tree): a standard
 # Flight SQL client (ADBC) for the collector's client test, a feed parser
-# (feedparser) for the Atom feeds' test, and DuckDB for the rules benchmark.
+# (feedparser) for the Atom feeds' test, an OpenAPI validator (with
+# jsonschema) for the public API's description, and DuckDB for the rules
+# benchmark.
 PYTHON ?= python3
 BUILD_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 PY_VENV := $(BUILD_DIR)/py-venv
-TEST_PY_PACKAGES := adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1 feedparser==6.0.14
+TEST_PY_PACKAGES := adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1 feedparser==6.0.14 \
+  openapi-spec-validator==0.9.0
 BENCH_PY_PACKAGES := duckdb==2.0.0
 # A real S3-compatible server on loopback for the scale-out test, built
 # with cargo beside the build when missing.
@@ -120,7 +123,7 @@ py-venv:
 	fi
 
 test-py: py-venv
-	@"$(PY_VENV)/bin/python" -c 'import adbc_driver_flightsql, pyarrow, feedparser' 2>/dev/null || { \
+	@"$(PY_VENV)/bin/python" -c 'import adbc_driver_flightsql, pyarrow, feedparser, openapi_spec_validator' 2>/dev/null || { \
 	  echo "Installing $(TEST_PY_PACKAGES) into $(PY_VENV) (pip)"; \
 	  "$(PY_VENV)/bin/python" -m pip install -q --disable-pip-version-check $(TEST_PY_PACKAGES); }
 

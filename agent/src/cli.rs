@@ -30,6 +30,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// The log on stderr: `text`, or `json` for a log collector (one object a line); which
+    /// events is `LEAKWATCH_LOG` (default `warn`).
+    #[arg(long, global = true, env = "LEAKWATCH_LOG_FORMAT", default_value = "text",
+          value_parser = leakwatch_core::log::FORMATS)]
+    pub log_format: String,
 }
 
 /// Subcommands.

@@ -21,16 +21,13 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal, not in a journal or a redirected log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match leakwatch_agent::cli::run(leakwatch_agent::cli::Cli::parse()).await {
+    let cli = leakwatch_agent::cli::Cli::parse();
+    let log_format = cli.log_format.clone();
+    leakwatch_core::log::init(&log_format);
+    match leakwatch_agent::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            leakwatch_core::log::fatal(&log_format, &e);
             ExitCode::from(2)
         }
     }

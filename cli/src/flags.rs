@@ -43,6 +43,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// The log on stderr: `text`, or `json` for a log collector (one object a line); which
+    /// events is `LEAKWATCH_LOG` (default `warn`).
+    #[arg(long, global = true, env = "LEAKWATCH_LOG_FORMAT", default_value = "text",
+          value_parser = leakwatch_core::log::FORMATS)]
+    pub log_format: String,
 }
 
 /// Subcommands.
@@ -159,6 +164,12 @@ pub struct ListenArgs {
     /// Requests per second one client address may make to the dashboard, /api and /export (burst: twice that).
     #[arg(long, env = "LEAKWATCH_PUBLIC_RATE", default_value_t = 20)]
     pub public_rate: u32,
+    /// Reverse proxies (networks in CIDR form, or addresses) whose Forwarded or X-Forwarded-For
+    /// header names the client that rate limits count; a header from any other peer is ignored,
+    /// and trusted proxies are exempt from the per-client connection limit (default: none).
+    #[arg(long, env = "LEAKWATCH_TRUSTED_PROXIES", value_name = "CIDR", num_args = 1.., value_delimiter = ',',
+          value_parser = leakwatch_dashboard::proxies::network)]
+    pub trusted_proxies: Vec<leakwatch_dashboard::proxies::IpNet>,
     /// The address the public reaches the dashboard at (https://leaks.example.org): blocklists,
     /// feeds and MUD files link back to it (default: http:// and the HTTP listen address).
     #[arg(long, env = "LEAKWATCH_PUBLIC_URL")]
@@ -272,7 +283,7 @@ pub struct SqlArgs {
     /// Write the result to this file instead of stdout: .parquet, .csv or .json.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Output format: table, csv or json.
+    /// Output format: table, csv, json (one object a line; also `ndjson`) or markdown.
     #[arg(long, default_value = "table")]
     pub format: OutputFormat,
     /// List the built-in detection rules.

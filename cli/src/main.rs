@@ -14,12 +14,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Before any other thread exists (see the function).
     leakwatch_collector::allocator::keep_freed_memory_longer();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKWATCH_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal, not in a journal or a redirected log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let cli = leakwatch::flags::Cli::parse();
+    let log_format = cli.log_format.clone();
+    leakwatch_core::log::init(&log_format);
     // Queries are planned (and, for Ballista, serialized) on these threads too.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
@@ -32,10 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(leakwatch::run(leakwatch::flags::Cli::parse())) {
+    match runtime.block_on(leakwatch::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            leakwatch_core::log::fatal(&log_format, &e);
             ExitCode::from(1)
         }
     }

@@ -115,6 +115,7 @@ pub fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArg
             licence: DataLicence { name: listen.data_licence.clone(), url: listen.data_licence_url.clone() },
             public_url: listen.public_url.clone(),
             state_dir: None,
+            trusted_proxies: listen.trusted_proxies.clone().into(),
         },
         http: leakwatch_collector::http::HttpLimits {
             header_timeout: Duration::from_secs(listen.http_header_timeout_secs),

@@ -9,7 +9,8 @@
 //!   own task (a slow handshake holds up nobody else).
 //! - A request's handling, its body included, ends after
 //!   [`HttpLimits::request_timeout`] with 408.
-//! - At most [`HttpLimits::per_client`] connections per client address and
+//! - At most [`HttpLimits::per_client`] connections per client address
+//!   (but for trusted proxies, which carry many clients' connections) and
 //!   [`HttpLimits::total`] in all are open at once; more are closed as
 //!   soon as they are accepted. The total is also held under a quarter of
 //!   the process's open-file limit, so that HTTP clients alone can never
@@ -33,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower_service::Service as _;
 
-use leakwatch_dashboard::PeerAddr;
+use leakwatch_dashboard::{PeerAddr, TrustedProxies};
 
 /// Default of [`HttpLimits::header_timeout`], seconds.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
@@ -134,12 +135,14 @@ impl Drop for ClientSlot {
 }
 
 /// Serves `app` on `listener` (with TLS when `tls` is set) within
-/// `limits` until `stop` turns true.
+/// `limits` (`proxies` exempt from the per-client one) until `stop` turns
+/// true.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
     limits: HttpLimits,
+    proxies: TrustedProxies,
     mut stop: watch::Receiver<bool>,
 ) {
     let total = limits.effective_total();
@@ -169,7 +172,8 @@ pub async fn serve(
             tracing::debug!(peer = %peer, total, "HTTP connection refused: too many open");
             continue;
         };
-        let Some(slot) = ClientSlot::take(&clients, peer.ip(), limits.per_client) else {
+        let per_client = if proxies.trusts(peer.ip()) { usize::MAX } else { limits.per_client };
+        let Some(slot) = ClientSlot::take(&clients, peer.ip(), per_client) else {
             tracing::debug!(peer = %peer, per_client = limits.per_client, "HTTP connection refused: too many from client");
             continue;
         };

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 pub mod admin;
 pub mod allocator;
 pub mod background;
+pub mod completion;
 pub mod convert;
 pub mod flight;
 pub mod flusher;

@@ -1,5 +1,5 @@
 //! The collector server: gRPC ingest with health and reflection, HTTP
-//! `/healthz`, `/metrics` and the public dashboard, and the background
+//! `/healthz` (alive), `/readyz` (the log and the flusher work), `/metrics` and the public dashboard, and the background
 //! flusher.
 
 use std::net::SocketAddr;
@@ -491,18 +491,26 @@ impl Server {
         let http_task = {
             let metrics = metrics.clone();
             let log = log.clone();
-            let health_log = log.clone();
+            let (ready_log, ready_flusher) = (log.clone(), flusher.clone());
             let unreadable_of = store.flow_store();
             let dashboard_for_metrics = dashboard.clone();
             let app = Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
                 .route(
-                    "/healthz",
+                    "/readyz",
                     get(move || async move {
-                        match health_log.failure() {
-                            None => (axum::http::StatusCode::OK, "ok\n".to_string()),
-                            Some(e) => (
+                        let failing: Vec<String> = [
+                            ready_log.failure().map(|e| format!("the log cannot be written, reports are refused: {e}")),
+                            ready_flusher.failure().map(|e| format!("flushing the log to the store fails: {e}")),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                        match failing.is_empty() {
+                            true => (axum::http::StatusCode::OK, "ready\n".to_string()),
+                            false => (
                                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                                format!("failing: the log cannot be written, reports are refused: {e}\n"),
+                                format!("not ready: {}\n", failing.join("; ")),
                             ),
                         }
                     }),
@@ -528,7 +536,8 @@ impl Server {
                 )
                 .merge(dashboard.router());
             let limits = config.http;
-            tokio::spawn(crate::http::serve(http, http_tls, app, limits, rx.clone()))
+            let proxies = config.dashboard.trusted_proxies.clone();
+            tokio::spawn(crate::http::serve(http, http_tls, app, limits, proxies, rx.clone()))
         };
         // A log that failed a write is opened again as soon as it can be
         // (RocksDB refuses writes until then).

@@ -11,10 +11,11 @@ use arrow::array::RecordBatch;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt as _;
-use leakwatch_query::format::{OutputFormat, render};
+use leakwatch_query::format::{OutputFormat, first_rows, render};
 use leakwatch_query::rules::{builtin_rules, rule};
 use leakwatch_query::{QueryConfig, SessionFactory};
 
+use crate::completion::{ConsoleHelper, Vocabulary};
 use crate::log::DurableLog;
 use crate::server::{DataDir, LogTail};
 use crate::{Error, Result};
@@ -212,14 +213,19 @@ const CONSOLE_HELP: &str = "\\d              list tables and views
 \\d TABLE        describe a table's columns
 \\rules          list the detection rules
 \\rule NAME      run a rule with its defaults
-\\format F       output format: table, csv or json
+\\format F       output format: table, csv, json (or ndjson) or markdown
+\\limit N        show at most N rows of a result (0: all; default 1000)
 \\timing         show how long each statement took (toggle)
-\\q              quit";
+\\q              quit
+Tab completes commands, tables, columns, functions and rule names.";
+
+/// Rows of a result the console shows unless `\limit` says otherwise.
+pub const CONSOLE_ROWS: usize = 1000;
 
 /// Where the console reads lines: an editor with history on a terminal,
 /// plain lines otherwise.
 enum Lines {
-    Editor(Box<rustyline::DefaultEditor>, Option<PathBuf>),
+    Editor(Box<rustyline::Editor<ConsoleHelper, rustyline::history::DefaultHistory>>, Option<PathBuf>),
     Plain(std::io::Lines<std::io::StdinLock<'static>>),
 }
 
@@ -232,11 +238,12 @@ enum Read {
 }
 
 impl Lines {
-    fn open() -> Self {
+    async fn open(backend: &Backend) -> Self {
         let stdin = std::io::stdin();
         if stdin.is_terminal()
-            && let Ok(mut editor) = rustyline::DefaultEditor::new()
+            && let Ok(mut editor) = rustyline::Editor::new()
         {
+            editor.set_helper(Some(ConsoleHelper(Vocabulary::load(backend).await)));
             let history = history_path();
             if let Some(path) = &history {
                 let _ = editor.load_history(path);
@@ -293,7 +300,7 @@ fn history_path() -> Option<PathBuf> {
 /// cancels the running query, or the statement being typed, and keeps
 /// the console.
 pub async fn console(backend: &Backend, mut format: OutputFormat) -> Result<()> {
-    let mut lines = Lines::open();
+    let mut lines = Lines::open(backend).await;
     let tty = matches!(lines, Lines::Editor(..));
     if tty {
         eprintln!(
@@ -301,6 +308,7 @@ pub async fn console(backend: &Backend, mut format: OutputFormat) -> Result<()> 
         );
     }
     let mut timing = false;
+    let mut limit = CONSOLE_ROWS;
     let mut pending = String::new();
     loop {
         let prompt = match (tty, pending.is_empty()) {
@@ -347,6 +355,15 @@ pub async fn console(backend: &Backend, mut format: OutputFormat) -> Result<()> 
                     }
                     None
                 }
+                (Some("\\limit"), arg) => {
+                    match arg.map(str::parse::<usize>) {
+                        Some(Ok(n)) => limit = n,
+                        Some(Err(_)) => eprintln!("error: \\limit takes a number of rows (0: all)"),
+                        None => {}
+                    }
+                    eprintln!("showing at most {limit} rows{}", if limit == 0 { " (0: all)" } else { "" });
+                    None
+                }
                 (Some("\\timing"), _) => {
                     timing = !timing;
                     eprintln!("timing {}", if timing { "on" } else { "off" });
@@ -358,7 +375,7 @@ pub async fn console(backend: &Backend, mut format: OutputFormat) -> Result<()> 
                 }
             };
             if let Some(sql) = sql {
-                run_and_print(backend, &sql, format, timing).await;
+                run_and_print(backend, &sql, format, limit, timing).await;
             }
             continue;
         }
@@ -366,11 +383,11 @@ pub async fn console(backend: &Backend, mut format: OutputFormat) -> Result<()> 
         pending.push('\n');
         if trimmed.ends_with(';') {
             let sql = std::mem::take(&mut pending);
-            run_and_print(backend, sql.trim().trim_end_matches(';'), format, timing).await;
+            run_and_print(backend, sql.trim().trim_end_matches(';'), format, limit, timing).await;
         }
     }
     if !pending.trim().is_empty() {
-        run_and_print(backend, pending.trim().trim_end_matches(';'), format, timing).await;
+        run_and_print(backend, pending.trim().trim_end_matches(';'), format, limit, timing).await;
     }
     Ok(())
 }
@@ -385,11 +402,22 @@ pub fn print_result(text: &str) {
     }
 }
 
-async fn run_and_print(backend: &Backend, sql: &str, format: OutputFormat, timing: bool) {
+/// Runs `sql` and prints at most `limit` rows of its result (0: all),
+/// saying on stderr how many it left out.
+async fn run_and_print(backend: &Backend, sql: &str, format: OutputFormat, limit: usize, timing: bool) {
     let started = std::time::Instant::now();
+    let shown = async {
+        let (rows, left) = first_rows(&backend.query(sql).await?, limit);
+        Ok::<_, Error>((render(&rows, format)?, left))
+    };
     tokio::select! {
-        result = run_statement(backend, sql, format) => match result {
-            Ok(out) => print_result(&out),
+        result = shown => match result {
+            Ok((out, left)) => {
+                print_result(&out);
+                if left > 0 {
+                    eprintln!("({left} more rows not shown: \\limit N shows up to N, \\limit 0 every row)");
+                }
+            }
             Err(e) => eprintln!("error: {e}"),
         },
         _ = tokio::signal::ctrl_c() => eprintln!("cancelled"),

@@ -1,11 +1,14 @@
 //! What the agent, the collector and the query layer must agree on, in a
 //! crate that pulls none of them in: the privacy rule for destination
-//! addresses ([`address`]), the path conventions ([`paths`]) and, with the
-//! feature `mimalloc`, the allocator's purge delay (`allocator`).
+//! addresses ([`address`]), the path conventions ([`paths`]), with the
+//! feature `mimalloc` the allocator's purge delay (`allocator`) and with
+//! `log` the binaries' log (`log`).
 
 pub mod address;
 #[cfg(feature = "mimalloc")]
 pub mod allocator;
+#[cfg(feature = "log")]
+pub mod log;
 pub mod paths;
 
 #[cfg(test)]

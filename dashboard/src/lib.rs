@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod charts;
+mod conditional;
 mod export;
 mod feeds;
 #[cfg(test)]
@@ -14,6 +15,7 @@ mod incremental_tests;
 pub mod lists;
 pub mod mud;
 mod pages;
+pub mod proxies;
 pub mod queries;
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +36,7 @@ use leakwatch_query::digest::{DigestStats, Digests};
 
 pub use aggregate::{Snapshot, Thresholds};
 pub use pages::{destination_href, finding_href, model_href};
+pub use proxies::TrustedProxies;
 
 /// Errors of the dashboard, sorted by whose fault they are.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +126,9 @@ pub struct DashboardConfig {
     /// Where the dashboard keeps what must outlive a restart (when each
     /// finding was first published and last changed, for the feeds).
     pub state_dir: Option<PathBuf>,
+    /// Proxies whose forwarding headers name the client a rate limit
+    /// counts (`--trusted-proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Default of [`DashboardConfig::min_refresh_interval`], seconds.
@@ -137,6 +143,7 @@ impl Default for DashboardConfig {
             licence: DataLicence::default(),
             public_url: None,
             state_dir: None,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -150,6 +157,9 @@ pub struct Published {
     pub csv: axum::body::Bytes,
     /// `/export/findings.parquet`.
     pub parquet: axum::body::Bytes,
+    /// How many refreshes this process had published with this one (0:
+    /// none yet); with the snapshot's time, the answers' `ETag`.
+    pub generation: u64,
 }
 
 /// The client's address, as the HTTP server hands it to handlers.
@@ -309,7 +319,7 @@ impl Dashboard {
                 history.lock().unwrap_or_else(PoisonError::into_inner).stamp(&mut snapshot.findings, &now);
                 snapshot.site = site;
                 let (csv, parquet) = export::findings(&snapshot.findings, &snapshot.site.licence)?;
-                Ok::<_, Error>(Published { snapshot, csv: csv.into(), parquet: parquet.into() })
+                Ok::<_, Error>(Published { snapshot, csv: csv.into(), parquet: parquet.into(), generation: 0 })
             })
             .await
             .map_err(Error::from);
@@ -325,6 +335,9 @@ impl Dashboard {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Dashboard refreshed"
         );
+        let mut computed = computed;
+        // Refreshes take turns (the refresh lock), so this is the next.
+        computed.generation = self.0.refreshes.load(Ordering::Relaxed) + 1;
         *self.0.published.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(computed);
         self.0.refreshes.fetch_add(1, Ordering::Relaxed);
         self.0.limiter.retain_recent();
@@ -363,6 +376,7 @@ impl Dashboard {
             .route("/about", get(pages::about))
             .route("/lists", get(pages::lists_page))
             .route("/api", get(pages::api_index))
+            .route("/api/openapi.json", get(pages::api_openapi))
             .route("/api/findings", get(pages::api_findings))
             .route("/api/findings/{id}", get(pages::api_finding))
             .route("/api/models", get(pages::api_models))
@@ -385,22 +399,25 @@ impl Dashboard {
     }
 }
 
-/// Refuses a client address that exceeds its rate with 429 and
-/// `Retry-After`; adds caching, content-security and licence headers.
+/// Refuses a client (its address, or the one a trusted proxy names) that
+/// exceeds its rate with 429 and `Retry-After`; adds caching,
+/// content-security (no framing, no referrer), licence and, to `/api`,
+/// CORS headers; the refresh's validators, 304 to a client that holds it,
+/// and gzip ([`conditional`]).
 async fn rate_limit(
     State(dashboard): State<Dashboard>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Err(not_until) = dashboard.0.limiter.check_key(&peer.ip()) {
+    let client = dashboard.0.config.trusted_proxies.client(peer.ip(), request.headers());
+    if let Err(not_until) = dashboard.0.limiter.check_key(&client) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         let secs = wait.as_secs() + 1;
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
             format!(
-                "too many requests from {}: the limit is {} per second; retry in {secs} s\n",
-                peer.ip(),
+                "too many requests from {client}: the limit is {} per second; retry in {secs} s\n",
                 dashboard.0.config.requests_per_second
             ),
         )
@@ -410,14 +427,28 @@ async fn rate_limit(
         }
         return response;
     }
-    let mut response = next.run(request).await;
+    let api = request.uri().path().starts_with("/api/") || request.uri().path() == "/api";
+    let (method, asked) = (request.method().clone(), request.headers().clone());
+    let published = dashboard.published();
+    let refresh = conditional::Refresh { unix: published.snapshot.refreshed_unix, generation: published.generation };
+    drop(published);
+    let response = next.run(request).await;
+    let mut response = conditional::finish(&method, &asked, refresh, response).await;
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=30"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if api {
+        // Public data, read with GET alone: any site's scripts may read it.
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    }
     if let Ok(licence) = HeaderValue::from_str(&format!("<{}>; rel=\"license\"", dashboard.0.site.licence.url)) {
         headers.insert(header::LINK, licence);
     }

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use leakwatch_query::rules::builtin_rules;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -670,6 +670,15 @@ fn api_missing(what: &str) -> Response {
     (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": what }))).into_response()
 }
 
+/// The OpenAPI 3.1 description of `/api` (`make test` validates it with
+/// openapi-spec-validator and checks real answers against it).
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /api/openapi.json`.
+pub async fn api_openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 /// `GET /api`: the endpoints.
 pub async fn api_index(State(d): State<Dashboard>) -> Response {
     let published = d.published();
@@ -678,6 +687,7 @@ pub async fn api_index(State(d): State<Dashboard>) -> Response {
         "thresholds": published.snapshot.thresholds,
         "site": published.snapshot.site,
         "endpoints": {
+            "/api/openapi.json": "this API's OpenAPI 3.1 description",
             "/api/findings": "findings, newest and strongest first; query: vendor, model, rule, q",
             "/api/findings/{id}": "one finding with its evidence, chart data and SQL",
             "/api/models": "models",

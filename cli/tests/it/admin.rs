@@ -218,3 +218,46 @@ async fn agents_lists_each_enrolled_agent_with_its_reports() {
     assert_eq!(line(&offline, &reporting)[6..], [records.clone(), "revoked".into()], "{offline}");
     assert_eq!(line(&offline, &quiet)[5..], ["0".to_string(), "enrolled".into()], "{offline}");
 }
+
+/// `--log-format json` (for a log collector): every line either binary
+/// writes to stderr is a JSON object with a time and a level, the last one
+/// the error it stopped on.
+#[test]
+fn both_binaries_write_json_lines_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = std::path::PathBuf::from(env!("CARGO_BIN_EXE_leakwatch")).with_file_name("leakwatch-agent");
+    assert!(agent.exists(), "build the agent binary first (cargo build --workspace)");
+    // A configuration file that is there already: `init` refuses to
+    // overwrite it and stops with an error.
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "# mine\n").expect("write");
+    let runs = [
+        crate::leakwatch()
+            .args(["--log-format", "json", "sql", "--data-dir"])
+            .arg(dir.path().join("no-data"))
+            .args(["-c", "SELECT 1"])
+            .env("LEAKWATCH_LOG", "info")
+            .output(),
+        std::process::Command::new(&agent)
+            .args(["init", "--log-format", "json", "--config"])
+            .arg(&config)
+            .env("LEAKWATCH_LOG", "info")
+            .output(),
+    ];
+    for out in runs {
+        let out = out.expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let lines: Vec<serde_json::Value> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        for line in &lines {
+            assert!(line["timestamp"].is_string() && line["level"].is_string(), "{line}");
+        }
+        let last = lines.last().unwrap_or_else(|| panic!("nothing logged: {stderr}"));
+        assert_eq!(last["level"], "ERROR", "{last}");
+        assert!(last["fields"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{last}");
+    }
+}

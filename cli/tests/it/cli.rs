@@ -103,7 +103,10 @@ async fn console_commands_scripts_and_out_files() {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"\\d\n\\d devices\n\\format csv\nSELECT 40 + 2\n  AS answer;\n\\rules\n\\nope\n\\q\n")
+        .write_all(
+            b"\\d\n\\d devices\n\\format csv\nSELECT 40 + 2\n  AS answer;\n\\rules\n\\nope\n\\format markdown\n\\limit 2\n\
+              SELECT v FROM (VALUES (1), (2), (3), (4), (5)) AS t(v) ORDER BY v;\n\\format ndjson\nSELECT 'a|b' AS s;\n\\q\n",
+        )
         .expect("write");
     let out = child.wait_with_output().expect("wait");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -113,6 +116,19 @@ async fn console_commands_scripts_and_out_files() {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }
     assert!(stderr.contains("unknown command"), "{stderr}");
+    // Markdown, two rows of five, and the console says what it left out.
+    assert!(stdout.contains("| v |\n| --- |\n| 1 |\n| 2 |\n{\"s\":\"a|b\"}"), "{stdout}");
+    assert!(stderr.contains("(3 more rows not shown: \\limit N shows up to N"), "{stderr}");
+
+    // Tab completion's words, read from the session as the console reads
+    // them when it opens on a terminal.
+    let sessions = leakwatch_collector::sql::open_sessions(&data, &t.dir.path().join("scratch"), Default::default())
+        .expect("sessions");
+    let words = leakwatch_collector::completion::Vocabulary::load(&sessions.into()).await;
+    assert_eq!(words.complete("SELECT device_p", 15).1, ["device_pseudonym"]);
+    assert!(words.complete("SELECT registrable_d", 20).1.contains(&"registrable_domain".to_string()));
+    assert!(words.complete("SELECT count(*) FROM boo", 24).1.contains(&"boots".to_string()));
+    assert_eq!(words.complete("\\rule boot_p", 12).1, ["boot_phone_home"]);
 
     // A script file, written to Parquet, CSV and JSON.
     let dir = tempfile::tempdir().expect("tempdir");

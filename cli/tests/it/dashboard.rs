@@ -16,8 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 GET: status, lower-cased headers, body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    get_with(addr, path, "").await
+}
+
+/// [`get`] with more request header lines (each ending in `\r\n`).
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");
@@ -401,10 +406,113 @@ async fn the_public_api_is_rate_limited_per_client_address() {
     }
     assert_eq!(&statuses[..2], &[200, 200], "burst of two allowed: {statuses:?}");
     assert!(statuses[2..].contains(&429), "then refused: {statuses:?}");
+    // What a browser is told: no framing, no sniffing, no referrer; the
+    // JSON API may be read by any site's scripts, the pages not.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (_, api, _) = get(server.http_addr, "/api/findings").await;
+    let (_, page, _) = get(server.http_addr, "/about").await;
+    for head in [&api, &page] {
+        for expected in ["frame-ancestors 'none'", "x-content-type-options: nosniff", "referrer-policy: no-referrer"] {
+            assert!(head.contains(expected), "{expected} missing:\n{head}");
+        }
+    }
+    assert!(api.contains("access-control-allow-origin: *"), "{api}");
+    assert!(!page.contains("access-control-allow-origin"), "{page}");
     // Health and metrics are not public pages and are not limited.
     for _ in 0..5 {
         assert_eq!(get(server.http_addr, "/healthz").await.0, 200);
     }
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Answers carry the refresh's validators: a client that holds one gets
+/// 304 and no body until the next refresh; text goes gzipped to a client
+/// that takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_refresh_validators_and_go_gzipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(ServeConfig::loopback(dir.path().join("collector"))).await.expect("start");
+    server.dashboard.refresh().await.expect("refresh");
+    let header = |head: &str, name: &str| {
+        head.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string)).unwrap_or_default()
+    };
+    let (status, head, plain) = get(server.http_addr, "/about").await;
+    assert_eq!(status, 200);
+    // (The helper lowers the head's case; sent back, they take the
+    // server's case again.)
+    let (etag, modified) = (header(&head, "etag"), header(&head, "last-modified"));
+    assert!(etag.starts_with("w/\"") && modified.ends_with(" gmt"), "{head}");
+    let etag = etag.replacen("w/", "W/", 1);
+    let refreshed = server.dashboard.published().snapshot.refreshed_unix;
+    let at = chrono::DateTime::from_timestamp(refreshed, 0).expect("time");
+    let modified = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    assert_eq!(header(&head, "last-modified"), modified.to_lowercase());
+    // Held: 304, no body; by tag or by date.
+    for asked in [format!("If-None-Match: {etag}\r\n"), format!("If-Modified-Since: {modified}\r\n")] {
+        let (status, head, body) = get_with(server.http_addr, "/about", &asked).await;
+        assert_eq!((status, body.len()), (304, 0), "{asked}: {head}");
+        assert!(head.contains(&format!("etag: {}", etag.to_lowercase())), "{head}");
+    }
+    // Gzipped when taken, the same page once unzipped.
+    let (status, head, zipped) = get_with(server.http_addr, "/about", "Accept-Encoding: br, gzip\r\n").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-encoding: gzip") && head.contains("vary: accept-encoding"), "{head}");
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut unzipped).expect("gunzip");
+    assert_eq!(unzipped, plain);
+    assert!(zipped.len() < plain.len() * 3 / 4, "{} of {} bytes", zipped.len(), plain.len());
+    // Binary exports go as they are.
+    let (_, head, _) = get_with(server.http_addr, "/export/findings.parquet", "Accept-Encoding: gzip\r\n").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    // The next refresh: a new tag, and the old one gets the whole page.
+    server.dashboard.refresh().await.expect("refresh");
+    let (status, head, _) = get_with(server.http_addr, "/about", &format!("If-None-Match: {etag}\r\n")).await;
+    assert_eq!(status, 200, "{head}");
+    assert_ne!(header(&head, "etag"), etag.to_lowercase());
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Behind a trusted proxy (here the test's own loopback address) each
+/// client the proxy names has its own limit, and the proxy's many
+/// connections are not held to one client's; a peer that is not trusted
+/// cannot pick the address it is counted under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.dashboard.requests_per_second = 1;
+    config.http.per_client = 1;
+    let proxies = |nets: &[&str]| leakwatch_dashboard::TrustedProxies::parse("--trusted-proxies", nets).expect("parse");
+    config.dashboard.trusted_proxies = proxies(&["127.0.0.0/8"]);
+    let server = Server::start(config.clone()).await.expect("start");
+    let as_client = |ip: &str| format!("X-Forwarded-For: 6.6.6.6, {ip}\r\n");
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(get_with(server.http_addr, "/api/findings", &as_client("203.0.113.1")).await.0);
+    }
+    assert_eq!(first, [200, 200, 429], "the first client's burst, then its limit");
+    let forwarded = "Forwarded: for=\"[2001:db8::2]:4711\";proto=https\r\n";
+    assert_eq!(get_with(server.http_addr, "/api/findings", forwarded).await.0, 200, "the second client is not limited");
+    assert_eq!(get_with(server.http_addr, "/api/findings", &as_client("203.0.113.3")).await.0, 200);
+    // An idle connection from the proxy does not keep the next one out
+    // (at most one connection per client address otherwise).
+    let idle = tokio::net::TcpStream::connect(server.http_addr).await.expect("connect");
+    assert_eq!(get_with(server.http_addr, "/api/findings", &as_client("203.0.113.4")).await.0, 200);
+    drop(idle);
+    server.shutdown().await.expect("shutdown");
+
+    // The same requests from a peer that is not a trusted proxy: its
+    // headers are ignored and every request counts against its address.
+    let dir = tempfile::tempdir().expect("tempdir");
+    config.data_dir = dir.path().join("collector");
+    config.dashboard.trusted_proxies = proxies(&["10.0.0.0/8"]);
+    config.http.per_client = leakwatch_collector::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT;
+    let server = Server::start(config).await.expect("start");
+    let mut statuses = Vec::new();
+    for ip in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        statuses.push(get_with(server.http_addr, "/api/findings", &as_client(ip)).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429], "one limit, whatever the header says");
     server.shutdown().await.expect("shutdown");
 }
 

@@ -180,6 +180,44 @@ async fn consumers_load_every_blocklist_and_feed_of_the_demo_fleet() {
     assert_eq!(reparsed[0]["entries"], parsed[0]["entries"], "a refresh that changed nothing changed the feed");
     assert!(home.contains("rel=\"alternate\" type=\"application/atom+xml\""), "the feed is linked from the pages");
 
+    // The OpenAPI description: a valid OpenAPI 3.1 document
+    // (openapi-spec-validator), which every real answer of the API matches
+    // (each against its operation's 200 schema, with jsonschema).
+    let spec = files.join("openapi.json");
+    std::fs::write(&spec, fetch(http, "/api/openapi.json").await).expect("write");
+    let model = format!("/api{}", leakwatch_dashboard::model_href("Xiaomi", "Redmi 1S"));
+    let destination = format!("/api{}", leakwatch_dashboard::destination_href(&redmi.destination));
+    let answers = [
+        ("/api", "/api".to_string()),
+        ("/api/findings", "/api/findings".into()),
+        ("/api/findings", "/api/findings?vendor=Xiaomi&q=boot".into()),
+        ("/api/findings/{id}", format!("/api{evidence}")),
+        ("/api/models", "/api/models".into()),
+        ("/api/models/{vendor}/{model}", model),
+        ("/api/destinations", "/api/destinations".into()),
+        ("/api/destinations/{name}", destination),
+    ];
+    let mut checks = Vec::new();
+    for (i, (operation, path)) in answers.iter().enumerate() {
+        let file = files.join(format!("answer-{i}.json"));
+        std::fs::write(&file, fetch(http, path).await).expect("write");
+        checks.push(format!("{operation}={}", file.display()));
+    }
+    let script = "import json, sys\n\
+                  from openapi_spec_validator import validate\n\
+                  from jsonschema import Draft202012Validator\n\
+                  spec = json.load(open(sys.argv[1]))\n\
+                  validate(spec)\n\
+                  for check in sys.argv[2:]:\n\
+                  \x20   op, path = check.split('=', 1)\n\
+                  \x20   schema = spec['paths'][op]['get']['responses']['200']['content']['application/json']['schema']\n\
+                  \x20   errors = list(Draft202012Validator({**spec, **schema}).iter_errors(json.load(open(path))))\n\
+                  \x20   assert not errors, f'{op}: ' + '; '.join(f'{list(e.absolute_path)}: {e.message}' for e in errors[:5])\n\
+                  print(len(sys.argv) - 2, 'answers match')\n";
+    let out = Command::new(&python).arg("-c").arg(script).arg(&spec).args(&checks).output().expect("python");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("8 answers match"), "OpenAPI:\n{said}");
+
     // `check` on one Redmi 1S capture, online and from a saved file,
     // reports the finding; a file that does not parse checks nothing.
     let manifest = leakwatch_agent::simulate::FleetManifest::read(&dir.path().join("captures")).expect("manifest");

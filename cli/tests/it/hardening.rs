@@ -290,8 +290,9 @@ impl Drop for SmallDisk {
 /// After the disk filled and space came back, every
 /// report was refused until a restart, while /healthz said ok and no
 /// rejection was counted. Now the log is opened again once it can be
-/// written, the failure shows in /healthz and the metrics meanwhile, and
-/// nothing acknowledged is lost or stored twice.
+/// written, the failure shows in /readyz (and the failed flush beside it)
+/// and the metrics meanwhile, /healthz stays alive, and nothing
+/// acknowledged is lost or stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_reported_and_recovered_from_without_a_restart() {
     use leakwatch_proto::v1::collector_client::CollectorClient;
@@ -309,7 +310,7 @@ async fn a_full_disk_is_reported_and_recovered_from_without_a_restart() {
         req
     };
     let health = async || {
-        let (status, _, body) = crate::dashboard::get(t.server.http_addr, "/healthz").await;
+        let (status, _, body) = crate::dashboard::get(t.server.http_addr, "/readyz").await;
         (status, String::from_utf8_lossy(&body).into_owned())
     };
     client.report(report(0)).await.expect("stored while there is room");
@@ -338,16 +339,25 @@ async fn a_full_disk_is_reported_and_recovered_from_without_a_restart() {
     let (status, body) = health().await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("the log cannot be written"), "{body}");
+    // A flush meanwhile fails too (the disk is full), and says so.
+    assert!(t.server.flusher.flush().await.is_err(), "a flush to a full disk");
+    let (_, body) = health().await;
+    assert!(body.contains("flushing the log to the store fails"), "{body}");
+    // Alive all along: a liveness probe does not restart a collector that
+    // recovers by itself.
+    assert_eq!(crate::dashboard::get(t.server.http_addr, "/healthz").await.0, 200);
     let metrics = t.server.metrics.render(Default::default());
     assert!(!metrics.contains("reason=\"storage\"} 0"), "{metrics}");
 
     // Room again: the log is opened again and reports are taken.
     std::fs::remove_file(&filler).expect("free the disk");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while health().await.0 != 200 {
+    while health().await.1.contains("the log cannot be written") {
         assert!(std::time::Instant::now() < deadline, "the log was not opened again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    t.server.flusher.flush().await.expect("a flush with room again");
+    assert_eq!(health().await, (200, "ready\n".to_string()));
     let next = acked.len() + 1000;
     let ack = client.report(report(next)).await.expect("stored again without a restart").into_inner();
     assert_eq!(ack.records_accepted, 200);
@@ -416,7 +426,7 @@ async fn a_truncated_parquet_file_is_set_aside_and_queries_answer_from_the_rest(
 
 /// `/metrics` passes `promtool check metrics` (Debian's prometheus, which
 /// `make test` installs and names in LEAKWATCH_PROMTOOL): HELP and TYPE
-/// for every metric, histograms of ack latency, Flight SQL query time and
+/// for every metric, histograms of ack latency (and of its stages), Flight SQL query time and
 /// dashboard refresh time, the age of the published aggregates, build info.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_collectors_metrics() {
@@ -436,6 +446,10 @@ async fn promtool_accepts_the_collectors_metrics() {
         "leakwatch_records_accepted_total 10",
         "# TYPE leakwatch_ack_seconds histogram",
         "leakwatch_ack_seconds_count 1",
+        "leakwatch_ack_stage_seconds_count{stage=\"queued\"} 1",
+        "leakwatch_ack_stage_seconds_count{stage=\"lookup\"} 1",
+        "leakwatch_ack_stage_seconds_count{stage=\"write\"} 1",
+        "leakwatch_ack_stage_seconds_count{stage=\"answer\"} 1",
         "leakwatch_dashboard_refresh_seconds_count ",
         "# TYPE leakwatch_published_age_seconds gauge",
         "leakwatch_build_info{version=\"",

@@ -64,6 +64,8 @@ pub struct Flusher {
     catch_up_at: u64,
     /// Whether the last flush ran at ingest's priority.
     catching_up: std::sync::atomic::AtomicBool,
+    /// Why the last flush failed, until one succeeds.
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 /// The Parquet file of each day the log entries `from..=to` have records
@@ -136,6 +138,7 @@ impl Flusher {
             lock: tokio::sync::Mutex::new(()),
             catch_up_at: u64::MAX,
             catching_up: false.into(),
+            failure: std::sync::Mutex::default(),
         }
     }
 
@@ -170,8 +173,22 @@ impl Flusher {
     }
 
     /// Flushes what is durable now (finishing an interrupted flush first);
-    /// repeats until the log holds nothing more to flush.
+    /// repeats until the log holds nothing more to flush. A failure is
+    /// kept for [`Self::failure`] until a flush succeeds.
     pub async fn flush(&self) -> Result<FlushOutcome> {
+        let flushed = self.flush_all().await;
+        *self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            flushed.as_ref().err().map(ToString::to_string);
+        flushed
+    }
+
+    /// Why the last flush failed (reading the log, writing the store), if
+    /// it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    async fn flush_all(&self) -> Result<FlushOutcome> {
         let _guard = self.lock.lock().await;
         let mut total = FlushOutcome::default();
         loop {
