@@ -117,14 +117,7 @@ fn accepts_gzip(request: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, v.parse().expect("value"));
-        }
-        h
-    }
+    use crate::proxies::tests::headers;
 
     #[test]
     fn a_client_holding_the_refresh_is_told_so() {
