@@ -346,9 +346,14 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
     // Histories, each with the share of its rows above which a file's
     // digest is not kept (its records are read instead): every file, some,
     // none.
-    let histories =
-        (proptest::collection::vec(op(), 1..8), prop_oneof![1 => Just(0.0), 1 => Just(0.5), 3 => Just(2.0)]);
-    let result = runner.run(&histories, |(ops, raw_share)| {
+    // And the records a file is first judged by: a few (most files are
+    // judged by a sample) or the default (every file is its own sample).
+    let histories = (
+        proptest::collection::vec(op(), 1..8),
+        prop_oneof![1 => Just(0.0), 1 => Just(0.5), 3 => Just(2.0)],
+        prop_oneof![Just(3usize), Just(leakwatch_query::digest::SAMPLE_RECORDS)],
+    );
+    let result = runner.run(&histories, |(ops, raw_share, sample)| {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -358,15 +363,18 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
             let t = Thresholds::new(2, 2).expect("thresholds");
             let mut store = Store { client, files: Vec::new(), leftovers: Vec::new(), next: [1, 1], batches: 0 };
             let digests_dir = dir.path().join("digests");
-            let incremental = Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share);
+            let incremental =
+                Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share).sample_records(sample);
             let mut last = None;
             for op in &ops {
                 if !store.apply(op).await {
                     continue;
                 }
                 let (session, stats) = factory.digest_session(&incremental).await.expect("digest session");
-                let (fresh, everything) =
-                    factory.digest_session(&Digests::in_memory().raw_share(raw_share)).await.expect("digest session");
+                let (fresh, everything) = factory
+                    .digest_session(&Digests::in_memory().raw_share(raw_share).sample_records(sample))
+                    .await
+                    .expect("digest session");
                 if let Op::Flush { .. } = op {
                     // The files that were there are not read again.
                     prop_assert_eq!(stats.digested, 1, "{:?}", stats);
@@ -394,7 +402,8 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
                 prop_assert_eq!(rule_rows(&records).await, rule_rows(&session).await);
                 // A process started later reads the digests its
                 // predecessor left, and no file again.
-                let reopened = Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share);
+                let reopened =
+                    Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share).sample_records(sample);
                 let (again, stats) = factory.digest_session(&reopened).await.expect("digest session");
                 prop_assert_eq!((stats.digested, stats.kept), (0, store.files.len()), "{:?}", stats);
                 prop_assert_eq!(rows(&again).await, rows(&fresh).await);
@@ -406,7 +415,8 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
                     .find(|p| p.extension().is_some_and(|x| x == "parquet"));
                 if let Some(damaged) = damaged {
                     std::fs::write(&damaged, b"not parquet").expect("damage");
-                    let reopened = Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share);
+                    let reopened =
+                        Digests::in_dir(&digests_dir).expect("digests").raw_share(raw_share).sample_records(sample);
                     let (again, stats) = factory.digest_session(&reopened).await.expect("digest session");
                     prop_assert_eq!(stats.digested, 1, "{:?}", stats);
                     prop_assert_eq!(rows(&again).await, rows(&fresh).await);

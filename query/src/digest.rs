@@ -24,7 +24,9 @@
 //! would keep more than [`Digests::raw_share`] of its rows (each record
 //! its own group, as when every record is a boot's contact with one
 //! destination) gets none: its records are read as they are, each the
-//! digest of itself (`digest_raw.sql`), and a marker says so.
+//! digest of itself (`digest_raw.sql`), and a marker says so. Whether it
+//! would is judged from its first [`Digests::sample_records`] records
+//! first: a file whose sample does not merge is not digested further.
 //!
 //! A refresh digests the files it has no digest for (a flush, the output
 //! of a compaction, a file whose left-out copies changed), deletes the
@@ -70,6 +72,14 @@ const INPUT: &str = "digest_input";
 /// Where sessions find the digests' store.
 const DIGESTS_URL: &str = "leakwatch-digests://digests";
 
+/// Default of [`Digests::sample_records`]: records of a flushed file
+/// digested first, as a sample. A file whose sample's digest keeps more
+/// than [`Digests::raw_share`] of them is read as it is, and the rest of
+/// it is never digested (each file of four-minute boots, whose records
+/// hardly merge, cost a whole digest to learn that). A row group of a
+/// flushed file.
+pub const SAMPLE_RECORDS: usize = 128 * 1024;
+
 /// Default of [`Digests::raw_share`].
 pub const DEFAULT_RAW_SHARE: f64 = 0.5;
 
@@ -86,6 +96,7 @@ enum Kept {
 pub struct Digests {
     store: Arc<dyn ObjectStore>,
     raw_share: f64,
+    sample_records: usize,
     files: Mutex<HashMap<String, Kept>>,
 }
 
@@ -135,7 +146,13 @@ impl Digests {
     }
 
     fn in_store(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store, raw_share: DEFAULT_RAW_SHARE, files: Mutex::default() }
+        Self { store, raw_share: DEFAULT_RAW_SHARE, sample_records: SAMPLE_RECORDS, files: Mutex::default() }
+    }
+
+    /// The same, judging a file by its first `records` records
+    /// ([`SAMPLE_RECORDS`] unless set; at least one).
+    pub fn sample_records(self, records: usize) -> Self {
+        Self { sample_records: records.max(1), ..self }
     }
 
     /// The same, a file whose digest keeps more than `share` of its rows
@@ -290,10 +307,20 @@ impl Digests {
         schema: &SchemaRef,
     ) -> Result<Kept> {
         let digested = async {
-            let rows = records_of(session, &[file], left_out)?;
-            let batches = digest_of(session, rows).await?;
-            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-            let records: u64 = batches.iter().map(records_in).sum();
+            // A sample first: when its records hardly merge, the file is
+            // read as it is without digesting the rest.
+            let sample = records_of(session, &[file], left_out)?.limit(0, Some(self.sample_records))?;
+            let sample = digest_of(session, sample).await?;
+            let counts = |batches: &[RecordBatch]| {
+                (batches.iter().map(|b| b.num_rows() as u64).sum::<u64>(), batches.iter().map(records_in).sum::<u64>())
+            };
+            let (rows, records) = counts(&sample);
+            let batches = match rows as f64 > self.raw_share * records as f64 || records < self.sample_records as u64 {
+                // Raw by its sample, or the sample was the whole file.
+                true => sample,
+                false => digest_of(session, records_of(session, &[file], left_out)?).await?,
+            };
+            let (rows, records) = counts(&batches);
             if rows as f64 > self.raw_share * records as f64 {
                 let key = Path::from(format!("{name}.raw"));
                 self.put(&key, PutPayload::new()).await?;
