@@ -1,6 +1,6 @@
 //! The collector server: gRPC ingest with health and reflection, HTTP
-//! `/healthz` (alive), `/readyz` (the log and the flusher work), `/metrics` and the public dashboard, and the background
-//! flusher.
+//! `/healthz` (alive), `/readyz` (the log and the flusher work),
+//! `/metrics` and the public dashboard, and the background flusher.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
