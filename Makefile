@@ -17,7 +17,7 @@ PYTHON ?= python3
 BUILD_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 PY_VENV := $(BUILD_DIR)/py-venv
 TEST_PY_PACKAGES := adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1 feedparser==6.0.14 \
-  openapi-spec-validator==0.9.0
+  openapi-spec-validator==0.9.0 psycopg==3.3.9 psycopg-binary==3.3.9
 BENCH_PY_PACKAGES := duckdb==2.0.0
 # A real S3-compatible server on loopback for the scale-out test, built
 # with cargo beside the build when missing.
@@ -45,7 +45,7 @@ apt_install = missing=""; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-.PHONY: demo test bench soak deps deb deb-check bench-deps browser-deps consumer-deps metrics-check-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
+.PHONY: demo test bench soak deps deb deb-check bench-deps browser-deps consumer-deps pg-client-deps metrics-check-deps unit-check-deps check-agent-deps fmt clippy unit py-venv test-py bench-py s3-server
 
 # The demo's binary is built as `make test` builds it (the whole workspace
 # with its tests, whose dev-dependencies turn on more features of shared
@@ -55,7 +55,7 @@ demo: deps
 	$(CARGO) test --locked --workspace $(FEATURES) --no-run
 	"$(BUILD_DIR)/debug/leakwatch" demo
 
-test: deps browser-deps consumer-deps metrics-check-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit deb-check
+test: deps browser-deps consumer-deps pg-client-deps metrics-check-deps unit-check-deps fmt clippy check-agent-deps test-py s3-server unit deb-check
 
 bench: deps bench-deps bench-py
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
@@ -81,6 +81,9 @@ browser-deps:
 # named-checkzone (RPZ) and yanglint.
 consumer-deps:
 	@$(call apt_install,blocklist and MUD consumers,dnsmasq-base unbound bind9-utils libyang2-tools)
+
+pg-client-deps:
+	@$(call apt_install,PostgreSQL client for the wire protocol tests,postgresql-client)
 
 # promtool (Debian's prometheus), which checks the collector's /metrics.
 metrics-check-deps:
@@ -123,7 +126,7 @@ py-venv:
 	fi
 
 test-py: py-venv
-	@"$(PY_VENV)/bin/python" -c 'import adbc_driver_flightsql, pyarrow, feedparser, openapi_spec_validator' 2>/dev/null || { \
+	@"$(PY_VENV)/bin/python" -c 'import adbc_driver_flightsql, pyarrow, feedparser, openapi_spec_validator, psycopg' 2>/dev/null || { \
 	  echo "Installing $(TEST_PY_PACKAGES) into $(PY_VENV) (pip)"; \
 	  "$(PY_VENV)/bin/python" -m pip install -q --disable-pip-version-check $(TEST_PY_PACKAGES); }
 

@@ -155,6 +155,16 @@ pub struct ListenArgs {
     /// Serve Flight SQL on this address (default: on the gRPC address, beside ingest).
     #[arg(long, env = "LEAKWATCH_FLIGHT_LISTEN")]
     pub flight_listen: Option<SocketAddr>,
+    /// Serve the PostgreSQL wire protocol on this address, for psql, psycopg, DBeaver and
+    /// Grafana: any user name, an analyst's SQL token as the password (default: not served).
+    #[arg(long, env = "LEAKWATCH_PG_LISTEN")]
+    pub pg_listen: Option<SocketAddr>,
+    /// PostgreSQL connections open at once; the next is refused (SQLSTATE 53300).
+    #[arg(long, env = "LEAKWATCH_PG_MAX_CONNECTIONS", default_value_t = 64)]
+    pub pg_max_connections: usize,
+    /// Seconds a logged-in PostgreSQL client may send nothing before its connection is closed (57P05).
+    #[arg(long, env = "LEAKWATCH_PG_IDLE_TIMEOUT_SECS", default_value_t = 3600)]
+    pub pg_idle_timeout_secs: u64,
     /// Publish only groups seen from at least this many distinct devices (k; at least 2).
     #[arg(long, env = "LEAKWATCH_PUBLIC_MIN_DEVICES", default_value_t = 5)]
     pub public_min_devices: u64,

@@ -72,8 +72,9 @@ fn shared_store(args: &ServeArgs) -> Result<Option<SharedStore>> {
 /// Refuses plain-text listeners off loopback unless allowed.
 fn check_plaintext(listen: &ListenArgs, allow: bool, tls: bool) -> Result<()> {
     let flight = listen.flight_listen.map(|a| ("--flight-listen", a, tls));
+    let pg = listen.pg_listen.map(|a| ("--pg-listen", a, tls));
     let listeners = [("--grpc-listen", listen.grpc_listen, tls), ("--http-listen", listen.http_listen, tls)];
-    for (flag, addr, tls) in listeners.into_iter().chain(flight) {
+    for (flag, addr, tls) in listeners.into_iter().chain(flight).chain(pg) {
         if !tls && !addr.ip().is_loopback() {
             if !allow {
                 return Err(Error::Config(format!(
@@ -105,6 +106,12 @@ pub fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArg
         },
         query: listen.query.config(),
         flight_listen: listen.flight_listen,
+        pg_listen: listen.pg_listen,
+        pg: leakwatch_collector::pg::PgLimits {
+            max_connections: listen.pg_max_connections.max(1),
+            idle_timeout: Duration::from_secs(listen.pg_idle_timeout_secs.max(1)),
+            ..leakwatch_collector::pg::PgLimits::default()
+        },
         dashboard: DashboardConfig {
             thresholds: Thresholds {
                 min_devices: listen.public_min_devices,

@@ -22,6 +22,7 @@ pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod metrics;
+pub mod pg;
 pub mod server;
 pub mod sql;
 pub mod tls;

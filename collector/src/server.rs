@@ -64,6 +64,10 @@ pub struct ServeConfig {
     pub query: QueryConfig,
     /// Serve Flight SQL on this address instead of the gRPC address.
     pub flight_listen: Option<SocketAddr>,
+    /// Serve the PostgreSQL wire protocol on this address (none: not at all).
+    pub pg_listen: Option<SocketAddr>,
+    /// Bounds of the PostgreSQL listener.
+    pub pg: crate::pg::PgLimits,
     /// The public dashboard's thresholds and rate limit.
     pub dashboard: DashboardConfig,
     /// Bounds of the HTTP listener (timeouts, connections).
@@ -92,6 +96,8 @@ impl ServeConfig {
             client_ca: None,
             query: QueryConfig::default(),
             flight_listen: None,
+            pg_listen: None,
+            pg: crate::pg::PgLimits::default(),
             dashboard: DashboardConfig::default(),
             http: crate::http::HttpLimits::default(),
             store: None,
@@ -314,6 +320,8 @@ pub struct Server {
     /// Bound Flight SQL address (the gRPC address unless `flight_listen`
     /// was given).
     pub flight_addr: SocketAddr,
+    /// Bound PostgreSQL address (with `pg_listen`).
+    pub pg_addr: Option<SocketAddr>,
     /// The log.
     pub log: Arc<DurableLog>,
     /// The flusher.
@@ -482,6 +490,22 @@ impl Server {
             }
             None => (grpc_addr, Some(flight)),
         };
+        let pg_addr = match config.pg_listen {
+            Some(addr) => {
+                let (listener, bound) = crate::pg::bind(addr).await?;
+                let service = crate::pg::PgService::new(
+                    sessions.clone(),
+                    queries.handle(),
+                    log.clone(),
+                    http_tls.clone(),
+                    config.pg,
+                    Some(metrics.clone()),
+                )?;
+                tasks.push(tokio::spawn(service.serve(listener, rx.clone())));
+                Some(bound)
+            }
+            None => None,
+        };
         let router = builder.add_service(health_service).add_service(reflection).add_service(ingest).add_service(admin);
         let router = match flight_beside_ingest {
             Some(flight) => router.add_service(flight),
@@ -609,12 +633,13 @@ impl Server {
         health.set_serving::<CollectorServer<Ingest>>().await;
         dashboard.request_refresh();
         tasks.extend([http_task, flush_task, reopen_task]);
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, flight_sql = %flight_addr, data_dir = %config.data_dir.display(), "Collector serving");
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, flight_sql = %flight_addr, postgres = ?pg_addr, data_dir = %config.data_dir.display(), "Collector serving");
         Ok(Self {
             data_dir: config.data_dir.clone(),
             grpc_addr,
             http_addr,
             flight_addr,
+            pg_addr,
             log,
             flusher,
             sessions,

@@ -10,6 +10,7 @@ mod give_back;
 mod hardening;
 mod hostile;
 mod pipeline;
+mod postgres;
 mod rules;
 mod scale;
 
