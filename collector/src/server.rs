@@ -495,6 +495,7 @@ impl Server {
                 let (listener, bound) = crate::pg::bind(addr).await?;
                 let service = crate::pg::PgService::new(
                     sessions.clone(),
+                    config.query.timeout,
                     queries.handle(),
                     log.clone(),
                     http_tls.clone(),

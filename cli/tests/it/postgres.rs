@@ -162,15 +162,18 @@ async fn postgres_psql_and_psycopg_answer_like_leakwatch_sql_and_run_every_rule(
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The rule panel runs the rule as leakwatch ships it.
+    // Each rule has a panel, which runs the rule as leakwatch ships it.
     let text = std::fs::read_to_string(&dashboard).expect("dashboard json");
     let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard parses");
-    let boot = &rules["boot_phone_home"].0;
     let panels = json["panels"].as_array().expect("panels");
-    assert!(
-        panels.iter().any(|p| p["targets"][0]["rawSql"].as_str().is_some_and(|s| s.trim() == boot.trim())),
-        "docs/grafana/leakwatch.json has a panel running boot_phone_home as shipped"
-    );
+    for (name, (sql, _)) in &rules {
+        let title = format!("(rule {name})");
+        let panel = panels
+            .iter()
+            .find(|p| p["title"].as_str().is_some_and(|t| t.ends_with(&title)))
+            .unwrap_or_else(|| panic!("docs/grafana/leakwatch.json has no panel for rule {name}"));
+        assert_eq!(panel["targets"][0]["rawSql"].as_str().map(str::trim), Some(sql.trim()), "rule {name}'s panel");
+    }
 
     // After the collector stops, `leakwatch sql` on its data agrees.
     server.shutdown().await.expect("shutdown");
@@ -403,5 +406,52 @@ async fn postgres_over_tls_only_when_the_collector_has_tls() {
     let out = psql_with(&format!("host=localhost port={port} sslmode=disable"), &token, "SELECT 1");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("sslmode=require"), "{err}");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_query_past_its_time_or_cancelled_gets_57014() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ServeConfig {
+        pg_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        query: leakwatch_query::QueryConfig { timeout: Duration::from_secs(2), ..Default::default() },
+        ..crate::serve_config(&dir.path().join("collector"))
+    };
+    let server = Server::start(config).await.expect("start");
+    run_pipeline(&server, dir.path(), Some(60), None).await.expect("fleet through agent and collector");
+    let addr = server.pg_addr.expect("PostgreSQL listener");
+    let token = sql_token(&dir.path().join("collector"));
+    // Tens of millions of joined rows to add up: past two seconds.
+    let endless = "SELECT sum(a.duration_s * b.duration_s * c.duration_s) FROM flows a \
+                   JOIN flows b ON a.vendor = b.vendor JOIN flows c ON b.vendor = c.vendor";
+
+    let (mut c, _) = blocking(|| Raw::login(addr, &token));
+    let started = std::time::Instant::now();
+    let answer = blocking(|| c.query(endless));
+    assert_eq!(code(&answer), "57014", "{answer:?}");
+    let said = String::from_utf8_lossy(&answer.iter().find(|m| m.0 == b'E').expect("error").1).to_string();
+    assert!(said.contains("timed out"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(30), "stopped at its time limit: {:?}", started.elapsed());
+    assert_eq!(answer.last().map(|m| m.0), Some(b'Z'), "the connection goes on");
+
+    // A cancel request from another connection, with the key the login gave.
+    let (mut c, login) = blocking(|| Raw::login(addr, &token));
+    let (_, key) = login.iter().find(|m| m.0 == b'K').expect("backend key data");
+    let mut body = vec![b'Q'];
+    let sql = format!("{endless}\0");
+    body.extend_from_slice(&u32::try_from(sql.len() + 4).expect("len").to_be_bytes());
+    body.extend_from_slice(sql.as_bytes());
+    blocking(|| c.0.write_all(&body)).expect("query");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cancel = u32::try_from(8 + key.len()).expect("len").to_be_bytes().to_vec();
+    cancel.extend_from_slice(&[0x04, 0xd2, 0x16, 0x2e]);
+    cancel.extend_from_slice(key);
+    let started = std::time::Instant::now();
+    blocking(|| TcpStream::connect(addr).and_then(|mut s| s.write_all(&cancel))).expect("cancel request");
+    let answer = blocking(|| c.until_ready());
+    assert_eq!(code(&answer), "57014", "{answer:?}");
+    let said = String::from_utf8_lossy(&answer.iter().find(|m| m.0 == b'E').expect("error").1).to_string();
+    assert!(said.contains("canceling statement due to user request"), "cancelled, not timed out: {said}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
     server.shutdown().await.expect("shutdown");
 }

@@ -90,17 +90,20 @@ impl std::fmt::Debug for PgService {
 }
 
 impl PgService {
-    /// The service over `sessions` (run on `queries`), accepting analysts'
-    /// tokens stored in `log`; with `tls`, over TLS only.
+    /// The service over `sessions` (whose queries have `timeout`, run on
+    /// `queries`), accepting analysts' tokens stored in `log`; with `tls`,
+    /// over TLS only.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         sessions: SessionFactory,
+        timeout: Duration,
         queries: tokio::runtime::Handle,
         log: Arc<DurableLog>,
         tls: Option<Arc<rustls::ServerConfig>>,
         limits: PgLimits,
         metrics: Option<Arc<crate::metrics::IngestMetrics>>,
     ) -> crate::Result<Self> {
-        let planner = Planner::new(sessions, queries, metrics)
+        let planner = Planner::new(sessions, timeout, queries, metrics)
             .map_err(|e| crate::Error::Config(format!("--pg-listen: the PostgreSQL catalog: {e}")))?;
         let connections = Arc::new(ConnectionManager::new());
         let tls = tls.map(|config| {

@@ -127,6 +127,23 @@ fn query_error(e: leakwatch_query::Error) -> PgWireError {
 struct Running {
     schema: SchemaRef,
     batches: mpsc::Receiver<leakwatch_query::Result<RecordBatch>>,
+    deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
+}
+
+impl Running {
+    /// The batches until the last, or until the deadline (then an error).
+    fn batches(self) -> impl futures::Stream<Item = leakwatch_query::Result<RecordBatch>> + Send {
+        let (deadline, timeout) = (self.deadline, self.timeout);
+        stream::unfold(Some(self.batches), move |batches| async move {
+            let mut batches = batches?;
+            match tokio::time::timeout_at(deadline, batches.recv()).await {
+                Ok(Some(batch)) => Some((batch, Some(batches))),
+                Ok(None) => None,
+                Err(_) => Some((Err(leakwatch_query::Error::Timeout(timeout)), None)),
+            }
+        })
+    }
 }
 
 /// Parses, plans and runs statements for every connection.
@@ -136,12 +153,17 @@ pub struct Planner {
     catalog: Catalog,
     parser: Arc<PostgresCompatibilityParser>,
     metrics: Option<Arc<crate::metrics::IngestMetrics>>,
+    /// The time limit of each query (the sessions'), kept here too: see
+    /// [`Planner::run`].
+    timeout: std::time::Duration,
 }
 
 impl Planner {
-    /// A planner over `sessions`, running on `queries`.
+    /// A planner over `sessions`, whose queries have `timeout`, running on
+    /// `queries`.
     pub fn new(
         sessions: SessionFactory,
+        timeout: std::time::Duration,
         queries: tokio::runtime::Handle,
         metrics: Option<Arc<crate::metrics::IngestMetrics>>,
     ) -> Result<Self, datafusion::error::DataFusionError> {
@@ -151,6 +173,7 @@ impl Planner {
             catalog: Catalog::new()?,
             parser: Arc::new(PostgresCompatibilityParser::new()),
             metrics,
+            timeout,
         })
     }
 
@@ -205,12 +228,20 @@ impl Planner {
     /// Starts `sql` with `params` on the query runtime; returns once its
     /// first batch (or error) is at hand, so that an error is told before
     /// any row.
+    ///
+    /// The time limit is kept on both sides: the query stops at it, and
+    /// the client is told at it on this runtime even if the query's
+    /// threads are all inside an operator that does not yield (a cross
+    /// join's output into an aggregate), where no timer of theirs fires.
     async fn run(&self, sql: String, params: Vec<ScalarValue>) -> PgWireResult<(Running, Option<RecordBatch>)> {
         let (sessions, catalog) = (self.sessions.clone(), self.catalog.clone());
         let (tx, rx) = mpsc::channel::<leakwatch_query::Result<RecordBatch>>(2);
         let (planned_tx, planned_rx) = tokio::sync::oneshot::channel();
         let metrics = self.metrics.clone();
-        self.queries.spawn(async move {
+        // A client that goes away, or cancels, drops the receiver: the
+        // query stops then, wherever it is.
+        let gone = tx.clone();
+        let work = async move {
             let started = std::time::Instant::now();
             let _timed = Timed(metrics, started);
             let session = match Self::session(&sessions, &catalog).await {
@@ -257,13 +288,22 @@ impl Planner {
                     _ => break,
                 }
             }
+        };
+        self.queries.spawn(async move {
+            tokio::select! {
+                () = work => {}
+                () = gone.closed() => {}
+            }
         });
-        let schema = planned_rx
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || query_error(leakwatch_query::Error::Timeout(self.timeout));
+        let schema = tokio::time::timeout_at(deadline, planned_rx)
             .await
+            .map_err(|_| timed_out())?
             .map_err(|_| pg_error("ERROR", "XX000", "the query stopped before it was planned"))?
             .map_err(query_error)?;
-        let mut running = Running { schema, batches: rx };
-        let first = match running.batches.recv().await {
+        let mut running = Running { schema, batches: rx, deadline, timeout: self.timeout };
+        let first = match tokio::time::timeout_at(deadline, running.batches.recv()).await.map_err(|_| timed_out())? {
             None => None,
             Some(Ok(batch)) => Some(batch),
             Some(Err(e)) => return Err(query_error(e)),
@@ -279,7 +319,7 @@ impl Planner {
         options: Arc<FormatOptions>,
     ) -> PgWireResult<QueryResponse> {
         let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(&running.schema, format, Some(options))?);
-        let rest = tokio_stream::wrappers::ReceiverStream::new(running.batches);
+        let rest = running.batches();
         let batches = stream::iter(first.map(Ok)).chain(rest);
         let encode_with = fields.clone();
         let rows = batches
