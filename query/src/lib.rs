@@ -33,6 +33,7 @@ pub mod statement;
 mod store;
 mod udf;
 pub mod watch;
+mod yielding;
 
 pub use copies::{batch_list, batch_pairs};
 pub use files::{BATCHES_KEY, flushed_range_of, range_within, rules_order, sorted_for_rules, sorted_slice};

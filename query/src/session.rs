@@ -184,8 +184,13 @@ impl SessionFactory {
             Some(url) => return Err(Error::Invalid(format!("--ballista {url}: {NO_BALLISTA}"))),
             None => query_options(SessionConfig::new()),
         };
-        let state =
-            SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
+        let mut state =
+            SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features();
+        // Plans run here; a cluster plans with its own rules.
+        if self.config.ballista.is_none() {
+            state = state.with_physical_optimizer_rule(Arc::new(crate::yielding::YieldingJoins));
+        }
+        let state = state.build();
         #[cfg(feature = "ballista")]
         let ctx = match &self.config.ballista {
             Some(url) => crate::ballista::remote_context(url, state).await?,
@@ -1183,6 +1188,42 @@ mod tests {
         let sql = "SELECT count(DISTINCT a.device_pseudonym || b.device_pseudonym) FROM flows a CROSS JOIN flows b";
         let err = session.sql(sql).await.expect_err("timeout");
         assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    }
+
+    /// A join whose output an aggregate consumes in one go (a cross join
+    /// into `sum`) never waits, so the threads it runs on never yield: no
+    /// timer fired there, and the query ran on past its time limit, for
+    /// hours at this size, holding every query thread. Run on a runtime
+    /// of its own, as the collector's queries are; watched from outside it.
+    #[test]
+    fn a_join_that_never_waits_still_stops_at_its_time_limit() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_stack_size(crate::QUERY_THREAD_STACK)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (done, outcome) = std::sync::mpsc::channel();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FlowStore::local(dir.path()).expect("store");
+        runtime.spawn(async move {
+            let config = QueryConfig { timeout: Duration::from_secs(1), ..QueryConfig::default() };
+            let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 3000)] };
+            let factory = SessionFactory::new(config, store, Arc::new(FixedTail(tail)));
+            let session = factory.session().await.expect("session");
+            // 27 billion rows to add up.
+            let sql =
+                "SELECT sum(length(a.domain) * length(b.domain) * length(c.domain)) FROM flows a, flows b, flows c";
+            let _ = done.send(session.sql(sql).await.map(|_| ()));
+        });
+        let started = std::time::Instant::now();
+        let outcome = outcome.recv_timeout(Duration::from_secs(60));
+        runtime.shutdown_background();
+        match outcome {
+            // Stopped within a few seconds of its limit.
+            Ok(Err(Error::Timeout(_))) if started.elapsed() < Duration::from_secs(5) => {}
+            other => panic!("after {:?}: {other:?}", started.elapsed()),
+        }
     }
 
     #[tokio::test]
