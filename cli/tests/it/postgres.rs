@@ -269,6 +269,39 @@ impl Raw {
         out
     }
 
+    /// A Parse message: `sql` prepared as `name`.
+    fn parse(&mut self, name: &str, sql: &str) {
+        let mut body = Vec::with_capacity(name.len() + sql.len() + 4);
+        for text in [name, sql] {
+            body.extend_from_slice(text.as_bytes());
+            body.push(0);
+        }
+        body.extend_from_slice(&[0, 0]);
+        self.send(b'P', &body);
+    }
+
+    /// A Close message for the statement `name`.
+    fn close_statement(&mut self, name: &str) {
+        let mut body = vec![b'S'];
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        self.send(b'C', &body);
+    }
+
+    /// A Sync, and the answers up to ReadyForQuery.
+    fn sync(&mut self) -> Vec<Message> {
+        self.send(b'S', &[]);
+        let mut out = Vec::new();
+        while let Some(m) = self.read() {
+            let done = m.0 == b'Z';
+            out.push(m);
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
     /// Whether the server closed the connection (a read sees its end).
     fn closed(&mut self) -> bool {
         self.read().is_none()
@@ -453,5 +486,64 @@ async fn postgres_a_query_past_its_time_or_cancelled_gets_57014() {
     let said = String::from_utf8_lossy(&answer.iter().find(|m| m.0 == b'E').expect("error").1).to_string();
     assert!(said.contains("canceling statement due to user request"), "cancelled, not timed out: {said}");
     assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_prepared_statements_are_bounded_per_connection() {
+    use leakwatch_collector::pg::session::{MAX_PREPARED, MAX_PREPARED_BYTES};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ServeConfig {
+        pg_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..crate::serve_config(&dir.path().join("collector"))
+    };
+    let server = Server::start(config).await.expect("start");
+    let addr = server.pg_addr.expect("PostgreSQL listener");
+    let now = chrono::Utc::now().timestamp();
+    let token = leakwatch_collector::admin::create_sql_token(&server.log, "analyst", now + 3600, now).expect("token");
+    let parsed = |answer: &[Message]| answer.iter().filter(|m| m.0 == b'1').count();
+
+    let (mut c, _) = blocking(|| Raw::login(addr, &token));
+    let answer = blocking(|| {
+        for i in 0..MAX_PREPARED {
+            c.parse(&format!("s{i}"), "SELECT 1");
+        }
+        c.sync()
+    });
+    assert_eq!((parsed(&answer), sqlstate(&answer)), (MAX_PREPARED, None), "as many as the bound are held");
+    let answer = blocking(|| {
+        c.parse("one_more", "SELECT 1");
+        c.sync()
+    });
+    assert_eq!(code(&answer), "54000", "one more is refused: {answer:?}");
+    // Closing one makes room; the unnamed statement never counts.
+    let answer = blocking(|| {
+        c.close_statement("s0");
+        c.parse("one_more", "SELECT 1");
+        c.parse("", "SELECT 2");
+        c.sync()
+    });
+    assert_eq!((parsed(&answer), sqlstate(&answer)), (2, None), "{answer:?}");
+    assert_eq!(code(&blocking(|| c.query("DEALLOCATE nonesuch"))), "26000");
+    let answer = blocking(|| c.query("DEALLOCATE ALL"));
+    assert_eq!(sqlstate(&answer), None, "{answer:?}");
+
+    // Their text is bounded too: statements of the longest SQL fit until
+    // their bytes reach the bound.
+    let long = format!("SELECT 1{}", " ".repeat(leakwatch_collector::pg::MAX_SQL_BYTES - 8));
+    let fit = MAX_PREPARED_BYTES / long.len();
+    let answer = blocking(|| {
+        for i in 0..fit {
+            c.parse(&format!("long{i}"), &long);
+        }
+        c.sync()
+    });
+    assert_eq!((parsed(&answer), sqlstate(&answer)), (fit, None));
+    let answer = blocking(|| {
+        c.parse("too_long", &long);
+        c.sync()
+    });
+    assert_eq!(code(&answer), "54000", "{answer:?}");
+    assert!(blocking(|| c.query("SELECT 1")).iter().any(|m| m.0 == b'D'), "the connection goes on");
     server.shutdown().await.expect("shutdown");
 }

@@ -27,13 +27,16 @@ use pgwire::api::auth::{
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::QueryParser;
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, METADATA_USER, PgWireConnectionState, PidSecretKeyGenerator as _,
-    RandomPidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, METADATA_USER, PgWireConnectionState,
+    PidSecretKeyGenerator as _, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::{
+    Close, CloseComplete, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
@@ -72,8 +75,10 @@ pub enum Command {
     Rollback,
     /// `SHOW name`.
     Show(String),
+    /// `DEALLOCATE name` or `DEALLOCATE ALL`: prepared statements closed.
+    Deallocate(String),
     /// A statement accepted and without effect, with its tag (`SET`,
-    /// `DISCARD ALL`, `DEALLOCATE`, `CLOSE CURSOR`).
+    /// `DISCARD ALL`, `CLOSE CURSOR`).
     Accept(&'static str),
 }
 
@@ -88,7 +93,7 @@ impl Command {
             }
             Statement::Set(_) => Self::Accept("SET"),
             Statement::Discard { .. } => Self::Accept("DISCARD ALL"),
-            Statement::Deallocate { .. } => Self::Accept("DEALLOCATE"),
+            Statement::Deallocate { name, .. } => Self::Deallocate(name.value.clone()),
             Statement::Close { .. } => Self::Accept("CLOSE CURSOR"),
             _ => return None,
         })
@@ -340,6 +345,8 @@ impl Planner {
             Command::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             Command::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
             Command::Accept(tag) => Response::Execution(Tag::new(tag)),
+            // Closed by the handler, which holds the connection's statements.
+            Command::Deallocate(_) => Response::Execution(Tag::new("DEALLOCATE")),
             Command::Show(name) => {
                 let value = catalog::setting(name).ok_or_else(|| {
                     pg_error("ERROR", "42704", format!("unrecognized configuration parameter \"{name}\""))
@@ -372,6 +379,54 @@ impl Drop for Timed {
                 .get_or_create(&vec![("front_end".to_string(), "postgres".to_string())])
                 .observe(self.1.elapsed().as_secs_f64());
         }
+    }
+}
+
+/// Named prepared statements one connection may hold at once.
+pub const MAX_PREPARED: usize = 512;
+
+/// Bytes of SQL text the named prepared statements of one connection may
+/// hold in all.
+pub const MAX_PREPARED_BYTES: usize = 16 << 20;
+
+/// A connection's named prepared statements, with the bytes of each
+/// one's text: a client that prepares without ever closing is refused
+/// (54000) before the statements it holds grow the collector's memory.
+#[derive(Debug, Default)]
+struct Prepared(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+impl Prepared {
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `name` with `bytes` of text, or refuses it past the bounds.
+    fn admit(&self, name: &str, bytes: usize) -> PgWireResult<()> {
+        let mut held = self.held();
+        let others: usize = held.iter().filter(|(n, _)| n.as_str() != name).map(|(_, b)| b).sum();
+        let count = held.len() + usize::from(!held.contains_key(name));
+        if count > MAX_PREPARED || others + bytes > MAX_PREPARED_BYTES {
+            return Err(pg_error(
+                "ERROR",
+                "54000",
+                format!(
+                    "prepared statement \"{name}\": this connection holds {} named prepared statements of {others} \
+                     bytes, at most {MAX_PREPARED} of {MAX_PREPARED_BYTES} bytes; close some (Close, or DEALLOCATE)",
+                    held.len()
+                ),
+            ));
+        }
+        held.insert(name.to_string(), bytes);
+        Ok(())
+    }
+
+    /// Forgets `name` (every statement for `ALL`); the names forgotten.
+    fn forget(&self, name: &str) -> Vec<String> {
+        let mut held = self.held();
+        if name.eq_ignore_ascii_case("all") {
+            return held.drain().map(|(n, _)| n).collect();
+        }
+        held.remove_entry(name).map(|(n, _)| n).into_iter().collect()
     }
 }
 
@@ -435,6 +490,22 @@ impl Handlers {
     }
 }
 
+/// Closes the prepared statements `DEALLOCATE name` names.
+fn deallocate<C>(client: &C, name: &str) -> PgWireResult<()>
+where
+    C: ClientInfo + ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    let forgotten = client.session_extensions().get::<Prepared>().map(|p| p.forget(name)).unwrap_or_default();
+    if forgotten.is_empty() && !name.eq_ignore_ascii_case("all") {
+        return Err(pg_error("ERROR", "26000", format!("prepared statement \"{name}\" does not exist")));
+    }
+    for name in forgotten {
+        client.portal_store().rm_statement(&name);
+    }
+    Ok(())
+}
+
 fn format_options<C: ClientInfo>(client: &C) -> Arc<FormatOptions> {
     Arc::new(FormatOptions::from_client_metadata(client.metadata()))
 }
@@ -488,6 +559,7 @@ impl StartupHandler for Handlers {
                 client.session_extensions().insert(handle);
                 client.session_extensions().insert(guard);
                 client.session_extensions().insert(Analyst { name, token_hash });
+                client.session_extensions().insert(Prepared::default());
                 finish_authentication(client, &self.parameters).await?;
             }
             _ => {}
@@ -509,6 +581,8 @@ impl SimpleQueryHandler for Handlers {
         let mut responses = Vec::new();
         for statement in self.planner.parse(query).await? {
             let response = match Command::of(&statement) {
+                Some(Command::Deallocate(name)) => deallocate(client, &name)
+                    .and_then(|()| Planner::command(&Command::Deallocate(name), &Format::UnifiedText)),
                 Some(command) => Planner::command(&command, &Format::UnifiedText),
                 None => {
                     let (running, first) = self.planner.run(statement.to_string(), Vec::new()).await?;
@@ -585,6 +659,53 @@ impl ExtendedQueryHandler for Handlers {
         self.planner.clone()
     }
 
+    /// Parses as pgwire does, counting each named statement against the
+    /// connection's bounds first.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let parsed = StoredStatement::parse(client, &message, self.query_parser()).await?;
+        let name = message.name.as_deref().filter(|n| !n.is_empty());
+        if let (Some(name), Some(prepared)) = (name, client.session_extensions().get::<Prepared>()) {
+            prepared.admit(name, message.query.len())?;
+        }
+        match parsed {
+            Some(statement) => client.portal_store().put_statement(Arc::new(statement)),
+            None => client.portal_store().put_empty_statement(name.unwrap_or(DEFAULT_NAME)),
+        }
+        client.send(PgWireBackendMessage::ParseComplete(ParseComplete::new())).await?;
+        Ok(())
+    }
+
+    /// Closes as pgwire does, and forgets a closed statement's count.
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => {
+                client.portal_store().rm_statement(name);
+                if let Some(prepared) = client.session_extensions().get::<Prepared>()
+                    && !name.eq_ignore_ascii_case("all")
+                {
+                    prepared.forget(name);
+                }
+            }
+            TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
+            _ => {}
+        }
+        client.send(PgWireBackendMessage::CloseComplete(CloseComplete::new())).await?;
+        Ok(())
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,
@@ -599,6 +720,10 @@ impl ExtendedQueryHandler for Handlers {
     {
         self.still_authorised(client)?;
         match &portal.statement.statement {
+            PgStatement::Command(Command::Deallocate(name)) => {
+                deallocate(client, name)?;
+                Planner::command(&Command::Deallocate(name.clone()), &portal.result_column_format)
+            }
             PgStatement::Command(command) => Planner::command(command, &portal.result_column_format),
             PgStatement::Query { sql, params, .. } => {
                 let types: Vec<Option<&DataType>> = params.iter().map(Option::as_ref).collect();
