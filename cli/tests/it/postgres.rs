@@ -280,9 +280,21 @@ impl Raw {
         self.send(b'P', &body);
     }
 
-    /// A Close message for the statement `name`.
-    fn close_statement(&mut self, name: &str) {
-        let mut body = vec![b'S'];
+    /// A Bind message: the statement `statement` without parameters, as
+    /// the portal `portal`.
+    fn bind(&mut self, portal: &str, statement: &str) {
+        let mut body = Vec::new();
+        for text in [portal, statement] {
+            body.extend_from_slice(text.as_bytes());
+            body.push(0);
+        }
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        self.send(b'B', &body);
+    }
+
+    /// A Close message for the statement (`b'S'`) or portal (`b'P'`) `name`.
+    fn close(&mut self, kind: u8, name: &str) {
+        let mut body = vec![kind];
         body.extend_from_slice(name.as_bytes());
         body.push(0);
         self.send(b'C', &body);
@@ -490,7 +502,7 @@ async fn postgres_a_query_past_its_time_or_cancelled_gets_57014() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_prepared_statements_are_bounded_per_connection() {
+async fn postgres_prepared_statements_and_portals_are_bounded_per_connection() {
     use leakwatch_collector::pg::session::{MAX_PREPARED, MAX_PREPARED_BYTES};
     let dir = tempfile::tempdir().expect("tempdir");
     let config = ServeConfig {
@@ -518,7 +530,7 @@ async fn postgres_prepared_statements_are_bounded_per_connection() {
     assert_eq!(code(&answer), "54000", "one more is refused: {answer:?}");
     // Closing one makes room; the unnamed statement never counts.
     let answer = blocking(|| {
-        c.close_statement("s0");
+        c.close(b'S', "s0");
         c.parse("one_more", "SELECT 1");
         c.parse("", "SELECT 2");
         c.sync()
@@ -545,5 +557,29 @@ async fn postgres_prepared_statements_are_bounded_per_connection() {
     });
     assert_eq!(code(&answer), "54000", "{answer:?}");
     assert!(blocking(|| c.query("SELECT 1")).iter().any(|m| m.0 == b'D'), "the connection goes on");
+
+    // Named portals too: each may hold a query read part by part.
+    use leakwatch_collector::pg::session::MAX_PORTALS;
+    let bound = |answer: &[Message]| answer.iter().filter(|m| m.0 == b'2').count();
+    let answer = blocking(|| {
+        c.query("DEALLOCATE ALL");
+        c.parse("one", "SELECT 1");
+        for i in 0..MAX_PORTALS {
+            c.bind(&format!("p{i}"), "one");
+        }
+        c.sync()
+    });
+    assert_eq!((bound(&answer), sqlstate(&answer)), (MAX_PORTALS, None), "{answer:?}");
+    let answer = blocking(|| {
+        c.bind("one_more", "one");
+        c.sync()
+    });
+    assert_eq!(code(&answer), "54000", "{answer:?}");
+    let answer = blocking(|| {
+        c.close(b'P', "p0");
+        c.bind("one_more", "one");
+        c.sync()
+    });
+    assert_eq!((bound(&answer), sqlstate(&answer)), (1, None), "{answer:?}");
     server.shutdown().await.expect("shutdown");
 }

@@ -28,14 +28,14 @@ use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
-use pgwire::api::store::PortalStore;
+use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, METADATA_USER, PgWireConnectionState,
     PidSecretKeyGenerator as _, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::extendedquery::{
-    Close, CloseComplete, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+    Bind, BindComplete, Close, CloseComplete, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -389,29 +389,47 @@ pub const MAX_PREPARED: usize = 512;
 /// hold in all.
 pub const MAX_PREPARED_BYTES: usize = 16 << 20;
 
-/// A connection's named prepared statements, with the bytes of each
-/// one's text: a client that prepares without ever closing is refused
-/// (54000) before the statements it holds grow the collector's memory.
-#[derive(Debug, Default)]
-struct Prepared(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+/// Named portals one connection may hold at once (each may hold a query
+/// a client reads part by part), and the bytes of their parameters.
+pub const MAX_PORTALS: usize = 64;
 
-impl Prepared {
-    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Bytes of bound parameters the named portals of one connection may hold.
+pub const MAX_PORTAL_BYTES: usize = 16 << 20;
+
+/// Named objects of one connection, with the bytes each holds: a client
+/// that makes them without ever closing them is refused (54000) before
+/// they grow the collector's memory.
+#[derive(Debug)]
+struct Held {
+    /// What they are, for the message ("prepared statement", "portal").
+    what: &'static str,
+    max: usize,
+    max_bytes: usize,
+    by_name: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Held {
+    fn new(what: &'static str, max: usize, max_bytes: usize) -> Self {
+        Self { what, max, max_bytes, by_name: std::sync::Mutex::default() }
     }
 
-    /// Counts `name` with `bytes` of text, or refuses it past the bounds.
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.by_name.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `name` with `bytes`, or refuses it past the bounds.
     fn admit(&self, name: &str, bytes: usize) -> PgWireResult<()> {
         let mut held = self.held();
         let others: usize = held.iter().filter(|(n, _)| n.as_str() != name).map(|(_, b)| b).sum();
         let count = held.len() + usize::from(!held.contains_key(name));
-        if count > MAX_PREPARED || others + bytes > MAX_PREPARED_BYTES {
+        if count > self.max || others + bytes > self.max_bytes {
+            let (what, max, max_bytes) = (self.what, self.max, self.max_bytes);
             return Err(pg_error(
                 "ERROR",
                 "54000",
                 format!(
-                    "prepared statement \"{name}\": this connection holds {} named prepared statements of {others} \
-                     bytes, at most {MAX_PREPARED} of {MAX_PREPARED_BYTES} bytes; close some (Close, or DEALLOCATE)",
+                    "{what} \"{name}\": this connection holds {} named ones of {others} bytes, at most {max} of \
+                     {max_bytes} bytes; close some",
                     held.len()
                 ),
             ));
@@ -420,13 +438,33 @@ impl Prepared {
         Ok(())
     }
 
-    /// Forgets `name` (every statement for `ALL`); the names forgotten.
+    /// Forgets `name` (every one for `ALL`); the names forgotten.
     fn forget(&self, name: &str) -> Vec<String> {
         let mut held = self.held();
         if name.eq_ignore_ascii_case("all") {
             return held.drain().map(|(n, _)| n).collect();
         }
         held.remove_entry(name).map(|(n, _)| n).into_iter().collect()
+    }
+}
+
+/// A connection's named prepared statements (their SQL's bytes).
+#[derive(Debug)]
+struct Prepared(Held);
+
+impl Default for Prepared {
+    fn default() -> Self {
+        Self(Held::new("prepared statement", MAX_PREPARED, MAX_PREPARED_BYTES))
+    }
+}
+
+/// A connection's named portals (their parameters' bytes).
+#[derive(Debug)]
+struct Portals(Held);
+
+impl Default for Portals {
+    fn default() -> Self {
+        Self(Held::new("portal", MAX_PORTALS, MAX_PORTAL_BYTES))
     }
 }
 
@@ -496,7 +534,7 @@ where
     C: ClientInfo + ClientPortalStore,
     C::PortalStore: PortalStore,
 {
-    let forgotten = client.session_extensions().get::<Prepared>().map(|p| p.forget(name)).unwrap_or_default();
+    let forgotten = client.session_extensions().get::<Prepared>().map(|p| p.0.forget(name)).unwrap_or_default();
     if forgotten.is_empty() && !name.eq_ignore_ascii_case("all") {
         return Err(pg_error("ERROR", "26000", format!("prepared statement \"{name}\" does not exist")));
     }
@@ -560,6 +598,7 @@ impl StartupHandler for Handlers {
                 client.session_extensions().insert(guard);
                 client.session_extensions().insert(Analyst { name, token_hash });
                 client.session_extensions().insert(Prepared::default());
+                client.session_extensions().insert(Portals::default());
                 finish_authentication(client, &self.parameters).await?;
             }
             _ => {}
@@ -671,13 +710,54 @@ impl ExtendedQueryHandler for Handlers {
         let parsed = StoredStatement::parse(client, &message, self.query_parser()).await?;
         let name = message.name.as_deref().filter(|n| !n.is_empty());
         if let (Some(name), Some(prepared)) = (name, client.session_extensions().get::<Prepared>()) {
-            prepared.admit(name, message.query.len())?;
+            prepared.0.admit(name, message.query.len())?;
         }
         match parsed {
             Some(statement) => client.portal_store().put_statement(Arc::new(statement)),
             None => client.portal_store().put_empty_statement(name.unwrap_or(DEFAULT_NAME)),
         }
         client.send(PgWireBackendMessage::ParseComplete(ParseComplete::new())).await?;
+        Ok(())
+    }
+
+    /// Binds as pgwire does, counting each named portal against the
+    /// connection's bounds first.
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let (Some(name), Some(portals)) =
+            (message.portal_name.as_deref().filter(|n| !n.is_empty()), client.session_extensions().get::<Portals>())
+        {
+            let bytes = message.parameters.iter().flatten().map(|p| p.len()).sum();
+            portals.0.admit(name, bytes)?;
+        }
+        let statement_name = message.statement_name.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAME);
+        match client.portal_store().get_statement(statement_name) {
+            Some(Entry::Value(statement)) => {
+                let portal = Portal::try_new(&message, statement)?;
+                client.portal_store().put_portal(Arc::new(portal));
+            }
+            Some(Entry::Empty) if message.parameters.is_empty() => {
+                let portal_name = message.portal_name.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAME);
+                client.portal_store().put_empty_portal(portal_name);
+            }
+            Some(Entry::Empty) => {
+                return Err(pg_error(
+                    "ERROR",
+                    "08P01",
+                    format!(
+                        "bind message supplies {} parameters, but the prepared statement requires 0",
+                        message.parameters.len()
+                    ),
+                ));
+            }
+            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+        }
+        client.send(PgWireBackendMessage::BindComplete(BindComplete::new())).await?;
         Ok(())
     }
 
@@ -696,10 +776,15 @@ impl ExtendedQueryHandler for Handlers {
                 if let Some(prepared) = client.session_extensions().get::<Prepared>()
                     && !name.eq_ignore_ascii_case("all")
                 {
-                    prepared.forget(name);
+                    prepared.0.forget(name);
                 }
             }
-            TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
+            TARGET_TYPE_BYTE_PORTAL => {
+                client.portal_store().rm_portal(name);
+                if let Some(portals) = client.session_extensions().get::<Portals>() {
+                    portals.0.forget(name);
+                }
+            }
             _ => {}
         }
         client.send(PgWireBackendMessage::CloseComplete(CloseComplete::new())).await?;
