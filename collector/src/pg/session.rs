@@ -4,9 +4,10 @@
 //! and time limits of every SQL entry point) on the query runtime.
 //!
 //! Statements that only set up a client's connection (`BEGIN`, `COMMIT`,
-//! `SET`, `SHOW`, `DISCARD`, `DEALLOCATE`) are answered here without a
-//! query: there is nothing to change, and the settings do not change the
-//! limits.
+//! `SET`, `SHOW`, `DISCARD`) are answered here without a query: there is
+//! nothing to change, and the settings do not change the limits.
+//! `DEALLOCATE` closes prepared statements. A connection holds a bounded
+//! number of named prepared statements and portals.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -127,8 +128,9 @@ fn query_error(e: leakwatch_query::Error) -> PgWireError {
     pg_error("ERROR", sqlstate(&e), e.to_string())
 }
 
-/// Where a query's batches come from, with the session that reads them
-/// (kept until the last batch).
+/// A started query: its result's columns, the channel its batches come
+/// by from the query runtime (where its session lives until the last
+/// one), and its deadline.
 struct Running {
     schema: SchemaRef,
     batches: mpsc::Receiver<leakwatch_query::Result<RecordBatch>>,
