@@ -58,6 +58,65 @@ CATALOG = [
 ]
 TABLES = CATALOG[10][0]
 
+# What Grafana's PostgreSQL data source sends, word for word, to list the
+# tables of the search path and a table's columns in its query builder.
+GRAFANA_BUILDER = [
+    r"""SELECT
+        CASE WHEN
+              quote_ident(table_schema) IN (
+              SELECT
+                CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+              FROM
+                generate_series(
+                  array_lower(string_to_array(current_setting('search_path'),','),1),
+                  array_upper(string_to_array(current_setting('search_path'),','),1)
+                ) as i,
+                string_to_array(current_setting('search_path'),',') s
+              )
+          THEN quote_ident(table_name)
+          ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
+        END AS "table"
+        FROM information_schema.tables
+        WHERE quote_ident(table_schema) NOT IN ('information_schema',
+                                 'pg_catalog',
+                                 '_timescaledb_cache',
+                                 '_timescaledb_catalog',
+                                 '_timescaledb_internal',
+                                 '_timescaledb_config',
+                                 'timescaledb_information',
+                                 'timescaledb_experimental')
+        ORDER BY CASE WHEN
+              quote_ident(table_schema) IN (
+              SELECT
+                CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+              FROM
+                generate_series(
+                  array_lower(string_to_array(current_setting('search_path'),','),1),
+                  array_upper(string_to_array(current_setting('search_path'),','),1)
+                ) as i,
+                string_to_array(current_setting('search_path'),',') s
+              ) THEN 0 ELSE 1 END, 1""",
+    r"""SELECT quote_ident(column_name) AS "column", data_type AS "type"
+        FROM information_schema.columns
+        WHERE
+          CASE WHEN array_length(parse_ident('public.flows'),1) = 2
+            THEN quote_ident(table_schema) = (parse_ident('public.flows'))[1]
+              AND quote_ident(table_name) = (parse_ident('public.flows'))[2]
+            ELSE quote_ident(table_name) = 'public.flows'
+              AND
+              quote_ident(table_schema) IN (
+              SELECT
+                CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+              FROM
+                generate_series(
+                  array_lower(string_to_array(current_setting('search_path'),','),1),
+                  array_upper(string_to_array(current_setting('search_path'),','),1)
+                ) as i,
+                string_to_array(current_setting('search_path'),',') s
+              )
+          END""",
+]
+
 
 def main():
     addr, token, plan_path = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -99,6 +158,13 @@ def main():
                 fail(f"{sql}: {e.sqlstate} {e}")
             if has_rows and not rows:
                 fail(f"{sql}: no rows")
+        for sql in GRAFANA_BUILDER:
+            try:
+                rows = cur.execute(sql).fetchall()
+            except psycopg.Error as e:
+                fail(f"Grafana's query builder: {e.sqlstate} {e}: {sql}")
+            if not rows:
+                fail(f"Grafana's query builder: no rows: {sql}")
         tables = {r[1] for r in cur.execute(TABLES).fetchall()}
         if not {"flows", "devices", "boots"} <= tables:
             fail(f"information_schema.tables: {sorted(tables)}")
