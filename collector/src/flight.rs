@@ -104,20 +104,6 @@ fn info_for(schema: &Schema, ticket: Any, descriptor: FlightDescriptor) -> Resul
     Ok(Response::new(info))
 }
 
-/// Observes a Flight SQL query's time when dropped (at its end, however
-/// it ends).
-struct Timed(Option<Arc<crate::metrics::IngestMetrics>>, std::time::Instant);
-
-impl Drop for Timed {
-    fn drop(&mut self) {
-        if let Some(m) = &self.0 {
-            m.query_seconds
-                .get_or_create(&vec![("front_end".to_string(), "flight_sql".to_string())])
-                .observe(self.1.elapsed().as_secs_f64());
-        }
-    }
-}
-
 fn one_batch(
     schema: SchemaRef,
     batch: Result<RecordBatch, arrow_flight::error::FlightError>,
@@ -201,8 +187,7 @@ impl FlightSql {
         let timeout = session.timeout();
         let metrics = self.metrics.clone();
         self.queries.spawn(async move {
-            let started = std::time::Instant::now();
-            let _timed = Timed(metrics, started);
+            let _timed = crate::metrics::QueryTimer::start(metrics, "flight_sql");
             let deadline = tokio::time::Instant::now() + timeout;
             let stream = match tokio::time::timeout_at(deadline, session.execute_sql(&sql, plan, params)).await {
                 Ok(Ok(s)) => s,

@@ -7,6 +7,7 @@
 //! refresh time, the
 //! age of the published aggregates, and build info.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
@@ -56,6 +57,32 @@ pub mod names {
     pub const QUERIES_REPLANNED: &str = "leakwatch_queries_replanned_total";
     /// Seconds since the published aggregates were computed.
     pub const PUBLISHED_AGE_SECONDS: &str = "leakwatch_published_age_seconds";
+}
+
+/// Observes a query's time in [`IngestMetrics::query_seconds`] under its
+/// `front_end` when dropped (at the query's end, however it ends).
+#[derive(Debug)]
+pub struct QueryTimer {
+    metrics: Option<Arc<IngestMetrics>>,
+    front_end: &'static str,
+    started: std::time::Instant,
+}
+
+impl QueryTimer {
+    /// Times a query of `front_end` from now (into `metrics`, when given).
+    pub fn start(metrics: Option<Arc<IngestMetrics>>, front_end: &'static str) -> Self {
+        Self { metrics, front_end, started: std::time::Instant::now() }
+    }
+}
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.query_seconds
+                .get_or_create(&vec![("front_end".to_string(), self.front_end.to_string())])
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// Why a report was refused.
@@ -143,7 +170,8 @@ pub struct IngestMetrics {
     /// Its histogram of each stage, by [`AckStage`], made once: observing
     /// one on each ack builds no label.
     ack_stages: [Histogram; 4],
-    /// Seconds a query took, by `front_end` (`flight_sql`).
+    /// Seconds a query took, by `front_end` (`flight_sql`, `postgres`; see
+    /// [`QueryTimer`]).
     pub query_seconds: ByLabel,
     /// Seconds a dashboard refresh took.
     pub refresh_seconds: Histogram,

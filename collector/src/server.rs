@@ -495,7 +495,6 @@ impl Server {
                 let (listener, bound) = crate::pg::bind(addr).await?;
                 let service = crate::pg::PgService::new(
                     sessions.clone(),
-                    config.query.timeout,
                     queries.handle(),
                     log.clone(),
                     http_tls.clone(),

@@ -146,6 +146,11 @@ impl SessionFactory {
         self
     }
 
+    /// The time limit of each query of its sessions.
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
     /// The flushed files it reads.
     pub fn flow_store(&self) -> &FlowStore {
         &self.flows

@@ -92,6 +92,16 @@ pub fn external(rel: &str) -> PathBuf {
     path
 }
 
+/// A self-signed certificate for localhost and its key, as PEM files in
+/// `dir`: (certificate, key).
+pub fn self_signed_localhost(dir: &Path) -> (PathBuf, PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
 pub fn leakwatch() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_leakwatch"))
 }

@@ -134,10 +134,7 @@ async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test]
 async fn tls_collector_accepts_agents_that_trust_its_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let (cert, key) = crate::self_signed_localhost(dir.path());
     let mut config = crate::serve_config(&dir.path().join("data"));
     config.tls = Some((cert.clone(), key));
     let server = leakwatch_collector::server::Server::start(config).await.expect("start with TLS");

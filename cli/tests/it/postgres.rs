@@ -430,10 +430,7 @@ async fn postgres_bad_input_gets_the_codes_clients_expect_and_frees_its_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_over_tls_only_when_the_collector_has_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let (cert, key) = crate::self_signed_localhost(dir.path());
     let data = dir.path().join("collector");
     let config = ServeConfig {
         tls: Some((cert.clone(), key)),

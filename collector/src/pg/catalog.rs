@@ -94,6 +94,11 @@ impl Tables {
         }
         Ok(Self(Arc::new(catalogs)))
     }
+
+    /// The columns and kind of `catalog.schema.table`.
+    fn table(&self, catalog: &str, schema: &str, table: &str) -> Option<&(SchemaRef, TableType)> {
+        self.0.get(catalog)?.get(schema)?.get(table)
+    }
 }
 
 #[async_trait::async_trait]
@@ -116,11 +121,11 @@ impl CatalogInfo for Tables {
         schema: &str,
         table: &str,
     ) -> Result<Option<SchemaRef>, DataFusionError> {
-        Ok(self.0.get(catalog).and_then(|c| c.get(schema)).and_then(|t| t.get(table)).map(|(s, _)| s.clone()))
+        Ok(self.table(catalog, schema, table).map(|(s, _)| s.clone()))
     }
 
     async fn table_type(&self, catalog: &str, schema: &str, table: &str) -> Result<Option<TableType>, DataFusionError> {
-        Ok(self.0.get(catalog).and_then(|c| c.get(schema)).and_then(|t| t.get(table)).map(|(_, k)| *k))
+        Ok(self.table(catalog, schema, table).map(|(_, k)| *k))
     }
 }
 

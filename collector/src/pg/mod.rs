@@ -90,20 +90,17 @@ impl std::fmt::Debug for PgService {
 }
 
 impl PgService {
-    /// The service over `sessions` (whose queries have `timeout`, run on
-    /// `queries`), accepting analysts' tokens stored in `log`; with `tls`,
-    /// over TLS only.
-    #[allow(clippy::too_many_arguments)]
+    /// The service over `sessions` (run on `queries`), accepting analysts'
+    /// tokens stored in `log`; with `tls`, over TLS only.
     pub fn new(
         sessions: SessionFactory,
-        timeout: Duration,
         queries: tokio::runtime::Handle,
         log: Arc<DurableLog>,
         tls: Option<Arc<rustls::ServerConfig>>,
         limits: PgLimits,
         metrics: Option<Arc<crate::metrics::IngestMetrics>>,
     ) -> crate::Result<Self> {
-        let planner = Planner::new(sessions, timeout, queries, metrics)
+        let planner = Planner::new(sessions, queries, metrics)
             .map_err(|e| crate::Error::Config(format!("--pg-listen: the PostgreSQL catalog: {e}")))?;
         let connections = Arc::new(ConnectionManager::new());
         let tls = tls.map(|config| {
@@ -277,16 +274,11 @@ where
 async fn refuse(mut socket: TcpStream, max: usize) {
     use tokio::io::AsyncWriteExt as _;
     let message = format!("sorry, too many clients already (at most {max} connections)");
-    let mut body = Vec::new();
-    for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "53300"), (b'M', message.as_str())] {
-        body.push(field);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
+    let info = ErrorInfo::new("FATAL".into(), "53300".into(), message);
+    let mut out = prost::bytes::BytesMut::new();
+    if PgWireBackendMessage::ErrorResponse(info.into()).encode(&mut out).is_err() {
+        return;
     }
-    body.push(0);
-    let mut out = vec![b'E'];
-    out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(&body);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = socket.write_all(&out).await;
         let _ = socket.shutdown().await;

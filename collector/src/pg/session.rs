@@ -160,17 +160,12 @@ pub struct Planner {
     catalog: Catalog,
     parser: Arc<PostgresCompatibilityParser>,
     metrics: Option<Arc<crate::metrics::IngestMetrics>>,
-    /// The time limit of each query (the sessions'), kept here too: see
-    /// [`Planner::run`].
-    timeout: std::time::Duration,
 }
 
 impl Planner {
-    /// A planner over `sessions`, whose queries have `timeout`, running on
-    /// `queries`.
+    /// A planner over `sessions`, running on `queries`.
     pub fn new(
         sessions: SessionFactory,
-        timeout: std::time::Duration,
         queries: tokio::runtime::Handle,
         metrics: Option<Arc<crate::metrics::IngestMetrics>>,
     ) -> Result<Self, datafusion::error::DataFusionError> {
@@ -180,7 +175,6 @@ impl Planner {
             catalog: Catalog::new()?,
             parser: Arc::new(PostgresCompatibilityParser::new()),
             metrics,
-            timeout,
         })
     }
 
@@ -249,8 +243,7 @@ impl Planner {
         // query stops then, wherever it is.
         let gone = tx.clone();
         let work = async move {
-            let started = std::time::Instant::now();
-            let _timed = Timed(metrics, started);
+            let _timed = crate::metrics::QueryTimer::start(metrics, "postgres");
             let session = match Self::session(&sessions, &catalog).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -302,14 +295,15 @@ impl Planner {
                 () = gone.closed() => {}
             }
         });
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out = || query_error(leakwatch_query::Error::Timeout(self.timeout));
+        let timeout = self.sessions.timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || query_error(leakwatch_query::Error::Timeout(timeout));
         let schema = tokio::time::timeout_at(deadline, planned_rx)
             .await
             .map_err(|_| timed_out())?
             .map_err(|_| pg_error("ERROR", "XX000", "the query stopped before it was planned"))?
             .map_err(query_error)?;
-        let mut running = Running { schema, batches: rx, deadline, timeout: self.timeout };
+        let mut running = Running { schema, batches: rx, deadline, timeout };
         let first = match tokio::time::timeout_at(deadline, running.batches.recv()).await.map_err(|_| timed_out())? {
             None => None,
             Some(Ok(batch)) => Some(batch),
@@ -353,8 +347,7 @@ impl Planner {
                 let value = catalog::setting(name).ok_or_else(|| {
                     pg_error("ERROR", "42704", format!("unrecognized configuration parameter \"{name}\""))
                 })?;
-                let field = FieldInfo::new(name.clone(), None, None, Type::TEXT, format.format_for(0));
-                let fields = Arc::new(vec![field]);
+                let fields = Arc::new(Self::command_fields(command, format));
                 let mut row = DataRowEncoder::new(fields.clone());
                 row.encode_field(&value)?;
                 let rows = stream::iter([Ok(row.take_row())]);
@@ -367,19 +360,6 @@ impl Planner {
         match command {
             Command::Show(name) => vec![FieldInfo::new(name.clone(), None, None, Type::TEXT, format.format_for(0))],
             _ => Vec::new(),
-        }
-    }
-}
-
-/// Observes a query's time when dropped.
-struct Timed(Option<Arc<crate::metrics::IngestMetrics>>, std::time::Instant);
-
-impl Drop for Timed {
-    fn drop(&mut self) {
-        if let Some(m) = &self.0 {
-            m.query_seconds
-                .get_or_create(&vec![("front_end".to_string(), "postgres".to_string())])
-                .observe(self.1.elapsed().as_secs_f64());
         }
     }
 }
@@ -440,13 +420,14 @@ impl Held {
         Ok(())
     }
 
-    /// Forgets `name` (every one for `ALL`); the names forgotten.
-    fn forget(&self, name: &str) -> Vec<String> {
-        let mut held = self.held();
-        if name.eq_ignore_ascii_case("all") {
-            return held.drain().map(|(n, _)| n).collect();
-        }
-        held.remove_entry(name).map(|(n, _)| n).into_iter().collect()
+    /// Forgets `name`; whether it was held.
+    fn forget(&self, name: &str) -> bool {
+        self.held().remove(name).is_some()
+    }
+
+    /// Forgets every one; their names.
+    fn forget_all(&self) -> Vec<String> {
+        self.held().drain().map(|(n, _)| n).collect()
     }
 }
 
@@ -530,17 +511,22 @@ impl Handlers {
     }
 }
 
-/// Closes the prepared statements `DEALLOCATE name` names.
+/// Closes the prepared statements `DEALLOCATE name` names (all of them
+/// for `ALL`).
 fn deallocate<C>(client: &C, name: &str) -> PgWireResult<()>
 where
     C: ClientInfo + ClientPortalStore,
     C::PortalStore: PortalStore,
 {
-    let forgotten = client.session_extensions().get::<Prepared>().map(|p| p.0.forget(name)).unwrap_or_default();
-    if forgotten.is_empty() && !name.eq_ignore_ascii_case("all") {
+    let Some(prepared) = client.session_extensions().get::<Prepared>() else { return Ok(()) };
+    let names = if name.eq_ignore_ascii_case("all") {
+        prepared.0.forget_all()
+    } else if prepared.0.forget(name) {
+        vec![name.to_string()]
+    } else {
         return Err(pg_error("ERROR", "26000", format!("prepared statement \"{name}\" does not exist")));
-    }
-    for name in forgotten {
+    };
+    for name in names {
         client.portal_store().rm_statement(&name);
     }
     Ok(())
@@ -775,9 +761,7 @@ impl ExtendedQueryHandler for Handlers {
         match message.target_type {
             TARGET_TYPE_BYTE_STATEMENT => {
                 client.portal_store().rm_statement(name);
-                if let Some(prepared) = client.session_extensions().get::<Prepared>()
-                    && !name.eq_ignore_ascii_case("all")
-                {
+                if let Some(prepared) = client.session_extensions().get::<Prepared>() {
                     prepared.0.forget(name);
                 }
             }
