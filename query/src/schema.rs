@@ -99,8 +99,9 @@ fn retyped(schema: &Schema, columns: &[&str], to: &DataType) -> SchemaRef {
 
 /// Columns of times in seconds that agents measure to the microsecond.
 /// Rows hold them rounded to it ([`to_microsecond`]), and Parquet stores
-/// them as `DECIMAL(18, 6)`: whole microseconds in an INT64, delta-encoded,
-/// which takes about a third of a double's bytes after zstd (the values of
+/// them as `DECIMAL(18, 6)`: whole microseconds in an INT64 (encoded as
+/// [`crate::files::ENCODED_COLUMNS`] says), which takes about a third of
+/// a double's bytes after zstd (the values of
 /// a double's low mantissa bits hardly compress). They read back as
 /// `DOUBLE`, exactly the values the rows held; files of earlier releases
 /// hold doubles and read the same.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use leakwatch_query::files::{NO_STATISTICS, conform};
+use leakwatch_query::files::{ENCODED_COLUMNS, NO_STATISTICS, conform};
 use leakwatch_query::{MICROSECOND_COLUMNS, batch_pairs, flows_schema};
 use object_store::path::Path as StorePath;
 use parquet::arrow::ArrowWriter;
@@ -345,9 +345,21 @@ async fn measured_times_are_stored_as_microseconds_and_compaction_merges_files_o
         let name = column.column_path().string();
         if MICROSECOND_COLUMNS.contains(&name.as_str()) {
             assert_eq!(column.column_type(), parquet::basic::Type::INT64, "{name}");
-            assert!(column.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED), "{name}");
             let d = column.column_descr();
             assert_eq!((d.converted_type(), d.type_precision(), d.type_scale()), (ConvertedType::DECIMAL, 18, 6));
+        }
+        // The measured numbers in their own encodings, in no dictionary;
+        // the strings in dictionaries.
+        let encodings: Vec<Encoding> = column.encodings().collect();
+        match ENCODED_COLUMNS.iter().find(|(c, _)| *c == name) {
+            Some((_, encoding)) => {
+                assert!(encodings.contains(encoding), "{name}: {encodings:?}");
+                assert!(!encodings.contains(&Encoding::RLE_DICTIONARY), "{name}: {encodings:?}");
+            }
+            None if column.column_type() == parquet::basic::Type::BYTE_ARRAY => {
+                assert!(encodings.contains(&Encoding::RLE_DICTIONARY), "{name}: {encodings:?}");
+            }
+            None => {}
         }
     }
     // A flushed file reads back as the rows SQL saw in the tail.

@@ -9,8 +9,9 @@
 //!   is present in a shared store only. A file whose footer does not read
 //!   is moved to `quarantine/day=YYYY-MM-DD/` under the same name.
 //! - **Writer settings** ([`writer_properties`], [`flow_writer`]): zstd,
-//!   dictionaries, times as whole microseconds, no Arrow schema in the
-//!   footer.
+//!   dictionaries for strings, each measured number in the encoding that
+//!   stores it smallest ([`ENCODED_COLUMNS`]), times as whole
+//!   microseconds, no Arrow schema in the footer.
 //! - **Sort order** ([`SORT_KEYS`]).
 //! - **Footer keys**: [`BATCHES_KEY`], a shared store's list of the
 //!   file's batches.
@@ -21,7 +22,9 @@ mod writer;
 use object_store::path::Path as StorePath;
 
 pub use order::{SORT_KEYS, rules_order, sorted_for_rules, sorted_slice};
-pub use writer::{FlowWriter, NO_STATISTICS, ROW_GROUP_ROWS, WriteError, conform, flow_writer, writer_properties};
+pub use writer::{
+    ENCODED_COLUMNS, FlowWriter, NO_STATISTICS, ROW_GROUP_ROWS, WriteError, conform, flow_writer, writer_properties,
+};
 
 /// Parquet key-value metadata key that lists a file's batches (see
 /// [`crate::batch_list`]).

@@ -11,7 +11,7 @@ use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
-use crate::schema::{MICROSECOND_COLUMNS, flows_schema, stored_schema, to_stored};
+use crate::schema::{flows_schema, stored_schema, to_stored};
 
 /// A flushed file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -33,20 +33,48 @@ pub const NO_STATISTICS: [&str; 4] = ["agent_id", "batch_id", "device_pseudonym"
 /// Rows per row group of the files written.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// The numeric columns that are not dictionary-encoded, each with the
+/// encoding that took the fewest bytes after zstd, measured column by
+/// column on both benchmark fleets (`benches/results`, 2026-12-07), against
+/// dictionaries of their values, which nearly all differ:
+///
+/// - `seconds_since_boot`: deltas. Rows are sorted by device and time
+///   since boot within a destination, so each value is near the last.
+/// - Counts, sizes, `duration_s` and `received_at`: the byte-stream split
+///   (each value's first bytes together, then its second bytes, ...),
+///   whose runs of equal high bytes zstd compresses to almost nothing.
+///   Unsorted `duration_s` took more as deltas than as itself.
+/// - `window_start`, `interval_mean_s`, `interval_cv`: plain, the least
+///   of the four on both fleets together (deltas took less for the window
+///   starts of the day-long fleet alone, and more for the four-minute
+///   boots'; the doubles took more split).
+pub const ENCODED_COLUMNS: [(&str, Encoding); 11] = [
+    ("seconds_since_boot", Encoding::DELTA_BINARY_PACKED),
+    ("duration_s", Encoding::BYTE_STREAM_SPLIT),
+    ("received_at", Encoding::BYTE_STREAM_SPLIT),
+    ("bytes_out", Encoding::BYTE_STREAM_SPLIT),
+    ("bytes_in", Encoding::BYTE_STREAM_SPLIT),
+    ("packets_out", Encoding::BYTE_STREAM_SPLIT),
+    ("packets_in", Encoding::BYTE_STREAM_SPLIT),
+    ("connections", Encoding::BYTE_STREAM_SPLIT),
+    ("window_start", Encoding::PLAIN),
+    ("interval_mean_s", Encoding::PLAIN),
+    ("interval_cv", Encoding::PLAIN),
+];
+
 /// How flushed Parquet files are written: zstd 3, 128 Ki-row row groups,
-/// dictionaries but for the measured times ([`MICROSECOND_COLUMNS`], nearly
-/// every value distinct: a dictionary would hold each value once more,
-/// beside its index), which are delta-encoded whole microseconds instead,
-/// and statistics but for [`NO_STATISTICS`].
+/// dictionaries for the strings and small numbers, [`ENCODED_COLUMNS`] in
+/// their own encodings ([`crate::MICROSECOND_COLUMNS`] as whole microseconds), and
+/// statistics but for [`NO_STATISTICS`].
 pub fn writer_properties() -> Result<WriterProperties, WriteError> {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_dictionary_enabled(true)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
-    for column in MICROSECOND_COLUMNS {
+    for (column, encoding) in ENCODED_COLUMNS {
         props = props
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
-            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+            .set_column_encoding(ColumnPath::from(column), encoding);
     }
     for column in NO_STATISTICS {
         props = props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
@@ -68,7 +96,7 @@ impl<W: std::io::Write + Send> std::fmt::Debug for FlowWriter<W> {
 
 impl<W: std::io::Write + Send> FlowWriter<W> {
     /// Writes `batch` (in the schema the writer was made for), its
-    /// [`MICROSECOND_COLUMNS`] as whole microseconds.
+    /// [`crate::MICROSECOND_COLUMNS`] as whole microseconds.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
         Ok(self.inner.write(&to_stored(batch)?)?)
     }
