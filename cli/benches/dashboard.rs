@@ -226,9 +226,9 @@ fn main() {
         config.dashboard = DashboardConfig { requests_per_second: 1_000_000, ..DashboardConfig::default() };
         config.query.memory_limit_bytes = memory;
         let server = Server::start(config).await.expect("start collector");
-        // The refresh the start requested (one at a time: this one waits
-        // for it), then one more, timed alone (the work a flush with new
-        // rows triggers). A refresh that fails ends the benchmark, saying
+        // A first refresh (it answers the one the start requested, or
+        // waits for it to end), then one more, timed alone (the work a
+        // flush with new rows triggers). A refresh that fails ends the benchmark, saying
         // why (the collector would keep trying).
         if let Err(e) = server.dashboard.refresh().await {
             println!("  aggregates: the refresh failed: {e}");

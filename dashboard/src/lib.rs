@@ -293,7 +293,23 @@ impl Dashboard {
 
     /// Recomputes the aggregates now and waits for them.
     pub async fn refresh(&self) -> Result<()> {
-        let _one_at_a_time = self.0.refresh.lock().await;
+        let one_at_a_time = self.0.refresh.lock().await;
+        self.refresh_holding(one_at_a_time).await
+    }
+
+    /// The refresh [`Dashboard::request_refresh`] asked for, unless a
+    /// refresh that began after the request (and so reads what it was made
+    /// for) has answered it meanwhile.
+    async fn refresh_requested(&self) -> Result<()> {
+        let one_at_a_time = self.0.refresh.lock().await;
+        if !self.0.pending.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.refresh_holding(one_at_a_time).await
+    }
+
+    /// A refresh, holding the lock that makes refreshes take turns.
+    async fn refresh_holding(&self, _one_at_a_time: tokio::sync::MutexGuard<'_, ()>) -> Result<()> {
         self.0.pending.store(false, Ordering::SeqCst);
         let started = Instant::now();
         let (sessions, thresholds) = (self.0.sessions.clone(), self.0.config.thresholds);
@@ -346,7 +362,9 @@ impl Dashboard {
 
     /// Asks for a refresh in the background, to start once
     /// [`DashboardConfig::min_refresh_interval`] has passed since the last
-    /// one ended; requests made while one is waiting are folded into it.
+    /// one ended; requests made while one is waiting are folded into it,
+    /// and a refresh that begins meanwhile ([`Dashboard::refresh`])
+    /// answers them all.
     pub fn request_refresh(&self) {
         if self.0.pending.swap(true, Ordering::SeqCst) {
             return;
@@ -357,7 +375,7 @@ impl Dashboard {
             if let Some(last) = last {
                 tokio::time::sleep_until((last + me.0.config.min_refresh_interval).into()).await;
             }
-            if let Err(e) = me.refresh().await {
+            if let Err(e) = me.refresh_requested().await {
                 tracing::error!(error = %e, "Dashboard refresh failed; the previous aggregates stay published");
             }
         });

@@ -363,6 +363,27 @@ async fn a_flush_refreshes_the_dashboard_no_sooner_than_the_least_interval() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_refresh_that_a_later_refresh_answered_is_not_run_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.dashboard.min_refresh_interval = Duration::from_secs(2);
+    let server = Server::start(config).await.expect("start");
+    refreshes_reach(&server, 1, Duration::from_secs(30)).await;
+    // Asked for (it waits out the interval), then a refresh now, which
+    // reads everything the request was made for.
+    server.dashboard.request_refresh();
+    server.dashboard.refresh().await.expect("refresh");
+    assert_eq!(server.dashboard.refreshes(), 2);
+    // The request is answered: no third refresh once the interval passes.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(server.dashboard.refreshes(), 2, "the answered request refreshed again");
+    // A request made after that refresh still refreshes.
+    server.dashboard.request_refresh();
+    refreshes_reach(&server, 3, Duration::from_secs(30)).await;
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_refresh_is_not_bound_by_the_analysts_query_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = ServeConfig::loopback(dir.path().join("collector"));
