@@ -228,8 +228,8 @@ fn main() {
         let server = Server::start(config).await.expect("start collector");
         // A first refresh (it answers the one the start requested, or
         // waits for it to end), then one more, timed alone (the work a
-        // flush with new rows triggers). A refresh that fails ends the benchmark, saying
-        // why (the collector would keep trying).
+        // flush with new rows triggers). A refresh that fails ends the
+        // benchmark, saying why (the collector would keep trying).
         if let Err(e) = server.dashboard.refresh().await {
             println!("  aggregates: the refresh failed: {e}");
             server.shutdown().await.expect("shutdown");

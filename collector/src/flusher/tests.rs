@@ -341,6 +341,10 @@ async fn measured_times_are_stored_as_microseconds_and_compaction_merges_files_o
     .expect("reader");
     use parquet::basic::ConvertedType;
     use parquet::file::reader::FileReader as _;
+    let names: Vec<String> = file.metadata().row_group(0).columns().iter().map(|c| c.column_path().string()).collect();
+    for (column, _) in ENCODED_COLUMNS {
+        assert!(names.iter().any(|n| n == column), "{column} is not a column of a flushed file: {names:?}");
+    }
     for column in file.metadata().row_group(0).columns() {
         let name = column.column_path().string();
         if MICROSECOND_COLUMNS.contains(&name.as_str()) {

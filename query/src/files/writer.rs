@@ -34,9 +34,9 @@ pub const NO_STATISTICS: [&str; 4] = ["agent_id", "batch_id", "device_pseudonym"
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// The numeric columns that are not dictionary-encoded, each with the
-/// encoding that took the fewest bytes after zstd, measured column by
-/// column on both benchmark fleets (`benches/results`, 2026-12-07), against
-/// dictionaries of their values, which nearly all differ:
+/// encoding that took the fewest bytes after zstd when each column of both
+/// benchmark fleets' flushed files was written alone as a dictionary,
+/// plain, as deltas and byte-stream split (`benches/results`, 2026-12-07):
 ///
 /// - `seconds_since_boot`: deltas. Rows are sorted by device and time
 ///   since boot within a destination, so each value is near the last.
@@ -63,9 +63,9 @@ pub const ENCODED_COLUMNS: [(&str, Encoding); 11] = [
 ];
 
 /// How flushed Parquet files are written: zstd 3, 128 Ki-row row groups,
-/// dictionaries for the strings and small numbers, [`ENCODED_COLUMNS`] in
-/// their own encodings ([`crate::MICROSECOND_COLUMNS`] as whole microseconds), and
-/// statistics but for [`NO_STATISTICS`].
+/// dictionaries for the strings, ports and flags, [`ENCODED_COLUMNS`] in
+/// their own encodings ([`crate::MICROSECOND_COLUMNS`] as whole
+/// microseconds), and statistics but for [`NO_STATISTICS`].
 pub fn writer_properties() -> Result<WriterProperties, WriteError> {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
