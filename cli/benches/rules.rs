@@ -215,11 +215,7 @@ fn main() {
     let runs: usize = env_or("BENCH_RUNS", 3usize).max(1);
     let memory_mib: usize = env_or("BENCH_MEMORY_MIB", 16_384);
     let dir = bench_dir();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = leakwatch_query::query_runtime_builder().build().expect("runtime");
     rt.block_on(async {
         let flows = match std::env::var_os("BENCH_FLOWS") {
             Some(kept) => {

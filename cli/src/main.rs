@@ -18,11 +18,7 @@ fn main() -> ExitCode {
     let log_format = cli.log_format.clone();
     leakwatch_core::log::init(&log_format);
     // Queries are planned (and, for Ballista, serialized) on these threads too.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
-        .enable_all()
-        .build()
-    {
+    let runtime = match leakwatch_query::query_runtime_builder().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

@@ -127,12 +127,10 @@ impl QueryRuntime {
     /// background priority (see [`crate::background`]).
     pub fn new() -> Result<Self> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let rt = tokio::runtime::Builder::new_multi_thread()
+        let rt = leakwatch_query::query_runtime_builder()
             .worker_threads(threads)
             .on_thread_start(crate::background::lower_this_thread)
             .thread_name("leakwatch-query")
-            .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
-            .enable_all()
             .build()
             .map_err(|e| Error::Config(format!("starting the query runtime: {e}")))?;
         Ok(Self(Some(rt)))

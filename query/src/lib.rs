@@ -56,6 +56,15 @@ use datafusion::error::DataFusionError;
 /// overflows the 2 MiB thread default in debug builds.
 pub const QUERY_THREAD_STACK: usize = 8 << 20;
 
+/// A multi-threaded tokio runtime whose threads can plan and run queries
+/// (their stacks [`QUERY_THREAD_STACK`]), with I/O and timers; the caller
+/// sets the rest (worker count, names, hooks).
+pub fn query_runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_stack_size(QUERY_THREAD_STACK).enable_all();
+    builder
+}
+
 /// Errors of the query layer, sorted by whose fault they are.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1202,12 +1202,7 @@ mod tests {
     /// of its own, as the collector's queries are; watched from outside it.
     #[test]
     fn a_join_that_never_waits_still_stops_at_its_time_limit() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_stack_size(crate::QUERY_THREAD_STACK)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = crate::query_runtime_builder().worker_threads(2).build().expect("runtime");
         let (done, outcome) = std::sync::mpsc::channel();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FlowStore::local(dir.path()).expect("store");

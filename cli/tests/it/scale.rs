@@ -114,12 +114,7 @@ fn on_query_threads<T: Send + 'static>(work: impl std::future::Future<Output = T
     std::thread::Builder::new()
         .stack_size(leakwatch_query::QUERY_THREAD_STACK)
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_stack_size(leakwatch_query::QUERY_THREAD_STACK)
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let runtime = leakwatch_query::query_runtime_builder().worker_threads(2).build().expect("runtime");
             let out = runtime.block_on(work);
             // The cluster's tasks keep running for the console below.
             std::mem::forget(runtime);

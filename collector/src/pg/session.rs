@@ -511,6 +511,12 @@ impl Handlers {
     }
 }
 
+/// The name a Parse, Bind or Close message gives, if any: an empty name
+/// is the unnamed statement or portal.
+fn named(name: &Option<String>) -> Option<&str> {
+    name.as_deref().filter(|n| !n.is_empty())
+}
+
 /// Closes the prepared statements `DEALLOCATE name` names (all of them
 /// for `ALL`).
 fn deallocate<C>(client: &C, name: &str) -> PgWireResult<()>
@@ -696,7 +702,7 @@ impl ExtendedQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let parsed = StoredStatement::parse(client, &message, self.query_parser()).await?;
-        let name = message.name.as_deref().filter(|n| !n.is_empty());
+        let name = named(&message.name);
         if let (Some(name), Some(prepared)) = (name, client.session_extensions().get::<Prepared>()) {
             prepared.0.admit(name, message.query.len())?;
         }
@@ -717,21 +723,19 @@ impl ExtendedQueryHandler for Handlers {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let (Some(name), Some(portals)) =
-            (message.portal_name.as_deref().filter(|n| !n.is_empty()), client.session_extensions().get::<Portals>())
-        {
+        let portal_name = named(&message.portal_name);
+        if let (Some(name), Some(portals)) = (portal_name, client.session_extensions().get::<Portals>()) {
             let bytes = message.parameters.iter().flatten().map(|p| p.len()).sum();
             portals.0.admit(name, bytes)?;
         }
-        let statement_name = message.statement_name.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAME);
+        let statement_name = named(&message.statement_name).unwrap_or(DEFAULT_NAME);
         match client.portal_store().get_statement(statement_name) {
             Some(Entry::Value(statement)) => {
                 let portal = Portal::try_new(&message, statement)?;
                 client.portal_store().put_portal(Arc::new(portal));
             }
             Some(Entry::Empty) if message.parameters.is_empty() => {
-                let portal_name = message.portal_name.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAME);
-                client.portal_store().put_empty_portal(portal_name);
+                client.portal_store().put_empty_portal(portal_name.unwrap_or(DEFAULT_NAME));
             }
             Some(Entry::Empty) => {
                 return Err(pg_error(
@@ -757,7 +761,7 @@ impl ExtendedQueryHandler for Handlers {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let name = message.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAME);
+        let name = named(&message.name).unwrap_or(DEFAULT_NAME);
         match message.target_type {
             TARGET_TYPE_BYTE_STATEMENT => {
                 client.portal_store().rm_statement(name);
