@@ -361,6 +361,14 @@ async fn postgres_bad_input_gets_the_codes_clients_expect_and_frees_its_slot() {
     // error the connection survives.
     let (mut c, answer) = blocking(|| Raw::login(addr, &token));
     assert_eq!(answer.last().map(|m| m.0), Some(b'Z'), "logged in: {answer:?}");
+    // With one of the two slots held, refused logins one straight after
+    // another each find the other free: a slot is given back before its
+    // client sees the end.
+    for attempt in 0..20 {
+        let (mut w, answer) = blocking(|| Raw::login(addr, "hunter2"));
+        assert_eq!(code(&answer), "28P01", "attempt {attempt}: {answer:?}");
+        assert!(blocking(|| w.closed()), "attempt {attempt}: a refused login is closed");
+    }
     for (sql, want) in [
         ("INSERT INTO flows SELECT * FROM flows", "25006"),
         ("DROP TABLE flows", "25006"),

@@ -36,7 +36,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::server::{MaybeTls, PgWireMessageServerCodec, negotiate_tls, process_error, process_message};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::codec::{Framed, FramedParts};
 
 use crate::log::DurableLog;
@@ -139,9 +139,8 @@ impl PgService {
             let service = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let _slot = slot;
                 tokio::select! {
-                    result = service.connection(socket) => {
+                    result = service.connection(socket, slot) => {
                         if let Err(e) = result {
                             tracing::debug!(peer = %peer, error = %e, "PostgreSQL connection ended");
                         }
@@ -152,8 +151,10 @@ impl PgService {
         }
     }
 
-    /// One client's connection, from TLS negotiation to its end.
-    async fn connection(&self, socket: TcpStream) -> io::Result<()> {
+    /// One client's connection, from TLS negotiation to its end. Its
+    /// `slot` is given back before the socket closes, so a client that
+    /// saw the close and connects again finds it free.
+    async fn connection(&self, socket: TcpStream, slot: OwnedSemaphorePermit) -> io::Result<()> {
         let startup = tokio::time::Instant::now() + self.limits.startup_timeout;
         let negotiated = tokio::time::timeout_at(startup, negotiate_tls::<PgStatement>(socket, self.tls.clone())).await;
         let Ok(Some(socket)) = negotiated.unwrap_or(Ok(None)) else {
@@ -166,7 +167,7 @@ impl PgService {
         if let Err(len) = frames.observe(&parts.read_buf) {
             *lock(&refused) = Some(len);
         }
-        let io = Limited { inner: parts.io, frames, refused: refused.clone() };
+        let io = Limited { slot: Some(slot), inner: parts.io, frames, refused: refused.clone() };
         let mut rebuilt = FramedParts::new(io, parts.codec);
         rebuilt.read_buf = parts.read_buf;
         rebuilt.write_buf = parts.write_buf;
@@ -339,8 +340,12 @@ impl Frames {
 }
 
 /// A connection's stream that fails a read once a message longer than
-/// the limit starts (its length is kept in `refused`).
+/// the limit starts (its length is kept in `refused`). It holds the
+/// connection's slot and gives it back as the stream shuts down, or when
+/// dropped (declared before the stream, so dropped first): a client sees
+/// the end only once its slot is free.
 struct Limited {
+    slot: Option<OwnedSemaphorePermit>,
     inner: MaybeTls,
     frames: Frames,
     refused: Arc<Mutex<Option<usize>>>,
@@ -379,6 +384,7 @@ impl AsyncWrite for Limited {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.slot.take();
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
