@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use leakwatch_collector::grpc::GrpcLimits;
 use leakwatch_collector::server::{ServeConfig, Server};
 use leakwatch_proto::v1::collector_client::CollectorClient;
 use leakwatch_proto::v1::{DeviceInfo, EnrollRequest, FlowRecord, ReportAck, ReportBatch, TlsInfo};
@@ -357,8 +358,14 @@ fn main() {
     let dir = bench_dir();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let config =
-            ServeConfig { flush_interval: Duration::from_secs(flush_secs), ..ServeConfig::loopback(dir.path().join("collector")) };
+        // The clients stand for agents on as many addresses, but all
+        // connect from loopback: no per-address bound.
+        let grpc = GrpcLimits { per_client: usize::MAX, ..GrpcLimits::default() };
+        let config = ServeConfig {
+            flush_interval: Duration::from_secs(flush_secs),
+            grpc,
+            ..ServeConfig::loopback(dir.path().join("collector"))
+        };
         let server = Server::start(config).await.expect("start collector");
         let url = format!("http://{}", server.grpc_addr);
         let mut enroll = CollectorClient::connect(url.clone()).await.expect("connect");

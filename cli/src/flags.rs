@@ -176,7 +176,8 @@ pub struct ListenArgs {
     pub public_rate: u32,
     /// Reverse proxies (networks in CIDR form, or addresses) whose Forwarded or X-Forwarded-For
     /// header names the client that rate limits count; a header from any other peer is ignored,
-    /// and trusted proxies are exempt from the per-client connection limit (default: none).
+    /// and trusted proxies are exempt from the per-client connection limits, HTTP and gRPC
+    /// (default: none).
     #[arg(long, env = "LEAKWATCH_TRUSTED_PROXIES", value_name = "CIDR", num_args = 1.., value_delimiter = ',',
           value_parser = leakwatch_dashboard::proxies::network)]
     pub trusted_proxies: Vec<leakwatch_dashboard::proxies::IpNet>,
@@ -205,6 +206,18 @@ pub struct ListenArgs {
     /// HTTP connections open at once from one client address.
     #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = leakwatch_collector::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
     pub http_max_connections_per_client: usize,
+    /// Seconds a gRPC client (an agent, a Flight SQL client) has from connecting to finishing its
+    /// TLS handshake and sending the HTTP/2 preface; then the connection is closed.
+    #[arg(long, env = "LEAKWATCH_GRPC_HANDSHAKE_TIMEOUT_SECS", default_value_t = leakwatch_collector::grpc::DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub grpc_handshake_timeout_secs: u64,
+    /// gRPC connections open at once, the gRPC and Flight SQL listeners together (also held under
+    /// a quarter of the open-file limit).
+    #[arg(long, env = "LEAKWATCH_GRPC_MAX_CONNECTIONS", default_value_t = leakwatch_collector::grpc::DEFAULT_MAX_CONNECTIONS)]
+    pub grpc_max_connections: usize,
+    /// gRPC connections open at once from one client address (trusted proxies exempt).
+    #[arg(long, env = "LEAKWATCH_GRPC_MAX_CONNECTIONS_PER_CLIENT", default_value_t = leakwatch_collector::grpc::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    pub grpc_max_connections_per_client: usize,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,
@@ -305,6 +318,18 @@ pub struct SqlArgs {
     /// Rule parameter NAME=VALUE (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// Seconds a gRPC client (an agent, a Flight SQL client) has from connecting to finishing its
+    /// TLS handshake and sending the HTTP/2 preface; then the connection is closed.
+    #[arg(long, env = "LEAKWATCH_GRPC_HANDSHAKE_TIMEOUT_SECS", default_value_t = leakwatch_collector::grpc::DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub grpc_handshake_timeout_secs: u64,
+    /// gRPC connections open at once, the gRPC and Flight SQL listeners together (also held under
+    /// a quarter of the open-file limit).
+    #[arg(long, env = "LEAKWATCH_GRPC_MAX_CONNECTIONS", default_value_t = leakwatch_collector::grpc::DEFAULT_MAX_CONNECTIONS)]
+    pub grpc_max_connections: usize,
+    /// gRPC connections open at once from one client address (trusted proxies exempt).
+    #[arg(long, env = "LEAKWATCH_GRPC_MAX_CONNECTIONS_PER_CLIENT", default_value_t = leakwatch_collector::grpc::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    pub grpc_max_connections_per_client: usize,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,

@@ -130,6 +130,11 @@ pub fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArg
             per_client: listen.http_max_connections_per_client.max(1),
             ..leakwatch_collector::http::HttpLimits::default()
         },
+        grpc: leakwatch_collector::grpc::GrpcLimits {
+            handshake_timeout: Duration::from_secs(listen.grpc_handshake_timeout_secs),
+            total: listen.grpc_max_connections.max(1),
+            per_client: listen.grpc_max_connections_per_client.max(1),
+        },
         store: None,
     }
 }

@@ -19,9 +19,8 @@
 //!   they are in and waits at most [`HttpLimits::shutdown_grace`] for
 //!   them: an idle or stalled connection does not hold up the exit.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -31,10 +30,12 @@ use axum::response::IntoResponse as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tower_service::Service as _;
 
 use leakwatch_dashboard::{PeerAddr, TrustedProxies};
+
+use crate::connections::Admission;
 
 /// Default of [`HttpLimits::header_timeout`], seconds.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
@@ -74,63 +75,7 @@ impl Default for HttpLimits {
 impl HttpLimits {
     /// [`Self::total`], held under a quarter of the open-file limit.
     pub fn effective_total(&self) -> usize {
-        let files = open_file_limit().unwrap_or(u64::MAX);
-        self.total.min(usize::try_from(files / 4).unwrap_or(usize::MAX)).max(1)
-    }
-}
-
-/// The process's soft limit of open files, if known.
-fn open_file_limit() -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
-}
-
-/// Connections open per client address.
-#[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-impl PerClient {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        match self.0.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-}
-
-/// A connection's place in the per-client count, given back on drop.
-struct ClientSlot {
-    clients: Arc<PerClient>,
-    ip: IpAddr,
-}
-
-impl ClientSlot {
-    fn take(clients: &Arc<PerClient>, ip: IpAddr, limit: usize) -> Option<Self> {
-        let mut open = clients.lock();
-        let n = open.entry(ip).or_default();
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(Self { clients: clients.clone(), ip })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.clients.lock();
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
+        crate::connections::under_a_quarter_of_open_files(self.total)
     }
 }
 
@@ -145,13 +90,11 @@ pub async fn serve(
     proxies: TrustedProxies,
     mut stop: watch::Receiver<bool>,
 ) {
-    let total = limits.effective_total();
-    let open = Arc::new(Semaphore::new(total));
-    let clients = Arc::new(PerClient::default());
+    let admission = Admission::new(limits.total, limits.per_client, proxies);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let (closing, closing_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
-    tracing::debug!(total, per_client = limits.per_client, "HTTP listener bounds");
+    tracing::debug!(total = limits.effective_total(), per_client = limits.per_client, "HTTP listener bounds");
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -168,18 +111,16 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            tracing::debug!(peer = %peer, total, "HTTP connection refused: too many open");
-            continue;
-        };
-        let per_client = if proxies.trusts(peer.ip()) { usize::MAX } else { limits.per_client };
-        let Some(slot) = ClientSlot::take(&clients, peer.ip(), per_client) else {
-            tracing::debug!(peer = %peer, per_client = limits.per_client, "HTTP connection refused: too many from client");
-            continue;
+        let held = match admission.admit(peer.ip()) {
+            Ok(held) => held,
+            Err(why) => {
+                tracing::debug!(peer = %peer, "HTTP connection refused: {why}");
+                continue;
+            }
         };
         let (app, acceptor, closing) = (app.clone(), acceptor.clone(), closing_rx.clone());
         connections.spawn(async move {
-            let _held = (permit, slot);
+            let _held = held;
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
             }

@@ -15,7 +15,6 @@ use leakwatch_query::{FlowStore, QueryConfig, SessionFactory, TailError, TailSna
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminEndpoint, AdminService};
 use crate::convert::add_message;
@@ -72,6 +71,8 @@ pub struct ServeConfig {
     pub dashboard: DashboardConfig,
     /// Bounds of the HTTP listener (timeouts, connections).
     pub http: crate::http::HttpLimits,
+    /// Bounds of the gRPC listeners (handshake time, connections).
+    pub grpc: crate::grpc::GrpcLimits,
     /// Write Parquet to this shared S3-compatible store instead of the
     /// data directory's `store/`.
     pub store: Option<SharedStore>,
@@ -100,6 +101,7 @@ impl ServeConfig {
             pg: crate::pg::PgLimits::default(),
             dashboard: DashboardConfig::default(),
             http: crate::http::HttpLimits::default(),
+            grpc: crate::grpc::GrpcLimits::default(),
             store: None,
         }
     }
@@ -263,43 +265,22 @@ impl TailSource for LogTail {
     }
 }
 
-/// A gRPC server builder with the configured TLS.
-fn grpc_builder(config: &ServeConfig) -> Result<tonic::transport::Server> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some((cert, key)) = &config.tls {
-        let read = |p: &PathBuf, flag: &str| {
-            std::fs::read(p).map_err(|e| Error::Config(format!("{flag} {}: {e}", p.display())))
-        };
-        let identity = tonic::transport::Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &config.client_ca {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca, "--tls-client-ca")?));
-        }
-        builder = builder.tls_config(tls).map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
-    } else if config.client_ca.is_some() {
-        return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
-    }
-    Ok(builder)
+/// A gRPC server builder: HTTP/2 keep-alive pings find connections whose
+/// peer is gone (TLS and the connections' bounds are the listeners',
+/// [`crate::grpc`]).
+fn grpc_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(crate::grpc::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::grpc::KEEPALIVE_TIMEOUT))
 }
 
 fn serve_grpc(
     router: tonic::transport::server::Router,
-    listener: TcpListener,
+    incoming: impl futures::Stream<Item = std::io::Result<crate::grpc::Admitted>> + Send + 'static,
     rx: watch::Receiver<bool>,
     what: &'static str,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // Served from our own listener, so tonic's own TCP_NODELAY setting
-        // does not apply: set it here, or Nagle's algorithm holds back
-        // the last small write of a response until the peer's delayed ACK.
-        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-            if let Ok(stream) = &conn
-                && let Err(e) = stream.set_nodelay(true)
-            {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-            conn
-        });
         let result = router.serve_with_incoming_shutdown(incoming, shutdown_signal(rx)).await;
         if let Err(e) = result {
             tracing::error!(error = %e, "{what} server failed");
@@ -442,11 +423,15 @@ impl Server {
         let admin_token = hex::encode(rand::random::<[u8; 32]>());
         let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
         AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;
-        let mut builder = grpc_builder(&config)?;
+        if config.client_ca.is_some() && config.tls.is_none() {
+            return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
+        }
         let http_tls = match &config.tls {
             Some((cert, key)) => Some(crate::tls::server_config(cert, key, config.client_ca.as_deref())?),
             None => None,
         };
+        let grpc_listeners =
+            crate::grpc::Listeners::new(config.grpc, config.dashboard.trusted_proxies.clone(), http_tls.clone());
         // Queries stop reading a day the moment retention expires it;
         // retention deletes it `KEEP_REPLACED` later (see `expire`).
         let flows = store.flow_store().with_retention(config.retention_days);
@@ -482,8 +467,9 @@ impl Server {
                 let listener =
                     TcpListener::bind(addr).await.map_err(|e| Error::Config(format!("--flight-listen {addr}: {e}")))?;
                 let bound = listener.local_addr().map_err(|e| Error::Config(e.to_string()))?;
-                let router = grpc_builder(&config)?.add_service(flight);
-                tasks.push(serve_grpc(router, listener, rx.clone(), "Flight SQL"));
+                let router = grpc_builder().add_service(flight);
+                let incoming = grpc_listeners.incoming(listener, "Flight SQL", rx.clone());
+                tasks.push(serve_grpc(router, incoming, rx.clone(), "Flight SQL"));
                 (bound, None)
             }
             None => (grpc_addr, Some(flight)),
@@ -504,12 +490,14 @@ impl Server {
             }
             None => None,
         };
-        let router = builder.add_service(health_service).add_service(reflection).add_service(ingest).add_service(admin);
+        let router =
+            grpc_builder().add_service(health_service).add_service(reflection).add_service(ingest).add_service(admin);
         let router = match flight_beside_ingest {
             Some(flight) => router.add_service(flight),
             None => router,
         };
-        tasks.push(serve_grpc(router, grpc, rx.clone(), "gRPC"));
+        let incoming = grpc_listeners.incoming(grpc, "gRPC", rx.clone());
+        tasks.push(serve_grpc(router, incoming, rx.clone(), "gRPC"));
         let http_task = {
             let metrics = metrics.clone();
             let log = log.clone();

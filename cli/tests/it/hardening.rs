@@ -257,6 +257,88 @@ async fn slow_http_clients_cannot_exhaust_the_collector() {
     drop(stalled);
 }
 
+/// Connections to the gRPC port that never send, from one address, more
+/// than the collector's open-file limit (256) holds: its accept failed
+/// with "too many open files", which ended the gRPC server for good, and
+/// no agent delivered anything again. Now one address gets a bounded
+/// number of connections (the rest are closed as they are accepted), a
+/// connection that has not sent the HTTP/2 preface within the handshake
+/// timeout is closed, and an agent from another address delivers all the
+/// while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_grpc_clients_cannot_take_the_ingest_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (serving, url, _) = spawn_serve_limited(
+        &dir.path().join("data"),
+        256,
+        &["--grpc-handshake-timeout-secs", "3", "--grpc-max-connections-per-client", "16"],
+    );
+    let grpc: std::net::SocketAddr = url.trim_start_matches("http://").parse().expect("gRPC address");
+    let before = open_files(serving.id());
+    let mut silent = silent_connections(grpc, 400).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(still_open(&mut silent).await, 16, "one address holds 16 connections, the rest are closed");
+    let during = open_files(serving.id());
+    assert!(
+        during <= before + 16 + 8,
+        "{during} descriptors open with {} silent clients ({before} before)",
+        silent.len()
+    );
+
+    // An agent on another address delivers 100,000 records meanwhile.
+    let delivered = tokio::time::timeout(Duration::from_secs(60), async {
+        let token = enroll(&url, &dir.path().join("agent")).await;
+        let mut client =
+            leakwatch_proto::v1::collector_client::CollectorClient::connect(url.clone()).await.expect("connect");
+        for b in 0..10 {
+            let batch = crate::hostile::numbered_batch(format!("silent-{b}"), format!("device-{b}"), 10_000);
+            let mut req = Request::new(batch);
+            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+            let ack = client.report(req).await.expect("delivered").into_inner();
+            assert_eq!(ack.records_accepted, 10_000);
+        }
+    })
+    .await;
+    assert!(delivered.is_ok(), "the agent delivered nothing within 60 s");
+
+    // Past the handshake timeout every silent connection is closed, and
+    // the silent address is served again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(still_open(&mut silent).await, 0, "silent connections still open after the handshake timeout");
+    drop(silent);
+    let mut again = silent_connections(grpc, 1).await;
+    assert_eq!(again.len(), 1, "the silent address connects again");
+    assert_eq!(still_open(&mut again).await, 1, "a new connection from it is kept");
+}
+
+/// `n` connections to `addr` from 127.0.0.2 that send nothing.
+async fn silent_connections(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(([127, 0, 0, 2], 0).into()).expect("bind 127.0.0.2");
+        // A listener that stopped accepting leaves connects hanging once
+        // its backlog is full.
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), socket.connect(addr)).await {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// How many of `streams` the other end has not closed: reading what it
+/// sent (the server's HTTP/2 settings) neither ends nor fails within
+/// 200 ms.
+async fn still_open(streams: &mut [tokio::net::TcpStream]) -> usize {
+    use tokio::io::AsyncReadExt as _;
+    let checks = streams.iter_mut().map(|s| async move {
+        let mut buf = [0u8; 256];
+        let read_to_end = async { while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {} };
+        tokio::time::timeout(Duration::from_millis(200), read_to_end).await.is_err()
+    });
+    futures::future::join_all(checks).await.into_iter().filter(|open| *open).count()
+}
+
 /// The collector's default per-client HTTP connection limit.
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = leakwatch_collector::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT;
 

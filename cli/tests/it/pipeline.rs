@@ -137,8 +137,14 @@ async fn tls_collector_accepts_agents_that_trust_its_certificate() {
     let (cert, key) = crate::self_signed_localhost(dir.path());
     let mut config = crate::serve_config(&dir.path().join("data"));
     config.tls = Some((cert.clone(), key));
+    config.grpc.handshake_timeout = std::time::Duration::from_secs(2);
     let server = leakwatch_collector::server::Server::start(config).await.expect("start with TLS");
     let url = format!("https://localhost:{}", server.grpc_addr.port());
+    // A client that starts a TLS record and stalls holds its connection
+    // no longer than the handshake timeout; agents are served meanwhile.
+    let stalled_since = std::time::Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(server.grpc_addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, &[0x16, 0x03, 0x01]).await.expect("write");
     let state = leakwatch_agent::state::AgentState::open(&dir.path().join("agent")).expect("state");
     let mut up = leakwatch_agent::uploader::Uploader::connect_with_ca(
         &url,
@@ -159,6 +165,14 @@ async fn tls_collector_accepts_agents_that_trust_its_certificate() {
             .await
             .is_err()
     );
+    let mut buf = [0u8; 64];
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut stalled, &mut buf))
+            .await
+            .expect("the stalled handshake is closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let held = stalled_since.elapsed();
+    assert!(held >= std::time::Duration::from_secs(2), "closed after {held:?}, before the handshake timeout");
     server.shutdown().await.expect("shutdown");
 }
 

@@ -1,0 +1,146 @@
+//! How many connections a listener holds open: in all, held under a
+//! quarter of the process's open-file limit so that one listener's
+//! clients can never use up the descriptors ingest and the log need, and
+//! per client address (trusted proxies, which carry many clients'
+//! connections, exempt). The HTTP and gRPC listeners close a connection
+//! over either bound as soon as they accepted it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use leakwatch_dashboard::TrustedProxies;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// `total`, held under a quarter of the process's open-file limit (and at
+/// least 1).
+pub fn under_a_quarter_of_open_files(total: usize) -> usize {
+    let files = open_file_limit().unwrap_or(u64::MAX);
+    total.min(usize::try_from(files / 4).unwrap_or(usize::MAX)).max(1)
+}
+
+/// The process's soft limit of open files, if known.
+fn open_file_limit() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The listener holds its total.
+    Total,
+    /// The client's address holds its share.
+    PerClient,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refused::Total => "too many open",
+            Refused::PerClient => "too many from client",
+        })
+    }
+}
+
+/// The bounds one listener (or several sharing them) admits connections
+/// within.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    open: Arc<Semaphore>,
+    per_client: usize,
+    clients: Arc<PerClient>,
+    proxies: TrustedProxies,
+}
+
+impl Admission {
+    /// At most `total` (held under a quarter of the open-file limit) and
+    /// `per_client` from one address but `proxies`.
+    pub(crate) fn new(total: usize, per_client: usize, proxies: TrustedProxies) -> Self {
+        Self {
+            open: Arc::new(Semaphore::new(under_a_quarter_of_open_files(total))),
+            per_client: per_client.max(1),
+            clients: Arc::default(),
+            proxies,
+        }
+    }
+
+    /// A place for a connection from `ip`, given back when dropped.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Held, Refused> {
+        let permit = self.open.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
+        let limit = if self.proxies.trusts(ip) { usize::MAX } else { self.per_client };
+        let slot = ClientSlot::take(&self.clients, ip, limit).ok_or(Refused::PerClient)?;
+        Ok(Held { _slot: slot, _permit: permit })
+    }
+}
+
+/// An admitted connection's place in the bounds.
+pub(crate) struct Held {
+    _slot: ClientSlot,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Connections open per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerClient {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A connection's place in the per-client count, given back on drop.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(clients: &Arc<PerClient>, ip: IpAddr, limit: usize) -> Option<Self> {
+        let mut open = clients.lock();
+        let n = open.entry(ip).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Self { clients: clients.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_gets_its_share_the_listener_its_total_and_each_comes_back() {
+        let admission = Admission::new(3, 2, TrustedProxies::default());
+        let (a, b) = (IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]));
+        let a1 = admission.admit(a).expect("first of a");
+        let _a2 = admission.admit(a).expect("second of a");
+        assert_eq!(admission.admit(a).err(), Some(Refused::PerClient));
+        let _b1 = admission.admit(b).expect("first of b");
+        assert_eq!(admission.admit(b).err(), Some(Refused::Total));
+        drop(a1);
+        let _a3 = admission.admit(a).expect("a's place is back");
+        assert_eq!(admission.admit(b).err(), Some(Refused::Total), "a refused admission holds nothing");
+    }
+}
