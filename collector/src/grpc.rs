@@ -169,10 +169,10 @@ impl Listeners {
             },
         };
         Some(Admitted {
+            _held: held,
             io,
             preface: Some(Preface { deadline: Box::pin(tokio::time::sleep_until(deadline)), left: PREFACE_BYTES }),
             info,
-            _held: held,
         })
     }
 }
@@ -184,13 +184,14 @@ struct Preface {
 }
 
 /// A connection the listeners admitted: its place in their bounds is
-/// held until it is dropped, and its reads fail once the handshake
-/// timeout passed before the HTTP/2 preface came.
+/// held until it is dropped (given back before the socket closes, as it
+/// is declared first), and its reads fail once the handshake timeout
+/// passed before the HTTP/2 preface came.
 pub struct Admitted {
+    _held: Held,
     io: Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>,
     preface: Option<Preface>,
     info: TcpConnectInfo,
-    _held: Held,
 }
 
 impl Connected for Admitted {
