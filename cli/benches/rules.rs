@@ -234,7 +234,12 @@ fn main() {
             }
         };
 
-        let config = QueryConfig { memory_limit_bytes: memory_mib << 20, timeout: Duration::from_secs(3600), ..QueryConfig::default() };
+        let config = QueryConfig {
+            memory_limit_bytes: memory_mib << 20,
+            total_memory: leakwatch_query::memory::QueryMemory::new(memory_mib << 20),
+            timeout: Duration::from_secs(3600),
+            ..QueryConfig::default()
+        };
         let store = FlowStore::local(flows.parent().expect("the flows directory's parent")).expect("store");
         let sessions = SessionFactory::new(config.clone(), store.clone(), Arc::new(FilesOnly));
         let sql_dir = dir.path().join("sql");

@@ -229,6 +229,10 @@ pub struct QueryArgs {
     /// Memory limit per query session, MiB.
     #[arg(long, env = "LEAKWATCH_QUERY_MEMORY_MIB", default_value_t = 1024)]
     pub query_memory_mib: usize,
+    /// Memory all query sessions running at once may hold together, MiB (at least
+    /// --query-memory-mib).
+    #[arg(long, env = "LEAKWATCH_QUERY_MEMORY_TOTAL_MIB", default_value_t = leakwatch_query::memory::DEFAULT_TOTAL_BYTES >> 20)]
+    pub query_memory_total_mib: usize,
     /// Time limit per query, seconds.
     #[arg(long, env = "LEAKWATCH_QUERY_TIMEOUT_SECS", default_value_t = 60)]
     pub query_timeout_secs: u64,

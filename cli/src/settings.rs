@@ -8,6 +8,7 @@ use leakwatch_collector::flusher::SharedStore;
 use leakwatch_collector::server::{DataDir, ServeConfig};
 use leakwatch_dashboard::{DashboardConfig, DataLicence, Thresholds};
 use leakwatch_query::QueryConfig;
+use leakwatch_query::memory::QueryMemory;
 
 use crate::flags::{BallistaArgs, ListenArgs, QueryArgs, ServeArgs};
 use crate::{Error, Result};
@@ -34,9 +35,12 @@ impl BallistaArgs {
 }
 
 impl QueryArgs {
+    /// The limits the flags set (checked where they are used:
+    /// [`QueryConfig::check`]).
     pub fn config(&self) -> QueryConfig {
         QueryConfig {
             memory_limit_bytes: self.query_memory_mib.saturating_mul(1024 * 1024),
+            total_memory: QueryMemory::new(self.query_memory_total_mib.saturating_mul(1024 * 1024)),
             timeout: Duration::from_secs(self.query_timeout_secs),
             stall_after: Duration::from_secs(self.query_stall_secs),
             ballista: self.ballista.clone(),

@@ -423,6 +423,7 @@ impl Server {
         let admin_token = hex::encode(rand::random::<[u8; 32]>());
         let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
         AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;
+        config.query.check().map_err(Error::Config)?;
         if config.client_ca.is_some() && config.tls.is_none() {
             return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
         }

@@ -23,6 +23,7 @@ use crate::{Error, Result};
 /// A session factory over `data_dir`, with the log opened as a secondary
 /// instance in `scratch` (a directory only this process uses).
 pub fn open_sessions(data_dir: &Path, scratch: &Path, config: QueryConfig) -> Result<SessionFactory> {
+    config.check().map_err(Error::Config)?;
     let dirs = DataDir::new(data_dir.to_path_buf());
     let log = DurableLog::open_secondary(&dirs.log(), scratch)?;
     Ok(SessionFactory::new(config, dirs.flow_store()?, Arc::new(LogTail::new(Arc::new(log))))

@@ -24,6 +24,7 @@ pub mod digest;
 pub mod files;
 pub mod format;
 pub mod materialise;
+pub mod memory;
 pub mod mud;
 mod rows;
 pub mod rules;

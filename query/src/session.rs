@@ -29,6 +29,10 @@ pub struct QueryConfig {
     /// needs more fails with a ResourcesExhausted error instead of taking
     /// the process down.
     pub memory_limit_bytes: usize,
+    /// What all sessions' queries may hold at once (default 4 GiB), shared
+    /// by every clone of this configuration and the sessions of every
+    /// factory made with one.
+    pub total_memory: crate::memory::QueryMemory,
     /// Time limit per query (default 60 s).
     pub timeout: Duration,
     /// A query none of whose operators makes progress this long while its
@@ -44,10 +48,27 @@ pub struct QueryConfig {
     pub ballista: Option<String>,
 }
 
+impl QueryConfig {
+    /// Whether the limits can work together: a session's memory limit
+    /// within the total (else one session could never reach its limit).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let (session, total) = (self.memory_limit_bytes, self.total_memory.total_bytes());
+        if total < session {
+            return Err(format!(
+                "--query-memory-total-mib {} is less than --query-memory-mib {}: a session could never use its limit",
+                total >> 20,
+                session >> 20
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for QueryConfig {
     fn default() -> Self {
         Self {
             memory_limit_bytes: 1 << 30,
+            total_memory: crate::memory::QueryMemory::default(),
             timeout: Duration::from_secs(60),
             stall_after: Duration::from_secs(30),
             ballista: None,
@@ -176,7 +197,7 @@ impl SessionFactory {
     /// A session over the flows, or over their digests in `digests`.
     async fn open(&self, digests: Option<&crate::digest::Digests>) -> Result<(QuerySession, Option<DigestStats>)> {
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.config.memory_limit_bytes, 1.0)
+            .with_memory_pool(self.config.total_memory.session_pool(self.config.memory_limit_bytes))
             .with_object_store_registry(Arc::new(self.flows.registry()))
             .build_arc()?;
         #[cfg(feature = "ballista")]
@@ -1066,6 +1087,39 @@ mod tests {
         assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
         // The session stays usable.
         assert_eq!(session.sql("SELECT 1").await.expect("small query").len(), 1);
+    }
+
+    /// Sessions of one factory (and of factories given the same
+    /// configuration) share the total: a query that fits its own session's
+    /// limit fails while other sessions hold the rest, and runs once they
+    /// let go.
+    #[tokio::test]
+    async fn sessions_together_are_held_to_the_total() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = QueryConfig {
+            memory_limit_bytes: 64 << 20,
+            total_memory: crate::memory::QueryMemory::new(70 << 20),
+            ..QueryConfig::default()
+        };
+        let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 20_000)] };
+        let store = FlowStore::local(dir.path()).expect("store");
+        let analysts = SessionFactory::new(config.clone(), store.clone(), Arc::new(FixedTail(tail.clone())));
+        let refresh = SessionFactory::new(config, store, Arc::new(FixedTail(tail)));
+        let mut held = Vec::new();
+        for bytes in [60 << 20, 8 << 20] {
+            let holding = analysts.session().await.expect("session");
+            let query = MemoryConsumer::new("another query").register(&holding.ctx.runtime_env().memory_pool);
+            query.try_grow(bytes).expect("within its own limit and the total");
+            held.push(query);
+        }
+
+        let session = refresh.session().await.expect("session");
+        let sql = "SELECT * FROM flows";
+        let err = session.sql(sql).await.expect_err("the total has 2 MiB left");
+        assert!(matches!(&err, Error::ResourcesExhausted(m) if m.contains("--query-memory-total-mib")), "{err}");
+        drop(held);
+        let rows: usize = session.sql(sql).await.expect("the total has room again").iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 20_000);
     }
 
     /// Functions whose result dwarfs their arguments,

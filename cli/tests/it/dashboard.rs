@@ -400,15 +400,19 @@ async fn the_refresh_is_not_bound_by_the_analysts_query_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thresholds_below_two_and_a_zero_rate_are_refused() {
+async fn thresholds_below_two_a_zero_rate_and_a_session_over_the_total_memory_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = ServeConfig::loopback(dir.path().join("collector"));
     config.dashboard.thresholds = Thresholds { min_devices: 1, min_volunteers: 3 };
     let e = Server::start(config.clone()).await.expect_err("k = 1 refused");
     assert!(e.to_string().contains("--public-min-devices: 1 is below 2"), "{e}");
     config.dashboard = DashboardConfig { requests_per_second: 0, ..DashboardConfig::default() };
-    let e = Server::start(config).await.expect_err("rate 0 refused");
+    let e = Server::start(config.clone()).await.expect_err("rate 0 refused");
     assert!(e.to_string().contains("--public-rate"), "{e}");
+    config.dashboard = DashboardConfig::default();
+    config.query.memory_limit_bytes = 8 << 30;
+    let e = Server::start(config).await.expect_err("a session's limit over the total refused");
+    assert!(e.to_string().contains("--query-memory-total-mib 4096 is less than --query-memory-mib 8192"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
