@@ -16,6 +16,11 @@
 //!   [`GrpcLimits::handshake_timeout`] of being accepted, or it is closed.
 //!   After that, HTTP/2 keep-alive pings close connections whose peer is
 //!   gone.
+//! - A connection has at most [`MAX_STREAMS_PER_CONNECTION`] requests open
+//!   at once, and is closed after [`MAX_ERROR_RESETS_PER_CONNECTION`]
+//!   streams reset for its errors.
+//! - Stopping asks open connections to finish their requests and waits at
+//!   most [`SHUTDOWN_GRACE`] for them.
 
 use std::future::Future as _;
 use std::io;
@@ -48,6 +53,17 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// Time a peer has to answer a keep-alive ping before its connection is
 /// closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long stopping waits for open connections to finish their requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Requests one gRPC connection may have open at once (HTTP/2 streams;
+/// tonic leaves them unbounded unless told). An agent sends one at a time.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Streams of one connection the server may reset for the client's errors
+/// before it closes the connection (tonic turns hyper's bound off unless
+/// told; hyper's default).
+pub const MAX_ERROR_RESETS_PER_CONNECTION: usize = 1024;
 
 /// The HTTP/2 connection preface's length: the first bytes a client sends
 /// (after TLS).

@@ -266,12 +266,14 @@ impl TailSource for LogTail {
 }
 
 /// A gRPC server builder: HTTP/2 keep-alive pings find connections whose
-/// peer is gone (TLS and the connections' bounds are the listeners',
-/// [`crate::grpc`]).
+/// peer is gone, and a connection's streams are bounded (TLS and the
+/// connections' bounds are the listeners', [`crate::grpc`]).
 fn grpc_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(crate::grpc::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(crate::grpc::KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(crate::grpc::MAX_STREAMS_PER_CONNECTION))
+        .http2_max_local_error_reset_streams(Some(crate::grpc::MAX_ERROR_RESETS_PER_CONNECTION))
 }
 
 fn serve_grpc(
@@ -281,9 +283,21 @@ fn serve_grpc(
     what: &'static str,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let result = router.serve_with_incoming_shutdown(incoming, shutdown_signal(rx)).await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "{what} server failed");
+        let serving = router.serve_with_incoming_shutdown(incoming, shutdown_signal(rx.clone()));
+        // Stopping asks open connections to finish the requests they are
+        // in, and waits for them no longer than the grace: a stalled
+        // connection does not hold up the exit.
+        let grace = async {
+            shutdown_signal(rx).await;
+            tokio::time::sleep(crate::grpc::SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            result = serving => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "{what} server failed");
+                }
+            }
+            () = grace => tracing::info!("{what} connections still open at shutdown were closed"),
         }
     })
 }

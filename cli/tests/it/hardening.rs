@@ -311,6 +311,35 @@ async fn silent_grpc_clients_cannot_take_the_ingest_port() {
     assert_eq!(still_open(&mut again).await, 1, "a new connection from it is kept");
 }
 
+/// tonic leaves the requests one connection may have open at once
+/// unbounded (and said nothing of them to clients): the collector's first
+/// HTTP/2 SETTINGS frame tells a client 128. A connection that then stays
+/// open does not hold up stopping (it waited for the connection to close).
+#[tokio::test]
+async fn a_grpc_connection_is_told_how_many_requests_it_may_have_open() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let t = crate::TestServer::start().await;
+    let mut s = tokio::net::TcpStream::connect(t.server.grpc_addr).await.expect("connect");
+    // The client preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("preface");
+    let mut header = [0u8; 9];
+    s.read_exact(&mut header).await.expect("the server's first frame");
+    assert_eq!(header[3], 4, "SETTINGS comes first: {header:?}");
+    let mut payload = vec![0u8; u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize];
+    s.read_exact(&mut payload).await.expect("its payload");
+    let settings: std::collections::HashMap<u16, u32> = payload
+        .chunks_exact(6)
+        .map(|p| (u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes([p[2], p[3], p[4], p[5]])))
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS
+    assert_eq!(settings.get(&3), Some(&leakwatch_collector::grpc::MAX_STREAMS_PER_CONNECTION), "{settings:?}");
+    let stopping = std::time::Instant::now();
+    t.server.shutdown().await.expect("shutdown");
+    let took = stopping.elapsed();
+    assert!(took < leakwatch_collector::grpc::SHUTDOWN_GRACE + Duration::from_secs(5), "stopping took {took:?}");
+    drop(s);
+}
+
 /// `n` connections to `addr` from 127.0.0.2 that send nothing.
 async fn silent_connections(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
     let mut out = Vec::new();
