@@ -1,5 +1,7 @@
-//! TLS for the HTTP port (`/healthz`, `/metrics`) with rustls, from the same
-//! certificate, key and optional client-certificate CA as gRPC.
+//! TLS with rustls for every listener (gRPC, HTTP, PostgreSQL), from one
+//! certificate, key and optional client-certificate CA. The configuration
+//! names HTTP/1.1 as its ALPN protocol; the gRPC and PostgreSQL listeners
+//! name theirs on a copy.
 
 use std::path::Path;
 use std::sync::Arc;
