@@ -271,12 +271,14 @@ async fn silent_grpc_clients_cannot_take_the_ingest_port() {
     let (serving, url, _) = spawn_serve_limited(
         &dir.path().join("data"),
         256,
-        &["--grpc-handshake-timeout-secs", "3", "--grpc-max-connections-per-client", "16"],
+        &["--grpc-handshake-timeout-secs", "5", "--grpc-max-connections-per-client", "16"],
     );
     let grpc: std::net::SocketAddr = url.trim_start_matches("http://").parse().expect("gRPC address");
     let before = open_files(serving.id());
+    let connecting = tokio::time::Instant::now();
     let mut silent = silent_connections(grpc, 400).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(connecting.elapsed() < Duration::from_secs(4), "connecting took {:?}", connecting.elapsed());
     assert_eq!(still_open(&mut silent).await, 16, "one address holds 16 connections, the rest are closed");
     let during = open_files(serving.id());
     assert!(
@@ -303,7 +305,7 @@ async fn silent_grpc_clients_cannot_take_the_ingest_port() {
 
     // Past the handshake timeout every silent connection is closed, and
     // the silent address is served again.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep_until(connecting + Duration::from_secs(6)).await;
     assert_eq!(still_open(&mut silent).await, 0, "silent connections still open after the handshake timeout");
     drop(silent);
     let mut again = silent_connections(grpc, 1).await;
