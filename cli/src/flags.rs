@@ -171,7 +171,8 @@ pub struct ListenArgs {
     /// Publish only groups seen from at least this many distinct volunteers' agents (m; at least 2).
     #[arg(long, env = "LEAKWATCH_PUBLIC_MIN_VOLUNTEERS", default_value_t = 3)]
     pub public_min_volunteers: u64,
-    /// Requests per second one client address may make to the dashboard, /api and /export (burst: twice that).
+    /// Requests per second one client (an IPv4 address, an IPv6 /64) may make to the dashboard,
+    /// /api and /export (burst: twice that).
     #[arg(long, env = "LEAKWATCH_PUBLIC_RATE", default_value_t = 20)]
     pub public_rate: u32,
     /// Reverse proxies (networks in CIDR form, or addresses) whose Forwarded or X-Forwarded-For
@@ -203,7 +204,7 @@ pub struct ListenArgs {
     /// HTTP connections open at once, in all (also held under a quarter of the open-file limit).
     #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS", default_value_t = leakwatch_collector::http::DEFAULT_MAX_CONNECTIONS)]
     pub http_max_connections: usize,
-    /// HTTP connections open at once from one client address.
+    /// HTTP connections open at once from one client (an IPv4 address, an IPv6 /64).
     #[arg(long, env = "LEAKWATCH_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = leakwatch_collector::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
     pub http_max_connections_per_client: usize,
     /// Seconds a gRPC client (an agent, a Flight SQL client) has from connecting to finishing its
@@ -215,7 +216,8 @@ pub struct ListenArgs {
     /// a quarter of the open-file limit).
     #[arg(long, env = "LEAKWATCH_GRPC_MAX_CONNECTIONS", default_value_t = leakwatch_collector::grpc::DEFAULT_MAX_CONNECTIONS)]
     pub grpc_max_connections: usize,
-    /// gRPC connections open at once from one client address (trusted proxies exempt).
+    /// gRPC connections open at once from one client (an IPv4 address, an IPv6 /64; trusted
+    /// proxies exempt).
     #[arg(long, env = "LEAKWATCH_GRPC_MAX_CONNECTIONS_PER_CLIENT", default_value_t = leakwatch_collector::grpc::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
     pub grpc_max_connections_per_client: usize,
     #[command(flatten)]
@@ -322,18 +324,6 @@ pub struct SqlArgs {
     /// Rule parameter NAME=VALUE (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
-    /// Seconds a gRPC client (an agent, a Flight SQL client) has from connecting to finishing its
-    /// TLS handshake and sending the HTTP/2 preface; then the connection is closed.
-    #[arg(long, env = "LEAKWATCH_GRPC_HANDSHAKE_TIMEOUT_SECS", default_value_t = leakwatch_collector::grpc::DEFAULT_HANDSHAKE_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub grpc_handshake_timeout_secs: u64,
-    /// gRPC connections open at once, the gRPC and Flight SQL listeners together (also held under
-    /// a quarter of the open-file limit).
-    #[arg(long, env = "LEAKWATCH_GRPC_MAX_CONNECTIONS", default_value_t = leakwatch_collector::grpc::DEFAULT_MAX_CONNECTIONS)]
-    pub grpc_max_connections: usize,
-    /// gRPC connections open at once from one client address (trusted proxies exempt).
-    #[arg(long, env = "LEAKWATCH_GRPC_MAX_CONNECTIONS_PER_CLIENT", default_value_t = leakwatch_collector::grpc::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
-    pub grpc_max_connections_per_client: usize,
     #[command(flatten)]
     /// Query limits.
     pub query: QueryArgs,

@@ -1,8 +1,8 @@
 //! How many connections a listener holds open: in all, held under a
 //! quarter of the process's open-file limit so that one listener's
 //! clients can never use up the descriptors ingest and the log need, and
-//! per client address (trusted proxies, which carry many clients'
-//! connections, exempt). The HTTP and gRPC listeners close a connection
+//! per client (an IPv4 address, an IPv6 /64: [`client_network`]; trusted
+//! proxies, which carry many clients' connections, exempt). The HTTP and gRPC listeners close a connection
 //! over either bound as soon as they accepted it.
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use leakwatch_dashboard::TrustedProxies;
+use leakwatch_dashboard::proxies::{ClientNetwork, client_network};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// `total`, held under a quarter of the process's open-file limit (and at
@@ -75,7 +76,7 @@ impl Admission {
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Held, Refused> {
         let permit = self.open.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
         let limit = if self.proxies.trusts(ip) { usize::MAX } else { self.per_client };
-        let slot = ClientSlot::take(&self.clients, ip, limit).ok_or(Refused::PerClient)?;
+        let slot = ClientSlot::take(&self.clients, client_network(ip), limit).ok_or(Refused::PerClient)?;
         Ok(Held { _slot: slot, _permit: permit })
     }
 }
@@ -86,12 +87,12 @@ pub(crate) struct Held {
     _permit: OwnedSemaphorePermit,
 }
 
-/// Connections open per client address.
+/// Connections open per client.
 #[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+struct PerClient(Mutex<HashMap<ClientNetwork, usize>>);
 
 impl PerClient {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientNetwork, usize>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -99,28 +100,28 @@ impl PerClient {
 /// A connection's place in the per-client count, given back on drop.
 struct ClientSlot {
     clients: Arc<PerClient>,
-    ip: IpAddr,
+    client: ClientNetwork,
 }
 
 impl ClientSlot {
-    fn take(clients: &Arc<PerClient>, ip: IpAddr, limit: usize) -> Option<Self> {
+    fn take(clients: &Arc<PerClient>, client: ClientNetwork, limit: usize) -> Option<Self> {
         let mut open = clients.lock();
-        let n = open.entry(ip).or_default();
+        let n = open.entry(client).or_default();
         if *n >= limit {
             return None;
         }
         *n += 1;
-        Some(Self { clients: clients.clone(), ip })
+        Some(Self { clients: clients.clone(), client })
     }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut open = self.clients.lock();
-        if let Some(n) = open.get_mut(&self.ip) {
+        if let Some(n) = open.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.ip);
+                open.remove(&self.client);
             }
         }
     }
@@ -142,5 +143,15 @@ mod tests {
         drop(a1);
         let _a3 = admission.admit(a).expect("a's place is back");
         assert_eq!(admission.admit(b).err(), Some(Refused::Total), "a refused admission holds nothing");
+    }
+
+    #[test]
+    fn the_addresses_of_one_ipv6_64_share_its_share() {
+        let admission = Admission::new(16, 2, TrustedProxies::default());
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let _a = admission.admit(ip("2001:db8:1:2::1")).expect("first of the /64");
+        let _b = admission.admit(ip("2001:db8:1:2::2")).expect("second of the /64");
+        assert_eq!(admission.admit(ip("2001:db8:1:2::3")).err(), Some(Refused::PerClient));
+        let _c = admission.admit(ip("2001:db8:1:3::1")).expect("another /64");
     }
 }

@@ -18,7 +18,7 @@ mod pages;
 pub mod proxies;
 pub mod queries;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -172,7 +172,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, toki
     }
 }
 
-type Limiter = governor::DefaultKeyedRateLimiter<IpAddr>;
+type Limiter = governor::DefaultKeyedRateLimiter<proxies::ClientNetwork>;
 
 struct Inner {
     sessions: SessionFactory,
@@ -428,7 +428,7 @@ async fn rate_limit(
     request: Request,
     next: Next,
 ) -> Response {
-    let client = dashboard.0.config.trusted_proxies.client(peer.ip(), request.headers());
+    let client = proxies::client_network(dashboard.0.config.trusted_proxies.client(peer.ip(), request.headers()));
     if let Err(not_until) = dashboard.0.limiter.check_key(&client) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         let secs = wait.as_secs() + 1;

@@ -82,6 +82,33 @@ impl TrustedProxies {
     }
 }
 
+/// The network a client's address is counted under by the per-client
+/// bounds (the public rate limit, connections per client): an IPv4
+/// address alone, an IPv6 address's /64, the least a household or a phone
+/// is given (counted one address at a time, a single home could take a new
+/// address for every request). An IPv4 address mapped into IPv6 counts as
+/// itself.
+pub fn client_network(ip: IpAddr) -> ClientNetwork {
+    ClientNetwork(match ip.to_canonical() {
+        IpAddr::V4(v4) => IpNet::from(IpAddr::V4(v4)),
+        IpAddr::V6(v6) => IpNet::V6(ipnet::Ipv6Net::new(v6, 64).expect("64 is a prefix length").trunc()),
+    })
+}
+
+/// What [`client_network`] counts a client under; shown as the address
+/// for IPv4, as the /64 for IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientNetwork(IpNet);
+
+impl std::fmt::Display for ClientNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpNet::V4(net) => write!(f, "{}", net.addr()),
+            IpNet::V6(net) => write!(f, "{net}"),
+        }
+    }
+}
+
 /// The addresses a request's `Forwarded` header names in `for=`, or when
 /// it has none, its `X-Forwarded-For` addresses, in order (at most
 /// [`MAX_FORWARDED_HOPS`], the last ones). An entry that is not an address
@@ -176,6 +203,17 @@ pub(crate) mod tests {
         assert_eq!(trusted.client(ip("10.0.0.1"), &garbage), ip("10.1.2.3"));
         // Nothing trusted: never believed.
         assert_eq!(TrustedProxies::default().client(ip("10.0.0.1"), &xff), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_an_ipv4_client_by_its_address() {
+        let net = |s: &str| client_network(ip(s));
+        assert_eq!(net("2001:db8:1:2::1"), net("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_ne!(net("203.0.113.1"), net("203.0.113.2"));
+        assert_eq!(net("::ffff:203.0.113.1"), net("203.0.113.1"));
+        assert_eq!(net("203.0.113.1").to_string(), "203.0.113.1");
     }
 
     #[test]

@@ -519,6 +519,18 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
     let forwarded = "Forwarded: for=\"[2001:db8::2]:4711\";proto=https\r\n";
     assert_eq!(get_with(server.http_addr, "/api/findings", forwarded).await.0, 200, "the second client is not limited");
     assert_eq!(get_with(server.http_addr, "/api/findings", &as_client("203.0.113.3")).await.0, 200);
+    // An IPv6 client is counted by its /64: a new address in it for each
+    // request does not escape its limit; another /64 has its own.
+    let mut v6 = Vec::new();
+    for ip in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"] {
+        let (status, _, body) = get_with(server.http_addr, "/api/findings", &as_client(ip)).await;
+        v6.push(status);
+        if status == 429 {
+            assert!(String::from_utf8_lossy(&body).contains("from 2001:db8:1:2::/64"), "{body:?}");
+        }
+    }
+    assert_eq!(v6, [200, 200, 429], "one limit for the /64");
+    assert_eq!(get_with(server.http_addr, "/api/findings", &as_client("2001:db8:1:3::1")).await.0, 200);
     // An idle connection from the proxy does not keep the next one out
     // (at most one connection per client address otherwise).
     let idle = tokio::net::TcpStream::connect(server.http_addr).await.expect("connect");
