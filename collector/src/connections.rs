@@ -2,8 +2,9 @@
 //! quarter of the process's open-file limit so that one listener's
 //! clients can never use up the descriptors ingest and the log need, and
 //! per client (an IPv4 address, an IPv6 /64: [`client_network`]; trusted
-//! proxies, which carry many clients' connections, exempt). The HTTP and gRPC listeners close a connection
-//! over either bound as soon as they accepted it.
+//! proxies, which carry many clients' connections, exempt). The HTTP and
+//! gRPC listeners close a connection over either bound as soon as they
+//! accepted it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -6,8 +6,9 @@
 //! - A failed accept (out of descriptors, most likely) is logged and
 //!   retried after a pause. (tonic's own accept loop ends the server on
 //!   such an error, and no agent could report again.)
-//! - At most [`GrpcLimits::per_client`] connections per client address
-//!   (trusted proxies exempt) and [`GrpcLimits::total`] in all are open at
+//! - At most [`GrpcLimits::per_client`] connections per client (an IPv4
+//!   address, an IPv6 /64; trusted proxies exempt) and
+//!   [`GrpcLimits::total`] in all are open at
 //!   once, the gRPC and Flight SQL listeners together; the total is also
 //!   held under a quarter of the process's open-file limit. More are
 //!   closed as soon as they are accepted.
@@ -78,7 +79,7 @@ pub struct GrpcLimits {
     /// Connections open at once in all (held under a quarter of the
     /// open-file limit as well).
     pub total: usize,
-    /// Connections open at once from one client address.
+    /// Connections open at once from one client (an IPv4 address, an IPv6 /64).
     pub per_client: usize,
 }
 

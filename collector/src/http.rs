@@ -9,8 +9,9 @@
 //!   own task (a slow handshake holds up nobody else).
 //! - A request's handling, its body included, ends after
 //!   [`HttpLimits::request_timeout`] with 408.
-//! - At most [`HttpLimits::per_client`] connections per client address
-//!   (but for trusted proxies, which carry many clients' connections) and
+//! - At most [`HttpLimits::per_client`] connections per client (an IPv4
+//!   address, an IPv6 /64; but for trusted proxies, which carry many
+//!   clients' connections) and
 //!   [`HttpLimits::total`] in all are open at once; more are closed as
 //!   soon as they are accepted. The total is also held under a quarter of
 //!   the process's open-file limit, so that HTTP clients alone can never
@@ -54,7 +55,7 @@ pub struct HttpLimits {
     /// Connections open at once, in all (held under a quarter of the
     /// open-file limit as well).
     pub total: usize,
-    /// Connections open at once from one client address.
+    /// Connections open at once from one client (an IPv4 address, an IPv6 /64).
     pub per_client: usize,
     /// How long stopping waits for open connections.
     pub shutdown_grace: Duration,
