@@ -7,11 +7,13 @@
 //! accepted it.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use leakwatch_dashboard::TrustedProxies;
 use leakwatch_dashboard::proxies::{ClientNetwork, client_network};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// `total`, held under a quarter of the process's open-file limit (and at
@@ -56,6 +58,7 @@ impl std::fmt::Display for Refused {
 #[derive(Clone)]
 pub(crate) struct Admission {
     open: Arc<Semaphore>,
+    total: usize,
     per_client: usize,
     clients: Arc<PerClient>,
     proxies: TrustedProxies,
@@ -65,11 +68,49 @@ impl Admission {
     /// At most `total` (held under a quarter of the open-file limit) and
     /// `per_client` from one address but `proxies`.
     pub(crate) fn new(total: usize, per_client: usize, proxies: TrustedProxies) -> Self {
+        let total = under_a_quarter_of_open_files(total);
         Self {
-            open: Arc::new(Semaphore::new(under_a_quarter_of_open_files(total))),
+            open: Arc::new(Semaphore::new(total)),
+            total,
             per_client: per_client.max(1),
             clients: Arc::default(),
             proxies,
+        }
+    }
+
+    /// Connections admitted at once, in all.
+    pub(crate) fn total(&self) -> usize {
+        self.total
+    }
+
+    /// The next connection `listener` accepts that the bounds admit, with
+    /// TCP_NODELAY set (else Nagle's algorithm holds back the last small
+    /// write of a response until the peer's delayed ACK). A failed accept
+    /// (out of descriptors, most likely) is logged and tried again after
+    /// 50 ms; a connection over a bound is closed at once. `what` names
+    /// the listener in the log.
+    pub(crate) async fn accept(&self, listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr, Held) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait for some to close.
+                    tracing::warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let held = match self.admit(peer.ip()) {
+                Ok(held) => held,
+                Err(why) => {
+                    tracing::debug!(peer = %peer, "{what} connection refused: {why}");
+                    continue;
+                }
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+            return (stream, peer, held);
         }
     }
 

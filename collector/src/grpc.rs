@@ -4,8 +4,9 @@
 //! handed connections this module accepted and admitted:
 //!
 //! - A failed accept (out of descriptors, most likely) is logged and
-//!   retried after a pause. (tonic's own accept loop ends the server on
-//!   such an error, and no agent could report again.)
+//!   retried after a pause ([`Admission::accept`], as on the HTTP
+//!   listener). (tonic's own accept loop ends the server on such an
+//!   error, and no agent could report again.)
 //! - At most [`GrpcLimits::per_client`] connections per client (an IPv4
 //!   address, an IPv6 /64; trusted proxies exempt) and
 //!   [`GrpcLimits::total`] in all are open at
@@ -104,13 +105,11 @@ pub struct Listeners {
 
 impl Listeners {
     /// Listeners within `limits` (`proxies` exempt from the per-client
-    /// bound), with TLS when `tls` is set (its ALPN set to HTTP/2 here).
+    /// bound), with TLS when `tls` is set (naming HTTP/2 in ALPN). Served
+    /// from these listeners, tonic's own TCP_NODELAY setting does not
+    /// apply: [`Admission::accept`] sets it.
     pub fn new(limits: GrpcLimits, proxies: TrustedProxies, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        let tls = tls.map(|config| {
-            let mut config = (*config).clone();
-            config.alpn_protocols = vec![b"h2".to_vec()];
-            tokio_rustls::TlsAcceptor::from(Arc::new(config))
-        });
+        let tls = tls.map(|config| crate::tls::acceptor(&config, b"h2"));
         let admission = Admission::new(limits.total, limits.per_client, proxies);
         Self { admission, handshake_timeout: limits.handshake_timeout, tls }
     }
@@ -128,26 +127,10 @@ impl Listeners {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
+                let (stream, peer, held) = tokio::select! {
+                    accepted = this.admission.accept(&listener, what) => accepted,
                     () = async { drop(stop.wait_for(|stopping| *stopping).await) } => break,
                     () = tx.closed() => break,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of descriptors, most likely: wait for some to close.
-                        tracing::warn!(error = %e, "{what} accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let held = match this.admission.admit(peer.ip()) {
-                    Ok(held) => held,
-                    Err(why) => {
-                        tracing::debug!(peer = %peer, "{what} connection refused: {why}");
-                        continue;
-                    }
                 };
                 let (tx, this) = (tx.clone(), this.clone());
                 tokio::spawn(async move {
@@ -164,12 +147,6 @@ impl Listeners {
     /// have TLS), or none when that failed or took too long.
     async fn handshake(&self, stream: TcpStream, peer: SocketAddr, held: Held, what: &str) -> Option<Admitted> {
         let deadline = Instant::now() + self.handshake_timeout;
-        // Served from our own listener, so tonic's own TCP_NODELAY setting
-        // does not apply: set it here, or Nagle's algorithm holds back
-        // the last small write of a response until the peer's delayed ACK.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
         let info = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: Some(peer) };
         let io = match &self.tls {
             None => Either::Left(stream),

@@ -73,13 +73,6 @@ impl Default for HttpLimits {
     }
 }
 
-impl HttpLimits {
-    /// [`Self::total`], held under a quarter of the open-file limit.
-    pub fn effective_total(&self) -> usize {
-        crate::connections::under_a_quarter_of_open_files(self.total)
-    }
-}
-
 /// Serves `app` on `listener` (with TLS when `tls` is set) within
 /// `limits` (`proxies` exempt from the per-client one) until `stop` turns
 /// true.
@@ -92,39 +85,20 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let admission = Admission::new(limits.total, limits.per_client, proxies);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let acceptor = tls.map(|config| crate::tls::acceptor(&config, b"http/1.1"));
     let (closing, closing_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
-    tracing::debug!(total = limits.effective_total(), per_client = limits.per_client, "HTTP listener bounds");
+    tracing::debug!(total = admission.total(), per_client = limits.per_client, "HTTP listener bounds");
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (stream, peer, held) = tokio::select! {
+            accepted = admission.accept(&listener, "HTTP") => accepted,
             () = async { drop(stop.wait_for(|stopping| *stopping).await) } => break,
         };
         // Finished connections' tasks, so the set does not grow.
         while connections.try_join_next().is_some() {}
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors, most likely: wait for some to close.
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let held = match admission.admit(peer.ip()) {
-            Ok(held) => held,
-            Err(why) => {
-                tracing::debug!(peer = %peer, "HTTP connection refused: {why}");
-                continue;
-            }
-        };
         let (app, acceptor, closing) = (app.clone(), acceptor.clone(), closing_rx.clone());
         connections.spawn(async move {
             let _held = held;
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
             match acceptor {
                 None => serve_connection(stream, peer, app, limits, closing).await,
                 Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {

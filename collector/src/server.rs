@@ -441,12 +441,12 @@ impl Server {
         if config.client_ca.is_some() && config.tls.is_none() {
             return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
         }
-        let http_tls = match &config.tls {
+        let tls_config = match &config.tls {
             Some((cert, key)) => Some(crate::tls::server_config(cert, key, config.client_ca.as_deref())?),
             None => None,
         };
         let grpc_listeners =
-            crate::grpc::Listeners::new(config.grpc, config.dashboard.trusted_proxies.clone(), http_tls.clone());
+            crate::grpc::Listeners::new(config.grpc, config.dashboard.trusted_proxies.clone(), tls_config.clone());
         // Queries stop reading a day the moment retention expires it;
         // retention deletes it `KEEP_REPLACED` later (see `expire`).
         let flows = store.flow_store().with_retention(config.retention_days);
@@ -496,7 +496,7 @@ impl Server {
                     sessions.clone(),
                     queries.handle(),
                     log.clone(),
-                    http_tls.clone(),
+                    tls_config.clone(),
                     config.pg,
                     Some(metrics.clone()),
                 )?;
@@ -562,7 +562,7 @@ impl Server {
                 .merge(dashboard.router());
             let limits = config.http;
             let proxies = config.dashboard.trusted_proxies.clone();
-            tokio::spawn(crate::http::serve(http, http_tls, app, limits, proxies, rx.clone()))
+            tokio::spawn(crate::http::serve(http, tls_config, app, limits, proxies, rx.clone()))
         };
         // A log that failed a write is opened again as soon as it can be
         // (RocksDB refuses writes until then).

@@ -1,7 +1,6 @@
 //! TLS with rustls for every listener (gRPC, HTTP, PostgreSQL), from one
-//! certificate, key and optional client-certificate CA. The configuration
-//! names HTTP/1.1 as its ALPN protocol; the gRPC and PostgreSQL listeners
-//! name theirs on a copy.
+//! certificate, key and optional client-certificate CA; each listener's
+//! acceptor names its own ALPN protocol ([`acceptor`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,8 +38,15 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config =
+    let config =
         builder.with_single_cert(certs, key).map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// An acceptor of `config` that names `protocol` in ALPN (`http/1.1`,
+/// `h2`, `postgresql`).
+pub(crate) fn acceptor(config: &rustls::ServerConfig, protocol: &[u8]) -> tokio_rustls::TlsAcceptor {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![protocol.to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }

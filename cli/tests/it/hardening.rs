@@ -170,6 +170,22 @@ fn spawn_serve_limited(
     (crate::durability::Serving(child), format!("http://{grpc}"), http.parse().expect("HTTP address"))
 }
 
+/// An agent enrolled in `agent_dir` delivers ten batches of 10,000
+/// records to `url` (batch ids `{prefix}-0` to `{prefix}-9`), each accepted
+/// whole.
+async fn deliver_100_000_records(url: &str, agent_dir: &Path, prefix: &str) {
+    let token = enroll(url, agent_dir).await;
+    let mut client =
+        leakwatch_proto::v1::collector_client::CollectorClient::connect(url.to_string()).await.expect("connect");
+    for b in 0..10 {
+        let batch = crate::hostile::numbered_batch(format!("{prefix}-{b}"), format!("device-{b}"), 10_000);
+        let mut req = Request::new(batch);
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+        let ack = client.report(req).await.expect("delivered").into_inner();
+        assert_eq!(ack.records_accepted, 10_000);
+    }
+}
+
 /// Open descriptors of process `pid`.
 fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -204,16 +220,7 @@ async fn slow_http_clients_cannot_exhaust_the_collector() {
     );
 
     // Ingest is unaffected: 100,000 records delivered.
-    let token = enroll(&url, &dir.path().join("agent")).await;
-    let mut client =
-        leakwatch_proto::v1::collector_client::CollectorClient::connect(url.clone()).await.expect("connect");
-    for b in 0..10 {
-        let batch = crate::hostile::numbered_batch(format!("slow-{b}"), format!("device-{b}"), 10_000);
-        let mut req = Request::new(batch);
-        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
-        let ack = client.report(req).await.expect("delivered").into_inner();
-        assert_eq!(ack.records_accepted, 10_000);
-    }
+    deliver_100_000_records(&url, &dir.path().join("agent"), "slow").await;
 
     // The stalled requests are closed once the header timeout passed.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -288,18 +295,10 @@ async fn silent_grpc_clients_cannot_take_the_ingest_port() {
     );
 
     // An agent on another address delivers 100,000 records meanwhile.
-    let delivered = tokio::time::timeout(Duration::from_secs(60), async {
-        let token = enroll(&url, &dir.path().join("agent")).await;
-        let mut client =
-            leakwatch_proto::v1::collector_client::CollectorClient::connect(url.clone()).await.expect("connect");
-        for b in 0..10 {
-            let batch = crate::hostile::numbered_batch(format!("silent-{b}"), format!("device-{b}"), 10_000);
-            let mut req = Request::new(batch);
-            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
-            let ack = client.report(req).await.expect("delivered").into_inner();
-            assert_eq!(ack.records_accepted, 10_000);
-        }
-    })
+    let delivered = tokio::time::timeout(
+        Duration::from_secs(60),
+        deliver_100_000_records(&url, &dir.path().join("agent"), "silent"),
+    )
     .await;
     assert!(delivered.is_ok(), "the agent delivered nothing within 60 s");
 

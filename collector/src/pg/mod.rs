@@ -103,11 +103,7 @@ impl PgService {
         let planner = Planner::new(sessions, queries, metrics)
             .map_err(|e| crate::Error::Config(format!("--pg-listen: the PostgreSQL catalog: {e}")))?;
         let connections = Arc::new(ConnectionManager::new());
-        let tls = tls.map(|config| {
-            let mut config = (*config).clone();
-            config.alpn_protocols = vec![b"postgresql".to_vec()];
-            tokio_rustls::TlsAcceptor::from(Arc::new(config))
-        });
+        let tls = tls.map(|config| crate::tls::acceptor(&config, b"postgresql"));
         let handlers = Handlers::new(planner, log, connections.clone(), tls.is_some());
         Ok(Self {
             handlers: Arc::new(handlers),
