@@ -392,6 +392,11 @@ impl Server {
     /// Opens the data directory, finishes an interrupted flush, binds the
     /// listeners and starts serving.
     pub async fn start(config: ServeConfig) -> Result<Self> {
+        // Settings that cannot work are refused before anything is opened.
+        config.query.check().map_err(Error::Config)?;
+        if config.client_ca.is_some() && config.tls.is_none() {
+            return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
+        }
         let dirs = DataDir::new(config.data_dir.clone());
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::Config(format!("--data-dir {}: {e}", config.data_dir.display())))?;
@@ -437,10 +442,6 @@ impl Server {
         let admin_token = hex::encode(rand::random::<[u8; 32]>());
         let admin = AdminServer::new(AdminService::new(log.clone(), admin_token.clone()));
         AdminEndpoint { grpc: grpc_addr, token: admin_token }.write(&config.data_dir)?;
-        config.query.check().map_err(Error::Config)?;
-        if config.client_ca.is_some() && config.tls.is_none() {
-            return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
-        }
         let tls_config = match &config.tls {
             Some((cert, key)) => Some(crate::tls::server_config(cert, key, config.client_ca.as_deref())?),
             None => None,
