@@ -50,6 +50,7 @@ use leakwatch_collector::server::{DataDir, ServeConfig, Server};
 use leakwatch_dashboard::aggregate::{Thresholds, compute};
 use leakwatch_dashboard::{Dashboard, DashboardConfig, finding_href, model_href};
 use leakwatch_query::digest::Digests;
+use leakwatch_query::memory::QueryMemory;
 use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, SessionFactory};
 
 /// What wrk's `done` hook prints: requests, errors (connect, read, write,
@@ -127,8 +128,11 @@ async fn refresh_figures(
     let root = dir.join(format!("refresh-{kind:?}"));
     let store = root.join("store");
     let (copies, base) = replicate_fleet(&root, &store.join("flows"), target, kind, devices).await;
-    let config =
-        QueryConfig { memory_limit_bytes: memory, total_memory: total_memory(memory), ..QueryConfig::default() };
+    let config = QueryConfig {
+        memory_limit_bytes: memory,
+        total_memory: QueryMemory::at_least(memory),
+        ..QueryConfig::default()
+    };
     let factory = SessionFactory::new(config, FlowStore::local(&store).expect("store"), Arc::new(FilesOnly));
     let dashboard = Dashboard::new(factory.clone(), tokio::runtime::Handle::current(), DashboardConfig::default())
         .expect("dashboard");
@@ -226,7 +230,7 @@ fn main() {
         let mut config = ServeConfig::loopback(dir.path().join("collector"));
         config.dashboard = DashboardConfig { requests_per_second: 1_000_000, ..DashboardConfig::default() };
         config.query.memory_limit_bytes = memory;
-        config.query.total_memory = total_memory(memory);
+        config.query.total_memory = QueryMemory::at_least(memory);
         let server = Server::start(config).await.expect("start collector");
         // A first refresh (it answers the one the start requested, or
         // waits for it to end), then one more, timed alone (the work a
@@ -305,10 +309,4 @@ fn main() {
         }
         server.shutdown().await.expect("shutdown");
     });
-}
-
-/// The default total of all sessions' query memory, or `memory` when a
-/// session is given more.
-fn total_memory(memory: usize) -> leakwatch_query::memory::QueryMemory {
-    leakwatch_query::memory::QueryMemory::new(memory.max(leakwatch_query::memory::DEFAULT_TOTAL_BYTES))
 }

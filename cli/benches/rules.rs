@@ -236,7 +236,7 @@ fn main() {
 
         let config = QueryConfig {
             memory_limit_bytes: memory_mib << 20,
-            total_memory: leakwatch_query::memory::QueryMemory::new(memory_mib << 20),
+            total_memory: leakwatch_query::memory::QueryMemory::at_least(memory_mib << 20),
             timeout: Duration::from_secs(3600),
             ..QueryConfig::default()
         };

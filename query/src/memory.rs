@@ -32,6 +32,12 @@ impl QueryMemory {
         Self(Arc::new(GreedyMemoryPool::new(bytes)))
     }
 
+    /// The default total, or `bytes` when that is more: a total one
+    /// session given `bytes` fits in.
+    pub fn at_least(bytes: usize) -> Self {
+        Self::new(bytes.max(DEFAULT_TOTAL_BYTES))
+    }
+
     /// The total, bytes.
     pub fn total_bytes(&self) -> usize {
         match self.0.memory_limit() {
