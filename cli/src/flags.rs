@@ -162,6 +162,10 @@ pub struct ListenArgs {
     /// PostgreSQL connections open at once; the next is refused (SQLSTATE 53300).
     #[arg(long, env = "LEAKWATCH_PG_MAX_CONNECTIONS", default_value_t = 64)]
     pub pg_max_connections: usize,
+    /// PostgreSQL connections one client (an IPv4 address, an IPv6 /64; trusted proxies exempt)
+    /// may have open before they logged in; the next is refused (SQLSTATE 53300).
+    #[arg(long, env = "LEAKWATCH_PG_MAX_LOGGING_IN_PER_CLIENT", default_value_t = leakwatch_collector::pg::DEFAULT_MAX_LOGGING_IN_PER_CLIENT)]
+    pub pg_max_logging_in_per_client: usize,
     /// Seconds a logged-in PostgreSQL client may send nothing before its connection is closed (57P05).
     #[arg(long, env = "LEAKWATCH_PG_IDLE_TIMEOUT_SECS", default_value_t = 3600)]
     pub pg_idle_timeout_secs: u64,
@@ -177,8 +181,8 @@ pub struct ListenArgs {
     pub public_rate: u32,
     /// Reverse proxies (networks in CIDR form, or addresses) whose Forwarded or X-Forwarded-For
     /// header names the client that rate limits count; a header from any other peer is ignored,
-    /// and trusted proxies are exempt from the per-client connection limits, HTTP and gRPC
-    /// (default: none).
+    /// and trusted proxies are exempt from the per-client connection limits, HTTP, gRPC and
+    /// PostgreSQL (default: none).
     #[arg(long, env = "LEAKWATCH_TRUSTED_PROXIES", value_name = "CIDR", num_args = 1.., value_delimiter = ',',
           value_parser = leakwatch_dashboard::proxies::network)]
     pub trusted_proxies: Vec<leakwatch_dashboard::proxies::IpNet>,

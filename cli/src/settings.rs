@@ -113,6 +113,7 @@ pub fn serve_config(data_dir: PathBuf, open_enrollment: bool, listen: &ListenArg
         pg_listen: listen.pg_listen,
         pg: leakwatch_collector::pg::PgLimits {
             max_connections: listen.pg_max_connections.max(1),
+            max_logging_in_per_client: listen.pg_max_logging_in_per_client.max(1),
             idle_timeout: Duration::from_secs(listen.pg_idle_timeout_secs.max(1)),
             ..leakwatch_collector::pg::PgLimits::default()
         },

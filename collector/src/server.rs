@@ -499,6 +499,7 @@ impl Server {
                     log.clone(),
                     tls_config.clone(),
                     config.pg,
+                    config.dashboard.trusted_proxies.clone(),
                     Some(metrics.clone()),
                 )?;
                 tasks.push(tokio::spawn(service.serve(listener, rx.clone())));

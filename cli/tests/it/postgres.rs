@@ -201,6 +201,38 @@ impl Raw {
         Self(s)
     }
 
+    /// A connection to `addr` from the loopback address `from`.
+    async fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from((from, 0))).expect("bind");
+        let s = socket.connect(addr).await.expect("connect").into_std().expect("std stream");
+        s.set_nonblocking(false).expect("blocking");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        Self(s)
+    }
+
+    /// Logs in on the connection `c` with `password`, as [`Raw::login`].
+    fn login_on(mut c: Self, password: &str) -> (Self, Vec<Message>) {
+        c.startup();
+        let auth = c.read().expect("an authentication request");
+        assert_eq!(auth, (b'R', vec![0, 0, 0, 3]), "asks for a clear-text password");
+        let mut body = password.as_bytes().to_vec();
+        body.push(0);
+        c.send(b'p', &body);
+        let answer = c.until_ready();
+        (c, answer)
+    }
+
+    /// Whether the connection is open with nothing to read: a peek waits
+    /// 300 ms.
+    fn open_and_quiet(&mut self) -> bool {
+        self.0.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+        let mut byte = [0u8; 1];
+        let quiet = matches!(self.0.peek(&mut byte), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        self.0.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        quiet
+    }
+
     fn startup(&mut self) {
         let mut body = vec![0, 3, 0, 0];
         for (k, v) in [("user", "analyst"), ("database", "leakwatch")] {
@@ -247,15 +279,7 @@ impl Raw {
 
     /// Logs in with `password`; the messages up to ReadyForQuery or the error.
     fn login(addr: SocketAddr, password: &str) -> (Self, Vec<Message>) {
-        let mut c = Self::connect(addr);
-        c.startup();
-        let auth = c.read().expect("an authentication request");
-        assert_eq!(auth, (b'R', vec![0, 0, 0, 3]), "asks for a clear-text password");
-        let mut body = password.as_bytes().to_vec();
-        body.push(0);
-        c.send(b'p', &body);
-        let answer = c.until_ready();
-        (c, answer)
+        Self::login_on(Self::connect(addr), password)
     }
 
     fn query(&mut self, sql: &str) -> Vec<Message> {
@@ -325,13 +349,19 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     tokio::task::block_in_place(f)
 }
 
-/// The SQLSTATE and severity of the first error among `messages`.
-fn sqlstate(messages: &[Message]) -> Option<(String, String)> {
+/// The fields of the first error among `messages`, by their type byte.
+fn error_fields(messages: &[Message]) -> Option<BTreeMap<u8, String>> {
     let (_, body) = messages.iter().find(|m| m.0 == b'E')?;
     let mut fields = BTreeMap::new();
     for field in body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
         fields.insert(field[0], String::from_utf8_lossy(&field[1..]).to_string());
     }
+    Some(fields)
+}
+
+/// The SQLSTATE and severity of the first error among `messages`.
+fn sqlstate(messages: &[Message]) -> Option<(String, String)> {
+    let fields = error_fields(messages)?;
     Some((fields.get(&b'C')?.clone(), fields.get(&b'S')?.clone()))
 }
 
@@ -342,8 +372,12 @@ fn code(messages: &[Message]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_bad_input_gets_the_codes_clients_expect_and_frees_its_slot() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let limits =
-        PgLimits { max_connections: 2, idle_timeout: Duration::from_secs(2), startup_timeout: Duration::from_secs(2) };
+    let limits = PgLimits {
+        max_connections: 2,
+        idle_timeout: Duration::from_secs(2),
+        startup_timeout: Duration::from_secs(2),
+        ..PgLimits::default()
+    };
     let server = pg_server(dir.path(), limits).await;
     let addr = server.pg_addr.expect("PostgreSQL listener");
     let data = dir.path().join("collector");
@@ -432,6 +466,66 @@ async fn postgres_bad_input_gets_the_codes_clients_expect_and_frees_its_slot() {
     let answer = blocking(|| c.until_ready());
     assert_eq!(sqlstate(&answer), Some(("57P05".into(), "FATAL".into())), "{answer:?}");
     assert!(blocking(|| c.closed()));
+    server.shutdown().await.expect("shutdown");
+}
+
+/// One address that connects and never logs in holds no more than its
+/// share of the slots: an analyst elsewhere still logs in. Logged-in
+/// connections (a Grafana pool from one address) are not held to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_address_cannot_hold_every_slot_without_logging_in() {
+    use std::net::Ipv4Addr;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = PgLimits { max_connections: 12, max_logging_in_per_client: 3, ..PgLimits::default() };
+    let server = pg_server(dir.path(), limits).await;
+    let addr = server.pg_addr.expect("PostgreSQL listener");
+    let token = sql_token(&dir.path().join("collector"));
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+
+    // As many connections as there are slots, from one address, silent:
+    // three are held, the rest told 53300 naming the address and bound.
+    let mut silent = Vec::new();
+    for _ in 0..12 {
+        silent.push(Raw::connect_from(attacker, addr).await);
+    }
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for mut c in silent {
+        if blocking(|| c.open_and_quiet()) {
+            held.push(c);
+            continue;
+        }
+        let answer = blocking(|| c.until_ready());
+        let fields = error_fields(&answer).unwrap_or_else(|| panic!("no error: {answer:?}"));
+        assert_eq!(fields.get(&b'C').map(String::as_str), Some("53300"), "{fields:?}");
+        let message = fields.get(&b'M').cloned().unwrap_or_default();
+        assert!(message.contains("127.0.0.2") && message.contains("at most 3"), "{message}");
+        refused += 1;
+    }
+    assert_eq!((held.len(), refused), (3, 9), "held and refused of the silent connections");
+
+    // An analyst from elsewhere logs in, six times at once.
+    let mut pool = Vec::new();
+    for i in 0..6 {
+        let (mut c, answer) = blocking(|| Raw::login(addr, &token));
+        assert_eq!(answer.last().map(|m| m.0), Some(b'Z'), "login {i}: {answer:?}");
+        let rows = blocking(|| c.query("SELECT 40 + 2"));
+        assert!(rows.iter().any(|m| m.0 == b'D'), "login {i}: {rows:?}");
+        pool.push(c);
+    }
+    drop(pool);
+
+    // The silent ones gone, the address logs in more than three times at
+    // once: a connection leaves the bound as it logs in.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut pool = Vec::new();
+    for i in 0..5 {
+        let c = Raw::connect_from(attacker, addr).await;
+        let (c, answer) = blocking(|| Raw::login_on(c, &token));
+        assert_eq!(answer.last().map(|m| m.0), Some(b'Z'), "login {i} from 127.0.0.2: {answer:?}");
+        pool.push(c);
+    }
+    drop(pool);
     server.shutdown().await.expect("shutdown");
 }
 

@@ -10,9 +10,11 @@
 //! clear otherwise.
 //!
 //! The listener faces the internet, so every connection is bounded: a
-//! cap on connections (the next is refused with SQLSTATE 53300), a
-//! client that does not finish logging in within its startup timeout is
-//! dropped, one idle for longer than its idle timeout is told 57P05 and
+//! cap on connections (the next is refused with SQLSTATE 53300), a cap
+//! on the connections one client (an IPv4 address, an IPv6 /64; trusted
+//! proxies exempt) has open before they logged in (also 53300: one
+//! address cannot hold every slot without a token), a client that does
+//! not finish logging in within its startup timeout is dropped, one idle for longer than its idle timeout is told 57P05 and
 //! closed, and no message may be longer than [`MAX_MESSAGE_BYTES`]
 //! (54000): its bytes are refused as its header arrives, before they are
 //! buffered.
@@ -28,6 +30,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
+use leakwatch_dashboard::TrustedProxies;
+use leakwatch_dashboard::proxies::client_network;
 use leakwatch_query::SessionFactory;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ClientInfo as _, ConnectionManager, NoopHandler, PgWireConnectionState};
@@ -39,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::codec::{Framed, FramedParts};
 
+use crate::connections::{Admission, Held};
 use crate::log::DurableLog;
 
 pub use session::{Handlers, PgStatement, Planner};
@@ -54,11 +59,19 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_SQL_BYTES + 64 * 1024;
 /// Time a client has from connecting to being logged in, by default.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Default of [`PgLimits::max_logging_in_per_client`].
+pub const DEFAULT_MAX_LOGGING_IN_PER_CLIENT: usize = 8;
+
 /// Bounds of the PostgreSQL listener.
 #[derive(Debug, Clone, Copy)]
 pub struct PgLimits {
     /// Connections open at once; the next is refused (SQLSTATE 53300).
     pub max_connections: usize,
+    /// Connections one client (an IPv4 address, an IPv6 /64; trusted
+    /// proxies exempt) has open that are not logged in yet; the next is
+    /// refused (53300). Logged-in connections (a Grafana pool) count only
+    /// towards `max_connections`.
+    pub max_logging_in_per_client: usize,
     /// A logged-in client that sends nothing for this long is told so
     /// (57P05) and its connection closed.
     pub idle_timeout: Duration,
@@ -69,7 +82,12 @@ pub struct PgLimits {
 
 impl Default for PgLimits {
     fn default() -> Self {
-        Self { max_connections: 64, idle_timeout: Duration::from_secs(3600), startup_timeout: STARTUP_TIMEOUT }
+        Self {
+            max_connections: 64,
+            max_logging_in_per_client: DEFAULT_MAX_LOGGING_IN_PER_CLIENT,
+            idle_timeout: Duration::from_secs(3600),
+            startup_timeout: STARTUP_TIMEOUT,
+        }
     }
 }
 
@@ -81,6 +99,8 @@ pub struct PgService {
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: PgLimits,
     slots: Arc<Semaphore>,
+    /// Connections not logged in yet, per client.
+    logging_in: Admission,
 }
 
 impl std::fmt::Debug for PgService {
@@ -91,13 +111,15 @@ impl std::fmt::Debug for PgService {
 
 impl PgService {
     /// The service over `sessions` (run on `queries`), accepting analysts'
-    /// tokens stored in `log`; with `tls`, over TLS only.
+    /// tokens stored in `log`; with `tls`, over TLS only. Connections
+    /// from `proxies` are exempt from the per-client bound.
     pub fn new(
         sessions: SessionFactory,
         queries: tokio::runtime::Handle,
         log: Arc<DurableLog>,
         tls: Option<Arc<rustls::ServerConfig>>,
         limits: PgLimits,
+        proxies: TrustedProxies,
         metrics: Option<Arc<crate::metrics::IngestMetrics>>,
     ) -> crate::Result<Self> {
         let planner = Planner::new(sessions, queries, metrics)
@@ -111,6 +133,7 @@ impl PgService {
             tls,
             limits,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            logging_in: Admission::new(limits.max_connections, limits.max_logging_in_per_client, proxies),
         })
     }
 
@@ -129,14 +152,24 @@ impl PgService {
                 _ = shutdown.changed() => break,
             };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                tokio::spawn(refuse(socket, self.limits.max_connections));
+                let max = self.limits.max_connections;
+                tokio::spawn(refuse(socket, format!("sorry, too many clients already (at most {max} connections)")));
+                continue;
+            };
+            let Ok(login) = self.logging_in.admit(peer.ip()) else {
+                let (client, max) = (client_network(peer.ip()), self.limits.max_logging_in_per_client);
+                tracing::debug!(peer = %peer, "PostgreSQL connection refused: {client} has {max} not logged in");
+                tokio::spawn(refuse(
+                    socket,
+                    format!("sorry, too many connections from {client} not logged in yet (at most {max} at once)"),
+                ));
                 continue;
             };
             let service = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    result = service.connection(socket, slot) => {
+                    result = service.connection(socket, Places { _slot: slot, login: Some(login) }) => {
                         if let Err(e) = result {
                             tracing::debug!(peer = %peer, error = %e, "PostgreSQL connection ended");
                         }
@@ -148,9 +181,10 @@ impl PgService {
     }
 
     /// One client's connection, from TLS negotiation to its end. Its
-    /// `slot` is given back before the socket closes, so a client that
-    /// saw the close and connects again finds it free.
-    async fn connection(&self, socket: TcpStream, slot: OwnedSemaphorePermit) -> io::Result<()> {
+    /// `places` are given back before the socket closes, so a client that
+    /// saw the close and connects again finds them free; its place among
+    /// its client's connections not logged in, as soon as it logged in.
+    async fn connection(&self, socket: TcpStream, places: Places) -> io::Result<()> {
         let startup = tokio::time::Instant::now() + self.limits.startup_timeout;
         let negotiated = tokio::time::timeout_at(startup, negotiate_tls::<PgStatement>(socket, self.tls.clone())).await;
         let Ok(Some(socket)) = negotiated.unwrap_or(Ok(None)) else {
@@ -163,7 +197,7 @@ impl PgService {
         if let Err(len) = frames.observe(&parts.read_buf) {
             *lock(&refused) = Some(len);
         }
-        let io = Limited { slot: Some(slot), inner: parts.io, frames, refused: refused.clone() };
+        let io = Limited { places: Some(places), inner: parts.io, frames, refused: refused.clone() };
         let mut rebuilt = FramedParts::new(io, parts.codec);
         rebuilt.read_buf = parts.read_buf;
         rebuilt.write_buf = parts.write_buf;
@@ -226,6 +260,13 @@ impl PgService {
                 self.cancel.clone(),
             )
             .await;
+            // Logged in: out of its client's bound on logins.
+            if logging_in
+                && matches!(socket.state(), PgWireConnectionState::ReadyForQuery)
+                && let Some(places) = socket.get_mut().places.as_mut()
+            {
+                places.login = None;
+            }
             if let Err(e) = processed {
                 let info = ErrorInfo::from(e);
                 if info.is_fatal() {
@@ -266,11 +307,10 @@ where
     socket.close().await
 }
 
-/// Refuses a connection past the cap, as PostgreSQL does: an error
-/// message before anything is read, then the end.
-async fn refuse(mut socket: TcpStream, max: usize) {
+/// Refuses a connection past a cap with `message`, as PostgreSQL does:
+/// an error message (53300) before anything is read, then the end.
+async fn refuse(mut socket: TcpStream, message: String) {
     use tokio::io::AsyncWriteExt as _;
-    let message = format!("sorry, too many clients already (at most {max} connections)");
     let info = ErrorInfo::new("FATAL".into(), "53300".into(), message);
     let mut out = prost::bytes::BytesMut::new();
     if PgWireBackendMessage::ErrorResponse(info.into()).encode(&mut out).is_err() {
@@ -335,13 +375,20 @@ impl Frames {
     }
 }
 
+/// A connection's places in the listener's bounds.
+struct Places {
+    _slot: OwnedSemaphorePermit,
+    /// Among its client's connections not logged in; `None` once it is.
+    login: Option<Held>,
+}
+
 /// A connection's stream that fails a read once a message longer than
 /// the limit starts (its length is kept in `refused`). It holds the
-/// connection's slot and gives it back as the stream shuts down, or when
-/// dropped (declared before the stream, so dropped first): a client sees
-/// the end only once its slot is free.
+/// connection's places and gives them back as the stream shuts down, or
+/// when dropped (declared before the stream, so dropped first): a client
+/// sees the end only once its places are free.
 struct Limited {
-    slot: Option<OwnedSemaphorePermit>,
+    places: Option<Places>,
     inner: MaybeTls,
     frames: Frames,
     refused: Arc<Mutex<Option<usize>>>,
@@ -380,7 +427,7 @@ impl AsyncWrite for Limited {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.slot.take();
+        self.places.take();
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
