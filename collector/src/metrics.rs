@@ -57,6 +57,8 @@ pub mod names {
     pub const QUERIES_REPLANNED: &str = "leakwatch_queries_replanned_total";
     /// Seconds since the published aggregates were computed.
     pub const PUBLISHED_AGE_SECONDS: &str = "leakwatch_published_age_seconds";
+    /// Dashboard refreshes that failed since the last that succeeded.
+    pub const REFRESH_FAILURES: &str = "leakwatch_dashboard_refresh_failures";
 }
 
 /// Observes a query's time in [`IngestMetrics::query_seconds`] under its
@@ -143,6 +145,8 @@ pub struct Gauges {
     pub log_write_failing: bool,
     /// See [`names::FILES_UNREADABLE`].
     pub files_unreadable: u64,
+    /// See [`names::REFRESH_FAILURES`].
+    pub refresh_failures: u32,
 }
 
 /// Seconds from 0.5 ms doubling to about 16 s.
@@ -349,6 +353,11 @@ impl IngestMetrics {
                 names::FILES_UNREADABLE,
                 "Flushed files queries leave out because they do not read",
                 int(gauges.files_unreadable),
+            ),
+            (
+                names::REFRESH_FAILURES,
+                "Dashboard refreshes that failed since the last that succeeded (each is tried again)",
+                i64::from(gauges.refresh_failures),
             ),
         ];
         if let Some(age) = gauges.published_age_seconds {

@@ -554,6 +554,7 @@ impl Server {
                             log_wal_bytes: log.wal_bytes(),
                             log_write_failing: log.failure().is_some(),
                             files_unreadable: unreadable_of.unreadable_counts().0 as u64,
+                            refresh_failures: dashboard_for_metrics.failures_in_a_row(),
                         };
                         (
                             [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

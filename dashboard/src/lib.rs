@@ -21,7 +21,7 @@ pub mod queries;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,18 @@ pub struct DashboardConfig {
     pub trusted_proxies: TrustedProxies,
 }
 
+/// Longest wait before a failed refresh is tried again.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
+
+/// Wait before a requested refresh that failed `failures` times in a row
+/// is tried again: the least interval between refreshes (at least a
+/// second), doubled with each failure after the first, at most
+/// [`MAX_RETRY_WAIT`].
+pub fn retry_wait(min_interval: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    min_interval.max(Duration::from_secs(1)).saturating_mul(1 << doublings).min(MAX_RETRY_WAIT)
+}
+
 /// Default of [`DashboardConfig::min_refresh_interval`], seconds.
 pub const DEFAULT_REFRESH_SECS: u64 = 300;
 
@@ -182,6 +194,8 @@ struct Inner {
     refresh: tokio::sync::Mutex<()>,
     pending: AtomicBool,
     refreshes: AtomicU64,
+    /// Requested refreshes that failed since the last that succeeded.
+    failures: AtomicU32,
     last_finished: std::sync::Mutex<Option<Instant>>,
     limiter: Limiter,
     site: Site,
@@ -260,6 +274,7 @@ impl Dashboard {
             refresh: tokio::sync::Mutex::new(()),
             pending: AtomicBool::new(false),
             refreshes: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
             last_finished: std::sync::Mutex::new(None),
             limiter: governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst)),
             site,
@@ -289,6 +304,11 @@ impl Dashboard {
     /// Completed refreshes.
     pub fn refreshes(&self) -> u64 {
         self.0.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// Requested refreshes that failed since the last that succeeded.
+    pub fn failures_in_a_row(&self) -> u32 {
+        self.0.failures.load(Ordering::Relaxed)
     }
 
     /// Recomputes the aggregates now and waits for them.
@@ -356,6 +376,7 @@ impl Dashboard {
         computed.generation = self.0.refreshes.load(Ordering::Relaxed) + 1;
         *self.0.published.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(computed);
         self.0.refreshes.fetch_add(1, Ordering::Relaxed);
+        self.0.failures.store(0, Ordering::Relaxed);
         self.0.limiter.retain_recent();
         Ok(())
     }
@@ -364,7 +385,10 @@ impl Dashboard {
     /// [`DashboardConfig::min_refresh_interval`] has passed since the last
     /// one ended; requests made while one is waiting are folded into it,
     /// and a refresh that begins meanwhile ([`Dashboard::refresh`])
-    /// answers them all.
+    /// answers them all. One that fails (its queries refused memory that
+    /// analysts' queries hold, a file unreadable for a moment) is asked
+    /// for again, after [`retry_wait`]: the new data is published without
+    /// waiting for another flush.
     pub fn request_refresh(&self) {
         if self.0.pending.swap(true, Ordering::SeqCst) {
             return;
@@ -375,8 +399,22 @@ impl Dashboard {
             if let Some(last) = last {
                 tokio::time::sleep_until((last + me.0.config.min_refresh_interval).into()).await;
             }
-            if let Err(e) = me.refresh_requested().await {
-                tracing::error!(error = %e, "Dashboard refresh failed; the previous aggregates stay published");
+            loop {
+                let Err(e) = me.refresh_requested().await else { return };
+                let failures = me.0.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let wait = retry_wait(me.0.config.min_refresh_interval, failures);
+                tracing::error!(
+                    error = %e,
+                    failures,
+                    retry_in_secs = wait.as_secs(),
+                    "Dashboard refresh failed; the previous aggregates stay published"
+                );
+                // Asked for again, unless a request made meanwhile is
+                // already waiting (it answers this one too).
+                if me.0.pending.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
             }
         });
     }
@@ -476,6 +514,15 @@ async fn rate_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_refresh_waits_longer_after_each_failure_up_to_an_hour() {
+        let five_minutes = Duration::from_secs(300);
+        let waits: Vec<u64> = (1..=6).map(|n| retry_wait(five_minutes, n).as_secs()).collect();
+        assert_eq!(waits, [300, 600, 1200, 2400, 3600, 3600]);
+        assert_eq!(retry_wait(Duration::ZERO, 1), Duration::from_secs(1), "at least a second");
+        assert_eq!(retry_wait(five_minutes, u32::MAX), MAX_RETRY_WAIT);
+    }
 
     #[test]
     fn the_licence_and_public_url_are_refused_when_lists_and_feeds_could_not_carry_them() {

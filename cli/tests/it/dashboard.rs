@@ -399,6 +399,57 @@ async fn the_refresh_is_not_bound_by_the_analysts_query_timeout() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// Waits up to 30 s for `done`.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A requested refresh that fails (here: analysts' queries hold the
+/// memory all sessions share) is tried again without another flush
+/// asking for it, and `/metrics` says how many failed in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_failed_is_tried_again_without_another_flush() {
+    use datafusion::execution::memory_pool::MemoryConsumer;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.dashboard.min_refresh_interval = Duration::from_secs(1);
+    config.query.memory_limit_bytes = 64 << 20;
+    config.query.total_memory = leakwatch_query::memory::QueryMemory::new(64 << 20);
+    let server = Server::start(config).await.expect("start");
+    run_pipeline(&server, dir.path(), Some(60), None).await.expect("fleet through agent and collector");
+    let dashboard = server.dashboard.clone();
+    let before = dashboard.refreshes();
+    assert!(!dashboard.published().snapshot.models.is_empty(), "the fleet is published");
+
+    // An analyst's query holds the whole total: the refresh a flush asks
+    // for fails, and the published aggregates stay.
+    let analyst = server.sessions.session().await.expect("session");
+    let held = MemoryConsumer::new("an analyst's query").register(&analyst.context().runtime_env().memory_pool);
+    held.try_grow(64 << 20).expect("the whole total");
+    dashboard.request_refresh();
+    eventually("a failed refresh", || dashboard.failures_in_a_row() >= 1).await;
+    assert_eq!(dashboard.refreshes(), before, "nothing published while the memory is held");
+    let (status, _, body) = get(server.http_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&body).to_string();
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("leakwatch_dashboard_refresh_failures "))
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    assert!(failures.is_some_and(|n| n >= 1), "{metrics}");
+
+    // The memory freed, the refresh is tried again and succeeds: no flush
+    // asked for it.
+    drop(held);
+    eventually("a refresh after the failure", || dashboard.refreshes() > before).await;
+    assert_eq!(dashboard.failures_in_a_row(), 0);
+    server.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_below_two_a_zero_rate_and_a_session_over_the_total_memory_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

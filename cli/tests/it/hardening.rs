@@ -564,6 +564,8 @@ async fn promtool_accepts_the_collectors_metrics() {
         "leakwatch_ack_stage_seconds_count{stage=\"answer\"} 1",
         "leakwatch_dashboard_refresh_seconds_count ",
         "# TYPE leakwatch_published_age_seconds gauge",
+        "# TYPE leakwatch_dashboard_refresh_failures gauge",
+        "leakwatch_dashboard_refresh_failures 0",
         "leakwatch_build_info{version=\"",
         "leakwatch_reports_rejected_total{reason=\"busy\"} 0",
     ] {
