@@ -163,7 +163,7 @@ impl Listeners {
             },
         };
         Some(Admitted {
-            _held: held,
+            held: Some(held),
             io,
             preface: Some(Preface { deadline: Box::pin(tokio::time::sleep_until(deadline)), left: PREFACE_BYTES }),
             info,
@@ -178,14 +178,32 @@ struct Preface {
 }
 
 /// A connection the listeners admitted: its place in their bounds is
-/// held until it is dropped (given back before the socket closes, as it
-/// is declared first), and its reads fail once the handshake timeout
-/// passed before the HTTP/2 preface came.
+/// held until it shuts down or is dropped (given back before the socket
+/// closes, as it is declared first), and its reads fail once the
+/// handshake timeout passed before the HTTP/2 preface came.
 pub struct Admitted {
-    _held: Held,
+    held: Option<Held>,
     io: Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>,
     preface: Option<Preface>,
     info: TcpConnectInfo,
+}
+
+impl Admitted {
+    /// `io` (a connection from `peer`, after its TLS handshake if any)
+    /// holding its place `held` until it is dropped, without a deadline
+    /// for an HTTP/2 preface (the HTTP listener's connections: hyper
+    /// bounds the time to their headers).
+    pub(crate) fn holding(
+        held: Held,
+        io: Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>,
+        peer: SocketAddr,
+    ) -> Self {
+        let local_addr = match &io {
+            Either::Left(tcp) => tcp.local_addr().ok(),
+            Either::Right(tls) => tls.get_ref().0.local_addr().ok(),
+        };
+        Self { held: Some(held), io, preface: None, info: TcpConnectInfo { local_addr, remote_addr: Some(peer) } }
+    }
 }
 
 impl Connected for Admitted {
@@ -232,6 +250,7 @@ impl AsyncWrite for Admitted {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.held.take();
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 

@@ -32,11 +32,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::either::Either;
 use tower_service::Service as _;
 
 use leakwatch_dashboard::{PeerAddr, TrustedProxies};
 
 use crate::connections::Admission;
+use crate::grpc::Admitted;
 
 /// Default of [`HttpLimits::header_timeout`], seconds.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
@@ -98,11 +100,19 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
         let (app, acceptor, closing) = (app.clone(), acceptor.clone(), closing_rx.clone());
         connections.spawn(async move {
-            let _held = held;
+            // The connection holds its place until it is dropped, and gives
+            // it back before its socket closes: a client that saw the close
+            // and connects again finds its place free.
             match acceptor {
-                None => serve_connection(stream, peer, app, limits, closing).await,
+                None => {
+                    let io = Admitted::holding(held, Either::Left(stream), peer);
+                    serve_connection(io, peer, app, limits, closing).await;
+                }
                 Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_connection(tls, peer, app, limits, closing).await,
+                    Ok(Ok(tls)) => {
+                        let io = Admitted::holding(held, Either::Right(tls), peer);
+                        serve_connection(io, peer, app, limits, closing).await;
+                    }
                     Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                 },

@@ -548,6 +548,22 @@ async fn answers_carry_the_refresh_validators_and_go_gzipped() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// A client allowed one connection at a time makes requests one straight
+/// after another, each on a new connection: the last one's place is free
+/// once the client sees it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connections_place_is_free_when_its_client_sees_the_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServeConfig::loopback(dir.path().join("collector"));
+    config.http.per_client = 1;
+    let server = Server::start(config).await.expect("start");
+    for attempt in 0..50 {
+        let (status, head, _) = get(server.http_addr, "/healthz").await;
+        assert_eq!(status, 200, "attempt {attempt}: {head}");
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
 /// Behind a trusted proxy (here the test's own loopback address) each
 /// client the proxy names has its own limit, and the proxy's many
 /// connections are not held to one client's; a peer that is not trusted
