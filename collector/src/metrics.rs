@@ -59,6 +59,12 @@ pub mod names {
     pub const PUBLISHED_AGE_SECONDS: &str = "leakwatch_published_age_seconds";
     /// Dashboard refreshes that failed since the last that succeeded.
     pub const REFRESH_FAILURES: &str = "leakwatch_dashboard_refresh_failures";
+    /// Rows of the digests the last refresh read (the unflushed tail's
+    /// included).
+    pub const DIGEST_ROWS: &str = "leakwatch_dashboard_digest_rows";
+    /// Flushed files the last refresh read as they are (no digest: their
+    /// records share too few groups).
+    pub const REFRESH_FILES_UNDIGESTED: &str = "leakwatch_dashboard_refresh_files_undigested";
 }
 
 /// Observes a query's time in [`IngestMetrics::query_seconds`] under its
@@ -147,6 +153,8 @@ pub struct Gauges {
     pub files_unreadable: u64,
     /// See [`names::REFRESH_FAILURES`].
     pub refresh_failures: u32,
+    /// What the last refresh read of the flushed files, once one ended.
+    pub digested: Option<leakwatch_query::digest::DigestStats>,
 }
 
 /// Seconds from 0.5 ms doubling to about 16 s.
@@ -360,6 +368,20 @@ impl IngestMetrics {
                 i64::from(gauges.refresh_failures),
             ),
         ];
+        if let Some(digested) = gauges.digested {
+            gauge_rows.push((
+                names::DIGEST_ROWS,
+                "Rows of the flushed files' digests (and of the unflushed records') the last dashboard refresh \
+                 read",
+                int(digested.rows),
+            ));
+            gauge_rows.push((
+                names::REFRESH_FILES_UNDIGESTED,
+                "Flushed files the last dashboard refresh read as they are (their records share too few groups \
+                 for a digest)",
+                int(digested.raw as u64),
+            ));
+        }
         if let Some(age) = gauges.published_age_seconds {
             gauge_rows.push((
                 names::PUBLISHED_AGE_SECONDS,

@@ -545,7 +545,8 @@ impl Server {
                 .route(
                     "/metrics",
                     get(move || async move {
-                        let published = dashboard_for_metrics.published().snapshot.refreshed_unix;
+                        let snapshot = &dashboard_for_metrics.published().snapshot;
+                        let (published, digested) = (snapshot.refreshed_unix, snapshot.digested);
                         let gauges = Gauges {
                             published_age_seconds: (published > 0)
                                 .then(|| (chrono::Utc::now().timestamp() - published).max(0)),
@@ -555,6 +556,7 @@ impl Server {
                             log_write_failing: log.failure().is_some(),
                             files_unreadable: unreadable_of.unreadable_counts().0 as u64,
                             refresh_failures: dashboard_for_metrics.failures_in_a_row(),
+                            digested: (published > 0).then_some(digested),
                         };
                         (
                             [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -566,6 +566,9 @@ async fn promtool_accepts_the_collectors_metrics() {
         "# TYPE leakwatch_published_age_seconds gauge",
         "# TYPE leakwatch_dashboard_refresh_failures gauge",
         "leakwatch_dashboard_refresh_failures 0",
+        "# TYPE leakwatch_dashboard_digest_rows gauge",
+        // The one flushed file: ten records, none sharing a group.
+        "leakwatch_dashboard_refresh_files_undigested 1",
         "leakwatch_build_info{version=\"",
         "leakwatch_reports_rejected_total{reason=\"busy\"} 0",
     ] {
