@@ -393,14 +393,23 @@ impl Dashboard {
         if self.0.pending.swap(true, Ordering::SeqCst) {
             return;
         }
-        let me = self.clone();
+        let last = *self.0.last_finished.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut wait_until = last.map(|last| last + self.0.config.min_refresh_interval);
+        // Held weakly while waiting: a dashboard dropped meanwhile (its
+        // collector stopped) is not kept, nor what it holds (the log).
+        let dashboard = Arc::downgrade(&self.0);
         tokio::spawn(async move {
-            let last = *me.0.last_finished.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(last) = last {
-                tokio::time::sleep_until((last + me.0.config.min_refresh_interval).into()).await;
-            }
             loop {
-                let Err(e) = me.refresh_requested().await else { return };
+                if let Some(at) = wait_until {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                let Some(me) = dashboard.upgrade().map(Self) else { return };
+                let e = match me.refresh_requested().await {
+                    Ok(()) => return,
+                    // Cancelled: the query runtime stopped with the collector.
+                    Err(Error::Refresh(e)) if e.is_cancelled() => return,
+                    Err(e) => e,
+                };
                 let failures = me.0.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let wait = retry_wait(me.0.config.min_refresh_interval, failures);
                 tracing::error!(
@@ -414,7 +423,7 @@ impl Dashboard {
                 if me.0.pending.swap(true, Ordering::SeqCst) {
                     return;
                 }
-                tokio::time::sleep(wait).await;
+                wait_until = Some(Instant::now() + wait);
             }
         });
     }
