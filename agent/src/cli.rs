@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use leakwatch_core::log::say;
 use prost::Message as _;
+use tracing::Level;
 
 use crate::config::{AgentConfig, DeviceConfig, default_config_path};
 use crate::delivery::{AgentStatus, deliver};
@@ -605,10 +607,13 @@ impl DeviceArgs {
 /// groups by), and where to set them.
 fn warn_unlabelled(labels: &DeviceLabels, config: &Path) {
     if labels.vendor.is_empty() || labels.model.is_empty() {
-        eprintln!(
-            "warning: no device vendor and model: the rules group records by model, so these count for none; \
-             set vendor and model under [device] in {} (or --vendor and --model)",
-            config.display()
+        say(
+            Level::WARN,
+            &format_args!(
+                "no device vendor and model: the rules group records by model, so these count for none; \
+                 set vendor and model under [device] in {} (or --vendor and --model)",
+                config.display()
+            ),
         );
     }
 }
@@ -692,11 +697,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     });
                 }
                 args.speed = rate * (span_us as f64 / 60e6) / conns.len() as f64;
-                eprintln!(
-                    "{} connections over {:.0} s: replaying at {:.3}x for about {rate} a minute",
-                    conns.len(),
-                    span_us as f64 / 1e6,
-                    args.speed
+                say(
+                    Level::INFO,
+                    &format_args!(
+                        "{} connections over {:.0} s: replaying at {:.3}x for about {rate} a minute",
+                        conns.len(),
+                        span_us as f64 / 1e6,
+                        args.speed
+                    ),
                 );
             }
             if args.speed.is_nan() || args.speed < 0.0 || args.speed.is_infinite() {
@@ -710,7 +718,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let sent = tokio::task::spawn_blocking(move || crate::live::replay(&args.file, &options))
                 .await
                 .map_err(|e| Error::State { path: "<replay>".into(), reason: e.to_string() })??;
-            eprintln!("sent {sent} frames");
+            say(Level::INFO, &format_args!("sent {sent} frames"));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => status(args),
@@ -731,7 +739,7 @@ async fn enroll(args: EnrollArgs) -> Result<ExitCode> {
         let mut up =
             Uploader::open_with_tls(&url, &settings.tls, &state, &settings.enrollment_code, settings.deliver_timeout)?;
         up.ensure_enrolled().await?;
-        eprintln!("enrolled with {url}; token stored in {}", state.dir().display());
+        say(Level::INFO, &format_args!("enrolled with {url}; token stored in {}", state.dir().display()));
         println!("{}", up.agent_id());
     }
     Ok(ExitCode::SUCCESS)
@@ -750,7 +758,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     let published = match crate::check::Published::load(&source).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}; nothing was checked");
+            say(Level::ERROR, &format_args!("{e}; nothing was checked"));
             return Ok(ExitCode::from(2));
         }
     };
@@ -771,12 +779,15 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         "" => String::new(),
         name => format!(" (data licence {name})"),
     };
-    eprintln!(
-        "checked {} devices against {} published findings of {}{licence}: {} contacts match; nothing was sent",
-        checker.devices(),
-        published.findings.len(),
-        if published.site.base.is_empty() { source.as_str() } else { published.site.base.as_str() },
-        matches.len()
+    say(
+        Level::INFO,
+        &format_args!(
+            "checked {} devices against {} published findings of {}{licence}: {} contacts match; nothing was sent",
+            checker.devices(),
+            published.findings.len(),
+            if published.site.base.is_empty() { source.as_str() } else { published.site.base.as_str() },
+            matches.len()
+        ),
     );
     Ok(code)
 }
@@ -800,8 +811,8 @@ fn check_import_args(args: CheckArgs) -> ImportArgs {
 /// the `udp://` address of a stream from it), then `tail`.
 fn announce(source: &LiveSource, capture: &Capture, tail: &str) {
     match (source, capture.local_addr()) {
-        (_, Some(addr)) => eprintln!("listening for a PCAPdroid stream on udp://{addr}{tail}"),
-        (LiveSource::Interface(name), None) => eprintln!("capturing on {name}{tail}"),
+        (_, Some(addr)) => say(Level::INFO, &format_args!("listening for a PCAPdroid stream on udp://{addr}{tail}")),
+        (LiveSource::Interface(name), None) => say(Level::INFO, &format_args!("capturing on {name}{tail}")),
         _ => {}
     }
 }
@@ -838,14 +849,14 @@ async fn check_live(source: LiveSource, args: &CheckArgs, checker: &mut crate::c
     let joined = tokio::select! {
         joined = &mut thread => joined,
         () = wait_for_shutdown() => {
-            eprintln!("stopping: checking what was captured");
+            say(Level::INFO, &format_args!("stopping: checking what was captured"));
             stop.store(true, Ordering::SeqCst);
             thread.await
         }
     };
     let (frames, batches) = joined.map_err(|e| Error::State { path: "<capture>".into(), reason: e.to_string() })??;
     let records: usize = batches.iter().map(|b| b.records.len()).sum();
-    eprintln!("captured {frames} frames; {records} records");
+    say(Level::INFO, &format_args!("captured {frames} frames; {records} records"));
     checker.add(&batches);
     Ok(ExitCode::SUCCESS)
 }
@@ -1007,14 +1018,17 @@ async fn import(mut args: ImportArgs, checker: Option<&mut crate::check::Checker
                             crate::flow::MAX_DESTINATIONS
                         ));
                     }
-                    eprintln!(
-                        "{}: {read}, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped{dated}{stopped}",
-                        file.display(),
-                        devices.len(),
+                    say(
+                        Level::INFO,
+                        &format_args!(
+                            "{}: {read}, {} LAN devices, {boots} boots, {records} records; {dropped} non-public destinations dropped{dated}{stopped}",
+                            file.display(),
+                            devices.len(),
+                        ),
                     );
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    say(Level::ERROR, &e);
                     failed += 1;
                 }
             }
@@ -1024,7 +1038,7 @@ async fn import(mut args: ImportArgs, checker: Option<&mut crate::check::Checker
             match crate::imports::import_file(args.from, file, &labels, &state, DEFAULT_BATCH_RECORDS) {
                 Ok((imported, summary)) => {
                     read_ok += 1;
-                    eprintln!("{summary}");
+                    say(Level::INFO, &summary);
                     for boot in &imported {
                         accepted += boot.record_count();
                         out_of_time_total += boot.anonymiser.dropped_out_of_time;
@@ -1032,7 +1046,7 @@ async fn import(mut args: ImportArgs, checker: Option<&mut crate::check::Checker
                     }
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    say(Level::ERROR, &e);
                     failed += 1;
                 }
             }
@@ -1044,24 +1058,27 @@ async fn import(mut args: ImportArgs, checker: Option<&mut crate::check::Checker
                     read_ok += 1;
                     accepted += capture.record_count();
                     out_of_time_total += capture.anonymiser.dropped_out_of_time;
-                    eprintln!("{}", describe_import(&capture));
+                    say(Level::INFO, &format_args!("{}", describe_import(&capture)));
                     sink.put(&capture.batches)?;
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    say(Level::ERROR, &e);
                     failed += 1;
                 }
             }
         }
     }
     if read_ok == 0 {
-        eprintln!("error: none of the {failed} file(s) could be read");
+        say(Level::ERROR, &format_args!("none of the {failed} file(s) could be read"));
         return Ok(ExitCode::from(2));
     }
     if accepted == 0 && out_of_time_total > 0 {
-        eprintln!(
-            "error: nothing to send: all {out_of_time_total} records are dated before 2000 or after tomorrow, \
+        say(
+            Level::ERROR,
+            &format_args!(
+                "nothing to send: all {out_of_time_total} records are dated before 2000 or after tomorrow, \
              which the collector refuses (the capturing machine's clock was not set)"
+            ),
         );
         return Ok(ExitCode::from(1));
     }
@@ -1072,11 +1089,14 @@ async fn import(mut args: ImportArgs, checker: Option<&mut crate::check::Checker
             return Ok(ExitCode::SUCCESS);
         }
         ImportSink::Spool { spool, records, batches, dropped } => {
-            eprintln!("queued {records} records in {batches} batches");
+            say(Level::INFO, &format_args!("queued {records} records in {batches} batches"));
             if dropped > 0 {
-                eprintln!(
-                    "warning: the spool is full ({} MiB): dropped the {dropped} oldest batches",
-                    settings.spool.max_bytes >> 20
+                say(
+                    Level::WARN,
+                    &format_args!(
+                        "the spool is full ({} MiB): dropped the {dropped} oldest batches",
+                        settings.spool.max_bytes >> 20
+                    ),
                 );
             }
             spool
@@ -1142,24 +1162,30 @@ async fn deliver_spool(spool: &std::sync::Mutex<Spool>, settings: &Settings, sta
     if uploader.stats.failovers > 0 {
         line.push_str(&format!(", {} failovers to another collector", uploader.stats.failovers));
     }
-    eprintln!("{line}");
+    say(Level::INFO, &line);
     let left = &d.remaining;
     if left.entries == 0 {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!(
-        "{} records in {} batches still queued in {}; `leakwatch-agent flush` or `run` delivers them",
-        left.records,
-        left.entries,
-        settings.spool_dir().display()
+    say(
+        Level::INFO,
+        &format_args!(
+            "{} records in {} batches still queued in {}; `leakwatch-agent flush` or `run` delivers them",
+            left.records,
+            left.entries,
+            settings.spool_dir().display()
+        ),
     );
     match d.stopped_by {
         Some(Error::Collector { status, .. }) if transient(&status) => {
-            eprintln!("collector unreachable for {:.0?}: {}", settings.deliver_timeout, status.message());
+            say(
+                Level::INFO,
+                &format_args!("collector unreachable for {:.0?}: {}", settings.deliver_timeout, status.message()),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some(e) => {
-            eprintln!("error: {e}");
+            say(Level::ERROR, &e);
             Ok(ExitCode::from(1))
         }
         None => Ok(ExitCode::SUCCESS),
@@ -1196,11 +1222,11 @@ async fn flush(args: FlushArgs) -> Result<ExitCode> {
     let state = settings.state()?;
     let spool = Spool::open(&settings.spool_dir(), settings.spool)?;
     if spool.is_empty() {
-        eprintln!("nothing queued");
+        say(Level::INFO, &format_args!("nothing queued"));
         return Ok(ExitCode::SUCCESS);
     }
     let s = spool.summary();
-    eprintln!("delivering {} records in {} batches", s.records, s.entries);
+    say(Level::INFO, &format_args!("delivering {} records in {} batches", s.records, s.entries));
     deliver_spool(&std::sync::Mutex::new(spool), &settings, &state).await
 }
 
@@ -1275,7 +1301,7 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
                         let dropped =
                             spool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(&entries)?;
                         if dropped > 0 {
-                            eprintln!("warning: the spool is full: dropped the {dropped} oldest batches");
+                            say(Level::WARN, &format_args!("the spool is full: dropped the {dropped} oldest batches"));
                         }
                         queued.notify_one();
                     }
@@ -1325,24 +1351,31 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
                 .await
                 {
                     Ok(d) => d,
+                    // The spool unreadable for now (a full disk, say):
+                    // tried again, capture goes on into the spool.
                     Err(e) => {
-                        eprintln!("error: spool: {e}");
-                        return;
+                        say(Level::ERROR, &format_args!("spool: {e}; delivery tried again in a minute"));
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        continue;
                     }
                 };
                 let wait = match &d.stopped_by {
                     None => Duration::from_secs(30),
                     Some(Error::Collector { status, .. }) if transient(status) => Duration::from_secs(5),
                     Some(e) => {
-                        eprintln!(
-                            "error: {e}\ndelivery to {} paused for 5 minutes; capture goes on into the spool",
-                            settings_url.as_deref().unwrap_or_default()
+                        say(Level::ERROR, &e);
+                        say(
+                            Level::WARN,
+                            &format_args!(
+                                "delivery to {} paused for 5 minutes; capture goes on into the spool",
+                                settings_url.as_deref().unwrap_or_default()
+                            ),
                         );
                         // Credentials may change meanwhile (`leakwatch-agent enroll`).
                         tokio::time::sleep(Duration::from_secs(300)).await;
                         match settings.uploader(&state) {
                             Ok(fresh) => uploader = fresh,
-                            Err(e) => eprintln!("error: {e}"),
+                            Err(e) => say(Level::ERROR, &e),
                         }
                         Duration::ZERO
                     }
@@ -1356,7 +1389,7 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
     });
 
     wait_for_shutdown().await;
-    eprintln!("stopping: reporting open connections");
+    say(Level::INFO, &format_args!("stopping: reporting open connections"));
     if let Some(n) = crate::notify::Notifier::from_env() {
         n.send("STOPPING=1\nSTATUS=reporting open connections and delivering");
     }
@@ -1368,7 +1401,7 @@ async fn run_live(mut args: RunArgs) -> Result<ExitCode> {
         .await
         .map_err(|e| Error::State { path: "<capture>".into(), reason: e.to_string() })?
         .map_err(|_| Error::State { path: "<capture>".into(), reason: "the capture thread panicked".into() })??;
-    eprintln!("captured {frames} frames; {records} records reported");
+    say(Level::INFO, &format_args!("captured {frames} frames; {records} records reported"));
     match spool {
         Some(spool) => deliver_spool(&spool, &settings, &state).await,
         None => Ok(ExitCode::SUCCESS),
@@ -1604,7 +1637,7 @@ fn devices(args: DevicesArgs) -> Result<ExitCode> {
     if let Some(name) = &args.interface {
         let mut capture = Capture::open(&LiveSource::Interface(name.clone()))?;
         let secs = args.for_secs.unwrap_or(60);
-        eprintln!("listening on {name} for {secs} s");
+        say(Level::INFO, &format_args!("listening on {name} for {secs} s"));
         crate::discover::listen(&mut capture, std::time::Instant::now() + Duration::from_secs(secs), &mut discovery)?;
         read_any = true;
     }
@@ -1619,13 +1652,13 @@ fn devices(args: DevicesArgs) -> Result<ExitCode> {
                 if let Some(stop) = &stats.stopped_by {
                     line.push_str(&format!("; stopped early: {stop}"));
                 }
-                eprintln!("{line}");
+                say(Level::INFO, &line);
             }
-            Err(e) => eprintln!("error: {e}"),
+            Err(e) => say(Level::ERROR, &e),
         }
     }
     if !read_any {
-        eprintln!("error: none of the {} capture(s) could be read", args.files.len());
+        say(Level::ERROR, &format_args!("none of the {} capture(s) could be read", args.files.len()));
         return Ok(ExitCode::from(2));
     }
     let ouis = crate::lan::oui_vendors(discovery.devices().filter_map(|(k, _)| k.mac()));
@@ -1664,7 +1697,7 @@ fn devices(args: DevicesArgs) -> Result<ExitCode> {
             crate::discover::MAX_DEVICES
         ));
     }
-    eprintln!("{summary}");
+    say(Level::INFO, &summary);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1691,13 +1724,16 @@ fn label(args: LabelArgs) -> Result<ExitCode> {
         name: args.name,
     };
     let new = crate::lan::write_label(&path, mac, &update)?;
-    eprintln!(
-        "{} {} in {}: {} {}",
-        if new { "labelled" } else { "updated" },
-        crate::lan::format_mac(mac),
-        path.display(),
-        update.vendor,
-        update.model
+    say(
+        Level::INFO,
+        &format_args!(
+            "{} {} in {}: {} {}",
+            if new { "labelled" } else { "updated" },
+            crate::lan::format_mac(mac),
+            path.display(),
+            update.vendor,
+            update.model
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1726,9 +1762,9 @@ fn flows(args: FlowsArgs) -> Result<ExitCode> {
                 if let Some(stop) = &s.stopped_by {
                     line.push_str(&format!("; stopped early: {stop}"));
                 }
-                eprintln!("{line}");
+                say(Level::INFO, &line);
             }
-            Err(e) => eprintln!("error: {e}"),
+            Err(e) => say(Level::ERROR, &e),
         }
     }
     Ok(if read_any { ExitCode::SUCCESS } else { ExitCode::from(2) })
@@ -1751,13 +1787,16 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     }
     if args.lan {
         let (lan, labels) = write_lan_capture(&args.out, &manifest)?;
-        eprintln!("wrote {} and {}", lan.display(), labels.display());
+        say(Level::INFO, &format_args!("wrote {} and {}", lan.display(), labels.display()));
     }
-    eprintln!(
-        "wrote {} captures of {} devices and fleet.json to {}",
-        manifest.captures.len(),
-        manifest.devices,
-        args.out.display()
+    say(
+        Level::INFO,
+        &format_args!(
+            "wrote {} captures of {} devices and fleet.json to {}",
+            manifest.captures.len(),
+            manifest.devices,
+            args.out.display()
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,9 @@
 //! refusal (a revoked token, say) stops delivery and keeps the spool.
 //!
 //! What happened is kept in `status.json` in the state directory for
-//! `leakwatch-agent status`.
+//! `leakwatch-agent status`. It is informational: one that cannot be read
+//! (cut short by a power loss: it is not fsynced) or written (a full disk)
+//! is warned about and never stops delivery.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -68,6 +70,13 @@ impl AgentStatus {
         std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
         std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path, source })
     }
+
+    /// [`AgentStatus::save`], a failure warned about: delivery goes on.
+    fn save_or_warn(&self, state_dir: &Path) {
+        if let Err(e) = self.save(state_dir) {
+            tracing::warn!(error = %e, "Agent status not saved");
+        }
+    }
 }
 
 /// What a delivery run did.
@@ -106,7 +115,10 @@ pub async fn deliver(
     state_dir: &Path,
     deadline: Instant,
 ) -> Result<Delivered> {
-    let mut status = AgentStatus::load(state_dir)?;
+    let mut status = AgentStatus::load(state_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "Agent status unreadable; counting afresh");
+        AgentStatus::default()
+    });
     status.collector = Some(uploader.url().to_string());
     let mut out = Delivered::default();
     loop {
@@ -161,9 +173,9 @@ pub async fn deliver(
                 break;
             }
         }
-        status.save(state_dir)?;
+        status.save_or_warn(state_dir);
     }
-    status.save(state_dir)?;
+    status.save_or_warn(state_dir);
     out.remaining = lock(spool).summary();
     Ok(out)
 }

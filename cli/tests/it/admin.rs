@@ -171,6 +171,56 @@ async fn a_revoked_agent_stops_delivering_and_keeps_its_spool() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// `status.json` is informational: cut short (a power loss; it is not
+/// fsynced), the agent warns and delivers, counting afresh. With
+/// `--log-format json` every line the agent writes to stderr is a JSON
+/// object, `import`'s summary of each file and its errors included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_status_file_does_not_stop_delivery_and_json_logs_stay_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(serve_config(&dir.path().join("data"))).await.expect("start");
+    let url = format!("http://{}", server.grpc_addr);
+    let (caps, manifest) = crate::pipeline::simulated(2);
+    let file = |i: usize| caps.path().join(&manifest.captures[i].file);
+    let state = dir.path().join("agent");
+    let import = |files: &[std::path::PathBuf]| {
+        std::process::Command::new(crate::durability::agent_binary())
+            .args(["import", "--log-format", "json", "--collector", &url, "--deliver-timeout", "5", "--state-dir"])
+            .arg(&state)
+            .args(files)
+            .env("HOME", dir.path())
+            .env("LEAKWATCH_LOG", "info")
+            .output()
+            .expect("agent import")
+    };
+    let out = import(&[file(0)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(state.join("status.json"), b"{\"sent_batches\": 3").expect("cut short");
+
+    let missing = dir.path().join("no-such.pcap");
+    let out = import(&[file(1), missing]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "one file could not be read, the other delivered: {stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let said = |level: &str, text: &str| {
+        lines
+            .iter()
+            .any(|l| l["level"] == level && l["fields"].to_string().contains(text) && l["timestamp"].is_string())
+    };
+    assert!(said("WARN", "Agent status unreadable"), "{stderr}");
+    assert!(said("ERROR", "no-such.pcap"), "the missing file, as an event: {stderr}");
+    assert!(said("INFO", "records"), "the capture's summary, as an event: {stderr}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("status.json")).expect("status")).expect("readable again");
+    assert!(status["sent_batches"].as_u64().is_some_and(|n| n > 0), "{status}");
+    assert!(status["last_error"].is_null(), "{status}");
+    server.shutdown().await.expect("shutdown");
+}
+
 /// `leakwatch admin agents`: every enrolled agent with when it enrolled,
 /// its version, its last report and the records stored, running and
 /// stopped; a revoked agent keeps its line.
