@@ -26,6 +26,7 @@ pub mod format;
 pub mod materialise;
 pub mod memory;
 pub mod mud;
+mod on_disk;
 mod rows;
 pub mod rules;
 mod schema;
@@ -45,7 +46,7 @@ pub use schema::{
 };
 pub use session::{
     FilesOnly, NO_BALLISTA, QueryConfig, QuerySession, SessionFactory, TailError, TailSnapshot, TailSource,
-    boundary_schema,
+    boundary_schema, step_tables_on_disk,
 };
 pub use store::{FlowStore, ReadOnlyStore, S3Options, StoreError, footer_of, parse_s3_url, s3_store};
 pub use udf::registrable_domain;

@@ -15,7 +15,7 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 
 use crate::digest::DigestStats;
 use crate::schema::flows_schema;
@@ -507,14 +507,16 @@ impl QuerySession {
     }
 
     /// Computes the tables of `steps` into memory (counted against the
-    /// memory limit), or registers them as views when computing them is
-    /// no cheaper than reading them again (see [`works`]); they stay
-    /// registered until the returned guard drops. `None` when they do not
-    /// fit: the query then runs as written, which holds less at once.
+    /// memory limit as they arrive), or, one that does not fit, onto disk
+    /// (see [`crate::on_disk`]); or registers them as views when computing
+    /// them is no cheaper than reading them again (see [`works`]). They
+    /// stay registered until the returned guard drops. `None` when one
+    /// cannot be kept at all (the spill directory refuses it): the query
+    /// then runs as written.
     async fn step_tables(&self, tables: Vec<(String, String)>) -> Result<Option<StepTables>> {
         let pool = &self.ctx.runtime_env().memory_pool;
         let reservation = MemoryConsumer::new("common table expressions computed once").register(pool);
-        let mut guard = StepTables { ctx: self.ctx.clone(), names: Vec::new(), reservation };
+        let mut guard = StepTables { ctx: self.ctx.clone(), names: Vec::new(), reservation, on_disk: 0 };
         let partitions = self.ctx.copied_config().target_partitions().max(1);
         for (name, sql) in tables {
             let plan = self.plan(&sql).await?;
@@ -525,24 +527,72 @@ impl QuerySession {
                 guard.names.push(name);
                 continue;
             }
-            let computed = async {
-                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-                let batches: Vec<RecordBatch> = self.stream(plan).await?.try_collect().await?;
-                guard.reservation.try_grow(held_bytes(&batches))?;
-                Ok::<_, Error>((schema, batches))
-            };
-            let (schema, batches) = match computed.await {
-                Ok(computed) => computed,
-                Err(Error::ResourcesExhausted(_)) => return Ok(None),
-                Err(e) => return Err(e),
-            };
+            let planned: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            let mut stream = self.stream(plan).await?;
+            let (mut held, mut in_memory, mut seen) = (Vec::new(), 0usize, std::collections::HashSet::new());
+            let mut writing: Option<crate::on_disk::Writing> = None;
+            let what = format!("common table expression {name}");
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let kept = match &mut writing {
+                    Some(file) => file.write(&batch),
+                    None => {
+                        let bytes = new_buffer_bytes(&batch, &mut seen);
+                        if guard.reservation.try_grow(bytes).is_ok() {
+                            in_memory += bytes;
+                            held.push(batch);
+                            continue;
+                        }
+                        // It does not fit: what came so far, and the rest,
+                        // to disk.
+                        guard.reservation.shrink(in_memory);
+                        (in_memory, seen) = (0, std::collections::HashSet::new());
+                        let memory = match pool.memory_limit() {
+                            datafusion::execution::memory_pool::MemoryLimit::Finite(bytes) => bytes,
+                            _ => usize::MAX,
+                        };
+                        let limit = memory.saturating_mul(crate::on_disk::DISK_PER_MEMORY);
+                        match crate::on_disk::Writing::create(&self.ctx, batch.schema(), limit, &what) {
+                            Ok(mut file) => {
+                                let kept = held.drain(..).chain([batch]).try_for_each(|b| file.write(&b));
+                                writing = Some(file);
+                                kept
+                            }
+                            Err(e) => Err(crate::on_disk::NotKept::Failed(e)),
+                        }
+                    }
+                };
+                match kept {
+                    Ok(()) => {}
+                    Err(crate::on_disk::NotKept::TooLarge(bytes)) => {
+                        tracing::debug!(
+                            bytes,
+                            "{what} is too large for memory and for disk; the query runs as written"
+                        );
+                        return Ok(None);
+                    }
+                    Err(crate::on_disk::NotKept::Failed(e)) => {
+                        tracing::debug!(error = %e, "{what} could not be kept on disk; the query runs as written");
+                        return Ok(None);
+                    }
+                }
+            }
+            if let Some(file) = writing {
+                let (table, rows) = file.finish()?;
+                tracing::debug!(table = %name, rows, "A common table expression too large for memory was kept on disk");
+                STEP_TABLES_ON_DISK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table))?;
+                guard.names.push(name);
+                guard.on_disk += 1;
+                continue;
+            }
             // The batches' own schema: the logical plan's may declare a
             // column nullable where the executed plan's does not, or the
             // other way round (a CASE over a function), and the table must
             // hold what was computed.
-            let schema = batches.first().map_or(schema, RecordBatch::schema);
+            let schema = held.first().map_or(planned, RecordBatch::schema);
             let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
-            for (i, batch) in batches.into_iter().enumerate() {
+            for (i, batch) in held.into_iter().enumerate() {
                 parts[i % partitions].push(batch);
             }
             let table = MemTable::try_new(schema, parts)?;
@@ -617,6 +667,17 @@ struct StepTables {
     ctx: SessionContext,
     names: Vec<String>,
     reservation: datafusion::execution::memory_pool::MemoryReservation,
+    /// Of them, tables kept on disk.
+    on_disk: usize,
+}
+
+/// Step tables this process kept on disk, for they did not fit memory.
+static STEP_TABLES_ON_DISK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many common table expressions computed once this process kept on
+/// disk because they did not fit a session's memory.
+pub fn step_tables_on_disk() -> u64 {
+    STEP_TABLES_ON_DISK.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Drop for StepTables {
@@ -630,6 +691,7 @@ impl Drop for StepTables {
 /// Bytes `batches` hold, each allocation counted once: the batches of one
 /// result often slice the same buffers, which
 /// [`RecordBatch::get_array_memory_size`] would count once per batch.
+#[cfg(test)]
 fn held_bytes(batches: &[RecordBatch]) -> usize {
     let mut seen = std::collections::HashSet::new();
     batches.iter().map(|b| new_buffer_bytes(b, &mut seen)).sum()
@@ -1164,6 +1226,17 @@ mod tests {
         assert!(naive >= 5 * held_bytes(&slices), "{naive} vs {}", held_bytes(&slices));
     }
 
+    /// Waits up to 10 s for `files` of `session` to be none: the file of a
+    /// step table goes as its steps drop, the spill files of a query's
+    /// operators as their tasks end.
+    async fn no_files_left(session: &QuerySession, files: &dyn Fn(&QuerySession) -> usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while files(session) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(files(session), 0, "nothing left on disk");
+    }
+
     async fn assert_no_step_tables(session: &QuerySession) {
         let sql = "SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE '__leakwatch_cte%'";
         let tables = session.sql(sql).await.expect("tables");
@@ -1205,19 +1278,43 @@ mod tests {
         assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), want);
         assert_no_step_tables(&session).await;
 
-        // A computed CTE counts against the memory limit; one that does not
-        // fit leaves the query to run as written.
+        // A computed CTE counts against the memory limit as it arrives; one
+        // that does not fit is kept on disk, computed once still, and its
+        // file goes with the query's steps.
         let config = QueryConfig { memory_limit_bytes: 64 * 1024, ..QueryConfig::default() };
         let tail = TailSnapshot { watermark: 0, batches: vec![rows("a.example", 20_000)] };
         let factory =
             SessionFactory::new(config, FlowStore::local(dir.path()).expect("store"), Arc::new(FixedTail(tail)));
         let session = factory.session().await.expect("session");
+        let files = |session: &QuerySession| -> usize {
+            let dirs = session.context().runtime_env().disk_manager.temp_dir_paths();
+            dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()).map(|entries| entries.count()).sum()
+        };
+        let before = step_tables_on_disk();
         // Counting streams: only a computed table would hold memory.
         let sql = "WITH d AS (SELECT device_pseudonym || domain AS k FROM flows \
                              WHERE domain = (SELECT max(domain) FROM flows)) \
                    SELECT (SELECT count(k) FROM d) + (SELECT count(*) FROM d) AS n";
         let steps = crate::materialise::split(sql, "__leakwatch_cte_test").expect("steps");
-        assert!(session.step_tables(steps.tables).await.expect("steps").is_none(), "the table does not fit");
+        let tables = session.step_tables(steps.tables).await.expect("steps").expect("kept on disk");
+        assert_eq!((tables.on_disk, tables.reservation.size()), (1, 0), "on disk, holding no memory");
+        assert!(files(&session) >= 1, "its file");
+        drop(tables);
+        no_files_left(&session, &files).await;
+        assert_no_step_tables(&session).await;
+        let got = session.sql(sql).await.expect("runs, its step on disk");
+        assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), "n\n40000\n");
+        assert!(step_tables_on_disk() >= before + 2, "both kept on disk");
+        no_files_left(&session, &files).await;
+        assert_no_step_tables(&session).await;
+        // One larger than its share of the disk (8 times the memory limit)
+        // leaves the query to run as written.
+        let sql = "WITH d AS (SELECT uuid() || uuid() AS k FROM flows \
+                             WHERE domain = (SELECT max(domain) FROM flows)) \
+                   SELECT (SELECT count(k) FROM d) + (SELECT count(*) FROM d) AS n";
+        let steps = crate::materialise::split(sql, "__leakwatch_cte_test").expect("steps");
+        assert!(session.step_tables(steps.tables).await.expect("steps").is_none(), "too large for its share");
+        no_files_left(&session, &files).await;
         assert_no_step_tables(&session).await;
         let got = session.sql(sql).await.expect("runs as written");
         assert_eq!(crate::format::render(&got, crate::format::OutputFormat::Csv).expect("render"), "n\n40000\n");
