@@ -507,7 +507,9 @@ impl QuerySession {
     }
 
     /// Computes the tables of `steps` into memory (counted against the
-    /// memory limit as they arrive), or, one that does not fit, onto disk
+    /// memory limit as they arrive, together at most a quarter of it: the
+    /// query that reads them needs the rest), or, one that does not fit,
+    /// onto disk
     /// (see [`crate::on_disk`]); or registers them as views when computing
     /// them is no cheaper than reading them again (see [`works`]). They
     /// stay registered until the returned guard drops. `None` when one
@@ -518,6 +520,10 @@ impl QuerySession {
         let reservation = MemoryConsumer::new("common table expressions computed once").register(pool);
         let mut guard = StepTables { ctx: self.ctx.clone(), names: Vec::new(), reservation, on_disk: 0 };
         let partitions = self.ctx.copied_config().target_partitions().max(1);
+        let memory = match pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(bytes) => bytes,
+            _ => usize::MAX,
+        };
         for (name, sql) in tables {
             let plan = self.plan(&sql).await?;
             if !works(&plan)? {
@@ -538,7 +544,10 @@ impl QuerySession {
                     Some(file) => file.write(&batch),
                     None => {
                         let bytes = new_buffer_bytes(&batch, &mut seen);
-                        if guard.reservation.try_grow(bytes).is_ok() {
+                        // At most a quarter of the limit in memory: the
+                        // query reading them needs the rest.
+                        let within = guard.reservation.size().saturating_add(bytes) <= memory / 4;
+                        if within && guard.reservation.try_grow(bytes).is_ok() {
                             in_memory += bytes;
                             held.push(batch);
                             continue;
@@ -547,10 +556,6 @@ impl QuerySession {
                         // to disk.
                         guard.reservation.shrink(in_memory);
                         (in_memory, seen) = (0, std::collections::HashSet::new());
-                        let memory = match pool.memory_limit() {
-                            datafusion::execution::memory_pool::MemoryLimit::Finite(bytes) => bytes,
-                            _ => usize::MAX,
-                        };
                         let limit = memory.saturating_mul(crate::on_disk::DISK_PER_MEMORY);
                         match crate::on_disk::Writing::create(&self.ctx, batch.schema(), limit, &what) {
                             Ok(mut file) => {
