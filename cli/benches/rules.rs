@@ -307,6 +307,11 @@ fn main() {
             ours.insert(rule.name.clone(), (entries[0].mine.best(), entries[0].mine.rows));
         }
         drop(duck);
+        // Step tables larger than the in-memory share of the query memory.
+        let on_disk = leakwatch_query::step_tables_on_disk();
+        if on_disk > 0 {
+            println!("  common table expressions kept on disk (too large for memory): {on_disk}");
+        }
 
         let ballista_runs: usize = env_or("BENCH_BALLISTA_RUNS", 1usize);
         if ballista_runs == 0 {

@@ -507,7 +507,7 @@ impl QuerySession {
     }
 
     /// Computes the tables of `steps` into memory (counted against the
-    /// memory limit as they arrive, together at most a quarter of it: the
+    /// memory limit as they arrive, together at most half of it: the
     /// query that reads them needs the rest), or, one that does not fit,
     /// onto disk
     /// (see [`crate::on_disk`]); or registers them as views when computing
@@ -544,9 +544,9 @@ impl QuerySession {
                     Some(file) => file.write(&batch),
                     None => {
                         let bytes = new_buffer_bytes(&batch, &mut seen);
-                        // At most a quarter of the limit in memory: the
-                        // query reading them needs the rest.
-                        let within = guard.reservation.size().saturating_add(bytes) <= memory / 4;
+                        // At most half the limit in memory: the query
+                        // reading them needs the rest.
+                        let within = guard.reservation.size().saturating_add(bytes) <= memory / 2;
                         if within && guard.reservation.try_grow(bytes).is_ok() {
                             in_memory += bytes;
                             held.push(batch);
