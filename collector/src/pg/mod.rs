@@ -14,10 +14,10 @@
 //! on the connections one client (an IPv4 address, an IPv6 /64; trusted
 //! proxies exempt) has open before they logged in (also 53300: one
 //! address cannot hold every slot without a token), a client that does
-//! not finish logging in within its startup timeout is dropped, one idle for longer than its idle timeout is told 57P05 and
-//! closed, and no message may be longer than [`MAX_MESSAGE_BYTES`]
-//! (54000): its bytes are refused as its header arrives, before they are
-//! buffered.
+//! not finish logging in within its startup timeout is dropped, one idle
+//! for longer than its idle timeout is told 57P05 and closed, and no
+//! message may be longer than [`MAX_MESSAGE_BYTES`] (54000): its bytes
+//! are refused as its header arrives, before they are buffered.
 
 pub mod catalog;
 pub mod session;
@@ -43,7 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::codec::{Framed, FramedParts};
 
-use crate::connections::{Admission, Held};
+use crate::connections::{Admission, Held, Refused};
 use crate::log::DurableLog;
 
 pub use session::{Handlers, PgStatement, Planner};
@@ -151,19 +151,28 @@ impl PgService {
                 },
                 _ = shutdown.changed() => break,
             };
+            let max = self.limits.max_connections;
+            let too_many = || format!("sorry, too many clients already (at most {max} connections)");
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                let max = self.limits.max_connections;
-                tokio::spawn(refuse(socket, format!("sorry, too many clients already (at most {max} connections)")));
+                tokio::spawn(refuse(socket, too_many()));
                 continue;
             };
-            let Ok(login) = self.logging_in.admit(peer.ip()) else {
-                let (client, max) = (client_network(peer.ip()), self.limits.max_logging_in_per_client);
-                tracing::debug!(peer = %peer, "PostgreSQL connection refused: {client} has {max} not logged in");
-                tokio::spawn(refuse(
-                    socket,
-                    format!("sorry, too many connections from {client} not logged in yet (at most {max} at once)"),
-                ));
-                continue;
+            let login = match self.logging_in.admit(peer.ip()) {
+                Ok(login) => login,
+                Err(Refused::PerClient) => {
+                    let (client, max) = (client_network(peer.ip()), self.limits.max_logging_in_per_client);
+                    tracing::debug!(peer = %peer, "PostgreSQL connection refused: {client} has {max} not logged in");
+                    tokio::spawn(refuse(
+                        socket,
+                        format!("sorry, too many connections from {client} not logged in yet (at most {max} at once)"),
+                    ));
+                    continue;
+                }
+                // Held under a quarter of the open-file limit.
+                Err(Refused::Total) => {
+                    tokio::spawn(refuse(socket, too_many()));
+                    continue;
+                }
             };
             let service = self.clone();
             let shutdown = shutdown.clone();
