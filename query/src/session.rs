@@ -509,12 +509,11 @@ impl QuerySession {
     /// Computes the tables of `steps` into memory (counted against the
     /// memory limit as they arrive, together at most half of it: the
     /// query that reads them needs the rest), or, one that does not fit,
-    /// onto disk
-    /// (see [`crate::on_disk`]); or registers them as views when computing
-    /// them is no cheaper than reading them again (see [`works`]). They
-    /// stay registered until the returned guard drops. `None` when one
-    /// cannot be kept at all (the spill directory refuses it): the query
-    /// then runs as written.
+    /// onto disk (see [`crate::on_disk`]); or registers them as views when
+    /// computing them is no cheaper than reading them again (see
+    /// [`works`]). They stay registered until the returned guard drops.
+    /// `None` when one cannot be kept (computing it runs out of memory,
+    /// or the disk refuses it): the query then runs as written.
     async fn step_tables(&self, tables: Vec<(String, String)>) -> Result<Option<StepTables>> {
         let pool = &self.ctx.runtime_env().memory_pool;
         let reservation = MemoryConsumer::new("common table expressions computed once").register(pool);
@@ -534,12 +533,20 @@ impl QuerySession {
                 continue;
             }
             let planned: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-            let mut stream = self.stream(plan).await?;
+            let mut stream = match self.stream(plan).await {
+                Ok(stream) => stream,
+                Err(Error::ResourcesExhausted(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
             let (mut held, mut in_memory, mut seen) = (Vec::new(), 0usize, std::collections::HashSet::new());
             let mut writing: Option<crate::on_disk::Writing> = None;
             let what = format!("common table expression {name}");
             while let Some(batch) = stream.next().await {
-                let batch = batch?;
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(Error::ResourcesExhausted(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
                 let kept = match &mut writing {
                     Some(file) => file.write(&batch),
                     None => {
