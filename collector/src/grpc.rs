@@ -190,9 +190,9 @@ pub struct Admitted {
 
 impl Admitted {
     /// `io` (a connection from `peer`, after its TLS handshake if any)
-    /// holding its place `held` until it is dropped, without a deadline
-    /// for an HTTP/2 preface (the HTTP listener's connections: hyper
-    /// bounds the time to their headers).
+    /// holding its place `held` until it shuts down or is dropped, without
+    /// a deadline for an HTTP/2 preface (the HTTP listener's connections:
+    /// hyper bounds the time to their headers).
     pub(crate) fn holding(
         held: Held,
         io: Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>,
