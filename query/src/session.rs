@@ -700,15 +700,6 @@ impl Drop for StepTables {
     }
 }
 
-/// Bytes `batches` hold, each allocation counted once: the batches of one
-/// result often slice the same buffers, which
-/// [`RecordBatch::get_array_memory_size`] would count once per batch.
-#[cfg(test)]
-fn held_bytes(batches: &[RecordBatch]) -> usize {
-    let mut seen = std::collections::HashSet::new();
-    batches.iter().map(|b| new_buffer_bytes(b, &mut seen)).sum()
-}
-
 /// Bytes of the buffers of `batch` not in `seen` (by address), which
 /// records them.
 fn new_buffer_bytes(batch: &RecordBatch, seen: &mut std::collections::HashSet<usize>) -> usize {
@@ -796,6 +787,15 @@ mod tests {
 
     use super::*;
     use crate::{FlowBatchBuilder, FlowRow};
+
+    /// Bytes `batches` hold, each allocation counted once ([`new_buffer_bytes`]
+    /// over them): the batches of one result often slice the same buffers,
+    /// which [`RecordBatch::get_array_memory_size`] would count once per
+    /// batch.
+    fn held_bytes(batches: &[RecordBatch]) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        batches.iter().map(|b| new_buffer_bytes(b, &mut seen)).sum()
+    }
 
     struct FixedTail(TailSnapshot);
 
