@@ -16,20 +16,6 @@
 //! thresholds, `${dest_flows}` is the fragment in `dest_flows.sql` (flows
 //! with a destination name), and a query may take further fixed
 //! fragments of the dashboard's own (never text from a request).
-//!
-//! The queries keep their memory bounded however many devices and boots
-//! there are, for the query memory limit applies to them as to any: every
-//! step is a grouping, a join or a sort, which DataFusion spills to disk.
-//! They avoid `count(DISTINCT ...)`, `percentile_cont` and `median`,
-//! whose state holds every value of a group in memory (a few hundred
-//! groups of millions of devices or boots did not fit 1 GiB at 30 M
-//! records). Distinct devices and volunteers are counted by grouping
-//! sets: `GROUP BY GROUPING SETS ((g, device_pseudonym), (g, agent_id))`
-//! yields each group's distinct devices (with a NULL agent) and distinct
-//! agents (with a NULL device), and `count(device_pseudonym)`,
-//! `count(agent_id)` over those rows, grouped by `g`, count them. The
-//! quartiles in `model_destinations` are read at their ranks. A test
-//! checks each query against its plain form (`sql/reference/`).
 
 use std::collections::BTreeMap;
 
@@ -264,8 +250,6 @@ mod tests {
 
     use leakwatch_query::digest::Digests;
     use leakwatch_query::{FilesOnly, FlowStore, QueryConfig, SessionFactory};
-    use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
 
     use super::*;
 
@@ -286,141 +270,6 @@ mod tests {
         assert!(e.contains("q: column b: type \"number\""), "{e}");
         let e = Query::parse("-- name: q\nSELECT 1").expect_err("no columns").to_string();
         assert!(e.contains("q: no `-- columns:`"), "{e}");
-    }
-
-    /// The queries as first written, with count(DISTINCT ...),
-    /// percentile_cont and median: what each must answer.
-    const REFERENCES: &[&str] = &[
-        include_str!("sql/reference/models.sql"),
-        include_str!("sql/reference/model_hosts.sql"),
-        include_str!("sql/reference/model_destinations.sql"),
-        include_str!("sql/reference/model_ports.sql"),
-        include_str!("sql/reference/firmware.sql"),
-        include_str!("sql/reference/firmware_destinations.sql"),
-        include_str!("sql/reference/destinations.sql"),
-        include_str!("sql/reference/destination_trend.sql"),
-    ];
-
-    /// One contact: device, boot, host, seconds after boot, bytes out,
-    /// day, port.
-    type Contact = (u8, u8, u8, Option<u16>, Option<u16>, u8, u8);
-
-    /// `contacts` as `flows` rows: vendor and model by device, an agent
-    /// for every two devices, two firmware versions.
-    fn contact_rows(contacts: &[Contact]) -> RecordBatch {
-        use leakwatch_query::{BatchLabels, FlowBatchBuilder, RecordValues};
-        const HOSTS: [&str; 4] = ["api.acme.example", "cdn.shared.example", "time.acme.example", ""];
-        let mut rows = FlowBatchBuilder::new();
-        for (i, &(device, boot, host, seconds, bytes_out, day, port)) in contacts.iter().enumerate() {
-            let (agent, batch, device_id) = (format!("agent-{}", device / 2), format!("batch-{i}"), format!("device-{device}"));
-            let boot_id = format!("boot-{device}-{boot}");
-            rows.start_batch(&BatchLabels {
-                agent_id: &agent,
-                batch_id: &batch,
-                received_at_ms: 0,
-                device_pseudonym: &device_id,
-                boot_pseudonym: &boot_id,
-                boot_source: "uptime",
-                vendor: if device % 4 == 3 { "Globex" } else { "Acme" },
-                model: if device % 3 == 0 { "Plug" } else { "Cam" },
-                os_version: if boot == 0 { "1.0" } else { "1.1" },
-                consent: "",
-                source: "capture",
-            });
-            rows.push_record(&RecordValues::<String> {
-                seconds_since_boot: seconds.map(|s| f64::from(s) / 8.0),
-                window_start_s: 1_795_996_800 + i64::from(day) * 86_400 + i64::from(seconds.unwrap_or(0)),
-                transport: if port == 2 { "udp" } else { "tcp" },
-                dst_ip: if port == 1 { "203.0.113.7" } else { "198.51.100.9" },
-                dst_port: Some(if port == 0 { 443 } else { 8886 }),
-                domain: HOSTS[usize::from(host % 4)],
-                domain_source: "dns",
-                bytes_out: bytes_out.map(i64::from),
-                bytes_in: Some(1),
-                packets_out: 1,
-                packets_in: Some(1),
-                app: "",
-                tls_sni: "",
-                tls_alpn: &[],
-                tls_fingerprint: "",
-                duration_s: 1.0,
-                encrypted_dns: false,
-                connections: 0,
-                interval_mean_s: 0.0,
-                interval_cv: 0.0,
-                blocked: None,
-                initiated_by: None,
-                via_website: None,
-            });
-        }
-        rows.finish()
-    }
-
-    /// Each row of `query` over `session`'s flows, as text (floats to ten
-    /// significant digits), sorted.
-    async fn rows_of(session: &QuerySession, query: &Query) -> Vec<String> {
-        let thresholds = Thresholds { min_devices: 2, min_volunteers: 2 };
-        let rows = query.run(session, thresholds, &[]).await.unwrap_or_else(|e| panic!("{}: {e}", query.name));
-        let mut out = Vec::new();
-        rows.each(|r| {
-            let cells: Vec<String> = query
-                .columns
-                .iter()
-                .map(|(column, ty)| match ty {
-                    DataType::Utf8 => format!("{:?}", r.opt_text(column)),
-                    DataType::Int64 => r.int(column).to_string(),
-                    _ => format!("{:.9e}", r.float(column)),
-                })
-                .collect();
-            out.push(cells.join(" | "));
-        });
-        out.sort();
-        out
-    }
-
-    /// Each query answers what it did as first written, with
-    /// count(DISTINCT ...), percentile_cont and median (which hold every
-    /// value of a group in memory), over random contacts: groups of no
-    /// boot with a first second to many, ties, NULL seconds and bytes,
-    /// several days, versions, ports and unnamed destinations.
-    #[test]
-    fn every_query_answers_what_its_plain_form_does() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FlowStore::local(dir.path()).expect("store");
-        let factory = SessionFactory::new(QueryConfig::default(), store, Arc::new(FilesOnly));
-        let (session, _) = rt.block_on(factory.digest_session(&Digests::default())).expect("session");
-        let all = queries();
-        let pairs: Vec<(&Query, Query)> = REFERENCES
-            .iter()
-            .map(|file| {
-                let reference = Query::parse(file).expect("reference parses");
-                (named(&all, reference.name).expect("query of the reference"), reference)
-            })
-            .collect();
-        let contact = (
-            (0u8..9, 0u8..3, 0u8..4),
-            (proptest::option::weighted(0.8, 0u16..40), proptest::option::weighted(0.8, 0u16..9)),
-            (0u8..2, 0u8..3),
-        )
-            .prop_map(|((d, b, h), (s, o), (day, port))| (d, b, h, s, o, day, port));
-        let mut runner = TestRunner::new(Config { cases: 48, ..Config::default() });
-        let published = std::cell::Cell::new(0usize);
-        runner
-            .run(&proptest::collection::vec(contact, 0..120), |contacts| {
-                let ctx = session.context();
-                let _ = ctx.deregister_table("flows").expect("deregister");
-                ctx.register_batch("flows", contact_rows(&contacts)).expect("register");
-                for (query, reference) in &pairs {
-                    let (got, want) =
-                        rt.block_on(async { (rows_of(&session, query).await, rows_of(&session, reference).await) });
-                    published.set(published.get() + want.len());
-                    prop_assert_eq!(got, want, "{}", query.name);
-                }
-                Ok(())
-            })
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(published.get() > 100, "the random contacts published only {} rows", published.get());
     }
 
     /// Each file runs on the digest of the flows and answers exactly the
