@@ -44,9 +44,18 @@ pub enum Error {
     /// A setting out of range (the operator's fault).
     #[error("{0}")]
     Config(String),
-    /// A dashboard query failed.
+    /// Opening a session or reading the digests failed.
     #[error(transparent)]
     Query(#[from] leakwatch_query::Error),
+    /// A dashboard query or rule failed: which one, and why.
+    #[error("dashboard query {query}: {source}")]
+    InQuery {
+        /// The query's (or rule's) name.
+        query: String,
+        /// Why it failed.
+        #[source]
+        source: Box<leakwatch_query::Error>,
+    },
     /// A query's result did not have the shape its file declares, or an
     /// export could not be built (ours).
     #[error("{context}: {source}")]

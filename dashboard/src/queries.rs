@@ -224,7 +224,7 @@ pub(crate) async fn timed(session: &QuerySession, what: &str, sql: &str) -> Resu
     let started = std::time::Instant::now();
     let batches = session.sql(sql).await;
     tracing::debug!(query = what, elapsed_ms = started.elapsed().as_millis() as u64, "Dashboard query");
-    Ok(batches?)
+    batches.map_err(|source| Error::InQuery { query: what.to_string(), source: Box::new(source) })
 }
 
 /// The query `name` of `queries`.
@@ -270,6 +270,66 @@ mod tests {
         assert!(e.contains("q: column b: type \"number\""), "{e}");
         let e = Query::parse("-- name: q\nSELECT 1").expect_err("no columns").to_string();
         assert!(e.contains("q: no `-- columns:`"), "{e}");
+    }
+
+    /// A refresh that runs out of memory says which query did, and which
+    /// setting to raise: 20,000 devices' records under a 256 KiB limit.
+    #[tokio::test]
+    async fn a_query_out_of_memory_is_named_with_the_setting_to_raise() {
+        use leakwatch_query::{BatchLabels, FlowBatchBuilder, RecordValues};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FlowStore::local(dir.path()).expect("store");
+        let config = QueryConfig { memory_limit_bytes: 256 << 10, ..QueryConfig::default() };
+        let factory = SessionFactory::new(config, store, Arc::new(FilesOnly));
+        let (session, _) = factory.digest_session(&Digests::default()).await.expect("session");
+        let mut rows = FlowBatchBuilder::new();
+        for device in 0..20_000 {
+            let (id, agent) = (format!("device-{device:08}"), format!("agent-{}", device % 7));
+            rows.start_batch(&BatchLabels {
+                agent_id: &agent,
+                batch_id: &id,
+                received_at_ms: 0,
+                device_pseudonym: &id,
+                boot_pseudonym: &id,
+                boot_source: "uptime",
+                vendor: "Acme",
+                model: "Cam",
+                os_version: "1.0",
+                consent: "",
+                source: "capture",
+            });
+            rows.push_record(&RecordValues::<String> {
+                seconds_since_boot: Some(1.0),
+                window_start_s: 1_795_996_800,
+                transport: "tcp",
+                dst_ip: "203.0.113.7",
+                dst_port: Some(443),
+                domain: "api.acme.example",
+                domain_source: "dns",
+                bytes_out: Some(1),
+                bytes_in: Some(1),
+                packets_out: 1,
+                packets_in: Some(1),
+                app: "",
+                tls_sni: "",
+                tls_alpn: &[],
+                tls_fingerprint: "",
+                duration_s: 1.0,
+                encrypted_dns: false,
+                connections: 0,
+                interval_mean_s: 0.0,
+                interval_cv: 0.0,
+                blocked: None,
+                initiated_by: None,
+                via_website: None,
+            });
+        }
+        let ctx = session.context();
+        let _ = ctx.deregister_table("flows").expect("deregister");
+        ctx.register_batch("flows", rows.finish()).expect("register");
+        let e = crate::aggregate::compute(&session, Thresholds::default()).await.expect_err("over 256 KiB").to_string();
+        assert!(e.starts_with("dashboard query models: query needs more memory than allowed"), "{e}");
+        assert!(e.contains("--query-memory-mib: 256.0 KB"), "{e}");
     }
 
     /// Each file runs on the digest of the flows and answers exactly the

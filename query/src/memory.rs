@@ -122,7 +122,18 @@ impl MemoryPool for SessionPool {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
-        self.own.try_grow(reservation, additional)?;
+        if let Err(e) = self.own.try_grow(reservation, additional) {
+            return Err(match e {
+                DataFusionError::ResourcesExhausted(m) => DataFusionError::ResourcesExhausted(format!(
+                    "{m} (one query's memory limit, --query-memory-mib: {})",
+                    match self.own.memory_limit() {
+                        MemoryLimit::Finite(bytes) => human_readable_size(bytes),
+                        MemoryLimit::Infinite | MemoryLimit::Unknown => "none".to_string(),
+                    }
+                )),
+                e => e,
+            });
+        }
         if self.total.0.try_grow(reservation, additional).is_err() {
             self.own.shrink(reservation, additional);
             let total = self.total.total_bytes();

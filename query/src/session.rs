@@ -1159,6 +1159,8 @@ mod tests {
                    GROUP BY a.device_pseudonym ORDER BY 2 DESC";
         let err = session.sql(sql).await.expect_err("over the memory limit");
         assert!(matches!(err, Error::ResourcesExhausted(_)), "{err:?}");
+        // It names the setting to raise, and its value.
+        assert!(err.to_string().contains("(one query's memory limit, --query-memory-mib: 256.0 KB)"), "{err}");
         // The session stays usable.
         assert_eq!(session.sql("SELECT 1").await.expect("small query").len(), 1);
     }
