@@ -1503,7 +1503,13 @@ async fn wait_for_shutdown() {
 fn status(args: StatusArgs) -> Result<ExitCode> {
     let settings = args.agent.settings(None)?;
     let spool = Spool::inspect(&settings.spool_dir())?;
-    let status = AgentStatus::load(&settings.state_dir)?;
+    // What it last did with its collector: informational, and rewritten
+    // at the next delivery; one that does not read is shown as empty, and
+    // why, with everything else.
+    let (status, unreadable) = match AgentStatus::load(&settings.state_dir) {
+        Ok(status) => (status, None),
+        Err(e) => (AgentStatus::default(), Some(e.to_string())),
+    };
     // The labels `run` would send with this configuration and environment.
     let labels = DeviceArgs::from_env()?.labels(&settings.config.device)?;
     let lan_file = settings.config.device_labels.as_ref().map(|p| (p, LanLabels::load(p)));
@@ -1535,6 +1541,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
                        "max_bytes": settings.spool.max_bytes},
             "spool": spool.counters,
             "delivery": status,
+            "delivery_unreadable": unreadable,
         });
         println!("{value}");
         return Ok(ExitCode::SUCCESS);
@@ -1603,6 +1610,9 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     println!("last acknowledged: {}", status.last_success.as_deref().unwrap_or("never"));
     println!("collector's last answer: {}", status.last_answer.as_deref().unwrap_or("none"));
     println!("last error: {}", status.last_error.as_deref().unwrap_or("none"));
+    if let Some(e) = unreadable {
+        println!("(the delivery figures above are empty: {e}; the next delivery writes them again)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -196,6 +196,30 @@ async fn an_unreadable_status_file_does_not_stop_delivery_and_json_logs_stay_jso
     let out = import(&[file(0)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(state.join("status.json"), b"{\"sent_batches\": 3").expect("cut short");
+    // `status` shows the rest, and says the delivery figures did not read.
+    for json in [false, true] {
+        let out = std::process::Command::new(crate::durability::agent_binary())
+            .args(["status", "--state-dir"])
+            .arg(&state)
+            .args(json.then_some("--json"))
+            .env("HOME", dir.path())
+            .output()
+            .expect("agent status");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        if json {
+            let status: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+            assert!(status["delivery_unreadable"].as_str().is_some_and(|e| e.contains("status.json")), "{status}");
+            assert_eq!(status["delivery"]["sent_batches"], 0, "{status}");
+            assert!(status["queued"]["batches"].is_u64(), "{status}");
+        } else {
+            assert!(stdout.contains("queued: "), "{stdout}");
+            assert!(
+                stdout.contains("the delivery figures above are empty: ") && stdout.contains("status.json"),
+                "{stdout}"
+            );
+        }
+    }
 
     let missing = dir.path().join("no-such.pcap");
     let out = import(&[file(1), missing]);
