@@ -44,7 +44,8 @@ pub enum Error {
     /// A setting out of range (the operator's fault).
     #[error("{0}")]
     Config(String),
-    /// Opening a session or reading the digests failed.
+    /// The query layer failed outside a named query (opening a session,
+    /// reading the digests, filling in a rule).
     #[error(transparent)]
     Query(#[from] leakwatch_query::Error),
     /// A dashboard query or rule failed: which one, and why.
