@@ -276,7 +276,7 @@ mod tests {
     /// setting to raise: 20,000 devices' records under a 256 KiB limit.
     #[tokio::test]
     async fn a_query_out_of_memory_is_named_with_the_setting_to_raise() {
-        use leakwatch_query::{BatchLabels, FlowBatchBuilder, RecordValues};
+        use leakwatch_query::{FlowBatchBuilder, FlowRow};
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FlowStore::local(dir.path()).expect("store");
         let config = QueryConfig { memory_limit_bytes: 256 << 10, ..QueryConfig::default() };
@@ -284,44 +284,13 @@ mod tests {
         let (session, _) = factory.digest_session(&Digests::default()).await.expect("session");
         let mut rows = FlowBatchBuilder::new();
         for device in 0..20_000 {
-            let (id, agent) = (format!("device-{device:08}"), format!("agent-{}", device % 7));
-            rows.start_batch(&BatchLabels {
-                agent_id: &agent,
-                batch_id: &id,
-                received_at_ms: 0,
-                device_pseudonym: &id,
-                boot_pseudonym: &id,
-                boot_source: "uptime",
-                vendor: "Acme",
-                model: "Cam",
-                os_version: "1.0",
-                consent: "",
-                source: "capture",
-            });
-            rows.push_record(&RecordValues::<String> {
-                seconds_since_boot: Some(1.0),
-                window_start_s: 1_795_996_800,
-                transport: "tcp",
-                dst_ip: "203.0.113.7",
-                dst_port: Some(443),
-                domain: "api.acme.example",
-                domain_source: "dns",
-                bytes_out: Some(1),
-                bytes_in: Some(1),
-                packets_out: 1,
-                packets_in: Some(1),
-                app: "",
-                tls_sni: "",
-                tls_alpn: &[],
-                tls_fingerprint: "",
-                duration_s: 1.0,
-                encrypted_dns: false,
-                connections: 0,
-                interval_mean_s: 0.0,
-                interval_cv: 0.0,
-                blocked: None,
-                initiated_by: None,
-                via_website: None,
+            rows.push(FlowRow {
+                agent_id: format!("agent-{}", device % 7),
+                device_pseudonym: format!("device-{device:08}"),
+                vendor: "Acme".into(),
+                model: "Cam".into(),
+                domain: "api.acme.example".into(),
+                ..FlowRow::default()
             });
         }
         let ctx = session.context();
