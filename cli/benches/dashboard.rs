@@ -139,7 +139,7 @@ async fn refresh_figures(
     // Every aggregate from every record: each file read as it is.
     let t = Instant::now();
     let full_records = match factory.digest_session(&Digests::in_memory().raw_share(0.0)).await {
-        Ok((session, _)) => compute(&session, Thresholds::default()).await.map(|_| t.elapsed()),
+        Ok((session, _)) => compute(&session, Thresholds::default(), None).await.map(|_| t.elapsed()),
         Err(e) => Err(e.into()),
     };
     let t0 = Instant::now();

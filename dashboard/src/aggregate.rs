@@ -9,7 +9,7 @@
 //! record times are published as days only.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -18,6 +18,7 @@ use leakwatch_query::rules::{Rule, builtin_rules};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::merged::Merged;
 use crate::queries::{Query, named, queries, timed};
 use crate::{Error, Result};
 
@@ -388,8 +389,14 @@ fn finding_id(rule: &str, vendor: &str, model: &str, domain: &str) -> String {
     hex::encode(&h.finalize()[..6])
 }
 
-/// Computes a snapshot over `session`'s flows.
-pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<Snapshot> {
+/// Computes a snapshot over `session`'s flows: the dashboard's own queries
+/// from `merged` when given (it must hold the same rows as the session's
+/// `flows`; see [`crate::merged`]), by their SQL when not or when it fails.
+pub async fn compute(
+    session: &QuerySession,
+    thresholds: Thresholds,
+    merged: Option<&std::sync::Mutex<Merged>>,
+) -> Result<Snapshot> {
     let t = thresholds;
     let now = chrono::Utc::now();
     let mut snapshot = Snapshot {
@@ -400,9 +407,23 @@ pub async fn compute(session: &QuerySession, thresholds: Thresholds) -> Result<S
     };
 
     let queries = queries();
+    let answered = match merged.map(|m| m.lock().unwrap_or_else(PoisonError::into_inner).results(&queries, t)) {
+        Some(Ok(answered)) => answered,
+        Some(Err(reason)) => {
+            tracing::warn!(reason = %reason, "The merged aggregates did not answer; the refresh runs their SQL");
+            BTreeMap::new()
+        }
+        None => BTreeMap::new(),
+    };
     let run = |name: &'static str| {
         let query = named(&queries, name);
-        async move { query?.run(session, t, &[]).await }
+        let answer = answered.get(name);
+        async move {
+            match answer {
+                Some(batches) => query?.read(batches),
+                None => query?.run(session, t, &[]).await,
+            }
+        }
     };
 
     // Populations: models and vendors.

@@ -13,6 +13,7 @@ mod feeds;
 #[cfg(test)]
 mod incremental_tests;
 pub mod lists;
+pub mod merged;
 pub mod mud;
 mod pages;
 pub mod proxies;
@@ -214,6 +215,8 @@ struct Inner {
     /// Each flushed file's digest, kept between refreshes: a refresh reads
     /// the files flushed since the last one (see `leakwatch_query::digest`).
     digests: Arc<Digests>,
+    /// The aggregates the digests keep up to date (see [`merged`]).
+    merged: Arc<std::sync::Mutex<merged::Merged>>,
 }
 
 /// What may be written into a list, a feed or a header: one line, no
@@ -272,6 +275,9 @@ impl Dashboard {
             Some(dir) => Digests::in_dir(&dir.join("digests")).map_err(|e| Error::Config(format!("{e}")))?,
             None => Digests::in_memory(),
         };
+        // The dashboard's own aggregates, kept up to date from the digests.
+        let merged = Arc::new(std::sync::Mutex::new(merged::Merged::new()));
+        let digests = digests.merging(merged.clone());
         let first = Published {
             snapshot: Snapshot { site: site.clone(), thresholds: config.thresholds, ..Snapshot::default() },
             ..Published::default()
@@ -291,6 +297,7 @@ impl Dashboard {
             history: Arc::new(std::sync::Mutex::new(history)),
             on_refresh: std::sync::OnceLock::new(),
             digests: Arc::new(digests),
+            merged,
         })))
     }
 
@@ -344,6 +351,7 @@ impl Dashboard {
         let started = Instant::now();
         let (sessions, thresholds) = (self.0.sessions.clone(), self.0.config.thresholds);
         let (site, history, digests) = (self.0.site.clone(), self.0.history.clone(), self.0.digests.clone());
+        let merged = self.0.merged.clone();
         let computed = self
             .0
             .queries
@@ -355,9 +363,11 @@ impl Dashboard {
                     files_forgotten = digested.forgotten,
                     digest_rows = digested.rows,
                     digest_bytes = digested.bytes,
+                    merged = digested.merged,
                     "Digests brought up to date"
                 );
-                let mut snapshot = aggregate::compute(&session, thresholds).await?;
+                let merged = digested.merged.then_some(&*merged);
+                let mut snapshot = aggregate::compute(&session, thresholds, merged).await?;
                 snapshot.digested = digested;
                 let (left_out, set_aside) = sessions.flow_store().unreadable_counts();
                 snapshot.unreadable_files = left_out as u64 + set_aside;

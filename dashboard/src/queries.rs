@@ -122,7 +122,7 @@ impl Query {
     }
 
     /// The declared columns of `batches`, cast to their declared types.
-    fn read(&self, batches: &[RecordBatch]) -> Result<Rows> {
+    pub(crate) fn read(&self, batches: &[RecordBatch]) -> Result<Rows> {
         let mut read = Vec::with_capacity(batches.len());
         for batch in batches {
             let got: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
@@ -164,6 +164,28 @@ impl Rows {
                 f(Row { query: &self.query, cols, i });
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Rows {
+    /// Each row as text, `NULL` for a null and floats to the last bit, in
+    /// sorted order: results compared whatever order their rows came in.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        use arrow::util::display::{ArrayFormatter, FormatOptions};
+        let options = FormatOptions::default().with_null("NULL");
+        let mut lines = Vec::new();
+        for (rows, cols) in &self.batches {
+            let formatters: Vec<ArrayFormatter<'_>> =
+                cols.iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter")).collect();
+            for i in 0..*rows {
+                lines.push(
+                    formatters.iter().map(|f| format!("{:?}", f.value(i).to_string())).collect::<Vec<_>>().join(","),
+                );
+            }
+        }
+        lines.sort();
+        lines
     }
 }
 
@@ -296,7 +318,10 @@ mod tests {
         let ctx = session.context();
         let _ = ctx.deregister_table("flows").expect("deregister");
         ctx.register_batch("flows", rows.finish()).expect("register");
-        let e = crate::aggregate::compute(&session, Thresholds::default()).await.expect_err("over 256 KiB").to_string();
+        let e = crate::aggregate::compute(&session, Thresholds::default(), None)
+            .await
+            .expect_err("over 256 KiB")
+            .to_string();
         assert!(e.starts_with("dashboard query models: query needs more memory than allowed"), "{e}");
         assert!(e.contains("--query-memory-mib: 256.0 KB"), "{e}");
     }

@@ -37,6 +37,16 @@
 //! histories). Digests in a directory outlive the process. A refresh
 //! reads them into memory once when they fit in a quarter of the query
 //! memory limit, and from their files for each query when not.
+//!
+//! Aggregates kept up to date from digest rows ([`Merge`], the
+//! dashboard's) are told of each file's digest rows when the file comes
+//! and again when it goes, and of the tail's for one refresh: what they
+//! hold is then what the refresh's `flows` hold, at the cost of the rows
+//! that changed ([`DigestStats::merged`]). They are emptied, and the
+//! refresh answers from SQL alone, while any file is read as it is (its
+//! rows could not be taken away once it is gone), when a digest does not
+//! read, and while they would take more than a quarter of the query
+//! memory limit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -83,6 +93,29 @@ pub const SAMPLE_RECORDS: usize = 128 * 1024;
 /// Default of [`Digests::raw_share`].
 pub const DEFAULT_RAW_SHARE: f64 = 0.5;
 
+/// Aggregates kept up to date from digest rows (see the module doc).
+pub trait Merge: Send {
+    /// Adds the digest rows `rows` (`sign` 1) or takes them away (-1). An
+    /// error (rows taken that were never added, a column of another type)
+    /// empties the aggregates for this refresh.
+    fn merge(&mut self, rows: &RecordBatch, sign: i64) -> std::result::Result<(), String>;
+    /// Forgets every row.
+    fn clear(&mut self);
+    /// About how many bytes it holds.
+    fn size(&self) -> usize;
+}
+
+/// What a [`Merge`] holds: the files whose digests it took, by name, with
+/// the digest's key; and the tail it took last.
+#[derive(Default)]
+struct MergeBook {
+    files: HashMap<String, Path>,
+    tail: Vec<RecordBatch>,
+    /// Digest rows at which the aggregates were last too large: they are
+    /// not built again until there are fewer.
+    too_large_at: Option<u64>,
+}
+
 /// What one file has.
 #[derive(Debug, Clone)]
 enum Kept {
@@ -98,6 +131,8 @@ pub struct Digests {
     raw_share: f64,
     sample_records: usize,
     files: Mutex<HashMap<String, Kept>>,
+    merge: Option<Arc<Mutex<dyn Merge>>>,
+    book: Mutex<MergeBook>,
 }
 
 impl std::fmt::Debug for Digests {
@@ -128,6 +163,9 @@ pub struct DigestStats {
     pub rows: u64,
     /// Bytes of the digests' Parquet.
     pub bytes: u64,
+    /// Whether the [`Merge`] given to [`Digests::merging`] holds this
+    /// refresh's `flows` (all digest rows, the tail's included).
+    pub merged: bool,
 }
 
 impl Digests {
@@ -146,7 +184,21 @@ impl Digests {
     }
 
     fn in_store(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store, raw_share: DEFAULT_RAW_SHARE, sample_records: SAMPLE_RECORDS, files: Mutex::default() }
+        Self {
+            store,
+            raw_share: DEFAULT_RAW_SHARE,
+            sample_records: SAMPLE_RECORDS,
+            files: Mutex::default(),
+            merge: None,
+            book: Mutex::default(),
+        }
+    }
+
+    /// The same, keeping `merge` up to date with the digest rows at each
+    /// refresh (see the module doc).
+    #[must_use]
+    pub fn merging(self, merge: Arc<Mutex<dyn Merge>>) -> Self {
+        Self { merge: Some(merge), ..self }
     }
 
     /// The same, judging a file by its first `records` records
@@ -190,6 +242,7 @@ impl Digests {
         let mut stats = DigestStats::default();
         let (mut digests, mut raw) = (Vec::new(), Vec::new());
         let mut live = HashSet::with_capacity(files.len());
+        let mut live_digests: Vec<(String, Path)> = Vec::with_capacity(files.len());
         for file in files {
             let left_out: Vec<(String, String)> = if losers.is_empty() {
                 Vec::new()
@@ -228,6 +281,7 @@ impl Digests {
                     stats.rows += rows;
                     stats.bytes += bytes;
                     digests.push(ListingTableUrl::parse(format!("{DIGESTS_URL}/{key}"))?);
+                    live_digests.push((name.clone(), key));
                 }
                 Kept::Raw => {
                     stats.raw += 1;
@@ -236,6 +290,9 @@ impl Digests {
             }
             live.insert(name);
         }
+        // Before the digests of files gone are deleted: they are taken
+        // away from the merged aggregates.
+        let merging = self.merge_files(session, &live_digests, stats.raw == 0, stats.rows).await;
         stats.forgotten = self.forget(&live).await;
 
         let mut parts: Vec<DataFrame> = Vec::new();
@@ -260,6 +317,7 @@ impl Digests {
         let mut tail = digest_of(session, tail).await?;
         tail.retain(|b| b.num_rows() > 0);
         stats.rows += tail.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        stats.merged = merging && self.merge_tail(&tail);
         if !tail.is_empty() || parts.is_empty() {
             // In the view types the files are read in: the union then
             // casts no column of theirs.
@@ -274,6 +332,122 @@ impl Digests {
         }
         ctx.register_table("flows", flows.into_view())?;
         Ok(stats)
+    }
+
+    /// Brings the [`Merge`] up to the digests `live` (name and key of each
+    /// live file's digest; `all_digested`: no file is read as it is), the
+    /// last tail taken away; whether it holds them.
+    async fn merge_files(
+        &self,
+        session: &QuerySession,
+        live: &[(String, Path)],
+        all_digested: bool,
+        rows: u64,
+    ) -> bool {
+        let Some(merge) = &self.merge else { return false };
+        let clear = || {
+            merge.lock().unwrap_or_else(PoisonError::into_inner).clear();
+            let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+            book.files.clear();
+            book.tail.clear();
+        };
+        let too_large =
+            self.book.lock().unwrap_or_else(PoisonError::into_inner).too_large_at.is_some_and(|at| rows >= at);
+        if !all_digested || too_large {
+            clear();
+            return false;
+        }
+        let (gone, tail): (Vec<Path>, Vec<RecordBatch>) = {
+            let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+            let names: HashSet<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
+            let gone = book.files.iter().filter(|(n, _)| !names.contains(n.as_str())).map(|(_, k)| k.clone()).collect();
+            book.files.retain(|n, _| names.contains(n.as_str()));
+            (gone, std::mem::take(&mut book.tail))
+        };
+        let new: Vec<(String, Path)> = {
+            let book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+            live.iter().filter(|(n, _)| !book.files.contains_key(n)).cloned().collect()
+        };
+        let cap = match session.context().runtime_env().memory_pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => limit / 4,
+            _ => usize::MAX,
+        };
+        let merged = async {
+            let apply = |batches: &[RecordBatch], sign: i64| -> Result<(), String> {
+                let mut merge = merge.lock().unwrap_or_else(PoisonError::into_inner);
+                batches.iter().try_for_each(|b| merge.merge(b, sign))
+            };
+            apply(&tail, -1)?;
+            for key in &gone {
+                apply(&self.read_digest(key).await?, -1)?;
+            }
+            for (name, key) in &new {
+                apply(&self.read_digest(key).await?, 1)?;
+                self.book.lock().unwrap_or_else(PoisonError::into_inner).files.insert(name.clone(), key.clone());
+                if merge.lock().unwrap_or_else(PoisonError::into_inner).size() > cap {
+                    return Err(format!("over a quarter of the query memory limit ({cap} bytes)"));
+                }
+            }
+            Ok::<(), String>(())
+        };
+        match merged.await {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(
+                    reason = %reason,
+                    "The merged aggregates are emptied; this refresh computes them from the digests"
+                );
+                clear();
+                if reason.starts_with("over a quarter") {
+                    self.book.lock().unwrap_or_else(PoisonError::into_inner).too_large_at = Some(rows);
+                }
+                false
+            }
+        }
+    }
+
+    /// Adds the tail's digest rows to the [`Merge`] (taken away at the next
+    /// refresh); whether it took them.
+    fn merge_tail(&self, tail: &[RecordBatch]) -> bool {
+        let Some(merge) = &self.merge else { return false };
+        let taken = {
+            let mut merge = merge.lock().unwrap_or_else(PoisonError::into_inner);
+            let taken = tail.iter().try_for_each(|b| merge.merge(b, 1));
+            if taken.is_err() {
+                merge.clear();
+            }
+            taken
+        };
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        match taken {
+            Ok(()) => {
+                book.tail = tail.to_vec();
+                true
+            }
+            Err(reason) => {
+                // The files go with it: the next refresh builds the
+                // aggregates afresh.
+                tracing::warn!(
+                    reason = %reason,
+                    "The merged aggregates are emptied; this refresh computes them from the digests"
+                );
+                book.files.clear();
+                book.tail.clear();
+                false
+            }
+        }
+    }
+
+    /// The rows of the digest at `key`.
+    async fn read_digest(&self, key: &Path) -> Result<Vec<RecordBatch>, String> {
+        use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let bytes = async { self.store.get(key).await?.bytes().await }
+            .await
+            .map_err(|e| format!("reading the digest {key}: {e}"))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|e| format!("reading the digest {key}: {e}"))?;
+        reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("reading the digest {key}: {e}"))
     }
 
     /// What a digest directory holds for `name` from an earlier process.

@@ -49,7 +49,7 @@ pub use session::{
     boundary_schema, step_tables_on_disk,
 };
 pub use store::{FlowStore, ReadOnlyStore, S3Options, StoreError, footer_of, parse_s3_url, s3_store};
-pub use udf::registrable_domain;
+pub use udf::{registrable_domain, unnamed_destination};
 
 use datafusion::error::DataFusionError;
 
