@@ -176,10 +176,11 @@ pub struct ModelDestination {
     pub median_s: f64,
     /// Upper quartile.
     pub p75_s: f64,
-    /// Transport payload bytes sent.
-    pub bytes_out: i64,
-    /// Transport payload bytes received.
-    pub bytes_in: i64,
+    /// Transport payload bytes sent; `None` when no record held a count
+    /// (a DNS log, the iOS report).
+    pub bytes_out: Option<i64>,
+    /// Transport payload bytes received; `None` as for `bytes_out`.
+    pub bytes_in: Option<i64>,
 }
 
 /// One firmware version of a model and what changed with it.
@@ -250,10 +251,10 @@ pub struct DestinationModel {
     pub share: f64,
     /// Median seconds from boot to the first contact.
     pub median_s: f64,
-    /// Bytes sent.
-    pub bytes_out: i64,
-    /// Bytes received.
-    pub bytes_in: i64,
+    /// Bytes sent; `None` when no record held a count.
+    pub bytes_out: Option<i64>,
+    /// Bytes received; `None` as for `bytes_out`.
+    pub bytes_in: Option<i64>,
 }
 
 /// Devices that contacted a destination on one day.
@@ -466,8 +467,8 @@ pub async fn compute(
             p25_s: r.float("p25_s"),
             median_s: r.float("median_s"),
             p75_s: r.float("p75_s"),
-            bytes_out: r.int("bytes_out"),
-            bytes_in: r.int("bytes_in"),
+            bytes_out: r.opt_int("bytes_out"),
+            bytes_in: r.opt_int("bytes_in"),
         });
     });
 

@@ -283,8 +283,8 @@ mod tests {
             p25_s: p25,
             median_s: median,
             p75_s: p75,
-            bytes_out: 1,
-            bytes_in: 1,
+            bytes_out: Some(1),
+            bytes_in: Some(1),
         }
     }
 

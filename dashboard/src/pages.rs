@@ -94,7 +94,9 @@ fn secs(s: f64) -> String {
     }
 }
 
-fn bytes(n: i64) -> String {
+/// A byte total; `–` when no record held a count.
+fn bytes(n: Option<i64>) -> String {
+    let Some(n) = n else { return "–".into() };
     let n = n as f64;
     match n {
         n if n >= 1e9 => format!("{:.1} GB", n / 1e9),

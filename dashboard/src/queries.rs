@@ -226,6 +226,12 @@ impl Row<'_> {
         }
     }
 
+    /// An integer column.
+    pub fn opt_int(&self, name: &str) -> Option<i64> {
+        let a = self.column(name)?.as_primitive_opt::<Int64Type>()?;
+        (!a.is_null(self.i)).then(|| a.value(self.i))
+    }
+
     /// An integer column (0 when null).
     pub fn int(&self, name: &str) -> i64 {
         match self.column(name).and_then(|c| c.as_primitive_opt::<Int64Type>()) {
