@@ -65,6 +65,9 @@ pub mod names {
     /// Flushed files the last refresh read as they are (no digest: their
     /// records share too few groups).
     pub const REFRESH_FILES_UNDIGESTED: &str = "leakwatch_dashboard_refresh_files_undigested";
+    /// 1 when the last refresh answered the dashboard's own figures from
+    /// the aggregates merged from the digests, 0 when by their SQL.
+    pub const REFRESH_MERGED: &str = "leakwatch_dashboard_refresh_merged";
 }
 
 /// Observes a query's time in [`IngestMetrics::query_seconds`] under its
@@ -380,6 +383,13 @@ impl IngestMetrics {
                 "Flushed files the last dashboard refresh read as they are (their records share too few groups \
                  for a digest)",
                 int(digested.raw as u64),
+            ));
+            gauge_rows.push((
+                names::REFRESH_MERGED,
+                "1 when the last dashboard refresh took its own figures from the aggregates merged from the \
+                 digests, 0 when it ran their SQL (a file read as it is, or that state over a quarter of the \
+                 query memory)",
+                i64::from(digested.merged),
             ));
         }
         if let Some(age) = gauges.published_age_seconds {

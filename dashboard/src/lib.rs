@@ -364,6 +364,7 @@ impl Dashboard {
                     digest_rows = digested.rows,
                     digest_bytes = digested.bytes,
                     merged = digested.merged,
+                    merged_bytes = digested.merged_bytes,
                     "Digests brought up to date"
                 );
                 let merged = digested.merged.then_some(&*merged);

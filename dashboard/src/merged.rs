@@ -49,6 +49,10 @@ pub const ANSWERED: [&str; 8] = [
 /// Bytes counted for an entry of a map beside its key's text.
 const ENTRY_BYTES: usize = 64;
 
+/// Bytes counted for a boot's entry beside its texts: its key's four
+/// strings, the entry, the map's slot and the three sets' first values.
+const BOOT_BYTES: usize = 4 * 24 + std::mem::size_of::<Boot>() + 16 + 2 * 32 + 16;
+
 /// A float ordered as DataFusion orders one (`total_cmp`).
 #[derive(Debug, Clone, Copy)]
 struct Ordered(f64);
@@ -220,13 +224,52 @@ impl Sum {
     }
 }
 
+/// A small counted set kept sorted: a boot's devices, agents and first
+/// seconds, mostly one of each, in far less than an ordered map takes.
+#[derive(Debug)]
+struct Counted<K>(Vec<(K, i64)>);
+
+impl<K> Default for Counted<K> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: Ord> Counted<K> {
+    fn count<Q>(&mut self, key: &Q, by: i64, owned: impl FnOnce() -> K) -> Result<(), String>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        match self.0.binary_search_by(|(k, _)| k.borrow().cmp(key)) {
+            Ok(at) => {
+                self.0[at].1 += by;
+                match self.0[at].1 {
+                    0 => {
+                        self.0.remove(at);
+                    }
+                    n if n < 0 => return Err("a count went below zero".into()),
+                    _ => {}
+                }
+            }
+            Err(at) if by > 0 => self.0.insert(at, (owned(), by)),
+            Err(_) => return Err("rows were taken away that were never added".into()),
+        }
+        Ok(())
+    }
+
+    fn first(&self) -> Option<&K> {
+        self.0.first().map(|(k, _)| k)
+    }
+}
+
 /// One boot's contacts with one destination: the digest rows' devices,
 /// agents and first seconds, each counted, and the byte sums.
 #[derive(Debug, Default)]
 struct Boot {
-    devices: BTreeMap<String, i64>,
-    agents: BTreeMap<String, i64>,
-    firsts: BTreeMap<Ordered, i64>,
+    devices: Counted<String>,
+    agents: Counted<String>,
+    firsts: Counted<Ordered>,
     bytes_out: Sum,
     bytes_in: Sum,
     rows: i64,
@@ -249,9 +292,9 @@ impl Boot {
             return None;
         }
         Some(BootFigures {
-            device: self.devices.keys().next()?.clone(),
-            agent: self.agents.keys().next()?.clone(),
-            first: self.firsts.keys().next().copied(),
+            device: self.devices.first()?.clone(),
+            agent: self.agents.first()?.clone(),
+            first: self.firsts.first().copied(),
             bytes_out: self.bytes_out.get(),
             bytes_in: self.bytes_in.get(),
         })
@@ -424,14 +467,22 @@ impl Merged {
             let boot_key = (v.to_string(), m.to_string(), destination.clone(), b.to_string());
             let entry = self.boots.entry(boot_key.clone()).or_default();
             let before = entry.figures();
+            // The entry, its key's and its first device's and agent's text.
+            let held = (BOOT_BYTES
+                + b.len()
+                + v.len()
+                + m.len()
+                + destination.as_deref().map_or(0, str::len)
+                + dev.len()
+                + agt.len()) as isize;
             if before.is_none() {
-                bytes += (b.len() + v.len() + m.len() + destination.as_deref().map_or(0, str::len) + 4 * ENTRY_BYTES)
-                    as isize;
+                bytes += held;
             }
-            count_ordered(&mut entry.devices, &dev.to_string(), by)?;
-            count_ordered(&mut entry.agents, &agt.to_string(), by)?;
+            entry.devices.count(dev, by, || dev.to_string())?;
+            entry.agents.count(agt, by, || agt.to_string())?;
             if !first.is_null(i) {
-                count_ordered(&mut entry.firsts, &Ordered(first.value(i)), by)?;
+                let first = Ordered(first.value(i));
+                entry.firsts.count(&first, by, || first)?;
             }
             entry.bytes_out.count(opt_i128(bytes_out, i), by);
             entry.bytes_in.count(opt_i128(bytes_in, i), by);
@@ -442,8 +493,7 @@ impl Merged {
             let after = entry.figures();
             if after.is_none() {
                 self.boots.remove(&boot_key);
-                bytes -= (b.len() + v.len() + m.len() + destination.as_deref().map_or(0, str::len) + 4 * ENTRY_BYTES)
-                    as isize;
+                bytes -= held;
             }
             if before != after {
                 let key = (v.to_string(), m.to_string(), destination);

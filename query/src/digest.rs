@@ -166,6 +166,8 @@ pub struct DigestStats {
     /// Whether the [`Merge`] given to [`Digests::merging`] holds this
     /// refresh's `flows` (all digest rows, the tail's included).
     pub merged: bool,
+    /// About how many bytes the [`Merge`] holds.
+    pub merged_bytes: u64,
 }
 
 impl Digests {
@@ -318,6 +320,9 @@ impl Digests {
         tail.retain(|b| b.num_rows() > 0);
         stats.rows += tail.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         stats.merged = merging && self.merge_tail(&tail);
+        if let Some(merge) = &self.merge {
+            stats.merged_bytes = merge.lock().unwrap_or_else(PoisonError::into_inner).size() as u64;
+        }
         if !tail.is_empty() || parts.is_empty() {
             // In the view types the files are read in: the union then
             // casts no column of theirs.

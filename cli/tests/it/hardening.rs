@@ -569,6 +569,8 @@ async fn promtool_accepts_the_collectors_metrics() {
         "# TYPE leakwatch_dashboard_digest_rows gauge",
         // The one flushed file: ten records, none sharing a group.
         "leakwatch_dashboard_refresh_files_undigested 1",
+        // So the dashboard's own figures came from their SQL.
+        "leakwatch_dashboard_refresh_merged 0",
         "leakwatch_build_info{version=\"",
         "leakwatch_reports_rejected_total{reason=\"busy\"} 0",
     ] {
