@@ -27,7 +27,9 @@
 //! new records takes <= 2 % of the full one's time.
 //!
 //! Environment: `BENCH_DASHBOARD_RECORDS`, `BENCH_SECS`, `BENCH_CONNECTIONS`,
-//! `BENCH_NEW_RECORDS`, `BENCH_DAY_DEVICES`,
+//! `BENCH_NEW_RECORDS`, `BENCH_DAY_DEVICES`, `BENCH_PARTS` (which parts
+//! run, comma-separated: `boots` and `day-long`, the refresh on each
+//! fleet, and `pages`; default all three),
 //! `BENCH_MEMORY_MIB` (the collector's query memory, default the `serve`
 //! default 1024),
 //! `BENCH_DIR` (default the system temp dir), `BENCH_KEEP` (set: keep the
@@ -163,13 +165,18 @@ async fn refresh_figures(
     let after = t1.elapsed();
     let then = dashboard.digested();
     println!(
-        "refresh, {name}, {} records in {} files ({} read as they are; digests {} rows, {:.1} MB, {:.1} records per row):",
+        "refresh, {name}, {} records in {} files ({} read as they are; digests {} rows, {:.1} MB, {:.1} records per row; {}):",
         copies.rows,
         first.digested,
         first.raw,
         first.rows,
         first.bytes as f64 / 1e6,
         if first.rows == 0 { 0.0 } else { copies.rows as f64 / first.rows as f64 },
+        if then.merged {
+            format!("the dashboard's own figures merged, {:.1} MB held", then.merged_bytes as f64 / 1e6)
+        } else {
+            "the dashboard's own figures by their SQL".to_string()
+        },
     );
     let share =
         |part: std::time::Duration, of: std::time::Duration| 100.0 * part.as_secs_f64() / of.as_secs_f64().max(1e-9);
@@ -208,10 +215,18 @@ fn main() {
     rt.block_on(async {
         let new_records: usize = env_or("BENCH_NEW_RECORDS", 100_000);
         let day_devices = Some(env_or("BENCH_DAY_DEVICES", 60u32));
-        for (kind, name, devices) in
-            [(FleetKind::Boots, "four-minute boots", None), (FleetKind::DayLong, "day-long fleet", day_devices)]
-        {
-            refresh_figures(dir.path(), kind, name, devices, target, new_records, memory).await;
+        let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "boots,day-long,pages".into());
+        let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
+        for (part, kind, name, devices) in [
+            ("boots", FleetKind::Boots, "four-minute boots", None),
+            ("day-long", FleetKind::DayLong, "day-long fleet", day_devices),
+        ] {
+            if parts.contains(&part) {
+                refresh_figures(dir.path(), kind, name, devices, target, new_records, memory).await;
+            }
+        }
+        if !parts.contains(&"pages") {
+            return;
         }
         // The collector's data directory: copies as flushed files, and its
         // log's watermark above them.

@@ -46,12 +46,20 @@ pub const ANSWERED: [&str; 8] = [
     "destination_trend",
 ];
 
-/// Bytes counted for an entry of a map beside its key's text.
-const ENTRY_BYTES: usize = 64;
+/// Bytes counted for a name beside its text: the shared string's header,
+/// its two references, its slot in the map and in the list of names.
+const NAME_BYTES: usize = 16 + 2 * 16 + 16 + 16;
 
-/// Bytes counted for a boot's entry beside its texts: its key's four
-/// strings, the entry, the map's slot and the three sets' first values.
-const BOOT_BYTES: usize = 4 * 24 + std::mem::size_of::<Boot>() + 16 + 2 * 32 + 16;
+/// Bytes counted for an id in a set (its slot, the map's spare room).
+const ID_BYTES: usize = 24;
+
+/// Bytes counted for a group beside its sets' members.
+const GROUP_BYTES: usize = 160;
+
+/// Bytes counted for a boot's entry beside its names: the key, the entry,
+/// the map's slot and the three sets' first values.
+const BOOT_BYTES: usize =
+    std::mem::size_of::<(Id, Id, Option<Id>, Id)>() + std::mem::size_of::<Boot>() + 16 + 2 * 16 + 16;
 
 /// A float ordered as DataFusion orders one (`total_cmp`).
 #[derive(Debug, Clone, Copy)]
@@ -74,35 +82,163 @@ impl Ord for Ordered {
     }
 }
 
-/// Counts `key` in `map` by `by` (a count that reaches zero is removed);
-/// the change in bytes held. Err when a count would go below zero: rows
-/// taken away that were never added.
-fn count<K, Q>(map: &mut HashMap<K, i64>, key: &Q, by: i64, bytes: &mut isize) -> Result<(), String>
-where
-    K: Hash + Eq + std::borrow::Borrow<Q>,
-    Q: Hash + Eq + ToOwned<Owned = K> + ?Sized + Held,
-{
-    match map.get_mut(key) {
-        Some(n) => {
-            *n += by;
-            if *n == 0 {
-                map.remove(key);
-                *bytes -= key.bytes() as isize;
-            } else if *n < 0 {
-                return Err("a count went below zero".into());
-            }
-        }
-        None if by > 0 => {
-            *bytes += key.bytes() as isize;
-            map.insert(key.to_owned(), by);
-        }
-        None => return Err("rows were taken away that were never added".into()),
+/// A name held once: a pseudonym or label, however many groups hold it.
+type Id = u32;
+
+/// Names, each held once with the count of what holds it (a group's set,
+/// a boot's key): the sets hold ids, a few bytes each, instead of a copy
+/// of a 30-odd-character pseudonym.
+#[derive(Debug, Default)]
+struct Names {
+    ids: HashMap<Arc<str>, (Id, u64)>,
+    names: Vec<Option<Arc<str>>>,
+    free: Vec<Id>,
+}
+
+impl Names {
+    fn id(&self, name: &str) -> Option<Id> {
+        self.ids.get(name).map(|(id, _)| *id)
     }
+
+    /// The name of `id` (empty for an id no name has: never, while the
+    /// counts are right).
+    fn name(&self, id: Id) -> &str {
+        self.names.get(id as usize).and_then(Option::as_deref).unwrap_or("")
+    }
+
+    /// The id of `name`, with one more holder.
+    fn hold(&mut self, name: &str, bytes: &mut isize) -> Result<Id, String> {
+        if let Some((id, holders)) = self.ids.get_mut(name) {
+            *holders += 1;
+            return Ok(*id);
+        }
+        let name: Arc<str> = Arc::from(name);
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                let id = Id::try_from(self.names.len()).map_err(|_| "more than 2^32 names".to_string())?;
+                self.names.push(None);
+                id
+            }
+        };
+        self.names[id as usize] = Some(name.clone());
+        *bytes += (name.len() + NAME_BYTES) as isize;
+        self.ids.insert(name, (id, 1));
+        Ok(id)
+    }
+
+    /// One more holder of `id`.
+    fn hold_id(&mut self, id: Id) -> Result<(), String> {
+        let name = self.names.get(id as usize).and_then(Option::clone).ok_or("an id no name has")?;
+        let (_, holders) = self.ids.get_mut(&*name).ok_or("an id no name has")?;
+        *holders += 1;
+        Ok(())
+    }
+
+    /// One holder fewer of `id`; the name goes with its last.
+    fn release(&mut self, id: Id, bytes: &mut isize) -> Result<(), String> {
+        let name = self.names.get(id as usize).and_then(Option::clone).ok_or("an id no name has")?;
+        let (_, holders) = self.ids.get_mut(&*name).ok_or("an id no name has")?;
+        *holders -= 1;
+        if *holders == 0 {
+            self.ids.remove(&*name);
+            self.names[id as usize] = None;
+            self.free.push(id);
+            *bytes -= (name.len() + NAME_BYTES) as isize;
+        }
+        Ok(())
+    }
+}
+
+/// A set of ids, each with the count of rows holding it.
+trait IdCounts {
+    fn count_mut(&mut self, id: Id) -> Option<&mut i64>;
+    fn take(&mut self, id: Id);
+    fn put(&mut self, id: Id, count: i64);
+}
+
+impl IdCounts for HashMap<Id, i64> {
+    fn count_mut(&mut self, id: Id) -> Option<&mut i64> {
+        self.get_mut(&id)
+    }
+    fn take(&mut self, id: Id) {
+        self.remove(&id);
+    }
+    fn put(&mut self, id: Id, count: i64) {
+        self.insert(id, count);
+    }
+}
+
+impl IdCounts for Counted<Id> {
+    fn count_mut(&mut self, id: Id) -> Option<&mut i64> {
+        let at = self.0.binary_search_by(|(k, _)| k.cmp(&id)).ok()?;
+        Some(&mut self.0[at].1)
+    }
+    fn take(&mut self, id: Id) {
+        if let Ok(at) = self.0.binary_search_by(|(k, _)| k.cmp(&id)) {
+            self.0.remove(at);
+        }
+    }
+    fn put(&mut self, id: Id, count: i64) {
+        let at = self.0.binary_search_by(|(k, _)| k.cmp(&id)).unwrap_or_else(|at| at);
+        self.0.insert(at, (id, count));
+    }
+}
+
+/// Counts the name `name` (or the id `id` of a name held already) in
+/// `set` by `by`: a new member holds its name, one whose count reaches
+/// zero leaves and lets it go. Err when a count would go below zero (rows
+/// taken away that were never added).
+fn count_member(
+    set: &mut impl IdCounts,
+    names: &mut Names,
+    member: Member<'_>,
+    by: i64,
+    bytes: &mut isize,
+) -> Result<(), String> {
+    let id = match member {
+        Member::Name(name) => names.id(name),
+        Member::Id(id) => Some(id),
+    };
+    if let Some(id) = id
+        && let Some(n) = set.count_mut(id)
+    {
+        *n += by;
+        match *n {
+            0 => {
+                set.take(id);
+                *bytes -= ID_BYTES as isize;
+                names.release(id, bytes)?;
+            }
+            n if n < 0 => return Err("a count went below zero".into()),
+            _ => {}
+        }
+        return Ok(());
+    }
+    if by <= 0 {
+        return Err("rows were taken away that were never added".into());
+    }
+    let id = match member {
+        Member::Name(name) => names.hold(name, bytes)?,
+        Member::Id(id) => {
+            names.hold_id(id)?;
+            id
+        }
+    };
+    set.put(id, by);
+    *bytes += ID_BYTES as isize;
     Ok(())
 }
 
-/// The same in an ordered map (minima are read from its first key).
-fn count_ordered<K: Ord + Clone + Held>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) -> Result<(), String> {
+/// What [`count_member`] counts.
+#[derive(Clone, Copy)]
+enum Member<'a> {
+    Name(&'a str),
+    Id(Id),
+}
+
+/// Counts `key` in an ordered map (minima are read from its first key).
+fn count_ordered<K: Ord + Clone>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) -> Result<(), String> {
     match map.get_mut(key) {
         Some(n) => {
             *n += by;
@@ -120,42 +256,24 @@ fn count_ordered<K: Ord + Clone + Held>(map: &mut BTreeMap<K, i64>, key: &K, by:
     Ok(())
 }
 
-/// What a key costs to hold, about.
-trait Held {
-    fn bytes(&self) -> usize;
-}
-impl Held for str {
-    fn bytes(&self) -> usize {
-        self.len() + ENTRY_BYTES
-    }
-}
-impl Held for String {
-    fn bytes(&self) -> usize {
-        self.len() + ENTRY_BYTES
-    }
-}
-impl Held for Ordered {
-    fn bytes(&self) -> usize {
-        ENTRY_BYTES
-    }
-}
-impl Held for i64 {
-    fn bytes(&self) -> usize {
-        ENTRY_BYTES
-    }
-}
-
 /// Distinct devices and agents of a group, each with the rows holding it.
 #[derive(Debug, Default)]
 struct Distinct {
-    devices: HashMap<String, i64>,
-    agents: HashMap<String, i64>,
+    devices: HashMap<Id, i64>,
+    agents: HashMap<Id, i64>,
 }
 
 impl Distinct {
-    fn count(&mut self, device: &str, agent: &str, by: i64, bytes: &mut isize) -> Result<(), String> {
-        count(&mut self.devices, device, by, bytes)?;
-        count(&mut self.agents, agent, by, bytes)
+    fn count(
+        &mut self,
+        names: &mut Names,
+        device: Member<'_>,
+        agent: Member<'_>,
+        by: i64,
+        bytes: &mut isize,
+    ) -> Result<(), String> {
+        count_member(&mut self.devices, names, device, by, bytes)?;
+        count_member(&mut self.agents, names, agent, by, bytes)
     }
 
     fn is_empty(&self) -> bool {
@@ -181,18 +299,22 @@ impl<K> Default for Groups<K> {
 }
 
 impl<K: Hash + Eq> Groups<K> {
-    fn count(&mut self, key: K, device: &str, agent: &str, by: i64, bytes: &mut isize) -> Result<(), String> {
+    /// Counts the device and agent of a row of the group `key`.
+    fn count(&mut self, key: K, row: &mut RowNames<'_, '_>, by: i64) -> Result<(), String> {
+        let (device, agent) = (Member::Name(row.device), Member::Name(row.agent));
         match self.groups.get_mut(&key) {
             Some(group) => {
-                group.count(device, agent, by, bytes)?;
+                group.count(row.names, device, agent, by, row.bytes)?;
                 if group.is_empty() {
                     self.groups.remove(&key);
+                    *row.bytes -= GROUP_BYTES as isize;
                 }
             }
             None => {
                 let mut group = Distinct::default();
-                group.count(device, agent, by, bytes)?;
+                group.count(row.names, device, agent, by, row.bytes)?;
                 self.groups.insert(key, group);
+                *row.bytes += GROUP_BYTES as isize;
             }
         }
         Ok(())
@@ -202,6 +324,14 @@ impl<K: Hash + Eq> Groups<K> {
     fn allowed(&self, t: Thresholds) -> impl Iterator<Item = (&K, &Distinct)> {
         self.groups.iter().filter(move |(_, g)| g.allowed(t))
     }
+}
+
+/// A row's device and agent, and what counting them changes.
+struct RowNames<'n, 'r> {
+    names: &'n mut Names,
+    device: &'r str,
+    agent: &'r str,
+    bytes: &'n mut isize,
 }
 
 /// A sum of decimals that is NULL while no row holding a value counts.
@@ -267,8 +397,8 @@ impl<K: Ord> Counted<K> {
 /// agents and first seconds, each counted, and the byte sums.
 #[derive(Debug, Default)]
 struct Boot {
-    devices: Counted<String>,
-    agents: Counted<String>,
+    devices: Counted<Id>,
+    agents: Counted<Id>,
     firsts: Counted<Ordered>,
     bytes_out: Sum,
     bytes_in: Sum,
@@ -279,21 +409,24 @@ struct Boot {
 /// and first second, and its sums.
 #[derive(Debug, Clone, PartialEq)]
 struct BootFigures {
-    device: String,
-    agent: String,
+    device: Id,
+    agent: Id,
     first: Option<Ordered>,
     bytes_out: Option<i128>,
     bytes_in: Option<i128>,
 }
 
 impl Boot {
-    fn figures(&self) -> Option<BootFigures> {
+    fn figures(&self, names: &Names) -> Option<BootFigures> {
         if self.rows == 0 {
             return None;
         }
+        // The smallest name (the ids are in the order they were given).
+        let least =
+            |set: &Counted<Id>| set.0.iter().map(|(id, _)| *id).min_by(|a, b| names.name(*a).cmp(names.name(*b)));
         Some(BootFigures {
-            device: self.devices.first()?.clone(),
-            agent: self.agents.first()?.clone(),
+            device: least(&self.devices)?,
+            agent: least(&self.agents)?,
             first: self.firsts.first().copied(),
             bytes_out: self.bytes_out.get(),
             bytes_in: self.bytes_in.get(),
@@ -312,8 +445,8 @@ struct Destination {
 }
 
 impl Destination {
-    fn count(&mut self, boot: &BootFigures, by: i64, bytes: &mut isize) -> Result<(), String> {
-        self.distinct.count(&boot.device, &boot.agent, by, bytes)?;
+    fn count(&mut self, names: &mut Names, boot: &BootFigures, by: i64, bytes: &mut isize) -> Result<(), String> {
+        self.distinct.count(names, Member::Id(boot.device), Member::Id(boot.agent), by, bytes)?;
         if let Some(first) = boot.first {
             count_ordered(&mut self.firsts, &first, by)?;
         }
@@ -339,8 +472,10 @@ pub struct Merged {
     firmware_destinations: Groups<(String, String, String, Text)>,
     destinations: Groups<Text>,
     destination_trend: Groups<(Text, i64)>,
-    boots: HashMap<(String, String, Text, String), Boot>,
+    /// Each boot's figures by vendor, model, destination and boot.
+    boots: HashMap<(Id, Id, Option<Id>, Id), Boot>,
     model_destinations: HashMap<(String, String, Text), Destination>,
+    names: Names,
     /// Bytes held, about.
     bytes: isize,
 }
@@ -407,13 +542,18 @@ impl Merged {
             } else {
                 window.value(i)
             };
-            self.models.count((v.to_string(), m.to_string()), dev, agt, by, &mut bytes)?;
+            let mut row = RowNames { names: &mut self.names, device: dev, agent: agt, bytes: &mut bytes };
+            self.models.count((v.to_string(), m.to_string()), &mut row, by)?;
             let fw = (v.to_string(), m.to_string(), os.to_string());
-            self.firmware.count(fw.clone(), dev, agt, by, &mut bytes)?;
+            self.firmware.count(fw.clone(), &mut row, by)?;
             let firsts = self.firmware_first.entry(fw.clone()).or_default();
+            if firsts.is_empty() {
+                *row.bytes += GROUP_BYTES as isize;
+            }
             count_ordered(firsts, &ws, by)?;
             if firsts.is_empty() {
                 self.firmware_first.remove(&fw);
+                *row.bytes -= GROUP_BYTES as isize;
             }
 
             // `dest_flows`: records with a destination name, or an address.
@@ -442,44 +582,42 @@ impl Merged {
                     (u.clone(), u)
                 }
             };
-            self.model_hosts.count(
-                (v.into(), m.into(), destination.clone(), host.clone()),
-                dev,
-                agt,
-                by,
-                &mut bytes,
-            )?;
+            self.model_hosts.count((v.into(), m.into(), destination.clone(), host.clone()), &mut row, by)?;
             if let Some(p) = p {
-                self.model_ports.count((v.into(), m.into(), host, tr.into(), p), dev, agt, by, &mut bytes)?;
+                self.model_ports.count((v.into(), m.into(), host, tr.into(), p), &mut row, by)?;
             }
-            self.firmware_destinations.count(
-                (v.into(), m.into(), os.into(), destination.clone()),
-                dev,
-                agt,
-                by,
-                &mut bytes,
-            )?;
-            self.destinations.count(destination.clone(), dev, agt, by, &mut bytes)?;
-            self.destination_trend.count((destination.clone(), ws - ws.rem_euclid(DAY)), dev, agt, by, &mut bytes)?;
+            self.firmware_destinations.count((v.into(), m.into(), os.into(), destination.clone()), &mut row, by)?;
+            self.destinations.count(destination.clone(), &mut row, by)?;
+            self.destination_trend.count((destination.clone(), ws - ws.rem_euclid(DAY)), &mut row, by)?;
 
             // `model_destinations`: the boot's figures, then its model's.
             let b = required(&boot, "boot_pseudonym", i)?;
-            let boot_key = (v.to_string(), m.to_string(), destination.clone(), b.to_string());
-            let entry = self.boots.entry(boot_key.clone()).or_default();
-            let before = entry.figures();
-            // The entry, its key's and its first device's and agent's text.
-            let held = (BOOT_BYTES
-                + b.len()
-                + v.len()
-                + m.len()
-                + destination.as_deref().map_or(0, str::len)
-                + dev.len()
-                + agt.len()) as isize;
-            if before.is_none() {
-                bytes += held;
-            }
-            entry.devices.count(dev, by, || dev.to_string())?;
-            entry.agents.count(agt, by, || agt.to_string())?;
+            let names = &mut self.names;
+            let key_names = [Some(v), Some(m), destination.as_deref(), Some(b)];
+            let ids = key_names.map(|n| n.map(|n| names.id(n)));
+            let found = match ids {
+                [Some(Some(v)), Some(Some(m)), d, Some(Some(b))] if d.is_none_or(|d| d.is_some()) => {
+                    let key = (v, m, d.flatten(), b);
+                    self.boots.contains_key(&key).then_some(key)
+                }
+                _ => None,
+            };
+            let key = match found {
+                Some(key) => key,
+                None if by > 0 => {
+                    // A new boot holds the names of its key.
+                    let mut hold = |n: &str| names.hold(n, &mut bytes);
+                    let key = (hold(v)?, hold(m)?, destination.as_deref().map(&mut hold).transpose()?, hold(b)?);
+                    self.boots.insert(key, Boot::default());
+                    bytes += BOOT_BYTES as isize;
+                    key
+                }
+                None => return Err("rows were taken away that were never added".into()),
+            };
+            let entry = self.boots.get_mut(&key).ok_or("a boot went missing")?;
+            let before = entry.figures(names);
+            count_member(&mut entry.devices, names, Member::Name(dev), by, &mut bytes)?;
+            count_member(&mut entry.agents, names, Member::Name(agt), by, &mut bytes)?;
             if !first.is_null(i) {
                 let first = Ordered(first.value(i));
                 entry.firsts.count(&first, by, || first)?;
@@ -490,22 +628,27 @@ impl Merged {
             if entry.rows < 0 {
                 return Err("a count went below zero".into());
             }
-            let after = entry.figures();
-            if after.is_none() {
-                self.boots.remove(&boot_key);
-                bytes -= held;
-            }
+            let after = entry.figures(names);
             if before != after {
-                let key = (v.to_string(), m.to_string(), destination);
-                let dest = self.model_destinations.entry(key.clone()).or_default();
+                let group = (v.to_string(), m.to_string(), destination);
+                let dest = self.model_destinations.entry(group.clone()).or_default();
                 if let Some(before) = &before {
-                    dest.count(before, -1, &mut bytes)?;
+                    dest.count(names, before, -1, &mut bytes)?;
                 }
                 if let Some(after) = &after {
-                    dest.count(after, 1, &mut bytes)?;
+                    dest.count(names, after, 1, &mut bytes)?;
                 }
                 if dest.boots == 0 {
-                    self.model_destinations.remove(&key);
+                    self.model_destinations.remove(&group);
+                }
+            }
+            if after.is_none() {
+                // Its sets are empty: the names it held are its key's.
+                self.boots.remove(&key);
+                bytes -= BOOT_BYTES as isize;
+                let (v, m, d, b) = key;
+                for id in [Some(v), Some(m), d, Some(b)].into_iter().flatten() {
+                    names.release(id, &mut bytes)?;
                 }
             }
         }
