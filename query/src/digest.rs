@@ -34,9 +34,11 @@
 //! past retention), and digests the tail afresh: its cost follows the new
 //! data, and what it answers is what digesting every file again would
 //! answer (a property test in the dashboard checks this over random flush
-//! histories). Digests in a directory outlive the process. A refresh
-//! reads them into memory once when they fit in a quarter of the query
-//! memory limit, and from their files for each query when not.
+//! histories). Digests in a directory outlive the process. While they fit
+//! in a quarter of the query memory limit they are also held in memory
+//! between refreshes (a refresh reads only the new ones) and the
+//! refresh's queries read them there; when not, each query reads their
+//! files.
 //!
 //! Aggregates kept up to date from digest rows ([`Merge`], the
 //! dashboard's) are told of each file's digest rows when the file comes
@@ -133,6 +135,9 @@ pub struct Digests {
     files: Mutex<HashMap<String, Kept>>,
     merge: Option<Arc<Mutex<dyn Merge>>>,
     book: Mutex<MergeBook>,
+    /// Digests read into memory, by name, kept while they fit (see
+    /// [`Digests::held_in_memory`]).
+    held: Mutex<HashMap<String, Vec<RecordBatch>>>,
 }
 
 impl std::fmt::Debug for Digests {
@@ -193,6 +198,7 @@ impl Digests {
             files: Mutex::default(),
             merge: None,
             book: Mutex::default(),
+            held: Mutex::default(),
         }
     }
 
@@ -292,21 +298,33 @@ impl Digests {
             }
             live.insert(name);
         }
+        let viewed = view_schema(&schema);
+        let held = self.held_in_memory(&live_digests, quarter_of_memory(session), &viewed).await;
         // Before the digests of files gone are deleted: they are taken
         // away from the merged aggregates.
         let merging = self.merge_files(session, &live_digests, stats.raw == 0, stats.rows).await;
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).retain(|name, _| live.contains(name));
         stats.forgotten = self.forget(&live).await;
 
         let mut parts: Vec<DataFrame> = Vec::new();
         if !digests.is_empty() {
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-            let config = ListingTableConfig::new_with_multi_paths(digests)
-                .with_listing_options(options)
-                .with_schema(view_schema(&schema));
-            let read = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
-            parts.push(match in_memory(session, read.clone()).await? {
-                Some(held) => ctx.read_table(held)?,
-                None => read,
+            parts.push(match held {
+                Some(batches) => {
+                    let partitions = ctx.copied_config().target_partitions().max(1);
+                    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+                    for (i, batch) in batches.into_iter().enumerate() {
+                        parts[i % partitions].push(batch);
+                    }
+                    ctx.read_table(Arc::new(MemTable::try_new(viewed.clone(), parts)?))?
+                }
+                None => {
+                    let options =
+                        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+                    let config = ListingTableConfig::new_with_multi_paths(digests)
+                        .with_listing_options(options)
+                        .with_schema(viewed.clone());
+                    ctx.read_table(Arc::new(ListingTable::try_new(config)?))?
+                }
             });
         }
         if !raw.is_empty() {
@@ -362,10 +380,15 @@ impl Digests {
             clear();
             return false;
         }
-        let (gone, tail): (Vec<Path>, Vec<RecordBatch>) = {
+        let (gone, tail): (Vec<(String, Path)>, Vec<RecordBatch>) = {
             let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
             let names: HashSet<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
-            let gone = book.files.iter().filter(|(n, _)| !names.contains(n.as_str())).map(|(_, k)| k.clone()).collect();
+            let gone = book
+                .files
+                .iter()
+                .filter(|(n, _)| !names.contains(n.as_str()))
+                .map(|(n, k)| (n.clone(), k.clone()))
+                .collect();
             book.files.retain(|n, _| names.contains(n.as_str()));
             (gone, std::mem::take(&mut book.tail))
         };
@@ -373,21 +396,18 @@ impl Digests {
             let book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
             live.iter().filter(|(n, _)| !book.files.contains_key(n)).cloned().collect()
         };
-        let cap = match session.context().runtime_env().memory_pool.memory_limit() {
-            datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => limit / 4,
-            _ => usize::MAX,
-        };
+        let cap = quarter_of_memory(session);
         let merged = async {
             let apply = |batches: &[RecordBatch], sign: i64| -> Result<(), String> {
                 let mut merge = merge.lock().unwrap_or_else(PoisonError::into_inner);
                 batches.iter().try_for_each(|b| merge.merge(b, sign))
             };
             apply(&tail, -1)?;
-            for key in &gone {
-                apply(&self.read_digest(key).await?, -1)?;
+            for (name, key) in &gone {
+                apply(&self.decoded(name, key).await?, -1)?;
             }
             for (name, key) in &new {
-                apply(&self.read_digest(key).await?, 1)?;
+                apply(&self.decoded(name, key).await?, 1)?;
                 self.book.lock().unwrap_or_else(PoisonError::into_inner).files.insert(name.clone(), key.clone());
                 if merge.lock().unwrap_or_else(PoisonError::into_inner).size() > cap {
                     return Err(format!("over a quarter of the query memory limit ({cap} bytes)"));
@@ -440,6 +460,53 @@ impl Digests {
                 book.tail.clear();
                 false
             }
+        }
+    }
+
+    /// The live digests (name and key of each) read into memory, for the
+    /// refresh's many queries: from memory where an earlier refresh read
+    /// them, else from their files; `None` when together they take more
+    /// than `cap` bytes (none is held then, and each query reads their
+    /// files) or one does not read.
+    async fn held_in_memory(
+        &self,
+        live: &[(String, Path)],
+        cap: usize,
+        schema: &SchemaRef,
+    ) -> Option<Vec<RecordBatch>> {
+        let (mut out, mut bytes, mut read) = (Vec::new(), 0usize, Vec::new());
+        for (name, key) in live {
+            let cached = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned();
+            let batches = match cached {
+                Some(batches) => batches,
+                None => {
+                    let batches: Vec<RecordBatch> = self
+                        .read_digest(key)
+                        .await
+                        .and_then(|b| b.into_iter().map(|b| in_schema(b, schema).map_err(|e| e.to_string())).collect())
+                        .inspect_err(|e| tracing::warn!(error = %e, "A digest does not read into memory"))
+                        .ok()?;
+                    read.push((name.clone(), batches.clone()));
+                    batches
+                }
+            };
+            bytes += batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>();
+            if bytes > cap {
+                self.held.lock().unwrap_or_else(PoisonError::into_inner).clear();
+                return None;
+            }
+            out.extend(batches);
+        }
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).extend(read);
+        Some(out)
+    }
+
+    /// The rows of the digest `name` at `key`: held in memory, or read.
+    async fn decoded(&self, name: &str, key: &Path) -> Result<Vec<RecordBatch>, String> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned();
+        match held {
+            Some(batches) => Ok(batches),
+            None => self.read_digest(key).await,
         }
     }
 
@@ -609,33 +676,14 @@ async fn digest_schema(session: &QuerySession) -> Result<SchemaRef> {
     Ok(QuerySession::result_schema(&planned?))
 }
 
-/// The digests `read` in memory, for the refresh's many queries to read
-/// once, when they take at most a quarter of the session's memory limit
-/// (`None`: they do not, and each query reads them again).
-async fn in_memory(session: &QuerySession, read: DataFrame) -> Result<Option<Arc<MemTable>>> {
+/// A quarter of the session's memory limit: what the digests held in
+/// memory, and the merged aggregates, may each take.
+fn quarter_of_memory(session: &QuerySession) -> usize {
     use datafusion::execution::memory_pool::MemoryLimit;
-    let ctx = session.context();
-    let cap = match ctx.runtime_env().memory_pool.memory_limit() {
+    match session.context().runtime_env().memory_pool.memory_limit() {
         MemoryLimit::Finite(limit) => limit / 4,
-        _ => return Ok(None),
-    };
-    let schema = read.schema().inner().clone();
-    let mut stream = read.execute_stream().await?;
-    let (mut batches, mut held) = (Vec::new(), 0);
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        held += batch.get_array_memory_size();
-        if held > cap {
-            return Ok(None);
-        }
-        batches.push(batch);
+        _ => usize::MAX,
     }
-    let partitions = ctx.copied_config().target_partitions().max(1);
-    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
-    for (i, batch) in batches.into_iter().enumerate() {
-        parts[i % partitions].push(batch);
-    }
-    Ok(Some(Arc::new(MemTable::try_new(schema, parts)?)))
 }
 
 /// The digest of `rows`, computed within the session's limits.
