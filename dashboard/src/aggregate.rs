@@ -519,11 +519,17 @@ pub async fn compute(
         }
     });
 
-    // Findings.
+    // Findings: each rule's rows, then the evidence of all of them.
+    let rules = builtin_rules();
+    let mut tables = Vec::with_capacity(rules.len());
+    for rule in &rules {
+        tables.push(rule_table(session, rule).await?);
+    }
+    let pairs: Vec<(&Rule, &RuleTable)> = rules.iter().zip(&tables).map(|(rule, (_, table))| (rule, table)).collect();
+    let evidence = evidence_of(session, &queries, &pairs, t, &models).await?;
     let mut findings = Vec::new();
-    for rule in builtin_rules() {
-        let found = rule_findings(session, &queries, &rule, t, &models, &vendor_devices, &model_dests).await?;
-        findings.extend(found);
+    for ((rule, (sql, table)), evidence) in rules.iter().zip(&tables).zip(evidence) {
+        findings.extend(rule_findings(rule, sql, table, evidence, t, &models, &vendor_devices, &model_dests));
     }
     findings.sort_by(|a, b| {
         b.last_seen
@@ -653,11 +659,11 @@ fn publishable(groups: &HashMap<String, (HashSet<String>, HashSet<String>)>, t: 
     out
 }
 
-#[derive(Default)]
-struct Evidence {
-    devices: HashSet<String>,
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Evidence {
+    pub(crate) devices: HashSet<String>,
     agents: HashSet<String>,
-    first_s: Vec<f64>,
+    pub(crate) first_s: Vec<f64>,
     first_ts: Option<i64>,
     last_ts: Option<i64>,
     firmware: HashMap<String, (HashSet<String>, HashSet<String>)>,
@@ -665,18 +671,13 @@ struct Evidence {
     sources: HashMap<String, (HashSet<String>, HashSet<String>)>,
 }
 
-async fn rule_findings(
-    session: &QuerySession,
-    queries: &BTreeMap<&'static str, Query>,
-    rule: &Rule,
-    t: Thresholds,
-    models: &BTreeMap<(String, String), (u64, u64)>,
-    vendor_devices: &HashMap<String, u64>,
-    model_dests: &BTreeMap<(String, String), Vec<ModelDestination>>,
-) -> Result<Vec<Finding>> {
+/// A rule's result rows as text, by column name.
+pub(crate) type RuleTable = Vec<BTreeMap<String, Option<String>>>;
+
+/// Runs `rule`; its SQL and its rows.
+pub(crate) async fn rule_table(session: &QuerySession, rule: &Rule) -> Result<(String, RuleTable)> {
     let sql = rule.render(&BTreeMap::new())?;
     let rows = timed(session, &rule.name, &sql).await?;
-    let has = |c: &str| rule.columns.iter().any(|x| x == c);
     // The rule's rows as text, by column name.
     let mut table: Vec<BTreeMap<String, Option<String>>> = Vec::new();
     for batch in &rows {
@@ -704,70 +705,124 @@ async fn rule_findings(
             );
         }
     }
-    if table.is_empty() {
-        return Ok(Vec::new());
-    }
-    let get = |row: &BTreeMap<String, Option<String>>, c: &str| row.get(c).cloned().flatten();
-    let hits_failed =
-        |source| Error::Arrow { context: format!("rule {}: its rows as the table hits", rule.name), source };
-    let hits = RecordBatch::try_new(
-        hits_schema(),
-        vec![
-            Arc::new(arrow::array::Int64Array::from_iter_values(0..table.len() as i64)),
-            Arc::new(table.iter().map(|r| get(r, "vendor")).collect::<StringArray>()),
-            Arc::new(table.iter().map(|r| if has("model") { get(r, "model") } else { None }).collect::<StringArray>()),
-            Arc::new(table.iter().map(|r| get(r, "domain")).collect::<StringArray>()),
-            Arc::new(table.iter().map(|r| get(r, "consent_key")).collect::<StringArray>()),
-        ],
-    )
-    .map_err(hits_failed)?;
-    let ctx = session.context();
-    let _ = ctx.deregister_table("hits");
-    ctx.register_batch("hits", hits).map_err(leakwatch_query::Error::from)?;
-    // boot_phone_home names registrable domains, the other rules host
-    // names; each names a destination no name was seen for by its key.
-    let unnamed = "unnamed_destination(f.transport, f.dst_ip, CAST(f.dst_port AS VARCHAR))";
-    let destination = if rule.name == "boot_phone_home" {
-        format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE registrable_domain(f.domain) END")
-    } else {
-        format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE f.domain END")
-    };
-    // `hits` is deregistered below before an error here is returned.
-    let evidence_rows =
-        async { named(queries, "evidence")?.run(session, t, &[("destination", destination.as_str())]).await }.await;
-    let _ = ctx.deregister_table("hits");
-    let mut evidence: Vec<Evidence> = (0..table.len()).map(|_| Evidence::default()).collect();
-    evidence_rows?.each(|r| {
-        let Some(e) = usize::try_from(r.int("row_id")).ok().and_then(|i| evidence.get_mut(i)) else { return };
-        // Evidence from published models only: a vendor-wide finding
-        // counts no device of a model below the thresholds.
-        if !models.contains_key(&(r.text("vendor"), r.text("model"))) {
-            return;
-        }
-        let (device, agent) = (r.text("device"), r.text("agent"));
-        let fw = e.firmware.entry(r.text("os_version")).or_default();
-        fw.0.insert(device.clone());
-        fw.1.insert(agent.clone());
-        let consent = r.text("consent");
-        for kv in consent.split(';').filter(|kv| !kv.is_empty()) {
-            let c = e.consent.entry(kv.to_string()).or_default();
-            c.0.insert(device.clone());
-            c.1.insert(agent.clone());
-        }
-        let source = e.sources.entry(r.text("source")).or_default();
-        source.0.insert(device.clone());
-        source.1.insert(agent.clone());
-        e.devices.insert(device);
-        e.agents.insert(agent);
-        let (first, last) = (r.int("first_ts"), r.int("last_ts"));
-        e.first_ts = Some(e.first_ts.map_or(first, |x| x.min(first)));
-        e.last_ts = Some(e.last_ts.map_or(last, |x| x.max(last)));
-        let s = r.float("first_s");
-        if s.is_finite() {
-            e.first_s.push(s.max(0.0));
-        }
-    });
+    Ok((sql, table))
+}
 
+/// The evidence of every row of every rule in `tables` (each rule's rows
+/// as [`rule_table`] gives them), from published models only: two runs of
+/// `evidence.sql`, one for the rules that name registrable domains
+/// (boot_phone_home) and one for those that name host names, each over
+/// all of those rules' rows at once, rather than a run per rule.
+pub(crate) async fn evidence_of(
+    session: &QuerySession,
+    queries: &BTreeMap<&'static str, Query>,
+    tables: &[(&Rule, &RuleTable)],
+    t: Thresholds,
+    models: &BTreeMap<(String, String), (u64, u64)>,
+) -> Result<Vec<Vec<Evidence>>> {
+    let mut evidence: Vec<Vec<Evidence>> =
+        tables.iter().map(|(_, table)| (0..table.len()).map(|_| Evidence::default()).collect()).collect();
+    let get = |row: &BTreeMap<String, Option<String>>, c: &str| row.get(c).cloned().flatten();
+    for registrable in [true, false] {
+        // These rules' rows, numbered across them: row_id → (rule, row).
+        let mut at: Vec<(usize, usize)> = Vec::new();
+        let mut rows: Vec<(Option<String>, Option<String>, Option<String>, Option<String>)> = Vec::new();
+        for (r, (rule, table)) in tables.iter().enumerate() {
+            if (rule.name == "boot_phone_home") != registrable {
+                continue;
+            }
+            let has_model = rule.columns.iter().any(|c| c == "model");
+            for (i, row) in table.iter().enumerate() {
+                at.push((r, i));
+                let model = if has_model { get(row, "model") } else { None };
+                rows.push((get(row, "vendor"), model, get(row, "domain"), get(row, "consent_key")));
+            }
+        }
+        if at.is_empty() {
+            continue;
+        }
+        let hits_failed = |source| Error::Arrow { context: "the rules' rows as the table hits".into(), source };
+        let hits = RecordBatch::try_new(
+            hits_schema(),
+            vec![
+                Arc::new(arrow::array::Int64Array::from_iter_values(0..at.len() as i64)),
+                Arc::new(rows.iter().map(|r| r.0.clone()).collect::<StringArray>()),
+                Arc::new(rows.iter().map(|r| r.1.clone()).collect::<StringArray>()),
+                Arc::new(rows.iter().map(|r| r.2.clone()).collect::<StringArray>()),
+                Arc::new(rows.iter().map(|r| r.3.clone()).collect::<StringArray>()),
+            ],
+        )
+        .map_err(hits_failed)?;
+        let ctx = session.context();
+        let _ = ctx.deregister_table("hits");
+        ctx.register_batch("hits", hits).map_err(leakwatch_query::Error::from)?;
+        // boot_phone_home names registrable domains, the other rules host
+        // names; each names a destination no name was seen for by its key.
+        let unnamed = "unnamed_destination(f.transport, f.dst_ip, CAST(f.dst_port AS VARCHAR))";
+        let destination = if registrable {
+            format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE registrable_domain(f.domain) END")
+        } else {
+            format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE f.domain END")
+        };
+        // `hits` is deregistered below before an error here is returned.
+        let evidence_rows =
+            async { named(queries, "evidence")?.run(session, t, &[("destination", destination.as_str())]).await }.await;
+        let _ = ctx.deregister_table("hits");
+        evidence_rows?.each(|r| {
+            let Some(e) = usize::try_from(r.int("row_id"))
+                .ok()
+                .and_then(|i| at.get(i))
+                .and_then(|&(rule, row)| evidence.get_mut(rule)?.get_mut(row))
+            else {
+                return;
+            };
+            // Evidence from published models only: a vendor-wide finding
+            // counts no device of a model below the thresholds.
+            if !models.contains_key(&(r.text("vendor"), r.text("model"))) {
+                return;
+            }
+            let (device, agent) = (r.text("device"), r.text("agent"));
+            let fw = e.firmware.entry(r.text("os_version")).or_default();
+            fw.0.insert(device.clone());
+            fw.1.insert(agent.clone());
+            let consent = r.text("consent");
+            for kv in consent.split(';').filter(|kv| !kv.is_empty()) {
+                let c = e.consent.entry(kv.to_string()).or_default();
+                c.0.insert(device.clone());
+                c.1.insert(agent.clone());
+            }
+            let source = e.sources.entry(r.text("source")).or_default();
+            source.0.insert(device.clone());
+            source.1.insert(agent.clone());
+            e.devices.insert(device);
+            e.agents.insert(agent);
+            let (first, last) = (r.int("first_ts"), r.int("last_ts"));
+            e.first_ts = Some(e.first_ts.map_or(first, |x| x.min(first)));
+            e.last_ts = Some(e.last_ts.map_or(last, |x| x.max(last)));
+            let s = r.float("first_s");
+            if s.is_finite() {
+                e.first_s.push(s.max(0.0));
+            }
+        });
+    }
+    Ok(evidence)
+}
+
+/// The findings of `rule`'s rows (`table`, from its `sql`) with their
+/// `evidence`: those whose devices and volunteers pass the thresholds.
+#[allow(clippy::too_many_arguments)]
+fn rule_findings(
+    rule: &Rule,
+    sql: &str,
+    table: &RuleTable,
+    evidence: Vec<Evidence>,
+    t: Thresholds,
+    models: &BTreeMap<(String, String), (u64, u64)>,
+    vendor_devices: &HashMap<String, u64>,
+    model_dests: &BTreeMap<(String, String), Vec<ModelDestination>>,
+) -> Vec<Finding> {
+    let has = |c: &str| rule.columns.iter().any(|x| x == c);
+    let get = |row: &BTreeMap<String, Option<String>>, c: &str| row.get(c).cloned().flatten();
     let params: Vec<(String, f64)> = rule.params.iter().map(|p| (p.name.clone(), p.default)).collect();
     let command = std::iter::once(format!("leakwatch sql --rule {}", rule.name))
         .chain(params.iter().map(|(n, v)| format!("--param {n}={v}")))
@@ -861,13 +916,13 @@ async fn rule_findings(
             last_seen: e.last_ts.map(day).unwrap_or_default(),
             numbers,
             params: params.clone(),
-            sql: sql.clone(),
+            sql: sql.to_string(),
             command: command.clone(),
             published: String::new(),
             updated: String::new(),
         });
     }
-    Ok(out)
+    out
 }
 
 fn percent(share: f64) -> String {

@@ -23,7 +23,7 @@ use parquet::file::metadata::KeyValue;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
-use crate::aggregate::{Snapshot, Thresholds, compute};
+use crate::aggregate::{Snapshot, Thresholds, compute, evidence_of, rule_table};
 use crate::merged::{ANSWERED, Merged};
 use crate::queries::queries;
 
@@ -373,6 +373,7 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
     let published_findings = AtomicUsize::new(0);
     let merged_rows = AtomicUsize::new(0);
     let merged_answers = AtomicUsize::new(0);
+    let evidence_rows = AtomicUsize::new(0);
     // The same eight histories at every run (proptest's fixed seed): a
     // failure can be run again, and the checks below that the test is not
     // vacuous cannot fail on a draw of histories that merged nothing.
@@ -462,6 +463,42 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
                 let (inc, full) = (inc.expect("incremental"), full.expect("full"));
                 prop_assert_eq!(published(&inc), published(&full));
                 published_findings.fetch_add(inc.findings.len(), Ordering::Relaxed);
+                // The evidence of all the rules' rows, read in one query
+                // per kind of destination, is each rule's read alone.
+                let models: BTreeMap<(String, String), (u64, u64)> = inc
+                    .models
+                    .iter()
+                    .map(|m| ((m.vendor.clone(), m.model.clone()), (m.devices, m.volunteers)))
+                    .collect();
+                let rules = builtin_rules();
+                let mut tables = Vec::new();
+                for rule in &rules {
+                    tables.push(rule_table(&session, rule).await.expect("rule").1);
+                }
+                let pairs: Vec<_> = rules.iter().zip(&tables).collect();
+                // (The first seconds in any order: the findings sort them.)
+                let sorted = |mut rules: Vec<Vec<crate::aggregate::Evidence>>| {
+                    rules.iter_mut().flatten().for_each(|e| e.first_s.sort_by(f64::total_cmp));
+                    rules
+                };
+                let together = sorted(evidence_of(&session, &queries(), &pairs, t, &models).await.expect("evidence"));
+                for (i, pair) in pairs.iter().enumerate() {
+                    let alone = evidence_of(&session, &queries(), std::slice::from_ref(pair), t, &models).await;
+                    let alone = sorted(alone.expect("evidence"));
+                    prop_assert_eq!(&alone[0], &together[i], "{}", pair.0.name);
+                    // A row about a published model has evidence: its
+                    // destination is named as the rule names it.
+                    for (row, e) in pair.1.iter().zip(&alone[0]) {
+                        let text = |c: &str| row.get(c).cloned().flatten();
+                        if let (Some(vendor), Some(model)) = (text("vendor"), text("model"))
+                            && models.contains_key(&(vendor, model))
+                        {
+                            prop_assert!(!e.devices.is_empty(), "{}: no evidence of {:?}", pair.0.name, row);
+                        }
+                    }
+                    evidence_rows
+                        .fetch_add(alone[0].iter().filter(|e| !e.devices.is_empty()).count(), Ordering::Relaxed);
+                }
                 prop_assert_eq!(rule_rows(&records).await, rule_rows(&session).await);
                 // A process started later reads the digests its
                 // predecessor left, and no file again.
@@ -503,4 +540,5 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
     assert!(published_findings.load(Ordering::Relaxed) > 0, "no history published a finding");
     assert!(merged_rows.load(Ordering::Relaxed) > 0, "no digest row merged two records");
     assert!(merged_answers.load(Ordering::Relaxed) > 0, "the merged aggregates never answered a row");
+    assert!(evidence_rows.load(Ordering::Relaxed) > 0, "no rule row had evidence");
 }
