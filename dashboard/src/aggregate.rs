@@ -726,7 +726,8 @@ pub(crate) async fn evidence_of(
     for registrable in [true, false] {
         // These rules' rows, numbered across them: row_id → (rule, row).
         let mut at: Vec<(usize, usize)> = Vec::new();
-        let mut rows: Vec<(Option<String>, Option<String>, Option<String>, Option<String>)> = Vec::new();
+        // The columns of `hits` after row_id: vendor, model, domain, consent_off.
+        let mut columns: [Vec<Option<String>>; 4] = Default::default();
         for (r, (rule, table)) in tables.iter().enumerate() {
             if (rule.name == "boot_phone_home") != registrable {
                 continue;
@@ -735,7 +736,11 @@ pub(crate) async fn evidence_of(
             for (i, row) in table.iter().enumerate() {
                 at.push((r, i));
                 let model = if has_model { get(row, "model") } else { None };
-                rows.push((get(row, "vendor"), model, get(row, "domain"), get(row, "consent_key")));
+                for (column, value) in
+                    columns.iter_mut().zip([get(row, "vendor"), model, get(row, "domain"), get(row, "consent_key")])
+                {
+                    column.push(value);
+                }
             }
         }
         if at.is_empty() {
@@ -744,13 +749,10 @@ pub(crate) async fn evidence_of(
         let hits_failed = |source| Error::Arrow { context: "the rules' rows as the table hits".into(), source };
         let hits = RecordBatch::try_new(
             hits_schema(),
-            vec![
-                Arc::new(arrow::array::Int64Array::from_iter_values(0..at.len() as i64)),
-                Arc::new(rows.iter().map(|r| r.0.clone()).collect::<StringArray>()),
-                Arc::new(rows.iter().map(|r| r.1.clone()).collect::<StringArray>()),
-                Arc::new(rows.iter().map(|r| r.2.clone()).collect::<StringArray>()),
-                Arc::new(rows.iter().map(|r| r.3.clone()).collect::<StringArray>()),
-            ],
+            [Arc::new(arrow::array::Int64Array::from_iter_values(0..at.len() as i64)) as ArrayRef]
+                .into_iter()
+                .chain(columns.iter().map(|c| Arc::new(c.iter().cloned().collect::<StringArray>()) as ArrayRef))
+                .collect(),
         )
         .map_err(hits_failed)?;
         let ctx = session.context();
