@@ -6,12 +6,16 @@
 //! built from (all but `evidence`, which reads the rules' rows), the state
 //! its result is read from: per group, the devices and agents seen with a
 //! count of the digest rows that hold each (so rows can be taken away
-//! again when their file goes), and for `model_destinations` each boot's
+//! again when their file goes; each pseudonym is held once and the sets
+//! hold its id), and for `model_destinations` each boot's
 //! figures (first second after boot, first device and agent, byte sums)
 //! from which the quartiles and sums over boots follow. [`Merged::results`]
 //! answers each query as its SQL does over the same rows, row for row and
 //! bit for bit; the property test in `incremental_tests.rs` checks what is
-//! published from them against a refresh that runs the SQL.
+//! published from them against a refresh that runs the SQL. Answering
+//! walks the groups and each destination's boots once (milliseconds at
+//! tens of millions of records); adding or taking away a row touches only
+//! its groups.
 //!
 //! The digests ([`leakwatch_query::digest::Digests::merging`]) tell it of
 //! each file's digest rows as the file comes and goes, and of the tail's;
