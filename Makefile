@@ -91,10 +91,14 @@ metrics-check-deps:
 
 # The agent as a Debian package: the binary (the `agent` profile, as
 # shipped), its hardened unit, its configuration as a conffile, man pages
-# and shell completions (docs/agent.md).
+# and shell completions (docs/agent.md). The program that writes the
+# assets is built as `make test` builds the workspace (its tests' features
+# with it): `cargo run -p leakwatch-packaging` alone would resolve other
+# features and compile RocksDB, DataFusion and every proc macro again.
 deb: deps
 	$(CARGO) build --locked --profile agent -p leakwatch-agent
-	$(CARGO) run --locked -q $(FEATURES) -p leakwatch-packaging -- "$(BUILD_DIR)/agent/deb"
+	$(CARGO) build --locked --workspace --bins --tests $(FEATURES)
+	"$(BUILD_DIR)/debug/leakwatch-package-assets" "$(BUILD_DIR)/agent/deb"
 	@[ -x "$(CARGO_DEB)" ] || { \
 	  echo "Installing cargo-deb $(CARGO_DEB_VERSION) into $(TOOLS) (cargo install)"; \
 	  $(CARGO) install -q --locked --root "$(TOOLS)" cargo-deb@$(CARGO_DEB_VERSION); }
