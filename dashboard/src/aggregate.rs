@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::merged::Merged;
-use crate::queries::{Query, named, queries, timed};
+use crate::queries::{Query, Rows, named, queries, timed};
 use crate::{Error, Result};
 
 /// Smallest thresholds an operator may set.
@@ -520,13 +520,20 @@ pub async fn compute(
     });
 
     // Findings: each rule's rows, then the evidence of all of them.
+    // The rules one at a time: two at a time over the digests took as
+    // long (each query already keeps both cores busy), and over records
+    // read as they are two large aggregations would share the query
+    // memory. Their evidence comes in two queries run together (over the
+    // digests alone, when the dashboard's own figures came merged from
+    // them): those are small, and one runs while the other is planned.
     let rules = builtin_rules();
     let mut tables = Vec::with_capacity(rules.len());
     for rule in &rules {
         tables.push(rule_table(session, rule).await?);
     }
     let pairs: Vec<(&Rule, &RuleTable)> = rules.iter().zip(&tables).map(|(rule, (_, table))| (rule, table)).collect();
-    let evidence = evidence_of(session, &queries, &pairs, t, &models).await?;
+    let evidence = evidence_of(session, &queries, &pairs, t, &models, !answered.is_empty()).await?;
+    let finding = std::time::Instant::now();
     let mut findings = Vec::new();
     for ((rule, (sql, table)), evidence) in rules.iter().zip(&tables).zip(evidence) {
         findings.extend(rule_findings(rule, sql, table, evidence, t, &models, &vendor_devices, &model_dests));
@@ -632,6 +639,7 @@ pub async fn compute(
     snapshot.destinations.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.destination.cmp(&b.destination)));
     snapshot.finding_index = findings.iter().enumerate().map(|(i, f)| (f.id.clone(), i)).collect();
     snapshot.findings = findings;
+    tracing::debug!(elapsed_ms = finding.elapsed().as_millis() as u64, "Findings and pages built");
     Ok(snapshot)
 }
 
@@ -712,65 +720,32 @@ pub(crate) async fn rule_table(session: &QuerySession, rule: &Rule) -> Result<(S
 /// as [`rule_table`] gives them), from published models only: two runs of
 /// `evidence.sql`, one for the rules that name registrable domains
 /// (boot_phone_home) and one for those that name host names, each over
-/// all of those rules' rows at once, rather than a run per rule.
+/// all of those rules' rows at once, rather than a run per rule. The two
+/// run at the same time when `together` (each over its own table of rows,
+/// `hits_registrable` and `hits_named`).
 pub(crate) async fn evidence_of(
     session: &QuerySession,
     queries: &BTreeMap<&'static str, Query>,
     tables: &[(&Rule, &RuleTable)],
     t: Thresholds,
     models: &BTreeMap<(String, String), (u64, u64)>,
+    together: bool,
 ) -> Result<Vec<Vec<Evidence>>> {
     let mut evidence: Vec<Vec<Evidence>> =
         tables.iter().map(|(_, table)| (0..table.len()).map(|_| Evidence::default()).collect()).collect();
-    let get = |row: &BTreeMap<String, Option<String>>, c: &str| row.get(c).cloned().flatten();
-    for registrable in [true, false] {
-        // These rules' rows, numbered across them: row_id → (rule, row).
-        let mut at: Vec<(usize, usize)> = Vec::new();
-        // The columns of `hits` after row_id: vendor, model, domain, consent_off.
-        let mut columns: [Vec<Option<String>>; 4] = Default::default();
-        for (r, (rule, table)) in tables.iter().enumerate() {
-            if (rule.name == "boot_phone_home") != registrable {
-                continue;
-            }
-            let has_model = rule.columns.iter().any(|c| c == "model");
-            for (i, row) in table.iter().enumerate() {
-                at.push((r, i));
-                let model = if has_model { get(row, "model") } else { None };
-                for (column, value) in
-                    columns.iter_mut().zip([get(row, "vendor"), model, get(row, "domain"), get(row, "consent_key")])
-                {
-                    column.push(value);
-                }
-            }
-        }
-        if at.is_empty() {
-            continue;
-        }
-        let hits_failed = |source| Error::Arrow { context: "the rules' rows as the table hits".into(), source };
-        let hits = RecordBatch::try_new(
-            hits_schema(),
-            [Arc::new(arrow::array::Int64Array::from_iter_values(0..at.len() as i64)) as ArrayRef]
-                .into_iter()
-                .chain(columns.iter().map(|c| Arc::new(c.iter().cloned().collect::<StringArray>()) as ArrayRef))
-                .collect(),
-        )
-        .map_err(hits_failed)?;
-        let ctx = session.context();
-        let _ = ctx.deregister_table("hits");
-        ctx.register_batch("hits", hits).map_err(leakwatch_query::Error::from)?;
-        // boot_phone_home names registrable domains, the other rules host
-        // names; each names a destination no name was seen for by its key.
-        let unnamed = "unnamed_destination(f.transport, f.dst_ip, CAST(f.dst_port AS VARCHAR))";
-        let destination = if registrable {
-            format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE registrable_domain(f.domain) END")
-        } else {
-            format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE f.domain END")
-        };
-        // `hits` is deregistered below before an error here is returned.
-        let evidence_rows =
-            async { named(queries, "evidence")?.run(session, t, &[("destination", destination.as_str())]).await }.await;
-        let _ = ctx.deregister_table("hits");
-        evidence_rows?.each(|r| {
+    let run = |registrable: bool| evidence_rows(session, queries, tables, t, registrable);
+    let answers = if together {
+        let (registrable, named) = tokio::join!(run(true), run(false));
+        [registrable, named]
+    } else {
+        [run(true).await, run(false).await]
+    };
+    let folding = std::time::Instant::now();
+    let mut folded = 0usize;
+    for answer in answers {
+        let Some((at, rows)) = answer? else { continue };
+        folded += rows.len();
+        rows.each(|r| {
             let Some(e) = usize::try_from(r.int("row_id"))
                 .ok()
                 .and_then(|i| at.get(i))
@@ -807,7 +782,71 @@ pub(crate) async fn evidence_of(
             }
         });
     }
+    tracing::debug!(rows = folded, elapsed_ms = folding.elapsed().as_millis() as u64, "The rules' evidence read");
     Ok(evidence)
+}
+
+/// One run of `evidence.sql` over the rows of the rules of `tables` that
+/// name registrable domains (`registrable`) or host names: where each of
+/// its row ids points (rule, row) and its rows; none when no such rule
+/// has a row.
+async fn evidence_rows(
+    session: &QuerySession,
+    queries: &BTreeMap<&'static str, Query>,
+    tables: &[(&Rule, &RuleTable)],
+    t: Thresholds,
+    registrable: bool,
+) -> Result<Option<(Vec<(usize, usize)>, Rows)>> {
+    let get = |row: &BTreeMap<String, Option<String>>, c: &str| row.get(c).cloned().flatten();
+    // These rules' rows, numbered across them: row_id → (rule, row).
+    let mut at: Vec<(usize, usize)> = Vec::new();
+    // The columns of `hits` after row_id: vendor, model, domain, consent_off.
+    let mut columns: [Vec<Option<String>>; 4] = Default::default();
+    for (r, (rule, table)) in tables.iter().enumerate() {
+        if (rule.name == "boot_phone_home") != registrable {
+            continue;
+        }
+        let has_model = rule.columns.iter().any(|c| c == "model");
+        for (i, row) in table.iter().enumerate() {
+            at.push((r, i));
+            let model = if has_model { get(row, "model") } else { None };
+            for (column, value) in
+                columns.iter_mut().zip([get(row, "vendor"), model, get(row, "domain"), get(row, "consent_key")])
+            {
+                column.push(value);
+            }
+        }
+    }
+    if at.is_empty() {
+        return Ok(None);
+    }
+    let hits_failed = |source| Error::Arrow { context: "the rules' rows as a table of hits".into(), source };
+    let hits = RecordBatch::try_new(
+        hits_schema(),
+        [Arc::new(arrow::array::Int64Array::from_iter_values(0..at.len() as i64)) as ArrayRef]
+            .into_iter()
+            .chain(columns.iter().map(|c| Arc::new(c.iter().cloned().collect::<StringArray>()) as ArrayRef))
+            .collect(),
+    )
+    .map_err(hits_failed)?;
+    let name = if registrable { "hits_registrable" } else { "hits_named" };
+    let ctx = session.context();
+    let _ = ctx.deregister_table(name);
+    ctx.register_batch(name, hits).map_err(leakwatch_query::Error::from)?;
+    // boot_phone_home names registrable domains, the other rules host
+    // names; each names a destination no name was seen for by its key.
+    let unnamed = "unnamed_destination(f.transport, f.dst_ip, CAST(f.dst_port AS VARCHAR))";
+    let destination = if registrable {
+        format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE registrable_domain(f.domain) END")
+    } else {
+        format!("CASE WHEN f.domain IS NULL THEN {unnamed} ELSE f.domain END")
+    };
+    // The table is deregistered below before an error here is returned.
+    let rows =
+        async { named(queries, "evidence")?.run(session, t, &[("destination", &destination), ("hits", name)]).await }
+            .await;
+    let _ = ctx.deregister_table(name);
+    Ok(Some((at, rows?)))
 }
 
 /// The findings of `rule`'s rows (`table`, from its `sql`) with their

@@ -464,7 +464,8 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
                 prop_assert_eq!(published(&inc), published(&full));
                 published_findings.fetch_add(inc.findings.len(), Ordering::Relaxed);
                 // The evidence of all the rules' rows, read in one query
-                // per kind of destination, is each rule's read alone.
+                // per kind of destination (the two at the same time), is
+                // each rule's read alone.
                 let models: BTreeMap<(String, String), (u64, u64)> = inc
                     .models
                     .iter()
@@ -481,9 +482,10 @@ fn a_refresh_of_new_files_only_publishes_what_a_full_one_does() {
                     rules.iter_mut().flatten().for_each(|e| e.first_s.sort_by(f64::total_cmp));
                     rules
                 };
-                let together = sorted(evidence_of(&session, &queries(), &pairs, t, &models).await.expect("evidence"));
+                let together =
+                    sorted(evidence_of(&session, &queries(), &pairs, t, &models, true).await.expect("evidence"));
                 for (i, pair) in pairs.iter().enumerate() {
-                    let alone = evidence_of(&session, &queries(), std::slice::from_ref(pair), t, &models).await;
+                    let alone = evidence_of(&session, &queries(), std::slice::from_ref(pair), t, &models, false).await;
                     let alone = sorted(alone.expect("evidence"));
                     prop_assert_eq!(&alone[0], &together[i], "{}", pair.0.name);
                     // A row about a published model has evidence: its

@@ -157,6 +157,11 @@ pub struct Rows {
 }
 
 impl Rows {
+    /// How many rows.
+    pub(crate) fn len(&self) -> usize {
+        self.batches.iter().map(|(rows, _)| rows).sum()
+    }
+
     /// Calls `f` for each row.
     pub fn each(&self, mut f: impl FnMut(Row<'_>)) {
         for (rows, cols) in &self.batches {
@@ -285,7 +290,7 @@ mod tests {
     fn every_file_parses_and_fills_every_placeholder() {
         for file in FILES {
             let query = Query::parse(file).expect("parses");
-            let sql = query.render(Thresholds::default(), &[("destination", "f.domain")]);
+            let sql = query.render(Thresholds::default(), &[("destination", "f.domain"), ("hits", "hits")]);
             assert!(!sql.contains("${"), "{}: a placeholder is left: {sql}", query.name);
             assert!(!sql.trim_start().starts_with("--"), "{}: header in the body", query.name);
         }
@@ -343,7 +348,7 @@ mod tests {
         let hits = RecordBatch::new_empty(crate::aggregate::hits_schema());
         session.context().register_batch("hits", hits).expect("hits");
         for query in queries().values() {
-            let sql = query.render(Thresholds::default(), &[("destination", "f.domain")]);
+            let sql = query.render(Thresholds::default(), &[("destination", "f.domain"), ("hits", "hits")]);
             let batches = session.sql(&sql).await.unwrap_or_else(|e| panic!("{}: {e}", query.name));
             let schema = match batches.first() {
                 Some(b) => b.schema(),

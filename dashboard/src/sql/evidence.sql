@@ -1,5 +1,5 @@
 -- name: evidence
--- Evidence of a rule's rows (the table `hits`, one row per rule row): per
+-- Evidence of a rule's rows (the table ${hits}, one row per rule row): per
 -- row and boot, its device, agent, firmware, consent, first and last
 -- record time, seconds to the first contact and what the records were
 -- read from (over the digest of the flows: `window_last` is a digest
@@ -12,7 +12,7 @@ SELECT h.row_id, f.device_pseudonym AS device, f.agent_id AS agent, f.boot_pseud
        min(f.seconds_since_boot) AS first_s,
        f.vendor, min(f.model) AS model, min(coalesce(f.source, 'unspecified')) AS source
 FROM flows f
-JOIN hits h ON f.vendor = h.vendor AND ${destination} = h.domain
+JOIN ${hits} h ON f.vendor = h.vendor AND ${destination} = h.domain
 WHERE (h.model IS NULL OR f.model = h.model)
   AND (h.consent_off IS NULL OR strpos(concat(';', f.consent, ';'), concat(';', h.consent_off, '=off;')) > 0)
 GROUP BY h.row_id, f.device_pseudonym, f.agent_id, f.boot_pseudonym, f.vendor
