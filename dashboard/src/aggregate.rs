@@ -740,6 +740,7 @@ pub(crate) async fn evidence_of(
     } else {
         [run(true).await, run(false).await]
     };
+    let published: HashSet<(&str, &str)> = models.keys().map(|(v, m)| (v.as_str(), m.as_str())).collect();
     let folding = std::time::Instant::now();
     let mut folded = 0usize;
     for answer in answers {
@@ -755,24 +756,18 @@ pub(crate) async fn evidence_of(
             };
             // Evidence from published models only: a vendor-wide finding
             // counts no device of a model below the thresholds.
-            if !models.contains_key(&(r.text("vendor"), r.text("model"))) {
+            if !published.contains(&(r.str("vendor"), r.str("model"))) {
                 return;
             }
-            let (device, agent) = (r.text("device"), r.text("agent"));
-            let fw = e.firmware.entry(r.text("os_version")).or_default();
-            fw.0.insert(device.clone());
-            fw.1.insert(agent.clone());
-            let consent = r.text("consent");
-            for kv in consent.split(';').filter(|kv| !kv.is_empty()) {
-                let c = e.consent.entry(kv.to_string()).or_default();
-                c.0.insert(device.clone());
-                c.1.insert(agent.clone());
+            // (Read as borrowed text, copied only where a set or map does
+            // not hold it yet: a row is a boot, and a device has many.)
+            let (device, agent) = (r.str("device"), r.str("agent"));
+            held(group(&mut e.firmware, r.str("os_version")), device, agent);
+            for kv in r.str("consent").split(';').filter(|kv| !kv.is_empty()) {
+                held(group(&mut e.consent, kv), device, agent);
             }
-            let source = e.sources.entry(r.text("source")).or_default();
-            source.0.insert(device.clone());
-            source.1.insert(agent.clone());
-            e.devices.insert(device);
-            e.agents.insert(agent);
+            held(group(&mut e.sources, r.str("source")), device, agent);
+            held((&mut e.devices, &mut e.agents), device, agent);
             let (first, last) = (r.int("first_ts"), r.int("last_ts"));
             e.first_ts = Some(e.first_ts.map_or(first, |x| x.min(first)));
             e.last_ts = Some(e.last_ts.map_or(last, |x| x.max(last)));
@@ -784,6 +779,28 @@ pub(crate) async fn evidence_of(
     }
     tracing::debug!(rows = folded, elapsed_ms = folding.elapsed().as_millis() as u64, "The rules' evidence read");
     Ok(evidence)
+}
+
+/// The devices and agents of the group `key` of `groups`, added when new.
+fn group<'m>(groups: &'m mut HashMap<String, (HashSet<String>, HashSet<String>)>, key: &str) -> Devices<'m> {
+    if !groups.contains_key(key) {
+        groups.insert(key.to_string(), Default::default());
+    }
+    let (devices, agents) = groups.get_mut(key).expect("inserted above");
+    (devices, agents)
+}
+
+/// A group's devices and agents.
+type Devices<'m> = (&'m mut HashSet<String>, &'m mut HashSet<String>);
+
+/// Adds `device` and `agent` to a group's sets, copying each only when new.
+fn held((devices, agents): Devices<'_>, device: &str, agent: &str) {
+    if !devices.contains(device) {
+        devices.insert(device.to_string());
+    }
+    if !agents.contains(agent) {
+        agents.insert(agent.to_string());
+    }
 }
 
 /// One run of `evidence.sql` over the rows of the rules of `tables` that

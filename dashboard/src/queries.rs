@@ -202,11 +202,11 @@ pub struct Row<'a> {
     i: usize,
 }
 
-impl Row<'_> {
+impl<'a> Row<'a> {
     /// The column `name`, which the query's file must declare (a test runs
     /// every file, and reading an undeclared column is a bug: debug builds
     /// stop on it, release builds read null).
-    fn column(&self, name: &str) -> Option<&ArrayRef> {
+    fn column(&self, name: &str) -> Option<&'a ArrayRef> {
         let found = self.query.columns.iter().position(|(c, _)| *c == name).and_then(|p| self.cols.get(p));
         debug_assert!(found.is_some(), "dashboard query {} declares no column {name}", self.query.name);
         found
@@ -215,6 +215,14 @@ impl Row<'_> {
     /// A text column (empty when null).
     pub fn text(&self, name: &str) -> String {
         self.opt_text(name).unwrap_or_default()
+    }
+
+    /// A text column as the result holds it (empty when null).
+    pub fn str(&self, name: &str) -> &'a str {
+        match self.column(name).and_then(|c| c.as_string_opt::<i32>()) {
+            Some(a) if !a.is_null(self.i) => a.value(self.i),
+            _ => "",
+        }
     }
 
     /// A text column.
