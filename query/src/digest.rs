@@ -310,11 +310,7 @@ impl Digests {
         if !digests.is_empty() {
             parts.push(match held {
                 Some(batches) => {
-                    let partitions = ctx.copied_config().target_partitions().max(1);
-                    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
-                    for (i, batch) in batches.into_iter().enumerate() {
-                        parts[i % partitions].push(batch);
-                    }
+                    let parts = crate::session::spread(batches, ctx.copied_config().target_partitions());
                     ctx.read_table(Arc::new(MemTable::try_new(viewed.clone(), parts)?))?
                 }
                 None => {

@@ -603,11 +603,7 @@ impl QuerySession {
             // other way round (a CASE over a function), and the table must
             // hold what was computed.
             let schema = held.first().map_or(planned, RecordBatch::schema);
-            let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
-            for (i, batch) in held.into_iter().enumerate() {
-                parts[i % partitions].push(batch);
-            }
-            let table = MemTable::try_new(schema, parts)?;
+            let table = MemTable::try_new(schema, spread(held, partitions))?;
             self.ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table))?;
             guard.names.push(name);
         }
@@ -779,6 +775,17 @@ pub(crate) fn in_schema(batch: RecordBatch, schema: &SchemaRef) -> Result<Record
         &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )
     .map_err(|source| Error::Arrow { context: "batch does not fit the declared schema", source })
+}
+
+/// `batches` dealt round-robin into `partitions` (at least one) lists: a
+/// [`MemTable`]'s partitions, each scanned by its own thread.
+pub(crate) fn spread(batches: Vec<RecordBatch>, partitions: usize) -> Vec<Vec<RecordBatch>> {
+    let partitions = partitions.max(1);
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+    for (i, batch) in batches.into_iter().enumerate() {
+        parts[i % partitions].push(batch);
+    }
+    parts
 }
 
 #[cfg(test)]
